@@ -1,0 +1,116 @@
+"""EDM formulas: sigma grids, preconditioning, sigma sampling and loss weights.
+
+This module is the single home of these formulas (paper.md section 2). Everything else in the
+package imports them from here; nothing recomputes them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffgen_jax.denoisers import per_example
+
+SIGMA_DATA = 0.5
+SIGMA_MIN = 0.002
+SIGMA_MAX = 80.0
+RHO = 7.0
+
+# The 64-point log grid of the image gap evaluation (paper.md section 6).
+GAP_GRID_SIZE = 64
+# The toy model's sigma grid: the 120-step EDM schedule, sorted ascending (paper.md section 5).
+TOY_GRID_STEPS = 120
+
+
+def karras_sigmas(num_steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
+                  rho: float = RHO, append_zero: bool = True) -> np.ndarray:
+  """EDM's rho-schedule, descending from sigma_max to sigma_min, then a final 0 (if asked).
+
+  sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, i = 0..N-1.
+  """
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+  if not 0 < sigma_min <= sigma_max:
+    raise ValueError(f"need 0 < sigma_min <= sigma_max, got sigma_min={sigma_min}, "
+                     f"sigma_max={sigma_max}")
+  if num_steps == 1:
+    sigmas = np.array([sigma_max], np.float64)
+  else:
+    ramp = np.arange(num_steps, dtype=np.float64) / (num_steps - 1)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+  if append_zero:
+    sigmas = np.concatenate([sigmas, [0.0]])
+  return sigmas
+
+
+def gap_sigma_grid(num: int = GAP_GRID_SIZE, sigma_min: float = SIGMA_MIN,
+                   sigma_max: float = SIGMA_MAX) -> np.ndarray:
+  """The log-spaced grid on which denoising errors and gaps are evaluated, ascending."""
+  return np.geomspace(sigma_min, sigma_max, num)
+
+
+def toy_sigma_grid(num_steps: int = TOY_GRID_STEPS) -> np.ndarray:
+  """The toy model's gap grid: the 120-step EDM schedule (without the 0), ascending."""
+  return np.sort(karras_sigmas(num_steps, append_zero=False))
+
+
+def validate_sigma_grid(sigmas, name: str = "sigmas") -> np.ndarray:
+  """Checks a user-given sigma grid: 1-D, non-empty, finite and positive."""
+  sigmas = np.asarray(sigmas, dtype=np.float64)
+  if sigmas.ndim != 1 or sigmas.size == 0:
+    raise ValueError(f"{name} must be a non-empty 1-D list of noise levels, got shape {sigmas.shape}")
+  if not np.all(np.isfinite(sigmas)) or np.any(sigmas <= 0):
+    raise ValueError(f"{name} must be finite and > 0, got {sigmas.tolist()}")
+  return sigmas
+
+
+class Preconditioning(NamedTuple):
+  c_skip: jax.Array
+  c_out: jax.Array
+  c_in: jax.Array
+  c_noise: jax.Array
+
+
+def preconditioning(sigma, sigma_data: float = SIGMA_DATA) -> Preconditioning:
+  """EDM's c_skip, c_out, c_in and c_noise for noise level(s) sigma."""
+  sigma = jnp.asarray(sigma)
+  total = sigma ** 2 + sigma_data ** 2
+  return Preconditioning(
+      c_skip=sigma_data ** 2 / total,
+      c_out=sigma * sigma_data / jnp.sqrt(total),
+      c_in=1.0 / jnp.sqrt(total),
+      c_noise=jnp.log(sigma) / 4.0,
+  )
+
+
+def loss_weight(sigma, sigma_data: float = SIGMA_DATA):
+  """EDM's lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2: unit loss magnitude at every sigma."""
+  return (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
+
+
+def sample_training_sigmas(key: jax.Array, shape, p_mean: float = -1.2, p_std: float = 1.2):
+  """ln sigma ~ N(p_mean, p_std^2): EDM's (-1.2, 1.2), EDM2 ImageNet-64's (-0.8, 1.6)."""
+  return jnp.exp(p_mean + p_std * jax.random.normal(key, shape))
+
+
+RawNetwork = Callable[..., jax.Array]
+
+
+def precondition(raw_network: RawNetwork, sigma_data: float = SIGMA_DATA):
+  """Wraps a raw network F(x_in, c_noise, labels) into EDM's denoiser D(x, sigma, labels).
+
+  D(x; sigma, c) = c_skip x + c_out F(c_in x; c_noise, c). The result follows the package's
+  denoiser interface; sigma may be a scalar or one value per example.
+  """
+
+  def denoise(x, sigma, labels=None):
+    sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), x.shape[:1])
+    c = preconditioning(sigma, sigma_data)
+    f = raw_network(per_example(c.c_in, x) * x, c.c_noise, labels)
+    return per_example(c.c_skip, x) * x + per_example(c.c_out, x) * f.astype(x.dtype)
+
+  return denoise

@@ -1,0 +1,19 @@
+"""The jobs a config can name in its `job` field, and their dispatch."""
+
+from __future__ import annotations
+
+import importlib
+
+from diffgen_jax import config_checks
+
+# job name -> module whose `run(config, workdir)` runs it (imported only when chosen).
+JOBS = {
+    "toy2d": "diffgen_jax.toy2d",
+}
+
+
+def run(config, workdir: str):
+  job = config_checks.choice(config, "job", JOBS)
+  module = importlib.import_module(JOBS[job])
+  module.validate_config(config)
+  return module.run(config, workdir)

@@ -1,0 +1,64 @@
+"""Device meshes, multi-process start-up and the checks that keep shapes and meshes consistent.
+
+The same code runs on one CPU, on 8 simulated host devices and on a multi-host pod: the mesh comes
+from the config, arrays carry NamedShardings on it, and jit does the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
+
+
+def initialize_distributed() -> None:
+  """Calls jax.distributed.initialize() when the environment describes several processes.
+
+  Cluster environments (SLURM, TPU pods, Kubernetes via JAX_COORDINATOR_ADDRESS) are detected by
+  jax itself; on a single process this is a no-op.
+  """
+  if jax.distributed.is_initialized():
+    return
+  several = any(os.environ.get(k) for k in (
+      "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
+  if several and int(os.environ.get("SLURM_NTASKS", "2")) > 1:
+    jax.distributed.initialize()
+
+
+def make_mesh(data: int = -1, model: int = 1, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A (data, model) mesh over all devices; data=-1 takes every device not used by `model`.
+
+  Axes are Auto so that jit propagates shardings and eager code on sharded arrays works.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  if model < 1 or n % model:
+    raise ValueError(f"mesh.model={model} must be >= 1 and divide the {n} available devices")
+  if data == -1:
+    data = n // model
+  if data < 1 or data * model != n:
+    raise ValueError(f"mesh.data * mesh.model must equal the {n} available devices, got "
+                     f"data={data}, model={model}; use data=-1 to take all remaining devices")
+  grid = np.asarray(devices).reshape(data, model)
+  return Mesh(grid, (DATA_AXIS, MODEL_AXIS), axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over the data axis, the rest replicated."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_divisible(size: int, mesh: Mesh, what: str, axis: str = DATA_AXIS) -> None:
+  n = mesh.shape[axis]
+  if size % n:
+    raise ValueError(f"{what}={size} must be divisible by the {n} devices of mesh axis '{axis}'")
