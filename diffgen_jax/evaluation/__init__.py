@@ -1,0 +1,1 @@
+"""Evaluation metrics that act on samples or features (e.g. the Frechet distance)."""

