@@ -9,6 +9,7 @@ from diffgen_jax import config_checks
 # job name -> module whose `run(config, workdir)` runs it (imported only when chosen).
 JOBS = {
     "toy2d": "diffgen_jax.toy2d",
+    "train": "diffgen_jax.trainer",
 }
 
 

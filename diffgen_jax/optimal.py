@@ -25,7 +25,7 @@ How it is computed, and why:
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -39,15 +39,19 @@ from diffgen_jax.sharding import DATA_AXIS
 _NO_LABEL = -1  # label of padding rows: never equal to a query's label.
 _ANY_LABEL = -2  # query label meaning "sum over every training point".
 _HIGHEST = lax.Precision.HIGHEST
+# The per-training-point arrays, in the order `statistics` takes them.
+_TRAIN_ARRAYS = ("train_centred", "half_sq_norms", "train", "train_labels")
 
 
 def _streaming_posterior_mean(x_centred, inv_two_var, query_labels, train_centred, half_sq_norms,
-                              train, train_labels, chunk_size):
+                              train, train_labels, chunk_size, axis_name=None):
   """Partial statistics (max logit, sum of exp, weighted sum) over one training shard.
 
   x_centred: (B, D) queries minus the centre; inv_two_var: (B,) = 1 / sigma^2 (the 1/2 lives in
   half_sq_norms); query_labels: (B,), _ANY_LABEL for an unconditional query. Training arrays: (N, D) centred and uncentred points,
   (N,) half squared norms, (N,) labels (-1 on padding). N is a multiple of chunk_size.
+  axis_name: inside shard_map, the mesh axis the training shard varies over (the running statistics
+  then vary over it too, and the scan carry must say so from the start).
   """
   n, d = train.shape
   b = x_centred.shape[0]
@@ -72,6 +76,8 @@ def _streaming_posterior_mean(x_centred, inv_two_var, query_labels, train_centre
 
   dtype = x_centred.dtype
   init = (jnp.full((b,), -jnp.inf, dtype), jnp.zeros((b,), dtype), jnp.zeros((b, d), dtype))
+  if axis_name is not None:
+    init = lax.pcast(init, axis_name, to="varying")
   xs = (chunks(train_centred), chunks(half_sq_norms), chunks(train), chunks(train_labels))
   (run_max, run_sum, run_acc), _ = lax.scan(step, init, xs)
   return run_max, run_sum, run_acc
@@ -160,7 +166,8 @@ def empirical_optimal_denoiser(train_images, train_labels=None, *, chunk_size: i
   def statistics(x_centred, inv_two_var, query_labels, train_centred, half_sq_norms, train,
                  train_labels):
     stats = _streaming_posterior_mean(x_centred, inv_two_var, query_labels, train_centred,
-                                      half_sq_norms, train, train_labels, chunk_size)
+                                      half_sq_norms, train, train_labels, chunk_size,
+                                      axis_name=None if mesh is None else axis)
     if mesh is None:
       return stats[1], stats[2]
     return _combine_shards(*stats, axis_name=axis)
@@ -173,23 +180,30 @@ def empirical_optimal_denoiser(train_images, train_labels=None, *, chunk_size: i
         out_specs=(P(), P()))
   statistics = jax.jit(statistics)
 
-  def denoise(x, sigma, labels=None):
-    x = jnp.asarray(x)
-    if x.shape[1:] != item_shape:
-      raise ValueError(f"x has item shape {x.shape[1:]} but the training points have {item_shape}")
-    _check_sigma(sigma)
-    b = x.shape[0]
-    if classes is not None and labels is not None:
-      query_labels = jnp.asarray(labels, jnp.int32).reshape(b)
-      _check_labels(query_labels, classes)
-    else:
-      query_labels = jnp.full((b,), _ANY_LABEL, jnp.int32)
-    flat_x = x.reshape(b, -1).astype(dtype)
-    sigma_b = jnp.broadcast_to(jnp.asarray(sigma, dtype), (b,))
-    total, acc = statistics(flat_x - centre, 1.0 / sigma_b ** 2, query_labels, **arrays)
-    return (acc / total[:, None]).reshape(x.shape).astype(x.dtype)
+  # A pytree (jax.tree_util.Partial): the training arrays are leaves, so passing the denoiser
+  # through jit (as samplers.sample does) feeds them as arguments instead of baking them into the
+  # compiled program as constants.
+  static = functools.partial(_denoise, statistics, item_shape, classes, dtype)
+  return jax.tree_util.Partial(static, dict(arrays, centre=centre))
 
-  return denoise
+
+def _denoise(statistics, item_shape, classes, dtype, arrays, x, sigma, labels=None):
+  x = jnp.asarray(x)
+  if x.shape[1:] != item_shape:
+    raise ValueError(f"x has item shape {x.shape[1:]} but the training points have {item_shape}")
+  _check_sigma(sigma)
+  b = x.shape[0]
+  if classes is not None and labels is not None:
+    query_labels = jnp.asarray(labels, jnp.int32).reshape(b)
+    _check_labels(query_labels, classes)
+  else:
+    query_labels = jnp.full((b,), _ANY_LABEL, jnp.int32)
+  flat_x = x.reshape(b, -1).astype(dtype)
+  sigma_b = jnp.broadcast_to(jnp.asarray(sigma, dtype), (b,))
+  # Positional: shard_map'd functions take no keyword arguments.
+  total, acc = statistics(flat_x - arrays["centre"], 1.0 / sigma_b ** 2, query_labels,
+                          *(arrays[k] for k in _TRAIN_ARRAYS))
+  return (acc / total[:, None]).reshape(x.shape).astype(x.dtype)
 
 
 def _is_concrete(a) -> bool:
@@ -220,11 +234,99 @@ def error_prone_denoiser(optimal: Denoiser, delta: float) -> Denoiser:
     raise ValueError(f"delta must be >= 0, got {delta}")
   if delta == 0:
     return optimal
+  return jax.tree_util.Partial(_error_prone, optimal, float(delta))
 
-  def denoise(x, sigma, labels=None):
-    var = jnp.asarray(sigma, x.dtype) ** 2
-    s = jnp.sqrt(var + delta ** 2)
-    var_b = per_example(var, x)
-    return (delta ** 2 * x + var_b * optimal(x, s, labels)) / (var_b + delta ** 2)
 
-  return denoise
+def _error_prone(optimal, delta, x, sigma, labels=None):
+  var = jnp.asarray(sigma, x.dtype) ** 2
+  var_b = per_example(var, x)
+  return (delta ** 2 * x + var_b * optimal(x, jnp.sqrt(var + delta ** 2), labels)) / (var_b + delta ** 2)
+
+
+class PosteriorStatistics(NamedTuple):
+  """Statistics of the optimal denoiser's posterior weights w over the training set, per query."""
+  entropy: jax.Array  # (B,) H(w) = -sum_i w_i log w_i, in nats
+  effective_number: jax.Array  # (B,) exp(H): 1 when w is one-hot, N when uniform over N points
+  participation: jax.Array  # (B,) 1 / sum_i w_i^2 (inverse participation ratio), also in [1, N]
+  max_weight: jax.Array  # (B,) max_i w_i
+
+
+def posterior_statistics(train_images, train_labels=None, *, chunk_size: int = 2048):
+  """Returns stats(x, sigma, labels=None) -> PosteriorStatistics of the weights of y*(x; sigma).
+
+  The weights are those of `empirical_optimal_denoiser` (the same logits, class-conditional when
+  labels are given), streamed over chunks of the training set with a running maximum m and the
+  sums S0 = sum e^(l-m), S1 = sum e^(l-m) (l-m), S2 = sum e^(2(l-m)), each rescaled exactly when
+  m grows. Then H = log S0 - S1 / S0 (no difference of large logits), 1/sum w^2 = S0^2 / S2 and
+  max w = max e^(l-m) / S0. float32, unsharded (x: (B, ...) queries, sigma scalar or (B,)).
+  """
+  host = np.asarray(train_images)
+  if host.ndim < 2 or host.shape[0] == 0:
+    raise ValueError(f"train_images must be a non-empty (N, ...) array, got shape {host.shape}")
+  n = host.shape[0]
+  item_shape = host.shape[1:]
+  flat = host.reshape(n, -1).astype(np.float64)
+  centre = flat.mean(axis=0)
+  centred = flat - centre
+  if train_labels is None:
+    labels_host, classes = np.zeros((n,), np.int32), None
+  else:
+    labels_host = np.asarray(train_labels).astype(np.int32)
+    if labels_host.shape != (n,) or np.any(labels_host < 0):
+      raise ValueError(f"train_labels must be ({n},) non-negative integers")
+    classes = frozenset(np.unique(labels_host).tolist())
+  chunk = min(chunk_size, n)
+  pad = -n % chunk
+  pad_rows = lambda a, fill: np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
+  train_c = jnp.asarray(pad_rows(centred, 0.0), jnp.float32)
+  half_sq = jnp.asarray(pad_rows(0.5 * np.einsum("nd,nd->n", centred, centred), 0.0), jnp.float32)
+  labels_dev = jnp.asarray(pad_rows(labels_host, _NO_LABEL))
+  centre = jnp.asarray(centre, jnp.float32)
+  chunks = lambda a: a.reshape((-1, chunk) + a.shape[1:])
+
+  @jax.jit
+  def statistics(x_centred, inv_var, query_labels):
+    b = x_centred.shape[0]
+
+    def step(carry, xs):
+      run_max, s0, s1, s2, top = carry
+      yc, h, lab = xs
+      logits = (jnp.matmul(x_centred, yc.T, precision=_HIGHEST) - h[None, :]) * inv_var[:, None]
+      valid = (lab[None, :] != _NO_LABEL) & (
+          (query_labels[:, None] == _ANY_LABEL) | (lab[None, :] == query_labels[:, None]))
+      new_max = jnp.maximum(run_max, jnp.max(jnp.where(valid, logits, -jnp.inf), axis=1))
+      shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+      u = jnp.where(valid, logits - shift[:, None], 0.0)
+      e = jnp.where(valid, jnp.exp(u), 0.0)
+      seen = s0 > 0
+      delta = jnp.where(seen, run_max - shift, 0.0)
+      r = jnp.where(seen, jnp.exp(delta), 0.0)
+      s1 = r * (s1 + delta * s0) + jnp.sum(e * u, axis=1)
+      s0 = r * s0 + jnp.sum(e, axis=1)
+      s2 = r * r * s2 + jnp.sum(e * e, axis=1)
+      top = jnp.maximum(r * top, jnp.max(e, axis=1))
+      return (new_max, s0, s1, s2, top), None
+
+    zeros = jnp.zeros((b,), jnp.float32)
+    init = (jnp.full((b,), -jnp.inf, jnp.float32), zeros, zeros, zeros, zeros)
+    (_, s0, s1, s2, top), _ = lax.scan(step, init, (chunks(train_c), chunks(half_sq),
+                                               chunks(labels_dev)))
+    entropy = jnp.maximum(jnp.log(s0) - s1 / s0, 0.0)
+    return PosteriorStatistics(entropy, jnp.exp(entropy), s0 * s0 / s2, top / s0)
+
+  def stats(x, sigma, labels=None) -> PosteriorStatistics:
+    x = jnp.asarray(x)
+    if x.shape[1:] != item_shape:
+      raise ValueError(f"x has item shape {x.shape[1:]} but the training points have {item_shape}")
+    _check_sigma(sigma)
+    b = x.shape[0]
+    if classes is not None and labels is not None:
+      query_labels = jnp.asarray(labels, jnp.int32).reshape(b)
+      _check_labels(query_labels, classes)
+    else:
+      query_labels = jnp.full((b,), _ANY_LABEL, jnp.int32)
+    sigma_b = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (b,))
+    return statistics(x.reshape(b, -1).astype(jnp.float32) - centre, 1.0 / sigma_b ** 2,
+                      query_labels)
+
+  return stats

@@ -16,7 +16,7 @@ import numpy as np
 from jax import lax
 
 from diffgen_jax import edm
-from diffgen_jax.denoisers import Denoiser
+from diffgen_jax.denoisers import Denoiser, is_array_pytree
 
 SOLVERS = ("euler", "heun")
 
@@ -65,7 +65,17 @@ def sample(denoise: Denoiser, noise: jax.Array, labels: Optional[jax.Array] = No
     raise ValueError(f"stop_step must be in [0, {num_steps - 1}], got {stop_step}")
   if key is None:
     key = jax.random.key(0)  # unused by deterministic sampling
+  settings = dict(num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
+                  solver=solver, s_churn=s_churn, s_min=s_min, s_max=s_max, s_noise=s_noise,
+                  stop_step=stop_step, return_trajectory=return_trajectory)
+  if is_array_pytree(denoise):
+    # One compiled program with the denoiser's arrays (e.g. a training set) as arguments.
+    return _integrate_jit(denoise, noise, labels, key, **settings)
+  return _integrate(denoise, noise, labels, key, **settings)
 
+
+def _integrate(denoise, noise, labels, key, *, num_steps, sigma_min, sigma_max, rho, solver,
+               s_churn, s_min, s_max, s_noise, stop_step, return_trajectory) -> SamplerOutput:
   sigmas = edm.karras_sigmas(num_steps, sigma_min, sigma_max, rho)  # N + 1 levels, last is 0
   gamma_max = min(s_churn / num_steps, math.sqrt(2.0) - 1.0)
   gammas = np.where((sigmas[:-1] >= s_min) & (sigmas[:-1] <= s_max), gamma_max, 0.0)
@@ -75,8 +85,14 @@ def sample(denoise: Denoiser, noise: jax.Array, labels: Optional[jax.Array] = No
   def step(x, per_step):
     index, t_cur, t_next, gamma = per_step
     t_hat = t_cur * (1.0 + gamma)
-    eps = jax.random.normal(jax.random.fold_in(key, index), x.shape, dtype)
-    x_hat = x + jnp.sqrt(jnp.maximum(t_hat ** 2 - t_cur ** 2, 0.0)) * s_noise * eps
+    if s_churn > 0:
+      # sqrt(t_hat^2 - t_cur^2) written as t_cur sqrt(gamma (2 + gamma)): exactly 0 where gamma = 0.
+      # (The difference of squares is not: its rounding error, e.g. under FMA contraction, would
+      # inject noise of relative size ~sqrt(eps) into every deterministic step.)
+      eps = jax.random.normal(jax.random.fold_in(key, index), x.shape, dtype)
+      x_hat = x + t_cur * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * eps
+    else:
+      x_hat = x
     denoised = denoise(x_hat, t_hat, labels)
     slope = (x_hat - denoised) / t_hat
     x_next = x_hat + (t_next - t_hat) * slope
@@ -95,3 +111,8 @@ def sample(denoise: Denoiser, noise: jax.Array, labels: Optional[jax.Array] = No
   if stop_step is not None:
     x = denoise(x, jnp.asarray(sigmas[stop_step], dtype), labels)
   return SamplerOutput(x, Trajectory(*seen) if return_trajectory else None)
+
+
+_integrate_jit = jax.jit(_integrate, static_argnames=(
+    "num_steps", "sigma_min", "sigma_max", "rho", "solver", "s_churn", "s_min", "s_max", "s_noise",
+    "stop_step", "return_trajectory"))

@@ -17,17 +17,26 @@ DATA_AXIS = "data"
 MODEL_AXIS = "model"
 
 
-def initialize_distributed() -> None:
-  """Calls jax.distributed.initialize() when the environment describes several processes.
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None) -> None:
+  """Starts jax.distributed when several processes run; a no-op for a single process.
 
-  Cluster environments (SLURM, TPU pods, Kubernetes via JAX_COORDINATOR_ADDRESS) are detected by
-  jax itself; on a single process this is a no-op.
+  Explicit arguments (e.g. two local processes on 127.0.0.1) or a cluster that jax detects by
+  itself (SLURM, TPU pods, JAX_COORDINATOR_ADDRESS). On CPU the cross-process collectives use gloo.
   """
   if jax.distributed.is_initialized():
     return
-  several = any(os.environ.get(k) for k in (
-      "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
-  if several and int(os.environ.get("SLURM_NTASKS", "2")) > 1:
+  explicit = num_processes is not None and num_processes > 1
+  detected = any(os.environ.get(k) for k in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
+                                             "MEGASCALE_COORDINATOR_ADDRESS"))
+  detected = detected or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+  if not (explicit or detected):
+    return
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if explicit:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  else:
     jax.distributed.initialize()
 
 
