@@ -1,0 +1,206 @@
+"""Feature extractors for the Frechet distance and 1-nearest-neighbour probes.
+
+Every extractor is a function `features_fn(images) -> (B, F)` with images (B, H, W, C) in [-1, 1]:
+  * `pixel_features`: the flattened pixels.
+  * A small CNN classifier (`SmallCNN`, flax.linen) that the package trains on a dataset's training
+    split, offline, like Inception for FID: `train_classifier` -> (params, accuracy);
+    `classifier_features(params)` is its penultimate layer (after the ReLU). Parameters are saved
+    and loaded as .npz (`save_params` / `load_params`: one array per parameter, keys are the
+    '/'-joined parameter paths); the architecture is read back from the parameter shapes.
+  * External extractors (Inception-V3, DINOv2): `load_external_extractor(kind, weights_path,
+    apply_fn)`. We ship no implementation of those networks and never download weights: the
+    weights must already be at `weights_path` (a FileNotFoundError naming it otherwise), stored as an
+    .npz in the `save_params` layout or a flax msgpack (`flax.serialization.to_bytes` of a params
+    pytree, '.msgpack'), and the caller supplies `apply_fn(params, images) -> (B, F)`, the network
+    definition (including any resizing to its input resolution).
+`batched_features` applies any extractor over a large array in fixed-size batches.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any, Callable, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization, traverse_util
+
+FeaturesFn = Callable[[jax.Array], jax.Array]
+EXTERNAL_KINDS = ("inception_v3", "dinov2")
+
+
+def pixel_features(images) -> jax.Array:
+  """(B, H, W, C) -> (B, H*W*C)."""
+  images = jnp.asarray(images)
+  return images.reshape(images.shape[0], -1)
+
+
+def batched_features(features_fn: FeaturesFn, images, batch_size: int = 256) -> np.ndarray:
+  """features_fn over (N, ...) images in batches of a fixed size (the last one padded): (N, F)."""
+  images = np.asarray(images)
+  n = images.shape[0]
+  if n == 0:
+    raise ValueError("no images")
+  batch = min(batch_size, n)
+  out = []
+  for start in range(0, n, batch):
+    rows = np.minimum(np.arange(start, start + batch), n - 1)
+    feats = np.asarray(features_fn(jnp.asarray(images[rows])))
+    out.append(feats.reshape(batch, -1)[:min(batch, n - start)])
+  return np.concatenate(out).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# The small CNN classifier
+
+
+class SmallCNN(nn.Module):
+  """conv3x3(w) - relu - avgpool2 - conv3x3(2w) - relu - avgpool2 - global mean - dense(F) - relu
+  (the features) - dense(num_classes)."""
+  num_classes: int
+  width: int = 32
+  feature_dim: int = 128
+
+  @nn.compact
+  def __call__(self, x, features_only: bool = False):
+    for i, w in enumerate((self.width, 2 * self.width)):
+      x = nn.relu(nn.Conv(w, (3, 3), name=f"Conv_{i}")(x))
+      x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.relu(nn.Dense(self.feature_dim, name="Dense_0")(x))
+    if features_only:
+      return x
+    return nn.Dense(self.num_classes, name="Dense_1")(x)
+
+
+def _module_from_params(params) -> SmallCNN:
+  p = params["params"] if "params" in params else params
+  return SmallCNN(num_classes=int(p["Dense_1"]["kernel"].shape[-1]),
+                  width=int(p["Conv_0"]["kernel"].shape[-1]),
+                  feature_dim=int(p["Dense_0"]["kernel"].shape[-1]))
+
+
+def train_classifier(images, labels, num_classes: int, steps: int = 2000, seed: int = 0, *,
+                     batch_size: int = 128, learning_rate: float = 1e-3, width: int = 32,
+                     feature_dim: int = 128, val_images=None, val_labels=None
+                     ) -> Tuple[Any, float]:
+  """Trains `SmallCNN` with Adam on (images in [-1, 1], integer labels).
+
+  Batches are drawn from seeded per-epoch permutations (deterministic for a seed).
+  Returns (params, accuracy): accuracy on (val_images, val_labels) when given, else on the
+  training images.
+  """
+  images = np.asarray(images, np.float32)
+  labels = np.asarray(labels, np.int32)
+  n = images.shape[0]
+  if images.ndim != 4 or labels.shape != (n,):
+    raise ValueError(f"images must be (N, H, W, C) and labels (N,), got {images.shape}, "
+                     f"{labels.shape}")
+  if num_classes < 2 or labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f"labels must lie in [0, {num_classes}) with num_classes >= 2")
+  model = SmallCNN(num_classes, width, feature_dim)
+  params = model.init(jax.random.key(seed), jnp.zeros((1,) + images.shape[1:], jnp.float32))
+  tx = optax.adam(learning_rate)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def train_step(params, opt_state, x, y):
+    def loss_fn(p):
+      logits = model.apply(p, x)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  batch = min(batch_size, n)
+  rng = np.random.default_rng(seed)
+  order = np.empty(0, np.int64)
+  for _ in range(steps):
+    if order.size < batch:
+      order = np.concatenate([order, rng.permutation(n)])
+    idx, order = order[:batch], order[batch:]
+    params, opt_state = train_step(params, opt_state, jnp.asarray(images[idx]),
+                                   jnp.asarray(labels[idx]))
+  if val_images is not None:
+    eval_images, eval_labels = np.asarray(val_images, np.float32), np.asarray(val_labels)
+  else:
+    eval_images, eval_labels = images, labels
+  logits = batched_features(jax.jit(lambda x: model.apply(params, x)), eval_images, batch_size)
+  accuracy = float(np.mean(np.argmax(logits, axis=1) == eval_labels))
+  return params, accuracy
+
+
+def classifier_logits(params) -> FeaturesFn:
+  """images -> (B, num_classes) logits of a trained `SmallCNN`."""
+  model = _module_from_params(params)
+  return jax.jit(lambda x: model.apply(params, x))
+
+
+def classifier_features(params) -> FeaturesFn:
+  """images -> (B, feature_dim): the classifier's penultimate layer (the architecture is read from
+  the parameter shapes)."""
+  model = _module_from_params(params)
+  return jax.jit(lambda x: model.apply(params, x, features_only=True))
+
+
+def save_params(path: str, params) -> str:
+  """Saves a params pytree (nested dicts of arrays) as .npz with '/'-joined keys; returns the path."""
+  path = os.path.expanduser(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  with open(path, "wb") as f:
+    np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
+  return path
+
+
+def _require(path: str, what: str) -> str:
+  path = os.path.expanduser(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(errno.ENOENT, f"{what} not found (weights are never downloaded: put "
+                            f"them at this local path)", path)
+  return path
+
+
+def load_params(path: str) -> Any:
+  """Loads params saved by `save_params` (.npz) or a flax msgpack file (.msgpack)."""
+  path = _require(path, "parameter file")
+  if path.endswith(".msgpack"):
+    with open(path, "rb") as f:
+      return serialization.msgpack_restore(f.read())
+  with np.load(path) as f:
+    flat = {k: jnp.asarray(f[k]) for k in f.files}
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def load_classifier_features(path: str) -> FeaturesFn:
+  """The penultimate-layer extractor of a classifier saved with `save_params`."""
+  return classifier_features(load_params(path))
+
+
+def load_external_extractor(kind: str, weights_path: str,
+                            apply_fn: Optional[Callable[[Any, jax.Array], jax.Array]] = None
+                            ) -> FeaturesFn:
+  """An external feature extractor (Inception-V3, DINOv2) from local weights.
+
+  Args:
+    kind: one of EXTERNAL_KINDS.
+    weights_path: local .npz (`save_params` layout) or .msgpack params file; never downloaded.
+    apply_fn: `apply_fn(params, images) -> (B, F)`, the network itself (we provide none), taking
+      images (B, H, W, C) in [-1, 1] and doing its own resizing/normalization.
+
+  Raises:
+    FileNotFoundError naming weights_path when it does not exist; ValueError for an unknown kind or
+    when apply_fn is missing.
+  """
+  if kind not in EXTERNAL_KINDS:
+    raise ValueError(f"unknown extractor kind {kind!r}; use one of {EXTERNAL_KINDS}")
+  weights_path = _require(weights_path, f"{kind} weights")
+  if apply_fn is None:
+    raise ValueError(f"diffgen_jax has no built-in {kind} network: pass apply_fn(params, images) -> "
+                     f"(B, F) implementing it for the weights at {weights_path}")
+  params = load_params(weights_path)
+  return jax.jit(lambda images: apply_fn(params, images))

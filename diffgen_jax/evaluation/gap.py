@@ -1,0 +1,257 @@
+"""The denoising error on a split over a sigma grid, the relative generalization gap, and its summaries.
+
+    E_D(sigma) = mean over images y of D of  mean over pixels of (D(y + sigma n_y; sigma, c_y) - y)^2
+    G(sigma)   = (E_val - E_train) / E_train                                   (paper.md section 6)
+
+Noise: one standard-normal draw n_y per image, n_y = normal(fold_in(key(noise_seed), id_y)), where
+id_y is the image's id (e.g. `Split.ids`, its row in the whole split). It is reused for every sigma
+and, with the same seed, for every checkpoint, so curves over training differ by the network only,
+and the errors of an image do not depend on which batch it lands in or on how the images are
+ordered. (Training and validation ids both start at 0, so with one seed the two splits share noise
+vectors for equal ids: common random numbers, which lowers the variance of the gap; pass different
+seeds for independent draws.)
+
+Compute: for a batch of images all sigmas are evaluated inside one compiled function: `lax.map`
+over chunks of `sigma_chunk` noise levels, each chunk flattened into the batch with a per-row sigma.
+Every batch has the same shape (the last one is padded), so there is one compilation per
+(batch shape, sigma count). Given a mesh, each batch of images is split over its data axis.
+
+Compilation across checkpoints: a pytree denoiser (`jax.tree_util.Partial` over arrays, as the
+package's own denoisers are; `denoisers.is_array_pytree`) is passed to the compiled function as an
+argument, so the same compiled program serves every checkpoint and training set of the same shapes.
+So does `params` with a fixed function `denoise(params, x, sigma, labels)` (wrapped as
+`Partial(denoise, params)`). A plain closure `denoise(x, sigma, labels)` works as well but compiles
+once per call (its arrays are baked in as constants).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from diffgen_jax import edm
+from diffgen_jax.denoisers import is_array_pytree
+from diffgen_jax.sharding import DATA_AXIS, check_divisible
+
+
+def image_noise(noise_seed, ids, item_shape, dtype=jnp.float32) -> jax.Array:
+  """n_y = normal(fold_in(key(noise_seed), id)) for every id: (len(ids),) + item_shape."""
+  key = jax.random.key(noise_seed)
+  ids = jnp.asarray(ids, jnp.uint32)
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(item_shape),
+                                              dtype))(ids)
+
+
+def _per_image_values(denoise, reference, images, labels, ids, sigmas, noise_seed, *,
+                      sigma_chunk):
+  """(B, S) per-image per-pixel mean squared values for one batch of images and all sigmas.
+
+  reference None: the denoising error against the clean image; else the squared distance to
+  reference(x, sigma, labels) on the same noisy inputs.
+  """
+  b = images.shape[0]
+  item = images.shape[1:]
+  c = sigma_chunk
+  noise = image_noise(noise_seed, ids, item, images.dtype)
+  chunks = sigmas.reshape(-1, c)
+  expand = (1,) * len(item)
+
+  def per_chunk(chunk):
+    # Rows ordered (image, sigma) so a batch split over devices stays split after the reshape.
+    x = images[:, None] + chunk.reshape((1, c) + expand) * noise[:, None]
+    x = x.reshape((b * c,) + item)
+    sigma = jnp.tile(chunk, b)
+    lab = None if labels is None else jnp.repeat(labels, c)
+    out = denoise(x, sigma, lab)
+    target = jnp.repeat(images, c, axis=0) if reference is None else reference(x, sigma, lab)
+    diff = (out - target).astype(jnp.float32)
+    return jnp.mean((diff * diff).reshape(b, c, -1), axis=-1).T  # (c, B)
+
+  values = lax.map(per_chunk, chunks)  # (S / c, c, B)
+  return values.reshape(-1, b).T
+
+
+# Pytree denoisers are arguments: one compiled function per (treedef, shapes), reused.
+_per_image_values_jit = jax.jit(_per_image_values, static_argnames=("sigma_chunk",))
+
+
+def _as_float_images(images) -> np.ndarray:
+  a = np.asarray(images)
+  if not np.issubdtype(a.dtype, np.floating):
+    raise ValueError(f"images must be floating point in [-1, 1] (the data pipeline's uint8 / 127.5 "
+                     f"- 1), got dtype {a.dtype}")
+  return a.astype(np.float32) if a.dtype != np.float32 and a.dtype != np.float64 else a
+
+
+def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, batch_size,
+              sigma_chunk, mesh, params) -> np.ndarray:
+  images = _as_float_images(images)
+  n = images.shape[0]
+  if n == 0:
+    raise ValueError("no images to evaluate")
+  sigmas_host = edm.validate_sigma_grid(np.atleast_1d(sigmas))
+  s = sigmas_host.size
+  ids = np.arange(n) if ids is None else np.asarray(ids)
+  if ids.shape != (n,):
+    raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
+  if labels is not None:
+    labels = np.asarray(labels, np.int32)
+    if labels.shape != (n,):
+      raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+  c = max(1, min(sigma_chunk or s, s))
+  padded = np.concatenate([sigmas_host, np.full(-s % c, sigmas_host[-1])])
+  sigmas_dev = jnp.asarray(padded, images.dtype)
+  batch_size = min(batch_size, n)
+  if mesh is not None:
+    d = mesh.shape[DATA_AXIS]
+    batch_size = -(-batch_size // d) * d
+    check_divisible(batch_size, mesh, "batch_size")
+    put = lambda a: jax.device_put(a, NamedSharding(mesh, P(DATA_AXIS)))
+    sigmas_dev = jax.device_put(sigmas_dev, NamedSharding(mesh, P()))
+  else:
+    put = jnp.asarray
+  if params is not None:
+    denoise = jax.tree_util.Partial(denoise, params)
+  if is_array_pytree(denoise) and (reference is None or is_array_pytree(reference)):
+    fn = functools.partial(_per_image_values_jit, denoise, reference, sigma_chunk=c)
+  else:  # closures: compiled once for this call, their arrays embedded as constants
+    fn = jax.jit(functools.partial(_per_image_values, denoise, reference, sigma_chunk=c))
+  out = []
+  for start in range(0, n, batch_size):
+    rows = np.minimum(np.arange(start, start + batch_size), n - 1)
+    vals = fn(put(images[rows]), None if labels is None else put(labels[rows]),
+              put(ids[rows].astype(np.uint32)), sigmas_dev, noise_seed)
+    out.append(np.asarray(vals)[:min(batch_size, n - start), :s])
+  return np.concatenate(out).astype(np.float64)
+
+
+def denoising_errors(denoise, images, labels=None, sigmas=None, *, ids=None, noise_seed: int = 0,
+                     batch_size: int = 128, sigma_chunk: Optional[int] = 8,
+                     mesh: Optional[Mesh] = None, params=None, return_per_image: bool = False):
+  """E(sigma): per-pixel MSE of the denoiser on noisy images, averaged over the images.
+
+  Args:
+    denoise: `denoise(x, sigma, labels)`, or `denoise(params, x, sigma, labels)` when params given.
+    images: (N, ...) float images in [-1, 1] (a fixed subset of a split).
+    labels: (N,) int labels passed to the denoiser (c_y), or None.
+    sigmas: (S,) increasing noise levels; default `edm.gap_sigma_grid()`.
+    ids: (N,) image ids seeding the noise (default 0..N-1); use the images' rows in the split.
+    noise_seed: seed of the per-image noise.
+    batch_size: images per compiled call (rounded up to a multiple of the mesh's data axis).
+    sigma_chunk: noise levels evaluated together (flattened into the batch); None: all at once.
+    mesh: optional mesh; batches are sharded over its data axis.
+    params: optional pytree passed as the denoiser's first argument (see the module docstring).
+    return_per_image: also return the (N, S) per-image errors (for bootstrapped error bars).
+
+  Returns:
+    (S,) float64 errors, or (errors, per_image (N, S)).
+  """
+  sigmas = edm.gap_sigma_grid() if sigmas is None else sigmas
+  per_image = _evaluate(denoise, None, images, labels, sigmas, ids=ids, noise_seed=noise_seed,
+                        batch_size=batch_size, sigma_chunk=sigma_chunk, mesh=mesh, params=params)
+  errors = per_image.mean(axis=0)
+  return (errors, per_image) if return_per_image else errors
+
+
+def model_vs_optimal_distance(denoise, optimal, images, labels=None, sigmas=None, *, ids=None,
+                              noise_seed: int = 0, batch_size: int = 128,
+                              sigma_chunk: Optional[int] = 8, mesh: Optional[Mesh] = None,
+                              params=None, return_per_image: bool = False):
+  """Per-pixel mean squared distance between D(x; sigma) and the optimal y*(x; sigma), per sigma.
+
+  Same inputs and noise as `denoising_errors`; 0 means exact recall of the optimal denoiser.
+  `optimal` is any reference denoiser `optimal(x, sigma, labels)` (params apply to `denoise` only).
+  """
+  sigmas = edm.gap_sigma_grid() if sigmas is None else sigmas
+  per_image = _evaluate(denoise, optimal, images, labels, sigmas, ids=ids, noise_seed=noise_seed,
+                        batch_size=batch_size, sigma_chunk=sigma_chunk, mesh=mesh, params=params)
+  dist = per_image.mean(axis=0)
+  return (dist, per_image) if return_per_image else dist
+
+
+# ------------------------------------------------------------------------------------------------
+# Summaries of error curves
+
+
+def relative_gap(e_val, e_train) -> np.ndarray:
+  """G = (E_val - E_train) / E_train, elementwise (any matching shapes)."""
+  e_val = np.asarray(e_val, np.float64)
+  e_train = np.asarray(e_train, np.float64)
+  return (e_val - e_train) / e_train
+
+
+def bootstrap_relative_gap(per_image_val, per_image_train, *, num_resamples: int = 1000,
+                           seed: int = 0, confidence: float = 0.95) -> Tuple[np.ndarray, np.ndarray]:
+  """Percentile bootstrap interval of G(sigma), resampling images of each split independently.
+
+  per_image_val: (N_val, S), per_image_train: (N_train, S) from `return_per_image=True`.
+  Returns (low (S,), high (S,)).
+  """
+  rng = np.random.default_rng(seed)
+  means = []
+  for per_image in (per_image_val, per_image_train):
+    a = np.asarray(per_image, np.float64)
+    n = a.shape[0]
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=num_resamples)  # (R, N)
+    means.append(counts @ a / n)
+  gaps = relative_gap(*means)
+  tail = 50.0 * (1.0 - confidence)
+  return np.percentile(gaps, tail, axis=0), np.percentile(gaps, 100.0 - tail, axis=0)
+
+
+class Onset(NamedTuple):
+  images_seen: np.ndarray  # (S,) images seen at the checkpoint of minimal E_val, per sigma
+  index: np.ndarray  # (S,) that checkpoint's index
+  rises: np.ndarray  # (S,) bool: E_val rises after it (a later checkpoint exceeds the minimum)
+
+
+def overfitting_onset(errors_val, images_seen, *, rtol: float = 0.0) -> Onset:
+  """Per sigma, the checkpoint where E_val(sigma) is smallest over training, and whether it rises.
+
+  errors_val: (K, S) E_val per checkpoint (rows in training order); images_seen: (K,) increasing.
+  rises: some later checkpoint has E_val > (1 + rtol) * min (False when the minimum is the last).
+  """
+  e = np.asarray(errors_val, np.float64)
+  seen = np.asarray(images_seen)
+  if e.ndim != 2 or seen.shape != (e.shape[0],):
+    raise ValueError(f"errors_val must be (K, S) and images_seen (K,), got {e.shape}, {seen.shape}")
+  if np.any(np.diff(seen) <= 0):
+    raise ValueError("images_seen must be strictly increasing (checkpoints in training order)")
+  index = np.argmin(e, axis=0)
+  minimum = e[index, np.arange(e.shape[1])]
+  later = np.where(np.arange(e.shape[0])[:, None] > index[None, :], e, -np.inf).max(axis=0)
+  rises = later > (1.0 + rtol) * minimum
+  return Onset(seen[index], index, rises)
+
+
+def peak(sigmas, gap) -> Tuple[float, float]:
+  """(sigma, value) at the maximum of a gap curve (NaNs ignored)."""
+  gap = np.asarray(gap, np.float64)
+  sigmas = np.asarray(sigmas, np.float64)
+  if gap.shape != sigmas.shape:
+    raise ValueError(f"sigmas {sigmas.shape} and gap {gap.shape} must match")
+  i = int(np.nanargmax(gap))
+  return float(sigmas[i]), float(gap[i])
+
+
+def gap_vs_images(sigmas, gaps, images_seen, at_sigmas: Sequence[float]
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+  """G at chosen sigmas over training: linear interpolation in log sigma of each checkpoint's curve.
+
+  sigmas: (S,) increasing; gaps: (K, S); images_seen: (K,). Returns (images_seen (K,), (K, A)).
+  """
+  sigmas = np.asarray(sigmas, np.float64)
+  gaps = np.asarray(gaps, np.float64)
+  at = np.log(np.asarray(at_sigmas, np.float64))
+  if gaps.ndim != 2 or gaps.shape[1] != sigmas.size:
+    raise ValueError(f"gaps must be (K, {sigmas.size}), got {gaps.shape}")
+  if np.any(at < np.log(sigmas[0])) or np.any(at > np.log(sigmas[-1])):
+    raise ValueError(f"at_sigmas must lie in [{sigmas[0]}, {sigmas[-1]}]")
+  values = np.stack([np.interp(at, np.log(sigmas), g) for g in gaps])
+  return np.asarray(images_seen), values

@@ -1,0 +1,213 @@
+"""Chunked nearest-neighbour search and k-means in JAX; pseudo-labels for the data pipeline.
+
+This module is the one home of squared distances between two point sets (k-means assignment,
+1-nearest-neighbour probes, copy detection all call `nearest_neighbours`):
+  * as matrix products ||q||^2 - 2 q.r + ||r||^2 (the ||q||^2 term dropped for the ranking), on data
+    centred at the reference mean and with full-precision matmuls;
+  * streamed over chunks of the reference set with a running top-k under `lax.scan`, so memory is
+    O(queries x chunk), never O(queries x N x D);
+  * the distances of the k neighbours found are then recomputed directly as ||q - r||^2 (no
+    cancellation: an exact copy has distance exactly 0).
+
+k-means: seeded k-means++ initialisation, Lloyd iterations with chunked assignment, and empty
+clusters re-seeded at the point farthest from its centroid. `pseudo_labels` runs it on training
+features and labels validation features by their nearest centroid; `write_pseudo_labels` writes the
+.npz file that `diffgen_jax.data.read_pseudo_labels` reads (integer arrays 'train', 'validation').
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+_HIGHEST = lax.Precision.HIGHEST
+
+
+@functools.partial(jax.jit, static_argnames=("k", "chunk"))
+def _knn(queries, reference, half_sq, valid, *, k, chunk):
+  """Top-k nearest reference rows (indices, squared distances) for every query row."""
+  q = queries.shape[0]
+  n = reference.shape[0]
+  ids = jnp.arange(n, dtype=jnp.int32)
+  split = lambda a: a.reshape((n // chunk, chunk) + a.shape[1:])
+
+  def step(carry, xs):
+    best_score, best_idx = carry
+    ref, h, v, idx = xs
+    # Larger score = nearer: q.r - ||r||^2 / 2 = (||q||^2 - ||q - r||^2) / 2.
+    score = jnp.matmul(queries, ref.T, precision=_HIGHEST) - h[None, :]
+    score = jnp.where(v[None, :], score, -jnp.inf)
+    all_score = jnp.concatenate([best_score, score], axis=1)
+    all_idx = jnp.concatenate([best_idx, jnp.broadcast_to(idx[None, :], score.shape)], axis=1)
+    top, pos = lax.top_k(all_score, k)
+    return (top, jnp.take_along_axis(all_idx, pos, axis=1)), None
+
+  init = (jnp.full((q, k), -jnp.inf, queries.dtype), jnp.zeros((q, k), jnp.int32))
+  (_, best_idx), _ = lax.scan(step, init, (split(reference), split(half_sq), split(valid),
+                                           split(ids)))
+  diff = queries[:, None, :] - reference[best_idx]  # (Q, k, D): k is small
+  return best_idx, jnp.sum(diff * diff, axis=-1)
+
+
+def nearest_neighbours(queries, reference, k: int = 1, *, chunk_size: int = 1024,
+                       query_batch: int = 1024) -> Tuple[np.ndarray, np.ndarray]:
+  """The k nearest reference rows of every query row (Euclidean).
+
+  Args:
+    queries: (Q, ...) points (flattened to (Q, D)).
+    reference: (N, ...) points with the same item size.
+    k: neighbours per query, 1 <= k <= N.
+    chunk_size: reference rows per streaming step; query_batch: queries per compiled call.
+
+  Returns:
+    (indices (Q, k) int, distances (Q, k) float32), nearest first; distances are ||q - r||.
+  """
+  ref = np.asarray(reference, np.float32)
+  qs = np.asarray(queries, np.float32)
+  n = ref.shape[0]
+  ref = ref.reshape(n, -1)
+  qs = qs.reshape(qs.shape[0], -1)
+  if ref.shape[1] != qs.shape[1]:
+    raise ValueError(f"queries have {qs.shape[1]} features, the reference {ref.shape[1]}")
+  if not 1 <= k <= n:
+    raise ValueError(f"k must be in [1, {n}] (the reference size), got {k}")
+  centre = ref.astype(np.float64).mean(axis=0)
+  ref_c = (ref - centre).astype(np.float32)
+  chunk = min(chunk_size, n)
+  pad = -n % chunk
+  valid = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)])
+  ref_c = np.concatenate([ref_c, np.zeros((pad, ref_c.shape[1]), np.float32)])
+  half_sq = 0.5 * np.einsum("nd,nd->n", ref_c.astype(np.float64), ref_c.astype(np.float64))
+  ref_j, half_j, valid_j = jnp.asarray(ref_c), jnp.asarray(half_sq, jnp.float32), jnp.asarray(valid)
+  num_q = qs.shape[0]
+  batch = max(1, min(query_batch, num_q))
+  idx_out, dist_out = [], []
+  for start in range(0, num_q, batch):
+    rows = np.minimum(np.arange(start, start + batch), num_q - 1)
+    idx, sq = _knn(jnp.asarray((qs[rows] - centre).astype(np.float32)), ref_j, half_j, valid_j,
+                   k=k, chunk=chunk)
+    keep = min(batch, num_q - start)
+    idx_out.append(np.asarray(idx)[:keep])
+    dist_out.append(np.sqrt(np.maximum(np.asarray(sq)[:keep], 0.0)))
+  if not idx_out:
+    return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
+  return np.concatenate(idx_out), np.concatenate(dist_out)
+
+
+# ------------------------------------------------------------------------------------------------
+# k-means
+
+
+def _kmeans_pp(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+  """k-means++ seeding: each next centre drawn with probability proportional to D(x)^2."""
+  rng = np.random.default_rng(seed)
+  n = x.shape[0]
+  centres = [int(rng.integers(n))]
+  min_sq = np.sum((x - x[centres[0]]) ** 2, axis=1)
+  for _ in range(1, k):
+    total = min_sq.sum()
+    if total <= 0:  # fewer distinct points than k: take any not yet chosen
+      nxt = int(np.setdiff1d(np.arange(n), centres)[0])
+    else:
+      nxt = int(rng.choice(n, p=min_sq / total))
+    centres.append(nxt)
+    min_sq = np.minimum(min_sq, np.sum((x - x[nxt]) ** 2, axis=1))
+  return x[np.asarray(centres)].copy()
+
+
+def kmeans(features, k: int, seed: int = 0, iters: int = 100, *,
+           chunk_size: int = 1024) -> Tuple[np.ndarray, np.ndarray]:
+  """Lloyd's k-means with k-means++ seeding (deterministic for a seed).
+
+  Args:
+    features: (N, F) points (e.g. classifier features of the training images).
+    k: number of clusters. k = 0 means unconditional: no centroids, every label 0. k = 1: the mean.
+    seed: seeds the k-means++ draws.
+    iters: maximum Lloyd iterations (stops earlier when the assignment no longer changes).
+
+  Returns:
+    (centroids (k, F) float32, labels (N,) int32 in [0, k)). Empty clusters are re-seeded at the
+    point farthest from its current centroid, so every cluster keeps at least one point when there
+    are at least k distinct points.
+  """
+  x = np.asarray(features, np.float64)
+  if x.ndim != 2:
+    raise ValueError(f"features must be (N, F), got {x.shape}")
+  n = x.shape[0]
+  if k < 0 or k > n:
+    raise ValueError(f"k must be in [0, {n}] (the number of points), got {k}")
+  if k == 0:
+    return np.zeros((0, x.shape[1]), np.float32), np.zeros((n,), np.int32)
+  if k == 1:
+    return x.mean(axis=0, keepdims=True).astype(np.float32), np.zeros((n,), np.int32)
+  centroids = _kmeans_pp(x, k, seed)
+  labels = None
+  for _ in range(iters):
+    idx, dist = nearest_neighbours(x, centroids, 1, chunk_size=chunk_size)
+    new_labels = idx[:, 0].astype(np.int32)
+    counts = np.bincount(new_labels, minlength=k)
+    far = iter(np.argsort(-dist[:, 0], kind="stable"))
+    for c in np.flatnonzero(counts == 0):
+      # Re-seed an empty cluster at the farthest point whose cluster keeps another member.
+      i = next(i for i in far if counts[new_labels[i]] > 1)
+      counts[new_labels[i]] -= 1
+      counts[c] += 1
+      new_labels[i] = c
+    if labels is not None and np.array_equal(new_labels, labels):
+      break
+    labels = new_labels
+    sums = np.zeros_like(centroids)
+    np.add.at(sums, labels, x)
+    centroids = sums / np.bincount(labels, minlength=k)[:, None]
+  return centroids.astype(np.float32), labels
+
+
+def assign(features, centroids, *, chunk_size: int = 1024) -> np.ndarray:
+  """Label of the nearest centroid for each row of features; all 0 when there are no centroids."""
+  features = np.asarray(features)
+  centroids = np.asarray(centroids)
+  if centroids.shape[0] == 0:
+    return np.zeros((features.shape[0],), np.int32)
+  idx, _ = nearest_neighbours(features, centroids, 1, chunk_size=chunk_size)
+  return idx[:, 0].astype(np.int32)
+
+
+def pseudo_labels(train_features, val_features, k: int, seed: int = 0,
+                  iters: int = 100) -> Tuple[np.ndarray, np.ndarray]:
+  """k-means on training features; validation images get the label of their nearest centroid."""
+  centroids, train_labels = kmeans(train_features, k, seed, iters)
+  return train_labels, assign(val_features, centroids)
+
+
+def write_pseudo_labels(path: str, train_labels, val_labels) -> str:
+  """Writes the .npz read by `diffgen_jax.data.read_pseudo_labels` (arrays 'train', 'validation').
+
+  Written atomically (temporary file, then rename). Returns the path written.
+  """
+  arrays = {}
+  for name, labels in (("train", train_labels), ("validation", val_labels)):
+    a = np.asarray(labels)
+    if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer) or (a.size and a.min() < 0):
+      raise ValueError(f"{name} pseudo-labels must be a 1-D array of non-negative integers, got "
+                       f"shape {a.shape} dtype {a.dtype}")
+    arrays[name] = a.astype(np.int32)
+  path = os.path.expanduser(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path

@@ -1,0 +1,244 @@
+"""Trajectory probes and sample memorization (paper.md section 6).
+
+* Early-stopped sampling: the output of sampling stopped at step i is D(x_i; sigma_i), which is
+  exactly `trajectory.denoised[i]` of one full sampler run with `return_trajectory=True`
+  (`early_stopped_outputs`); `early_stop_gap_fd` turns those into G_FD(sigma_i).
+* Trajectory overlap (`trajectory_overlap`): at each sampling step, how close trajectory states are
+  to the training set compared with noisy training samples y_train + sigma n and noisy validation
+  samples y_val + sigma n at the same sigma:
+    - nn_rms: ||x - y_nn|| / sqrt(D), the root-mean-square per-pixel distance to the nearest
+      training image (-> 0 for noisy training samples as sigma -> 0);
+    - relative_nn: ||x - y_nn|| / (sigma sqrt(D)) (about 1 for a noisy training sample whose
+      nearest training image is its own clean image; >> 1 for noisy validation samples at small
+      sigma);
+    - effective_number: exp(entropy) of the optimal denoiser's posterior weights over the training
+      set (1 = a single training point dominates, N = uniform), and participation = 1 / sum w^2.
+* 1-NN cosine similarity in a feature space (`nn_similarity_probe`) of trajectory predictions, of
+  denoised training images and of denoised validation images, to the training and validation sets.
+* Memorization (Gu et al. 2023): a sample is a copy when its nearest training image is closer than
+  `ratio` (1/3) times the distance to the second nearest (`copy_fraction`, `memorization`).
+Nearest neighbours come from `kmeans.nearest_neighbours` (chunked matmuls), posterior weights from
+`optimal.posterior_statistics`, Frechet distances from `frechet.frechet_distance`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Dict, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffgen_jax import samplers
+from diffgen_jax.denoisers import is_array_pytree
+from diffgen_jax.evaluation.features import batched_features
+from diffgen_jax.evaluation.frechet import frechet_distance
+from diffgen_jax.evaluation.gap import image_noise
+from diffgen_jax.evaluation.kmeans import nearest_neighbours
+from diffgen_jax.optimal import posterior_statistics
+
+
+# ------------------------------------------------------------------------------------------------
+# Early-stopped sampling and G_FD
+
+
+def early_stopped_outputs(denoise, noise, labels=None, **sampler_kwargs
+                          ) -> Tuple[np.ndarray, jax.Array]:
+  """(sigmas (T,), outputs (T, B, ...)): outputs[i] = D(x_i; sigma_i), the sample stopped at step i.
+
+  One sampler run (`samplers.sample(..., return_trajectory=True)`); sampler_kwargs are passed on
+  (num_steps, solver, ...). With stochastic churn sigma_i is the churned level the denoiser saw.
+  """
+  out = samplers.sample(denoise, noise, labels, return_trajectory=True, **sampler_kwargs)
+  return np.asarray(out.trajectory.sigmas), out.trajectory.denoised
+
+
+def sample_gap_fd(features, train_feature_subsets: Sequence, val_features
+                  ) -> Tuple[float, float, float]:
+  """(FD to training, averaged over the disjoint subsets; FD to validation; G_FD)."""
+  fd_train = float(np.mean([frechet_distance(features, t) for t in train_feature_subsets]))
+  fd_val = frechet_distance(features, val_features)
+  return fd_train, fd_val, (fd_val - fd_train) / fd_train
+
+
+def early_stop_gap_fd(features_fn, outputs_per_step, train_feature_subsets: Sequence,
+                      val_features, *, batch_size: int = 256) -> Dict[str, np.ndarray]:
+  """G_FD of the early-stopped outputs at every step: dict of (T,) 'fd_train', 'fd_val', 'gap'."""
+  rows = [sample_gap_fd(batched_features(features_fn, np.asarray(out), batch_size),
+                        train_feature_subsets, val_features) for out in outputs_per_step]
+  fd_train, fd_val, gap = (np.asarray(v) for v in zip(*rows))
+  return {"fd_train": fd_train, "fd_val": fd_val, "gap": gap}
+
+
+# ------------------------------------------------------------------------------------------------
+# Trajectory overlap
+
+
+def _noisy(images, ids, sigmas, noise_seed) -> np.ndarray:
+  """(T, P, ...) y + sigma_t n_y with the per-image noise of the gap evaluation."""
+  images = np.asarray(images, np.float32)
+  noise = np.asarray(image_noise(noise_seed, ids, images.shape[1:]))
+  s = np.asarray(sigmas, np.float32).reshape((-1,) + (1,) * images.ndim)
+  return images[None] + s * noise[None]
+
+
+def _batched_posterior(stats_fn, states, sigmas, labels, batch_size):
+  """PosteriorStatistics fields (effective_number, participation) for (Q, ...) states."""
+  q = states.shape[0]
+  batch = min(batch_size, q)
+  eff, part = [], []
+  for start in range(0, q, batch):
+    rows = np.minimum(np.arange(start, start + batch), q - 1)
+    st = stats_fn(jnp.asarray(states[rows]), jnp.asarray(sigmas[rows]),
+                  None if labels is None else jnp.asarray(labels[rows]))
+    keep = min(batch, q - start)
+    eff.append(np.asarray(st.effective_number)[:keep])
+    part.append(np.asarray(st.participation)[:keep])
+  return np.concatenate(eff), np.concatenate(part)
+
+
+def _overlap_stats(states, sigmas, train_flat, stats_fn, labels, batch_size, chunk_size):
+  """states (T, B, ...) at sigmas (T,) -> dict of (T, B) arrays."""
+  t, b = states.shape[:2]
+  flat = np.asarray(states, np.float32).reshape(t * b, -1)
+  d = flat.shape[1]
+  per_state_sigma = np.repeat(np.asarray(sigmas, np.float32), b)
+  _, dist = nearest_neighbours(flat, train_flat, 1, chunk_size=chunk_size)
+  rms = dist[:, 0] / np.sqrt(d)
+  lab = None if labels is None else np.tile(np.asarray(labels, np.int32), t)
+  eff, part = _batched_posterior(stats_fn, flat.reshape((t * b,) + states.shape[2:]),
+                                 per_state_sigma, lab, batch_size)
+  shape = (t, b)
+  return {"nn_rms": rms.reshape(shape), "relative_nn": (rms / per_state_sigma).reshape(shape),
+          "effective_number": eff.reshape(shape), "participation": part.reshape(shape)}
+
+
+def trajectory_overlap(states, sigmas, train_images, train_probe, val_probe, *,
+                       train_probe_ids=None, val_probe_ids=None, noise_seed: int = 0,
+                       train_labels=None, state_labels=None, train_probe_labels=None,
+                       val_probe_labels=None, batch_size: int = 256, chunk_size: int = 2048
+                       ) -> Dict[str, Dict[str, np.ndarray]]:
+  """Where sampling trajectories go, compared with noisy training and validation samples.
+
+  Args:
+    states: (T, B, ...) trajectory states x_i (`trajectory.x`), at noise levels sigmas (T,).
+    train_images: (N, ...) the training set (nearest neighbours and posterior weights).
+    train_probe, val_probe: (P, ...) clean training / validation images noised at every sigma with
+      the gap evaluation's per-image noise (ids default 0..P-1, seed noise_seed).
+    train_labels: (N,) labels: posterior weights are then class-conditional, with state_labels (B,),
+      train_probe_labels and val_probe_labels giving each query's class. Nearest neighbours are
+      always over the whole training set.
+
+  Returns:
+    {"trajectory" | "noisy_train" | "noisy_val": {"nn_rms", "relative_nn", "effective_number",
+    "participation"}: (T, B or P) arrays} (see the module docstring; average over axis 1).
+  """
+  states = np.asarray(states, np.float32)
+  sigmas = np.asarray(sigmas, np.float32)
+  if states.shape[0] != sigmas.shape[0]:
+    raise ValueError(f"states have {states.shape[0]} steps but there are {sigmas.shape[0]} sigmas")
+  train = np.asarray(train_images, np.float32)
+  train_flat = train.reshape(train.shape[0], -1)
+  stats_fn = posterior_statistics(train, train_labels, chunk_size=chunk_size)
+  conditional = train_labels is not None
+  groups = {"trajectory": (states, state_labels)}
+  for name, probe, ids, lab in (("noisy_train", train_probe, train_probe_ids, train_probe_labels),
+                                ("noisy_val", val_probe, val_probe_ids, val_probe_labels)):
+    probe = np.asarray(probe, np.float32)
+    ids = np.arange(probe.shape[0]) if ids is None else np.asarray(ids)
+    groups[name] = (_noisy(probe, ids, sigmas, noise_seed), lab)
+  return {name: _overlap_stats(x, sigmas, train_flat, stats_fn, lab if conditional else None,
+                               batch_size, chunk_size)
+          for name, (x, lab) in groups.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# 1-NN cosine similarity in a feature space
+
+# A pytree denoiser (see denoisers.is_array_pytree) enters the compiled call as an argument.
+_apply_jit = jax.jit(lambda denoise, x, sigma, labels: denoise(x, sigma, labels))
+
+
+
+def nn_cosine_similarity(query_features, reference_features, *, chunk_size: int = 2048
+                         ) -> np.ndarray:
+  """(Q,) cosine similarity of each query to its most similar reference row."""
+  def unit(a):
+    a = np.asarray(a, np.float64).reshape(len(a), -1)
+    return (a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+  q, r = unit(query_features), unit(reference_features)
+  idx, _ = nearest_neighbours(q, r, 1, chunk_size=chunk_size)
+  return np.einsum("qd,qd->q", q.astype(np.float64), r[idx[:, 0]].astype(np.float64))
+
+
+def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train_probe, val_probe,
+                        train_features, val_features, *, train_probe_ids=None, val_probe_ids=None,
+                        train_probe_labels=None, val_probe_labels=None, noise_seed: int = 0,
+                        batch_size: int = 256) -> Dict[str, np.ndarray]:
+  """Mean 1-NN cosine similarity per step of predictions to the training and validation sets.
+
+  Args:
+    denoise: the denoiser whose predictions are probed (the one that made the trajectory).
+    features_fn: images -> (B, F) feature extractor.
+    sigmas: (T,) the trajectory's noise levels; trajectory_denoised: (T, B, ...) its predictions
+      D(x_i; sigma_i) (`trajectory.denoised`).
+    train_probe, val_probe: (P, ...) clean images denoised at every sigma as D(y + sigma n; sigma)
+      (noise as in the gap evaluation).
+    train_features, val_features: (N, F) features of the reference training / validation sets.
+
+  Returns:
+    dict of (T,) arrays 'trajectory/train', 'trajectory/val', 'train/train', 'train/val',
+    'val/train', 'val/val' (prediction source / reference set).
+  """
+  sigmas = np.asarray(sigmas, np.float32)
+  if is_array_pytree(denoise):
+    den = functools.partial(_apply_jit, denoise)
+  else:
+    den = jax.jit(denoise)
+  sources = {"trajectory": [np.asarray(o) for o in trajectory_denoised]}
+  for name, probe, ids, labels in (("train", train_probe, train_probe_ids, train_probe_labels),
+                                   ("val", val_probe, val_probe_ids, val_probe_labels)):
+    probe = np.asarray(probe, np.float32)
+    ids = np.arange(probe.shape[0]) if ids is None else np.asarray(ids)
+    noisy = _noisy(probe, ids, sigmas, noise_seed)
+    lab = None if labels is None else jnp.asarray(labels, jnp.int32)
+    outs = []
+    for t, s in enumerate(sigmas):
+      preds = [np.asarray(den(jnp.asarray(noisy[t, i:i + batch_size]), jnp.float32(s),
+                              None if lab is None else lab[i:i + batch_size]))
+               for i in range(0, probe.shape[0], batch_size)]
+      outs.append(np.concatenate(preds))
+    sources[name] = outs
+  result = {}
+  for src, outs in sources.items():
+    feats = [batched_features(features_fn, o, batch_size) for o in outs]
+    for ref_name, ref in (("train", train_features), ("val", val_features)):
+      result[f"{src}/{ref_name}"] = np.asarray([nn_cosine_similarity(f, ref).mean()
+                                                for f in feats])
+  return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Memorization of samples
+
+
+def copy_flags(samples, train_images, ratio: float = 1.0 / 3.0, *,
+               chunk_size: int = 2048) -> np.ndarray:
+  """(Q,) bool: d(nearest training image) < ratio * d(second nearest) (Gu et al. 2023)."""
+  _, dist = nearest_neighbours(samples, train_images, 2, chunk_size=chunk_size)
+  return dist[:, 0] < ratio * dist[:, 1]
+
+
+def copy_fraction(samples, train_images, ratio: float = 1.0 / 3.0, *,
+                  chunk_size: int = 2048) -> float:
+  """Fraction of samples that are copies of a training image (see `copy_flags`)."""
+  return float(np.mean(copy_flags(samples, train_images, ratio, chunk_size=chunk_size)))
+
+
+def memorization(samples, train_images, val_images, ratio: float = 1.0 / 3.0, *,
+                 chunk_size: int = 2048) -> Dict[str, float]:
+  """Copy fraction of the samples and, as control, of validation images against the training set."""
+  return {"samples": copy_fraction(samples, train_images, ratio, chunk_size=chunk_size),
+          "validation_control": copy_fraction(val_images, train_images, ratio,
+                                              chunk_size=chunk_size)}

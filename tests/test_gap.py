@@ -1,0 +1,149 @@
+"""Denoising errors over a sigma grid, the relative gap and its summaries (known answers)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffgen_jax.evaluation import gap
+from diffgen_jax.optimal import empirical_optimal_denoiser
+from diffgen_jax.sharding import make_mesh
+
+SIGMAS = np.array([0.002, 0.05, 0.5, 2.0, 1e4])
+
+
+def _uniform(seed, n, shape=(4, 4, 1)):
+  return np.random.default_rng(seed).uniform(-1, 1, (n,) + shape).astype(np.float32)
+
+
+def test_optimal_denoiser_known_limits():
+  train = _uniform(0, 24)
+  optimal = empirical_optimal_denoiser(train, chunk_size=8)
+  e = gap.denoising_errors(optimal, train, sigmas=SIGMAS, batch_size=16, sigma_chunk=2)
+  assert e.shape == (5,)
+  # sigma -> 0: every noisy training image is denoised to itself.
+  assert e[0] < 1e-10
+  # sigma -> inf: y* is the training mean; E = mean squared distance of the images to it.
+  analytic = np.mean((train - train.mean(axis=0)) ** 2)
+  np.testing.assert_allclose(e[-1], analytic, rtol=1e-2)
+  # The optimal denoiser as the "network": zero distance to the optimal denoiser.
+  dist = gap.model_vs_optimal_distance(optimal, optimal, train, sigmas=SIGMAS, batch_size=16)
+  assert np.all(dist <= 1e-12)
+
+
+def test_single_training_image_has_zero_error_everywhere():
+  train = _uniform(1, 1)
+  optimal = empirical_optimal_denoiser(train)
+  images = np.repeat(train, 3, axis=0)  # the one image under three noise draws
+  e = gap.denoising_errors(optimal, images, sigmas=SIGMAS, batch_size=3)
+  np.testing.assert_array_equal(e, 0.0)
+
+
+def test_linear_gaussian_error_matches_closed_form():
+  # y ~ N(0, s^2 I), D(x) = s^2 / (s^2 + sigma^2) x: E = s^2 sigma^2 / (s^2 + sigma^2) per pixel.
+  # Each per-pixel squared residual is v chi^2_1 with v = E, so the mean of M = N*D of them has
+  # relative standard deviation sqrt(2 / M) = 0.0078 for M = 512 * 64; 4% is > 5 standard deviations.
+  s = 0.5
+  images = (s * np.random.default_rng(2).standard_normal((512, 8, 8, 1))).astype(np.float32)
+  linear = lambda x, sigma, labels=None: x * (s ** 2 / (s ** 2 + sigma ** 2))[:, None, None, None]
+  sigmas = np.array([0.1, 0.5, 2.0])
+  e = gap.denoising_errors(linear, images, sigmas=sigmas, batch_size=256, noise_seed=3)
+  np.testing.assert_allclose(e, s ** 2 * sigmas ** 2 / (s ** 2 + sigmas ** 2), rtol=0.04)
+
+
+def test_noise_depends_only_on_image_ids_and_sharding_is_transparent():
+  train = _uniform(3, 16)
+  images = _uniform(4, 11)
+  ids = np.arange(100, 111)
+  optimal = empirical_optimal_denoiser(train)
+  _, per_image = gap.denoising_errors(optimal, images, sigmas=SIGMAS, ids=ids, batch_size=4,
+                                      return_per_image=True)
+  perm = np.random.default_rng(0).permutation(11)
+  _, shuffled = gap.denoising_errors(optimal, images[perm], sigmas=SIGMAS, ids=ids[perm],
+                                     batch_size=8, sigma_chunk=None, return_per_image=True)
+  np.testing.assert_allclose(shuffled, per_image[perm], rtol=1e-5, atol=1e-7)
+  mesh = make_mesh()
+  assert mesh.shape["data"] == 8
+  _, sharded = gap.denoising_errors(optimal, images, sigmas=SIGMAS, ids=ids, batch_size=8,
+                                    mesh=mesh, return_per_image=True)
+  np.testing.assert_allclose(sharded, per_image, rtol=1e-5, atol=1e-7)
+
+
+def test_params_api_compiles_once_across_checkpoints():
+  traces = []
+
+  def apply(params, x, sigma, labels=None):
+    traces.append(1)
+    return x * params["scale"]
+
+  images = _uniform(5, 6)
+  e1 = gap.denoising_errors(apply, images, sigmas=SIGMAS, params={"scale": jnp.float32(0.0)},
+                            batch_size=4)
+  e2 = gap.denoising_errors(apply, images, sigmas=SIGMAS, params={"scale": jnp.float32(1.0)},
+                            batch_size=4)
+  assert len(traces) == 1
+  np.testing.assert_allclose(e1, np.mean(images ** 2), rtol=1e-5)  # D = 0: E = mean y^2
+  # D = x: E = sigma^2 mean(n^2) with the same noise at every sigma.
+  ratio = e2 / SIGMAS ** 2
+  np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
+  assert 0.5 < ratio[0] < 1.5
+
+
+def test_overfit_half_a_shows_positive_gap():
+  data = _uniform(6, 128)
+  train, val = data[:64], data[64:]
+  optimal = empirical_optimal_denoiser(train)
+  sigmas = np.array([0.5, 1e3])
+  e_train = gap.denoising_errors(optimal, train, sigmas=sigmas, batch_size=64)
+  e_val = gap.denoising_errors(optimal, val, sigmas=sigmas, batch_size=64)
+  g = gap.relative_gap(e_val, e_train)
+  assert g[0] > 1.0
+  # Largest sigma: y* is the training mean for both splits; E_val / E_train - 1 is a sampling
+  # fluctuation of relative size ~ sqrt(2 / (64 * 16)) + 1/64.
+  assert abs(g[1]) < 0.2
+  lo, hi = gap.bootstrap_relative_gap(*[
+      gap.denoising_errors(optimal, x, sigmas=sigmas, batch_size=64, return_per_image=True)[1]
+      for x in (val, train)], num_resamples=200)
+  assert lo[0] < g[0] < hi[0] and lo[0] > 0
+
+
+def test_overfitting_onset_and_peak_on_synthetic_curves():
+  k = np.arange(10)
+  seen = 1000 * (k + 1)
+  minima = np.array([2, 5, 9])  # per sigma; the last never rises (monotone decrease)
+  e_val = (k[:, None] - minima[None, :]) ** 2 + 1.0
+  onset = gap.overfitting_onset(e_val, seen)
+  np.testing.assert_array_equal(onset.index, minima)
+  np.testing.assert_array_equal(onset.images_seen, seen[minima])
+  np.testing.assert_array_equal(onset.rises, [True, True, False])
+  with pytest.raises(ValueError):
+    gap.overfitting_onset(e_val, seen[::-1])
+
+  sigmas = np.geomspace(0.01, 100, 41)
+  curve = 0.3 * np.exp(-(np.log(sigmas) - np.log(1.0)) ** 2)
+  s, v = gap.peak(sigmas, curve)
+  assert s == pytest.approx(1.0) and v == pytest.approx(0.3)
+
+  gaps = np.stack([curve * (i + 1) for i in range(3)])
+  _, at = gap.gap_vs_images(sigmas, gaps, seen[:3], [1.0, 0.01])
+  np.testing.assert_allclose(at[:, 0], 0.3 * np.arange(1, 4))
+  np.testing.assert_allclose(at[:, 1], curve[0] * np.arange(1, 4))
+
+
+def test_rejects_integer_images():
+  with pytest.raises(ValueError, match="floating"):
+    gap.denoising_errors(lambda x, s, l=None: x, np.zeros((2, 4, 4, 1), np.uint8), sigmas=[1.0])
+
+
+def _scaled(params, x, sigma, labels=None):
+  return x * params["scale"]
+
+
+def test_pytree_denoisers_share_one_compilation():
+  images = _uniform(7, 5)
+  before = gap._per_image_values_jit._cache_size()
+  for scale in (0.5, 0.25):  # two "checkpoints": same program, different arguments
+    denoise = jax.tree_util.Partial(_scaled, {"scale": jnp.float32(scale)})
+    e = gap.denoising_errors(denoise, images, sigmas=SIGMAS, batch_size=8, noise_seed=1)
+    assert e.shape == SIGMAS.shape
+  assert gap._per_image_values_jit._cache_size() == before + 1

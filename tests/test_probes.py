@@ -1,0 +1,128 @@
+"""Trajectory probes, posterior-weight statistics and sample memorization (known answers)."""
+
+import jax
+import numpy as np
+import pytest
+
+from diffgen_jax import samplers
+from diffgen_jax.evaluation import probes
+from diffgen_jax.evaluation.features import pixel_features
+from diffgen_jax.evaluation.frechet import frechet_distance
+from diffgen_jax.optimal import empirical_optimal_denoiser, posterior_statistics
+
+
+def _uniform(seed, n, shape=(4, 4, 1)):
+  return np.random.default_rng(seed).uniform(-1, 1, (n,) + shape).astype(np.float32)
+
+
+def _dense_weights(train, x, sigma, train_labels=None, labels=None):
+  t = train.reshape(len(train), -1).astype(np.float64)
+  q = x.reshape(len(x), -1).astype(np.float64)
+  logits = -((q[:, None] - t[None]) ** 2).sum(-1) / (2 * sigma ** 2)
+  if labels is not None:
+    logits = np.where(train_labels[None, :] == labels[:, None], logits, -np.inf)
+  w = np.exp(logits - logits.max(1, keepdims=True))
+  return w / w.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.3, 1.0, 100.0])
+def test_posterior_statistics_match_dense_reference(sigma):
+  train = _uniform(0, 50)
+  labels = np.arange(50) % 3
+  x = train[:6] + 0.3 * np.random.default_rng(1).standard_normal(train[:6].shape).astype(np.float32)
+  for train_labels, query_labels in ((None, None), (labels, labels[:6])):
+    stats = posterior_statistics(train, train_labels, chunk_size=16)(x, sigma, query_labels)
+    w = _dense_weights(train, x, sigma, labels, query_labels)
+    entropy = -np.sum(np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0), axis=1)
+    np.testing.assert_allclose(stats.entropy, entropy, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(stats.participation, 1 / np.sum(w ** 2, axis=1), rtol=1e-4)
+    np.testing.assert_allclose(stats.max_weight, w.max(1), rtol=1e-4)
+  if sigma == 100.0:  # nearly uniform over the query's class: 17, 17 or 16 points
+    np.testing.assert_allclose(stats.effective_number, np.bincount(labels)[labels[:6]], rtol=1e-3)
+
+
+def test_early_stopped_outputs_are_the_trajectory_predictions():
+  train = _uniform(2, 8)
+  optimal = empirical_optimal_denoiser(train)
+  noise = jax.random.normal(jax.random.key(0), (3, 4, 4, 1))
+  sigmas, outputs = probes.early_stopped_outputs(optimal, noise, num_steps=5)
+  assert sigmas.shape == (5,) and outputs.shape == (5, 3, 4, 4, 1)
+  for i in (0, 3):
+    stopped = samplers.sample(optimal, noise, num_steps=5, stop_step=i).samples
+    np.testing.assert_allclose(outputs[i], stopped, rtol=1e-5, atol=1e-5)
+
+
+def test_early_stop_gap_fd():
+  rng = np.random.default_rng(3)
+  val = rng.standard_normal((40, 2, 2, 1)).astype(np.float32)
+  train_subsets = [rng.standard_normal((40, 4)) + 1.0 for _ in range(2)]
+  val_feats = val.reshape(40, -1)
+  outputs = np.stack([val, val + 1.0])  # step 0: exactly the validation set
+  got = probes.early_stop_gap_fd(pixel_features, outputs, train_subsets, val_feats, batch_size=16)
+  assert got["fd_val"][0] == pytest.approx(0.0, abs=1e-6)
+  assert got["gap"][0] == pytest.approx(-1.0)
+  want = np.mean([frechet_distance(outputs[1].reshape(40, -1), t) for t in train_subsets])
+  assert got["fd_train"][1] == pytest.approx(want)
+
+
+def test_trajectory_overlap_known_limits():
+  train = _uniform(4, 16)
+  val = _uniform(5, 8)
+  optimal = empirical_optimal_denoiser(train)
+  noise = jax.random.normal(jax.random.key(1), (6, 4, 4, 1))
+  traj = samplers.sample(optimal, noise, num_steps=12, return_trajectory=True).trajectory
+  out = probes.trajectory_overlap(traj.x, traj.sigmas, train, train[:8], val, batch_size=32,
+                                  chunk_size=8)
+  sig = np.asarray(traj.sigmas)
+  late = sig < 0.05
+  first = 0  # sigma = 80: the posterior is nearly uniform over the 16 training points
+  assert late.sum() >= 2
+  # The optimal denoiser's own trajectories end on training points: one point dominates.
+  np.testing.assert_allclose(out["trajectory"]["effective_number"][late], 1.0, atol=1e-3)
+  assert np.all(out["trajectory"]["effective_number"][first] > 12)
+  # Noisy training samples at small sigma: the nearest training image is their own clean image.
+  small = np.argmin(sig)
+  assert np.all(out["noisy_train"]["nn_rms"][small] < 0.01)
+  rel = out["noisy_train"]["relative_nn"][small]
+  assert np.all((rel > 0.3) & (rel < 2.0))  # = ||n|| / sqrt(D), D = 16
+  np.testing.assert_allclose(out["noisy_train"]["effective_number"][small], 1.0, atol=1e-3)
+  # Noisy validation samples at small sigma are far from every training point relative to sigma.
+  assert np.all(out["noisy_val"]["relative_nn"][small] > 50)
+  for group in out.values():
+    assert group["nn_rms"].shape[0] == 12
+
+
+def test_nn_cosine_similarity_and_probe():
+  ref = np.eye(4, dtype=np.float32)
+  q = np.array([[2, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, -1]], np.float32)
+  np.testing.assert_allclose(probes.nn_cosine_similarity(q, ref), [1.0, np.sqrt(0.5), 0.0],
+                             atol=1e-6)
+
+  train = _uniform(6, 12)
+  val = _uniform(7, 12)
+  optimal = empirical_optimal_denoiser(train)
+  noise = jax.random.normal(jax.random.key(2), (4, 4, 4, 1))
+  traj = samplers.sample(optimal, noise, num_steps=4, return_trajectory=True).trajectory
+  res = probes.nn_similarity_probe(optimal, pixel_features, traj.sigmas, traj.denoised, train[:4],
+                                   val[:4], train.reshape(12, -1), val.reshape(12, -1),
+                                   batch_size=8)
+  assert set(res) == {f"{a}/{b}" for a in ("trajectory", "train", "val") for b in ("train", "val")}
+  for v in res.values():
+    assert v.shape == (4,) and np.all(np.abs(v) <= 1 + 1e-6)
+  # At the smallest sigma the optimal denoiser returns training images: similarity 1 to train.
+  assert res["train/train"][-1] == pytest.approx(1.0, abs=1e-5)
+  assert res["val/train"][-1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_copy_fraction_known_answers():
+  train = _uniform(8, 10).reshape(10, -1)
+  assert probes.copy_fraction(train[:5], train) == 1.0
+  # Two training points equidistant from far-away samples: ratio 1, never a copy.
+  pair = np.array([[1.0, 0.0], [-1.0, 0.0]], np.float32)
+  far = np.array([[0.0, 100.0], [0.0, -50.0]], np.float32)
+  assert probes.copy_fraction(far, pair) == 0.0
+  # A point near one training point is a copy, in the middle it is not.
+  flags = probes.copy_flags(np.array([[0.9, 0.0], [0.0, 0.1]], np.float32), pair)
+  np.testing.assert_array_equal(flags, [True, False])
+  mem = probes.memorization(train[:3], train, _uniform(9, 6).reshape(6, -1))
+  assert mem["samples"] == 1.0 and 0.0 <= mem["validation_control"] < 1.0
