@@ -1,0 +1,30 @@
+"""The main job: a small DDPM++ U-Net on scikit-learn's bundled 8x8 digits, on a laptop CPU.
+
+A 256-image training subset is small enough that the network starts to memorize it within the
+run, so the gap between validation and training denoising error opens up.
+
+    python -m diffgen_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
+"""
+
+from diffgen_jax import defaults
+
+
+def get_config():
+  config = defaults.train_config(dataset="digits", family="ddpmpp")
+  config.data.subset_size = 256
+  config.model.preset = "ddpmpp-tiny"
+  config.model.img_resolution = 8
+  config.model.img_channels = 1
+  config.model.num_classes = 10
+  config.model.dropout = 0.0
+  config.training.batch_size = 64
+  config.training.total_images = 64 * 3000
+  config.training.lr = 2e-3
+  config.training.warmup_images = 64 * 200
+  config.training.label_dropout = 0.1
+  config.training.ema.halflife_images = 64 * 100
+  config.checkpoint.state_every_images = 64 * 500
+  config.checkpoint.snapshot_every_images = 64 * 300
+  config.sampling.grid_size = 100
+  config.log_every_steps = 100
+  return config
