@@ -24,7 +24,8 @@ def get_config():
   config.training.label_dropout = 0.1
   config.training.ema.halflife_images = 64 * 100
   config.checkpoint.state_every_images = 64 * 500
-  config.checkpoint.snapshot_every_images = 64 * 300
+  config.checkpoint.snapshot_every_images = 64 * 600
   config.sampling.grid_size = 100
+  config.evaluation.num_images = 128
   config.log_every_steps = 100
   return config

@@ -68,6 +68,17 @@ def train_config(dataset: str = "digits", family: str = "ddpmpp") -> ml_collecti
       "keep_states": 2,
   })
   config.sampling = ml_collections.ConfigDict({"grid_size": 64, "num_steps": 18})
+  config.evaluation = ml_collections.ConfigDict({
+      "after_training": True,  # the train job ends with the gap evaluation of its snapshots
+      "num_images": 8192,  # fixed images per split (the paper: 8192)
+      "num_sigmas": 64,  # log grid in [0.002, 80] ...
+      "sigmas": (),  # ... unless given explicitly
+      "noise_seed": 0,
+      "batch_size": 256,
+      "model_vs_optimal": True,  # distance of the network's predictions to the optimal denoiser's
+      "ema": "first",  # "first" EMA set or "all" of them
+      "at_sigmas": (0.1, 0.5, 1.0, 2.0, 5.0),  # G over training time at these sigmas
+  })
   config.mesh = mesh_config()
   config.log_every_steps = 100
   return config

@@ -10,6 +10,7 @@ from diffgen_jax import config_checks
 JOBS = {
     "toy2d": "diffgen_jax.toy2d",
     "train": "diffgen_jax.trainer",
+    "evaluate": "diffgen_jax.evaluator",
 }
 
 

@@ -51,16 +51,17 @@ def validate_config(config) -> None:
   sharding.check_divisible(config.training.batch_size, mesh, "config.training.batch_size")
 
 
-def _load_training_data(config):
+def load_split(config, split: str):
+  """The training split (or subset) or the validation split a config names, prepared if needed."""
   if jax.process_index() == 0:
     data.prepare(config.data.name, config.data.data_dir or None)
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("data prepared")
+    multihost_utils.sync_global_devices(f"data prepared: {split}")
   labels = config.data.labels
   if labels == "pseudo":
-    labels = data.read_pseudo_labels(config.data.pseudo_labels, "train")
-  return data.load_split(config.data.name, "train", data_dir=config.data.data_dir or None,
-                         subset_size=config.data.subset_size or None,
+    labels = data.read_pseudo_labels(config.data.pseudo_labels, split)
+  return data.load_split(config.data.name, split, data_dir=config.data.data_dir or None,
+                         subset_size=(config.data.subset_size or None) if split == "train" else None,
                          subset_seed=config.data.subset_seed, labels=labels)
 
 
@@ -72,11 +73,6 @@ def build_network(model_config, num_classes: int, compute_dtype: str = "float32"
   return training.Network(module=models.build(model_config),
                           project=models.weight_projection(model_config),
                           num_classes=num_classes)
-
-
-def ema_denoiser(network: training.Network, params, sigma_data: float):
-  """The package's denoiser interface over a parameter set (deterministic, no dropout)."""
-  return edm.precondition(models.raw_network(network.module, {"params": params}), sigma_data)
 
 
 def _write_metrics(path: str, rows: List[Dict[str, Any]]) -> None:
@@ -115,7 +111,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   t = config.training
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-  split = _load_training_data(config)
+  split = load_split(config, "train")
   image_shape = split.shape
   model_config = config.model.copy_and_resolve_references()
   with model_config.unlocked():
@@ -205,6 +201,9 @@ def run(config, workdir: str) -> Dict[str, Any]:
   ckpt.close()
   logging.info("Training finished: %d steps, %d images, %.1f s.", total_steps,
                total_steps * t.batch_size, time.time() - t0)
+  if config.evaluation.after_training:
+    from diffgen_jax import evaluator  # the evaluation imports the trainer
+    evaluator.run(config, workdir)
   return {"state": state, "network": network, "last_metrics": last, "total_steps": total_steps}
 
 
@@ -224,7 +223,7 @@ def _make_sample_fn(network, config, image_shape, num_classes):
 
   @jax.jit
   def generate(params):
-    denoise = ema_denoiser(network, params, config.training.sigma_data)
+    denoise = training.network_denoiser(network, params, config.training.sigma_data)
     return samplers.sample(denoise, noise, labels, num_steps=s.num_steps).samples
 
   def sample_fn(ema_sets, step):

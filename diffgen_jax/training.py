@@ -73,6 +73,11 @@ class Network(NamedTuple):
   num_classes: int
 
 
+def network_denoiser(network: Network, params, sigma_data: float = edm.SIGMA_DATA):
+  """The package's denoiser interface over one parameter set (evaluation mode: no dropout)."""
+  return edm.precondition(models.raw_network(network.module, {"params": params}), sigma_data)
+
+
 def denoising_loss(network: Network, params, batch, key, config, train: bool = True):
   """EDM (or EDM2, with the learned log-variance) loss of one batch; mean over elements."""
   t = config.training

@@ -147,3 +147,18 @@ def test_pytree_denoisers_share_one_compilation():
     e = gap.denoising_errors(denoise, images, sigmas=SIGMAS, batch_size=8, noise_seed=1)
     assert e.shape == SIGMAS.shape
   assert gap._per_image_values_jit._cache_size() == before + 1
+
+
+def test_errors_and_distance_in_one_pass_equal_the_separate_measures():
+  train = _uniform(3, 16)
+  queries = _uniform(4, 10)
+  optimal = empirical_optimal_denoiser(train, chunk_size=8)
+  network = lambda x, sigma, labels=None: 0.9 * optimal(x, sigma, labels)  # a biased "network"
+  e, d = gap.errors_and_distance(network, optimal, queries, sigmas=SIGMAS, batch_size=4)
+  np.testing.assert_allclose(e, gap.denoising_errors(network, queries, sigmas=SIGMAS, batch_size=4),
+                             rtol=1e-6)
+  np.testing.assert_allclose(
+      d, gap.model_vs_optimal_distance(network, optimal, queries, sigmas=SIGMAS, batch_size=4),
+      rtol=1e-6)
+  # The network is 0.9 y*: its squared distance to y* is 0.01 |y*|^2 > 0.
+  assert np.all(d > 0)

@@ -50,10 +50,10 @@ def image_noise(noise_seed, ids, item_shape, dtype=jnp.float32) -> jax.Array:
 
 def _per_image_values(denoise, reference, images, labels, ids, sigmas, noise_seed, *,
                       sigma_chunk):
-  """(B, S) per-image per-pixel mean squared values for one batch of images and all sigmas.
+  """(K, B, S) per-image per-pixel mean squared values for one batch of images and all sigmas.
 
-  reference None: the denoising error against the clean image; else the squared distance to
-  reference(x, sigma, labels) on the same noisy inputs.
+  K = 1: the denoising error against the clean image. With a reference denoiser, K = 2: also the
+  squared distance to reference(x, sigma, labels) on the same noisy inputs (one network pass).
   """
   b = images.shape[0]
   item = images.shape[1:]
@@ -62,6 +62,10 @@ def _per_image_values(denoise, reference, images, labels, ids, sigmas, noise_see
   chunks = sigmas.reshape(-1, c)
   expand = (1,) * len(item)
 
+  def mse(out, target):
+    diff = (out - target).astype(jnp.float32)
+    return jnp.mean((diff * diff).reshape(b, c, -1), axis=-1).T  # (c, B)
+
   def per_chunk(chunk):
     # Rows ordered (image, sigma) so a batch split over devices stays split after the reshape.
     x = images[:, None] + chunk.reshape((1, c) + expand) * noise[:, None]
@@ -69,12 +73,14 @@ def _per_image_values(denoise, reference, images, labels, ids, sigmas, noise_see
     sigma = jnp.tile(chunk, b)
     lab = None if labels is None else jnp.repeat(labels, c)
     out = denoise(x, sigma, lab)
-    target = jnp.repeat(images, c, axis=0) if reference is None else reference(x, sigma, lab)
-    diff = (out - target).astype(jnp.float32)
-    return jnp.mean((diff * diff).reshape(b, c, -1), axis=-1).T  # (c, B)
+    values = [mse(out, jnp.repeat(images, c, axis=0))]
+    if reference is not None:
+      values.append(mse(out, reference(x, sigma, lab)))
+    return jnp.stack(values)  # (K, c, B)
 
-  values = lax.map(per_chunk, chunks)  # (S / c, c, B)
-  return values.reshape(-1, b).T
+  values = lax.map(per_chunk, chunks)  # (S / c, K, c, B)
+  k = values.shape[1]
+  return values.transpose(1, 3, 0, 2).reshape(k, b, -1)
 
 
 # Pytree denoisers are arguments: one compiled function per (treedef, shapes), reused.
@@ -127,8 +133,8 @@ def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, ba
     rows = np.minimum(np.arange(start, start + batch_size), n - 1)
     vals = fn(put(images[rows]), None if labels is None else put(labels[rows]),
               put(ids[rows].astype(np.uint32)), sigmas_dev, noise_seed)
-    out.append(np.asarray(vals)[:min(batch_size, n - start), :s])
-  return np.concatenate(out).astype(np.float64)
+    out.append(np.asarray(vals)[:, :min(batch_size, n - start), :s])
+  return np.concatenate(out, axis=1).astype(np.float64)  # (K, N, S)
 
 
 def denoising_errors(denoise, images, labels=None, sigmas=None, *, ids=None, noise_seed: int = 0,
@@ -154,7 +160,7 @@ def denoising_errors(denoise, images, labels=None, sigmas=None, *, ids=None, noi
   """
   sigmas = edm.gap_sigma_grid() if sigmas is None else sigmas
   per_image = _evaluate(denoise, None, images, labels, sigmas, ids=ids, noise_seed=noise_seed,
-                        batch_size=batch_size, sigma_chunk=sigma_chunk, mesh=mesh, params=params)
+                        batch_size=batch_size, sigma_chunk=sigma_chunk, mesh=mesh, params=params)[0]
   errors = per_image.mean(axis=0)
   return (errors, per_image) if return_per_image else errors
 
@@ -168,11 +174,27 @@ def model_vs_optimal_distance(denoise, optimal, images, labels=None, sigmas=None
   Same inputs and noise as `denoising_errors`; 0 means exact recall of the optimal denoiser.
   `optimal` is any reference denoiser `optimal(x, sigma, labels)` (params apply to `denoise` only).
   """
+  errors, dist = errors_and_distance(denoise, optimal, images, labels, sigmas, ids=ids,
+                                     noise_seed=noise_seed, batch_size=batch_size,
+                                     sigma_chunk=sigma_chunk, mesh=mesh, params=params,
+                                     return_per_image=return_per_image)
+  return dist
+
+
+def errors_and_distance(denoise, reference, images, labels=None, sigmas=None, *, ids=None,
+                        noise_seed: int = 0, batch_size: int = 128,
+                        sigma_chunk: Optional[int] = 8, mesh: Optional[Mesh] = None,
+                        params=None, return_per_image: bool = False):
+  """`denoising_errors` and `model_vs_optimal_distance` from one pass of the network.
+
+  Returns (E (S,), distance (S,)), or with return_per_image ((E, per_image), (dist, per_image)).
+  """
   sigmas = edm.gap_sigma_grid() if sigmas is None else sigmas
-  per_image = _evaluate(denoise, optimal, images, labels, sigmas, ids=ids, noise_seed=noise_seed,
+  err, dist = _evaluate(denoise, reference, images, labels, sigmas, ids=ids, noise_seed=noise_seed,
                         batch_size=batch_size, sigma_chunk=sigma_chunk, mesh=mesh, params=params)
-  dist = per_image.mean(axis=0)
-  return (dist, per_image) if return_per_image else dist
+  if return_per_image:
+    return (err.mean(axis=0), err), (dist.mean(axis=0), dist)
+  return err.mean(axis=0), dist.mean(axis=0)
 
 
 # ------------------------------------------------------------------------------------------------
