@@ -39,32 +39,101 @@ from diffgen_jax.sharding import DATA_AXIS
 _NO_LABEL = -1  # label of padding rows: never equal to a query's label.
 _ANY_LABEL = -2  # query label meaning "sum over every training point".
 _HIGHEST = lax.Precision.HIGHEST
-# The per-training-point arrays, in the order `statistics` takes them.
+# The per-training-point arrays, in the order the streaming functions take them.
 _TRAIN_ARRAYS = ("train_centred", "half_sq_norms", "train", "train_labels")
 
 
-def _streaming_posterior_mean(x_centred, inv_two_var, query_labels, train_centred, half_sq_norms,
+class _TrainingSet(NamedTuple):
+  """A training set laid out for streaming: centred, padded to whole chunks (per shard)."""
+  arrays: dict  # _TRAIN_ARRAYS (numpy) and "centre"
+  item_shape: tuple
+  classes: Optional[frozenset]  # None: unconditional
+  chunk_size: int
+
+
+def _prepare(train_images, train_labels, chunk_size: int, shards: int, dtype) -> _TrainingSet:
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  host = np.asarray(train_images)
+  if host.ndim < 2 or host.shape[0] == 0:
+    raise ValueError(f"train_images must be a non-empty (N, ...) array, got shape {host.shape}")
+  if not np.all(np.isfinite(host)):
+    raise ValueError("train_images contains NaN or Inf")
+  n = host.shape[0]
+  flat = host.reshape(n, -1).astype(np.float64)
+  centre = flat.mean(axis=0)
+  if train_labels is None:
+    labels, classes = np.zeros((n,), np.int32), None
+  else:
+    labels = np.asarray(train_labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+      raise ValueError(f"train_labels must be ({n},) integers, got {labels.shape} {labels.dtype}")
+    if np.any(labels < 0):
+      raise ValueError("train_labels must be >= 0")
+    labels = labels.astype(np.int32)
+    classes = frozenset(np.unique(labels).tolist())
+  chunk_size = min(chunk_size, -(-n // shards))
+  pad = -n % (chunk_size * shards)
+  padded = lambda a, fill: np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
+  centred = flat - centre
+  arrays = dict(
+      train_centred=padded(centred, 0.0).astype(dtype),
+      half_sq_norms=padded(0.5 * np.einsum("nd,nd->n", centred, centred), 0.0).astype(dtype),
+      train=padded(flat, 0.0).astype(dtype),
+      train_labels=padded(labels, _NO_LABEL),
+      centre=centre.astype(dtype))
+  return _TrainingSet(arrays, host.shape[1:], classes, chunk_size)
+
+
+def _query_inputs(x, sigma, labels, item_shape, classes, dtype):
+  """Flattened queries, per-query sigma and per-query labels (_ANY_LABEL when unconditional)."""
+  x = jnp.asarray(x)
+  if x.shape[1:] != item_shape:
+    raise ValueError(f"x has item shape {x.shape[1:]} but the training points have {item_shape}")
+  _check_sigma(sigma)
+  b = x.shape[0]
+  if classes is not None and labels is not None:
+    query_labels = jnp.asarray(labels, jnp.int32).reshape(b)
+    _check_labels(query_labels, classes)
+  else:
+    query_labels = jnp.full((b,), _ANY_LABEL, jnp.int32)
+  sigma_b = jnp.broadcast_to(jnp.asarray(sigma, dtype), (b,))
+  return x.reshape(b, -1).astype(dtype), sigma_b, query_labels
+
+
+def _logits(x_centred, inv_var, query_labels, train_centred, half_sq_norms, train_labels):
+  """-||x - y_i||^2 / (2 sigma^2) up to a per-query constant, -inf outside the query's class.
+
+  The one place the softmax's logits are computed: (x.y_i - ||y_i||^2 / 2) / sigma^2 on centred
+  data with full-precision matmuls (see the module docstring). Shapes (B, D) x (C, D) -> (B, C).
+  """
+  dots = jnp.matmul(x_centred, train_centred.T, precision=_HIGHEST)
+  logits = (dots - half_sq_norms[None, :]) * inv_var[:, None]
+  valid = (train_labels[None, :] != _NO_LABEL) & (
+      (query_labels[:, None] == _ANY_LABEL) | (train_labels[None, :] == query_labels[:, None]))
+  return jnp.where(valid, logits, -jnp.inf)
+
+
+def _chunked(a, chunk_size):
+  return a.reshape((a.shape[0] // chunk_size, chunk_size) + a.shape[1:])
+
+
+def _streaming_posterior_mean(x_centred, inv_var, query_labels, train_centred, half_sq_norms,
                               train, train_labels, chunk_size, axis_name=None):
   """Partial statistics (max logit, sum of exp, weighted sum) over one training shard.
 
-  x_centred: (B, D) queries minus the centre; inv_two_var: (B,) = 1 / sigma^2 (the 1/2 lives in
-  half_sq_norms); query_labels: (B,), _ANY_LABEL for an unconditional query. Training arrays: (N, D) centred and uncentred points,
-  (N,) half squared norms, (N,) labels (-1 on padding). N is a multiple of chunk_size.
-  axis_name: inside shard_map, the mesh axis the training shard varies over (the running statistics
-  then vary over it too, and the scan carry must say so from the start).
+  x_centred: (B, D) queries minus the centre; inv_var: (B,) = 1 / sigma^2 (the 1/2 lives in
+  half_sq_norms); query_labels: (B,), _ANY_LABEL for an unconditional query. Training arrays:
+  (N, D) centred and uncentred points, (N,) half squared norms, (N,) labels (-1 on padding); N is
+  a multiple of chunk_size. axis_name: inside shard_map, the mesh axis the training shard varies
+  over (the running statistics then vary over it too, and the scan carry must say so from the start).
   """
-  n, d = train.shape
-  b = x_centred.shape[0]
-  chunks = lambda a: a.reshape((n // chunk_size, chunk_size) + a.shape[1:])
+  b, d = x_centred.shape
 
   def step(carry, chunk):
     run_max, run_sum, run_acc = carry
     yc, half_sq, y, labels = chunk
-    dots = jnp.matmul(x_centred, yc.T, precision=_HIGHEST)  # (B, C)
-    logits = (dots - half_sq[None, :]) * inv_two_var[:, None]
-    valid = (labels[None, :] != _NO_LABEL) & (
-        (query_labels[:, None] == _ANY_LABEL) | (labels[None, :] == query_labels[:, None]))
-    logits = jnp.where(valid, logits, -jnp.inf)
+    logits = _logits(x_centred, inv_var, query_labels, yc, half_sq, labels)
     new_max = jnp.maximum(run_max, jnp.max(logits, axis=1))
     # Until a query has seen one valid point its max is -inf; shift by 0 then (everything is 0).
     shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
@@ -78,7 +147,7 @@ def _streaming_posterior_mean(x_centred, inv_two_var, query_labels, train_centre
   init = (jnp.full((b,), -jnp.inf, dtype), jnp.zeros((b,), dtype), jnp.zeros((b, d), dtype))
   if axis_name is not None:
     init = lax.pcast(init, axis_name, to="varying")
-  xs = (chunks(train_centred), chunks(half_sq_norms), chunks(train), chunks(train_labels))
+  xs = tuple(_chunked(a, chunk_size) for a in (train_centred, half_sq_norms, train, train_labels))
   (run_max, run_sum, run_acc), _ = lax.scan(step, init, xs)
   return run_max, run_sum, run_acc
 
@@ -110,100 +179,45 @@ def empirical_optimal_denoiser(train_images, train_labels=None, *, chunk_size: i
   Returns:
     denoise(x, sigma, labels=None) -> x_hat with x of shape (B, ...) matching the training points,
     sigma a scalar or (B,) vector of noise levels > 0. Pure and jittable; vmap over sigma works.
+    It is a pytree (jax.tree_util.Partial) whose leaves are the training arrays, so passing it
+    through jit (as samplers.sample does) feeds them as arguments instead of baking them into
+    the compiled program as constants.
   """
   dtype = jnp.dtype(dtype)
   if dtype not in (jnp.float32, jnp.float64):
     raise ValueError(f"dtype must be float32 or float64, got {dtype}")
   if dtype == jnp.float64 and not jax.config.jax_enable_x64:
     raise ValueError('dtype=float64 needs jax.config.update("jax_enable_x64", True) first')
-  if chunk_size < 1:
-    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-
-  host = np.asarray(train_images)
-  if host.ndim < 2 or host.shape[0] == 0:
-    raise ValueError(f"train_images must be a non-empty (N, ...) array, got shape {host.shape}")
-  if not np.all(np.isfinite(host)):
-    raise ValueError("train_images contains NaN or Inf")
-  item_shape = host.shape[1:]
-  n = host.shape[0]
-  flat = host.reshape(n, -1).astype(np.float64)
-  centre = flat.mean(axis=0)
-
-  if train_labels is None:
-    labels_host = np.zeros((n,), np.int32)
-    classes = None
-  else:
-    labels_host = np.asarray(train_labels)
-    if labels_host.shape != (n,) or not np.issubdtype(labels_host.dtype, np.integer):
-      raise ValueError(f"train_labels must be ({n},) integers, got {labels_host.shape} "
-                       f"{labels_host.dtype}")
-    if np.any(labels_host < 0):
-      raise ValueError("train_labels must be >= 0")
-    labels_host = labels_host.astype(np.int32)
-    classes = frozenset(np.unique(labels_host).tolist())
-
   shards = 1 if mesh is None else mesh.shape[axis]
-  chunk_size = min(chunk_size, -(-n // shards))
-  padded = -(-n // (chunk_size * shards)) * chunk_size * shards
-  pad = padded - n
-
-  def padded_array(a, fill):
-    return np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)]) if pad else a
-
-  centred = flat - centre
-  arrays = dict(
-      train_centred=padded_array(centred, 0.0).astype(dtype),
-      half_sq_norms=padded_array(0.5 * np.einsum("nd,nd->n", centred, centred), 0.0).astype(dtype),
-      train=padded_array(flat, 0.0).astype(dtype),
-      train_labels=padded_array(labels_host, _NO_LABEL),
-  )
+  data = _prepare(train_images, train_labels, chunk_size, shards, dtype)
+  arrays = dict(data.arrays)
+  centre = jnp.asarray(arrays.pop("centre"))
   if mesh is None:
     arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
   else:
     arrays = {k: jax.device_put(v, NamedSharding(mesh, P(axis))) for k, v in arrays.items()}
-  centre = jnp.asarray(centre, dtype)
 
-  def statistics(x_centred, inv_two_var, query_labels, train_centred, half_sq_norms, train,
-                 train_labels):
-    stats = _streaming_posterior_mean(x_centred, inv_two_var, query_labels, train_centred,
-                                      half_sq_norms, train, train_labels, chunk_size,
-                                      axis_name=None if mesh is None else axis)
+  def statistics(x_centred, inv_var, query_labels, *train_arrays):
+    stats = _streaming_posterior_mean(x_centred, inv_var, query_labels, *train_arrays,
+                                      data.chunk_size, axis_name=None if mesh is None else axis)
     if mesh is None:
       return stats[1], stats[2]
     return _combine_shards(*stats, axis_name=axis)
 
   if mesh is not None:
-    shard_spec = P(axis)
-    statistics = jax.shard_map(
-        statistics, mesh=mesh,
-        in_specs=(P(), P(), P(), shard_spec, shard_spec, shard_spec, shard_spec),
-        out_specs=(P(), P()))
-  statistics = jax.jit(statistics)
-
-  # A pytree (jax.tree_util.Partial): the training arrays are leaves, so passing the denoiser
-  # through jit (as samplers.sample does) feeds them as arguments instead of baking them into the
-  # compiled program as constants.
-  static = functools.partial(_denoise, statistics, item_shape, classes, dtype)
+    statistics = jax.shard_map(statistics, mesh=mesh,
+                               in_specs=(P(), P(), P()) + (P(axis),) * len(_TRAIN_ARRAYS),
+                               out_specs=(P(), P()))
+  static = functools.partial(_denoise, jax.jit(statistics), data.item_shape, data.classes, dtype)
   return jax.tree_util.Partial(static, dict(arrays, centre=centre))
 
 
 def _denoise(statistics, item_shape, classes, dtype, arrays, x, sigma, labels=None):
-  x = jnp.asarray(x)
-  if x.shape[1:] != item_shape:
-    raise ValueError(f"x has item shape {x.shape[1:]} but the training points have {item_shape}")
-  _check_sigma(sigma)
-  b = x.shape[0]
-  if classes is not None and labels is not None:
-    query_labels = jnp.asarray(labels, jnp.int32).reshape(b)
-    _check_labels(query_labels, classes)
-  else:
-    query_labels = jnp.full((b,), _ANY_LABEL, jnp.int32)
-  flat_x = x.reshape(b, -1).astype(dtype)
-  sigma_b = jnp.broadcast_to(jnp.asarray(sigma, dtype), (b,))
+  flat_x, sigma_b, query_labels = _query_inputs(x, sigma, labels, item_shape, classes, dtype)
   # Positional: shard_map'd functions take no keyword arguments.
   total, acc = statistics(flat_x - arrays["centre"], 1.0 / sigma_b ** 2, query_labels,
                           *(arrays[k] for k in _TRAIN_ARRAYS))
-  return (acc / total[:, None]).reshape(x.shape).astype(x.dtype)
+  return (acc / total[:, None]).reshape(jnp.shape(x)).astype(jnp.asarray(x).dtype)
 
 
 def _is_concrete(a) -> bool:
@@ -254,47 +268,25 @@ class PosteriorStatistics(NamedTuple):
 def posterior_statistics(train_images, train_labels=None, *, chunk_size: int = 2048):
   """Returns stats(x, sigma, labels=None) -> PosteriorStatistics of the weights of y*(x; sigma).
 
-  The weights are those of `empirical_optimal_denoiser` (the same logits, class-conditional when
-  labels are given), streamed over chunks of the training set with a running maximum m and the
-  sums S0 = sum e^(l-m), S1 = sum e^(l-m) (l-m), S2 = sum e^(2(l-m)), each rescaled exactly when
-  m grows. Then H = log S0 - S1 / S0 (no difference of large logits), 1/sum w^2 = S0^2 / S2 and
-  max w = max e^(l-m) / S0. float32, unsharded (x: (B, ...) queries, sigma scalar or (B,)).
+  The weights are those of `empirical_optimal_denoiser` (the same `_logits`, class-conditional
+  when labels are given), streamed over chunks of the training set with a running maximum m and
+  the sums S0 = sum e^(l-m), S1 = sum e^(l-m) (l-m), S2 = sum e^(2(l-m)), each rescaled exactly
+  when m grows. Then H = log S0 - S1 / S0 (no difference of large logits), 1/sum w^2 = S0^2 / S2
+  and max w = 1 / S0. float32, unsharded (x: (B, ...) queries, sigma scalar or (B,)).
   """
-  host = np.asarray(train_images)
-  if host.ndim < 2 or host.shape[0] == 0:
-    raise ValueError(f"train_images must be a non-empty (N, ...) array, got shape {host.shape}")
-  n = host.shape[0]
-  item_shape = host.shape[1:]
-  flat = host.reshape(n, -1).astype(np.float64)
-  centre = flat.mean(axis=0)
-  centred = flat - centre
-  if train_labels is None:
-    labels_host, classes = np.zeros((n,), np.int32), None
-  else:
-    labels_host = np.asarray(train_labels).astype(np.int32)
-    if labels_host.shape != (n,) or np.any(labels_host < 0):
-      raise ValueError(f"train_labels must be ({n},) non-negative integers")
-    classes = frozenset(np.unique(labels_host).tolist())
-  chunk = min(chunk_size, n)
-  pad = -n % chunk
-  pad_rows = lambda a, fill: np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
-  train_c = jnp.asarray(pad_rows(centred, 0.0), jnp.float32)
-  half_sq = jnp.asarray(pad_rows(0.5 * np.einsum("nd,nd->n", centred, centred), 0.0), jnp.float32)
-  labels_dev = jnp.asarray(pad_rows(labels_host, _NO_LABEL))
-  centre = jnp.asarray(centre, jnp.float32)
-  chunks = lambda a: a.reshape((-1, chunk) + a.shape[1:])
+  data = _prepare(train_images, train_labels, chunk_size, 1, jnp.float32)
+  arrays = {k: jnp.asarray(v) for k, v in data.arrays.items()}
+  chunk = data.chunk_size
 
   @jax.jit
-  def statistics(x_centred, inv_var, query_labels):
+  def statistics(x_centred, inv_var, query_labels, train_centred, half_sq_norms, train_labels):
     b = x_centred.shape[0]
 
     def step(carry, xs):
-      run_max, s0, s1, s2, top = carry
-      yc, h, lab = xs
-      logits = (jnp.matmul(x_centred, yc.T, precision=_HIGHEST) - h[None, :]) * inv_var[:, None]
-      valid = (lab[None, :] != _NO_LABEL) & (
-          (query_labels[:, None] == _ANY_LABEL) | (lab[None, :] == query_labels[:, None]))
-      new_max = jnp.maximum(run_max, jnp.max(jnp.where(valid, logits, -jnp.inf), axis=1))
+      run_max, s0, s1, s2 = carry
+      logits = _logits(x_centred, inv_var, query_labels, *xs)
+      valid = jnp.isfinite(logits)
+      new_max = jnp.maximum(run_max, jnp.max(logits, axis=1))
       shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
       u = jnp.where(valid, logits - shift[:, None], 0.0)
       e = jnp.where(valid, jnp.exp(u), 0.0)
@@ -304,29 +296,19 @@ def posterior_statistics(train_images, train_labels=None, *, chunk_size: int = 2
       s1 = r * (s1 + delta * s0) + jnp.sum(e * u, axis=1)
       s0 = r * s0 + jnp.sum(e, axis=1)
       s2 = r * r * s2 + jnp.sum(e * e, axis=1)
-      top = jnp.maximum(r * top, jnp.max(e, axis=1))
-      return (new_max, s0, s1, s2, top), None
+      return (new_max, s0, s1, s2), None
 
     zeros = jnp.zeros((b,), jnp.float32)
-    init = (jnp.full((b,), -jnp.inf, jnp.float32), zeros, zeros, zeros, zeros)
-    (_, s0, s1, s2, top), _ = lax.scan(step, init, (chunks(train_c), chunks(half_sq),
-                                               chunks(labels_dev)))
+    init = (jnp.full((b,), -jnp.inf, jnp.float32), zeros, zeros, zeros)
+    xs = tuple(_chunked(a, chunk) for a in (train_centred, half_sq_norms, train_labels))
+    (_, s0, s1, s2), _ = lax.scan(step, init, xs)
     entropy = jnp.maximum(jnp.log(s0) - s1 / s0, 0.0)
-    return PosteriorStatistics(entropy, jnp.exp(entropy), s0 * s0 / s2, top / s0)
+    return PosteriorStatistics(entropy, jnp.exp(entropy), s0 * s0 / s2, 1.0 / s0)
 
   def stats(x, sigma, labels=None) -> PosteriorStatistics:
-    x = jnp.asarray(x)
-    if x.shape[1:] != item_shape:
-      raise ValueError(f"x has item shape {x.shape[1:]} but the training points have {item_shape}")
-    _check_sigma(sigma)
-    b = x.shape[0]
-    if classes is not None and labels is not None:
-      query_labels = jnp.asarray(labels, jnp.int32).reshape(b)
-      _check_labels(query_labels, classes)
-    else:
-      query_labels = jnp.full((b,), _ANY_LABEL, jnp.int32)
-    sigma_b = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (b,))
-    return statistics(x.reshape(b, -1).astype(jnp.float32) - centre, 1.0 / sigma_b ** 2,
-                      query_labels)
+    flat_x, sigma_b, query_labels = _query_inputs(x, sigma, labels, data.item_shape, data.classes,
+                                                  jnp.float32)
+    return statistics(flat_x - arrays["centre"], 1.0 / sigma_b ** 2, query_labels,
+                      arrays["train_centred"], arrays["half_sq_norms"], arrays["train_labels"])
 
   return stats
