@@ -82,7 +82,7 @@ def _integrate(denoise, noise, labels, key, *, num_steps, sigma_min, sigma_max, 
   steps = num_steps if stop_step is None else stop_step
   dtype = noise.dtype
 
-  def step(x, per_step):
+  def step(x, per_step, second_order):
     index, t_cur, t_next, gamma = per_step
     t_hat = t_cur * (1.0 + gamma)
     if s_churn > 0:
@@ -96,19 +96,25 @@ def _integrate(denoise, noise, labels, key, *, num_steps, sigma_min, sigma_max, 
     denoised = denoise(x_hat, t_hat, labels)
     slope = (x_hat - denoised) / t_hat
     x_next = x_hat + (t_next - t_hat) * slope
-    if solver == "heun":
-      # Second-order correction, except on the final step into sigma = 0 (EDM's Euler step).
-      def corrected(x_next):
-        slope_next = (x_next - denoise(x_next, t_next, labels)) / t_next
-        return x_hat + (t_next - t_hat) * 0.5 * (slope + slope_next)
-      x_next = lax.cond(t_next > 0, corrected, lambda x_next: x_next, x_next)
+    if second_order:
+      slope_next = (x_next - denoise(x_next, t_next, labels)) / t_next
+      x_next = x_hat + (t_next - t_hat) * 0.5 * (slope + slope_next)
     return x_next, ((t_hat, x_hat, denoised) if return_trajectory else None)
 
+  # Steps into sigma > 0 run in one scan (Heun: with the correction); the final step into
+  # sigma = 0 is EDM's plain Euler step, taken after the scan (no per-step branch inside it).
+  final_euler = stop_step is None
+  scanned = steps - 1 if final_euler else steps
   per_step = (jnp.arange(steps), jnp.asarray(sigmas[:steps], dtype),
               jnp.asarray(sigmas[1:steps + 1], dtype), jnp.asarray(gammas[:steps], dtype))
-  x0 = noise * jnp.asarray(sigmas[0], dtype)
-  x, seen = lax.scan(step, x0, per_step)
-  if stop_step is not None:
+  head = jax.tree.map(lambda a: a[:scanned], per_step)
+  x = noise * jnp.asarray(sigmas[0], dtype)
+  x, seen = lax.scan(lambda x, p: step(x, p, second_order=solver == "heun"), x, head)
+  if final_euler:
+    x, last = step(x, jax.tree.map(lambda a: a[scanned], per_step), second_order=False)
+    if return_trajectory:
+      seen = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), seen, last)
+  else:
     x = denoise(x, jnp.asarray(sigmas[stop_step], dtype), labels)
   return SamplerOutput(x, Trajectory(*seen) if return_trajectory else None)
 
