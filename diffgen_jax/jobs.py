@@ -11,6 +11,7 @@ JOBS = {
     "toy2d": "diffgen_jax.toy2d",
     "train": "diffgen_jax.trainer",
     "evaluate": "diffgen_jax.evaluator",
+    "factors": "diffgen_jax.factor_sweeps",
 }
 
 

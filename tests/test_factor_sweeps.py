@@ -1,0 +1,162 @@
+"""The `factors` job: results schema, known answers of each sweep, config validation, pseudo-labels."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import factors as factors_config
+from diffgen_jax import data, factor_sweeps as fs, models
+from diffgen_jax.config_checks import ConfigError
+
+H = 6
+SIGMAS = np.array([0.01, 0.3, 1.0, 5.0])
+
+
+def _setup(num_classes=3, n_train=24, n_val=12, seed=0):
+  rng = np.random.default_rng(seed)
+  images = lambda n: rng.uniform(-1, 1, (n, H, H, 1)).astype(np.float32)
+  labels = lambda n: rng.integers(0, max(num_classes, 1), n).astype(np.int32)
+  return fs.make_setup(images(n_train), labels(n_train), images(n_val), labels(n_val), num_classes,
+                       SIGMAS, num_images=8, batch_size=8)
+
+
+def _curve(section, label):
+  (curve,) = [c for c in section["curves"] if c["label"] == label]
+  return curve
+
+
+def _assert_same_curve(a, b):
+  for key in ("e_train", "e_val", "gap"):
+    np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_guidance_with_w_zero_is_the_positive_denoiser():
+  setup = _setup()
+  section = fs.sweep_guidance(setup, (0.0, 1.0), delta=0.3, delta_pos=0.3, delta_neg=0.6)
+  _assert_same_curve(_curve(section, "autoguidance, w=0"), _curve(fs.sweep_delta(setup, (0.3,)),
+                                                                  "delta=0.3"))
+  by_class = fs.sweep_granularity(setup, (), (0.3,))
+  _assert_same_curve(_curve(section, "cfg, w=0"), _curve(by_class, "class, delta=0.3"))
+  assert not np.array_equal(_curve(section, "cfg, w=1")["e_val"], _curve(section, "cfg, w=0")["e_val"])
+  # The guided formula itself at w = 0 (compiled differently: equal up to rounding).
+  opt = fs._optimal(setup)
+  pos = fs.error_prone_denoiser(opt, 0.3)
+  formula = fs.gap_curve(setup, fs.guided(pos, fs.error_prone_denoiser(opt, 0.6), 0.0), "w=0", 0.0)
+  np.testing.assert_allclose(formula["gap"], _curve(section, "autoguidance, w=0")["gap"], rtol=1e-5)
+
+
+def test_one_cluster_and_one_class_equal_unconditional():
+  setup = _setup()
+  section = fs.sweep_granularity(setup, (1,), (0.0,), include_classes=False)
+  _assert_same_curve(_curve(section, "k=1, delta=0"), _curve(section, "none, delta=0"))
+  # y* recalls noisy training images exactly at small sigma: E_train = 0, G infinite there, and
+  # the peak is taken over the finite values.
+  curve = _curve(section, "none, delta=0")
+  assert curve["e_train"][0] == 0.0 and np.isinf(curve["gap"][0])
+  assert np.isfinite(curve["peak_gap"])
+  single = _setup(num_classes=1)
+  assert np.all(single.train_labels == 0)
+  section = fs.sweep_granularity(single, (), (0.3,))
+  _assert_same_curve(_curve(section, "class, delta=0.3"), _curve(section, "none, delta=0.3"))
+  assert [c["value"] for c in section["curves"]] == [1, 1]
+
+
+def test_pseudo_label_files_are_readable_by_the_data_pipeline(tmp_path):
+  setup = _setup()
+  section = fs.sweep_granularity(setup, (0, 2, 4), (0.3,), include_classes=False,
+                                 pseudo_label_dir=str(tmp_path))
+  assert sorted(section["pseudo_label_files"]) == ["2", "4"]  # k = 0 is the unconditional curve
+  for k in (2, 4):
+    path = str(tmp_path / f"k{k}.npz")
+    train = data.read_pseudo_labels(path, "train")
+    val = data.read_pseudo_labels(path, "validation")
+    assert train.shape == (len(setup.train_all),) and val.shape == (len(setup.val_all),)
+    assert set(np.unique(train)) == set(range(k)) and val.max() < k
+  assert [c["condition"] for c in section["curves"]] == ["none", "k=2", "k=4"]
+
+
+def test_full_size_crop_is_the_unwrapped_denoiser():
+  setup = _setup()
+  section = fs.sweep_receptive_field(setup, (3, H), (0.3,))
+  _assert_same_curve(_curve(section, f"s={H}, delta=0.3"),
+                     _curve(fs.sweep_delta(setup, (0.3,)), "delta=0.3"))
+  assert fs.pooled_crops(setup.train_all, 3).shape == (4 * len(setup.train_all), 3, 3, 1)
+
+
+def test_network_crop_sizes():
+  m = models.default_model_config("ddpmpp")
+  m.preset = "ddpmpp-tiny"
+  assert fs.valid_network_crop_sizes(m, 8) == [4, 8]
+  assert fs.valid_network_crop_sizes(m, 28) == [16, 20, 24, 28]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("sweeps", ("delta", "bogus"), "config.sweeps"),
+    ("granularity.ks", (2, -1), "config.granularity.ks"),
+    ("guidance.ws", (0.0, -0.5), "config.guidance.ws"),
+    ("receptive_field.crop_sizes", (4, 9), "config.receptive_field.crop_sizes"),
+    ("receptive_field.crop_sizes", (3,), "allowed values (4, 5, 6, 7, 8)"),
+    ("guidance.delta_neg", 0.1, "config.guidance.delta_neg"),
+    ("granularity.features", "inception", "config.granularity.features"),
+])
+def test_validate_config_names_the_field(field, value, message):
+  config = factors_config.get_config("local")
+  fs.validate_config(config)
+  section, _, key = field.rpartition(".")
+  (config[section] if section else config)[key] = value
+  with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    fs.validate_config(config)
+
+
+def test_trained_sweep_needs_a_run_dir():
+  config = factors_config.get_config("trained")
+  with pytest.raises(ConfigError, match="config.run_dir"):
+    fs.validate_config(config)
+  with pytest.raises(ValueError, match="unknown variant"):
+    factors_config.get_config("local,bogus")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("tfds"))
+  data.prepare("digits", d)
+  return d
+
+
+def test_job_writes_results_and_plots(data_dir, tmp_path):
+  config = factors_config.get_config("local")
+  config.data.data_dir = data_dir
+  config.data.subset_size = 200
+  config.num_images = 16
+  config.num_sigmas = 5
+  config.delta.deltas = (0.2, 0.5)
+  config.granularity.ks = (2,)
+  config.guidance.ws = (0.0, 1.0)
+  config.receptive_field.crop_sizes = (4, 8)
+  config.gradient_score.num_images = 1
+  config.gradient_score.num_sigmas = 2
+  workdir = str(tmp_path / "factors")
+  fs.run(config, workdir)
+  with open(os.path.join(workdir, fs.RESULTS_FILE)) as f:
+    results = json.load(f)
+  settings = results["settings"]
+  assert settings["num_train_set"] == 200 and settings["num_train_eval"] == 16
+  assert len(settings["sigmas"]) == 5
+  assert list(results["sweeps"]) == list(fs.ANALYTIC_SWEEPS)
+  for name, section in results["sweeps"].items():
+    assert section["factor"] == name and section["curves"]
+    for c in section["curves"]:
+      assert {"label", "group", "value"} <= set(c)
+      if name == "gradient_score":
+        assert len(c["score"]) == 2
+        continue
+      assert len(c["gap"]) == len(c["e_train"]) == len(c["e_val"]) == 5
+      assert c["peak_sigma"] in section["sigmas"] and np.isfinite(c["peak_gap"])
+    png = ["gradient_score.png"] if name == "gradient_score" else [f"{name}.png", f"{name}_peak.png"]
+    for p in png:
+      assert os.path.getsize(os.path.join(workdir, p)) > 1000
+  assert [c["label"] for c in results["sweeps"]["delta"]["curves"]] == ["delta=0.2", "delta=0.5"]
+  assert data.read_pseudo_labels(os.path.join(workdir, "pseudo_labels", "k2.npz"),
+                                 "train").shape == (200,)
