@@ -27,5 +27,8 @@ def get_config():
   config.checkpoint.snapshot_every_images = 64 * 600
   config.sampling.grid_size = 100
   config.evaluation.num_images = 128
+  config.evaluation.samples.num_samples = 256
+  config.evaluation.samples.classifier_steps = 300
+  config.evaluation.samples.probe_size = 64
   config.log_every_steps = 100
   return config

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 from diffgen_jax import models
+from diffgen_jax.sample_evaluation import sample_evaluation_config
 
 
 def mesh_config() -> ml_collections.ConfigDict:
@@ -79,6 +80,8 @@ def train_config(dataset: str = "digits", family: str = "ddpmpp") -> ml_collecti
       "ema": "first",  # "first" EMA set or "all" of them
       "at_sigmas": (0.1, 0.5, 1.0, 2.0, 5.0),  # G over training time at these sigmas
   })
+  # The inference side: samples' Frechet-distance gap, copies, early stopping, trajectory probes.
+  config.evaluation.samples = sample_evaluation_config()
   config.mesh = mesh_config()
   config.log_every_steps = 100
   return config

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from diffgen_jax import checkpointing, config_checks, edm, optimal, trainer, training
+from diffgen_jax import checkpointing, config_checks, edm, optimal, sample_evaluation, trainer, training
 from diffgen_jax.evaluation import gap
 from diffgen_jax.plots import gap as gap_plots
 
@@ -42,6 +42,7 @@ def validate_config(config) -> None:
   else:
     config_checks.positive(config, "evaluation.num_sigmas")
   config_checks.choice(config, "evaluation.ema", ("first", "all"))
+  sample_evaluation.validate_config(config)
 
 
 def sigma_grid(config) -> np.ndarray:
@@ -63,10 +64,13 @@ def _read_results(path: str, protocol: Dict[str, Any]) -> Dict[str, Any]:
     return {"protocol": protocol, "snapshots": {}}
   with open(path) as f:
     results = json.load(f)
-  if results.get("protocol") != protocol:
+  saved = results.get("protocol", {})
+  diff = sorted(k for k in set(saved) | set(protocol) if saved.get(k) != protocol.get(k))
+  if diff:
+    shown = {k: (saved.get(k), protocol.get(k)) if k != "sigmas" else "(grids differ)" for k in diff}
     raise config_checks.ConfigError(
-        f"{path} was computed with another protocol ({results.get('protocol')}); now {protocol}. "
-        "Delete it or use the same evaluation config.")
+        f"{path} was computed with another evaluation protocol (saved, now): {shown}. "
+        "Use the same evaluation config, or delete the file to start over.")
   return results
 
 
@@ -146,10 +150,26 @@ def run(config, workdir: str) -> Dict[str, Any]:
   results["summary"] = summarize(results, sigmas, e.at_sigmas)
   _write_json(path, results)
   draw(results, sigmas, e.at_sigmas, out_dir)
+  if sample_evaluation.settings_of(config).enabled:
+
+    def save(section):
+      results["samples"] = section
+      _write_json(path, results)
+
+    s = results["summary"]
+    save(sample_evaluation.evaluate_samples(
+        config, workdir, network, train_split, val_split, steps, results.get("samples"), save=save,
+        gap_peaks=dict(zip(s["images_seen"], s["peak_gap"]))))
   s = results["summary"]
+  samples = results.get("samples", {}).get("summary", {})
   print(f"Denoising gap of {workdir} (last snapshot, {s['images_seen'][-1]} images seen): "
-        f"peak G = {s['peak_gap'][-1]:.4f} at sigma = {s['peak_sigma'][-1]:.3g}. "
-        f"Results and plots in {out_dir}/")
+        f"peak G = {s['peak_gap'][-1]:.4f} at sigma = {s['peak_sigma'][-1]:.3g}.")
+  if samples:
+    print(f"Samples: Frechet-distance gap G_FD = {samples['gap_fd_features'][-1]:.4f} "
+          f"(classifier features), {samples['gap_fd_pixels'][-1]:.4f} (pixels); copies of "
+          f"training images: {samples['copy_fraction'][-1]:.3f} (validation control "
+          f"{samples['copy_fraction_validation_control'][-1]:.3f}).")
+  print(f"Results and plots in {out_dir}/")
   return results
 
 
