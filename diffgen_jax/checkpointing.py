@@ -4,9 +4,10 @@
     WORKDIR/checkpoints/snapshots/<step>/ EMA params, step, images seen: kept for the analysis over
                                           training time, never deleted
 
-orbax writes each checkpoint to a temporary directory and renames it when complete, so a checkpoint
-interrupted while being written is never listed, hence never loaded. The data position is the step:
-the batch at step t is a pure function of (seed, t), and so is every random draw.
+orbax writes each checkpoint to a temporary directory (`<step>.orbax-checkpoint-tmp-<time>`) and
+renames it when complete, so a checkpoint interrupted while being written is never listed, hence
+never loaded (both managers delete such leftovers of a killed run when they open). The data position
+is the step: the batch at step t is a pure function of (seed, t), and so is every random draw.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ class Checkpoints:
     workdir = os.path.abspath(workdir)
     self.state = ocp.CheckpointManager(
         os.path.join(workdir, STATE_DIR),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep_states, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep_states, create=True,
+                                             cleanup_tmp_directories=True))
     self.snapshots = ocp.CheckpointManager(
         os.path.join(workdir, SNAPSHOT_DIR),
-        options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
+                                             cleanup_tmp_directories=True))
 
   def latest_state_step(self) -> Optional[int]:
     return self.state.latest_step()
@@ -39,6 +42,10 @@ class Checkpoints:
   def save_state(self, step: int, state, meta: Dict[str, Any]) -> None:
     self.state.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   meta=ocp.args.JsonSave(meta)))
+
+  def restore_meta(self, step: int) -> Dict[str, Any]:
+    """Only the metadata of a full state (cheap; checked against the config before restoring)."""
+    return self.state.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def restore_state(self, step: int, abstract_state) -> Tuple[Any, Dict[str, Any]]:
     restored = self.state.restore(step, args=ocp.args.Composite(

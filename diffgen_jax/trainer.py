@@ -128,7 +128,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   meta = {"seed": config.seed, "batch_size": t.batch_size, "dataset": config.data.name,
           "subset_size": config.data.subset_size or 0, "image_shape": list(image_shape),
-          "num_classes": split.num_classes, "model_family": config.model.family}
+          "num_classes": split.num_classes, "model_family": config.model.family,
+          "model": json.loads(json.dumps(models.resolve(model_config).to_dict()))}
 
   ckpt = checkpointing.Checkpoints(workdir, keep_states=config.checkpoint.keep_states)
   metrics_path = os.path.join(workdir, METRICS_FILE)
@@ -139,12 +140,20 @@ def run(config, workdir: str) -> Dict[str, Any]:
       f.write(config.to_json_best_effort(indent=2))
     start = 0
   else:
-    state, saved = ckpt.restore_state(latest, abstract_state_with(abstract_state, state_sharding))
+    # The metadata first: a different model would otherwise fail inside orbax's restore.
+    saved = ckpt.restore_meta(latest)
     mismatched = {k: (saved.get(k), v) for k, v in meta.items() if k in saved and saved[k] != v}
+    if "model" in mismatched:
+      old_model, new_model = mismatched.pop("model")
+      for k in sorted(set(old_model) | set(new_model)):
+        if old_model.get(k) != new_model.get(k):
+          mismatched[f"model.{k}"] = (old_model.get(k), new_model.get(k))
     if mismatched:
+      ckpt.close()
       raise config_checks.ConfigError(
           f"the workdir {workdir} holds a run with a different configuration (saved, now): "
           f"{mismatched}; use a new --workdir")
+    state, _ = ckpt.restore_state(latest, abstract_state_with(abstract_state, state_sharding))
     start = int(state.step)
     if jax.process_index() == 0:
       _truncate_metrics(metrics_path, start)
@@ -180,25 +189,30 @@ def run(config, workdir: str) -> Dict[str, Any]:
                  rows[-1]["images_seen"] / 1e3, rate, rows[-1]["loss"], _format_seconds(eta))
     tick, tick_step, last = now, step, rows[-1]
 
-  for step in range(start, total_steps):
-    batch = next(batches)
-    state, metrics = step_fn(state, batch, train_key)
-    pending.append((step, metrics))
-    done = step + 1
-    if done % config.log_every_steps == 0 or done == total_steps:
-      flush()
-    if done % snapshot_every == 0 or done == total_steps:
-      flush()
-      ckpt.save_snapshot(done, state.ema, {"step": done, "images_seen": done * t.batch_size})
-      grid = sample_fn(state.ema, done)
-      if jax.process_index() == 0 and grid is not None:
-        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-        save_image_grid(grid, os.path.join(workdir, "samples", f"step_{done:08d}.png"))
-    if done % state_every == 0 or done == total_steps:
-      flush()
-      ckpt.save_state(done, state, dict(meta, step=done, data_position=done))
-  ckpt.wait()
-  ckpt.close()
+  try:
+    for step in range(start, total_steps):
+      batch = next(batches)
+      state, metrics = step_fn(state, batch, train_key)
+      pending.append((step, metrics))
+      done = step + 1
+      if done % config.log_every_steps == 0 or done == total_steps:
+        flush()
+      if done % snapshot_every == 0 or done == total_steps:
+        flush()
+        ckpt.save_snapshot(done, state.ema, {"step": done, "images_seen": done * t.batch_size})
+        grid = sample_fn(state.ema, done)
+        if jax.process_index() == 0 and grid is not None:
+          os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+          save_image_grid(grid, os.path.join(workdir, "samples", f"step_{done:08d}.png"))
+      if done % state_every == 0 or done == total_steps:
+        flush()
+        ckpt.save_state(done, state, dict(meta, step=done, data_position=done))
+  finally:
+    # Also when training stops with an error (e.g. a non-finite loss): let the checkpoints already
+    # being written finish, so the last good state is on disk, not a temporary directory.
+    batches.close()
+    ckpt.wait()
+    ckpt.close()
   logging.info("Training finished: %d steps, %d images, %.1f s.", total_steps,
                total_steps * t.batch_size, time.time() - t0)
   if config.evaluation.after_training:
