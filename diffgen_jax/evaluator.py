@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from diffgen_jax import checkpointing, config_checks, edm, optimal, sample_evaluation, trainer, training
+from diffgen_jax import (checkpointing, config_checks, data, edm, jsonio, optimal, sample_evaluation,
+                         trainer, training)
 from diffgen_jax.evaluation import gap
 from diffgen_jax.plots import gap as gap_plots
 
@@ -50,15 +51,6 @@ def sigma_grid(config) -> np.ndarray:
   return np.sort(edm.validate_sigma_grid(e.sigmas)) if e.sigmas else edm.gap_sigma_grid(e.num_sigmas)
 
 
-def _fixed_subset(split, n: int):
-  """The first n images of a split (fixed across snapshots), as floats in [-1, 1], with ids, labels."""
-  n = min(n, len(split))
-  rows = np.arange(n)
-  images = np.asarray(split.images[rows], np.float32) / 127.5 - 1.0
-  labels = np.asarray(split.labels[:n]) if split.num_classes > 0 else None
-  return images, labels, np.asarray(split.ids[:n])
-
-
 def _read_results(path: str, protocol: Dict[str, Any]) -> Dict[str, Any]:
   if not os.path.exists(path):
     return {"protocol": protocol, "snapshots": {}}
@@ -74,13 +66,6 @@ def _read_results(path: str, protocol: Dict[str, Any]) -> Dict[str, Any]:
   return results
 
 
-def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)  # atomic: a crash never leaves a half-written results file
-
-
 def run(config, workdir: str) -> Dict[str, Any]:
   e = config.evaluation
   steps = checkpointing.snapshot_steps(workdir)
@@ -93,8 +78,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
   _check_matches_run(workdir, config, train_split)
   network = trainer.build_network(config.model, train_split.num_classes, "float32")
   sigmas = sigma_grid(config)
-  train_x, train_y, train_ids = _fixed_subset(train_split, e.num_images)
-  val_x, val_y, val_ids = _fixed_subset(val_split, e.num_images)
+  train_x, train_y, train_ids = data.first_images(train_split, e.num_images)
+  val_x, val_y, val_ids = data.first_images(val_split, e.num_images)
   protocol = {"sigmas": sigmas.tolist(), "num_train": len(train_x), "num_val": len(val_x),
               "noise_seed": e.noise_seed, "dataset": config.data.name,
               "subset_size": config.data.subset_size or 0, "labels": config.data.labels}
@@ -107,9 +92,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   # Different seeds for the two splits: independent noise draws (ids overlap across splits).
   train_kw = dict(kwargs, ids=train_ids, noise_seed=e.noise_seed)
   val_kw = dict(kwargs, ids=val_ids, noise_seed=e.noise_seed + 1)
-  all_train = np.asarray(train_split.images[np.arange(len(train_split))], np.float32) / 127.5 - 1.0
-  exact = optimal.empirical_optimal_denoiser(
-      all_train, train_split.labels if train_split.num_classes > 0 else None)
+  exact = optimal.empirical_optimal_denoiser(*data.first_images(train_split)[:2])
   if "optimal" not in results:
     logging.info("Optimal denoiser errors on %d + %d images x %d sigmas ...", len(train_x),
                  len(val_x), len(sigmas))
@@ -117,7 +100,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
     opt_val = gap.denoising_errors(exact, val_x, val_y, sigmas, **val_kw)
     # (No gap for the optimal denoiser: its E_train is 0 where it recalls the training images.)
     results["optimal"] = {"e_train": opt_train.tolist(), "e_val": opt_val.tolist()}
-    _write_json(path, results)
+    jsonio.write_json(path, results)
 
   def network_fn(params, x, sigma, labels):
     return training.network_denoiser(network, params, config.training.sigma_data)(x, sigma, labels)
@@ -145,16 +128,16 @@ def run(config, workdir: str) -> Dict[str, Any]:
     peak_sigma, peak_value = gap.peak(sigmas, first["gap"])
     logging.info("snapshot %d (%d images): peak G = %.4f at sigma = %.3g", step,
                  meta["images_seen"], peak_value, peak_sigma)
-    _write_json(path, results)
+    jsonio.write_json(path, results)
 
   results["summary"] = summarize(results, sigmas, e.at_sigmas)
-  _write_json(path, results)
+  jsonio.write_json(path, results)
   draw(results, sigmas, e.at_sigmas, out_dir)
   if sample_evaluation.settings_of(config).enabled:
 
     def save(section):
       results["samples"] = section
-      _write_json(path, results)
+      jsonio.write_json(path, results)
 
     s = results["summary"]
     save(sample_evaluation.evaluate_samples(

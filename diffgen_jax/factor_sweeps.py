@@ -58,14 +58,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from diffgen_jax import checkpointing, config_checks, data, edm, models, trainer, training
+from diffgen_jax import checkpointing, config_checks, data, edm, jsonio, models, trainer, training
 from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.denoisers import guided
 from diffgen_jax.evaluation import factors, features, gap, kmeans
-from diffgen_jax.evaluator import _fixed_subset
 from diffgen_jax.models import layers
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
-from diffgen_jax.toy2d import to_jsonable, write_results
 
 SWEEPS = ("delta", "granularity", "guidance", "receptive_field", "gradient_score", "trained")
 ANALYTIC_SWEEPS = SWEEPS[:-1]
@@ -564,9 +562,7 @@ def load_setup(config) -> Setup:
   splits = {s: trainer.load_split(config, s) for s in data.SPLITS}
   arrays = {}
   for name, split in splits.items():
-    images, _, _ = _fixed_subset(split, len(split))
-    labels = np.asarray(split.labels[np.arange(len(split))]) if split.num_classes > 0 else None
-    arrays[name] = (images, labels, np.asarray(split.ids))
+    arrays[name] = data.first_images(split)
   tr, va = arrays["train"], arrays["validation"]
   return make_setup(tr[0], tr[1], va[0], va[1], splits["train"].num_classes, sigma_grid(config),
                     num_images=config.num_images, train_ids=tr[2], val_ids=va[2],
@@ -660,8 +656,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
     start = time.perf_counter()
     section = run_sweep(name, config, setup, workdir)
     section["wall_time_s"] = time.perf_counter() - start
-    results["sweeps"][name] = to_jsonable(section)
-    write_results(results, path)
+    results["sweeps"][name] = jsonio.to_jsonable(section)
+    jsonio.write_json(path, results)
     if config.make_plots:
       from diffgen_jax.plots import factors as factor_plots  # matplotlib only when plotting
       factor_plots.draw_sweep(name, results["sweeps"][name], workdir)

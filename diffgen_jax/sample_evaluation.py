@@ -156,7 +156,7 @@ class Context:
 
 
 def _as_float_images(split) -> np.ndarray:
-  return np.asarray(split.images[np.arange(len(split))], np.float32) / 127.5 - 1.0
+  return data.first_images(split)[0]
 
 
 def _reference_size(settings, num_train: int, num_val: int) -> int:

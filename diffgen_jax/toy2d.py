@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from diffgen_jax import config_checks, edm, samplers
+from diffgen_jax import config_checks, edm, jsonio, samplers
 from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.denoisers import Denoiser, guided
 from diffgen_jax.evaluation import frechet
@@ -476,32 +476,6 @@ _RUNNERS: Dict[str, Callable] = {
 # Results, summaries, config validation and the job entry point.
 
 
-def to_jsonable(obj):
-  """numpy -> plain Python; non-finite floats -> None, so the JSON never holds NaN or Infinity."""
-  if isinstance(obj, dict):
-    return {str(k): to_jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [to_jsonable(v) for v in obj]
-  if isinstance(obj, (np.ndarray, jax.Array)):
-    return to_jsonable(np.asarray(obj).tolist())
-  if isinstance(obj, (bool, np.bool_)):
-    return bool(obj)
-  if isinstance(obj, (int, np.integer)):
-    return int(obj)
-  if isinstance(obj, (float, np.floating)):
-    value = float(obj)
-    return value if math.isfinite(value) else None
-  return obj
-
-
-def write_results(results: Dict, path: str) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(to_jsonable(results), f, allow_nan=False, indent=1)
-  os.replace(tmp, path)
-
-
 def summarize(results: Dict) -> List[str]:
   """A few human-readable lines per experiment."""
   name = results["experiment"]
@@ -632,7 +606,7 @@ def run(config, workdir: str) -> Dict[str, Dict]:
     results, plot_data = _RUNNERS[name](config)
     results["wall_time_s"] = time.perf_counter() - start
     out_dir = os.path.join(workdir, name)
-    write_results(results, os.path.join(out_dir, "results.json"))
+    jsonio.write_json(os.path.join(out_dir, "results.json"), results)
     if name == "flow_field":
       np.savez_compressed(os.path.join(out_dir, "fields.npz"), axis=plot_data["axis"],
                           sigmas=plot_data["sigmas"], field=plot_data["field"])

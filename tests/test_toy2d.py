@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffgen_jax import edm, toy2d
+from diffgen_jax import edm, jsonio, toy2d
 from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
 
@@ -242,7 +242,7 @@ def test_run_writes_results_and_plots(tmp_path):
 
 
 def test_to_jsonable_has_no_nan():
-  out = toy2d.to_jsonable({"a": np.array([1.0, np.nan, np.inf]), "b": np.float32(2.5),
+  out = jsonio.to_jsonable({"a": np.array([1.0, np.nan, np.inf]), "b": np.float32(2.5),
                            "c": (np.int64(3),)})
   assert out == {"a": [1.0, None, None], "b": 2.5, "c": [3]}
   json.dumps(out, allow_nan=False)

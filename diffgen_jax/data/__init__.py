@@ -15,6 +15,7 @@ from diffgen_jax.data.pipeline import (
     addressable_rows,
     batch_at,
     epoch_permutation,
+    first_images,
     flip_mask,
     host_batch,
     is_prepared,
@@ -27,12 +28,14 @@ from diffgen_jax.data.pipeline import (
     subset_order,
     subset_rows,
     tfds_name,
+    to_unit_range,
     validate_config,
 )
 
 __all__ = [
     "DATASETS", "DEFAULT_DATA_DIR", "LABEL_MODES", "SPLITS", "BatchIterator", "LazyColumn",
-    "Split", "addressable_rows", "batch_at", "epoch_permutation", "flip_mask", "host_batch",
+    "Split", "addressable_rows", "batch_at", "epoch_permutation", "first_images", "flip_mask",
+    "host_batch", "to_unit_range",
     "is_prepared", "load_split", "prepare", "process_rows", "read_pseudo_labels", "resolve_data_dir", "stream_indices",
     "subset_order", "subset_rows", "tfds_name", "validate_config",
 ]

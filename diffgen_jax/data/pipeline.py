@@ -411,14 +411,28 @@ def process_rows(global_batch_size: int, process_index: int, process_count: int)
   return slice(process_index * b, (process_index + 1) * b)
 
 
+def to_unit_range(images) -> np.ndarray:
+  """uint8 pixels (N, H, W[, C]) -> float32 NHWC in [-1, 1]: the one home of this scaling."""
+  images = np.asarray(images)
+  if images.ndim == 3:
+    images = images[..., None]
+  return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def first_images(split: Split, n: Optional[int] = None):
+  """The first n images of a split (all by default) in [-1, 1], their labels (None when the split
+  has no classes) and ids: the fixed evaluation subsets."""
+  n = len(split) if n is None else min(n, len(split))
+  rows = np.arange(n)
+  labels = np.asarray(split.labels[rows], np.int32) if split.num_classes > 0 else None
+  return to_unit_range(split.images[rows]), labels, np.asarray(split.ids[rows])
+
+
 def host_batch(split: Split, step: int, global_batch_size: int, seed: int, *,
                rows: slice = slice(None), x_flip: bool = False) -> dict:
   """Rows `rows` of the global batch at `step` as host numpy arrays."""
   idx = stream_indices(len(split), step, global_batch_size, seed, rows)
-  images = np.asarray(split.images[idx])
-  if images.ndim == 3:
-    images = images[..., None]
-  images = images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+  images = to_unit_range(split.images[idx])
   if x_flip:
     flip = flip_mask(step, global_batch_size, seed)[rows]
     images = np.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
