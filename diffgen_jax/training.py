@@ -147,7 +147,7 @@ def make_train_step(network: Network, optimizer, config):
     new_state = TrainState(step=state.step + 1, params=params,
                            ema=_update_ema(state.ema, params, images_seen, config),
                            opt_state=opt_state)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                    lr=learning_rate_schedule(config)(state.step))
     return new_state, metrics
 
