@@ -1,0 +1,330 @@
+"""The paper's findings as config sweeps, one variant per finding: `get_config("<finding>[,<mode>]")`.
+
+Each finding is a small set of named job runs (train / evaluate / factors / toy2d configs, the
+same configs `python -m diffgen_jax.main` takes), run in order by `experiments/<finding>.py`
+(`experiments/common.py` runs or resumes each under RUNS_ROOT/<run name> and gathers their
+results.json into experiments/results/<finding>/):
+
+    python experiments/training_time.py                                   # local (the default)
+    python experiments/training_time.py --config=configs/experiments.py:training_time,paper \
+        --config.data_dir=/path/to/tfds                                   # the paper's scale
+    python experiments/training_time.py --config.runs.unet.training.total_images=320000  # override
+
+Findings (FINDINGS): toy2d, training_time, model_size, dataset_size, granularity, guidance,
+receptive_field, trajectory_overlap, sample_gap, gradient_score. Modes (MODES):
+
+  local  Real offline data on a 2-core CPU, each finding <= 30 minutes (estimates in
+         experiments/README.md, from the measured ~700 img/s of the tiny U-Net at 8x8). Everything
+         runs on scikit-learn's 8x8 digits (a 256-image training subset, as configs/quickstart.py,
+         which overfits within the run); U-Net = DDPM++ with 32 channels (ddpmpp-tiny's
+         architecture), DiT = 4 blocks, hidden 64, patch 2. Runs are SHARED between findings by name
+         (same name = same config, e.g. `unet` serves training_time, trajectory_overlap,
+         sample_gap and the trained factor sweeps), so a run is trained once per RUNS_ROOT.
+  paper  The paper's scale. U-Net: EDM's DDPM++ on CIFAR-10 at EDM's settings (batch 512, 200M
+         images, lr 1e-3 after a 10M-image warm-up, EMA half-life 500k images, dropout 0.13,
+         x-flip, class-conditional with label dropout 0.1 so one network serves classifier-free
+         guidance). Sizes: EDM2 img64 XS..XL on ImageNet-64 with the EDM2 loss (learned
+         log-variance, P_mean -0.8, P_std 1.6), power-function EMA, inverse-sqrt lr (ref_lr 1e-2,
+         t_ref 70k batches x 2048 images), batch 2048; DiT-{S,B,L,XL}/4 on ImageNet-64 pixels
+         (256 tokens, as DiT's /2 models on 32x32 latents; DiT's lr 1e-4, batch 256, EMA 0.9999
+         per step). Evaluation at the paper's protocol: 8192 images per split, the 64-sigma grid.
+         DATA: the tfds datasets `cifar10` and `downsampled_imagenet/64x64` must be prepared
+         (array_record) in a tfds data_dir on a connected machine and passed as
+         --config.data_dir (nothing is downloaded). COMPUTE (from published numbers, rough):
+           DDPM++ CIFAR-10, 200M images: ~2 days on 8 V100 (EDM) = ~400 V100-hours per run;
+           EDM2 img64 S/M/L/XL (1-2 G images at batch 2048): ~10^3-10^4 A100-hours per run;
+           DiT at 256 tokens: DiT-XL/2 400k steps x 256 ~ 1 day on a TPU v3-256 pod, DiT-S ~1/20.
+         Each finding's docstring entry below sums its runs.
+  smoke  A few training steps of tiny networks on 64 digits, 8 evaluation images, 4 sigmas: the
+         end-to-end check of tests/test_experiments.py (seconds per run; the results mean nothing).
+
+Placeholders: a string value "@run:NAME[/path]" in a run's config is replaced by that run's
+workdir (joined with path) when the run starts; NAME runs first (e.g. the k-means pseudo-labels
+of the factors run feed the granularity training runs, a training run feeds the `trained` sweep).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+from diffgen_jax import defaults
+
+# finding -> (what it shows, its runs in order, paper compute). Runs named here are built by _RUNS.
+FINDINGS = ("toy2d", "training_time", "model_size", "dataset_size", "granularity", "guidance",
+            "receptive_field", "trajectory_overlap", "sample_gap", "gradient_score")
+MODES = ("local", "paper", "smoke")
+
+# Sweep values per mode: (local, paper, smoke).
+_WIDTHS = {"ddpmpp": ((16, 32, 64), ("edm2-img64-xs", "edm2-img64-s", "edm2-img64-m", "edm2-img64-l",
+                                     "edm2-img64-xl"), (8,)),  # (smoke: U-Net compiles are slow)
+           "dit": ((32, 64, 128), ("DiT-S/4", "DiT-B/4", "DiT-L/4", "DiT-XL/4"), (8, 16))}
+_SUBSETS = ((128, 256, 512, 1024), (2500, 5000, 10000, 25000, 50000), (32, 64))
+# (smoke: k = 10 gives the pseudo-label run the class run's label count, so the test's compilation
+# cache serves it)
+_KS = ((2, 10, 50), (2, 10, 100, 500), (10,))
+
+PAPER_COMPUTE = {
+    "toy2d": "CPU minutes (analytic)",
+    "training_time": "DDPM++ CIFAR-10 (~400 V100-h) + DiT-B/2 on CIFAR-10 at 200M images (~300 V100-h)",
+    "model_size": "EDM2 img64 XS..XL + DiT S..XL/4 (~2-4 x 10^4 A100-h in all)",
+    "dataset_size": "5 DDPM++ CIFAR-10 runs (~2,000 V100-h; the small subsets converge earlier)",
+    "granularity": "6 DDPM++ CIFAR-10 runs (none, classes, 4 k-means k; ~2,400 V100-h) + factors (GPU-h)",
+    "guidance": "the training_time U-Net + the factors job (a few GPU-h)",
+    "receptive_field": "the training_time U-Net and DiT + the factors job (a few GPU-h)",
+    "trajectory_overlap": "the training_time runs (their evaluate job's samples section)",
+    "sample_gap": "the training_time runs (their evaluate job's samples section)",
+    "gradient_score": "the training_time U-Net and DiT + the factors job (a few GPU-h)",
+}
+
+
+def _parse(variant):
+  tokens = [t for t in str(variant or "").split(",") if t]
+  findings = [t for t in tokens if t in FINDINGS]
+  modes = [t for t in tokens if t in MODES]
+  unknown = [t for t in tokens if t not in FINDINGS + MODES]
+  if unknown or len(findings) != 1 or len(modes) > 1:
+    raise ValueError(f"variant {variant!r}: use '<finding>[,<mode>]' with one finding of {FINDINGS} "
+                     f"and at most one mode of {MODES} (default local)")
+  return findings[0], (modes[0] if modes else "local")
+
+
+# ------------------------------------------------------------------------------------------------
+# Training runs
+
+
+def _evaluation(config, mode: str, samples: bool) -> None:
+  e = config.evaluation
+  if mode == "smoke":
+    e.num_images, e.num_sigmas, e.batch_size = 8, 4, 8
+    e.at_sigmas = (0.5, 2.0)
+    e.samples.update(dict(num_samples=8, num_steps=3, feature="pixels", probe_size=4, grid_size=4,
+                          num_train_subsets=2))
+  elif mode == "local":
+    e.num_images, e.num_sigmas, e.batch_size = 128, 24, 128
+    e.samples.update(dict(num_samples=256, num_steps=18, classifier_steps=300, probe_size=64,
+                          grid_size=32, early_stop_every=1))
+  else:  # paper: the paper's 8192 images per split and 64 sigmas; 10k samples per snapshot
+    e.num_images, e.num_sigmas, e.batch_size = 8192, 64, 512
+    e.samples.update(dict(num_samples=10000, num_steps=18, classifier_steps=20000,
+                          probe_size=512, early_stop_every=1))
+  e.samples.enabled = samples
+
+
+def _unet(mode: str, width=None, subset=None, labels="class", pseudo="", samples=False):
+  """The U-Net runs: DDPM++ (local, smoke, paper CIFAR-10) or an EDM2 preset (paper sizes)."""
+  if mode == "paper" and isinstance(width, str):  # EDM2 on ImageNet-64 (model size sweep)
+    c = defaults.train_config("downsampled_imagenet/64x64", "edm2")
+    c.model.preset = width
+    c.model.update(dict(img_resolution=64, img_channels=3, num_classes=1000,
+                        dropout=0.0 if width.endswith(("xs", "-s")) else 0.1))
+    c.training.update(dict(batch_size=2048, total_images=1024 << 20, lr=1e-2, lr_schedule="edm2",
+                           lr_ref_images=70_000 * 2048, warmup_images=10_000_000, loss="edm2",
+                           p_mean=-0.8, p_std=1.6))
+    c.training.ema.kind = "power"
+    c.training.ema.sigma_rels = (0.05, 0.10)
+    c.checkpoint.update(dict(state_every_images=8 << 20, snapshot_every_images=64 << 20))
+    c.sampling.num_steps = 32
+  elif mode == "paper":  # EDM's DDPM++ on CIFAR-10
+    c = defaults.train_config("cifar10", "ddpmpp")
+    c.model.preset = "ddpmpp-cifar10"
+    c.model.update(dict(img_resolution=32, img_channels=3, num_classes=10, dropout=0.13))
+    c.data.x_flip = True
+    c.training.update(dict(batch_size=512, total_images=200_000_000, lr=1e-3,
+                           warmup_images=10_000_000, label_dropout=0.1))
+    c.training.ema.halflife_images = 500_000
+    c.checkpoint.update(dict(state_every_images=5_000_000, snapshot_every_images=10_000_000))
+  else:
+    c = defaults.train_config("digits", "ddpmpp")
+    c.model.update(dict(preset="", img_resolution=8, img_channels=1, num_classes=10, dropout=0.0,
+                        model_channels=width or (32 if mode == "local" else 8),
+                        channel_mult=(1, 2, 2) if mode == "local" else (1, 2), num_blocks=1,
+                        attn_resolutions=()))
+    _small_training(c, mode)
+  if subset:
+    c.data.subset_size = subset
+  c.data.labels = labels
+  c.data.pseudo_labels = pseudo
+  _evaluation(c, mode, samples)
+  return c
+
+
+def _dit(mode: str, width=None, samples=False):
+  if mode == "paper":
+    preset = width if isinstance(width, str) else "DiT-B/2"
+    if isinstance(width, str):  # DiT sizes on ImageNet-64 pixels, patch 4: 256 tokens
+      c = defaults.train_config("downsampled_imagenet/64x64", "dit")
+      c.model.update(dict(img_resolution=64, img_channels=3, num_classes=1000))
+      c.training.update(dict(total_images=400_000 * 256))
+    else:  # the training-time DiT next to the CIFAR-10 U-Net: DiT-B/2 on 32x32x3 (256 tokens)
+      c = defaults.train_config("cifar10", "dit")
+      c.model.update(dict(img_resolution=32, img_channels=3, num_classes=10))
+      c.data.x_flip = True
+      c.training.update(dict(total_images=200_000_000))
+    c.model.update(dict(preset=preset, dropout=0.0))
+    # DiT's recipe: AdamW-like constant lr 1e-4 (no warm-up), batch 256, EMA 0.9999 per step
+    # (half-life ln 0.5 / ln 0.9999 = 6931 steps x 256 images).
+    c.training.update(dict(batch_size=256, lr=1e-4, warmup_images=0, label_dropout=0.1))
+    c.training.ema.halflife_images = 6931 * 256
+    c.checkpoint.update(dict(state_every_images=5_000_000, snapshot_every_images=10_000_000))
+  else:
+    c = defaults.train_config("digits", "dit")
+    c.model.update(dict(preset="", img_resolution=8, img_channels=1, num_classes=10, dropout=0.0,
+                        patch_size=2, hidden_size=width or (64 if mode == "local" else 16),
+                        depth=4 if mode == "local" else 1, num_heads=4 if mode == "local" else 2))
+    _small_training(c, mode)
+  _evaluation(c, mode, samples)
+  return c
+
+
+def _small_training(c, mode: str) -> None:
+  """The local (as configs/quickstart.py) and smoke training settings on 8x8 digits."""
+  c.data.subset_size = 256 if mode == "local" else 64
+  b = 64 if mode == "local" else 16
+  steps, snap_every = (3000, 300) if mode == "local" else (6, 3)
+  c.training.update(dict(batch_size=b, total_images=b * steps, lr=2e-3,
+                         warmup_images=b * (200 if mode == "local" else 1), label_dropout=0.1))
+  c.training.ema.halflife_images = b * (100 if mode == "local" else 2)
+  c.checkpoint.update(dict(state_every_images=b * (1000 if mode == "local" else 6),
+                           snapshot_every_images=b * snap_every))
+  c.sampling.grid_size = 64 if mode == "local" else 0
+  c.log_every_steps = 100 if mode == "local" else 3
+
+
+# ------------------------------------------------------------------------------------------------
+# Factors and toy runs
+
+
+def _sibling(name: str):
+  """configs/<name>.py as a module (config files are loaded by path, not as a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"_experiments_{name}_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _factors(mode: str, sweeps, run_dir: str = "", data_from=None):
+  """A factors job on the data of the training runs (`data_from`: a train config to copy data from)."""
+  variant = ",".join(tuple(sweeps) + (("local",) if mode in ("local", "smoke") else ()))
+  c = _sibling("factors").get_config(variant)
+  base = data_from or _unet(mode)
+  c.data = ml_collections.ConfigDict(base.data.to_dict())
+  c.data.labels, c.data.pseudo_labels = "class", ""
+  c.run_dir = run_dir
+  if mode == "paper":
+    c.num_images, c.num_sigmas, c.batch_size = 8192, 64, 512
+    c.granularity.ks = (2, 5, 10, 20, 50, 100, 200, 300, 400, 500)  # paper.md section 6
+    c.granularity.features = "classifier"
+    c.receptive_field.crop_sizes = (16, 20, 24, 28, 32)
+    c.gradient_score.num_images, c.gradient_score.num_sigmas = 16, 16
+    c.trained.gradient_images = 8
+  elif mode == "local":
+    c.granularity.ks = _KS[0]
+    c.num_images = 128
+  else:
+    c.num_images, c.num_sigmas, c.batch_size = 8, 4, 8
+    c.delta.deltas = (0.2, 0.5)
+    c.granularity.ks = _KS[2]
+    c.guidance.ws = (0.0, 1.0)
+    c.receptive_field.crop_sizes = (4, 8)
+    c.gradient_score.update(dict(num_images=1, num_sigmas=2, deltas=(0.3,)))
+    c.trained.update(dict(ws=(0.0, 1.0), gradient_images=1, crop_sizes=(4, 8)))
+  c.make_plots = True
+  return c
+
+
+def _toy2d(mode: str):
+  c = _sibling("toy2d").get_config()
+  if mode == "smoke":
+    c.draws = 8
+    c.sigma_grid_steps = 16
+    c.flow_field.grid_size = 11
+    c.relative_error.update(dict(num_angles=16, draws=8))
+    c.gap_vs_delta.deltas = (2.0, 1.2)
+    c.gap_vs_density.num_points = (16, 20)
+    c.guidance.weights = (0.0, 1.0)
+    c.trajectories.update(dict(num_samples=20, num_plotted=5, num_steps=16))
+    c.frechet.update(dict(deltas=(0.0, 1.0), num_samples=20, num_steps=16))
+  return c
+
+
+# ------------------------------------------------------------------------------------------------
+# The findings
+
+
+def _runs(finding: str, mode: str):
+  """[(run name, job config, sweep metadata {group, value} or None)] in run order."""
+  m = {"local": 0, "paper": 1, "smoke": 2}[mode]
+  unet = lambda: _unet(mode, samples=True)
+  dit = lambda: _dit(mode, samples=True)
+  if finding == "toy2d":
+    return [("toy2d", _toy2d(mode), None)]
+  if finding in ("training_time", "trajectory_overlap", "sample_gap"):
+    return [("unet", unet(), {"group": "U-Net", "value": 0}),
+            ("dit", dit(), {"group": "DiT", "value": 0})]
+  if finding == "model_size":
+    runs = []
+    for family, build in (("ddpmpp", _unet), ("dit", _dit)):
+      default = {"ddpmpp": 32, "dit": 64}[family] if mode == "local" else \
+          {"ddpmpp": 8, "dit": 16}[family]
+      for w in _WIDTHS[family][m]:
+        shared = mode != "paper" and w == default  # the training_time run itself
+        short = "unet" if family == "ddpmpp" else "dit"
+        name = short if shared else (f"{short}_w{w}" if isinstance(w, int) else
+                                     w.replace("/", "_").replace("-", "_").lower())
+        cfg = (unet() if family == "ddpmpp" else dit()) if shared else build(mode, width=w)
+        runs.append((name, cfg, {"group": "U-Net" if family == "ddpmpp" else "DiT", "value": w}))
+    return runs
+  if finding == "dataset_size":
+    runs = []
+    for n in _SUBSETS[m]:
+      shared = (mode == "local" and n == 256) or (mode == "smoke" and n == 64)
+      runs.append(("unet" if shared else f"unet_n{n}", unet() if shared else _unet(mode, subset=n),
+                   {"group": "U-Net", "value": n}))
+    return runs
+  if finding == "granularity":
+    f = _factors(mode, ("granularity",))
+    runs = [("factors_granularity", f, None)]
+    if mode != "smoke":  # (smoke: the classes and one k-means run only, to keep the test short)
+      runs.append(("unet_uncond", _unet(mode, labels="none"), {"group": "none", "value": 1}))
+    runs.append(("unet", unet(), {"group": "classes", "value": 10}))
+    for k in _KS[m]:
+      runs.append((f"unet_k{k}", _unet(mode, labels="pseudo",
+                                       pseudo=f"@run:factors_granularity/pseudo_labels/k{k}.npz"),
+                   {"group": "k-means", "value": k}))
+    return runs
+  if finding in ("guidance", "receptive_field", "gradient_score"):
+    analytic = {"guidance": ("guidance",), "receptive_field": ("receptive_field",),
+                "gradient_score": ("gradient_score",)}[finding]
+    runs = [(f"factors_{finding}", _factors(mode, analytic), None), ("unet", unet(), None),
+            ("factors_trained_unet", _factors(mode, ("trained",), "@run:unet"), None)]
+    if finding != "guidance":  # the DiT's receptive field is global (attention)
+      runs += [("dit", dit(), None),
+               ("factors_trained_dit", _factors(mode, ("trained",), "@run:dit", dit()), None)]
+      runs[-1][1].trained.styles = ("autoguidance",)
+    return runs
+  raise ValueError(finding)
+
+
+def get_config(variant=None):
+  finding, mode = _parse(variant)
+  config = ml_collections.ConfigDict()
+  config.finding = finding
+  config.mode = mode
+  config.runs_root = ""  # "" = runs/experiments/<mode> (shared by every finding of the mode)
+  config.results_dir = ""  # "" = experiments/results/<finding> (local), .../<mode>/<finding> else
+  config.data_dir = ""  # non-empty: replaces data.data_dir of every run (the paper's tfds dir)
+  config.paper_compute = PAPER_COMPUTE[finding]
+  config.runs = ml_collections.ConfigDict()
+  config.sweep = ml_collections.ConfigDict()  # run name -> {group, value} for swept runs
+  order = []
+  for name, run_config, meta in _runs(finding, mode):
+    config.runs[name] = run_config
+    order.append(name)
+    if meta is not None:
+      config.sweep[name] = ml_collections.ConfigDict(meta)
+  config.order = tuple(order)
+  return config

@@ -1,0 +1,380 @@
+"""What every experiment script shares: run a finding's config sweep, resume, gather, write.
+
+A finding's config (`configs/experiments.py:<finding>[,<mode>]`) names its job runs in order
+(`config.order`, each `config.runs[name]` a complete job config). `run_experiment`:
+  1. runs or resumes every run in RUNS_ROOT/<name> through `diffgen_jax.jobs.run` (in-process),
+     after replacing "@run:NAME[/path]" placeholders by that run's workdir. A run that finished
+     with the same config (fingerprint in WORKDIR/experiment_run.json) is skipped; otherwise the
+     job itself resumes (train: from the latest state; evaluate: only new snapshots).
+  2. loads each run's results.json (train: WORKDIR/evaluation/results.json; factors:
+     WORKDIR/results.json; toy2d: WORKDIR/<experiment>/results.json);
+  3. calls the finding's `gather(ctx)`, which draws its figures through `ctx.figure(name)` and
+     returns the finding's numbers;
+  4. writes RESULTS_DIR/results.json = {"finding", "mode", "config", "runs", "sweep", "figures",
+     "results"} (never edited by hand: re-run the script to regenerate).
+
+Each experiments/<finding>.py defines FINDING and gather() and ends with `common.main(...)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import ml_collections
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILE = os.path.join(ROOT, "configs", "experiments.py")
+MARKER = "experiment_run.json"
+PLACEHOLDER = "@run:"
+
+
+def load_config(variant: str) -> ml_collections.ConfigDict:
+  """configs/experiments.py's get_config(variant) (the file is loaded by path, as config_flags does)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("_experiments_config", CONFIG_FILE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def default_runs_root(mode: str) -> str:
+  return os.path.join(ROOT, "runs", "experiments", mode)
+
+
+def default_results_dir(finding: str, mode: str) -> str:
+  if mode == "local":
+    return os.path.join(ROOT, "experiments", "results", finding)
+  if mode == "smoke":  # never next to the real results
+    return os.path.join(ROOT, "runs", "experiments", "smoke", "results", finding)
+  return os.path.join(ROOT, "experiments", "results", mode, finding)
+
+
+# ------------------------------------------------------------------------------------------------
+# Running the sweep
+
+
+def _references(value) -> List[str]:
+  """Run names referenced by placeholders anywhere in a (nested) config dict."""
+  if isinstance(value, dict):
+    return [r for v in value.values() for r in _references(v)]
+  if isinstance(value, (list, tuple)):
+    return [r for v in value for r in _references(v)]
+  if isinstance(value, str) and value.startswith(PLACEHOLDER):
+    return [value[len(PLACEHOLDER):].split("/", 1)[0]]
+  return []
+
+
+def _resolve(value, workdirs: Dict[str, str]):
+  if isinstance(value, dict):
+    return {k: _resolve(v, workdirs) for k, v in value.items()}
+  if isinstance(value, tuple):
+    return tuple(_resolve(v, workdirs) for v in value)
+  if isinstance(value, list):
+    return [_resolve(v, workdirs) for v in value]
+  if isinstance(value, str) and value.startswith(PLACEHOLDER):
+    name, _, rest = value[len(PLACEHOLDER):].partition("/")
+    return os.path.join(workdirs[name], rest) if rest else workdirs[name]
+  return value
+
+
+def run_order(config) -> List[str]:
+  """config.order, with every run moved after the runs its placeholders reference."""
+  order, done = [], set()
+
+  def visit(name, stack=()):
+    if name in done:
+      return
+    if name in stack:
+      raise ValueError(f"placeholder cycle through runs {stack + (name,)}")
+    if name not in config.runs:
+      raise ValueError(f"a placeholder references run {name!r}, which is not in config.runs "
+                       f"({tuple(config.runs)})")
+    for ref in _references(config.runs[name].to_dict()):
+      visit(ref, stack + (name,))
+    done.add(name)
+    order.append(name)
+
+  for name in config.order:
+    visit(name)
+  return order
+
+
+def job_config(config, name: str, workdirs: Dict[str, str]) -> ml_collections.ConfigDict:
+  """The run's job config with placeholders resolved and config.data_dir applied."""
+  resolved = ml_collections.ConfigDict(_resolve(config.runs[name].to_dict(), workdirs))
+  if config.data_dir and "data" in resolved:
+    resolved.data.data_dir = config.data_dir
+  return resolved
+
+
+def fingerprint(job: ml_collections.ConfigDict) -> str:
+  return hashlib.sha256(job.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_or_resume(name: str, job: ml_collections.ConfigDict, workdir: str,
+                  log=print) -> Dict[str, Any]:
+  """Runs the job in workdir unless it already finished with this exact config."""
+  from diffgen_jax import jobs  # pylint: disable=import-outside-toplevel
+  marker = os.path.join(workdir, MARKER)
+  fp = fingerprint(job)
+  if os.path.exists(marker):
+    with open(marker) as f:
+      saved = json.load(f)
+    if saved.get("fingerprint") == fp:
+      log(f"[experiments] {name}: done ({workdir}), skipped")
+      return saved
+  log(f"[experiments] {name}: running job {job.job!r} in {workdir}")
+  start = time.time()
+  jobs.run(job, workdir)
+  info = {"name": name, "job": job.job, "fingerprint": fp, "wall_time_s": time.time() - start,
+          "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+  from diffgen_jax import jsonio  # pylint: disable=import-outside-toplevel
+  jsonio.write_json(marker, info)
+  log(f"[experiments] {name}: finished in {info['wall_time_s']:.0f} s")
+  return info
+
+
+def load_run_results(job: str, workdir: str) -> Dict[str, Any]:
+  """The results.json files a job writes, as one dict."""
+  def read(path):
+    with open(path) as f:
+      return json.load(f)
+  if job in ("train", "evaluate"):
+    return read(os.path.join(workdir, "evaluation", "results.json"))
+  if job == "factors":
+    return read(os.path.join(workdir, "results.json"))
+  if job == "toy2d":
+    return {d: read(os.path.join(workdir, d, "results.json")) for d in sorted(os.listdir(workdir))
+            if os.path.exists(os.path.join(workdir, d, "results.json"))}
+  raise ValueError(f"unknown job {job!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Gathering
+
+
+class Context:
+  """What a finding's gather() sees: the config, each run's results and workdir, figure paths."""
+
+  def __init__(self, config, workdirs: Dict[str, str], results: Dict[str, Any], results_dir: str):
+    self.config = config
+    self.mode = config.mode
+    self.workdirs = workdirs
+    self.results = results
+    self.results_dir = results_dir
+    self.figures: List[str] = []
+
+  def sweep(self) -> List[tuple]:
+    """[(run name, group, value)] of the swept training runs, in config order."""
+    return [(n, self.config.sweep[n].group, self.config.sweep[n].value)
+            for n in self.config.order if n in self.config.sweep]
+
+  def run_config(self, name: str):
+    return self.config.runs[name]
+
+  def figure(self, filename: str) -> str:
+    """The path to write a figure to (recorded in results.json's "figures")."""
+    self.figures.append(filename)
+    return os.path.join(self.results_dir, filename)
+
+  def copy(self, src: str, filename: str) -> bool:
+    """Copies a figure a job wrote into the results directory (False if it does not exist)."""
+    import shutil  # pylint: disable=import-outside-toplevel
+    if not os.path.exists(src):
+      return False
+    shutil.copyfile(src, self.figure(filename))
+    return True
+
+
+def run_experiment(config, gather: Callable[[Context], Dict[str, Any]], *,
+                   runs_root: Optional[str] = None, results_dir: Optional[str] = None,
+                   log=print) -> Dict[str, Any]:
+  """Runs (or resumes) the finding's runs, gathers them; returns what results.json holds."""
+  from diffgen_jax import jsonio  # pylint: disable=import-outside-toplevel
+  runs_root = os.path.abspath(runs_root or config.runs_root or default_runs_root(config.mode))
+  results_dir = os.path.abspath(results_dir or config.results_dir or
+                                default_results_dir(config.finding, config.mode))
+  workdirs = {name: os.path.join(runs_root, name) for name in config.runs}
+  start = time.time()
+  infos = {}
+  for name in run_order(config):
+    job = job_config(config, name, workdirs)
+    infos[name] = run_or_resume(name, job, workdirs[name], log)
+  results = {name: load_run_results(config.runs[name].job, workdirs[name]) for name in config.order}
+  os.makedirs(results_dir, exist_ok=True)
+  ctx = Context(config, workdirs, results, results_dir)
+  numbers = gather(ctx)
+  out = {"finding": config.finding, "mode": config.mode,
+         "runs": {n: {"job": config.runs[n].job, "workdir": workdirs[n],
+                      "wall_time_s": infos[n].get("wall_time_s")} for n in config.order},
+         "sweep": config.sweep.to_dict(), "figures": ctx.figures, "results": numbers,
+         "wall_time_s": time.time() - start,
+         "config": json.loads(config.to_json_best_effort())}
+  jsonio.write_json(os.path.join(results_dir, "results.json"), out)
+  log(f"[experiments] {config.finding} ({config.mode}): results.json and {len(ctx.figures)} "
+      f"figure(s) in {results_dir}")
+  return out
+
+
+def main(finding: str, gather: Callable[[Context], Dict[str, Any]]) -> None:
+  """The command line of every experiment script (absl; --config with --config.x=y overrides)."""
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  config_flag = config_flags.DEFINE_config_file(
+      "config", f"{CONFIG_FILE}:{finding},local",
+      f"configs/experiments.py:{finding}[,local|paper|smoke] (default: local).", lock_config=False)
+  runs_root = flags.DEFINE_string("runs_root", None, "Workdirs of the runs (default: "
+                                  "config.runs_root, else runs/experiments/<mode>).")
+  results_dir = flags.DEFINE_string("results_dir", None, "Output directory (default: "
+                                    "config.results_dir, else experiments/results/<finding>).")
+
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = config_flag.value
+    if config.finding != finding:
+      raise app.UsageError(f"--config is the {config.finding!r} finding's config; this script "
+                           f"runs {finding!r} (use configs/experiments.py:{finding}[,mode])")
+    run_experiment(config, gather, runs_root=runs_root.value, results_dir=results_dir.value)
+
+  app.run(_main)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading the jobs' results
+
+
+def train_curves(results: Dict[str, Any]) -> Dict[str, Any]:
+  """A train/evaluate run's gap over training: sigmas, images seen, G per snapshot, summary."""
+  steps = sorted(int(k) for k in results["snapshots"])
+  entries = [results["snapshots"][str(k)] for k in steps]
+  records = [e["ema"][sorted(e["ema"])[0]] for e in entries]
+  s = results["summary"]
+  return {"sigmas": results["protocol"]["sigmas"], "steps": steps,
+          "images_seen": [e["images_seen"] for e in entries],
+          "gap": [r["gap"] for r in records], "e_train": [r["e_train"] for r in records],
+          "e_val": [r["e_val"] for r in records], "peak_gap": s["peak_gap"],
+          "peak_sigma": s["peak_sigma"], "onset_images_seen": s.get("onset_images_seen"),
+          "gap_at_sigmas": s.get("gap_at_sigmas", {})}
+
+
+def factor_curves(results: Dict[str, Any], sweep: str, group: Optional[str] = None) -> List[Dict]:
+  """A factors sweep's curves (optionally one group), without the bulky per-image arrays."""
+  curves = results["sweeps"][sweep]["curves"]
+  keep = lambda c: {k: v for k, v in c.items() if k != "per_image"}
+  return [keep(c) for c in curves if group is None or c.get("group") == group]
+
+
+def num_params(model_config, image_shape, num_classes: int) -> int:
+  """Parameter count of a model config at an image shape (jax.eval_shape: nothing allocated)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from diffgen_jax import models, trainer  # pylint: disable=import-outside-toplevel
+  network = trainer.build_network(model_config, num_classes, "float32")
+  shapes = jax.eval_shape(models.init_fn(network.module, (1,) + tuple(image_shape), num_classes),
+                          jax.random.key(0))["params"]
+  return int(sum(np.prod(a.shape) for a in jax.tree.leaves(shapes)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Figures
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def _finite(x, y):
+  x = np.asarray(x, np.float64)
+  y = np.asarray([np.nan if v is None else v for v in y], np.float64)
+  ok = np.isfinite(x) & np.isfinite(y)
+  return x[ok], y[ok]
+
+
+def line_plot(path: str, series: Sequence[tuple], *, xlabel: str, ylabel: str, title: str = "",
+              logx: bool = False, logy: bool = False, zero_line: bool = False,
+              panels: Optional[Sequence[str]] = None) -> None:
+  """series: (label, x, y[, style]) tuples; with `panels`, (panel, label, x, y[, style]) tuples,
+  one subplot per panel name."""
+  plt = _pyplot()
+  names = list(panels) if panels else [None]
+  fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
+  for ax, panel in zip(axes[0], names):
+    for s in series:
+      if panels:
+        if s[0] != panel:
+          continue
+        s = s[1:]
+      label, x, y = s[:3]
+      style = s[3] if len(s) > 3 else "-o"
+      x, y = _finite(x, y)
+      if len(x):
+        ax.plot(x, y, style, label=label, markersize=3)
+    if logx:
+      ax.set_xscale("log")
+    if logy:
+      ax.set_yscale("symlog", linthresh=1e-3)
+    if zero_line:
+      ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(panel if panel else title)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
+  if panels and title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+
+
+def gap_over_training_series(name: str, curves: Dict[str, Any]) -> List[tuple]:
+  """(panel, label, sigmas, G) per snapshot of a train run, for line_plot(panels=...)."""
+  return [(name, f"{seen} img", curves["sigmas"], g)
+          for seen, g in zip(curves["images_seen"], curves["gap"])]
+
+
+# ------------------------------------------------------------------------------------------------
+# Sweeps of training runs (model size, dataset size, granularity)
+
+
+def gap_sweep(ctx: Context) -> List[Dict[str, Any]]:
+  """Per swept training run: its group and value, the last snapshot's G(sigma) and the peak G over
+  training."""
+  out = []
+  for name, group, value in ctx.sweep():
+    c = train_curves(ctx.results[name])
+    out.append({"run": name, "group": group, "value": value, "sigmas": c["sigmas"],
+                "images_seen": c["images_seen"], "peak_gap": c["peak_gap"],
+                "final_gap": c["gap"][-1], "final_peak_gap": c["peak_gap"][-1],
+                "final_peak_sigma": c["peak_sigma"][-1]})
+  return out
+
+
+def gap_sweep_figures(ctx: Context, entries: List[Dict[str, Any]], *, x_key: str, xlabel: str,
+                      logx: bool = True, extra_series: Sequence[tuple] = ()) -> None:
+  """The three figures of a sweep: peak G vs the swept value (per group), the last snapshot's
+  G(sigma) per run, and the peak G over training per run (one panel per group)."""
+  groups = list(dict.fromkeys(e["group"] for e in entries))
+  line_plot(ctx.figure("peak_gap_vs_value.png"),
+            [(g, [e[x_key] for e in entries if e["group"] == g],
+              [e["final_peak_gap"] for e in entries if e["group"] == g]) for g in groups]
+            + list(extra_series),
+            xlabel=xlabel, ylabel="peak G (last snapshot)", logx=logx,
+            title=f"{ctx.config.finding}: peak denoising gap")
+  label = lambda e: f"{e['group']} {e['value']}"
+  line_plot(ctx.figure("gap_curves.png"),
+            [(e["group"], label(e), e["sigmas"], e["final_gap"], "-") for e in entries],
+            panels=groups, xlabel="sigma", ylabel="G(sigma), last snapshot", logx=True,
+            zero_line=True, title=f"{ctx.config.finding}: G(sigma)")
+  line_plot(ctx.figure("peak_gap_over_training.png"),
+            [(e["group"], label(e), e["images_seen"], e["peak_gap"]) for e in entries],
+            panels=groups, xlabel="images seen", ylabel="peak G", zero_line=True,
+            title=f"{ctx.config.finding}: peak G over training")

@@ -1,0 +1,51 @@
+"""Finding 6: guidance (classifier-free and autoguidance) over the weight w.
+
+Analytic: the factors job's `guidance` sweep (y_delta pairs); trained: its `trained` sweep on the
+conditional U-Net (label dropout 0.1, so the null label gives the unconditional model; the
+autoguidance negative is the run's first snapshot). D = D_pos + w (D_pos - D_neg).
+
+    python experiments/guidance.py            # local: digits, ~8 min (+ the shared U-Net run)
+    python experiments/guidance.py --config=configs/experiments.py:guidance,paper \
+        --config.data_dir=/path/to/tfds
+
+Figures: peak_gap_vs_w.png (analytic and trained, per style), trained_gap_curves.png.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import common  # noqa: E402
+
+FINDING = "guidance"
+STYLES = ("cfg", "autoguidance")
+
+
+def gather(ctx):
+  analytic = common.factor_curves(ctx.results["factors_guidance"], "guidance")
+  trained_results = ctx.results["factors_trained_unet"]
+  trained = [c for s in STYLES for c in common.factor_curves(trained_results, "trained", s)]
+  sigmas = trained_results["sweeps"]["trained"]["sigmas"]
+  series = []
+  for panel, curves in (("analytic y_delta", analytic), ("trained U-Net", trained)):
+    for style in STYLES:
+      mine = [c for c in curves if c["group"] == style]
+      series.append((panel, style, [c["value"] for c in mine], [c["peak_gap"] for c in mine]))
+  common.line_plot(ctx.figure("peak_gap_vs_w.png"), series,
+                   panels=("analytic y_delta", "trained U-Net"), xlabel="guidance weight w",
+                   ylabel="peak G", title="Guidance and the denoising gap")
+  common.line_plot(ctx.figure("trained_gap_curves.png"),
+                   [(c["group"], c["label"], sigmas, c["gap"], "-") for c in trained],
+                   panels=STYLES, xlabel="sigma", ylabel="G(sigma)", logx=True, zero_line=True,
+                   title="Trained U-Net, guided")
+  keep = ("label", "group", "value", "peak_gap", "peak_sigma", "gap")
+  section = trained_results["sweeps"]["trained"]
+  return {"analytic": [{k: c.get(k) for k in keep} for c in analytic],
+          "trained": [{k: c.get(k) for k in keep} for c in trained], "sigmas": sigmas,
+          "trained_run": {k: section.get(k) for k in ("snapshot_step", "images_seen",
+                                                      "negative_snapshot_step",
+                                                      "negative_images_seen", "label_dropout")}}
+
+
+if __name__ == "__main__":
+  common.main(FINDING, gather)

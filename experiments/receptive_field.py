@@ -1,0 +1,48 @@
+"""Finding 7: a restricted receptive field (2x2 overlapping s x s crops, overlaps averaged) lowers
+the denoising gap.
+
+Analytic: the factors job's `receptive_field` sweep (y_delta of the pooled training crops);
+trained: its `trained` sweep (the U-Net's and the DiT's own weights applied to the crops).
+
+    python experiments/receptive_field.py     # local: digits, ~5 min (+ the shared U-Net/DiT runs)
+    python experiments/receptive_field.py --config=configs/experiments.py:receptive_field,paper \
+        --config.data_dir=/path/to/tfds
+
+Figures: peak_gap_vs_crop.png (x: s / H), gap_curves.png (one panel per denoiser).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import common  # noqa: E402
+
+FINDING = "receptive_field"
+
+
+def gather(ctx):
+  size = ctx.results["factors_receptive_field"]["settings"]["image_shape"][0]
+  denoisers = {"analytic y_delta": (ctx.results["factors_receptive_field"], "receptive_field", None),
+               "trained U-Net": (ctx.results["factors_trained_unet"], "trained", "receptive_field"),
+               "trained DiT": (ctx.results["factors_trained_dit"], "trained", "receptive_field")}
+  out, series, curves_series = {}, [], []
+  for name, (results, sweep, group) in denoisers.items():
+    curves = common.factor_curves(results, sweep, group)
+    sigmas = results["sweeps"][sweep]["sigmas"]
+    out[name] = {"sigmas": sigmas, "crop_sizes_skipped": results["sweeps"][sweep].get(
+        "crop_sizes_skipped", {}), "curves": [
+            {"crop_size": c["value"], "relative_crop": c["value"] / size, "label": c["label"],
+             "peak_gap": c["peak_gap"], "peak_sigma": c["peak_sigma"], "gap": c["gap"]}
+            for c in curves]}
+    series.append((name, [c["value"] / size for c in curves], [c["peak_gap"] for c in curves]))
+    curves_series += [(name, c["label"], sigmas, c["gap"], "-") for c in curves]
+  common.line_plot(ctx.figure("peak_gap_vs_crop.png"), series, xlabel="crop size s / H",
+                   ylabel="peak G", title="Receptive field and the denoising gap")
+  common.line_plot(ctx.figure("gap_curves.png"), curves_series, panels=list(denoisers),
+                   xlabel="sigma", ylabel="G(sigma)", logx=True, zero_line=True,
+                   title="G(sigma) per crop size")
+  return {"image_size": size, "denoisers": out}
+
+
+if __name__ == "__main__":
+  common.main(FINDING, gather)

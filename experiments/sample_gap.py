@@ -1,0 +1,54 @@
+"""Finding 9: the sample-level gap (Frechet distance, G_FD) stays small and saturates while the
+denoising gap keeps growing; the copy fraction of samples (Gu et al. 2023).
+
+From the evaluate job of the U-Net and DiT runs (shared with training_time).
+
+    python experiments/sample_gap.py          # local: the training_time runs (~15 min if not run yet)
+    python experiments/sample_gap.py --config=configs/experiments.py:sample_gap,paper \
+        --config.data_dir=/path/to/tfds
+
+Figures: gaps_over_training.png (peak denoising G, G_FD in classifier features and in pixels vs
+images seen), copy_fraction.png, and each run's samples_vs_nearest_train.png (<run>_*.png).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import common  # noqa: E402
+
+FINDING = "sample_gap"
+
+
+def gather(ctx):
+  models, gaps, copies = {}, [], []
+  for name, group, _ in ctx.sweep():
+    denoising = ctx.results[name]["summary"]
+    s = ctx.results[name]["samples"]["summary"]
+    peak = dict(zip(denoising["images_seen"], denoising["peak_gap"]))
+    m = {"run": name, "images_seen": s["images_seen"],
+         "peak_denoising_gap": [peak.get(n) for n in s["images_seen"]],
+         "gap_fd_features": s["gap_fd_features"], "gap_fd_pixels": s["gap_fd_pixels"],
+         "copy_fraction": s["copy_fraction"],
+         "copy_fraction_validation_control": s["copy_fraction_validation_control"],
+         "feature": ctx.results[name]["samples"]["protocol"]["feature"]}
+    models[group] = m
+    gaps += [(group, "peak denoising G", m["images_seen"], m["peak_denoising_gap"]),
+             (group, "G_FD (features)", m["images_seen"], m["gap_fd_features"]),
+             (group, "G_FD (pixels)", m["images_seen"], m["gap_fd_pixels"])]
+    copies += [(group, m["images_seen"], m["copy_fraction"]),
+               (f"{group} validation control", m["images_seen"],
+                m["copy_fraction_validation_control"], "--")]
+    ctx.copy(os.path.join(ctx.workdirs[name], "evaluation", "samples_vs_nearest_train.png"),
+             f"{name}_samples_vs_nearest_train.png")
+  common.line_plot(ctx.figure("gaps_over_training.png"), gaps, panels=list(models),
+                   xlabel="images seen", ylabel="relative gap", zero_line=True,
+                   title="Denoising gap vs sample-level gap")
+  common.line_plot(ctx.figure("copy_fraction.png"), copies, xlabel="images seen",
+                   ylabel="fraction of samples that copy a training image",
+                   title="Copies (nearest < 1/3 second nearest)")
+  return {"models": models}
+
+
+if __name__ == "__main__":
+  common.main(FINDING, gather)

@@ -1,0 +1,26 @@
+"""Finding 1: the 2D toy model, experiments (a)-(g) (paper.md section 5), via the `toy2d` job.
+
+    python experiments/toy2d.py                                           # < 2 minutes on a CPU
+    python experiments/toy2d.py --config=configs/experiments.py:toy2d,smoke
+
+Copies every experiment's PNG and results into experiments/results/toy2d/.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import common  # noqa: E402
+
+FINDING = "toy2d"
+
+
+def gather(ctx):
+  per_experiment = ctx.results["toy2d"]
+  for name in per_experiment:
+    ctx.copy(os.path.join(ctx.workdirs["toy2d"], name, f"{name}.png"), f"{name}.png")
+  return per_experiment
+
+
+if __name__ == "__main__":
+  common.main(FINDING, gather)

@@ -1,0 +1,160 @@
+"""Every experiment script (experiments/<finding>.py) end to end on its `smoke` variant.
+
+One session-wide runs root: the tiny U-Net and DiT runs are trained once and shared by the findings
+that use them (as the real local runs are), so the whole file stays within a few minutes on 2 cores.
+"""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from diffgen_jax import data, models  # noqa: E402
+from experiments import common  # noqa: E402
+
+FINDINGS = ("toy2d", "training_time", "model_size", "dataset_size", "granularity", "guidance",
+            "receptive_field", "trajectory_overlap", "sample_gap", "gradient_score")
+# The keys of results.json's "results" section per finding.
+EXPECTED = {
+    "toy2d": {"flow_field", "relative_error", "gap_vs_delta", "gap_vs_density", "guidance",
+              "trajectories", "frechet"},
+    "training_time": {"models"},
+    "model_size": {"runs"},
+    "dataset_size": {"runs"},
+    "granularity": {"trained", "analytic", "sigmas_analytic"},
+    "guidance": {"analytic", "trained", "sigmas", "trained_run"},
+    "receptive_field": {"image_size", "denoisers"},
+    "trajectory_overlap": {"models"},
+    "sample_gap": {"models"},
+    "gradient_score": {"analytic", "trained U-Net", "trained DiT"},
+}
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("tfds"))
+  data.prepare("digits", d)
+  return d
+
+
+@pytest.fixture(scope="session")
+def runs_root(tmp_path_factory):
+  """The shared workdirs, and a persistent compilation cache for this file's runs: the smoke runs
+  that differ from another only in data (a subset size, pseudo-labels) reuse its executables."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.experimental import compilation_cache as cc  # pylint: disable=import-outside-toplevel
+  before = {k: getattr(jax.config, k) for k in (
+      "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  cc.compilation_cache.reset_cache()
+  yield str(tmp_path_factory.mktemp("experiment_runs"))
+  for k, v in before.items():
+    jax.config.update(k, v)
+  cc.compilation_cache.reset_cache()
+
+
+def _smoke_config(finding, data_dir):
+  config = common.load_config(f"{finding},smoke")
+  config.data_dir = data_dir
+  return config
+
+
+def _check_output(finding, results_dir, config):
+  with open(os.path.join(results_dir, "results.json")) as f:
+    saved = json.load(f)
+  assert saved["finding"] == finding and saved["mode"] == "smoke"
+  assert list(saved["runs"]) == list(config.order)
+  assert EXPECTED[finding] <= set(saved["results"]), sorted(saved["results"])
+  assert saved["figures"]
+  for name in saved["figures"]:
+    assert os.path.getsize(os.path.join(results_dir, name)) > 1000, name
+  return saved
+
+
+def test_findings_are_the_scripts():
+  assert set(FINDINGS) == set(EXPECTED)
+  scripts = {f[:-3] for f in os.listdir(os.path.join(ROOT, "experiments"))
+             if f.endswith(".py") and f not in ("__init__.py", "common.py")}
+  assert scripts == set(FINDINGS)
+
+
+@pytest.mark.parametrize("finding", FINDINGS)
+def test_smoke_variant_end_to_end(finding, data_dir, runs_root, tmp_path):
+  module = importlib.import_module(f"experiments.{finding}")
+  assert module.FINDING == finding
+  config = _smoke_config(finding, data_dir)
+  results_dir = str(tmp_path / finding)
+  common.run_experiment(config, module.gather, runs_root=runs_root, results_dir=results_dir)
+  saved = _check_output(finding, results_dir, config)
+  for name in config.order:  # every run finished and was recorded
+    assert os.path.exists(os.path.join(runs_root, name, common.MARKER)), name
+  if finding in ("model_size", "dataset_size"):
+    groups = {e["group"] for e in saved["results"]["runs"]}
+    assert len(saved["results"]["runs"]) >= 2 and groups
+    for e in saved["results"]["runs"]:
+      assert len(e["final_gap"]) == len(e["sigmas"]) == 4
+  if finding == "training_time":
+    for m in saved["results"]["models"].values():
+      assert len(m["images_seen"]) == 2 and len(m["onset_images_seen"]) == 4
+
+
+def test_script_command_line_resumes(data_dir, runs_root, tmp_path):
+  """The script's own command line; its runs finished in the test above are skipped, not rerun."""
+  results_dir = str(tmp_path / "sample_gap")
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "sample_gap.py"),
+         f"--config={common.CONFIG_FILE}:sample_gap,smoke", f"--config.data_dir={data_dir}",
+         f"--runs_root={runs_root}", f"--results_dir={results_dir}"]
+  out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  _check_output("sample_gap", results_dir, _smoke_config("sample_gap", data_dir))
+  wrong = subprocess.run(cmd[:2] + [f"--config={common.CONFIG_FILE}:toy2d,smoke"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+  assert wrong.returncode != 0 and "this script runs 'sample_gap'" in wrong.stderr
+
+
+def test_placeholders_and_order(tmp_path):
+  config = common.load_config("granularity,local")
+  order = common.run_order(config)
+  assert order.index("factors_granularity") < order.index("unet_k10")
+  workdirs = {n: str(tmp_path / n) for n in config.runs}
+  job = common.job_config(config, "unet_k10", workdirs)
+  assert job.data.pseudo_labels == os.path.join(workdirs["factors_granularity"], "pseudo_labels",
+                                                "k10.npz")
+  config.data_dir = "/some/tfds"
+  assert common.job_config(config, "unet", workdirs).data.data_dir == "/some/tfds"
+  assert common.fingerprint(job) != common.fingerprint(common.job_config(config, "unet", workdirs))
+
+
+@pytest.mark.parametrize("mode", ("local", "paper", "smoke"))
+def test_every_finding_builds(mode):
+  """local and paper variants: the runs exist, models resolve, and shared runs agree by name."""
+  seen = {}
+  for finding in FINDINGS:
+    config = common.load_config(f"{finding},{mode}")
+    assert config.mode == mode and common.run_order(config)
+    for name in config.order:
+      run = config.runs[name]
+      if run.job == "train":
+        models.resolve(run.model)
+        assert run.training.batch_size % 8 == 0
+      key = run.to_json_best_effort(sort_keys=True)
+      assert seen.setdefault(name, key) == key, f"run {name!r} differs between findings"
+  if mode == "paper":
+    unet = common.load_config("training_time,paper").runs.unet
+    assert (unet.data.name, unet.model.preset, unet.training.batch_size, unet.training.lr,
+            unet.training.total_images, unet.training.ema.halflife_images, unet.model.dropout,
+            unet.data.x_flip) == ("cifar10", "ddpmpp-cifar10", 512, 1e-3, 200_000_000, 500_000,
+                                  0.13, True)
+    edm2 = common.load_config("model_size,paper").runs.edm2_img64_s
+    assert (edm2.training.loss, edm2.training.ema.kind, edm2.training.lr_schedule,
+            edm2.training.lr, edm2.training.lr_ref_images, edm2.training.batch_size) == (
+                "edm2", "power", "edm2", 1e-2, 70_000 * 2048, 2048)
