@@ -194,7 +194,11 @@ def draw(results, sigmas, at_sigmas, out_dir: str) -> None:
   if "gap_at_sigmas" in s:
     at = [float(k) for k in s["gap_at_sigmas"]]
     values = np.stack([s["gap_at_sigmas"][k] for k in s["gap_at_sigmas"]], axis=1)
-    gap_plots.gap_vs_images(os.path.join(out_dir, "gap_vs_images.png"), seen, values, at)
+    onsets = None
+    if "onset_images_seen" in s:
+      nearest = [int(np.argmin(np.abs(np.log(sigmas) - np.log(a)))) for a in at]
+      onsets = [s["onset_images_seen"][i] for i in nearest]
+    gap_plots.gap_vs_images(os.path.join(out_dir, "gap_vs_images.png"), seen, values, at, onsets)
 
 
 def _check_matches_run(workdir: str, config, train_split) -> None:

@@ -53,16 +53,20 @@ def error_curves(path, sigmas, e_train, e_val, opt_train=None, opt_val=None, tit
   _save(fig, path)
 
 
-def gap_vs_images(path, images_seen, values, at_sigmas):
-  """G at chosen sigmas as training goes on."""
+def gap_vs_images(path, images_seen, values, at_sigmas, onsets=None):
+  """G at chosen sigmas as training goes on; dotted lines at each sigma's overfitting onset
+  (the snapshot where E_val(sigma) was smallest)."""
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
   cmap = plt.get_cmap("plasma")
   for j, s in enumerate(at_sigmas):
-    ax.plot(images_seen, values[:, j], marker="o", ms=3, color=cmap(j / max(len(at_sigmas) - 1, 1)),
-            label=rf"$\sigma$ = {s:.3g}")
+    color = cmap(j / max(len(at_sigmas) - 1, 1))
+    ax.plot(images_seen, values[:, j], marker="o", ms=3, color=color, label=rf"$\sigma$ = {s:.3g}")
+    if onsets is not None:
+      ax.axvline(onsets[j], color=color, ls=":", lw=1.2)
   ax.axhline(0, color="0.5", lw=0.7)
   ax.set_xlabel("images seen")
   ax.set_ylabel(r"$G(\sigma)$")
-  ax.set_title("Relative denoising gap vs training time")
+  ax.set_title("Relative denoising gap vs training time" +
+               (" (dotted: overfitting onset, min E_val)" if onsets is not None else ""))
   ax.legend(fontsize=8)
   _save(fig, path)
