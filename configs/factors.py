@@ -77,6 +77,9 @@ def get_config(variant=None):
       "negative_snapshot": 0,  # autoguidance's negative: an earlier snapshot (0 = the first)
       "crop_sizes": (),  # () = every size in [H/2, H] the network accepts
       "gradient_images": 2,  # per split
+      # Sample-level gap of each guided denoiser: G_FD of this many Heun samples (0 = off).
+      "sample_gap_samples": 256,
+      "sample_gap_steps": 18,
   })
 
   if fashion:

@@ -408,6 +408,10 @@ def sweep_trained(config, setup: Setup) -> Dict[str, Any]:
       curves.append(same_as_base(f"cfg, w={w:g}", "cfg") if w == 0 else gap_curve(
           setup, guided(net, factors.cfg_pair(net, setup.num_classes), float(w)), f"cfg, w={w:g}",
           float(w), "cfg", conditional=True))
+  guided_denoisers = []  # (style, w, denoiser) for the sample-level gap
+  if "cfg" in t.styles and conditional:
+    null = factors.cfg_pair(net, setup.num_classes)
+    guided_denoisers += [("cfg", float(w), guided(net, null, float(w)) if w else net) for w in t.ws]
   neg_params, neg_meta = params_of(t.negative_snapshot)
   if "autoguidance" in t.styles:
     neg = jax.tree_util.Partial(fn, neg_params)
@@ -415,6 +419,8 @@ def sweep_trained(config, setup: Setup) -> Dict[str, Any]:
       curves.append(same_as_base(f"autoguidance, w={w:g}", "autoguidance") if w == 0 else gap_curve(
           setup, guided(net, neg, float(w)), f"autoguidance, w={w:g}", float(w), "autoguidance",
           conditional=conditional))
+      guided_denoisers.append(("autoguidance", float(w), guided(net, neg, float(w)) if w else net))
+  sample_gap = _guided_sample_gaps(config, saved, guided_denoisers) if t.sample_gap_samples else []
   skipped = {}
   for s in crop_sizes:
     crop_params = params_for_crops(network, params, h, int(s), setup.train_all.shape[-1])
@@ -435,8 +441,36 @@ def sweep_trained(config, setup: Setup) -> Dict[str, Any]:
                   negative_snapshot_step=steps[t.negative_snapshot],
                   negative_images_seen=neg_meta.get("images_seen"),
                   label_dropout=label_dropout, null_label=setup.num_classes,
-                  crop_sizes=list(crop_sizes), crop_sizes_skipped=skipped,
+                  crop_sizes=list(crop_sizes), crop_sizes_skipped=skipped, sample_gap=sample_gap,
                   gradient_score={"sigmas": score_sigmas, "curves": scores})
+
+
+def _guided_sample_gaps(config, saved, guided_denoisers) -> List[Dict[str, Any]]:
+  """The inference side of guidance: G_FD = (FD_val - FD_train) / FD_train of each guided
+  denoiser's Heun samples (sample_evaluation, in the run's classifier-feature space), the copy
+  fraction, and the same in pixels. Paper: guidance raises this gap strongly."""
+  from diffgen_jax import sample_evaluation  # the sample machinery only when asked for
+  t = config.trained
+  settings = sample_evaluation.settings_of(saved).copy_and_resolve_references()
+  with settings.unlocked():
+    settings.num_samples = int(t.sample_gap_samples)
+    settings.num_steps = int(t.sample_gap_steps)
+    settings.overlap = False
+    settings.nn_similarity = False
+  run_config = saved.copy_and_resolve_references()
+  if "evaluation" not in run_config:
+    raise ConfigError(f"the run in config.run_dir={config.run_dir!r} has no evaluation settings")
+  splits = [trainer.load_split(run_config, s) for s in data.SPLITS]
+  ctx = sample_evaluation.prepare(run_config, config.run_dir, *splits, settings=settings)
+  out = []
+  for style, w, denoise in guided_denoisers:
+    record = sample_evaluation.evaluate_denoiser(ctx, denoise).record
+    out.append({"style": style, "w": w, "gap_fd_features": record["fd"]["features"]["gap"],
+                "gap_fd_pixels": record["fd"]["pixels"]["gap"],
+                "copy_fraction": record["copy_fraction"]["samples"]})
+    logging.info("factors: %s w=%g: sample-level G_FD = %.4f (features), copies %.3f", style, w,
+                 out[-1]["gap_fd_features"], out[-1]["copy_fraction"])
+  return out
 
 
 # ------------------------------------------------------------------------------------------------

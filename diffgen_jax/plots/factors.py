@@ -117,6 +117,31 @@ def gradient_scores(path, sigmas, curves, title: str = "") -> None:
   _save(fig, path)
 
 
+def guidance_sample_gap(path, sample_gap, curves) -> None:
+  """Sample-level gap G_FD vs guidance weight, beside the peak denoising gap of the same pairs."""
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for style, color in (("cfg", "tab:blue"), ("autoguidance", "tab:red")):
+    rows = [r for r in sample_gap if r["style"] == style]
+    if rows:
+      ax1.plot([r["w"] for r in rows], [r["gap_fd_features"] for r in rows], "o-", color=color,
+               label=f"{style} (features)")
+      ax1.plot([r["w"] for r in rows], [r["gap_fd_pixels"] for r in rows], "s--", color=color,
+               alpha=0.6, label=f"{style} (pixels)")
+    dens = [c for c in curves if c.get("group") == style]
+    if dens:
+      ax2.plot([c["value"] for c in dens], [c["peak_gap"] for c in dens], "o-", color=color,
+               label=style)
+  ax1.set_xlabel("guidance weight w")
+  ax1.set_ylabel(r"$G_{FD} = (FD_{val} - FD_{train}) / FD_{train}$")
+  ax1.set_title("Sample-level gap")
+  ax1.legend(fontsize=8)
+  ax2.set_xlabel("guidance weight w")
+  ax2.set_ylabel(r"peak $G(\sigma)$")
+  ax2.set_title("Denoising gap (peak over sigma)")
+  ax2.legend(fontsize=8)
+  _save(fig, path)
+
+
 def draw_sweep(name: str, section: Dict[str, Any], out_dir: str) -> List[str]:
   """Draws the figures of one sweep's results section; returns the paths written."""
   os.makedirs(out_dir, exist_ok=True)
@@ -133,6 +158,10 @@ def draw_sweep(name: str, section: Dict[str, Any], out_dir: str) -> List[str]:
   p = os.path.join(out_dir, f"{name}_peak.png")
   peak_vs_factor(p, section["curves"], value_name, title=f"{name}: peak denoising gap")
   written.append(p)
+  if section.get("sample_gap"):
+    p = os.path.join(out_dir, f"{name}_sample_gap.png")
+    guidance_sample_gap(p, section["sample_gap"], section["curves"])
+    written.append(p)
   if "gradient_score" in section:
     g = section["gradient_score"]
     p = os.path.join(out_dir, f"{name}_gradient_score.png")
