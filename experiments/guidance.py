@@ -8,7 +8,8 @@ autoguidance negative is the run's first snapshot). D = D_pos + w (D_pos - D_neg
     python experiments/guidance.py --config=configs/experiments.py:guidance,paper \
         --config.data_dir=/path/to/tfds
 
-Figures: peak_gap_vs_w.png (analytic and trained, per style), trained_gap_curves.png.
+Figures: peak_gap_vs_w.png (analytic and trained, per style), trained_gap_curves.png,
+sample_gap_vs_w.png (the trained U-Net's sample-level gap G_FD and copy fraction per style).
 """
 
 import os
@@ -40,8 +41,19 @@ def gather(ctx):
                    title="Trained U-Net, guided")
   keep = ("label", "group", "value", "peak_gap", "peak_sigma", "gap")
   section = trained_results["sweeps"]["trained"]
+  sample_gap = section.get("sample_gap") or []
+  if sample_gap:
+    rows = lambda style: [r for r in sample_gap if r["style"] == style]
+    common.line_plot(
+        ctx.figure("sample_gap_vs_w.png"),
+        [(panel, style, [r["w"] for r in rows(style)], [r[key] for r in rows(style)])
+         for panel, key in (("G_FD (classifier features)", "gap_fd_features"),
+                            ("copy fraction", "copy_fraction")) for style in STYLES],
+        panels=("G_FD (classifier features)", "copy fraction"), xlabel="guidance weight w",
+        ylabel="", title="Trained U-Net, guided: the sample level")
   return {"analytic": [{k: c.get(k) for k in keep} for c in analytic],
           "trained": [{k: c.get(k) for k in keep} for c in trained], "sigmas": sigmas,
+          "trained_sample_gap": sample_gap,
           "trained_run": {k: section.get(k) for k in ("snapshot_step", "images_seen",
                                                       "negative_snapshot_step",
                                                       "negative_images_seen", "label_dropout")}}
