@@ -155,7 +155,7 @@ def main(argv=None):
   n, d, b, k = args.n, args.d, args.queries, args.sigmas
   rss_start = current_rss_bytes()
   train = rng.uniform(-1, 1, (n, d)).astype(np.float32)
-  sigma_grid = np.geomspace(edm.SIGMA_MIN, edm.SIGMA_MAX, k).astype(np.float32)
+  sigma_grid = edm.gap_sigma_grid(k).astype(np.float32)
   # Per sigma: b noisy training points y_i + sigma n, all flattened into one call.
   idx = rng.integers(0, n, (k, b))
   queries = (train[idx] + sigma_grid[:, None, None] * rng.standard_normal((k, b, d))).astype(
