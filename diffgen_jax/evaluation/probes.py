@@ -203,13 +203,15 @@ def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train
     ids = np.arange(probe.shape[0]) if ids is None else np.asarray(ids)
     noisy = _noisy(probe, ids, sigmas, noise_seed)
     lab = None if labels is None else jnp.asarray(labels, jnp.int32)
-    outs = []
-    for t, s in enumerate(sigmas):
-      preds = [np.asarray(den(jnp.asarray(noisy[t, i:i + batch_size]), jnp.float32(s),
-                              None if lab is None else lab[i:i + batch_size]))
-               for i in range(0, probe.shape[0], batch_size)]
-      outs.append(np.concatenate(preds))
-    sources[name] = outs
+    # All (sigma, image) pairs flattened into batches with a per-row sigma: few large calls.
+    t_steps, p = noisy.shape[:2]
+    flat = noisy.reshape((t_steps * p,) + noisy.shape[2:])
+    flat_sigma = np.repeat(sigmas, p)
+    flat_lab = None if lab is None else jnp.tile(lab, t_steps)
+    rows = [slice(i, i + batch_size) for i in range(0, flat.shape[0], batch_size)]
+    preds = [np.asarray(den(jnp.asarray(flat[r]), jnp.asarray(flat_sigma[r]),
+                            None if flat_lab is None else flat_lab[r])) for r in rows]
+    sources[name] = list(np.concatenate(preds).reshape((t_steps, p) + noisy.shape[2:]))
   result = {}
   for src, outs in sources.items():
     feats = [batched_features(features_fn, o, batch_size) for o in outs]
