@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check for a lent NVIDIA H200 machine (no network there). Stages, each guarded
 # and timed, so one failure does not stop the others (all are reported at the end):
-#   install     carried wheels (.whl/) into /tmp/site, the repo with `pip install --no-deps -e .`
+#   install     carried wheels (.whl/) into /tmp/site; the repo itself through PYTHONPATH
 #   smoke       the quickstart training job for a few steps on the GPU
 #   throughput  benchmarks/train_throughput.py --gpu (DDPM++ CIFAR-10, batch 512, bf16, MFU)
 #   optimal     benchmarks/optimal_denoiser.py at full size (N=50,000, D=3,072, 2,048 queries)
@@ -18,6 +18,10 @@
 #
 #   Here (with PyPI), once:  bash benchmarks/gpu_check.sh fetch     # fills .whl/ (~16 MB)
 #   On the device:           run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540)
+#
+# A rerun can pick stages and add options: GPU_CHECK_STAGES="throughput optimal" (install always
+# runs), THROUGHPUT_ARGS="--repeats 3", OPTIMAL_CHUNKS="2048 16384" (one optimal_denoiser run and
+# JSON per chunk size: optimal_denoiser_chunk<N>.json).
 #
 # Budget: about 8 minutes in all (install ~0.5 min, smoke <= 2, throughput <= 4, optimal <= 2.5;
 # each stage has its own timeout). Local dry run on a CPU: GPU_CHECK_SMALL=1 SKIP_WHEELS=1
@@ -107,9 +111,8 @@ install_stage() {
            "imports of ml_collections / tensorflow_datasets / diffusers may fail"
     fi
   fi
-  # Editable install without touching dependencies (no registry there); PYTHONPATH backs it up.
-  "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e "$REPO" \
-    || echo "pip install -e . failed; relying on PYTHONPATH=$REPO"
+  # The package itself is imported from the checkout through PYTHONPATH: `pip install -e .` would
+  # fetch setuptools for its build environment, and there is no registry there.
   "$PY" - <<'EOF'
 import importlib, jax
 print("jax", jax.__version__, "backend", jax.default_backend(), jax.devices())
@@ -166,7 +169,9 @@ print(f"quickstart smoke: {len(rows)} metric rows, last step {rows[-1]['step']},
 EOF
 }
 export -f smoke_stage
-stage smoke 150 smoke_stage
+STAGES="${GPU_CHECK_STAGES:-smoke throughput optimal}"
+wants() { [[ " $STAGES " == *" $1 "* ]]; }
+wants smoke && stage smoke 150 smoke_stage
 
 # --- throughput ----------------------------------------------------------------------------------
 if [ "$SMALL" = "1" ]; then
@@ -174,7 +179,10 @@ if [ "$SMALL" = "1" ]; then
 else
   TT_ARGS=(--gpu)
 fi
-stage throughput 240 "$PY" benchmarks/train_throughput.py "${TT_ARGS[@]}" --out "$OUT/train_throughput_gpu.json"
+# shellcheck disable=SC2206
+TT_ARGS+=(${THROUGHPUT_ARGS:-})
+wants throughput && stage throughput 240 "$PY" benchmarks/train_throughput.py "${TT_ARGS[@]}" \
+  --out "$OUT/train_throughput_gpu.json"
 
 # --- optimal denoiser, full size ------------------------------------------------------------------
 if [ "$SMALL" = "1" ]; then
@@ -182,7 +190,16 @@ if [ "$SMALL" = "1" ]; then
 else
   OD_ARGS=()
 fi
-stage optimal 150 "$PY" benchmarks/optimal_denoiser.py "${OD_ARGS[@]}" --out "$OUT/optimal_denoiser.json"
+if wants optimal; then
+  if [ -z "${OPTIMAL_CHUNKS:-}" ]; then
+    stage optimal 150 "$PY" benchmarks/optimal_denoiser.py "${OD_ARGS[@]}" --out "$OUT/optimal_denoiser.json"
+  else
+    for chunk in $OPTIMAL_CHUNKS; do
+      stage "optimal_chunk$chunk" 150 "$PY" benchmarks/optimal_denoiser.py "${OD_ARGS[@]}" \
+        --chunk "$chunk" --out "$OUT/optimal_denoiser_chunk$chunk.json"
+    done
+  fi
+fi
 
 # --- summary ----------------------------------------------------------------------------------
 echo
@@ -200,10 +217,12 @@ if os.path.exists(p):
           + (f", {row['tflops_per_s']:.1f} TFLOP/s, MFU {100 * mfu:.1f}%" if mfu else ""))
   for k, v in r.get("ratios", {}).items():
     print(f"throughput ratio {k}: {v:.2f}")
-p = os.path.join(out, "optimal_denoiser.json")
-if os.path.exists(p):
+import glob
+for p in sorted(glob.glob(os.path.join(out, "optimal_denoiser*.json"))):
   r = json.load(open(p))
-  print("optimal denoiser:", json.dumps({k: r[k] for k in list(r)[:6]})[:600])
+  print(f"optimal denoiser ({os.path.basename(p)}): chunk {r['config']['chunk_size']}, "
+        f"{r['ours']['gflops']:.0f} GFLOP/s, ours/GEMM {r['ratio_to_gemm']:.2f}, "
+        f"ours/torch {r.get('torch', {}).get('ours_over_torch_speed', float('nan')):.2f}")
 EOF
 if [ ${#FAILED[@]} -gt 0 ]; then
   echo "FAILED stages: ${FAILED[*]}"
