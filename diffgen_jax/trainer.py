@@ -20,7 +20,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from diffgen_jax import checkpointing, config_checks, data, edm, models, samplers, sharding, training
+from diffgen_jax import (checkpointing, config_checks, data, edm, flops, models, samplers, sharding,
+                         training)
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -165,6 +166,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   pending: List[tuple] = []  # (step, device metrics) not yet fetched
   tick, tick_step, t0 = time.time(), start, time.time()
   last = {}
+  step_tflop = None  # model FLOPs of one step (matmuls + convolutions), for the progress log
 
   def flush() -> None:
     """Fetches pending metrics, stops on a non-finite loss, logs progress."""
@@ -185,13 +187,16 @@ def run(config, workdir: str) -> Dict[str, Any]:
     step = rows[-1]["step"]
     rate = (step - tick_step) * t.batch_size / max(now - tick, 1e-9)
     eta = (total_steps - step) * t.batch_size / max(rate, 1e-9)
-    logging.info("step %d/%d  %.1f kimg  %.1f img/s  loss %.4f  ETA %s", step, total_steps,
-                 rows[-1]["images_seen"] / 1e3, rate, rows[-1]["loss"], _format_seconds(eta))
+    logging.info("step %d/%d  %.1f kimg  %.1f img/s (%.3g TFLOP/s)  loss %.4f  ETA %s", step,
+                 total_steps, rows[-1]["images_seen"] / 1e3, rate, rate / t.batch_size * step_tflop,
+                 rows[-1]["loss"], _format_seconds(eta))
     tick, tick_step, last = now, step, rows[-1]
 
   try:
     for step in range(start, total_steps):
       batch = next(batches)
+      if step_tflop is None:
+        step_tflop = flops.model_flops(step_fn, state, batch, train_key) / 1e12
       state, metrics = step_fn(state, batch, train_key)
       pending.append((step, metrics))
       done = step + 1
