@@ -359,9 +359,11 @@ def gap_sweep(ctx: Context) -> List[Dict[str, Any]]:
 
 
 def gap_sweep_figures(ctx: Context, entries: List[Dict[str, Any]], *, x_key: str, xlabel: str,
-                      logx: bool = True, extra_series: Sequence[tuple] = ()) -> None:
+                      logx: bool = True, extra_series: Sequence[tuple] = (),
+                      one_panel: bool = False) -> None:
   """The three figures of a sweep: peak G vs the swept value (per group), the last snapshot's
-  G(sigma) per run, and the peak G over training per run (one panel per group)."""
+  G(sigma) per run, and the peak G over training per run: one panel per group, or every run in
+  one panel with `one_panel` (when the groups are settings of one factor, to be compared)."""
   groups = list(dict.fromkeys(e["group"] for e in entries))
   line_plot(ctx.figure("peak_gap_vs_value.png"),
             [(g, [e[x_key] for e in entries if e["group"] == g],
@@ -370,11 +372,13 @@ def gap_sweep_figures(ctx: Context, entries: List[Dict[str, Any]], *, x_key: str
             xlabel=xlabel, ylabel="peak G (last snapshot)", logx=logx,
             title=f"{ctx.config.finding}: peak denoising gap")
   label = lambda e: f"{e['group']} {e['value']}"
+  panel = (lambda e: ctx.config.finding) if one_panel else (lambda e: e["group"])
+  panels = [ctx.config.finding] if one_panel else groups
   line_plot(ctx.figure("gap_curves.png"),
-            [(e["group"], label(e), e["sigmas"], e["final_gap"], "-") for e in entries],
-            panels=groups, xlabel="sigma", ylabel="G(sigma), last snapshot", logx=True,
+            [(panel(e), label(e), e["sigmas"], e["final_gap"], "-") for e in entries],
+            panels=panels, xlabel="sigma", ylabel="G(sigma), last snapshot", logx=True,
             zero_line=True, title=f"{ctx.config.finding}: G(sigma)")
   line_plot(ctx.figure("peak_gap_over_training.png"),
-            [(e["group"], label(e), e["images_seen"], e["peak_gap"]) for e in entries],
-            panels=groups, xlabel="images seen", ylabel="peak G", zero_line=True,
+            [(panel(e), label(e), e["images_seen"], e["peak_gap"]) for e in entries],
+            panels=panels, xlabel="images seen", ylabel="peak G", zero_line=True,
             title=f"{ctx.config.finding}: peak G over training")

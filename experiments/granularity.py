@@ -26,11 +26,15 @@ def gather(ctx):
   for e in entries:
     e["num_conditions"] = e["value"]
   analytic = common.factor_curves(ctx.results["factors_granularity"], "granularity")
-  groups = list(dict.fromkeys(c["group"] for c in analytic))
-  extra = [(f"analytic y_delta ({g})", [c["value"] for c in analytic if c["group"] == g],
-            [c["peak_gap"] for c in analytic if c["group"] == g], "--s") for g in groups]
+  # Analytic series as the trained ones: k-means as a line over k, none and classes as points.
+  kind = lambda c: "k-means" if c["condition"].startswith("k=") else c["condition"]
+  series = list(dict.fromkeys((c["group"], kind(c)) for c in analytic))
+  extra = [(f"analytic y_delta ({g}): {k}",
+            [c["value"] for c in analytic if (c["group"], kind(c)) == (g, k)],
+            [c["peak_gap"] for c in analytic if (c["group"], kind(c)) == (g, k)], "--s")
+           for g, k in series]
   common.gap_sweep_figures(ctx, entries, x_key="num_conditions", xlabel="number of conditions",
-                           extra_series=extra)
+                           extra_series=extra, one_panel=True)
   common.line_plot(ctx.figure("analytic_gap_curves.png"),
                    [(c["label"], ctx.results["factors_granularity"]["sweeps"]["granularity"]
                      ["sigmas"], c["gap"], "-") for c in analytic],
