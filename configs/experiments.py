@@ -318,6 +318,11 @@ def get_config(variant=None):
   config.runs_root = ""  # "" = runs/experiments/<mode> (shared by every finding of the mode)
   config.results_dir = ""  # "" = experiments/results/<finding> (local), .../<mode>/<finding> else
   config.data_dir = ""  # non-empty: replaces data.data_dir of every run (the paper's tfds dir)
+  # A replicate: k > 0 adds k to every run's `seed` (initialization, batch order, dropout, sigma
+  # and noise draws; k-means seeding in factors runs), keeping the data (subsets, evaluation
+  # noise) fixed; its runs and results default to runs/experiments/<mode>_seed<k> and
+  # <results_dir>/seed<k>, beside the seed-0 ones.
+  config.seed = 0
   config.paper_compute = PAPER_COMPUTE[finding]
   config.runs = ml_collections.ConfigDict()
   config.sweep = ml_collections.ConfigDict()  # run name -> {group, value} for swept runs

@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import ml_collections
 import numpy as np
@@ -109,6 +109,8 @@ def job_config(config, name: str, workdirs: Dict[str, str]) -> ml_collections.Co
   resolved = ml_collections.ConfigDict(_resolve(config.runs[name].to_dict(), workdirs))
   if config.data_dir and "data" in resolved:
     resolved.data.data_dir = config.data_dir
+  if config.get("seed", 0) and "seed" in resolved:
+    resolved.seed += config.seed
   return resolved
 
 
@@ -191,14 +193,25 @@ class Context:
     return True
 
 
+def output_dirs(config, runs_root: Optional[str] = None,
+                results_dir: Optional[str] = None) -> Tuple[str, str]:
+  """(runs root, results dir): the arguments, else the config's, else the defaults; a replicate
+  (config.seed = k > 0) defaults to <mode>_seed<k> runs and a seed<k> results subfolder."""
+  seed = config.get("seed", 0)
+  runs_root = runs_root or config.runs_root or (
+      default_runs_root(config.mode) + (f"_seed{seed}" if seed else ""))
+  if not (results_dir or config.results_dir):
+    results_dir = default_results_dir(config.finding, config.mode)
+    results_dir = os.path.join(results_dir, f"seed{seed}") if seed else results_dir
+  return os.path.abspath(runs_root), os.path.abspath(results_dir or config.results_dir)
+
+
 def run_experiment(config, gather: Callable[[Context], Dict[str, Any]], *,
                    runs_root: Optional[str] = None, results_dir: Optional[str] = None,
                    log=print) -> Dict[str, Any]:
   """Runs (or resumes) the finding's runs, gathers them; returns what results.json holds."""
   from diffgen_jax import jsonio  # pylint: disable=import-outside-toplevel
-  runs_root = os.path.abspath(runs_root or config.runs_root or default_runs_root(config.mode))
-  results_dir = os.path.abspath(results_dir or config.results_dir or
-                                default_results_dir(config.finding, config.mode))
+  runs_root, results_dir = output_dirs(config, runs_root, results_dir)
   workdirs = {name: os.path.join(runs_root, name) for name in config.runs}
   start = time.time()
   infos = {}

@@ -134,6 +134,25 @@ def test_placeholders_and_order(tmp_path):
   assert common.fingerprint(job) != common.fingerprint(common.job_config(config, "unet", workdirs))
 
 
+def test_replicate_seed_offsets_every_run_and_keeps_apart(tmp_path):
+  """config.seed = k shifts each run's seed by k (data fixed) and writes beside the seed-0 runs."""
+  config = common.load_config("granularity,local")
+  workdirs = {n: str(tmp_path / n) for n in config.runs}
+  base = {n: common.job_config(config, n, workdirs) for n in config.order}
+  base_dirs = common.output_dirs(config)
+  config.seed = 3
+  for name in config.order:
+    job = common.job_config(config, name, workdirs)
+    assert job.seed == base[name].seed + 3
+    if "data" in job:
+      assert job.data.to_dict() == base[name].data.to_dict()
+  runs_root, results_dir = common.output_dirs(config)
+  assert runs_root == base_dirs[0] + "_seed3"
+  assert results_dir == os.path.join(base_dirs[1], "seed3")
+  assert common.output_dirs(config, str(tmp_path / "r"), str(tmp_path / "o")) == (
+      str(tmp_path / "r"), str(tmp_path / "o"))
+
+
 @pytest.mark.parametrize("mode", ("local", "paper", "smoke"))
 def test_every_finding_builds(mode):
   """local and paper variants: the runs exist, models resolve, and shared runs agree by name."""
