@@ -14,7 +14,6 @@ Writes benchmarks/results/conv_cpu.json. torch is optional (skipped when not imp
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -22,6 +21,8 @@ import time
 
 import jax
 import numpy as np
+
+from diffgen_jax import jsonio
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -92,9 +93,7 @@ def main(argv=None):
           f"{theirs['all']:7.1f} ms ({torch.get_num_threads()} threads)")
     for k, v in result["ratios"].items():
       print(f"  {k}: {v:.2f}")
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
+  jsonio.write_json(args.out, result)
   print(f"wrote {args.out}")
 
 
