@@ -179,7 +179,7 @@ class OursRunner(Runner):
     compile_s = time.perf_counter() - t0
     # MFU uses model FLOPs (matmuls + convolutions, forward and backward) counted from the step's
     # jaxpr: backend-independent. XLA's cost analysis is kept for reference; on GPU it misses
-    # convolutions lowered to cuDNN calls (0.76 of ~62 TFLOP/step for DDPM++ at batch 512).
+    # convolutions lowered to cuDNN calls (0.76 of 65.1 TFLOP/step for DDPM++ at batch 512).
     flops = float(model_flops(step_fn, self.state, self.batch, self.key))
     xla_flops = _flops(self.compiled.cost_analysis())
     self.info = dict(

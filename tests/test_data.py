@@ -18,13 +18,6 @@ from diffgen_jax.sharding import make_mesh
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("tfds"))
-  data.prepare("digits", d)
-  return d
-
-
-@pytest.fixture(scope="module")
 def digits_train(data_dir):
   return data.load_split("digits", "train", data_dir=data_dir)
 

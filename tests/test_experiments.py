@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from diffgen_jax import data, models  # noqa: E402
+from diffgen_jax import models  # noqa: E402
 from experiments import common  # noqa: E402
 
 FINDINGS = ("toy2d", "training_time", "model_size", "dataset_size", "granularity", "guidance",
@@ -35,13 +35,6 @@ EXPECTED = {
     "sample_gap": {"models"},
     "gradient_score": {"analytic", "trained U-Net", "trained DiT"},
 }
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("tfds"))
-  data.prepare("digits", d)
-  return d
 
 
 @pytest.fixture(scope="session")

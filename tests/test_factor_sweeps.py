@@ -118,13 +118,6 @@ def test_trained_sweep_needs_a_run_dir():
     factors_config.get_config("local,bogus")
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("tfds"))
-  data.prepare("digits", d)
-  return d
-
-
 def test_job_writes_results_and_plots(data_dir, tmp_path):
   config = factors_config.get_config("local")
   config.data.data_dir = data_dir
