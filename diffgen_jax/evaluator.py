@@ -83,6 +83,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
   protocol = {"sigmas": sigmas.tolist(), "num_train": len(train_x), "num_val": len(val_x),
               "noise_seed": e.noise_seed, "dataset": config.data.name,
               "subset_size": config.data.subset_size or 0, "labels": config.data.labels}
+  if config.data.get("subset_side", 1) != 1:  # (side-1 protocols keep their earlier form)
+    protocol["subset_side"] = config.data.subset_side
   out_dir = os.path.join(workdir, RESULTS_DIR)
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, RESULTS_FILE)
@@ -209,9 +211,11 @@ def _check_matches_run(workdir: str, config, train_split) -> None:
   with open(path) as f:
     saved = json.load(f)
   now = {"data.name": config.data.name, "data.subset_size": config.data.subset_size,
+         "data.subset_side": config.data.get("subset_side", 1),
          "data.labels": config.data.labels, "model.family": config.model.family,
          "model.preset": config.model.preset}
   then = {"data.name": saved["data"]["name"], "data.subset_size": saved["data"]["subset_size"],
+          "data.subset_side": saved["data"].get("subset_side", 1),
           "data.labels": saved["data"]["labels"], "model.family": saved["model"]["family"],
           "model.preset": saved["model"]["preset"]}
   diff = {k: (then[k], now[k]) for k in now if then[k] != now[k]}

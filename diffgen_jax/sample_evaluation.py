@@ -199,7 +199,8 @@ def _classifier_labels(config, train_split):
   try:
     split = data.load_split(config.data.name, "train", data_dir=config.data.data_dir or None,
                             subset_size=config.data.subset_size or None,
-                            subset_seed=config.data.subset_seed, labels="class")
+                            subset_seed=config.data.subset_seed,
+                            subset_side=config.data.get("subset_side", 1), labels="class")
   except ValueError as err:
     raise config_checks.ConfigError(
         f"config.evaluation.samples.feature='classifier' trains a classifier on class labels, but "

@@ -63,7 +63,8 @@ def load_split(config, split: str):
     labels = data.read_pseudo_labels(config.data.pseudo_labels, split)
   return data.load_split(config.data.name, split, data_dir=config.data.data_dir or None,
                          subset_size=(config.data.subset_size or None) if split == "train" else None,
-                         subset_seed=config.data.subset_seed, labels=labels)
+                         subset_seed=config.data.subset_seed,
+                         subset_side=config.data.get("subset_side", 1), labels=labels)
 
 
 def build_network(model_config, num_classes: int, compute_dtype: str = "float32") -> training.Network:

@@ -9,6 +9,7 @@ from diffgen_jax.data.pipeline import (
     DEFAULT_DATA_DIR,
     LABEL_MODES,
     SPLITS,
+    SUBSET_SIDES,
     BatchIterator,
     LazyColumn,
     Split,
@@ -37,5 +38,5 @@ __all__ = [
     "Split", "addressable_rows", "batch_at", "epoch_permutation", "first_images", "flip_mask",
     "host_batch", "to_unit_range",
     "is_prepared", "load_split", "prepare", "process_rows", "read_pseudo_labels", "resolve_data_dir", "stream_indices",
-    "subset_order", "subset_rows", "tfds_name", "validate_config",
+    "subset_order", "subset_rows", "SUBSET_SIDES", "tfds_name", "validate_config",
 ]

@@ -16,6 +16,10 @@ When class labels are at hand (in-memory splits with a `label` feature) the orde
 every prefix holds each class in proportion to its frequency, within two images. Otherwise it is a
 seeded random permutation. Subset rows keep the source order. The subset does not depend on the
 label mode.
+Disjoint subsets (`subset_side`): side 1 takes the prefixes of that order (the subsets above), side 2
+its suffixes (the order read backwards). Both are nested in the size and seeded; they are disjoint
+for 2k <= N and complementary for 2k = N, so two runs that differ only in the side train on disjoint
+sets of the same size (Kadkhodaie et al. 2024's reproducibility test, analytic.md section 2).
 
 Batches: the training stream is the concatenation of per-epoch permutations (epoch e permuted by
 `np.random.default_rng([seed, 0, e])`); the batch at step t is stream positions [t*B, (t+1)*B), and
@@ -258,19 +262,30 @@ def subset_order(num_examples: int, seed: int, labels: Optional[np.ndarray] = No
   return rows[np.argsort(keys, kind="stable")]
 
 
+SUBSET_SIDES = (1, 2)
+
+
 def subset_rows(num_examples: int, subset_size: int, seed: int,
-                labels: Optional[np.ndarray] = None) -> np.ndarray:
-  """The sorted rows of the training subset of the given size (nested in subset_size)."""
+                labels: Optional[np.ndarray] = None, side: int = 1) -> np.ndarray:
+  """The sorted rows of the training subset of the given size (nested in subset_size).
+
+  side: 1 takes the first `subset_size` rows of `subset_order`, 2 the last ones, so the two sides
+  are disjoint when 2 * subset_size <= num_examples (they overlap in 2 * subset_size -
+  num_examples rows otherwise). Raises ValueError for a bad size or side.
+  """
   if isinstance(subset_size, bool) or not isinstance(subset_size, (int, np.integer)):
     raise ValueError(f"subset_size must be an int, got {subset_size!r}")
   if subset_size <= 0 or subset_size > num_examples:
     raise ValueError(f"subset_size={subset_size} must be in 1..{num_examples} (the size of the "
                      "training split); use None for the whole split")
-  return np.sort(subset_order(num_examples, seed, labels)[:subset_size])
+  if isinstance(side, bool) or side not in SUBSET_SIDES:
+    raise ValueError(f"subset side={side!r} must be one of {SUBSET_SIDES}")
+  order = subset_order(num_examples, seed, labels)
+  return np.sort(order[:subset_size] if side == 1 else order[::-1][:subset_size])
 
 
 def load_split(name: str, split: str, *, data_dir: Optional[str] = None,
-               subset_size: Optional[int] = None, subset_seed: int = 0,
+               subset_size: Optional[int] = None, subset_seed: int = 0, subset_side: int = 1,
                labels: Union[str, np.ndarray] = "class", num_classes: Optional[int] = None,
                in_memory: Optional[bool] = None) -> Split:
   """Loads a split, optionally a nested training subset, with class / no / pseudo labels.
@@ -278,6 +293,7 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None,
   labels: "class" (the dataset's labels), "none" (all 0, num_classes 0), or an integer array of
     pseudo-labels, one per image of the returned split (after subsetting); their num_classes is
     `num_classes` if given, else max + 1.
+  subset_side: 1 or 2, which of the two disjoint nested subsets (`subset_rows`).
   in_memory: read the split into numpy (None: when it holds at most IN_MEMORY_BYTES of pixels).
   """
   data_dir = resolve_data_dir(data_dir)
@@ -322,7 +338,7 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None,
 
   if subset_size is not None:
     strat = true_labels if isinstance(true_labels, np.ndarray) else None
-    rows = subset_rows(n, subset_size, subset_seed, strat)
+    rows = subset_rows(n, subset_size, subset_seed, strat, side=subset_side)
     images = images[rows] if isinstance(images, np.ndarray) else images.subset(rows)
     if true_labels is not None:
       true_labels = (true_labels[rows] if isinstance(true_labels, np.ndarray)
@@ -591,6 +607,13 @@ def validate_config(data_config, prefix: str = "data") -> None:
       isinstance(data_config.subset_seed, bool) or not isinstance(data_config.subset_seed, int)
       or data_config.subset_seed < 0):
     raise ConfigError(f"{field('subset_seed')}={data_config.subset_seed!r} must be an int >= 0")
+  side = data_config.get("subset_side", 1)
+  if isinstance(side, bool) or side not in SUBSET_SIDES:
+    raise ConfigError(f"{field('subset_side')}={side!r} must be one of {SUBSET_SIDES} (the two "
+                      "disjoint nested training subsets)")
+  if side != 1 and not data_config.subset_size:
+    raise ConfigError(f"{field('subset_side')}={side} needs {field('subset_size')} > 0 (side 2 of "
+                      "the whole split would be the whole split again)")
   if not isinstance(data_config.x_flip, bool):
     raise ConfigError(f"{field('x_flip')}={data_config.x_flip!r} must be True or False")
   subset_size = data_config.subset_size
