@@ -4,7 +4,10 @@ For each snapshot (EMA parameters at some images seen) it measures, on fixed sub
 and validation splits with one seeded noise draw per image (paper.md section 6):
   E_train(sigma), E_val(sigma), G(sigma) = (E_val - E_train) / E_train on the 64-point grid, and the
   mean squared distance between the network's prediction and the exact empirical optimal denoiser's
-  (how close the network is to exact recall).
+  (how close the network is to exact recall); and, from the same per-image errors, membership
+  inference by sigma (evaluation/membership.py: AUC and TPR at 1% FPR of telling the training
+  images from the validation images), drawn in membership.png. The per-image errors of each
+  snapshot are kept in WORKDIR/evaluation/per_image/<step>.npz (for bootstrapped intervals).
 The optimal denoiser's own errors are computed once. Results are written to
 WORKDIR/evaluation/results.json after every snapshot, so an interrupted evaluation resumes and a
 new snapshot is evaluated without recomputing the old ones; plots are redrawn at the end.
@@ -23,11 +26,13 @@ from absl import logging
 
 from diffgen_jax import (checkpointing, config_checks, data, edm, jsonio, optimal, sample_evaluation,
                          trainer, training)
-from diffgen_jax.evaluation import gap
+from diffgen_jax.evaluation import gap, membership
 from diffgen_jax.plots import gap as gap_plots
 
 RESULTS_DIR = "evaluation"
 RESULTS_FILE = "results.json"
+PER_IMAGE_DIR = "per_image"  # <step>.npz: (N, S) per-image errors e_train, e_val of the first EMA
+MEMBERSHIP_FPR = 0.01  # the false-positive rate at which the membership TPR is read
 
 
 def validate_config(config) -> None:
@@ -116,14 +121,28 @@ def run(config, workdir: str) -> Dict[str, Any]:
     for name in names:
       params = jax.tree.map(jnp.asarray, ema_sets[name])
       record = {}
+      per_image = {}
       for split_name, x, y, kw in (("train", train_x, train_y, train_kw), ("val", val_x, val_y, val_kw)):
         if e.model_vs_optimal:
-          errors, dist = gap.errors_and_distance(network_fn, exact, x, y, sigmas, params=params, **kw)
+          (errors, per_image[split_name]), (dist, _) = gap.errors_and_distance(
+              network_fn, exact, x, y, sigmas, params=params, return_per_image=True, **kw)
           record[f"to_optimal_{split_name}"] = dist.tolist()
         else:
-          errors = gap.denoising_errors(network_fn, x, y, sigmas, params=params, **kw)
+          errors, per_image[split_name] = gap.denoising_errors(
+              network_fn, x, y, sigmas, params=params, return_per_image=True, **kw)
         record[f"e_{split_name}"] = errors.tolist()
       record["gap"] = gap.relative_gap(record["e_val"], record["e_train"]).tolist()
+      # Membership inference from the same per-image errors (training images are members).
+      mi = membership.membership_by_sigma(per_image["train"], per_image["val"],
+                                          fpr=MEMBERSHIP_FPR)
+      record["membership"] = {k: mi[k].tolist() for k in ("auc", "auc_low", "auc_high", "tpr",
+                                                          "tpr_low", "tpr_high")}
+      record["membership"]["fpr"] = mi["fpr"]
+      if name == names[0]:  # per-image errors kept for bootstrapped intervals over snapshots
+        os.makedirs(os.path.join(out_dir, PER_IMAGE_DIR), exist_ok=True)
+        np.savez(os.path.join(out_dir, PER_IMAGE_DIR, f"{step}.npz"),
+                 e_train=per_image["train"].astype(np.float32),
+                 e_val=per_image["val"].astype(np.float32), sigmas=sigmas)
       entry["ema"][name] = record
     results["snapshots"][str(step)] = entry
     first = entry["ema"][names[0]]
@@ -177,6 +196,12 @@ def summarize(results, sigmas, at_sigmas) -> Dict[str, Any]:
     onset = gap.overfitting_onset(e_val, np.asarray(seen))
     summary["onset_images_seen"] = np.asarray(onset.images_seen).tolist()
     summary["onset_rises"] = np.asarray(onset.rises).tolist()
+  if all("membership" in r for r in records):
+    aucs = np.array([r["membership"]["auc"] for r in records])
+    best = np.argmax(aucs, axis=1)
+    summary["membership_peak_auc"] = aucs[np.arange(len(records)), best].tolist()
+    summary["membership_peak_sigma"] = [float(sigmas[i]) for i in best]
+    summary["membership_peak_tpr"] = [float(np.max(r["membership"]["tpr"])) for r in records]
   at = [s for s in at_sigmas if sigmas[0] <= s <= sigmas[-1]]
   if at:
     _, values = gap.gap_vs_images(sigmas, gaps, seen, at)
@@ -193,6 +218,13 @@ def draw(results, sigmas, at_sigmas, out_dir: str) -> None:
   gap_plots.error_curves(os.path.join(out_dir, "errors.png"), sigmas, records[-1]["e_train"],
                          records[-1]["e_val"], opt["e_train"], opt["e_val"],
                          title=f"Denoising error after {seen[-1]} images")
+  if all("membership" in r for r in records):
+    from diffgen_jax.plots import membership as membership_plots  # pylint: disable=import-outside-toplevel
+    last = records[-1]["membership"]
+    membership_plots.membership_over_training(
+        os.path.join(out_dir, "membership.png"), sigmas, [r["membership"]["auc"] for r in records],
+        [r["membership"]["tpr"] for r in records], seen, fpr=last["fpr"],
+        auc_band=(last["auc_low"], last["auc_high"]))
   if "gap_at_sigmas" in s:
     at = [float(k) for k in s["gap_at_sigmas"]]
     values = np.stack([s["gap_at_sigmas"][k] for k in s["gap_at_sigmas"]], axis=1)
