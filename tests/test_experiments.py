@@ -106,6 +106,9 @@ def test_smoke_variant_end_to_end(finding, data_dir, runs_root, tmp_path):
     for run in saved["results"]["runs"]:
       assert len(run["copy_fraction"]) == len(run["images_seen"]) == 2
       assert {"tau_mem", "tau_gen", "tau_gap", "onset"} <= set(run)
+      # The evaluate job's membership inference, per snapshot (AUC in [0, 1]).
+      assert len(run["membership_peak_auc"]) == 2
+      assert all(0.0 <= a <= 1.0 for a in run["membership_peak_auc"])
   if finding == "training_time":
     for m in saved["results"]["models"].values():
       assert len(m["images_seen"]) == 2 and len(m["onset_images_seen"]) == 4
