@@ -70,21 +70,30 @@ def _network_apply(network, sigma_data, params, x, sigma, labels=None):
   return training.network_denoiser(network, params, sigma_data)(x, sigma, labels)
 
 
-def snapshot_denoisers(job_config, workdir):
-  """[(step, images seen, denoiser)] of every snapshot (first EMA set), in training order; each
-  denoiser a pytree (one compilation for all snapshots of a shape)."""
+_APPLY_FNS = {}  # one function object per network: a Partial over it compiles once
+
+
+def snapshot_steps(workdir):
+  from diffgen_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  return checkpointing.snapshot_steps(workdir)
+
+
+def snapshot_denoiser(job_config, workdir, step):
+  """(images seen, denoiser) of one snapshot (first EMA set); the denoiser is a pytree over the
+  parameters with one fixed function per network, so it compiles once for all snapshots."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from diffgen_jax import checkpointing, trainer  # pylint: disable=import-outside-toplevel
+  from diffgen_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  from diffgen_jax import trainer  # pylint: disable=import-outside-toplevel
   num_classes = split_arrays(job_config, "train")[3]
-  network = trainer.build_network(job_config.model, num_classes, "float32")
-  apply = functools.partial(_network_apply, network, job_config.training.sigma_data)
-  out = []
-  for step in checkpointing.snapshot_steps(workdir):
-    ema_sets, meta = checkpointing.load_snapshot(workdir, step)
-    params = jax.tree.map(jnp.asarray, ema_sets[sorted(ema_sets)[0]])
-    out.append((step, int(meta["images_seen"]), jax.tree_util.Partial(apply, params)))
-  return out
+  key = (job_config.model.to_json(), num_classes, float(job_config.training.sigma_data))
+  if key not in _APPLY_FNS:
+    network = trainer.build_network(job_config.model, num_classes, "float32")
+    _APPLY_FNS[key] = functools.partial(_network_apply, network, key[2])
+  apply = _APPLY_FNS[key]
+  ema_sets, meta = checkpointing.load_snapshot(workdir, step)
+  params = jax.tree.map(jnp.asarray, ema_sets[sorted(ema_sets)[0]])
+  return int(meta["images_seen"]), jax.tree_util.Partial(apply, params)
 
 
 def sampler_inputs(settings, job_config):
@@ -109,20 +118,21 @@ def snapshot_samples(ctx, name, steps=None):
   os.makedirs(cache, exist_ok=True)
   noise, labels = None, None
   out = {}
-  for step, seen, denoise in snapshot_denoisers(cfg, ctx.workdirs[name]):
+  for step in snapshot_steps(ctx.workdirs[name]):
     if steps is not None and step not in steps:
       continue
     path = os.path.join(cache, f"samples_{step}.npz")
     if os.path.exists(path):
       with np.load(path) as f:
-        if np.array_equal(f["key"], key):
-          out[step] = (seen, f["samples"])
+        if np.array_equal(f["key"], key) and "images_seen" in f:
+          out[step] = (int(f["images_seen"]), f["samples"])
           continue
     if noise is None:
       noise, labels = sampler_inputs(settings, cfg)
+    seen, denoise = snapshot_denoiser(cfg, ctx.workdirs[name], step)
     samples = np.asarray(samplers.sample(denoise, noise, labels,
                                          num_steps=int(settings.num_steps)).samples)
-    np.savez(path, samples=samples, key=key)
+    np.savez(path, samples=samples, key=key, images_seen=seen)
     out[step] = (seen, samples)
   return out
 
@@ -146,9 +156,10 @@ def features_fn(ctx, name):
 
 
 def last_samples(ctx, name):
-  steps = [s for s, _, _ in snapshot_denoisers(job(ctx, name), ctx.workdirs[name])]
-  seen, samples = snapshot_samples(ctx, name, steps[-1:])[steps[-1]]
-  return steps[-1], seen, samples
+  """(step, images seen, samples) of the run's last snapshot."""
+  step = snapshot_steps(ctx.workdirs[name])[-1]
+  seen, samples = snapshot_samples(ctx, name, [step])[step]
+  return step, seen, samples
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,7 +176,6 @@ def _pairs(ctx):
 
 def gather(ctx):
   from diffgen_jax import optimal  # pylint: disable=import-outside-toplevel
-  from diffgen_jax.evaluation import features as features_lib  # pylint: disable=import-outside-toplevel
   from diffgen_jax.evaluation import reproducibility  # pylint: disable=import-outside-toplevel
   settings = ctx.config.diagnostics
   pairs = _pairs(ctx)
@@ -181,9 +191,10 @@ def gather(ctx):
         val_ids[:e.num_images]
     train = {k: split_arrays(job(ctx, runs[k]), "train") for k in (1, 2)}
     full_mean = split_arrays(_full(cfg), "train")[0].mean(axis=0)
-    dens = {k: snapshot_denoisers(job(ctx, runs[k]), ctx.workdirs[runs[k]])[-1] for k in (1, 2)}
+    dens = {k: snapshot_denoiser(job(ctx, runs[k]), ctx.workdirs[runs[k]],
+                                 snapshot_steps(ctx.workdirs[runs[k]])[-1]) for k in (1, 2)}
     kw = dict(ids=val_ids, noise_seed=e.noise_seed + 1, batch_size=e.batch_size)
-    mv = reproducibility.model_variance(dens[1][2], dens[2][2], val_x, val_y, sigmas, **kw)
+    mv = reproducibility.model_variance(dens[1][1], dens[2][1], val_x, val_y, sigmas, **kw)
     opt = {k: optimal.empirical_optimal_denoiser(train[k][0], train[k][1]) for k in (1, 2)}
     mv_opt = reproducibility.model_variance(opt[1], opt[2], val_x, val_y, sigmas, **kw)
     if feats is None:
@@ -202,7 +213,7 @@ def gather(ctx):
     # same classes are not seed-paired, so the control is the cosine of unrelated real images).
     control = reproducibility.pair_cosines(val_x[:len(s1) // 2], val_x[len(s1) // 2:2 * (len(s1) // 2)],
                                            full_mean)
-    entry = {"n": n, "runs": [one, two], "images_seen": int(dens[1][1]), "sigmas": sigmas,
+    entry = {"n": n, "runs": [one, two], "images_seen": int(dens[1][0]), "sigmas": sigmas,
              "model_variance": mv.variance, "model_variance_numerator": mv.numerator,
              "optimal_model_variance": mv_opt.variance,
              "peak_model_variance": float(np.max(mv.variance)),
