@@ -115,7 +115,7 @@ def make_train_config(family: str, preset: str, args):
   """The default train config of the family with the benchmark's data shape, batch and dtype."""
   from diffgen_jax import defaults, models  # pylint: disable=import-outside-toplevel
   config = defaults.train_config("digits", family)
-  model = models.presets.preset_config(preset)
+  model = models.preset_config(preset)
   model.img_resolution = args.resolution
   model.img_channels = args.channels
   model.num_classes = args.num_classes
@@ -147,7 +147,8 @@ class OursRunner(Runner):
     import jax  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
     from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
-    from diffgen_jax import models, sharding, trainer, training  # pylint: disable=import-outside-toplevel
+    from diffgen_jax import models, sharding, training  # pylint: disable=import-outside-toplevel
+    from diffgen_jax.models.network import build_network  # pylint: disable=import-outside-toplevel
     from diffgen_jax.flops import model_flops  # pylint: disable=import-outside-toplevel
 
     self.jax = jax
@@ -159,7 +160,7 @@ class OursRunner(Runner):
     config = make_train_config(family, preset, args)
     image_shape = (args.resolution, args.resolution, args.channels)
     models.validate_config(config.model, image_shape, args.num_classes)
-    network = trainer.build_network(config.model, args.num_classes, args.dtype)
+    network = build_network(config.model, args.num_classes, args.dtype)
     optimizer = training.make_optimizer(config)
     mesh = sharding.make_mesh(-1, 1, devices=devices[:n_devices])
     init_fn, step_fn, _, _ = training.compile_training(network, optimizer, config, mesh,

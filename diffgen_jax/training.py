@@ -9,7 +9,7 @@ in the global batch, not of the device that computes it, so 1 device and 8 give 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple
+from typing import Any, Callable, Dict
 
 import flax
 import jax
@@ -19,6 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax import edm, ema, models
+from diffgen_jax.models.network import Network
 from diffgen_jax.sharding import DATA_AXIS, MODEL_AXIS
 
 LR_SCHEDULES = ("edm", "edm2")
@@ -66,18 +67,6 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(*chain)
 
 
-class Network(NamedTuple):
-  """A built flax module with the functions the loss needs."""
-  module: Any
-  project: Callable  # params -> params, EDM2's forced weight normalization (identity otherwise)
-  num_classes: int
-
-
-def network_denoiser(network: Network, params, sigma_data: float = edm.SIGMA_DATA):
-  """The package's denoiser interface over one parameter set (evaluation mode: no dropout)."""
-  return edm.precondition(models.raw_network(network.module, {"params": params}), sigma_data)
-
-
 def denoising_loss(network: Network, params, batch, key, config, train: bool = True):
   """EDM (or EDM2, with the learned log-variance) loss of one batch; mean over elements."""
   t = config.training
@@ -92,20 +81,18 @@ def denoising_loss(network: Network, params, batch, key, config, train: bool = T
   else:
     labels = None
   with_logvar = t.loss == "edm2"
-  outputs = {}
 
-  def raw(x_in, c_noise, labels):
-    out = network.module.apply({"params": params}, x_in, c_noise, labels, train=train,
-                               rngs={"dropout": k_drop}, **({"return_logvar": True} if with_logvar else {}))
-    if with_logvar:
-      out, outputs["logvar"] = out
-    return out
+  def raw(x_in, c_noise, labels):  # returns (F, logvar) for the EDM2 loss
+    return network.module.apply({"params": params}, x_in, c_noise, labels, train=train,
+                                rngs={"dropout": k_drop},
+                                **({"return_logvar": True} if with_logvar else {}))
 
-  denoised = edm.precondition(raw, t.sigma_data)(noisy, sigma, labels)
+  denoised = edm.precondition(raw, t.sigma_data, has_aux=with_logvar)(noisy, sigma, labels)
+  denoised, logvar = denoised if with_logvar else (denoised, None)
   weight = edm.loss_weight(sigma, t.sigma_data)[:, None, None, None]
   err = (denoised.astype(jnp.float32) - images) ** 2
   if with_logvar:
-    logvar = outputs["logvar"].astype(jnp.float32).reshape(b, 1, 1, 1)
+    logvar = logvar.astype(jnp.float32).reshape(b, 1, 1, 1)
     per_element = weight / jnp.exp(logvar) * err + logvar
   else:
     per_element = weight * err

@@ -1,14 +1,18 @@
-"""The `factors` job: results schema, known answers of each sweep, config validation, pseudo-labels."""
+"""The factor sweeps (`evaluation.sweeps`: known answers of each sweep, pseudo-labels) and the
+`factors` job (`jobs.factors`: results layout, config validation)."""
 
-import json
 import os
 
 import numpy as np
 import pytest
 
 from configs import factors as factors_config
-from diffgen_jax import data, factor_sweeps as fs, models
+from diffgen_jax import data, models
 from diffgen_jax.config_checks import ConfigError
+from diffgen_jax.evaluation import gap, sweeps as fs
+from diffgen_jax.jobs import factors as factors_job
+from diffgen_jax.jobs import results as results_lib
+from diffgen_jax.models.network import valid_network_crop_sizes
 
 H = 6
 SIGMAS = np.array([0.01, 0.3, 1.0, 5.0])
@@ -32,19 +36,37 @@ def _assert_same_curve(a, b):
     np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_guidance_with_w_zero_is_the_positive_denoiser():
+def _numpy_y_delta(train, x, sigma, delta):
+  """float64 reference of y_delta (paper.md section 4) on flattened images: the posterior mean
+  under Gaussians of variance sigma^2 + delta^2 around the training points, shrunk toward x."""
+  t = train.reshape(len(train), -1).astype(np.float64)
+  q = x.reshape(len(x), -1).astype(np.float64)
+  var = sigma ** 2 + delta ** 2
+  logits = -((q[:, None, :] - t[None]) ** 2).sum(-1) / (2 * var)
+  w = np.exp(logits - logits.max(axis=1, keepdims=True))
+  y_star = (w / w.sum(axis=1, keepdims=True)) @ t
+  return ((delta ** 2 * q + sigma ** 2 * y_star) / var).reshape(x.shape)
+
+
+def test_autoguidance_curve_matches_an_independent_numpy_reference():
   setup = _setup()
-  section = fs.sweep_guidance(setup, (0.0, 1.0), delta=0.3, delta_pos=0.3, delta_neg=0.6)
-  _assert_same_curve(_curve(section, "autoguidance, w=0"), _curve(fs.sweep_delta(setup, (0.3,)),
-                                                                  "delta=0.3"))
-  by_class = fs.sweep_granularity(setup, (), (0.3,))
-  _assert_same_curve(_curve(section, "cfg, w=0"), _curve(by_class, "class, delta=0.3"))
-  assert not np.array_equal(_curve(section, "cfg, w=1")["e_val"], _curve(section, "cfg, w=0")["e_val"])
-  # The guided formula itself at w = 0 (compiled differently: equal up to rounding).
-  opt = fs._optimal(setup)
-  pos = fs.error_prone_denoiser(opt, 0.3)
-  formula = fs.gap_curve(setup, fs.guided(pos, fs.error_prone_denoiser(opt, 0.6), 0.0), "w=0", 0.0)
-  np.testing.assert_allclose(formula["gap"], _curve(section, "autoguidance, w=0")["gap"], rtol=1e-5)
+  section = fs.sweep_guidance(setup, (0.0, 1.5), styles=("autoguidance",), delta=0.3,
+                              delta_pos=0.3, delta_neg=0.6)
+  noise = {split: np.asarray(gap.image_noise(seed, ids, setup.train_x.shape[1:]), np.float64)
+           for split, seed, ids in (("train", 0, setup.train_ids), ("val", 1, setup.val_ids))}
+  for w in (0.0, 1.5):
+    curve = _curve(section, f"autoguidance, w={w:g}")
+    for split, images in (("train", setup.train_x), ("val", setup.val_x)):
+      want = []
+      for s in SIGMAS:
+        x = images + s * noise[split]
+        pos = _numpy_y_delta(setup.train_all, x, s, 0.3)
+        neg = _numpy_y_delta(setup.train_all, x, s, 0.6)
+        want.append(np.mean((pos + w * (pos - neg) - images) ** 2))
+      np.testing.assert_allclose(curve[f"e_{split}"], want, rtol=2e-4, atol=1e-9)
+  # Guidance moves the curve: w = 1.5 differs from w = 0 by more than rounding.
+  assert not np.allclose(_curve(section, "autoguidance, w=1.5")["e_val"],
+                         _curve(section, "autoguidance, w=0")["e_val"], rtol=1e-3)
 
 
 def test_one_cluster_and_one_class_equal_unconditional():
@@ -88,8 +110,8 @@ def test_full_size_crop_is_the_unwrapped_denoiser():
 def test_network_crop_sizes():
   m = models.default_model_config("ddpmpp")
   m.preset = "ddpmpp-tiny"
-  assert fs.valid_network_crop_sizes(m, 8) == [4, 8]
-  assert fs.valid_network_crop_sizes(m, 28) == [16, 20, 24, 28]
+  assert valid_network_crop_sizes(m, 8) == [4, 8]
+  assert valid_network_crop_sizes(m, 28) == [16, 20, 24, 28]
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -103,17 +125,17 @@ def test_network_crop_sizes():
 ])
 def test_validate_config_names_the_field(field, value, message):
   config = factors_config.get_config("local")
-  fs.validate_config(config)
+  factors_job.validate_config(config)
   section, _, key = field.rpartition(".")
   (config[section] if section else config)[key] = value
   with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-    fs.validate_config(config)
+    factors_job.validate_config(config)
 
 
 def test_trained_sweep_needs_a_run_dir():
   config = factors_config.get_config("trained")
   with pytest.raises(ConfigError, match="config.run_dir"):
-    fs.validate_config(config)
+    factors_job.validate_config(config)
   with pytest.raises(ValueError, match="unknown variant"):
     factors_config.get_config("local,bogus")
 
@@ -131,13 +153,13 @@ def test_job_writes_results_and_plots(data_dir, tmp_path):
   config.gradient_score.num_images = 1
   config.gradient_score.num_sigmas = 2
   workdir = str(tmp_path / "factors")
-  fs.run(config, workdir)
-  with open(os.path.join(workdir, fs.RESULTS_FILE)) as f:
-    results = json.load(f)
+  factors_job.run(config, workdir)
+  results = results_lib.read(workdir)
+  assert results["job"] == "factors"
   settings = results["settings"]
   assert settings["num_train_set"] == 200 and settings["num_train_eval"] == 16
   assert len(settings["sigmas"]) == 5
-  assert list(results["sweeps"]) == list(fs.ANALYTIC_SWEEPS)
+  assert list(results["sweeps"]) == list(factors_job.ANALYTIC_SWEEPS)
   for name, section in results["sweeps"].items():
     assert section["factor"] == name and section["curves"]
     for c in section["curves"]:
@@ -153,3 +175,18 @@ def test_job_writes_results_and_plots(data_dir, tmp_path):
   assert [c["label"] for c in results["sweeps"]["delta"]["curves"]] == ["delta=0.2", "delta=0.5"]
   assert data.read_pseudo_labels(os.path.join(workdir, "pseudo_labels", "k2.npz"),
                                  "train").shape == (200,)
+
+
+def test_analytic_denoisers_known_answers():
+  train = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 10.0], [11.0, 10.0]], np.float32)
+  classes = np.array([0, 1, 0, 1])
+  clusters = np.array([0, 0, 1, 1])
+  ds = fs.analytic_denoisers(train, classes, deltas=(0.0, 0.5), cluster_labels=clusters)
+  assert set(ds) == {(c, d) for c in ("unconditional", "class", "cluster") for d in (0.0, 0.5)}
+  q = np.asarray([[0.1, 0.0]])
+  np.testing.assert_allclose(ds[("unconditional", 0.0)](q, 0.01), [[0.0, 0.0]], atol=1e-6)
+  np.testing.assert_allclose(ds[("class", 0.0)](q, 0.01, np.array([1])), [[1.0, 0.0]], atol=1e-6)
+  np.testing.assert_allclose(ds[("cluster", 0.0)](q, 0.01, np.array([1])), [[10.0, 10.0]],
+                             atol=1e-5)
+  # y_delta at sigma -> 0 keeps the input (the model error broadens every point).
+  np.testing.assert_allclose(ds[("class", 0.5)](q, 1e-4, np.array([0])), q, atol=1e-4)

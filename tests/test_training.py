@@ -20,8 +20,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from diffgen_jax import (checkpointing, config_checks, data, defaults, jobs, sharding, trainer,
+from diffgen_jax import (checkpointing, config_checks, data, defaults, jobs, sharding,
                          training)
+
+from diffgen_jax.jobs import train as train_job  # noqa: E402
+from diffgen_jax.models.network import build_network  # noqa: E402
 
 THIS_FILE = os.path.abspath(__file__)
 REPO = os.path.dirname(os.path.dirname(THIS_FILE))
@@ -122,7 +125,7 @@ def _load_arrays(workdir, step, item="state", kind=checkpointing.STATE_DIR):
 
 
 def _metrics(workdir):
-  with open(os.path.join(workdir, trainer.METRICS_FILE)) as f:
+  with open(os.path.join(workdir, train_job.METRICS_FILE)) as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
@@ -147,7 +150,7 @@ def reference(tmp_path_factory):
 def test_sharded_step_matches_unsharded_and_loss_decreases():
   config = get_config()
   split = data.load_split("digits", "train", subset_size=64)
-  network = trainer.build_network(config.model, split.num_classes)
+  network = build_network(config.model, split.num_classes)
   optimizer = training.make_optimizer(config)
   key = jax.random.key(0)
   batches = [data.batch_at(split, t, BATCH, config.seed) for t in range(2)]
