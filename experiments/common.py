@@ -257,7 +257,8 @@ def train_curves(results: Dict[str, Any]) -> Dict[str, Any]:
   """A train/evaluate run's gap over training: sigmas, images seen, G per snapshot, summary."""
   steps = sorted(int(k) for k in results["snapshots"])
   entries = [results["snapshots"][str(k)] for k in steps]
-  records = [e["ema"][sorted(e["ema"])[0]] for e in entries]
+  from diffgen_jax import ema  # pylint: disable=import-outside-toplevel
+  records = [e["ema"][ema.pick(e["ema"])[0]] for e in entries]
   s = results["summary"]
   return {"sigmas": results["protocol"]["sigmas"], "steps": steps,
           "images_seen": [e["images_seen"] for e in entries],

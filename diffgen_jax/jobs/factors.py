@@ -391,8 +391,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
     results["sweeps"][name] = jsonio.to_jsonable(section)
     results_lib.write(workdir, "factors", results)
     if config.make_plots:
-      from diffgen_jax.plots import factors as factor_plots  # matplotlib only when plotting
-      factor_plots.draw_sweep(name, results["sweeps"][name], workdir)
+      from diffgen_jax.plots import sweeps as sweep_plots  # matplotlib only when plotting
+      sweep_plots.draw_sweep(name, results["sweeps"][name], workdir)
     console.progress(f"factors: {name} ({section['wall_time_s']:.1f} s)")
     for line in summarize(name, results["sweeps"][name]):
       console.progress("  " + line)
