@@ -148,6 +148,7 @@ class OursRunner(Runner):
     import numpy as np  # pylint: disable=import-outside-toplevel
     from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
     from diffgen_jax import models, sharding, training  # pylint: disable=import-outside-toplevel
+    from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
     from diffgen_jax.models.network import build_network  # pylint: disable=import-outside-toplevel
     from diffgen_jax.flops import model_flops  # pylint: disable=import-outside-toplevel
 
@@ -161,9 +162,10 @@ class OursRunner(Runner):
     image_shape = (args.resolution, args.resolution, args.channels)
     models.validate_config(config.model, image_shape, args.num_classes)
     network = build_network(config.model, args.num_classes, args.dtype)
-    optimizer = training.make_optimizer(config)
+    settings = common.training_settings(config)
+    optimizer = training.make_optimizer(settings)
     mesh = sharding.make_mesh(-1, 1, devices=devices[:n_devices])
-    init_fn, step_fn, _, _ = training.compile_training(network, optimizer, config, mesh,
+    init_fn, step_fn, _, _ = training.compile_training(network, optimizer, settings, mesh,
                                                         image_shape)
     rng = np.random.default_rng(args.seed)
     host_batch = {
@@ -187,7 +189,7 @@ class OursRunner(Runner):
         kind="ours", family=family, preset=preset, devices=n_devices,
         device_kind=devices[0].device_kind, platform=devices[0].platform,
         params=models.param_count(network.module, (1,) + image_shape), dtype=args.dtype,
-        loss=config.training.loss, ema=list(training.ema_names(config.training.ema)),
+        loss=config.training.loss, ema=list(training.ema_names(settings)),
         compile_s=compile_s, flops_per_step=flops, flops_source="jaxpr matmul+conv (diffgen_jax.flops)",
         xla_cost_analysis_flops_per_step_per_device=xla_flops)
     self.run(args.warmup)  # warm-up

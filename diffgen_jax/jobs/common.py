@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffgen_jax import data, edm
+from diffgen_jax import data, edm, training
 from diffgen_jax.models.network import Network, build_network
 
 
@@ -27,6 +27,18 @@ def load_split(config, split: str) -> data.Split:
   return data.load_split(d.name, split, data_dir=d.data_dir or None,
                          subset_size=(d.subset_size or None) if split == "train" else None,
                          subset_seed=d.subset_seed, labels=labels)
+
+
+def training_settings(config) -> training.Settings:
+  """config.training as the training library's plain settings."""
+  t = config.training
+  return training.Settings(
+      batch_size=int(t.batch_size), lr=t.lr, lr_schedule=t.lr_schedule,
+      lr_ref_images=t.lr_ref_images, warmup_images=t.warmup_images, adam_b1=t.adam_b1,
+      adam_b2=t.adam_b2, adam_eps=t.adam_eps, grad_clip=t.grad_clip, loss=t.loss,
+      p_mean=t.p_mean, p_std=t.p_std, sigma_data=t.sigma_data, label_dropout=t.label_dropout,
+      ema_kind=t.ema.kind, ema_halflife_images=t.ema.halflife_images,
+      ema_rampup_ratio=t.ema.rampup_ratio, ema_sigma_rels=tuple(t.ema.sigma_rels))
 
 
 def network_of(config, num_classes: int, compute_dtype: str = "float32") -> Network:

@@ -125,9 +125,10 @@ def run(config, workdir: str) -> Dict[str, Any]:
     model_config.num_classes = split.num_classes  # the label mode decides; configs need not repeat it
   models.validate_config(model_config, image_shape, split.num_classes)
   network = common.build_network(model_config, split.num_classes, t.compute_dtype)
-  optimizer = training.make_optimizer(config)
+  settings = common.training_settings(config)
+  optimizer = training.make_optimizer(settings)
   init_fn, step_fn, abstract_state, state_sharding = training.compile_training(
-      network, optimizer, config, mesh, image_shape)
+      network, optimizer, settings, mesh, image_shape)
 
   total_steps = int(math.ceil(t.total_images / t.batch_size))
   state_every = max(1, int(round(config.checkpoint.state_every_images / t.batch_size)))
