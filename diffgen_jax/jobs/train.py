@@ -228,7 +228,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
       state, metrics = step_fn(state, batch, train_key)
       pending.append((step, metrics))
       done = step + 1
-      if monitor_every and (done % monitor_every == 0 or done == total_steps):
+      if monitor_every and done % monitor_every == 0:
         monitor(done)
       if done % config.log_every_steps == 0 or done == total_steps:
         flush()
