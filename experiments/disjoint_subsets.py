@@ -65,12 +65,7 @@ def split_arrays(job_config, split):
                        split)
 
 
-def _network_apply(network, sigma_data, params, x, sigma, labels=None):
-  from diffgen_jax import training  # pylint: disable=import-outside-toplevel
-  return training.network_denoiser(network, params, sigma_data)(x, sigma, labels)
-
-
-_APPLY_FNS = {}  # one function object per network: a Partial over it compiles once
+_NETWORKS = {}  # one network object per model config: its denoisers compile once
 
 
 def snapshot_steps(workdir):
@@ -79,21 +74,17 @@ def snapshot_steps(workdir):
 
 
 def snapshot_denoiser(job_config, workdir, step):
-  """(images seen, denoiser) of one snapshot (first EMA set); the denoiser is a pytree over the
-  parameters with one fixed function per network, so it compiles once for all snapshots."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  """(images seen, denoiser) of one snapshot (the first EMA set); the denoiser is a pytree over the
+  parameters (`models.network.network_denoiser`), compiled once for all snapshots of a network."""
   from diffgen_jax import checkpointing  # pylint: disable=import-outside-toplevel
-  from diffgen_jax import trainer  # pylint: disable=import-outside-toplevel
+  from diffgen_jax.models.network import build_network, network_denoiser  # pylint: disable=import-outside-toplevel
   num_classes = split_arrays(job_config, "train")[3]
-  key = (job_config.model.to_json(), num_classes, float(job_config.training.sigma_data))
-  if key not in _APPLY_FNS:
-    network = trainer.build_network(job_config.model, num_classes, "float32")
-    _APPLY_FNS[key] = functools.partial(_network_apply, network, key[2])
-  apply = _APPLY_FNS[key]
-  ema_sets, meta = checkpointing.load_snapshot(workdir, step)
-  params = jax.tree.map(jnp.asarray, ema_sets[sorted(ema_sets)[0]])
-  return int(meta["images_seen"]), jax.tree_util.Partial(apply, params)
+  key = (job_config.model.to_json(), num_classes)
+  if key not in _NETWORKS:
+    _NETWORKS[key] = build_network(job_config.model, num_classes, "float32")
+  _, params, meta = checkpointing.load_ema_params(workdir, step)
+  return int(meta["images_seen"]), network_denoiser(_NETWORKS[key], params,
+                                                   job_config.training.sigma_data)
 
 
 def sampler_inputs(settings, job_config):

@@ -62,7 +62,7 @@ def _slope_record(s):
 def gather(ctx):
   from diffgen_jax.evaluation import features as features_lib  # pylint: disable=import-outside-toplevel
   from diffgen_jax.evaluation import frechet, timescales  # pylint: disable=import-outside-toplevel
-  from diffgen_jax.evaluation.probes import copy_flags  # pylint: disable=import-outside-toplevel
+  from diffgen_jax.evaluation.copies import copy_flags  # pylint: disable=import-outside-toplevel
   settings = ctx.config.diagnostics
   r = int(settings.num_resamples)
   feats = None

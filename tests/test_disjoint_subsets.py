@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from diffgen_jax import data, defaults
+from diffgen_jax import config_checks, data, defaults
 from diffgen_jax.config_checks import ConfigError
 
 
@@ -45,12 +45,12 @@ def test_bad_side_is_a_clear_error():
   config = defaults.data_config("digits")
   config.subset_side = 0
   with pytest.raises(ConfigError, match="subset_side"):
-    data.validate_config(config)
+    config_checks.data_config(config)
   config.subset_side = 2  # side 2 of the whole split is meaningless
   with pytest.raises(ConfigError, match="subset_size"):
-    data.validate_config(config)
+    config_checks.data_config(config)
   config.subset_size = 64
-  data.validate_config(config)
+  config_checks.data_config(config)
 
 
 def test_load_split_sides_on_digits(data_dir):

@@ -21,7 +21,7 @@ the same initial noise, generate the same samples. Three measurements (analytic.
   in [-1, 1] are dominated by the shared background; pass `centre` (e.g. the training mean) to
   compare deviations from it instead.
 * Copies against the own and the other training set (`cross_copy_fractions`): Gu et al.'s copy
-  criterion (`probes.copy_flags`), each with a percentile-bootstrap interval over samples.
+  criterion (`copies.copy_flags`), each with a percentile-bootstrap interval over samples.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from jax.sharding import Mesh
 from diffgen_jax import samplers
 from diffgen_jax.evaluation import gap
 from diffgen_jax.evaluation.features import batched_features
-from diffgen_jax.evaluation.probes import copy_flags
+from diffgen_jax.evaluation.copies import copy_flags
 from diffgen_jax.evaluation.timescales import bootstrap_mean_interval
 
 

@@ -33,7 +33,7 @@ from scipy import stats as scipy_stats
 
 from diffgen_jax.evaluation import frechet
 from diffgen_jax.evaluation.gap import relative_gap
-from diffgen_jax.evaluation.probes import copy_flags
+from diffgen_jax.evaluation.copies import copy_flags
 
 DIRECTIONS = ("up", "down")
 
@@ -88,7 +88,7 @@ class Fraction(NamedTuple):
 def copy_fraction_interval(samples, train_images, ratio: float = 1.0 / 3.0, *,
                            num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
                            chunk_size: int = 2048) -> Fraction:
-  """Copy fraction (Gu et al. 2023, `probes.copy_flags`) with a percentile-bootstrap interval.
+  """Copy fraction (Gu et al. 2023, `copies.copy_flags`) with a percentile-bootstrap interval.
 
   samples: (M, ...) generated images; train_images: (N, ...) the training set, N >= 2.
   """
