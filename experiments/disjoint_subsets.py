@@ -200,10 +200,11 @@ def gather(ctx):
     copies = reproducibility.cross_copy_fractions(s1, s2, train[1][0], train[2][0],
                                                   settings.copy_ratio,
                                                   num_resamples=settings.num_resamples)
-    # Control: two independent draws of real data (validation images vs training images of the
-    # same classes are not seed-paired, so the control is the cosine of unrelated real images).
-    control = reproducibility.pair_cosines(val_x[:len(s1) // 2], val_x[len(s1) // 2:2 * (len(s1) // 2)],
-                                           full_mean)
+    # Control: the centred pixel cosine of unrelated real images (disjoint halves of the
+    # validation split, paired by row).
+    val_all = split_arrays(cfg, "validation")[0]
+    h = min(len(s1), len(val_all) // 2)
+    control = reproducibility.pair_cosines(val_all[:h], val_all[h:2 * h], full_mean)
     entry = {"n": n, "runs": [one, two], "images_seen": int(dens[1][0]), "sigmas": sigmas,
              "model_variance": mv.variance, "model_variance_numerator": mv.numerator,
              "optimal_model_variance": mv_opt.variance,
