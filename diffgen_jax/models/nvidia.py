@@ -25,6 +25,7 @@ call convention (NCHW, one-hot) for side-by-side checks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -319,12 +320,32 @@ def check_network(network: NvidiaNetwork):
   return module
 
 
-def denoiser_from_network(network: NvidiaNetwork, module=None) -> Callable:
-  """D(x, sigma, labels=None) of the package interface (EDM preconditioning, jit-compatible)."""
+@functools.lru_cache(maxsize=32)
+def _network_fn(config_json: str, sigma_data: float) -> Callable:
+  """denoise(params, x, sigma, labels) of one architecture: the same function object for every
+  snapshot of that architecture, so compiled programs are reused across snapshots."""
   from diffgen_jax import models  # pylint: disable=g-import-not-at-top
-  module = module or check_network(network)
+  module = models.build(ml_collections.ConfigDict(json.loads(config_json)))
+
+  def denoise(params, x, sigma, labels=None):
+    return edm.precondition(models.raw_network(module, {"params": params}), sigma_data)(
+        x, sigma, labels)
+
+  return denoise
+
+
+def denoiser_from_network(network: NvidiaNetwork, check: bool = True) -> Callable:
+  """D(x, sigma, labels=None) of the package interface (EDM preconditioning, eval mode).
+
+  Returned as a `jax.tree_util.Partial` over the params: a pytree denoiser, passed to compiled
+  functions as an argument (one compilation per architecture, reused across snapshots).
+  check: first verify the params against the network one to one (`check_network`).
+  """
+  if check:
+    check_network(network)
+  fn = _network_fn(network.model_config.to_json(), float(network.sigma_data))
   params = jax.tree_util.tree_map(jnp.asarray, network.params)
-  return edm.precondition(models.raw_network(module, {"params": params}), network.sigma_data)
+  return jax.tree_util.Partial(fn, params)
 
 
 def load_denoiser(path: str, dtype: str = "float32") -> Tuple[Callable, NvidiaNetwork]:
