@@ -279,7 +279,15 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None,
     pseudo-labels, one per image of the returned split (after subsetting); their num_classes is
     `num_classes` if given, else max + 1.
   in_memory: read the split into numpy (None: when it holds at most IN_MEMORY_BYTES of pixels).
+  name "edm_zip:TRAIN.zip,VALIDATION.zip": EDM's dataset zips (`data.edm_zip`; labels "class" or
+    "none"; data_dir unused).
   """
+  if name.startswith("edm_zip:"):
+    from diffgen_jax.data import edm_zip  # pylint: disable=g-import-not-at-top  (imports us)
+    if not isinstance(labels, str):
+      raise ValueError("pseudo-labels are not supported for EDM dataset zips")
+    return edm_zip.load_split(name, split, labels=labels, subset_size=subset_size,
+                              subset_seed=subset_seed)
   data_dir = resolve_data_dir(data_dir)
   if name not in builders.BUILDERS and not is_prepared(name, data_dir):
     raise _unknown_dataset(name, data_dir)
@@ -570,9 +578,19 @@ def validate_config(data_config, prefix: str = "data") -> None:
                       f"(default: $DIFFGEN_DATA_DIR or {DEFAULT_DATA_DIR})")
   name = data_config.name
   if not isinstance(name, str) or not name:
-    raise ConfigError(f"{field('name')}={name!r} must be one of the built-in datasets {DATASETS} "
-                      "or the tfds name of a dataset prepared in data_dir")
-  if name not in DATASETS and not is_prepared(name, data_dir):
+    raise ConfigError(f"{field('name')}={name!r} must be one of the built-in datasets {DATASETS}, "
+                      "the tfds name of a dataset prepared in data_dir, or "
+                      "'edm_zip:TRAIN.zip,VALIDATION.zip'")
+  if name.startswith("edm_zip:"):
+    from diffgen_jax.data import edm_zip  # pylint: disable=g-import-not-at-top  (imports us)
+    try:
+      paths = edm_zip.parse_name(name)
+    except ValueError as err:
+      raise ConfigError(f"{field('name')}: {err}") from None
+    for path in paths:
+      if not os.path.exists(os.path.expanduser(path)):
+        raise ConfigError(f"{field('name')}={name!r}: {path} does not exist")
+  elif name not in DATASETS and not is_prepared(name, data_dir):
     raise ConfigError(f"{field('name')}={name!r} is neither a built-in dataset {DATASETS} nor a "
                       f"tfds dataset prepared (array_record) in data_dir="
                       f"{resolve_data_dir(data_dir)!r}")
