@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from diffgen_jax import (checkpointing, config_checks, data, edm, jsonio, optimal, sample_evaluation,
-                         trainer, training)
+from diffgen_jax import (checkpointing, config_checks, convert_job, data, edm, jsonio, optimal,
+                         sample_evaluation, trainer, training)
 from diffgen_jax.evaluation import gap
 from diffgen_jax.plots import gap as gap_plots
 
@@ -32,6 +32,8 @@ RESULTS_FILE = "results.json"
 
 def validate_config(config) -> None:
   trainer.validate_config(config)
+  if config.model.get("checkpoint"):
+    convert_job.validate_config(config)
   e = config.evaluation
   config_checks.positive(config, "evaluation.num_images")
   config_checks.positive(config, "evaluation.batch_size")
@@ -67,6 +69,9 @@ def _read_results(path: str, protocol: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def run(config, workdir: str) -> Dict[str, Any]:
+  if config.model.get("checkpoint"):  # NVIDIA's networks: converted into the workdir first
+    convert_job.run(config, workdir)
+    config = convert_job.converted_config(config, workdir)
   e = config.evaluation
   steps = checkpointing.snapshot_steps(workdir)
   if not os.path.isdir(workdir) or not steps:
@@ -76,7 +81,14 @@ def run(config, workdir: str) -> Dict[str, Any]:
   train_split = trainer.load_split(config, "train")
   val_split = trainer.load_split(config, "validation")
   _check_matches_run(workdir, config, train_split)
-  network = trainer.build_network(config.model, train_split.num_classes, "float32")
+  num_classes = train_split.num_classes
+  if config.model.get("checkpoint"):  # the published network's own classes (0: unconditional)
+    num_classes = config.model.num_classes
+    if num_classes and num_classes != train_split.num_classes:
+      raise config_checks.ConfigError(
+          f"config.model.checkpoint is a network of {num_classes} classes, config.data "
+          f"{config.data.name!r} has {train_split.num_classes}")
+  network = trainer.build_network(config.model, num_classes, "float32")
   sigmas = sigma_grid(config)
   train_x, train_y, train_ids = data.first_images(train_split, e.num_images)
   val_x, val_y, val_ids = data.first_images(val_split, e.num_images)
@@ -92,8 +104,12 @@ def run(config, workdir: str) -> Dict[str, Any]:
   # Different seeds for the two splits: independent noise draws (ids overlap across splits).
   train_kw = dict(kwargs, ids=train_ids, noise_seed=e.noise_seed)
   val_kw = dict(kwargs, ids=val_ids, noise_seed=e.noise_seed + 1)
-  exact = optimal.empirical_optimal_denoiser(*data.first_images(train_split)[:2])
-  if "optimal" not in results:
+  # The exact optimal denoiser needs the whole training split in memory: optional (off for
+  # ImageNet-scale sets, e.g. configs/nvidia.py), then there is no model-vs-optimal distance.
+  use_optimal = e.get("optimal", True)
+  exact = (optimal.empirical_optimal_denoiser(*data.first_images(train_split)[:2])
+           if use_optimal else None)
+  if use_optimal and "optimal" not in results:
     logging.info("Optimal denoiser errors on %d + %d images x %d sigmas ...", len(train_x),
                  len(val_x), len(sigmas))
     opt_train = gap.denoising_errors(exact, train_x, train_y, sigmas, **train_kw)
@@ -115,7 +131,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
       params = jax.tree.map(jnp.asarray, ema_sets[name])
       record = {}
       for split_name, x, y, kw in (("train", train_x, train_y, train_kw), ("val", val_x, val_y, val_kw)):
-        if e.model_vs_optimal:
+        if e.model_vs_optimal and use_optimal:
           errors, dist = gap.errors_and_distance(network_fn, exact, x, y, sigmas, params=params, **kw)
           record[f"to_optimal_{split_name}"] = dist.tolist()
         else:
@@ -187,9 +203,9 @@ def draw(results, sigmas, at_sigmas, out_dir: str) -> None:
   s = results["summary"]
   gap_plots.gap_over_training(os.path.join(out_dir, "gap_over_training.png"), sigmas,
                               [r["gap"] for r in records], seen, onset_sigma=s["peak_sigma"][-1])
-  opt = results["optimal"]
+  opt = results.get("optimal", {})
   gap_plots.error_curves(os.path.join(out_dir, "errors.png"), sigmas, records[-1]["e_train"],
-                         records[-1]["e_val"], opt["e_train"], opt["e_val"],
+                         records[-1]["e_val"], opt.get("e_train"), opt.get("e_val"),
                          title=f"Denoising error after {seen[-1]} images")
   if "gap_at_sigmas" in s:
     at = [float(k) for k in s["gap_at_sigmas"]]

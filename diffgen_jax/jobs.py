@@ -12,6 +12,7 @@ JOBS = {
     "train": "diffgen_jax.trainer",
     "evaluate": "diffgen_jax.evaluator",
     "factors": "diffgen_jax.factor_sweeps",
+    "convert": "diffgen_jax.convert_job",
 }
 
 

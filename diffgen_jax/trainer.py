@@ -109,6 +109,10 @@ def save_image_grid(images: np.ndarray, path: str) -> None:
 
 
 def run(config, workdir: str) -> Dict[str, Any]:
+  if config.model.get("checkpoint"):
+    raise config_checks.ConfigError(
+        "config.model.checkpoint is read by the evaluate and convert jobs; the train job trains "
+        "from scratch (set it to '')")
   t = config.training
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)

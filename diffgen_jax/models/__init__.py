@@ -19,6 +19,9 @@ checked inside compiled code: every family treats them as the null label.
 Model config (`default_model_config(family)`; every field typed, validated by `validate_config`):
     family, preset ("" = custom; otherwise a name in presets.PRESETS of that family, which
     overrides the ARCHITECTURE fields), num_classes, img_resolution, img_channels, dropout,
+    checkpoint (a published network's path for the jobs: an NVIDIA .pkl, a state_dict.npz +
+    config.json directory, or a directory of snapshots; "" = none), checkpoint_ema (keep only
+    EDM2 snapshots of this EMA profile, e.g. "0.100"; "" = all),
     dtype ("float32" | "bfloat16" | "float64": compute dtype; params are created in float32;
     "float64" needs jax's x64 mode and float64 params, e.g. for parity with a float64 reference),
     plus the family's architecture fields (see `_FAMILY_FIELDS`).
@@ -45,8 +48,10 @@ DTYPES = tuple(layers.DTYPES)
 EMBEDDING_TYPES = ("positional", "fourier")
 FIELD_PREFIX = "config.model."
 
+# checkpoint / checkpoint_ema: an NVIDIA network file or run directory that the jobs read
+# (`models.nvidia`); "" = none. `build` ignores them.
 _COMMON_FIELDS = dict(family="", preset="", num_classes=0, img_resolution=32, img_channels=3,
-                      dropout=0.0, dtype="float32")
+                      dropout=0.0, dtype="float32", checkpoint="", checkpoint_ema="")
 
 _FAMILY_FIELDS = {
     "ddpmpp": dict(model_channels=128, channel_mult=(2, 2, 2), channel_mult_emb=4,

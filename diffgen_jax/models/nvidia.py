@@ -266,6 +266,63 @@ def kimg_from_filename(path: str) -> Optional[int]:
   return int(match.group(1)) if match else None
 
 
+_EMA_STD = re.compile(r"-(\d+\.\d+)(?:\.stripped)?\.pkl$")
+
+
+def _is_network_dir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, "state_dict.npz")) and \
+      os.path.isfile(os.path.join(path, "config.json"))
+
+
+def snapshot_paths(path: str, ema_std: Optional[str] = None) -> list:
+  """[(kimg, path)] of the networks at `path`, ordered by images seen.
+
+  path: one network (a .pkl, or a directory with state_dict.npz + config.json) or a directory of
+  them (NVIDIA's run directory: network-snapshot-*.pkl; or converted-network subdirectories).
+  ema_std: keep only EDM2 snapshots of this EMA profile (e.g. "0.100" from `...-0.100.pkl`).
+  kimg is taken from the file name (a directory's from its config.json "kimg", else its name);
+  a single network without one gets 0. Raises FileNotFoundError / ValueError (no networks, two
+  networks at the same kimg, e.g. several EMA profiles without `ema_std`).
+  """
+  path = os.fspath(path)
+  if os.path.isfile(path) or _is_network_dir(path):
+    return [(_kimg_of(path) or 0, path)]
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no network or directory of networks at {path!r}")
+  entries = [os.path.join(path, n) for n in sorted(os.listdir(path))]
+  found = [p for p in entries if (p.endswith(".pkl") and os.path.isfile(p)) or
+           (os.path.isdir(p) and _is_network_dir(p))]
+  if ema_std:
+    found = [p for p in found if (m := _EMA_STD.search(os.path.basename(p))) and
+             m.group(1) == ema_std]
+  if not found:
+    raise FileNotFoundError(f"{path} holds no network snapshots (*.pkl or directories with "
+                            "state_dict.npz + config.json)"
+                            + (f" of EMA profile {ema_std}" if ema_std else ""))
+  by_kimg: Dict[int, str] = {}
+  for p in found:
+    kimg = _kimg_of(p)
+    if kimg is None:
+      raise ValueError(f"{p}: no images-seen count in its name (e.g. network-snapshot-0134217-"
+                       "0.100.pkl); point at the file itself to evaluate it alone")
+    if kimg in by_kimg:
+      raise ValueError(f"two networks at {kimg} kimg: {by_kimg[kimg]} and {p} (several EMA "
+                       "profiles? choose one with ema_std, e.g. '0.100')")
+    by_kimg[kimg] = p
+  return sorted(by_kimg.items())
+
+
+def _kimg_of(path: str) -> Optional[int]:
+  if os.path.isdir(path):
+    with open(os.path.join(path, "config.json")) as f:
+      kimg = json.load(f).get("kimg")
+    if kimg is not None:
+      return int(kimg)
+    return int(os.path.basename(path.rstrip("/"))) if os.path.basename(
+        path.rstrip("/")).isdigit() else None
+  return kimg_from_filename(path)
+
+
 def _read_directory(path: str):
   config_path = os.path.join(path, "config.json")
   state_path = os.path.join(path, "state_dict.npz")
@@ -304,7 +361,7 @@ def read_network(path: str, dtype: str = "float32") -> NvidiaNetwork:
   param_dtype = np.float64 if dtype == "float64" else np.float32
   params = params_from_state_dict(family, state, param_dtype)
   return NvidiaNetwork(model_config=config, params=params, sigma_data=sigma_data,
-                       kimg=kimg_from_filename(path), source=path, nvidia_kwargs=dict(kwargs),
+                       kimg=_kimg_of(path), source=path, nvidia_kwargs=dict(kwargs),
                        nvidia_class=cls)
 
 
@@ -393,6 +450,6 @@ def nvidia_interface(denoise: Callable, num_classes: int) -> Callable:
 
 
 __all__ = ["ConversionError", "NvidiaNetwork", "model_config_from_kwargs", "params_from_state_dict",
-           "map_state_shapes", "compare_to_network", "kimg_from_filename", "read_network",
+           "map_state_shapes", "compare_to_network", "kimg_from_filename", "snapshot_paths", "read_network",
            "check_network", "denoiser_from_network", "load_denoiser", "labels_from_one_hot",
            "nvidia_interface"]
