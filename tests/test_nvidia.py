@@ -226,3 +226,45 @@ def test_images_seen_from_the_file_name():
   assert nvidia.kimg_from_filename("network-snapshot-200000.pkl") == 200000
   assert nvidia.kimg_from_filename("phema-0134217-0.100.pkl") == 134217
   assert nvidia.kimg_from_filename("edm-cifar10-32x32-cond-vp.pkl") is None
+
+
+# ----------------------------------------------------------------------------------------------
+# The state added for NVIDIA's layouts is inert in training.
+
+
+def _tiny(family, **arch):
+  config = models.default_model_config(family)
+  config.update(model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(),
+                img_resolution=8, img_channels=1, num_classes=3, **arch)
+  return models.build(config)
+
+
+def test_edm2_fourier_parameters_get_zero_gradients():
+  """EDM2's MPFourier freqs/phases are buffers in edm2: fixed in training (zero gradient)."""
+  module = _tiny("edm2", channels_per_head=8, logvar_channels=4)
+  params = models.init_variables(module, jax.random.PRNGKey(0), (2, 8, 8, 1))["params"]
+  params = jax.tree_util.tree_map(lambda p: p + 0.5 if p.ndim == 0 else p, params)  # gains != 0
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
+
+  def loss(p):
+    f, logvar = module.apply({"params": p}, x, jnp.array([0.1, -0.3]), jnp.array([0, 2]),
+                             return_logvar=True)
+    return jnp.sum(f ** 2) + jnp.sum(logvar ** 2)
+
+  grads = jax.grad(loss)(params)
+  for name in ("emb_fourier", "logvar_fourier"):
+    assert set(grads[name]) == {"freqs", "phases"}
+    for leaf in grads[name].values():
+      assert np.all(np.asarray(leaf) == 0)
+  assert np.abs(np.asarray(grads["emb_noise"]["mp_weight"])).max() > 0  # the rest does train
+
+
+def test_ddpmpp_map_augment_adds_exactly_zero():
+  module = _tiny("ddpmpp", augment_dim=9)
+  params = models.init_variables(module, jax.random.PRNGKey(0), (2, 8, 8, 1))["params"]
+  assert params["map_augment"]["kernel"].shape == (9, 8)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
+  apply = jax.jit(lambda p: module.apply({"params": p}, x, jnp.array([0.1, -0.3]),
+                                         jnp.array([0, 2])))
+  zeroed = dict(params, map_augment={"kernel": jnp.zeros((9, 8))})
+  np.testing.assert_array_equal(np.asarray(apply(params)), np.asarray(apply(zeroed)))
