@@ -2,8 +2,9 @@
 
 The network is the `edm2-img64-xs` preset (the architecture of NVIDIA's EDM2-XS, 64x64x3, 1000
 classes, 124.7M parameters) with random weights, evaluated through exactly the code path the
-evaluate job uses for converted NVIDIA snapshots: `evaluation.gap.denoising_errors` with the
-network function and the params passed as an argument (`params=`), per-image fixed noise, labels.
+evaluate job uses for its snapshots and converted NVIDIA snapshots: `evaluation.gap.denoising_errors`
+of `models.network.network_denoiser(network, params)` (a pytree: the params are an argument of the
+compiled program), per-image fixed noise, labels.
 Compute dtypes: float32 and bfloat16, measured side by side in one run (same images, sigmas,
 batch). The paper's protocol per snapshot is 8,192 images x 2 splits x 64 sigmas = 1,048,576
 denoiser evaluations; its time is estimated from each measured rate. The model FLOPs per
@@ -27,9 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen_jax import edm, flops, models, training
+from diffgen_jax import edm, flops, models
 from diffgen_jax.evaluation import gap
 from diffgen_jax.models import presets
+from diffgen_jax.models.network import build_network, network_denoiser
 
 PROTOCOL_EVALUATIONS = 8192 * 2 * 64
 
@@ -47,7 +49,7 @@ def main():
                                                     "nvidia_gap_throughput.json"))
   args = parser.parse_args()
 
-  base = presets.preset_config(args.preset)
+  base = models.preset_config(args.preset)
   res, ch, classes = base.img_resolution, base.img_channels, base.num_classes
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (args.images, res, res, ch)).astype(np.float32)
@@ -79,19 +81,16 @@ def main():
   for dtype in args.dtypes.split(","):
     config = base.copy_and_resolve_references()
     config.dtype = dtype
-    network = training.Network(module=models.build(config), project=lambda p: p,
-                               num_classes=classes)
+    network = build_network(config, classes, dtype)
 
-    def network_fn(params, x, sigma, labels, network=network):
-      return training.network_denoiser(network, params)(x, sigma, labels)
-
+    denoise = network_denoiser(network, params)  # as the evaluate job: a pytree over the params
     model_flops = flops.model_flops(
-        lambda p, x, s, l: network_fn(p, x, s, l), params, jnp.zeros((1, res, res, ch)),
-        jnp.ones((1,)), None if labels is None else jnp.zeros((1,), jnp.int32))
+        lambda d, x, s, l: d(x, s, l), denoise, jnp.zeros((1, res, res, ch)), jnp.ones((1,)),
+        None if labels is None else jnp.zeros((1,), jnp.int32))
 
     def run():
-      return gap.denoising_errors(network_fn, images, labels, sigmas, params=params,
-                                  batch_size=args.batch, sigma_chunk=args.sigma_chunk)
+      return gap.denoising_errors(denoise, images, labels, sigmas, batch_size=args.batch,
+                                  sigma_chunk=args.sigma_chunk)
 
     t0 = time.perf_counter()
     errors = run()  # compile + first run

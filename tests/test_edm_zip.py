@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from diffgen_jax import data
+from diffgen_jax import config_checks
 from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.data import edm_zip
 
@@ -90,4 +91,4 @@ def test_bad_inputs_are_named(tmp_path, zips):
              subset_size=None, labels="class", x_flip=False)
   import ml_collections  # pylint: disable=import-outside-toplevel
   with pytest.raises(ConfigError, match="missing.zip does not exist"):
-    data.validate_config(ml_collections.ConfigDict(cfg))
+    config_checks.data_config(ml_collections.ConfigDict(cfg))

@@ -30,8 +30,6 @@ _FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes
 # Denoisers are pytrees (params as arguments): one compilation per architecture and shapes.
 _apply = jax.jit(lambda denoise, x, sigma, labels: denoise(x, sigma, labels),
                  compiler_options=_FAST)
-_MODULES = {}
-
 
 def _outputs(denoise, x, sigma, labels, null_label, with_logvar):
   """D(x; sigma, labels), D with the null label, and EDM2's logvar (else zeros): one batched call.
@@ -45,7 +43,7 @@ def _outputs(denoise, x, sigma, labels, null_label, with_logvar):
     labels = jnp.concatenate([labels, jnp.full_like(labels, null_label)])
   if with_logvar:
     c = edm.preconditioning(sigma)
-    f, logvar = _MODULES[denoise.func].apply(
+    f, logvar = denoise.func.network.module.apply(
         {"params": denoise.args[0]}, x * c.c_in[:, None, None, None], c.c_noise, labels,
         return_logvar=True)
     d = c.c_skip[:, None, None, None] * x + c.c_out[:, None, None, None] * f
@@ -59,9 +57,7 @@ _outputs_jit = jax.jit(_outputs, static_argnames=("null_label", "with_logvar"),
 
 
 def _load(path, dtype="float32"):
-  denoise, network = nvidia.load_denoiser(path, dtype)
-  _MODULES[denoise.func] = models.build(network.model_config)
-  return denoise, network
+  return nvidia.load_denoiser(path, dtype)
 
 
 def _run(denoise, network, x, sigma, labels):
@@ -91,7 +87,7 @@ def test_each_published_configuration_maps_onto_its_preset_one_to_one(path):
   config, sigma_data = nvidia.model_config_from_kwargs(cls, kwargs)
   assert sigma_data == 0.5
   # The preset (with the file's class count) is the same network as the published one.
-  preset = presets.preset_config(_preset_for(manifest))
+  preset = models.preset_config(_preset_for(manifest))
   preset.num_classes = kwargs["label_dim"]
   arch = set(presets.PRESETS[_preset_for(manifest)].arch) | {"img_resolution", "img_channels",
                                                              "num_classes", "dropout"}

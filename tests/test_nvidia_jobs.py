@@ -52,7 +52,7 @@ def test_evaluate_job_over_a_directory_of_nvidia_snapshots(run_dir, capsys):
   workdir = str(run_dir / "work")
   jobs.run(config, workdir)
   assert checkpointing.snapshot_steps(workdir) == [1048, 2097]  # ordered by images seen
-  with open(os.path.join(workdir, "evaluation", "results.json")) as f:
+  with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
   assert results["summary"]["images_seen"] == [1048000, 2097000]
   a, b = (results["snapshots"][k]["ema"]["ema"] for k in ("1048", "2097"))

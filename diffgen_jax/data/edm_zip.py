@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from diffgen_jax.data.pipeline import Split
+from diffgen_jax.data.splits import Split
 
 PREFIX = "edm_zip:"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -148,10 +148,10 @@ def load_split(name: str, split: str, *, labels: str = "class", subset_size: Opt
   labels: "class" (dataset.json's labels; num_classes = max + 1 over both zips' labels) or "none".
   subset_size: the training subset (a prefix of the seeded order, train split only).
   """
-  from diffgen_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from diffgen_jax.data import sources  # pylint: disable=g-import-not-at-top
   train_zip, val_zip = parse_name(name)
-  if split not in pipeline.SPLITS:
-    raise ValueError(f"unknown split {split!r}; use one of {pipeline.SPLITS}")
+  if split not in sources.SPLITS:
+    raise ValueError(f"unknown split {split!r}; use one of {sources.SPLITS}")
   if labels not in ("class", "none"):
     raise ValueError(f"labels={labels!r}: EDM dataset zips support 'class' or 'none'")
   path = train_zip if split == "train" else val_zip

@@ -36,7 +36,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffgen_jax import edm
 from diffgen_jax.models import nvidia_pickle
 
 SUPPORTED_CLASSES = {"EDMPrecond": "ddpmpp", "Precond": "edm2"}
@@ -378,31 +377,27 @@ def check_network(network: NvidiaNetwork):
 
 
 @functools.lru_cache(maxsize=32)
-def _network_fn(config_json: str, sigma_data: float) -> Callable:
-  """denoise(params, x, sigma, labels) of one architecture: the same function object for every
-  snapshot of that architecture, so compiled programs are reused across snapshots."""
-  from diffgen_jax import models  # pylint: disable=g-import-not-at-top
-  module = models.build(ml_collections.ConfigDict(json.loads(config_json)))
-
-  def denoise(params, x, sigma, labels=None):
-    return edm.precondition(models.raw_network(module, {"params": params}), sigma_data)(
-        x, sigma, labels)
-
-  return denoise
+def _network(config_json: str):
+  """One `models.network.Network` per architecture, so that the denoisers of all snapshots of one
+  architecture share one compiled program (their `Partial`s have equal treedefs)."""
+  from diffgen_jax.models import network as network_lib  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  return network_lib.build_network(config, int(config.num_classes), config.dtype)
 
 
 def denoiser_from_network(network: NvidiaNetwork, check: bool = True) -> Callable:
-  """D(x, sigma, labels=None) of the package interface (EDM preconditioning, eval mode).
+  """D(x, sigma, labels=None) of the package interface (EDM preconditioning, eval mode):
+  `models.network.network_denoiser` of the network and its params (a `jax.tree_util.Partial`
+  over the params, passed to compiled functions as an argument).
 
-  Returned as a `jax.tree_util.Partial` over the params: a pytree denoiser, passed to compiled
-  functions as an argument (one compilation per architecture, reused across snapshots).
   check: first verify the params against the network one to one (`check_network`).
   """
+  from diffgen_jax.models import network as network_lib  # pylint: disable=g-import-not-at-top
   if check:
     check_network(network)
-  fn = _network_fn(network.model_config.to_json(), float(network.sigma_data))
   params = jax.tree_util.tree_map(jnp.asarray, network.params)
-  return jax.tree_util.Partial(fn, params)
+  return network_lib.network_denoiser(_network(network.model_config.to_json()), params,
+                                      network.sigma_data)
 
 
 def load_denoiser(path: str, dtype: str = "float32") -> Tuple[Callable, NvidiaNetwork]:

@@ -9,7 +9,7 @@ profile, e.g. "0.100") with `models.nvidia` (nothing from the files is executed)
 an orbax snapshot WORKDIR/checkpoints/snapshots/<kimg> with EMA set "ema" and metadata
 {"images_seen": kimg * 1000, "kimg", "source", NVIDIA's class and kwargs}; images seen come from
 the file name (`...-0134217-0.100.pkl` = 134,217 kimg). WORKDIR/converted.json records the model
-config of the networks. Re-running converts only snapshots not yet written. The evaluate job with
+config of the networks and each snapshot's source (as the train job's WORKDIR/config.json does). Re-running converts only snapshots not yet written. The evaluate job with
 `config.model.checkpoint` set runs this first, then evaluates the workdir's snapshots as any run's.
 """
 
