@@ -7,7 +7,7 @@ name; a file's label is looked up by its name (backslashes read as slashes). Pix
 with Pillow on demand (`ZipImages` indexes like an array), so a large zip (ImageNet) costs memory
 only for the images used.
 
-Splits over zips (`load_split`): the "train" split is one zip, "validation" another. The images
+Splits over zips (`split_arrays`, used by `data.load_split`): the "train" split is one zip, "validation" another. The images
 are presented in a seeded random order (`order_seed`), so the first n images of a split (the fixed
 evaluation subsets, `data.first_images`) are a uniform random subset even when the zip is sorted
 by class; `Split.ids` are the files' indices in name order (they seed the per-image noise).
@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from diffgen_jax.data.splits import Split
+from diffgen_jax.data import sources
 
 PREFIX = "edm_zip:"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -141,14 +141,15 @@ def read_images(path: str, max_images: Optional[int] = None) -> Tuple[np.ndarray
   return images, None if labels is None else labels[:n]
 
 
-def load_split(name: str, split: str, *, labels: str = "class", subset_size: Optional[int] = None,
-               subset_seed: int = 0, order_seed: int = 0) -> Split:
-  """A Split of an "edm_zip:TRAIN.zip,VALIDATION.zip" dataset (see the module docstring).
+def split_arrays(name: str, split: str, *, labels: str = "class",
+                 subset_size: Optional[int] = None, order_seed: int = 0):
+  """(images ZipImages, labels (N,) int32, num_classes, ids (N,) int64) of one split of an
+  "edm_zip:TRAIN.zip,VALIDATION.zip" dataset (see the module docstring; `data.load_split` makes
+  the Split).
 
   labels: "class" (dataset.json's labels; num_classes = max + 1 over both zips' labels) or "none".
   subset_size: the training subset (a prefix of the seeded order, train split only).
   """
-  from diffgen_jax.data import sources  # pylint: disable=g-import-not-at-top
   train_zip, val_zip = parse_name(name)
   if split not in sources.SPLITS:
     raise ValueError(f"unknown split {split!r}; use one of {sources.SPLITS}")
@@ -166,11 +167,10 @@ def load_split(name: str, split: str, *, labels: str = "class", subset_size: Opt
     rows = rows[:subset_size]
   images = ZipImages(path, names, rows)
   if labels == "none":
-    return Split(images=images, labels=np.zeros(len(rows), np.int32), num_classes=0, ids=rows)
+    return images, np.zeros(len(rows), np.int32), 0, rows.astype(np.int64)
   if file_labels is None:
     raise ValueError(f"{path} has no labels (dataset.json 'labels' is missing or null); use "
                      "labels='none'")
   other = read_index(val_zip if split == "train" else train_zip)[1]
   num_classes = int(max(file_labels.max(), -1 if other is None else other.max())) + 1
-  return Split(images=images, labels=file_labels[rows], num_classes=num_classes,
-               ids=rows.astype(np.int64))
+  return images, file_labels[rows], num_classes, rows.astype(np.int64)

@@ -98,14 +98,16 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None,
     `num_classes` if given, else max + 1.
   in_memory: read the split into numpy (None: when it holds at most IN_MEMORY_BYTES of pixels).
   name "edm_zip:TRAIN.zip,VALIDATION.zip": EDM's dataset zips (`data.edm_zip`; labels "class" or
-    "none"; data_dir unused).
+    "none"; data_dir unused; the train split's seeded order uses subset_seed).
   """
   if name.startswith("edm_zip:"):
     from diffgen_jax.data import edm_zip  # pylint: disable=g-import-not-at-top  (imports us)
     if not isinstance(labels, str):
       raise ValueError("pseudo-labels are not supported for EDM dataset zips")
-    return edm_zip.load_split(name, split, labels=labels, subset_size=subset_size,
-                              subset_seed=subset_seed)
+    images, zip_labels, k, ids = edm_zip.split_arrays(
+        name, split, labels=labels, subset_size=subset_size,
+        order_seed=subset_seed if split == "train" else 0)
+    return Split(images=images, labels=zip_labels, num_classes=k, ids=ids)
   data_dir = resolve_data_dir(data_dir)
   if name not in builders.BUILDERS and not is_prepared(name, data_dir):
     raise _unknown_dataset(name, data_dir)
