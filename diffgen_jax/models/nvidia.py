@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from diffgen_jax import models
+from diffgen_jax.models import network as network_lib
 from diffgen_jax.models import nvidia_pickle
 
 SUPPORTED_CLASSES = {"EDMPrecond": "ddpmpp", "Precond": "edm2"}
@@ -44,7 +46,8 @@ SUPPORTED_CLASSES = {"EDMPrecond": "ddpmpp", "Precond": "edm2"}
 # EDMPrecond @ 008a4e5; edm2 training/networks_edm2.py UNet, Block and Precond @ 4bf8162).
 _EDM_DEFAULTS = dict(model_type="DhariwalUNet", model_channels=128, channel_mult=[1, 2, 2, 2],
                      channel_mult_emb=4, num_blocks=4, attn_resolutions=[16], dropout=0.10,
-                     label_dropout=0.0, embedding_type="positional", channel_mult_noise=1,
+                     label_dropout=0.0,  # training-time only
+                     embedding_type="positional", channel_mult_noise=1,
                      encoder_type="standard", decoder_type="standard", resample_filter=[1, 1],
                      augment_dim=0, sigma_data=0.5)
 _EDM_REQUIRED = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard",
@@ -97,7 +100,6 @@ def model_config_from_kwargs(class_name: str, kwargs: Mapping[str, Any],
   dtype: the compute dtype ("float32", "bfloat16", "float64"). Raises ConversionError naming any
   argument whose value this package does not reproduce (e.g. NCSN++ or ADM networks).
   """
-  from diffgen_jax import models  # pylint: disable=g-import-not-at-top  (models imports us lazily)
   if class_name not in SUPPORTED_CLASSES:
     raise ConversionError(f"preconditioner {class_name!r} is not supported; supported: "
                           f"{sorted(SUPPORTED_CLASSES)} (EDM's VP/VE preconditioners are not)")
@@ -110,8 +112,6 @@ def model_config_from_kwargs(class_name: str, kwargs: Mapping[str, Any],
       if got != value:
         raise ConversionError(f"EDMPrecond {field}={got!r}: only the DDPM++ configuration "
                               f"({field}={value!r}) is supported")
-    if k["label_dropout"]:
-      pass  # training-time only
     config.update(model_channels=int(k["model_channels"]),
                   channel_mult=tuple(int(m) for m in k["channel_mult"]),
                   channel_mult_emb=int(k["channel_mult_emb"]),
@@ -366,7 +366,6 @@ def read_network(path: str, dtype: str = "float32") -> NvidiaNetwork:
 
 def check_network(network: NvidiaNetwork):
   """Builds the flax module and checks the params against it one to one (no compute)."""
-  from diffgen_jax import models  # pylint: disable=g-import-not-at-top
   module = models.build(network.model_config)
   cfg = network.model_config
   shapes = jax.eval_shape(models.init_fn(module, (1, cfg.img_resolution, cfg.img_resolution,
@@ -380,7 +379,6 @@ def check_network(network: NvidiaNetwork):
 def _network(config_json: str):
   """One `models.network.Network` per architecture, so that the denoisers of all snapshots of one
   architecture share one compiled program (their `Partial`s have equal treedefs)."""
-  from diffgen_jax.models import network as network_lib  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(json.loads(config_json))
   return network_lib.build_network(config, int(config.num_classes), config.dtype)
 
@@ -392,7 +390,6 @@ def denoiser_from_network(network: NvidiaNetwork, check: bool = True) -> Callabl
 
   check: first verify the params against the network one to one (`check_network`).
   """
-  from diffgen_jax.models import network as network_lib  # pylint: disable=g-import-not-at-top
   if check:
     check_network(network)
   params = jax.tree_util.tree_map(jnp.asarray, network.params)
