@@ -3,9 +3,9 @@
 For each fixture network (tests/fixtures/nvidia_networks/: edm-cond, edm-uncond, edm2-cond,
 edm2-uncond; and the two stripped snapshot pickles) it prints max |D_ours - D_nvidia| at each of the
 fixture's sigmas (0.002, 0.5, 2, 80), the null-label and log-variance errors, and writes
-experiments/results/nvidia_parity/results.json. float64 runs in a second process with jax x64.
+benchmarks/results/nvidia_parity.json. float64 runs in a second process with jax x64.
 
-    python experiments/nvidia_parity.py
+    python benchmarks/nvidia_parity.py
 """
 
 import json
@@ -15,7 +15,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "nvidia_networks")
-OUT = os.path.join(ROOT, "experiments", "results", "nvidia_parity", "results.json")
+OUT = os.path.join(ROOT, "benchmarks", "results", "nvidia_parity.json")
 CASES = [("edm-cond", "edm-cond", "denoised"), ("edm-uncond", "edm-uncond", "denoised"),
          ("edm2-cond", "edm2-cond", "denoised"), ("edm2-uncond", "edm2-uncond", "denoised"),
          ("pickles/edm-uncond-network-snapshot-000000.stripped.pkl", "edm-uncond",
