@@ -38,6 +38,10 @@ TENSORBOARD_DIR = "tensorboard"
 
 def validate_config(config) -> None:
   """The training fields and, when the run ends with it, the evaluation's fields."""
+  if config.model.get("checkpoint"):
+    raise config_checks.ConfigError(
+        "config.model.checkpoint is read by the evaluate and convert jobs; the train job trains "
+        "from scratch (set it to '')")
   validate_training_fields(config)
   if config.evaluation.after_training:  # the evaluation at the end: checked before training
     evaluate.validate_config(config)
@@ -115,10 +119,6 @@ def save_image_grid(images: np.ndarray, path: str) -> np.ndarray:
 
 
 def run(config, workdir: str) -> Dict[str, Any]:
-  if config.model.get("checkpoint"):
-    raise config_checks.ConfigError(
-        "config.model.checkpoint is read by the evaluate and convert jobs; the train job trains "
-        "from scratch (set it to '')")
   t = config.training
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
