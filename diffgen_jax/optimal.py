@@ -312,3 +312,16 @@ def posterior_statistics(train_images, train_labels=None, *, chunk_size: int = 2
                       arrays["train_centred"], arrays["half_sq_norms"], arrays["train_labels"])
 
   return stats
+
+
+# The analytic ladder's patch machines and Gaussian denoiser live in optimal_patches.py (which
+# imports this module's softmax helpers); they are re-exported here lazily to keep imports one way.
+_PATCH_MACHINES = ("local_denoiser", "equivariant_local_denoiser", "patch_composite_denoiser",
+                   "gaussian_denoiser")
+
+
+def __getattr__(name):
+  if name in _PATCH_MACHINES:
+    from diffgen_jax import optimal_patches  # pylint: disable=import-outside-toplevel
+    return getattr(optimal_patches, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
