@@ -448,14 +448,7 @@ def _build(kind, train_images, train_labels, patch_size, *, boundary, chunk_size
   put = (jnp.asarray if mesh is None else
          lambda a: jax.device_put(a, NamedSharding(mesh, P(axis))))
   arrays = [put(data.images), put(data.labels)]
-  machines = []
-  for k in sizes:
-    if kind == "els":
-      core = functools.partial(_els_core, k=k, boundary=boundary, chunk=data.chunk)
-    else:
-      core = functools.partial(_ls_core if kind == "ls" else _pspc_core, k=k, chunk=data.chunk)
-    machines.append(_compile(_blocked_core(core, query_block), mesh, axis, 2,
-                             n_replicated=int(kind == "els")))
+  machines = [_machine(kind, k, boundary, data.chunk, query_block, mesh, axis) for k in sizes]
   if kind == "els":
     # The mean training patch (patches are linear: the mean of the mean image's patches), one per
     # size; each machine takes its own as the replicated argument.
@@ -467,6 +460,16 @@ def _build(kind, train_images, train_labels, patch_size, *, boundary, chunk_size
   static = functools.partial(_patch_denoise, tuple(machines), select, data.images.shape[1:],
                              data.classes, dtype, kind != "els")
   return jax.tree_util.Partial(static, arrays)
+
+
+@functools.lru_cache(maxsize=256)
+def _machine(kind, k, boundary, chunk, query_block, mesh, axis):
+  """One compiled machine per configuration (cached: denoisers of equal shapes share compilations)."""
+  if kind == "els":
+    core = functools.partial(_els_core, k=k, boundary=boundary, chunk=chunk)
+  else:
+    core = functools.partial(_ls_core if kind == "ls" else _pspc_core, k=k, chunk=chunk)
+  return _compile(_blocked_core(core, query_block), mesh, axis, 2, n_replicated=int(kind == "els"))
 
 
 def _with_extra(machine, extra, x, scale, query_labels, images, labels):
