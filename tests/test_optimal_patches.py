@@ -359,3 +359,13 @@ def test_bad_input_raises_clear_errors():
     denoise(train[:, :4], 1.0)
   with pytest.raises(ValueError, match="sigma must be > 0"):
     denoise(train, 0.0)
+
+
+def test_optimal_denoiser_default_chunk_per_backend():
+  # CPU keeps the measured 2048; accelerators take the whole shard in one chunk (up to 65,536).
+  assert optimal.default_chunk_size("cpu") == 2048
+  assert optimal.default_chunk_size("gpu") == optimal.default_chunk_size("tpu") == 65536
+  train = _data(5)
+  x, s = _noisy_queries(train, np.array([0.3]), per_sigma=2)
+  np.testing.assert_array_equal(np.asarray(empirical_optimal_denoiser(train)(x, s)),
+                                np.asarray(empirical_optimal_denoiser(train, chunk_size=2048)(x, s)))
