@@ -99,5 +99,8 @@ def test_ladder_agreement_and_bad_input():
     ladder.calibrate(_identity, train, [1, 3], inputs, sigmas, machine="pspc")
   with pytest.raises(ValueError, match="patch_size|sizes"):
     ladder.calibrate(_identity, train, [2], inputs, sigmas)
+  conditional = local_denoiser(train, 3, np.arange(8) % 2)
+  with pytest.raises(ValueError, match=r"labels \[5\] have no training points"):
+    ladder.agreement(_identity, conditional, inputs, sigmas, labels=np.array([0, 5, 1]))
   with pytest.raises(ValueError, match="images must be floating point"):
     ladder.noised_inputs(np.zeros((2,) + SHAPE, np.uint8), sigmas)

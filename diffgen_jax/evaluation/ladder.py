@@ -80,6 +80,13 @@ def _outputs(denoise, x, sigma_rows, labels_rows, batch_size):
   """denoise over rows of x (R, ...) with per-row sigma, in batches; float64 numpy."""
   call = jax.jit(lambda d, a, s, l: d(a, s, l)) if is_array_pytree(denoise) else (
       lambda d, a, s, l: d(a, s, l))
+  if labels_rows is not None:
+    # Under jit the labels are traced and a denoiser cannot check them; one eager call on a row of
+    # every distinct label lets it raise (e.g. "labels [7] have no training points") instead of
+    # returning NaN from a softmax over an empty class.
+    _, first = np.unique(labels_rows, return_index=True)
+    denoise(jnp.asarray(x[first]), jnp.asarray(sigma_rows[first], jnp.float32),
+            jnp.asarray(labels_rows[first]))
   out = []
   for start in range(0, len(x), batch_size):
     sl = slice(start, start + batch_size)
