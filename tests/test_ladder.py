@@ -104,3 +104,18 @@ def test_ladder_agreement_and_bad_input():
     ladder.agreement(_identity, conditional, inputs, sigmas, labels=np.array([0, 5, 1]))
   with pytest.raises(ValueError, match="images must be floating point"):
     ladder.noised_inputs(np.zeros((2,) + SHAPE, np.uint8), sigmas)
+
+
+def test_ladder_rungs_and_their_own_gaps():
+  train, val = _data(8), _data(4, seed=3)
+  rungs = ladder.ladder_rungs(train, delta=0.5, ls_size={0.1: 1, 1.0: 3}, pspc_size=3,
+                              gaussian_ranks=(None, 2))
+  assert list(rungs) == ["y*", "y_delta", "LS", "PSPC", "gaussian", "gaussian_r2"]
+  sigmas = np.array([1e-3, 0.5, 1e4])
+  gaps = ladder.rung_gaps({k: rungs[k] for k in ("y*", "LS")}, train, val, sigmas)
+  # y* recalls its training images at small sigma (E_train ~ 0), not the validation images.
+  assert gaps["y*"]["e_train"][0] < 1e-8 < gaps["y*"]["e_val"][0]
+  np.testing.assert_allclose(gaps["LS"]["gap"],
+                             (gaps["LS"]["e_val"] - gaps["LS"]["e_train"]) / gaps["LS"]["e_train"])
+  # At sigma >> 1 every rung is the training mean: the same errors for y* and LS.
+  np.testing.assert_allclose(gaps["LS"]["e_val"][2], gaps["y*"]["e_val"][2], rtol=1e-4)

@@ -26,9 +26,11 @@ import numpy as np
 
 from diffgen_jax import samplers
 from diffgen_jax.denoisers import Denoiser, is_array_pytree
-from diffgen_jax.evaluation.gap import image_noise
-from diffgen_jax.optimal_patches import (check_images, equivariant_local_denoiser, local_denoiser,
-                                         patch_schedule)
+from diffgen_jax.evaluation.gap import denoising_errors, image_noise, relative_gap
+from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
+from diffgen_jax.optimal_patches import (PatchSize, check_images, equivariant_local_denoiser,
+                                         gaussian_denoiser, local_denoiser,
+                                         patch_composite_denoiser, patch_schedule)
 
 MACHINES = ("ls", "els")
 
@@ -196,3 +198,45 @@ def calibrate(network: Denoiser, train_images, sizes: Sequence[int], inputs, sig
   order = np.argsort(sizes, kind="stable")
   best = np.asarray(sizes)[order][np.argmin(mse[order], axis=0)]
   return Calibration(np.asarray(sizes), sigmas, mse, r2, best)
+
+
+def ladder_rungs(train_images, train_labels=None, *, delta: Optional[float] = None,
+                 ls_size: Optional[PatchSize] = None, els_size: Optional[PatchSize] = None,
+                 pspc_size: Optional[PatchSize] = None, els_boundary: str = "circular",
+                 gaussian_ranks: Sequence[Optional[int]] = (None,), mesh=None
+                 ) -> Dict[str, Denoiser]:
+  """The rungs of the ladder as named denoisers, all on (train_images, train_labels):
+  "y*", "y_delta" (if delta), "LS" / "ELS" / "PSPC" (if their size, an int or a {sigma: k}
+  schedule such as `Calibration.schedule()`, is given), "gaussian" (rank None) and "gaussian_r{r}".
+  """
+  rungs = {"y*": empirical_optimal_denoiser(train_images, train_labels, mesh=mesh)}
+  if delta is not None:
+    rungs["y_delta"] = error_prone_denoiser(rungs["y*"], delta)
+  if ls_size is not None:
+    rungs["LS"] = local_denoiser(train_images, ls_size, train_labels, mesh=mesh)
+  if els_size is not None:
+    rungs["ELS"] = equivariant_local_denoiser(train_images, els_size, train_labels,
+                                              boundary=els_boundary, mesh=mesh)
+  if pspc_size is not None:
+    rungs["PSPC"] = patch_composite_denoiser(train_images, pspc_size, train_labels, mesh=mesh)
+  for r in gaussian_ranks:
+    rungs["gaussian" if r is None else f"gaussian_r{r}"] = gaussian_denoiser(train_images, r,
+                                                                             train_labels)
+  return rungs
+
+
+def rung_gaps(rungs: Mapping[str, Denoiser], train_images, val_images, sigmas, train_labels=None,
+              val_labels=None, *, noise_seed: int = 0, batch_size: int = 128
+              ) -> Dict[str, Dict[str, np.ndarray]]:
+  """Each rung's own E_train, E_val and G(sigma) = (E_val - E_train) / E_train, computed by the gap
+  evaluation (`evaluation.gap.denoising_errors`, the same seeded per-image noise) on the given
+  training-image and validation-image subsets."""
+  out = {}
+  for name, rung in rungs.items():
+    e_train = denoising_errors(rung, train_images, train_labels, sigmas, noise_seed=noise_seed,
+                               batch_size=batch_size)
+    e_val = denoising_errors(rung, val_images, val_labels, sigmas, noise_seed=noise_seed,
+                             batch_size=batch_size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      out[name] = dict(e_train=e_train, e_val=e_val, gap=relative_gap(e_val, e_train))
+  return out
