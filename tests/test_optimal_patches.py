@@ -369,3 +369,14 @@ def test_optimal_denoiser_default_chunk_per_backend():
   x, s = _noisy_queries(train, np.array([0.3]), per_sigma=2)
   np.testing.assert_array_equal(np.asarray(empirical_optimal_denoiser(train)(x, s)),
                                 np.asarray(empirical_optimal_denoiser(train, chunk_size=2048)(x, s)))
+
+
+def test_float64_option_matches_reference():
+  train = _data(5)
+  x, s = _noisy_queries(train, np.array([0.01, 0.5]), per_sigma=1)
+  with jax.enable_x64(True):
+    for factory, ref in ((local_denoiser, ls_reference), (patch_composite_denoiser, pspc_reference)):
+      got = np.asarray(factory(train, 3, dtype=jnp.float64)(x.astype(np.float64), s))
+      assert got.dtype == np.float64
+      np.testing.assert_allclose(got, ref(train, x, s, 3), atol=1e-10)
+  assert not jax.config.jax_enable_x64
