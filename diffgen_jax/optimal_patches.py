@@ -674,8 +674,9 @@ def _gaussian_apply(arrays, xq, sigma_b, query_labels):
   means, lam, u = arrays["means"], arrays["eigenvalues"], arrays["eigenvectors"]
   pooled = means.shape[0] - 1
   table = arrays["row_of_class"]
+  in_table = (query_labels >= 0) & (query_labels < table.shape[0] - 1)
   row = jnp.where(query_labels == _ANY_LABEL, pooled,
-                  table[jnp.clip(query_labels, 0, table.shape[0] - 1)])
+                  jnp.where(in_table, table[jnp.clip(query_labels, 0, table.shape[0] - 1)], -1))
   if means.shape[0] == 1:
     row = jnp.zeros_like(row)
   centred = flat[None] - means[:, None, :]  # (K, B, D)
@@ -685,5 +686,6 @@ def _gaussian_apply(arrays, xq, sigma_b, query_labels):
   # l = 0 directions shrink to 0 at every sigma (also where sigma^2 underflows: no 0 / 0).
   shrink = jnp.where(lam_b > 0, lam_b / (lam_b + var), 0.0)
   out = means[:, None, :] + jnp.einsum("kbr,kdr->kbd", coeff * shrink, u, precision=_HIGHEST)
-  out = jnp.take_along_axis(out, row[None, :, None], axis=0)[0]
-  return out.reshape(xq.shape)
+  known = row >= 0  # a traced label without training images (not checkable here): NaN, not a guess
+  out = jnp.take_along_axis(out, jnp.maximum(row, 0)[None, :, None], axis=0)[0]
+  return jnp.where(known[:, None], out, jnp.nan).reshape(xq.shape)

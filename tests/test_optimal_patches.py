@@ -251,6 +251,12 @@ def test_class_conditional_equals_denoiser_of_class_subset_and_rejects_unknown_l
         x[rows], s[rows])), atol=1e-5)
   with pytest.raises(ValueError, match="no training points"):
     g(x, s, np.full((6,), 5))
+  # Traced labels cannot be checked: a class without training images gives NaN, never a guess.
+  traced = np.asarray(jax.jit(lambda d, a, b, l: d(a, b, l))(g, x, s, np.array([0, 5, 1, 9, 2, 2])))
+  assert np.all(np.isnan(traced[[1, 3]])) and np.all(np.isfinite(traced[[0, 2, 4, 5]]))
+  ls = local_denoiser(train, 3, labels)
+  traced = np.asarray(jax.jit(lambda d, a, b, l: d(a, b, l))(ls, x, s, np.array([0, 5, 1, 9, 2, 2])))
+  assert np.all(np.isnan(traced[[1, 3]])) and np.all(np.isfinite(traced[[0, 2, 4, 5]]))
 
 
 @pytest.mark.parametrize("factory,kw", [(local_denoiser, {}), (patch_composite_denoiser, {}),
