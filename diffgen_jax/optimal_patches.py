@@ -568,7 +568,8 @@ def equivariant_local_denoiser(train_images, patch_size: PatchSize, train_labels
 
 
 for _fn in (local_denoiser, patch_composite_denoiser, equivariant_local_denoiser):
-  _fn.__doc__ += _DOC_COMMON
+  if _fn.__doc__:  # None under python -OO
+    _fn.__doc__ += _DOC_COMMON
 
 
 # ------------------------------------------------------------------------------------------------
