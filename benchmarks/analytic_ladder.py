@@ -34,6 +34,7 @@ from diffgen_jax import edm, jsonio
 from diffgen_jax.optimal import (default_chunk_size, empirical_optimal_denoiser,
                                  equivariant_local_denoiser, local_denoiser,
                                  patch_composite_denoiser)
+from diffgen_jax.optimal_patches import els_blocks
 
 
 def parse_args(argv=None):
@@ -47,8 +48,8 @@ def parse_args(argv=None):
   p.add_argument("--cifar_numpy_n", type=int, default=5000,
                  help="training images for numpy at CIFAR shape (its full-N cost is ~N/this x)")
   p.add_argument("--els_queries", type=int, default=2, help="(query, sigma) pairs for ELS")
-  p.add_argument("--els_chunks", default="5,1",
-                 help="ELS chunk sizes (training images) to time; 5 is the default at 28x28")
+  p.add_argument("--els_chunks", default="1,5",
+                 help="ELS chunk sizes (training images) to time; 1 is the default at 28x28")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--quick", action="store_true", help="skip the CIFAR-shape rows")
   p.add_argument("--seed", type=int, default=0)
@@ -175,7 +176,7 @@ def els_rows(train, k, pairs, chunks, sigma_grid, repeats, rng):
     xq, sgm = jnp.asarray(x), jnp.asarray(s)
     ours_s, first, _ = timed(lambda: denoise(xq, sgm).block_until_ready(), repeats)
     # The same-shaped GEMM, chunk by chunk: (block HW x K) @ (K x chunk HW) at full precision.
-    block = max(1, (1 << 22) // (hw * chunk * hw))  # ELS's default query block
+    block = els_blocks(train.shape, chunk)[1]  # ELS's default query block
     a = jnp.asarray(np.random.default_rng(2).standard_normal((block * hw, kdim)), jnp.float32)
     b = jnp.asarray(np.random.default_rng(3).standard_normal((kdim, chunk * hw)), jnp.float32)
     gemm_s, _, _ = timed(lambda: matmul(a, b).block_until_ready(), repeats)
