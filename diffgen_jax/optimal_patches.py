@@ -293,6 +293,7 @@ def _ls_stats(x, scale, query_labels, images, labels, *, k, chunk, axis_name):
   def step(carry, xs):
     run_min, run_sum, acc = carry
     y, lab = xs
+    y = y.reshape((-1,) + x.shape[1:])  # stored flat: (chunk, H W C) -> (chunk, H, W, C)
     energy = _window_energy(x, y, query_labels, lab, k)
     run_min, weights, rescale, run_sum = _softmax_step(run_min, run_sum, energy, scale, axis=1)
     acc = acc * rescale[..., None] + _centre_sum(weights, y)
@@ -319,6 +320,7 @@ def _pspc_core(x, scale, query_labels, images, labels, *, k, chunk, axis_name):
   def normaliser_step(carry, xs):
     run_min, run_sum = carry
     y, lab = xs
+    y = y.reshape((-1,) + x.shape[1:])  # stored flat: (chunk, H W C) -> (chunk, H, W, C)
     energy = _window_energy(x, y, query_labels, lab, k)
     run_min, _, _, run_sum = _softmax_step(run_min, run_sum, energy, scale3, axis=1)
     return (run_min, run_sum), None
@@ -331,6 +333,7 @@ def _pspc_core(x, scale, query_labels, images, labels, *, k, chunk, axis_name):
 
   def composite_step(acc, xs):
     y, lab = xs
+    y = y.reshape((-1,) + x.shape[1:])  # stored flat: (chunk, H W C) -> (chunk, H, W, C)
     energy = _window_energy(x, y, query_labels, lab, k)
     weights = jnp.where(energy < jnp.inf, jnp.exp(-(energy - ref[:, None]) * scale3[:, None]), 0.0)
     weights = weights / run_sum[:, None]  # normalised w_i(q) of every window q
@@ -372,6 +375,7 @@ def _els_core(x, scale, query_labels, images, labels, mean_patch, *, k, boundary
   def step(carry, xs):
     run_min, run_sum, acc = carry
     y, lab = xs
+    y = y.reshape((-1,) + x.shape[1:])  # stored flat: (chunk, H W C) -> (chunk, H, W, C)
     yp = (_patches(y, k, boundary) - mean_patch).reshape(-1, xp.shape[1])  # (chunk hw, K)
     half_sq = 0.5 * jnp.sum(yp * yp, axis=1)
     # Invalid (other class, padding) images get +inf through a (B, 1, chunk, 1) penalty: one fused
@@ -448,7 +452,9 @@ def _build(kind, train_images, train_labels, patch_size, *, boundary, chunk_size
   data = _prepare(train_images, train_labels, chunk_size, shards, dtype)
   put = (jnp.asarray if mesh is None else
          lambda a: jax.device_put(a, NamedSharding(mesh, P(axis))))
-  arrays = [put(data.images), put(data.labels)]
+  # Flat (N, H W C) storage: the scan slices it without the layout copy XLA inserts for a 4-D
+  # parameter (a whole-training-set temporary, seen with C = 1).
+  arrays = [put(data.images.reshape(len(data.images), -1)), put(data.labels)]
   machines = [_machine(kind, k, boundary, data.chunk, query_block, mesh, axis) for k in sizes]
   if kind == "els":
     # The mean training patch (patches are linear: the mean of the mean image's patches), one per

@@ -386,3 +386,18 @@ def test_float64_option_matches_reference():
       assert got.dtype == np.float64
       np.testing.assert_allclose(got, ref(train, x, s, 3), atol=1e-10)
   assert not jax.config.jax_enable_x64
+
+
+@pytest.mark.parametrize("factory,kw", [(local_denoiser, {}), (patch_composite_denoiser, {}),
+                                        (equivariant_local_denoiser, dict(boundary="zeros"))])
+def test_memory_does_not_grow_with_the_training_set(factory, kw):
+  # XLA's temporaries for a call at N = 16 and N = 256 training images (same chunk): equal.
+  temps = []
+  for n in (16, 256):
+    denoise = factory(_data(n, shape=(6, 6, 1)), 3, chunk_size=4, query_block=4, **kw)
+    x = jnp.asarray(_data(8, seed=1, shape=(6, 6, 1)))
+    analysis = jax.jit(lambda d, a: d(a, 1.0)).lower(denoise, x).compile().memory_analysis()
+    if analysis is None or not getattr(analysis, "temp_size_in_bytes", 0):
+      pytest.skip("backend reports no memory analysis")
+    temps.append(analysis.temp_size_in_bytes)
+  assert temps[1] <= temps[0] * 1.05, temps
