@@ -313,12 +313,14 @@ def test_gaussian_denoiser_is_exact_posterior_mean_on_gaussian_data():
   m = flat.mean(axis=0)
   cov = (flat - m).T @ (flat - m) / len(flat)
   rng = np.random.default_rng(2)
-  for sigma in (0.01, 0.3, 4.0):
-    x = flat[:5] + sigma * rng.standard_normal(flat[:5].shape)
-    # Posterior mean of N(m, S) observed through N(0, sigma^2 I): m + S (S + sigma^2 I)^-1 (x - m).
-    want = m + (cov @ np.linalg.solve(cov + sigma ** 2 * np.eye(len(m)), (x - m).T)).T
-    got = gaussian_denoiser(train)(x.reshape((5,) + train.shape[1:]).astype(np.float32), sigma)
-    np.testing.assert_allclose(np.asarray(got).reshape(5, -1), want, atol=2e-5)
+  # One query per sigma of the 64-point gap grid, in one call with per-query sigma.
+  x = flat[rng.integers(0, len(flat), 64)] + GRID[:, None] * rng.standard_normal((64, len(m)))
+  # Posterior mean of N(m, S) observed through N(0, sigma^2 I): m + S (S + sigma^2 I)^-1 (x - m).
+  want = np.stack([m + cov @ np.linalg.solve(cov + s ** 2 * np.eye(len(m)), xi - m)
+                   for xi, s in zip(x, GRID)])
+  got = gaussian_denoiser(train)(x.reshape((64,) + train.shape[1:]).astype(np.float32),
+                                 GRID.astype(np.float32))
+  np.testing.assert_allclose(np.asarray(got).reshape(64, -1), want, atol=1e-4)
 
 
 @pytest.mark.parametrize("rank", [None, 4])
