@@ -109,6 +109,20 @@ def test_float32_matches_float64_reference_on_gap_grid(kind, k):
   np.testing.assert_allclose(got, ref, atol=1e-3, rtol=0)
 
 
+def test_float32_matches_float64_reference_on_digits(monkeypatch):
+  # Real images (sklearn's bundled 8x8 digits: flat backgrounds, many near-identical windows).
+  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+  train = (load_digits().images[:24] / 8.0 - 1.0).astype(np.float32)[..., None]
+  for name, value in (("H", 8), ("W", 8), ("C", 1)):  # the references read the module's shape
+    monkeypatch.setitem(globals(), name, value)
+  x, s = _noisy_queries(train, GRID)
+  for k, boundary in ((3, "circular"), (5, "zeros")):
+    got = np.asarray(equivariant_local_denoiser(train, k, boundary=boundary)(x, s))
+    np.testing.assert_allclose(got, els_reference(train, x, s, k, boundary), atol=1e-3, rtol=0)
+  np.testing.assert_allclose(np.asarray(local_denoiser(train, 5)(x, s)),
+                             ls_reference(train, x, s, 5), atol=1e-3, rtol=0)
+
+
 # ---- whole-image windows reproduce y* ---------------------------------------------------------
 
 @pytest.mark.parametrize("factory", [local_denoiser, patch_composite_denoiser])
