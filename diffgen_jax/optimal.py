@@ -330,7 +330,7 @@ def posterior_statistics(train_images, train_labels=None, *, chunk_size: int = 2
 
 
 # The analytic ladder's patch machines and Gaussian denoiser live in optimal_patches.py (which
-# imports this module's softmax helpers); they are re-exported here lazily to keep imports one way.
+# imports this module's label and sigma checks); re-exported here lazily to keep imports one way.
 _PATCH_MACHINES = ("local_denoiser", "equivariant_local_denoiser", "patch_composite_denoiser",
                    "gaussian_denoiser")
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Mapping, NamedTuple, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp

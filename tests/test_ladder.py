@@ -1,6 +1,5 @@
 """Known answers for the ladder comparison and the patch-size calibration (evaluation/ladder.py)."""
 
-import jax
 import numpy as np
 import pytest
 
