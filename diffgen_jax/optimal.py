@@ -34,6 +34,10 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax.denoisers import Denoiser, per_example
+# The analytic ladder's patch machines and Gaussian denoiser live beside this module (they import
+# nothing from it); re-exported here so `optimal.local_denoiser` etc. work.
+from diffgen_jax.optimal_patches import (  # noqa: F401  pylint: disable=unused-import
+    equivariant_local_denoiser, gaussian_denoiser, local_denoiser, patch_composite_denoiser)
 from diffgen_jax.sharding import DATA_AXIS
 
 _NO_LABEL = -1  # label of padding rows: never equal to a query's label.
@@ -327,16 +331,3 @@ def posterior_statistics(train_images, train_labels=None, *, chunk_size: int = 2
                       arrays["train_centred"], arrays["half_sq_norms"], arrays["train_labels"])
 
   return stats
-
-
-# The analytic ladder's patch machines and Gaussian denoiser live in optimal_patches.py (which
-# imports this module's label and sigma checks); re-exported here lazily to keep imports one way.
-_PATCH_MACHINES = ("local_denoiser", "equivariant_local_denoiser", "patch_composite_denoiser",
-                   "gaussian_denoiser")
-
-
-def __getattr__(name):
-  if name in _PATCH_MACHINES:
-    from diffgen_jax import optimal_patches  # pylint: disable=import-outside-toplevel
-    return getattr(optimal_patches, name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

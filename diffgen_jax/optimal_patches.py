@@ -57,10 +57,14 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax.denoisers import Denoiser
-from diffgen_jax.optimal import _ANY_LABEL, _HIGHEST, _NO_LABEL, _check_labels, _check_sigma
 from diffgen_jax.sharding import DATA_AXIS
 
 BOUNDARIES = ("circular", "zeros")
+# optimal.py re-exports this module, so it imports nothing from optimal.py (imports run one way);
+# the query checks below follow optimal.py's (same messages).
+_NO_LABEL = -1  # label of padding rows: never equal to a query's label
+_ANY_LABEL = -2  # query label meaning "every training image"
+_HIGHEST = lax.Precision.HIGHEST
 PatchSize = Union[int, Mapping[float, int]]
 
 
@@ -86,6 +90,28 @@ def check_images(images, name: str = "train_images") -> np.ndarray:
   if lo < -1.0 - 1e-5 or hi > 1.0 + 1e-5:
     raise ValueError(f"{name} must lie in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]")
   return a
+
+
+def _is_concrete(a) -> bool:
+  return not isinstance(a, jax.core.Tracer)
+
+
+def _check_sigma(sigma) -> None:
+  """Concrete sigma must be finite and > 0 (every such sigma is valid, down to the sigma -> 0
+  limit); traced sigma cannot be checked."""
+  if _is_concrete(sigma):
+    s = np.asarray(sigma, np.float64)
+    bad = s[~(np.isfinite(s) & (s > 0))]
+    if bad.size:
+      raise ValueError(f"sigma must be > 0 and finite, got {bad.ravel()[0]}")
+
+
+def _check_labels(labels, classes) -> None:
+  """Concrete query labels must have training images (a softmax over an empty class is 0 / 0)."""
+  if _is_concrete(labels):
+    missing = sorted(set(np.asarray(labels).tolist()) - classes)
+    if missing:
+      raise ValueError(f"labels {missing} have no training points; known classes: {sorted(classes)}")
 
 
 def _check_size(k, name: str) -> int:
@@ -466,7 +492,14 @@ def _build(kind, train_images, train_labels, patch_size, *, boundary, chunk_size
                 zip(machines, means)]
   static = functools.partial(_patch_denoise, tuple(machines), select, data.images.shape[1:],
                              data.classes, dtype, kind != "els")
-  return jax.tree_util.Partial(static, arrays)
+  return _with_label_domain(jax.tree_util.Partial(static, arrays), data.classes)
+
+
+def _with_label_domain(denoiser, classes):
+  # The labels the denoiser is defined for (None: any), as the optimal denoiser declares them, for
+  # checks that walk a denoiser while the labels are still concrete.
+  denoiser.label_domain = classes
+  return denoiser
 
 
 @functools.lru_cache(maxsize=256)
@@ -664,7 +697,7 @@ def gaussian_denoiser(train_images, rank: Optional[int] = None, train_labels=Non
                 row_of_class=jnp.asarray(_row_lookup(model.classes), jnp.int32))
   classes = frozenset(model.classes) if model.classes else None
   static = functools.partial(_gaussian_denoise, host.shape[1:], classes, dtype)
-  return jax.tree_util.Partial(static, arrays)
+  return _with_label_domain(jax.tree_util.Partial(static, arrays), classes)
 
 
 def _row_lookup(classes):
