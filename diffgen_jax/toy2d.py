@@ -817,9 +817,10 @@ def summarize(results: Dict) -> List[str]:
                    f"training point={f['fraction_predictions_within_1e-2_of_train']:.3f}")
   elif name == "relative_error":
     for c in results["curves"]:
-      lines.append(f"{c['label']}: max rel. error {c['max_value']:.3g} at "
-                   f"{np.degrees(c['angle_at_max']):.1f} deg, max |rel| at train angles "
-                   f"{c.get('max_abs_at_train_angles', float('nan')):.2g}")
+      at_train = (f", max |rel| at train angles {c['max_abs_at_train_angles']:.2g}"
+                  if "max_abs_at_train_angles" in c else "")
+      lines.append(f"{c['label']}: max rel. error {c['max_value']:.4g} at "
+                   f"{np.degrees(c['angle_at_max']):.1f} deg{at_train}")
   elif name in GAP_EXPERIMENTS:
     for c in results["curves"]:
       spread = (f" (+-{c['spread_at_peak']:.2g} for {results['protocol']['spread_draws']} draws)"
