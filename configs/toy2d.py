@@ -4,7 +4,7 @@
   python -m diffgen_jax.main --config=configs/toy2d.py:gap_vs_delta --workdir=runs/toy    # one
   python -m diffgen_jax.main --config=configs/toy2d.py:paper --workdir=runs/toy_paper     # (a)-(e)
   python -m diffgen_jax.main --config=configs/toy2d.py:paper,guidance --workdir=...       # one
-  ... --config.gap_vs_delta.deltas="(2.0, 1.5)" --config.quadrature.spacing=0.05          # overrides
+  ... --config.gap_vs_delta.deltas="(2.0, 1.5)" --config.quadrature.spacing=0.05         # overrides
 
 Variants: a comma list of experiment names (default all seven) and optionally `paper`.
   default  the expected curves: every expectation over the noise by quadrature (to 1e-3 of the peak

@@ -15,7 +15,7 @@ delta plays the role of model error. The job `toy2d` (configs/toy2d.py) runs any
 and writes WORKDIR/<experiment>/results.json (plain JSON, no NaN) with a PNG beside it.
 
 The gap metric (paper.md section 5). For a denoiser D and points {y_p}:
-  E_p(sigma) = E_{n ~ N(0, I_2)} || D(y_p + sigma n; sigma) - y_p ||   (Euclidean norm, not squared),
+  E_p(sigma) = E_{n ~ N(0, I_2)} || D(y_p + sigma n; sigma) - y_p ||  (Euclidean, not squared),
   G(sigma)   = (mean_{p in val} E_p - mean_{p in train} E_p) / mean_{p in train} E_p,
 on the toy grid (edm.toy_sigma_grid()), every sigma in one denoiser call. The paper estimates E_p
 from 50 draws per point, which leave the peak of G uncertain by about 40% of its height at
@@ -354,6 +354,7 @@ def nearest_distances(samples, points) -> np.ndarray:
   points = np.asarray(points, np.float64)
   return np.min(np.linalg.norm(samples[:, None, :] - points[None, :, :], axis=-1), axis=1)
 
+
 # ----------------------------------------------------------------------------------------------
 # The experiments. Each returns (results, plot_data); results is what goes into results.json.
 
@@ -411,8 +412,8 @@ def _estimate_protocol(config, draws: int, legacy_seed: int, shared_world_draws=
   if estimate == "expected":
     rule = _rule(config)
     return dict(estimate="expected", quadrature=dict(
-        rule="midpoint rule on the lattice spacing * (Z + 1/2)^2 within |n| <= radius (lattice_rule), "
-             "nodes rotated into each point's (radial, tangential) frame",
+        rule="midpoint rule on the lattice spacing * (Z + 1/2)^2 within |n| <= radius "
+             "(lattice_rule), nodes rotated into each point's (radial, tangential) frame",
         spacing=float(config.quadrature.spacing), radius=float(config.quadrature.radius),
         nodes=int(rule.weights.size)))
   if estimate == "paper_draws":

@@ -1,5 +1,6 @@
 """The 2D toy model: data, the gap metric's known answers, the expected curve (quadrature) against
-brute-force draws, the authors' realization against their published numbers, trends, results, config."""
+brute-force draws, the authors' realization against their published numbers, trends, results and
+config."""
 
 import importlib.util
 import json
@@ -262,6 +263,21 @@ def test_symmetry_reduction_equals_all_points():
   assert toy2d.is_rotation_orbit(SYMMETRIC_20.train) and toy2d.is_rotation_orbit(SYMMETRIC_20.val)
   odd = toy2d.make_dataset("symmetric", 21)  # 11 training and 10 validation points: one wider gap
   assert not toy2d.is_rotation_orbit(odd.train) and not toy2d.is_rotation_orbit(odd.val)
+
+
+def test_draws_estimate_lands_within_its_spread():
+  """config.estimate = "draws" (independent jax draws per point): a 50-draw estimate of the peak
+  lies within 3 spreads of the expected peak."""
+  config = get_config("gap_vs_delta")
+  config.gap_vs_delta.deltas = (2.2, 1.2)
+  config.estimate, config.local_frame_draws = "draws", False
+  sampled, _ = toy2d.experiment_gap_vs_delta(config)
+  assert sampled["protocol"]["estimate"] == "draws" and sampled["protocol"]["draws"] == 50
+  for s in sampled["curves"]:
+    e = _expected(s["parameter"]["delta"], sigmas=SIGMAS[50:51])
+    assert "spread" not in s
+    assert abs(s["values"][50] - e.gap[0]) < 3 * e.spread[0]
+    assert abs(s["values"][50] - e.gap[0]) > 1e-4  # an estimate, not the expectation
 
 
 # ---------------------------------------------------------------------------------------------
