@@ -197,7 +197,8 @@ def legacy_numpy_draws(angles, num_draws: int, seed: int = 0) -> np.ndarray:
   """The authors' draws, (P, num_draws, 2) float64: numpy's legacy generator seeded with `seed`,
   one standard normal array of shape (num_draws, P, 2), and the point k-th in angle order (angles
   mod 2 pi, ascending) taking [:, k, :]. Equal to `np.random.seed(seed);
-  np.random.standard_normal((num_draws, P, 2))`, without touching numpy's global state.
+  np.random.standard_normal((num_draws, P, 2))`, without touching numpy's global state. On a
+  symmetric set angle order is index order k; on a random set it is our reading of "point k".
   """
   angles = np.mod(np.asarray(angles, np.float64), 2.0 * np.pi)
   rank = np.argsort(np.argsort(angles, kind="stable"), kind="stable")
