@@ -54,6 +54,9 @@ def get_config(variant=None):
   # estimate itself otherwise (one fixed set for every sigma).
   config.draws = 50
   config.legacy_seed = 0  # "paper_draws": np.random.seed(legacy_seed) for the gap experiments
+  # "draws" / "paper_draws": also compute the expected curve of every gap curve and draw it (dashed,
+  # with its band) beside the estimate: where the realization sits within its spread.
+  config.compare_expected = False
   # "draws" only: (ours) one set of (radial, tangential) vectors shared by every point, expressed in
   # each point's local frame (common random numbers). False: independent world-frame draws.
   config.local_frame_draws = True
@@ -131,6 +134,7 @@ def _paper(config):
   config.dtype = "float64"
   config.draws = 50
   config.legacy_seed = 0  # np.random.seed(0), reset for every curve
+  config.compare_expected = True  # the expected curves beside theirs (dashed, with bands)
   # The sigmas their flow-field figure shows: indices of the ascending 120-step grid,
   # 25.5 / 2.61 / 0.585 (their text says 28 / 2.8 / 0.63).
   config.flow_field.sigma_indices = (96, 60, 42)

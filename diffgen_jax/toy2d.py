@@ -407,9 +407,10 @@ def _protocol(config, section=None, **extra) -> Dict:
   return proto
 
 
-def _estimate_protocol(config, draws: int, legacy_seed: int, shared_world_draws=False) -> Dict:
+def _estimate_protocol(config, draws: int, legacy_seed: int, shared_world_draws=False,
+                       estimate=None) -> Dict:
   """How the expectation over the noise was taken, for results.json."""
-  estimate = config.estimate
+  estimate = estimate or config.estimate
   if estimate == "expected":
     rule = _rule(config)
     return dict(estimate="expected", quadrature=dict(
@@ -438,7 +439,12 @@ def _gap_protocol(config, section, **extra) -> Dict:
     proto["spread_draws"] = int(config.draws)
     proto["spread"] = (f"the standard deviation of G from {int(config.draws)} independent draws "
                        "per point (the authors' scheme), to first order (expected_gap)")
-  elif config.estimate == "draws":
+  elif config.get("compare_expected", False):
+    proto["compare_expected"] = dict(
+        _estimate_protocol(config, 0, 0, estimate="expected"), spread_draws=int(config.draws),
+        note="each curve's 'expected': the expected curve and the spread of a draws-draw "
+             "estimate, as with estimate='expected'")
+  if config.estimate == "draws":
     proto["draws_note"] = (
         "(ours) one draw set of (radial, tangential) vectors shared by all points in each point's "
         "local frame, reused at every sigma" if config.local_frame_draws else
@@ -446,32 +452,44 @@ def _gap_protocol(config, section, **extra) -> Dict:
   return proto
 
 
-def _gap(denoise: Denoiser, split: Split, section, config) -> Gap:
-  """G(sigma) by the configured estimate (config.estimate)."""
-  sigmas = edm.toy_sigma_grid(config.sigma_grid_steps)
-  dtype = _dtype(config)
+def _expected_gap(denoise: Denoiser, split: Split, section, config) -> Gap:
+  # Every toy denoiser is built from the training set, so it commutes with the rotations that map
+  # a symmetric set with even N onto itself: one point per half suffices.
+  symmetric = section.dataset == "symmetric" and split.train.shape[0] == split.val.shape[0]
+  return expected_gap(denoise, split, edm.toy_sigma_grid(config.sigma_grid_steps), _rule(config),
+                      by_symmetry=symmetric, spread_draws=int(config.draws), dtype=_dtype(config))
+
+
+def _gap(denoise: Denoiser, split: Split, section, config):
+  """(G(sigma) by config.estimate, the expected G(sigma) beside it if config.compare_expected)."""
   if config.estimate == "expected":
-    # Every toy denoiser is built from the training set, so it commutes with the rotations that
-    # map a symmetric set with even N onto itself: one point per half suffices.
-    symmetric = section.dataset == "symmetric" and split.train.shape[0] == split.val.shape[0]
-    return expected_gap(denoise, split, sigmas, _rule(config), by_symmetry=symmetric,
-                        spread_draws=int(config.draws), dtype=dtype)
+    return _expected_gap(denoise, split, section, config), None
+  sigmas = edm.toy_sigma_grid(config.sigma_grid_steps)
   if config.estimate == "paper_draws":
     noise = legacy_numpy_draws(np.concatenate([split.train_angles, split.val_angles]),
                                int(config.draws), int(config.legacy_seed))
   else:
     noise = noise_draws(_gap_key(config), np.concatenate([split.train, split.val]),
                         int(config.draws), bool(config.local_frame_draws))
-  return sampled_gap(denoise, split, sigmas, noise, dtype)
+  estimate = sampled_gap(denoise, split, sigmas, noise, _dtype(config))
+  expected = (_expected_gap(denoise, split, section, config)
+              if config.get("compare_expected", False) else None)
+  return estimate, expected
 
 
-def _gap_curve(label: str, name: str, value, gap: Gap) -> Dict:
+def _gap_curve(label: str, name: str, value, gaps) -> Dict:
+  gap, expected = gaps
   peak_value, peak_sigma = peak(gap.sigmas, gap.gap)
   curve = dict(label=label, parameter={name: value}, values=gap.gap, error_train=gap.error_train,
                error_val=gap.error_val, peak_value=peak_value, peak_sigma=peak_sigma)
   if gap.spread is not None:
     curve["spread"] = gap.spread
     curve["spread_at_peak"] = float(gap.spread[int(np.argmax(gap.gap))])
+  if expected is not None:  # the expected curve beside an estimate (config.compare_expected)
+    e_peak, e_sigma = peak(expected.sigmas, expected.gap)
+    curve["expected"] = dict(values=expected.gap, spread=expected.spread, peak_value=e_peak,
+                             peak_sigma=e_sigma,
+                             spread_at_peak=float(expected.spread[int(np.argmax(expected.gap))]))
   logging.info("toy2d   %s: peak G=%.4g at sigma=%.4g", label, peak_value, peak_sigma)
   return curve
 
@@ -639,11 +657,15 @@ def _gap_plot_data(sigmas, curves, name, title, config):
   shown = ", ".join(f"{curves[i]['parameter'][name]:g}"
                     for i in sorted({0, len(curves) // 2, len(curves) - 1}))
   symbol = {"delta": "delta", "w": "w", "num_train": "training points"}[name]
-  band = (f"expected curves; bands: ±1 std of a {int(config.draws)}-draw estimate "
-          f"({symbol} = {shown})"
-          if config.estimate == "expected" else
-          "paper realization: the authors' draws" if config.estimate == "paper_draws" else
-          f"{int(config.draws)} draws per point")
+  if config.estimate == "expected":
+    band = (f"expected curves; bands: ±1 std of a {int(config.draws)}-draw estimate "
+            f"({symbol} = {shown})")
+  else:
+    band = ("the authors' draws" if config.estimate == "paper_draws" else
+            f"{int(config.draws)} draws per point")
+    if config.get("compare_expected", False):
+      band = (f"solid: {band}; dashed: expected ± 1 std of {int(config.draws)} draws "
+              f"({symbol} = {shown})")
   return dict(sigmas=sigmas, curves=curves, name=name, title=title, note=band)
 
 
@@ -827,6 +849,9 @@ def summarize(results: Dict) -> List[str]:
     for c in results["curves"]:
       spread = (f" (+-{c['spread_at_peak']:.2g} for {results['protocol']['spread_draws']} draws)"
                 if "spread_at_peak" in c else "")
+      if "expected" in c:
+        spread = (f" (expected {c['expected']['peak_value']:.4g} at sigma="
+                  f"{c['expected']['peak_sigma']:.4g} +-{c['expected']['spread_at_peak']:.2g})")
       lines.append(f"{c['label']}: peak G={c['peak_value']:.4g} at sigma={c['peak_sigma']:.4g}"
                    f"{spread}")
   elif name == "trajectories":
@@ -888,9 +913,11 @@ def validate_config(config) -> None:
   if not isinstance(config_checks.get(config, "local_frame_draws"), bool):
     _fail("local_frame_draws", config.local_frame_draws, "must be True or False")
   estimate = config_checks.choice(config, "estimate", ESTIMATES)
+  if not isinstance(config.get("compare_expected", False), bool):
+    _fail("compare_expected", config.compare_expected, "must be True or False")
   config_checks.choice(config, "dtype", DTYPES)
   _int(config, "legacy_seed", 0)
-  if estimate == "expected":
+  if estimate == "expected" or config.get("compare_expected", False):
     spacing = _number(config, "quadrature.spacing")
     radius = _number(config, "quadrature.radius")
     if radius <= spacing:

@@ -326,8 +326,15 @@ def test_legacy_numpy_draws_are_the_authors():
 def test_paper_variant_reproduces_the_published_peaks():
   config = get_config("paper,gap_vs_delta")
   config.gap_vs_delta.deltas = (2.2, 1.2)
+  config.quadrature.spacing = 0.25  # of the expected curves beside theirs
   results, _ = toy2d.experiment_gap_vs_delta(config)
   assert results["protocol"]["dtype"] == "float64"
+  # Their realization lies within one 50-draw standard deviation of the expected peak
+  # (0.36 and 0.73 of one), above it.
+  for curve, expected_peak in zip(results["curves"], (0.0901, 0.9033)):
+    expected = curve["expected"]
+    np.testing.assert_allclose(expected["peak_value"], expected_peak, rtol=3e-3)  # h = 0.25
+    assert 0 < curve["peak_value"] - expected["peak_value"] < expected["spread_at_peak"]
   for curve, published in zip(results["curves"], (0.1035, 0.9539)):
     delta = curve["parameter"]["delta"]
     reference = _reference_paper_gap(delta)
@@ -360,6 +367,7 @@ def test_paper_config():
   toy2d.validate_config(config)
   assert tuple(config.experiments) == toy2d.EXPERIMENTS[:5]
   assert config.estimate == "paper_draws" and config.dtype == "float64"
+  assert config.compare_expected and not get_config().compare_expected
   np.testing.assert_allclose(config.guidance.weights, np.arange(11) * 0.2, atol=1e-12)
   assert tuple(get_config("paper,guidance").experiments) == ("guidance",)
   assert get_config("guidance").estimate == "expected"
@@ -505,6 +513,7 @@ def test_default_config_is_valid_and_runs_all_seven():
     ("gap_vs_density.num_points", (16, 1), "config.gap_vs_density.num_points"),
     ("relative_error.sigma", float("nan"), "config.relative_error.sigma"),
     ("estimate", "exact", "config.estimate"),
+    ("compare_expected", "yes", "config.compare_expected"),
     ("dtype", "float16", "config.dtype"),
     ("quadrature.spacing", 0.0, "config.quadrature.spacing"),
     ("quadrature.radius", 0.05, "config.quadrature.radius"),

@@ -90,6 +90,11 @@ def gap_curves(path, sigmas, curves, name, title, note=""):
     if "spread" in c and i in banded:
       spread = np.asarray(c["spread"], np.float64)
       ax.fill_between(sigmas, g - spread, g + spread, color=cmap(norm(v)), alpha=0.2, lw=0)
+    if "expected" in c and i in banded:  # an estimate with its expected curve beside it
+      e = np.asarray(c["expected"]["values"], np.float64)
+      spread = np.asarray(c["expected"]["spread"], np.float64)
+      ax.fill_between(sigmas, e - spread, e + spread, color=cmap(norm(v)), alpha=0.2, lw=0)
+      ax.plot(sigmas, e, color=cmap(norm(v)), lw=1.2, ls="--")
     ax.plot(sigmas, g, color=cmap(norm(v)), lw=1.5)
     ax.plot([c["peak_sigma"]], [c["peak_value"]], "o", color=cmap(norm(v)), ms=3)
   ax.axhline(0, color="0.3", lw=0.8)
