@@ -242,7 +242,7 @@ def _toy2d(mode: str):
   c = _sibling("toy2d").get_config("paper" if mode == "paper" else None)
   if mode == "smoke":
     c.draws = 8
-    c.quadrature.spacing = 0.5  # 804 nodes (the default 0.1: 20,108)
+    c.quadrature.spacing = 0.5  # 812 nodes (the default 0.1: 20,108)
     c.sigma_grid_steps = 16
     c.flow_field.grid_size = 11
     c.relative_error.update(dict(num_angles=16, draws=8))

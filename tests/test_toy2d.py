@@ -27,7 +27,7 @@ def get_config(variant=None):
 
 
 def fast_config(variant=None):
-  """The default config with a coarser lattice (h = 0.25, 3,209 nodes): the trends do not need
+  """The default config with a coarser lattice (h = 0.25, 3,228 nodes): the trends do not need
   the default's 1e-3 accuracy, and it runs 6x faster."""
   config = get_config(variant)
   config.quadrature.spacing = 0.25
