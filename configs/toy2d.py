@@ -19,6 +19,8 @@ Choices the paper leaves open are ours and are recorded in each results.json.
 
 import ml_collections
 
+from diffgen_jax import defaults
+
 EXPERIMENTS = ("flow_field", "relative_error", "gap_vs_delta", "gap_vs_density", "guidance",
                "trajectories", "frechet")
 
@@ -33,12 +35,11 @@ PAPER_EXPERIMENTS = EXPERIMENTS[:5]  # (a)-(e): the ones with a published realiz
 
 
 def get_config(variant=None):
-  tokens = [t for t in str(variant or "").split(",") if t and t != "all"]
-  paper = "paper" in tokens
-  named = tuple(t for t in tokens if t != "paper")
+  chosen = defaults.parse_variant(variant, experiments=EXPERIMENTS, realization=("paper",))
+  paper = bool(chosen["realization"])
   config = ml_collections.ConfigDict()
   config.job = "toy2d"
-  config.experiments = named or (PAPER_EXPERIMENTS if paper else EXPERIMENTS)
+  config.experiments = chosen["experiments"] or (PAPER_EXPERIMENTS if paper else EXPERIMENTS)
 
   # Shared protocol (paper.md section 5).
   config.seed = 0
@@ -48,7 +49,7 @@ def get_config(variant=None):
   # "paper_draws" (the authors' numpy draws) or "draws" (ours: jax draws, see local_frame_draws).
   config.estimate = "expected"
   config.quadrature = ml_collections.ConfigDict()
-  config.quadrature.spacing = 0.1  # lattice rule h: error O(h^3), < 3e-4 of the peak G at 0.1
+  config.quadrature.spacing = 0.1  # lattice rule h: error O(h^3), < 1e-4 of the peak G at 0.1
   config.quadrature.radius = 8.0  # nodes within |n| <= 8 (tail mass 1.3e-14); 20,108 nodes
   # Draws per point: of the band (the spread of a `draws`-draw estimate) for "expected", of the
   # estimate itself otherwise (one fixed set for every sigma).

@@ -14,6 +14,8 @@ import pytest
 
 from diffgen_jax import edm, jsonio, toy2d
 from diffgen_jax.config_checks import ConfigError
+from diffgen_jax.jobs import results as results_lib
+from diffgen_jax.jobs import toy2d as toy2d_job
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
 
 _CONFIG_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "toy2d.py")
@@ -47,7 +49,7 @@ def _denoiser(delta, split=SYMMETRIC_20, dtype=jnp.float32):
 
 def _sampled(delta, draws=50, sigmas=SIGMAS, local_frame=True, split=SYMMETRIC_20):
   points = np.concatenate([split.train, split.val])
-  noise = toy2d.noise_draws(toy2d._gap_key(get_config()), points, draws, local_frame)
+  noise = toy2d.noise_draws(toy2d_job._gap_key(get_config()), points, draws, local_frame)
   return toy2d.sampled_gap(_denoiser(delta, split), split, sigmas, noise)
 
 
@@ -92,14 +94,14 @@ def test_random_dataset_split_and_seed():
 
 def test_local_frame_draws_are_the_same_in_every_frame():
   points = toy2d.make_dataset("random", 12, seed=1).train
-  noise = np.asarray(toy2d.noise_draws(toy2d._gap_key(get_config()), points, 30), np.float64)
+  noise = np.asarray(toy2d.noise_draws(toy2d_job._gap_key(get_config()), points, 30), np.float64)
   e_r = points / np.linalg.norm(points, axis=1, keepdims=True)
   e_t = np.stack([-e_r[:, 1], e_r[:, 0]], axis=1)
   radial = np.einsum("pdk,pk->pd", noise, e_r)
   tangential = np.einsum("pdk,pk->pd", noise, e_t)
   np.testing.assert_allclose(radial, np.broadcast_to(radial[0], radial.shape), atol=1e-6)
   np.testing.assert_allclose(tangential, np.broadcast_to(tangential[0], radial.shape), atol=1e-6)
-  independent = toy2d.noise_draws(toy2d._gap_key(get_config()), points, 30, local_frame=False)
+  independent = toy2d.noise_draws(toy2d_job._gap_key(get_config()), points, 30, local_frame=False)
   assert independent.shape == (6, 30, 2)
 
 
@@ -110,7 +112,7 @@ def test_local_frame_draws_are_the_same_in_every_frame():
 def test_errors_of_trivial_denoisers():
   split = SYMMETRIC_20
   points = np.concatenate([split.train, split.val])
-  noise = toy2d.noise_draws(toy2d._gap_key(get_config()), points, 50)
+  noise = toy2d.noise_draws(toy2d_job._gap_key(get_config()), points, 50)
   sigmas = np.array([0.01, 1.0, 50.0])
   # Identity: the error is sigma * mean ||n||, the same for every point, so G = 0.
   identity = toy2d.denoising_errors(lambda x, s, labels=None: x, points, sigmas, noise)
@@ -146,7 +148,7 @@ def test_gap_vanishes_at_both_ends_for_delta_positive():
   # Largest sigma: y_delta -> the mean, and every point of the symmetric set is at the same radius.
   assert abs(gap.gap[-1]) < 1e-4
   # In between the validation error is larger: one interior peak near sigma ~ 1.
-  g_max, s_max = toy2d.peak(gap.sigmas, gap.gap)
+  s_max, g_max = toy2d.peak(gap.sigmas, gap.gap)  # (sigma, value), as evaluation.gap.peak
   assert g_max > 0.1 and 0.3 < s_max < 3.0
   assert np.all(gap.gap > -1e-3)
 
@@ -271,7 +273,7 @@ def test_draws_estimate_lands_within_its_spread():
   config = get_config("gap_vs_delta")
   config.gap_vs_delta.deltas = (2.2, 1.2)
   config.estimate, config.local_frame_draws = "draws", False
-  sampled, _ = toy2d.experiment_gap_vs_delta(config)
+  sampled, _ = toy2d_job.experiment_gap_vs_delta(config)
   assert sampled["protocol"]["estimate"] == "draws" and sampled["protocol"]["draws"] == 50
   for s in sampled["curves"]:
     e = _expected(s["parameter"]["delta"], sigmas=SIGMAS[50:51])
@@ -327,7 +329,7 @@ def test_paper_variant_reproduces_the_published_peaks():
   config = get_config("paper,gap_vs_delta")
   config.gap_vs_delta.deltas = (2.2, 1.2)
   config.quadrature.spacing = 0.25  # of the expected curves beside theirs
-  results, _ = toy2d.experiment_gap_vs_delta(config)
+  results, _ = toy2d_job.experiment_gap_vs_delta(config)
   assert results["protocol"]["dtype"] == "float64"
   # Their realization lies within one 50-draw standard deviation of the expected peak
   # (0.36 and 0.73 of one), above it.
@@ -348,7 +350,7 @@ def test_paper_variant_reproduces_the_published_peaks():
 def test_paper_variant_relative_error_and_flow_field_sigmas():
   config = get_config("paper,relative_error,flow_field")
   config.flow_field.grid_size = 11
-  results, _ = toy2d.experiment_relative_error(config)
+  results, _ = toy2d_job.experiment_relative_error(config)
   protocol = results["protocol"]
   assert protocol["estimate"] == "paper_draws" and protocol["legacy_seed"] == 1
   assert len(results["val_angles"]) == 0 and len(results["train_angles"]) == 10  # all training
@@ -356,7 +358,7 @@ def test_paper_variant_relative_error_and_flow_field_sigmas():
   np.testing.assert_allclose(angles, np.linspace(0, np.pi, 200, endpoint=False))
   maxima = [c["max_value"] for c in results["curves"]]
   np.testing.assert_allclose(maxima, [0.145, 0.359, 0.897], atol=6e-4)  # delta 2.0, 1.6, 1.2
-  fields, _ = toy2d.experiment_flow_field(config)
+  fields, _ = toy2d_job.experiment_flow_field(config)
   np.testing.assert_allclose([f["sigma"] for f in fields["fields"]], SIGMAS[[96, 60, 42]])
   np.testing.assert_allclose([f["sigma"] for f in fields["fields"]], [25.49, 2.611, 0.5853],
                              rtol=1e-3)
@@ -364,8 +366,8 @@ def test_paper_variant_relative_error_and_flow_field_sigmas():
 
 def test_paper_config():
   config = get_config("paper")
-  toy2d.validate_config(config)
-  assert tuple(config.experiments) == toy2d.EXPERIMENTS[:5]
+  toy2d_job.validate_config(config)
+  assert tuple(config.experiments) == toy2d_job.EXPERIMENTS[:5]
   assert config.estimate == "paper_draws" and config.dtype == "float64"
   assert config.compare_expected and not get_config().compare_expected
   np.testing.assert_allclose(config.guidance.weights, np.arange(11) * 0.2, atol=1e-12)
@@ -378,7 +380,7 @@ def test_paper_config():
 
 
 def test_gap_peak_grows_as_delta_falls():
-  results, plot = toy2d.experiment_gap_vs_delta(fast_config())
+  results, plot = toy2d_job.experiment_gap_vs_delta(fast_config())
   peaks = [c["peak_value"] for c in results["curves"]]
   deltas = [c["parameter"]["delta"] for c in results["curves"]]
   assert deltas == sorted(deltas, reverse=True) and len(deltas) == 11
@@ -391,7 +393,7 @@ def test_gap_peak_grows_as_delta_falls():
 def test_gap_peak_falls_with_density():
   config = fast_config()
   config.gap_vs_density.num_points = (16, 20, 26, 30)
-  results, _ = toy2d.experiment_gap_vs_density(config)
+  results, _ = toy2d_job.experiment_gap_vs_density(config)
   peaks = [c["peak_value"] for c in results["curves"]]
   assert [c["parameter"]["num_train"] for c in results["curves"]] == [8, 10, 13, 15]
   assert np.all(np.diff(peaks) < 0)
@@ -400,7 +402,7 @@ def test_gap_peak_falls_with_density():
 def test_gap_peak_grows_with_guidance():
   config = fast_config()
   config.guidance.weights = (0.0, 1.0, 2.0)
-  results, _ = toy2d.experiment_guidance(config)
+  results, _ = toy2d_job.experiment_guidance(config)
   peaks = [c["peak_value"] for c in results["curves"]]
   assert np.all(np.diff(peaks) > 0)
   # w = 0 is the positive model alone.
@@ -408,7 +410,7 @@ def test_gap_peak_grows_with_guidance():
 
 
 def test_relative_error_is_zero_at_training_angles():
-  results, _ = toy2d.experiment_relative_error(fast_config())
+  results, _ = toy2d_job.experiment_relative_error(fast_config())
   for curve in results["curves"]:
     values = np.asarray(curve["values"])
     assert curve["max_abs_at_train_angles"] < 1e-5
@@ -423,7 +425,7 @@ def test_trajectories_with_optimal_denoiser_end_on_training_points():
   config.trajectories.num_samples = 200
   config.trajectories.num_plotted = 5
   config.trajectories.deltas = (0.0, 1.2)
-  results, _ = toy2d.experiment_trajectories(config)
+  results, _ = toy2d_job.experiment_trajectories(config)
   exact, noisy = results["runs"]
   assert exact["fraction_within_tol_of_train"] == 1.0
   assert exact["fraction_within_tol_of_val"] == 0.0
@@ -435,7 +437,7 @@ def test_trajectories_with_optimal_denoiser_end_on_training_points():
 def test_flow_field_regimes():
   config = get_config()
   config.flow_field.grid_size = 41
-  results, data = toy2d.experiment_flow_field(config)
+  results, data = toy2d_job.experiment_flow_field(config)
   large, medium, small = results["fields"]
   assert [f["sigma_requested"] for f in results["fields"]] == [28.0, 2.8, 0.63]
   for f in results["fields"]:
@@ -463,10 +465,12 @@ def test_run_writes_results_and_plots(tmp_path):
   config.frechet.deltas = (0.0, 2.0)
   config.frechet.num_samples = 200
   config.frechet.num_steps = 40
-  toy2d.run(config, str(tmp_path))
+  toy2d_job.run(config, str(tmp_path))
   for name in ("gap_vs_delta", "frechet"):
     assert (tmp_path / name / f"{name}.png").stat().st_size > 10_000
-  gap = _no_nan(tmp_path / "gap_vs_delta" / "results.json")
+  results = _no_nan(results_lib.path(str(tmp_path)))
+  assert results["job"] == "toy2d" and list(results["experiments"]) == ["gap_vs_delta", "frechet"]
+  gap = results["experiments"]["gap_vs_delta"]
   assert gap["experiment"] == "gap_vs_delta"
   assert gap["protocol"]["seed"] == 0 and gap["protocol"]["estimate"] == "expected"
   assert gap["protocol"]["spread_draws"] == 50
@@ -480,7 +484,7 @@ def test_run_writes_results_and_plots(tmp_path):
     assert curve["peak_value"] == max(curve["values"])
     assert curve["peak_sigma"] in gap["axis"]["values"]
     assert len(curve["spread"]) == 120 and curve["spread_at_peak"] > 0
-  fd = _no_nan(tmp_path / "frechet" / "results.json")
+  fd = results["experiments"]["frechet"]
   curves = {c["label"]: c["values"] for c in fd["curves"]}
   assert set(curves) >= {"FD_train", "FD_val", "G_FD"}
   assert curves["FD_train"][0] < curves["FD_val"][0]  # delta = 0: copies of training points
@@ -496,8 +500,8 @@ def test_to_jsonable_has_no_nan():
 
 def test_default_config_is_valid_and_runs_all_seven():
   config = get_config()
-  toy2d.validate_config(config)
-  assert tuple(config.experiments) == toy2d.EXPERIMENTS
+  toy2d_job.validate_config(config)
+  assert tuple(config.experiments) == toy2d_job.EXPERIMENTS
   assert tuple(get_config("guidance").experiments) == ("guidance",)
 
 
@@ -530,7 +534,7 @@ def test_validate_config_rejects(field, value, message):
   with node.ignore_type():
     node[leaf] = value
   with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as info:
-    toy2d.validate_config(config)
+    toy2d_job.validate_config(config)
   if field == "experiments":
     assert "flow_field" in str(info.value) and "frechet" in str(info.value)  # allowed values
 
@@ -539,4 +543,4 @@ def test_validate_config_rejects_wrong_job():
   config = get_config()
   config.job = "train"
   with pytest.raises(ConfigError, match="config.job"):
-    toy2d.validate_config(config)
+    toy2d_job.validate_config(config)
