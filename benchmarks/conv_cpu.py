@@ -52,7 +52,8 @@ def bench_shape(b: int, h: int, c: int, repeats: int, torch) -> dict:
   g = jax.numpy.ones((b, h, h, c))
   convs = {"xla": lambda x, w: jax.lax.conv_general_dilated(
                x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
-           "winograd": conv_lib.winograd_conv3x3}
+           "winograd": lambda x, w: conv_lib.winograd_conv3x3(x, w, tile=2),
+           "winograd4": lambda x, w: conv_lib.winograd_conv3x3(x, w, tile=4)}
   calls = {}
   for algo, conv in convs.items():
     vjp = lambda x, w, g, conv=conv: jax.vjp(conv, x, w)[1](g)
@@ -80,23 +81,25 @@ def bench_shape(b: int, h: int, c: int, repeats: int, torch) -> dict:
   ms = {}
   for (algo, part), t in times.items():
     ms.setdefault(algo, {})[part] = statistics.median(t)
-  for algo in ("xla", "winograd"):
+  for algo in convs:
     ms[algo]["all"] = ms[algo]["forward"] + ms[algo]["input_grad"] + ms[algo]["weight_grad"]
   out = {"shape": {"batch": b, "size": h, "channels": c, "kernel": 3,
                    "gflop_per_part": 2 * b * h * h * c * c * 9 / 1e9},
-         "xla_ms": ms["xla"], "winograd_ms": ms["winograd"]}
-  xw = lambda x, w: conv_lib.winograd_conv3x3(x, w)
+         **{f"{algo}_ms": ms[algo] for algo in convs}}
   ref = np.asarray(convs["xla"](x, w))
-  out["winograd_max_abs_difference"] = float(np.abs(np.asarray(jax.jit(xw)(x, w)) - ref).max())
-  ratios = {"winograd/xla time (forward)": ms["winograd"]["forward"] / ms["xla"]["forward"],
-            "winograd/xla time (forward+grads, one jit)":
-                ms["winograd"]["all_in_one"] / ms["xla"]["all_in_one"]}
+  ratios = {}
+  for algo in ("winograd", "winograd4"):
+    out[f"{algo}_max_abs_difference"] = float(
+        np.abs(np.asarray(jax.jit(convs[algo])(x, w)) - ref).max())
+    ratios[f"{algo}/xla time (forward)"] = ms[algo]["forward"] / ms["xla"]["forward"]
+    ratios[f"{algo}/xla time (forward+grads, one jit)"] = (
+        ms[algo]["all_in_one"] / ms["xla"]["all_in_one"])
   if torch is not None:
     out["torch_ms"] = ms["torch"]
     with torch.no_grad():
       out["torch_forward_difference_std"] = float(
           (calls[("torch", "forward")]().permute(0, 2, 3, 1).numpy() - ref).std())
-    for algo in ("xla", "winograd"):
+    for algo in convs:
       ratios[f"{algo}/torch time (forward)"] = ms[algo]["forward"] / ms["torch"]["forward"]
       ratios[f"{algo}/torch time (forward+grads, one jit)"] = (
           ms[algo]["all_in_one"] / ms["torch"]["all_in_one"])
@@ -131,7 +134,7 @@ def main(argv=None):
     result["shapes"].append(r)
     gflop = r["shape"]["gflop_per_part"]
     print(f"batch {b}, {h}x{h}, {c} -> {c} channels ({gflop:.2f} dense GFLOP per part), median ms:")
-    for algo in ("xla", "winograd", "torch"):
+    for algo in ("xla", "winograd", "winograd4", "torch"):
       if algo + "_ms" in r:
         print(f"  {algo:9s} " + "  ".join(f"{k} {v:.1f}" for k, v in r[algo + "_ms"].items()))
     for k, v in r["ratios"].items():

@@ -41,6 +41,7 @@ import time
 FAMILIES = ("ddpmpp", "edm2", "dit")
 TINY_PRESETS = {"ddpmpp": "ddpmpp-tiny", "edm2": "edm2-tiny", "dit": "dit-tiny"}
 H200_BF16_PEAK_TFLOPS = 989.0
+CONV_ALGORITHMS = ("auto", "winograd", "winograd4", "xla")  # diffgen_jax.models.conv.ALGORITHMS
 
 
 def parse_args(argv=None):
@@ -60,7 +61,7 @@ def parse_args(argv=None):
                  help="comma-separated device counts for the data-parallel mesh (CPU '1,8'; GPU: 1)")
   p.add_argument("--conv", default="auto",
                  help="comma-separated convolution algorithms to time (diffgen_jax.models.conv: "
-                      "auto, winograd, xla; default auto = Winograd on CPU, XLA's on GPU)")
+                      "auto, winograd, winograd4, xla; default auto = Winograd on CPU, XLA's on GPU)")
   p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                  help="compute dtype (CPU float32, GPU bfloat16); params stay float32")
   p.add_argument("--skip_torch", action="store_true", help="skip the diffusers UNet2DModel comparison")
@@ -88,8 +89,8 @@ def parse_args(argv=None):
   args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
   args.convs = tuple(args.conv.split(","))
   for name in args.convs:
-    if name not in ("auto", "winograd", "xla"):
-      p.error(f"--conv: {name!r} is not one of ('auto', 'winograd', 'xla')")
+    if name not in CONV_ALGORITHMS:
+      p.error(f"--conv: {name!r} is not one of {CONV_ALGORITHMS}")
   args.device_counts = tuple(int(n) for n in (args.devices or ("1" if gpu else "1,8")).split(","))
   if any(n < 1 for n in args.device_counts):
     p.error("--devices must be positive")

@@ -37,14 +37,27 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-ALGORITHMS = ("auto", "winograd", "xla")
+ALGORITHMS = ("auto", "winograd", "winograd4", "xla")
+# Output tile of each Winograd algorithm: F(m x m, 3 x 3).
+WINOGRAD_TILES = {"winograd": 2, "winograd4": 4}
+AUTO_CPU = "winograd"  # what "auto" means on a CPU
 ENV_VAR = "DIFFGEN_JAX_CONV"
 
-# F(2x2, 3x3) filter transform G (4x3) of Lavin & Gray (2016), eq. (7): U = G g G^T.
-_G = np.array([[1.0, 0.0, 0.0],
-               [0.5, 0.5, 0.5],
-               [0.5, -0.5, 0.5],
-               [0.0, 0.0, 1.0]], np.float32)
+# Winograd F(m, 3) matrices (Lavin & Gray 2016, section 4.1 for m = 2 and 4.2 for m = 4):
+# 1-D output y = A^T [(G g) * (B^T d)] for a 3-tap filter g and an (m + 2)-sample window d.
+_TRANSFORMS = {
+    2: dict(BT=[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+            G=[[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]],
+            AT=[[1, 1, 1, 0], [0, 1, -1, -1]]),
+    4: dict(BT=[[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+            G=[[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+               [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+            AT=[[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                [0, 1, -1, 8, -8, 1]]),
+}
+TILES = tuple(_TRANSFORMS)
+DEFAULT_TILE = 2
 
 _local = threading.local()
 
@@ -57,7 +70,7 @@ def _check_algorithm(name: str, source: str) -> str:
 
 @contextlib.contextmanager
 def algorithm(name: str) -> Iterator[None]:
-  """Within the block, trace convolutions with `name` ("auto", "winograd" or "xla").
+  """Within the block, trace convolutions with `name` (one of ALGORITHMS).
 
   Raises ValueError for any other name. Applies to functions traced inside the block (a jitted
   function already compiled keeps the algorithm it was traced with).
@@ -79,82 +92,97 @@ def current_algorithm() -> str:
   return _check_algorithm(os.environ.get(ENV_VAR, "auto"), f"${ENV_VAR}")
 
 
-def use_winograd() -> bool:
-  """Whether a Winograd-eligible convolution traced now takes the Winograd path."""
+def winograd_tile() -> int:
+  """The output tile m of the Winograd path in force now, or 0 for XLA's convolution."""
   name = current_algorithm()
   if name == "auto":
-    return jax.default_backend() == "cpu"
-  return name == "winograd"
+    name = AUTO_CPU if jax.default_backend() == "cpu" else "xla"
+  return WINOGRAD_TILES.get(name, 0)
 
 
 # ----------------------------------------------------------------------------------------------
-# F(2x2, 3x3).
+# F(m x m, 3 x 3).
 
 
-def _input_transform_1d(x: jax.Array, axis: int) -> jax.Array:
-  """B^T d over 4-wide windows at stride 2 along `axis` (length 2 n + 2) -> new leading axis of 4.
+def _combine(terms, coefficients):
+  """sum_j c_j terms[j] over the nonzero c_j (elementwise; XLA fuses it with its producers)."""
+  out = None
+  for t, c in zip(terms, coefficients):
+    if c == 0:
+      continue
+    t = t if c == 1 else (-t if c == -1 else t * np.float32(c))
+    out = t if out is None else out + t
+  return out
 
-  With E = x[0::2], O = x[1::2] (n + 1 each), window i is (E_i, O_i, E_{i+1}, O_{i+1}) and
-  B^T d = (d0 - d2, d1 + d2, d2 - d1, d1 - d3) (Lavin & Gray eq. (7)); slices, no gather.
+
+def _input_transform_1d(x: jax.Array, axis: int, m: int) -> jax.Array:
+  """B^T d over (m + 2)-wide windows at stride m along `axis` (length m t + 2) -> leading axis.
+
+  Sample j of window i is x[m i + j]: a strided slice per j, so no gather; returns
+  (m + 2, ..., t, ...) with the window index t in place of `axis`.
   """
-  n = x.shape[axis] // 2 - 1
-  take = lambda start: lax.slice_in_dim(x, start, start + 2 * n - 1, stride=2, axis=axis)
-  e0, o0, e1, o1 = take(0), take(1), take(2), take(3)  # E_i, O_i, E_{i+1}, O_{i+1}
-  return jnp.stack([e0 - e1, o0 + e1, e1 - o0, o0 - o1])
+  t = (x.shape[axis] - 2) // m
+  d = [lax.slice_in_dim(x, j, j + m * (t - 1) + 1, stride=m, axis=axis) for j in range(m + 2)]
+  bt = _TRANSFORMS[m]["BT"]
+  return jnp.stack([_combine(d, row) for row in bt])
 
 
-def _output_transform_1d(m: jax.Array, axis: int) -> jax.Array:
-  """A^T m along the leading axis of 4 -> 2 outputs per tile, interleaved into `axis` (of m[0]).
-
-  A^T = [[1, 1, 1, 0], [0, 1, -1, -1]] (Lavin & Gray eq. (7)).
-  """
-  y0 = m[0] + m[1] + m[2]
-  y1 = m[1] - m[2] - m[3]
-  y = jnp.stack([y0, y1], axis=axis + 1)  # (..., tiles, 2, ...)
-  shape = list(y0.shape)
-  shape[axis] *= 2
+def _output_transform_1d(v: jax.Array, axis: int, m: int) -> jax.Array:
+  """A^T v along the leading axis (m + 2) -> m outputs per tile, interleaved into `axis` of v[0]."""
+  at = _TRANSFORMS[m]["AT"]
+  terms = [v[a] for a in range(v.shape[0])]
+  y = jnp.stack([_combine(terms, row) for row in at], axis=axis + 1)  # (..., tiles, m, ...)
+  shape = list(v.shape[1:])
+  shape[axis] *= m
   return y.reshape(shape)
 
 
-def winograd_filter(w: jax.Array) -> jax.Array:
-  """G w G^T for an HWIO 3x3 kernel: (3, 3, C_in, C_out) -> (4, 4, C_in, C_out)."""
-  g = jnp.asarray(_G, w.dtype)
-  return jnp.einsum("ah,hwio,bw->abio", g, w, g)
+def winograd_filter(w: jax.Array, tile: int = DEFAULT_TILE) -> jax.Array:
+  """G w G^T for an HWIO 3x3 kernel: (3, 3, C_in, C_out) -> (tile + 2, tile + 2, C_in, C_out)."""
+  g = jnp.asarray(np.array(_TRANSFORMS[tile]["G"], np.float32), w.dtype)
+  return jnp.einsum("ah,hwio,bw->abio", g, w, g, precision=lax.Precision.HIGHEST)
 
 
-def winograd_conv3x3(x: jax.Array, w: jax.Array, precision=None,
+def winograd_conv3x3(x: jax.Array, w: jax.Array, tile: int = DEFAULT_TILE, precision=None,
                      preferred_element_type=None) -> jax.Array:
-  """3x3, stride-1, SAME-padded convolution by Winograd F(2x2, 3x3).
+  """3x3, stride-1, SAME-padded convolution by Winograd F(tile x tile, 3x3).
 
   Args:
-    x: (B, H, W, C_in) NHWC input, any H, W >= 1 (odd sizes are zero-padded to whole tiles and
-      the output cropped).
+    x: (B, H, W, C_in) NHWC input, any H, W >= 1 (sizes are zero-padded to whole tiles and the
+      output cropped).
     w: (3, 3, C_in, C_out) HWIO kernel (cross-correlation, as lax.conv_general_dilated).
+    tile: output tile m (2: F(2x2, 3x3), (m+2)^2 / (9 m^2) = 16/36 of the direct multiplies, exact
+      transform coefficients; 4: F(4x4, 3x3), 36/144, coefficients up to 8 and 1/24, so float32
+      rounding errors grow ~10x).
     precision, preferred_element_type: passed to the batched matrix product.
   Returns:
     (B, H, W, C_out), equal to `lax.conv_general_dilated(x, w, (1, 1), "SAME",
     dimension_numbers=("NHWC", "HWIO", "NHWC"))` up to float rounding.
   Raises:
-    ValueError: if x is not 4-D or w is not (3, 3, C_in, C_out) with x's C_in.
+    ValueError: if x is not 4-D, w is not (3, 3, C_in, C_out) with x's C_in, or tile is not in
+      TILES.
   """
   if x.ndim != 4 or w.ndim != 4 or w.shape[:2] != (3, 3) or w.shape[2] != x.shape[3]:
     raise ValueError(f"winograd_conv3x3 needs x (B,H,W,C_in) and w (3,3,C_in,C_out); got "
                      f"x {x.shape}, w {w.shape}")
+  if tile not in TILES:
+    raise ValueError(f"winograd_conv3x3: tile={tile!r} is not one of {TILES}")
+  m, a = tile, tile + 2
   b, h, wd, c = x.shape
   k = w.shape[3]
-  th, tw = -(-h // 2), -(-wd // 2)  # output tiles of 2x2
-  # SAME padding is 1 on each side; pad the bottom/right further to whole tiles (2 t + 2).
-  xp = jnp.pad(x, ((0, 0), (1, 2 * th + 1 - h), (1, 2 * tw + 1 - wd), (0, 0)))
+  th, tw = -(-h // m), -(-wd // m)  # output tiles of m x m
+  # SAME padding is 1 on each side; pad the bottom/right further to whole tiles (m t + 2).
+  xp = jnp.pad(x, ((0, 0), (1, m * th + 1 - h), (1, m * tw + 1 - wd), (0, 0)))
   # Tile-space index (col, row) leads: rows transformed first, then columns (stacked in front).
-  v = _input_transform_1d(xp, axis=1)                 # (4 row, B, th, Wp, C)
-  v = _input_transform_1d(v, axis=3)                  # (4 col, 4 row, B, th, tw, C)
-  v = v.reshape(16, b * th * tw, c)
-  u = jnp.swapaxes(winograd_filter(w), 0, 1).reshape(16, c, k)  # (col, row) order too
-  m = jnp.einsum("tnc,tck->tnk", v, u, precision=precision,
-                 preferred_element_type=preferred_element_type)
-  m = m.reshape(4, 4, b, th, tw, k)                   # (4 col, 4 row, B, th, tw, K)
-  y = _output_transform_1d(m, axis=3)                 # (4 row, B, th, 2 tw, K)
-  y = _output_transform_1d(y, axis=1)                 # (B, 2 th, 2 tw, K)
+  v = _input_transform_1d(xp, 1, m)                   # (a row, B, th, Wp, C)
+  v = _input_transform_1d(v, 3, m)                    # (a col, a row, B, th, tw, C)
+  v = v.reshape(a * a, b * th * tw, c)
+  u = jnp.swapaxes(winograd_filter(w, m), 0, 1).reshape(a * a, c, k)  # (col, row) order too
+  prod = jnp.einsum("tnc,tck->tnk", v, u, precision=precision,
+                    preferred_element_type=preferred_element_type)
+  prod = prod.reshape(a, a, b, th, tw, k)             # (a col, a row, B, th, tw, K)
+  y = _output_transform_1d(prod, 3, m)                # (a row, B, th, m tw, K)
+  y = _output_transform_1d(y, 1, m)                   # (B, m th, m tw, K)
   return y[:, :h, :wd, :]
 
 
@@ -200,13 +228,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding,
   """`jax.lax.conv_general_dilated`, with 3x3 stride-1 SAME NHWC convolutions by Winograd.
 
   Same arguments, shapes and result as `jax.lax.conv_general_dilated`; the Winograd path
-  (`winograd_conv3x3`) is taken when `winograd_eligible(...)` and `use_winograd()` (see the
+  (`winograd_conv3x3`) is taken when `winograd_eligible(...)` and `winograd_tile()` is nonzero (see the
   module docstring for how the algorithm is chosen).
   """
-  if use_winograd() and winograd_eligible(
+  tile = winograd_tile()
+  if tile and winograd_eligible(
       jnp.shape(lhs), jnp.shape(rhs), window_strides, padding, lhs_dilation, rhs_dilation,
       dimension_numbers, feature_group_count, batch_group_count):
-    return winograd_conv3x3(lhs, rhs, precision=precision,
+    return winograd_conv3x3(lhs, rhs, tile=tile, precision=precision,
                             preferred_element_type=preferred_element_type)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                   rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
