@@ -1,10 +1,11 @@
 """Training throughput (img/s) of the full train step: forward, backward, Adam, EMA.
 
 CPU (default): each model family's tiny preset (ddpmpp-tiny, edm2-tiny, dit-tiny) at 32x32x3,
-10 classes, batch 64, on a 1-device mesh and on an 8-device mesh of simulated host devices (the
-script sets XLA_FLAGS=--xla_force_host_platform_device_count=8 before jax is imported; the
-1-device mesh is `devices=jax.devices()[:1]` in the same process; all simulated devices share the
-same CPU cores). Side by side in the same run, interleaved with ours: a PyTorch U-Net (diffusers'
+10 classes, batch 64, on a 1-device mesh and on a mesh of one simulated host device per CPU core
+(as the main job uses on a CPU; the script sets XLA_FLAGS=--xla_force_host_platform_device_count
+to the largest count in --devices before jax is imported; smaller meshes take the first devices in
+the same process). `--conv` times several convolution algorithms (diffgen_jax.models.conv; the
+algorithm is fixed when the step is traced), e.g. `--conv xla,winograd`. Side by side in the same run, interleaved with ours: a PyTorch U-Net (diffusers'
 `UNet2DModel`) configured from our DDPM++ config (same widths, levels, blocks per level, attention
 resolutions, dropout, class labels; parameter count within ~10%, both printed), trained with the
 same EDM loss (the preconditioning written out in torch below), Adam and a half-life EMA, on the
@@ -25,6 +26,7 @@ blocking on the result; the median round gives img/s.
   python benchmarks/train_throughput.py                       # full CPU run
   python benchmarks/train_throughput.py --gpu --out /tmp/gpu.json
   python benchmarks/train_throughput.py --families ddpmpp --devices 1 --skip_torch --batch 32
+  python benchmarks/train_throughput.py --families ddpmpp --conv xla,winograd   # issue 15
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def parse_args(argv=None):
   p.add_argument("--num_classes", type=int, default=None,
                  help="class labels (CPU 10 with label dropout 0.1; GPU 0 = unconditional, as EDM)")
   p.add_argument("--devices", default=None,
-                 help="comma-separated device counts for the data-parallel mesh (CPU '1,8'; GPU: 1)")
+                 help="comma-separated device counts for the data-parallel mesh (CPU: 1 and one per "
+                      "core, as the main job uses; GPU: 1)")
   p.add_argument("--conv", default="auto",
                  help="comma-separated convolution algorithms to time (diffgen_jax.models.conv: "
                       "auto, winograd, winograd4, xla; default auto = Winograd on CPU, XLA's on GPU)")
@@ -91,7 +94,8 @@ def parse_args(argv=None):
   for name in args.convs:
     if name not in CONV_ALGORITHMS:
       p.error(f"--conv: {name!r} is not one of {CONV_ALGORITHMS}")
-  args.device_counts = tuple(int(n) for n in (args.devices or ("1" if gpu else "1,8")).split(","))
+  cpu_default = ",".join(str(n) for n in sorted({1, available_cores()}))
+  args.device_counts = tuple(int(n) for n in (args.devices or ("1" if gpu else cpu_default)).split(","))
   if any(n < 1 for n in args.device_counts):
     p.error("--devices must be positive")
   for n in args.device_counts:
