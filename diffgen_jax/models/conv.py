@@ -1,28 +1,32 @@
-"""The convolution every network calls: a Winograd path for 3x3 stride-1 convolutions on CPU.
+"""The convolution the networks call: a Winograd path for 3x3 stride-1 convolutions on CPU.
 
-XLA:CPU runs 3x3 convolutions (and their weight gradients in particular) far below what the
-same cores reach in a matrix product (benchmarks/conv_cpu.py). Winograd's minimal filtering
-algorithm F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
-CVPR 2016, section 4) turns one such convolution into 16 independent matrix products of
-(B * tiles, C_in) @ (C_in, C_out) between fixed linear transforms of 4x4 input tiles and of the
-3x3 filters, with 2.25x fewer multiplications than the direct convolution. Every step is linear,
-so the input and weight gradients follow by autodiff and are matrix products too.
+XLA:CPU runs 3x3 convolutions (their weight gradients in particular) well below what the same
+cores reach in a matrix product (benchmarks/conv_cpu.py). Winograd's minimal filtering algorithm
+F(m x m, 3 x 3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016,
+section 4) turns one such convolution into (m + 2)^2 independent matrix products of
+(B * tiles, C_in) @ (C_in, C_out) between fixed linear transforms of (m + 2)^2 input tiles and of
+the 3x3 filters: 2.25x (m = 2) or 4x (m = 4) fewer multiplications than the direct convolution.
+Every step is linear, so the input and weight gradients follow by autodiff and are matrix
+products too.
 
 `conv_general_dilated` has the signature of `jax.lax.conv_general_dilated` (pass it to
 `flax.linen.Conv(conv_general_dilated=...)` or call it in its place): it takes the Winograd
 path for a 3x3 kernel, stride 1, no dilation, one feature group, SAME (= 1-pixel zero) padding,
-NHWC input / HWIO kernel, when the algorithm in force is "winograd", and falls back to
-`jax.lax.conv_general_dilated` otherwise. The algorithm in force:
+NHWC input / HWIO kernel, when the algorithm in force is a Winograd one, and falls back to
+`jax.lax.conv_general_dilated` otherwise. The algorithms (ALGORITHMS):
 
-- "auto" (default): Winograd when jax's default backend is "cpu"; GPUs and TPUs keep XLA's
-  convolution (cuDNN on NVIDIA GPUs);
-- "winograd": Winograd on every backend;
+- "auto" (default): `AUTO_CPU` ("winograd") when jax's default backend is "cpu"; GPUs and TPUs
+  keep XLA's convolution (cuDNN on NVIDIA GPUs);
+- "winograd": F(2x2, 3x3) on every backend; transform coefficients 0, +-1, +-1/2 (exact in
+  binary floating point): float32 results agree with the direct convolution to ~1e-6 relative;
+- "winograd4": F(4x4, 3x3); coefficients up to 8 and 1/24, ~1e-5 relative in float32;
 - "xla": always `jax.lax.conv_general_dilated`.
 
-It is read at trace time from `algorithm(...)` (a context manager, innermost wins) or, outside
-one, from the environment variable DIFFGEN_JAX_CONV. Numerics: float32 results agree with the
-direct convolution to ~1e-6 relative (the transforms' coefficients are 0, +-1 and +-1/2, exact in
-binary floating point); the summation order differs, so results are not bitwise equal.
+The algorithm is read at trace time from `algorithm(...)` (a context manager, innermost wins) or,
+outside one, from the environment variable DIFFGEN_JAX_CONV; a function jax has already traced
+keeps the algorithm it was traced with. Summation orders differ, so results are close to, not
+bitwise equal to, XLA's. Measured speed (benchmarks/README.md, issue 15): the Winograd step
+compiles about 2x slower than XLA's.
 """
 
 from __future__ import annotations
