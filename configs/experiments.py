@@ -81,11 +81,9 @@ PAPER_COMPUTE = {
 
 
 def _parse(variant):
-  tokens = [t for t in str(variant or "").split(",") if t]
-  findings = [t for t in tokens if t in FINDINGS]
-  modes = [t for t in tokens if t in MODES]
-  unknown = [t for t in tokens if t not in FINDINGS + MODES]
-  if unknown or len(findings) != 1 or len(modes) > 1:
+  chosen = defaults.parse_variant(variant, finding=FINDINGS, mode=MODES)
+  findings, modes = chosen["finding"], chosen["mode"]
+  if len(findings) != 1 or len(modes) > 1:
     raise ValueError(f"variant {variant!r}: use '<finding>[,<mode>]' with one finding of {FINDINGS} "
                      f"and at most one mode of {MODES} (default local)")
   return findings[0], (modes[0] if modes else "local")
@@ -238,9 +236,11 @@ def _factors(mode: str, sweeps, run_dir: str = "", data_from=None):
 
 
 def _toy2d(mode: str):
-  c = _sibling("toy2d").get_config()
+  # paper: the authors' exact realization of (a)-(e) (configs/toy2d.py:paper)
+  c = _sibling("toy2d").get_config("paper" if mode == "paper" else None)
   if mode == "smoke":
     c.draws = 8
+    c.quadrature.spacing = 0.5  # 812 nodes (the default 0.1: 20,108)
     c.sigma_grid_steps = 16
     c.flow_field.grid_size = 11
     c.relative_error.update(dict(num_angles=16, draws=8))

@@ -100,17 +100,21 @@ def sample_training_sigmas(key: jax.Array, shape, p_mean: float = -1.2, p_std: f
 RawNetwork = Callable[..., jax.Array]
 
 
-def precondition(raw_network: RawNetwork, sigma_data: float = SIGMA_DATA):
+def precondition(raw_network: RawNetwork, sigma_data: float = SIGMA_DATA, *, has_aux: bool = False):
   """Wraps a raw network F(x_in, c_noise, labels) into EDM's denoiser D(x, sigma, labels).
 
   D(x; sigma, c) = c_skip x + c_out F(c_in x; c_noise, c). The result follows the package's
-  denoiser interface; sigma may be a scalar or one value per example.
+  denoiser interface; sigma may be a scalar or one value per example. has_aux=True: the raw
+  network returns (F, aux) (e.g. EDM2's log-variance) and the denoiser returns (D, aux), so the
+  loss gets it as a return value, not through a side channel.
   """
 
   def denoise(x, sigma, labels=None):
     sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), x.shape[:1])
     c = preconditioning(sigma, sigma_data)
     f = raw_network(per_example(c.c_in, x) * x, c.c_noise, labels)
-    return per_example(c.c_skip, x) * x + per_example(c.c_out, x) * f.astype(x.dtype)
+    f, aux = f if has_aux else (f, None)
+    d = per_example(c.c_skip, x) * x + per_example(c.c_out, x) * f.astype(x.dtype)
+    return (d, aux) if has_aux else d
 
   return denoise

@@ -7,11 +7,12 @@ compiles, and writes everything it produces under the workdir (re-running resume
 import os
 from typing import Optional
 
-from absl import app, flags, logging
+from absl import app, flags
 import jax
 from ml_collections import config_flags
 
 from diffgen_jax import jobs
+from diffgen_jax.jobs import console
 from diffgen_jax.sharding import initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
@@ -53,14 +54,15 @@ def use_cpu_cores_as_devices(batch_size: Optional[int] = None) -> int:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.configure(flags.FLAGS.verbosity)  # quiet by default; --verbosity=1: library logs too
   config = _CONFIG.value
   if _COORDINATOR.value is None:
     training = config.get("training") or {}
     n = use_cpu_cores_as_devices(training.get("batch_size"))
     if n:
-      logging.info("%d CPU devices (one per core) for a CPU backend", n)
+      console.progress(f"{n} CPU devices (one per core) if the backend is a CPU")
   initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  logging.info("config:\n%s", config)
+  console.progress(f"config:\n{config}")
   jobs.run(config, _WORKDIR.value)
 
 
