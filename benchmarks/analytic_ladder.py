@@ -15,7 +15,8 @@ Numbers are medians of --repeats calls after a warm-up (compile) call. On a shar
 ratios, which are measured side by side. Examples:
 
   nice python benchmarks/analytic_ladder.py --quick        # ~1 minute on 2 cores
-  nice python benchmarks/analytic_ladder.py                # adds the CIFAR-shape rows
+  nice python benchmarks/analytic_ladder.py                # adds the CIFAR-shape rows (~10 min)
+  python benchmarks/analytic_ladder.py --els_cifar_n 50000  # on a GPU: ELS at CIFAR shape as well
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def parse_args(argv=None):
   p.add_argument("--els_queries", type=int, default=2, help="(query, sigma) pairs for ELS")
   p.add_argument("--els_chunks", default="1,5",
                  help="ELS chunk sizes (training images) to time; 1 is the default at 28x28")
+  p.add_argument("--els_cifar_n", type=int, default=0,
+                 help="also time ELS at CIFAR shape (32x32x3) with this many training images "
+                      "(50000 on a GPU; 0: skip; on a 2-core CPU one query takes minutes)")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--quick", action="store_true", help="skip the CIFAR-shape rows")
   p.add_argument("--seed", type=int, default=0)
@@ -232,6 +236,11 @@ def main(argv=None):
   results["els"] = els_rows(fashion, args.els_patch, args.els_queries,
                             [int(c) for c in args.els_chunks.split(",")], sigma_grid, args.repeats,
                             rng)
+  if args.els_cifar_n:
+    cifar_like = rng.uniform(-1, 1, (args.els_cifar_n, 32, 32, 3)).astype(np.float32)
+    results["els_cifar"] = els_rows(cifar_like, args.els_patch, args.els_queries,
+                                    [els_blocks(cifar_like.shape)[0]], sigma_grid, args.repeats, rng)
+    del cifar_like
   results["ystar"] = ystar_chunks(rng, args.repeats)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   jsonio.write_json(args.out, results)
