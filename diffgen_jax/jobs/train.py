@@ -165,7 +165,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
     start = int(state.step)
     if jax.process_index() == 0:
       _truncate_metrics(metrics_path, start)
-    console.progress(f"train: resumed from step {start} ({start * t.batch_size} images seen)")
+    console.progress(f"train: Resumed from step {start} ({start * t.batch_size} images seen).")
 
   sample_fn = _make_sample_fn(network, config, image_shape, split.num_classes)
   monitor_fn = _make_monitor(config, network, split, mesh)
