@@ -13,11 +13,14 @@ pytrees, so they pass through jit, vmap and scan as arguments.
 
 from __future__ import annotations
 
-from typing import Optional, Protocol
+import functools
+from typing import Iterable, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from diffgen_jax.config_checks import check_number
 
 
 class Denoiser(Protocol):
@@ -35,7 +38,12 @@ def per_example(v, x: jax.Array) -> jax.Array:
 
 
 def guided(positive: Denoiser, negative: Denoiser, weight: float) -> Denoiser:
-  """D = D_pos + w (D_pos - D_neg): classifier-free guidance or autoguidance; w = 0 is D_pos."""
+  """D = D_pos + w (D_pos - D_neg): classifier-free guidance or autoguidance; w = 0 is D_pos.
+
+  Raises ValueError unless weight is a finite number (a traced weight is passed through).
+  """
+  if not isinstance(weight, jax.core.Tracer):
+    check_number(weight, "weight")
   return jax.tree_util.Partial(_guided, positive, negative, weight)
 
 
@@ -61,3 +69,57 @@ def is_array_pytree(denoiser) -> bool:
   """
   leaves = jax.tree.leaves(denoiser)
   return bool(leaves) and all(isinstance(leaf, (jax.Array, np.ndarray, float, int)) for leaf in leaves)
+
+
+def check_label_domain(domain: Iterable[int], labels) -> None:
+  """Raises ValueError naming the labels that have no training points in `domain`.
+
+  A class-conditional softmax over the training points of a label that has none is 0 / 0: it has
+  no value, and under jit it would come out as NaN without a word. So it is refused wherever the
+  labels are still concrete. domain: the training labels (any iterable of ints); labels: concrete
+  query labels (any shape).
+  """
+  known = frozenset(int(v) for v in np.unique(np.asarray(list(domain), np.int64)))
+  missing = sorted(set(np.unique(np.asarray(labels)).tolist()) - known)
+  if missing:
+    raise ValueError(f"labels {missing} have no training points, so the class-conditional optimal "
+                     f"denoiser is undefined for them (a softmax over an empty set); training "
+                     f"labels present: {sorted(known)}")
+
+
+def _concrete_host(labels):
+  """labels as a host array, or None when they are traced or not addressable from this process."""
+  if labels is None or isinstance(labels, jax.core.Tracer):
+    return None
+  if isinstance(labels, jax.Array) and not labels.is_fully_addressable:
+    return None
+  return np.asarray(labels)
+
+
+def check_labels(denoiser, labels) -> None:
+  """Checks concrete labels against every component of `denoiser` that restricts them.
+
+  A component declares the labels it is defined for by a `label_domain` attribute (a frozenset;
+  the empirical optimal denoiser sets its training classes; None or absent: any label). The
+  package's combinators are walked (guidance, label fixing, y_delta, crop averaging: every
+  functools / jax.tree_util Partial), so a y* inside a guided pair is checked too; a `with_labels`
+  component is checked with its own fixed labels. Samplers and evaluations call this before they
+  trace the labels (a check under jit would never run). Raises ValueError (see
+  `check_label_domain`).
+  """
+  seen = set()
+
+  def visit(obj, query):
+    if id(obj) in seen:
+      return
+    seen.add(id(obj))
+    domain = getattr(obj, "label_domain", None)
+    if domain is not None and query is not None:
+      check_label_domain(domain, query)
+    if isinstance(obj, functools.partial):
+      if obj.func is _with_labels and len(obj.args) >= 2:
+        query = _concrete_host(obj.args[1])
+      for child in (obj.func,) + tuple(obj.args) + tuple(obj.keywords.values()):
+        visit(child, query)
+
+  visit(denoiser, _concrete_host(labels))

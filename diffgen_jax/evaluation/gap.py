@@ -36,7 +36,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax import edm
-from diffgen_jax.denoisers import is_array_pytree
+from diffgen_jax.denoisers import check_labels, is_array_pytree
 from diffgen_jax.sharding import DATA_AXIS, check_divisible
 
 
@@ -110,6 +110,9 @@ def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, ba
     labels = np.asarray(labels, np.int32)
     if labels.shape != (n,):
       raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+  # Labels are concrete here and traced below: refuse labels without training points now.
+  check_labels(denoise if params is None else jax.tree_util.Partial(denoise, params), labels)
+  check_labels(reference, labels)
   c = max(1, min(sigma_chunk or s, s))
   padded = np.concatenate([sigmas_host, np.full(-s % c, sigmas_host[-1])])
   sigmas_dev = jnp.asarray(padded, images.dtype)

@@ -1,0 +1,285 @@
+"""The package's guarantees against silent wrong numbers (issue 10), one section per kind of fault.
+
+Each failing case that was reported is a test here with the right value or the right error, and so
+is every other place in the package where the same kind of fault could happen. The README's
+"Guarantees" section names these tests. Shapes are tiny: the file runs in about a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffgen_jax import denoisers, edm, models, optimal, samplers, training
+from diffgen_jax.config_checks import check_number
+
+_FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+# ------------------------------------------------------------------------------------------------
+# Shared small problems
+
+TRAIN = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0], [-2.0, -1.0]], np.float32)
+TRAIN_LABELS = np.array([0, 0, 1, 1], np.int32)
+QUERIES = np.array([[0.4, 0.3], [2.0, 0.5], [-0.5, 3.0], [-1.0, -1.5]], np.float32)
+NEAREST = np.array([0, 1, 2, 3])  # nearest training row of each query (all labels)
+
+
+def _reference_posterior_mean(x, sigma, train):
+  """numpy float64 softmax with log-sum-exp, independent of the package's streaming form."""
+  x = np.asarray(x, np.float64)
+  d2 = ((x[:, None, :] - train[None].astype(np.float64)) ** 2).sum(-1)
+  logits = -d2 / (2.0 * sigma ** 2)
+  w = np.exp(logits - logits.max(axis=1, keepdims=True))
+  w /= w.sum(axis=1, keepdims=True)
+  return w @ train.astype(np.float64)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kind 7: the sigma -> 0 limit of y* holds for every finite sigma > 0 (float32 and float64)
+
+TINY_SIGMAS = (1e-10, 1e-19, 1e-20, 1e-25, 1e-30, 1e-38, 1e-45, 1e-200)
+
+
+@pytest.mark.parametrize("sigma", TINY_SIGMAS)
+def test_optimal_denoiser_tiny_sigma_returns_nearest_point_float32(sigma):
+  denoise = optimal.empirical_optimal_denoiser(TRAIN)
+  out = np.asarray(denoise(jnp.asarray(QUERIES), sigma))
+  np.testing.assert_array_equal(out, TRAIN[NEAREST])
+  # Under jit (sigma traced) too, and class-conditionally: nearest point of the query's class.
+  jitted = jax.jit(lambda x, s, l: optimal.empirical_optimal_denoiser(TRAIN, TRAIN_LABELS)(x, s, l))
+  labels = np.array([1, 0, 0, 1], np.int32)
+  out = np.asarray(jitted(jnp.asarray(QUERIES), jnp.float32(sigma), jnp.asarray(labels)))
+  expect = []
+  for q, l in zip(QUERIES, labels):
+    rows = np.flatnonzero(TRAIN_LABELS == l)
+    expect.append(TRAIN[rows[np.argmin(((TRAIN[rows] - q) ** 2).sum(-1))]])
+  np.testing.assert_array_equal(out, np.stack(expect))
+
+
+def test_optimal_denoiser_tiny_sigma_float64_and_sharded():
+  from jax.sharding import Mesh
+  mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+  sharded = optimal.empirical_optimal_denoiser(TRAIN, chunk_size=1, mesh=mesh)
+  for sigma in (1e-25, 1e-45):
+    np.testing.assert_array_equal(np.asarray(sharded(jnp.asarray(QUERIES), sigma)), TRAIN[NEAREST])
+  with jax.enable_x64(True):
+    denoise = optimal.empirical_optimal_denoiser(TRAIN.astype(np.float64), dtype=jnp.float64)
+    for sigma in (1e-160, 1e-200, 1e-300, 5e-324):
+      out = np.asarray(denoise(jnp.asarray(QUERIES, jnp.float64), sigma))
+      np.testing.assert_array_equal(out, TRAIN[NEAREST].astype(np.float64))
+
+
+def test_optimal_denoiser_matches_reference_across_sigma_scales():
+  """Between the limits the new streaming form still equals an independent float64 softmax."""
+  denoise = optimal.empirical_optimal_denoiser(TRAIN, chunk_size=3)
+  # Queries nearly equidistant from two points, so the weights are not one-hot at small sigma.
+  queries = np.array([[1.5, 1e-3], [1.5, 0.0], [0.1, 2.0]], np.float32)
+  for sigma in (0.05, 0.3, 1.0, 7.0, 1e3, 1e10):
+    got = np.asarray(denoise(jnp.asarray(queries), sigma), np.float64)
+    # float32 rounding of the scores (~1e-7 of ||y||^2) is amplified by 1 / sigma^2 in the logits.
+    np.testing.assert_allclose(got, _reference_posterior_mean(queries, sigma, TRAIN),
+                               atol=1e-5 * max(1.0, 0.05 / sigma ** 2))
+
+
+@pytest.mark.parametrize("sigma", (1e-19, 1e-25, 1e-40))
+def test_posterior_statistics_tiny_sigma_is_one_hot(sigma):
+  stats = optimal.posterior_statistics(TRAIN, TRAIN_LABELS, chunk_size=1)
+  for labels in (None, np.array([0, 0, 1, 1], np.int32)):
+    s = stats(jnp.asarray(QUERIES), sigma, labels)
+    np.testing.assert_array_equal(np.asarray(s.entropy), 0.0)
+    np.testing.assert_array_equal(np.asarray(s.effective_number), 1.0)
+    np.testing.assert_array_equal(np.asarray(s.participation), 1.0)
+    np.testing.assert_array_equal(np.asarray(s.max_weight), 1.0)
+
+
+def test_posterior_statistics_matches_reference_at_moderate_sigma():
+  stats = optimal.posterior_statistics(TRAIN, chunk_size=3)
+  sigma = 1.3
+  d2 = ((QUERIES[:, None].astype(np.float64) - TRAIN[None]) ** 2).sum(-1)
+  w = np.exp(-d2 / (2 * sigma ** 2))
+  w /= w.sum(1, keepdims=True)
+  entropy = -(w * np.log(w)).sum(1)
+  s = stats(jnp.asarray(QUERIES), sigma)
+  np.testing.assert_allclose(np.asarray(s.entropy), entropy, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(s.participation), 1 / (w ** 2).sum(1), rtol=1e-4)
+
+
+@pytest.mark.parametrize("sigma", (1e-25, 1e-45))
+def test_error_prone_denoiser_tiny_sigma_returns_input(sigma):
+  """y_delta -> x as sigma -> 0 for delta > 0 (paper.md section 4): no 0 * NaN."""
+  denoise = optimal.error_prone_denoiser(optimal.empirical_optimal_denoiser(TRAIN), 0.5)
+  np.testing.assert_allclose(np.asarray(denoise(jnp.asarray(QUERIES), sigma)), QUERIES)
+
+
+@pytest.mark.parametrize("sigma", (0.0, -1.0, float("nan"), float("inf")))
+def test_optimal_denoiser_rejects_non_positive_or_non_finite_sigma(sigma):
+  denoise = optimal.empirical_optimal_denoiser(TRAIN)
+  with pytest.raises(ValueError, match="sigma must be > 0 and finite"):
+    denoise(jnp.asarray(QUERIES), sigma)
+  with pytest.raises(ValueError, match="sigma must be > 0 and finite"):
+    optimal.posterior_statistics(TRAIN)(jnp.asarray(QUERIES), sigma)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kind 1: a label without training points is refused where the labels are concrete
+
+
+def _missing_label_denoisers():
+  exact = optimal.empirical_optimal_denoiser(TRAIN, TRAIN_LABELS)
+  return {
+      "optimal": exact,
+      "error_prone": optimal.error_prone_denoiser(exact, 0.3),
+      "guided": denoisers.guided(exact, optimal.error_prone_denoiser(exact, 0.8), 1.5),
+  }
+
+
+@pytest.mark.parametrize("name", ["optimal", "error_prone", "guided"])
+def test_sampler_refuses_labels_without_training_points(name):
+  denoise = _missing_label_denoisers()[name]
+  noise = jnp.zeros((3, 2))
+  with pytest.raises(ValueError, match=r"labels \[2, 5\] have no training points"):
+    samplers.sample(denoise, noise, jnp.asarray([0, 2, 5]), num_steps=3)
+  out = samplers.sample(denoise, noise, jnp.asarray([0, 1, 1]), num_steps=3).samples
+  assert np.all(np.isfinite(np.asarray(out)))
+
+
+def test_gap_evaluation_refuses_labels_without_training_points():
+  from diffgen_jax.evaluation import gap
+  exact = optimal.empirical_optimal_denoiser(TRAIN, TRAIN_LABELS)
+  images = np.zeros((3, 2), np.float32)
+  with pytest.raises(ValueError, match=r"labels \[7\] have no training points"):
+    gap.denoising_errors(exact, images, np.array([0, 7, 1]), [0.5, 1.0])
+  net = lambda x, s, l: x  # a denoiser with no label restriction: the reference is what is checked
+  with pytest.raises(ValueError, match=r"labels \[7\] have no training points"):
+    gap.errors_and_distance(net, exact, images, np.array([0, 7, 1]), [0.5, 1.0])
+
+
+def test_with_labels_checks_its_fixed_labels():
+  exact = optimal.empirical_optimal_denoiser(TRAIN, TRAIN_LABELS)
+  fixed = denoisers.with_labels(exact, jnp.asarray([3, 3]))
+  with pytest.raises(ValueError, match=r"labels \[3\]"):
+    denoisers.check_labels(fixed, jnp.asarray([0, 1]))
+  denoisers.check_labels(denoisers.with_labels(exact, None), jnp.asarray([9, 9]))  # all points
+
+
+def test_posterior_statistics_refuses_labels_without_training_points():
+  with pytest.raises(ValueError, match=r"labels \[4\] have no training points"):
+    optimal.posterior_statistics(TRAIN, TRAIN_LABELS)(jnp.asarray(QUERIES), 1.0,
+                                                      np.array([0, 1, 4, 0]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Kind 6: numeric parameters are checked, with an error naming them
+
+
+def _tiny_network_denoiser(family):
+  config = models.default_model_config(family)
+  config.update(img_resolution=8, img_channels=1, num_classes=3)
+  if family in ("ddpmpp", "edm2"):
+    config.update(model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=())
+    if family == "edm2":
+      config.update(channels_per_head=8)
+  else:
+    config.update(patch_size=2, hidden_size=16, depth=1, num_heads=2)
+  module = models.build(config)
+  params = models.init_variables(module, jax.random.key(0), (1, 8, 8, 1))["params"]
+  # Perturb (host-side noise) so that every zero-initialised gain is on: F depends on its inputs.
+  rs = np.random.RandomState(0)
+  params = jax.tree.map(lambda l: np.asarray(l) + np.float32(0.1) * rs.standard_normal(
+      l.shape).astype(np.float32), params)
+  network = training.Network(module=module, project=lambda p: p, num_classes=3)
+  return training.network_denoiser(network, params)
+
+
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_network_denoiser_at_sigma_zero_is_identity(family):
+  """D(x; 0) = x exactly for every family (c_skip = 1, c_out = 0), not 0 * F(ln 0) = NaN."""
+  denoise = _tiny_network_denoiser(family)
+  x = jax.random.normal(jax.random.key(2), (3, 8, 8, 1))
+  labels = jnp.asarray([0, 1, 3])
+  sigma = jnp.asarray([0.0, 0.5, 2.0])
+  # One compiled program (light XLA optimization: compile time dominates at this size).
+  fn = jax.jit(denoise).lower(x, sigma, labels).compile(compiler_options=_FAST)
+  out = np.asarray(fn(x, sigma, labels))
+  np.testing.assert_array_equal(out[0], np.asarray(x[0]))
+  assert np.all(np.isfinite(out))
+  # The other rows are the network's (a different sigma in row 0 does not change them).
+  np.testing.assert_array_equal(np.asarray(fn(x, jnp.asarray([1.0, 0.5, 2.0]), labels))[1:],
+                                out[1:])
+  assert not np.allclose(out[1:], np.asarray(x[1:]))
+  for bad in (-0.1, float("nan"), float("inf")):  # concrete: refused before the network runs
+    with pytest.raises(ValueError, match="sigma must be finite and >= 0"):
+      denoise(x, bad, labels)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(rho=0.0), "rho"), (dict(rho=-7.0), "rho"), (dict(rho=float("nan")), "rho"),
+    (dict(rho=1e-4), "rho"), (dict(num_steps=0), "num_steps"), (dict(num_steps=2.5), "num_steps"),
+    (dict(sigma_min=float("nan")), "sigma_min"), (dict(sigma_max=float("inf")), "sigma_max"),
+    (dict(sigma_min=0.0), "sigma_min"), (dict(sigma_min=5.0, sigma_max=1.0), "sigma_min"),
+])
+def test_karras_sigmas_rejects_bad_parameters(kwargs, name):
+  args = dict(num_steps=5)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=name):
+    edm.karras_sigmas(**args)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(num=0), "num"), (dict(sigma_min=-1.0), "sigma_min"),
+    (dict(sigma_max=float("nan")), "sigma_max")])
+def test_gap_sigma_grid_rejects_bad_parameters(kwargs, name):
+  with pytest.raises(ValueError, match=name):
+    edm.gap_sigma_grid(**kwargs)
+
+
+def test_other_math_parameters_are_checked():
+  with pytest.raises(ValueError, match="sigma_data"):
+    edm.preconditioning(1.0, sigma_data=0.0)
+  with pytest.raises(ValueError, match="sigma_data"):
+    edm.precondition(lambda x, c, l: x, sigma_data=float("nan"))
+  with pytest.raises(ValueError, match="p_std"):
+    edm.sample_training_sigmas(jax.random.key(0), (2,), p_std=float("nan"))
+  with pytest.raises(ValueError, match="delta"):
+    optimal.error_prone_denoiser(optimal.empirical_optimal_denoiser(TRAIN), float("nan"))
+  with pytest.raises(ValueError, match="weight"):
+    denoisers.guided(lambda x, s, l: x, lambda x, s, l: x, float("inf"))
+  with pytest.raises(ValueError, match="chunk_size"):
+    optimal.empirical_optimal_denoiser(TRAIN, chunk_size=0)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("s_churn", float("nan")), ("s_churn", -1.0), ("s_churn", float("inf")),
+    ("s_min", float("nan")), ("s_max", float("nan")), ("s_max", -1.0), ("s_noise", float("nan")),
+    ("rho", 0.0), ("sigma_min", float("nan")), ("sigma_max", -3.0), ("num_steps", 0),
+    ("stop_step", 7), ("stop_step", 1.5)])
+def test_sampler_rejects_bad_numeric_arguments(name, value):
+  kwargs = dict(num_steps=4, key=jax.random.key(0))
+  kwargs[name] = value
+  with pytest.raises(ValueError, match=name):
+    samplers.sample(lambda x, s, l: 0.9 * x, jnp.ones((2, 2)), **kwargs)
+
+
+def test_sampler_rejects_non_finite_or_integer_noise():
+  with pytest.raises(ValueError, match="noise contains NaN"):
+    samplers.sample(lambda x, s, l: x, jnp.asarray([[np.nan, 0.0]]), num_steps=2)
+  with pytest.raises(ValueError, match="noise must be a floating-point array"):
+    samplers.sample(lambda x, s, l: x, jnp.zeros((1, 2), jnp.int32), num_steps=2)
+
+
+def test_check_number_names_the_argument():
+  assert check_number(3, "n", low=1, integer=True) == 3
+  assert check_number(np.float32(0.5), "w", low=0.0, high=1.0) == 0.5
+  assert check_number(math.inf, "s_max", allow_inf=True) == math.inf
+  for value, kwargs, message in [
+      (float("nan"), {}, "x=nan must be a number, not NaN"), (math.inf, {}, "x=inf must be finite"),
+      (True, {}, "x=True must be a number"), ("3", {}, "x='3' must be a number"),
+      (2.5, dict(integer=True), "x=2.5 must be an integer"), (0.0, dict(low=0.0, low_open=True),
+                                                             "x=0.0 must be > 0.0"),
+      (1.0, dict(high=1.0, high_open=True), "x=1.0 must be < 1.0")]:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+      check_number(value, "x", **kwargs)
