@@ -18,5 +18,7 @@ JOBS = {
 def run(config, workdir: str):
   job = config_checks.choice(config, "job", JOBS)
   module = importlib.import_module(JOBS[job])
+  # Every float field finite, also in the compute dtype (1e39 is inf in float32), whatever the job.
+  config_checks.finite_floats(config)
   module.validate_config(config)
   return module.run(config, workdir)

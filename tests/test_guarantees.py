@@ -283,3 +283,163 @@ def test_check_number_names_the_argument():
       (1.0, dict(high=1.0, high_open=True), "x=1.0 must be < 1.0")]:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
       check_number(value, "x", **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kind 2: checkpoints load on any device count
+
+
+_LOAD_SCRIPT = r"""
+import json, sys
+import numpy as np
+import jax
+from diffgen_jax import checkpointing
+ema, meta = checkpointing.load_snapshot(sys.argv[1], int(sys.argv[2]))
+out = {k: np.asarray(v).tolist() for k, v in ema["ema"].items()}
+print(json.dumps({"devices": jax.device_count(), "meta": meta, "ema": out}))
+"""
+
+
+def test_snapshot_written_on_8_devices_loads_on_1_2_4(tmp_path):
+  import json
+  import os
+  import subprocess
+  import sys
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from diffgen_jax import checkpointing
+  assert jax.device_count() == 8
+  mesh = Mesh(np.asarray(jax.devices()), ("model",))
+  w = np.arange(64, dtype=np.float32).reshape(8, 8) / 7.0
+  b = np.linspace(-1, 1, 3).astype(np.float32)
+  ema = {"ema": {"w": jax.device_put(w, NamedSharding(mesh, P("model"))),
+                 "b": jax.device_put(b, NamedSharding(mesh, P()))}}
+  ckpt = checkpointing.Checkpoints(str(tmp_path))
+  ckpt.save_snapshot(4, ema, {"step": 4, "images_seen": 64})
+  ckpt.wait()
+  ckpt.close()
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for n in (1, 2, 4):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+               JAX_PLATFORMS="cpu", PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, str(tmp_path), "4"], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["devices"] == n and got["meta"] == {"step": 4, "images_seen": 64}
+    np.testing.assert_array_equal(np.asarray(got["ema"]["w"], np.float32), w)
+    np.testing.assert_array_equal(np.asarray(got["ema"]["b"], np.float32), b)
+  # In this process too, onto a caller's sharding (one device).
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[3])
+  loaded, _ = checkpointing.load_snapshot(str(tmp_path), 4, sharding=one)
+  assert loaded["ema"]["w"].sharding == one
+  np.testing.assert_array_equal(np.asarray(loaded["ema"]["w"]), w)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kind 3: a non-finite state is never written; float fields finite in the compute dtype
+
+
+def _state(scale=1.0):
+  return {"params": {"w": jnp.full((2, 3), scale, jnp.float32)},
+          "ema": {"ema": {"w": jnp.ones((2, 3), jnp.float32)}},
+          "opt_state": (jnp.zeros((2, 3)), jnp.asarray(0, jnp.int32))}
+
+
+@pytest.mark.parametrize("part", ["params", "ema", "opt_state"])
+def test_non_finite_state_is_never_written(tmp_path, part):
+  from diffgen_jax import checkpointing
+  ckpt = checkpointing.Checkpoints(str(tmp_path), keep_states=10)
+  ckpt.save_state(2, _state(), {"step": 2})
+  ckpt.wait()
+  bad = _state()
+  if part == "params":
+    bad["params"]["w"] = bad["params"]["w"].at[0, 1].set(jnp.inf)
+  elif part == "ema":
+    bad["ema"]["ema"]["w"] = bad["ema"]["ema"]["w"] * jnp.nan
+  else:
+    bad["opt_state"] = (jnp.full((2, 3), jnp.nan), bad["opt_state"][1])
+  with pytest.raises(FloatingPointError,
+                     match=rf"state at step 4: non-finite .*{part}.*last finite checkpoint is step 2"):
+    ckpt.save_state(4, bad, {"step": 4})
+  if part == "ema":
+    with pytest.raises(FloatingPointError, match="EMA snapshot at step 4"):
+      ckpt.save_snapshot(4, bad["ema"], {"step": 4})
+  ckpt.wait()
+  assert ckpt.state.all_steps() == [2] and ckpt.snapshots.all_steps() == []
+  ckpt.close()
+
+
+def test_non_finite_state_on_disk_is_refused_on_resume(tmp_path):
+  import orbax.checkpoint as ocp
+  from diffgen_jax import checkpointing
+  ckpt = checkpointing.Checkpoints(str(tmp_path), keep_states=10)
+  bad = _state(jnp.nan)  # as an older version could have written it, bypassing the check
+  ckpt.state.save(6, args=ocp.args.Composite(state=ocp.args.StandardSave(bad),
+                                             meta=ocp.args.JsonSave({"step": 6})))
+  ckpt.wait()
+  with pytest.raises(FloatingPointError, match=r"step 6 holds non-finite values .*params"):
+    ckpt.restore_state(6, checkpointing.abstract_on(bad, checkpointing.replicated_sharding()))
+  ckpt.close()
+
+
+def _tiny_train_config(batch=16, steps=6):
+  """A tiny DDPM++ on 64 8x8 digits (as in test_training.py), no evaluation after training."""
+  from diffgen_jax import defaults
+  c = defaults.train_config("digits", "ddpmpp")
+  c.data.subset_size = 64
+  c.model.update(preset="", model_channels=8, channel_mult=(1, 2), num_blocks=1,
+                 attn_resolutions=(), img_resolution=8, img_channels=1, num_classes=10, dropout=0.0)
+  c.training.update(batch_size=batch, total_images=batch * steps, lr=2e-3, warmup_images=0)
+  c.training.ema.halflife_images = 4 * batch
+  c.checkpoint.update(state_every_images=2 * batch, snapshot_every_images=2 * batch, keep_states=10)
+  c.sampling.grid_size = 0
+  c.log_every_steps = 1
+  c.evaluation.after_training = False
+  return c
+
+
+@pytest.mark.parametrize("field,value", [
+    ("training.lr", 1e39), ("training.lr", float("inf")), ("training.adam_eps", float("nan")),
+    ("training.p_mean", -1e40), ("training.ema.sigma_rels", (0.05, float("nan"))),
+    ("evaluation.sigmas", (0.5, 1e39))])
+def test_float_fields_must_be_finite_in_the_compute_dtype(tmp_path, monkeypatch, field, value):
+  from diffgen_jax import config_checks, jobs
+  monkeypatch.setattr(training, "compile_training", lambda *a, **k: pytest.fail("compiled"))
+  config = _tiny_train_config()
+  *path, name = field.split(".")
+  node = config
+  for part in path:
+    node = node[part]
+  node[name] = value
+  with pytest.raises(config_checks.ConfigError, match=rf"config\.{field.replace('.', '[.]')}"):
+    jobs.run(config, str(tmp_path))
+
+
+def test_training_stops_before_saving_non_finite_parameters(tmp_path, monkeypatch, data_dir):
+  """The loss of a step is computed before its update: a finite loss can come with non-finite
+  parameters (the issue's lr = 1e39 case). Those are never saved; the error names the last
+  finite checkpoint, from which the run resumes."""
+  from diffgen_jax import checkpointing, jobs
+  make = training.make_train_step
+  poison_after = 3  # the update of step index 3 makes params and EMA NaN; its loss is finite
+
+  def poisoned(network, optimizer, config):
+    step = make(network, optimizer, config)
+
+    def train_step(state, batch, key):
+      new, metrics = step(state, batch, key)
+      scale = jnp.where(state.step == poison_after, jnp.nan, 1.0)
+      return new.replace(params=jax.tree.map(lambda p: p * scale, new.params),
+                         ema=jax.tree.map(lambda p: p * scale, new.ema)), metrics
+
+    return train_step
+
+  monkeypatch.setattr(training, "make_train_step", poisoned)
+  config = _tiny_train_config(steps=4)
+  config.data.data_dir = data_dir
+  with pytest.raises(FloatingPointError,
+                     match=r"EMA snapshot at step 4: non-finite .*last finite checkpoint is step 2"):
+    jobs.run(config, str(tmp_path))
+  ckpt = checkpointing.Checkpoints(str(tmp_path))
+  assert ckpt.state.all_steps() == [2] and ckpt.snapshots.all_steps() == [2]
+  ckpt.close()
