@@ -443,3 +443,89 @@ def test_training_stops_before_saving_non_finite_parameters(tmp_path, monkeypatc
   ckpt = checkpointing.Checkpoints(str(tmp_path))
   assert ckpt.state.all_steps() == [2] and ckpt.snapshots.all_steps() == [2]
   ckpt.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Kind 4: images on the wrong scale are refused, saying which scale they are on
+
+
+def _images(n=10, seed=0):
+  """(n, 4, 4, 1) float images in [-1, 1] from uint8 pixels, as the data pipeline makes them."""
+  from diffgen_jax import data
+  pixels = np.random.default_rng(seed).integers(0, 256, (n, 4, 4, 1), dtype=np.uint8)
+  return pixels, data.to_unit_range(pixels)
+
+
+def test_to_unit_range_takes_only_integer_pixels():
+  from diffgen_jax import data
+  np.testing.assert_array_equal(data.to_unit_range(np.array([[[0, 255]]], np.uint8)),
+                                np.array([[[[-1.0], [1.0]]]], np.float32))
+  _, images = _images()
+  with pytest.raises(ValueError, match=r"integer pixels in \[0, 255\].*float32.*already in \[-1, 1\]"):
+    data.to_unit_range(images)
+  with pytest.raises(ValueError, match=r"integer pixels in \[0, 255\]"):
+    data.to_unit_range(np.array([[[-3, 300]]], np.int32))
+
+
+def test_copy_fraction_refuses_mixed_scales():
+  from diffgen_jax.evaluation import probes
+  pixels, images = _images()
+  assert probes.copy_fraction(images, images) == 1.0  # the right value, on one scale
+  with pytest.raises(ValueError, match=r"samples must be floating-point images.*uint8 pixels"):
+    probes.copy_fraction(pixels, images)
+  with pytest.raises(ValueError, match=r"train_images must be .*uint8 pixels"):
+    probes.copy_fraction(images, pixels)
+  with pytest.raises(ValueError, match=r"samples must be .*float32 values in \[0, 249\] \(the 0\.\.255 scale"):
+    probes.copy_fraction(pixels.astype(np.float32), images)
+  with pytest.raises(ValueError, match=r"samples must be .*NaN or Inf"):
+    probes.copy_fraction(images * np.nan, images)
+
+
+def test_every_image_taking_function_checks_the_convention():
+  from diffgen_jax.evaluation import factors, features, gap, probes
+  pixels, images = _images(8)
+  exact = optimal.empirical_optimal_denoiser(images)
+  states = np.zeros((2, 8, 4, 4, 1), np.float32)
+  calls = {
+      "gap.denoising_errors": lambda im: gap.denoising_errors(exact, im, sigmas=[1.0]),
+      "features.pixel_features": lambda im: features.pixel_features(im),
+      "features.batched_features": lambda im: features.batched_features(
+          features.pixel_features, im),
+      "features.train_classifier": lambda im: features.train_classifier(
+          im, np.zeros(8, np.int32), 2, steps=1),
+      "probes.trajectory_overlap": lambda im: probes.trajectory_overlap(
+          states, np.array([1.0, 0.5]), im, images[:2], images[:2]),
+      "probes.nn_similarity_probe": lambda im: probes.nn_similarity_probe(
+          exact, features.pixel_features, [1.0], states[:1], im[:2], images[:2],
+          np.zeros((8, 16)), np.zeros((8, 16))),
+      "probes.memorization": lambda im: probes.memorization(images, images, im),
+      "factors.gradient_correlation_vs_sigma": lambda im: factors.gradient_correlation_vs_sigma(
+          exact, im, [1.0]),
+  }
+  for name, call in calls.items():
+    with pytest.raises(ValueError, match=r"uint8 pixels"):
+      call(pixels)
+    with pytest.raises(ValueError, match=r"0\.\.255 scale"):
+      call(pixels.astype(np.float32) + 20.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kind 5: duplicated training images do not hide copies
+
+
+def test_duplicated_training_image_does_not_hide_its_copy():
+  from diffgen_jax.evaluation import probes
+  _, images = _images(10, seed=1)
+  train = np.concatenate([images, images[3:4]])  # image 3 twice in the training set
+  copies = images.copy()  # ten exact copies of the ten distinct training images
+  assert probes.copy_fraction(copies, train) == 1.0  # was 0.9: d1 = d2 = 0 for image 3
+  near = copies + 0.01 * np.random.default_rng(2).standard_normal(copies.shape).astype(np.float32)
+  np.testing.assert_array_equal(probes.copy_flags(near, train), True)
+  idx, dist, duplicates = probes.nearest_distinct(copies, train)
+  assert duplicates == 1
+  np.testing.assert_array_equal(idx[:, 0], np.arange(10))  # first occurrences
+  assert np.all(dist[:, 0] == 0) and np.all(dist[:, 1] > 0)
+  mem = probes.memorization(copies, train, images)
+  assert mem == {"samples": 1.0, "validation_control": 1.0, "training_duplicates": 1}
+  with pytest.raises(ValueError, match="at least 2 distinct training images"):
+    probes.copy_fraction(copies[:1], np.concatenate([images[:1]] * 3))

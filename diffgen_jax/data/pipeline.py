@@ -44,6 +44,7 @@ import numpy as np
 from diffgen_jax import sharding as sharding_lib
 from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.data import builders
+from diffgen_jax.data.convention import check_pixels
 
 DATASETS = tuple(builders.BUILDERS)  # ("digits", "fashion_mnist", "mnist5k")
 DEFAULT_DATA_DIR = os.environ.get("DIFFGEN_DATA_DIR") or os.path.expanduser(
@@ -412,8 +413,13 @@ def process_rows(global_batch_size: int, process_index: int, process_count: int)
 
 
 def to_unit_range(images) -> np.ndarray:
-  """uint8 pixels (N, H, W[, C]) -> float32 NHWC in [-1, 1]: the one home of this scaling."""
+  """uint8 pixels (N, H, W[, C]) -> float32 NHWC in [-1, 1]: the one home of this scaling.
+
+  Raises ValueError for anything but integer pixels in [0, 255] (e.g. float images already in
+  [-1, 1], which would otherwise land in [-1.008, -0.992]); see data/convention.py.
+  """
   images = np.asarray(images)
+  check_pixels(images, "images")
   if images.ndim == 3:
     images = images[..., None]
   return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)

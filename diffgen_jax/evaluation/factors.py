@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from diffgen_jax.denoisers import Denoiser, guided, is_array_pytree, with_labels
+from diffgen_jax.data.convention import check_images
+from diffgen_jax.denoisers import Denoiser, check_labels, guided, is_array_pytree, with_labels
 from diffgen_jax.evaluation.gap import image_noise
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
 
@@ -178,7 +179,10 @@ def gradient_correlation_score(denoise: Denoiser, x, sigma, labels=None, *,
 
 def gradient_correlation_vs_sigma(denoise: Denoiser, images, sigmas, labels=None, *, ids=None,
                                   noise_seed: int = 0, chunk_size: int = 64) -> np.ndarray:
-  """(S, B) scores at noisy inputs y + sigma n_y (the gap evaluation's per-image noise)."""
+  """(S, B) scores at noisy inputs y + sigma n_y (the gap evaluation's per-image noise); images
+  (B, H, W, C) float in [-1, 1] (ValueError otherwise, data/convention.py)."""
+  check_images(images, "images")
+  check_labels(denoise, labels)
   images = jnp.asarray(images, jnp.float32)
   ids = np.arange(images.shape[0]) if ids is None else np.asarray(ids)
   noise = image_noise(noise_seed, ids, images.shape[1:], images.dtype)

@@ -36,6 +36,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax import edm
+from diffgen_jax.data.convention import check_images
 from diffgen_jax.denoisers import check_labels, is_array_pytree
 from diffgen_jax.sharding import DATA_AXIS, check_divisible
 
@@ -88,10 +89,10 @@ _per_image_values_jit = jax.jit(_per_image_values, static_argnames=("sigma_chunk
 
 
 def _as_float_images(images) -> np.ndarray:
+  """Float images on the [-1, 1] scale (any (N, ...) shape; values up to 10 in magnitude pass so
+  that synthetic data such as Gaussians can be measured; data/convention.py), else ValueError."""
   a = np.asarray(images)
-  if not np.issubdtype(a.dtype, np.floating):
-    raise ValueError(f"images must be floating point in [-1, 1] (the data pipeline's uint8 / 127.5 "
-                     f"- 1), got dtype {a.dtype}")
+  check_images(a, "images", nhwc=False, lenient=True)
   return a.astype(np.float32) if a.dtype != np.float32 and a.dtype != np.float64 else a
 
 
