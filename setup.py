@@ -26,6 +26,6 @@ setup(
         "scikit-learn==1.9.1",
     ],
     extras_require={
-        "test": ["pytest==9.0.3"],
+        "test": ["pytest==9.0.3", "hypothesis==6.155.2"],
     },
 )

@@ -1,7 +1,4 @@
-"""Validation of configs at start-up and of the public API's numeric arguments.
-
-Every error names the field (config.<field>) or the argument, and what it allows.
-"""
+"""Start-up validation of ml_collections configs: every error names the field and what it allows."""
 
 from __future__ import annotations
 
@@ -10,6 +7,8 @@ from typing import Any, Iterable, Iterator, Tuple
 
 import ml_collections
 import numpy as np
+
+from diffgen_jax.checks import check_number
 
 
 class ConfigError(ValueError):
@@ -53,44 +52,7 @@ def subset(config, field: str, allowed: Iterable[Any]) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------
-# Numeric arguments of the public API and numeric config fields
-
-
-def check_number(value, name: str, *, low=None, high=None, low_open: bool = False,
-                 high_open: bool = False, integer: bool = False, allow_inf: bool = False,
-                 error=ValueError):
-  """Returns `value` if it is a real number in the range, else raises `error` naming `name`.
-
-  NaN is always rejected; +-inf only with allow_inf=True (and then still subject to the range).
-  integer=True also rejects non-integral values (bools are never numbers). Ranges: [low, high],
-  an open end with low_open / high_open. Works on Python and numpy scalars and 0-d arrays.
-  """
-  kind = "an integer" if integer else "a number"
-  try:
-    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    ok = is_int or (not integer and isinstance(value, (float, np.floating)))
-    if not ok and not isinstance(value, (bool, np.bool_)) and np.ndim(value) == 0:
-      arr = np.asarray(value)
-      ok = arr.dtype.kind in ("iu" if integer else "iuf")
-      value = arr.item() if ok else value
-  except TypeError:
-    ok = False
-  if not ok:
-    raise error(f"{name}={value!r} must be {kind}")
-  if math.isnan(value):
-    raise error(f"{name}={value!r} must be {kind}, not NaN")
-  if math.isinf(value) and not allow_inf:
-    raise error(f"{name}={value!r} must be finite")
-  if low is not None and (value <= low if low_open else value < low):
-    raise error(f"{name}={value!r} must be {'>' if low_open else '>='} {low}")
-  if high is not None and (value >= high if high_open else value > high):
-    raise error(f"{name}={value!r} must be {'<' if high_open else '<='} {high}")
-  return value
-
-
-def number(config, field: str, **kwargs):
-  """check_number on config.<field>, raising ConfigError naming the field."""
-  return check_number(get(config, field), f"config.{field}", error=ConfigError, **kwargs)
+# Float fields finite (also in the compute dtype); numeric API arguments: diffgen_jax/checks.py
 
 
 def float_leaves(config, prefix: str = "") -> Iterator[Tuple[str, float]]:
@@ -121,3 +83,81 @@ def finite_floats(config, compute_dtype: str = "float32") -> None:
     if abs(value) > limit:
       raise ConfigError(f"config.{field}={value!r} is not finite in the compute dtype "
                         f"{compute_dtype} (largest finite value {limit:.4g})")
+
+
+# Ranges of the numeric fields of the train / evaluate configs (defaults.train_config), checked for
+# whichever of them a config has; errors name the field. int: an integer (bools are not);
+# float: any real number (ints too). Bounds as in checks.check_number.
+_INT, _NUM = dict(integer=True), {}
+FIELD_RANGES = {
+    "seed": dict(_INT, low=0),
+    "log_every_steps": dict(_INT, low=1),
+    "mesh.data": dict(_INT, low=-1),
+    "mesh.model": dict(_INT, low=1),
+    "data.subset_size": dict(_INT, low=0),
+    "data.subset_seed": dict(_INT, low=0),
+    "training.batch_size": dict(_INT, low=1),
+    "training.total_images": dict(_INT, low=1),
+    "training.lr": dict(_NUM, low=0.0, low_open=True),
+    "training.lr_ref_images": dict(_NUM, low=0.0),
+    "training.warmup_images": dict(_NUM, low=0.0),
+    "training.adam_b1": dict(_NUM, low=0.0, high=1.0, high_open=True),
+    "training.adam_b2": dict(_NUM, low=0.0, high=1.0, high_open=True),
+    "training.adam_eps": dict(_NUM, low=0.0, low_open=True),
+    "training.grad_clip": dict(_NUM, low=0.0),
+    "training.p_mean": dict(_NUM),
+    "training.p_std": dict(_NUM, low=0.0, low_open=True),
+    "training.sigma_data": dict(_NUM, low=0.0, low_open=True),
+    "training.label_dropout": dict(_NUM, low=0.0, high=1.0, high_open=True),
+    "training.ema.halflife_images": dict(_NUM, low=0.0, low_open=True),
+    "training.ema.rampup_ratio": dict(_NUM, low=0.0),
+    # EDM2's power EMA: sigma_rel of gamma = 0 is sqrt(1/12) ~ 0.2887 (ema.std_to_exponent).
+    "training.ema.sigma_rels[]": dict(_NUM, low=0.0, high=0.2886, low_open=True, high_open=True),
+    "checkpoint.state_every_images": dict(_NUM, low=0.0, low_open=True),
+    "checkpoint.snapshot_every_images": dict(_NUM, low=0.0, low_open=True),
+    "checkpoint.keep_states": dict(_INT, low=1),
+    "sampling.grid_size": dict(_INT, low=0),
+    "sampling.num_steps": dict(_INT, low=1),
+    "evaluation.num_images": dict(_INT, low=1),
+    "evaluation.num_sigmas": dict(_INT, low=1),
+    "evaluation.noise_seed": dict(_INT, low=0),
+    "evaluation.batch_size": dict(_INT, low=1),
+    "evaluation.sigmas[]": dict(_NUM, low=0.0, low_open=True),
+    "evaluation.at_sigmas[]": dict(_NUM, low=0.0, low_open=True),
+    "evaluation.samples.num_samples": dict(_INT, low=2),
+    "evaluation.samples.num_steps": dict(_INT, low=1),
+    "evaluation.samples.seed": dict(_INT, low=0),
+    "evaluation.samples.classifier_steps": dict(_INT, low=0),
+    "evaluation.samples.num_train_subsets": dict(_INT, low=1),
+    "evaluation.samples.early_stop_every": dict(_INT, low=1),
+    "evaluation.samples.probe_size": dict(_INT, low=1),
+    "evaluation.samples.copy_ratio": dict(_NUM, low=0.0, high=1.0, low_open=True, high_open=True),
+    "evaluation.samples.grid_size": dict(_INT, low=0),
+}
+
+
+def _lookup(config, field: str):
+  node = config
+  for part in field.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return None, False
+    node = node[part]
+  return node, True
+
+
+def field_ranges(config, ranges=None) -> None:
+  """Checks every field of `ranges` (default FIELD_RANGES) that the config has: a number of the
+  right kind (integer or real), not NaN or inf, inside its range. "field[]" names a list of
+  numbers, each checked. Raises ConfigError naming the field (and the entry of a list)."""
+  for field, bounds in (FIELD_RANGES if ranges is None else ranges).items():
+    is_list = field.endswith("[]")
+    value, present = _lookup(config, field[:-2] if is_list else field)
+    if not present:
+      continue
+    if is_list:
+      if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"config.{field[:-2]}={value!r} must be a list of numbers")
+      for i, v in enumerate(value):
+        check_number(v, f"config.{field[:-2]}[{i}]", error=ConfigError, **bounds)
+    else:
+      check_number(value, f"config.{field}", error=ConfigError, **bounds)

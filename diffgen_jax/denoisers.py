@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen_jax.config_checks import check_number
+from diffgen_jax.checks import check_number
 
 
 class Denoiser(Protocol):

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen_jax.config_checks import check_number
+from diffgen_jax.checks import check_number
 from diffgen_jax.denoisers import per_example
 
 SIGMA_DATA = 0.5

@@ -15,10 +15,17 @@ JOBS = {
 }
 
 
-def run(config, workdir: str):
+def validate(config) -> str:
+  """Checks the config for the job it names; returns the job's name. Raises ConfigError naming
+  the field: every float finite, also in the compute dtype (1e39 is inf in float32), every numeric
+  field of config_checks.FIELD_RANGES in its range, then the job's own checks."""
   job = config_checks.choice(config, "job", JOBS)
-  module = importlib.import_module(JOBS[job])
-  # Every float field finite, also in the compute dtype (1e39 is inf in float32), whatever the job.
   config_checks.finite_floats(config)
-  module.validate_config(config)
-  return module.run(config, workdir)
+  config_checks.field_ranges(config)
+  importlib.import_module(JOBS[job]).validate_config(config)
+  return job
+
+
+def run(config, workdir: str):
+  job = validate(config)
+  return importlib.import_module(JOBS[job]).run(config, workdir)

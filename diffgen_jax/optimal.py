@@ -37,7 +37,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffgen_jax.config_checks import check_number
+from diffgen_jax.checks import check_number
 from diffgen_jax.denoisers import Denoiser, check_label_domain, per_example
 from diffgen_jax.sharding import DATA_AXIS
 

@@ -16,7 +16,7 @@ import numpy as np
 from jax import lax
 
 from diffgen_jax import edm
-from diffgen_jax.config_checks import check_number
+from diffgen_jax.checks import check_number
 from diffgen_jax.denoisers import Denoiser, check_labels, is_array_pytree
 
 SOLVERS = ("euler", "heun")
@@ -58,7 +58,7 @@ def sample(denoise: Denoiser, noise: jax.Array, labels: Optional[jax.Array] = No
 
   Raises:
     ValueError naming the argument: num_steps not an integer >= 1; sigma_min, sigma_max not finite
-    with 0 < sigma_min <= sigma_max; rho not finite and > 0; s_churn, s_min, s_noise not finite
+    with 0 < sigma_min <= sigma_max, or outside the normal numbers of noise's dtype; rho not finite and > 0; s_churn, s_min, s_noise not finite
     and >= 0; s_max NaN or < 0 (inf allowed); stop_step outside [0, num_steps - 1]; noise not a
     floating-point array of finite values; labels that a component of `denoise` has no training
     points for (`denoisers.check_labels`).
@@ -76,6 +76,14 @@ def sample(denoise: Denoiser, noise: jax.Array, labels: Optional[jax.Array] = No
   if stop_step is not None:
     check_number(stop_step, "stop_step", low=0, high=num_steps - 1, integer=True)
   _check_noise(noise)
+  # Every noise level must be a positive normal number in the sampling dtype: a sigma_min that is
+  # 0 (or subnormal) in float32 would make the last Heun step divide by 0.
+  finfo = np.finfo(noise.dtype)
+  if sigma_min < finfo.tiny:
+    raise ValueError(f"sigma_min={sigma_min!r} is below the smallest normal {noise.dtype} number "
+                     f"{finfo.tiny:.3g} (the dtype of noise): use sigma_min >= {finfo.tiny:.3g}")
+  if sigma_max > finfo.max:
+    raise ValueError(f"sigma_max={sigma_max!r} is not finite in {noise.dtype} (the dtype of noise)")
   check_labels(denoise, labels)
   if key is None:
     key = jax.random.key(0)  # unused by deterministic sampling

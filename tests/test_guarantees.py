@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from diffgen_jax import denoisers, edm, models, optimal, samplers, training
-from diffgen_jax.config_checks import check_number
+from diffgen_jax.checks import check_number
 
 _FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
@@ -255,7 +255,8 @@ def test_other_math_parameters_are_checked():
 @pytest.mark.parametrize("name,value", [
     ("s_churn", float("nan")), ("s_churn", -1.0), ("s_churn", float("inf")),
     ("s_min", float("nan")), ("s_max", float("nan")), ("s_max", -1.0), ("s_noise", float("nan")),
-    ("rho", 0.0), ("sigma_min", float("nan")), ("sigma_max", -3.0), ("num_steps", 0),
+    ("rho", 0.0), ("sigma_min", float("nan")), ("sigma_min", 1e-45), ("sigma_max", -3.0),
+    ("sigma_max", 1e39), ("num_steps", 0),
     ("stop_step", 7), ("stop_step", 1.5)])
 def test_sampler_rejects_bad_numeric_arguments(name, value):
   kwargs = dict(num_steps=4, key=jax.random.key(0))

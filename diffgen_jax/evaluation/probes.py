@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffgen_jax import samplers
-from diffgen_jax.config_checks import check_number
+from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
 from diffgen_jax.denoisers import check_labels, is_array_pytree
 from diffgen_jax.evaluation.features import batched_features
