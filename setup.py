@@ -24,6 +24,8 @@ setup(
         "scipy>=1.13",
         "matplotlib==3.11.2",
         "scikit-learn==1.9.1",
+        "tensorboardX==2.6.5",  # TensorBoard event files without TensorFlow
+        "grain==0.2.18",  # the input pipeline: the batch stream
     ],
     extras_require={
         "test": ["pytest==9.0.3", "hypothesis==6.155.2"],

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen_jax import defaults, edm, samplers, trainer, training
+from diffgen_jax import defaults, edm, samplers
+from diffgen_jax.models.network import build_network, network_denoiser
 from diffgen_jax import models
 from diffgen_jax.evaluation import gap
 
@@ -62,12 +63,12 @@ def main():
   config.model.img_channels = args.channels
   config.model.num_classes = 0
   shape = (args.resolution, args.resolution, args.channels)
-  network = trainer.build_network(config.model, 0)
+  network = build_network(config.model, 0)
   params = models.init_variables(network.module, jax.random.key(0), (1,) + shape, 0)["params"]
   sigma_data = config.training.sigma_data
 
   def network_fn(params, x, sigma, labels):
-    return training.network_denoiser(network, params, sigma_data)(x, sigma, labels)
+    return network_denoiser(network, params, sigma_data)(x, sigma, labels)
 
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (args.images,) + shape).astype(np.float32)

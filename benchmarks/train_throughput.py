@@ -115,7 +115,7 @@ def make_train_config(family: str, preset: str, args):
   """The default train config of the family with the benchmark's data shape, batch and dtype."""
   from diffgen_jax import defaults, models  # pylint: disable=import-outside-toplevel
   config = defaults.train_config("digits", family)
-  model = models.presets.preset_config(preset)
+  model = models.preset_config(preset)
   model.img_resolution = args.resolution
   model.img_channels = args.channels
   model.num_classes = args.num_classes
@@ -147,7 +147,9 @@ class OursRunner(Runner):
     import jax  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
     from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
-    from diffgen_jax import models, sharding, trainer, training  # pylint: disable=import-outside-toplevel
+    from diffgen_jax import models, sharding, training  # pylint: disable=import-outside-toplevel
+    from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
+    from diffgen_jax.models.network import build_network  # pylint: disable=import-outside-toplevel
     from diffgen_jax.flops import model_flops  # pylint: disable=import-outside-toplevel
 
     self.jax = jax
@@ -159,10 +161,11 @@ class OursRunner(Runner):
     config = make_train_config(family, preset, args)
     image_shape = (args.resolution, args.resolution, args.channels)
     models.validate_config(config.model, image_shape, args.num_classes)
-    network = trainer.build_network(config.model, args.num_classes, args.dtype)
-    optimizer = training.make_optimizer(config)
+    network = build_network(config.model, args.num_classes, args.dtype)
+    settings = common.training_settings(config)
+    optimizer = training.make_optimizer(settings)
     mesh = sharding.make_mesh(-1, 1, devices=devices[:n_devices])
-    init_fn, step_fn, _, _ = training.compile_training(network, optimizer, config, mesh,
+    init_fn, step_fn, _, _ = training.compile_training(network, optimizer, settings, mesh,
                                                         image_shape)
     rng = np.random.default_rng(args.seed)
     host_batch = {
@@ -186,7 +189,7 @@ class OursRunner(Runner):
         kind="ours", family=family, preset=preset, devices=n_devices,
         device_kind=devices[0].device_kind, platform=devices[0].platform,
         params=models.param_count(network.module, (1,) + image_shape), dtype=args.dtype,
-        loss=config.training.loss, ema=list(training.ema_names(config.training.ema)),
+        loss=config.training.loss, ema=list(training.ema_names(settings)),
         compile_s=compile_s, flops_per_step=flops, flops_source="jaxpr matmul+conv (diffgen_jax.flops)",
         xla_cost_analysis_flops_per_step_per_device=xla_flops)
     self.run(args.warmup)  # warm-up

@@ -81,11 +81,9 @@ PAPER_COMPUTE = {
 
 
 def _parse(variant):
-  tokens = [t for t in str(variant or "").split(",") if t]
-  findings = [t for t in tokens if t in FINDINGS]
-  modes = [t for t in tokens if t in MODES]
-  unknown = [t for t in tokens if t not in FINDINGS + MODES]
-  if unknown or len(findings) != 1 or len(modes) > 1:
+  chosen = defaults.parse_variant(variant, finding=FINDINGS, mode=MODES)
+  findings, modes = chosen["finding"], chosen["mode"]
+  if len(findings) != 1 or len(modes) > 1:
     raise ValueError(f"variant {variant!r}: use '<finding>[,<mode>]' with one finding of {FINDINGS} "
                      f"and at most one mode of {MODES} (default local)")
   return findings[0], (modes[0] if modes else "local")

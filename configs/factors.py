@@ -23,15 +23,12 @@ MODIFIERS = ("local", "fashion")
 
 
 def get_config(variant=None):
-  tokens = tuple(t for t in str(variant or "").split(",") if t and t != "all")
-  unknown = [t for t in tokens if t not in SWEEPS + MODIFIERS]
-  if unknown:
-    raise ValueError(f"unknown variant(s) {unknown}; use sweep names {SWEEPS} and/or {MODIFIERS}")
-  local, fashion = "local" in tokens, "fashion" in tokens
+  chosen = defaults.parse_variant(variant, sweeps=SWEEPS, modifiers=MODIFIERS)
+  local, fashion = "local" in chosen["modifiers"], "fashion" in chosen["modifiers"]
 
   config = ml_collections.ConfigDict()
   config.job = "factors"
-  config.sweeps = tuple(t for t in tokens if t in SWEEPS) or ANALYTIC
+  config.sweeps = chosen["sweeps"] or ANALYTIC
   config.seed = 0  # k-means seeding and the optional feature classifier
   config.data = defaults.data_config("fashion_mnist" if fashion else "digits")
   config.num_images = 512  # fixed evaluation images per split (the first rows of each split)
@@ -94,7 +91,7 @@ def get_config(variant=None):
     config.gradient_score.num_images = 2
     config.gradient_score.num_sigmas = 6
     config.trained.ws = (0.0, 1.0, 2.0)
-    if "trained" in tokens:
+    if "trained" in chosen["sweeps"]:
       config.num_images = 128
     if fashion:
       config.data.subset_size = 4096

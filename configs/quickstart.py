@@ -9,7 +9,8 @@ run, so the gap between validation and training denoising error opens up.
 from diffgen_jax import defaults
 
 
-def get_config():
+def get_config(variant=None):
+  defaults.parse_variant(variant)  # no variants: the one setting
   config = defaults.train_config(dataset="digits", family="ddpmpp")
   config.data.subset_size = 256
   config.model.preset = "ddpmpp-tiny"
@@ -30,5 +31,7 @@ def get_config():
   config.evaluation.samples.num_samples = 256
   config.evaluation.samples.classifier_steps = 300
   config.evaluation.samples.probe_size = 64
+  config.monitor.every_images = 64 * 300  # G(sigma) at a few sigmas, 10 times during the run
+  config.monitor.num_images = 128
   config.log_every_steps = 100
   return config

@@ -10,6 +10,8 @@ Choices the paper leaves open are ours and are recorded in each results.json.
 
 import ml_collections
 
+from diffgen_jax import defaults
+
 EXPERIMENTS = ("flow_field", "relative_error", "gap_vs_delta", "gap_vs_density", "guidance",
                "trajectories", "frechet")
 
@@ -23,10 +25,7 @@ def _frange(start, stop, step):
 def get_config(variant=None):
   config = ml_collections.ConfigDict()
   config.job = "toy2d"
-  if variant in (None, "", "all"):
-    config.experiments = EXPERIMENTS
-  else:
-    config.experiments = tuple(v for v in str(variant).split(",") if v)
+  config.experiments = defaults.parse_variant(variant, experiments=EXPERIMENTS)["experiments"] or EXPERIMENTS
 
   # Shared protocol (paper.md section 5).
   config.seed = 0

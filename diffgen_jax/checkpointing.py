@@ -29,6 +29,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from diffgen_jax import ema
+
 STATE_DIR = "checkpoints/state"
 SNAPSHOT_DIR = "checkpoints/snapshots"
 
@@ -165,3 +167,10 @@ def load_snapshot(workdir: str, step: int, abstract_ema=None, *, sharding=None
     restored = mngr.restore(step, args=ocp.args.Composite(
         ema=ocp.args.StandardRestore(abstract_ema), meta=ocp.args.JsonRestore()))
   return restored["ema"], restored["meta"]
+
+
+def load_ema_params(workdir: str, step: int, which: str = "first") -> Tuple[str, Any, Dict[str, Any]]:
+  """(name, params as device arrays, metadata) of one EMA set of a snapshot (`ema.pick` rule)."""
+  ema_sets, meta = load_snapshot(workdir, step)
+  name, params = ema.pick(ema_sets, which)
+  return name, jax.tree.map(jnp.asarray, params), meta

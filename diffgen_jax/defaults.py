@@ -9,7 +9,49 @@ from __future__ import annotations
 import ml_collections
 
 from diffgen_jax import models
-from diffgen_jax.sample_evaluation import sample_evaluation_config
+
+
+def parse_variant(variant, **groups) -> dict:
+  """The one way configs name variants: `configs/<file>.py:<token>[,<token>...]`.
+
+  Each token belongs to one of the named groups (e.g. sweeps=(...), modes=(...)); order is free,
+  "all" and empty tokens are ignored. Returns {group: tuple of its tokens, in the order given}.
+  Raises ValueError naming the unknown or repeated tokens and every allowed value.
+  """
+  tokens = [t.strip() for t in str(variant or "").split(",")]
+  tokens = [t for t in tokens if t and t != "all"]
+  owner = {t: g for g, allowed in groups.items() for t in allowed}
+  unknown = [t for t in tokens if t not in owner]
+  repeated = sorted({t for t in tokens if tokens.count(t) > 1})
+  if unknown or repeated:
+    allowed = "; ".join(f"{g}: {tuple(a)}" for g, a in groups.items()) or "none (no variants)"
+    raise ValueError((f"variant {variant!r}: unknown variant(s) {unknown}" if unknown else
+                      f"variant {variant!r}: repeated {repeated}") + f"; allowed values: {allowed}")
+  return {g: tuple(t for t in tokens if owner[t] == g) for g in groups}
+
+
+def sample_evaluation_config() -> ml_collections.ConfigDict:
+  """Settings of the evaluate job's sample-level side (config.evaluation.samples;
+  `jobs.evaluate`, `evaluation.samples`)."""
+  return ml_collections.ConfigDict({
+      "enabled": True,
+      "num_samples": 512,  # samples per snapshot (deterministic Heun, fixed noise and labels)
+      "num_steps": 18,  # Heun steps (noise levels of the Karras schedule)
+      "seed": 0,  # the samples' noise and the choice of the FD reference subsets
+      "feature": "classifier",  # "classifier" | "pixels" | "external"
+      "classifier_steps": 2000,  # training steps of the SmallCNN when it must be trained
+      "classifier_path": "",  # "" = WORKDIR/evaluation/classifier.npz, trained once and cached
+      "external_kind": "inception_v3",  # feature="external": "inception_v3" | "dinov2" ...
+      "external_path": "",  # ... with its weights at this local path (never downloaded)
+      "num_train_subsets": 2,  # disjoint training subsets for FD_train (averaged)
+      "early_stop_every": 1,  # early-stopped G_FD at every k-th sampling step (and the last)
+      "overlap": True,  # trajectory overlap probe
+      "nn_similarity": True,  # 1-NN cosine similarity probe
+      "probe_size": 128,  # trajectories and training / validation images in the two probes
+      "copy_ratio": 1.0 / 3.0,  # Gu et al.: a copy when d(1st NN) < ratio * d(2nd NN)
+      "grid_size": 32,  # samples shown next to their nearest training images
+      "snapshots": "all",  # "all" | "last"
+  })
 
 
 def mesh_config() -> ml_collections.ConfigDict:
@@ -82,6 +124,16 @@ def train_config(dataset: str = "digits", family: str = "ddpmpp") -> ml_collecti
   })
   # The inference side: samples' Frechet-distance gap, copies, early stopping, trajectory probes.
   config.evaluation.samples = sample_evaluation_config()
+  # While training: the denoising error of the first EMA set on fixed training / validation
+  # subsets (the evaluate job's images and noise) at a few sigmas around the gap's usual peak,
+  # so G(sigma) shows during the run (metrics.jsonl and TensorBoard).
+  config.monitor = ml_collections.ConfigDict({
+      "every_images": 1_000_000,  # 0 = off
+      "num_images": 256,  # the first images of each split
+      "sigmas": (0.1, 0.2, 0.5, 1.0, 2.0),
+      "batch_size": 256,
+  })
+  config.tensorboard = True  # WORKDIR/tensorboard: scalars and the sample grid per snapshot
   config.mesh = mesh_config()
   config.log_every_steps = 100
   return config

@@ -9,12 +9,21 @@ A trained network, its EMA copy, a guided pair, the empirical optimal denoiser a
 y_delta are all such functions; guidance is a function of two denoisers that returns a third.
 The package's own combinators return `jax.tree_util.Partial` objects: callables that are also
 pytrees, so they pass through jit, vmap and scan as arguments.
+
+This module is the one home of every combinator:
+  guided(pos, neg, w)                 D_pos + w (D_pos - D_neg) (classifier-free guidance, autoguidance)
+  with_labels(D, labels)              fixed labels (e.g. the null label)
+  null_labelled(D, null_label)        the classifier-free negative: every label replaced by the null one
+  classifier_free_guided(D, null, w)  guided(D, null_labelled(D, null), w)
+  crop_averaged(D, s, image_size)     a restricted receptive field: D on the four s x s corner crops
+(A trained network becomes a denoiser through `models.network.network_denoiser`; the empirical
+optimal denoiser and y_delta come from `optimal`.)
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Iterable, Optional, Protocol
+from typing import Iterable, Optional, Protocol, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -38,12 +47,16 @@ def per_example(v, x: jax.Array) -> jax.Array:
 
 
 def guided(positive: Denoiser, negative: Denoiser, weight: float) -> Denoiser:
-  """D = D_pos + w (D_pos - D_neg): classifier-free guidance or autoguidance; w = 0 is D_pos.
+  """D = D_pos + w (D_pos - D_neg): classifier-free guidance or autoguidance.
 
+  A weight of exactly 0 given as a Python or numpy number returns `positive` itself (the formula's
+  value, without evaluating the negative); any other weight, or a traced one, builds the formula.
   Raises ValueError unless weight is a finite number (a traced weight is passed through).
   """
   if not isinstance(weight, jax.core.Tracer):
     check_number(weight, "weight")
+  if isinstance(weight, (int, float, np.number)) and float(weight) == 0.0:
+    return positive
   return jax.tree_util.Partial(_guided, positive, negative, weight)
 
 
@@ -59,6 +72,81 @@ def with_labels(denoiser: Denoiser, labels: Optional[jax.Array]) -> Denoiser:
 
 def _with_labels(denoiser, labels, x, sigma, _ignored_labels=None):
   return denoiser(x, sigma, labels)
+
+
+def null_labelled(denoiser: Denoiser, null_label: int) -> Denoiser:
+  """The classifier-free negative: `denoiser` with every label replaced by `null_label`
+  (our networks' null label is num_classes)."""
+  return jax.tree_util.Partial(_null_labelled, denoiser, null_label)
+
+
+def _null_labelled(denoiser, null_label, x, sigma, _labels=None):  # the given labels are replaced
+  null = jnp.full((x.shape[0],), null_label, jnp.int32)
+  return denoiser(x, sigma, null)
+
+
+def classifier_free_guided(denoiser: Denoiser, null_label: int, weight: float) -> Denoiser:
+  """Classifier-free guidance D_c + w (D_c - D_null) of one label-conditional denoiser."""
+  return guided(denoiser, null_labelled(denoiser, null_label), weight)
+
+
+# ------------------------------------------------------------------------------------------------
+# Restricted receptive field
+
+
+def _hw(image_size) -> Tuple[int, int]:
+  if isinstance(image_size, int):
+    return image_size, image_size
+  h, w = image_size
+  return int(h), int(w)
+
+
+def crop_offsets(crop_size: int, image_size) -> Tuple[Tuple[int, int], ...]:
+  """Top-left corners of the four crops: top-left, top-right, bottom-left, bottom-right.
+
+  Raises ValueError unless max(H, W)/2 <= crop_size <= min(H, W) (2x2 crops cover the image).
+  """
+  h, w = _hw(image_size)
+  s = crop_size
+  if not (s <= h and s <= w and 2 * s >= h and 2 * s >= w):
+    raise ValueError(f"crop_size must satisfy max(H, W)/2 <= s <= min(H, W) so that 2x2 corner "
+                     f"crops cover the {h}x{w} image, got {s}")
+  return ((0, 0), (0, w - s), (h - s, 0), (h - s, w - s))
+
+
+def crop_averaged(denoise: Denoiser, crop_size: int, image_size) -> Denoiser:
+  """The denoiser restricted to s x s corner crops, overlapping pixels averaged (paper.md
+  section 6, restricted receptive field).
+
+  x: (B, H, W, C). Overlap counts are 1, 2 or 4 and the four crop outputs are summed pairwise, so
+  a pixelwise denoiser gives bit-identical results to the unwrapped one. Crops go through the
+  denoiser as one batch of 4B (sigma and labels repeated). s = the full size returns the denoiser
+  itself; otherwise a pytree (`jax.tree_util.Partial`) over the wrapped denoiser.
+  """
+  h, w = _hw(image_size)
+  crop_offsets(crop_size, (h, w))
+  if crop_size == h and crop_size == w:
+    return denoise
+  return jax.tree_util.Partial(functools.partial(_crop_averaged, crop_size, (h, w)), denoise)
+
+
+def _crop_averaged(s, hw, denoise, x, sigma, labels=None):
+  h, w = hw
+  offsets = crop_offsets(s, hw)
+  count = np.zeros((h, w), np.float32)
+  for i, j in offsets:
+    count[i:i + s, j:j + s] += 1.0
+  b = x.shape[0]
+  if x.shape[1:3] != (h, w):
+    raise ValueError(f"x has spatial size {x.shape[1:3]}, the wrapper was made for {(h, w)}")
+  crops = jnp.concatenate([x[:, i:i + s, j:j + s] for i, j in offsets], axis=0)
+  sigma = jnp.asarray(sigma)
+  sigma = sigma if sigma.ndim == 0 else jnp.tile(sigma, 4)
+  out = denoise(crops, sigma, None if labels is None else jnp.tile(jnp.asarray(labels), 4))
+  placed = [jnp.pad(out[k * b:(k + 1) * b], ((0, 0), (i, h - s - i), (j, w - s - j), (0, 0)))
+            for k, (i, j) in enumerate(offsets)]
+  total = (placed[0] + placed[1]) + (placed[2] + placed[3])
+  return total / jnp.asarray(count, total.dtype)[None, :, :, None]
 
 
 def is_array_pytree(denoiser) -> bool:
@@ -101,25 +189,22 @@ def check_labels(denoiser, labels) -> None:
 
   A component declares the labels it is defined for by a `label_domain` attribute (a frozenset;
   the empirical optimal denoiser sets its training classes; None or absent: any label). The
-  package's combinators are walked (guidance, label fixing, y_delta, crop averaging: every
-  functools / jax.tree_util Partial), so a y* inside a guided pair is checked too; a `with_labels`
-  component is checked with its own fixed labels. Samplers and evaluations call this before they
+  package's combinators are walked (guidance, label fixing, null label, y_delta, crop averaging:
+  every functools / jax.tree_util Partial), so a y* inside a guided pair is checked too; a
+  `with_labels` or `null_labelled` component is checked with the labels it substitutes. Samplers and evaluations call this before they
   trace the labels (a check under jit would never run). Raises ValueError (see
   `check_label_domain`).
   """
-  seen = set()
-
-  def visit(obj, query):
-    if id(obj) in seen:
-      return
-    seen.add(id(obj))
+  def visit(obj, query, depth=0):
     domain = getattr(obj, "label_domain", None)
     if domain is not None and query is not None:
       check_label_domain(domain, query)
-    if isinstance(obj, functools.partial):
+    if isinstance(obj, functools.partial) and depth < 64:
       if obj.func is _with_labels and len(obj.args) >= 2:
         query = _concrete_host(obj.args[1])
+      elif obj.func is _null_labelled and len(obj.args) >= 2:
+        query = _concrete_host(jnp.asarray([obj.args[1]]))
       for child in (obj.func,) + tuple(obj.args) + tuple(obj.keywords.values()):
-        visit(child, query)
+        visit(child, query, depth + 1)
 
   visit(denoiser, _concrete_host(labels))

@@ -137,11 +137,13 @@ def sample_training_sigmas(key: jax.Array, shape, p_mean: float = -1.2, p_std: f
 RawNetwork = Callable[..., jax.Array]
 
 
-def precondition(raw_network: RawNetwork, sigma_data: float = SIGMA_DATA):
+def precondition(raw_network: RawNetwork, sigma_data: float = SIGMA_DATA, *, has_aux: bool = False):
   """Wraps a raw network F(x_in, c_noise, labels) into EDM's denoiser D(x, sigma, labels).
 
   D(x; sigma, c) = c_skip x + c_out F(c_in x; c_noise, c). The result follows the package's
-  denoiser interface; sigma may be a scalar or one value per example, each >= 0.
+  denoiser interface; sigma may be a scalar or one value per example, each >= 0. has_aux=True:
+  the raw network returns (F, aux) (e.g. EDM2's log-variance) and the denoiser returns (D, aux),
+  so the loss gets it as a return value, not through a side channel.
   sigma = 0 gives D(x; 0) = x exactly (c_skip = 1, c_out = 0): the network then sees a finite
   c_noise (that of sigma = 1) instead of ln(0) = -inf, whose NaN output 0 * NaN would not cancel.
   Concrete sigmas that are negative or not finite raise ValueError (traced ones cannot be checked).
@@ -154,6 +156,8 @@ def precondition(raw_network: RawNetwork, sigma_data: float = SIGMA_DATA):
     c = preconditioning(sigma, sigma_data)
     c_noise = jnp.where(sigma > 0, c.c_noise, 0.0)
     f = raw_network(per_example(c.c_in, x) * x, c_noise, labels)
-    return per_example(c.c_skip, x) * x + per_example(c.c_out, x) * f.astype(x.dtype)
+    f, aux = f if has_aux else (f, None)
+    d = per_example(c.c_skip, x) * x + per_example(c.c_out, x) * f.astype(x.dtype)
+    return (d, aux) if has_aux else d
 
   return denoise

@@ -40,3 +40,32 @@ def power_beta(images_seen_after, batch_size: int, sigma_rel: float):
   gamma = std_to_exponent(sigma_rel)
   t = jnp.maximum(jnp.asarray(images_seen_after, jnp.float32), batch_size)
   return (1.0 - batch_size / t) ** (gamma + 1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Which EMA set: the one rule of the package.
+
+
+def set_names(ema_sets, which: str = "first") -> list:
+  """The EMA sets a measurement uses, from a {name: params} dict (a snapshot or `TrainState.ema`).
+
+  which: "first" (the default everywhere: the first name in sorted order, i.e. "ema" for EDM's
+  half-life EMA and the shortest profile "ema_0.050" for EDM2's power EMA), "all" (every set,
+  sorted), or one set's name. Raises ValueError naming the sets that exist.
+  """
+  names = sorted(ema_sets)
+  if not names:
+    raise ValueError("no EMA sets")
+  if which == "first":
+    return names[:1]
+  if which == "all":
+    return names
+  if which in ema_sets:
+    return [which]
+  raise ValueError(f"EMA set {which!r} is not one of 'first', 'all' or the sets {tuple(names)}")
+
+
+def pick(ema_sets, which: str = "first"):
+  """(name, params) of one EMA set: `set_names(ema_sets, which)[0]` ("first" by default)."""
+  name = set_names(ema_sets, which)[0]
+  return name, ema_sets[name]

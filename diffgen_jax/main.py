@@ -4,10 +4,11 @@ The config's `job` field names what to run; each job validates the config once, 
 compiles, and writes everything it produces under the workdir (re-running resumes).
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from diffgen_jax import jobs
+from diffgen_jax.jobs import console
 from diffgen_jax.sharding import initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
@@ -24,9 +25,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.configure(flags.FLAGS.verbosity)  # quiet by default; --verbosity=1: library logs too
   initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
-  logging.info("config:\n%s", config)
+  console.progress(f"config:\n{config}")
   jobs.run(config, _WORKDIR.value)
 
 

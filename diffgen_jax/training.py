@@ -9,7 +9,8 @@ in the global batch, not of the device that computes it, so 1 device and 8 give 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple
+import dataclasses
+from typing import Any, Callable, Dict, Tuple
 
 import flax
 import jax
@@ -19,6 +20,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax import edm, ema, models
+from diffgen_jax.models.network import Network
 from diffgen_jax.sharding import DATA_AXIS, MODEL_AXIS
 
 LR_SCHEDULES = ("edm", "edm2")
@@ -34,15 +36,39 @@ class TrainState:
   opt_state: Any
 
 
-def ema_names(ema_config) -> tuple:
-  if ema_config.kind == "halflife":
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Every training hyperparameter, as plain values (the train job builds it from
+  config.training: `jobs.common.training_settings`; defaults are EDM's)."""
+  batch_size: int  # global batch (images per step)
+  lr: float
+  lr_schedule: str = "edm"  # "edm": warm-up then constant; "edm2": inverse square root decay
+  lr_ref_images: float = 0  # EDM2's t_ref in images
+  warmup_images: float = 0
+  adam_b1: float = 0.9
+  adam_b2: float = 0.999
+  adam_eps: float = 1e-8
+  grad_clip: float = 0.0  # 0 = off
+  loss: str = "edm"  # "edm" | "edm2" (learned log-variance)
+  p_mean: float = -1.2
+  p_std: float = 1.2
+  sigma_data: float = edm.SIGMA_DATA
+  label_dropout: float = 0.0
+  ema_kind: str = "halflife"  # "halflife" (EDM) | "power" (EDM2 profiles)
+  ema_halflife_images: float = 500_000
+  ema_rampup_ratio: float = 0.05
+  ema_sigma_rels: Tuple[float, ...] = (0.05, 0.10)
+
+
+def ema_names(settings: Settings) -> tuple:
+  if settings.ema_kind == "halflife":
     return ("ema",)
-  return tuple(f"ema_{s:.3f}" for s in ema_config.sigma_rels)
+  return tuple(f"ema_{s:.3f}" for s in settings.ema_sigma_rels)
 
 
-def learning_rate_schedule(config) -> Callable[[jax.Array], jax.Array]:
+def learning_rate_schedule(settings: Settings) -> Callable[[jax.Array], jax.Array]:
   """EDM: linear warm-up to lr; EDM2: lr / sqrt(max(t / t_ref, 1)) with a linear ramp-up."""
-  t = config.training
+  t = settings
   batch = t.batch_size
 
   def schedule(step):
@@ -57,30 +83,18 @@ def learning_rate_schedule(config) -> Callable[[jax.Array], jax.Array]:
   return schedule
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  t = config.training
+def make_optimizer(settings: Settings) -> optax.GradientTransformation:
+  t = settings
   chain = []
   if t.grad_clip > 0:
     chain.append(optax.clip_by_global_norm(t.grad_clip))
-  chain.append(optax.adam(learning_rate_schedule(config), b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps))
+  chain.append(optax.adam(learning_rate_schedule(t), b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps))
   return optax.chain(*chain)
 
 
-class Network(NamedTuple):
-  """A built flax module with the functions the loss needs."""
-  module: Any
-  project: Callable  # params -> params, EDM2's forced weight normalization (identity otherwise)
-  num_classes: int
-
-
-def network_denoiser(network: Network, params, sigma_data: float = edm.SIGMA_DATA):
-  """The package's denoiser interface over one parameter set (evaluation mode: no dropout)."""
-  return edm.precondition(models.raw_network(network.module, {"params": params}), sigma_data)
-
-
-def denoising_loss(network: Network, params, batch, key, config, train: bool = True):
+def denoising_loss(network: Network, params, batch, key, settings: Settings, train: bool = True):
   """EDM (or EDM2, with the learned log-variance) loss of one batch; mean over elements."""
-  t = config.training
+  t = settings
   images, labels = batch["image"], batch["label"]
   b = images.shape[0]
   k_sigma, k_noise, k_drop, k_label = jax.random.split(key, 4)
@@ -92,20 +106,18 @@ def denoising_loss(network: Network, params, batch, key, config, train: bool = T
   else:
     labels = None
   with_logvar = t.loss == "edm2"
-  outputs = {}
 
-  def raw(x_in, c_noise, labels):
-    out = network.module.apply({"params": params}, x_in, c_noise, labels, train=train,
-                               rngs={"dropout": k_drop}, **({"return_logvar": True} if with_logvar else {}))
-    if with_logvar:
-      out, outputs["logvar"] = out
-    return out
+  def raw(x_in, c_noise, labels):  # returns (F, logvar) for the EDM2 loss
+    return network.module.apply({"params": params}, x_in, c_noise, labels, train=train,
+                                rngs={"dropout": k_drop},
+                                **({"return_logvar": True} if with_logvar else {}))
 
-  denoised = edm.precondition(raw, t.sigma_data)(noisy, sigma, labels)
+  denoised = edm.precondition(raw, t.sigma_data, has_aux=with_logvar)(noisy, sigma, labels)
+  denoised, logvar = denoised if with_logvar else (denoised, None)
   weight = edm.loss_weight(sigma, t.sigma_data)[:, None, None, None]
   err = (denoised.astype(jnp.float32) - images) ** 2
   if with_logvar:
-    logvar = outputs["logvar"].astype(jnp.float32).reshape(b, 1, 1, 1)
+    logvar = logvar.astype(jnp.float32).reshape(b, 1, 1, 1)
     per_element = weight / jnp.exp(logvar) * err + logvar
   else:
     per_element = weight * err
@@ -113,42 +125,43 @@ def denoising_loss(network: Network, params, batch, key, config, train: bool = T
   return loss, {"loss": loss, "denoise_mse": jnp.mean(err)}
 
 
-def init_state(network: Network, optimizer, config, key, image_shape) -> TrainState:
+def init_state(network: Network, optimizer, settings: Settings, key, image_shape) -> TrainState:
   variables = models.init_fn(network.module, (1,) + tuple(image_shape), network.num_classes)(key)
   params = network.project(variables["params"])
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    ema={name: params for name in ema_names(config.training.ema)},
+                    ema={name: params for name in ema_names(settings)},
                     opt_state=optimizer.init(params))
 
 
-def _update_ema(ema_params: Dict[str, Any], params, images_seen, config) -> Dict[str, Any]:
-  e = config.training.ema
-  batch = config.training.batch_size
+def _update_ema(ema_params: Dict[str, Any], params, images_seen, settings: Settings
+                ) -> Dict[str, Any]:
+  e = settings
+  batch = settings.batch_size
   out = {}
   for name in ema_names(e):
-    if e.kind == "halflife":
-      beta = ema.halflife_beta(images_seen, batch, e.halflife_images, e.rampup_ratio)
+    if e.ema_kind == "halflife":
+      beta = ema.halflife_beta(images_seen, batch, e.ema_halflife_images, e.ema_rampup_ratio)
     else:
       beta = ema.power_beta(images_seen + batch, batch, float(name.split("_")[1]))
     out[name] = jax.tree.map(lambda m, p: p + beta * (m - p), ema_params[name], params)
   return out
 
 
-def make_train_step(network: Network, optimizer, config):
+def make_train_step(network: Network, optimizer, settings: Settings):
   """Returns the pure train_step(state, batch, key) -> (state, metrics)."""
 
   def train_step(state: TrainState, batch, key):
     step_key = jax.random.fold_in(key, state.step)
     grad_fn = jax.value_and_grad(denoising_loss, argnums=1, has_aux=True)
-    (_, metrics), grads = grad_fn(network, state.params, batch, step_key, config)
+    (_, metrics), grads = grad_fn(network, state.params, batch, step_key, settings)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = network.project(optax.apply_updates(state.params, updates))
-    images_seen = state.step.astype(jnp.float32) * config.training.batch_size
+    images_seen = state.step.astype(jnp.float32) * settings.batch_size
     new_state = TrainState(step=state.step + 1, params=params,
-                           ema=_update_ema(state.ema, params, images_seen, config),
+                           ema=_update_ema(state.ema, params, images_seen, settings),
                            opt_state=opt_state)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
-                   lr=learning_rate_schedule(config)(state.step))
+                   lr=learning_rate_schedule(settings)(state.step))
     return new_state, metrics
 
   return train_step
@@ -175,14 +188,14 @@ def batch_sharding(mesh: Mesh):
   return {"image": NamedSharding(mesh, P(DATA_AXIS)), "label": NamedSharding(mesh, P(DATA_AXIS))}
 
 
-def compile_training(network: Network, optimizer, config, mesh: Mesh, image_shape):
+def compile_training(network: Network, optimizer, settings: Settings, mesh: Mesh, image_shape):
   """Shardings derived from shapes (eval_shape), then jitted init and train_step with them."""
-  init = lambda key: init_state(network, optimizer, config, key, image_shape)
+  init = lambda key: init_state(network, optimizer, settings, key, image_shape)
   abstract = jax.eval_shape(init, jax.random.key(0))
   state_sharding = parameter_sharding(abstract, mesh)
   init_fn = jax.jit(init, out_shardings=state_sharding)
   replicated = NamedSharding(mesh, P())
-  step_fn = jax.jit(make_train_step(network, optimizer, config),
+  step_fn = jax.jit(make_train_step(network, optimizer, settings),
                     in_shardings=(state_sharding, batch_sharding(mesh), replicated),
                     out_shardings=(state_sharding, replicated),
                     donate_argnums=(0,))

@@ -6,8 +6,8 @@ A finding's config (`configs/experiments.py:<finding>[,<mode>]`) names its job r
      after replacing "@run:NAME[/path]" placeholders by that run's workdir. A run that finished
      with the same config (fingerprint in WORKDIR/experiment_run.json) is skipped; otherwise the
      job itself resumes (train: from the latest state; evaluate: only new snapshots).
-  2. loads each run's results.json (train: WORKDIR/evaluation/results.json; factors:
-     WORKDIR/results.json; toy2d: WORKDIR/<experiment>/results.json);
+  2. loads each run's WORKDIR/results.json (`diffgen_jax.jobs.results.read`: one layout, whichever
+     job wrote it);
   3. calls the finding's `gather(ctx)`, which draws its figures through `ctx.figure(name)` and
      returns the finding's numbers;
   4. writes RESULTS_DIR/results.json = {"finding", "mode", "config", "runs", "sweep", "figures",
@@ -141,19 +141,10 @@ def run_or_resume(name: str, job: ml_collections.ConfigDict, workdir: str,
   return info
 
 
-def load_run_results(job: str, workdir: str) -> Dict[str, Any]:
-  """The results.json files a job writes, as one dict."""
-  def read(path):
-    with open(path) as f:
-      return json.load(f)
-  if job in ("train", "evaluate"):
-    return read(os.path.join(workdir, "evaluation", "results.json"))
-  if job == "factors":
-    return read(os.path.join(workdir, "results.json"))
-  if job == "toy2d":
-    return {d: read(os.path.join(workdir, d, "results.json")) for d in sorted(os.listdir(workdir))
-            if os.path.exists(os.path.join(workdir, d, "results.json"))}
-  raise ValueError(f"unknown job {job!r}")
+def load_run_results(workdir: str) -> Dict[str, Any]:
+  """A run's WORKDIR/results.json (the jobs' one layout, `diffgen_jax.jobs.results`)."""
+  from diffgen_jax.jobs import results  # pylint: disable=import-outside-toplevel
+  return results.read(workdir)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -218,7 +209,7 @@ def run_experiment(config, gather: Callable[[Context], Dict[str, Any]], *,
   for name in run_order(config):
     job = job_config(config, name, workdirs)
     infos[name] = run_or_resume(name, job, workdirs[name], log)
-  results = {name: load_run_results(config.runs[name].job, workdirs[name]) for name in config.order}
+  results = {name: load_run_results(workdirs[name]) for name in config.order}
   os.makedirs(results_dir, exist_ok=True)
   ctx = Context(config, workdirs, results, results_dir)
   numbers = gather(ctx)
@@ -266,7 +257,8 @@ def train_curves(results: Dict[str, Any]) -> Dict[str, Any]:
   """A train/evaluate run's gap over training: sigmas, images seen, G per snapshot, summary."""
   steps = sorted(int(k) for k in results["snapshots"])
   entries = [results["snapshots"][str(k)] for k in steps]
-  records = [e["ema"][sorted(e["ema"])[0]] for e in entries]
+  from diffgen_jax import ema  # pylint: disable=import-outside-toplevel
+  records = [e["ema"][ema.pick(e["ema"])[0]] for e in entries]
   s = results["summary"]
   return {"sigmas": results["protocol"]["sigmas"], "steps": steps,
           "images_seen": [e["images_seen"] for e in entries],
@@ -285,12 +277,8 @@ def factor_curves(results: Dict[str, Any], sweep: str, group: Optional[str] = No
 
 def num_params(model_config, image_shape, num_classes: int) -> int:
   """Parameter count of a model config at an image shape (jax.eval_shape: nothing allocated)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from diffgen_jax import models, trainer  # pylint: disable=import-outside-toplevel
-  network = trainer.build_network(model_config, num_classes, "float32")
-  shapes = jax.eval_shape(models.init_fn(network.module, (1,) + tuple(image_shape), num_classes),
-                          jax.random.key(0))["params"]
-  return int(sum(np.prod(a.shape) for a in jax.tree.leaves(shapes)))
+  from diffgen_jax.models import network  # pylint: disable=import-outside-toplevel
+  return network.num_params(model_config, image_shape, num_classes)
 
 
 # ------------------------------------------------------------------------------------------------

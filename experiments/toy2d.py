@@ -16,8 +16,8 @@ FINDING = "toy2d"
 
 
 def gather(ctx):
-  per_experiment = ctx.results["toy2d"]
-  for name in per_experiment:
+  per_experiment = ctx.results["toy2d"]["experiments"]
+  for name in sorted(per_experiment):
     ctx.copy(os.path.join(ctx.workdirs["toy2d"], name, f"{name}.png"), f"{name}.png")
   return per_experiment
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from diffgen_jax import data
+from diffgen_jax import config_checks, data
 from diffgen_jax.config_checks import ConfigError
-from diffgen_jax.data import builders, pipeline
+from diffgen_jax.data import builders, sources, stream
 from diffgen_jax.sharding import make_mesh
 
 
@@ -72,7 +72,7 @@ def test_prepare_is_idempotent(data_dir):
 
 
 def test_split_determinism(data_dir, digits_train):
-  pipeline._read_all.cache_clear()
+  sources._read_all.cache_clear()
   again = data.load_split("digits", "train", data_dir=data_dir)
   np.testing.assert_array_equal(again.ids, digits_train.ids)
   np.testing.assert_array_equal(again.images, digits_train.images)
@@ -225,7 +225,7 @@ def test_process_rows_partition_the_batch(digits_train):
   full = data.batch_at(digits_train, 9, 16, seed=2, x_flip=True)
   parts = [data.process_rows(16, p, 2) for p in range(2)]
   assert parts == [slice(0, 8), slice(8, 16)]
-  local = [pipeline.host_batch(digits_train, 9, 16, seed=2, rows=r, x_flip=True) for r in parts]
+  local = [stream.host_batch(digits_train, 9, 16, seed=2, rows=r, x_flip=True) for r in parts]
   for k in ("image", "label"):
     np.testing.assert_array_equal(np.concatenate([l[k] for l in local]), full[k])
   with pytest.raises(ValueError, match="divisible"):
@@ -401,18 +401,18 @@ def test_pseudo_labels_file(data_dir, tmp_path):
   va = data.load_split("digits", "validation", data_dir=data_dir,
                        labels=data.read_pseudo_labels(path, "validation"))
   assert tr.num_classes == va.num_classes == 3
-  data.validate_config(_config(labels="pseudo", pseudo_labels=path))
+  config_checks.data_config(_config(labels="pseudo", pseudo_labels=path))
   with pytest.raises(ConfigError, match=r"config\.data\.pseudo_labels"):
-    data.validate_config(_config(labels="pseudo"))
+    config_checks.data_config(_config(labels="pseudo"))
   with pytest.raises(ConfigError, match="does not exist"):
-    data.validate_config(_config(labels="pseudo", pseudo_labels=path + ".missing"))
+    config_checks.data_config(_config(labels="pseudo", pseudo_labels=path + ".missing"))
 
 
 def test_validate_config(data_dir):
-  data.validate_config(_config(data_dir=data_dir))
-  data.validate_config(_config(data_dir=""))
-  data.validate_config(_config(name="diffgen_digits", data_dir=data_dir, subset_size=100))
-  data.validate_config(_config(subset_size=None, x_flip=True, subset_seed=3))
+  config_checks.data_config(_config(data_dir=data_dir))
+  config_checks.data_config(_config(data_dir=""))
+  config_checks.data_config(_config(name="diffgen_digits", data_dir=data_dir, subset_size=100))
+  config_checks.data_config(_config(subset_size=None, x_flip=True, subset_seed=3))
   cases = [
       (dict(name="cifar10", data_dir=data_dir), r"config\.data\.name.*digits.*mnist5k"),
       (dict(labels="pseudo_labels"), r"config\.data\.labels.*'class', 'none', 'pseudo'"),
@@ -424,8 +424,8 @@ def test_validate_config(data_dir):
   ]
   for kw, msg in cases:
     with pytest.raises(ConfigError, match=msg):
-      data.validate_config(_config(**kw))
+      config_checks.data_config(_config(**kw))
   c = _config()
   del c["labels"]
   with pytest.raises(ConfigError, match="labels is missing"):
-    data.validate_config(c)
+    config_checks.data_config(c)

@@ -1,10 +1,19 @@
-"""The denoiser combinators: per_example broadcasting, guidance and fixed labels."""
+"""The denoiser combinators: per_example broadcasting, guidance, fixed labels, crop averaging."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from diffgen_jax.denoisers import guided, per_example, with_labels
+from diffgen_jax.denoisers import (classifier_free_guided, crop_averaged, guided, null_labelled,
+                                   per_example, with_labels)
+from diffgen_jax.optimal import empirical_optimal_denoiser
+
+H = 8
+
+
+def _uniform(seed, n, shape=(H, H, 1)):
+  return np.random.default_rng(seed).uniform(-1, 1, (n,) + shape).astype(np.float32)
 
 
 def _linear(matrix, bias):
@@ -55,3 +64,42 @@ def test_guidance_and_with_labels_pass_labels():
   # D_pos + w (D_pos - D_null) with D_pos = labels, D_null = 0.
   got = guided(by_label, null, 2.0)(x, 1.0, labels)
   np.testing.assert_array_equal(got, np.repeat([[3.0], [6.0], [9.0]], 2, axis=1))
+
+
+def test_crop_wrapper_identity_and_exact_overlap_average():
+  x = jnp.asarray(_uniform(0, 3, (H, H, 2)))
+  train = _uniform(1, 6, (H, H, 2))
+  optimal = empirical_optimal_denoiser(train)
+  full = crop_averaged(optimal, H, H)
+  np.testing.assert_array_equal(full(x, 0.7), optimal(x, 0.7))
+  pixelwise = lambda x, sigma, labels=None: x * 0.5 + 0.1 * jnp.sin(3 * x)
+  for s in (4, 5, 7):
+    wrapped = crop_averaged(pixelwise, s, (H, H))
+    np.testing.assert_array_equal(wrapped(x, jnp.ones(3)), pixelwise(x, 1.0))
+  with pytest.raises(ValueError):
+    crop_averaged(pixelwise, 3, H)  # crops would not cover the image
+
+
+def test_crop_wrapper_passes_per_example_sigma_and_labels():
+  seen = {}
+
+  def spy(x, sigma, labels=None):
+    seen["sigma"], seen["labels"] = sigma, labels
+    return x * sigma[:, None, None, None]
+
+  x = jnp.ones((2, H, H, 1))
+  out = crop_averaged(spy, 6, H)(x, jnp.array([1.0, 2.0]), jnp.array([3, 4]))
+  np.testing.assert_array_equal(seen["labels"], [3, 4] * 4)
+  np.testing.assert_allclose(out[:, 0, 0, 0], [1.0, 2.0])
+
+
+def test_null_labelled_and_classifier_free_guidance():
+  def labelled(x, sigma, labels=None):
+    return x * 0 + labels.astype(x.dtype)[:, None]
+
+  x = jnp.zeros((3, 2))
+  labels = jnp.array([1, 2, 3])
+  negative = null_labelled(labelled, null_label=0)
+  np.testing.assert_array_equal(negative(x, 1.0, labels), 0.0)
+  guided = classifier_free_guided(labelled, 0, 2.0)
+  np.testing.assert_allclose(guided(x, 1.0, labels)[:, 0], 3.0 * np.array([1, 2, 3]))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from diffgen_jax.data import read_pseudo_labels
-from diffgen_jax.evaluation import features, kmeans
+from diffgen_jax.evaluation import features, kmeans, neighbours
 
 
 def _easy_problem(seed, n):
@@ -92,7 +92,7 @@ def test_kmeans_edge_cases_and_nearest_neighbours():
   assert np.all(np.isfinite(c)) and set(l.tolist()) == {0, 1, 2, 3}
   # Chunked k-NN equals a dense computation; exact copies have distance exactly 0.
   ref = points[:11]
-  idx, dist = kmeans.nearest_neighbours(points, ref, 2, chunk_size=4, query_batch=7)
+  idx, dist = neighbours.nearest_neighbours(points, ref, 2, chunk_size=4, query_batch=7)
   dense = np.sqrt(((points[:, None] - ref[None]) ** 2).sum(-1))
   np.testing.assert_array_equal(idx[:, 0], np.argmin(dense, axis=1))
   np.testing.assert_allclose(dist, np.sort(dense, axis=1)[:, :2], rtol=1e-5, atol=1e-5)

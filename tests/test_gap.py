@@ -149,16 +149,25 @@ def test_pytree_denoisers_share_one_compilation():
   assert gap._per_image_values_jit._cache_size() == before + 1
 
 
-def test_errors_and_distance_in_one_pass_equal_the_separate_measures():
+def test_errors_and_distance_in_one_pass_match_independent_references():
   train = _uniform(3, 16)
   queries = _uniform(4, 10)
   optimal = empirical_optimal_denoiser(train, chunk_size=8)
   network = lambda x, sigma, labels=None: 0.9 * optimal(x, sigma, labels)  # a biased "network"
   e, d = gap.errors_and_distance(network, optimal, queries, sigmas=SIGMAS, batch_size=4)
-  np.testing.assert_allclose(e, gap.denoising_errors(network, queries, sigmas=SIGMAS, batch_size=4),
-                             rtol=1e-6)
-  np.testing.assert_allclose(
-      d, gap.model_vs_optimal_distance(network, optimal, queries, sigmas=SIGMAS, batch_size=4),
-      rtol=1e-6)
-  # The network is 0.9 y*: its squared distance to y* is 0.01 |y*|^2 > 0.
+  # Independent reference, computed here in float64 from the documented noise n_y: the network is
+  # 0.9 y*, so its squared distance to y* is 0.01 |y*(x)|^2 and its error |0.9 y*(x) - y|^2.
+  noise = np.asarray(gap.image_noise(0, np.arange(len(queries)), queries.shape[1:]), np.float64)
+  want_e, want_d = [], []
+  for s in SIGMAS:
+    x = queries + s * noise
+    y_star = np.asarray(optimal(jnp.asarray(x, jnp.float32), float(s)), np.float64)
+    want_e.append(np.mean((0.9 * y_star - queries) ** 2))
+    want_d.append(np.mean((0.1 * y_star) ** 2))
+  np.testing.assert_allclose(e, want_e, rtol=1e-4)
+  np.testing.assert_allclose(d, want_d, rtol=1e-4)
   assert np.all(d > 0)
+  # The distance alone (its own entry point) gives the same numbers.
+  np.testing.assert_allclose(
+      gap.model_vs_optimal_distance(network, optimal, queries, sigmas=SIGMAS, batch_size=4), want_d,
+      rtol=1e-4)

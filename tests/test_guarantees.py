@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from diffgen_jax import denoisers, edm, models, optimal, samplers, training
+from diffgen_jax.models import network as network_lib
 from diffgen_jax.checks import check_number
 
 _FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -191,8 +192,8 @@ def _tiny_network_denoiser(family):
   rs = np.random.RandomState(0)
   params = jax.tree.map(lambda l: np.asarray(l) + np.float32(0.1) * rs.standard_normal(
       l.shape).astype(np.float32), params)
-  network = training.Network(module=module, project=lambda p: p, num_classes=3)
-  return training.network_denoiser(network, params)
+  network = network_lib.Network(module=module, project=lambda p: p, num_classes=3)
+  return network_lib.network_denoiser(network, params)
 
 
 @pytest.mark.parametrize("family", models.FAMILIES)
@@ -424,8 +425,8 @@ def test_training_stops_before_saving_non_finite_parameters(tmp_path, monkeypatc
   make = training.make_train_step
   poison_after = 3  # the update of step index 3 makes params and EMA NaN; its loss is finite
 
-  def poisoned(network, optimizer, config):
-    step = make(network, optimizer, config)
+  def poisoned(network, optimizer, settings):
+    step = make(network, optimizer, settings)
 
     def train_step(state, batch, key):
       new, metrics = step(state, batch, key)
@@ -469,7 +470,7 @@ def test_to_unit_range_takes_only_integer_pixels():
 
 
 def test_copy_fraction_refuses_mixed_scales():
-  from diffgen_jax.evaluation import probes
+  from diffgen_jax.evaluation import copies as probes
   pixels, images = _images()
   assert probes.copy_fraction(images, images) == 1.0  # the right value, on one scale
   with pytest.raises(ValueError, match=r"samples must be floating-point images.*uint8 pixels"):
@@ -483,7 +484,7 @@ def test_copy_fraction_refuses_mixed_scales():
 
 
 def test_every_image_taking_function_checks_the_convention():
-  from diffgen_jax.evaluation import factors, features, gap, probes
+  from diffgen_jax.evaluation import copies, features, gap, gradient_score, probes
   pixels, images = _images(8)
   exact = optimal.empirical_optimal_denoiser(images)
   states = np.zeros((2, 8, 4, 4, 1), np.float32)
@@ -499,9 +500,10 @@ def test_every_image_taking_function_checks_the_convention():
       "probes.nn_similarity_probe": lambda im: probes.nn_similarity_probe(
           exact, features.pixel_features, [1.0], states[:1], im[:2], images[:2],
           np.zeros((8, 16)), np.zeros((8, 16))),
-      "probes.memorization": lambda im: probes.memorization(images, images, im),
-      "factors.gradient_correlation_vs_sigma": lambda im: factors.gradient_correlation_vs_sigma(
-          exact, im, [1.0]),
+      "copies.memorization": lambda im: copies.memorization(images, images, im),
+      "gradient_score.gradient_correlation_vs_sigma": lambda im: (
+          gradient_score.gradient_correlation_vs_sigma(
+          exact, im, [1.0])),
   }
   for name, call in calls.items():
     with pytest.raises(ValueError, match=r"uint8 pixels"):
@@ -515,7 +517,7 @@ def test_every_image_taking_function_checks_the_convention():
 
 
 def test_duplicated_training_image_does_not_hide_its_copy():
-  from diffgen_jax.evaluation import probes
+  from diffgen_jax.evaluation import copies as probes
   _, images = _images(10, seed=1)
   train = np.concatenate([images, images[3:4]])  # image 3 twice in the training set
   copies = images.copy()  # ten exact copies of the ten distinct training images

@@ -277,7 +277,7 @@ def test_edm2_logvar_head():
                                   if p.published_params is not None])
 def test_published_parameter_counts(name):
   preset = presets.PRESETS[name]
-  config = presets.preset_config(name)
+  config = models.preset_config(name)
   model = models.build(config)
   count = models.param_count(model, (1, config.img_resolution, config.img_resolution,
                                      config.img_channels))
@@ -287,7 +287,7 @@ def test_published_parameter_counts(name):
 @pytest.mark.parametrize("name", ["ddpmpp-tiny", "edm2-tiny", "dit-tiny", "dit-tiny/4"])
 @pytest.mark.parametrize("res", [8, 28])
 def test_tiny_presets_fit_local_data(name, res):
-  config = presets.preset_config(name)
+  config = models.preset_config(name)
   config.img_resolution = res
   models.validate_config(config, (res, res, 1), 10)
   model = models.build(config)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from diffgen_jax import samplers
-from diffgen_jax.evaluation import probes
+from diffgen_jax.evaluation import probes, samples
 from diffgen_jax.evaluation.features import pixel_features
 from diffgen_jax.evaluation.frechet import frechet_distance
 from diffgen_jax.optimal import empirical_optimal_denoiser, posterior_statistics
@@ -58,7 +58,7 @@ def test_early_stop_gap_fd():
   train_subsets = [rng.standard_normal((40, 4)) + 1.0 for _ in range(2)]
   val_feats = val.reshape(40, -1)
   outputs = np.stack([val, val + 1.0])  # step 0: exactly the validation set
-  got = probes.early_stop_gap_fd(pixel_features, outputs, train_subsets, val_feats, batch_size=16)
+  got = samples.early_stop_gap_fd(pixel_features, outputs, train_subsets, val_feats, batch_size=16)
   assert got["fd_val"][0] == pytest.approx(0.0, abs=1e-6)
   assert got["gap"][0] == pytest.approx(-1.0)
   want = np.mean([frechet_distance(outputs[1].reshape(40, -1), t) for t in train_subsets])
@@ -112,17 +112,3 @@ def test_nn_cosine_similarity_and_probe():
   # At the smallest sigma the optimal denoiser returns training images: similarity 1 to train.
   assert res["train/train"][-1] == pytest.approx(1.0, abs=1e-5)
   assert res["val/train"][-1] == pytest.approx(1.0, abs=1e-5)
-
-
-def test_copy_fraction_known_answers():
-  train = _uniform(8, 10).reshape(10, -1)
-  assert probes.copy_fraction(train[:5], train) == 1.0
-  # Two training points equidistant from far-away samples: ratio 1, never a copy.
-  pair = np.array([[1.0, 0.0], [-1.0, 0.0]], np.float32)
-  far = np.array([[0.0, 100.0], [0.0, -50.0]], np.float32)
-  assert probes.copy_fraction(far, pair) == 0.0
-  # A point near one training point is a copy, in the middle it is not.
-  flags = probes.copy_flags(np.array([[0.9, 0.0], [0.0, 0.1]], np.float32), pair)
-  np.testing.assert_array_equal(flags, [True, False])
-  mem = probes.memorization(train[:3], train, _uniform(9, 6).reshape(6, -1))
-  assert mem["samples"] == 1.0 and 0.0 <= mem["validation_control"] < 1.0

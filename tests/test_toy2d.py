@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from diffgen_jax import edm, jsonio, toy2d
+from diffgen_jax.jobs import results as results_lib
+from diffgen_jax.jobs import toy2d as toy2d_job
 from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
 
@@ -30,7 +32,7 @@ def _gap(delta, num_points=20, draws=50, sigmas=SIGMAS, local_frame=True, config
   config = config or get_config()
   split = toy2d.make_dataset("symmetric", num_points, 10.0, 0.01)
   denoise = error_prone_denoiser(empirical_optimal_denoiser(split.train), delta)
-  return toy2d.relative_gap(denoise, split, sigmas, toy2d._gap_key(config), draws, local_frame)
+  return toy2d.relative_gap(denoise, split, sigmas, toy2d_job._gap_key(config), draws, local_frame)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,14 +71,14 @@ def test_random_dataset_split_and_seed():
 
 def test_local_frame_draws_are_the_same_in_every_frame():
   points = toy2d.make_dataset("random", 12, seed=1).train
-  noise = np.asarray(toy2d.noise_draws(toy2d._gap_key(get_config()), points, 30), np.float64)
+  noise = np.asarray(toy2d.noise_draws(toy2d_job._gap_key(get_config()), points, 30), np.float64)
   e_r = points / np.linalg.norm(points, axis=1, keepdims=True)
   e_t = np.stack([-e_r[:, 1], e_r[:, 0]], axis=1)
   radial = np.einsum("pdk,pk->pd", noise, e_r)
   tangential = np.einsum("pdk,pk->pd", noise, e_t)
   np.testing.assert_allclose(radial, np.broadcast_to(radial[0], radial.shape), atol=1e-6)
   np.testing.assert_allclose(tangential, np.broadcast_to(tangential[0], radial.shape), atol=1e-6)
-  independent = toy2d.noise_draws(toy2d._gap_key(get_config()), points, 30, local_frame=False)
+  independent = toy2d.noise_draws(toy2d_job._gap_key(get_config()), points, 30, local_frame=False)
   assert independent.shape == (6, 30, 2)
 
 
@@ -87,7 +89,7 @@ def test_local_frame_draws_are_the_same_in_every_frame():
 def test_errors_of_trivial_denoisers():
   split = toy2d.make_dataset("symmetric", 20)
   points = np.concatenate([split.train, split.val])
-  noise = toy2d.noise_draws(toy2d._gap_key(get_config()), points, 50)
+  noise = toy2d.noise_draws(toy2d_job._gap_key(get_config()), points, 50)
   sigmas = np.array([0.01, 1.0, 50.0])
   # Identity: the error is sigma * mean ||n||, the same for every point, so G = 0.
   identity = toy2d.denoising_errors(lambda x, s, labels=None: x, points, sigmas, noise)
@@ -114,7 +116,7 @@ def test_gap_vanishes_at_both_ends_for_delta_positive():
   # Largest sigma: y_delta -> the mean, and every point of the symmetric set is at the same radius.
   assert abs(gap.gap[-1]) < 1e-3
   # In between the validation error is larger: one interior peak near sigma ~ 1.
-  g_max, s_max = toy2d.peak(gap.sigmas, gap.gap)
+  s_max, g_max = toy2d.peak(gap.sigmas, gap.gap)  # (sigma, value), as evaluation.gap.peak
   assert g_max > 0.1 and 0.3 < s_max < 3.0
   assert np.all(gap.gap > -1e-3)
 
@@ -137,7 +139,7 @@ def test_independent_draws_agree_with_local_frame_draws_at_the_peak():
 
 
 def test_gap_peak_grows_as_delta_falls():
-  results, _ = toy2d.experiment_gap_vs_delta(get_config())
+  results, _ = toy2d_job.experiment_gap_vs_delta(get_config())
   peaks = [c["peak_value"] for c in results["curves"]]
   deltas = [c["parameter"]["delta"] for c in results["curves"]]
   assert deltas == sorted(deltas, reverse=True) and len(deltas) == 11
@@ -148,14 +150,14 @@ def test_gap_peak_grows_as_delta_falls():
 def test_gap_peak_falls_with_density():
   config = get_config()
   config.gap_vs_density.num_points = (16, 20, 26, 30)
-  results, _ = toy2d.experiment_gap_vs_density(config)
+  results, _ = toy2d_job.experiment_gap_vs_density(config)
   peaks = [c["peak_value"] for c in results["curves"]]
   assert [c["parameter"]["num_train"] for c in results["curves"]] == [8, 10, 13, 15]
   assert np.all(np.diff(peaks) < 0)
 
 
 def test_gap_peak_grows_with_guidance():
-  results, _ = toy2d.experiment_guidance(get_config())
+  results, _ = toy2d_job.experiment_guidance(get_config())
   peaks = [c["peak_value"] for c in results["curves"]]
   assert np.all(np.diff(peaks) > 0)
   # w = 0 is the positive model alone.
@@ -165,7 +167,7 @@ def test_gap_peak_grows_with_guidance():
 def test_relative_error_is_zero_at_training_angles():
   config = get_config()
   config.relative_error.draws = 100
-  results, _ = toy2d.experiment_relative_error(config)
+  results, _ = toy2d_job.experiment_relative_error(config)
   for curve in results["curves"]:
     values = np.asarray(curve["values"])
     assert curve["max_abs_at_train_angles"] < 1e-5
@@ -180,7 +182,7 @@ def test_trajectories_with_optimal_denoiser_end_on_training_points():
   config.trajectories.num_samples = 200
   config.trajectories.num_plotted = 5
   config.trajectories.deltas = (0.0, 1.2)
-  results, _ = toy2d.experiment_trajectories(config)
+  results, _ = toy2d_job.experiment_trajectories(config)
   exact, noisy = results["runs"]
   assert exact["fraction_within_tol_of_train"] == 1.0
   assert exact["fraction_within_tol_of_val"] == 0.0
@@ -192,7 +194,7 @@ def test_trajectories_with_optimal_denoiser_end_on_training_points():
 def test_flow_field_regimes():
   config = get_config()
   config.flow_field.grid_size = 41
-  results, data = toy2d.experiment_flow_field(config)
+  results, data = toy2d_job.experiment_flow_field(config)
   large, medium, small = results["fields"]
   assert [f["sigma_requested"] for f in results["fields"]] == [28.0, 2.8, 0.63]
   for f in results["fields"]:
@@ -220,10 +222,12 @@ def test_run_writes_results_and_plots(tmp_path):
   config.frechet.deltas = (0.0, 2.0)
   config.frechet.num_samples = 200
   config.frechet.num_steps = 40
-  toy2d.run(config, str(tmp_path))
+  toy2d_job.run(config, str(tmp_path))
   for name in ("gap_vs_delta", "frechet"):
     assert (tmp_path / name / f"{name}.png").stat().st_size > 10_000
-  gap = _no_nan(tmp_path / "gap_vs_delta" / "results.json")
+  results = _no_nan(results_lib.path(str(tmp_path)))
+  assert results["job"] == "toy2d" and list(results["experiments"]) == ["gap_vs_delta", "frechet"]
+  gap = results["experiments"]["gap_vs_delta"]
   assert gap["experiment"] == "gap_vs_delta"
   assert gap["protocol"]["seed"] == 0 and gap["protocol"]["draws"] == 50
   assert gap["protocol"]["offset"] == 0.01
@@ -234,7 +238,7 @@ def test_run_writes_results_and_plots(tmp_path):
     assert len(curve["values"]) == 120
     assert curve["peak_value"] == max(curve["values"])
     assert curve["peak_sigma"] in gap["axis"]["values"]
-  fd = _no_nan(tmp_path / "frechet" / "results.json")
+  fd = results["experiments"]["frechet"]
   curves = {c["label"]: c["values"] for c in fd["curves"]}
   assert set(curves) >= {"FD_train", "FD_val", "G_FD"}
   assert curves["FD_train"][0] < curves["FD_val"][0]  # delta = 0: copies of training points
@@ -250,8 +254,8 @@ def test_to_jsonable_has_no_nan():
 
 def test_default_config_is_valid_and_runs_all_seven():
   config = get_config()
-  toy2d.validate_config(config)
-  assert tuple(config.experiments) == toy2d.EXPERIMENTS
+  toy2d_job.validate_config(config)
+  assert tuple(config.experiments) == toy2d_job.EXPERIMENTS
   assert tuple(get_config("guidance").experiments) == ("guidance",)
 
 
@@ -276,7 +280,7 @@ def test_validate_config_rejects(field, value, message):
   with node.ignore_type():
     node[leaf] = value
   with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as info:
-    toy2d.validate_config(config)
+    toy2d_job.validate_config(config)
   if field == "experiments":
     assert "flow_field" in str(info.value) and "frechet" in str(info.value)  # allowed values
 
@@ -285,4 +289,4 @@ def test_validate_config_rejects_wrong_job():
   config = get_config()
   config.job = "train"
   with pytest.raises(ConfigError, match="config.job"):
-    toy2d.validate_config(config)
+    toy2d_job.validate_config(config)

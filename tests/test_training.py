@@ -20,8 +20,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from diffgen_jax import (checkpointing, config_checks, data, defaults, jobs, sharding, trainer,
+from diffgen_jax import (checkpointing, config_checks, data, defaults, jobs, sharding,
                          training)
+
+from diffgen_jax.jobs import common  # noqa: E402
+from diffgen_jax.jobs import train as train_job  # noqa: E402
+from diffgen_jax.models.network import build_network  # noqa: E402
 
 THIS_FILE = os.path.abspath(__file__)
 REPO = os.path.dirname(os.path.dirname(THIS_FILE))
@@ -122,7 +126,7 @@ def _load_arrays(workdir, step, item="state", kind=checkpointing.STATE_DIR):
 
 
 def _metrics(workdir):
-  with open(os.path.join(workdir, trainer.METRICS_FILE)) as f:
+  with open(os.path.join(workdir, train_job.METRICS_FILE)) as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
@@ -147,8 +151,9 @@ def reference(tmp_path_factory):
 def test_sharded_step_matches_unsharded_and_loss_decreases():
   config = get_config()
   split = data.load_split("digits", "train", subset_size=64)
-  network = trainer.build_network(config.model, split.num_classes)
-  optimizer = training.make_optimizer(config)
+  network = build_network(config.model, split.num_classes)
+  settings = common.training_settings(config)
+  optimizer = training.make_optimizer(settings)
   key = jax.random.key(0)
   batches = [data.batch_at(split, t, BATCH, config.seed) for t in range(2)]
   devices = jax.devices()
@@ -161,7 +166,7 @@ def test_sharded_step_matches_unsharded_and_loss_decreases():
   initial = None
   for name, mesh in meshes.items():
     init_fn, step_fn, _, state_sharding = training.compile_training(
-        network, optimizer, config, mesh, split.shape)
+        network, optimizer, settings, mesh, split.shape)
     if initial is None:  # initialized once (on one device), then placed on each mesh
       initial = jax.device_get(init_fn(jax.random.key(1)))
     state = jax.device_put(initial, state_sharding)
@@ -188,7 +193,7 @@ def test_sharded_step_matches_unsharded_and_loss_decreases():
   # A short run lowers the loss on a fixed evaluation set (fixed batches and noise keys).
   mesh, step_fn, state = trained_8
   eval_batches = [data.batch_at(split, t, BATCH, 123) for t in range(4)]
-  loss_fn = jax.jit(lambda p, b, k: training.denoising_loss(network, p, b, k, config, False)[0])
+  loss_fn = jax.jit(lambda p, b, k: training.denoising_loss(network, p, b, k, settings, False)[0])
 
   def eval_loss(params):
     return np.mean([float(loss_fn(params, b, jax.random.key(100 + i)))

@@ -1,1 +1,17 @@
-"""Evaluation metrics that act on samples or features (e.g. the Frechet distance)."""
+"""Every measurement of the package, over any denoiser: denoisers and arrays in, numbers out.
+
+    gap.py             E_train / E_val over a sigma grid, G(sigma), distance to a reference
+                       denoiser, overfitting onset, peak, G over training, bootstrap intervals
+    samples.py         sample-level: FD gap G_FD, copies, early-stopped G_FD and the trajectory
+                       probes of one sampler run per denoiser
+    probes.py          trajectory overlap, 1-NN cosine similarity, early-stopped outputs
+    copies.py          copy fraction (Gu et al. 2023)
+    sweeps.py          factor sweeps of G (model error, granularity, guidance, receptive field,
+                       gradient score) and analytic baselines
+    gradient_score.py  the input-gradient correlation score
+    features.py        feature extractors: pixels, a small classifier, external networks
+    frechet.py         Gaussian fits and the Frechet distance
+    neighbours.py      chunked exact nearest neighbours
+    kmeans.py          k-means and pseudo-labels
+Nothing here reads a config or a workdir; the jobs (`diffgen_jax.jobs`) do.
+"""

@@ -1,8 +1,8 @@
-"""Trajectory probes and sample memorization (paper.md section 6).
+"""Trajectory probes (paper.md section 6).
 
 * Early-stopped sampling: the output of sampling stopped at step i is D(x_i; sigma_i), which is
   exactly `trajectory.denoised[i]` of one full sampler run with `return_trajectory=True`
-  (`early_stopped_outputs`); `early_stop_gap_fd` turns those into G_FD(sigma_i).
+  (`early_stopped_outputs`); `samples.early_stop_gap_fd` turns those into G_FD(sigma_i).
 * Trajectory overlap (`trajectory_overlap`): at each sampling step, how close trajectory states are
   to the training set compared with noisy training samples y_train + sigma n and noisy validation
   samples y_val + sigma n at the same sigma:
@@ -15,34 +15,31 @@
       set (1 = a single training point dominates, N = uniform), and participation = 1 / sum w^2.
 * 1-NN cosine similarity in a feature space (`nn_similarity_probe`) of trajectory predictions, of
   denoised training images and of denoised validation images, to the training and validation sets.
-* Memorization (Gu et al. 2023): a sample is a copy when its nearest training image is closer than
-  `ratio` (1/3) times the distance to the second nearest (`copy_fraction`, `memorization`).
-Nearest neighbours come from `kmeans.nearest_neighbours` (chunked matmuls), posterior weights from
-`optimal.posterior_statistics`, Frechet distances from `frechet.frechet_distance`.
+(Copies of training images are measured in `copies`.)
+Nearest neighbours come from `neighbours.nearest_neighbours` (chunked matmuls), posterior weights from
+`optimal.posterior_statistics`.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffgen_jax import samplers
-from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
 from diffgen_jax.denoisers import check_labels, is_array_pytree
 from diffgen_jax.evaluation.features import batched_features
-from diffgen_jax.evaluation.frechet import frechet_distance
 from diffgen_jax.evaluation.gap import image_noise
-from diffgen_jax.evaluation.kmeans import nearest_neighbours
+from diffgen_jax.evaluation.neighbours import nearest_neighbours
 from diffgen_jax.optimal import posterior_statistics
 
 
 # ------------------------------------------------------------------------------------------------
-# Early-stopped sampling and G_FD
+# Early-stopped sampling
 
 
 def early_stopped_outputs(denoise, noise, labels=None, **sampler_kwargs
@@ -54,23 +51,6 @@ def early_stopped_outputs(denoise, noise, labels=None, **sampler_kwargs
   """
   out = samplers.sample(denoise, noise, labels, return_trajectory=True, **sampler_kwargs)
   return np.asarray(out.trajectory.sigmas), out.trajectory.denoised
-
-
-def sample_gap_fd(features, train_feature_subsets: Sequence, val_features
-                  ) -> Tuple[float, float, float]:
-  """(FD to training, averaged over the disjoint subsets; FD to validation; G_FD)."""
-  fd_train = float(np.mean([frechet_distance(features, t) for t in train_feature_subsets]))
-  fd_val = frechet_distance(features, val_features)
-  return fd_train, fd_val, (fd_val - fd_train) / fd_train
-
-
-def early_stop_gap_fd(features_fn, outputs_per_step, train_feature_subsets: Sequence,
-                      val_features, *, batch_size: int = 256) -> Dict[str, np.ndarray]:
-  """G_FD of the early-stopped outputs at every step: dict of (T,) 'fd_train', 'fd_val', 'gap'."""
-  rows = [sample_gap_fd(batched_features(features_fn, np.asarray(out), batch_size),
-                        train_feature_subsets, val_features) for out in outputs_per_step]
-  fd_train, fd_val, gap = (np.asarray(v) for v in zip(*rows))
-  return {"fd_train": fd_train, "fd_val": fd_val, "gap": gap}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -229,70 +209,3 @@ def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train
       result[f"{src}/{ref_name}"] = np.asarray([nn_cosine_similarity(f, ref).mean()
                                                 for f in feats])
   return result
-
-
-# ------------------------------------------------------------------------------------------------
-# Memorization of samples
-
-
-def distinct_images(images) -> Tuple[np.ndarray, np.ndarray, int]:
-  """(distinct rows, for each distinct row the index of its first occurrence, number of duplicates).
-
-  Rows equal in every value are one image (-0.0 and 0.0 are equal); order of first occurrence kept.
-  """
-  a = np.asarray(images)
-  flat = np.ascontiguousarray(a.reshape(a.shape[0], -1) + 0.0)  # + 0.0: -0.0 becomes 0.0
-  _, first = np.unique(flat, axis=0, return_index=True)
-  first = np.sort(first)
-  return a[first], first, a.shape[0] - first.size
-
-
-def nearest_distinct(samples, train_images, *, chunk_size: int = 2048
-                     ) -> Tuple[np.ndarray, np.ndarray, int]:
-  """The nearest and the second-nearest *distinct* training image of every sample.
-
-  A training image present twice would otherwise be both neighbours of its exact copy (distances
-  0 and 0), and the ratio test would not flag the copy. Returns (indices (Q, 2) into train_images,
-  first occurrences; distances (Q, 2); number of duplicate rows in train_images). Raises
-  ValueError if the training set has fewer than 2 distinct images.
-  """
-  distinct, first, duplicates = distinct_images(train_images)
-  if distinct.shape[0] < 2:
-    raise ValueError(f"the copy test needs at least 2 distinct training images, got "
-                     f"{distinct.shape[0]}")
-  idx, dist = nearest_neighbours(samples, distinct, 2, chunk_size=chunk_size)
-  return first[idx], dist, duplicates
-
-
-def copy_flags(samples, train_images, ratio: float = 1.0 / 3.0, *,
-               chunk_size: int = 2048) -> np.ndarray:
-  """(Q,) bool: d(nearest training image) < ratio * d(second nearest distinct one) (Gu et al. 2023).
-
-  samples: (Q, H, W, C) generated images, train_images: (N, H, W, C) training images, both float
-  in [-1, 1] (data/convention.py; ValueError otherwise, e.g. for uint8 pixels or 0..255 floats).
-  Other (N, ...) float arrays (points, features) are taken as they are, without a pixel scale.
-  ratio in (0, 1). Duplicated training images count once (`nearest_distinct`).
-  """
-  images = np.ndim(samples) == 4 and np.ndim(train_images) == 4
-  check_images(samples, "samples", lenient=True, nhwc=False, check_range=images)
-  check_images(train_images, "train_images", nhwc=False, check_range=images)
-  check_number(ratio, "ratio", low=0.0, high=1.0, low_open=True, high_open=True)
-  _, dist, _ = nearest_distinct(samples, train_images, chunk_size=chunk_size)
-  return dist[:, 0] < ratio * dist[:, 1]
-
-
-def copy_fraction(samples, train_images, ratio: float = 1.0 / 3.0, *,
-                  chunk_size: int = 2048) -> float:
-  """Fraction of samples that are copies of a training image (see `copy_flags`)."""
-  return float(np.mean(copy_flags(samples, train_images, ratio, chunk_size=chunk_size)))
-
-
-def memorization(samples, train_images, val_images, ratio: float = 1.0 / 3.0, *,
-                 chunk_size: int = 2048) -> Dict[str, float]:
-  """Copy fraction of the samples and, as control, of validation images against the training set,
-  with the number of duplicated training images (counted once by the copy test)."""
-  check_images(val_images, "val_images", nhwc=False, check_range=np.ndim(val_images) == 4)
-  return {"samples": copy_fraction(samples, train_images, ratio, chunk_size=chunk_size),
-          "validation_control": copy_fraction(val_images, train_images, ratio,
-                                              chunk_size=chunk_size),
-          "training_duplicates": distinct_images(train_images)[2]}

@@ -73,6 +73,16 @@ def default_model_config(family: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
+def preset_config(name: str) -> ml_collections.ConfigDict:
+  """A full model ConfigDict for a preset: family defaults, then the preset's defaults and arch."""
+  preset = presets.PRESETS[name]
+  config = default_model_config(preset.family)
+  config.preset = name
+  config.update(preset.defaults)
+  config.update(preset.arch)
+  return config
+
+
 def resolve(model_config) -> ml_collections.ConfigDict:
   """A copy of the config with the preset's architecture fields applied (preset "" = as given)."""
   family = model_config.get("family", None)
@@ -310,6 +320,6 @@ def raw_network(model: nn.Module, variables, *, train: bool = False, rngs=None,
   return network
 
 
-__all__ = ["FAMILIES", "build", "default_model_config", "init_variables", "param_count",
+__all__ = ["FAMILIES", "build", "default_model_config", "preset_config", "init_variables", "param_count",
            "weight_projection", "raw_network", "init_fn", "supports_logvar", "validate_config", "resolve",
            "presets", "ddpmpp", "edm2", "dit", "layers"]

@@ -28,7 +28,7 @@ DDPM++ CIFAR-10 55,732,739 (EDM: 55.73M). Sources:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Optional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,14 +109,3 @@ def names(family: Optional[str] = None) -> tuple[str, ...]:
 
 def get(name: str) -> Preset:
   return PRESETS[name]
-
-
-def preset_config(name: str) -> Any:
-  """A full model ConfigDict for a preset: family defaults, then the preset's defaults and arch."""
-  from diffgen_jax.models import default_model_config  # pylint: disable=g-import-not-at-top
-  preset = PRESETS[name]
-  config = default_model_config(preset.family)
-  config.preset = name
-  config.update(preset.defaults)
-  config.update(preset.arch)
-  return config

@@ -1,6 +1,8 @@
-"""Sample-based evaluation: known answers with the optimal denoiser, incremental snapshots, network
-snapshots end to end (samples, G_FD, copies, trajectory probes, JSON, plots)."""
+"""Sample-level evaluation (`evaluation.samples` and its config side in `jobs.evaluate`): known
+answers with the optimal denoiser, incremental snapshots, network snapshots end to end (samples,
+G_FD, copies, trajectory probes, JSON, plots)."""
 
+import dataclasses
 import json
 import os
 
@@ -8,8 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from diffgen_jax import checkpointing, data, defaults, edm, models, sample_evaluation as se
-from diffgen_jax import samplers, trainer
+from diffgen_jax import checkpointing, data, defaults, edm, models, samplers
+from diffgen_jax.evaluation import samples
+from diffgen_jax.jobs import evaluate as ev
+from diffgen_jax.models.network import build_network
 from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.optimal import empirical_optimal_denoiser
@@ -23,7 +27,7 @@ def _split(seed, n, shape=(6, 6, 1), classes=2):
 
 def _config(**samples):
   config = defaults.train_config()
-  config.evaluation.samples = se.sample_evaluation_config()
+  config.evaluation.samples = defaults.sample_evaluation_config()
   config.evaluation.samples.update(dict(dict(
       feature="pixels", num_samples=24, num_steps=8, num_train_subsets=2, early_stop_every=3,
       probe_size=8, grid_size=8), **samples))
@@ -44,8 +48,8 @@ def test_optimal_denoiser_known_answers(tmp_path, classes):
   train, val = _split(0, 12, classes=classes), _split(1, 12, classes=classes)
   config = _config(probe_size=12)
   config.evaluation.batch_size = 10  # 24 samples: batches of 10, 10 and 4 (padded)
-  ctx = se.prepare(config, str(tmp_path), train, val)
-  m = ctx.protocol["reference_size"]
+  ctx, protocol, _ = ev.sample_setup(config, str(tmp_path), train, val)
+  m = protocol["reference_size"]
   assert m == 6  # min(num_samples 24, 12 // 2 subsets, 12 validation images)
   rows = ctx.reference_rows["train"]
   assert len(rows) == 2 and all(len(r) == m for r in rows) and not set(rows[0]) & set(rows[1])
@@ -55,11 +59,11 @@ def test_optimal_denoiser_known_answers(tmp_path, classes):
     assert ctx.labels is None
   # The FD of a training reference subset to itself is 0.
   subset0 = ctx.train_images[rows[0]].reshape(m, -1)
-  assert se.fd_record(subset0, ctx.references["pixels"])["train_subsets"][0] == pytest.approx(
+  assert samples.fd_record(subset0, ctx.references["pixels"])["train_subsets"][0] == pytest.approx(
       0.0, abs=1e-6)
 
   optimal = empirical_optimal_denoiser(ctx.train_images, ctx.train_labels)
-  result = se.evaluate_denoiser(ctx, optimal)
+  result = samples.evaluate_denoiser(ctx, optimal)
   r = result.record
   assert _plain(r) and json.loads(json.dumps(r)) == r
   # Samples of the optimal denoiser are training images: all copies; validation images are not.
@@ -95,42 +99,42 @@ def test_incremental_snapshots_last_and_protocol(tmp_path, monkeypatch):
   """Evaluated snapshots are skipped; 'last'; another protocol starts afresh; save after each."""
   train, val = _split(0, 12), _split(1, 12)
   evaluated = []
-  monkeypatch.setattr(se.checkpointing, "load_snapshot",
+  monkeypatch.setattr(checkpointing, "load_snapshot",
                       lambda wd, step: ({"ema_a": {"w": np.zeros(1)}}, {"images_seen": 10 * step}))
-  monkeypatch.setattr(se, "prepare", lambda *a, **k: se.Context(
-      *([None] * len(se.dataclasses.fields(se.Context)))))
+  monkeypatch.setattr(ev, "sample_setup", lambda *a, **k: (samples.Setup(
+      *([None] * len(dataclasses.fields(samples.Setup)))), None, {}))
 
   def fake_evaluate(ctx, denoise):
     evaluated.append(1)
-    assert jax.tree.leaves(denoise) and ctx.protocol is None
-    return se.SnapshotResult({"fd": {s: {"gap": 0.1, "train": 1.0, "val": 1.1} for s in
+    assert jax.tree.leaves(denoise) and ctx.features_fn is None
+    return samples.SnapshotResult({"fd": {s: {"gap": 0.1, "train": 1.0, "val": 1.1} for s in
                                      ("features", "pixels")},
                               "copy_fraction": {"samples": 0.5, "validation_control": 0.0}}, {})
 
-  monkeypatch.setattr(se, "evaluate_denoiser", fake_evaluate)
+  monkeypatch.setattr(samples, "evaluate_denoiser", fake_evaluate)
   config = _config()
   saves = []
   kw = dict(network=None, train_split=train, val_split=val, plots=False)
-  section = se.evaluate_samples(config, str(tmp_path), steps=[1, 2], previous=None,
+  section = ev.evaluate_samples(config, str(tmp_path), steps=[1, 2], previous=None,
                                 save=lambda s: saves.append(sorted(s["snapshots"])), **kw)
   assert sorted(section["snapshots"]) == ["1", "2"] and len(evaluated) == 2
   assert saves == [["1"], ["1", "2"]]
   assert section["summary"]["images_seen"] == [10, 20]
   assert section["snapshots"]["2"]["ema"] == "ema_a"
   stored = json.loads(json.dumps(section))
-  again = se.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=stored, **kw)
+  again = ev.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=stored, **kw)
   assert len(evaluated) == 3 and sorted(again["snapshots"]) == ["1", "2", "3"]  # only step 3
-  assert se.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=again, **kw) == again
+  assert ev.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=again, **kw) == again
   assert len(evaluated) == 3
   config.evaluation.samples.snapshots = "last"
-  last = se.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=None, **kw)
+  last = ev.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=None, **kw)
   assert sorted(last["snapshots"]) == ["3"] and len(evaluated) == 4
   config.evaluation.samples.num_samples = 30  # another protocol: every snapshot afresh
   config.evaluation.samples.snapshots = "all"
-  fresh = se.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=again, **kw)
+  fresh = ev.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=again, **kw)
   assert len(evaluated) == 7 and fresh["protocol"]["num_samples"] == 30
   config.evaluation.samples.enabled = False
-  assert se.evaluate_samples(config, str(tmp_path), steps=[4], previous=fresh, **kw) == fresh
+  assert ev.evaluate_samples(config, str(tmp_path), steps=[4], previous=fresh, **kw) == fresh
 
 
 def test_missing_extractors_raise_naming_the_path(tmp_path):
@@ -138,11 +142,11 @@ def test_missing_extractors_raise_naming_the_path(tmp_path):
   missing = str(tmp_path / "no" / "dinov2.npz")
   config = _config(feature="external", external_kind="dinov2", external_path=missing)
   with pytest.raises(FileNotFoundError, match="dinov2.npz") as err:
-    se.evaluate_samples(config, str(tmp_path), None, train, val, [1], None)
+    ev.evaluate_samples(config, str(tmp_path), None, train, val, [1], None)
   assert missing in str(err.value)
   config = _config(feature="classifier", classifier_path=str(tmp_path / "clf.npz"))
   with pytest.raises(FileNotFoundError, match="clf.npz"):
-    se.prepare(config, str(tmp_path), train, val)
+    ev.sample_setup(config, str(tmp_path), train, val)
 
 
 def test_classifier_trained_once_and_cached(tmp_path, monkeypatch):
@@ -154,36 +158,36 @@ def test_classifier_trained_once_and_cached(tmp_path, monkeypatch):
     calls.append(k["steps"])
     return real(*a, **k)
 
-  monkeypatch.setattr(se.features_lib, "train_classifier", counting)
+  monkeypatch.setattr(features_lib, "train_classifier", counting)
   config = _config(feature="classifier", classifier_steps=2)
-  ctx = se.prepare(config, str(tmp_path), train, val)
+  ctx, _, info = ev.sample_setup(config, str(tmp_path), train, val)
   path = str(tmp_path / "evaluation" / "classifier.npz")
-  assert os.path.exists(path) and ctx.feature_info["path"] == path and ctx.feature_info["trained"]
+  assert os.path.exists(path) and info["path"] == path and info["trained"]
   assert ctx.train_features.shape == (12, 128)
-  ctx2 = se.prepare(config, str(tmp_path), train, val)
-  assert calls == [2] and "trained" not in ctx2.feature_info
+  ctx2, _, info2 = ev.sample_setup(config, str(tmp_path), train, val)
+  assert calls == [2] and "trained" not in info2
   np.testing.assert_allclose(ctx2.train_features, ctx.train_features, rtol=1e-6)
 
 
 def test_validate_settings():
-  se.validate_settings(se.sample_evaluation_config())
+  ev.validate_sample_settings(defaults.sample_evaluation_config())
   for field, value in (("feature", "inception"), ("num_samples", 1), ("copy_ratio", 1.5),
                        ("snapshots", "first"), ("early_stop_every", 0)):
-    s = se.sample_evaluation_config()
+    s = defaults.sample_evaluation_config()
     s[field] = value
     with pytest.raises(ConfigError, match=f"evaluation.samples.{field}"):
-      se.validate_settings(s)
-  s = se.sample_evaluation_config()
+      ev.validate_sample_settings(s)
+  s = defaults.sample_evaluation_config()
   s.feature = "external"
   with pytest.raises(ConfigError, match="external_path"):
-    se.validate_settings(s)
+    ev.validate_sample_settings(s)
 
 
 def _tiny_network_config():
   config = defaults.train_config()
   config.model.update(dict(preset="", img_resolution=8, img_channels=1, model_channels=8,
                            channel_mult=(1, 2), num_blocks=1, attn_resolutions=()))
-  config.evaluation.samples = se.sample_evaluation_config()
+  config.evaluation.samples = defaults.sample_evaluation_config()
   config.evaluation.samples.update(dict(feature="pixels", num_samples=16, num_steps=4,
                                         probe_size=8, grid_size=16))
   return config
@@ -194,7 +198,7 @@ def test_network_snapshots_end_to_end(tmp_path):
   workdir = str(tmp_path)
   config = _tiny_network_config()
   train, val = _split(0, 64, (8, 8, 1), classes=10), _split(1, 40, (8, 8, 1), classes=10)
-  network = trainer.build_network(config.model, train.num_classes, "float32")
+  network = build_network(config.model, train.num_classes, "float32")
   params = models.init_variables(network.module, jax.random.key(0), (1, 8, 8, 1))["params"]
   ckpt = checkpointing.Checkpoints(workdir)
   rng = np.random.default_rng(0)
@@ -207,7 +211,7 @@ def test_network_snapshots_end_to_end(tmp_path):
   steps = checkpointing.snapshot_steps(workdir)
   assert steps == [20, 40]
   compiled = samplers._integrate_jit._cache_size()
-  section = se.evaluate_samples(config, workdir, network, train, val, steps, None,
+  section = ev.evaluate_samples(config, workdir, network, train, val, steps, None,
                                 gap_peaks={1280: 0.05, 2560: 0.1})
   assert samplers._integrate_jit._cache_size() == compiled + 1  # one compilation, two snapshots
   assert _plain(section) and json.loads(json.dumps(section)) == section

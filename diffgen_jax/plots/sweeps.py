@@ -1,4 +1,4 @@
-"""Figures of the factor sweeps (diffgen_jax/factor_sweeps.py), from their results.json sections.
+"""Figures of the factor sweeps (diffgen_jax/evaluation/sweeps.py, job `factors`), from their results.json sections.
 
 Per gap sweep: <sweep>.png, G(sigma) with one panel per group (e.g. guidance style, delta), curves
 coloured by the factor value (colourbar) and labelled (legend); <sweep>_peak.png, the peak of G vs

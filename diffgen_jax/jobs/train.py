@@ -1,4 +1,12 @@
-"""The `train` job: the loop around the pure train_step, with checkpoints, snapshots and progress.
+"""The `train` job: the loop around the pure train_step (`training`), with checkpoints, snapshots
+and progress; it ends with the `evaluate` job.
+
+What it writes besides checkpoints: WORKDIR/metrics.jsonl (every step's loss, lr, grad norm, and
+every `monitor.every_images` the denoising errors E_train, E_val and G at `monitor.sigmas` of the
+first EMA set on fixed subsets, keys "monitor/e_train/<sigma>" ...), WORKDIR/tensorboard/ (the same
+scalars plus img/s, and the sample grid per snapshot; `config.tensorboard`), and
+WORKDIR/samples/step_<step>.png. The console shows one line per `log_every_steps` (images seen,
+img/s, loss, ETA) and one per monitor evaluation.
 
 Re-running the same command on the same workdir resumes from the latest full state: the state is
 restored exactly, the data stream restarts at the saved step and every random draw is a function of
@@ -15,18 +23,27 @@ from typing import Any, Dict, List
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from absl import logging
 from jax.experimental import multihost_utils
 
-from diffgen_jax import (checkpointing, config_checks, data, edm, flops, models, samplers, sharding,
+from diffgen_jax import (checkpointing, config_checks, data, ema, flops, models, samplers, sharding,
                          training)
+from diffgen_jax.evaluation import gap
+from diffgen_jax.jobs import common, console, evaluate
+from diffgen_jax.models.network import network_denoiser
 
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def validate_config(config) -> None:
+  """The training fields and, when the run ends with it, the evaluation's fields."""
+  validate_training_fields(config)
+  if config.evaluation.after_training:  # the evaluation at the end: checked before training
+    evaluate.validate_config(config)
+
+
+def validate_training_fields(config) -> None:
   """Every check that needs no compilation; the model is checked against the data's shape in run()."""
   config_checks.positive(config, "training.batch_size")
   config_checks.positive(config, "training.total_images")
@@ -37,6 +54,11 @@ def validate_config(config) -> None:
   config_checks.choice(config, "training.ema.kind", training.EMA_KINDS)
   config_checks.choice(config, "training.compute_dtype", ("float32", "bfloat16"))
   config_checks.positive(config, "training.p_std")
+  config_checks.positive(config, "training.sigma_data")
+  config_checks.integer(config, "seed", 0)
+  config_checks.positive(config, "checkpoint.keep_states")
+  config_checks.positive(config, "sampling.grid_size", allow_zero=True)
+  config_checks.positive(config, "sampling.num_steps")
   if not 0 <= config.training.label_dropout < 1:
     raise config_checks.ConfigError(
         f"config.training.label_dropout={config.training.label_dropout} must be in [0, 1)")
@@ -46,34 +68,17 @@ def validate_config(config) -> None:
         f"got {config.model.family!r}")
   for field in ("checkpoint.state_every_images", "checkpoint.snapshot_every_images", "log_every_steps"):
     config_checks.positive(config, field)
+  config_checks.positive(config, "monitor.every_images", allow_zero=True)
+  if config.monitor.every_images:
+    config_checks.positive(config, "monitor.num_images")
+    config_checks.positive(config, "monitor.batch_size")
+    config_checks.numbers(config, "monitor.sigmas", 0.0, strict=True)
+    config_checks.integer(config, "evaluation.noise_seed", 0)
+  config_checks.flag(config, "tensorboard")
   config_checks.choice(config, "model.family", models.FAMILIES)
-  data.validate_config(config.data)
+  config_checks.data_config(config.data)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   sharding.check_divisible(config.training.batch_size, mesh, "config.training.batch_size")
-
-
-def load_split(config, split: str):
-  """The training split (or subset) or the validation split a config names, prepared if needed."""
-  if jax.process_index() == 0:
-    data.prepare(config.data.name, config.data.data_dir or None)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(f"data prepared: {split}")
-  labels = config.data.labels
-  if labels == "pseudo":
-    labels = data.read_pseudo_labels(config.data.pseudo_labels, split)
-  return data.load_split(config.data.name, split, data_dir=config.data.data_dir or None,
-                         subset_size=(config.data.subset_size or None) if split == "train" else None,
-                         subset_seed=config.data.subset_seed, labels=labels)
-
-
-def build_network(model_config, num_classes: int, compute_dtype: str = "float32") -> training.Network:
-  model_config = ml_collections.ConfigDict(model_config.to_dict())
-  model_config.num_classes = num_classes
-  if "dtype" in model_config:
-    model_config.dtype = compute_dtype
-  return training.Network(module=models.build(model_config),
-                          project=models.weight_projection(model_config),
-                          num_classes=num_classes)
 
 
 def _write_metrics(path: str, rows: List[Dict[str, Any]]) -> None:
@@ -92,8 +97,8 @@ def _truncate_metrics(path: str, last_step: int) -> None:
     f.writelines(rows)
 
 
-def save_image_grid(images: np.ndarray, path: str) -> None:
-  """Writes (B, H, W, C) images in [-1, 1] as one PNG grid."""
+def save_image_grid(images: np.ndarray, path: str) -> np.ndarray:
+  """Writes (B, H, W, C) images in [-1, 1] as one PNG grid; returns the grid (H', W', 3) in [0, 1]."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -106,22 +111,24 @@ def save_image_grid(images: np.ndarray, path: str) -> None:
     r, q = divmod(i, cols)
     grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = pixels[i]
   plt.imsave(path, grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+  return np.repeat(grid, 3, axis=-1) if c == 1 else grid
 
 
 def run(config, workdir: str) -> Dict[str, Any]:
   t = config.training
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-  split = load_split(config, "train")
+  split = common.load_split(config, "train")
   image_shape = split.shape
   model_config = config.model.copy_and_resolve_references()
   with model_config.unlocked():
     model_config.num_classes = split.num_classes  # the label mode decides; configs need not repeat it
   models.validate_config(model_config, image_shape, split.num_classes)
-  network = build_network(model_config, split.num_classes, t.compute_dtype)
-  optimizer = training.make_optimizer(config)
+  network = common.build_network(model_config, split.num_classes, t.compute_dtype)
+  settings = common.training_settings(config)
+  optimizer = training.make_optimizer(settings)
   init_fn, step_fn, abstract_state, state_sharding = training.compile_training(
-      network, optimizer, config, mesh, image_shape)
+      network, optimizer, settings, mesh, image_shape)
 
   total_steps = int(math.ceil(t.total_images / t.batch_size))
   state_every = max(1, int(round(config.checkpoint.state_every_images / t.batch_size)))
@@ -158,12 +165,17 @@ def run(config, workdir: str) -> Dict[str, Any]:
     start = int(state.step)
     if jax.process_index() == 0:
       _truncate_metrics(metrics_path, start)
-    logging.info("Resumed from step %d (%d images seen).", start, start * t.batch_size)
+    console.progress(f"train: resumed from step {start} ({start * t.batch_size} images seen)")
 
   sample_fn = _make_sample_fn(network, config, image_shape, split.num_classes)
+  monitor_fn = _make_monitor(config, network, split, mesh)
+  monitor_every = (max(1, int(round(config.monitor.every_images / t.batch_size)))
+                   if config.monitor.every_images else 0)
+  board = _board(config, workdir, start)
   batches = data.BatchIterator(split, t.batch_size, config.seed, mesh, start_step=start,
                                x_flip=config.data.x_flip)
   pending: List[tuple] = []  # (step, device metrics) not yet fetched
+  monitored: Dict[int, Dict[str, float]] = {}  # step -> monitor values for that step's row
   tick, tick_step, t0 = time.time(), start, time.time()
   last = {}
   step_tflop = None  # model FLOPs of one step (matmuls + convolutions), for the progress log
@@ -174,23 +186,39 @@ def run(config, workdir: str) -> Dict[str, Any]:
     if not pending:
       return
     rows = [dict(step=s + 1, images_seen=(s + 1) * t.batch_size,
-                 **{k: float(v) for k, v in jax.device_get(m).items()}) for s, m in pending]
+                 **{k: float(v) for k, v in jax.device_get(m).items()},
+                 **monitored.pop(s + 1, {})) for s, m in pending]
     pending.clear()
     for row in rows:
       if not np.isfinite(row["loss"]):
         raise FloatingPointError(
             f"non-finite loss {row['loss']} at training step {row['step'] - 1}; the last good "
             f"checkpoint is step {ckpt.latest_state_step()} in {workdir}")
-    if jax.process_index() == 0:
-      _write_metrics(metrics_path, rows)
     now = time.time()
     step = rows[-1]["step"]
     rate = (step - tick_step) * t.batch_size / max(now - tick, 1e-9)
+    rows[-1]["img_per_s"] = rate
+    if jax.process_index() == 0:
+      _write_metrics(metrics_path, rows)
+      if board is not None:
+        for row in rows:
+          for k, v in row.items():
+            if k not in ("step", "images_seen"):
+              board.add_scalar(k if k.startswith("monitor/") else f"train/{k}", v, row["step"])
     eta = (total_steps - step) * t.batch_size / max(rate, 1e-9)
-    logging.info("step %d/%d  %.1f kimg  %.1f img/s (%.3g TFLOP/s)  loss %.4f  ETA %s", step,
-                 total_steps, rows[-1]["images_seen"] / 1e3, rate, rate / t.batch_size * step_tflop,
-                 rows[-1]["loss"], _format_seconds(eta))
+    console.progress(f"train: step {step}/{total_steps}  {rows[-1]['images_seen'] / 1e3:.1f} kimg  "
+                     f"{rate:.1f} img/s ({rate / t.batch_size * step_tflop:.3g} TFLOP/s)  loss "
+                     f"{rows[-1]['loss']:.4f}  ETA {_format_seconds(eta)}")
     tick, tick_step, last = now, step, rows[-1]
+
+  def monitor(step: int) -> None:
+    """The denoising errors of the first EMA set at the monitor's sigmas, into the step's metrics
+    row (metrics.jsonl and TensorBoard)."""
+    values = monitor_fn(state.ema)
+    monitored[step] = {f"monitor/{k}/{sigma:g}": float(v) for k, per_sigma in values.items()
+                       for sigma, v in zip(config.monitor.sigmas, per_sigma)}
+    console.progress("train: G(sigma) of the EMA at sigma " + ", ".join(
+        f"{s:g}: {g:.3f}" for s, g in zip(config.monitor.sigmas, values["gap"])))
 
   try:
     for step in range(start, total_steps):
@@ -200,15 +228,19 @@ def run(config, workdir: str) -> Dict[str, Any]:
       state, metrics = step_fn(state, batch, train_key)
       pending.append((step, metrics))
       done = step + 1
+      if monitor_every and done % monitor_every == 0:
+        monitor(done)
       if done % config.log_every_steps == 0 or done == total_steps:
         flush()
       if done % snapshot_every == 0 or done == total_steps:
         flush()
         ckpt.save_snapshot(done, state.ema, {"step": done, "images_seen": done * t.batch_size})
-        grid = sample_fn(state.ema, done)
+        grid = sample_fn(state.ema)
         if jax.process_index() == 0 and grid is not None:
           os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-          save_image_grid(grid, os.path.join(workdir, "samples", f"step_{done:08d}.png"))
+          picture = save_image_grid(grid, os.path.join(workdir, "samples", f"step_{done:08d}.png"))
+          if board is not None:
+            board.add_image("samples", picture, done, dataformats="HWC")
       if done % state_every == 0 or done == total_steps:
         flush()
         ckpt.save_state(done, state, dict(meta, step=done, data_position=done))
@@ -218,11 +250,12 @@ def run(config, workdir: str) -> Dict[str, Any]:
     batches.close()
     ckpt.wait()
     ckpt.close()
-  logging.info("Training finished: %d steps, %d images, %.1f s.", total_steps,
-               total_steps * t.batch_size, time.time() - t0)
+    if board is not None:
+      board.close()
+  console.progress(f"train: finished, {total_steps} steps, {total_steps * t.batch_size} images, "
+                   f"{time.time() - t0:.1f} s")
   if config.evaluation.after_training:
-    from diffgen_jax import evaluator  # the evaluation imports the trainer
-    evaluator.run(config, workdir)
+    evaluate.run(config, workdir, job="train")
   return {"state": state, "network": network, "last_metrics": last, "total_steps": total_steps}
 
 
@@ -236,20 +269,57 @@ def _make_sample_fn(network, config, image_shape, num_classes):
   """Samples a fixed grid from the first EMA set at each snapshot (same noise every time)."""
   s = config.sampling
   if s.grid_size <= 0:
-    return lambda ema, step: None
+    return lambda ema_sets: None
   noise = jax.random.normal(jax.random.key(config.seed + 1), (s.grid_size,) + tuple(image_shape))
   labels = jnp.arange(s.grid_size) % num_classes if num_classes > 0 else None
 
   @jax.jit
   def generate(params):
-    denoise = training.network_denoiser(network, params, config.training.sigma_data)
+    denoise = network_denoiser(network, params, config.training.sigma_data)
     return samplers.sample(denoise, noise, labels, num_steps=s.num_steps).samples
 
-  def sample_fn(ema_sets, step):
-    first = sorted(ema_sets)[0]
-    return np.asarray(jax.device_get(generate(ema_sets[first])))
+  def sample_fn(ema_sets):
+    return np.asarray(jax.device_get(generate(ema.pick(ema_sets)[1])))
 
   return sample_fn
+
+
+def _make_monitor(config, network, split, mesh):
+  """monitor(ema_sets) -> {"e_train", "e_val", "gap"} (each (S,) at config.monitor.sigmas) of the
+  first EMA set, on the first monitor.num_images of the training and validation splits with the
+  evaluate job's per-image noise (seeds evaluation.noise_seed and + 1); None when off."""
+  m = config.monitor
+  if not m.every_images:
+    return None
+  val_split = common.load_split(config, "validation")
+  sets = {name: data.first_images(s, m.num_images) for name, s in (("train", split),
+                                                                      ("val", val_split))}
+  sigmas = np.asarray(m.sigmas, np.float64)
+  seeds = {"train": config.evaluation.noise_seed, "val": config.evaluation.noise_seed + 1}
+
+  def monitor(ema_sets):
+    params, on = ema.pick(ema_sets)[1], mesh
+    if jax.process_count() > 1:  # every process computes the same numbers from a host copy
+      params, on = multihost_utils.process_allgather(params, tiled=True), None
+    denoise = network_denoiser(network, params, config.training.sigma_data)
+    out = {}
+    for name, (x, y, ids) in sets.items():
+      out[f"e_{name}"] = gap.denoising_errors(denoise, x, y, sigmas, ids=ids,
+                                              noise_seed=seeds[name], batch_size=m.batch_size,
+                                              mesh=on)
+    out["gap"] = gap.relative_gap(out["e_val"], out["e_train"])
+    return out
+
+  return monitor
+
+
+def _board(config, workdir: str, start: int):
+  """A TensorBoard writer on process 0 (None elsewhere or when off); on resume, events after the
+  restored step are purged, as the metrics rows are."""
+  if not config.tensorboard or jax.process_index() != 0:
+    return None
+  from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  return SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR), purge_step=start or None)
 
 
 def _format_seconds(seconds: float) -> str:

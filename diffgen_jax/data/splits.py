@@ -1,0 +1,204 @@
+"""Splits, nested training subsets, label modes, and the image scaling convention.
+
+Splits: "train" is the dataset's train split; "validation" is its validation split, or its official
+test split where there is no validation split (fashion_mnist: t10k).
+
+Subsets (`subset_order`): the training subset of size k is the first k entries of one seeded order
+of the training rows, so a smaller subset is always contained in a larger one with the same seed.
+When class labels are at hand (in-memory splits with a `label` feature) the order is stratified:
+every prefix holds each class in proportion to its frequency, within two images. Otherwise it is a
+seeded random permutation. Subset rows keep the source order. The subset does not depend on the
+label mode.
+
+Images as the models see them: float32 in [-1, 1], uint8 / 127.5 - 1 (`to_unit_range`, the one
+home of the scaling); labels int32, all 0 with labels="none" (`num_classes` 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from diffgen_jax.data import builders
+from diffgen_jax.data.convention import check_pixels
+from diffgen_jax.data.sources import (IN_MEMORY_BYTES, SPLITS, LazyColumn, _open, _read_all,
+                                      _source_split, _unknown_dataset, is_prepared,
+                                      resolve_data_dir)
+
+LABEL_MODES = ("class", "none", "pseudo")
+
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split (or training subset) with its labels.
+
+  images: (N, H, W, C) uint8, a numpy array or a LazyColumn (fancy indexing by an int array).
+  labels: (N,) int32; all zero in label mode "none" (a LazyColumn for lazy splits in mode "class").
+  num_classes: number of label values; 0 in label mode "none".
+  ids: (N,) int64, each image's row in the whole split (a subset's rows within the train split).
+    The built-in datasets also record each image's row in their source file as the `id` feature.
+  """
+
+  images: Any
+  labels: Any
+  num_classes: int
+  ids: Optional[np.ndarray] = None
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])
+
+
+def subset_order(num_examples: int, seed: int, labels: Optional[np.ndarray] = None) -> np.ndarray:
+  """A seeded order of range(num_examples) whose prefixes are the nested training subsets.
+
+  With labels, every prefix is stratified: class c (n_c rows, permuted) gets keys (j + u_c) / n_c
+  for its j-th row with a random offset u_c in [0, 1), and rows are taken in increasing key, so a
+  prefix of size k holds k * n_c / N images of class c to within two.
+  """
+  rng = np.random.default_rng([seed, 2])
+  if labels is None:
+    return rng.permutation(num_examples)
+  labels = np.asarray(labels)
+  rows, keys = [], []
+  for c in np.unique(labels):
+    rc = rng.permutation(np.flatnonzero(labels == c))
+    rows.append(rc)
+    keys.append((np.arange(len(rc)) + rng.random()) / len(rc))
+  rows, keys = np.concatenate(rows), np.concatenate(keys)
+  return rows[np.argsort(keys, kind="stable")]
+
+
+def subset_rows(num_examples: int, subset_size: int, seed: int,
+                labels: Optional[np.ndarray] = None) -> np.ndarray:
+  """The sorted rows of the training subset of the given size (nested in subset_size)."""
+  if isinstance(subset_size, bool) or not isinstance(subset_size, (int, np.integer)):
+    raise ValueError(f"subset_size must be an int, got {subset_size!r}")
+  if subset_size <= 0 or subset_size > num_examples:
+    raise ValueError(f"subset_size={subset_size} must be in 1..{num_examples} (the size of the "
+                     "training split); use None for the whole split")
+  return np.sort(subset_order(num_examples, seed, labels)[:subset_size])
+
+
+def load_split(name: str, split: str, *, data_dir: Optional[str] = None,
+               subset_size: Optional[int] = None, subset_seed: int = 0,
+               labels: Union[str, np.ndarray] = "class", num_classes: Optional[int] = None,
+               in_memory: Optional[bool] = None) -> Split:
+  """Loads a split, optionally a nested training subset, with class / no / pseudo labels.
+
+  labels: "class" (the dataset's labels), "none" (all 0, num_classes 0), or an integer array of
+    pseudo-labels, one per image of the returned split (after subsetting); their num_classes is
+    `num_classes` if given, else max + 1.
+  in_memory: read the split into numpy (None: when it holds at most IN_MEMORY_BYTES of pixels).
+  """
+  data_dir = resolve_data_dir(data_dir)
+  if name not in builders.BUILDERS and not is_prepared(name, data_dir):
+    raise _unknown_dataset(name, data_dir)
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+  if subset_size is not None and split != "train":
+    raise ValueError("subset_size applies to the train split only")
+  if isinstance(labels, str) and labels == "pseudo":
+    raise ValueError("labels='pseudo' needs the pseudo-labels themselves: pass labels=<int array, "
+                     "one per image of the split> (e.g. from read_pseudo_labels(path, split))")
+  if isinstance(labels, str) and labels not in ("class", "none"):
+    raise ValueError(f"labels={labels!r} must be 'class', 'none' or an integer array of "
+                     "pseudo-labels")
+  sources, features = _open(name, data_dir)
+  src_split = _source_split(name, split, sources)
+  source = sources[src_split]
+  keys = set(features.keys())
+  if "image" not in keys:
+    raise ValueError(f"dataset {name!r} has no 'image' feature (features: {sorted(keys)})")
+  has_label = "label" in keys
+  if isinstance(labels, str) and labels == "class" and not has_label:
+    raise ValueError(f"dataset {name!r} has no 'label' feature; use labels='none' or "
+                     "pseudo-labels")
+
+  n = len(source)
+  if in_memory is None:
+    shape = getattr(features["image"], "shape", None)
+    pixels = int(np.prod(shape)) if shape and all(s is not None for s in shape) else 64 * 64 * 3
+    in_memory = n * pixels <= IN_MEMORY_BYTES
+  if in_memory:
+    cols = _read_all(name, data_dir, src_split, ("image", "label") if has_label else ("image",))
+    images = cols["image"]
+    if images.ndim == 3:
+      images = images[..., None]
+    true_labels = cols["label"].astype(np.int32) if has_label else None
+  else:
+    images = LazyColumn(source, "image", dtype=np.uint8)
+    true_labels = LazyColumn(source, "label", dtype=np.int32) if has_label else None
+  ids = np.arange(n, dtype=np.int64)
+
+  if subset_size is not None:
+    strat = true_labels if isinstance(true_labels, np.ndarray) else None
+    rows = subset_rows(n, subset_size, subset_seed, strat)
+    images = images[rows] if isinstance(images, np.ndarray) else images.subset(rows)
+    if true_labels is not None:
+      true_labels = (true_labels[rows] if isinstance(true_labels, np.ndarray)
+                     else true_labels.subset(rows))
+    ids = ids[rows]
+  size = len(ids)
+
+  if isinstance(labels, str) and labels == "none":
+    out_labels, k = np.zeros(size, np.int32), 0
+  elif isinstance(labels, str):  # "class"
+    out_labels, k = true_labels, int(features["label"].num_classes)
+  else:
+    pseudo = np.asarray(labels)
+    if pseudo.ndim != 1 or len(pseudo) != size:
+      raise ValueError(f"pseudo-labels have shape {pseudo.shape}, expected ({size},): one label "
+                       f"per image of the {split} split"
+                       + (f" subset of size {subset_size}" if subset_size else ""))
+    if not np.issubdtype(pseudo.dtype, np.integer) or (size and pseudo.min() < 0):
+      raise ValueError("pseudo-labels must be non-negative integers")
+    k = int(num_classes) if num_classes is not None else (int(pseudo.max()) + 1 if size else 0)
+    if size and pseudo.max() >= k:
+      raise ValueError(f"pseudo-label {int(pseudo.max())} >= num_classes={k}")
+    out_labels = pseudo.astype(np.int32)
+  return Split(images=images, labels=out_labels, num_classes=k, ids=ids)
+
+
+def read_pseudo_labels(path: str, split: str) -> np.ndarray:
+  """Pseudo-labels for a split from a .npz file holding integer arrays 'train' and 'validation'.
+
+  The train array has one label per image of the training split or subset actually used.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+  with np.load(os.path.expanduser(path)) as f:
+    if split not in f:
+      raise ValueError(f"{path}: no array {split!r} (has {sorted(f.files)}); pseudo-label files "
+                       f"hold one integer array per split {SPLITS}")
+    return np.asarray(f[split])
+
+
+def to_unit_range(images) -> np.ndarray:
+  """uint8 pixels (N, H, W[, C]) -> float32 NHWC in [-1, 1]: the one home of this scaling.
+
+  Raises ValueError for anything but integer pixels in [0, 255] (e.g. float images already in
+  [-1, 1], which would otherwise land in [-1.008, -0.992]); see data/convention.py.
+  """
+  images = np.asarray(images)
+  check_pixels(images, "images")
+  if images.ndim == 3:
+    images = images[..., None]
+  return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def first_images(split: Split, n: Optional[int] = None):
+  """The first n images of a split (all by default) in [-1, 1], their labels (None when the split
+  has no classes) and ids: the fixed evaluation subsets."""
+  n = len(split) if n is None else min(n, len(split))
+  rows = np.arange(n)
+  labels = np.asarray(split.labels[rows], np.int32) if split.num_classes > 0 else None
+  return to_unit_range(split.images[rows]), labels, np.asarray(split.ids[rows])

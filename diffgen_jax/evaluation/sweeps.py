@@ -1,0 +1,289 @@
+"""Factor sweeps: how each factor of paper.md section 6 moves the denoising gap G(sigma).
+
+    G(sigma) = (E_val(sigma) - E_train(sigma)) / E_train(sigma)
+
+on fixed subsets of the training and validation splits (`Setup`: the first `num_images` of each),
+one seeded noise draw per image (`gap`; seed `noise_seed` for train, `noise_seed + 1` for
+validation, as in the evaluate job). Every sweep returns a section: a list of labelled curves, one
+denoiser per factor value, all of them pure `denoise(x, sigma, labels)` functions evaluated by the
+same `gap.denoising_errors`:
+    {"factor", "sigmas", "value_name", "curves": [{"label", "group", "value", "e_train", "e_val",
+     "gap", "peak_sigma", "peak_gap"}], ...}
+Where E_train is 0 (y* recalls the noisy training images exactly at small sigma) G is infinite;
+peaks are taken over the finite values.
+
+Analytic sweeps (the "network" is the exact optimal denoiser y* of the training set, or the toy
+model's y_delta built on it; `optimal`):
+  sweep_delta            y_delta for several model errors delta.
+  sweep_granularity      y_delta conditioned on nothing, on the true classes, and on k-means
+                         clusters of training features for each k (validation images get the label
+                         of their nearest centroid, `kmeans.pseudo_labels`); optionally writes the
+                         pseudo-label files the train job reads.
+  sweep_guidance         `denoisers.guided` pairs: "cfg" (class-conditional y_delta vs unconditional
+                         y_delta) and "autoguidance" (y_delta(delta_pos) vs y_delta(delta_neg)), vs w.
+  sweep_receptive_field  `denoisers.crop_averaged(y_delta, s)`: the denoiser applied to a crop is the
+                         optimal denoiser (or its y_delta) of the POOLED training crops, i.e. the
+                         s x s crops of every training image at all four corner positions, so one
+                         crop-sized denoiser serves every position (a local, translation-pooled
+                         denoiser, as a convolutional network is). s = the full image is the
+                         unwrapped full-image denoiser.
+  sweep_gradient_score   the input-gradient correlation score vs sigma (`gradient_score`) of y* and
+                         y_delta on a few training and validation images.
+`gap_curve` and `score_curves` measure any other denoiser (a trained network, a guided pair) the
+same way.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from diffgen_jax.denoisers import Denoiser, crop_averaged, crop_offsets, guided
+from diffgen_jax.evaluation import features, gap, kmeans
+from diffgen_jax.evaluation.gradient_score import gradient_correlation_vs_sigma
+from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
+
+GUIDANCE_STYLES = ("cfg", "autoguidance")
+
+
+class Setup(NamedTuple):
+  """The data a sweep needs, as float32 images in [-1, 1].
+
+  train_all / train_labels: the training set the analytic denoisers are built on (labels: true
+  classes, or None when unlabelled); val_all / val_labels: the whole validation split; train_x,
+  train_y, train_ids / val_x, val_y, val_ids: the fixed evaluation subsets (their rows are the
+  first rows of the splits, so train_x == train_all[:n]).
+  """
+  train_all: np.ndarray
+  train_labels: Optional[np.ndarray]
+  val_all: np.ndarray
+  val_labels: Optional[np.ndarray]
+  num_classes: int
+  train_x: np.ndarray
+  train_y: Optional[np.ndarray]
+  train_ids: np.ndarray
+  val_x: np.ndarray
+  val_y: Optional[np.ndarray]
+  val_ids: np.ndarray
+  sigmas: np.ndarray
+  noise_seed: int = 0
+  batch_size: int = 256
+  chunk_size: int = 2048
+
+
+def make_setup(train_images, train_labels, val_images, val_labels, num_classes: int, sigmas, *,
+               num_images: int, train_ids=None, val_ids=None, noise_seed: int = 0,
+               batch_size: int = 256, chunk_size: int = 2048) -> Setup:
+  """A Setup from arrays (float images in [-1, 1]); the evaluation subsets are the first rows."""
+  train_all = np.asarray(train_images, np.float32)
+  val_all = np.asarray(val_images, np.float32)
+  lab = lambda a: None if a is None or num_classes == 0 else np.asarray(a, np.int32)
+  train_labels, val_labels = lab(train_labels), lab(val_labels)
+  nt, nv = min(num_images, len(train_all)), min(num_images, len(val_all))
+  ids = lambda given, n: np.arange(n) if given is None else np.asarray(given)[:n]
+  head = lambda a, n: None if a is None else a[:n]
+  return Setup(train_all, train_labels, val_all, val_labels, int(num_classes),
+               train_all[:nt], head(train_labels, nt), ids(train_ids, nt),
+               val_all[:nv], head(val_labels, nv), ids(val_ids, nv),
+               np.asarray(sigmas, np.float64), noise_seed, batch_size, chunk_size)
+
+
+# ------------------------------------------------------------------------------------------------
+# One curve
+
+
+def _finite_peak(sigmas, values):
+  g = np.asarray(values, np.float64)
+  if not np.any(np.isfinite(g)):
+    return None, None
+  return gap.peak(sigmas, np.where(np.isfinite(g), g, np.nan))
+
+
+def gap_curve(setup: Setup, denoise, label: str, value, group: str = "", *, conditional=False,
+              train_y=None, val_y=None, params=None) -> Dict[str, Any]:
+  """E_train, E_val, G and its peak for one denoiser on the setup's evaluation subsets.
+
+  conditional: pass labels to the denoiser (train_y / val_y, default the true classes).
+  """
+  if conditional:
+    train_y = setup.train_y if train_y is None else train_y
+    val_y = setup.val_y if val_y is None else val_y
+  else:
+    train_y = val_y = None
+  kw = dict(sigmas=setup.sigmas, batch_size=setup.batch_size, params=params)
+  e_train = gap.denoising_errors(denoise, setup.train_x, train_y, ids=setup.train_ids,
+                                 noise_seed=setup.noise_seed, **kw)
+  e_val = gap.denoising_errors(denoise, setup.val_x, val_y, ids=setup.val_ids,
+                               noise_seed=setup.noise_seed + 1, **kw)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    g = gap.relative_gap(e_val, e_train)
+  peak_sigma, peak_gap = _finite_peak(setup.sigmas, g)
+  return {"label": label, "group": group, "value": value, "e_train": e_train, "e_val": e_val,
+          "gap": g, "peak_sigma": peak_sigma, "peak_gap": peak_gap}
+
+
+def sweep_section(factor: str, setup: Setup, curves: List[Dict], **extra) -> Dict[str, Any]:
+  return dict({"factor": factor, "sigmas": setup.sigmas, "curves": curves}, **extra)
+
+
+def optimal_denoiser(setup: Setup, labels=None, images=None):
+  images = setup.train_all if images is None else images
+  return empirical_optimal_denoiser(images, labels, chunk_size=setup.chunk_size)
+
+
+# ------------------------------------------------------------------------------------------------
+# Analytic sweeps
+
+
+def sweep_delta(setup: Setup, deltas: Sequence[float]) -> Dict[str, Any]:
+  """G of the unconditional y_delta for each delta (delta = 0: y*)."""
+  opt = optimal_denoiser(setup)
+  curves = [gap_curve(setup, error_prone_denoiser(opt, float(d)), f"delta={d:g}", float(d))
+            for d in deltas]
+  return sweep_section("delta", setup, curves, value_name="model error delta")
+
+
+def cluster_labels(setup: Setup, k: int, feature_fn=None, seed: int = 0):
+  """k-means pseudo-labels of the whole training set and (nearest centroid) the validation split."""
+  fn = features.pixel_features if feature_fn is None else feature_fn
+  train_f = features.batched_features(fn, setup.train_all)
+  val_f = features.batched_features(fn, setup.val_all)
+  return kmeans.pseudo_labels(train_f, val_f, k, seed)
+
+
+def sweep_granularity(setup: Setup, ks: Sequence[int], deltas: Sequence[float], *,
+                      include_classes: bool = True, feature_fn=None, seed: int = 0,
+                      pseudo_label_dir: Optional[str] = None) -> Dict[str, Any]:
+  """G of y_delta conditioned on nothing, on the classes, and on k-means clusters (value: the
+  number of conditions). Writes pseudo_label_dir/k{k}.npz for every k >= 1 when given."""
+  conditions = [("none", 1, None, None)]  # (name, number of conditions, train labels, val labels)
+  if include_classes and setup.num_classes > 0 and setup.train_labels is not None:
+    conditions.append(("class", setup.num_classes, setup.train_labels, setup.val_labels))
+  files = {}
+  for k in ks:
+    k = int(k)
+    if k == 0:
+      continue  # unconditional: the "none" curve
+    train_c, val_c = cluster_labels(setup, k, feature_fn, seed)
+    if pseudo_label_dir:
+      files[str(k)] = kmeans.write_pseudo_labels(os.path.join(pseudo_label_dir, f"k{k}.npz"),
+                                                 train_c, val_c)
+    conditions.append((f"k={k}", k, train_c, val_c))
+  curves = []
+  for name, count, train_c, val_c in conditions:
+    opt = optimal_denoiser(setup, train_c)
+    n_t, n_v = len(setup.train_x), len(setup.val_x)
+    for d in deltas:
+      denoise = error_prone_denoiser(opt, float(d))
+      curve = gap_curve(setup, denoise, f"{name}, delta={d:g}", count, f"delta={d:g}",
+                        conditional=train_c is not None,
+                        train_y=None if train_c is None else train_c[:n_t],
+                        val_y=None if val_c is None else val_c[:n_v])
+      curve["condition"] = name
+      curves.append(curve)
+  return sweep_section("granularity", setup, curves, value_name="number of conditions",
+                  pseudo_label_files=files)
+
+
+def sweep_guidance(setup: Setup, ws: Sequence[float], *, styles=GUIDANCE_STYLES, delta: float,
+                   delta_pos: float, delta_neg: float) -> Dict[str, Any]:
+  """G of guided y_delta pairs over the guidance weight w (w = 0: the positive denoiser)."""
+  uncond = optimal_denoiser(setup)
+  curves = []
+  if "cfg" in styles and setup.num_classes > 0 and setup.train_labels is not None:
+    pos = error_prone_denoiser(optimal_denoiser(setup, setup.train_labels), delta)
+    neg = error_prone_denoiser(uncond, delta)
+    for w in ws:
+      curves.append(gap_curve(setup, guided(pos, neg, w), f"cfg, w={w:g}", float(w), "cfg",
+                              conditional=True))
+  if "autoguidance" in styles:
+    pos = error_prone_denoiser(uncond, delta_pos)
+    neg = error_prone_denoiser(uncond, delta_neg)
+    for w in ws:
+      curves.append(gap_curve(setup, guided(pos, neg, w), f"autoguidance, w={w:g}",
+                              float(w), "autoguidance"))
+  return sweep_section("guidance", setup, curves, value_name="guidance weight w",
+                  cfg_delta=delta, autoguidance_delta_pos=delta_pos,
+                  autoguidance_delta_neg=delta_neg)
+
+
+def pooled_crops(images, crop_size: int) -> np.ndarray:
+  """The s x s crops of every image at the four corner positions of `factors.crop_offsets`."""
+  images = np.asarray(images)
+  s = crop_size
+  return np.concatenate([images[:, i:i + s, j:j + s]
+                         for i, j in crop_offsets(s, images.shape[1:3])])
+
+
+def sweep_receptive_field(setup: Setup, crop_sizes: Sequence[int],
+                          deltas: Sequence[float]) -> Dict[str, Any]:
+  """G of crop_averaged(y_delta of the pooled training crops, s) for each crop size s."""
+  hw = setup.train_all.shape[1:3]
+  curves = []
+  for s in crop_sizes:
+    s = int(s)
+    full = s == hw[0] and s == hw[1]
+    opt = optimal_denoiser(setup) if full else optimal_denoiser(setup, images=pooled_crops(setup.train_all, s))
+    for d in deltas:
+      denoise = crop_averaged(error_prone_denoiser(opt, float(d)), s, hw)
+      curves.append(gap_curve(setup, denoise, f"s={s}, delta={d:g}", s, f"delta={d:g}"))
+  return sweep_section("receptive_field", setup, curves, value_name="crop size s",
+                  crop_training="pooled corner crops of every training image")
+
+
+def score_curves(denoise, setup: Setup, sigmas, num_images: int, label: str, *, params=None,
+                 conditional=False) -> List[Dict[str, Any]]:
+  """Gradient correlation score vs sigma on the first training and validation images."""
+  if params is not None:
+    denoise = jax.tree_util.Partial(denoise, params)
+  out = []
+  for split, x, y, ids, seed in (("train", setup.train_x, setup.train_y, setup.train_ids, 0),
+                                 ("val", setup.val_x, setup.val_y, setup.val_ids, 1)):
+    n = min(num_images, len(x))
+    labels = y[:n] if conditional and y is not None else None
+    per = gradient_correlation_vs_sigma(denoise, x[:n], sigmas, labels, ids=ids[:n],
+                                                noise_seed=setup.noise_seed + seed)
+    finite = np.isfinite(per)  # NaN where no output pixel depends on the input (y* at tiny sigma)
+    mean = np.where(finite, per, 0.0).sum(axis=1) / np.maximum(finite.sum(axis=1), 1)
+    mean = np.where(finite.any(axis=1), mean, np.nan)
+    out.append({"label": f"{label}, {split}", "group": split, "value": label,
+                "score": mean, "per_image": per})
+  return out
+
+
+def sweep_gradient_score(setup: Setup, deltas: Sequence[float], sigmas,
+                         num_images: int) -> Dict[str, Any]:
+  opt = optimal_denoiser(setup)
+  curves = []
+  for d in deltas:
+    name = "y*" if d == 0 else f"y_delta, delta={d:g}"
+    for c in score_curves(error_prone_denoiser(opt, float(d)), setup, sigmas, num_images, name):
+      c["delta"] = float(d)
+      curves.append(c)
+  return {"factor": "gradient_score", "sigmas": np.asarray(sigmas), "curves": curves,
+          "value_name": "mean distance looked at (pixels)"}
+
+
+def analytic_denoisers(train_images, train_labels=None, deltas: Sequence[float] = (0.0,), *,
+                       cluster_labels=None, chunk_size: int = 2048, mesh=None
+                       ) -> Dict[Tuple[str, float], Denoiser]:
+  """y* (delta = 0) and y_delta, unconditional and conditional, keyed by (condition, delta).
+
+  condition: "unconditional"; "class" when train_labels are given; "cluster" when cluster_labels
+  (e.g. `kmeans.kmeans(features, k)[1]`) are given. A conditional denoiser sums over the query
+  label's training points: call it with the class / cluster of each query.
+  """
+  conditions = {"unconditional": None}
+  if train_labels is not None:
+    conditions["class"] = train_labels
+  if cluster_labels is not None:
+    conditions["cluster"] = cluster_labels
+  out = {}
+  for name, labels in conditions.items():
+    optimal = empirical_optimal_denoiser(train_images, labels, chunk_size=chunk_size, mesh=mesh)
+    for delta in deltas:
+      out[(name, float(delta))] = error_prone_denoiser(optimal, float(delta))
+  return out

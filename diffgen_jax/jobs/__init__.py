@@ -1,0 +1,47 @@
+"""The jobs: thin shells that read a config, call the library and write results under a workdir.
+
+    train      jobs/train.py     the training loop (checkpoints, snapshots, progress), then `evaluate`
+    evaluate   jobs/evaluate.py  the denoising gap and the sample-level measurements of every snapshot
+    factors    jobs/factors.py   factor sweeps (model error, granularity, guidance, receptive field,
+                                 gradient score) on analytic denoisers and on a trained run
+    toy2d      jobs/toy2d.py     the 2D toy model's experiments (a)-(g)
+
+Only the jobs see configs and workdirs; everything below them takes arrays, denoisers and plain
+arguments. Every job writes WORKDIR/results.json in one layout (`jobs.results`). `run` validates
+the config once, up front (including the fields of the jobs a job chains, e.g. the evaluation at
+the end of training), then runs the job.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from diffgen_jax import config_checks
+
+# job name -> module whose `validate_config(config)` and `run(config, workdir)` run it (imported
+# only when chosen).
+JOBS = {
+    "toy2d": "diffgen_jax.jobs.toy2d",
+    "train": "diffgen_jax.jobs.train",
+    "evaluate": "diffgen_jax.jobs.evaluate",
+    "factors": "diffgen_jax.jobs.factors",
+}
+
+
+def validate(config) -> str:
+  """Checks every field the job named by config.job (and the jobs it chains) reads; returns the
+  job's name. Raises config_checks.ConfigError naming the field."""
+  job = config_checks.choice(config, "job", JOBS)
+  # Every float finite, also in the compute dtype (1e39 is inf in float32); every numeric field of
+  # config_checks.FIELD_RANGES that the config has in its range.
+  config_checks.finite_floats(config)
+  config_checks.field_ranges(config)
+  if job == "evaluate":  # reads the run's data, model and training fields as well
+    importlib.import_module(JOBS["train"]).validate_training_fields(config)
+  importlib.import_module(JOBS[job]).validate_config(config)
+  return job
+
+
+def run(config, workdir: str):
+  job = validate(config)
+  return importlib.import_module(JOBS[job]).run(config, workdir)

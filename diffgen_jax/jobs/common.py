@@ -1,0 +1,51 @@
+"""What the jobs share: reading the data a config names, its network, its sigma grid.
+
+Only jobs import this module (the library below takes arrays, denoisers and plain arguments).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from diffgen_jax import data, edm, training
+from diffgen_jax.models.network import Network, build_network
+
+
+def load_split(config, split: str) -> data.Split:
+  """The training split (or subset) or the validation split config.data names, prepared if needed
+  (by process 0; the other processes wait for it)."""
+  d = config.data
+  if jax.process_index() == 0:
+    data.prepare(d.name, d.data_dir or None)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"data prepared: {split}")
+  labels = d.labels
+  if labels == "pseudo":
+    labels = data.read_pseudo_labels(d.pseudo_labels, split)
+  return data.load_split(d.name, split, data_dir=d.data_dir or None,
+                         subset_size=(d.subset_size or None) if split == "train" else None,
+                         subset_seed=d.subset_seed, labels=labels)
+
+
+def training_settings(config) -> training.Settings:
+  """config.training as the training library's plain settings."""
+  t = config.training
+  return training.Settings(
+      batch_size=int(t.batch_size), lr=t.lr, lr_schedule=t.lr_schedule,
+      lr_ref_images=t.lr_ref_images, warmup_images=t.warmup_images, adam_b1=t.adam_b1,
+      adam_b2=t.adam_b2, adam_eps=t.adam_eps, grad_clip=t.grad_clip, loss=t.loss,
+      p_mean=t.p_mean, p_std=t.p_std, sigma_data=t.sigma_data, label_dropout=t.label_dropout,
+      ema_kind=t.ema.kind, ema_halflife_images=t.ema.halflife_images,
+      ema_rampup_ratio=t.ema.rampup_ratio, ema_sigma_rels=tuple(t.ema.sigma_rels))
+
+
+def network_of(config, num_classes: int, compute_dtype: str = "float32") -> Network:
+  """The network config.model describes, for the label mode's number of classes."""
+  return build_network(config.model, num_classes, compute_dtype)
+
+
+def sigma_grid(sigmas, num_sigmas: int) -> np.ndarray:
+  """An explicit grid (sorted) if given, else `edm.gap_sigma_grid(num_sigmas)`."""
+  return np.sort(edm.validate_sigma_grid(sigmas)) if sigmas else edm.gap_sigma_grid(num_sigmas)

@@ -1,0 +1,468 @@
+"""The `evaluate` job: the denoising gap of every snapshot of a training run, against the optimal
+denoiser, and the sample-level measurements (a thin shell over `evaluation.gap` and
+`evaluation.samples`).
+
+For each snapshot (EMA parameters at some images seen) it measures, on fixed subsets of the training
+and validation splits with one seeded noise draw per image (paper.md section 6):
+  E_train(sigma), E_val(sigma), G(sigma) = (E_val - E_train) / E_train on the 64-point grid, and the
+  mean squared distance between the network's prediction and the exact empirical optimal denoiser's
+  (how close the network is to exact recall).
+The optimal denoiser's own errors are computed once. Results go to WORKDIR/results.json (layout:
+`jobs.results`) after every snapshot, so an interrupted evaluation resumes and a new snapshot is
+evaluated without recomputing the old ones; figures go to WORKDIR/evaluation/.
+Sample evaluation settings: config.evaluation.samples (`defaults.sample_evaluation_config`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from diffgen_jax import checkpointing, config_checks, data, defaults, ema, optimal
+from diffgen_jax.evaluation import features as features_lib
+from diffgen_jax.evaluation import gap, samples
+from diffgen_jax.jobs import common, console, results as results_lib
+from diffgen_jax.models.network import network_denoiser
+
+FIGURES_DIR = "evaluation"  # figures, the classifier and the sample grids, under the workdir
+CLASSIFIER_FILE = "classifier.npz"
+GRIDS_DIR = "sample_grids"
+FEATURES = ("classifier", "pixels", "external")
+SNAPSHOTS = ("all", "last")
+
+
+# ------------------------------------------------------------------------------------------------
+# Config
+
+
+def validate_config(config) -> None:
+  """Every config.evaluation field the job reads (the train job runs this too before training)."""
+  e = config.evaluation
+  config_checks.positive(config, "evaluation.num_images")
+  config_checks.positive(config, "evaluation.batch_size")
+  if e.sigmas:
+    config_checks.sigma_grid(config, "evaluation.sigmas")
+  else:
+    config_checks.positive(config, "evaluation.num_sigmas")
+  config_checks.choice(config, "evaluation.ema", ("first", "all"))
+  config_checks.integer(config, "evaluation.noise_seed", 0)
+  config_checks.flag(config, "evaluation.model_vs_optimal")
+  config_checks.numbers(config, "evaluation.at_sigmas", 0.0, strict=True, allow_empty=True)
+  if "samples" in e:
+    validate_sample_settings(e.samples)
+
+
+def sample_settings(config) -> ml_collections.ConfigDict:
+  """config.evaluation.samples, or the defaults when the config has no such section."""
+  e = config.evaluation
+  return e.samples if "samples" in e else defaults.sample_evaluation_config()
+
+
+def validate_sample_settings(settings) -> None:
+  """Raises config_checks.ConfigError naming config.evaluation.samples.<field>."""
+  root = ml_collections.ConfigDict({"evaluation": {"samples": settings.to_dict()
+                                                   if hasattr(settings, "to_dict") else settings}})
+  p = "evaluation.samples."
+  config_checks.flag(root, p + "enabled")
+  for field in ("num_samples", "num_steps", "num_train_subsets", "early_stop_every", "probe_size"):
+    config_checks.positive(root, p + field)
+  for field in ("classifier_steps", "grid_size"):
+    config_checks.positive(root, p + field, allow_zero=True)
+  config_checks.choice(root, p + "feature", FEATURES)
+  config_checks.choice(root, p + "snapshots", SNAPSHOTS)
+  s = root.evaluation.samples
+  if s.num_samples < 2:
+    raise config_checks.ConfigError(f"config.{p}num_samples={s.num_samples} must be >= 2 "
+                                    "(a covariance needs two samples)")
+  if not 0 < s.copy_ratio < 1:
+    raise config_checks.ConfigError(f"config.{p}copy_ratio={s.copy_ratio} must be in (0, 1)")
+  if s.feature == "external":
+    config_checks.choice(root, p + "external_kind", features_lib.EXTERNAL_KINDS)
+    if not s.external_path:
+      raise config_checks.ConfigError(f"config.{p}external_path is empty: feature='external' "
+                                      "needs the local path of the extractor's weights")
+  if s.feature == "classifier" and not s.classifier_path and s.classifier_steps < 1:
+    raise config_checks.ConfigError(f"config.{p}classifier_steps must be >= 1 when the "
+                                    "classifier is trained (classifier_path='')")
+
+
+# ------------------------------------------------------------------------------------------------
+# The job
+
+
+def _read_results(workdir: str, protocol: Dict[str, Any]) -> Dict[str, Any]:
+  results = results_lib.read_if_exists(workdir)
+  if "protocol" not in results:
+    return dict(results, protocol=protocol, snapshots={})
+  saved = results["protocol"]
+  diff = sorted(k for k in set(saved) | set(protocol) if saved.get(k) != protocol.get(k))
+  if diff:
+    shown = {k: (saved.get(k), protocol.get(k)) if k != "sigmas" else "(grids differ)" for k in diff}
+    raise config_checks.ConfigError(
+        f"{results_lib.path(workdir)} was computed with another evaluation protocol (saved, now): "
+        f"{shown}. Use the same evaluation config, or delete the file to start over.")
+  return results
+
+
+def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
+  e = config.evaluation
+  steps = checkpointing.snapshot_steps(workdir)
+  if not os.path.isdir(workdir) or not steps:
+    raise FileNotFoundError(f"no training snapshots under {os.path.abspath(workdir)}/"
+                            f"{checkpointing.SNAPSHOT_DIR}: train first (job 'train') or check --workdir")
+  train_split = common.load_split(config, "train")
+  val_split = common.load_split(config, "validation")
+  _check_matches_run(workdir, config)
+  network = common.network_of(config, train_split.num_classes, "float32")
+  sigma_data = config.training.sigma_data
+  sigmas = common.sigma_grid(e.sigmas, e.num_sigmas)
+  train_x, train_y, train_ids = data.first_images(train_split, e.num_images)
+  val_x, val_y, val_ids = data.first_images(val_split, e.num_images)
+  protocol = {"sigmas": sigmas.tolist(), "num_train": len(train_x), "num_val": len(val_x),
+              "noise_seed": e.noise_seed, "dataset": config.data.name,
+              "subset_size": config.data.subset_size or 0, "labels": config.data.labels}
+  out_dir = os.path.join(workdir, FIGURES_DIR)
+  os.makedirs(out_dir, exist_ok=True)
+  results = _read_results(workdir, protocol)
+  save = lambda: results_lib.write(workdir, job, results)
+
+  # Different seeds for the two splits: independent noise draws (ids overlap across splits).
+  train_kw = dict(batch_size=e.batch_size, ids=train_ids, noise_seed=e.noise_seed)
+  val_kw = dict(batch_size=e.batch_size, ids=val_ids, noise_seed=e.noise_seed + 1)
+  exact = optimal.empirical_optimal_denoiser(*data.first_images(train_split)[:2])
+  if "optimal" not in results:
+    console.progress(f"evaluate: optimal denoiser on {len(train_x)} + {len(val_x)} images x "
+                     f"{len(sigmas)} sigmas")
+    opt_train = gap.denoising_errors(exact, train_x, train_y, sigmas, **train_kw)
+    opt_val = gap.denoising_errors(exact, val_x, val_y, sigmas, **val_kw)
+    # (No gap for the optimal denoiser: its E_train is 0 where it recalls the training images.)
+    results["optimal"] = {"e_train": opt_train.tolist(), "e_val": opt_val.tolist()}
+    save()
+
+  for step in steps:
+    if str(step) in results["snapshots"]:
+      continue
+    ema_sets, meta = checkpointing.load_snapshot(workdir, step)
+    names = ema.set_names(ema_sets, e.ema)
+    entry = {"images_seen": meta["images_seen"], "ema": {}}
+    for name in names:
+      denoise = network_denoiser(network, ema.pick(ema_sets, name)[1], sigma_data)
+      record = {}
+      for split_name, x, y, kw in (("train", train_x, train_y, train_kw), ("val", val_x, val_y, val_kw)):
+        if e.model_vs_optimal:
+          errors, dist = gap.errors_and_distance(denoise, exact, x, y, sigmas, **kw)
+          record[f"to_optimal_{split_name}"] = dist.tolist()
+        else:
+          errors = gap.denoising_errors(denoise, x, y, sigmas, **kw)
+        record[f"e_{split_name}"] = errors.tolist()
+      record["gap"] = gap.relative_gap(record["e_val"], record["e_train"]).tolist()
+      entry["ema"][name] = record
+    results["snapshots"][str(step)] = entry
+    peak_sigma, peak_value = gap.peak(sigmas, entry["ema"][names[0]]["gap"])
+    console.progress(f"evaluate: snapshot {step} ({meta['images_seen']} images): peak G = "
+                     f"{peak_value:.4f} at sigma = {peak_sigma:.3g}")
+    save()
+
+  results["summary"] = summarize(results, sigmas, e.at_sigmas)
+  save()
+  draw(results, sigmas, out_dir)
+  settings = sample_settings(config)
+  if settings.enabled:
+
+    def save_samples(section):
+      results["samples"] = section
+      save()
+
+    s = results["summary"]
+    save_samples(evaluate_samples(
+        config, workdir, network, train_split, val_split, steps, results.get("samples"),
+        save=save_samples, gap_peaks=dict(zip(s["images_seen"], s["peak_gap"]))))
+  s = results["summary"]
+  sample_summary = results.get("samples", {}).get("summary", {})
+  console.summary(f"Denoising gap of {workdir} (last snapshot, {s['images_seen'][-1]} images "
+                  f"seen): peak G = {s['peak_gap'][-1]:.4f} at sigma = {s['peak_sigma'][-1]:.3g}.")
+  if sample_summary:
+    console.summary(
+        f"Samples: Frechet-distance gap G_FD = {sample_summary['gap_fd_features'][-1]:.4f} "
+        f"(classifier features), {sample_summary['gap_fd_pixels'][-1]:.4f} (pixels); copies of "
+        f"training images: {sample_summary['copy_fraction'][-1]:.3f} (validation control "
+        f"{sample_summary['copy_fraction_validation_control'][-1]:.3f}).")
+  console.summary(f"Results in {results_lib.path(workdir)}, figures in {out_dir}/")
+  return results
+
+
+def _ordered(results):
+  """(steps, images seen, first EMA set's records) of the evaluated snapshots, in training order."""
+  steps = sorted(int(k) for k in results["snapshots"])
+  entries = [results["snapshots"][str(k)] for k in steps]
+  records = [entry["ema"][ema.pick(entry["ema"])[0]] for entry in entries]
+  return steps, [entry["images_seen"] for entry in entries], records
+
+
+def summarize(results, sigmas, at_sigmas) -> Dict[str, Any]:
+  steps, seen, records = _ordered(results)
+  gaps = np.array([r["gap"] for r in records])
+  e_val = np.array([r["e_val"] for r in records])
+  peaks = [gap.peak(sigmas, g) for g in gaps]
+  summary = {"steps": steps, "images_seen": seen,
+             "peak_sigma": [p[0] for p in peaks], "peak_gap": [p[1] for p in peaks]}
+  if len(steps) > 1:
+    onset = gap.overfitting_onset(e_val, np.asarray(seen))
+    summary["onset_images_seen"] = np.asarray(onset.images_seen).tolist()
+    summary["onset_rises"] = np.asarray(onset.rises).tolist()
+  at = [s for s in at_sigmas if sigmas[0] <= s <= sigmas[-1]]
+  if at:
+    _, values = gap.gap_vs_images(sigmas, gaps, seen, at)
+    summary["gap_at_sigmas"] = {f"{s:g}": values[:, j].tolist() for j, s in enumerate(at)}
+  return summary
+
+
+def draw(results, sigmas, out_dir: str) -> None:
+  from diffgen_jax.plots import gap as gap_plots  # pylint: disable=import-outside-toplevel
+  _, seen, records = _ordered(results)
+  s = results["summary"]
+  gap_plots.gap_over_training(os.path.join(out_dir, "gap_over_training.png"), sigmas,
+                              [r["gap"] for r in records], seen, onset_sigma=s["peak_sigma"][-1])
+  opt = results["optimal"]
+  gap_plots.error_curves(os.path.join(out_dir, "errors.png"), sigmas, records[-1]["e_train"],
+                         records[-1]["e_val"], opt["e_train"], opt["e_val"],
+                         title=f"Denoising error after {seen[-1]} images")
+  if "gap_at_sigmas" in s:
+    at = [float(k) for k in s["gap_at_sigmas"]]
+    values = np.stack([s["gap_at_sigmas"][k] for k in s["gap_at_sigmas"]], axis=1)
+    onsets = None
+    if "onset_images_seen" in s:
+      nearest = [int(np.argmin(np.abs(np.log(sigmas) - np.log(a)))) for a in at]
+      onsets = [s["onset_images_seen"][i] for i in nearest]
+    gap_plots.gap_vs_images(os.path.join(out_dir, "gap_vs_images.png"), seen, values, at, onsets)
+
+
+def _check_matches_run(workdir: str, config) -> None:
+  """The config must describe the run that wrote the snapshots (dataset, subset, model)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  now = {"data.name": config.data.name, "data.subset_size": config.data.subset_size,
+         "data.labels": config.data.labels, "model.family": config.model.family,
+         "model.preset": config.model.preset}
+  then = {"data.name": saved["data"]["name"], "data.subset_size": saved["data"]["subset_size"],
+          "data.labels": saved["data"]["labels"], "model.family": saved["model"]["family"],
+          "model.preset": saved["model"]["preset"]}
+  diff = {k: (then[k], now[k]) for k in now if then[k] != now[k]}
+  if diff:
+    raise config_checks.ConfigError(
+        f"the config does not match the run in {workdir} (saved, now): {diff}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The sample-level side (config -> `evaluation.samples`)
+
+
+def _feature_source(settings, workdir: str) -> Dict[str, Any]:
+  if settings.feature == "pixels":
+    return {"kind": "pixels"}
+  if settings.feature == "external":
+    return {"kind": settings.external_kind, "path": os.path.abspath(
+        os.path.expanduser(settings.external_path))}
+  path = settings.classifier_path or os.path.join(workdir, FIGURES_DIR, CLASSIFIER_FILE)
+  return {"kind": "classifier", "path": os.path.abspath(os.path.expanduser(path))}
+
+
+def sample_protocol(settings, config, workdir: str, num_train: int, num_val: int) -> Dict[str, Any]:
+  """What the recorded numbers depend on: a different protocol invalidates earlier results."""
+  s = settings
+  try:
+    m = samples.reference_size(int(s.num_samples), num_train, num_val, int(s.num_train_subsets))
+  except ValueError as err:
+    raise config_checks.ConfigError(f"config.evaluation.samples: {err}") from None
+  return {"num_samples": int(s.num_samples), "num_steps": int(s.num_steps), "seed": int(s.seed),
+          "feature": _feature_source(s, workdir), "num_train_subsets": int(s.num_train_subsets),
+          "reference_size": m, "early_stop_every": int(s.early_stop_every),
+          "overlap": bool(s.overlap), "nn_similarity": bool(s.nn_similarity),
+          "probe_size": int(s.probe_size), "copy_ratio": float(s.copy_ratio),
+          "grid_size": int(s.grid_size), "noise_seed": int(config.evaluation.noise_seed),
+          "num_train": int(num_train), "num_val": int(num_val)}
+
+
+def _classifier_labels(config, train_split):
+  """Class labels of the training split (the run's own if it uses them, else read from the data)."""
+  if config.data.labels == "class" and train_split.num_classes >= 2:
+    return np.asarray(train_split.labels), train_split.num_classes
+  try:
+    split = data.load_split(config.data.name, "train", data_dir=config.data.data_dir or None,
+                            subset_size=config.data.subset_size or None,
+                            subset_seed=config.data.subset_seed, labels="class")
+  except ValueError as err:
+    raise config_checks.ConfigError(
+        f"config.evaluation.samples.feature='classifier' trains a classifier on class labels, but "
+        f"{config.data.name!r} has none ({err}). Set classifier_path to a trained one, or use "
+        "feature='pixels' or 'external'") from None
+  return np.asarray(split.labels), split.num_classes
+
+
+def _features_fn(settings, config, workdir, train_split, train_images, val_split, val_images,
+                 external_apply_fn):
+  """(features_fn, info) of the chosen feature space; trains and caches the classifier if needed."""
+  source = _feature_source(settings, workdir)
+  if settings.feature == "pixels":
+    return features_lib.pixel_features, source
+  if settings.feature == "external":
+    return features_lib.load_external_extractor(settings.external_kind, source["path"],
+                                                external_apply_fn), source
+  path = source["path"]
+  if not os.path.exists(path):
+    if settings.classifier_path:  # an explicit path must exist
+      features_lib.load_params(path)  # raises FileNotFoundError naming it
+    labels, num_classes = _classifier_labels(config, train_split)
+    val_labels = None
+    if config.data.labels == "class" and val_split.num_classes == num_classes:
+      val_labels = np.asarray(val_split.labels)
+    console.progress(f"evaluate: training the feature classifier on {len(labels)} images "
+                     f"({settings.classifier_steps} steps)")
+    params, accuracy = features_lib.train_classifier(
+        train_images, labels, num_classes, steps=settings.classifier_steps, seed=settings.seed,
+        val_images=val_images if val_labels is not None else None, val_labels=val_labels)
+    features_lib.save_params(path, params)
+    logging.info("Feature classifier saved to %s (accuracy %.3f on %s)", path, accuracy,
+                 "validation" if val_labels is not None else "training")
+    source = dict(source, trained=True, accuracy=float(accuracy),
+                  accuracy_on="validation" if val_labels is not None else "training")
+  return features_lib.load_classifier_features(path), source
+
+
+def sample_setup(config, workdir: str, train_split, val_split, *, settings=None,
+                 external_apply_fn: Optional[Callable] = None):
+  """(samples.Setup, protocol, feature info) for a run's config: images, noise, labels, feature
+  extractor (trained and cached under WORKDIR/evaluation if needed) and reference statistics.
+
+  Raises FileNotFoundError (naming the path) for a missing external extractor or classifier file.
+  """
+  s = sample_settings(config) if settings is None else settings
+  validate_sample_settings(s)
+  protocol = sample_protocol(s, config, workdir, len(train_split), len(val_split))
+  train_images = data.first_images(train_split)[0]
+  val_images = data.first_images(val_split)[0]
+  features_fn, info = _features_fn(s, config, workdir, train_split, train_images, val_split,
+                                   val_images, external_apply_fn)
+  setup = samples.prepare(
+      train_images, val_images, features_fn, train_labels=train_split.labels,
+      val_labels=val_split.labels, train_ids=train_split.ids, val_ids=val_split.ids,
+      num_classes=train_split.num_classes, num_samples=int(s.num_samples),
+      num_steps=int(s.num_steps), seed=int(s.seed), num_train_subsets=int(s.num_train_subsets),
+      early_stop_every=int(s.early_stop_every), overlap=bool(s.overlap),
+      nn_similarity=bool(s.nn_similarity), probe_size=int(s.probe_size),
+      copy_ratio=float(s.copy_ratio), grid_size=int(s.grid_size),
+      batch_size=int(config.evaluation.batch_size), noise_seed=int(config.evaluation.noise_seed))
+  return setup, protocol, info
+
+
+def evaluate_samples(config, workdir: str, network, train_split, val_split, steps: Sequence[int],
+                     previous: Optional[Mapping[str, Any]] = None, *,
+                     save: Optional[Callable[[Dict[str, Any]], None]] = None,
+                     gap_peaks: Optional[Mapping[Any, float]] = None, plots: bool = True,
+                     external_apply_fn: Optional[Callable] = None) -> Dict[str, Any]:
+  """Sample-level evaluation of the snapshots `steps` of the run in `workdir` (first EMA set).
+
+  Args:
+    config: the run's config; settings from config.evaluation.samples (defaults if absent),
+      batch size and noise seed from config.evaluation, sigma_data from config.training.
+    network: `common.network_of(config, ...)`; train_split, val_split: `common.load_split`.
+    steps: snapshot steps (ascending), e.g. `checkpointing.snapshot_steps(workdir)`.
+    previous: the "samples" section of earlier results (or None): snapshots it holds with the same
+      protocol are not recomputed.
+    save: called with the section after every newly evaluated snapshot (e.g. to write results.json).
+    gap_peaks: optional {images_seen: peak denoising gap} drawn next to G_FD.
+    plots: draw the figures into WORKDIR/evaluation at the end.
+    external_apply_fn: for feature='external', `apply_fn(params, images) -> (B, F)`.
+
+  Returns:
+    The updated section {"protocol", "feature", "snapshots": {str(step): record}, "summary"}.
+  """
+  s = sample_settings(config)
+  validate_sample_settings(s)
+  previous = dict(previous or {})
+  if not s.enabled:
+    return previous
+  protocol = sample_protocol(s, config, workdir, len(train_split), len(val_split))
+  if previous and previous.get("protocol") != protocol:
+    logging.warning("Sample evaluation settings changed (was %s, now %s): evaluating every "
+                    "snapshot afresh.", previous.get("protocol"), protocol)
+    previous = {}
+  section = {"protocol": protocol, "feature": previous.get("feature", {}),
+             "snapshots": dict(previous.get("snapshots", {}))}
+  chosen = list(steps) if s.snapshots == "all" else list(steps)[-1:]
+  todo = [step for step in chosen if str(step) not in section["snapshots"]]
+  out_dir = os.path.join(workdir, FIGURES_DIR)
+  if todo:
+    ctx, _, info = sample_setup(config, workdir, train_split, val_split, settings=s,
+                                external_apply_fn=external_apply_fn)
+    # (Keeps the accuracy recorded when the classifier was trained by an earlier call.)
+    section["feature"] = {**section["feature"], **(info or {})}
+    for step in todo:
+      name, params, meta = checkpointing.load_ema_params(workdir, step)
+      result = samples.evaluate_denoiser(
+          ctx, network_denoiser(network, params, config.training.sigma_data))
+      record = dict(result.record, images_seen=int(meta["images_seen"]), ema=name)
+      section["snapshots"][str(step)] = record
+      if result.grid:
+        grid_dir = os.path.join(out_dir, GRIDS_DIR)
+        os.makedirs(grid_dir, exist_ok=True)
+        np.savez(os.path.join(grid_dir, f"{step}.npz"), **result.grid)
+      fd = record["fd"]
+      console.progress(f"evaluate: samples of snapshot {step} ({record['images_seen']} images): "
+                       f"G_FD = {fd['features']['gap']:.4f} (features), {fd['pixels']['gap']:.4f} "
+                       f"(pixels); copies {record['copy_fraction']['samples']:.3f}")
+      section["summary"] = samples.summarize(section)
+      if save is not None:
+        save(section)
+  section["summary"] = samples.summarize(section)
+  if plots and section["snapshots"]:
+    os.makedirs(out_dir, exist_ok=True)
+    draw_samples(section, out_dir, gap_peaks)
+  return section
+
+
+def draw_samples(section, out_dir: str, gap_peaks: Optional[Mapping[Any, float]] = None) -> List[str]:
+  """The figures of a "samples" section into out_dir; returns the paths written."""
+  from diffgen_jax.plots import samples as plots  # matplotlib only when drawing
+  steps, records = samples.ordered(section)
+  if not records:
+    return []
+  summary = section.get("summary") or samples.summarize(section)
+  seen = summary["images_seen"]
+  feature = section["protocol"]["feature"]["kind"]
+  paths = []
+
+  def out(name):
+    paths.append(os.path.join(out_dir, name))
+    return paths[-1]
+
+  peaks = None if gap_peaks is None else {float(k): float(v) for k, v in gap_peaks.items()}
+  plots.gap_fd_vs_images(out("sample_gap_fd.png"), seen, summary["gap_fd_features"],
+                         summary["gap_fd_pixels"], feature, peaks)
+  plots.early_stop_gap(out("early_stop_gap_fd.png"), [r["early_stop"]["sigmas"] for r in records],
+                       [r["early_stop"]["gap"] for r in records], seen, feature)
+  last = records[-1]
+  if "overlap" in last:
+    plots.trajectory_overlap(out("trajectory_overlap.png"), last["overlap"],
+                             title=f"Trajectory overlap after {seen[-1]} images")
+  if "nn_similarity_mean_over_steps" in summary:
+    plots.nn_similarity(out("nn_similarity.png"), seen, summary["nn_similarity_mean_over_steps"],
+                        last["nn_similarity"], feature)
+  plots.copy_fraction(out("copy_fraction.png"), seen, summary["copy_fraction"],
+                      summary["copy_fraction_validation_control"],
+                      section["protocol"]["copy_ratio"])
+  grid_path = os.path.join(out_dir, GRIDS_DIR, f"{steps[-1]}.npz")
+  if os.path.exists(grid_path):
+    with np.load(grid_path) as g:
+      plots.sample_grid(out("samples_vs_nearest_train.png"), g["samples"], g["nearest"],
+                        g["distances"], float(g["copy_ratio"]),
+                        title=f"Samples after {seen[-1]} images (step {steps[-1]})")
+  return paths

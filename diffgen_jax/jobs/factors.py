@@ -1,0 +1,401 @@
+"""The `factors` job: how each factor of paper.md section 6 moves the denoising gap G(sigma)
+(the measurements are `evaluation.sweeps`; this job reads the config, calls them, writes results).
+
+    G(sigma) = (E_val(sigma) - E_train(sigma)) / E_train(sigma)
+
+on fixed subsets of the training and validation splits (the first `num_images` of each), one
+seeded noise draw per image (`evaluation.gap`; seed `noise_seed` for train, `noise_seed + 1` for
+validation, as in the `evaluate` job), on `edm.gap_sigma_grid(num_sigmas)` (or explicit `sigmas`).
+Every sweep is a list of labelled curves: one denoiser per factor value, all of them pure
+`denoise(x, sigma, labels)` functions evaluated by the same `gap.denoising_errors`.
+
+Analytic sweeps (the "network" is the exact optimal denoiser y* of the training split, or the toy
+model's y_delta built on it; `optimal.py`):
+  delta            y_delta for several model errors delta (the toy model's story, on images).
+  granularity      y_delta conditioned on nothing, on the true classes, and on k-means clusters of
+                   training features (pixels, or a small classifier's features) for each k;
+                   validation images get the label of their nearest centroid (`kmeans.assign`).
+                   The pseudo-labels are written to WORKDIR/pseudo_labels/k{k}.npz for the train job
+                   (`data.labels="pseudo"`, `data.pseudo_labels=<path>`); the train array covers
+                   the training split (or subset) the data config names, the validation array the
+                   whole validation split. k = 0 is the unconditional curve (labels="none").
+  guidance         D = D_pos + w (D_pos - D_neg): "cfg" (positive class-conditional y_delta,
+                   negative unconditional y_delta, same delta) and "autoguidance" (positive
+                   y_delta(delta_pos), negative y_delta(delta_neg > delta_pos)), gap vs w.
+  receptive_field  `denoisers.crop_averaged(y_delta, s)`: the denoiser sees 2x2 overlapping s x s
+                   corner crops, overlaps averaged. Choice (ours, as in tests/test_jobs_factors.py):
+                   the denoiser applied to a crop is the optimal denoiser (or its y_delta) of the
+                   POOLED training crops, i.e. the s x s crops of every training image at all four
+                   corner positions, so one crop-sized denoiser serves every position (a local,
+                   translation-pooled denoiser, as a convolutional network is). s = the full image
+                   is the unwrapped full-image denoiser.
+  gradient_score   input-gradient correlation score vs sigma (`gradient_score.gradient_correlation_vs_sigma`)
+                   of y* and y_delta on a few training and validation images.
+Trained sweep (`trained`, needs `run_dir`: a train job's workdir with the same data config):
+  the final snapshot's gap; classifier-free guidance (negative: the same network with the null
+  label num_classes) and autoguidance (negative: an earlier snapshot, the first by default) over w;
+  the receptive field via `denoisers.crop_averaged` on the network (crop sizes the U-Net accepts); the
+  gradient score vs sigma of the network and of y*.
+
+Outputs: WORKDIR/results.json in the jobs' one layout (`jobs.results`: {"job": "factors",
+"settings", "sweeps": {name: section}}, sections as in `evaluation.sweeps`; plain JSON, non-finite
+values as null) and WORKDIR/<sweep>.png and <sweep>_peak.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, List
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from diffgen_jax import checkpointing, config_checks, data, edm, jsonio
+from diffgen_jax.config_checks import ConfigError, fail as _fail, integer as _int
+from diffgen_jax.denoisers import classifier_free_guided, crop_averaged, guided
+from diffgen_jax.evaluation import features
+from diffgen_jax.evaluation.sweeps import (GUIDANCE_STYLES, Setup, gap_curve, make_setup,
+                                           optimal_denoiser, score_curves, sweep_section,
+                                           sweep_delta, sweep_gradient_score, sweep_granularity,
+                                           sweep_guidance, sweep_receptive_field)
+from diffgen_jax.jobs import common, console, results as results_lib
+from diffgen_jax.models.network import (network_denoiser, params_for_crops,
+                                        valid_network_crop_sizes)
+
+SWEEPS = ("delta", "granularity", "guidance", "receptive_field", "gradient_score", "trained")
+ANALYTIC_SWEEPS = SWEEPS[:-1]
+FEATURES = ("pixels", "classifier")
+PSEUDO_LABEL_DIR = "pseudo_labels"
+# Image side of the built-in datasets, to check crop sizes before anything is loaded (an unknown,
+# tfds-prepared dataset is checked once its images are loaded).
+NOMINAL_IMAGE_SIZES = {"digits": 8, "fashion_mnist": 28, "mnist5k": 28}
+
+
+# ------------------------------------------------------------------------------------------------
+# The trained sweep
+
+
+def _run_config(run_dir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(path):
+    raise ConfigError(f"config.run_dir={run_dir!r} has no config.json: not a train job's workdir")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def _check_run_data(config, saved) -> None:
+  now = {k: config.data[k] for k in ("name", "subset_size", "subset_seed", "labels")}
+  then = {k: saved.data.get(k) for k in now}
+  diff = {k: (then[k], now[k]) for k in now if then[k] != now[k]}
+  if diff:
+    raise ConfigError(f"config.data does not match the run in config.run_dir={config.run_dir!r} "
+                      f"(run, now): {diff}; use the run's data config")
+
+
+def sweep_trained(config, setup: Setup) -> Dict[str, Any]:
+  t = config.trained
+  saved = _run_config(config.run_dir)
+  _check_run_data(config, saved)
+  steps = checkpointing.snapshot_steps(config.run_dir)
+  if not steps:
+    raise ConfigError(f"config.run_dir={config.run_dir!r} holds no snapshots: train first")
+  for field in ("snapshot", "negative_snapshot"):
+    i = t[field]
+    if not -len(steps) <= i < len(steps):
+      raise ConfigError(f"config.trained.{field}={i} must index the run's {len(steps)} snapshots "
+                        f"(steps {steps}); -1 is the last")
+  model_config = ml_collections.ConfigDict(saved.model.to_dict())
+  model_config.num_classes = setup.num_classes
+  h = setup.train_all.shape[1]
+  valid = valid_network_crop_sizes(model_config, h)
+  crop_sizes = tuple(t.crop_sizes) or tuple(valid)
+  bad = [s for s in crop_sizes if s not in valid]
+  if bad:
+    raise ConfigError(f"config.trained.crop_sizes={tuple(crop_sizes)}: {bad} not accepted by the "
+                      f"run's network on {h}x{h} images; allowed values {tuple(valid)}")
+  network = common.build_network(model_config, setup.num_classes, "float32")
+  sigma_data = float(saved.training.sigma_data)
+
+  def params_of(index):
+    _, params, meta = checkpointing.load_ema_params(config.run_dir, steps[index])
+    return params, meta
+
+  params, meta = params_of(t.snapshot)
+  net = network_denoiser(network, params, sigma_data)
+  conditional = setup.num_classes > 0
+  base = gap_curve(setup, net, "network", 0.0, "network", conditional=conditional)
+  curves = [base]
+  same_as_base = lambda label, group: dict(base, label=label, group=group, value=0.0)
+  label_dropout = float(saved.training.get("label_dropout", 0.0))
+  if "cfg" in t.styles and conditional:
+    for w in t.ws:  # w = 0 is the network itself: its curve is reused
+      curves.append(same_as_base(f"cfg, w={w:g}", "cfg") if w == 0 else gap_curve(
+          setup, classifier_free_guided(net, setup.num_classes, float(w)), f"cfg, w={w:g}",
+          float(w), "cfg", conditional=True))
+  guided_denoisers = []  # (style, w, denoiser) for the sample-level gap (w = 0: the network)
+  if "cfg" in t.styles and conditional:
+    guided_denoisers += [("cfg", float(w), classifier_free_guided(net, setup.num_classes, float(w)))
+                         for w in t.ws]
+  neg_params, neg_meta = params_of(t.negative_snapshot)
+  if "autoguidance" in t.styles:
+    neg = network_denoiser(network, neg_params, sigma_data)
+    for w in t.ws:
+      curves.append(same_as_base(f"autoguidance, w={w:g}", "autoguidance") if w == 0 else gap_curve(
+          setup, guided(net, neg, float(w)), f"autoguidance, w={w:g}", float(w), "autoguidance",
+          conditional=conditional))
+      guided_denoisers.append(("autoguidance", float(w), guided(net, neg, float(w))))
+  sample_gap = _guided_sample_gaps(config, saved, guided_denoisers) if t.sample_gap_samples else []
+  skipped = {}
+  for s in crop_sizes:
+    crop_params = params_for_crops(network, params, h, int(s), setup.train_all.shape[-1])
+    if crop_params is None:
+      skipped[str(s)] = "the network's parameter layout differs at this size"
+      logging.warning("factors: trained crop size %d skipped: %s", s, skipped[str(s)])
+      continue
+    wrapped = crop_averaged(network_denoiser(network, crop_params, sigma_data), int(s), h)
+    curves.append(gap_curve(setup, wrapped, f"crop s={s}", int(s), "receptive_field",
+                            conditional=conditional))
+  score_sigmas = edm.gap_sigma_grid(config.gradient_score.num_sigmas)
+  scores = (score_curves(net, setup, score_sigmas, t.gradient_images, "network",
+                         conditional=conditional)
+            + score_curves(optimal_denoiser(setup), setup, score_sigmas, t.gradient_images, "y*"))
+  return sweep_section("trained", setup, curves, value_name="w / crop size",
+                  run_dir=os.path.abspath(config.run_dir), snapshot_step=steps[t.snapshot],
+                  images_seen=meta.get("images_seen"),
+                  negative_snapshot_step=steps[t.negative_snapshot],
+                  negative_images_seen=neg_meta.get("images_seen"),
+                  label_dropout=label_dropout, null_label=setup.num_classes,
+                  crop_sizes=list(crop_sizes), crop_sizes_skipped=skipped, sample_gap=sample_gap,
+                  gradient_score={"sigmas": score_sigmas, "curves": scores})
+
+
+def _guided_sample_gaps(config, saved, guided_denoisers) -> List[Dict[str, Any]]:
+  """The inference side of guidance: G_FD = (FD_val - FD_train) / FD_train of each guided
+  denoiser's Heun samples (`evaluation.samples`, in the run's classifier-feature space), the copy
+  fraction, and the same in pixels. Paper: guidance raises this gap strongly."""
+  from diffgen_jax.evaluation import samples  # pylint: disable=import-outside-toplevel
+  from diffgen_jax.jobs import evaluate  # the sample machinery only when asked for
+  t = config.trained
+  settings = evaluate.sample_settings(saved).copy_and_resolve_references()
+  with settings.unlocked():
+    settings.num_samples = int(t.sample_gap_samples)
+    settings.num_steps = int(t.sample_gap_steps)
+    settings.overlap = False
+    settings.nn_similarity = False
+  run_config = saved.copy_and_resolve_references()
+  if "evaluation" not in run_config:
+    raise ConfigError(f"the run in config.run_dir={config.run_dir!r} has no evaluation settings")
+  splits = [common.load_split(run_config, s) for s in data.SPLITS]
+  ctx, _, _ = evaluate.sample_setup(run_config, config.run_dir, *splits, settings=settings)
+  out = []
+  for style, w, denoise in guided_denoisers:
+    record = samples.evaluate_denoiser(ctx, denoise).record
+    out.append({"style": style, "w": w, "gap_fd_features": record["fd"]["features"]["gap"],
+                "gap_fd_pixels": record["fd"]["pixels"]["gap"],
+                "copy_fraction": record["copy_fraction"]["samples"]})
+    logging.info("factors: %s w=%g: sample-level G_FD = %.4f (features), copies %.3f", style, w,
+                 out[-1]["gap_fd_features"], out[-1]["copy_fraction"])
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Config, data and the job
+
+
+def _numbers(config, field: str, minimum: float = 0.0, strict: bool = False, integer=False,
+             allow_empty=False):
+  return config_checks.numbers(config, field, minimum, strict=strict, integer=integer,
+                               allow_empty=allow_empty)
+
+
+def _number(config, field: str, minimum: float = 0.0, strict: bool = False) -> float:
+  value = config_checks.get(config, field)
+  if isinstance(value, (tuple, list)):
+    _fail(field, value, "must be a single number")
+  return config_checks.number(config, field, minimum, strict=strict)
+
+
+def check_crop_sizes(sizes, image_size: int, field: str = "receptive_field.crop_sizes") -> None:
+  """Crop sizes must satisfy image_size / 2 <= s <= image_size (2x2 corner crops cover the image)."""
+  allowed = tuple(range((image_size + 1) // 2, image_size + 1))
+  bad = [s for s in sizes if s not in allowed]
+  if bad:
+    _fail(field, tuple(sizes), f"has {bad}: crop sizes must be integers in [{allowed[0]}, "
+          f"{allowed[-1]}] for {image_size}x{image_size} images (allowed values {allowed})")
+
+
+def validate_config(config) -> None:
+  """Checks every field the chosen sweeps read; ConfigError names the field and allowed values."""
+  config_checks.choice(config, "job", ("factors",))
+  sweeps = config_checks.subset(config, "sweeps", SWEEPS)
+  config_checks.data_config(config.data)
+  _int(config, "seed", 0)
+  _int(config, "num_images", 1)
+  _int(config, "noise_seed", 0)
+  _int(config, "batch_size", 1)
+  _int(config, "chunk_size", 1)
+  if config.sigmas:
+    config_checks.sigma_grid(config, "sigmas")
+  else:
+    _int(config, "num_sigmas", 2)
+  _number(config, "model_error")
+  size = NOMINAL_IMAGE_SIZES.get(config.data.name)
+  if "delta" in sweeps:
+    _numbers(config, "delta.deltas")
+  if "granularity" in sweeps:
+    _numbers(config, "granularity.ks", 0, integer=True)
+    _numbers(config, "granularity.deltas")
+    config_checks.choice(config, "granularity.features", FEATURES)
+    if config.granularity.features == "classifier":
+      path = config.granularity.classifier_params
+      if path and not os.path.exists(os.path.expanduser(path)):
+        _fail("granularity.classifier_params", path, "does not exist ('' trains a classifier)")
+      _int(config, "granularity.classifier_steps", 1)
+  if "guidance" in sweeps:
+    _numbers(config, "guidance.ws")
+    config_checks.subset(config, "guidance.styles", GUIDANCE_STYLES)
+    pos = _number(config, "guidance.delta_pos")
+    neg = _number(config, "guidance.delta_neg")
+    if neg <= pos:
+      _fail("guidance.delta_neg", neg, f"must be > guidance.delta_pos={pos} (the negative model "
+            "is the more error-prone one)")
+  if "receptive_field" in sweeps:
+    sizes = _numbers(config, "receptive_field.crop_sizes", 1, integer=True)
+    _numbers(config, "receptive_field.deltas")
+    if size is not None:
+      check_crop_sizes(sizes, size)
+  if "gradient_score" in sweeps or "trained" in sweeps:
+    _int(config, "gradient_score.num_sigmas", 1)
+  if "gradient_score" in sweeps:
+    _numbers(config, "gradient_score.deltas")
+    _int(config, "gradient_score.num_images", 1)
+  if "trained" in sweeps:
+    run_dir = config.run_dir
+    if not run_dir or not isinstance(run_dir, str):
+      _fail("run_dir", run_dir, "must name a train job's workdir for the 'trained' sweep")
+    if not os.path.isdir(run_dir):
+      _fail("run_dir", run_dir, "does not exist")
+    _numbers(config, "trained.ws")
+    config_checks.subset(config, "trained.styles", GUIDANCE_STYLES)
+    _numbers(config, "trained.crop_sizes", 1, integer=True, allow_empty=True)
+    if size is not None and config.trained.crop_sizes:
+      check_crop_sizes(tuple(config.trained.crop_sizes), size, "trained.crop_sizes")
+    for f in ("snapshot", "negative_snapshot"):
+      v = config_checks.get(config, f"trained.{f}")
+      if not isinstance(v, int) or isinstance(v, bool):
+        _fail(f"trained.{f}", v, "must be an integer index into the run's snapshots (-1: last)")
+    _int(config, "trained.gradient_images", 1)
+
+
+def load_setup(config) -> Setup:
+  """The training split (or subset) and validation split the config names, as a Setup."""
+  splits = {s: common.load_split(config, s) for s in data.SPLITS}
+  arrays = {}
+  for name, split in splits.items():
+    arrays[name] = data.first_images(split)
+  tr, va = arrays["train"], arrays["validation"]
+  return make_setup(tr[0], tr[1], va[0], va[1], splits["train"].num_classes,
+                    common.sigma_grid(config.sigmas, config.num_sigmas),
+                    num_images=config.num_images, train_ids=tr[2], val_ids=va[2],
+                    noise_seed=config.noise_seed, batch_size=config.batch_size,
+                    chunk_size=config.chunk_size)
+
+
+def _feature_fn(config, setup: Setup):
+  g = config.granularity
+  if g.features == "pixels":
+    return features.pixel_features, {"features": "pixels"}
+  if g.classifier_params:
+    return features.load_classifier_features(g.classifier_params), {
+        "features": "classifier", "classifier_params": g.classifier_params}
+  if setup.train_labels is None or setup.num_classes < 2:
+    raise ConfigError("config.granularity.features='classifier' without "
+                      "config.granularity.classifier_params needs class labels to train one")
+  params, acc = features.train_classifier(setup.train_all, setup.train_labels, setup.num_classes,
+                                          g.classifier_steps, config.seed,
+                                          val_images=setup.val_all, val_labels=setup.val_labels)
+  logging.info("factors: trained a SmallCNN for the clustering features, val accuracy %.3f", acc)
+  return features.classifier_features(params), {"features": "classifier",
+                                                "classifier_val_accuracy": acc}
+
+
+def run_sweep(name: str, config, setup: Setup, workdir: str) -> Dict[str, Any]:
+  d = config.model_error
+  if name == "delta":
+    return sweep_delta(setup, config.delta.deltas)
+  if name == "granularity":
+    fn, info = _feature_fn(config, setup)
+    out = sweep_granularity(setup, config.granularity.ks, config.granularity.deltas,
+                            include_classes=config.granularity.include_classes, feature_fn=fn,
+                            seed=config.seed,
+                            pseudo_label_dir=os.path.join(workdir, PSEUDO_LABEL_DIR))
+    out.update(info)
+    return out
+  if name == "guidance":
+    g = config.guidance
+    return sweep_guidance(setup, g.ws, styles=tuple(g.styles), delta=d, delta_pos=g.delta_pos,
+                          delta_neg=g.delta_neg)
+  if name == "receptive_field":
+    h = setup.train_all.shape[1]
+    check_crop_sizes(tuple(config.receptive_field.crop_sizes), h)
+    return sweep_receptive_field(setup, config.receptive_field.crop_sizes,
+                                 config.receptive_field.deltas)
+  if name == "gradient_score":
+    g = config.gradient_score
+    return sweep_gradient_score(setup, g.deltas, edm.gap_sigma_grid(g.num_sigmas), g.num_images)
+  if name == "trained":
+    return sweep_trained(config, setup)
+  raise ConfigError(f"config.sweeps: unknown sweep {name!r}; allowed values {SWEEPS}")
+
+
+def summarize(name: str, section: Dict[str, Any]) -> List[str]:
+  """One line per curve: peak G and where (or, for the gradient score, its range over sigma)."""
+  lines = []
+  fmt = lambda v: "n/a" if v is None else f"{v:.4g}"
+  for c in section["curves"] if name != "gradient_score" else ():
+    lines.append(f"{name}: {c['label']}: peak G = {fmt(c['peak_gap'])} at sigma = "
+                 f"{fmt(c['peak_sigma'])}")
+  if name == "gradient_score" or "gradient_score" in section:
+    curves = section["curves"] if name == "gradient_score" else section["gradient_score"]["curves"]
+    for c in curves:
+      s = np.asarray(c["score"], np.float64)
+      lines.append(f"{name}: score {c['label']}: " + " ".join(
+          "n/a" if not np.isfinite(v) else f"{v:.2f}" for v in s))
+  return lines
+
+
+def _settings(config, setup: Setup) -> Dict[str, Any]:
+  return {"dataset": config.data.name, "subset_size": config.data.subset_size or 0,
+          "labels": config.data.labels, "image_shape": list(setup.train_all.shape[1:]),
+          "num_train_set": len(setup.train_all), "num_val_set": len(setup.val_all),
+          "num_train_eval": len(setup.train_x), "num_val_eval": len(setup.val_x),
+          "num_classes": setup.num_classes, "sigmas": setup.sigmas,
+          "noise_seed_train": setup.noise_seed, "noise_seed_val": setup.noise_seed + 1,
+          "model_error": config.model_error, "seed": config.seed,
+          "config": json.loads(config.to_json_best_effort())}
+
+
+def run(config, workdir: str) -> Dict[str, Any]:
+  """Runs the configured sweeps; writes WORKDIR/results.json (after every sweep) and PNGs."""
+  sweeps = config_checks.subset(config, "sweeps", SWEEPS)
+  os.makedirs(workdir, exist_ok=True)
+  setup = load_setup(config)
+  results = {"settings": _settings(config, setup), "sweeps": {}}
+  for name in sweeps:
+    start = time.perf_counter()
+    section = run_sweep(name, config, setup, workdir)
+    section["wall_time_s"] = time.perf_counter() - start
+    results["sweeps"][name] = jsonio.to_jsonable(section)
+    results_lib.write(workdir, "factors", results)
+    if config.make_plots:
+      from diffgen_jax.plots import sweeps as sweep_plots  # matplotlib only when plotting
+      sweep_plots.draw_sweep(name, results["sweeps"][name], workdir)
+    console.progress(f"factors: {name} ({section['wall_time_s']:.1f} s)")
+    for line in summarize(name, results["sweeps"][name]):
+      console.progress("  " + line)
+  console.summary(f"factors: results in {results_lib.path(workdir)}, plots in "
+                  f"{os.path.abspath(workdir)}/")
+  return results

@@ -1,0 +1,72 @@
+"""The one results.json layout of every job.
+
+Every job writes WORKDIR/results.json (plain JSON, non-finite numbers as null, written atomically
+after each unit of work so an interrupted job keeps what it finished), and anything that reads
+results (experiments/, notebooks) calls `read(workdir)` without knowing which job wrote it:
+
+    {"job": "train" | "evaluate" | "factors" | "toy2d",     the job that wrote it
+     "schema_version": 1,
+     ... the job's sections:
+     train / evaluate (the gap of every snapshot of a training run; `jobs.evaluate`):
+       "protocol":  {"sigmas", "num_train", "num_val", "noise_seed", "dataset", "subset_size", "labels"}
+       "optimal":   {"e_train", "e_val"}                                    (S,) each
+       "snapshots": {str(step): {"images_seen", "ema": {name: {"e_train", "e_val", "gap",
+                                  "to_optimal_train", "to_optimal_val"}}}}      (S,) each
+       "summary":   {"steps", "images_seen", "peak_sigma", "peak_gap", "onset_images_seen",
+                     "onset_rises", "gap_at_sigmas"}                         per snapshot
+       "samples":   {"protocol", "feature", "snapshots": {str(step): record}, "summary"}
+                    (records as in `evaluation.samples`)
+     factors (`jobs.factors`):
+       "settings":  the data, evaluation subsets, sigma grid, seeds and config
+       "sweeps":    {name: {"factor", "sigmas", "value_name", "curves": [...], ...}}
+                    (sections as in `evaluation.sweeps`)
+     toy2d (`jobs.toy2d`):
+       "experiments": {name: {"protocol", ...curves, "wall_time_s"}}
+    }
+Figures and other files go beside it (the evaluate job's under WORKDIR/evaluation/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict
+
+from diffgen_jax import jsonio
+
+RESULTS_FILE = "results.json"
+SCHEMA_VERSION = 1
+JOB_KEY = "job"
+
+
+def path(workdir: str) -> str:
+  return os.path.join(workdir, RESULTS_FILE)
+
+
+def read(workdir: str) -> Dict[str, Any]:
+  """WORKDIR/results.json as a dict; FileNotFoundError names the path."""
+  p = path(workdir)
+  if not os.path.exists(p):
+    raise FileNotFoundError(f"no {RESULTS_FILE} in {os.path.abspath(workdir)}: run a job there first")
+  with open(p) as f:
+    return json.load(f)
+
+
+def read_if_exists(workdir: str) -> Dict[str, Any]:
+  return read(workdir) if os.path.exists(path(workdir)) else {}
+
+
+def write(workdir: str, job: str, results: Dict[str, Any]) -> str:
+  """Writes {"job": job, "schema_version": 1, **results} to WORKDIR/results.json; returns the path.
+
+  A workdir holds the results of one kind of run: the evaluate job may update the train job's
+  results (it is the train job's last step), any other change of job raises ValueError.
+  """
+  p = path(workdir)
+  previous = results.get(JOB_KEY)
+  if previous is not None and previous != job and {previous, job} != {"train", "evaluate"}:
+    raise ValueError(f"{p} holds the results of job {previous!r}, not {job!r}: use a new workdir")
+  out = {JOB_KEY: job, "schema_version": SCHEMA_VERSION}
+  out.update({k: v for k, v in results.items() if k not in (JOB_KEY, "schema_version")})
+  jsonio.write_json(p, out)
+  return p

@@ -1,0 +1,127 @@
+"""A built network and the one constructor that turns (network, parameters) into a denoiser.
+
+    network = build_network(model_config, num_classes)
+    denoise = network_denoiser(network, params)              # denoise(x, sigma, labels=None)
+    denoise = network_denoiser(network, ema.pick(ema_sets)[1])   # a snapshot's EMA set
+
+`network_denoiser` is the only place where a trained network becomes a denoiser of the package's
+interface (`diffgen_jax.denoisers`). It returns a `jax.tree_util.Partial` over the parameters
+whose static part compares equal for the same network and sigma_data, so every consumer (gap
+evaluation, samplers, probes, guidance) compiles once for all parameter sets of one network
+(snapshots over training, EMA sets) and feeds the parameters as arguments.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, List, NamedTuple
+
+import jax
+import ml_collections
+
+from diffgen_jax import edm
+from diffgen_jax import models
+from diffgen_jax.models import layers
+
+
+class Network(NamedTuple):
+  """A built flax module with the functions the loss needs."""
+  module: Any
+  project: Callable  # params -> params, EDM2's forced weight normalization (identity otherwise)
+  num_classes: int
+
+
+def build_network(model_config, num_classes: int, compute_dtype: str = "float32") -> Network:
+  """The network of a model config (`models.default_model_config`) for `num_classes` labels
+  (0: unconditional; the null label is num_classes) at a compute dtype ("float32" | "bfloat16")."""
+  model_config = ml_collections.ConfigDict(model_config.to_dict())
+  model_config.num_classes = num_classes
+  if "dtype" in model_config:
+    model_config.dtype = compute_dtype
+  return Network(module=models.build(model_config), project=models.weight_projection(model_config),
+                 num_classes=num_classes)
+
+
+class _Apply:
+  """The static part of a network denoiser: D(params, x, sigma, labels) (EDM-preconditioned).
+
+  Equal (and equally hashed) for the same module object and sigma_data, so jit caches keyed on a
+  `Partial`'s treedef see one function for every parameter set of one network.
+  """
+
+  def __init__(self, network: Network, sigma_data: float):
+    self.network = network
+    self.sigma_data = float(sigma_data)
+
+  def __call__(self, params, x, sigma, labels=None):
+    raw = models.raw_network(self.network.module, {"params": params})
+    return edm.precondition(raw, self.sigma_data)(x, sigma, labels)
+
+  def __eq__(self, other):
+    return (isinstance(other, _Apply) and other.network.module is self.network.module
+            and other.sigma_data == self.sigma_data)
+
+  def __hash__(self):
+    return hash((id(self.network.module), self.sigma_data))
+
+
+def network_denoiser(network: Network, params, sigma_data: float = edm.SIGMA_DATA):
+  """The denoiser D(x, sigma, labels=None) of one parameter set (evaluation mode: no dropout).
+
+  params: the network's parameter tree (e.g. `TrainState.params`, or one EMA set: use
+  `ema.pick(ema_sets, name)` to choose it). sigma_data: EDM's sigma_data of the training run.
+  Returns a `jax.tree_util.Partial` (a pytree: pass it through jit, scan and vmap).
+  """
+  return jax.tree_util.Partial(_Apply(network, sigma_data), params)
+
+
+def num_params(model_config, image_shape, num_classes: int) -> int:
+  """Parameter count of a model config at an image shape (H, W, C); allocates nothing."""
+  network = build_network(model_config, num_classes, "float32")
+  shapes = jax.eval_shape(models.init_fn(network.module, (1,) + tuple(image_shape), num_classes),
+                          jax.random.key(0))["params"]
+  return int(sum(leaf.size for leaf in jax.tree.leaves(shapes)))
+
+
+# ------------------------------------------------------------------------------------------------
+# A network on crops (restricted receptive field, `denoisers.crop_averaged`)
+
+
+def valid_network_crop_sizes(model_config, image_size: int) -> List[int]:
+  """Crop sizes s in [H/2, H] the network accepts (U-Nets: divisible by 2^(levels-1); DiT: by the
+  patch size)."""
+  m = models.resolve(model_config)
+  if m.family == "dit":
+    ok = lambda s: s % int(m.patch_size) == 0
+  else:
+    ok = lambda s: layers.unet_resolution_ok(s, len(tuple(m.channel_mult)))
+  return [s for s in range((image_size + 1) // 2, image_size + 1) if ok(s)]
+
+
+_RESOLUTION_NAME = re.compile(r"^(enc|dec)_(\d+)x(\d+)_(.*)$")
+
+
+def params_for_crops(network, params, image_size: int, crop_size: int, channels: int):
+  """The parameters renamed for s x s inputs, or None where the structures differ.
+
+  Our U-Nets name their layers by the feature-map size they run at (`enc_8x8_conv`, ...), so the
+  same weights applied to a crop must be looked up under the crop's sizes: every `enc|dec_{r}x{r}_`
+  becomes `_{r s / H}x{r s / H}_` (one level apart -> one level apart). The result is checked
+  against `jax.eval_shape` of the network's init at the crop size (tree and shapes); it differs,
+  and None is returned, where the layout itself depends on the size (e.g. attention at a size in
+  `attn_resolutions` that the crop's feature maps hit but the full image's did not).
+  """
+  if crop_size == image_size:
+    return params
+  renamed = {}
+  for key, value in params.items():
+    m = _RESOLUTION_NAME.match(key)
+    if m:
+      r = int(m.group(2)) * crop_size // image_size
+      key = f"{m.group(1)}_{r}x{r}_{m.group(4)}"
+    renamed[key] = value
+  abstract = jax.eval_shape(models.init_fn(network.module, (1, crop_size, crop_size, channels),
+                                           network.num_classes), jax.random.key(0))["params"]
+  same = jax.tree.structure(abstract) == jax.tree.structure(renamed) and all(
+      a.shape == b.shape for a, b in zip(jax.tree.leaves(abstract), jax.tree.leaves(renamed)))
+  return renamed if same else None

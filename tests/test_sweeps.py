@@ -1,0 +1,123 @@
+"""The factor sweeps (`evaluation.sweeps`): known answers of each sweep, pseudo-labels, analytic
+baselines."""
+
+
+import numpy as np
+
+from diffgen_jax import data, models
+from diffgen_jax.evaluation import gap, sweeps as fs
+from diffgen_jax.models.network import valid_network_crop_sizes
+
+H = 6
+SIGMAS = np.array([0.01, 0.3, 1.0, 5.0])
+
+
+def _setup(num_classes=3, n_train=24, n_val=12, seed=0):
+  rng = np.random.default_rng(seed)
+  images = lambda n: rng.uniform(-1, 1, (n, H, H, 1)).astype(np.float32)
+  labels = lambda n: rng.integers(0, max(num_classes, 1), n).astype(np.int32)
+  return fs.make_setup(images(n_train), labels(n_train), images(n_val), labels(n_val), num_classes,
+                       SIGMAS, num_images=8, batch_size=8)
+
+
+def _curve(section, label):
+  (curve,) = [c for c in section["curves"] if c["label"] == label]
+  return curve
+
+
+def _assert_same_curve(a, b):
+  for key in ("e_train", "e_val", "gap"):
+    np.testing.assert_array_equal(a[key], b[key])
+
+
+def _numpy_y_delta(train, x, sigma, delta):
+  """float64 reference of y_delta (paper.md section 4) on flattened images: the posterior mean
+  under Gaussians of variance sigma^2 + delta^2 around the training points, shrunk toward x."""
+  t = train.reshape(len(train), -1).astype(np.float64)
+  q = x.reshape(len(x), -1).astype(np.float64)
+  var = sigma ** 2 + delta ** 2
+  logits = -((q[:, None, :] - t[None]) ** 2).sum(-1) / (2 * var)
+  w = np.exp(logits - logits.max(axis=1, keepdims=True))
+  y_star = (w / w.sum(axis=1, keepdims=True)) @ t
+  return ((delta ** 2 * q + sigma ** 2 * y_star) / var).reshape(x.shape)
+
+
+def test_autoguidance_curve_matches_an_independent_numpy_reference():
+  setup = _setup()
+  section = fs.sweep_guidance(setup, (0.0, 1.5), styles=("autoguidance",), delta=0.3,
+                              delta_pos=0.3, delta_neg=0.6)
+  noise = {split: np.asarray(gap.image_noise(seed, ids, setup.train_x.shape[1:]), np.float64)
+           for split, seed, ids in (("train", 0, setup.train_ids), ("val", 1, setup.val_ids))}
+  for w in (0.0, 1.5):
+    curve = _curve(section, f"autoguidance, w={w:g}")
+    for split, images in (("train", setup.train_x), ("val", setup.val_x)):
+      want = []
+      for s in SIGMAS:
+        x = images + s * noise[split]
+        pos = _numpy_y_delta(setup.train_all, x, s, 0.3)
+        neg = _numpy_y_delta(setup.train_all, x, s, 0.6)
+        want.append(np.mean((pos + w * (pos - neg) - images) ** 2))
+      np.testing.assert_allclose(curve[f"e_{split}"], want, rtol=2e-4, atol=1e-9)
+  # Guidance moves the curve: w = 1.5 differs from w = 0 by more than rounding.
+  assert not np.allclose(_curve(section, "autoguidance, w=1.5")["e_val"],
+                         _curve(section, "autoguidance, w=0")["e_val"], rtol=1e-3)
+
+
+def test_one_cluster_and_one_class_equal_unconditional():
+  setup = _setup()
+  section = fs.sweep_granularity(setup, (1,), (0.0,), include_classes=False)
+  _assert_same_curve(_curve(section, "k=1, delta=0"), _curve(section, "none, delta=0"))
+  # y* recalls noisy training images exactly at small sigma: E_train = 0, G infinite there, and
+  # the peak is taken over the finite values.
+  curve = _curve(section, "none, delta=0")
+  assert curve["e_train"][0] == 0.0 and np.isinf(curve["gap"][0])
+  assert np.isfinite(curve["peak_gap"])
+  single = _setup(num_classes=1)
+  assert np.all(single.train_labels == 0)
+  section = fs.sweep_granularity(single, (), (0.3,))
+  _assert_same_curve(_curve(section, "class, delta=0.3"), _curve(section, "none, delta=0.3"))
+  assert [c["value"] for c in section["curves"]] == [1, 1]
+
+
+def test_pseudo_label_files_are_readable_by_the_data_pipeline(tmp_path):
+  setup = _setup()
+  section = fs.sweep_granularity(setup, (0, 2, 4), (0.3,), include_classes=False,
+                                 pseudo_label_dir=str(tmp_path))
+  assert sorted(section["pseudo_label_files"]) == ["2", "4"]  # k = 0 is the unconditional curve
+  for k in (2, 4):
+    path = str(tmp_path / f"k{k}.npz")
+    train = data.read_pseudo_labels(path, "train")
+    val = data.read_pseudo_labels(path, "validation")
+    assert train.shape == (len(setup.train_all),) and val.shape == (len(setup.val_all),)
+    assert set(np.unique(train)) == set(range(k)) and val.max() < k
+  assert [c["condition"] for c in section["curves"]] == ["none", "k=2", "k=4"]
+
+
+def test_full_size_crop_is_the_unwrapped_denoiser():
+  setup = _setup()
+  section = fs.sweep_receptive_field(setup, (3, H), (0.3,))
+  _assert_same_curve(_curve(section, f"s={H}, delta=0.3"),
+                     _curve(fs.sweep_delta(setup, (0.3,)), "delta=0.3"))
+  assert fs.pooled_crops(setup.train_all, 3).shape == (4 * len(setup.train_all), 3, 3, 1)
+
+
+def test_network_crop_sizes():
+  m = models.default_model_config("ddpmpp")
+  m.preset = "ddpmpp-tiny"
+  assert valid_network_crop_sizes(m, 8) == [4, 8]
+  assert valid_network_crop_sizes(m, 28) == [16, 20, 24, 28]
+
+
+def test_analytic_denoisers_known_answers():
+  train = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 10.0], [11.0, 10.0]], np.float32)
+  classes = np.array([0, 1, 0, 1])
+  clusters = np.array([0, 0, 1, 1])
+  ds = fs.analytic_denoisers(train, classes, deltas=(0.0, 0.5), cluster_labels=clusters)
+  assert set(ds) == {(c, d) for c in ("unconditional", "class", "cluster") for d in (0.0, 0.5)}
+  q = np.asarray([[0.1, 0.0]])
+  np.testing.assert_allclose(ds[("unconditional", 0.0)](q, 0.01), [[0.0, 0.0]], atol=1e-6)
+  np.testing.assert_allclose(ds[("class", 0.0)](q, 0.01, np.array([1])), [[1.0, 0.0]], atol=1e-6)
+  np.testing.assert_allclose(ds[("cluster", 0.0)](q, 0.01, np.array([1])), [[10.0, 10.0]],
+                             atol=1e-5)
+  # y_delta at sigma -> 0 keeps the input (the model error broadens every point).
+  np.testing.assert_allclose(ds[("class", 0.5)](q, 1e-4, np.array([0])), q, atol=1e-4)

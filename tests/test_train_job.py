@@ -1,0 +1,126 @@
+"""What the train job shows while it runs: the denoising error on fixed subsets during training
+(the monitor), TensorBoard event files, the quiet console, and the one results.json at the end."""
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+from absl import logging
+
+from diffgen_jax import defaults, jobs
+from diffgen_jax.jobs import console
+from diffgen_jax.jobs import results as results_lib
+from diffgen_jax.jobs import train as train_job
+
+SIGMAS = (0.2, 0.5, 1.0)
+BATCH = 16
+STEPS = 8
+
+
+def _config(data_dir):
+  c = defaults.train_config("digits", "ddpmpp")
+  c.data.data_dir = data_dir
+  c.data.subset_size = 64
+  c.model.update(dict(preset="", model_channels=8, channel_mult=(1, 2), num_blocks=1,
+                      attn_resolutions=(), img_resolution=8, img_channels=1, num_classes=10,
+                      dropout=0.0))
+  t = c.training
+  t.batch_size, t.total_images, t.lr, t.warmup_images = BATCH, BATCH * STEPS, 2e-3, 0
+  t.ema.halflife_images = 4 * BATCH
+  c.checkpoint.state_every_images = 4 * BATCH
+  c.checkpoint.snapshot_every_images = 4 * BATCH
+  c.sampling.grid_size = 4
+  c.sampling.num_steps = 2
+  c.log_every_steps = 2
+  c.monitor.update(dict(every_images=4 * BATCH, num_images=16, sigmas=SIGMAS, batch_size=16))
+  # The evaluation at the end on the monitor's images, noise and sigmas.
+  c.evaluation.update(dict(num_images=16, sigmas=SIGMAS, batch_size=16, at_sigmas=()))
+  c.evaluation.samples.enabled = False
+  return c
+
+
+def _tensorboard_events(logdir):
+  """(tag, step, value-or-"image") of every summary in the event files (TFRecord framing)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  out = []
+  for name in sorted(os.listdir(logdir)):
+    with open(os.path.join(logdir, name), "rb") as f:
+      raw = f.read()
+    pos = 0
+    while pos < len(raw):
+      (length,) = struct.unpack("<Q", raw[pos:pos + 8])
+      event = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for v in event.summary.value:
+        out.append((v.tag, event.step, "image" if v.HasField("image") else v.simple_value))
+  return out
+
+
+def test_monitor_tensorboard_console_and_results(data_dir, tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  config = _config(data_dir)
+  jobs.run(config, workdir)
+  printed = capsys.readouterr().out.splitlines()
+
+  # The monitor: E_train, E_val and G at the monitor's sigmas every 4 steps, in the step's row.
+  with open(os.path.join(workdir, train_job.METRICS_FILE)) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+  monitored = {r["step"]: r for r in rows if any(k.startswith("monitor/") for k in r)}
+  assert sorted(monitored) == [4, 8]
+  last = monitored[8]
+  for s in SIGMAS:
+    e_t, e_v, g = (last[f"monitor/{k}/{s:g}"] for k in ("e_train", "e_val", "gap"))
+    assert e_t > 0 and e_v > 0 and g == pytest.approx((e_v - e_t) / e_t, rel=1e-9)
+  # ... the same numbers as the evaluation of the final snapshot (same images, noise, sigmas),
+  # computed there without a mesh: equal up to float32 rounding.
+  results = results_lib.read(workdir)
+  assert results["job"] == "train" and results["schema_version"] == 1
+  final = results["snapshots"]["8"]["ema"]["ema"]
+  np.testing.assert_allclose([last[f"monitor/e_train/{s:g}"] for s in SIGMAS], final["e_train"],
+                             rtol=1e-5)
+  np.testing.assert_allclose([last[f"monitor/e_val/{s:g}"] for s in SIGMAS], final["e_val"],
+                             rtol=1e-5)
+
+  # TensorBoard: the training scalars every step, the monitor's, the sample grid per snapshot.
+  events = _tensorboard_events(os.path.join(workdir, train_job.TENSORBOARD_DIR))
+  tags = {(tag, step) for tag, step, _ in events}
+  for tag in ("train/loss", "train/lr", "train/grad_norm"):
+    assert {(tag, s) for s in range(1, STEPS + 1)} <= tags, tag
+  assert {("train/img_per_s", s) for s in (2, 4, 6, 8)} <= tags
+  loss = {step: v for tag, step, v in events if tag == "train/loss"}
+  assert all(loss[r["step"]] == pytest.approx(r["loss"], rel=1e-6) for r in rows)
+  assert {(f"monitor/gap/{s:g}", 8) for s in SIGMAS} <= tags
+  assert sorted(step for tag, step, v in events if tag == "samples" and v == "image") == [4, 8]
+
+  # The console: the config is printed by main, not here; one line per log interval, one per
+  # monitor evaluation, the evaluation's progress and the summary.
+  progress = [line for line in printed if line.startswith("train: step")]
+  assert len(progress) == STEPS // config.log_every_steps
+  assert all("img/s" in line and "loss" in line and "ETA" in line for line in progress)
+  assert sum(line.startswith("train: G(sigma)") for line in printed) == 2
+  assert any(line.startswith("Denoising gap of") for line in printed)
+  assert len(printed) <= 20, printed
+
+
+def test_console_verbosity():
+  before = logging.get_verbosity()
+  try:
+    console.configure(0)
+    assert logging.get_verbosity() == logging.WARNING  # library INFO records hidden
+    console.configure(1)
+    assert logging.get_verbosity() == logging.INFO
+  finally:
+    logging.set_verbosity(before)
+
+
+def test_train_job_checks_the_evaluation_fields_before_training(data_dir, tmp_path):
+  config = _config(data_dir)
+  config.evaluation.num_images = 0
+  with pytest.raises(jobs.config_checks.ConfigError, match="config.evaluation.num_images"):
+    jobs.run(config, str(tmp_path / "never"))
+  assert not os.path.exists(tmp_path / "never")  # rejected before anything was written
+  config.evaluation.after_training = False  # not evaluated: not needed
+  jobs.validate(config)
