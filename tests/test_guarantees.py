@@ -7,7 +7,10 @@ is every other place in the package where the same kind of fault could happen. T
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -532,3 +535,102 @@ def test_duplicated_training_image_does_not_hide_its_copy():
   assert mem == {"samples": 1.0, "validation_control": 1.0, "training_duplicates": 1}
   with pytest.raises(ValueError, match="at least 2 distinct training images"):
     probes.copy_fraction(copies[:1], np.concatenate([images[:1]] * 3))
+
+
+# ------------------------------------------------------------------------------------------------
+# Kind 1 at start-up: a run whose training subset misses classes is refused before it trains
+
+
+def _quickstart():
+  spec = importlib.util.spec_from_file_location(
+      "quickstart", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "configs", "quickstart.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_quickstart_with_five_training_images_is_refused_at_start_up(tmp_path, monkeypatch,
+                                                                      data_dir):
+  """The issue's command: --config=configs/quickstart.py --config.data.subset_size=5 (five of the
+  ten classes then have no training image) used to train and write null errors for y*."""
+  from diffgen_jax import config_checks, jobs
+  monkeypatch.setattr(training, "compile_training", lambda *a, **k: pytest.fail("compiled"))
+  config = _quickstart()
+  config.data.subset_size = 5
+  config.data.data_dir = data_dir
+  with pytest.raises(config_checks.ConfigError,
+                     match=r"config\.data\.subset_size=5 .*labels \[.*\] have no training points"):
+    jobs.run(config, str(tmp_path))
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_evaluation_and_factors_jobs_check_labels_at_start_up(data_dir):
+  from diffgen_jax import config_checks
+  from diffgen_jax.jobs import common
+  from diffgen_jax.jobs import factors as factors_job
+  config = _quickstart()
+  config.data.update(subset_size=5, data_dir=data_dir)
+  train, val = common.load_split(config, "train"), common.load_split(config, "validation")
+  present = sorted(set(np.asarray(train.labels).tolist()))
+  missing = sorted(set(range(10)) - set(present))
+  with pytest.raises(config_checks.ConfigError,
+                     match=re.escape(f"labels {missing} have no training points")):
+    common.check_optimal_labels(config, train, val)
+  config.data.update(subset_size=0)  # the whole split holds every class: accepted
+  common.check_optimal_labels(config, common.load_split(config, "train"), val)
+  factors = _config("factors")
+  factors.data.update(subset_size=5, data_dir=data_dir)
+  with pytest.raises(config_checks.ConfigError, match=r"have no training points"):
+    factors_job.load_setup(factors)
+
+
+def _config(name, variant=None):
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()
+
+
+# ------------------------------------------------------------------------------------------------
+# Kind 8: classifier-free guidance is refused for a network that never learned the null label
+
+
+def _fake_run(tmp_path, label_dropout, labels="class"):
+  import json
+  from diffgen_jax import defaults
+  run = defaults.train_config("digits", "ddpmpp")
+  run.training.label_dropout = label_dropout
+  run.data.labels = labels
+  run_dir = tmp_path / f"run_{label_dropout}_{labels}"
+  run_dir.mkdir()
+  (run_dir / "config.json").write_text(json.dumps(run.to_dict()))
+  return str(run_dir)
+
+
+def test_guidance_needs_label_dropout(tmp_path):
+  from diffgen_jax.config_checks import ConfigError
+  from diffgen_jax.jobs import factors as factors_job
+  config = _config("factors", "trained")
+  config.run_dir = _fake_run(tmp_path, 0.0)
+  with pytest.raises(ConfigError, match=r"config\.training\.label_dropout=0\.0.*null label"):
+    factors_job.validate_config(config)
+  with pytest.raises(ConfigError, match=r"label_dropout"):  # also where the sweep runs
+    factors_job.sweep_trained(config, None)
+  # What is accepted: the explicit override, no cfg, only w = 0, a run with label dropout, or an
+  # unconditional run (no label to drop).
+  config.trained.allow_cfg_without_label_dropout = True
+  factors_job.validate_config(config)
+  config.trained.allow_cfg_without_label_dropout = False
+  config.trained.styles = ("autoguidance",)
+  factors_job.validate_config(config)
+  config.trained.styles = ("cfg", "autoguidance")
+  config.trained.ws = (0.0,)
+  factors_job.validate_config(config)
+  config.trained.ws = (0.0, 1.0)
+  config.run_dir = _fake_run(tmp_path, 0.1)
+  factors_job.validate_config(config)
+  config.run_dir = _fake_run(tmp_path, 0.0, labels="none")
+  factors_job.validate_config(config)
