@@ -185,13 +185,16 @@ def finite_floats(config, compute_dtype: str = "float32") -> None:
   A valid Python float such as 1e39 is infinite in float32 (and bfloat16, whose range is
   float32's), so it would reach the computation as inf: rejected here, naming the field.
   """
-  limit = float(np.finfo(np.float32).max)  # bfloat16 shares float32's exponent range
+  # Parameters, optimizer state and schedules are float32 whatever training.compute_dtype
+  # (bfloat16 activations share float32's exponent range).
+  limit = float(np.finfo(np.float32).max)
   for field, value in float_leaves(config):
     if not math.isfinite(value):
       raise ConfigError(f"config.{field}={value!r} must be finite")
     if abs(value) > limit:
       raise ConfigError(f"config.{field}={value!r} is not finite in the compute dtype "
-                        f"{compute_dtype} (largest finite value {limit:.4g})")
+                        f"{compute_dtype} (largest finite value {limit:.4g}): it would reach the "
+                        "computation as inf")
 
 
 # Ranges of the numeric fields of the train / evaluate configs (defaults.train_config), checked for
