@@ -107,7 +107,7 @@ def crop_offsets(crop_size: int, image_size) -> Tuple[Tuple[int, int], ...]:
   Raises ValueError unless max(H, W)/2 <= crop_size <= min(H, W) (2x2 crops cover the image).
   """
   h, w = _hw(image_size)
-  s = crop_size
+  s = check_number(crop_size, "crop_size", low=1, integer=True)
   if not (s <= h and s <= w and 2 * s >= h and 2 * s >= w):
     raise ValueError(f"crop_size must satisfy max(H, W)/2 <= s <= min(H, W) so that 2x2 corner "
                      f"crops cover the {h}x{w} image, got {s}")

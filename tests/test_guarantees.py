@@ -634,3 +634,20 @@ def test_guidance_needs_label_dropout(tmp_path):
   factors_job.validate_config(config)
   config.run_dir = _fake_run(tmp_path, 0.0, labels="none")
   factors_job.validate_config(config)
+
+
+def test_measurement_parameters_are_checked_by_name():
+  from diffgen_jax.evaluation import features, gap
+  _, images = _images(4)
+  exact = optimal.empirical_optimal_denoiser(images)
+  for kwargs, name in [(dict(batch_size=0), "batch_size"), (dict(sigma_chunk=2.5), "sigma_chunk"),
+                       (dict(noise_seed=-1), "noise_seed")]:
+    with pytest.raises(ValueError, match=name):
+      gap.denoising_errors(exact, images, sigmas=[1.0], **kwargs)
+  for kwargs, name in [(dict(steps=0), "steps"), (dict(learning_rate=float("nan")), "learning_rate"),
+                       (dict(batch_size=-4), "batch_size")]:
+    with pytest.raises(ValueError, match=name):
+      features.train_classifier(images, np.zeros(4, np.int32), 2, **kwargs)
+  for size in (2.5, float("nan"), 0):
+    with pytest.raises(ValueError, match="crop_size"):
+      denoisers.crop_averaged(exact, size, 4)

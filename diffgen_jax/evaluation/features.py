@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from flax import serialization, traverse_util
 
+from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
 
 FeaturesFn = Callable[[jax.Array], jax.Array]
@@ -101,6 +102,9 @@ def train_classifier(images, labels, num_classes: int, steps: int = 2000, seed: 
   training images.
   """
   check_images(images, "images")
+  check_number(steps, "steps", low=1, integer=True)
+  check_number(batch_size, "batch_size", low=1, integer=True)
+  check_number(learning_rate, "learning_rate", low=0.0, low_open=True)
   if val_images is not None:
     check_images(val_images, "val_images")
   images = np.asarray(images, np.float32)

@@ -36,6 +36,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax import edm
+from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
 from diffgen_jax.denoisers import check_labels, is_array_pytree
 from diffgen_jax.sharding import DATA_AXIS, check_divisible
@@ -98,6 +99,10 @@ def _as_float_images(images) -> np.ndarray:
 
 def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, batch_size,
               sigma_chunk, mesh, params) -> np.ndarray:
+  check_number(batch_size, "batch_size", low=1, integer=True)
+  if sigma_chunk is not None:
+    check_number(sigma_chunk, "sigma_chunk", low=0, integer=True)  # 0 or None: all sigmas at once
+  check_number(noise_seed, "noise_seed", low=0, integer=True)
   images = _as_float_images(images)
   n = images.shape[0]
   if n == 0:
