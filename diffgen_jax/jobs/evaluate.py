@@ -118,6 +118,7 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   train_split = common.load_split(config, "train")
   val_split = common.load_split(config, "validation")
   _check_matches_run(workdir, config)
+  common.check_optimal_labels(config, train_split, val_split)
   network = common.network_of(config, train_split.num_classes, "float32")
   sigma_data = config.training.sigma_data
   sigmas = common.sigma_grid(e.sigmas, e.num_sigmas)

@@ -119,6 +119,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   split = common.load_split(config, "train")
+  if config.evaluation.after_training:  # refused now, not after training (see the function)
+    common.check_optimal_labels(config, split, common.load_split(config, "validation"))
   image_shape = split.shape
   model_config = config.model.copy_and_resolve_references()
   with model_config.unlocked():
