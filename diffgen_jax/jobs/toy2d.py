@@ -11,6 +11,11 @@ gap metric are `diffgen_jax.toy2d`).
 
 Writes WORKDIR/results.json (`jobs.results`: {"job": "toy2d", "experiments": {name: results}})
 and WORKDIR/<experiment>/<experiment>.png (+ fields.npz for the flow field).
+
+config.estimate says how each expectation over the noise is taken (see `diffgen_jax.toy2d`):
+"expected" (default; quadrature, with the spread of a config.draws-draw estimate as a band),
+"paper_draws" (the authors' numpy draws; configs/toy2d.py:paper) or "draws" (jax draws).
+config.dtype = "float64" runs each experiment with jax's 64-bit mode switched on.
 """
 
 from __future__ import annotations
