@@ -40,7 +40,7 @@ INIT_ATTN = xavier_uniform(np.sqrt(0.2))
 def _conv(features, kernel, init, dtype, name):
   return nn.Conv(features, (kernel, kernel), padding="SAME", kernel_init=init,
                  bias_init=nn.initializers.zeros, dtype=dtype, param_dtype=jnp.float32, name=name,
-                 conv_general_dilated=conv.conv_general_dilated)  # Winograd 3x3 on CPU
+                 conv_general_dilated=conv.conv_general_dilated)  # 3x3: Winograd when selected
 
 
 def _dense(features, init, dtype, name):

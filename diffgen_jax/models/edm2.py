@@ -104,7 +104,7 @@ class MPConv(nn.Module):
     x = x.astype(self.dtype)
     if not self.kernel_size:
       return x @ w
-    return conv.conv_general_dilated(x, w, (1, 1), "SAME",  # Winograd 3x3 on CPU
+    return conv.conv_general_dilated(x, w, (1, 1), "SAME",  # 3x3: Winograd when selected
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
