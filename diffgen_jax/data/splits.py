@@ -23,6 +23,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from diffgen_jax.data import builders
+from diffgen_jax.data.convention import check_pixels
 from diffgen_jax.data.sources import (IN_MEMORY_BYTES, SPLITS, LazyColumn, _open, _read_all,
                                       _source_split, _unknown_dataset, is_prepared,
                                       resolve_data_dir)
@@ -192,8 +193,13 @@ def read_pseudo_labels(path: str, split: str) -> np.ndarray:
 
 
 def to_unit_range(images) -> np.ndarray:
-  """uint8 pixels (N, H, W[, C]) -> float32 NHWC in [-1, 1]: the one home of this scaling."""
+  """uint8 pixels (N, H, W[, C]) -> float32 NHWC in [-1, 1]: the one home of this scaling.
+
+  Raises ValueError for anything but integer pixels in [0, 255] (e.g. float images already in
+  [-1, 1], which would otherwise land in [-1.008, -0.992]); see data/convention.py.
+  """
   images = np.asarray(images)
+  check_pixels(images, "images")
   if images.ndim == 3:
     images = images[..., None]
   return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)

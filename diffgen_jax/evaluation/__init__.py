@@ -13,5 +13,7 @@
     frechet.py         Gaussian fits and the Frechet distance
     neighbours.py      chunked exact nearest neighbours
     kmeans.py          k-means and pseudo-labels
+    ladder.py          the analytic ladder against a network: per-sigma mse and r2 (normalised by
+                       the network's variance), LS/ELS patch-size calibration, each rung's G(sigma)
 Nothing here reads a config or a workdir; the jobs (`diffgen_jax.jobs`) do.
 """

@@ -34,6 +34,10 @@ def validate(config) -> str:
   """Checks every field the job named by config.job (and the jobs it chains) reads; returns the
   job's name. Raises config_checks.ConfigError naming the field."""
   job = config_checks.choice(config, "job", JOBS)
+  # Every float finite, also in the compute dtype (1e39 is inf in float32); every numeric field of
+  # config_checks.FIELD_RANGES that the config has in its range.
+  config_checks.finite_floats(config)
+  config_checks.field_ranges(config)
   if job == "evaluate":  # reads the run's data, model and training fields as well
     importlib.import_module(JOBS["train"]).validate_training_fields(config)
   importlib.import_module(JOBS[job]).validate_config(config)

@@ -125,6 +125,7 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   train_split = common.load_split(config, "train")
   val_split = common.load_split(config, "validation")
   _check_matches_run(workdir, config)
+  common.check_optimal_labels(config, train_split, val_split)
   num_classes = train_split.num_classes
   if config.model.get("checkpoint"):  # the published network's own classes (0: unconditional)
     num_classes = config.model.num_classes

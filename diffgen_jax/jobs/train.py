@@ -123,6 +123,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   split = common.load_split(config, "train")
+  if config.evaluation.after_training:  # refused now, not after training (see the function)
+    common.check_optimal_labels(config, split, common.load_split(config, "validation"))
   image_shape = split.shape
   model_config = config.model.copy_and_resolve_references()
   with model_config.unlocked():
@@ -169,7 +171,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
     start = int(state.step)
     if jax.process_index() == 0:
       _truncate_metrics(metrics_path, start)
-    console.progress(f"train: resumed from step {start} ({start * t.batch_size} images seen)")
+    console.progress(f"train: Resumed from step {start} ({start * t.batch_size} images seen).")
 
   sample_fn = _make_sample_fn(network, config, image_shape, split.num_classes)
   monitor_fn = _make_monitor(config, network, split, mesh)
