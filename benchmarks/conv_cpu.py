@@ -8,6 +8,10 @@ Effective GFLOP/s count the dense 2 B H W C_in C_out 9 per part.
 
     python benchmarks/conv_cpu.py [--batch 64 --size 32 --channels 64 --repeats 10]
 
+The same parts are timed for the Winograd F(2x2, 3x3) path (`diffgen_jax.models.conv`, the
+default for 3x3 convolutions on CPU), interleaved round by round with XLA's so both see the same
+machine load; `--shapes` runs several shapes (batch,size,channels) in one process.
+
 Writes benchmarks/results/conv_cpu.json. torch is optional (skipped when not importable).
 """
 
@@ -25,73 +29,115 @@ import numpy as np
 from diffgen_jax import jsonio
 
 
-def _median_ms(fn, repeats: int) -> float:
-  fn()  # compile / warm up
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(times)
+def _time_ms(fn) -> float:
+  t0 = time.perf_counter()
+  fn()
+  return 1e3 * (time.perf_counter() - t0)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--size", type=int, default=32)
-  p.add_argument("--channels", type=int, default=64)
-  p.add_argument("--repeats", type=int, default=10)
-  p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                               "results", "conv_cpu.json"))
-  args = p.parse_args(argv)
-  b, h, c = args.batch, args.size, args.channels
+def _parse_shapes(text: str):
+  shapes = []
+  for item in text.split(";"):
+    b, h, c = (int(v) for v in item.split(","))
+    shapes.append((b, h, c))
+  return shapes
+
+
+def bench_shape(b: int, h: int, c: int, repeats: int, torch) -> dict:
+  """One shape: XLA's and the Winograd convolution's parts, interleaved, and torch's."""
+  from diffgen_jax.models import conv as conv_lib  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   x = jax.numpy.asarray(rng.standard_normal((b, h, h, c), np.float32))
   w = jax.numpy.asarray(0.05 * rng.standard_normal((3, 3, c, c), np.float32))
   g = jax.numpy.ones((b, h, h, c))
-  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  vjp = lambda x, w, g: jax.vjp(conv, x, w)[1](g)
-  parts = {"forward": jax.jit(conv), "input_grad": jax.jit(lambda x, w, g: vjp(x, w, g)[0]),
-           "weight_grad": jax.jit(lambda x, w, g: vjp(x, w, g)[1])}
-  inputs = {"forward": (x, w), "input_grad": (x, w, g), "weight_grad": (x, w, g)}
-  gflop = 2 * b * h * h * c * c * 9 / 1e9
-  ours = {k: _median_ms(lambda f=f, a=inputs[k]: jax.block_until_ready(f(*a)), args.repeats)
-          for k, f in parts.items()}
-  ours["all"] = sum(ours.values())
-  print(f"jax {jax.__version__} ({jax.default_backend()}), batch {b}, {h}x{h}, {c} -> {c} channels, "
-        f"{gflop:.2f} GFLOP per part")
-  for k, ms in ours.items():
-    n = 3 if k == "all" else 1
-    print(f"  ours {k:12s} {ms:7.1f} ms  {n * gflop / ms * 1e3:6.0f} GFLOP/s")
-
-  result = {"benchmark": "conv_cpu", "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "platform": {"python": platform.python_version(), "jax": jax.__version__,
-                         "backend": jax.default_backend(), "cpu_cores": os.cpu_count()},
-            "shape": {"batch": b, "size": h, "channels": c, "kernel": 3, "gflop_per_part": gflop},
-            "ours_ms": ours}
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    torch = None
+  convs = {"xla": lambda x, w: jax.lax.conv_general_dilated(
+               x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
+           "winograd": lambda x, w: conv_lib.winograd_conv3x3(x, w, tile=2),
+           "winograd4": lambda x, w: conv_lib.winograd_conv3x3(x, w, tile=4)}
+  calls = {}
+  for algo, conv in convs.items():
+    vjp = lambda x, w, g, conv=conv: jax.vjp(conv, x, w)[1](g)
+    fwd_vjp = lambda x, w, g, conv=conv: (conv(x, w), jax.vjp(conv, x, w)[1](g))
+    parts = {"forward": (jax.jit(conv), (x, w)),
+             "input_grad": (jax.jit(lambda x, w, g, vjp=vjp: vjp(x, w, g)[0]), (x, w, g)),
+             "weight_grad": (jax.jit(lambda x, w, g, vjp=vjp: vjp(x, w, g)[1]), (x, w, g)),
+             "all_in_one": (jax.jit(fwd_vjp), (x, w, g))}
+    for part, (f, a) in parts.items():
+      calls[(algo, part)] = lambda f=f, a=a: jax.block_until_ready(f(*a))
   if torch is not None:
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
     xt = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous(
         memory_format=torch.channels_last).requires_grad_()
     wt = torch.from_numpy(np.array(w)).permute(3, 2, 0, 1).contiguous().requires_grad_()
     fwd = lambda: torch.nn.functional.conv2d(xt, wt, padding=1)
     gt = torch.ones_like(fwd())
-    both = lambda: torch.autograd.grad(fwd(), (xt, wt), gt)
-    theirs = {"forward": _median_ms(fwd, args.repeats), "all": _median_ms(both, args.repeats)}
+    calls[("torch", "forward")] = fwd
+    calls[("torch", "all_in_one")] = lambda: torch.autograd.grad(fwd(), (xt, wt), gt)
+  for fn in calls.values():  # compile / warm up
+    fn()
+  times = {k: [] for k in calls}
+  for _ in range(repeats):  # round-robin: every variant sees the same drift of machine load
+    for k, fn in calls.items():
+      times[k].append(_time_ms(fn))
+  ms = {}
+  for (algo, part), t in times.items():
+    ms.setdefault(algo, {})[part] = statistics.median(t)
+  for algo in convs:
+    ms[algo]["all"] = ms[algo]["forward"] + ms[algo]["input_grad"] + ms[algo]["weight_grad"]
+  out = {"shape": {"batch": b, "size": h, "channels": c, "kernel": 3,
+                   "gflop_per_part": 2 * b * h * h * c * c * 9 / 1e9},
+         **{f"{algo}_ms": ms[algo] for algo in convs}}
+  ref = np.asarray(convs["xla"](x, w))
+  ratios = {}
+  for algo in ("winograd", "winograd4"):
+    out[f"{algo}_max_abs_difference"] = float(
+        np.abs(np.asarray(jax.jit(convs[algo])(x, w)) - ref).max())
+    ratios[f"{algo}/xla time (forward)"] = ms[algo]["forward"] / ms["xla"]["forward"]
+    ratios[f"{algo}/xla time (forward+grads, one jit)"] = (
+        ms[algo]["all_in_one"] / ms["xla"]["all_in_one"])
+  if torch is not None:
+    out["torch_ms"] = ms["torch"]
     with torch.no_grad():
-      diff = float((fwd().permute(0, 2, 3, 1).numpy() - np.asarray(parts["forward"](x, w))).std())
-    result["torch"] = dict(version=torch.__version__, threads=torch.get_num_threads(),
-                           ms=theirs, forward_difference_std=diff)
-    result["ratios"] = {"forward ours/torch time": ours["forward"] / theirs["forward"],
-                        "forward+grads ours/torch time": ours["all"] / theirs["all"]}
-    print(f"  torch forward      {theirs['forward']:7.1f} ms; forward + both gradients "
-          f"{theirs['all']:7.1f} ms ({torch.get_num_threads()} threads)")
-    for k, v in result["ratios"].items():
+      out["torch_forward_difference_std"] = float(
+          (calls[("torch", "forward")]().permute(0, 2, 3, 1).numpy() - ref).std())
+    for algo in convs:
+      ratios[f"{algo}/torch time (forward)"] = ms[algo]["forward"] / ms["torch"]["forward"]
+      ratios[f"{algo}/torch time (forward+grads, one jit)"] = (
+          ms[algo]["all_in_one"] / ms["torch"]["all_in_one"])
+  out["ratios"] = ratios
+  return out
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--shapes", default="64,32,64",
+                 help="';'-separated batch,size,channels triples (default 64,32,64)")
+  p.add_argument("--repeats", type=int, default=10)
+  p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                               "results", "conv_cpu.json"))
+  args = p.parse_args(argv)
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+  except ImportError:
+    torch = None
+  result = {"benchmark": "conv_cpu", "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "platform": {"python": platform.python_version(), "jax": jax.__version__,
+                         "backend": jax.default_backend(), "cpu_cores": os.cpu_count(),
+                         "load_average": os.getloadavg(),
+                         "torch": None if torch is None else torch.__version__,
+                         "torch_threads": None if torch is None else torch.get_num_threads()},
+            "repeats": args.repeats, "shapes": []}
+  print(f"jax {jax.__version__} ({jax.default_backend()}); torch "
+        f"{'absent' if torch is None else torch.__version__}; load average {os.getloadavg()[0]:.1f}")
+  for b, h, c in _parse_shapes(args.shapes):
+    r = bench_shape(b, h, c, args.repeats, torch)
+    result["shapes"].append(r)
+    gflop = r["shape"]["gflop_per_part"]
+    print(f"batch {b}, {h}x{h}, {c} -> {c} channels ({gflop:.2f} dense GFLOP per part), median ms:")
+    for algo in ("xla", "winograd", "winograd4", "torch"):
+      if algo + "_ms" in r:
+        print(f"  {algo:9s} " + "  ".join(f"{k} {v:.1f}" for k, v in r[algo + "_ms"].items()))
+    for k, v in r["ratios"].items():
       print(f"  {k}: {v:.2f}")
   jsonio.write_json(args.out, result)
   print(f"wrote {args.out}")

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffgen_jax import edm
-from diffgen_jax.optimal import empirical_optimal_denoiser
+from diffgen_jax.optimal import default_chunk_size, empirical_optimal_denoiser
 
 
 def parse_args(argv=None):
@@ -42,7 +42,8 @@ def parse_args(argv=None):
   p.add_argument("--d", type=int, default=3072, help="dimension (3072 = 32x32x3)")
   p.add_argument("--queries", type=int, default=256, help="queries per sigma")
   p.add_argument("--sigmas", type=int, default=8, help="sigmas, log-spaced over [0.002, 80]")
-  p.add_argument("--chunk", type=int, default=2048, help="chunk_size of our denoiser")
+  p.add_argument("--chunk", type=int, default=None,
+                 help="chunk_size of our denoiser (default: the backend's, optimal.default_chunk_size)")
   p.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
   p.add_argument("--dense_n", type=int, default=1024, help="reduced N for the numpy comparison")
   p.add_argument("--dense_queries", type=int, default=128, help="queries for the numpy comparison")
@@ -55,6 +56,8 @@ def parse_args(argv=None):
   p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                 "results", "optimal_denoiser.json"))
   args = p.parse_args(argv)
+  if args.chunk is None:
+    args.chunk = default_chunk_size()
   if args.small:
     args.n, args.d, args.queries, args.sigmas, args.dense_n, args.dense_queries = (
         4096, 256, 64, 4, 512, 64)

@@ -1,10 +1,11 @@
 """Training throughput (img/s) of the full train step: forward, backward, Adam, EMA.
 
 CPU (default): each model family's tiny preset (ddpmpp-tiny, edm2-tiny, dit-tiny) at 32x32x3,
-10 classes, batch 64, on a 1-device mesh and on an 8-device mesh of simulated host devices (the
-script sets XLA_FLAGS=--xla_force_host_platform_device_count=8 before jax is imported; the
-1-device mesh is `devices=jax.devices()[:1]` in the same process; all simulated devices share the
-same CPU cores). Side by side in the same run, interleaved with ours: a PyTorch U-Net (diffusers'
+10 classes, batch 64, on a 1-device mesh and on a mesh of one simulated host device per CPU core
+(as the main job uses on a CPU; the script sets XLA_FLAGS=--xla_force_host_platform_device_count
+to the largest count in --devices before jax is imported; smaller meshes take the first devices in
+the same process). `--conv` times several convolution algorithms (diffgen_jax.models.conv; the
+algorithm is fixed when the step is traced), e.g. `--conv xla,winograd`. Side by side in the same run, interleaved with ours: a PyTorch U-Net (diffusers'
 `UNet2DModel`) configured from our DDPM++ config (same widths, levels, blocks per level, attention
 resolutions, dropout, class labels; parameter count within ~10%, both printed), trained with the
 same EDM loss (the preconditioning written out in torch below), Adam and a half-life EMA, on the
@@ -25,11 +26,13 @@ blocking on the result; the median round gives img/s.
   python benchmarks/train_throughput.py                       # full CPU run
   python benchmarks/train_throughput.py --gpu --out /tmp/gpu.json
   python benchmarks/train_throughput.py --families ddpmpp --devices 1 --skip_torch --batch 32
+  python benchmarks/train_throughput.py --families ddpmpp --conv xla,winograd   # issue 15
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -40,6 +43,7 @@ import time
 FAMILIES = ("ddpmpp", "edm2", "dit")
 TINY_PRESETS = {"ddpmpp": "ddpmpp-tiny", "edm2": "edm2-tiny", "dit": "dit-tiny"}
 H200_BF16_PEAK_TFLOPS = 989.0
+CONV_ALGORITHMS = ("auto", "winograd", "winograd4", "xla")  # diffgen_jax.models.conv.ALGORITHMS
 
 
 def parse_args(argv=None):
@@ -56,7 +60,11 @@ def parse_args(argv=None):
   p.add_argument("--num_classes", type=int, default=None,
                  help="class labels (CPU 10 with label dropout 0.1; GPU 0 = unconditional, as EDM)")
   p.add_argument("--devices", default=None,
-                 help="comma-separated device counts for the data-parallel mesh (CPU '1,8'; GPU: 1)")
+                 help="comma-separated device counts for the data-parallel mesh (CPU: 1 and one per "
+                      "core, as the main job uses; GPU: 1)")
+  p.add_argument("--conv", default="auto",
+                 help="comma-separated convolution algorithms to time (diffgen_jax.models.conv: "
+                      "auto, winograd, winograd4, xla; default auto = Winograd on CPU, XLA's on GPU)")
   p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                  help="compute dtype (CPU float32, GPU bfloat16); params stay float32")
   p.add_argument("--skip_torch", action="store_true", help="skip the diffusers UNet2DModel comparison")
@@ -82,7 +90,12 @@ def parse_args(argv=None):
   args.repeats = args.repeats or (2 if args.quick else 5)
   args.num_classes = (0 if gpu else 10) if args.num_classes is None else args.num_classes
   args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
-  args.device_counts = tuple(int(n) for n in (args.devices or ("1" if gpu else "1,8")).split(","))
+  args.convs = tuple(args.conv.split(","))
+  for name in args.convs:
+    if name not in CONV_ALGORITHMS:
+      p.error(f"--conv: {name!r} is not one of {CONV_ALGORITHMS}")
+  cpu_default = ",".join(str(n) for n in sorted({1, available_cores()}))
+  args.device_counts = tuple(int(n) for n in (args.devices or ("1" if gpu else cpu_default)).split(","))
   if any(n < 1 for n in args.device_counts):
     p.error("--devices must be positive")
   for n in args.device_counts:
@@ -143,7 +156,12 @@ class Runner:
 
 class OursRunner(Runner):
 
-  def __init__(self, family: str, preset: str, n_devices: int, args):
+  def __init__(self, family: str, preset: str, n_devices: int, args, conv_algorithm: str = "auto"):
+    from diffgen_jax.models import conv  # pylint: disable=import-outside-toplevel
+    with conv.algorithm(conv_algorithm):  # the algorithm is fixed when the step is traced
+      self._build(family, preset, n_devices, args, conv_algorithm)
+
+  def _build(self, family: str, preset: str, n_devices: int, args, conv_algorithm: str):
     import jax  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
     from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
@@ -154,7 +172,7 @@ class OursRunner(Runner):
 
     self.jax = jax
     self.family, self.n_devices = family, n_devices
-    self.name = f"ours {family} x{n_devices}"
+    self.name = f"ours {family} x{n_devices}" + (f" {conv_algorithm}" if len(args.convs) > 1 else "")
     devices = jax.devices()
     if n_devices > len(devices):
       raise ValueError(f"{n_devices} devices asked, {len(devices)} available")
@@ -186,7 +204,7 @@ class OursRunner(Runner):
     flops = float(model_flops(step_fn, self.state, self.batch, self.key))
     xla_flops = _flops(self.compiled.cost_analysis())
     self.info = dict(
-        kind="ours", family=family, preset=preset, devices=n_devices,
+        kind="ours", family=family, preset=preset, devices=n_devices, conv=conv_algorithm,
         device_kind=devices[0].device_kind, platform=devices[0].platform,
         params=models.param_count(network.module, (1,) + image_shape), dtype=args.dtype,
         loss=config.training.loss, ema=list(training.ema_names(settings)),
@@ -416,12 +434,12 @@ def main(argv=None):
   errors = {}
   for family in args.families:
     preset = args.preset or ("ddpmpp-cifar10" if args.gpu else TINY_PRESETS[family])
-    for n in args.device_counts:
+    for n, algo in itertools.product(args.device_counts, args.convs):
       try:
-        r = OursRunner(family, preset, n, args)
+        r = OursRunner(family, preset, n, args, algo)
       except Exception as e:  # pylint: disable=broad-except
-        errors[f"ours {family} x{n}"] = f"{type(e).__name__}: {e}"
-        print(f"FAILED ours {family} x{n}: {type(e).__name__}: {e}", flush=True)
+        errors[f"ours {family} x{n} {algo}"] = f"{type(e).__name__}: {e}"
+        print(f"FAILED ours {family} x{n} {algo}: {type(e).__name__}: {e}", flush=True)
         continue
       print(f"  built {r.name}: {r.info['params']:,} params, compile {r.info['compile_s']:.1f} s, "
             f"{(r.info['flops_per_step'] or 0) / 1e9:.1f} GFLOP/step (model FLOPs)",
@@ -481,16 +499,18 @@ def main(argv=None):
     theirs = by_name[torch_runner.name]["img_per_s"]
     for row in results["runs"]:
       if row["kind"] == "ours" and row["family"] == "ddpmpp":
-        comparisons[f"ddpmpp x{row['devices']} / torch"] = row["img_per_s"] / theirs
+        name = row["name"].replace("ours ", "")
+        comparisons[f"{name} / torch"] = row["img_per_s"] / theirs
         # The least-disturbed round of each (on a shared machine the median mixes in other load).
-        comparisons[f"ddpmpp x{row['devices']} / torch (best rounds)"] = (
+        comparisons[f"{name} / torch (best rounds)"] = (
             row["img_per_s_best"] / by_name[torch_runner.name]["img_per_s_best"])
-  for family in args.families:
+  for family, algo in itertools.product(args.families, args.convs):
     rows = {row["devices"]: row for row in results["runs"]
-            if row["kind"] == "ours" and row["family"] == family}
+            if row["kind"] == "ours" and row["family"] == family and row["conv"] == algo}
+    suffix = f" {algo}" if len(args.convs) > 1 else ""
     for n in rows:
       if n != 1 and 1 in rows:
-        comparisons[f"{family} x{n} / x1"] = rows[n]["img_per_s"] / rows[1]["img_per_s"]
+        comparisons[f"{family} x{n} / x1{suffix}"] = rows[n]["img_per_s"] / rows[1]["img_per_s"]
   results["ratios"] = comparisons
   if torch_runner is not None:
     torch_runner.close()

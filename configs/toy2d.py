@@ -2,9 +2,18 @@
 
   python -m diffgen_jax.main --config=configs/toy2d.py --workdir=runs/toy                 # all seven
   python -m diffgen_jax.main --config=configs/toy2d.py:gap_vs_delta --workdir=runs/toy    # one
-  ... --config.gap_vs_delta.deltas="(2.0, 1.5)" --config.draws=100                        # overrides
+  python -m diffgen_jax.main --config=configs/toy2d.py:paper --workdir=runs/toy_paper     # (a)-(e)
+  python -m diffgen_jax.main --config=configs/toy2d.py:paper,guidance --workdir=...       # one
+  ... --config.gap_vs_delta.deltas="(2.0, 1.5)" --config.quadrature.spacing=0.05         # overrides
 
-Everything runs on a laptop CPU in well under two minutes; there is no separate local variant.
+Variants: a comma list of experiment names (default all seven) and optionally `paper`.
+  default  the expected curves: every expectation over the noise by quadrature (to 1e-3 of the peak
+           of G), with the spread of a 50-draw estimate as a band in the gap figures.
+  paper    the authors' exact realization, for comparing with their published figures: their
+           numpy draws in float64, guidance weights 0, 0.2, ..., 2, the flow field at the sigmas
+           they plot (grid indices 42, 60, 96), their relative-error setup. (f) and (g) have no
+           published realization to reproduce, so `paper` runs (a)-(e) unless experiments are named.
+Everything runs on a laptop CPU in about two minutes; there is no separate local variant.
 Choices the paper leaves open are ours and are recorded in each results.json.
 """
 
@@ -22,21 +31,39 @@ def _frange(start, stop, step):
   return tuple(round(start + i * step, 10) for i in range(n + 1))
 
 
+PAPER_EXPERIMENTS = EXPERIMENTS[:5]  # (a)-(e): the ones with a published realization
+
+
 def get_config(variant=None):
+  chosen = defaults.parse_variant(variant, experiments=EXPERIMENTS, realization=("paper",))
+  paper = bool(chosen["realization"])
   config = ml_collections.ConfigDict()
   config.job = "toy2d"
-  config.experiments = defaults.parse_variant(variant, experiments=EXPERIMENTS)["experiments"] or EXPERIMENTS
+  config.experiments = chosen["experiments"] or (PAPER_EXPERIMENTS if paper else EXPERIMENTS)
 
   # Shared protocol (paper.md section 5).
   config.seed = 0
   config.radius = 10.0
   config.offset = 0.01  # symmetric sets: angles 2 pi (k / N + offset)
-  config.draws = 50  # noise draws per point for the gap metric, one fixed set for every sigma
-  # (ours) the draws are one set of (radial, tangential) vectors shared by every point, expressed in
-  # each point's local frame (common random numbers): unbiased, and on a symmetric set every
-  # training point (and every validation point) sees exactly the same error. False: independent
-  # world-frame draws per point.
+  # How E_n ||D(y + sigma n) - y|| is taken: "expected" (quadrature: the expected curve),
+  # "paper_draws" (the authors' numpy draws) or "draws" (ours: jax draws, see local_frame_draws).
+  config.estimate = "expected"
+  config.quadrature = ml_collections.ConfigDict()
+  config.quadrature.spacing = 0.1  # lattice rule h: error O(h^3), < 1e-4 of the peak G at 0.1
+  config.quadrature.radius = 8.0  # nodes within |n| <= 8 (tail mass 1.3e-14); 20,108 nodes
+  # Draws per point: of the band (the spread of a `draws`-draw estimate) for "expected", of the
+  # estimate itself otherwise (one fixed set for every sigma).
+  config.draws = 50
+  config.legacy_seed = 0  # "paper_draws": np.random.seed(legacy_seed) for the gap experiments
+  # "draws" / "paper_draws": also compute the expected curve of every gap curve and draw it (dashed,
+  # with its band) beside the estimate: where the realization sits within its spread.
+  config.compare_expected = False
+  # "draws" only: (ours) one set of (radial, tangential) vectors shared by every point, expressed in
+  # each point's local frame (common random numbers). False: independent world-frame draws.
   config.local_frame_draws = True
+  # float64 (the job switches jax's 64-bit mode on for it): float32 rounding alone moves G by ~3e-5
+  # where the errors are tiny (sigma -> 0); the toy model is small enough not to care about speed.
+  config.dtype = "float64"
   config.sigma_grid_steps = 120  # the toy gap grid: the 120-step EDM schedule, ascending
   config.make_plots = True
 
@@ -45,14 +72,18 @@ def get_config(variant=None):
   config.flow_field.num_points = 20  # train = even k: 10 training points
   config.flow_field.offset = 0.001
   config.flow_field.sigmas = (28.0, 2.8, 0.63)  # nearest grid sigmas are used and recorded
+  config.flow_field.sigma_indices = ()  # if given: grid[indices] instead of `sigmas`
   config.flow_field.grid_size = 121  # evaluation grid per axis
   config.flow_field.extent = 15.0  # the grid spans [-extent, extent]^2
 
   config.relative_error = ml_collections.ConfigDict()
   config.relative_error.dataset = "symmetric"
   config.relative_error.num_points = 20
+  config.relative_error.all_training = False  # True: all num_points points are training points
   config.relative_error.num_angles = 200
-  config.relative_error.draws = 500
+  config.relative_error.test_angles = "circle"  # 2 pi (k/200 + offset); "half_circle": pi k/200
+  config.relative_error.draws = 500  # "draws" / "paper_draws" only
+  config.relative_error.legacy_seed = 1  # "paper_draws": np.random.seed(1), (500, 2) shared
   config.relative_error.sigma = 1.0  # nearest grid sigma is used
   config.relative_error.deltas = (2.0, 1.6, 1.2)
 
@@ -93,4 +124,27 @@ def get_config(variant=None):
   config.frechet.num_steps = 120
   config.frechet.solver = "heun"
   config.frechet.ddof = 0  # covariance normalization: 0 = the point sets' own moments (ours)
+  if paper:
+    _paper(config)
   return config
+
+
+def _paper(config):
+  """The authors' exact realization (their released numpy code, as issue 14 records it)."""
+  config.estimate = "paper_draws"
+  config.dtype = "float64"
+  config.draws = 50
+  config.legacy_seed = 0  # np.random.seed(0), reset for every curve
+  config.compare_expected = True  # the expected curves beside theirs (dashed, with bands)
+  # The sigmas their flow-field figure shows: indices of the ascending 120-step grid,
+  # 25.5 / 2.61 / 0.585 (their text says 28 / 2.8 / 0.63).
+  config.flow_field.sigma_indices = (96, 60, 42)
+  # Relative error: 10 points, all training (offset 0.001), 200 test
+  # angles on [0, pi), one shared set of 500 world-coordinate draws from np.random.seed(1).
+  config.relative_error.num_points = 10
+  config.relative_error.all_training = True
+  config.relative_error.offset = 0.001
+  config.relative_error.test_angles = "half_circle"
+  config.relative_error.draws = 500
+  config.relative_error.legacy_seed = 1
+  config.guidance.weights = _frange(0.0, 2.0, 0.2)

@@ -4,7 +4,11 @@ The config's `job` field names what to run; each job validates the config once, 
 compiles, and writes everything it produces under the workdir (re-running resumes).
 """
 
+import os
+from typing import Optional
+
 from absl import app, flags
+import jax
 from ml_collections import config_flags
 
 from diffgen_jax import jobs
@@ -22,12 +26,42 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (wi
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def use_cpu_cores_as_devices(batch_size: Optional[int] = None) -> int:
+  """One CPU device per core (the largest count <= cores dividing batch_size), before jax starts.
+
+  XLA:CPU runs one device's step with little intra-op parallelism, so a single-process run on a
+  CPU trains faster data-parallel over one device per core (benchmarks/README.md, issue 15). Only
+  jax's CPU platform is affected (a GPU/TPU stays the default backend). Left alone, returning 0,
+  when the user chose a count (--xla_force_host_platform_device_count in XLA_FLAGS, or
+  JAX_NUM_CPU_DEVICES / jax_num_cpu_devices), when JAX_PLATFORMS excludes the CPU, or when jax's
+  backends already started. Returns the device count set.
+  """
+  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+      or jax.config.jax_num_cpu_devices != -1 or (platforms and "cpu" not in platforms)
+      or xla_bridge.backends_are_initialized()):
+    return 0
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    cores = os.cpu_count() or 1
+  n = max(d for d in range(1, cores + 1) if not batch_size or batch_size % d == 0)
+  jax.config.update("jax_num_cpu_devices", n)
+  return n
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.configure(flags.FLAGS.verbosity)  # quiet by default; --verbosity=1: library logs too
-  initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
+  if _COORDINATOR.value is None:
+    training = config.get("training") or {}
+    n = use_cpu_cores_as_devices(training.get("batch_size"))
+    if n:
+      console.progress(f"{n} CPU devices (one per core) if the backend is a CPU")
+  initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   console.progress(f"config:\n{config}")
   jobs.run(config, _WORKDIR.value)
 

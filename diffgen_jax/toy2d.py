@@ -15,19 +15,28 @@ delta plays the role of model error. The job `toy2d` (jobs/toy2d.py, configs/toy
 and writes their results into WORKDIR/results.json (`jobs.results`) with a PNG per experiment.
 This module holds the model and its gap metric; the experiments are in the job.
 
-The gap metric. For a denoiser D, points {y_p} and one fixed set of draws {n_pd} (d = 1..draws):
-  E_p(sigma) = mean_d || D(y_p + sigma n_pd; sigma) - y_p ||   (Euclidean norm, not squared),
+The gap metric (paper.md section 5). For a denoiser D and points {y_p}:
+  E_p(sigma) = E_{n ~ N(0, I_2)} || D(y_p + sigma n; sigma) - y_p ||  (Euclidean, not squared),
   G(sigma)   = (mean_{p in val} E_p - mean_{p in train} E_p) / mean_{p in train} E_p,
-evaluated for every sigma of the toy grid (edm.toy_sigma_grid()) in a single denoiser call with
-one sigma per query. By default (ours) the draws are one set of (radial, tangential) vectors shared
-by every point and expressed in that point's local frame: on a symmetric set every training point
-(and every validation point) then has exactly the same error, and G -> 0 exactly where y_delta -> x.
+on the toy grid (edm.toy_sigma_grid()), every sigma in one denoiser call. The paper estimates E_p
+from 50 draws per point, which leave the peak of G uncertain by about 40% of its height at
+delta = 2.2 (one standard deviation) and can move it a grid step. Three estimates (config.estimate):
+  expected     (default) the expectation itself, by a lattice cubature rule over the 2D noise
+               (lattice_rule; h^3 convergence, see the gap-metric section), to better than 1e-3 of
+               the peak of G; on a symmetric set one training and one validation point suffice. The
+               spread of a 50-draw estimate (to first order) comes with it, drawn as a band.
+  paper_draws  the authors' realization: numpy's legacy generator, np.random.seed(0), one
+               (50, N, 2) standard normal array, the k-th point in angle order taking [:, k, :],
+               reset for every curve and reused at every sigma (legacy_numpy_draws); with
+               configs/toy2d.py:paper (float64) it reproduces their published numbers.
+  draws        (ours, before the expected curve) jax draws shared by every point in its local
+               (radial, tangential) frame, or independent per point.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +45,8 @@ import numpy as np
 from diffgen_jax.denoisers import Denoiser
 
 DATASETS = ("symmetric", "random")
+TEST_ANGLES = ("circle", "half_circle")
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,62 +94,225 @@ def make_dataset(kind: str, num_points: int, radius: float = 10.0, offset: float
 
 
 # ----------------------------------------------------------------------------------------------
-# The gap metric.
+# The gap metric: the expected errors by quadrature, or estimates from draws.
+#
+# For a denoiser D, a point y and a noise level sigma the quantity of interest is the expectation
+#   E_y(sigma) = E_{n ~ N(0, I_2)} || D(y + sigma n; sigma) - y ||.
+# Any finite set of draws estimates it with a Monte Carlo error; in 2D it can be computed instead.
+#
+# Why a lattice rule and not Gauss-Hermite: the integrand |e(n)|, e(n) = D(y + sigma n) - y, has a
+# cone (a kink) wherever the error vector e vanishes, and it does vanish inside the Gaussian's mass
+# (near n = 0 at small sigma, at one or three points near the peak of G). Tensor Gauss-Hermite
+# converges only like Q^(-3/2) in the nodes per axis on such a cone (E|n| to 2.0e-4 with 142 x 142
+# = 20,164 nodes), while the midpoint rule on the lattice h (Z + 1/2)^2 converges like h^3 (E|n| to
+# 1.1e-5 with h = 0.1, 20,108 nodes; 8x smaller per halving of h). The half-step offset keeps nodes
+# off the mirror lines of a symmetric set, where y* jumps as delta -> 0 and sigma -> 0.
+# tests/test_toy2d.py shows both rates, and the convergence of G itself.
+
+
+class NoiseRule(NamedTuple):
+  """A cubature rule for E_{n ~ N(0, I_2)}[f(n)] ~= sum_q weights[q] f(nodes[q])."""
+  nodes: np.ndarray  # (Q, 2) float64
+  weights: np.ndarray  # (Q,) float64, summing to 1 up to the truncated tail
+
+
+def lattice_rule(spacing: float = 0.1, radius: float = 8.0) -> NoiseRule:
+  """The midpoint rule on the lattice spacing * (Z + 1/2)^2, truncated to the disk |n| <= radius.
+
+  weights = spacing^2 phi(n), phi the standard 2D normal density. The error is O(spacing^3) for an
+  integrand with a cone singularity (|e| at a zero of e), far smaller for smooth ones, and the
+  tail beyond `radius` has mass exp(-radius^2 / 2) (1.3e-14 at 8). Raises ValueError for
+  spacing <= 0 or radius <= spacing.
+  """
+  if not spacing > 0 or not radius > spacing:
+    raise ValueError(f"lattice_rule needs spacing > 0 and radius > spacing, got spacing={spacing}, "
+                     f"radius={radius}")
+  half = int(math.ceil(radius / spacing))
+  axis = spacing * (np.arange(-half, half, dtype=np.float64) + 0.5)
+  nodes = np.stack(np.meshgrid(axis, axis, indexing="ij"), axis=-1).reshape(-1, 2)
+  sq = np.sum(nodes * nodes, axis=-1)
+  nodes, sq = nodes[sq <= radius * radius], sq[sq <= radius * radius]
+  return NoiseRule(nodes, spacing * spacing * np.exp(-0.5 * sq) / (2.0 * np.pi))
+
+
+def gauss_hermite_rule(num_nodes: int) -> NoiseRule:
+  """Tensor Gauss-Hermite rule with num_nodes per axis (for comparison; see the section comment)."""
+  if num_nodes < 1:
+    raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
+  x, w = np.polynomial.hermite.hermgauss(num_nodes)
+  x, w = math.sqrt(2.0) * x, w / math.sqrt(math.pi)  # physicists' weight e^{-x^2} -> N(0, 1)
+  nodes = np.stack(np.meshgrid(x, x, indexing="ij"), axis=-1).reshape(-1, 2)
+  return NoiseRule(nodes, np.outer(w, w).reshape(-1))
+
+
+def local_frames(points) -> np.ndarray:
+  """(P, 2, 2) rotations whose rows are each point's (radial, tangential) unit vectors.
+
+  e_r = y / |y|, e_t = e_r rotated by +90 degrees; the identity for a point at the origin. A vector
+  with local coordinates (a, b) is a e_r + b e_t = (a, b) @ frame in world coordinates.
+  """
+  points = np.asarray(points, np.float64)
+  norm = np.linalg.norm(points, axis=-1, keepdims=True)
+  e_r = np.where(norm > 0, points / np.where(norm > 0, norm, 1.0), np.array([1.0, 0.0]))
+  e_t = np.stack([-e_r[:, 1], e_r[:, 0]], axis=-1)
+  return np.stack([e_r, e_t], axis=1)
 
 
 def noise_draws(key: jax.Array, points, num_draws: int, local_frame: bool = True) -> jax.Array:
   """Standard normal draws per point, (P, num_draws, 2) float32, in world coordinates.
 
   local_frame=True: one set of (radial, tangential) draws shared by every point, rotated into each
-  point's local frame (e_r = y / |y|, e_t = e_r rotated by +90 degrees). local_frame=False:
-  independent draws for every point.
+  point's local frame (local_frames). local_frame=False: independent draws for every point.
   """
   points = np.asarray(points, np.float64)
   if not local_frame:
     return jax.random.normal(key, (points.shape[0], num_draws, 2), jnp.float32)
   base = np.asarray(jax.random.normal(key, (num_draws, 2), jnp.float32), np.float64)
-  e_r = points / np.linalg.norm(points, axis=-1, keepdims=True)
-  e_t = np.stack([-e_r[:, 1], e_r[:, 0]], axis=-1)
-  world = base[None, :, 0:1] * e_r[:, None, :] + base[None, :, 1:2] * e_t[:, None, :]
-  return jnp.asarray(world, jnp.float32)
+  return jnp.asarray(np.einsum("dk,pkj->pdj", base, local_frames(points)), jnp.float32)
 
 
-def denoising_errors(denoise: Denoiser, points, sigmas, noise) -> np.ndarray:
-  """E[s, p] = mean_d || D(y_p + sigma_s n_pd; sigma_s) - y_p ||, all in one denoiser call.
-
-  points (P, 2), sigmas (S,), noise (P, draws, 2). Returns (S, P) float64.
+def legacy_numpy_draws(angles, num_draws: int, seed: int = 0) -> np.ndarray:
+  """The authors' draws, (P, num_draws, 2) float64: numpy's legacy generator seeded with `seed`,
+  one standard normal array of shape (num_draws, P, 2), and the point k-th in angle order (angles
+  mod 2 pi, ascending) taking [:, k, :]. Equal to `np.random.seed(seed);
+  np.random.standard_normal((num_draws, P, 2))`, without touching numpy's global state. On a
+  symmetric set angle order is index order k; on a random set it is our reading of "point k".
   """
-  points = jnp.asarray(points, jnp.float32)
-  sigmas = jnp.asarray(sigmas, jnp.float32)
-  noise = jnp.asarray(noise, jnp.float32)
+  angles = np.mod(np.asarray(angles, np.float64), 2.0 * np.pi)
+  rank = np.argsort(np.argsort(angles, kind="stable"), kind="stable")
+  draws = np.random.RandomState(seed).standard_normal((num_draws, angles.size, 2))
+  return np.transpose(draws, (1, 0, 2))[rank]
+
+
+def _errors(denoise: Denoiser, points, sigmas, noise, dtype):
+  """||D(y_p + sigma_s n_pd; sigma_s) - y_p||, (S, P, D) in `dtype`, in one denoiser call."""
+  points = jnp.asarray(points, dtype)
+  sigmas = jnp.asarray(sigmas, dtype)
+  noise = jnp.asarray(noise, dtype)
   num_p, num_d = noise.shape[:2]
   clean = jnp.broadcast_to(points[None, :, None, :], (sigmas.size, num_p, num_d, 2))
   sigma_q = jnp.broadcast_to(sigmas[:, None, None], (sigmas.size, num_p, num_d))
   noisy = clean + sigma_q[..., None] * noise[None]
   out = denoise(noisy.reshape(-1, 2), sigma_q.reshape(-1))
-  err = jnp.linalg.norm(out.reshape(clean.shape) - clean, axis=-1)
-  return np.asarray(jnp.mean(err, axis=-1), np.float64)
+  return jnp.linalg.norm(out.reshape(clean.shape) - clean, axis=-1)
+
+
+def denoising_errors(denoise: Denoiser, points, sigmas, noise, dtype=jnp.float32) -> np.ndarray:
+  """Estimates from draws: E[s, p] = mean_d || D(y_p + sigma_s n_pd; sigma_s) - y_p ||.
+
+  points (P, 2), sigmas (S,), noise (P, draws, 2) in world coordinates; computed in `dtype`
+  (float64 needs jax_enable_x64). Returns (S, P) float64.
+  """
+  return np.asarray(jnp.mean(_errors(denoise, points, sigmas, noise, dtype), axis=-1), np.float64)
+
+
+def expected_errors(denoise: Denoiser, points, sigmas, rule: NoiseRule, dtype=jnp.float32,
+                    max_queries: int = 1 << 16):
+  """The expected errors by the cubature `rule`: (mean, mean square), each (S, P) float64.
+
+  mean[s, p] = E_n || D(y_p + sigma_s n; sigma_s) - y_p ||, mean_square the same of the squared
+  norm (for the spread of draw estimates). The rule's nodes are rotated into each point's local
+  frame (local_frames), so points that a rotation symmetry of D maps onto each other get the same
+  value to rounding. The nodes are visited in equal chunks (the last one padded with zero
+  weights, so one compilation serves all) of at most max_queries denoiser queries (small chunks
+  stay in cache: 2^16 ran 3x faster than 2^21 on a CPU); each chunk's weighted sums are
+  accumulated in float64.
+  """
+  points = np.asarray(points, np.float64)
+  sigmas = np.asarray(sigmas, np.float64)
+  frames = local_frames(points)
+  chunk = min(rule.weights.size, max(1, max_queries // max(1, sigmas.size * points.shape[0])))
+  pad = -rule.weights.size % chunk
+  all_nodes = np.concatenate([rule.nodes, np.zeros((pad, 2))])
+  all_weights = np.concatenate([rule.weights, np.zeros((pad,))])
+  mean = np.zeros((sigmas.size, points.shape[0]))
+  mean_square = np.zeros_like(mean)
+  for start in range(0, all_weights.size, chunk):
+    nodes = all_nodes[start:start + chunk]
+    weights = jnp.asarray(all_weights[start:start + chunk], dtype)
+    noise = np.einsum("dk,pkj->pdj", nodes, frames)
+    err = _errors(denoise, points, sigmas, noise, dtype)
+    mean += np.asarray(jnp.einsum("spd,d->sp", err, weights, precision=_HIGHEST), np.float64)
+    mean_square += np.asarray(jnp.einsum("spd,d->sp", err * err, weights, precision=_HIGHEST),
+                              np.float64)
+  return mean, mean_square
 
 
 class Gap(NamedTuple):
-  sigmas: np.ndarray  # (S,)
-  gap: np.ndarray  # (S,) G = (E_val - E_train) / E_train
-  error_train: np.ndarray  # (S,) mean over training points
-  error_val: np.ndarray  # (S,) mean over validation points
+  """G(sigma) and the mean errors it is made of; all (S,) float64."""
+  sigmas: np.ndarray
+  gap: np.ndarray  # G = (E_val - E_train) / E_train
+  error_train: np.ndarray  # mean over training points
+  error_val: np.ndarray  # mean over validation points
+  # Expected curves only: the standard deviation of G estimated from `spread_draws` independent
+  # draws per point (the Monte Carlo spread of such an estimate, to first order); else None.
+  spread: Optional[np.ndarray] = None
 
 
-def relative_gap(denoise: Denoiser, split: Split, sigmas, key: jax.Array, num_draws: int,
-                 local_frame: bool = True) -> Gap:
-  """The toy model's relative generalization gap G(sigma) (paper.md section 5)."""
-  points = np.concatenate([split.train, split.val])
-  noise = noise_draws(key, points, num_draws, local_frame)
-  errors = denoising_errors(denoise, points, sigmas, noise)
-  n_train = split.train.shape[0]
-  e_train = errors[:, :n_train].mean(axis=1)
-  e_val = errors[:, n_train:].mean(axis=1)
+def _ratio_gap(e_train, e_val):
   with np.errstate(divide="ignore", invalid="ignore"):  # delta = 0: E_train -> 0 at small sigma
-    gap = (e_val - e_train) / e_train
-  return Gap(np.asarray(sigmas, np.float64), gap, e_train, e_val)
+    return (e_val - e_train) / e_train
+
+
+def sampled_gap(denoise: Denoiser, split: Split, sigmas, noise, dtype=jnp.float32) -> Gap:
+  """G(sigma) estimated from draws (paper.md section 5): noise (P_train + P_val, draws, 2) in
+  world coordinates, the training points' draws first (as np.concatenate([train, val]))."""
+  points = np.concatenate([split.train, split.val])
+  if np.shape(noise)[0] != points.shape[0] or np.shape(noise)[-1] != 2:
+    raise ValueError(f"noise must have shape ({points.shape[0]}, draws, 2) (training points "
+                     f"first), got {np.shape(noise)}")
+  errors = denoising_errors(denoise, points, sigmas, noise, dtype)
+  n_train = split.train.shape[0]
+  e_train, e_val = errors[:, :n_train].mean(axis=1), errors[:, n_train:].mean(axis=1)
+  return Gap(np.asarray(sigmas, np.float64), _ratio_gap(e_train, e_val), e_train, e_val)
+
+
+def is_rotation_orbit(points, tol: float = 1e-9) -> bool:
+  """True if the points are n equally spaced angles on one circle about the origin (n >= 1)."""
+  points = np.asarray(points, np.float64)
+  radius = np.linalg.norm(points, axis=-1)
+  if radius.size == 0 or np.ptp(radius) > tol * max(1.0, radius.max()) or radius.min() <= 0:
+    return False
+  angles = np.sort(np.mod(np.arctan2(points[:, 1], points[:, 0]), 2.0 * np.pi))
+  gaps = np.diff(np.concatenate([angles, angles[:1] + 2.0 * np.pi]))
+  return bool(np.all(np.abs(gaps - 2.0 * np.pi / angles.size) < tol))
+
+
+def expected_gap(denoise: Denoiser, split: Split, sigmas, rule: NoiseRule, *,
+                 by_symmetry: bool = False, spread_draws: int = 50, dtype=jnp.float32) -> Gap:
+  """The expected G(sigma): E_train and E_val as expectations over the noise (expected_errors).
+
+  by_symmetry=True evaluates one training and one validation point: valid when the training and
+  the validation points are each one orbit of the same rotation group (a symmetric set with even
+  N: both halves N/2 equally spaced angles) and D commutes with those rotations (y*, y_delta and
+  guided combinations of them do; a network need not). Raises ValueError if the split is not such
+  a set.
+
+  spread: the standard deviation of the estimate from `spread_draws` independent draws per point
+  (the authors' scheme), by the delta method: Var(mean over n points and d draws) =
+  sum_p Var_p / (n^2 d), Var_p = E|e|^2 - (E|e|)^2, and Var(G) = (E_val / E_train)^2
+  (Var(E_val) / E_val^2 + Var(E_train) / E_train^2), the two halves' draws being independent.
+  """
+  n_train, n_val = split.train.shape[0], split.val.shape[0]
+  if by_symmetry:
+    if not (n_train == n_val and is_rotation_orbit(split.train) and is_rotation_orbit(split.val)):
+      raise ValueError("by_symmetry=True needs training and validation points that are each n "
+                       "equally spaced angles on one circle (a symmetric set with even N)")
+    points, counts = np.stack([split.train[0], split.val[0]]), (n_train, n_val)
+  else:
+    points, counts = np.concatenate([split.train, split.val]), (1,) * (n_train + n_val)
+  mean, mean_square = expected_errors(denoise, points, sigmas, rule, dtype)
+  variance = np.maximum(mean_square - mean * mean, 0.0)
+  counts = np.asarray(counts, np.float64)
+  mean, variance = mean * counts, variance * counts  # orbit sums
+  k = 1 if by_symmetry else n_train
+  e_train, e_val = mean[:, :k].sum(1) / n_train, mean[:, k:].sum(1) / n_val
+  var_train = variance[:, :k].sum(1) / (n_train ** 2 * spread_draws)
+  var_val = variance[:, k:].sum(1) / (n_val ** 2 * spread_draws)
+  gap = _ratio_gap(e_train, e_val)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    spread = (e_val / e_train) * np.sqrt(var_val / e_val ** 2 + var_train / e_train ** 2)
+  return Gap(np.asarray(sigmas, np.float64), gap, e_train, e_val, spread)
 
 
 def peak(sigmas, values):
@@ -158,3 +332,22 @@ def nearest_distances(samples, points) -> np.ndarray:
   samples = np.asarray(samples, np.float64)
   points = np.asarray(points, np.float64)
   return np.min(np.linalg.norm(samples[:, None, :] - points[None, :, :], axis=-1), axis=1)
+
+
+def relative_error_angles(kind: str, num_angles: int, offset: float) -> np.ndarray:
+  """Angles of the relative-error experiment: "circle", 2 pi (k / M + offset), k < M (they contain
+  the training angles of a symmetric set with the same offset); "half_circle", pi k / M, k < M
+  (the authors': np.linspace(0, pi, M, endpoint=False))."""
+  if kind == "circle":
+    return symmetric_angles(num_angles, offset)
+  if kind == "half_circle":
+    return np.pi * np.arange(num_angles) / num_angles
+  raise ValueError(f"test angles must be one of {TEST_ANGLES}, got {kind!r}")
+
+
+def legacy_numpy_shared_draws(num_points: int, num_draws: int, seed: int) -> np.ndarray:
+  """The authors' draws for the relative error, (num_points, num_draws, 2) float64: numpy's legacy
+  generator seeded with `seed`, one (num_draws, 2) standard normal array shared by every point in
+  world coordinates."""
+  draws = np.random.RandomState(seed).standard_normal((num_draws, 2))
+  return np.broadcast_to(draws, (num_points, num_draws, 2))

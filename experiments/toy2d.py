@@ -1,9 +1,13 @@
 """Finding 1: the 2D toy model, experiments (a)-(g) (paper.md section 5), via the `toy2d` job.
 
-    python experiments/toy2d.py                                           # < 2 minutes on a CPU
+    python experiments/toy2d.py                                           # ~2 minutes on a CPU
+    python experiments/toy2d.py --config=configs/experiments.py:toy2d,paper
     python experiments/toy2d.py --config=configs/experiments.py:toy2d,smoke
 
-Copies every experiment's PNG and results into experiments/results/toy2d/.
+local (default): the expected curves (quadrature over the noise, configs/toy2d.py), results in
+experiments/results/toy2d/. paper: the authors' exact realization of (a)-(e)
+(configs/toy2d.py:paper: their numpy draws, float64), results in experiments/results/paper/toy2d/.
+Copies every experiment's PNG and results into the results directory.
 """
 
 import os

@@ -18,5 +18,7 @@
     timescales.py      threshold crossings over snapshots (tau_mem, tau_gen, tau_G, onset) with
                        bootstrap intervals, copy fraction with its interval, log-log slopes vs N
     membership.py      membership inference by sigma: AUC, TPR at low FPR, intervals
+    ladder.py          the analytic ladder against a network: per-sigma mse and r2 (normalised by
+                       the network's variance), LS/ELS patch-size calibration, each rung's G(sigma)
 Nothing here reads a config or a workdir; the jobs (`diffgen_jax.jobs`) do.
 """

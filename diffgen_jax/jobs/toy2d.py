@@ -11,10 +11,16 @@ gap metric are `diffgen_jax.toy2d`).
 
 Writes WORKDIR/results.json (`jobs.results`: {"job": "toy2d", "experiments": {name: results}})
 and WORKDIR/<experiment>/<experiment>.png (+ fields.npz for the flow field).
+
+config.estimate says how each expectation over the noise is taken (see `diffgen_jax.toy2d`):
+"expected" (default; quadrature, with the spread of a config.draws-draw estimate as a band),
+"paper_draws" (the authors' numpy draws; configs/toy2d.py:paper) or "draws" (jax draws).
+config.dtype = "float64" runs each experiment with jax's 64-bit mode switched on.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Callable, Dict, List
@@ -22,17 +28,19 @@ from typing import Callable, Dict, List
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from diffgen_jax import config_checks, edm, samplers
 from diffgen_jax.config_checks import fail as _fail, integer as _int
-from diffgen_jax.denoisers import guided
+from diffgen_jax.denoisers import Denoiser, guided
 from diffgen_jax.evaluation import frechet
 from diffgen_jax.jobs import console, results as results_lib
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
-from diffgen_jax.toy2d import (DATASETS, Gap, Split, circle_points, denoising_errors, make_dataset,
+from diffgen_jax.toy2d import (DATASETS, TEST_ANGLES, Gap, NoiseRule, Split, circle_points,
+                               denoising_errors, expected_errors, expected_gap, lattice_rule,
+                               legacy_numpy_draws, legacy_numpy_shared_draws, make_dataset,
                                nearest_distances, nearest_grid_sigma, noise_draws, peak,
-                               symmetric_angles,
-                               relative_gap)
+                               relative_error_angles, sampled_gap)
 
 EXPERIMENTS = ("flow_field", "relative_error", "gap_vs_delta", "gap_vs_density", "guidance",
                "trajectories", "frechet")
@@ -46,7 +54,6 @@ _STREAM_TRAJECTORIES = 3
 _STREAM_FRECHET = 4
 
 
-
 def _split_from(section, config) -> Split:
   return make_dataset(section.dataset, int(section.num_points), float(config.radius),
                       float(section.get("offset", config.offset)), int(config.seed))
@@ -55,9 +62,38 @@ def _split_from(section, config) -> Split:
 # ----------------------------------------------------------------------------------------------
 # The experiments. Each returns (results, plot_data); results is what goes into results.json.
 
+ESTIMATES = ("expected", "draws", "paper_draws")
+DTYPES = ("float32", "float64")
+
+
+def _dtype(config):
+  return jnp.float64 if config.get("dtype", "float32") == "float64" else jnp.float32
+
+
+def _in_config_precision(experiment):
+  """Runs an experiment with jax's 64-bit mode on when config.dtype is float64 (and only then)."""
+
+  @functools.wraps(experiment)
+  def wrapped(config):
+    if config.get("dtype", "float32") != "float64":
+      return experiment(config)
+    with jax.enable_x64(True):
+      return experiment(config)
+
+  return wrapped
+
+
+def _optimal(split: Split, config):
+  return empirical_optimal_denoiser(split.train, dtype=_dtype(config))
+
+
+def _rule(config) -> NoiseRule:
+  return lattice_rule(float(config.quadrature.spacing), float(config.quadrature.radius))
+
 
 def _protocol(config, section=None, **extra) -> Dict:
-  proto = dict(seed=int(config.seed), radius=float(config.radius))
+  proto = dict(seed=int(config.seed), radius=float(config.radius),
+               dtype=config.get("dtype", "float32"))
   if section is not None:
     proto.update(dataset=section.dataset)
     if "num_points" in section:
@@ -67,61 +103,148 @@ def _protocol(config, section=None, **extra) -> Dict:
       proto["split"] = "angles 2 pi (k/N + offset); train = even k, validation = odd k"
     else:
       proto["split"] = "angles uniform in [0, 2 pi) (numpy default_rng(seed)); first half validation"
+    if section.get("all_training", False):
+      proto["split"] = "all points are training points (no validation points)"
   proto.update(extra)
   return proto
 
 
+def _estimate_protocol(config, draws: int, legacy_seed: int, shared_world_draws=False,
+                       estimate=None) -> Dict:
+  """How the expectation over the noise was taken, for results.json."""
+  estimate = estimate or config.estimate
+  if estimate == "expected":
+    rule = _rule(config)
+    return dict(estimate="expected", quadrature=dict(
+        rule="midpoint rule on the lattice spacing * (Z + 1/2)^2 within |n| <= radius "
+             "(lattice_rule), nodes rotated into each point's (radial, tangential) frame",
+        spacing=float(config.quadrature.spacing), radius=float(config.quadrature.radius),
+        nodes=int(rule.weights.size)))
+  if estimate == "paper_draws":
+    how = (f"np.random.seed({legacy_seed}); one standard normal ({draws}, 2) array shared by every "
+           "point in world coordinates" if shared_world_draws else
+           f"np.random.seed({legacy_seed}); one standard normal ({draws}, N, 2) array, the k-th "
+           "point in angle order taking [:, k, :]; reset for every curve, the same at every sigma")
+    return dict(estimate="paper_draws", draws=draws, legacy_seed=legacy_seed, draws_note=how)
+  return dict(estimate="draws", draws=draws, local_frame_draws=bool(config.local_frame_draws))
+
+
 def _gap_protocol(config, section, **extra) -> Dict:
-  return _protocol(
-      config, section, draws=int(config.draws), local_frame_draws=bool(config.local_frame_draws),
+  proto = _protocol(
+      config, section,
       sigma_grid=f"edm.toy_sigma_grid({config.sigma_grid_steps}): the EDM schedule, ascending",
-      error="per point the mean over draws of ||y(y_p + sigma n) - y_p|| (not squared)",
+      error="per point the expectation (or mean over draws) of ||y(y_p + sigma n) - y_p|| "
+            "(not squared)",
       gap="G = (mean_val - mean_train) / mean_train",
-      draws_note=("(ours) one draw set of (radial, tangential) vectors shared by all points in each "
-                  "point's local frame, reused at every sigma" if config.local_frame_draws else
-                  "independent draws per point, reused at every sigma"), **extra)
+      **_estimate_protocol(config, int(config.draws), int(config.legacy_seed)), **extra)
+  if config.estimate == "expected":
+    proto["spread_draws"] = int(config.draws)
+    proto["spread"] = (f"the standard deviation of G from {int(config.draws)} independent draws "
+                       "per point (the authors' scheme), to first order (expected_gap)")
+  elif config.get("compare_expected", False):
+    proto["compare_expected"] = dict(
+        _estimate_protocol(config, 0, 0, estimate="expected"), spread_draws=int(config.draws),
+        note="each curve's 'expected': the expected curve and the spread of a draws-draw "
+             "estimate, as with estimate='expected'")
+  if config.estimate == "draws":
+    proto["draws_note"] = (
+        "(ours) one draw set of (radial, tangential) vectors shared by all points in each point's "
+        "local frame, reused at every sigma" if config.local_frame_draws else
+        "independent draws per point, reused at every sigma")
+  return proto
 
 
-def _gap_curve(label: str, name: str, value, gap: Gap) -> Dict:
+def _expected_gap(denoise: Denoiser, split: Split, section, config) -> Gap:
+  # Every toy denoiser is built from the training set, so it commutes with the rotations that map
+  # a symmetric set with even N onto itself: one point per half suffices.
+  symmetric = section.dataset == "symmetric" and split.train.shape[0] == split.val.shape[0]
+  return expected_gap(denoise, split, edm.toy_sigma_grid(config.sigma_grid_steps), _rule(config),
+                      by_symmetry=symmetric, spread_draws=int(config.draws), dtype=_dtype(config))
+
+
+def _gap(denoise: Denoiser, split: Split, section, config):
+  """(G(sigma) by config.estimate, the expected G(sigma) beside it if config.compare_expected)."""
+  if config.estimate == "expected":
+    return _expected_gap(denoise, split, section, config), None
+  sigmas = edm.toy_sigma_grid(config.sigma_grid_steps)
+  if config.estimate == "paper_draws":
+    noise = legacy_numpy_draws(np.concatenate([split.train_angles, split.val_angles]),
+                               int(config.draws), int(config.legacy_seed))
+  else:
+    noise = noise_draws(_gap_key(config), np.concatenate([split.train, split.val]),
+                        int(config.draws), bool(config.local_frame_draws))
+  estimate = sampled_gap(denoise, split, sigmas, noise, _dtype(config))
+  expected = (_expected_gap(denoise, split, section, config)
+              if config.get("compare_expected", False) else None)
+  return estimate, expected
+
+
+def _gap_curve(label: str, name: str, value, gaps) -> Dict:
+  gap, expected = gaps
   peak_sigma, peak_value = peak(gap.sigmas, gap.gap)
-  return dict(label=label, parameter={name: value}, values=gap.gap, error_train=gap.error_train,
-              error_val=gap.error_val, peak_value=peak_value, peak_sigma=peak_sigma)
+  curve = dict(label=label, parameter={name: value}, values=gap.gap, error_train=gap.error_train,
+               error_val=gap.error_val, peak_value=peak_value, peak_sigma=peak_sigma)
+  if gap.spread is not None:
+    curve["spread"] = gap.spread
+    curve["spread_at_peak"] = float(gap.spread[int(np.argmax(gap.gap))])
+  if expected is not None:  # the expected curve beside an estimate (config.compare_expected)
+    e_sigma, e_peak = peak(expected.sigmas, expected.gap)
+    curve["expected"] = dict(values=expected.gap, spread=expected.spread, peak_value=e_peak,
+                             peak_sigma=e_sigma,
+                             spread_at_peak=float(expected.spread[int(np.argmax(expected.gap))]))
+  logging.info("toy2d   %s: peak G=%.4g at sigma=%.4g", label, peak_value, peak_sigma)
+  return curve
 
 
+@_in_config_precision
 def experiment_flow_field(config):
   section = config.flow_field
   split = _split_from(section, config)
   grid = edm.toy_sigma_grid(config.sigma_grid_steps)
-  sigmas = [nearest_grid_sigma(grid, s) for s in section.sigmas]
-  optimal = empirical_optimal_denoiser(split.train)
+  indices = tuple(section.get("sigma_indices", ()))
+  if indices:
+    sigmas = [float(grid[i]) for i in indices]
+    requested = [None] * len(indices)
+  else:
+    requested = [float(s) for s in section.sigmas]
+    sigmas = [nearest_grid_sigma(grid, s) for s in requested]
+  optimal = _optimal(split, config)
+  dtype = _dtype(config)
   axis = np.linspace(-section.extent, section.extent, section.grid_size)
   xx, yy = np.meshgrid(axis, axis)
   queries = np.stack([xx.ravel(), yy.ravel()], axis=-1)
   q = queries.shape[0]
-  x_all = jnp.asarray(np.tile(queries, (len(sigmas), 1)), jnp.float32)
-  sigma_all = jnp.asarray(np.repeat(sigmas, q), jnp.float32)
+  x_all = jnp.asarray(np.tile(queries, (len(sigmas), 1)), dtype)
+  sigma_all = jnp.asarray(np.repeat(sigmas, q), dtype)
   pred = np.asarray(optimal(x_all, sigma_all), np.float64).reshape(len(sigmas), q, 2)
   field = pred - queries[None]
   magnitude = np.linalg.norm(field, axis=-1)
   centre = split.train.mean(axis=0)
   fields = []
-  for i, (requested, used) in enumerate(zip(section.sigmas, sigmas)):
+  for i, used in enumerate(sigmas):
     to_point = nearest_distances(pred[i], split.train)
-    fields.append({
-        "sigma_requested": float(requested), "sigma": used,
+    entry = {"sigma": used}
+    if indices:
+      entry["sigma_index"] = int(indices[i])
+    else:
+      entry["sigma_requested"] = requested[i]
+    entry.update({
         "mean_distance_prediction_to_train_mean":
             float(np.mean(np.linalg.norm(pred[i] - centre, axis=-1))),
         "mean_distance_prediction_to_nearest_train_point": float(np.mean(to_point)),
         "fraction_predictions_within_1e-2_of_train": float(np.mean(to_point < 1e-2)),
         "max_magnitude": float(magnitude[i].max())})
+    fields.append(entry)
+  sigma_note = (f"sigmas: indices {list(indices)} of the ascending toy grid (the sigmas the "
+                "authors plot)" if indices else
+                "sigmas: the toy-grid values nearest (in log) to the requested ones")
   results = dict(
       experiment="flow_field",
       description="(a) the flow field y*(x) - x of the empirical optimal denoiser (delta = 0)",
       protocol=_protocol(config, section, grid_size=int(section.grid_size),
                          extent=float(section.extent), delta=0.0,
-                         notes=["(ours) 10 training points: the train half (even k) of the "
-                                "symmetric N=20 set with offset 0.001",
-                                "sigmas: the toy-grid values nearest (in log) to the requested ones",
+                         notes=["10 training points: the train half (even k) of the symmetric "
+                                "N=20 set with offset 0.001", sigma_note,
                                 "the fields themselves are in fields.npz (axis, sigmas, field)"]),
       train_points=split.train, val_points=split.val, fields=fields)
   plot_data = dict(axis=axis, sigmas=np.asarray(sigmas), field=field.reshape(
@@ -129,25 +252,41 @@ def experiment_flow_field(config):
   return results, plot_data
 
 
+@_in_config_precision
 def experiment_relative_error(config):
   section = config.relative_error
   split = _split_from(section, config)
+  if section.get("all_training", False):  # the authors' setup: no validation points
+    angles = np.concatenate([split.train_angles, split.val_angles])
+    order = np.argsort(np.mod(angles, 2.0 * np.pi), kind="stable")
+    split = Split(circle_points(angles[order], config.radius), np.zeros((0, 2)), angles[order],
+                  np.zeros((0,)))
   grid = edm.toy_sigma_grid(config.sigma_grid_steps)
   sigma = nearest_grid_sigma(grid, section.sigma)
   offset = float(section.get("offset", config.offset))
-  angles = symmetric_angles(section.num_angles, offset)
+  kind = section.get("test_angles", "circle")
+  angles = relative_error_angles(kind, int(section.num_angles), offset)
   test_points = circle_points(angles, config.radius)
-  key = jax.random.fold_in(jax.random.key(config.seed), _STREAM_RELATIVE_ERROR)
-  # Local-frame draws: the same (radial, tangential) draws at every angle and training point.
   points = np.concatenate([test_points, split.train])
-  noise = noise_draws(key, points, section.draws, local_frame=True)
-  optimal = empirical_optimal_denoiser(split.train)
+  dtype = _dtype(config)
+  if config.estimate == "paper_draws":
+    noise = legacy_numpy_shared_draws(points.shape[0], int(section.draws),
+                                      int(section.legacy_seed))
+  elif config.estimate == "draws":
+    # The same (radial, tangential) draws at every angle and training point.
+    key = jax.random.fold_in(jax.random.key(config.seed), _STREAM_RELATIVE_ERROR)
+    noise = noise_draws(key, points, section.draws, local_frame=True)
+  optimal = _optimal(split, config)
   n_test = angles.size
   train_index = _matching_angles(angles, split.train_angles)
   val_index = _matching_angles(angles, split.val_angles)
   curves = []
   for delta in section.deltas:
-    errors = denoising_errors(error_prone_denoiser(optimal, float(delta)), points, [sigma], noise)[0]
+    denoise = error_prone_denoiser(optimal, float(delta))
+    if config.estimate == "expected":
+      errors = expected_errors(denoise, points, [sigma], _rule(config), dtype)[0][0]
+    else:
+      errors = denoising_errors(denoise, points, [sigma], noise, dtype)[0]
     e_theta, e_train = errors[:n_test], errors[n_test:].mean()
     rel = (e_theta - e_train) / e_train
     i = int(np.argmax(rel))
@@ -159,18 +298,28 @@ def experiment_relative_error(config):
     if val_index.size:
       curve["mean_at_val_angles"] = float(np.mean(rel[val_index]))
     curves.append(curve)
+  estimate_note = {
+      "expected": "E(theta) and each training point's E are expectations over the noise "
+                  "(lattice_rule in each point's local frame), so the curve is 0 at training "
+                  "angles up to rounding",
+      "draws": "(ours) one set of draws in the local (radial, tangential) frame of each angle, so "
+               "every training point has the same error and the curve is 0 at training angles",
+      "paper_draws": "the authors' draws: one set shared by every angle and training point in "
+                     "world coordinates, so training points differ slightly in error"}
+  angles_note = {"circle": "test angles 2 pi (k / num_angles + offset): they contain the training "
+                           "angles",
+                 "half_circle": "test angles pi k / num_angles on [0, pi) (the authors')"}
   results = dict(
       experiment="relative_error",
       description="(b) relative denoising error along the circle at sigma ~ 1",
       protocol=_protocol(
           config, section, sigma_requested=float(section.sigma), sigma=sigma,
-          num_angles=int(section.num_angles), angle_offset=offset, draws=int(section.draws),
-          notes=["(ours) relative error (E(theta) - E_train) / E_train, E(theta) the mean over "
-                 "draws of ||y_delta(y_theta + sigma n) - y_theta||, E_train the mean of E over the "
-                 "training points with the same draws",
-                 "(ours) one set of draws in the local (radial, tangential) frame of each angle, so "
-                 "every training point has the same error and the curve is 0 at training angles",
-                 "test angles 2 pi (k / num_angles + offset): they contain the training angles"]),
+          num_angles=int(section.num_angles), test_angles=kind, angle_offset=offset,
+          **_estimate_protocol(config, int(section.draws), int(section.get("legacy_seed", 1)),
+                               shared_world_draws=True),
+          notes=["relative error (E(theta) - E_train) / E_train, E(theta) the expected (or mean "
+                 "over draws) ||y_delta(y_theta + sigma n) - y_theta||, E_train the mean of E over "
+                 "the training points", estimate_note[config.estimate], angles_note[kind]]),
       axis=dict(name="angle", unit="radians", values=angles),
       train_angles=split.train_angles, val_angles=split.val_angles, curves=curves)
   return results, dict(angles=angles, curves=curves, train_angles=split.train_angles,
@@ -187,22 +336,39 @@ def _gap_key(config):
   return jax.random.fold_in(jax.random.key(config.seed), _STREAM_GAP_DRAWS)
 
 
+def _gap_plot_data(sigmas, curves, name, title, config):
+  shown = ", ".join(f"{curves[i]['parameter'][name]:g}"
+                    for i in sorted({0, len(curves) // 2, len(curves) - 1}))
+  symbol = {"delta": "delta", "w": "w", "num_train": "training points"}[name]
+  if config.estimate == "expected":
+    band = (f"expected curves; bands: ±1 std of a {int(config.draws)}-draw estimate "
+            f"({symbol} = {shown})")
+  else:
+    band = ("the authors' draws" if config.estimate == "paper_draws" else
+            f"{int(config.draws)} draws per point")
+    if config.get("compare_expected", False):
+      band = (f"solid: {band}; dashed: expected ± 1 std of {int(config.draws)} draws "
+              f"({symbol} = {shown})")
+  return dict(sigmas=sigmas, curves=curves, name=name, title=title, note=band)
+
+
+@_in_config_precision
 def experiment_gap_vs_delta(config):
   section = config.gap_vs_delta
   split = _split_from(section, config)
   sigmas = edm.toy_sigma_grid(config.sigma_grid_steps)
-  optimal = empirical_optimal_denoiser(split.train)
+  optimal = _optimal(split, config)
   curves = []
   for delta in section.deltas:
-    gap = relative_gap(error_prone_denoiser(optimal, float(delta)), split, sigmas, _gap_key(config),
-                       config.draws, config.local_frame_draws)
+    gap = _gap(error_prone_denoiser(optimal, float(delta)), split, section, config)
     curves.append(_gap_curve(f"delta={delta:g}", "delta", float(delta), gap))
   results = dict(experiment="gap_vs_delta", description="(c) G(sigma) of y_delta as delta varies",
                  protocol=_gap_protocol(config, section), axis=dict(name="sigma", values=sigmas),
                  curves=curves)
-  return results, dict(sigmas=sigmas, curves=curves, name="delta", title="G(sigma) vs model error")
+  return results, _gap_plot_data(sigmas, curves, "delta", "G(sigma) vs model error", config)
 
 
+@_in_config_precision
 def experiment_gap_vs_density(config):
   section = config.gap_vs_density
   sigmas = edm.toy_sigma_grid(config.sigma_grid_steps)
@@ -210,9 +376,8 @@ def experiment_gap_vs_density(config):
   for n in section.num_points:
     split = make_dataset(section.dataset, int(n), config.radius,
                          float(section.get("offset", config.offset)), config.seed)
-    denoise = error_prone_denoiser(empirical_optimal_denoiser(split.train), float(section.delta))
-    gap = relative_gap(denoise, split, sigmas, _gap_key(config), config.draws,
-                       config.local_frame_draws)
+    denoise = error_prone_denoiser(_optimal(split, config), float(section.delta))
+    gap = _gap(denoise, split, section, config)
     curve = _gap_curve(f"{split.train.shape[0]} train (N={n})", "num_train",
                        int(split.train.shape[0]), gap)
     curve["parameter"]["num_points"] = int(n)
@@ -221,30 +386,30 @@ def experiment_gap_vs_density(config):
                  description="(d) G(sigma) as the number of points on the circle varies",
                  protocol=_gap_protocol(config, section, delta=float(section.delta)),
                  axis=dict(name="sigma", values=sigmas), curves=curves)
-  return results, dict(sigmas=sigmas, curves=curves, name="num_train",
-                       title=f"G(sigma) vs data density (delta={section.delta:g})")
+  return results, _gap_plot_data(sigmas, curves, "num_train",
+                                 f"G(sigma) vs data density (delta={section.delta:g})", config)
 
 
+@_in_config_precision
 def experiment_guidance(config):
   section = config.guidance
   split = _split_from(section, config)
   sigmas = edm.toy_sigma_grid(config.sigma_grid_steps)
-  optimal = empirical_optimal_denoiser(split.train)
+  optimal = _optimal(split, config)
   positive = error_prone_denoiser(optimal, float(section.delta_pos))
   negative = error_prone_denoiser(optimal, float(section.delta_neg))
   curves = []
   for w in section.weights:
-    gap = relative_gap(guided(positive, negative, float(w)), split, sigmas, _gap_key(config),
-                       config.draws, config.local_frame_draws)
+    gap = _gap(guided(positive, negative, float(w)), split, section, config)
     curves.append(_gap_curve(f"w={w:g}", "w", float(w), gap))
   results = dict(experiment="guidance",
                  description="(e) G(sigma) of y_pos + w (y_pos - y_neg) as w varies",
                  protocol=_gap_protocol(config, section, delta_pos=float(section.delta_pos),
                                         delta_neg=float(section.delta_neg)),
                  axis=dict(name="sigma", values=sigmas), curves=curves)
-  return results, dict(sigmas=sigmas, curves=curves, name="w",
-                       title=f"G(sigma) with guidance (delta_pos={section.delta_pos:g}, "
-                             f"delta_neg={section.delta_neg:g})")
+  return results, _gap_plot_data(
+      sigmas, curves, "w", f"G(sigma) with guidance (delta_pos={section.delta_pos:g}, "
+                           f"delta_neg={section.delta_neg:g})", config)
 
 
 def _sample(optimal, delta, noise, section):
@@ -253,12 +418,13 @@ def _sample(optimal, delta, noise, section):
                          return_trajectory=True)
 
 
+@_in_config_precision
 def experiment_trajectories(config):
   section = config.trajectories
   split = _split_from(section, config)
-  optimal = empirical_optimal_denoiser(split.train)
+  optimal = _optimal(split, config)
   key = jax.random.fold_in(jax.random.key(config.seed), _STREAM_TRAJECTORIES)
-  noise = jax.random.normal(key, (section.num_samples, 2), jnp.float32)
+  noise = jax.random.normal(key, (section.num_samples, 2), jnp.float32).astype(_dtype(config))
   k = int(section.num_plotted)
   runs = []
   for delta in section.deltas:
@@ -290,12 +456,13 @@ def experiment_trajectories(config):
   return results, dict(runs=runs, train=split.train, val=split.val, radius=config.radius)
 
 
+@_in_config_precision
 def experiment_frechet(config):
   section = config.frechet
   split = _split_from(section, config)
-  optimal = empirical_optimal_denoiser(split.train)
+  optimal = _optimal(split, config)
   key = jax.random.fold_in(jax.random.key(config.seed), _STREAM_FRECHET)
-  noise = jax.random.normal(key, (section.num_samples, 2), jnp.float32)
+  noise = jax.random.normal(key, (section.num_samples, 2), jnp.float32).astype(_dtype(config))
   fd_train, fd_val, copies = [], [], []
   for delta in section.deltas:
     denoise = error_prone_denoiser(optimal, float(delta))
@@ -357,12 +524,19 @@ def summarize(results: Dict) -> List[str]:
                    f"training point={f['fraction_predictions_within_1e-2_of_train']:.3f}")
   elif name == "relative_error":
     for c in results["curves"]:
-      lines.append(f"{c['label']}: max rel. error {c['max_value']:.3g} at "
-                   f"{np.degrees(c['angle_at_max']):.1f} deg, max |rel| at train angles "
-                   f"{c.get('max_abs_at_train_angles', float('nan')):.2g}")
+      at_train = (f", max |rel| at train angles {c['max_abs_at_train_angles']:.2g}"
+                  if "max_abs_at_train_angles" in c else "")
+      lines.append(f"{c['label']}: max rel. error {c['max_value']:.4g} at "
+                   f"{np.degrees(c['angle_at_max']):.1f} deg{at_train}")
   elif name in GAP_EXPERIMENTS:
     for c in results["curves"]:
-      lines.append(f"{c['label']}: peak G={c['peak_value']:.4g} at sigma={c['peak_sigma']:.3g}")
+      spread = (f" (+-{c['spread_at_peak']:.2g} for {results['protocol']['spread_draws']} draws)"
+                if "spread_at_peak" in c else "")
+      if "expected" in c:
+        spread = (f" (expected {c['expected']['peak_value']:.4g} at sigma="
+                  f"{c['expected']['peak_sigma']:.4g} +-{c['expected']['spread_at_peak']:.2g})")
+      lines.append(f"{c['label']}: peak G={c['peak_value']:.4g} at sigma={c['peak_sigma']:.4g}"
+                   f"{spread}")
   elif name == "trajectories":
     for r in results["runs"]:
       lines.append(f"{r['label']}: endpoints within tol of train={r['fraction_within_tol_of_train']:.3f}"
@@ -395,6 +569,15 @@ def validate_config(config) -> None:
   _int(config, "draws", 1)
   _int(config, "sigma_grid_steps", 2)
   config_checks.flag(config, "local_frame_draws")
+  estimate = config_checks.choice(config, "estimate", ESTIMATES)
+  compare = config_checks.flag(config, "compare_expected")
+  config_checks.choice(config, "dtype", DTYPES)
+  _int(config, "legacy_seed", 0)
+  if estimate == "expected" or compare:
+    spacing = _number(config, "quadrature.spacing")
+    radius = _number(config, "quadrature.radius")
+    if radius <= spacing:
+      _fail("quadrature.radius", radius, f"must be > quadrature.spacing={spacing}")
   for name in experiments:
     config_checks.get(config, name)
     config_checks.choice(config, f"{name}.dataset", DATASETS)
@@ -405,13 +588,24 @@ def validate_config(config) -> None:
     else:
       _int(config, f"{name}.num_points", 2)
   if "flow_field" in experiments:
-    _numbers(config, "flow_field.sigmas")
+    indices = tuple(config.flow_field.get("sigma_indices", ()))
+    if indices:
+      _numbers(config, "flow_field.sigma_indices", 0, strict=False, integer=True)
+      if max(indices) >= config.sigma_grid_steps:
+        _fail("flow_field.sigma_indices", indices,
+              f"must be indices into the {config.sigma_grid_steps}-step grid (< sigma_grid_steps)")
+    else:
+      _numbers(config, "flow_field.sigmas")
     _int(config, "flow_field.grid_size", 2)
     _number(config, "flow_field.extent")
   if "relative_error" in experiments:
     _int(config, "relative_error.num_angles", 1)
     _int(config, "relative_error.draws", 1)
     _number(config, "relative_error.sigma")
+    config_checks.choice(config, "relative_error.test_angles", TEST_ANGLES)
+    config_checks.flag(config, "relative_error.all_training")
+    if estimate == "paper_draws":
+      _int(config, "relative_error.legacy_seed", 0)
     _numbers(config, "relative_error.deltas", strict=False)
   if "gap_vs_delta" in experiments:
     _numbers(config, "gap_vs_delta.deltas")  # > 0: with delta = 0 the train error vanishes

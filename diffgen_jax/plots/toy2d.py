@@ -64,7 +64,7 @@ def relative_error(path, angles, curves, train_angles, val_angles, sigma):
   for c in curves:
     ax.plot(np.mod(deg, 360)[order], np.asarray(c["values"])[order], lw=1.6, label=c["label"])
   ax.axhline(0, color="0.3", lw=0.8)
-  ax.set_xlim(0, 360)
+  ax.set_xlim(0, 360 if np.ptp(np.mod(deg, 360)) > 180 else 180)  # the authors': [0, 180)
   ax.set_xlabel("angle on the circle (degrees)")
   ax.set_ylabel(r"$(E(\theta) - E_{train}) / E_{train}$")
   ax.set_title(rf"Relative denoising error along the circle, $\sigma$ = {sigma:.3g}")
@@ -72,21 +72,36 @@ def relative_error(path, angles, curves, train_angles, val_angles, sigma):
   _save(fig, path)
 
 
-def gap_curves(path, sigmas, curves, name, title):
-  """(c)-(e) G(sigma) on a log-x axis, one curve per parameter value coloured by it."""
+def gap_curves(path, sigmas, curves, name, title, note=""):
+  """(c)-(e) G(sigma) on a log-x axis, one curve per parameter value coloured by it.
+
+  Curves with a "spread" entry (expected curves) get a band of +-spread: where a single estimate
+  from a few draws per point would typically land. Bands of neighbouring curves overlap, so only
+  the first, middle and last curve carry one.
+  """
   values = np.asarray([c["parameter"][name] for c in curves], np.float64)
   norm = colors.Normalize(vmin=values.min(), vmax=values.max() if values.max() > values.min()
                           else values.min() + 1)
   cmap = plt.get_cmap("viridis")
-  fig, ax = plt.subplots(figsize=(7, 4.4))
-  for c, v in zip(curves, values):
-    ax.plot(sigmas, c["values"], color=cmap(norm(v)), lw=1.5)
+  fig, ax = plt.subplots(figsize=(7.5, 4.6))
+  banded = sorted({0, len(curves) // 2, len(curves) - 1})
+  for i, (c, v) in enumerate(zip(curves, values)):
+    g = np.asarray(c["values"], np.float64)
+    if "spread" in c and i in banded:
+      spread = np.asarray(c["spread"], np.float64)
+      ax.fill_between(sigmas, g - spread, g + spread, color=cmap(norm(v)), alpha=0.2, lw=0)
+    if "expected" in c and i in banded:  # an estimate with its expected curve beside it
+      e = np.asarray(c["expected"]["values"], np.float64)
+      spread = np.asarray(c["expected"]["spread"], np.float64)
+      ax.fill_between(sigmas, e - spread, e + spread, color=cmap(norm(v)), alpha=0.2, lw=0)
+      ax.plot(sigmas, e, color=cmap(norm(v)), lw=1.2, ls="--")
+    ax.plot(sigmas, g, color=cmap(norm(v)), lw=1.5)
     ax.plot([c["peak_sigma"]], [c["peak_value"]], "o", color=cmap(norm(v)), ms=3)
   ax.axhline(0, color="0.3", lw=0.8)
   ax.set_xscale("log")
   ax.set_xlabel(r"$\sigma$")
   ax.set_ylabel(r"$G(\sigma) = (E_{val} - E_{train}) / E_{train}$")
-  ax.set_title(title)
+  ax.set_title(f"{title}\n{note}" if note else title, fontsize=11)
   sm = cm.ScalarMappable(norm=norm, cmap=cmap)
   fig.colorbar(sm, ax=ax, label={"delta": r"$\delta$", "w": "guidance weight w",
                                  "num_train": "training points"}.get(name, name))
@@ -149,7 +164,8 @@ def plot_experiment(name, data, path):
     relative_error(path, data["angles"], data["curves"], data["train_angles"], data["val_angles"],
                    data["sigma"])
   elif name in ("gap_vs_delta", "gap_vs_density", "guidance"):
-    gap_curves(path, data["sigmas"], data["curves"], data["name"], data["title"])
+    gap_curves(path, data["sigmas"], data["curves"], data["name"], data["title"],
+               data.get("note", ""))
   elif name == "trajectories":
     trajectories(path, data["runs"], data["train"], data["val"], data["radius"])
   elif name == "frechet":

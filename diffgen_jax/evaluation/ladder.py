@@ -1,0 +1,242 @@
+"""Comparing a denoiser (a trained network) with the rungs of the analytic ladder, and calibrating
+the patch size of LS / ELS against it (analytic.md section 1, "Comparing a network with a rung").
+
+Per sigma, on a given input set (noised training images, noised validation images, or the
+network's own trajectory states), for network D_net and analytic denoiser D_an:
+
+    mse(sigma) = mean over inputs and pixels of (D_net(x; sigma) - D_an(x; sigma))^2
+    r2(sigma)  = 1 - E||D_net - D_an||^2 / E||D_net - mean(D_net)||^2
+
+mean(D_net) is the mean output image of the NETWORK over that sigma's inputs, so r2 is normalised
+by the network's output variance (Kamb & Ganguli, ICML 2025, sec. 5, report the median of this r2
+over samples; we pool over the set). r2 is not symmetric in its two arguments: pass the network
+first.
+
+Input sets are arrays of shape (S, B, H, W, C): one set of B states per sigma (`noised_inputs`,
+`trajectory_inputs`). Images are NHWC float in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Mapping, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffgen_jax import samplers
+from diffgen_jax.denoisers import Denoiser, is_array_pytree
+from diffgen_jax.evaluation.gap import denoising_errors, image_noise, relative_gap
+from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
+from diffgen_jax.optimal_patches import (PatchSize, check_images, equivariant_local_denoiser,
+                                         gaussian_denoiser, local_denoiser,
+                                         patch_composite_denoiser, patch_schedule)
+
+MACHINES = ("ls", "els")
+
+
+class Agreement(NamedTuple):
+  """Per-sigma agreement of a network with an analytic denoiser on one input set."""
+  sigmas: np.ndarray  # (S,)
+  mse: np.ndarray  # (S,) mean squared difference per pixel
+  r2: np.ndarray  # (S,) 1 - E||D_net - D_an||^2 / E||D_net - mean D_net||^2
+
+
+def noised_inputs(images, sigmas, *, ids=None, noise_seed: int = 0) -> np.ndarray:
+  """(S, B, H, W, C) states y + sigma n_y with the gap evaluation's per-image noise n_y
+  (`evaluation.gap.image_noise`: seeded by image id, the same draw at every sigma)."""
+  images = check_images(images, "images")
+  sigmas = _check_sigmas(sigmas)
+  ids = np.arange(len(images)) if ids is None else np.asarray(ids)
+  noise = np.asarray(image_noise(noise_seed, ids, images.shape[1:]), np.float64)
+  return (images[None] + sigmas[:, None, None, None, None] * noise[None]).astype(np.float32)
+
+
+def trajectory_inputs(denoise: Denoiser, noise, labels=None, **sampler_kwargs):
+  """(sigmas (S,), states (S, B, ...)): the states the sampler shows `denoise` on its own path
+  (`samplers.sample(..., return_trajectory=True)`, one state per step; the final sigma = 0 step is
+  not a denoiser call and is not included)."""
+  out = samplers.sample(denoise, jnp.asarray(noise), labels, return_trajectory=True, **sampler_kwargs)
+  traj = out.trajectory
+  return np.asarray(traj.sigmas, np.float64), np.asarray(traj.x, np.float32)
+
+
+def _check_sigmas(sigmas) -> np.ndarray:
+  s = np.atleast_1d(np.asarray(sigmas, np.float64))
+  if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)) or not np.all(s > 0):
+    raise ValueError(f"sigmas must be a non-empty 1-D array of finite values > 0, got {s}")
+  return s
+
+
+def _check_inputs(inputs, sigmas):
+  x = np.asarray(inputs)
+  if x.ndim != 5 or x.shape[0] != len(sigmas) or x.shape[1] == 0:
+    raise ValueError(f"inputs must be (S, B, H, W, C) with S = len(sigmas) = {len(sigmas)}, got "
+                     f"shape {x.shape}")
+  if not np.issubdtype(x.dtype, np.floating):
+    raise ValueError(f"inputs must be floating point, got dtype {x.dtype}")
+  return x.astype(np.float32)
+
+
+def _outputs(denoise, x, sigma_rows, labels_rows, batch_size):
+  """denoise over rows of x (R, ...) with per-row sigma, in batches; float64 numpy."""
+  call = jax.jit(lambda d, a, s, l: d(a, s, l)) if is_array_pytree(denoise) else (
+      lambda d, a, s, l: d(a, s, l))
+  if labels_rows is not None:
+    # Under jit the labels are traced and a denoiser cannot check them; one eager call on a row of
+    # every distinct label lets it raise (e.g. "labels [7] have no training points") instead of
+    # returning NaN from a softmax over an empty class.
+    _, first = np.unique(labels_rows, return_index=True)
+    denoise(jnp.asarray(x[first]), jnp.asarray(sigma_rows[first], jnp.float32),
+            jnp.asarray(labels_rows[first]))
+  out = []
+  for start in range(0, len(x), batch_size):
+    sl = slice(start, start + batch_size)
+    lab = None if labels_rows is None else jnp.asarray(labels_rows[sl])
+    out.append(np.asarray(call(denoise, jnp.asarray(x[sl]), jnp.asarray(sigma_rows[sl], jnp.float32),
+                               lab), np.float64))
+  return np.concatenate(out)
+
+
+def network_outputs(network: Denoiser, inputs, sigmas, labels=None, *, batch_size: int = 256):
+  """(S, B, ...) float64 outputs of `network` on the input sets (reusable across comparisons)."""
+  sigmas = _check_sigmas(sigmas)
+  x = _check_inputs(inputs, sigmas)
+  s, b = x.shape[:2]
+  rows = x.reshape((s * b,) + x.shape[2:])
+  lab = None if labels is None else np.tile(np.asarray(labels, np.int32).reshape(b), s)
+  return _outputs(network, rows, np.repeat(sigmas, b), lab, batch_size).reshape(x.shape)
+
+
+def agreement_from_outputs(net_out, an_out, sigmas) -> Agreement:
+  """Agreement from precomputed outputs (S, B, ...) of the network and the analytic denoiser."""
+  net_out, an_out = np.asarray(net_out, np.float64), np.asarray(an_out, np.float64)
+  s, b = net_out.shape[:2]
+  diff = (net_out - an_out).reshape(s, b, -1)
+  spread = (net_out - net_out.mean(axis=1, keepdims=True)).reshape(s, b, -1)
+  sq = np.sum(diff * diff, axis=(1, 2))
+  var = np.sum(spread * spread, axis=(1, 2))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    r2 = np.where(var > 0, 1.0 - sq / var, np.where(sq == 0, 1.0, -np.inf))
+  return Agreement(np.asarray(sigmas, np.float64), sq / diff[0].size, r2)
+
+
+def agreement(network: Denoiser, analytic: Denoiser, inputs, sigmas, labels=None, *,
+              batch_size: int = 256) -> Agreement:
+  """Per-sigma mse and r2 (normalised by the network's output variance) on inputs (S, B, H, W, C).
+
+  labels: optional (B,) labels passed to both denoisers (the same for every sigma). A set where the
+  network's output does not vary gets r2 = 1 if the two agree exactly, else -inf.
+  """
+  sigmas = _check_sigmas(sigmas)
+  net = network_outputs(network, inputs, sigmas, labels, batch_size=batch_size)
+  an = network_outputs(analytic, inputs, sigmas, labels, batch_size=batch_size)
+  return agreement_from_outputs(net, an, sigmas)
+
+
+def ladder_agreement(network: Denoiser, rungs: Mapping[str, Denoiser],
+                     input_sets: Mapping[str, tuple], *, batch_size: int = 256
+                     ) -> Dict[str, Dict[str, Agreement]]:
+  """{input set: {rung: Agreement}} for every rung against the network on every input set.
+
+  input_sets: {name: (inputs (S, B, H, W, C), sigmas (S,), labels (B,) or None)}, e.g.
+  "train" / "val" from `noised_inputs`, "trajectory" from `trajectory_inputs`. The network is run
+  once per set.
+  """
+  report = {}
+  for set_name, (inputs, sigmas, labels) in input_sets.items():
+    sigmas = _check_sigmas(sigmas)
+    net = network_outputs(network, inputs, sigmas, labels, batch_size=batch_size)
+    report[set_name] = {
+        name: agreement_from_outputs(
+            net, network_outputs(rung, inputs, sigmas, labels, batch_size=batch_size), sigmas)
+        for name, rung in rungs.items()}
+  return report
+
+
+class Calibration(NamedTuple):
+  """Per sigma, the candidate patch size closest to the network, with every candidate's curve."""
+  sizes: np.ndarray  # (K,) candidate patch sizes
+  sigmas: np.ndarray  # (S,)
+  mse: np.ndarray  # (K, S) mean squared difference of each candidate's machine to the network
+  r2: np.ndarray  # (K, S)
+  best_size: np.ndarray  # (S,) sizes[argmin_k mse[k, s]] (the smaller size on exact ties)
+
+  def schedule(self) -> Dict[float, int]:
+    """{sigma: best size}: pass as `patch_size` to get the calibrated machine."""
+    return {float(s): int(k) for s, k in zip(self.sigmas, self.best_size)}
+
+
+def calibrate(network: Denoiser, train_images, sizes: Sequence[int], inputs, sigmas, labels=None, *,
+              train_labels=None, machine: str = "ls", batch_size: int = 256,
+              machine_factory: Optional[Callable[..., Denoiser]] = None,
+              **machine_kwargs) -> Calibration:
+  """Calibrates the patch size of LS (machine="ls") or ELS ("els") against `network`.
+
+  For each candidate size k builds the machine on (train_images, train_labels) and measures its
+  agreement with the network on inputs (S, B, H, W, C) at sigmas (S,) (the network's trajectory
+  states for the calibration of Kamb & Ganguli, ICML 2025, sec. 5; or noised images). Extra keyword
+  arguments go to the machine (e.g. boundary="zeros", chunk_size). machine_factory overrides the
+  machine (a function (train_images, k, train_labels, **kw) -> denoiser).
+  """
+  if machine not in MACHINES:
+    raise ValueError(f"machine must be one of {MACHINES}, got {machine!r}")
+  sizes = [patch_schedule(k, "sizes").sizes[0] for k in sizes]
+  if not sizes or len(set(sizes)) != len(sizes):
+    raise ValueError(f"sizes must be a non-empty list of distinct positive odd integers, got {sizes}")
+  factory = machine_factory or (local_denoiser if machine == "ls" else equivariant_local_denoiser)
+  sigmas = _check_sigmas(sigmas)
+  net = network_outputs(network, inputs, sigmas, labels, batch_size=batch_size)
+  mse, r2 = [], []
+  for k in sizes:
+    an = network_outputs(factory(train_images, k, train_labels, **machine_kwargs), inputs, sigmas,
+                         labels, batch_size=batch_size)
+    a = agreement_from_outputs(net, an, sigmas)
+    mse.append(a.mse)
+    r2.append(a.r2)
+  mse, r2 = np.stack(mse), np.stack(r2)
+  order = np.argsort(sizes, kind="stable")
+  best = np.asarray(sizes)[order][np.argmin(mse[order], axis=0)]
+  return Calibration(np.asarray(sizes), sigmas, mse, r2, best)
+
+
+def ladder_rungs(train_images, train_labels=None, *, delta: Optional[float] = None,
+                 ls_size: Optional[PatchSize] = None, els_size: Optional[PatchSize] = None,
+                 pspc_size: Optional[PatchSize] = None, els_boundary: str = "circular",
+                 gaussian_ranks: Sequence[Optional[int]] = (None,), mesh=None
+                 ) -> Dict[str, Denoiser]:
+  """The rungs of the ladder as named denoisers, all on (train_images, train_labels):
+  "y*", "y_delta" (if delta), "LS" / "ELS" / "PSPC" (if their size, an int or a {sigma: k}
+  schedule such as `Calibration.schedule()`, is given), "gaussian" (rank None) and "gaussian_r{r}".
+  """
+  rungs = {"y*": empirical_optimal_denoiser(train_images, train_labels, mesh=mesh)}
+  if delta is not None:
+    rungs["y_delta"] = error_prone_denoiser(rungs["y*"], delta)
+  if ls_size is not None:
+    rungs["LS"] = local_denoiser(train_images, ls_size, train_labels, mesh=mesh)
+  if els_size is not None:
+    rungs["ELS"] = equivariant_local_denoiser(train_images, els_size, train_labels,
+                                              boundary=els_boundary, mesh=mesh)
+  if pspc_size is not None:
+    rungs["PSPC"] = patch_composite_denoiser(train_images, pspc_size, train_labels, mesh=mesh)
+  for r in gaussian_ranks:
+    rungs["gaussian" if r is None else f"gaussian_r{r}"] = gaussian_denoiser(train_images, r,
+                                                                             train_labels)
+  return rungs
+
+
+def rung_gaps(rungs: Mapping[str, Denoiser], train_images, val_images, sigmas, train_labels=None,
+              val_labels=None, *, noise_seed: int = 0, batch_size: int = 128
+              ) -> Dict[str, Dict[str, np.ndarray]]:
+  """Each rung's own E_train, E_val and G(sigma) = (E_val - E_train) / E_train, computed by the gap
+  evaluation (`evaluation.gap.denoising_errors`, the same seeded per-image noise) on the given
+  training-image and validation-image subsets."""
+  out = {}
+  for name, rung in rungs.items():
+    e_train = denoising_errors(rung, train_images, train_labels, sigmas, noise_seed=noise_seed,
+                               batch_size=batch_size)
+    e_val = denoising_errors(rung, val_images, val_labels, sigmas, noise_seed=noise_seed,
+                             batch_size=batch_size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      out[name] = dict(e_train=e_train, e_val=e_val, gap=relative_gap(e_val, e_train))
+  return out

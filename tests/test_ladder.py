@@ -1,0 +1,120 @@
+"""Known answers for the ladder comparison and the patch-size calibration (evaluation/ladder.py)."""
+
+import numpy as np
+import pytest
+
+from diffgen_jax.evaluation import ladder
+from diffgen_jax.evaluation.gap import image_noise
+from diffgen_jax.optimal import equivariant_local_denoiser, gaussian_denoiser, local_denoiser
+
+SHAPE = (6, 5, 1)
+
+
+def _data(n, seed=0):
+  return np.random.default_rng(seed).uniform(-1, 1, (n,) + SHAPE).astype(np.float32)
+
+
+def _identity(x, sigma, labels=None):
+  return x
+
+
+def _zero(x, sigma, labels=None):
+  return 0.0 * x
+
+
+def test_noised_inputs_use_the_gap_evaluations_per_image_noise():
+  images = _data(4)
+  sigmas = np.array([0.1, 2.0])
+  x = ladder.noised_inputs(images, sigmas, ids=np.array([3, 1, 4, 1]), noise_seed=7)
+  noise = np.asarray(image_noise(7, np.array([3, 1, 4, 1]), SHAPE))
+  for i, s in enumerate(sigmas):
+    np.testing.assert_allclose(x[i], images + s * noise, atol=1e-6)
+  np.testing.assert_allclose(x[:, 1] - images[1], x[:, 3] - images[3], atol=1e-6)  # same id
+
+
+def test_r2_of_a_denoiser_against_itself_is_one_and_closed_forms():
+  train = _data(8)
+  sigmas = np.array([0.05, 0.5, 5.0])
+  inputs = ladder.noised_inputs(train[:5], sigmas)
+  ls = local_denoiser(train, 3)
+  same = ladder.agreement(ls, ls, inputs, sigmas)
+  np.testing.assert_array_equal(same.r2, np.ones(3))
+  np.testing.assert_array_equal(same.mse, np.zeros(3))
+  # Network D(x) = x against the zero denoiser: r2 = 1 - sum ||x||^2 / sum ||x - mean x||^2 and
+  # mse = mean x^2 per sigma, normalised by the NETWORK's variance (swapping the arguments is -inf).
+  got = ladder.agreement(_identity, _zero, inputs, sigmas)
+  flat = inputs.reshape(3, 5, -1).astype(np.float64)
+  want = 1 - np.sum(flat ** 2, (1, 2)) / np.sum((flat - flat.mean(1, keepdims=True)) ** 2, (1, 2))
+  np.testing.assert_allclose(got.r2, want, rtol=1e-6)
+  np.testing.assert_allclose(got.mse, np.mean(flat ** 2, (1, 2)), rtol=1e-6)
+  assert np.all(ladder.agreement(_zero, _identity, inputs, sigmas).r2 == -np.inf)
+  # The network's own mean output as the analytic denoiser gives r2 = 0 exactly.
+  net_out = ladder.network_outputs(ls, inputs, sigmas)
+  mean_out = np.broadcast_to(net_out.mean(axis=1, keepdims=True), net_out.shape)
+  np.testing.assert_allclose(ladder.agreement_from_outputs(net_out, mean_out, sigmas).r2, 0,
+                             atol=1e-12)
+
+
+@pytest.mark.parametrize("machine,planted", [("ls", 5), ("els", 3)])
+def test_calibration_returns_the_planted_patch_size(machine, planted):
+  train = _data(6)
+  labels = np.arange(6) % 2
+  kw = dict(boundary="circular") if machine == "els" else {}
+  factory = local_denoiser if machine == "ls" else equivariant_local_denoiser
+  network = factory(train, planted, labels, **kw)
+  sigmas = np.array([0.05, 0.3, 1.0, 3.0])
+  noised = ladder.noised_inputs(_data(4, seed=9), sigmas)  # held-out images: no exact ties
+  q_labels = labels[:4]
+  cal = ladder.calibrate(network, train, [1, 3, 5], noised, sigmas, q_labels, train_labels=labels,
+                         machine=machine, **kw)
+  np.testing.assert_array_equal(cal.best_size, np.full(4, planted))
+  assert cal.mse.shape == (3, 4) and np.all(cal.mse[[1, 3, 5].index(planted)] == 0)
+  assert np.all(np.delete(cal.mse, [1, 3, 5].index(planted), axis=0) > 0)
+  assert cal.schedule() == {float(s): planted for s in sigmas}
+  if machine == "ls":  # and along the network's own sampling trajectory
+    t_sigmas, states = ladder.trajectory_inputs(
+        network, np.random.default_rng(1).standard_normal((4,) + SHAPE), q_labels, num_steps=5,
+        sigma_min=0.2, sigma_max=10.0)  # below ~0.05 the state sits on a training image: all tie
+    cal = ladder.calibrate(network, train, [1, 3, 5], states, t_sigmas, q_labels,
+                           train_labels=labels)
+    np.testing.assert_array_equal(cal.best_size, np.full(len(t_sigmas), planted))
+
+
+def test_ladder_agreement_and_bad_input():
+  train = _data(8)
+  sigmas = np.array([0.2, 2.0])
+  inputs = ladder.noised_inputs(train[:3], sigmas)
+  rungs = dict(ls3=local_denoiser(train, 3), gaussian=gaussian_denoiser(train))
+  report = ladder.ladder_agreement(rungs["ls3"], rungs, dict(train=(inputs, sigmas, None)))
+  np.testing.assert_array_equal(report["train"]["ls3"].r2, [1.0, 1.0])
+  want = ladder.agreement(rungs["ls3"], rungs["gaussian"], inputs, sigmas)
+  np.testing.assert_allclose(report["train"]["gaussian"].r2, want.r2)
+  assert np.all(want.r2 < 1)
+  with pytest.raises(ValueError, match="inputs must be"):
+    ladder.agreement(_identity, _zero, inputs[0], sigmas)
+  with pytest.raises(ValueError, match="sigmas must be"):
+    ladder.agreement(_identity, _zero, inputs, np.array([0.0, 1.0]))
+  with pytest.raises(ValueError, match="machine must be one of"):
+    ladder.calibrate(_identity, train, [1, 3], inputs, sigmas, machine="pspc")
+  with pytest.raises(ValueError, match="patch_size|sizes"):
+    ladder.calibrate(_identity, train, [2], inputs, sigmas)
+  conditional = local_denoiser(train, 3, np.arange(8) % 2)
+  with pytest.raises(ValueError, match=r"labels \[5\] have no training points"):
+    ladder.agreement(_identity, conditional, inputs, sigmas, labels=np.array([0, 5, 1]))
+  with pytest.raises(ValueError, match="images must be floating point"):
+    ladder.noised_inputs(np.zeros((2,) + SHAPE, np.uint8), sigmas)
+
+
+def test_ladder_rungs_and_their_own_gaps():
+  train, val = _data(8), _data(4, seed=3)
+  rungs = ladder.ladder_rungs(train, delta=0.5, ls_size={0.1: 1, 1.0: 3}, pspc_size=3,
+                              gaussian_ranks=(None, 2))
+  assert list(rungs) == ["y*", "y_delta", "LS", "PSPC", "gaussian", "gaussian_r2"]
+  sigmas = np.array([1e-3, 0.5, 1e4])
+  gaps = ladder.rung_gaps({k: rungs[k] for k in ("y*", "LS")}, train, val, sigmas)
+  # y* recalls its training images at small sigma (E_train ~ 0), not the validation images.
+  assert gaps["y*"]["e_train"][0] < 1e-8 < gaps["y*"]["e_val"][0]
+  np.testing.assert_allclose(gaps["LS"]["gap"],
+                             (gaps["LS"]["e_val"] - gaps["LS"]["e_train"]) / gaps["LS"]["e_train"])
+  # At sigma >> 1 every rung is the training mean: the same errors for y* and LS.
+  np.testing.assert_allclose(gaps["LS"]["e_val"][2], gaps["y*"]["e_val"][2], rtol=1e-4)

@@ -1,0 +1,418 @@
+"""Known answers for the analytic ladder (analytic.md section 1): LS, ELS, PSPC-square, Gaussian.
+
+The float64 references are independent brute-force numpy implementations written from the formulas
+(loops over pixels and windows, explicit softmax), not the streaming code.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffgen_jax import edm, optimal
+from diffgen_jax.optimal import (empirical_optimal_denoiser, equivariant_local_denoiser,
+                                 gaussian_denoiser, local_denoiser, patch_composite_denoiser)
+from diffgen_jax.sharding import make_mesh
+
+H, W, C = 5, 4, 2
+
+
+def _data(n=9, seed=0, shape=(H, W, C)):
+  rng = np.random.default_rng(seed)
+  return rng.uniform(-1, 1, (n,) + shape).astype(np.float32)
+
+
+def _softmax_mean(dist2, values, sigma):
+  """sum_i softmax_i(-dist2 / 2 sigma^2) values_i in float64 (dist2 (M,), values (M, ...))."""
+  logits = -dist2 / (2.0 * sigma ** 2)
+  w = np.exp(logits - logits.max())
+  w /= w.sum()
+  return np.tensordot(w, values, axes=1)
+
+
+def _pad(a, r, circular=False):
+  """(..., H, W, C) padded by r on both image axes (zeros, or wrapped)."""
+  width = [(0, 0)] * (a.ndim - 3) + [(r, r), (r, r), (0, 0)]
+  return np.pad(a, width, mode="wrap" if circular else "constant")
+
+
+def ls_reference(train, x, sigma, k):
+  y, r = train.astype(np.float64), k // 2
+  yp, xp = _pad(y, r), _pad(x.astype(np.float64), r)
+  out = np.empty(x.shape)
+  for i in range(x.shape[0]):
+    for p in range(H):
+      for q in range(W):
+        d2 = np.sum((yp[:, p:p + k, q:q + k] - xp[i, p:p + k, q:q + k]) ** 2, axis=(1, 2, 3))
+        out[i, p, q] = _softmax_mean(d2, y[:, p, q], sigma[i])
+  return out
+
+
+def pspc_reference(train, x, sigma, k):
+  y, r = train.astype(np.float64), k // 2
+  yp, xp = _pad(y, r), _pad(x.astype(np.float64), r)
+  acc = np.zeros((x.shape[0], H + 2 * r, W + 2 * r, C))
+  count = np.zeros((H + 2 * r, W + 2 * r, 1))
+  for i in range(x.shape[0]):
+    for p in range(H):
+      for q in range(W):  # window centred at (p, q): padded rows p..p+k
+        d2 = np.sum((yp[:, p:p + k, q:q + k] - xp[i, p:p + k, q:q + k]) ** 2, axis=(1, 2, 3))
+        acc[i, p:p + k, q:q + k] += _softmax_mean(d2, yp[:, p:p + k, q:q + k], sigma[i])
+        if i == 0:
+          count[p:p + k, q:q + k] += 1
+  return (acc / count)[:, r:r + H, r:r + W]
+
+
+def els_reference(train, x, sigma, k, boundary):
+  y, r = train.astype(np.float64), k // 2
+  circ = boundary == "circular"
+  yp, xp = _pad(y, r, circ), _pad(x.astype(np.float64), r, circ)
+  cand = np.stack([yp[:, p:p + k, q:q + k] for p in range(H) for q in range(W)], 1)
+  cand = cand.reshape(-1, k * k * C)  # (N H W, k k C), image-major
+  centres = y.reshape(-1, C)
+  out = np.empty(x.shape)
+  for i in range(x.shape[0]):
+    for p in range(H):
+      for q in range(W):
+        d2 = np.sum((cand - xp[i, p:p + k, q:q + k].reshape(-1)) ** 2, axis=1)
+        out[i, p, q] = _softmax_mean(d2, centres, sigma[i])
+  return out
+
+
+def _noisy_queries(train, sigmas, per_sigma=1, seed=1):
+  rng = np.random.default_rng(seed)
+  idx = rng.integers(0, len(train), (len(sigmas), per_sigma)).reshape(-1)
+  s = np.repeat(sigmas, per_sigma)
+  x = train[idx] + s[:, None, None, None] * rng.standard_normal((len(s),) + train.shape[1:])
+  return x.astype(np.float32), s.astype(np.float32)
+
+
+# ---- float32 against the float64 references on the 64-point gap grid ---------------------------
+
+GRID = edm.gap_sigma_grid(64)
+
+
+@pytest.mark.parametrize("kind,k", [("ls", 3), ("pspc", 3), ("els_circular", 3), ("els_zeros", 3)])
+def test_float32_matches_float64_reference_on_gap_grid(kind, k):
+  train = _data(8)
+  x, s = _noisy_queries(train, GRID)
+  if kind == "ls":
+    ours, ref = local_denoiser(train, k, chunk_size=3), ls_reference(train, x, s, k)
+  elif kind == "pspc":
+    ours, ref = patch_composite_denoiser(train, k, chunk_size=3), pspc_reference(train, x, s, k)
+  else:
+    boundary = kind.split("_")[1]
+    ours = equivariant_local_denoiser(train, k, boundary=boundary, chunk_size=3)
+    ref = els_reference(train, x, s, k, boundary)
+  got = np.asarray(ours(x, s))
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, ref, atol=1e-3, rtol=0)
+
+
+def test_float32_matches_float64_reference_on_digits(monkeypatch):
+  # Real images (sklearn's bundled 8x8 digits: flat backgrounds, many near-identical windows).
+  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+  train = (load_digits().images[:24] / 8.0 - 1.0).astype(np.float32)[..., None]
+  for name, value in (("H", 8), ("W", 8), ("C", 1)):  # the references read the module's shape
+    monkeypatch.setitem(globals(), name, value)
+  x, s = _noisy_queries(train, GRID)
+  for k, boundary in ((3, "circular"), (5, "zeros")):
+    got = np.asarray(equivariant_local_denoiser(train, k, boundary=boundary)(x, s))
+    np.testing.assert_allclose(got, els_reference(train, x, s, k, boundary), atol=1e-3, rtol=0)
+  np.testing.assert_allclose(np.asarray(local_denoiser(train, 5)(x, s)),
+                             ls_reference(train, x, s, 5), atol=1e-3, rtol=0)
+
+
+# ---- whole-image windows reproduce y* ---------------------------------------------------------
+
+@pytest.mark.parametrize("factory", [local_denoiser, patch_composite_denoiser])
+def test_whole_image_window_reproduces_optimal_denoiser(factory):
+  train = _data(10)
+  x, s = _noisy_queries(train, np.array([0.05, 0.3, 1.0, 5.0]), per_sigma=2)
+  k = 2 * max(H, W) - 1
+  want = np.asarray(empirical_optimal_denoiser(train)(x, s))
+  np.testing.assert_allclose(np.asarray(factory(train, k, chunk_size=4)(x, s)), want, atol=2e-5)
+  np.testing.assert_allclose(np.asarray(factory(train, k + 6, chunk_size=4)(x, s)), want, atol=2e-5)
+
+
+# ---- k = 1 LS: a per-pixel posterior ----------------------------------------------------------
+
+def test_k1_local_denoiser_is_per_pixel_posterior():
+  train = _data(7)
+  x, s = _noisy_queries(train, np.array([0.1, 0.7, 3.0]), per_sigma=2)
+  y = train.astype(np.float64)
+  want = np.empty(x.shape)
+  for i in range(len(x)):
+    for p in range(H):
+      for q in range(W):
+        want[i, p, q] = _softmax_mean(np.sum((y[:, p, q] - x[i, p, q]) ** 2, axis=1), y[:, p, q], s[i])
+  np.testing.assert_allclose(np.asarray(local_denoiser(train, 1)(x, s)), want, atol=1e-5)
+
+
+# ---- equivariance ------------------------------------------------------------------------------
+
+def test_circular_els_commutes_with_circular_shifts_exactly():
+  train = _data(6, shape=(6, 6, 1))
+  x, s = _noisy_queries(train, np.array([0.2, 1.0]), per_sigma=2)
+  denoise = equivariant_local_denoiser(train, 3, boundary="circular", chunk_size=2)
+  out = np.asarray(denoise(x, s))
+  for shift in [(1, 0), (0, 2), (3, 5)]:
+    shifted = np.asarray(denoise(np.roll(x, shift, axis=(1, 2)), s))
+    np.testing.assert_array_equal(shifted, np.roll(out, shift, axis=(1, 2)))
+
+
+def test_zero_padded_els_is_not_shift_equivariant_but_matches_reference():
+  train = _data(5, shape=(H, W, C))
+  x, s = _noisy_queries(train, np.array([0.3]), per_sigma=2)
+  out = np.asarray(equivariant_local_denoiser(train, 3, boundary="zeros")(x, s))
+  np.testing.assert_allclose(out, els_reference(train, x, s, 3, "zeros"), atol=1e-5)
+
+
+# ---- sigma -> 0 and sigma -> infinity ----------------------------------------------------------
+
+def _nearest_same_position_centre(train, x, k):
+  y, r = train.astype(np.float64), k // 2
+  yp, xp = _pad(y, r), _pad(x.astype(np.float64), r)
+  out = np.empty(x.shape)
+  for i in range(len(x)):
+    for p in range(H):
+      for q in range(W):
+        d2 = np.sum((yp[:, p:p + k, q:q + k] - xp[i, p:p + k, q:q + k]) ** 2, axis=(1, 2, 3))
+        out[i, p, q] = y[np.argmin(d2), p, q]
+  return out
+
+
+def _nearest_any_position_centre(train, x, k):
+  y, r = train.astype(np.float64), k // 2
+  yp, xp = _pad(y, r, True), _pad(x.astype(np.float64), r, True)
+  cand = np.stack([yp[:, p:p + k, q:q + k] for p in range(H) for q in range(W)], 1).reshape(
+      -1, k * k * C)
+  centres = y.reshape(-1, C)
+  out = np.empty(x.shape)
+  for i in range(len(x)):
+    for p in range(H):
+      for q in range(W):
+        out[i, p, q] = centres[np.argmin(np.sum((cand - xp[i, p:p + k, q:q + k].reshape(-1)) ** 2, 1))]
+  return out
+
+
+@pytest.mark.parametrize("sigma", [1e-4, 1e-19, 1e-30, 1e-38])
+def test_small_sigma_limits(sigma):
+  train = _data(8)
+  x = np.clip(_data(3, seed=5) * 0.9 + 0.1 * train[:3], -1, 1)  # generic queries, no ties
+  s = np.float32(sigma)
+  np.testing.assert_array_equal(np.asarray(local_denoiser(train, 3)(x, s)),
+                                _nearest_same_position_centre(train, x, 3).astype(np.float32))
+  np.testing.assert_array_equal(
+      np.asarray(equivariant_local_denoiser(train, 3, boundary="circular")(x, s)),
+      _nearest_any_position_centre(train, x, 3).astype(np.float32))
+  # PSPC at sigma -> 0: each window's nearest same-position window, averaged over covering windows.
+  pspc = np.asarray(patch_composite_denoiser(train, 3)(x, s))
+  np.testing.assert_allclose(pspc, pspc_reference(train, x, np.full(3, 1e-4), 3), atol=1e-6)
+  for out in (pspc, np.asarray(gaussian_denoiser(train)(x, s))):
+    assert np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("sigma", [1e4, 1e30])
+def test_large_sigma_limits(sigma):
+  train = _data(8)
+  x = _data(3, seed=5)
+  mean = train.astype(np.float64).mean(axis=0)
+  for factory in (local_denoiser, patch_composite_denoiser):
+    np.testing.assert_allclose(np.asarray(factory(train, 3)(x, sigma)),
+                               np.broadcast_to(mean, x.shape), atol=1e-5)
+  channel_mean = train.astype(np.float64).mean(axis=(0, 1, 2))
+  np.testing.assert_allclose(
+      np.asarray(equivariant_local_denoiser(train, 3, boundary="circular")(x, sigma)),
+      np.broadcast_to(channel_mean, x.shape), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(gaussian_denoiser(train)(x, sigma)),
+                             np.broadcast_to(mean, x.shape), atol=1e-5)
+
+
+def test_one_training_image():
+  train = _data(1)
+  x = _data(4, seed=3) * 3.0
+  for sigma in (1e-3, 1.0, 100.0):
+    for k in (1, 3):
+      np.testing.assert_array_equal(np.asarray(local_denoiser(train, k)(x, sigma)),
+                                    np.broadcast_to(train, x.shape))
+      np.testing.assert_allclose(np.asarray(patch_composite_denoiser(train, k)(x, sigma)),
+                                 np.broadcast_to(train, x.shape), atol=1e-6)
+
+
+# ---- class conditioning, sharding, chunking, schedules -----------------------------------------
+
+def test_class_conditional_equals_denoiser_of_class_subset_and_rejects_unknown_labels():
+  train = _data(12)
+  labels = np.array([0, 1, 2] * 4)
+  x, s = _noisy_queries(train, np.array([0.2, 0.8]), per_sigma=3)
+  q_labels = np.array([2, 0, 1, 0, 2, 1])  # balanced: the per-class denoisers share a compilation
+  for factory, kw in ((local_denoiser, {}), (patch_composite_denoiser, {}),
+                      (equivariant_local_denoiser, dict(boundary="zeros"))):
+    cond = factory(train, 3, labels, chunk_size=5, **kw)
+    got = np.asarray(cond(x, s, q_labels))
+    for c in range(3):
+      rows = q_labels == c
+      want = factory(train[labels == c], 3, **kw)(x[rows], s[rows])
+      np.testing.assert_allclose(got[rows], np.asarray(want), atol=1e-6)
+    with pytest.raises(ValueError, match=r"labels \[7\] have no training points"):
+      cond(x, s, np.full((6,), 7))
+    assert cond.label_domain == frozenset({0, 1, 2})  # declared, as y* declares its classes
+  g = gaussian_denoiser(train, train_labels=labels)
+  got = np.asarray(g(x, s, q_labels))
+  for c in range(3):
+    rows = q_labels == c
+    np.testing.assert_allclose(got[rows], np.asarray(gaussian_denoiser(train[labels == c])(
+        x[rows], s[rows])), atol=1e-5)
+  with pytest.raises(ValueError, match="no training points"):
+    g(x, s, np.full((6,), 5))
+  # Traced labels cannot be checked: a class without training images gives NaN, never a guess.
+  traced = np.asarray(jax.jit(lambda d, a, b, l: d(a, b, l))(g, x, s, np.array([0, 5, 1, 9, 2, 2])))
+  assert np.all(np.isnan(traced[[1, 3]])) and np.all(np.isfinite(traced[[0, 2, 4, 5]]))
+  ls = local_denoiser(train, 3, labels)
+  traced = np.asarray(jax.jit(lambda d, a, b, l: d(a, b, l))(ls, x, s, np.array([0, 5, 1, 9, 2, 2])))
+  assert np.all(np.isnan(traced[[1, 3]])) and np.all(np.isfinite(traced[[0, 2, 4, 5]]))
+
+
+@pytest.mark.parametrize("factory,kw", [(local_denoiser, {}), (patch_composite_denoiser, {}),
+                                        (equivariant_local_denoiser, dict(boundary="circular"))])
+def test_sharded_and_chunked_equal_unsharded(factory, kw):
+  train = _data(13)
+  labels = np.arange(13) % 2
+  x, s = _noisy_queries(train, np.array([0.1, 0.5, 2.0]), per_sigma=2)
+  q_labels = np.array([0, 1, 1, 0, 0, 1])
+  want = np.asarray(factory(train, 3, labels, chunk_size=13, query_block=6, **kw)(x, s, q_labels))
+  # 8 shards of 2 images (3 of them padding), blocks of 4 queries (2 of them padding).
+  got = factory(train, 3, labels, chunk_size=2, query_block=4, mesh=make_mesh(data=8), **kw)
+  np.testing.assert_allclose(np.asarray(got(x, s, q_labels)), want, atol=1e-5)
+  got = factory(train, 3, labels, chunk_size=3, query_block=4, **kw)
+  np.testing.assert_allclose(np.asarray(got(x, s, q_labels)), want, atol=1e-5)
+
+
+def test_patch_size_schedule_selects_per_query_and_works_under_jit_and_vmap():
+  train = _data(6)
+  x, s = _noisy_queries(train, np.array([0.05, 0.05, 2.0, 2.0]))
+  sched = local_denoiser(train, {0.05: 1, 2.0: 5})
+  small, large = local_denoiser(train, 1), local_denoiser(train, 5)
+  want = np.concatenate([np.asarray(small(x[:2], s[:2])), np.asarray(large(x[2:], s[2:]))])
+  np.testing.assert_allclose(np.asarray(sched(x, s)), want, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(jax.jit(lambda d, a, b: d(a, b))(sched, x, s)), want,
+                             atol=1e-6)
+  per_sigma = jax.vmap(lambda sig: sched(x[:1], sig))(jnp.asarray([0.05, 2.0]))
+  np.testing.assert_allclose(np.asarray(per_sigma[0]), want[:1], atol=1e-6)
+  np.testing.assert_allclose(np.asarray(per_sigma[1]), np.asarray(large(x[:1], 2.0)), atol=1e-6)
+
+
+def test_reexported_from_optimal():
+  from diffgen_jax import optimal_patches  # pylint: disable=import-outside-toplevel
+  for name in ("local_denoiser", "equivariant_local_denoiser", "patch_composite_denoiser",
+               "gaussian_denoiser"):
+    assert getattr(optimal, name) is getattr(optimal_patches, name)
+
+
+# ---- the Gaussian denoiser --------------------------------------------------------------------
+
+def _gaussian_data(n=400, shape=(3, 2, 2), seed=0):
+  rng = np.random.default_rng(seed)
+  d = int(np.prod(shape))
+  a = rng.standard_normal((d, d)) * 0.1
+  data = rng.standard_normal((n, d)) @ a.T + 0.1
+  return np.clip(data, -1, 1).reshape((n,) + shape).astype(np.float32)
+
+
+def test_gaussian_denoiser_is_exact_posterior_mean_on_gaussian_data():
+  train = _gaussian_data()
+  flat = train.reshape(len(train), -1).astype(np.float64)
+  m = flat.mean(axis=0)
+  cov = (flat - m).T @ (flat - m) / len(flat)
+  rng = np.random.default_rng(2)
+  # One query per sigma of the 64-point gap grid, in one call with per-query sigma.
+  x = flat[rng.integers(0, len(flat), 64)] + GRID[:, None] * rng.standard_normal((64, len(m)))
+  # Posterior mean of N(m, S) observed through N(0, sigma^2 I): m + S (S + sigma^2 I)^-1 (x - m).
+  want = np.stack([m + cov @ np.linalg.solve(cov + s ** 2 * np.eye(len(m)), xi - m)
+                   for xi, s in zip(x, GRID)])
+  got = gaussian_denoiser(train)(x.reshape((64,) + train.shape[1:]).astype(np.float32),
+                                 GRID.astype(np.float32))
+  np.testing.assert_allclose(np.asarray(got).reshape(64, -1), want, atol=1e-4)
+
+
+@pytest.mark.parametrize("rank", [None, 4])
+def test_gaussian_jacobian_eigenvalues(rank):
+  train = _gaussian_data()
+  flat = train.reshape(len(train), -1).astype(np.float64)
+  lam = np.sort(np.linalg.eigvalsh(np.cov(flat.T, ddof=0)))[::-1]
+  d = len(lam)
+  denoise = gaussian_denoiser(train, rank=rank)
+  for sigma in (0.05, 0.5):
+    jac = jax.jacfwd(lambda v: denoise(v.reshape((1,) + train.shape[1:]), sigma).reshape(-1))(
+        jnp.asarray(flat[0], jnp.float32))
+    got = np.sort(np.linalg.eigvalsh(0.5 * (np.asarray(jac) + np.asarray(jac).T)))[::-1]
+    want = lam / (lam + sigma ** 2)
+    if rank is not None:
+      want = np.concatenate([want[:rank], np.zeros(d - rank)])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+def test_bad_input_raises_clear_errors():
+  train = _data(4)
+  with pytest.raises(ValueError, match="patch_size must be a positive odd integer"):
+    local_denoiser(train, 4)
+  with pytest.raises(ValueError, match="patch_size must be a positive odd integer"):
+    patch_composite_denoiser(train, 0)
+  with pytest.raises(ValueError, match="patch_size"):
+    local_denoiser(train, {0.1: 3, 1.0: 2})
+  with pytest.raises(ValueError, match="boundary must be one of"):
+    equivariant_local_denoiser(train, 3, boundary="reflect")
+  with pytest.raises(ValueError, match="train_images must be floating point"):
+    local_denoiser((train * 127.5 + 127.5).astype(np.uint8), 3)
+  with pytest.raises(ValueError, match=r"train_images must lie in \[-1, 1\]"):
+    gaussian_denoiser(train * 2)
+  with pytest.raises(ValueError, match="NHWC"):
+    equivariant_local_denoiser(train.reshape(4, -1), 3)
+  with pytest.raises(ValueError, match="chunk_size"):
+    local_denoiser(train, 3, chunk_size=0)
+  with pytest.raises(ValueError, match="rank"):
+    gaussian_denoiser(train, rank=0)
+  denoise = local_denoiser(train, 3)
+  with pytest.raises(ValueError, match="x must be"):
+    denoise(train[:, :4], 1.0)
+  with pytest.raises(ValueError, match="sigma must be > 0"):
+    denoise(train, 0.0)
+
+
+def test_optimal_denoiser_default_chunk_per_backend():
+  # CPU keeps the measured 2048; accelerators take the whole shard in one chunk (up to 65,536).
+  assert optimal.default_chunk_size("cpu") == 2048
+  assert optimal.default_chunk_size("gpu") == optimal.default_chunk_size("tpu") == 65536
+  train = _data(5)
+  x, s = _noisy_queries(train, np.array([0.3]), per_sigma=2)
+  np.testing.assert_array_equal(np.asarray(empirical_optimal_denoiser(train)(x, s)),
+                                np.asarray(empirical_optimal_denoiser(train, chunk_size=2048)(x, s)))
+
+
+def test_float64_option_matches_reference():
+  train = _data(5)
+  x, s = _noisy_queries(train, np.array([0.01, 0.5]), per_sigma=1)
+  with jax.enable_x64(True):
+    for factory, ref in ((local_denoiser, ls_reference), (patch_composite_denoiser, pspc_reference)):
+      got = np.asarray(factory(train, 3, dtype=jnp.float64)(x.astype(np.float64), s))
+      assert got.dtype == np.float64
+      np.testing.assert_allclose(got, ref(train, x, s, 3), atol=1e-10)
+  assert not jax.config.jax_enable_x64
+
+
+@pytest.mark.parametrize("factory,kw", [(local_denoiser, {}), (patch_composite_denoiser, {}),
+                                        (equivariant_local_denoiser, dict(boundary="zeros"))])
+def test_memory_does_not_grow_with_the_training_set(factory, kw):
+  # XLA's temporaries for a call at N = 16 and N = 256 training images (same chunk): equal.
+  temps = []
+  for n in (16, 256):
+    denoise = factory(_data(n, shape=(6, 6, 1)), 3, chunk_size=4, query_block=4, **kw)
+    x = jnp.asarray(_data(8, seed=1, shape=(6, 6, 1)))
+    analysis = jax.jit(lambda d, a: d(a, 1.0)).lower(denoise, x).compile().memory_analysis()
+    if analysis is None or not getattr(analysis, "temp_size_in_bytes", 0):
+      pytest.skip("backend reports no memory analysis")
+    temps.append(analysis.temp_size_in_bytes)
+  assert temps[1] <= temps[0] * 1.05, temps
