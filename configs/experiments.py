@@ -11,7 +11,8 @@ results.json into experiments/results/<finding>/):
     python experiments/training_time.py --config.runs.unet.training.total_images=320000  # override
 
 Findings (FINDINGS): toy2d, training_time, model_size, dataset_size, granularity, guidance,
-receptive_field, trajectory_overlap, sample_gap, gradient_score. Modes (MODES):
+receptive_field, trajectory_overlap, sample_gap, gradient_score, analytic_ladder (the trained U-Net
+and DiT against every rung of the analytic ladder, job `ladder`). Modes (MODES):
 
   local  Real offline data on a 2-core CPU, each finding <= 30 minutes (estimates in
          experiments/README.md, from the measured ~700 img/s of the tiny U-Net at 8x8). Everything
@@ -54,7 +55,8 @@ from diffgen_jax import defaults
 
 # finding -> (what it shows, its runs in order, paper compute). Runs named here are built by _RUNS.
 FINDINGS = ("toy2d", "training_time", "model_size", "dataset_size", "granularity", "guidance",
-            "receptive_field", "trajectory_overlap", "sample_gap", "gradient_score")
+            "receptive_field", "trajectory_overlap", "sample_gap", "gradient_score",
+            "analytic_ladder")
 MODES = ("local", "paper", "smoke")
 
 # Sweep values per mode: (local, paper, smoke).
@@ -77,6 +79,7 @@ PAPER_COMPUTE = {
     "trajectory_overlap": "the training_time runs (their evaluate job's samples section)",
     "sample_gap": "the training_time runs (their evaluate job's samples section)",
     "gradient_score": "the training_time U-Net and DiT + the factors job (a few GPU-h)",
+    "analytic_ladder": "the training_time U-Net and DiT + the ladder job (ELS at CIFAR shape: GPU-h)",
 }
 
 
@@ -252,6 +255,19 @@ def _toy2d(mode: str):
   return c
 
 
+def _ladder(mode: str, run_dir: str):
+  """The ladder job (configs/ladder.py) on a training run's last snapshot."""
+  c = _sibling("ladder").get_config("local" if mode == "local" else "smoke" if mode == "smoke"
+                                    else None)
+  c.run_dir = run_dir
+  if mode == "paper":  # CIFAR-10 32x32x3: windows up to the whole image (k >= 2H - 1 = 63 is y*)
+    c.num_images, c.num_sigmas, c.batch_size = 1024, 24, 128
+    c.trajectory.num_samples = 256
+    c.calibration.sizes = (3, 5, 7, 9, 11, 15, 19, 23, 31)
+    c.gaussian_ranks = (64, 256)
+  return c
+
+
 # ------------------------------------------------------------------------------------------------
 # The findings
 
@@ -307,6 +323,10 @@ def _runs(finding: str, mode: str):
                ("factors_trained_dit", _factors(mode, ("trained",), "@run:dit", dit()), None)]
       runs[-1][1].trained.styles = ("autoguidance",)
     return runs
+  if finding == "analytic_ladder":
+    return [("unet", unet(), None), ("dit", dit(), None),
+            ("ladder_unet", _ladder(mode, "@run:unet"), None),
+            ("ladder_dit", _ladder(mode, "@run:dit"), None)]
   raise ValueError(finding)
 
 

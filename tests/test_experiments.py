@@ -20,7 +20,8 @@ from diffgen_jax import models  # noqa: E402
 from experiments import common  # noqa: E402
 
 FINDINGS = ("toy2d", "training_time", "model_size", "dataset_size", "granularity", "guidance",
-            "receptive_field", "trajectory_overlap", "sample_gap", "gradient_score")
+            "receptive_field", "trajectory_overlap", "sample_gap", "gradient_score",
+            "analytic_ladder")
 # The keys of results.json's "results" section per finding.
 EXPECTED = {
     "toy2d": {"flow_field", "relative_error", "gap_vs_delta", "gap_vs_density", "guidance",
@@ -34,6 +35,7 @@ EXPECTED = {
     "trajectory_overlap": {"models"},
     "sample_gap": {"models"},
     "gradient_score": {"analytic", "trained U-Net", "trained DiT"},
+    "analytic_ladder": {"networks"},
 }
 
 
