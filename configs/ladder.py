@@ -54,8 +54,8 @@ def get_config(variant=None):
     config.num_images = 128
     config.num_sigmas = 12
     config.trajectory.num_samples = 32
-  elif mode == "smoke":
-    config.num_images = 8
+  elif mode == "smoke":  # every input set is 4 states x 3 sigmas = one batch of 12: one compile
+    config.num_images = 4
     config.num_sigmas = 3
     config.batch_size = 16
     config.trajectory.update(dict(num_samples=4, num_steps=3))

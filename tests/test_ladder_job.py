@@ -65,7 +65,7 @@ def test_job_writes_results_figures_and_the_library_numbers(run_dir, tmp_path):
   assert res["job"] == "ladder" and res["schema_version"] == 1
   s = res["settings"]
   steps = checkpointing.snapshot_steps(run_dir)
-  assert s["step"] == steps[-1] and s["num_train_set"] == 32 and s["num_train_eval"] == 8
+  assert s["step"] == steps[-1] and s["num_train_set"] == 32 and s["num_train_eval"] == 4
   assert s["rungs"] == ["y*", "y_delta", "LS", "ELS", "PSPC", "gaussian", "gaussian_r4"]
   sigmas = np.asarray(s["sigmas"])
   assert len(sigmas) == 3 and len(s["trajectory_sigmas"]) == 3  # smoke: 3 sigmas, 3 Heun steps
@@ -90,7 +90,7 @@ def test_job_writes_results_figures_and_the_library_numbers(run_dir, tmp_path):
   # An independent recomputation with the library on the snapshot's network: the same numbers.
   split = common.load_split(_run_config(run_dir), "train")  # the run's data config
   train_all, labels_all, _ = data.first_images(split)
-  x, y, ids = data.first_images(split, 8)
+  x, y, ids = data.first_images(split, 4)
   name, params, _ = checkpointing.load_ema_params(run_dir, steps[-1])
   run_config = _run_config(run_dir)
   net = network_denoiser(common.network_of(run_config, 10), params,
