@@ -77,6 +77,9 @@ def get_config(variant=None):
       # Sample-level gap of each guided denoiser: G_FD of this many Heun samples (0 = off).
       "sample_gap_samples": 256,
       "sample_gap_steps": 18,
+      # cfg needs a run trained with training.label_dropout > 0 (else its network never learned
+      # the null label); True measures it anyway, for those who know what the numbers mean.
+      "allow_cfg_without_label_dropout": False,
   })
 
   if fashion:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Tuple
 
 import ml_collections
 import numpy as np
 
 from diffgen_jax import edm
+from diffgen_jax.checks import check_number
 from diffgen_jax.data import sources as data_sources
 from diffgen_jax.data import splits as data_splits
 
@@ -126,9 +127,19 @@ def data_config(data_config, prefix: str = "data") -> None:
                       f"(default: $DIFFGEN_DATA_DIR or {data_sources.DEFAULT_DATA_DIR})")
   name = data_config.name
   if not isinstance(name, str) or not name:
-    raise ConfigError(f"{field('name')}={name!r} must be one of the built-in datasets {data_sources.DATASETS} "
-                      "or the tfds name of a dataset prepared in data_dir")
-  if name not in data_sources.DATASETS and not data_sources.is_prepared(name, data_dir):
+    raise ConfigError(f"{field('name')}={name!r} must be one of the built-in datasets {data_sources.DATASETS}, "
+                      "the tfds name of a dataset prepared in data_dir, or "
+                      "'edm_zip:TRAIN.zip,VALIDATION.zip'")
+  if name.startswith("edm_zip:"):
+    from diffgen_jax.data import edm_zip  # pylint: disable=g-import-not-at-top
+    try:
+      paths = edm_zip.parse_name(name)
+    except ValueError as err:
+      raise ConfigError(f"{field('name')}: {err}") from None
+    for path in paths:
+      if not os.path.exists(os.path.expanduser(path)):
+        raise ConfigError(f"{field('name')}={name!r}: {path} does not exist")
+  elif name not in data_sources.DATASETS and not data_sources.is_prepared(name, data_dir):
     raise ConfigError(f"{field('name')}={name!r} is neither a built-in dataset {data_sources.DATASETS} nor a "
                       f"tfds dataset prepared (array_record) in data_dir="
                       f"{data_sources.resolve_data_dir(data_dir)!r}")
@@ -159,3 +170,120 @@ def data_config(data_config, prefix: str = "data") -> None:
     if available is not None and subset_size > available:
       raise ConfigError(f"{field('subset_size')}={subset_size} exceeds the {available} images "
                         f"of {name!r}'s training split")
+# ------------------------------------------------------------------------------------------------
+# Float fields finite (also in the compute dtype); numeric API arguments: diffgen_jax/checks.py
+
+
+def float_leaves(config, prefix: str = "") -> Iterator[Tuple[str, float]]:
+  """(dotted field, value) of every float in a config, including floats inside lists and tuples."""
+  items = config.items() if hasattr(config, "items") else ()
+  for key, value in items:
+    field = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      yield from float_leaves(value, field + ".")
+    elif isinstance(value, (list, tuple)):
+      for i, v in enumerate(value):
+        if isinstance(v, (float, np.floating)):
+          yield f"{field}[{i}]", float(v)
+    elif isinstance(value, (float, np.floating)):
+      yield field, float(value)
+
+
+def finite_floats(config, compute_dtype: str = "float32") -> None:
+  """Every float field of the config must be finite, also once cast to the compute dtype.
+
+  A valid Python float such as 1e39 is infinite in float32 (and bfloat16, whose range is
+  float32's), so it would reach the computation as inf: rejected here, naming the field.
+  """
+  # Parameters, optimizer state and schedules are float32 whatever training.compute_dtype
+  # (bfloat16 activations share float32's exponent range).
+  limit = float(np.finfo(np.float32).max)
+  for field, value in float_leaves(config):
+    if not math.isfinite(value):
+      raise ConfigError(f"config.{field}={value!r} must be finite")
+    if abs(value) > limit:
+      raise ConfigError(f"config.{field}={value!r} is not finite in the compute dtype "
+                        f"{compute_dtype} (largest finite value {limit:.4g}): it would reach the "
+                        "computation as inf")
+
+
+# Ranges of the numeric fields of the train / evaluate configs (defaults.train_config), checked for
+# whichever of them a config has; errors name the field. int: an integer (bools are not);
+# float: any real number (ints too). Bounds as in checks.check_number.
+_INT, _NUM = dict(integer=True), {}
+FIELD_RANGES = {
+    "seed": dict(_INT, low=0),
+    "log_every_steps": dict(_INT, low=1),
+    "mesh.data": dict(_INT, low=-1),
+    "mesh.model": dict(_INT, low=1),
+    "data.subset_size": dict(_INT, low=0),
+    "data.subset_seed": dict(_INT, low=0),
+    "training.batch_size": dict(_INT, low=1),
+    "training.total_images": dict(_INT, low=1),
+    "training.lr": dict(_NUM, low=0.0, low_open=True),
+    "training.lr_ref_images": dict(_NUM, low=0.0),
+    "training.warmup_images": dict(_NUM, low=0.0),
+    "training.adam_b1": dict(_NUM, low=0.0, high=1.0, high_open=True),
+    "training.adam_b2": dict(_NUM, low=0.0, high=1.0, high_open=True),
+    "training.adam_eps": dict(_NUM, low=0.0, low_open=True),
+    "training.grad_clip": dict(_NUM, low=0.0),
+    "training.p_mean": dict(_NUM),
+    "training.p_std": dict(_NUM, low=0.0, low_open=True),
+    "training.sigma_data": dict(_NUM, low=0.0, low_open=True),
+    "training.label_dropout": dict(_NUM, low=0.0, high=1.0, high_open=True),
+    "training.ema.halflife_images": dict(_NUM, low=0.0, low_open=True),
+    "training.ema.rampup_ratio": dict(_NUM, low=0.0),
+    # EDM2's power EMA: sigma_rel of gamma = 0 is sqrt(1/12) ~ 0.2887 (ema.std_to_exponent).
+    "training.ema.sigma_rels[]": dict(_NUM, low=0.0, high=0.2886, low_open=True, high_open=True),
+    "checkpoint.state_every_images": dict(_NUM, low=0.0, low_open=True),
+    "checkpoint.snapshot_every_images": dict(_NUM, low=0.0, low_open=True),
+    "checkpoint.keep_states": dict(_INT, low=1),
+    "sampling.grid_size": dict(_INT, low=0),
+    "sampling.num_steps": dict(_INT, low=1),
+    "evaluation.num_images": dict(_INT, low=1),
+    "evaluation.num_sigmas": dict(_INT, low=1),
+    "evaluation.noise_seed": dict(_INT, low=0),
+    "evaluation.batch_size": dict(_INT, low=1),
+    "evaluation.sigmas[]": dict(_NUM, low=0.0, low_open=True),
+    "evaluation.at_sigmas[]": dict(_NUM, low=0.0, low_open=True),
+    "evaluation.samples.num_samples": dict(_INT, low=2),
+    "evaluation.samples.num_steps": dict(_INT, low=1),
+    "evaluation.samples.seed": dict(_INT, low=0),
+    "evaluation.samples.classifier_steps": dict(_INT, low=0),
+    "evaluation.samples.num_train_subsets": dict(_INT, low=1),
+    "evaluation.samples.early_stop_every": dict(_INT, low=1),
+    "evaluation.samples.probe_size": dict(_INT, low=1),
+    "evaluation.samples.copy_ratio": dict(_NUM, low=0.0, high=1.0, low_open=True, high_open=True),
+    "evaluation.samples.grid_size": dict(_INT, low=0),
+    "monitor.every_images": dict(_NUM, low=0.0),
+    "monitor.num_images": dict(_INT, low=1),
+    "monitor.sigmas[]": dict(_NUM, low=0.0, low_open=True),
+    "monitor.batch_size": dict(_INT, low=1),
+}
+
+
+def _lookup(config, field: str):
+  node = config
+  for part in field.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return None, False
+    node = node[part]
+  return node, True
+
+
+def field_ranges(config, ranges=None) -> None:
+  """Checks every field of `ranges` (default FIELD_RANGES) that the config has: a number of the
+  right kind (integer or real), not NaN or inf, inside its range. "field[]" names a list of
+  numbers, each checked. Raises ConfigError naming the field (and the entry of a list)."""
+  for field, bounds in (FIELD_RANGES if ranges is None else ranges).items():
+    is_list = field.endswith("[]")
+    value, present = _lookup(config, field[:-2] if is_list else field)
+    if not present:
+      continue
+    if is_list:
+      if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"config.{field[:-2]}={value!r} must be a list of numbers")
+      for i, v in enumerate(value):
+        check_number(v, f"config.{field[:-2]}[{i}]", error=ConfigError, **bounds)
+    else:
+      check_number(value, f"config.{field}", error=ConfigError, **bounds)

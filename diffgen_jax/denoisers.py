@@ -23,11 +23,13 @@ optimal denoiser and y_delta come from `optimal`.)
 from __future__ import annotations
 
 import functools
-from typing import Optional, Protocol, Tuple
+from typing import Iterable, Optional, Protocol, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from diffgen_jax.checks import check_number
 
 
 class Denoiser(Protocol):
@@ -49,7 +51,10 @@ def guided(positive: Denoiser, negative: Denoiser, weight: float) -> Denoiser:
 
   A weight of exactly 0 given as a Python or numpy number returns `positive` itself (the formula's
   value, without evaluating the negative); any other weight, or a traced one, builds the formula.
+  Raises ValueError unless weight is a finite number (a traced weight is passed through).
   """
+  if not isinstance(weight, jax.core.Tracer):
+    check_number(weight, "weight")
   if isinstance(weight, (int, float, np.number)) and float(weight) == 0.0:
     return positive
   return jax.tree_util.Partial(_guided, positive, negative, weight)
@@ -102,7 +107,7 @@ def crop_offsets(crop_size: int, image_size) -> Tuple[Tuple[int, int], ...]:
   Raises ValueError unless max(H, W)/2 <= crop_size <= min(H, W) (2x2 crops cover the image).
   """
   h, w = _hw(image_size)
-  s = crop_size
+  s = check_number(crop_size, "crop_size", low=1, integer=True)
   if not (s <= h and s <= w and 2 * s >= h and 2 * s >= w):
     raise ValueError(f"crop_size must satisfy max(H, W)/2 <= s <= min(H, W) so that 2x2 corner "
                      f"crops cover the {h}x{w} image, got {s}")
@@ -152,3 +157,54 @@ def is_array_pytree(denoiser) -> bool:
   """
   leaves = jax.tree.leaves(denoiser)
   return bool(leaves) and all(isinstance(leaf, (jax.Array, np.ndarray, float, int)) for leaf in leaves)
+
+
+def check_label_domain(domain: Iterable[int], labels) -> None:
+  """Raises ValueError naming the labels that have no training points in `domain`.
+
+  A class-conditional softmax over the training points of a label that has none is 0 / 0: it has
+  no value, and under jit it would come out as NaN without a word. So it is refused wherever the
+  labels are still concrete. domain: the training labels (any iterable of ints); labels: concrete
+  query labels (any shape).
+  """
+  known = frozenset(int(v) for v in np.unique(np.asarray(list(domain), np.int64)))
+  missing = sorted(set(np.unique(np.asarray(labels)).tolist()) - known)
+  if missing:
+    raise ValueError(f"labels {missing} have no training points, so the class-conditional optimal "
+                     f"denoiser is undefined for them (a softmax over an empty set); training "
+                     f"labels present: {sorted(known)}")
+
+
+def _concrete_host(labels):
+  """labels as a host array, or None when they are traced or not addressable from this process."""
+  if labels is None or isinstance(labels, jax.core.Tracer):
+    return None
+  if isinstance(labels, jax.Array) and not labels.is_fully_addressable:
+    return None
+  return np.asarray(labels)
+
+
+def check_labels(denoiser, labels) -> None:
+  """Checks concrete labels against every component of `denoiser` that restricts them.
+
+  A component declares the labels it is defined for by a `label_domain` attribute (a frozenset;
+  the empirical optimal denoiser sets its training classes; None or absent: any label). The
+  package's combinators are walked (guidance, label fixing, null label, y_delta, crop averaging:
+  every functools / jax.tree_util Partial), so a y* inside a guided pair is checked too; a
+  `with_labels` or `null_labelled` component is checked with the labels it substitutes. Samplers and evaluations call this before they
+  trace the labels (a check under jit would never run). Raises ValueError (see
+  `check_label_domain`).
+  """
+  def visit(obj, query, depth=0):
+    domain = getattr(obj, "label_domain", None)
+    if domain is not None and query is not None:
+      check_label_domain(domain, query)
+    if isinstance(obj, functools.partial) and depth < 64:
+      if obj.func is _with_labels and len(obj.args) >= 2:
+        query = _concrete_host(obj.args[1])
+      elif obj.func is _null_labelled and len(obj.args) >= 2:
+        query = _concrete_host(jnp.asarray([obj.args[1]]))
+      for child in (obj.func,) + tuple(obj.args) + tuple(obj.keywords.values()):
+        visit(child, query, depth + 1)
+
+  visit(denoiser, _concrete_host(labels))

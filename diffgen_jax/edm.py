@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffgen_jax.checks import check_number
 from diffgen_jax.denoisers import per_example
 
 SIGMA_DATA = 0.5
@@ -30,26 +31,41 @@ def karras_sigmas(num_steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float
   """EDM's rho-schedule, descending from sigma_max to sigma_min, then a final 0 (if asked).
 
   sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, i = 0..N-1.
+  Raises ValueError naming the argument unless num_steps is an integer >= 1, sigma_min and
+  sigma_max are finite with 0 < sigma_min <= sigma_max, and rho is finite and > 0 (and large
+  enough that sigma_max^(1/rho) is finite in float64).
   """
-  if num_steps < 1:
-    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-  if not 0 < sigma_min <= sigma_max:
-    raise ValueError(f"need 0 < sigma_min <= sigma_max, got sigma_min={sigma_min}, "
-                     f"sigma_max={sigma_max}")
+  check_sigma_range(num_steps, sigma_min, sigma_max)
+  check_number(rho, "rho", low=0.0, low_open=True)
   if num_steps == 1:
     sigmas = np.array([sigma_max], np.float64)
   else:
     ramp = np.arange(num_steps, dtype=np.float64) / (num_steps - 1)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    sigmas = (hi + ramp * (lo - hi)) ** rho
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, naming rho
+      lo, hi = np.float64(sigma_min) ** (1 / rho), np.float64(sigma_max) ** (1 / rho)
+      sigmas = (hi + ramp * (lo - hi)) ** rho
+  if not np.all(np.isfinite(sigmas)):
+    raise ValueError(f"rho={rho!r} is too small: sigma_max^(1/rho) overflows float64")
   if append_zero:
     sigmas = np.concatenate([sigmas, [0.0]])
   return sigmas
 
 
+def check_sigma_range(num: int, sigma_min: float, sigma_max: float, num_name: str = "num_steps"
+                      ) -> None:
+  """num an integer >= 1; sigma_min, sigma_max finite with 0 < sigma_min <= sigma_max."""
+  check_number(num, num_name, low=1, integer=True)
+  check_number(sigma_min, "sigma_min", low=0.0, low_open=True)
+  check_number(sigma_max, "sigma_max", low=0.0, low_open=True)
+  if sigma_min > sigma_max:
+    raise ValueError(f"need sigma_min <= sigma_max, got sigma_min={sigma_min}, "
+                     f"sigma_max={sigma_max}")
+
+
 def gap_sigma_grid(num: int = GAP_GRID_SIZE, sigma_min: float = SIGMA_MIN,
                    sigma_max: float = SIGMA_MAX) -> np.ndarray:
   """The log-spaced grid on which denoising errors and gaps are evaluated, ascending."""
+  check_sigma_range(num, sigma_min, sigma_max, "num")
   return np.geomspace(sigma_min, sigma_max, num)
 
 
@@ -76,7 +92,14 @@ class Preconditioning(NamedTuple):
 
 
 def preconditioning(sigma, sigma_data: float = SIGMA_DATA) -> Preconditioning:
-  """EDM's c_skip, c_out, c_in and c_noise for noise level(s) sigma."""
+  """EDM's c_skip, c_out, c_in and c_noise for noise level(s) sigma >= 0 (paper.md section 2).
+
+  At sigma = 0: c_skip = 1, c_out = 0 (no noise: D(x; 0) = x) and c_noise = ln(0)/4 = -inf.
+  Raises ValueError unless sigma_data is finite and > 0, or if a concrete sigma is negative or
+  not finite.
+  """
+  check_number(sigma_data, "sigma_data", low=0.0, low_open=True)
+  _check_concrete_sigma(sigma)
   sigma = jnp.asarray(sigma)
   total = sigma ** 2 + sigma_data ** 2
   return Preconditioning(
@@ -87,13 +110,27 @@ def preconditioning(sigma, sigma_data: float = SIGMA_DATA) -> Preconditioning:
   )
 
 
+def _check_concrete_sigma(sigma) -> None:
+  if isinstance(sigma, jax.core.Tracer):
+    return  # a check on traced values never runs; the denoiser below is safe at sigma = 0
+  s = np.asarray(sigma, np.float64)
+  bad = s[~(np.isfinite(s) & (s >= 0))]
+  if bad.size:
+    raise ValueError(f"sigma must be finite and >= 0, got {bad.ravel()[0]}")
+
+
 def loss_weight(sigma, sigma_data: float = SIGMA_DATA):
   """EDM's lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2: unit loss magnitude at every sigma."""
   return (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
 
 
 def sample_training_sigmas(key: jax.Array, shape, p_mean: float = -1.2, p_std: float = 1.2):
-  """ln sigma ~ N(p_mean, p_std^2): EDM's (-1.2, 1.2), EDM2 ImageNet-64's (-0.8, 1.6)."""
+  """ln sigma ~ N(p_mean, p_std^2): EDM's (-1.2, 1.2), EDM2 ImageNet-64's (-0.8, 1.6).
+
+  Raises ValueError unless p_mean is finite and p_std finite and >= 0.
+  """
+  check_number(p_mean, "p_mean")
+  check_number(p_std, "p_std", low=0.0)
   return jnp.exp(p_mean + p_std * jax.random.normal(key, shape))
 
 
@@ -104,15 +141,21 @@ def precondition(raw_network: RawNetwork, sigma_data: float = SIGMA_DATA, *, has
   """Wraps a raw network F(x_in, c_noise, labels) into EDM's denoiser D(x, sigma, labels).
 
   D(x; sigma, c) = c_skip x + c_out F(c_in x; c_noise, c). The result follows the package's
-  denoiser interface; sigma may be a scalar or one value per example. has_aux=True: the raw
-  network returns (F, aux) (e.g. EDM2's log-variance) and the denoiser returns (D, aux), so the
-  loss gets it as a return value, not through a side channel.
+  denoiser interface; sigma may be a scalar or one value per example, each >= 0. has_aux=True:
+  the raw network returns (F, aux) (e.g. EDM2's log-variance) and the denoiser returns (D, aux),
+  so the loss gets it as a return value, not through a side channel.
+  sigma = 0 gives D(x; 0) = x exactly (c_skip = 1, c_out = 0): the network then sees a finite
+  c_noise (that of sigma = 1) instead of ln(0) = -inf, whose NaN output 0 * NaN would not cancel.
+  Concrete sigmas that are negative or not finite raise ValueError (traced ones cannot be checked).
   """
+  check_number(sigma_data, "sigma_data", low=0.0, low_open=True)
 
   def denoise(x, sigma, labels=None):
+    _check_concrete_sigma(sigma)
     sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), x.shape[:1])
     c = preconditioning(sigma, sigma_data)
-    f = raw_network(per_example(c.c_in, x) * x, c.c_noise, labels)
+    c_noise = jnp.where(sigma > 0, c.c_noise, 0.0)
+    f = raw_network(per_example(c.c_in, x) * x, c_noise, labels)
     f, aux = f if has_aux else (f, None)
     d = per_example(c.c_skip, x) * x + per_example(c.c_out, x) * f.astype(x.dtype)
     return (d, aux) if has_aux else d

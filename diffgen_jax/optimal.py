@@ -16,6 +16,10 @@ How it is computed, and why:
     (x.y_i - ||y_i||^2 / 2) / sigma^2, computed on data centred at the training mean (which shrinks
     every magnitude that rounding errors scale with) and with full-precision matmuls (TF32 or bf16
     passes, the GPU/TPU defaults, would otherwise lose the logits at small sigma).
+  * Every finite sigma > 0, in float32 and float64: the running maximum is kept on the unscaled
+    score s_i = x.y_i - ||y_i||^2 / 2 and only differences s_i - max <= 0 are divided by sigma^2
+    (as ((s_i - max) / sigma) / sigma), so 1/sigma^2 never overflows: below sigma ~ 1e-19 in
+    float32 the weights simply become one-hot (the sigma -> 0 limit) instead of inf - inf = NaN.
   * The weighted sum uses the uncentred training points, so sigma -> 0 returns the nearest training
     point bit for bit.
   * Sharded: given a mesh, the training set is split over the data axis; each device streams its
@@ -33,7 +37,8 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffgen_jax.denoisers import Denoiser, per_example
+from diffgen_jax.checks import check_number
+from diffgen_jax.denoisers import Denoiser, check_label_domain, per_example
 # The analytic ladder's patch machines and Gaussian denoiser live beside this module (they import
 # nothing from it); re-exported here so `optimal.local_denoiser` etc. work.
 from diffgen_jax.optimal_patches import (  # noqa: F401  pylint: disable=unused-import
@@ -105,28 +110,40 @@ def _query_inputs(x, sigma, labels, item_shape, classes, dtype):
   return x.reshape(b, -1).astype(dtype), sigma_b, query_labels
 
 
-def _logits(x_centred, inv_var, query_labels, train_centred, half_sq_norms, train_labels):
-  """-||x - y_i||^2 / (2 sigma^2) up to a per-query constant, -inf outside the query's class.
+def _scores(x_centred, query_labels, train_centred, half_sq_norms, train_labels):
+  """sigma^2 times the logit -||x - y_i||^2 / (2 sigma^2), up to a per-query constant; -inf
+  outside the query's class.
 
-  The one place the softmax's logits are computed: (x.y_i - ||y_i||^2 / 2) / sigma^2 on centred
-  data with full-precision matmuls (see the module docstring). Shapes (B, D) x (C, D) -> (B, C).
+  The one place the softmax's scores are computed: x.y_i - ||y_i||^2 / 2 on centred data with
+  full-precision matmuls (see the module docstring); `_scaled` divides differences of scores by
+  sigma^2. Shapes (B, D) x (C, D) -> (B, C).
   """
   dots = jnp.matmul(x_centred, train_centred.T, precision=_HIGHEST)
-  logits = (dots - half_sq_norms[None, :]) * inv_var[:, None]
+  scores = dots - half_sq_norms[None, :]
   valid = (train_labels[None, :] != _NO_LABEL) & (
       (query_labels[:, None] == _ANY_LABEL) | (train_labels[None, :] == query_labels[:, None]))
-  return jnp.where(valid, logits, -jnp.inf)
+  return jnp.where(valid, scores, -jnp.inf)
+
+
+def _scaled(differences, inv_sigma):
+  """(score - max) / sigma^2 without forming 1/sigma^2 (which overflows float32 below ~1e-19).
+
+  differences <= 0 (or -inf), inv_sigma (B,) or broadcastable. A difference of exactly 0 is the
+  maximum itself: 0 also when 1/sigma is inf (sigma in float32's subnormal range), not 0 * inf.
+  """
+  inv = inv_sigma.reshape(inv_sigma.shape + (1,) * (differences.ndim - inv_sigma.ndim))
+  return jnp.where(differences == 0, 0.0, differences * inv * inv)
 
 
 def _chunked(a, chunk_size):
   return a.reshape((a.shape[0] // chunk_size, chunk_size) + a.shape[1:])
 
 
-def _streaming_posterior_mean(x_centred, inv_var, query_labels, train_centred, half_sq_norms,
+def _streaming_posterior_mean(x_centred, inv_sigma, query_labels, train_centred, half_sq_norms,
                               train, train_labels, chunk_size, axis_name=None):
-  """Partial statistics (max logit, sum of exp, weighted sum) over one training shard.
+  """Partial statistics (max score, sum of exp, weighted sum) over one training shard.
 
-  x_centred: (B, D) queries minus the centre; inv_var: (B,) = 1 / sigma^2 (the 1/2 lives in
+  x_centred: (B, D) queries minus the centre; inv_sigma: (B,) = 1 / sigma (the 1/2 lives in
   half_sq_norms); query_labels: (B,), _ANY_LABEL for an unconditional query. Training arrays:
   (N, D) centred and uncentred points, (N,) half squared norms, (N,) labels (-1 on padding); N is
   a multiple of chunk_size. axis_name: inside shard_map, the mesh axis the training shard varies
@@ -137,12 +154,12 @@ def _streaming_posterior_mean(x_centred, inv_var, query_labels, train_centred, h
   def step(carry, chunk):
     run_max, run_sum, run_acc = carry
     yc, half_sq, y, labels = chunk
-    logits = _logits(x_centred, inv_var, query_labels, yc, half_sq, labels)
-    new_max = jnp.maximum(run_max, jnp.max(logits, axis=1))
+    scores = _scores(x_centred, query_labels, yc, half_sq, labels)
+    new_max = jnp.maximum(run_max, jnp.max(scores, axis=1))
     # Until a query has seen one valid point its max is -inf; shift by 0 then (everything is 0).
     shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
-    weights = jnp.exp(logits - shift[:, None])
-    rescale = jnp.exp(run_max - shift)
+    weights = jnp.exp(_scaled(scores - shift[:, None], inv_sigma))
+    rescale = jnp.exp(_scaled(run_max - shift, inv_sigma))
     run_sum = run_sum * rescale + jnp.sum(weights, axis=1)
     run_acc = run_acc * rescale[:, None] + jnp.matmul(weights, y, precision=_HIGHEST)
     return (new_max, run_sum, run_acc), None
@@ -156,11 +173,11 @@ def _streaming_posterior_mean(x_centred, inv_var, query_labels, train_centred, h
   return run_max, run_sum, run_acc
 
 
-def _combine_shards(run_max, run_sum, run_acc, axis_name):
+def _combine_shards(run_max, run_sum, run_acc, inv_sigma, axis_name):
   """Exact log-sum-exp merge of per-device partial statistics."""
   global_max = lax.pmax(run_max, axis_name)
   shift = jnp.where(jnp.isfinite(global_max), global_max, 0.0)
-  rescale = jnp.exp(run_max - shift)
+  rescale = jnp.exp(_scaled(run_max - shift, inv_sigma))
   total = lax.psum(run_sum * rescale, axis_name)
   acc = lax.psum(run_acc * rescale[:, None], axis_name)
   return total, acc
@@ -216,25 +233,28 @@ def empirical_optimal_denoiser(train_images, train_labels=None, *, chunk_size: O
   else:
     arrays = {k: jax.device_put(v, NamedSharding(mesh, P(axis))) for k, v in arrays.items()}
 
-  def statistics(x_centred, inv_var, query_labels, *train_arrays):
-    stats = _streaming_posterior_mean(x_centred, inv_var, query_labels, *train_arrays,
+  def statistics(x_centred, inv_sigma, query_labels, *train_arrays):
+    stats = _streaming_posterior_mean(x_centred, inv_sigma, query_labels, *train_arrays,
                                       data.chunk_size, axis_name=None if mesh is None else axis)
     if mesh is None:
       return stats[1], stats[2]
-    return _combine_shards(*stats, axis_name=axis)
+    return _combine_shards(*stats, inv_sigma, axis_name=axis)
 
   if mesh is not None:
     statistics = jax.shard_map(statistics, mesh=mesh,
                                in_specs=(P(), P(), P()) + (P(axis),) * len(_TRAIN_ARRAYS),
                                out_specs=(P(), P()))
   static = functools.partial(_denoise, jax.jit(statistics), data.item_shape, data.classes, dtype)
-  return jax.tree_util.Partial(static, dict(arrays, centre=centre))
+  denoiser = jax.tree_util.Partial(static, dict(arrays, centre=centre))
+  # Read by denoisers.check_labels, which samplers and evaluations call while labels are concrete.
+  denoiser.label_domain = data.classes
+  return denoiser
 
 
 def _denoise(statistics, item_shape, classes, dtype, arrays, x, sigma, labels=None):
   flat_x, sigma_b, query_labels = _query_inputs(x, sigma, labels, item_shape, classes, dtype)
   # Positional: shard_map'd functions take no keyword arguments.
-  total, acc = statistics(flat_x - arrays["centre"], 1.0 / sigma_b ** 2, query_labels,
+  total, acc = statistics(flat_x - arrays["centre"], 1.0 / sigma_b, query_labels,
                           *(arrays[k] for k in _TRAIN_ARRAYS))
   return (acc / total[:, None]).reshape(jnp.shape(x)).astype(jnp.asarray(x).dtype)
 
@@ -244,27 +264,28 @@ def _is_concrete(a) -> bool:
 
 
 def _check_sigma(sigma) -> None:
+  """Concrete sigma must be finite and > 0: y* is defined for every such sigma (tending to the
+  nearest training point as sigma -> 0); sigma = 0 itself is not a noise level."""
   if _is_concrete(sigma):
-    s = np.asarray(sigma)
-    if not np.all(s > 0):
-      raise ValueError(f"sigma must be > 0, got {s.min()}")
+    s = np.asarray(sigma, np.float64)
+    bad = s[~(np.isfinite(s) & (s > 0))]
+    if bad.size:
+      raise ValueError(f"sigma must be > 0 and finite, got {bad.ravel()[0]}")
 
 
 def _check_labels(labels, classes) -> None:
   if _is_concrete(labels):
-    missing = sorted(set(np.asarray(labels).tolist()) - classes)
-    if missing:
-      raise ValueError(f"labels {missing} have no training points; known classes: {sorted(classes)}")
+    check_label_domain(classes, labels)
 
 
 def error_prone_denoiser(optimal: Denoiser, delta: float) -> Denoiser:
   """The toy model's y_delta: the posterior mean when every training point is a Gaussian of std delta.
 
   y_delta(x; sigma) = (delta^2 x + sigma^2 y*(x; s)) / (sigma^2 + delta^2), s = sqrt(sigma^2 + delta^2)
-  (paper.md section 4). delta = 0 gives back the optimal denoiser.
+  (paper.md section 4). delta = 0 gives back the optimal denoiser. Raises ValueError unless delta
+  is a finite number >= 0.
   """
-  if delta < 0:
-    raise ValueError(f"delta must be >= 0, got {delta}")
+  check_number(delta, "delta", low=0.0)
   if delta == 0:
     return optimal
   return jax.tree_util.Partial(_error_prone, optimal, float(delta))
@@ -287,7 +308,7 @@ class PosteriorStatistics(NamedTuple):
 def posterior_statistics(train_images, train_labels=None, *, chunk_size: int = 2048):
   """Returns stats(x, sigma, labels=None) -> PosteriorStatistics of the weights of y*(x; sigma).
 
-  The weights are those of `empirical_optimal_denoiser` (the same `_logits`, class-conditional
+  The weights are those of `empirical_optimal_denoiser` (the same `_scores`, class-conditional
   when labels are given), streamed over chunks of the training set with a running maximum m and
   the sums S0 = sum e^(l-m), S1 = sum e^(l-m) (l-m), S2 = sum e^(2(l-m)), each rescaled exactly
   when m grows. Then H = log S0 - S1 / S0 (no difference of large logits), 1/sum w^2 = S0^2 / S2
@@ -298,20 +319,23 @@ def posterior_statistics(train_images, train_labels=None, *, chunk_size: int = 2
   chunk = data.chunk_size
 
   @jax.jit
-  def statistics(x_centred, inv_var, query_labels, train_centred, half_sq_norms, train_labels):
+  def statistics(x_centred, inv_sigma, query_labels, train_centred, half_sq_norms, train_labels):
     b = x_centred.shape[0]
 
     def step(carry, xs):
       run_max, s0, s1, s2 = carry
-      logits = _logits(x_centred, inv_var, query_labels, *xs)
-      valid = jnp.isfinite(logits)
-      new_max = jnp.maximum(run_max, jnp.max(logits, axis=1))
+      scores = _scores(x_centred, query_labels, *xs)
+      new_max = jnp.maximum(run_max, jnp.max(scores, axis=1))
       shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
-      u = jnp.where(valid, logits - shift[:, None], 0.0)
-      e = jnp.where(valid, jnp.exp(u), 0.0)
+      u = _scaled(scores - shift[:, None], inv_sigma)
+      e = jnp.exp(u)
+      # e u -> 0 as u -> -inf; -inf (invalid points, or overflow at tiny sigma) must not give 0 * inf.
+      u = jnp.where(e > 0, u, 0.0)
       seen = s0 > 0
-      delta = jnp.where(seen, run_max - shift, 0.0)
-      r = jnp.where(seen, jnp.exp(delta), 0.0)
+      delta = jnp.where(seen, _scaled(run_max - shift, inv_sigma), 0.0)
+      r = jnp.exp(delta)
+      delta = jnp.where(r > 0, delta, 0.0)  # r = 0: the old sums vanish, and so does their shift
+      r = jnp.where(seen, r, 0.0)
       s1 = r * (s1 + delta * s0) + jnp.sum(e * u, axis=1)
       s0 = r * s0 + jnp.sum(e, axis=1)
       s2 = r * r * s2 + jnp.sum(e * e, axis=1)
@@ -327,7 +351,7 @@ def posterior_statistics(train_images, train_labels=None, *, chunk_size: int = 2
   def stats(x, sigma, labels=None) -> PosteriorStatistics:
     flat_x, sigma_b, query_labels = _query_inputs(x, sigma, labels, data.item_shape, data.classes,
                                                   jnp.float32)
-    return statistics(flat_x - arrays["centre"], 1.0 / sigma_b ** 2, query_labels,
+    return statistics(flat_x - arrays["centre"], 1.0 / sigma_b, query_labels,
                       arrays["train_centred"], arrays["half_sq_norms"], arrays["train_labels"])
 
   return stats

@@ -16,7 +16,8 @@ import numpy as np
 from jax import lax
 
 from diffgen_jax import edm
-from diffgen_jax.denoisers import Denoiser, is_array_pytree
+from diffgen_jax.checks import check_number
+from diffgen_jax.denoisers import Denoiser, check_labels, is_array_pytree
 
 SOLVERS = ("euler", "heun")
 
@@ -54,15 +55,36 @@ def sample(denoise: Denoiser, noise: jax.Array, labels: Optional[jax.Array] = No
 
   Returns:
     SamplerOutput(samples, trajectory or None).
+
+  Raises:
+    ValueError naming the argument: num_steps not an integer >= 1; sigma_min, sigma_max not finite
+    with 0 < sigma_min <= sigma_max, or outside the normal numbers of noise's dtype; rho not finite and > 0; s_churn, s_min, s_noise not finite
+    and >= 0; s_max NaN or < 0 (inf allowed); stop_step outside [0, num_steps - 1]; noise not a
+    floating-point array of finite values; labels that a component of `denoise` has no training
+    points for (`denoisers.check_labels`).
   """
   if solver not in SOLVERS:
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-  if s_churn < 0:
-    raise ValueError(f"s_churn must be >= 0, got {s_churn}")
+  edm.check_sigma_range(num_steps, sigma_min, sigma_max)
+  check_number(rho, "rho", low=0.0, low_open=True)
+  check_number(s_churn, "s_churn", low=0.0)
+  check_number(s_min, "s_min", low=0.0)
+  check_number(s_max, "s_max", low=0.0, allow_inf=True)
+  check_number(s_noise, "s_noise", low=0.0)
   if s_churn > 0 and key is None:
     raise ValueError("s_churn > 0 needs a PRNG key")
-  if stop_step is not None and not 0 <= stop_step < num_steps:
-    raise ValueError(f"stop_step must be in [0, {num_steps - 1}], got {stop_step}")
+  if stop_step is not None:
+    check_number(stop_step, "stop_step", low=0, high=num_steps - 1, integer=True)
+  _check_noise(noise)
+  # Every noise level must be a positive normal number in the sampling dtype: a sigma_min that is
+  # 0 (or subnormal) in float32 would make the last Heun step divide by 0.
+  finfo = np.finfo(noise.dtype)
+  if sigma_min < finfo.tiny:
+    raise ValueError(f"sigma_min={sigma_min!r} is below the smallest normal {noise.dtype} number "
+                     f"{finfo.tiny:.3g} (the dtype of noise): use sigma_min >= {finfo.tiny:.3g}")
+  if sigma_max > finfo.max:
+    raise ValueError(f"sigma_max={sigma_max!r} is not finite in {noise.dtype} (the dtype of noise)")
+  check_labels(denoise, labels)
   if key is None:
     key = jax.random.key(0)  # unused by deterministic sampling
   settings = dict(num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
@@ -117,6 +139,14 @@ def _integrate(denoise, noise, labels, key, *, num_steps, sigma_min, sigma_max, 
   else:
     x = denoise(x, jnp.asarray(sigmas[stop_step], dtype), labels)
   return SamplerOutput(x, Trajectory(*seen) if return_trajectory else None)
+
+
+def _check_noise(noise) -> None:
+  noise = noise if hasattr(noise, "dtype") else np.asarray(noise)
+  if not jnp.issubdtype(noise.dtype, jnp.floating):
+    raise ValueError(f"noise must be a floating-point array, got dtype {noise.dtype}")
+  if not isinstance(noise, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(noise))):
+    raise ValueError("noise contains NaN or Inf")
 
 
 _integrate_jit = jax.jit(_integrate, static_argnames=(

@@ -23,6 +23,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from diffgen_jax.data import builders
+from diffgen_jax.data.convention import check_pixels
 from diffgen_jax.data.sources import (IN_MEMORY_BYTES, SPLITS, LazyColumn, _open, _read_all,
                                       _source_split, _unknown_dataset, is_prepared,
                                       resolve_data_dir)
@@ -97,7 +98,17 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None,
     pseudo-labels, one per image of the returned split (after subsetting); their num_classes is
     `num_classes` if given, else max + 1.
   in_memory: read the split into numpy (None: when it holds at most IN_MEMORY_BYTES of pixels).
+  name "edm_zip:TRAIN.zip,VALIDATION.zip": EDM's dataset zips (`data.edm_zip`; labels "class" or
+    "none"; data_dir unused; the train split's seeded order uses subset_seed).
   """
+  if name.startswith("edm_zip:"):
+    from diffgen_jax.data import edm_zip  # pylint: disable=g-import-not-at-top  (imports us)
+    if not isinstance(labels, str):
+      raise ValueError("pseudo-labels are not supported for EDM dataset zips")
+    images, zip_labels, k, ids = edm_zip.split_arrays(
+        name, split, labels=labels, subset_size=subset_size,
+        order_seed=subset_seed if split == "train" else 0)
+    return Split(images=images, labels=zip_labels, num_classes=k, ids=ids)
   data_dir = resolve_data_dir(data_dir)
   if name not in builders.BUILDERS and not is_prepared(name, data_dir):
     raise _unknown_dataset(name, data_dir)
@@ -182,8 +193,13 @@ def read_pseudo_labels(path: str, split: str) -> np.ndarray:
 
 
 def to_unit_range(images) -> np.ndarray:
-  """uint8 pixels (N, H, W[, C]) -> float32 NHWC in [-1, 1]: the one home of this scaling."""
+  """uint8 pixels (N, H, W[, C]) -> float32 NHWC in [-1, 1]: the one home of this scaling.
+
+  Raises ValueError for anything but integer pixels in [0, 255] (e.g. float images already in
+  [-1, 1], which would otherwise land in [-1.008, -0.992]); see data/convention.py.
+  """
   images = np.asarray(images)
+  check_pixels(images, "images")
   if images.ndim == 3:
     images = images[..., None]
   return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)

@@ -29,18 +29,25 @@ import numpy as np
 import optax
 from flax import serialization, traverse_util
 
+from diffgen_jax.checks import check_number
+from diffgen_jax.data.convention import check_images
+
 FeaturesFn = Callable[[jax.Array], jax.Array]
 EXTERNAL_KINDS = ("inception_v3", "dinov2")
 
 
 def pixel_features(images) -> jax.Array:
-  """(B, H, W, C) -> (B, H*W*C)."""
+  """(B, H, W, C) float images in [-1, 1] (samples may overshoot) -> (B, H*W*C); ValueError for
+  images on another scale (data/convention.py)."""
+  check_images(images, "images", lenient=True)
   images = jnp.asarray(images)
   return images.reshape(images.shape[0], -1)
 
 
 def batched_features(features_fn: FeaturesFn, images, batch_size: int = 256) -> np.ndarray:
-  """features_fn over (N, ...) images in batches of a fixed size (the last one padded): (N, F)."""
+  """features_fn over (N, H, W, C) float images in [-1, 1] (samples may overshoot; ValueError for
+  another scale, data/convention.py) in batches of a fixed size (the last one padded): (N, F)."""
+  check_images(images, "images", lenient=True)
   images = np.asarray(images)
   n = images.shape[0]
   if n == 0:
@@ -94,6 +101,12 @@ def train_classifier(images, labels, num_classes: int, steps: int = 2000, seed: 
   Returns (params, accuracy): accuracy on (val_images, val_labels) when given, else on the
   training images.
   """
+  check_images(images, "images")
+  check_number(steps, "steps", low=1, integer=True)
+  check_number(batch_size, "batch_size", low=1, integer=True)
+  check_number(learning_rate, "learning_rate", low=0.0, low_open=True)
+  if val_images is not None:
+    check_images(val_images, "val_images")
   images = np.asarray(images, np.float32)
   labels = np.asarray(labels, np.int32)
   n = images.shape[0]

@@ -36,7 +36,9 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax import edm
-from diffgen_jax.denoisers import is_array_pytree
+from diffgen_jax.checks import check_number
+from diffgen_jax.data.convention import check_images
+from diffgen_jax.denoisers import check_labels, is_array_pytree
 from diffgen_jax.sharding import DATA_AXIS, check_divisible
 
 
@@ -88,15 +90,19 @@ _per_image_values_jit = jax.jit(_per_image_values, static_argnames=("sigma_chunk
 
 
 def _as_float_images(images) -> np.ndarray:
+  """Float images on the [-1, 1] scale (any (N, ...) shape; values up to 10 in magnitude pass so
+  that synthetic data such as Gaussians can be measured; data/convention.py), else ValueError."""
   a = np.asarray(images)
-  if not np.issubdtype(a.dtype, np.floating):
-    raise ValueError(f"images must be floating point in [-1, 1] (the data pipeline's uint8 / 127.5 "
-                     f"- 1), got dtype {a.dtype}")
+  check_images(a, "images", nhwc=False, lenient=True)
   return a.astype(np.float32) if a.dtype != np.float32 and a.dtype != np.float64 else a
 
 
 def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, batch_size,
               sigma_chunk, mesh, params) -> np.ndarray:
+  check_number(batch_size, "batch_size", low=1, integer=True)
+  if sigma_chunk is not None:
+    check_number(sigma_chunk, "sigma_chunk", low=0, integer=True)  # 0 or None: all sigmas at once
+  check_number(noise_seed, "noise_seed", low=0, integer=True)
   images = _as_float_images(images)
   n = images.shape[0]
   if n == 0:
@@ -110,6 +116,9 @@ def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, ba
     labels = np.asarray(labels, np.int32)
     if labels.shape != (n,):
       raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+  # Labels are concrete here and traced below: refuse labels without training points now.
+  check_labels(denoise if params is None else jax.tree_util.Partial(denoise, params), labels)
+  check_labels(reference, labels)
   c = max(1, min(sigma_chunk or s, s))
   padded = np.concatenate([sigmas_host, np.full(-s % c, sigmas_host[-1])])
   sigmas_dev = jnp.asarray(padded, images.dtype)

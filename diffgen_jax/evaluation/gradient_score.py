@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from diffgen_jax.denoisers import Denoiser, is_array_pytree
+from diffgen_jax.data.convention import check_images
+from diffgen_jax.denoisers import Denoiser, check_labels, is_array_pytree
 from diffgen_jax.evaluation.gap import image_noise
 
 
@@ -77,7 +78,10 @@ def gradient_correlation_score(denoise: Denoiser, x, sigma, labels=None, *,
 
 def gradient_correlation_vs_sigma(denoise: Denoiser, images, sigmas, labels=None, *, ids=None,
                                   noise_seed: int = 0, chunk_size: int = 64) -> np.ndarray:
-  """(S, B) scores at noisy inputs y + sigma n_y (the gap evaluation's per-image noise)."""
+  """(S, B) scores at noisy inputs y + sigma n_y (the gap evaluation's per-image noise); images
+  (B, H, W, C) float in [-1, 1] (ValueError otherwise, data/convention.py)."""
+  check_images(images, "images")
+  check_labels(denoise, labels)
   images = jnp.asarray(images, jnp.float32)
   ids = np.arange(images.shape[0]) if ids is None else np.asarray(ids)
   noise = image_noise(noise_seed, ids, images.shape[1:], images.dtype)

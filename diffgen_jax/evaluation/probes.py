@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffgen_jax import samplers
-from diffgen_jax.denoisers import is_array_pytree
+from diffgen_jax.data.convention import check_images
+from diffgen_jax.denoisers import check_labels, is_array_pytree
 from diffgen_jax.evaluation.features import batched_features
 from diffgen_jax.evaluation.gap import image_noise
 from diffgen_jax.evaluation.neighbours import nearest_neighbours
@@ -114,7 +115,11 @@ def trajectory_overlap(states, sigmas, train_images, train_probe, val_probe, *,
   Returns:
     {"trajectory" | "noisy_train" | "noisy_val": {"nn_rms", "relative_nn", "effective_number",
     "participation"}: (T, B or P) arrays} (see the module docstring; average over axis 1).
+    Images (train_images, the probes) are float in [-1, 1], NHWC (ValueError otherwise).
   """
+  for name, images in (("train_images", train_images), ("train_probe", train_probe),
+                       ("val_probe", val_probe)):
+    check_images(images, name, nhwc=False)
   states = np.asarray(states, np.float32)
   sigmas = np.asarray(sigmas, np.float32)
   if states.shape[0] != sigmas.shape[0]:
@@ -172,6 +177,10 @@ def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train
     dict of (T,) arrays 'trajectory/train', 'trajectory/val', 'train/train', 'train/val',
     'val/train', 'val/val' (prediction source / reference set).
   """
+  check_images(train_probe, "train_probe", nhwc=False)
+  check_images(val_probe, "val_probe", nhwc=False)
+  check_labels(denoise, train_probe_labels)
+  check_labels(denoise, val_probe_labels)
   sigmas = np.asarray(sigmas, np.float32)
   if is_array_pytree(denoise):
     den = functools.partial(_apply_jit, denoise)

@@ -45,8 +45,7 @@ import numpy as np
 from diffgen_jax import samplers
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import frechet, probes
-from diffgen_jax.evaluation.copies import copy_fraction
-from diffgen_jax.evaluation.neighbours import nearest_neighbours
+from diffgen_jax.evaluation.copies import copy_fraction, nearest_distinct
 
 
 # ------------------------------------------------------------------------------------------------
@@ -298,7 +297,8 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
   g = ctx.grid_size
   grid = {}
   if g > 0:
-    idx, dist = nearest_neighbours(run.samples[:g], ctx.train_images, 2)
+    # Second neighbour: the nearest *distinct* training image, as in the copy test.
+    idx, dist, _ = nearest_distinct(run.samples[:g], ctx.train_images)
     grid = {"samples": run.samples[:g], "nearest": ctx.train_images[idx[:, 0]],
             "nearest_ids": ctx.train_ids[idx[:, 0]], "distances": dist,
             "copy_ratio": np.float32(ctx.copy_ratio)}

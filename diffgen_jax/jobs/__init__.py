@@ -6,6 +6,7 @@
                                  gradient score) on analytic denoisers and on a trained run
     toy2d      jobs/toy2d.py     the 2D toy model's experiments (a)-(g)
     ladder     jobs/ladder.py    a trained run's network against every rung of the analytic ladder
+    convert    jobs/convert.py   NVIDIA's published EDM/EDM2 networks -> snapshots of this package
 
 Only the jobs see configs and workdirs; everything below them takes arrays, denoisers and plain
 arguments. Every job writes WORKDIR/results.json in one layout (`jobs.results`). `run` validates
@@ -27,6 +28,7 @@ JOBS = {
     "evaluate": "diffgen_jax.jobs.evaluate",
     "factors": "diffgen_jax.jobs.factors",
     "ladder": "diffgen_jax.jobs.ladder",
+    "convert": "diffgen_jax.jobs.convert",
 }
 
 
@@ -34,6 +36,10 @@ def validate(config) -> str:
   """Checks every field the job named by config.job (and the jobs it chains) reads; returns the
   job's name. Raises config_checks.ConfigError naming the field."""
   job = config_checks.choice(config, "job", JOBS)
+  # Every float finite, also in the compute dtype (1e39 is inf in float32); every numeric field of
+  # config_checks.FIELD_RANGES that the config has in its range.
+  config_checks.finite_floats(config)
+  config_checks.field_ranges(config)
   if job == "evaluate":  # reads the run's data, model and training fields as well
     importlib.import_module(JOBS["train"]).validate_training_fields(config)
   importlib.import_module(JOBS[job]).validate_config(config)

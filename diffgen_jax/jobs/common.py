@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffgen_jax import data, edm, training
+from diffgen_jax import config_checks, data, denoisers, edm, training
 from diffgen_jax.models.network import Network, build_network
 
 
@@ -49,3 +49,25 @@ def network_of(config, num_classes: int, compute_dtype: str = "float32") -> Netw
 def sigma_grid(sigmas, num_sigmas: int) -> np.ndarray:
   """An explicit grid (sorted) if given, else `edm.gap_sigma_grid(num_sigmas)`."""
   return np.sort(edm.validate_sigma_grid(sigmas)) if sigmas else edm.gap_sigma_grid(num_sigmas)
+
+
+def check_optimal_labels(config, train_split, val_split) -> None:
+  """Every label the run will query the class-conditional optimal denoiser with has training points.
+
+  The evaluation queries y* with the validation labels (the gap) and with every class (the
+  samples' labels cycle through all of them); a label without a training image has no y* (a
+  softmax over an empty set), so the run is refused at start-up, before anything trains or
+  compiles. Raises ConfigError naming config.data.subset_size / config.data.labels and the labels.
+  """
+  if train_split.num_classes == 0 or train_split.labels is None:
+    return
+  queried = np.union1d(np.unique(np.asarray(val_split.labels)), np.arange(train_split.num_classes))
+  try:
+    denoisers.check_label_domain(np.unique(np.asarray(train_split.labels)), queried)
+  except ValueError as err:
+    d = config.data
+    raise config_checks.ConfigError(
+        f"config.data.subset_size={d.subset_size} with config.data.labels={d.labels!r}: {err}. The "
+        "evaluation queries the class-conditional optimal denoiser with every class and the "
+        "validation labels: use a training subset that holds every class, or "
+        "config.data.labels='none'") from None

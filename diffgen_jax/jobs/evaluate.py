@@ -26,7 +26,7 @@ from absl import logging
 from diffgen_jax import checkpointing, config_checks, data, defaults, ema, optimal
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import gap, samples
-from diffgen_jax.jobs import common, console, results as results_lib
+from diffgen_jax.jobs import common, console, convert, results as results_lib
 from diffgen_jax.models.network import network_denoiser
 
 FIGURES_DIR = "evaluation"  # figures, the classifier and the sample grids, under the workdir
@@ -52,6 +52,10 @@ def validate_config(config) -> None:
   config_checks.choice(config, "evaluation.ema", ("first", "all"))
   config_checks.integer(config, "evaluation.noise_seed", 0)
   config_checks.flag(config, "evaluation.model_vs_optimal")
+  if "optimal" in e:
+    config_checks.flag(config, "evaluation.optimal")
+  if config.model.get("checkpoint"):
+    convert.validate_config(config)
   config_checks.numbers(config, "evaluation.at_sigmas", 0.0, strict=True, allow_empty=True)
   if "samples" in e:
     validate_sample_settings(e.samples)
@@ -110,6 +114,9 @@ def _read_results(workdir: str, protocol: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
+  if config.model.get("checkpoint"):  # NVIDIA's networks: converted into the workdir first
+    convert.run(config, workdir)
+    config = convert.converted_config(config, workdir)
   e = config.evaluation
   steps = checkpointing.snapshot_steps(workdir)
   if not os.path.isdir(workdir) or not steps:
@@ -118,7 +125,15 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   train_split = common.load_split(config, "train")
   val_split = common.load_split(config, "validation")
   _check_matches_run(workdir, config)
-  network = common.network_of(config, train_split.num_classes, "float32")
+  common.check_optimal_labels(config, train_split, val_split)
+  num_classes = train_split.num_classes
+  if config.model.get("checkpoint"):  # the published network's own classes (0: unconditional)
+    num_classes = config.model.num_classes
+    if num_classes and num_classes != train_split.num_classes:
+      raise config_checks.ConfigError(
+          f"config.model.checkpoint is a network of {num_classes} classes, config.data "
+          f"{config.data.name!r} has {train_split.num_classes}")
+  network = common.network_of(config, num_classes, "float32")
   sigma_data = config.training.sigma_data
   sigmas = common.sigma_grid(e.sigmas, e.num_sigmas)
   train_x, train_y, train_ids = data.first_images(train_split, e.num_images)
@@ -134,8 +149,12 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   # Different seeds for the two splits: independent noise draws (ids overlap across splits).
   train_kw = dict(batch_size=e.batch_size, ids=train_ids, noise_seed=e.noise_seed)
   val_kw = dict(batch_size=e.batch_size, ids=val_ids, noise_seed=e.noise_seed + 1)
-  exact = optimal.empirical_optimal_denoiser(*data.first_images(train_split)[:2])
-  if "optimal" not in results:
+  # The exact optimal denoiser needs the whole training split in memory: optional (off for
+  # ImageNet-scale sets, e.g. configs/nvidia.py), then there is no model-vs-optimal distance.
+  use_optimal = e.get("optimal", True)
+  exact = (optimal.empirical_optimal_denoiser(*data.first_images(train_split)[:2])
+           if use_optimal else None)
+  if use_optimal and "optimal" not in results:
     console.progress(f"evaluate: optimal denoiser on {len(train_x)} + {len(val_x)} images x "
                      f"{len(sigmas)} sigmas")
     opt_train = gap.denoising_errors(exact, train_x, train_y, sigmas, **train_kw)
@@ -154,7 +173,7 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
       denoise = network_denoiser(network, ema.pick(ema_sets, name)[1], sigma_data)
       record = {}
       for split_name, x, y, kw in (("train", train_x, train_y, train_kw), ("val", val_x, val_y, val_kw)):
-        if e.model_vs_optimal:
+        if e.model_vs_optimal and use_optimal:
           errors, dist = gap.errors_and_distance(denoise, exact, x, y, sigmas, **kw)
           record[f"to_optimal_{split_name}"] = dist.tolist()
         else:
@@ -228,9 +247,9 @@ def draw(results, sigmas, out_dir: str) -> None:
   s = results["summary"]
   gap_plots.gap_over_training(os.path.join(out_dir, "gap_over_training.png"), sigmas,
                               [r["gap"] for r in records], seen, onset_sigma=s["peak_sigma"][-1])
-  opt = results["optimal"]
+  opt = results.get("optimal", {})
   gap_plots.error_curves(os.path.join(out_dir, "errors.png"), sigmas, records[-1]["e_train"],
-                         records[-1]["e_val"], opt["e_train"], opt["e_val"],
+                         records[-1]["e_val"], opt.get("e_train"), opt.get("e_val"),
                          title=f"Denoising error after {seen[-1]} images")
   if "gap_at_sigmas" in s:
     at = [float(k) for k in s["gap_at_sigmas"]]

@@ -95,10 +95,32 @@ def _check_run_data(config, saved) -> None:
                       f"(run, now): {diff}; use the run's data config")
 
 
+def check_guidance_is_learned(config, saved) -> None:
+  """Classifier-free guidance needs a network that learned the null label: a conditional run
+  trained with training.label_dropout > 0. Raises ConfigError naming label_dropout otherwise,
+  unless config.trained.allow_cfg_without_label_dropout is True."""
+  t = config.trained
+  if "cfg" not in tuple(t.styles) or not any(float(w) != 0.0 for w in t.ws):
+    return
+  if t.get("allow_cfg_without_label_dropout", False):
+    return
+  conditional = saved.data.get("labels", "class") != "none"  # the train job sets num_classes
+  label_dropout = float(saved.training.get("label_dropout", 0.0))
+  if conditional and label_dropout <= 0.0:
+    raise ConfigError(
+        f"config.trained.styles={tuple(t.styles)} asks for classifier-free guidance, but the run in "
+        f"config.run_dir={config.run_dir!r} was trained with config.training.label_dropout="
+        f"{label_dropout}: its network never saw the null label, so D(x; sigma, null) and the "
+        "guided curves mean nothing. Drop 'cfg' from config.trained.styles, train with "
+        "training.label_dropout > 0 (e.g. 0.1), or set "
+        "config.trained.allow_cfg_without_label_dropout=True to measure it anyway")
+
+
 def sweep_trained(config, setup: Setup) -> Dict[str, Any]:
   t = config.trained
   saved = _run_config(config.run_dir)
   _check_run_data(config, saved)
+  check_guidance_is_learned(config, saved)
   steps = checkpointing.snapshot_steps(config.run_dir)
   if not steps:
     raise ConfigError(f"config.run_dir={config.run_dir!r} holds no snapshots: train first")
@@ -288,6 +310,10 @@ def validate_config(config) -> None:
       if not isinstance(v, int) or isinstance(v, bool):
         _fail(f"trained.{f}", v, "must be an integer index into the run's snapshots (-1: last)")
     _int(config, "trained.gradient_images", 1)
+    if "allow_cfg_without_label_dropout" in config.trained:
+      config_checks.flag(config, "trained.allow_cfg_without_label_dropout")
+    if os.path.exists(os.path.join(run_dir, "config.json")):  # refused at start-up, not at the end
+      check_guidance_is_learned(config, _run_config(run_dir))
 
 
 def load_setup(config) -> Setup:
@@ -297,6 +323,7 @@ def load_setup(config) -> Setup:
   for name, split in splits.items():
     arrays[name] = data.first_images(split)
   tr, va = arrays["train"], arrays["validation"]
+  common.check_optimal_labels(config, splits["train"], splits["validation"])
   return make_setup(tr[0], tr[1], va[0], va[1], splits["train"].num_classes,
                     common.sigma_grid(config.sigmas, config.num_sigmas),
                     num_images=config.num_images, train_ids=tr[2], val_ids=va[2],

@@ -1,0 +1,43 @@
+"""Checks of the public API's numeric arguments: one helper, errors that name the argument.
+
+Imports nothing of the package, so every layer (the mathematics included) can use it; config
+fields are checked by config_checks.py, which names them as config.<field>.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def check_number(value, name: str, *, low=None, high=None, low_open: bool = False,
+                 high_open: bool = False, integer: bool = False, allow_inf: bool = False,
+                 error=ValueError):
+  """Returns `value` if it is a real number in the range, else raises `error` naming `name`.
+
+  NaN is always rejected; +-inf only with allow_inf=True (and then still subject to the range).
+  integer=True also rejects non-integral values (bools are never numbers). Ranges: [low, high],
+  an open end with low_open / high_open. Works on Python and numpy scalars and 0-d arrays.
+  """
+  kind = "an integer" if integer else "a number"
+  try:
+    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    ok = is_int or (not integer and isinstance(value, (float, np.floating)))
+    if not ok and not isinstance(value, (bool, np.bool_)) and np.ndim(value) == 0:
+      arr = np.asarray(value)
+      ok = arr.dtype.kind in ("iu" if integer else "iuf")
+      value = arr.item() if ok else value
+  except TypeError:
+    ok = False
+  if not ok:
+    raise error(f"{name}={value!r} must be {kind}")
+  if math.isnan(value):
+    raise error(f"{name}={value!r} must be {kind}, not NaN")
+  if math.isinf(value) and not allow_inf:
+    raise error(f"{name}={value!r} must be finite")
+  if low is not None and (value <= low if low_open else value < low):
+    raise error(f"{name}={value!r} must be {'>' if low_open else '>='} {low}")
+  if high is not None and (value >= high if high_open else value > high):
+    raise error(f"{name}={value!r} must be {'<' if high_open else '<='} {high}")
+  return value
