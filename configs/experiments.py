@@ -14,7 +14,8 @@ Findings (FINDINGS): toy2d, training_time, model_size, dataset_size, granularity
 receptive_field, trajectory_overlap, sample_gap, gradient_score, disjoint_subsets,
 memorization_time (the last two: U-Nets on the disjoint training subsets S1, S2 of
 `data.subset_side`, shared by name `unet_n<N>_s<side>`; settings of their own measurements in
-`config.diagnostics`). Modes (MODES):
+`config.diagnostics`), analytic_ladder (the trained U-Net and DiT against every rung of the
+analytic ladder, job `ladder`). Modes (MODES):
 
   local  Real offline data on a 2-core CPU, each finding <= 30 minutes (estimates in
          experiments/README.md, from the measured ~700 img/s of the tiny U-Net at 8x8). Everything
@@ -58,7 +59,7 @@ from diffgen_jax import defaults
 # finding -> (what it shows, its runs in order, paper compute). Runs named here are built by _RUNS.
 FINDINGS = ("toy2d", "training_time", "model_size", "dataset_size", "granularity", "guidance",
             "receptive_field", "trajectory_overlap", "sample_gap", "gradient_score",
-            "disjoint_subsets", "memorization_time")
+            "disjoint_subsets", "memorization_time", "analytic_ladder")
 MODES = ("local", "paper", "smoke")
 
 # Sweep values per mode: (local, paper, smoke).
@@ -96,6 +97,7 @@ PAPER_COMPUTE = {
                         "(~200 V100-h each, ~1,200 V100-h)",
     "memorization_time": "8 DDPM++ CIFAR-10 runs (N = 1k..8k, 2 sides) at 100M images with dense "
                          "snapshots (~1,600 V100-h); shares the 1k runs with disjoint_subsets",
+    "analytic_ladder": "the training_time U-Net and DiT + the ladder job (ELS at CIFAR shape: GPU-h)",
 }
 
 
@@ -297,6 +299,19 @@ def _toy2d(mode: str):
   return c
 
 
+def _ladder(mode: str, run_dir: str):
+  """The ladder job (configs/ladder.py) on a training run's last snapshot."""
+  c = _sibling("ladder").get_config("local" if mode == "local" else "smoke" if mode == "smoke"
+                                    else None)
+  c.run_dir = run_dir
+  if mode == "paper":  # CIFAR-10 32x32x3: windows up to the whole image (k >= 2H - 1 = 63 is y*)
+    c.num_images, c.num_sigmas, c.batch_size = 1024, 24, 128
+    c.trajectory.num_samples = 256
+    c.calibration.sizes = (3, 5, 7, 9, 11, 15, 19, 23, 31)
+    c.gaussian_ranks = (64, 256)
+  return c
+
+
 # ------------------------------------------------------------------------------------------------
 # The findings
 
@@ -356,6 +371,10 @@ def _runs(finding: str, mode: str):
     sizes = (_DISJOINT if finding == "disjoint_subsets" else _MEMORIZATION)[m]
     return [(f"unet_n{n}_s{side}", _diagnostic_unet(mode, n, side),
              {"group": f"S{side}", "value": n}) for n, sides in sizes for side in sides]
+  if finding == "analytic_ladder":
+    return [("unet", unet(), None), ("dit", dit(), None),
+            ("ladder_unet", _ladder(mode, "@run:unet"), None),
+            ("ladder_dit", _ladder(mode, "@run:dit"), None)]
   raise ValueError(finding)
 
 

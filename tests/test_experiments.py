@@ -21,7 +21,7 @@ from experiments import common  # noqa: E402
 
 FINDINGS = ("toy2d", "training_time", "model_size", "dataset_size", "granularity", "guidance",
             "receptive_field", "trajectory_overlap", "sample_gap", "gradient_score",
-            "disjoint_subsets", "memorization_time")
+            "disjoint_subsets", "memorization_time", "analytic_ladder")
 # The keys of results.json's "results" section per finding.
 EXPECTED = {
     "toy2d": {"flow_field", "relative_error", "gap_vs_delta", "gap_vs_density", "guidance",
@@ -37,6 +37,7 @@ EXPECTED = {
     "gradient_score": {"analytic", "trained U-Net", "trained DiT"},
     "disjoint_subsets": {"pairs"},
     "memorization_time": {"runs", "slopes", "tau_gen_fd_target"},
+    "analytic_ladder": {"networks"},
 }
 
 

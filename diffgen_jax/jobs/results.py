@@ -4,7 +4,7 @@ Every job writes WORKDIR/results.json (plain JSON, non-finite numbers as null, w
 after each unit of work so an interrupted job keeps what it finished), and anything that reads
 results (experiments/, notebooks) calls `read(workdir)` without knowing which job wrote it:
 
-    {"job": "train" | "evaluate" | "factors" | "toy2d",     the job that wrote it
+    {"job": "train" | "evaluate" | "factors" | "toy2d" | "ladder",    the job that wrote it
      "schema_version": 1,
      ... the job's sections:
      train / evaluate (the gap of every snapshot of a training run; `jobs.evaluate`):
@@ -27,6 +27,12 @@ results (experiments/, notebooks) calls `read(workdir)` without knowing which jo
                     (sections as in `evaluation.sweeps`)
      toy2d (`jobs.toy2d`):
        "experiments": {name: {"protocol", ...curves, "wall_time_s"}}
+     ladder (`jobs.ladder`, the network of one snapshot against the analytic rungs):
+       "settings":    the run, snapshot, data, sigma grids (noised sets, trajectory), rungs, config
+       "calibration": {"on", "sigmas", "sizes", "machines": {LS|ELS|PSPC: {"mse", "r2", "best_size"}}}
+       "agreement":   {"train"|"val"|"trajectory": {"sigmas", "rungs": {rung: {"mse", "r2"}}}}
+       "gaps":        {"sigmas", "denoisers": {"network"|rung: {"e_train", "e_val", "gap"}}}
+       "summary":     {"best_rung", "best_r2", "gap_distance", "closest_gap_rung"}
     }
 Figures and other files go beside it (the evaluate job's under WORKDIR/evaluation/).
 """

@@ -1,0 +1,309 @@
+"""The `ladder` job: a trained network against every rung of the analytic ladder (analytic.md
+section 1; a thin shell over `evaluation.ladder`).
+
+For one snapshot of a train job's run (config.run_dir; the last snapshot or config.step) it
+1. builds three input sets, each an (S, B, H, W, C) array of states with its sigmas:
+     "train"       the first num_images training images + sigma n (the gap evaluation's seeded
+                   per-image noise, seed noise_seed) on the sigma grid;
+     "val"         the same for validation images (seed noise_seed + 1);
+     "trajectory"  the network's own deterministic Heun trajectories (trajectory.num_samples
+                   samples, trajectory.num_steps noise levels of the Karras schedule; their sigmas);
+2. calibrates the patch size of each local rung (LS, ELS, PSPC) against the network per sigma of
+   the calibration set (calibration.on; `ladder.calibrate` over calibration.sizes), keeping the
+   distance curve of every candidate;
+3. builds the rungs (`ladder.ladder_rungs`): y*, y_delta (delta > 0), LS / ELS / PSPC at their
+   calibrated {sigma: size} schedules (nearest calibrated sigma in log space applies elsewhere),
+   the Gaussian denoiser at full rank and at each gaussian_ranks r; class-conditional on the
+   training labels when the run is;
+4. per input set and rung: mse and r2 = 1 - E||D_net - D_an||^2 / E||D_net - mean D_net||^2 per
+   sigma (normalised by the NETWORK's output variance; `ladder.ladder_agreement`);
+5. each rung's own E_train, E_val and G(sigma) and the network's, on the noised sets' images and
+   sigma grid (`ladder.rung_gaps`; one noise seed, noise_seed, for both splits).
+
+Outputs: WORKDIR/results.json (`jobs.results` layout, written after every stage):
+    {"job": "ladder", "schema_version": 1,
+     "settings":    {"run_dir", "step", "images_seen", "ema", "dataset", "subset_size", "labels",
+                     "num_classes", "image_shape", "num_train_set", "num_train_eval",
+                     "num_val_eval", "noise_seed_train", "noise_seed_val", "sigmas",
+                     "trajectory_sigmas", "rungs", "config"}
+     "calibration": {"on", "sigmas" (S_c,), "sizes" (K,),
+                     "machines": {"LS" | "ELS" | "PSPC": {"mse" (K, S_c), "r2" (K, S_c),
+                                                          "best_size" (S_c,)}}}
+     "agreement":   {"train" | "val" | "trajectory": {"sigmas" (S,),
+                                                     "rungs": {rung: {"mse" (S,), "r2" (S,)}}}}
+     "gaps":        {"sigmas" (S,), "denoisers": {"network" | rung: {"e_train", "e_val", "gap"}}}
+     "summary":     {"best_rung": {set: [rung of the highest r2 per sigma]},
+                     "best_r2": {set: [that r2 per sigma]},
+                     "gap_distance": {rung: mean |G_rung - G_network| over sigmas where both are
+                                      finite}, "closest_gap_rung": the rung minimising it}}
+Figures (config.make_plots) in WORKDIR: ladder_r2.png (r2 vs sigma per rung, one panel per input
+set), ladder_calibration.png (calibrated size vs sigma and every candidate's distance curve),
+ladder_gap.png (G(sigma) of the rungs beside the network's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict
+
+import ml_collections
+import numpy as np
+
+from diffgen_jax import checkpointing, config_checks, data, jsonio
+from diffgen_jax.config_checks import ConfigError, fail
+from diffgen_jax.evaluation import ladder
+from diffgen_jax.jobs import common, console, results as results_lib
+from diffgen_jax.models.network import network_denoiser
+from diffgen_jax.optimal_patches import BOUNDARIES, patch_composite_denoiser
+
+JOB = "ladder"
+LOCAL_RUNGS = ("LS", "ELS", "PSPC")
+INPUT_SETS = ("train", "val", "trajectory")
+FIGURES = ("ladder_r2.png", "ladder_calibration.png", "ladder_gap.png")
+
+
+# ------------------------------------------------------------------------------------------------
+# Config
+
+
+def validate_config(config) -> None:
+  """Checks every field the job reads; ConfigError names the field and what it allows."""
+  config_checks.choice(config, "job", (JOB,))
+  run_dir = config_checks.get(config, "run_dir")
+  if not run_dir or not isinstance(run_dir, str):
+    fail("run_dir", run_dir, "must name a train job's workdir")
+  if not os.path.isdir(run_dir):
+    fail("run_dir", run_dir, "does not exist")
+  if not os.path.exists(os.path.join(run_dir, "config.json")):
+    fail("run_dir", run_dir, "has no config.json: not a train job's workdir")
+  step = config_checks.get(config, "step")
+  if isinstance(step, bool) or not isinstance(step, int) or step < -1:
+    fail("step", step, "must be -1 (the last snapshot) or a snapshot step >= 0")
+  ema_name = config_checks.get(config, "ema")
+  if not isinstance(ema_name, str) or not ema_name:
+    fail("ema", ema_name, "must be 'first' or the name of an EMA set of the snapshot")
+  data_dir = config_checks.get(config, "data_dir")
+  if not isinstance(data_dir, str):
+    fail("data_dir", data_dir, "must be a path string ('' = the run's data.data_dir)")
+  config_checks.integer(config, "num_images", 2)  # r2 needs an output variance: >= 2 states
+  if config.sigmas:
+    config_checks.sigma_grid(config, "sigmas")
+  else:
+    config_checks.integer(config, "num_sigmas", 1)
+  config_checks.integer(config, "noise_seed", 0)
+  config_checks.integer(config, "batch_size", 1)
+  config_checks.integer(config, "trajectory.num_samples", 2)
+  config_checks.integer(config, "trajectory.num_steps", 1)
+  config_checks.integer(config, "trajectory.seed", 0)
+  sizes = config_checks.numbers(config, "calibration.sizes", 1, integer=True)
+  if any(k % 2 == 0 for k in sizes) or len(set(sizes)) != len(sizes):
+    fail("calibration.sizes", tuple(sizes), "must be distinct odd integers >= 1 (window sizes)")
+  config_checks.choice(config, "calibration.on", INPUT_SETS)
+  config_checks.number(config, "delta", 0.0)
+  local = config_checks.get(config, "local_rungs")
+  if isinstance(local, str):
+    local = tuple(v for v in local.split(",") if v)
+  bad = [v for v in local if v not in LOCAL_RUNGS]
+  if bad or len(set(local)) != len(local):
+    fail("local_rungs", tuple(local), f"entries must be distinct values of {LOCAL_RUNGS} (() for none)")
+  config_checks.choice(config, "els_boundary", BOUNDARIES)
+  config_checks.flag(config, "gaussian_full")
+  config_checks.numbers(config, "gaussian_ranks", 1, integer=True, allow_empty=True)
+  config_checks.flag(config, "make_plots")
+
+
+def _local_rungs(config):
+  local = config.local_rungs
+  return tuple(v for v in local.split(",") if v) if isinstance(local, str) else tuple(local)
+
+
+def _run_config(run_dir: str) -> ml_collections.ConfigDict:
+  with open(os.path.join(run_dir, "config.json")) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def _snapshot_step(config) -> int:
+  steps = checkpointing.snapshot_steps(config.run_dir)
+  if not steps:
+    fail("run_dir", config.run_dir, f"holds no snapshots under {checkpointing.SNAPSHOT_DIR}/: "
+         "train first")
+  if config.step == -1:
+    return steps[-1]
+  if config.step not in steps:
+    fail("step", config.step, f"is not a snapshot step of the run; allowed values {tuple(steps)} "
+         "or -1 (the last)")
+  return config.step
+
+
+def _check_ranks(config, dim: int) -> None:
+  bad = [r for r in config.gaussian_ranks if r > dim]
+  if bad:
+    fail("gaussian_ranks", tuple(config.gaussian_ranks), f"has {bad} > H W C = {dim} of the "
+         "run's images")
+
+
+# ------------------------------------------------------------------------------------------------
+# The job
+
+
+def _pspc_factory(train_images, k, train_labels=None, **kwargs):
+  return patch_composite_denoiser(train_images, k, train_labels, **kwargs)
+
+
+def run(config, workdir: str) -> Dict[str, Any]:
+  """Runs the ladder report; writes WORKDIR/results.json after every stage, then the figures."""
+  start = time.perf_counter()
+  step = _snapshot_step(config)
+  saved = _run_config(config.run_dir)
+  run_config = saved.copy_and_resolve_references()
+  if config.data_dir:
+    run_config.data.data_dir = config.data_dir
+  train_split = common.load_split(run_config, "train")
+  val_split = common.load_split(run_config, "validation")
+  num_classes = train_split.num_classes
+  train_all, train_labels_all, _ = data.first_images(train_split)
+  _check_ranks(config, int(np.prod(train_all.shape[1:])))
+  train_x, train_y, train_ids = data.first_images(train_split, config.num_images)
+  val_x, val_y, val_ids = data.first_images(val_split, config.num_images)
+  sigmas = common.sigma_grid(config.sigmas, config.num_sigmas)
+
+  network = common.network_of(run_config, num_classes, "float32")
+  ema_name, params, meta = checkpointing.load_ema_params(config.run_dir, step, config.ema)
+  net = network_denoiser(network, params, float(run_config.training.sigma_data))
+  previous = results_lib.read_if_exists(workdir).get(results_lib.JOB_KEY)
+  if previous not in (None, JOB):
+    raise ConfigError(f"{results_lib.path(workdir)} holds the results of job {previous!r}: give "
+                      "the ladder job its own --workdir (not the run's)")
+  os.makedirs(workdir, exist_ok=True)
+  results: Dict[str, Any] = {}
+  save = lambda: results_lib.write(workdir, JOB, jsonio.to_jsonable(results))
+
+  # 1. The input sets.
+  t = config.trajectory
+  rng = np.random.default_rng(t.seed)
+  noise = rng.standard_normal((t.num_samples,) + train_all.shape[1:]).astype(np.float32)
+  sample_labels = (rng.integers(0, num_classes, t.num_samples).astype(np.int32)
+                   if num_classes > 0 else None)
+  console.progress(f"ladder: {t.num_samples} trajectories of the network ({t.num_steps} steps)")
+  traj_sigmas, traj_states = ladder.trajectory_inputs(net, noise, sample_labels,
+                                                      num_steps=int(t.num_steps))
+  input_sets = {
+      "train": (ladder.noised_inputs(train_x, sigmas, ids=train_ids, noise_seed=config.noise_seed),
+                sigmas, train_y),
+      "val": (ladder.noised_inputs(val_x, sigmas, ids=val_ids, noise_seed=config.noise_seed + 1),
+              sigmas, val_y),
+      "trajectory": (traj_states, traj_sigmas, sample_labels)}
+  results["settings"] = {
+      "run_dir": os.path.abspath(config.run_dir), "step": int(step),
+      "images_seen": meta.get("images_seen"), "ema": ema_name, "dataset": run_config.data.name,
+      "subset_size": run_config.data.subset_size or 0, "labels": run_config.data.labels,
+      "num_classes": int(num_classes), "image_shape": list(train_all.shape[1:]),
+      "num_train_set": len(train_all), "num_train_eval": len(train_x), "num_val_eval": len(val_x),
+      "noise_seed_train": config.noise_seed, "noise_seed_val": config.noise_seed + 1,
+      "sigmas": sigmas, "trajectory_sigmas": traj_sigmas,
+      "config": json.loads(config.to_json_best_effort())}
+  save()
+
+  # 2. Calibration of each local rung's patch size.
+  cal_inputs, cal_sigmas, cal_labels = input_sets[config.calibration.on]
+  machines = {"LS": dict(machine="ls"),
+              "ELS": dict(machine="els", boundary=config.els_boundary),
+              "PSPC": dict(machine="ls", machine_factory=_pspc_factory)}
+  calibrations = {}
+  results["calibration"] = {"on": config.calibration.on, "sigmas": cal_sigmas,
+                            "sizes": list(config.calibration.sizes), "machines": {}}
+  for name in _local_rungs(config):
+    console.progress(f"ladder: calibrating {name} over sizes {tuple(config.calibration.sizes)} on "
+                     f"the {config.calibration.on} set")
+    cal = ladder.calibrate(net, train_all, config.calibration.sizes, cal_inputs, cal_sigmas,
+                           cal_labels, train_labels=train_labels_all, batch_size=config.batch_size,
+                           **machines[name])
+    calibrations[name] = cal
+    results["calibration"]["machines"][name] = {"mse": cal.mse, "r2": cal.r2,
+                                                "best_size": cal.best_size}
+    save()
+
+  # 3. The rungs.
+  sched = lambda name: calibrations[name].schedule() if name in calibrations else None
+  ranks = ((None,) if config.gaussian_full else ()) + tuple(int(r) for r in config.gaussian_ranks)
+  rungs = ladder.ladder_rungs(
+      train_all, train_labels_all, delta=config.delta if config.delta > 0 else None,
+      ls_size=sched("LS"), els_size=sched("ELS"), pspc_size=sched("PSPC"),
+      els_boundary=config.els_boundary, gaussian_ranks=ranks)
+  results["settings"]["rungs"] = list(rungs)
+
+  # 4. Agreement of the network with every rung on every input set.
+  results["agreement"] = {}
+  for set_name in INPUT_SETS:
+    console.progress(f"ladder: {len(rungs)} rungs on the {set_name} set")
+    report = ladder.ladder_agreement(net, rungs, {set_name: input_sets[set_name]},
+                                     batch_size=config.batch_size)[set_name]
+    results["agreement"][set_name] = {
+        "sigmas": input_sets[set_name][1],
+        "rungs": {name: {"mse": a.mse, "r2": a.r2} for name, a in report.items()}}
+    save()
+
+  # 5. Each rung's own G(sigma), beside the network's.
+  console.progress(f"ladder: G(sigma) of the network and {len(rungs)} rungs")
+  gaps = ladder.rung_gaps({"network": net, **rungs}, train_x, val_x, sigmas, train_y, val_y,
+                          noise_seed=config.noise_seed, batch_size=config.batch_size)
+  results["gaps"] = {"sigmas": sigmas, "denoisers": gaps}
+  results["summary"] = summarize(results)
+  results["wall_time_s"] = time.perf_counter() - start
+  save()
+  results = results_lib.read(workdir)
+  if config.make_plots:
+    from diffgen_jax.plots import ladder as ladder_plots  # matplotlib only when plotting
+    ladder_plots.draw(results, workdir)
+  for line in summary_lines(results):
+    console.summary(line)
+  console.summary(f"ladder: results in {results_lib.path(workdir)}"
+                  + (f", figures in {os.path.abspath(workdir)}/" if config.make_plots else ""))
+  return results
+
+
+def _values(v) -> np.ndarray:
+  return np.asarray([np.nan if x is None else x for x in np.atleast_1d(v)], np.float64)
+
+
+def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
+  """Per input set and sigma, the rung of the highest r2; per rung, how far its G is from the
+  network's (mean |G_rung - G_network| over the sigmas where both are finite)."""
+  best_rung, best_r2 = {}, {}
+  for set_name, section in results["agreement"].items():
+    names = list(section["rungs"])
+    r2 = np.stack([_values(section["rungs"][n]["r2"]) for n in names])  # (R, S)
+    filled = np.where(np.isfinite(r2), r2, -np.inf)
+    idx = np.argmax(filled, axis=0)
+    best_rung[set_name] = [names[i] for i in idx]
+    best_r2[set_name] = [float(r2[i, j]) for j, i in enumerate(idx)]
+  curves = results["gaps"]["denoisers"]
+  g_net = _values(curves["network"]["gap"])
+  distance = {}
+  for name, c in curves.items():
+    if name == "network":
+      continue
+    g = _values(c["gap"])
+    ok = np.isfinite(g) & np.isfinite(g_net)
+    distance[name] = float(np.mean(np.abs(g[ok] - g_net[ok]))) if ok.any() else None
+  finite = {k: v for k, v in distance.items() if v is not None}
+  return {"best_rung": best_rung, "best_r2": best_r2, "gap_distance": distance,
+          "closest_gap_rung": min(finite, key=finite.get) if finite else None}
+
+
+def summary_lines(results: Dict[str, Any]):
+  s = results["summary"]
+  lines = []
+  for set_name, names in s["best_rung"].items():
+    sig = results["agreement"][set_name]["sigmas"]
+    lines.append(f"ladder: best rung on {set_name}: " + ", ".join(
+        f"{x:.3g}:{n}({'n/a' if r is None else f'{r:.2f}'})"
+        for x, n, r in zip(sig, names, s["best_r2"][set_name])))
+  cal = results.get("calibration", {})
+  for name, m in cal.get("machines", {}).items():
+    lines.append(f"ladder: calibrated {name} size vs sigma ({cal['on']}): " + ", ".join(
+        f"{x:.3g}:{k}" for x, k in zip(cal["sigmas"], m["best_size"])))
+  lines.append(f"ladder: rung whose G(sigma) is closest to the network's: {s['closest_gap_rung']}")
+  return lines

@@ -1,0 +1,176 @@
+"""The `ladder` job end to end on a tiny trained run (2 training steps, 8x8 digits), its config
+checks, and its numbers against the library called directly on the same network and inputs."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from diffgen_jax import checkpointing, data, defaults, jobs
+from diffgen_jax.config_checks import ConfigError
+from diffgen_jax.evaluation import ladder
+from diffgen_jax.jobs import common
+from diffgen_jax.jobs import results as results_lib
+from diffgen_jax.models.network import network_denoiser
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH = 16
+
+
+def _ladder_config(variant="smoke"):
+  spec = importlib.util.spec_from_file_location("_ladder_config",
+                                                os.path.join(ROOT, "configs", "ladder.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory):
+  """A 2-step class-conditional U-Net run on 32 digits (one snapshot; no evaluation samples)."""
+  c = defaults.train_config("digits", "ddpmpp")
+  c.data.data_dir = data_dir
+  c.data.subset_size = 32
+  c.model.update(dict(preset="", model_channels=8, channel_mult=(1, 2), num_blocks=1,
+                      attn_resolutions=(), img_resolution=8, img_channels=1, num_classes=10,
+                      dropout=0.0))
+  t = c.training
+  t.batch_size, t.total_images, t.lr, t.warmup_images = BATCH, 2 * BATCH, 2e-3, 0
+  c.checkpoint.state_every_images = 2 * BATCH
+  c.checkpoint.snapshot_every_images = 2 * BATCH
+  c.sampling.grid_size = 0
+  c.tensorboard = False
+  c.log_every_steps = 1
+  c.monitor.every_images = 0
+  c.evaluation.update(dict(num_images=4, sigmas=(1.0,), batch_size=8, at_sigmas=()))
+  c.evaluation.samples.enabled = False
+  workdir = str(tmp_path_factory.mktemp("ladder_run"))
+  jobs.run(c, workdir)
+  return workdir
+
+
+def _config(run_dir, **overrides):
+  c = _ladder_config()
+  c.run_dir = run_dir
+  c.update(overrides)
+  return c
+
+
+def test_job_writes_results_figures_and_the_library_numbers(run_dir, tmp_path):
+  workdir = str(tmp_path / "ladder")
+  config = _config(run_dir)
+  jobs.run(config, workdir)
+  res = results_lib.read(workdir)
+  assert res["job"] == "ladder" and res["schema_version"] == 1
+  s = res["settings"]
+  steps = checkpointing.snapshot_steps(run_dir)
+  assert s["step"] == steps[-1] and s["num_train_set"] == 32 and s["num_train_eval"] == 4
+  assert s["rungs"] == ["y*", "y_delta", "LS", "ELS", "PSPC", "gaussian", "gaussian_r4"]
+  sigmas = np.asarray(s["sigmas"])
+  assert len(sigmas) == 3 and len(s["trajectory_sigmas"]) == 3  # smoke: 3 sigmas, 3 Heun steps
+
+  # Calibration: per sigma, the best size is the argmin of the candidates' distance curves.
+  cal = res["calibration"]
+  assert cal["on"] == "trajectory" and cal["sizes"] == [1, 3]
+  assert cal["sigmas"] == s["trajectory_sigmas"]
+  for m in cal["machines"].values():
+    mse = np.asarray(m["mse"])
+    assert mse.shape == (2, 3)
+    assert m["best_size"] == [cal["sizes"][i] for i in np.argmin(mse, axis=0)]
+
+  # Every rung on every input set; r2 = 1 - mse / (network output variance per pixel) <= 1.
+  for set_name in ("train", "val", "trajectory"):
+    section = res["agreement"][set_name]
+    assert list(section["rungs"]) == s["rungs"]
+    for a in section["rungs"].values():
+      assert len(a["mse"]) == len(a["r2"]) == len(section["sigmas"])
+      assert all(m >= 0 for m in a["mse"]) and all(r is None or r <= 1.0 for r in a["r2"])
+
+  # An independent recomputation with the library on the snapshot's network: the same numbers.
+  split = common.load_split(_run_config(run_dir), "train")  # the run's data config
+  train_all, labels_all, _ = data.first_images(split)
+  x, y, ids = data.first_images(split, 4)
+  name, params, _ = checkpointing.load_ema_params(run_dir, steps[-1])
+  run_config = _run_config(run_dir)
+  net = network_denoiser(common.network_of(run_config, 10), params,
+                         float(run_config.training.sigma_data))
+  inputs = ladder.noised_inputs(x, sigmas, ids=ids, noise_seed=0)
+  for rung_name, rung in ladder.ladder_rungs(train_all, labels_all, delta=0.3,
+                                             gaussian_ranks=(None, 4)).items():
+    expected = ladder.agreement(net, rung, inputs, sigmas, y)
+    got = res["agreement"]["train"]["rungs"][rung_name]
+    np.testing.assert_allclose(got["mse"], expected.mse, rtol=1e-5, err_msg=rung_name)
+    np.testing.assert_allclose(got["r2"], expected.r2, rtol=1e-5, atol=1e-6, err_msg=rung_name)
+  ls = ladder.ladder_rungs(train_all, labels_all, ls_size={
+      float(k): int(v) for k, v in zip(cal["sigmas"], cal["machines"]["LS"]["best_size"])})["LS"]
+  np.testing.assert_allclose(res["agreement"]["train"]["rungs"]["LS"]["mse"],
+                             ladder.agreement(net, ls, inputs, sigmas, y).mse, rtol=1e-5)
+
+  # Gaps: y* recalls the training images at the smallest sigma (E_train ~ 0, an enormous G).
+  g = res["gaps"]
+  assert g["sigmas"] == s["sigmas"] and "network" in g["denoisers"]
+  assert set(g["denoisers"]) == {"network"} | set(s["rungs"])
+  opt = g["denoisers"]["y*"]
+  assert opt["e_train"][0] < 1e-6 * opt["e_val"][0]
+  for c in g["denoisers"].values():
+    ok = [(gv, ev, et) for gv, ev, et in zip(c["gap"], c["e_val"], c["e_train"]) if gv is not None]
+    for gv, ev, et in ok:
+      assert gv == pytest.approx((ev - et) / et, rel=1e-9)
+
+  # The summary names, per sigma, the rung of the highest r2; and the closest G curve.
+  summ = res["summary"]
+  for set_name, names in summ["best_rung"].items():
+    rungs = res["agreement"][set_name]["rungs"]
+    for j, best in enumerate(names):
+      r2 = [rungs[n]["r2"][j] for n in rungs if rungs[n]["r2"][j] is not None]
+      assert rungs[best]["r2"][j] == max(r2)
+  finite = {k: v for k, v in summ["gap_distance"].items() if v is not None}
+  assert summ["closest_gap_rung"] == min(finite, key=finite.get)
+
+  for name in ("ladder_r2.png", "ladder_calibration.png", "ladder_gap.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 1000, name
+
+
+def _run_config(run_dir):
+  import json  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(run_dir, "config.json")) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("run_dir", "", "config.run_dir=''"),
+    ("step", -2, "config.step=-2"),
+    ("num_images", 1, "config.num_images=1 must be an integer >= 2"),
+    ("calibration.sizes", (1, 2), "config.calibration.sizes=(1, 2) must be distinct odd"),
+    ("calibration.on", "test", "config.calibration.on='test' is not one of"),
+    ("local_rungs", ("LS", "XLS"), "config.local_rungs=('LS', 'XLS')"),
+    ("els_boundary", "reflect", "config.els_boundary='reflect' is not one of"),
+    ("gaussian_ranks", (0,), "config.gaussian_ranks=(0,)"),
+    ("trajectory.num_samples", 1, "config.trajectory.num_samples=1"),
+    ("delta", -0.1, "config.delta=-0.1"),
+])
+def test_validation_names_the_field(field, value, message, tmp_path):
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text("{}")
+  config = _config(str(run))
+  node, _, leaf = field.rpartition(".")
+  (config[node] if node else config)[leaf] = value
+  with pytest.raises(ConfigError, match=_escape(message)):
+    jobs.validate(config)
+
+
+def _escape(text):
+  import re  # pylint: disable=import-outside-toplevel
+  return re.escape(text)
+
+
+def test_run_time_checks_name_the_field(run_dir, tmp_path):
+  with pytest.raises(ConfigError, match=r"config\.step=12345 is not a snapshot step"):
+    jobs.run(_config(run_dir, step=12345), str(tmp_path / "a"))
+  with pytest.raises(ConfigError, match=r"config\.gaussian_ranks=\(65,\) has \[65\] > H W C = 64"):
+    jobs.run(_config(run_dir, gaussian_ranks=(65,)), str(tmp_path / "b"))
+  with pytest.raises(ConfigError, match="holds the results of job 'train'"):
+    jobs.run(_config(run_dir), run_dir)  # not into the run's own workdir
