@@ -11,7 +11,10 @@ results.json into experiments/results/<finding>/):
     python experiments/training_time.py --config.runs.unet.training.total_images=320000  # override
 
 Findings (FINDINGS): toy2d, training_time, model_size, dataset_size, granularity, guidance,
-receptive_field, trajectory_overlap, sample_gap, gradient_score. Modes (MODES):
+receptive_field, trajectory_overlap, sample_gap, gradient_score, disjoint_subsets,
+memorization_time (the last two: U-Nets on the disjoint training subsets S1, S2 of
+`data.subset_side`, shared by name `unet_n<N>_s<side>`; settings of their own measurements in
+`config.diagnostics`). Modes (MODES):
 
   local  Real offline data on a 2-core CPU, each finding <= 30 minutes (estimates in
          experiments/README.md, from the measured ~700 img/s of the tiny U-Net at 8x8). Everything
@@ -54,7 +57,8 @@ from diffgen_jax import defaults
 
 # finding -> (what it shows, its runs in order, paper compute). Runs named here are built by _RUNS.
 FINDINGS = ("toy2d", "training_time", "model_size", "dataset_size", "granularity", "guidance",
-            "receptive_field", "trajectory_overlap", "sample_gap", "gradient_score")
+            "receptive_field", "trajectory_overlap", "sample_gap", "gradient_score",
+            "disjoint_subsets", "memorization_time")
 MODES = ("local", "paper", "smoke")
 
 # Sweep values per mode: (local, paper, smoke).
@@ -65,6 +69,17 @@ _SUBSETS = ((128, 256, 512, 1024), (2500, 5000, 10000, 25000, 50000), (32, 64))
 # (smoke: k = 10 gives the pseudo-label run the class run's label count, so the test's compilation
 # cache serves it)
 _KS = ((2, 10, 50), (2, 10, 100, 500), (10,))
+# (N, sides) of the disjoint training subsets S1, S2 (2N <= the training split: digits 1438,
+# CIFAR-10 50k) per finding; runs are shared between the two findings by name. Local is cut to
+# what 2 cores shared by seven engineers finish in about an hour: both sides at N = 16 and 256 for
+# the reproducibility pairs, and one side more at N = 8 and 32 for the time scales (4 points at 3
+# sizes).
+_DISJOINT = ((((16, (1, 2)), (256, (1, 2)))),
+             ((1000, (1, 2)), (5000, (1, 2)), (25000, (1, 2))),
+             ((16, (1, 2)),))
+_MEMORIZATION = (((8, (1,)), (16, (1, 2)), (32, (1,))),
+                 ((1000, (1, 2)), (2000, (1, 2)), (4000, (1, 2)), (8000, (1, 2))),
+                 ((16, (1, 2)),))
 
 PAPER_COMPUTE = {
     "toy2d": "CPU minutes (analytic)",
@@ -77,6 +92,10 @@ PAPER_COMPUTE = {
     "trajectory_overlap": "the training_time runs (their evaluate job's samples section)",
     "sample_gap": "the training_time runs (their evaluate job's samples section)",
     "gradient_score": "the training_time U-Net and DiT + the factors job (a few GPU-h)",
+    "disjoint_subsets": "6 DDPM++ CIFAR-10 runs (N = 1k/5k/25k per side, 2 sides) at 100M images "
+                        "(~200 V100-h each, ~1,200 V100-h)",
+    "memorization_time": "8 DDPM++ CIFAR-10 runs (N = 1k..8k, 2 sides) at 100M images with dense "
+                         "snapshots (~1,600 V100-h); shares the 1k runs with disjoint_subsets",
 }
 
 
@@ -174,6 +193,32 @@ def _dit(mode: str, width=None, samples=False):
                         depth=4 if mode == "local" else 1, num_heads=4 if mode == "local" else 2))
     _small_training(c, mode)
   _evaluation(c, mode, samples)
+  return c
+
+
+def _diagnostic_unet(mode: str, subset: int, side: int):
+  """A U-Net on one side (1 or 2) of the disjoint training subsets of size `subset`.
+
+  local: a smaller U-Net than the other local findings' (16 channels, mult (1, 2): the CPU is
+  shared) on digits for 25.6k images (400 steps of 64, 10 snapshots), with a short warm-up (40
+  steps) and EMA half-life (25 steps) so that the snapshots resolve time scales of a few thousand
+  images; class conditional; the evaluate job on 64 images per split x 16 sigmas, without its
+  sample section (the findings draw their own seed-paired samples from every snapshot).
+  paper: DDPM++ on CIFAR-10 for 100M images, snapshots every 5M.
+  """
+  c = _unet(mode, subset=subset)
+  c.data.subset_side = side
+  if mode == "local":
+    b = 64
+    c.model.update(dict(model_channels=16, channel_mult=(1, 2)))
+    c.training.update(dict(total_images=b * 400, warmup_images=b * 40))
+    c.training.ema.halflife_images = b * 25
+    c.checkpoint.update(dict(state_every_images=b * 200, snapshot_every_images=b * 40))
+    c.evaluation.update(dict(num_images=64, num_sigmas=16, batch_size=64))
+  elif mode == "paper":
+    c.training.total_images = 100_000_000
+    c.checkpoint.snapshot_every_images = 5_000_000
+  c.evaluation.samples.enabled = False
   return c
 
 
@@ -307,7 +352,34 @@ def _runs(finding: str, mode: str):
                ("factors_trained_dit", _factors(mode, ("trained",), "@run:dit", dit()), None)]
       runs[-1][1].trained.styles = ("autoguidance",)
     return runs
+  if finding in ("disjoint_subsets", "memorization_time"):
+    sizes = (_DISJOINT if finding == "disjoint_subsets" else _MEMORIZATION)[m]
+    return [(f"unet_n{n}_s{side}", _diagnostic_unet(mode, n, side),
+             {"group": f"S{side}", "value": n}) for n, sides in sizes for side in sides]
   raise ValueError(finding)
+
+
+def _diagnostics(finding: str, mode: str) -> ml_collections.ConfigDict:
+  """Settings of the two diagnostic findings' own measurements (their gather step)."""
+  local, smoke = mode == "local", mode == "smoke"
+  d = ml_collections.ConfigDict({
+      # Seed-paired samples of every snapshot: the same noise and labels for every run.
+      "num_samples": 8 if smoke else (128 if local else 10000),
+      "num_steps": 3 if smoke else (12 if local else 18),
+      "sample_seed": 0,
+      "classifier_steps": 20 if smoke else (300 if local else 20000),  # feature-space classifier
+      "copy_ratio": 1.0 / 3.0,  # Gu et al.
+      "similarity_threshold": 0.9,  # seed-paired pixel cosine (centred at the training mean)
+      "feature_similarity_threshold": 0.9,
+      "num_resamples": 50 if smoke else 1000,  # bootstrap resamples (FD: num_resamples // 5)
+      # Time-scale thresholds: copy fraction for tau_mem, FD target as a multiple of the FD
+      # between held-out training images and the validation set (same sample size) for tau_gen,
+      # peak G for tau_G.
+      "tau_mem_threshold": 0.1,
+      "tau_gen_fd_multiple": 2.0,
+      "tau_gap_threshold": 1.0,
+  })
+  return d
 
 
 def get_config(variant=None):
@@ -333,4 +405,6 @@ def get_config(variant=None):
     if meta is not None:
       config.sweep[name] = ml_collections.ConfigDict(meta)
   config.order = tuple(order)
+  if finding in ("disjoint_subsets", "memorization_time"):
+    config.diagnostics = _diagnostics(finding, mode)
   return config

@@ -127,9 +127,19 @@ def data_config(data_config, prefix: str = "data") -> None:
                       f"(default: $DIFFGEN_DATA_DIR or {data_sources.DEFAULT_DATA_DIR})")
   name = data_config.name
   if not isinstance(name, str) or not name:
-    raise ConfigError(f"{field('name')}={name!r} must be one of the built-in datasets {data_sources.DATASETS} "
-                      "or the tfds name of a dataset prepared in data_dir")
-  if name not in data_sources.DATASETS and not data_sources.is_prepared(name, data_dir):
+    raise ConfigError(f"{field('name')}={name!r} must be one of the built-in datasets {data_sources.DATASETS}, "
+                      "the tfds name of a dataset prepared in data_dir, or "
+                      "'edm_zip:TRAIN.zip,VALIDATION.zip'")
+  if name.startswith("edm_zip:"):
+    from diffgen_jax.data import edm_zip  # pylint: disable=g-import-not-at-top
+    try:
+      paths = edm_zip.parse_name(name)
+    except ValueError as err:
+      raise ConfigError(f"{field('name')}: {err}") from None
+    for path in paths:
+      if not os.path.exists(os.path.expanduser(path)):
+        raise ConfigError(f"{field('name')}={name!r}: {path} does not exist")
+  elif name not in data_sources.DATASETS and not data_sources.is_prepared(name, data_dir):
     raise ConfigError(f"{field('name')}={name!r} is neither a built-in dataset {data_sources.DATASETS} nor a "
                       f"tfds dataset prepared (array_record) in data_dir="
                       f"{data_sources.resolve_data_dir(data_dir)!r}")
@@ -148,6 +158,13 @@ def data_config(data_config, prefix: str = "data") -> None:
       isinstance(data_config.subset_seed, bool) or not isinstance(data_config.subset_seed, int)
       or data_config.subset_seed < 0):
     raise ConfigError(f"{field('subset_seed')}={data_config.subset_seed!r} must be an int >= 0")
+  side = data_config.get("subset_side", 1)
+  if isinstance(side, bool) or side not in data_splits.SUBSET_SIDES:
+    raise ConfigError(f"{field('subset_side')}={side!r} must be one of {data_splits.SUBSET_SIDES} "
+                      "(the two disjoint nested training subsets)")
+  if side != 1 and not data_config.subset_size:
+    raise ConfigError(f"{field('subset_side')}={side} needs {field('subset_size')} > 0 (side 2 of "
+                      "the whole split would be the whole split again)")
   if not isinstance(data_config.x_flip, bool):
     raise ConfigError(f"{field('x_flip')}={data_config.x_flip!r} must be True or False")
   subset_size = data_config.subset_size

@@ -65,6 +65,7 @@ def data_config(name: str = "digits") -> ml_collections.ConfigDict:
       "data_dir": "",  # "" = diffgen_jax.data.DEFAULT_DATA_DIR
       "subset_size": 0,  # 0 = the whole training split; else a nested, seeded subset
       "subset_seed": 0,
+      "subset_side": 1,  # 1 | 2: two disjoint nested subsets of subset_size (2 * size <= split)
       "labels": "class",  # "class" | "none" | "pseudo"
       "pseudo_labels": "",  # labels="pseudo": .npz with int arrays `train` and `validation`
       "x_flip": False,

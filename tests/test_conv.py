@@ -121,9 +121,10 @@ def test_dispatch_takes_winograd_only_where_eligible():
     assert "conv_general_dilated" in _primitives(same(), x, w)
   with conv.algorithm("winograd4"):
     assert "conv_general_dilated" not in _primitives(same(), x, w)
-  with conv.algorithm("auto"):  # these tests run on CPU: auto means Winograd
-    assert jax.default_backend() == "cpu" and conv.winograd_tile() in conv.TILES
-    assert "conv_general_dilated" not in _primitives(same(), x, w)
+  with conv.algorithm("auto"):  # these tests run on CPU: auto means conv.AUTO_CPU
+    assert jax.default_backend() == "cpu"
+    assert conv.winograd_tile() == conv.WINOGRAD_TILES.get(conv.AUTO_CPU, 0)
+    assert ("conv_general_dilated" in _primitives(same(), x, w)) == (conv.AUTO_CPU == "xla")
 
 
 def test_algorithm_names_are_checked(monkeypatch):

@@ -20,7 +20,8 @@ from diffgen_jax import models  # noqa: E402
 from experiments import common  # noqa: E402
 
 FINDINGS = ("toy2d", "training_time", "model_size", "dataset_size", "granularity", "guidance",
-            "receptive_field", "trajectory_overlap", "sample_gap", "gradient_score")
+            "receptive_field", "trajectory_overlap", "sample_gap", "gradient_score",
+            "disjoint_subsets", "memorization_time")
 # The keys of results.json's "results" section per finding.
 EXPECTED = {
     "toy2d": {"flow_field", "relative_error", "gap_vs_delta", "gap_vs_density", "guidance",
@@ -34,6 +35,8 @@ EXPECTED = {
     "trajectory_overlap": {"models"},
     "sample_gap": {"models"},
     "gradient_score": {"analytic", "trained U-Net", "trained DiT"},
+    "disjoint_subsets": {"pairs"},
+    "memorization_time": {"runs", "slopes", "tau_gen_fd_target"},
 }
 
 
@@ -94,6 +97,18 @@ def test_smoke_variant_end_to_end(finding, data_dir, runs_root, tmp_path):
     assert len(saved["results"]["runs"]) >= 2 and groups
     for e in saved["results"]["runs"]:
       assert len(e["final_gap"]) == len(e["sigmas"]) == 4
+  if finding == "disjoint_subsets":
+    for pair in saved["results"]["pairs"]:
+      assert len(pair["model_variance"]) == len(pair["sigmas"]) == 4
+      assert all(v >= 0 for v in pair["model_variance"])
+      assert set(pair["copy_fraction"]) == {"1/own", "1/other", "2/own", "2/other"}
+  if finding == "memorization_time":
+    for run in saved["results"]["runs"]:
+      assert len(run["copy_fraction"]) == len(run["images_seen"]) == 2
+      assert {"tau_mem", "tau_gen", "tau_gap", "onset"} <= set(run)
+      # The evaluate job's membership inference, per snapshot (AUC in [0, 1]).
+      assert len(run["membership_peak_auc"]) == 2
+      assert all(0.0 <= a <= 1.0 for a in run["membership_peak_auc"])
   if finding == "training_time":
     for m in saved["results"]["models"].values():
       assert len(m["images_seen"]) == 2 and len(m["onset_images_seen"]) == 4

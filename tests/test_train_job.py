@@ -2,6 +2,7 @@
 (the monitor), TensorBoard event files, the quiet console, and the one results.json at the end."""
 
 import json
+import logging as py_logging
 import os
 import struct
 
@@ -110,6 +111,12 @@ def test_console_verbosity():
   try:
     console.configure(0)
     assert logging.get_verbosity() == logging.WARNING  # library INFO records hidden
+    # orbax's notes about read-only options (three per snapshot read) are dropped, warnings kept.
+    absl_logger = py_logging.getLogger("absl")
+    record = lambda msg: py_logging.LogRecord("absl", py_logging.WARNING, "", 0, msg, (), None)
+    assert not absl_logger.filter(record("Given directory is read only=/tmp/x"))
+    assert not absl_logger.filter(record("CheckpointManagerOptions.read_only=True, setting create"))
+    assert absl_logger.filter(record("Sample evaluation settings changed"))
     console.configure(1)
     assert logging.get_verbosity() == logging.INFO
   finally:

@@ -23,6 +23,7 @@ from diffgen_jax.data.sources import (
 from diffgen_jax.data.splits import (
     LABEL_MODES,
     SPLITS,
+    SUBSET_SIDES,
     Split,
     first_images,
     load_split,
@@ -47,5 +48,5 @@ __all__ = [
     "Split", "addressable_rows", "batch_at", "epoch_permutation", "first_images", "flip_mask",
     "host_batch", "to_unit_range", "train_size", "CONVENTION", "check_images", "check_pixels",
     "is_prepared", "load_split", "prepare", "process_rows", "read_pseudo_labels", "resolve_data_dir",
-    "stream_indices", "subset_order", "subset_rows", "tfds_name",
+    "stream_indices", "subset_order", "subset_rows", "SUBSET_SIDES", "tfds_name",
 ]

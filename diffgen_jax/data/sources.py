@@ -53,6 +53,8 @@ def prepare(name: str, data_dir: Optional[str] = None, *, source: Optional[str] 
   Any other name must already be prepared in data_dir (then this is a no-op); otherwise the error
   lists the built-in names.
   """
+  if name.startswith("edm_zip:"):
+    return  # EDM dataset zips are read as they are (data.edm_zip)
   data_dir = resolve_data_dir(data_dir)
   if name not in builders.BUILDERS:
     if is_prepared(name, data_dir):

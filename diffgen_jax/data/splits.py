@@ -9,6 +9,10 @@ When class labels are at hand (in-memory splits with a `label` feature) the orde
 every prefix holds each class in proportion to its frequency, within two images. Otherwise it is a
 seeded random permutation. Subset rows keep the source order. The subset does not depend on the
 label mode.
+Disjoint subsets (`subset_side`): side 1 takes the prefixes of that order (the subsets above), side 2
+its suffixes (the order read backwards). Both are nested in the size and seeded; they are disjoint
+for 2k <= N and complementary for 2k = N, so two runs that differ only in the side train on disjoint
+sets of the same size (Kadkhodaie et al. 2024's reproducibility test, analytic.md section 2).
 
 Images as the models see them: float32 in [-1, 1], uint8 / 127.5 - 1 (`to_unit_range`, the one
 home of the scaling); labels int32, all 0 with labels="none" (`num_classes` 0).
@@ -77,19 +81,30 @@ def subset_order(num_examples: int, seed: int, labels: Optional[np.ndarray] = No
   return rows[np.argsort(keys, kind="stable")]
 
 
+SUBSET_SIDES = (1, 2)
+
+
 def subset_rows(num_examples: int, subset_size: int, seed: int,
-                labels: Optional[np.ndarray] = None) -> np.ndarray:
-  """The sorted rows of the training subset of the given size (nested in subset_size)."""
+                labels: Optional[np.ndarray] = None, side: int = 1) -> np.ndarray:
+  """The sorted rows of the training subset of the given size (nested in subset_size).
+
+  side: 1 takes the first `subset_size` rows of `subset_order`, 2 the last ones, so the two sides
+  are disjoint when 2 * subset_size <= num_examples (they overlap in 2 * subset_size -
+  num_examples rows otherwise). Raises ValueError for a bad size or side.
+  """
   if isinstance(subset_size, bool) or not isinstance(subset_size, (int, np.integer)):
     raise ValueError(f"subset_size must be an int, got {subset_size!r}")
   if subset_size <= 0 or subset_size > num_examples:
     raise ValueError(f"subset_size={subset_size} must be in 1..{num_examples} (the size of the "
                      "training split); use None for the whole split")
-  return np.sort(subset_order(num_examples, seed, labels)[:subset_size])
+  if isinstance(side, bool) or side not in SUBSET_SIDES:
+    raise ValueError(f"subset side={side!r} must be one of {SUBSET_SIDES}")
+  order = subset_order(num_examples, seed, labels)
+  return np.sort(order[:subset_size] if side == 1 else order[::-1][:subset_size])
 
 
 def load_split(name: str, split: str, *, data_dir: Optional[str] = None,
-               subset_size: Optional[int] = None, subset_seed: int = 0,
+               subset_size: Optional[int] = None, subset_seed: int = 0, subset_side: int = 1,
                labels: Union[str, np.ndarray] = "class", num_classes: Optional[int] = None,
                in_memory: Optional[bool] = None) -> Split:
   """Loads a split, optionally a nested training subset, with class / no / pseudo labels.
@@ -97,8 +112,19 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None,
   labels: "class" (the dataset's labels), "none" (all 0, num_classes 0), or an integer array of
     pseudo-labels, one per image of the returned split (after subsetting); their num_classes is
     `num_classes` if given, else max + 1.
+  subset_side: 1 or 2, which of the two disjoint nested subsets (`subset_rows`).
   in_memory: read the split into numpy (None: when it holds at most IN_MEMORY_BYTES of pixels).
+  name "edm_zip:TRAIN.zip,VALIDATION.zip": EDM's dataset zips (`data.edm_zip`; labels "class" or
+    "none"; data_dir unused; the train split's seeded order uses subset_seed).
   """
+  if name.startswith("edm_zip:"):
+    from diffgen_jax.data import edm_zip  # pylint: disable=g-import-not-at-top  (imports us)
+    if not isinstance(labels, str):
+      raise ValueError("pseudo-labels are not supported for EDM dataset zips")
+    images, zip_labels, k, ids = edm_zip.split_arrays(
+        name, split, labels=labels, subset_size=subset_size,
+        order_seed=subset_seed if split == "train" else 0)
+    return Split(images=images, labels=zip_labels, num_classes=k, ids=ids)
   data_dir = resolve_data_dir(data_dir)
   if name not in builders.BUILDERS and not is_prepared(name, data_dir):
     raise _unknown_dataset(name, data_dir)
@@ -141,7 +167,7 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None,
 
   if subset_size is not None:
     strat = true_labels if isinstance(true_labels, np.ndarray) else None
-    rows = subset_rows(n, subset_size, subset_seed, strat)
+    rows = subset_rows(n, subset_size, subset_seed, strat, side=subset_side)
     images = images[rows] if isinstance(images, np.ndarray) else images.subset(rows)
     if true_labels is not None:
       true_labels = (true_labels[rows] if isinstance(true_labels, np.ndarray)

@@ -13,6 +13,11 @@
     frechet.py         Gaussian fits and the Frechet distance
     neighbours.py      chunked exact nearest neighbours
     kmeans.py          k-means and pseudo-labels
+    reproducibility.py two models on disjoint subsets: model variance V(sigma), seed-paired sample
+                       similarity, copies of the own and the other training set
+    timescales.py      threshold crossings over snapshots (tau_mem, tau_gen, tau_G, onset) with
+                       bootstrap intervals, copy fraction with its interval, log-log slopes vs N
+    membership.py      membership inference by sigma: AUC, TPR at low FPR, intervals
     ladder.py          the analytic ladder against a network: per-sigma mse and r2 (normalised by
                        the network's variance), LS/ELS patch-size calibration, each rung's G(sigma)
 Nothing here reads a config or a workdir; the jobs (`diffgen_jax.jobs`) do.

@@ -5,6 +5,7 @@
     factors    jobs/factors.py   factor sweeps (model error, granularity, guidance, receptive field,
                                  gradient score) on analytic denoisers and on a trained run
     toy2d      jobs/toy2d.py     the 2D toy model's experiments (a)-(g)
+    convert    jobs/convert.py   NVIDIA's published EDM/EDM2 networks -> snapshots of this package
 
 Only the jobs see configs and workdirs; everything below them takes arrays, denoisers and plain
 arguments. Every job writes WORKDIR/results.json in one layout (`jobs.results`). `run` validates
@@ -25,6 +26,7 @@ JOBS = {
     "train": "diffgen_jax.jobs.train",
     "evaluate": "diffgen_jax.jobs.evaluate",
     "factors": "diffgen_jax.jobs.factors",
+    "convert": "diffgen_jax.jobs.convert",
 }
 
 

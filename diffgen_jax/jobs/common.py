@@ -26,7 +26,8 @@ def load_split(config, split: str) -> data.Split:
     labels = data.read_pseudo_labels(d.pseudo_labels, split)
   return data.load_split(d.name, split, data_dir=d.data_dir or None,
                          subset_size=(d.subset_size or None) if split == "train" else None,
-                         subset_seed=d.subset_seed, labels=labels)
+                         subset_seed=d.subset_seed, subset_side=d.get("subset_side", 1),
+                         labels=labels)
 
 
 def training_settings(config) -> training.Settings:

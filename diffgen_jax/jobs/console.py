@@ -16,6 +16,14 @@ from absl import logging
 
 # Loggers whose INFO records flood the console (orbax writes ~30 lines per checkpoint).
 _NOISY_LOGGERS = ("orbax", "absl", "jax", "tensorflow", "etils")
+# orbax WARNING records that describe options, not problems (three per snapshot read).
+_ORBAX_OPTION_NOTES = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
+
+class _DropOptionNotes(py_logging.Filter):
+
+  def filter(self, record):
+    return not str(record.msg).startswith(_ORBAX_OPTION_NOTES)
 
 
 def configure(verbosity: int) -> None:
@@ -26,6 +34,9 @@ def configure(verbosity: int) -> None:
   logging.set_verbosity(logging.WARNING)
   for name in _NOISY_LOGGERS:
     py_logging.getLogger(name).setLevel(py_logging.WARNING)
+  absl_logger = py_logging.getLogger("absl")
+  if not any(isinstance(f, _DropOptionNotes) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropOptionNotes())
 
 
 def _emit(message: str) -> None:

@@ -6,7 +6,10 @@ For each snapshot (EMA parameters at some images seen) it measures, on fixed sub
 and validation splits with one seeded noise draw per image (paper.md section 6):
   E_train(sigma), E_val(sigma), G(sigma) = (E_val - E_train) / E_train on the 64-point grid, and the
   mean squared distance between the network's prediction and the exact empirical optimal denoiser's
-  (how close the network is to exact recall).
+  (how close the network is to exact recall); and, from the same per-image errors, membership
+  inference by sigma (evaluation/membership.py: AUC and TPR at 1% FPR of telling the training
+  images from the validation images), drawn in membership.png. The per-image errors of each
+  snapshot are kept in WORKDIR/evaluation/per_image/<step>.npz (for bootstrapped intervals).
 The optimal denoiser's own errors are computed once. Results go to WORKDIR/results.json (layout:
 `jobs.results`) after every snapshot, so an interrupted evaluation resumes and a new snapshot is
 evaluated without recomputing the old ones; figures go to WORKDIR/evaluation/.
@@ -25,8 +28,8 @@ from absl import logging
 
 from diffgen_jax import checkpointing, config_checks, data, defaults, ema, optimal
 from diffgen_jax.evaluation import features as features_lib
-from diffgen_jax.evaluation import gap, samples
-from diffgen_jax.jobs import common, console, results as results_lib
+from diffgen_jax.evaluation import gap, membership, samples
+from diffgen_jax.jobs import common, console, convert, results as results_lib
 from diffgen_jax.models.network import network_denoiser
 
 FIGURES_DIR = "evaluation"  # figures, the classifier and the sample grids, under the workdir
@@ -34,6 +37,8 @@ CLASSIFIER_FILE = "classifier.npz"
 GRIDS_DIR = "sample_grids"
 FEATURES = ("classifier", "pixels", "external")
 SNAPSHOTS = ("all", "last")
+PER_IMAGE_DIR = "per_image"  # <step>.npz: (N, S) per-image errors e_train, e_val of the first EMA
+MEMBERSHIP_FPR = 0.01  # the false-positive rate at which the membership TPR is read
 
 
 # ------------------------------------------------------------------------------------------------
@@ -52,6 +57,10 @@ def validate_config(config) -> None:
   config_checks.choice(config, "evaluation.ema", ("first", "all"))
   config_checks.integer(config, "evaluation.noise_seed", 0)
   config_checks.flag(config, "evaluation.model_vs_optimal")
+  if "optimal" in e:
+    config_checks.flag(config, "evaluation.optimal")
+  if config.model.get("checkpoint"):
+    convert.validate_config(config)
   config_checks.numbers(config, "evaluation.at_sigmas", 0.0, strict=True, allow_empty=True)
   if "samples" in e:
     validate_sample_settings(e.samples)
@@ -110,6 +119,9 @@ def _read_results(workdir: str, protocol: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
+  if config.model.get("checkpoint"):  # NVIDIA's networks: converted into the workdir first
+    convert.run(config, workdir)
+    config = convert.converted_config(config, workdir)
   e = config.evaluation
   steps = checkpointing.snapshot_steps(workdir)
   if not os.path.isdir(workdir) or not steps:
@@ -119,7 +131,14 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   val_split = common.load_split(config, "validation")
   _check_matches_run(workdir, config)
   common.check_optimal_labels(config, train_split, val_split)
-  network = common.network_of(config, train_split.num_classes, "float32")
+  num_classes = train_split.num_classes
+  if config.model.get("checkpoint"):  # the published network's own classes (0: unconditional)
+    num_classes = config.model.num_classes
+    if num_classes and num_classes != train_split.num_classes:
+      raise config_checks.ConfigError(
+          f"config.model.checkpoint is a network of {num_classes} classes, config.data "
+          f"{config.data.name!r} has {train_split.num_classes}")
+  network = common.network_of(config, num_classes, "float32")
   sigma_data = config.training.sigma_data
   sigmas = common.sigma_grid(e.sigmas, e.num_sigmas)
   train_x, train_y, train_ids = data.first_images(train_split, e.num_images)
@@ -127,6 +146,8 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   protocol = {"sigmas": sigmas.tolist(), "num_train": len(train_x), "num_val": len(val_x),
               "noise_seed": e.noise_seed, "dataset": config.data.name,
               "subset_size": config.data.subset_size or 0, "labels": config.data.labels}
+  if config.data.get("subset_side", 1) != 1:  # (side-1 protocols keep their earlier form)
+    protocol["subset_side"] = config.data.subset_side
   out_dir = os.path.join(workdir, FIGURES_DIR)
   os.makedirs(out_dir, exist_ok=True)
   results = _read_results(workdir, protocol)
@@ -135,8 +156,12 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   # Different seeds for the two splits: independent noise draws (ids overlap across splits).
   train_kw = dict(batch_size=e.batch_size, ids=train_ids, noise_seed=e.noise_seed)
   val_kw = dict(batch_size=e.batch_size, ids=val_ids, noise_seed=e.noise_seed + 1)
-  exact = optimal.empirical_optimal_denoiser(*data.first_images(train_split)[:2])
-  if "optimal" not in results:
+  # The exact optimal denoiser needs the whole training split in memory: optional (off for
+  # ImageNet-scale sets, e.g. configs/nvidia.py), then there is no model-vs-optimal distance.
+  use_optimal = e.get("optimal", True)
+  exact = (optimal.empirical_optimal_denoiser(*data.first_images(train_split)[:2])
+           if use_optimal else None)
+  if use_optimal and "optimal" not in results:
     console.progress(f"evaluate: optimal denoiser on {len(train_x)} + {len(val_x)} images x "
                      f"{len(sigmas)} sigmas")
     opt_train = gap.denoising_errors(exact, train_x, train_y, sigmas, **train_kw)
@@ -153,15 +178,28 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
     entry = {"images_seen": meta["images_seen"], "ema": {}}
     for name in names:
       denoise = network_denoiser(network, ema.pick(ema_sets, name)[1], sigma_data)
-      record = {}
+      record, per_image = {}, {}
       for split_name, x, y, kw in (("train", train_x, train_y, train_kw), ("val", val_x, val_y, val_kw)):
-        if e.model_vs_optimal:
-          errors, dist = gap.errors_and_distance(denoise, exact, x, y, sigmas, **kw)
+        if e.model_vs_optimal and use_optimal:
+          (errors, per_image[split_name]), (dist, _) = gap.errors_and_distance(
+              denoise, exact, x, y, sigmas, return_per_image=True, **kw)
           record[f"to_optimal_{split_name}"] = dist.tolist()
         else:
-          errors = gap.denoising_errors(denoise, x, y, sigmas, **kw)
+          errors, per_image[split_name] = gap.denoising_errors(denoise, x, y, sigmas,
+                                                               return_per_image=True, **kw)
         record[f"e_{split_name}"] = errors.tolist()
       record["gap"] = gap.relative_gap(record["e_val"], record["e_train"]).tolist()
+      # Membership inference from the same per-image errors (training images are members).
+      mi = membership.membership_by_sigma(per_image["train"], per_image["val"],
+                                          fpr=MEMBERSHIP_FPR)
+      record["membership"] = {k: mi[k].tolist() for k in ("auc", "auc_low", "auc_high", "tpr",
+                                                          "tpr_low", "tpr_high")}
+      record["membership"]["fpr"] = mi["fpr"]
+      if name == names[0]:  # per-image errors kept for bootstrapped intervals over snapshots
+        os.makedirs(os.path.join(out_dir, PER_IMAGE_DIR), exist_ok=True)
+        np.savez(os.path.join(out_dir, PER_IMAGE_DIR, f"{step}.npz"),
+                 e_train=per_image["train"].astype(np.float32),
+                 e_val=per_image["val"].astype(np.float32), sigmas=sigmas)
       entry["ema"][name] = record
     results["snapshots"][str(step)] = entry
     peak_sigma, peak_value = gap.peak(sigmas, entry["ema"][names[0]]["gap"])
@@ -216,6 +254,12 @@ def summarize(results, sigmas, at_sigmas) -> Dict[str, Any]:
     onset = gap.overfitting_onset(e_val, np.asarray(seen))
     summary["onset_images_seen"] = np.asarray(onset.images_seen).tolist()
     summary["onset_rises"] = np.asarray(onset.rises).tolist()
+  if all("membership" in r for r in records):
+    aucs = np.array([r["membership"]["auc"] for r in records])
+    best = np.argmax(aucs, axis=1)
+    summary["membership_peak_auc"] = aucs[np.arange(len(records)), best].tolist()
+    summary["membership_peak_sigma"] = [float(sigmas[i]) for i in best]
+    summary["membership_peak_tpr"] = [float(np.max(r["membership"]["tpr"])) for r in records]
   at = [s for s in at_sigmas if sigmas[0] <= s <= sigmas[-1]]
   if at:
     _, values = gap.gap_vs_images(sigmas, gaps, seen, at)
@@ -229,10 +273,17 @@ def draw(results, sigmas, out_dir: str) -> None:
   s = results["summary"]
   gap_plots.gap_over_training(os.path.join(out_dir, "gap_over_training.png"), sigmas,
                               [r["gap"] for r in records], seen, onset_sigma=s["peak_sigma"][-1])
-  opt = results["optimal"]
+  opt = results.get("optimal", {})
   gap_plots.error_curves(os.path.join(out_dir, "errors.png"), sigmas, records[-1]["e_train"],
-                         records[-1]["e_val"], opt["e_train"], opt["e_val"],
+                         records[-1]["e_val"], opt.get("e_train"), opt.get("e_val"),
                          title=f"Denoising error after {seen[-1]} images")
+  if all("membership" in r for r in records):
+    from diffgen_jax.plots import membership as membership_plots  # pylint: disable=import-outside-toplevel
+    last = records[-1]["membership"]
+    membership_plots.membership_over_training(
+        os.path.join(out_dir, "membership.png"), sigmas, [r["membership"]["auc"] for r in records],
+        [r["membership"]["tpr"] for r in records], seen, fpr=last["fpr"],
+        auc_band=(last["auc_low"], last["auc_high"]))
   if "gap_at_sigmas" in s:
     at = [float(k) for k in s["gap_at_sigmas"]]
     values = np.stack([s["gap_at_sigmas"][k] for k in s["gap_at_sigmas"]], axis=1)
@@ -251,9 +302,11 @@ def _check_matches_run(workdir: str, config) -> None:
   with open(path) as f:
     saved = json.load(f)
   now = {"data.name": config.data.name, "data.subset_size": config.data.subset_size,
+         "data.subset_side": config.data.get("subset_side", 1),
          "data.labels": config.data.labels, "model.family": config.model.family,
          "model.preset": config.model.preset}
   then = {"data.name": saved["data"]["name"], "data.subset_size": saved["data"]["subset_size"],
+          "data.subset_side": saved["data"].get("subset_side", 1),
           "data.labels": saved["data"]["labels"], "model.family": saved["model"]["family"],
           "model.preset": saved["model"]["preset"]}
   diff = {k: (then[k], now[k]) for k in now if then[k] != now[k]}
@@ -299,7 +352,8 @@ def _classifier_labels(config, train_split):
   try:
     split = data.load_split(config.data.name, "train", data_dir=config.data.data_dir or None,
                             subset_size=config.data.subset_size or None,
-                            subset_seed=config.data.subset_seed, labels="class")
+                            subset_seed=config.data.subset_seed,
+                            subset_side=config.data.get("subset_side", 1), labels="class")
   except ValueError as err:
     raise config_checks.ConfigError(
         f"config.evaluation.samples.feature='classifier' trains a classifier on class labels, but "

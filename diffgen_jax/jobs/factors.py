@@ -88,7 +88,8 @@ def _run_config(run_dir: str) -> ml_collections.ConfigDict:
 
 def _check_run_data(config, saved) -> None:
   now = {k: config.data[k] for k in ("name", "subset_size", "subset_seed", "labels")}
-  then = {k: saved.data.get(k) for k in now}
+  now["subset_side"] = config.data.get("subset_side", 1)
+  then = {k: saved.data.get(k, 1 if k == "subset_side" else None) for k in now}
   diff = {k: (then[k], now[k]) for k in now if then[k] != now[k]}
   if diff:
     raise ConfigError(f"config.data does not match the run in config.run_dir={config.run_dir!r} "

@@ -11,9 +11,14 @@ results (experiments/, notebooks) calls `read(workdir)` without knowing which jo
        "protocol":  {"sigmas", "num_train", "num_val", "noise_seed", "dataset", "subset_size", "labels"}
        "optimal":   {"e_train", "e_val"}                                    (S,) each
        "snapshots": {str(step): {"images_seen", "ema": {name: {"e_train", "e_val", "gap",
-                                  "to_optimal_train", "to_optimal_val"}}}}      (S,) each
+                                  "to_optimal_train", "to_optimal_val",     (S,) each
+                                  "membership": {"auc", "auc_low", "auc_high", "tpr", "tpr_low",
+                                                 "tpr_high"} (S,) each, "fpr"}}}}
        "summary":   {"steps", "images_seen", "peak_sigma", "peak_gap", "onset_images_seen",
-                     "onset_rises", "gap_at_sigmas"}                         per snapshot
+                     "onset_rises", "gap_at_sigmas", "membership_peak_auc",
+                     "membership_peak_sigma", "membership_peak_tpr"}        per snapshot
+       (protocol also holds "subset_side" for side-2 runs; per-image errors of each snapshot in
+       WORKDIR/evaluation/per_image/<step>.npz)
        "samples":   {"protocol", "feature", "snapshots": {str(step): record}, "summary"}
                     (records as in `evaluation.samples`)
      factors (`jobs.factors`):

@@ -38,6 +38,10 @@ TENSORBOARD_DIR = "tensorboard"
 
 def validate_config(config) -> None:
   """The training fields and, when the run ends with it, the evaluation's fields."""
+  if config.model.get("checkpoint"):
+    raise config_checks.ConfigError(
+        "config.model.checkpoint is read by the evaluate and convert jobs; the train job trains "
+        "from scratch (set it to '')")
   validate_training_fields(config)
   if config.evaluation.after_training:  # the evaluation at the end: checked before training
     evaluate.validate_config(config)
@@ -167,7 +171,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
     start = int(state.step)
     if jax.process_index() == 0:
       _truncate_metrics(metrics_path, start)
-    console.progress(f"train: resumed from step {start} ({start * t.batch_size} images seen)")
+    console.progress(f"train: Resumed from step {start} ({start * t.batch_size} images seen).")
 
   sample_fn = _make_sample_fn(network, config, image_shape, split.num_classes)
   monitor_fn = _make_monitor(config, network, split, mesh)

@@ -19,7 +19,11 @@ checked inside compiled code: every family treats them as the null label.
 Model config (`default_model_config(family)`; every field typed, validated by `validate_config`):
     family, preset ("" = custom; otherwise a name in presets.PRESETS of that family, which
     overrides the ARCHITECTURE fields), num_classes, img_resolution, img_channels, dropout,
-    dtype ("float32" | "bfloat16": compute dtype; params are always float32),
+    checkpoint (a published network's path for the jobs: an NVIDIA .pkl, a state_dict.npz +
+    config.json directory, or a directory of snapshots; "" = none), checkpoint_ema (keep only
+    EDM2 snapshots of this EMA profile, e.g. "0.100"; "" = all),
+    dtype ("float32" | "bfloat16" | "float64": compute dtype; params are created in float32;
+    "float64" needs jax's x64 mode and float64 params, e.g. for parity with a float64 reference),
     plus the family's architecture fields (see `_FAMILY_FIELDS`).
 Resolutions: U-Nets need img_resolution divisible by 2^(len(channel_mult) - 1) (28 works with up to
 three levels: 28 -> 14 -> 7); DiT needs patch_size to divide img_resolution.
@@ -44,13 +48,15 @@ DTYPES = tuple(layers.DTYPES)
 EMBEDDING_TYPES = ("positional", "fourier")
 FIELD_PREFIX = "config.model."
 
+# checkpoint / checkpoint_ema: an NVIDIA network file or run directory that the jobs read
+# (`models.nvidia`); "" = none. `build` ignores them.
 _COMMON_FIELDS = dict(family="", preset="", num_classes=0, img_resolution=32, img_channels=3,
-                      dropout=0.0, dtype="float32")
+                      dropout=0.0, dtype="float32", checkpoint="", checkpoint_ema="")
 
 _FAMILY_FIELDS = {
     "ddpmpp": dict(model_channels=128, channel_mult=(2, 2, 2), channel_mult_emb=4,
                    channel_mult_noise=1, num_blocks=4, attn_resolutions=(16,),
-                   embedding_type="positional"),
+                   embedding_type="positional", augment_dim=0),
     "edm2": dict(model_channels=192, channel_mult=(1, 2, 3, 4), channel_mult_noise=0,
                  channel_mult_emb=0, num_blocks=3, attn_resolutions=(16, 8),
                  channels_per_head=64, label_balance=0.5, concat_balance=0.5, res_balance=0.3,
@@ -132,6 +138,9 @@ def _check(config) -> None:
   """Structural checks of a resolved config (no data needed)."""
   if config.dtype not in DTYPES:
     raise _err("dtype", f"{config.dtype!r} is not one of the allowed values {DTYPES}")
+  if config.dtype == "float64" and not jax.config.jax_enable_x64:
+    raise _err("dtype", "'float64' needs jax's x64 mode: jax.config.update('jax_enable_x64', "
+               "True) (or JAX_ENABLE_X64=1) before building the network")
   _int(config, "num_classes", 0)
   res = _int(config, "img_resolution")
   _int(config, "img_channels")
@@ -154,6 +163,7 @@ def _check(config) -> None:
         raise _err("embedding_type", f"{config.embedding_type!r} is not one of the allowed "
                    f"values {EMBEDDING_TYPES}")
       _int(config, "channel_mult_emb")
+      _int(config, "augment_dim", 0)
       noise = _int(config, "channel_mult_noise") * channels
       if noise % 2:
         raise _err("model_channels", f"model_channels * channel_mult_noise = {noise} must be even "
@@ -202,7 +212,7 @@ def build(model_config) -> nn.Module:
         model_channels=config.model_channels, channel_mult=tuple(config.channel_mult),
         channel_mult_emb=config.channel_mult_emb, channel_mult_noise=config.channel_mult_noise,
         num_blocks=config.num_blocks, attn_resolutions=tuple(config.attn_resolutions),
-        embedding_type=config.embedding_type, **common)
+        embedding_type=config.embedding_type, augment_dim=config.augment_dim, **common)
   if config.family == "edm2":
     return edm2.EDM2UNet(
         model_channels=config.model_channels, channel_mult=tuple(config.channel_mult),

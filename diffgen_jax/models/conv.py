@@ -1,4 +1,4 @@
-"""The convolution the networks call: a Winograd path for 3x3 stride-1 convolutions on CPU.
+"""The convolution the networks call, with a Winograd path for 3x3 stride-1 convolutions.
 
 XLA:CPU runs 3x3 convolutions (their weight gradients in particular) well below what the same
 cores reach in a matrix product (benchmarks/conv_cpu.py). Winograd's minimal filtering algorithm
@@ -15,8 +15,8 @@ path for a 3x3 kernel, stride 1, no dilation, one feature group, SAME (= 1-pixel
 NHWC input / HWIO kernel, when the algorithm in force is a Winograd one, and falls back to
 `jax.lax.conv_general_dilated` otherwise. The algorithms (ALGORITHMS):
 
-- "auto" (default): `AUTO_CPU` ("winograd") when jax's default backend is "cpu"; GPUs and TPUs
-  keep XLA's convolution (cuDNN on NVIDIA GPUs);
+- "auto" (default): `AUTO_CPU` when jax's default backend is "cpu" (XLA's convolution for now:
+  see AUTO_CPU for the measurement); GPUs and TPUs keep XLA's convolution (cuDNN on NVIDIA GPUs);
 - "winograd": F(2x2, 3x3) on every backend; transform coefficients 0, +-1, +-1/2 (exact in
   binary floating point): float32 results agree with the direct convolution to ~1e-6 relative;
 - "winograd4": F(4x4, 3x3); coefficients up to 8 and 1/24, ~1e-5 relative in float32;
@@ -44,7 +44,10 @@ from jax import lax
 ALGORITHMS = ("auto", "winograd", "winograd4", "xla")
 # Output tile of each Winograd algorithm: F(m x m, 3 x 3).
 WINOGRAD_TILES = {"winograd": 2, "winograd4": 4}
-AUTO_CPU = "winograd"  # what "auto" means on a CPU
+# What "auto" means on a CPU. XLA's convolution: on 2 shared cores the Winograd train step was not
+# measurably faster (quickstart shape 1.06x, within noise) and compiled 2x slower (issue 15,
+# benchmarks/README.md); Winograd stays one setting away (DIFFGEN_JAX_CONV=winograd).
+AUTO_CPU = "xla"
 ENV_VAR = "DIFFGEN_JAX_CONV"
 
 # Winograd F(m, 3) matrices (Lavin & Gray 2016, section 4.1 for m = 2 and 4.2 for m = 4):

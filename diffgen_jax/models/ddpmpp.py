@@ -5,7 +5,9 @@ Settings reproduced from EDM (`--arch=ddpmpp`): standard encoder/decoder, resamp
 skip scale 1/sqrt(2), GroupNorm eps 1e-6, 1x1 projection on resampled skips, additive (non-adaptive)
 embedding, xavier-uniform init with 1e-5 for the last conv of each branch and sqrt(0.2) for qkv,
 positional noise embedding with sin/cos swapped (or NCSN++'s random Fourier features), label
-embedding Linear(one_hot * sqrt(num_classes)) added to the noise embedding, then two SiLU layers.
+embedding Linear(one_hot * sqrt(num_classes)) added to the noise embedding (and, with augment_dim,
+EDM's augmentation-label Linear `map_augment` applied to zero augment labels: inert, present so that
+EDM's published CIFAR-10 weights load one to one), then two SiLU layers.
 
 Group normalization: min(32, channels // 4) groups (EDM's rule; see `layers.group_norm_groups`).
 
@@ -40,7 +42,7 @@ INIT_ATTN = xavier_uniform(np.sqrt(0.2))
 def _conv(features, kernel, init, dtype, name):
   return nn.Conv(features, (kernel, kernel), padding="SAME", kernel_init=init,
                  bias_init=nn.initializers.zeros, dtype=dtype, param_dtype=jnp.float32, name=name,
-                 conv_general_dilated=conv.conv_general_dilated)  # Winograd 3x3 on CPU
+                 conv_general_dilated=conv.conv_general_dilated)  # 3x3: Winograd when selected
 
 
 def _dense(features, init, dtype, name):
@@ -98,6 +100,7 @@ class DDPMpp(nn.Module):
   attn_resolutions: Sequence[int] = (16,)
   dropout: float = 0.10
   embedding_type: str = "positional"  # "positional" (DDPM++) or "fourier" (NCSN++)
+  augment_dim: int = 0  # EDM's augmentation-label embedding (9 in the published CIFAR-10 nets)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -110,7 +113,8 @@ class DDPMpp(nn.Module):
 
     # Mapping network.
     if self.embedding_type == "positional":
-      emb = layers.positional_embedding(c_noise, noise_channels, endpoint=True)
+      emb = layers.positional_embedding(c_noise, noise_channels, endpoint=True,
+                                        dtype=layers.precise_dtype(self.dtype))
       emb = jnp.concatenate(jnp.split(emb, 2, axis=-1)[::-1], axis=-1)  # swap sin/cos, as EDM
     elif self.embedding_type == "fourier":
       emb = layers.fourier_embedding(c_noise, noise_channels, scale=16.0)
@@ -120,7 +124,14 @@ class DDPMpp(nn.Module):
     if self.num_classes:
       onehot = layers.class_one_hot(labels, self.num_classes, batch, self.dtype)
       emb = emb + _dense(noise_channels, INIT, self.dtype, "map_label")(
-          onehot * np.sqrt(self.num_classes))
+          onehot * float(np.sqrt(self.num_classes)))
+    if self.augment_dim:
+      # EDM's map_augment (Linear without bias) on the augmentation labels, which are all zero
+      # here (no augmentation at inference or in this package's training): it adds exactly 0 and
+      # exists so that EDM's published weights load tensor by tensor.
+      augment_labels = jnp.zeros((batch, self.augment_dim), self.dtype)
+      emb = emb + nn.Dense(noise_channels, use_bias=False, kernel_init=INIT, dtype=self.dtype,
+                           param_dtype=jnp.float32, name="map_augment")(augment_labels)
     emb = nn.silu(_dense(emb_channels, INIT, self.dtype, "map_layer0")(emb))
     emb = nn.silu(_dense(emb_channels, INIT, self.dtype, "map_layer1")(emb))
 
@@ -161,5 +172,5 @@ class DDPMpp(nn.Module):
       if level == 0:
         h = layers.GroupNorm(1e-6, self.dtype, name=f"dec_{res}_aux_norm")(x)
         out = _conv(self.img_channels, 3, INIT_ZERO, self.dtype, f"dec_{res}_aux_conv")(nn.silu(h))
-    return out.astype(jnp.float32)
+    return out.astype(layers.precise_dtype(self.dtype))
 

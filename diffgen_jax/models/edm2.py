@@ -4,7 +4,9 @@ Magnitude-preserving (MP) pieces, each keeping unit-variance inputs at unit vari
   mp_silu(x)      = silu(x) / 0.596
   mp_sum(a, b, t) = lerp(a, b, t) / sqrt((1-t)^2 + t^2)
   mp_cat(a, b, t) = [wa a, wb b], wa = C (1-t)/sqrt(Na), wb = C t/sqrt(Nb), C = sqrt((Na+Nb)/((1-t)^2+t^2))
-  MP Fourier features sqrt(2) cos(f c_noise + phi)  (`layers.mp_fourier_embedding`)
+  MP Fourier features sqrt(2) cos(f c_noise + phi)  (`MPFourier`: f and phi are parameters,
+                  held fixed in training by a stop_gradient, as edm2's buffers, so that a
+                  published checkpoint's values load; initialized from a fixed numpy seed)
   MPConv: no bias; the effective weight is normalize(w) * gain / sqrt(fan_in), so every output
           channel's weight has norm `gain` and unit-variance inputs give unit-variance outputs.
 
@@ -49,15 +51,16 @@ def normalize(x: jax.Array, axis=None, eps: float = NORMALIZE_EPS) -> jax.Array:
     axis = tuple(range(x.ndim - 1))
   axis = (axis,) if isinstance(axis, int) else tuple(axis)
   n = int(np.prod([x.shape[a] for a in axis]))
-  norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axis, keepdims=True))
-  norm = eps + norm * np.float32(np.sqrt(1.0 / n))
+  norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(layers.precise_dtype(x.dtype))), axis=axis,
+                          keepdims=True))
+  norm = eps + norm * float(np.sqrt(1.0 / n))
   return (x / norm.astype(x.dtype)).astype(x.dtype)
 
 
 def effective_weight(w: jax.Array, gain=1.0) -> jax.Array:
   """The weight MPConv uses: normalize(w) * gain / sqrt(fan_in); each output channel has norm gain."""
   fan_in = int(np.prod(w.shape[:-1]))
-  return normalize(w.astype(jnp.float32)) * (gain / np.sqrt(fan_in))
+  return normalize(w.astype(layers.precise_dtype(w.dtype))) * (gain / float(np.sqrt(fan_in)))
 
 
 def normalize_weights(params: Any) -> Any:
@@ -79,14 +82,14 @@ def mp_silu(x: jax.Array) -> jax.Array:
 
 
 def mp_sum(a: jax.Array, b: jax.Array, t: float = 0.5) -> jax.Array:
-  return (a + (b - a) * t) / np.sqrt((1 - t) ** 2 + t ** 2)
+  return (a + (b - a) * t) / float(np.sqrt((1 - t) ** 2 + t ** 2))
 
 
 def mp_cat(a: jax.Array, b: jax.Array, t: float = 0.5, axis: int = -1) -> jax.Array:
   na, nb = a.shape[axis], b.shape[axis]
   c = np.sqrt((na + nb) / ((1 - t) ** 2 + t ** 2))
-  wa = c / np.sqrt(na) * (1 - t)
-  wb = c / np.sqrt(nb) * t
+  wa = float(c / np.sqrt(na) * (1 - t))
+  wb = float(c / np.sqrt(nb) * t)
   return jnp.concatenate([wa * a, wb * b], axis=axis)
 
 
@@ -100,12 +103,35 @@ class MPConv(nn.Module):
   def __call__(self, x, gain=1.0):
     shape = tuple(self.kernel_size) + (x.shape[-1], self.features)
     w = self.param(MP_WEIGHT, nn.initializers.normal(1.0), shape, jnp.float32)
-    w = effective_weight(w, gain).astype(self.dtype)
+    w = effective_weight(w.astype(layers.precise_dtype(self.dtype)), gain).astype(self.dtype)
     x = x.astype(self.dtype)
     if not self.kernel_size:
       return x @ w
-    return conv.conv_general_dilated(x, w, (1, 1), "SAME",  # Winograd 3x3 on CPU
+    return conv.conv_general_dilated(x, w, (1, 1), "SAME",  # 3x3: Winograd when selected
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class MPFourier(nn.Module):
+  """edm2's MPFourier: c_noise (B,) -> sqrt(2) cos(c_noise f + phi) (B, num_channels).
+
+  f ("freqs") and phi ("phases") are parameters so that a checkpoint's values load (edm2 keeps them
+  as per-model random buffers); a stop_gradient keeps them fixed in training (zero gradient, hence
+  zero Adam update). Initial values: `layers.mp_fourier_features(num_channels, seed=seed)`.
+  Computed in float32 (float64 on the float64 path), as edm2.
+  """
+  num_channels: int
+  seed: int = 0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    freqs, phases = layers.mp_fourier_features(self.num_channels, seed=self.seed)
+    freqs = self.param("freqs", lambda _: jnp.asarray(freqs))
+    phases = self.param("phases", lambda _: jnp.asarray(phases))
+    precise = layers.precise_dtype(self.dtype)
+    freqs, phases = (jax.lax.stop_gradient(v).astype(precise) for v in (freqs, phases))
+    y = jnp.asarray(x, precise)[:, None] * freqs[None, :] + phases[None, :]
+    return jnp.cos(y) * float(np.sqrt(2.0))
 
 
 class Block(nn.Module):
@@ -195,11 +221,11 @@ class EDM2UNet(nn.Module):
 
     # Embedding.
     emb = MPConv(cemb, (), self.dtype, name="emb_noise")(
-        layers.mp_fourier_embedding(c_noise, cnoise, seed=0))
+        MPFourier(cnoise, seed=0, dtype=self.dtype, name="emb_fourier")(c_noise))
     if self.num_classes:
       onehot = layers.class_one_hot(labels, self.num_classes, batch, self.dtype)
       emb = mp_sum(emb, MPConv(cemb, (), self.dtype, name="emb_label")(
-          onehot * np.sqrt(self.num_classes)), t=self.label_balance)
+          onehot * float(np.sqrt(self.num_classes))), t=self.label_balance)
     emb = mp_silu(emb)
 
     # Encoder.
@@ -238,11 +264,13 @@ class EDM2UNet(nn.Module):
             x, emb, train)
     out_gain = self.param("out_gain", nn.initializers.zeros, (), jnp.float32)
     out = MPConv(self.img_channels, (3, 3), self.dtype, name="out_conv")(x, gain=out_gain)
-    out = out.astype(jnp.float32)
+    precise = layers.precise_dtype(self.dtype)
+    out = out.astype(precise)
 
     if return_logvar or self.is_initializing():
-      logvar = MPConv(1, (), jnp.float32, name="logvar_linear")(
-          layers.mp_fourier_embedding(c_noise, self.logvar_channels, seed=1)).reshape(batch)
+      logvar = MPConv(1, (), precise, name="logvar_linear")(
+          MPFourier(self.logvar_channels, seed=1, dtype=precise, name="logvar_fourier")(c_noise)
+      ).reshape(batch)
       if return_logvar:
         return out, logvar
     return out

@@ -21,12 +21,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 def compute_dtype(name: str):
-  """The jnp dtype of a config's `dtype` field ("float32" or "bfloat16"); params stay float32."""
+  """The jnp dtype of a config's `dtype` field ("float32", "bfloat16" or "float64").
+
+  Params are created in float32 and used as given; "float64" (every intermediate in float64, e.g.
+  for exact parity with a float64 reference) needs jax's x64 mode
+  (`jax.config.update("jax_enable_x64", True)`) and float64 params. Raises ValueError otherwise.
+  """
+  if name not in DTYPES:
+    raise ValueError(f"dtype {name!r} is not one of the allowed values {tuple(DTYPES)}")
+  if name == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("dtype 'float64' needs jax's x64 mode: jax.config.update('jax_enable_x64', "
+                     "True) (or JAX_ENABLE_X64=1) before building the network")
   return DTYPES[name]
+
+
+def precise_dtype(dtype):
+  """The dtype for numerically sensitive steps: float32, or float64 on the float64 path."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -34,7 +49,7 @@ def compute_dtype(name: str):
 
 
 def positional_embedding(x, num_channels: int, max_positions: float = 10000.0,
-                         endpoint: bool = False) -> jax.Array:
+                         endpoint: bool = False, dtype=jnp.float32) -> jax.Array:
   """Transformer-style sinusoidal embedding [cos(x f_k), sin(x f_k)], f_k = max^(-k/(n/2 - e)).
 
   endpoint=True is EDM's DDPM++ variant (the lowest frequency is exactly 1/max_positions);
@@ -43,8 +58,8 @@ def positional_embedding(x, num_channels: int, max_positions: float = 10000.0,
   """
   half = num_channels // 2
   denom = max(half - (1 if endpoint else 0), 1)
-  freqs = (1.0 / max_positions) ** (jnp.arange(half, dtype=jnp.float32) / denom)
-  args = jnp.asarray(x, jnp.float32)[:, None] * freqs[None, :]
+  freqs = (1.0 / max_positions) ** (jnp.arange(half, dtype=dtype) / denom)
+  args = jnp.asarray(x, dtype)[:, None] * freqs[None, :]
   emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
   if num_channels % 2:
     emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
@@ -63,11 +78,19 @@ def mp_fourier_embedding(x, num_channels: int, bandwidth: float = 1.0, seed: int
 
   f ~ 2 pi N(0, bandwidth^2), phi ~ 2 pi U(0, 1), drawn once from a fixed seed.
   """
+  freqs, phases = mp_fourier_features(num_channels, bandwidth, seed)
+  args = jnp.asarray(x, jnp.float32)[:, None] * jnp.asarray(freqs)[None, :] + jnp.asarray(phases)
+  return jnp.cos(args) * np.sqrt(2.0).astype(np.float32)
+
+
+def mp_fourier_features(num_channels: int, bandwidth: float = 1.0, seed: int = 0
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """EDM2's MPFourier draws, (freqs, phases) float32 (num_channels,): f ~ 2 pi N(0, bandwidth^2),
+  phi ~ 2 pi U(0, 1), from a fixed numpy seed (the initial values of a network built here)."""
   rs = np.random.RandomState(seed)
   freqs = (2 * np.pi * rs.randn(num_channels) * bandwidth).astype(np.float32)
   phases = (2 * np.pi * rs.rand(num_channels)).astype(np.float32)
-  args = jnp.asarray(x, jnp.float32)[:, None] * jnp.asarray(freqs)[None, :] + jnp.asarray(phases)
-  return jnp.cos(args) * np.sqrt(2.0).astype(np.float32)
+  return freqs, phases
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,9 +170,11 @@ def resample(x: jax.Array, mode: str) -> jax.Array:
 
 
 def attention_weights(q: jax.Array, k: jax.Array) -> jax.Array:
-  """softmax_k(q.k / sqrt(c)) computed in float32; q (B,Q,H,c), k (B,K,H,c) -> (B,H,Q,K)."""
-  scale = 1.0 / np.sqrt(q.shape[-1])
-  logits = jnp.einsum("bqhc,bkhc->bhqk", q.astype(jnp.float32), k.astype(jnp.float32) * scale)
+  """softmax_k(q.k / sqrt(c)) computed in float32 (float64 for float64 inputs); q (B,Q,H,c),
+  k (B,K,H,c) -> (B,H,Q,K)."""
+  scale = float(1.0 / np.sqrt(q.shape[-1]))
+  precise = precise_dtype(q.dtype)
+  logits = jnp.einsum("bqhc,bkhc->bhqk", q.astype(precise), k.astype(precise) * scale)
   return jax.nn.softmax(logits, axis=-1).astype(q.dtype)
 
 

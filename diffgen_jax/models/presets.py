@@ -9,9 +9,15 @@ Published parameter counts (checked in tests/test_models.py within 1%, counted w
 data shape below via jax.eval_shape). Measured here: DiT-S/2 32,858,896; DiT-B/2 130,303,504;
 DiT-L/2 457,824,272; DiT-XL/2 674,816,272 (+ 18,448 for DiT's learned-sigma output channels, which
 EDM preconditioning does not use, + 294,912 for the fixed pos_embed that DiT stores as a frozen
-nn.Parameter = 675,129,632, DiT's exact count); EDM2 xs 124,710,949, s 280,209,381,
-m 497,803,173, l 777,492,325, xl 1,119,276,837, xxl 1,523,156,709 (3 image channels);
-DDPM++ CIFAR-10 55,732,739 (EDM: 55.73M). Sources:
+nn.Parameter = 675,129,632, DiT's exact count). EDM2 counts include the MP Fourier frequencies and
+phases (edm2's buffers, parameters here held fixed; 2 x (model_channels + 128)):
+edm2-img64 xs 124,711,461, s 280,210,021, m 497,803,941, l 777,493,221, xl 1,119,277,861,
+xxl 1,523,157,861 (3 image channels; no published img64-xxl);
+edm2-img512 (4 latent channels) xs 124,713,765, s 280,213,477, m 497,808,549, l 777,498,981,
+xl 1,119,284,773, xxl 1,523,165,925 (NVIDIA's parameters + buffer elements exactly);
+DDPM++ CIFAR-10 55,733,891 unconditional (EDM: 55.73M, with EDM's 1,152-parameter map_augment).
+Every published NVIDIA configuration maps tensor by tensor onto its preset
+(tests/test_nvidia.py, manifests in tests/fixtures/nvidia_networks/manifests). Sources:
 - DiT-S/2 33M, DiT-B/2 130M, DiT-L/2 458M, DiT-XL/2 675M: Peebles & Xie, "Scalable Diffusion
   Models with Transformers" (ICCV 2023), Table 1 / Table 4 (ImageNet 256x256, latents 32x32x4,
   1000 classes).
@@ -21,8 +27,8 @@ DDPM++ CIFAR-10 55,732,739 (EDM: 55.73M). Sources:
   the architecture is the same (model_channels 128/192/256/320/384/448, channel_mult (1,2,3,4),
   3 blocks, attention at 16 and 8, 1000 classes).
 - DDPM++ CIFAR-10 (EDM, Karras et al. NeurIPS 2022; EDM's `--arch=ddpmpp` on cifar10: 128
-  channels, mult (2,2,2), 4 blocks, attention at 16, dropout 0.13): 55.7M (unconditional; the
-  class-conditional model adds a 10 -> 128 label Linear, 1,408 params).
+  channels, mult (2,2,2), 4 blocks, attention at 16, dropout 0.13, augment_dim 9): 55.7M
+  (unconditional; the class-conditional model adds a 10 -> 128 label Linear, 1,408 params).
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ _DIT_DEFAULTS = dict(img_resolution=32, img_channels=4, num_classes=1000, dropou
 _EDM2_CHANNELS = {"xs": 128, "s": 192, "m": 256, "l": 320, "xl": 384, "xxl": 448}
 _EDM2_PUBLISHED = {"xs": 125e6, "s": 280e6, "m": 498e6, "l": 777e6, "xl": 1119e6, "xxl": 1523e6}
 _EDM2_DROPOUT = {"xs": 0.0, "s": 0.0, "m": 0.1, "l": 0.1, "xl": 0.1, "xxl": 0.1}
+# edm2's config_presets for ImageNet-512 (latents): dropout 0 for xs/s, 0.1 above.
+_EDM2_IMG512_PUBLISHED = {"xs": 125e6, "s": 280e6, "m": 498e6, "l": 778e6, "xl": 1119e6,
+                          "xxl": 1523e6}
 _EDM2_SOURCE = "EDM2 paper (Karras et al. 2024), Tables 2/3"
 
 PRESETS: dict[str, Preset] = {}
@@ -70,13 +79,24 @@ for _size, _channels in _EDM2_CHANNELS.items():
       defaults=dict(img_resolution=64, img_channels=3, num_classes=1000,
                     dropout=_EDM2_DROPOUT[_size]),
       published_params=_EDM2_PUBLISHED[_size],
-      source=_EDM2_SOURCE + (" (ImageNet-512 model, same architecture)" if _size in ("xs", "xxl")
-                             else " (ImageNet-64)"))
+      source=_EDM2_SOURCE + (" (ImageNet-512 architecture, 3 channels; no published img64-xxl)"
+                             if _size == "xxl" else " (ImageNet-64)"))
+  # ImageNet-512: the same U-Net on 64x64x4 latents of the Stability VAE (the latents are
+  # prepared elsewhere; edm2's StabilityVAEEncoder scale/bias are not part of the network).
+  PRESETS[f"edm2-img512-{_size}"] = Preset(
+      family="edm2",
+      arch=dict(model_channels=_channels, channel_mult=(1, 2, 3, 4), num_blocks=3,
+                attn_resolutions=(16, 8), channels_per_head=64),
+      defaults=dict(img_resolution=64, img_channels=4, num_classes=1000,
+                    dropout=_EDM2_DROPOUT[_size]),
+      published_params=_EDM2_IMG512_PUBLISHED[_size],
+      source=_EDM2_SOURCE + " (ImageNet-512, 4 latent channels)")
 
 PRESETS["ddpmpp-cifar10"] = Preset(
     family="ddpmpp",
     arch=dict(model_channels=128, channel_mult=(2, 2, 2), num_blocks=4, attn_resolutions=(16,),
-              embedding_type="positional", channel_mult_emb=4, channel_mult_noise=1),
+              embedding_type="positional", channel_mult_emb=4, channel_mult_noise=1,
+              augment_dim=9),
     defaults=dict(img_resolution=32, img_channels=3, num_classes=0, dropout=0.13),
     published_params=55.7e6,
     source="EDM (Karras et al. 2022) DDPM++ CIFAR-10, 55.7M")

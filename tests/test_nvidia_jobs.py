@@ -1,0 +1,92 @@
+"""The convert and evaluate jobs on NVIDIA snapshots (the fixture network) and an EDM dataset zip."""
+
+import importlib.util
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from diffgen_jax import checkpointing, jobs
+from diffgen_jax.config_checks import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PKL = os.path.join(ROOT, "tests", "fixtures", "nvidia_networks", "pickles",
+                   "edm2-cond-network-snapshot-0001048-0.100.stripped.pkl")
+
+
+def _config(variant="local"):
+  spec = importlib.util.spec_from_file_location("nvidia_config", os.path.join(ROOT, "configs",
+                                                                              "nvidia.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def _zip(path, n, seed):
+  from test_edm_zip import _write_zip  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  # Every class in both splits (the evaluation queries the class-conditional y* with each).
+  _write_zip(path, rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8), rng.permutation(n) % 10)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("nvidia_run")
+  snaps = root / "snapshots"
+  snaps.mkdir()
+  # An EDM2 run directory: two snapshots of EMA profile 0.100 (same weights) and one of 0.050.
+  for name in ("network-snapshot-0002097-0.100.pkl", "network-snapshot-0001048-0.100.pkl",
+               "network-snapshot-0001048-0.050.pkl"):
+    shutil.copy(PKL, snaps / name)
+  _zip(root / "train.zip", 12, 0)
+  _zip(root / "val.zip", 10, 1)
+  return root
+
+
+def test_evaluate_job_over_a_directory_of_nvidia_snapshots(run_dir, capsys):
+  config = _config()
+  config.model.checkpoint = str(run_dir / "snapshots")
+  config.model.checkpoint_ema = "0.100"
+  config.data.name = f"edm_zip:{run_dir / 'train.zip'},{run_dir / 'val.zip'}"
+  workdir = str(run_dir / "work")
+  jobs.run(config, workdir)
+  assert checkpointing.snapshot_steps(workdir) == [1048, 2097]  # ordered by images seen
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  assert results["summary"]["images_seen"] == [1048000, 2097000]
+  a, b = (results["snapshots"][k]["ema"]["ema"] for k in ("1048", "2097"))
+  assert len(a["gap"]) == 4 and np.all(np.isfinite(a["gap"]))
+  assert a["e_train"] == b["e_train"] and a["e_val"] == b["e_val"]  # the same weights
+  # Per-pixel MSEs of images in [-1, 1] against outputs of this network (|D| < 1 on the fixture).
+  assert all(0 < v < 4 for v in a["e_train"] + a["e_val"])
+  with open(os.path.join(workdir, "converted.json")) as f:
+    converted = json.load(f)
+  assert converted["model"]["family"] == "edm2" and converted["model"]["num_classes"] == 10
+  assert "peak G" in capsys.readouterr().out
+  # Re-running resumes: nothing converted or evaluated twice.
+  jobs.run(config, workdir)
+  assert checkpointing.snapshot_steps(workdir) == [1048, 2097]
+
+
+def test_two_ema_profiles_at_one_kimg_need_a_choice(run_dir):
+  config = _config()
+  config.model.checkpoint = str(run_dir / "snapshots")
+  config.model.checkpoint_ema = ""
+  config.job = "convert"
+  with pytest.raises(ValueError, match="EMA profiles"):
+    jobs.run(config, str(run_dir / "work2"))
+
+
+def test_convert_job_and_train_job_refusals(run_dir):
+  config = _config()
+  config.job = "convert"
+  config.model.checkpoint = str(run_dir / "nowhere.pkl")
+  with pytest.raises(ConfigError, match="does not exist"):
+    jobs.run(config, str(run_dir / "work3"))
+  config.job = "train"
+  config.model.checkpoint = PKL
+  config.data.name = "digits"
+  with pytest.raises(ConfigError, match="train job trains from scratch"):
+    jobs.run(config, str(run_dir / "work4"))

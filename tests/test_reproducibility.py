@@ -1,0 +1,111 @@
+"""Disjoint-subset reproducibility: model variance, sample similarity, cross copies (known answers)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffgen_jax.evaluation import reproducibility as rep
+from diffgen_jax.optimal import empirical_optimal_denoiser
+
+
+def _uniform(seed, n, shape=(4, 4, 1)):
+  return np.random.default_rng(seed).uniform(-1, 1, (n,) + shape).astype(np.float32)
+
+
+def _shrink(mean, scale, x, sigma, labels=None):
+  """Posterior mean of an isotropic Gaussian prior N(mean, scale^2 I): it never saw any data."""
+  s = jnp.reshape(jnp.asarray(sigma, x.dtype), (-1,) + (1,) * (x.ndim - 1))
+  return mean + scale ** 2 / (scale ** 2 + s ** 2) * (x - mean)
+
+
+def _data_independent(mean=0.1, scale=0.5):
+  return jax.tree_util.Partial(_shrink, jnp.float32(mean), jnp.float32(scale))
+
+
+def test_model_variance_of_optimal_denoisers_at_large_sigma_is_distance_of_means():
+  s1, s2, queries = _uniform(0, 12), _uniform(1, 12), _uniform(2, 10)
+  d1, d2 = empirical_optimal_denoiser(s1), empirical_optimal_denoiser(s2)
+  mv = rep.model_variance(d1, d2, queries, sigmas=[1e4])
+  expected = np.sum((s1.mean(0).astype(np.float64) - s2.mean(0)) ** 2) / s1[0].size
+  np.testing.assert_allclose(mv.numerator[0], expected, rtol=1e-3)
+  # The denominator is D1's own error E(sigma) = mean over images of ||mean(S1) - y||^2 / D.
+  direct = np.mean(np.sum((s1.mean(0) - queries.astype(np.float64)) ** 2, axis=(1, 2, 3))) / 16
+  np.testing.assert_allclose(mv.denominator[0], direct, rtol=1e-3)
+  np.testing.assert_allclose(mv.variance, mv.numerator / mv.denominator)
+
+
+def test_model_variance_of_optimal_denoisers_at_small_sigma_is_distance_of_nearest_points():
+  s1, s2, queries = _uniform(3, 15), _uniform(4, 15), _uniform(5, 9)
+  d1, d2 = empirical_optimal_denoiser(s1), empirical_optimal_denoiser(s2)
+  mv = rep.model_variance(d1, d2, queries, sigmas=[1e-4], return_per_image=True)
+  flat = lambda a: a.reshape(len(a), -1).astype(np.float64)
+  q, a, b = flat(queries), flat(s1), flat(s2)
+  nn1 = a[np.argmin(((q[:, None] - a[None]) ** 2).sum(-1), axis=1)]
+  nn2 = b[np.argmin(((q[:, None] - b[None]) ** 2).sum(-1), axis=1)]
+  per_query = ((nn1 - nn2) ** 2).mean(axis=1)
+  np.testing.assert_allclose(mv.per_image_numerator[:, 0], per_query, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(mv.numerator[0], per_query.mean(), rtol=1e-4)
+
+
+def test_model_variance_is_zero_for_a_data_independent_denoiser_and_c2_for_a_shift():
+  queries = _uniform(6, 8)
+  sigmas = [0.01, 0.5, 3.0, 40.0]
+  same = rep.model_variance(_data_independent(), _data_independent(), queries, sigmas=sigmas)
+  np.testing.assert_array_equal(same.numerator, 0.0)
+  np.testing.assert_array_equal(same.variance, 0.0)
+  shifted = rep.model_variance(_data_independent(0.1), _data_independent(0.35), queries,
+                               sigmas=sigmas)
+  # Both models' outputs differ by (0.25) * sigma^2 / (scale^2 + sigma^2) in every pixel.
+  s = np.asarray(sigmas)
+  np.testing.assert_allclose(shifted.numerator, (0.25 * s ** 2 / (0.25 + s ** 2)) ** 2,
+                             rtol=1e-5, atol=1e-10)  # float32 outputs: ~1e-7 of each
+
+
+def test_pair_cosines_known_values():
+  a = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0], [0.0, 0.0]])
+  b = np.array([[2.0, 0.0], [-1.0, -1.0], [3.0, 0.0], [1.0, 1.0]])
+  np.testing.assert_allclose(rep.pair_cosines(a, b), [1.0, -1.0, 0.0, 0.0], atol=1e-12)
+  # Centring at (1, 1): rows become (0,-1)/(1,-1), (0,0)/(-2,-2), (-1,1)/(2,-1), (-1,-1)/(0,0).
+  np.testing.assert_allclose(rep.pair_cosines(a, b, centre=[1.0, 1.0]),
+                             [1 / np.sqrt(2), 0.0, -3 / np.sqrt(10), 0.0], atol=1e-12)
+  with pytest.raises(ValueError, match="same shape"):
+    rep.pair_cosines(a, b[:3])
+
+
+def test_samples_of_a_data_independent_denoiser_are_identical_across_models():
+  noise = np.asarray(jax.random.normal(jax.random.key(0), (6, 4, 4, 1)))
+  one, two = rep.paired_samples(_data_independent(), _data_independent(), noise, num_steps=6)
+  sim = rep.sample_similarity(one, two, features_fn=lambda x: x.reshape(len(x), -1)[:, :5] ** 2,
+                              threshold=0.99, num_resamples=50)
+  for space in ("pixels", "features"):
+    np.testing.assert_allclose(sim[space]["cosine"], 1.0, rtol=1e-6)
+    assert sim[space]["fraction_above"] == 1.0
+    assert sim[space]["fraction_low"] == sim[space]["fraction_high"] == 1.0
+
+
+def test_sample_similarity_fraction_and_feature_space():
+  rng = np.random.default_rng(7)
+  one = rng.standard_normal((40, 3, 3, 1))
+  two = one.copy()
+  two[20:] = -one[20:]  # half the pairs are exact opposites
+  feats = lambda x: jnp.abs(x.reshape(len(x), -1))  # sign-blind features: all pairs equal
+  sim = rep.sample_similarity(one, two, features_fn=feats, threshold=0.5, num_resamples=400)
+  np.testing.assert_allclose(sim["pixels"]["cosine"][:20], 1.0)
+  np.testing.assert_allclose(sim["pixels"]["cosine"][20:], -1.0)
+  assert sim["pixels"]["fraction_above"] == 0.5
+  assert sim["pixels"]["fraction_low"] < 0.5 < sim["pixels"]["fraction_high"]
+  assert sim["features"]["fraction_above"] == 1.0
+  with pytest.raises(ValueError, match="threshold"):
+    rep.sample_similarity(one, two, threshold=1.5)
+
+
+def test_cross_copy_fractions_own_and_other():
+  s1, s2 = _uniform(8, 20), _uniform(9, 20)
+  jitter = 1e-3 * np.random.default_rng(10).standard_normal(s1.shape).astype(np.float32)
+  samples_1 = s1 + jitter  # model 1 copies its own set
+  samples_2 = np.concatenate([s2[:10] + jitter[:10], _uniform(11, 10)])  # half copies
+  out = rep.cross_copy_fractions(samples_1, samples_2, s1, s2, num_resamples=200)
+  assert out["1/own"]["fraction"] == 1.0 and out["1/other"]["fraction"] == 0.0
+  assert out["2/own"]["fraction"] == 0.5 and out["2/other"]["fraction"] == 0.0
+  assert out["2/own"]["low"] < 0.5 < out["2/own"]["high"]

@@ -1,0 +1,111 @@
+"""Memorization time scales: bootstrap intervals, threshold crossings, log-log slopes (known answers)."""
+
+import numpy as np
+import pytest
+
+from diffgen_jax.evaluation import timescales as ts
+
+TIMES = np.geomspace(1e3, 1e5, 9)  # snapshots a factor 10^(1/4) apart
+
+
+def _linear_in_log_time(t, top=0.8):
+  """A fraction rising linearly in log t from 0 at t = 1e3 to `top` at t = 1e5."""
+  return top * np.log(np.asarray(t) / 1e3) / np.log(100.0)
+
+
+def test_crossing_time_on_monotone_curves():
+  values = _linear_in_log_time(TIMES)
+  truth = 1e3 * 100.0 ** (0.25 / 0.8)  # between the 4th and 5th snapshot
+  assert ts.crossing_time(TIMES, values, 0.25) == pytest.approx(truth, rel=1e-12)
+  # Falling curve, linear in time, crossing downwards.
+  t = np.arange(1.0, 11.0)
+  assert ts.crossing_time(t, 10.0 - t, 2.5, direction="down", log_time=False) == pytest.approx(7.5)
+  # Censoring: already past at the first snapshot, never past.
+  assert ts.crossing_time(TIMES, values + 0.5, 0.25) == TIMES[0]
+  assert ts.crossing_time(TIMES, values, 0.95) == np.inf
+  with pytest.raises(ValueError, match="strictly increasing"):
+    ts.crossing_time(TIMES[::-1], values, 0.2)
+  with pytest.raises(ValueError, match="direction"):
+    ts.crossing_time(TIMES, values, 0.2, direction="sideways")
+
+
+def test_bootstrap_mean_interval_matches_binomial_width():
+  flags = np.zeros(400)
+  flags[:100] = 1.0  # fraction 0.25
+  low, high = ts.bootstrap_mean_interval(flags, num_resamples=4000, seed=0)
+  half = 1.96 * np.sqrt(0.25 * 0.75 / 400)
+  assert low == pytest.approx(0.25 - half, abs=0.01) and high == pytest.approx(0.25 + half, abs=0.01)
+
+
+def test_copy_fraction_interval_of_exact_copies():
+  rng = np.random.default_rng(0)
+  train = rng.uniform(-1, 1, (30, 3, 3, 1)).astype(np.float32)
+  samples = np.concatenate([train[:10], rng.uniform(-1, 1, (30, 3, 3, 1)).astype(np.float32)])
+  out = ts.copy_fraction_interval(samples, train, num_resamples=500)
+  assert out.fraction == 0.25 and out.flags[:10].all() and not out.flags[10:].any()
+  assert out.low < 0.25 < out.high
+
+
+def test_tau_mem_interval_covers_the_truth_at_about_the_nominal_rate():
+  # Each sample copies from a fixed time on (u_j < f(t)), as with fixed sampler noise.
+  threshold = 0.25
+  truth = 1e3 * 100.0 ** (threshold / 0.8)
+  reps, m = 200, 100
+  covered = 0
+  for rep in range(reps):
+    u = np.random.default_rng(rep).random(m)
+    flags = u[None, :] < _linear_in_log_time(TIMES)[:, None]
+    c = ts.tau_mem(TIMES, flags, threshold, num_resamples=300, seed=1000 + rep)
+    assert c.low <= c.time <= c.high and c.censored == ""
+    covered += c.low <= truth <= c.high
+  # Nominal 0.95; 3 binomial standard errors over 200 draws is 0.046.
+  assert 0.95 - 0.046 <= covered / reps <= 0.995
+
+
+def test_tau_gen_recovers_the_crossing_of_a_shrinking_offset():
+  rng = np.random.default_rng(1)
+  reference = rng.standard_normal((300, 4))
+  offsets = np.linspace(2.0, 0.0, 5)  # FD = offset^2 when the spread equals the reference's
+  samples = np.stack([reference + d * np.ones(4) / 2.0 for d in offsets])  # ||shift||^2 = d^2
+  t = np.arange(1.0, 6.0)
+  c = ts.tau_gen(t, samples, reference, target=1.0, log_time=False, num_resamples=100)
+  # FD = d^2 = 4, 2.25, 1, ...: reaches 1 exactly at the third snapshot.
+  assert c.time == pytest.approx(3.0, abs=1e-6)
+  assert c.low <= 3.0 <= c.high
+
+
+def test_tau_gap_and_onset_on_noiseless_errors():
+  s = 3
+  t = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+  peak = np.array([0.0, 0.1, 0.2, 0.4, 0.8])
+  train = np.ones((5, 6, s))
+  val = np.ones((5, 7, s)) * (1.0 + peak[:, None, None] * np.array([0.5, 1.0, 0.25]))
+  c = ts.tau_gap(t, train, val, 0.3, num_resamples=50)
+  expected = np.exp(np.log(4.0) + 0.5 * np.log(2.0))  # halfway between 0.2 and 0.4 in log time
+  assert c.time == pytest.approx(expected)
+  assert c.low == pytest.approx(expected) and c.high == pytest.approx(expected)
+  # Overfitting onset: E_val falls, bottoms out at the 3rd snapshot, rises.
+  e_val = np.array([3.0, 2.0, 1.0, 1.5, 2.0])[:, None] + 0.01 * np.arange(20)[None]
+  onset = ts.onset_time(t, e_val, num_resamples=100)
+  assert onset.time == 4.0 and onset.censored == "" and onset.low == onset.high == 4.0
+  assert ts.onset_time(t, e_val[::-1] * 0 + np.arange(5, 0, -1.0)[:, None]).censored == "right"
+
+
+def test_loglog_slope_exact_and_interval_propagation():
+  sizes = np.array([64.0, 128.0, 256.0, 512.0])
+  taus = 3.0 * sizes
+  fit = ts.loglog_slope(sizes, taus)
+  assert fit.slope == pytest.approx(1.0) and fit.intercept == pytest.approx(np.log(3.0))
+  assert fit.method == "ols" and fit.low == pytest.approx(1.0) and fit.high == pytest.approx(1.0)
+  # Intervals of +-0.2 in log tau (sd 0.2 / z): the slope's half-width is 0.2 / sqrt(sum (x - x̄)^2).
+  x = np.log(sizes)
+  expected_half = 0.2 / np.sqrt(np.sum((x - x.mean()) ** 2))
+  fit = ts.loglog_slope(sizes, taus, taus * np.exp(-0.2), taus * np.exp(0.2), num_draws=20000)
+  assert fit.method == "intervals"
+  assert fit.high - 1.0 == pytest.approx(expected_half, rel=0.05)
+  assert 1.0 - fit.low == pytest.approx(expected_half, rel=0.05)
+  # Non-finite taus are left out; fewer than two usable points is an error.
+  fit = ts.loglog_slope(np.r_[sizes, 1024.0], np.r_[taus, np.inf])
+  assert list(fit.used) == [True] * 4 + [False]
+  with pytest.raises(ValueError, match="2 or more"):
+    ts.loglog_slope(sizes[:2], [1.0, np.inf])
