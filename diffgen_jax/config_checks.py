@@ -278,11 +278,15 @@ def _lookup(config, field: str):
   return node, True
 
 
-def field_ranges(config, ranges=None) -> None:
+def field_ranges(config, ranges=None, skip: Iterable[str] = ()) -> None:
   """Checks every field of `ranges` (default FIELD_RANGES) that the config has: a number of the
   right kind (integer or real), not NaN or inf, inside its range. "field[]" names a list of
-  numbers, each checked. Raises ConfigError naming the field (and the entry of a list)."""
+  numbers, each checked. Fields starting with a prefix in `skip` (e.g. "evaluation." when the job
+  does not evaluate) are left alone. Raises ConfigError naming the field (and the list entry)."""
+  skip = tuple(skip)
   for field, bounds in (FIELD_RANGES if ranges is None else ranges).items():
+    if skip and field.startswith(skip):
+      continue
     is_list = field.endswith("[]")
     value, present = _lookup(config, field[:-2] if is_list else field)
     if not present:

@@ -145,7 +145,12 @@ def _check_noise(noise) -> None:
   noise = noise if hasattr(noise, "dtype") else np.asarray(noise)
   if not jnp.issubdtype(noise.dtype, jnp.floating):
     raise ValueError(f"noise must be a floating-point array, got dtype {noise.dtype}")
-  if not isinstance(noise, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(noise))):
+  # Concrete noise is checked on the host (also when sample() itself is traced, e.g. inside a
+  # jitted function closing over the noise, where jnp ops would give tracers).
+  if isinstance(noise, jax.core.Tracer) or (isinstance(noise, jax.Array)
+                                            and not noise.is_fully_addressable):
+    return
+  if not np.all(np.isfinite(np.asarray(noise))):
     raise ValueError("noise contains NaN or Inf")
 
 

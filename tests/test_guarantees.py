@@ -651,3 +651,19 @@ def test_measurement_parameters_are_checked_by_name():
   for size in (2.5, float("nan"), 0):
     with pytest.raises(ValueError, match="crop_size"):
       denoisers.crop_averaged(exact, size, 4)
+
+
+def test_checks_run_on_concrete_values_inside_a_trace():
+  """The train job samples inside jit with the noise closed over: the checks must use the host
+  values (jnp ops there would give tracers), and still refuse bad ones."""
+  from diffgen_jax.evaluation import features
+  noise = jax.random.normal(jax.random.key(0), (2, 4, 4, 1))
+  out = jax.jit(lambda: samplers.sample(lambda x, s, l: 0.5 * x, noise, num_steps=3).samples)()
+  assert np.all(np.isfinite(np.asarray(out)))
+  images = jnp.zeros((2, 4, 4, 1))
+  assert jax.jit(lambda: features.pixel_features(images))().shape == (2, 16)
+  bad = noise.at[0, 0, 0, 0].set(jnp.nan)
+  with pytest.raises(ValueError, match="noise contains NaN"):
+    jax.jit(lambda: samplers.sample(lambda x, s, l: x, bad, num_steps=2).samples)()
+  with pytest.raises(ValueError, match="got dtype uint8"):  # traced: dtype and rank are checked
+    jax.jit(lambda: features.pixel_features(jnp.zeros((2, 4, 4, 1), jnp.uint8)))()

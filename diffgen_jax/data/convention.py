@@ -23,9 +23,9 @@ SAMPLE_LIMIT = 10.0
 
 
 def _value_range(images):
-  if isinstance(images, jax.Array):
-    lo, hi, finite = jnp.min(images), jnp.max(images), jnp.all(jnp.isfinite(images))
-    return float(lo), float(hi), bool(finite)
+  """(min, max, all finite) on the host; None for arrays not addressable from this process."""
+  if isinstance(images, jax.Array) and not images.is_fully_addressable:
+    return None
   a = np.asarray(images)
   return float(a.min()), float(a.max()), bool(np.all(np.isfinite(a)))
 
@@ -59,7 +59,12 @@ def check_images(images, name: str = "images", *, lenient: bool = False, nhwc: b
     return images
   if 0 in shape:
     return images
-  lo, hi, finite = _value_range(images)
+  value_range = _value_range(images)
+  if value_range is None:  # a multi-host array: dtype and rank only
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(f"{name} must be {CONVENTION}; got dtype {dtype}")
+    return images
+  lo, hi, finite = value_range
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"{name} must be {CONVENTION}; got {dtype} pixels in [{lo:g}, {hi:g}]: "
                      "convert them with diffgen_jax.data.to_unit_range")

@@ -39,7 +39,12 @@ def validate(config) -> str:
   # Every float finite, also in the compute dtype (1e39 is inf in float32); every numeric field of
   # config_checks.FIELD_RANGES that the config has in its range.
   config_checks.finite_floats(config)
-  config_checks.field_ranges(config)
+  unused = []  # sections this run does not read are not held to their ranges
+  if job == "train" and "evaluation" in config and not config.evaluation.get("after_training", True):
+    unused.append("evaluation.")
+  if "monitor" in config and not config.monitor.get("every_images", 0):
+    unused += ["monitor.num_images", "monitor.sigmas", "monitor.batch_size"]
+  config_checks.field_ranges(config, skip=unused)
   if job == "evaluate":  # reads the run's data, model and training fields as well
     importlib.import_module(JOBS["train"]).validate_training_fields(config)
   importlib.import_module(JOBS[job]).validate_config(config)
