@@ -60,6 +60,10 @@ class _TrainingSet(NamedTuple):
   chunk_size: int
 
 
+# NHWC training images beyond this magnitude are on another scale (data.convention.SAMPLE_LIMIT).
+_IMAGE_LIMIT = 10.0
+
+
 def _prepare(train_images, train_labels, chunk_size: int, shards: int, dtype) -> _TrainingSet:
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -68,6 +72,14 @@ def _prepare(train_images, train_labels, chunk_size: int, shards: int, dtype) ->
     raise ValueError(f"train_images must be a non-empty (N, ...) array, got shape {host.shape}")
   if not np.all(np.isfinite(host)):
     raise ValueError("train_images contains NaN or Inf")
+  # The image convention (data.convention, not imported here: the math layer stands alone):
+  # integer pixels and the 0..255 float scale would give a posterior mean on the wrong scale.
+  if not np.issubdtype(host.dtype, np.floating):
+    raise ValueError(f"train_images must be floating point (images in [-1, 1]: uint8 pixels p map "
+                     f"to p / 127.5 - 1), got dtype {host.dtype}")
+  if host.ndim == 4 and np.abs(host).max() > _IMAGE_LIMIT:
+    raise ValueError(f"train_images of shape {host.shape} are NHWC images, which must lie in "
+                     f"[-1, 1]; got values in [{host.min():g}, {host.max():g}] (0..255 pixels?)")
   n = host.shape[0]
   flat = host.reshape(n, -1).astype(np.float64)
   centre = flat.mean(axis=0)

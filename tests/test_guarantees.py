@@ -486,6 +486,19 @@ def test_copy_fraction_refuses_mixed_scales():
     probes.copy_fraction(images * np.nan, images)
 
 
+def test_optimal_denoisers_refuse_images_on_another_scale():
+  """y* and its posterior statistics on uint8 pixels or the 0..255 float scale would return a
+  posterior mean on that scale without a word; on [-1, 1] images the sigma -> 0 limit holds."""
+  pixels, images = _images(8)
+  x = images[:2] + 0.01
+  np.testing.assert_allclose(optimal.empirical_optimal_denoiser(images)(x, 1e-6), images[:2])
+  for make in (optimal.empirical_optimal_denoiser, optimal.posterior_statistics):
+    with pytest.raises(ValueError, match=r"train_images must be floating point.*got dtype uint8"):
+      make(pixels)
+    with pytest.raises(ValueError, match=r"train_images .* must lie in \[-1, 1\]; got values in \[0, 2"):
+      make(pixels.astype(np.float32))
+
+
 def test_every_image_taking_function_checks_the_convention():
   from diffgen_jax.evaluation import copies, features, gap, gradient_score, probes
   pixels, images = _images(8)
