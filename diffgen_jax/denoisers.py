@@ -184,6 +184,23 @@ def _concrete_host(labels):
   return np.asarray(labels)
 
 
+def training_labels(train_labels, n: int):
+  """(labels, label_domain) of a training set of n points for the analytic denoisers.
+
+  train_labels: None (unconditional: all zeros, domain None) or (n,) integers >= 0. Returns int32
+  labels and the frozenset of labels present, the `label_domain` that `check_labels` reads.
+  Raises ValueError naming train_labels otherwise.
+  """
+  if train_labels is None:
+    return np.zeros((n,), np.int32), None
+  labels = np.asarray(train_labels)
+  if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"train_labels must be ({n},) integers, got {labels.shape} {labels.dtype}")
+  if np.any(labels < 0):
+    raise ValueError("train_labels must be >= 0")
+  return labels.astype(np.int32), frozenset(np.unique(labels).tolist())
+
+
 def check_labels(denoiser, labels) -> None:
   """Checks concrete labels against every component of `denoiser` that restricts them.
 

@@ -38,7 +38,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax.checks import check_number
-from diffgen_jax.denoisers import Denoiser, check_label_domain, per_example
+from diffgen_jax.denoisers import Denoiser, check_label_domain, per_example, training_labels
 # The analytic ladder's patch machines and Gaussian denoiser live beside this module (they import
 # nothing from it); re-exported here so `optimal.local_denoiser` etc. work.
 from diffgen_jax.optimal_patches import (  # noqa: F401  pylint: disable=unused-import
@@ -83,16 +83,7 @@ def _prepare(train_images, train_labels, chunk_size: int, shards: int, dtype) ->
   n = host.shape[0]
   flat = host.reshape(n, -1).astype(np.float64)
   centre = flat.mean(axis=0)
-  if train_labels is None:
-    labels, classes = np.zeros((n,), np.int32), None
-  else:
-    labels = np.asarray(train_labels)
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-      raise ValueError(f"train_labels must be ({n},) integers, got {labels.shape} {labels.dtype}")
-    if np.any(labels < 0):
-      raise ValueError("train_labels must be >= 0")
-    labels = labels.astype(np.int32)
-    classes = frozenset(np.unique(labels).tolist())
+  labels, classes = training_labels(train_labels, n)
   chunk_size = min(chunk_size, -(-n // shards))
   pad = -n % (chunk_size * shards)
   padded = lambda a, fill: np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])

@@ -56,7 +56,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffgen_jax.denoisers import Denoiser
+from diffgen_jax.denoisers import Denoiser, training_labels
 from diffgen_jax.sharding import DATA_AXIS
 
 BOUNDARIES = ("circular", "zeros")
@@ -188,16 +188,7 @@ def _prepare(train_images, train_labels, chunk_size, shards, dtype) -> _Images:
   host = check_images(train_images)
   chunk_size = _check_positive_int(chunk_size, "chunk_size")
   n = host.shape[0]
-  if train_labels is None:
-    labels, classes = np.zeros((n,), np.int32), None
-  else:
-    labels = np.asarray(train_labels)
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-      raise ValueError(f"train_labels must be ({n},) integers, got {labels.shape} {labels.dtype}")
-    if np.any(labels < 0):
-      raise ValueError("train_labels must be >= 0")
-    labels = labels.astype(np.int32)
-    classes = frozenset(np.unique(labels).tolist())
+  labels, classes = training_labels(train_labels, n)
   chunk = min(chunk_size, -(-n // shards))
   pad = -n % (chunk * shards)
   images = np.concatenate([host, np.zeros((pad,) + host.shape[1:], host.dtype)]).astype(dtype)
