@@ -224,6 +224,26 @@ def _diagnostic_unet(mode: str, subset: int, side: int):
   return c
 
 
+def _fashion_unet():
+  """A DDPM++ U-Net on a small Fashion-MNIST subset at 28x28: the analytic ladder's second data set
+  (local mode only), sized for a 2-core CPU: 128 training images, 600 steps of batch 32."""
+  c = defaults.train_config("fashion_mnist", "ddpmpp")
+  c.model.update(dict(preset="", img_resolution=28, img_channels=1, num_classes=10, dropout=0.0,
+                      model_channels=32, channel_mult=(1, 2, 2), num_blocks=1, attn_resolutions=()))
+  c.data.subset_size = 128
+  b, steps = 32, 600
+  c.training.update(dict(batch_size=b, total_images=b * steps, lr=2e-3, warmup_images=b * 50,
+                         label_dropout=0.1))
+  c.training.ema.halflife_images = b * 50
+  c.checkpoint.update(dict(state_every_images=b * 300, snapshot_every_images=b * 150))
+  c.sampling.grid_size = 16
+  c.log_every_steps = 50
+  c.monitor.every_images = 0
+  _evaluation(c, "local", samples=False)
+  c.evaluation.update(dict(num_images=64, num_sigmas=16, batch_size=64))  # y* at 28x28
+  return c
+
+
 def _small_training(c, mode: str) -> None:
   """The local (as configs/quickstart.py) and smoke training settings on 8x8 digits."""
   c.data.subset_size = 256 if mode == "local" else 64
@@ -299,11 +319,17 @@ def _toy2d(mode: str):
   return c
 
 
-def _ladder(mode: str, run_dir: str):
-  """The ladder job (configs/ladder.py) on a training run's last snapshot."""
+def _ladder(mode: str, run_dir: str, fashion: bool = False):
+  """The ladder job (configs/ladder.py) on a training run's last snapshot (fashion: the 28x28 run,
+  with fewer states and sizes, since ELS costs (28 x 28)^2 patch pairs per training image)."""
   c = _sibling("ladder").get_config("local" if mode == "local" else "smoke" if mode == "smoke"
                                     else None)
   c.run_dir = run_dir
+  if fashion:
+    c.num_images, c.num_sigmas, c.batch_size = 32, 8, 32
+    c.trajectory.num_samples = 16
+    c.calibration.sizes = (1, 3, 5, 7, 9, 13)
+    c.gaussian_ranks = (16,)
   if mode == "paper":  # CIFAR-10 32x32x3: windows up to the whole image (k >= 2H - 1 = 63 is y*)
     c.num_images, c.num_sigmas, c.batch_size = 1024, 24, 128
     c.trajectory.num_samples = 256
@@ -374,7 +400,10 @@ def _runs(finding: str, mode: str):
   if finding == "analytic_ladder":
     return [("unet", unet(), None), ("dit", dit(), None),
             ("ladder_unet", _ladder(mode, "@run:unet"), None),
-            ("ladder_dit", _ladder(mode, "@run:dit"), None)]
+            ("ladder_dit", _ladder(mode, "@run:dit"), None)] + (
+                [] if mode != "local" else  # (paper: the CIFAR-10 runs are the 32x32 case)
+                [("fashion_unet", _fashion_unet(), None),
+                 ("ladder_fashion_unet", _ladder(mode, "@run:fashion_unet", fashion=True), None)])
   raise ValueError(finding)
 
 

@@ -1,5 +1,6 @@
 """Finding 11: which analytic denoiser predicts each trained network best, per sigma (analytic.md
-section 1): the `ladder` job on the last snapshot of the shared U-Net and DiT runs.
+section 1): the `ladder` job on the last snapshot of the shared U-Net and DiT runs (8x8 digits) and,
+in the local mode, of a U-Net trained on 128 Fashion-MNIST images at 28x28.
 
 For each network: r2 (normalised by the network's output variance) of every rung (y*, y_delta,
 LS / ELS / PSPC at their calibrated patch sizes, Gaussian full and rank r) on noised training
@@ -25,13 +26,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import common  # noqa: E402
 
 FINDING = "analytic_ladder"
-NETWORKS = {"U-Net": "ladder_unet", "DiT": "ladder_dit"}
+NETWORKS = {"U-Net": "ladder_unet", "DiT": "ladder_dit",
+            "U-Net Fashion-MNIST 28x28": "ladder_fashion_unet"}
 SET = "trajectory"  # the set the best rung is read on (the calibration set of Kamb & Ganguli)
 
 
 def gather(ctx):
   out, r2_series, size_series = {}, [], []
-  for net, run in NETWORKS.items():
+  networks = {net: run for net, run in NETWORKS.items() if run in ctx.results}  # (smoke: no Fashion)
+  for net, run in networks.items():
     res = ctx.results[run]
     s = res["summary"]
     traj = res["agreement"][SET]
@@ -55,7 +58,7 @@ def gather(ctx):
                     for m, v in cal["machines"].items()]
     for name in ("ladder_r2.png", "ladder_calibration.png", "ladder_gap.png"):
       ctx.copy(os.path.join(ctx.workdirs[run], name), f"{run}_{name}")
-  common.line_plot(ctx.figure("best_r2.png"), r2_series, panels=list(NETWORKS), logx=True,
+  common.line_plot(ctx.figure("best_r2.png"), r2_series, panels=list(networks), logx=True,
                    xlabel="sigma", ylabel=f"r2 on the network's {SET} states",
                    title="Analytic rungs vs trained networks")
   if size_series:
