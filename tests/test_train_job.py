@@ -111,11 +111,13 @@ def test_console_verbosity():
   try:
     console.configure(0)
     assert logging.get_verbosity() == logging.WARNING  # library INFO records hidden
-    # orbax's notes about read-only options (three per snapshot read) are dropped, warnings kept.
+    # orbax's notes about read-only options (three per snapshot read) and the item-level metadata
+    # read of checkpointing._saved_tree (one per snapshot) are dropped, other warnings kept.
     absl_logger = py_logging.getLogger("absl")
     record = lambda msg: py_logging.LogRecord("absl", py_logging.WARNING, "", 0, msg, (), None)
     assert not absl_logger.filter(record("Given directory is read only=/tmp/x"))
     assert not absl_logger.filter(record("CheckpointManagerOptions.read_only=True, setting create"))
+    assert not absl_logger.filter(record("Metadata file does not exist: /w/snapshots/600/ema/x"))
     assert absl_logger.filter(record("Sample evaluation settings changed"))
     console.configure(1)
     assert logging.get_verbosity() == logging.INFO

@@ -16,14 +16,17 @@ from absl import logging
 
 # Loggers whose INFO records flood the console (orbax writes ~30 lines per checkpoint).
 _NOISY_LOGGERS = ("orbax", "absl", "jax", "tensorflow", "etils")
-# orbax WARNING records that describe options, not problems (three per snapshot read).
-_ORBAX_OPTION_NOTES = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+# orbax WARNING records that describe options or layout, not problems: three per snapshot read,
+# and one per snapshot from `checkpointing._saved_tree`, which reads the array metadata of the
+# snapshot's "ema" item directory (the step's _CHECKPOINT_METADATA file sits one level up).
+_ORBAX_HARMLESS_NOTES = ("CheckpointManagerOptions.read_only=True", "Given directory is read only",
+                         "Metadata file does not exist")
 
 
-class _DropOptionNotes(py_logging.Filter):
+class _DropHarmlessNotes(py_logging.Filter):
 
   def filter(self, record):
-    return not str(record.msg).startswith(_ORBAX_OPTION_NOTES)
+    return not str(record.msg).startswith(_ORBAX_HARMLESS_NOTES)
 
 
 def configure(verbosity: int) -> None:
@@ -35,8 +38,8 @@ def configure(verbosity: int) -> None:
   for name in _NOISY_LOGGERS:
     py_logging.getLogger(name).setLevel(py_logging.WARNING)
   absl_logger = py_logging.getLogger("absl")
-  if not any(isinstance(f, _DropOptionNotes) for f in absl_logger.filters):
-    absl_logger.addFilter(_DropOptionNotes())
+  if not any(isinstance(f, _DropHarmlessNotes) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropHarmlessNotes())
 
 
 def _emit(message: str) -> None:
