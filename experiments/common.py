@@ -240,6 +240,8 @@ def main(finding: str, gather: Callable[[Context], Dict[str, Any]]) -> None:
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from diffgen_jax.jobs import console  # pylint: disable=import-outside-toplevel
+    console.configure(flags.FLAGS.verbosity)  # as the main job: quiet unless --verbosity >= 1
     config = config_flag.value
     if config.finding != finding:
       raise app.UsageError(f"--config is the {config.finding!r} finding's config; this script "
