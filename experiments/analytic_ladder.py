@@ -5,9 +5,9 @@ in the local mode, of a U-Net trained on 128 Fashion-MNIST images at 28x28.
 For each network: r2 (normalised by the network's output variance) of every rung (y*, y_delta,
 LS / ELS / PSPC at their calibrated patch sizes, Gaussian full and rank r) on noised training
 images, noised validation images and the network's own trajectory states; the calibrated patch
-size vs sigma; each rung's G(sigma) beside the network's, and whether the rung that predicts the
-network best (most often, on its trajectory) is also the one whose G(sigma) is closest to the
-network's.
+size vs sigma; each rung's G(sigma) beside the network's, compared on the log scale of
+E_val / E_train: per sigma the closest-G rung, and the fraction of sigmas at which the rung that
+predicts the network best (on noised training / validation images) is also the closest-G rung.
 
     python experiments/analytic_ladder.py     # local: digits (+ the shared U-Net/DiT runs)
     python experiments/analytic_ladder.py --config=configs/experiments.py:analytic_ladder,paper \
@@ -49,9 +49,13 @@ def gather(ctx):
         "r2": {k: {r: a["r2"] for r, a in v["rungs"].items()} for k, v in res["agreement"].items()},
         "calibration": {"on": cal["on"], "sigmas": cal["sigmas"],
                         "best_size": {m: v["best_size"] for m, v in cal["machines"].items()}},
+        "gap_sigmas": res["gaps"]["sigmas"],
+        "gap": {n: c["gap"] for n, c in res["gaps"]["denoisers"].items()},
         "gap_distance": s["gap_distance"], "closest_gap_rung": s["closest_gap_rung"],
+        "closest_gap_rung_overall": s["closest_gap_rung_overall"],
         "most_often_best_rung": best_overall,
-        "best_rung_predicts_gap": best_overall == s["closest_gap_rung"],
+        "best_rung_predicts_gap": s["best_rung_predicts_gap"],
+        "most_often_best_rung_is_closest_gap": best_overall == s["closest_gap_rung_overall"],
     }
     r2_series += [(net, rung, traj["sigmas"], a["r2"]) for rung, a in traj["rungs"].items()]
     size_series += [(f"{net} {m}", cal["sigmas"], v["best_size"])

@@ -125,8 +125,27 @@ def test_job_writes_results_figures_and_the_library_numbers(run_dir, tmp_path):
     for j, best in enumerate(names):
       r2 = [rungs[n]["r2"][j] for n in rungs if rungs[n]["r2"][j] is not None]
       assert rungs[best]["r2"][j] == max(r2)
+  # G is compared as |log(E_val / E_train) of the rung - that of the network| per sigma.
+  net = g["denoisers"]["network"]
+  for name, row in summ["gap_log_distance"].items():
+    c = g["denoisers"][name]
+    for j, d in enumerate(row):
+      if d is not None:
+        want = abs(np.log(c["e_val"][j] / c["e_train"][j])
+                   - np.log(net["e_val"][j] / net["e_train"][j]))
+        assert d == pytest.approx(want, rel=1e-9, abs=1e-12)
+    inf_row = [np.inf if d is None else d for d in row]
+    assert (summ["gap_distance"][name] is None) == (not np.isfinite(np.median(inf_row)))
+    if summ["gap_distance"][name] is not None:
+      assert summ["gap_distance"][name] == pytest.approx(np.median(inf_row))
+  for j, best in enumerate(summ["closest_gap_rung"]):
+    row = {n: r[j] for n, r in summ["gap_log_distance"].items() if r[j] is not None}
+    assert best == (min(row, key=row.get) if row else None)
   finite = {k: v for k, v in summ["gap_distance"].items() if v is not None}
-  assert summ["closest_gap_rung"] == min(finite, key=finite.get)
+  assert summ["closest_gap_rung_overall"] == min(finite, key=finite.get)
+  for set_name in ("train", "val"):  # on G's own sigma grid
+    agree = [a == b for a, b in zip(summ["best_rung"][set_name], summ["closest_gap_rung"])]
+    assert summ["best_rung_predicts_gap"][set_name] == pytest.approx(np.mean(agree))
 
   for name in ("ladder_r2.png", "ladder_calibration.png", "ladder_gap.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 1000, name

@@ -34,8 +34,12 @@ Outputs: WORKDIR/results.json (`jobs.results` layout, written after every stage)
      "gaps":        {"sigmas" (S,), "denoisers": {"network" | rung: {"e_train", "e_val", "gap"}}}
      "summary":     {"best_rung": {set: [rung of the highest r2 per sigma]},
                      "best_r2": {set: [that r2 per sigma]},
-                     "gap_distance": {rung: mean |G_rung - G_network| over sigmas where both are
-                                      finite}, "closest_gap_rung": the rung minimising it}}
+                     "gap_log_distance": {rung: |log(1 + G_rung) - log(1 + G_network)| per sigma},
+                     "closest_gap_rung": [rung minimising it per sigma],
+                     "gap_distance": {rung: its median over sigmas},
+                     "closest_gap_rung_overall": the rung minimising that,
+                     "best_rung_predicts_gap": {set: fraction of sigmas where the set's best-r2
+                                                rung is the closest-G rung}}
 Figures (config.make_plots) in WORKDIR: ladder_r2.png (r2 vs sigma per rung, one panel per input
 set), ladder_calibration.png (calibrated size vs sigma and every candidate's distance curve),
 ladder_gap.png (G(sigma) of the rungs beside the network's).
@@ -268,9 +272,26 @@ def _values(v) -> np.ndarray:
   return np.asarray([np.nan if x is None else x for x in np.atleast_1d(v)], np.float64)
 
 
+def _log_ratio(c) -> np.ndarray:
+  """log(E_val / E_train) = log(1 + G) per sigma; NaN where a rung reproduces its training images
+  exactly (E_train = 0, so G is undefined) or an error is missing."""
+  e_val, e_train = _values(c["e_val"]), _values(c["e_train"])
+  with np.errstate(divide="ignore", invalid="ignore"):
+    out = np.log(e_val / e_train)
+  return np.where(np.isfinite(out), out, np.nan)
+
+
 def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
-  """Per input set and sigma, the rung of the highest r2; per rung, how far its G is from the
-  network's (mean |G_rung - G_network| over the sigmas where both are finite)."""
+  """Per input set and sigma, the rung of the highest r2; per sigma, the rung whose G is closest to
+  the network's; and how often the two agree.
+
+  G is compared on the log scale, |log(1 + G_rung) - log(1 + G_network)| = |log of the ratio of
+  the two E_val / E_train|, because the G of memorizing rungs spans many decades (y*'s E_train
+  vanishes at small sigma: G ~ 1e13, or undefined at E_train = 0, which counts as infinitely far).
+  gap_distance[rung] is the median of that distance over the sigmas; best_rung_predicts_gap[set]
+  is the fraction of sigmas at which the set's best-r2 rung is the closest-G rung (train and val
+  are on G's own sigma grid).
+  """
   best_rung, best_r2 = {}, {}
   for set_name, section in results["agreement"].items():
     names = list(section["rungs"])
@@ -280,17 +301,27 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
     best_rung[set_name] = [names[i] for i in idx]
     best_r2[set_name] = [float(r2[i, j]) for j, i in enumerate(idx)]
   curves = results["gaps"]["denoisers"]
-  g_net = _values(curves["network"]["gap"])
-  distance = {}
-  for name, c in curves.items():
-    if name == "network":
-      continue
-    g = _values(c["gap"])
-    ok = np.isfinite(g) & np.isfinite(g_net)
-    distance[name] = float(np.mean(np.abs(g[ok] - g_net[ok]))) if ok.any() else None
+  net = _log_ratio(curves["network"])
+  rung_names = [n for n in curves if n != "network"]
+  dist = np.stack([np.abs(_log_ratio(curves[n]) - net) for n in rung_names])  # (R, S)
+  dist = np.where(np.isnan(dist), np.inf, dist)
+  closest = [rung_names[i] if np.isfinite(dist[i, j]) else None
+             for j, i in enumerate(np.argmin(dist, axis=0))]
+  median = np.median(dist, axis=1)
+  distance = {n: (float(m) if np.isfinite(m) else None) for n, m in zip(rung_names, median)}
   finite = {k: v for k, v in distance.items() if v is not None}
-  return {"best_rung": best_rung, "best_r2": best_r2, "gap_distance": distance,
-          "closest_gap_rung": min(finite, key=finite.get) if finite else None}
+  gap_sigmas = np.asarray(results["gaps"]["sigmas"], np.float64)
+  predicts = {}
+  for set_name, names in best_rung.items():
+    sig = np.asarray(results["agreement"][set_name]["sigmas"], np.float64)
+    if sig.shape == gap_sigmas.shape and np.allclose(sig, gap_sigmas):
+      predicts[set_name] = float(np.mean([a == b for a, b in zip(names, closest)]))
+  return {"best_rung": best_rung, "best_r2": best_r2,
+          "gap_log_distance": {n: [float(d) if np.isfinite(d) else None for d in row]
+                               for n, row in zip(rung_names, dist)},
+          "closest_gap_rung": closest, "gap_distance": distance,
+          "closest_gap_rung_overall": min(finite, key=finite.get) if finite else None,
+          "best_rung_predicts_gap": predicts}
 
 
 def summary_lines(results: Dict[str, Any]):
@@ -305,5 +336,10 @@ def summary_lines(results: Dict[str, Any]):
   for name, m in cal.get("machines", {}).items():
     lines.append(f"ladder: calibrated {name} size vs sigma ({cal['on']}): " + ", ".join(
         f"{x:.3g}:{k}" for x, k in zip(cal["sigmas"], m["best_size"])))
-  lines.append(f"ladder: rung whose G(sigma) is closest to the network's: {s['closest_gap_rung']}")
+  sig = results["gaps"]["sigmas"]
+  lines.append("ladder: rung whose G is closest to the network's (log scale): " + ", ".join(
+      f"{x:.3g}:{n}" for x, n in zip(sig, s["closest_gap_rung"])))
+  lines.append(f"ladder: closest G curve overall (median distance): {s['closest_gap_rung_overall']}"
+               "; fraction of sigmas where the best-r2 rung is also the closest-G rung: " + ", ".join(
+                   f"{k} {v:.2f}" for k, v in s["best_rung_predicts_gap"].items()))
   return lines

@@ -32,7 +32,8 @@ results (experiments/, notebooks) calls `read(workdir)` without knowing which jo
        "calibration": {"on", "sigmas", "sizes", "machines": {LS|ELS|PSPC: {"mse", "r2", "best_size"}}}
        "agreement":   {"train"|"val"|"trajectory": {"sigmas", "rungs": {rung: {"mse", "r2"}}}}
        "gaps":        {"sigmas", "denoisers": {"network"|rung: {"e_train", "e_val", "gap"}}}
-       "summary":     {"best_rung", "best_r2", "gap_distance", "closest_gap_rung"}
+       "summary":     {"best_rung", "best_r2", "gap_log_distance", "closest_gap_rung",
+                       "gap_distance", "closest_gap_rung_overall", "best_rung_predicts_gap"}
     }
 Figures and other files go beside it (the evaluate job's under WORKDIR/evaluation/).
 """
