@@ -63,7 +63,8 @@ def gather(ctx):
     for name in ("ladder_r2.png", "ladder_calibration.png", "ladder_gap.png"):
       ctx.copy(os.path.join(ctx.workdirs[run], name), f"{run}_{name}")
   common.line_plot(ctx.figure("best_r2.png"), r2_series, panels=list(networks), logx=True,
-                   xlabel="sigma", ylabel=f"r2 on the network's {SET} states",
+                   xlabel="sigma", ylim=(-0.5, 1.02),
+                   ylabel=f"r2 on the network's {SET} states (axis clipped at -0.5)",
                    title="Analytic rungs vs trained networks")
   if size_series:
     common.line_plot(ctx.figure("calibrated_size.png"), size_series, logx=True, xlabel="sigma",

@@ -303,9 +303,10 @@ def _finite(x, y):
 
 def line_plot(path: str, series: Sequence[tuple], *, xlabel: str, ylabel: str, title: str = "",
               logx: bool = False, logy: bool = False, zero_line: bool = False,
-              panels: Optional[Sequence[str]] = None) -> None:
+              panels: Optional[Sequence[str]] = None,
+              ylim: Optional[Tuple[float, float]] = None) -> None:
   """series: (label, x, y[, style]) tuples; with `panels`, (panel, label, x, y[, style]) tuples,
-  one subplot per panel name."""
+  one subplot per panel name; `ylim` clips the y axis (say so in the label)."""
   plt = _pyplot()
   names = list(panels) if panels else [None]
   fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
@@ -326,6 +327,8 @@ def line_plot(path: str, series: Sequence[tuple], *, xlabel: str, ylabel: str, t
       ax.set_yscale("symlog", linthresh=1e-3)
     if zero_line:
       ax.axhline(0.0, color="gray", lw=0.8)
+    if ylim:
+      ax.set_ylim(*ylim)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(panel if panel else title)
