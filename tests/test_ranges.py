@@ -333,6 +333,24 @@ def test_network_denoiser_checks_x_and_labels(tiny_net):
                              jitted(denoise, x, jnp.array([NUM_CLASSES, NUM_CLASSES])), atol=1e-6)
 
 
+def test_network_helpers_numbers(tiny_net):
+  net, params = tiny_net
+  config = models.default_model_config("ddpmpp")
+  config.update(img_resolution=8, img_channels=1, channel_mult=(1, 2))
+  _raises("num_classes", network_lib.build_network, config, -1)
+  _raises("num_classes", network_lib.build_network, config, 2.5)
+  _raises("crop_size", network_lib.params_for_crops, net, params, 8, 9, 1)
+  _raises("crop_size", network_lib.params_for_crops, net, params, 8, 0, 1)
+  _raises("channels", network_lib.params_for_crops, net, params, 8, 4, 0)
+  _raises("image_size", network_lib.valid_network_crop_sizes, config, 0)
+  _raises("image_shape[2]", network_lib.num_params, config, (8, 8, 0), 0)
+  # Boundaries: the whole image is its own crop (the same params); sizes in [H/2, H] that two
+  # levels accept (even sizes); a 1-class network builds.
+  assert network_lib.params_for_crops(net, params, 8, 8, 1) is params
+  assert network_lib.valid_network_crop_sizes(config, 8) == [4, 6, 8]
+  assert network_lib.build_network(config, 1).num_classes == 1
+
+
 def test_unconditional_network_only_checks_label_dtype():
   network_lib.check_network_labels(0, np.array([5, 9]))  # ignored by the network
   _raises("labels", network_lib.check_network_labels, 0, np.array([0.5]))

@@ -36,7 +36,9 @@ class Network(NamedTuple):
 
 def build_network(model_config, num_classes: int, compute_dtype: str = "float32") -> Network:
   """The network of a model config (`models.default_model_config`) for `num_classes` labels
-  (0: unconditional; the null label is num_classes) at a compute dtype ("float32" | "bfloat16")."""
+  (0: unconditional; the null label is num_classes) at a compute dtype ("float32" | "bfloat16").
+  Raises ValueError unless num_classes is an integer >= 0."""
+  check_number(num_classes, "num_classes", low=0, integer=True)
   model_config = ml_collections.ConfigDict(model_config.to_dict())
   model_config.num_classes = num_classes
   if "dtype" in model_config:
@@ -163,7 +165,13 @@ def network_denoiser(network: Network, params, sigma_data: float = edm.SIGMA_DAT
 
 
 def num_params(model_config, image_shape, num_classes: int) -> int:
-  """Parameter count of a model config at an image shape (H, W, C); allocates nothing."""
+  """Parameter count of a model config at an image shape (H, W, C) of integers >= 1; allocates
+  nothing."""
+  if len(tuple(image_shape)) != 3:
+    raise ValueError(f"image_shape must be (H, W, C), got {image_shape!r}")
+  for name, v in zip(("image_shape[0] (H)", "image_shape[1] (W)", "image_shape[2] (C)"),
+                     image_shape):
+    check_number(v, name, low=1, integer=True)
   network = build_network(model_config, num_classes, "float32")
   shapes = jax.eval_shape(models.init_fn(network.module, (1,) + tuple(image_shape), num_classes),
                           jax.random.key(0))["params"]
@@ -176,7 +184,8 @@ def num_params(model_config, image_shape, num_classes: int) -> int:
 
 def valid_network_crop_sizes(model_config, image_size: int) -> List[int]:
   """Crop sizes s in [H/2, H] the network accepts (U-Nets: divisible by 2^(levels-1); DiT: by the
-  patch size)."""
+  patch size). image_size: an integer >= 1 (ValueError otherwise)."""
+  check_number(image_size, "image_size", low=1, integer=True)
   m = models.resolve(model_config)
   if m.family == "dit":
     ok = lambda s: s % int(m.patch_size) == 0
@@ -197,7 +206,12 @@ def params_for_crops(network, params, image_size: int, crop_size: int, channels:
   against `jax.eval_shape` of the network's init at the crop size (tree and shapes); it differs,
   and None is returned, where the layout itself depends on the size (e.g. attention at a size in
   `attn_resolutions` that the crop's feature maps hit but the full image's did not).
+  image_size, channels: integers >= 1; crop_size: an integer in [1, image_size] (ValueError
+  otherwise).
   """
+  check_number(image_size, "image_size", low=1, integer=True)
+  check_number(crop_size, "crop_size", low=1, high=image_size, integer=True)
+  check_number(channels, "channels", low=1, integer=True)
   if crop_size == image_size:
     return params
   renamed = {}
