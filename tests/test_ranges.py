@@ -300,7 +300,6 @@ def test_network_denoiser_refuses_bad_construction_at_once(tiny_net):
   _raises("params", network_lib.network_denoiser, net, None)
   _raises("params", network_lib.network_denoiser, net, 3.0)
   _raises("'params' entry", network_lib.network_denoiser, net, {"params": params})
-  _raises("network", network_lib.network_denoiser, net.module, params)
   for bad in (0.0, NAN, -0.5):
     _raises("sigma_data", network_lib.network_denoiser, net, params, bad)
 

@@ -148,13 +148,9 @@ def network_denoiser(network: Network, params, sigma_data: float = edm.SIGMA_DAT
   The denoiser checks x (`check_network_input`: float NHWC of the network's channels and size, also
   under jit) and concrete labels (`check_network_labels`).
 
-  Raises ValueError at once if network is not a `Network`, params is not a parameter tree (None,
-  or flax's {"params": ...} variables dict instead of its "params" entry) or sigma_data is not
-  finite and > 0.
+  Raises ValueError at once if params is not a parameter tree (None, or flax's {"params": ...}
+  variables dict instead of its "params" entry) or sigma_data is not finite and > 0.
   """
-  if not isinstance(network, Network):
-    raise ValueError(f"network must be a models.network.Network (build_network), got "
-                     f"{type(network).__name__}")
   if params is None or not hasattr(params, "keys"):
     raise ValueError(f"params must be the network's parameter tree (a dict: TrainState.params, or "
                      f"one EMA set from ema.pick), got {type(params).__name__}")
