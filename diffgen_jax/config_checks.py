@@ -9,7 +9,7 @@ from typing import Any, Iterable, Iterator, Tuple
 import ml_collections
 import numpy as np
 
-from diffgen_jax import edm
+from diffgen_jax import edm, ema
 from diffgen_jax.checks import check_number
 from diffgen_jax.data import sources as data_sources
 from diffgen_jax.data import splits as data_splits
@@ -241,7 +241,8 @@ FIELD_RANGES = {
     "training.ema.halflife_images": dict(_NUM, low=0.0, low_open=True),
     "training.ema.rampup_ratio": dict(_NUM, low=0.0),
     # EDM2's power EMA: sigma_rel of gamma = 0 is sqrt(1/12) ~ 0.2887 (ema.std_to_exponent).
-    "training.ema.sigma_rels[]": dict(_NUM, low=0.0, high=0.2886, low_open=True, high_open=True),
+    "training.ema.sigma_rels[]": dict(_NUM, low=0.0, high=ema.MAX_SIGMA_REL, low_open=True,
+                                      high_open=True),
     "checkpoint.state_every_images": dict(_NUM, low=0.0, low_open=True),
     "checkpoint.snapshot_every_images": dict(_NUM, low=0.0, low_open=True),
     "checkpoint.keep_states": dict(_INT, low=1),
@@ -268,6 +269,104 @@ FIELD_RANGES = {
     "monitor.batch_size": dict(_INT, low=1),
 }
 
+# The other jobs' numeric fields (configs/factors.py, configs/toy2d.py, configs/ladder.py), by job:
+# their configs reuse names with other meanings (factors' `delta` is a section, ladder's a number),
+# so each job's table is merged over FIELD_RANGES for that job only (`job_field_ranges`). The jobs'
+# own validators add what a range cannot say (e.g. delta_neg > delta_pos, odd window sizes).
+_POS, _NONNEG = dict(_NUM, low=0.0, low_open=True), dict(_NUM, low=0.0)
+_SEED32 = dict(_INT, low=0, high=2 ** 32 - 1)  # numpy's legacy RandomState seeds
+JOB_FIELD_RANGES = {
+    "factors": {
+        "num_images": dict(_INT, low=1),
+        "num_sigmas": dict(_INT, low=1),  # >= 2 when no explicit grid (jobs.factors)
+        "sigmas[]": _POS,
+        "noise_seed": dict(_INT, low=0),
+        "batch_size": dict(_INT, low=1),
+        "chunk_size": dict(_INT, low=1),
+        "model_error": _NONNEG,
+        "delta.deltas[]": _NONNEG,
+        "granularity.ks[]": dict(_INT, low=0),
+        "granularity.deltas[]": _NONNEG,
+        "granularity.classifier_steps": dict(_INT, low=1),
+        "guidance.ws[]": _NONNEG,
+        "guidance.delta_pos": _NONNEG,
+        "guidance.delta_neg": _NONNEG,
+        "receptive_field.crop_sizes[]": dict(_INT, low=1),
+        "receptive_field.deltas[]": _NONNEG,
+        "gradient_score.deltas[]": _NONNEG,
+        "gradient_score.num_images": dict(_INT, low=1),
+        "gradient_score.num_sigmas": dict(_INT, low=1),
+        "trained.ws[]": _NONNEG,
+        "trained.crop_sizes[]": dict(_INT, low=1),
+        "trained.snapshot": dict(_INT),  # an index into the run's snapshots (-1: the last)
+        "trained.negative_snapshot": dict(_INT),
+        "trained.gradient_images": dict(_INT, low=1),
+        "trained.sample_gap_samples": dict(_INT, low=0),  # 0 = off, else >= 2 (jobs.factors)
+        "trained.sample_gap_steps": dict(_INT, low=1),
+    },
+    "toy2d": {
+        "seed": _SEED32,
+        "radius": _POS,
+        "offset": _NONNEG,
+        "draws": dict(_INT, low=1),
+        "legacy_seed": _SEED32,
+        "sigma_grid_steps": dict(_INT, low=2),
+        "quadrature.spacing": _POS,
+        "quadrature.radius": _POS,  # > quadrature.spacing (jobs.toy2d)
+        "flow_field.num_points": dict(_INT, low=2),
+        "flow_field.offset": _NONNEG,
+        "flow_field.sigmas[]": _POS,
+        "flow_field.sigma_indices[]": dict(_INT, low=0),  # < sigma_grid_steps (jobs.toy2d)
+        "flow_field.grid_size": dict(_INT, low=2),
+        "flow_field.extent": _POS,
+        "relative_error.num_points": dict(_INT, low=2),
+        "relative_error.offset": _NONNEG,
+        "relative_error.num_angles": dict(_INT, low=1),
+        "relative_error.draws": dict(_INT, low=1),
+        "relative_error.legacy_seed": _SEED32,
+        "relative_error.sigma": _POS,
+        "relative_error.deltas[]": _NONNEG,
+        "gap_vs_delta.num_points": dict(_INT, low=2),
+        "gap_vs_delta.deltas[]": _POS,  # with delta = 0 the training error vanishes
+        "gap_vs_density.num_points[]": dict(_INT, low=2),
+        "gap_vs_density.delta": _POS,
+        "guidance.num_points": dict(_INT, low=2),
+        "guidance.delta_pos": _POS,
+        "guidance.delta_neg": _POS,
+        "guidance.weights[]": _NONNEG,
+        "trajectories.num_points": dict(_INT, low=2),
+        "trajectories.deltas[]": _NONNEG,
+        "trajectories.num_samples": dict(_INT, low=1),
+        "trajectories.num_plotted": dict(_INT, low=0),  # <= num_samples (jobs.toy2d)
+        "trajectories.num_steps": dict(_INT, low=1),
+        "trajectories.tolerance": _POS,
+        "frechet.num_points": dict(_INT, low=2),
+        "frechet.deltas[]": _NONNEG,
+        "frechet.num_samples": dict(_INT, low=2),
+        "frechet.num_steps": dict(_INT, low=1),
+        "frechet.ddof": dict(_INT, low=0, high=1),
+    },
+    "ladder": {
+        "step": dict(_INT, low=-1),  # -1 = the last snapshot
+        "num_images": dict(_INT, low=2),  # r2 needs an output variance
+        "num_sigmas": dict(_INT, low=1),
+        "sigmas[]": _POS,
+        "noise_seed": dict(_INT, low=0),
+        "batch_size": dict(_INT, low=1),
+        "trajectory.num_samples": dict(_INT, low=2),
+        "trajectory.num_steps": dict(_INT, low=1),
+        "trajectory.seed": dict(_INT, low=0),
+        "calibration.sizes[]": dict(_INT, low=1),  # odd and distinct (jobs.ladder)
+        "delta": _NONNEG,
+        "gaussian_ranks[]": dict(_INT, low=1),
+    },
+}
+
+
+def job_field_ranges(job: str) -> dict:
+  """The range table of a job: FIELD_RANGES with the job's own entries (JOB_FIELD_RANGES) over it."""
+  return {**FIELD_RANGES, **JOB_FIELD_RANGES.get(job, {})}
+
 
 def _lookup(config, field: str):
   node = config
@@ -281,7 +380,7 @@ def _lookup(config, field: str):
 def field_ranges(config, ranges=None, skip: Iterable[str] = ()) -> None:
   """Checks every field of `ranges` (default FIELD_RANGES) that the config has: a number of the
   right kind (integer or real), not NaN or inf, inside its range. "field[]" names a list of
-  numbers, each checked. Fields starting with a prefix in `skip` (e.g. "evaluation." when the job
+  numbers (a single number counts as one, as in `numbers`), each checked. Fields starting with a prefix in `skip` (e.g. "evaluation." when the job
   does not evaluate) are left alone. Raises ConfigError naming the field (and the list entry)."""
   skip = tuple(skip)
   for field, bounds in (FIELD_RANGES if ranges is None else ranges).items():
@@ -292,6 +391,8 @@ def field_ranges(config, ranges=None, skip: Iterable[str] = ()) -> None:
     if not present:
       continue
     if is_list:
+      if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        value = (value,)
       if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise ConfigError(f"config.{field[:-2]}={value!r} must be a list of numbers")
       for i, v in enumerate(value):

@@ -208,7 +208,9 @@ def check_labels(denoiser, labels) -> None:
   the empirical optimal denoiser sets its training classes; None or absent: any label). The
   package's combinators are walked (guidance, label fixing, null label, y_delta, crop averaging:
   every functools / jax.tree_util Partial), so a y* inside a guided pair is checked too; a
-  `with_labels` or `null_labelled` component is checked with the labels it substitutes. Samplers and evaluations call this before they
+  `with_labels` or `null_labelled` component is checked with the labels it substitutes. A
+  component with a `check_query_labels(labels)` method (a network denoiser: its class range) is
+  checked by it. Samplers and evaluations call this before they
   trace the labels (a check under jit would never run). Raises ValueError (see
   `check_label_domain`).
   """
@@ -216,6 +218,9 @@ def check_labels(denoiser, labels) -> None:
     domain = getattr(obj, "label_domain", None)
     if domain is not None and query is not None:
       check_label_domain(domain, query)
+    own_check = getattr(obj, "check_query_labels", None)  # e.g. a network's class range
+    if callable(own_check) and query is not None:
+      own_check(query)
     if isinstance(obj, functools.partial) and depth < 64:
       if obj.func is _with_labels and len(obj.args) >= 2:
         query = _concrete_host(obj.args[1])

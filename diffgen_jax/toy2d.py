@@ -42,11 +42,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffgen_jax import edm
+from diffgen_jax.checks import check_number
 from diffgen_jax.denoisers import Denoiser
 
 DATASETS = ("symmetric", "random")
 TEST_ANGLES = ("circle", "half_circle")
 _HIGHEST = jax.lax.Precision.HIGHEST
+_SEED_MAX = 2 ** 32 - 1  # numpy's legacy RandomState takes seeds in [0, 2^32)
+
+
+def _check_seed(seed, name: str = "seed") -> int:
+  return check_number(seed, name, low=0, high=_SEED_MAX, integer=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,12 +69,18 @@ class Split(NamedTuple):
 
 
 def circle_points(angles, radius: float) -> np.ndarray:
+  """(n, 2) float64 points at `angles` (radians, finite) on the circle of `radius` (finite, > 0)."""
+  check_number(radius, "radius", low=0.0, low_open=True)
   angles = np.asarray(angles, np.float64)
+  if not np.all(np.isfinite(angles)):
+    raise ValueError("angles must be finite")
   return radius * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
 
 
 def symmetric_angles(num_points: int, offset: float) -> np.ndarray:
-  """2 pi (k / N + offset), k = 0..N-1."""
+  """2 pi (k / N + offset), k = 0..N-1; num_points an integer >= 1, offset finite."""
+  check_number(num_points, "num_points", low=1, integer=True)
+  check_number(offset, "offset")
   return 2.0 * np.pi * (np.arange(num_points) / num_points + offset)
 
 
@@ -77,12 +90,15 @@ def make_dataset(kind: str, num_points: int, radius: float = 10.0, offset: float
 
   "symmetric": N equally spaced angles 2 pi (k/N + offset); train = even k, validation = odd k.
   "random": N angles uniform in [0, 2 pi) from `seed`; the first half (N // 2) is validation, the
-  rest training.
+  rest training. Raises ValueError for an unknown kind, num_points not an integer >= 2, radius
+  not finite and > 0, offset not finite, seed not an integer in [0, 2^32).
   """
   if kind not in DATASETS:
     raise ValueError(f"dataset kind must be one of {DATASETS}, got {kind!r}")
-  if num_points < 2:
-    raise ValueError(f"num_points must be >= 2, got {num_points}")
+  check_number(num_points, "num_points", low=2, integer=True)
+  check_number(radius, "radius", low=0.0, low_open=True)
+  check_number(offset, "offset")
+  _check_seed(seed)
   if kind == "symmetric":
     angles = symmetric_angles(num_points, offset)
     train_angles, val_angles = angles[0::2], angles[1::2]
@@ -122,9 +138,11 @@ def lattice_rule(spacing: float = 0.1, radius: float = 8.0) -> NoiseRule:
   weights = spacing^2 phi(n), phi the standard 2D normal density. The error is O(spacing^3) for an
   integrand with a cone singularity (|e| at a zero of e), far smaller for smooth ones, and the
   tail beyond `radius` has mass exp(-radius^2 / 2) (1.3e-14 at 8). Raises ValueError for
-  spacing <= 0 or radius <= spacing.
+  spacing <= 0 or radius <= spacing, or either not finite.
   """
-  if not spacing > 0 or not radius > spacing:
+  check_number(spacing, "spacing", low=0.0, low_open=True)
+  check_number(radius, "radius", low=0.0, low_open=True)
+  if not radius > spacing:
     raise ValueError(f"lattice_rule needs spacing > 0 and radius > spacing, got spacing={spacing}, "
                      f"radius={radius}")
   half = int(math.ceil(radius / spacing))
@@ -136,9 +154,11 @@ def lattice_rule(spacing: float = 0.1, radius: float = 8.0) -> NoiseRule:
 
 
 def gauss_hermite_rule(num_nodes: int) -> NoiseRule:
-  """Tensor Gauss-Hermite rule with num_nodes per axis (for comparison; see the section comment)."""
-  if num_nodes < 1:
-    raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
+  """Tensor Gauss-Hermite rule with num_nodes per axis (for comparison; see the section comment).
+
+  num_nodes: an integer >= 1 (ValueError otherwise).
+  """
+  check_number(num_nodes, "num_nodes", low=1, integer=True)
   x, w = np.polynomial.hermite.hermgauss(num_nodes)
   x, w = math.sqrt(2.0) * x, w / math.sqrt(math.pi)  # physicists' weight e^{-x^2} -> N(0, 1)
   nodes = np.stack(np.meshgrid(x, x, indexing="ij"), axis=-1).reshape(-1, 2)
@@ -163,7 +183,9 @@ def noise_draws(key: jax.Array, points, num_draws: int, local_frame: bool = True
 
   local_frame=True: one set of (radial, tangential) draws shared by every point, rotated into each
   point's local frame (local_frames). local_frame=False: independent draws for every point.
+  num_draws: an integer >= 1 (ValueError otherwise).
   """
+  check_number(num_draws, "num_draws", low=1, integer=True)
   points = np.asarray(points, np.float64)
   if not local_frame:
     return jax.random.normal(key, (points.shape[0], num_draws, 2), jnp.float32)
@@ -177,7 +199,10 @@ def legacy_numpy_draws(angles, num_draws: int, seed: int = 0) -> np.ndarray:
   mod 2 pi, ascending) taking [:, k, :]. Equal to `np.random.seed(seed);
   np.random.standard_normal((num_draws, P, 2))`, without touching numpy's global state. On a
   symmetric set angle order is index order k; on a random set it is our reading of "point k".
+  num_draws: an integer >= 1; seed: an integer in [0, 2^32) (ValueError otherwise).
   """
+  check_number(num_draws, "num_draws", low=1, integer=True)
+  _check_seed(seed)
   angles = np.mod(np.asarray(angles, np.float64), 2.0 * np.pi)
   rank = np.argsort(np.argsort(angles, kind="stable"), kind="stable")
   draws = np.random.RandomState(seed).standard_normal((num_draws, angles.size, 2))
@@ -201,8 +226,10 @@ def denoising_errors(denoise: Denoiser, points, sigmas, noise, dtype=jnp.float32
   """Estimates from draws: E[s, p] = mean_d || D(y_p + sigma_s n_pd; sigma_s) - y_p ||.
 
   points (P, 2), sigmas (S,), noise (P, draws, 2) in world coordinates; computed in `dtype`
-  (float64 needs jax_enable_x64). Returns (S, P) float64.
+  (float64 needs jax_enable_x64). Returns (S, P) float64. Raises ValueError unless sigmas are
+  finite and > 0.
   """
+  edm.validate_sigma_grid(sigmas, "sigmas")
   return np.asarray(jnp.mean(_errors(denoise, points, sigmas, noise, dtype), axis=-1), np.float64)
 
 
@@ -216,10 +243,12 @@ def expected_errors(denoise: Denoiser, points, sigmas, rule: NoiseRule, dtype=jn
   value to rounding. The nodes are visited in equal chunks (the last one padded with zero
   weights, so one compilation serves all) of at most max_queries denoiser queries (small chunks
   stay in cache: 2^16 ran 3x faster than 2^21 on a CPU); each chunk's weighted sums are
-  accumulated in float64.
+  accumulated in float64. Raises ValueError unless sigmas are finite and > 0 and max_queries is
+  an integer >= 1.
   """
+  check_number(max_queries, "max_queries", low=1, integer=True)
   points = np.asarray(points, np.float64)
-  sigmas = np.asarray(sigmas, np.float64)
+  sigmas = edm.validate_sigma_grid(sigmas, "sigmas")
   frames = local_frames(points)
   chunk = min(rule.weights.size, max(1, max_queries // max(1, sigmas.size * points.shape[0])))
   pad = -rule.weights.size % chunk
@@ -268,7 +297,11 @@ def sampled_gap(denoise: Denoiser, split: Split, sigmas, noise, dtype=jnp.float3
 
 
 def is_rotation_orbit(points, tol: float = 1e-9) -> bool:
-  """True if the points are n equally spaced angles on one circle about the origin (n >= 1)."""
+  """True if the points are n equally spaced angles on one circle about the origin (n >= 1).
+
+  tol: finite and >= 0 (ValueError otherwise).
+  """
+  check_number(tol, "tol", low=0.0)
   points = np.asarray(points, np.float64)
   radius = np.linalg.norm(points, axis=-1)
   if radius.size == 0 or np.ptp(radius) > tol * max(1.0, radius.max()) or radius.min() <= 0:
@@ -292,7 +325,9 @@ def expected_gap(denoise: Denoiser, split: Split, sigmas, rule: NoiseRule, *,
   (the authors' scheme), by the delta method: Var(mean over n points and d draws) =
   sum_p Var_p / (n^2 d), Var_p = E|e|^2 - (E|e|)^2, and Var(G) = (E_val / E_train)^2
   (Var(E_val) / E_val^2 + Var(E_train) / E_train^2), the two halves' draws being independent.
+  spread_draws: an integer >= 1 (ValueError otherwise).
   """
+  check_number(spread_draws, "spread_draws", low=1, integer=True)
   n_train, n_val = split.train.shape[0], split.val.shape[0]
   if by_symmetry:
     if not (n_train == n_val and is_rotation_orbit(split.train) and is_rotation_orbit(split.val)):
@@ -322,8 +357,10 @@ def peak(sigmas, values):
 
 
 def nearest_grid_sigma(grid, target: float) -> float:
-  """The grid sigma nearest to `target` in log space."""
-  grid = np.asarray(grid, np.float64)
+  """The grid sigma nearest to `target` in log space; target finite and > 0, the grid as
+  `edm.validate_sigma_grid` (ValueError otherwise)."""
+  check_number(target, "target", low=0.0, low_open=True)
+  grid = edm.validate_sigma_grid(grid, "grid")
   return float(grid[np.argmin(np.abs(np.log(grid) - math.log(target)))])
 
 
@@ -337,7 +374,10 @@ def nearest_distances(samples, points) -> np.ndarray:
 def relative_error_angles(kind: str, num_angles: int, offset: float) -> np.ndarray:
   """Angles of the relative-error experiment: "circle", 2 pi (k / M + offset), k < M (they contain
   the training angles of a symmetric set with the same offset); "half_circle", pi k / M, k < M
-  (the authors': np.linspace(0, pi, M, endpoint=False))."""
+  (the authors': np.linspace(0, pi, M, endpoint=False)). num_angles: an integer >= 1; offset:
+  finite (ValueError otherwise)."""
+  check_number(num_angles, "num_angles", low=1, integer=True)
+  check_number(offset, "offset")
   if kind == "circle":
     return symmetric_angles(num_angles, offset)
   if kind == "half_circle":
@@ -348,6 +388,9 @@ def relative_error_angles(kind: str, num_angles: int, offset: float) -> np.ndarr
 def legacy_numpy_shared_draws(num_points: int, num_draws: int, seed: int) -> np.ndarray:
   """The authors' draws for the relative error, (num_points, num_draws, 2) float64: numpy's legacy
   generator seeded with `seed`, one (num_draws, 2) standard normal array shared by every point in
-  world coordinates."""
+  world coordinates. num_points, num_draws: integers >= 1; seed: an integer in [0, 2^32)."""
+  check_number(num_points, "num_points", low=1, integer=True)
+  check_number(num_draws, "num_draws", low=1, integer=True)
+  _check_seed(seed)
   draws = np.random.RandomState(seed).standard_normal((num_draws, 2))
   return np.broadcast_to(draws, (num_points, num_draws, 2))

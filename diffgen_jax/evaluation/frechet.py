@@ -16,6 +16,8 @@ from typing import Tuple
 
 import numpy as np
 
+from diffgen_jax.checks import check_number
+
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
   """Square root of a symmetric PSD matrix; tiny negative eigenvalues (rounding) are clipped."""
@@ -38,7 +40,12 @@ def _check_stats(mu: np.ndarray, cov: np.ndarray, name: str) -> Tuple[np.ndarray
 
 
 def gaussian_stats(features, ddof: int = 1) -> Tuple[np.ndarray, np.ndarray]:
-  """Mean and covariance of (n, d) features (rows are samples), float64; ddof=1 like FID's np.cov."""
+  """Mean and covariance of (n, d) features (rows are samples), float64; ddof=1 like FID's np.cov.
+
+  ddof: the covariance's delta degrees of freedom, 0 (the sample's own moments) or 1 (unbiased).
+  Raises ValueError for another ddof, features that are not a finite (n, d) array, or n <= ddof.
+  """
+  check_number(ddof, "ddof", low=0, high=1, integer=True)
   feats = np.asarray(features, np.float64)
   if feats.ndim != 2:
     raise ValueError(f"features must be (num_samples, dim), got shape {feats.shape}")
@@ -69,7 +76,7 @@ def gaussian_frechet(mu1, cov1, mu2, cov2) -> float:
 
 
 def frechet_distance(features1, features2, ddof: int = 1) -> float:
-  """Frechet distance between Gaussian fits of two (n, d) feature sets."""
+  """Frechet distance between Gaussian fits of two (n, d) feature sets (ddof: `gaussian_stats`)."""
   mu1, cov1 = gaussian_stats(features1, ddof)
   mu2, cov2 = gaussian_stats(features2, ddof)
   return gaussian_frechet(mu1, cov1, mu2, cov2)

@@ -14,6 +14,7 @@ from typing import Tuple
 
 import numpy as np
 
+from diffgen_jax.checks import check_number
 from diffgen_jax.evaluation.neighbours import nearest_neighbours
 
 # ------------------------------------------------------------------------------------------------
@@ -44,19 +45,30 @@ def kmeans(features, k: int, seed: int = 0, iters: int = 100, *,
   Args:
     features: (N, F) points (e.g. classifier features of the training images).
     k: number of clusters. k = 0 means unconditional: no centroids, every label 0. k = 1: the mean.
-    seed: seeds the k-means++ draws.
-    iters: maximum Lloyd iterations (stops earlier when the assignment no longer changes).
+    seed: seeds the k-means++ draws (an integer >= 0).
+    iters: maximum Lloyd iterations, >= 1 (stops earlier when the assignment no longer changes).
+    chunk_size: centroids per streaming step of the assignment (`nearest_neighbours`), >= 1.
 
   Returns:
     (centroids (k, F) float32, labels (N,) int32 in [0, k)). Empty clusters are re-seeded at the
     point farthest from its current centroid, so every cluster keeps at least one point when there
     are at least k distinct points.
+
+  Raises:
+    ValueError: features not a finite (N, F) array; k, seed, iters or chunk_size not an integer
+      in its range (named in the message).
   """
+  check_number(k, "k", low=0, integer=True)
+  check_number(seed, "seed", low=0, integer=True)
+  check_number(iters, "iters", low=1, integer=True)
+  check_number(chunk_size, "chunk_size", low=1, integer=True)
   x = np.asarray(features, np.float64)
   if x.ndim != 2:
     raise ValueError(f"features must be (N, F), got {x.shape}")
+  if not np.all(np.isfinite(x)):
+    raise ValueError("features contain NaN or Inf")
   n = x.shape[0]
-  if k < 0 or k > n:
+  if k > n:
     raise ValueError(f"k must be in [0, {n}] (the number of points), got {k}")
   if k == 0:
     return np.zeros((0, x.shape[1]), np.float32), np.zeros((n,), np.int32)
@@ -85,7 +97,11 @@ def kmeans(features, k: int, seed: int = 0, iters: int = 100, *,
 
 
 def assign(features, centroids, *, chunk_size: int = 1024) -> np.ndarray:
-  """Label of the nearest centroid for each row of features; all 0 when there are no centroids."""
+  """Label of the nearest centroid for each row of features; all 0 when there are no centroids.
+
+  chunk_size: centroids per streaming step, an integer >= 1 (ValueError otherwise).
+  """
+  check_number(chunk_size, "chunk_size", low=1, integer=True)
   features = np.asarray(features)
   centroids = np.asarray(centroids)
   if centroids.shape[0] == 0:

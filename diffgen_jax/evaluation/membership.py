@@ -26,6 +26,8 @@ from typing import Dict
 import numpy as np
 from scipy import stats as scipy_stats
 
+from diffgen_jax.checks import check_number
+
 
 def _per_sigma(errors, name: str) -> np.ndarray:
   a = np.asarray(errors, np.float64)
@@ -55,8 +57,15 @@ def auc(train_errors, val_errors) -> np.ndarray:
 
 
 def auc_standard_error(value, num_train: int, num_val: int) -> np.ndarray:
-  """Hanley & McNeil (1982) standard error of an AUC from num_train and num_val scores."""
+  """Hanley & McNeil (1982) standard error of an AUC from num_train and num_val scores.
+
+  value: AUC(s) in [0, 1]; num_train, num_val: integers >= 1 (ValueError otherwise).
+  """
+  check_number(num_train, "num_train", low=1, integer=True)
+  check_number(num_val, "num_val", low=1, integer=True)
   a = np.asarray(value, np.float64)
+  if not np.all((a >= 0.0) & (a <= 1.0)):  # also refuses NaN
+    raise ValueError(f"value (an AUC) must be in [0, 1], got {a.ravel()[:5].tolist()}")
   q1, q2 = a / (2.0 - a), 2.0 * a * a / (1.0 + a)
   var = (a * (1 - a) + (num_train - 1) * (q1 - a * a) + (num_val - 1) * (q2 - a * a))
   return np.sqrt(np.maximum(var, 0.0) / (num_train * num_val))
@@ -64,8 +73,7 @@ def auc_standard_error(value, num_train: int, num_val: int) -> np.ndarray:
 
 def tpr_at_fpr(train_errors, val_errors, fpr: float = 0.01) -> np.ndarray:
   """(S,) largest true-positive rate of an error threshold whose false-positive rate is <= fpr."""
-  if not 0.0 <= fpr < 1.0:
-    raise ValueError(f"fpr={fpr} must be in [0, 1)")
+  check_number(fpr, "fpr", low=0.0, high=1.0, high_open=True)
   tr = _per_sigma(train_errors, "train_errors")
   va = _per_sigma(val_errors, "val_errors")
   if tr.shape[1] != va.shape[1]:
@@ -76,8 +84,17 @@ def tpr_at_fpr(train_errors, val_errors, fpr: float = 0.01) -> np.ndarray:
 
 
 def clopper_pearson(successes, trials: int, confidence: float = 0.95):
-  """Exact binomial interval (low, high) for successes out of trials (arrays broadcast)."""
+  """Exact binomial interval (low, high) for successes out of trials (arrays broadcast).
+
+  successes: integers in [0, trials]; trials: an integer >= 1; confidence in (0, 1). Raises
+  ValueError naming the argument otherwise.
+  """
+  check_number(trials, "trials", low=1, integer=True)
+  check_number(confidence, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)
   k = np.asarray(successes, np.float64)
+  if not np.all((k >= 0) & (k <= trials) & (k == np.round(k))):  # also refuses NaN
+    raise ValueError(f"successes must be integers in [0, trials={trials}], got "
+                     f"{k.ravel()[:5].tolist()}")
   alpha = 1.0 - confidence
   low = np.where(k > 0, scipy_stats.beta.ppf(alpha / 2, k, trials - k + 1), 0.0)
   high = np.where(k < trials, scipy_stats.beta.ppf(1 - alpha / 2, k + 1, trials - k), 1.0)
@@ -98,8 +115,8 @@ def membership_by_sigma(train_errors, val_errors, *, fpr: float = 0.01,
     dict of (S,) float64 arrays "auc", "auc_low", "auc_high", "tpr", "tpr_low", "tpr_high", plus
     "fpr", "num_train", "num_val" (floats/ints). Raises ValueError for bad shapes or values.
   """
-  if not 0.0 < confidence < 1.0:
-    raise ValueError(f"confidence={confidence} must be in (0, 1)")
+  check_number(confidence, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)
+  check_number(fpr, "fpr", low=0.0, high=1.0, high_open=True)
   tr = _per_sigma(train_errors, "train_errors")
   va = _per_sigma(val_errors, "val_errors")
   a = auc(tr, va)

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from diffgen_jax.checks import check_number
+
 _HIGHEST = lax.Precision.HIGHEST
 
 
@@ -57,11 +59,17 @@ def nearest_neighbours(queries, reference, k: int = 1, *, chunk_size: int = 1024
     queries: (Q, ...) points (flattened to (Q, D)).
     reference: (N, ...) points with the same item size.
     k: neighbours per query, 1 <= k <= N.
-    chunk_size: reference rows per streaming step; query_batch: queries per compiled call.
+    chunk_size: reference rows per streaming step; query_batch: queries per compiled call (both
+      integers >= 1).
 
   Returns:
     (indices (Q, k) int, distances (Q, k) float32), nearest first; distances are ||q - r||.
+
+  Raises:
+    ValueError: mismatched item sizes, or k / chunk_size / query_batch not an integer in range.
   """
+  check_number(chunk_size, "chunk_size", low=1, integer=True)
+  check_number(query_batch, "query_batch", low=1, integer=True)
   ref = np.asarray(reference, np.float32)
   qs = np.asarray(queries, np.float32)
   n = ref.shape[0]
@@ -69,8 +77,9 @@ def nearest_neighbours(queries, reference, k: int = 1, *, chunk_size: int = 1024
   qs = qs.reshape(qs.shape[0], -1)
   if ref.shape[1] != qs.shape[1]:
     raise ValueError(f"queries have {qs.shape[1]} features, the reference {ref.shape[1]}")
-  if not 1 <= k <= n:
-    raise ValueError(f"k must be in [1, {n}] (the reference size), got {k}")
+  check_number(k, "k", low=1, integer=True)
+  if k > n:
+    raise ValueError(f"k={k} must be in [1, {n}] (the reference size)")
   centre = ref.astype(np.float64).mean(axis=0)
   ref_c = (ref - centre).astype(np.float32)
   chunk = min(chunk_size, n)

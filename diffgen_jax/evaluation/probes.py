@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen_jax import samplers
+from diffgen_jax import edm, samplers
+from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
 from diffgen_jax.denoisers import check_labels, is_array_pytree
 from diffgen_jax.evaluation.features import batched_features
@@ -116,7 +117,15 @@ def trajectory_overlap(states, sigmas, train_images, train_probe, val_probe, *,
     {"trajectory" | "noisy_train" | "noisy_val": {"nn_rms", "relative_nn", "effective_number",
     "participation"}: (T, B or P) arrays} (see the module docstring; average over axis 1).
     Images (train_images, the probes) are float in [-1, 1], NHWC (ValueError otherwise).
+
+  Raises:
+    ValueError: sigmas not finite and > 0 (relative_nn divides by sigma); noise_seed not an
+      integer >= 0; batch_size or chunk_size not an integer >= 1 (each named in the message).
   """
+  check_number(noise_seed, "noise_seed", low=0, integer=True)
+  check_number(batch_size, "batch_size", low=1, integer=True)
+  check_number(chunk_size, "chunk_size", low=1, integer=True)
+  edm.validate_sigma_grid(sigmas, "sigmas")
   for name, images in (("train_images", train_images), ("train_probe", train_probe),
                        ("val_probe", val_probe)):
     check_images(images, name, nhwc=False)
@@ -149,7 +158,11 @@ _apply_jit = jax.jit(lambda denoise, x, sigma, labels: denoise(x, sigma, labels)
 
 def nn_cosine_similarity(query_features, reference_features, *, chunk_size: int = 2048
                          ) -> np.ndarray:
-  """(Q,) cosine similarity of each query to its most similar reference row."""
+  """(Q,) cosine similarity of each query to its most similar reference row.
+
+  chunk_size: reference rows per streaming step, an integer >= 1 (ValueError otherwise).
+  """
+  check_number(chunk_size, "chunk_size", low=1, integer=True)
   def unit(a):
     a = np.asarray(a, np.float64).reshape(len(a), -1)
     return (a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)).astype(np.float32)
@@ -176,7 +189,14 @@ def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train
   Returns:
     dict of (T,) arrays 'trajectory/train', 'trajectory/val', 'train/train', 'train/val',
     'val/train', 'val/val' (prediction source / reference set).
+
+  Raises:
+    ValueError: images off the [-1, 1] NHWC convention, labels the denoiser cannot take, sigmas
+      not finite and > 0, noise_seed not an integer >= 0, batch_size not an integer >= 1.
   """
+  check_number(noise_seed, "noise_seed", low=0, integer=True)
+  check_number(batch_size, "batch_size", low=1, integer=True)
+  edm.validate_sigma_grid(sigmas, "sigmas")
   check_images(train_probe, "train_probe", nhwc=False)
   check_images(val_probe, "val_probe", nhwc=False)
   check_labels(denoise, train_probe_labels)

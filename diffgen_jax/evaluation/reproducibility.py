@@ -32,6 +32,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from diffgen_jax import samplers
+from diffgen_jax.checks import check_number
 from diffgen_jax.evaluation import gap
 from diffgen_jax.evaluation.features import batched_features
 from diffgen_jax.evaluation.copies import copy_flags
@@ -117,12 +118,16 @@ def sample_similarity(samples_1, samples_2, *, features_fn: Optional[Callable] =
   Returns:
     {"pixels": {...}, "features": {...} (only with features_fn)}, each with "cosine" (B,),
     "mean_cosine", "fraction_above", "fraction_low", "fraction_high", "threshold".
+
+  Raises:
+    ValueError: a threshold not in (-1, 1), batch_size not an integer >= 1, num_resamples not an
+      integer >= 1, seed not an integer >= 0, confidence not in (0, 1) (each named).
   """
-  if not -1.0 < threshold < 1.0:
-    raise ValueError(f"threshold={threshold} must be in (-1, 1) (a cosine similarity)")
+  cosine = dict(low=-1.0, high=1.0, low_open=True, high_open=True)  # thresholds of a cosine
+  check_number(threshold, "threshold", **cosine)
   feature_threshold = threshold if feature_threshold is None else feature_threshold
-  if not -1.0 < feature_threshold < 1.0:
-    raise ValueError(f"feature_threshold={feature_threshold} must be in (-1, 1)")
+  check_number(feature_threshold, "feature_threshold", **cosine)
+  check_number(batch_size, "batch_size", low=1, integer=True)
   spaces = {"pixels": (pair_cosines(samples_1, samples_2, centre), threshold)}
   if features_fn is not None:
     f1 = batched_features(features_fn, samples_1, batch_size)
@@ -146,8 +151,11 @@ def cross_copy_fractions(samples_1, samples_2, train_1, train_2, ratio: float = 
 
   samples_k: (B, ...) samples of model k; train_k: (N_k, ...) its training set (at least 2 images).
   Returns {"1/own", "1/other", "2/own", "2/other": {"fraction", "low", "high"}} (percentile
-  bootstrap over samples).
+  bootstrap over samples). Raises ValueError for ratio not in (0, 1), chunk_size not an integer
+  >= 1, or bad bootstrap settings (`timescales.bootstrap_mean_interval`), each named.
   """
+  check_number(ratio, "ratio", low=0.0, high=1.0, low_open=True, high_open=True)
+  check_number(chunk_size, "chunk_size", low=1, integer=True)
   out = {}
   for name, samples, train in (("1/own", samples_1, train_1), ("1/other", samples_1, train_2),
                                ("2/own", samples_2, train_2), ("2/other", samples_2, train_1)):

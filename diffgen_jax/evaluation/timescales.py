@@ -31,6 +31,7 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 from scipy import stats as scipy_stats
 
+from diffgen_jax.checks import check_number
 from diffgen_jax.evaluation import frechet
 from diffgen_jax.evaluation.gap import relative_gap
 from diffgen_jax.evaluation.copies import copy_flags
@@ -39,17 +40,23 @@ DIRECTIONS = ("up", "down")
 
 
 def _check_confidence(confidence: float) -> float:
-  if not 0.0 < confidence < 1.0:
-    raise ValueError(f"confidence={confidence} must be in (0, 1)")
-  return float(confidence)
+  return float(check_number(confidence, "confidence", low=0.0, high=1.0, low_open=True,
+                            high_open=True))
+
+
+def _check_threshold(threshold: float, name: str = "threshold") -> float:
+  # A NaN threshold is never crossed: every curve would silently come out right-censored.
+  return float(check_number(threshold, name))
 
 
 def resample_counts(num_items: int, num_resamples: int, seed: int) -> np.ndarray:
-  """(R, M) multinomial counts: each row is one bootstrap resample of M items (rows sum to M)."""
-  if num_items < 1:
-    raise ValueError(f"need at least one item to resample, got {num_items}")
-  if num_resamples < 1:
-    raise ValueError(f"num_resamples={num_resamples} must be >= 1")
+  """(R, M) multinomial counts: each row is one bootstrap resample of M items (rows sum to M).
+
+  num_items M and num_resamples R: integers >= 1; seed: an integer >= 0 (ValueError otherwise).
+  """
+  check_number(num_items, "num_items (items to resample)", low=1, integer=True)
+  check_number(num_resamples, "num_resamples", low=1, integer=True)
+  check_number(seed, "seed", low=0, integer=True)
   rng = np.random.default_rng(seed)
   return rng.multinomial(num_items, np.full(num_items, 1.0 / num_items), size=num_resamples)
 
@@ -106,6 +113,8 @@ def _check_times(times, log_time: bool) -> np.ndarray:
   t = np.asarray(times, np.float64)
   if t.ndim != 1 or t.size == 0:
     raise ValueError(f"times must be a non-empty 1-D array, got shape {t.shape}")
+  if not np.all(np.isfinite(t)):
+    raise ValueError(f"times must be finite, got {t.tolist()}")
   if np.any(np.diff(t) <= 0):
     raise ValueError("times must be strictly increasing (snapshots in training order)")
   if log_time and t[0] <= 0:
@@ -144,8 +153,10 @@ def crossing_time(times, values, threshold: float, *, direction: str = "up",
 
   Returns:
     The interpolated crossing time; times[0] if the first value is already past the threshold
-    (left-censored), inf if no value is (right-censored).
+    (left-censored), inf if no value is (right-censored). Raises ValueError for a threshold that is
+    not finite, times not finite and strictly increasing, or an unknown direction.
   """
+  _check_threshold(threshold)
   if direction not in DIRECTIONS:
     raise ValueError(f"direction={direction!r} must be one of {DIRECTIONS}")
   t = _check_times(times, log_time)
@@ -167,7 +178,11 @@ class Crossing(NamedTuple):
 def bootstrap_crossing(times, values, resampled_values, threshold: float, *,
                        direction: str = "up", log_time: bool = True,
                        confidence: float = 0.95) -> Crossing:
-  """Crossing time of `values` (K,) and its percentile interval over resampled series (R, K)."""
+  """Crossing time of `values` (K,) and its percentile interval over resampled series (R, K).
+
+  threshold: finite; confidence: in (0, 1) (ValueError otherwise, naming the argument).
+  """
+  _check_threshold(threshold)
   _check_confidence(confidence)
   if direction not in DIRECTIONS:
     raise ValueError(f"direction={direction!r} must be one of {DIRECTIONS}")
@@ -195,7 +210,9 @@ def crossing_of_mean(times, per_item, threshold: float, *, direction: str = "up"
   """Crossing of the mean over items of per_item (K, M), bootstrapping the M items jointly.
 
   tau_mem: per_item = copy flags of the same M seed-paired samples at each of K snapshots.
+  threshold finite, num_resamples >= 1, seed >= 0, confidence in (0, 1); ValueError otherwise.
   """
+  _check_threshold(threshold)
   a = np.asarray(per_item, np.float64)
   if a.ndim != 2:
     raise ValueError(f"per_item must be (K snapshots, M items), got shape {a.shape}")
@@ -218,7 +235,9 @@ def tau_gen(times, sample_features, reference_features, target: float, *,
   sample_features: (K, M, F) features of the same M seed-paired samples at each snapshot;
   reference_features: (N, F) features of the reference set (e.g. validation images), held fixed.
   The bootstrap resamples the M samples jointly over snapshots (each resample costs K FDs).
+  target: finite (an FD, so >= 0 to be reachable); ValueError otherwise.
   """
+  check_number(target, "target", low=0.0)
   f = np.asarray(sample_features, np.float64)
   if f.ndim != 3:
     raise ValueError(f"sample_features must be (K, M, F), got shape {f.shape}")
@@ -239,7 +258,9 @@ def tau_gap(times, per_image_train, per_image_val, threshold: float, *, log_time
   per_image_train: (K, N_train, S), per_image_val: (K, N_val, S): each snapshot's per-image errors
   (`gap.denoising_errors(..., return_per_image=True)`) on the same fixed images and noise. Training
   and validation images are resampled independently, the same rows at every snapshot.
+  threshold finite, num_resamples >= 1, seed >= 0, confidence in (0, 1); ValueError otherwise.
   """
+  _check_threshold(threshold)
   tr = np.asarray(per_image_train, np.float64)
   va = np.asarray(per_image_val, np.float64)
   if tr.ndim != 3 or va.ndim != 3 or tr.shape[0] != va.shape[0] or tr.shape[2] != va.shape[2]:
@@ -301,9 +322,12 @@ def loglog_slope(sizes, taus, lows=None, highs=None, *, confidence: float = 0.95
       interval is the percentile interval of fits to Monte Carlo draws. Without them: the
       t-interval of the least-squares slope (needs 3 or more points; NaN bounds otherwise).
 
-  Raises ValueError with fewer than 2 usable points or distinct sizes.
+  Raises ValueError with fewer than 2 usable points or distinct sizes, or confidence not in
+  (0, 1), num_draws not an integer >= 1, seed not an integer >= 0.
   """
   _check_confidence(confidence)
+  check_number(num_draws, "num_draws", low=1, integer=True)
+  check_number(seed, "seed", low=0, integer=True)
   n = np.asarray(sizes, np.float64)
   tau = np.asarray(taus, np.float64)
   if n.shape != tau.shape or n.ndim != 1:

@@ -37,17 +37,23 @@ def validate(config) -> str:
   job's name. Raises config_checks.ConfigError naming the field."""
   job = config_checks.choice(config, "job", JOBS)
   # Every float finite, also in the compute dtype (1e39 is inf in float32); every numeric field of
-  # config_checks.FIELD_RANGES that the config has in its range.
+  # the job's range table (config_checks.FIELD_RANGES, then JOB_FIELD_RANGES[job]) that the config
+  # has in its range.
   config_checks.finite_floats(config)
   unused = []  # sections this run does not read are not held to their ranges
   if job == "train" and "evaluation" in config and not config.evaluation.get("after_training", True):
     unused.append("evaluation.")
   if "monitor" in config and not config.monitor.get("every_images", 0):
     unused += ["monitor.num_images", "monitor.sigmas", "monitor.batch_size"]
-  config_checks.field_ranges(config, skip=unused)
+  job_ranges = config_checks.JOB_FIELD_RANGES.get(job, {})
+  config_checks.field_ranges(config, {f: bounds for f, bounds in config_checks.FIELD_RANGES.items()
+                                      if f not in job_ranges}, skip=unused)
   if job == "evaluate":  # reads the run's data, model and training fields as well
     importlib.import_module(JOBS["train"]).validate_training_fields(config)
   importlib.import_module(JOBS[job]).validate_config(config)
+  # The job's own table last: its validator's messages (which say more, e.g. "distinct odd") win
+  # where it looks, and the table covers what it leaves alone (sections no chosen sweep reads).
+  config_checks.field_ranges(config, job_ranges, skip=unused)
   return job
 
 

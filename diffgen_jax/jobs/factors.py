@@ -311,6 +311,11 @@ def validate_config(config) -> None:
       if not isinstance(v, int) or isinstance(v, bool):
         _fail(f"trained.{f}", v, "must be an integer index into the run's snapshots (-1: last)")
     _int(config, "trained.gradient_images", 1)
+    gap_samples = _int(config, "trained.sample_gap_samples", 0)
+    if gap_samples == 1:
+      _fail("trained.sample_gap_samples", gap_samples, "must be 0 (off) or >= 2 (a Frechet "
+            "distance needs a covariance)")
+    _int(config, "trained.sample_gap_steps", 1)
     if "allow_cfg_without_label_dropout" in config.trained:
       config_checks.flag(config, "trained.allow_cfg_without_label_dropout")
     if os.path.exists(os.path.join(run_dir, "config.json")):  # refused at start-up, not at the end

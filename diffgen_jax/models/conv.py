@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from diffgen_jax.checks import check_number
+
 ALGORITHMS = ("auto", "winograd", "winograd4", "xla")
 # Output tile of each Winograd algorithm: F(m x m, 3 x 3).
 WINOGRAD_TILES = {"winograd": 2, "winograd4": 4}
@@ -67,6 +69,14 @@ TILES = tuple(_TRANSFORMS)
 DEFAULT_TILE = 2
 
 _local = threading.local()
+
+
+def _check_tile(tile) -> int:
+  """The Winograd output tile: an integer in TILES (2.0 or True would slip past `in TILES`)."""
+  check_number(tile, "tile", integer=True)
+  if tile not in TILES:
+    raise ValueError(f"winograd_conv3x3: tile={tile!r} is not one of {TILES}")
+  return int(tile)
 
 
 def _check_algorithm(name: str, source: str) -> str:
@@ -145,7 +155,11 @@ def _output_transform_1d(v: jax.Array, axis: int, m: int) -> jax.Array:
 
 
 def winograd_filter(w: jax.Array, tile: int = DEFAULT_TILE) -> jax.Array:
-  """G w G^T for an HWIO 3x3 kernel: (3, 3, C_in, C_out) -> (tile + 2, tile + 2, C_in, C_out)."""
+  """G w G^T for an HWIO 3x3 kernel: (3, 3, C_in, C_out) -> (tile + 2, tile + 2, C_in, C_out).
+
+  tile: an integer in TILES (ValueError otherwise).
+  """
+  tile = _check_tile(tile)
   g = jnp.asarray(np.array(_TRANSFORMS[tile]["G"], np.float32), w.dtype)
   return jnp.einsum("ah,hwio,bw->abio", g, w, g, precision=lax.Precision.HIGHEST)
 
@@ -172,8 +186,7 @@ def winograd_conv3x3(x: jax.Array, w: jax.Array, tile: int = DEFAULT_TILE, preci
   if x.ndim != 4 or w.ndim != 4 or w.shape[:2] != (3, 3) or w.shape[2] != x.shape[3]:
     raise ValueError(f"winograd_conv3x3 needs x (B,H,W,C_in) and w (3,3,C_in,C_out); got "
                      f"x {x.shape}, w {w.shape}")
-  if tile not in TILES:
-    raise ValueError(f"winograd_conv3x3: tile={tile!r} is not one of {TILES}")
+  tile = _check_tile(tile)
   m, a = tile, tile + 2
   b, h, wd, c = x.shape
   k = w.shape[3]

@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 
 from diffgen_jax import models
+from diffgen_jax.checks import check_number
 from diffgen_jax.models import network as network_lib
 from diffgen_jax.models import nvidia_pickle
 
@@ -136,6 +137,15 @@ def model_config_from_kwargs(class_name: str, kwargs: Mapping[str, Any],
   for field in ("img_resolution", "img_channels", "label_dim"):
     if field not in kwargs:
       raise ConversionError(f"{class_name} kwargs lack {field!r}")
+  # The file's numbers reach the architecture and the preconditioner: refuse any out of range.
+  for field, bounds in (("img_resolution", dict(low=1, integer=True)),
+                        ("img_channels", dict(low=1, integer=True)),
+                        ("label_dim", dict(low=0, integer=True))):
+    check_number(kwargs[field], f"{class_name} {field}", error=ConversionError, **bounds)
+  check_number(k["sigma_data"], f"{class_name} sigma_data", low=0.0, low_open=True,
+               error=ConversionError)
+  check_number(k["dropout"], f"{class_name} dropout", low=0.0, high=1.0, high_open=True,
+               error=ConversionError)
   config.update(img_resolution=int(kwargs["img_resolution"]),
                 img_channels=int(kwargs["img_channels"]), num_classes=int(kwargs["label_dim"]),
                 dropout=float(k["dropout"]), dtype=dtype)
@@ -415,8 +425,10 @@ def labels_from_one_hot(class_labels, num_classes: int) -> np.ndarray:
   """Integer labels (B,) from NVIDIA's float class vectors (B, num_classes).
 
   A one-hot row gives its class, an all-zero row the null label (num_classes). Raises ValueError
-  for any other row (soft labels have no integer equivalent). None -> None.
+  for any other row (soft labels have no integer equivalent), or num_classes not an integer >= 1.
+  None -> None.
   """
+  check_number(num_classes, "num_classes", low=1, integer=True)
   if class_labels is None:
     return None
   v = np.asarray(class_labels, np.float64)
@@ -431,7 +443,11 @@ def labels_from_one_hot(class_labels, num_classes: int) -> np.ndarray:
 
 
 def nvidia_interface(denoise: Callable, num_classes: int) -> Callable:
-  """NVIDIA's call convention around a package denoiser: D(x NCHW, sigma, class_labels one-hot)."""
+  """NVIDIA's call convention around a package denoiser: D(x NCHW, sigma, class_labels one-hot).
+
+  num_classes: the network's classes, an integer >= 0 (0: unconditional; ValueError otherwise).
+  """
+  check_number(num_classes, "num_classes", low=0, integer=True)
 
   def nvidia_denoise(x, sigma, class_labels=None):
     labels = labels_from_one_hot(class_labels, num_classes) if num_classes else None
