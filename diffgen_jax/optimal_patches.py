@@ -31,9 +31,13 @@ How the patch machines are computed, and why (the same choices as y* in optimal.
     sigma > 0: as sigma -> 0 it is one-hot on the nearest candidate (uniform over exact ties), as
     sigma -> inf uniform, with no NaN at sigma = 1e-30 or 1e30 in float32.
   * LS/PSPC window distances are k x k box sums of per-pixel squared differences (no cancellation;
-    O(N H W (C + 2k)) per query). ELS cross terms are one matmul of the query's patch matrix
-    (B H W, k^2 C) with a chunk of training patches (k^2 C, chunk H W), at full precision on data
-    centred at the mean training patch (as y* centres at the mean image).
+    O(N H W (C + 2k)) per query). ELS energies are one matmul per chunk of the query block's
+    augmented patch matrix [-x, 1] (B H W, k^2 C + 1) with the chunk's [y, ||y||^2 / 2]
+    (k^2 C + 1, chunk H W), at full precision on data centred at the mean training patch (as y*
+    centres at the mean image); a second matmul of the weights with [centre pixels, 1] gives the
+    weighted sums and the normaliser together. Its cost is one exp per (query window, training
+    window) pair: at k^2 C = 9 the exp pass, not the matmul, takes most of the time on a CPU
+    (benchmarks/analytic_ladder.py reports the split).
   * Class-conditional: with train_labels, a query with label c sees only class-c training images;
     labels=None uses every image. A concrete query label without training images raises
     ValueError (a traced one cannot be checked and yields NaN).
@@ -369,34 +373,50 @@ def _patches(images, k, boundary):
   return jnp.stack(cols, axis=3).reshape(n, h * w, k * k * c)
 
 
-def _els_core(x, scale, query_labels, images, labels, mean_patch, *, k, boundary, chunk, axis_name):
-  """ELS over one shard. Energy = ||y_patch||^2 / 2 - x_patch . y_patch (centred), scale 1/sigma^2."""
+def _els_core(x, scale, query_labels, images, labels, mean_patch, *, k, boundary, chunk,
+              conditional, axis_name):
+  """ELS over one shard, two matmuls per chunk of training images and one exp per candidate.
+
+  Rows are the query block's windows (B H W), columns the chunk's windows (chunk H W). The energy
+  ||y||^2 / 2 - x.y (on patches centred at the mean training patch; scale 1 / sigma^2) comes out of
+  ONE matmul of augmented patches, [-x, 1] (rows, k^2 C + 1) @ [y, ||y||^2 / 2]^T, so the only
+  passes over the (rows, columns) energy tile are its min and its exp; the weighted centre sums
+  and the weight sum come out of a second matmul, weights @ [y centre, 1] (columns, C + 1).
+  Padding images get ||y||^2 / 2 = +inf, so the matmul itself gives them energy +inf; only a
+  class-conditional machine (`conditional`) adds a per-(query, image) penalty to the tile.
+  """
   b, h, w, c = x.shape
   hw = h * w
   xp = (_patches(x, k, boundary) - mean_patch).reshape(b * hw, -1)
+  x_aug = jnp.concatenate([-xp, jnp.ones((b * hw, 1), x.dtype)], axis=1)
   row_scale = jnp.repeat(scale, hw)
 
   def step(carry, xs):
-    run_min, run_sum, acc = carry
+    run_min, acc = carry  # acc (rows, C + 1): weighted centre sums, then the sum of weights
     y, lab = xs
     y = y.reshape((-1,) + x.shape[1:])  # stored flat: (chunk, H W C) -> (chunk, H, W, C)
     yp = (_patches(y, k, boundary) - mean_patch).reshape(-1, xp.shape[1])  # (chunk hw, K)
-    half_sq = 0.5 * jnp.sum(yp * yp, axis=1)
-    # Invalid (other class, padding) images get +inf through a (B, 1, chunk, 1) penalty: one fused
-    # add instead of a per-entry label comparison on the (B HW, chunk HW) matrix.
-    penalty = jnp.where(_valid(query_labels, lab), 0.0, jnp.inf).astype(x.dtype)[:, None, :, None]
-    energy = half_sq[None, :] - jnp.matmul(xp, yp.T, precision=_HIGHEST)
-    energy = (energy.reshape(b, hw, -1, hw) + penalty).reshape(b * hw, -1)
-    run_min, weights, rescale, run_sum = _softmax_step(run_min, run_sum, energy, row_scale, axis=1)
-    acc = acc * rescale[:, None] + jnp.matmul(weights, y.reshape(-1, c), precision=_HIGHEST)
-    return (run_min, run_sum, acc), None
+    half_sq = 0.5 * jnp.sum(yp * yp, axis=1, keepdims=True)
+    half_sq = jnp.where(jnp.repeat(lab, hw)[:, None] == _NO_LABEL, jnp.inf, half_sq)
+    # Every x_aug row ends in 1 and no patch entry is infinite, so padding columns are +inf (no NaN).
+    energy = jnp.matmul(x_aug, jnp.concatenate([yp, half_sq], axis=1).T, precision=_HIGHEST)
+    if conditional:
+      # Other-class images get +inf through a (B, 1, chunk, 1) penalty: one fused add instead of
+      # a per-entry label comparison on the (B HW, chunk HW) matrix.
+      penalty = jnp.where(_valid(query_labels, lab), 0.0, jnp.inf).astype(x.dtype)[:, None, :, None]
+      energy = (energy.reshape(b, hw, -1, hw) + penalty).reshape(b * hw, -1)
+    run_min, weights, rescale, _ = _softmax_step(run_min, jnp.zeros_like(run_min), energy,
+                                                 row_scale, axis=1)
+    centres = jnp.concatenate([y.reshape(-1, c), jnp.ones((y.shape[0] * hw, 1), x.dtype)], axis=1)
+    acc = acc * rescale[:, None] + jnp.matmul(weights, centres, precision=_HIGHEST)
+    return (run_min, acc), None
 
-  init = _init_stats((b * hw,), x.dtype, axis_name) + (
-      _pcast(jnp.zeros((b * hw, c), x.dtype), axis_name),)
-  (run_min, run_sum, acc), _ = lax.scan(step, init, (_chunked(images, chunk), _chunked(labels, chunk)))
+  init = (_init_stats((b * hw,), x.dtype, axis_name)[0],
+          _pcast(jnp.zeros((b * hw, c + 1), x.dtype), axis_name))
+  (run_min, acc), _ = lax.scan(step, init, (_chunked(images, chunk), _chunked(labels, chunk)))
   if axis_name is not None:
-    run_min, run_sum, (acc,) = _merge_shards(run_min, run_sum, (acc,), row_scale, axis_name)
-  return (acc / run_sum[:, None]).reshape(x.shape)
+    run_min, _, (acc,) = _merge_shards(run_min, acc[:, c], (acc,), row_scale, axis_name)
+  return (acc[:, :c] / acc[:, c:]).reshape(x.shape)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -460,7 +480,8 @@ def _build(kind, train_images, train_labels, patch_size, *, boundary, chunk_size
   # Flat (N, H W C) storage: the scan slices it without the layout copy XLA inserts for a 4-D
   # parameter (a whole-training-set temporary, seen with C = 1).
   arrays = [put(data.images.reshape(len(data.images), -1)), put(data.labels)]
-  machines = [_machine(kind, k, boundary, data.chunk, query_block, mesh, axis) for k in sizes]
+  machines = [_machine(kind, k, boundary, data.chunk, query_block, mesh, axis,
+                       data.classes is not None) for k in sizes]
   if kind == "els":
     # The mean training patch (patches are linear: the mean of the mean image's patches), one per
     # size; each machine takes its own as the replicated argument.
@@ -482,10 +503,11 @@ def _with_label_domain(denoiser, classes):
 
 
 @functools.lru_cache(maxsize=256)
-def _machine(kind, k, boundary, chunk, query_block, mesh, axis):
+def _machine(kind, k, boundary, chunk, query_block, mesh, axis, conditional):
   """One compiled machine per configuration (cached: denoisers of equal shapes share compilations)."""
   if kind == "els":
-    core = functools.partial(_els_core, k=k, boundary=boundary, chunk=chunk)
+    core = functools.partial(_els_core, k=k, boundary=boundary, chunk=chunk,
+                             conditional=conditional)
   else:
     core = functools.partial(_ls_core if kind == "ls" else _pspc_core, k=k, chunk=chunk)
   return _compile(_blocked_core(core, query_block), mesh, axis, 2, n_replicated=int(kind == "els"))
@@ -570,8 +592,10 @@ def equivariant_local_denoiser(train_images, patch_size: PatchSize, train_labels
   boundary="zeros": windows are zero-padded, for the query and for the training windows alike, and
   compared over the whole window, so a border window of the query matches windows with the same
   zero border best (our choice of the paper's border-aware variant).
-  The cross terms are one matmul per chunk: (B H W, k^2 C) @ (k^2 C, chunk H W), full precision, on
-  patches centred at the mean training patch. Cost per query 2 H W N H W (k^2 C + C) flops.
+  The energies are one matmul per chunk: (B H W, k^2 C + 1) @ (k^2 C + 1, chunk H W), full
+  precision, on patches centred at the mean training patch, then one exp per (query window,
+  training window) pair and a (B H W, chunk H W) @ (chunk H W, C + 1) matmul for the weighted sums
+  and the normaliser. Cost per query 2 H W N H W (k^2 C + C) flops and H W N H W exps.
   Defaults (`els_blocks`): chunk_size = max(1, 1024 // (H W)) images and query_block such that a
   block's energy matrix has at most 2^20 entries (4 MiB in float32, cache-sized on a CPU: at 28x28,
   1 image x 1 query per block measured 2-4x faster than 5 x 1 or 2 x 2).
