@@ -598,7 +598,8 @@ def equivariant_local_denoiser(train_images, patch_size: PatchSize, train_labels
   and the normaliser. Cost per query 2 H W N H W (k^2 C + C) flops and H W N H W exps.
   Defaults (`els_blocks`): chunk_size = max(1, 1024 // (H W)) images and query_block such that a
   block's energy matrix has at most 2^20 entries (4 MiB in float32, cache-sized on a CPU: at 28x28,
-  1 image x 1 query per block measured 2-4x faster than 5 x 1 or 2 x 2).
+  1 image x 1 query per block measured 2-4x faster than 5 x 1 or 2 x 2 with the earlier six-pass
+  code; with the four passes, 1 and 2 images per chunk take the same CPU time).
   """
   _check_boundary(boundary)
   chunk_size = _check_count(chunk_size, "chunk_size", allow_none=True)
