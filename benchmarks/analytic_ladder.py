@@ -6,15 +6,19 @@
     centre pixels; PSPC: weighted whole windows folded back and averaged), at Fashion-MNIST shape
     (N = 1,000, 28x28x1) and CIFAR shape (N = 50,000, 32x32x3; few queries).
   * ELS: achieved GFLOP/s of the cross-term and weighted-sum matmuls (2 B HW N HW (k^2 C + C)
-    flops) against two GEMM ceilings measured in the same run: a (2048 x 2048) @ (2048 x 2048)
-    matmul (the machine's peak) and the same-shaped matmul ELS does per chunk
-    ((B HW x k^2 C) @ (k^2 C x chunk HW), summed over chunks); time per (query, sigma) at N = 1,000.
+    flops) against the GEMM ceiling, a (2048 x 2048) @ (2048 x 2048) full-precision matmul measured
+    before and after each ELS row (the higher of the two is used: the conservative ratio); where
+    ELS's time goes: its four passes over the energy tiles (energy matmul, row min, exp, weights
+    matmul) timed on their own at the same shapes, as fractions of ELS's time, and the ratio ELS
+    would reach if the exp pass alone took all its time (the bound the exp count sets); time per
+    (query, sigma) at N = 1,000.
   * y*: the streaming optimal denoiser's time at several chunk sizes (the backend default marked).
 
 Numbers are medians of --repeats calls after a warm-up (compile) call. On a shared machine quote the
 ratios, which are measured side by side. Examples:
 
   nice python benchmarks/analytic_ladder.py --quick        # ~1 minute on 2 cores
+  nice python benchmarks/analytic_ladder.py --els_only --out benchmarks/results/analytic_ladder_els.json
   nice python benchmarks/analytic_ladder.py                # adds the CIFAR-shape rows (~10 min)
   python benchmarks/analytic_ladder.py --els_cifar_n 50000  # on a GPU: ELS at CIFAR shape as well
 """
@@ -56,6 +60,8 @@ def parse_args(argv=None):
                       "(50000 on a GPU; 0: skip; on a 2-core CPU one query takes minutes)")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--quick", action="store_true", help="skip the CIFAR-shape rows")
+  p.add_argument("--els_only", action="store_true",
+                 help="only the ELS rows (write them with --out elsewhere to keep the full JSON)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                 "results", "analytic_ladder.json"))
@@ -73,6 +79,20 @@ def timed(fn, repeats):
     fn()
     times.append(time.perf_counter() - t0)
   return statistics.median(times), first, result
+
+
+def timed_cpu(fn, repeats):
+  """(median wall seconds, median process CPU seconds) of fn() after one warm-up call. CPU seconds
+  (all threads of this process) barely move when other jobs take the cores, so on a shared
+  machine ratios of CPU-time rates are the steadier measure; wall-time ratios are reported too."""
+  fn()
+  walls, cpus = [], []
+  for _ in range(repeats):
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    walls.append(time.perf_counter() - w0)
+    cpus.append(time.process_time() - c0)
+  return statistics.median(walls), statistics.median(cpus)
 
 
 # ---- the published scripts' style, in plain numpy ---------------------------------------------
@@ -163,36 +183,92 @@ def local_rows(name, train, k, per_sigma, numpy_pairs, sigma_grid, repeats, rng,
   return rows
 
 
+def gemm_peak(repeats):
+  """GFLOP/s of a (2048 x 2048) @ (2048 x 2048) float32 matmul at full precision, the ceiling:
+  (per wall second, per CPU second)."""
+  matmul = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST))
+  sq = jnp.asarray(np.random.default_rng(1).standard_normal((2048, 2048)), jnp.float32)
+  wall, cpu = timed_cpu(lambda: matmul(sq, sq).block_until_ready(), repeats)
+  return 2.0 * 2048 ** 3 / wall / 1e9, 2.0 * 2048 ** 3 / cpu / 1e9
+
+
+def els_stage_seconds(rows, cols, kdim, c, tiles, repeats, steps=32):
+  """Seconds ELS's four passes over its (rows, cols) energy tiles take on their own, for `tiles`
+  tiles: the energy matmul (rows, K + 1) @ (K + 1, cols), the row min, the exp (with the +inf
+  guard, writing the weights) and the weights matmul (rows, cols) @ (cols, C + 1). Each is a
+  lax.scan over `steps` distinct tiles (so loop overheads count as in ELS), scaled to `tiles`."""
+  hi = jax.lax.Precision.HIGHEST
+  rng = np.random.default_rng(4)
+  xa = jnp.asarray(rng.standard_normal((rows, kdim + 1)), jnp.float32)
+  ya = jnp.asarray(rng.standard_normal((steps, cols, kdim + 1)), jnp.float32)
+  energy = jnp.asarray(rng.uniform(0, 10, (rows, cols)), jnp.float32)
+  centres = jnp.asarray(rng.standard_normal((steps, cols, c + 1)), jnp.float32)
+  scale = jnp.asarray(rng.uniform(0.1, 1, (rows,)), jnp.float32)
+
+  def scanned(step, init, xs):
+    # Each step's whole output is the next carry, so no part of a pass can be optimised away.
+    return jax.jit(lambda *a: jax.lax.scan(lambda carry, x: (step(carry, x, *a), None), init, xs)[0])
+
+  index = jnp.arange(steps, dtype=jnp.float32)
+  stages = dict(
+      energy_matmul=(scanned(lambda e, y, x: jnp.matmul(x, y.T, precision=hi), energy, ya), (xa,)),
+      row_min=(scanned(lambda m, i, e: jnp.minimum(m, (e + i).min(axis=1)), scale, index), (energy,)),
+      exp=(scanned(lambda wt, i, e, sc: jnp.where(e < jnp.inf, jnp.exp(-(e - i) * sc[:, None]), 0.0),
+                   energy, index), (energy, scale)),
+      weights_matmul=(scanned(lambda acc, y, e: acc + jnp.matmul(e, y, precision=hi),
+                              jnp.zeros((rows, c + 1), jnp.float32), centres), (energy,)),
+  )
+  out = {}
+  for name, (fn, args) in stages.items():
+    wall, cpu = timed_cpu(lambda: fn(*args).block_until_ready(), repeats)
+    out[name] = dict(wall=wall * tiles / steps, cpu=cpu * tiles / steps)
+  return out
+
+
 def els_rows(train, k, pairs, chunks, sigma_grid, repeats, rng):
   n, h, w, c = train.shape
   hw, kdim = h * w, k * k * c
   x, s = queries_for(train, sigma_grid[:1], pairs, rng)
   flops = 2.0 * len(x) * hw * n * hw * (kdim + c)
-  matmul = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST))
-  sq = jnp.asarray(np.random.default_rng(1).standard_normal((2048, 2048)), jnp.float32)
-  peak_s, _, _ = timed(lambda: matmul(sq, sq).block_until_ready(), repeats)
-  peak = 2.0 * 2048 ** 3 / peak_s / 1e9
-  out = dict(n=n, image=[h, w, c], patch=k, pairs=len(x), flops_per_pair=flops / len(x),
-             gemm_peak_gflops=peak, chunks={})
-  print(f"GEMM peak (2048^3, HIGHEST): {peak:.1f} GFLOP/s")
+  peaks = [gemm_peak(repeats)]
+  out = dict(n=n, image=[h, w, c], patch=k, pairs=len(x), flops_per_pair=flops / len(x), chunks={})
+  print(f"GEMM ceiling (2048^3, HIGHEST): {peaks[0][0]:.1f} GFLOP/s per wall second, "
+        f"{peaks[0][1]:.1f} per CPU second")
   for chunk in chunks:
     denoise = equivariant_local_denoiser(train, k, chunk_size=chunk)  # default query block
     xq, sgm = jnp.asarray(x), jnp.asarray(s)
-    ours_s, first, _ = timed(lambda: denoise(xq, sgm).block_until_ready(), repeats)
-    # The same-shaped GEMM, chunk by chunk: (block HW x K) @ (K x chunk HW) at full precision.
-    block = els_blocks(train.shape, chunk)[1]  # ELS's default query block
-    a = jnp.asarray(np.random.default_rng(2).standard_normal((block * hw, kdim)), jnp.float32)
-    b = jnp.asarray(np.random.default_rng(3).standard_normal((kdim, chunk * hw)), jnp.float32)
-    gemm_s, _, _ = timed(lambda: matmul(a, b).block_until_ready(), repeats)
-    shaped = 2.0 * block * hw * chunk * hw * kdim / gemm_s / 1e9
-    gflops = flops / ours_s / 1e9
-    row = dict(seconds=ours_s, first_call_seconds=first, s_per_query_sigma=ours_s / len(x),
-               gflops=gflops, same_shape_gemm_gflops=shaped, ratio_to_gemm_peak=gflops / peak,
-               ratio_to_same_shape_gemm=gflops / shaped)
+    t0 = time.perf_counter()
+    denoise(xq, sgm).block_until_ready()
+    first = time.perf_counter() - t0
+    ours = dict(zip(("wall", "cpu"), timed_cpu(lambda: denoise(xq, sgm).block_until_ready(),
+                                                repeats)))
+    peaks.append(gemm_peak(repeats))
+    block = min(els_blocks(train.shape, chunk)[1], len(x))  # ELS's default query block
+    tiles = -(-len(x) // block) * -(-n // chunk)
+    parts = els_stage_seconds(block * hw, chunk * hw, kdim, c, tiles, repeats)
+    row = dict(first_call_seconds=first, query_block=block, s_per_query_sigma=ours["wall"] / len(x),
+               gemm_ceiling_measurements=peaks[-2:], stage_seconds=parts)
+    for clock, j in (("wall", 0), ("cpu", 1)):
+      ceiling = max(p[j] for p in peaks[-2:])  # the higher of the two around this row: conservative
+      gflops = flops / ours[clock] / 1e9
+      row[clock] = dict(seconds=ours[clock], gflops=gflops, gemm_ceiling_gflops=ceiling,
+                        ratio_to_gemm_ceiling=gflops / ceiling,
+                        stage_fractions={k_: v[clock] / ours[clock] for k_, v in parts.items()},
+                        ratio_bound_exp_alone=flops / parts["exp"][clock] / 1e9 / ceiling,
+                        ratio_bound_four_passes=flops / sum(v[clock] for v in parts.values())
+                        / 1e9 / ceiling)
     out["chunks"][str(chunk)] = row
-    print(f"ELS k={k} N={n} chunk={chunk}: {row['s_per_query_sigma']:.2f} s / (query, sigma), "
-          f"{gflops:.1f} GFLOP/s = {row['ratio_to_gemm_peak']:.2f} of peak GEMM, "
-          f"{row['ratio_to_same_shape_gemm']:.2f} of the same-shaped GEMM ({shaped:.1f} GFLOP/s)")
+    print(f"ELS k={k} N={n} chunk={chunk} query_block={block}: {row['s_per_query_sigma']:.2f} s / "
+          f"(query, sigma)")
+    for clock in ("wall", "cpu"):
+      r = row[clock]
+      fr = r["stage_fractions"]
+      print(f"  per {clock} second: {r['gflops']:.1f} GFLOP/s = {r['ratio_to_gemm_ceiling']:.2f} of "
+            f"the GEMM ceiling ({r['gemm_ceiling_gflops']:.1f}); the passes alone take: energy "
+            f"matmul {fr['energy_matmul']:.0%}, min {fr['row_min']:.0%}, exp {fr['exp']:.0%}, "
+            f"weights matmul {fr['weights_matmul']:.0%} of ELS's time; ratio bound by the exp pass "
+            f"alone {r['ratio_bound_exp_alone']:.2f}, by the four passes {r['ratio_bound_four_passes']:.2f}")
+  out["gemm_ceiling_measurements"] = peaks
   return out
 
 
@@ -225,6 +301,13 @@ def main(argv=None):
             "unfolded per chunk of 1,000 images inside the timing; ours: all (query, sigma) pairs in "
             "one call with per-query sigma; random uniform images (timing does not depend on them)")
   fashion = rng.uniform(-1, 1, (1000, 28, 28, 1)).astype(np.float32)
+  if args.els_only:
+    results["els"] = els_rows(fashion, args.els_patch, args.els_queries,
+                              [int(c) for c in args.els_chunks.split(",")], sigma_grid,
+                              args.repeats, rng)
+    jsonio.write_json(args.out, results)
+    print(f"wrote {args.out}")
+    return results
   results["fashion"] = local_rows("fashion", fashion, args.patch, args.queries, args.numpy_queries,
                                   sigma_grid, args.repeats, rng)
   if not args.quick:

@@ -41,3 +41,18 @@ def check_number(value, name: str, *, low=None, high=None, low_open: bool = Fals
   if high is not None and (value >= high if high_open else value > high):
     raise error(f"{name}={value!r} must be {'<' if high_open else '<='} {high}")
   return value
+
+
+def check_float_dtype(dtype, name: str = "dtype"):
+  """Returns `dtype` as a numpy dtype if it is float32, or float64 with jax's x64 mode on; else
+  raises ValueError naming `name` (float64 without x64 would silently compute in float32)."""
+  import jax  # pylint: disable=import-outside-toplevel  (kept out of this module's import)
+  try:
+    dtype = np.dtype(dtype)
+  except TypeError:
+    raise ValueError(f"{name} must be float32 or float64, got {dtype!r}") from None
+  if dtype not in (np.float32, np.float64):
+    raise ValueError(f"{name} must be float32 or float64, got {dtype}")
+  if dtype == np.float64 and not jax.config.jax_enable_x64:
+    raise ValueError(f'{name}=float64 needs jax.config.update("jax_enable_x64", True) first')
+  return dtype

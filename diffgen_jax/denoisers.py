@@ -46,6 +46,21 @@ def per_example(v, x: jax.Array) -> jax.Array:
   return v.reshape(v.shape + (1,) * (x.ndim - 1))
 
 
+def check_sigma(sigma, name: str = "sigma") -> None:
+  """Raises ValueError naming `name` unless every concrete noise level is finite and > 0.
+
+  The analytic denoisers are defined for every such sigma (tending to their sigma -> 0 limits);
+  sigma = 0 is not a noise level. sigma: a scalar or array (numpy or jax); a traced value cannot
+  be checked and passes (a check under jit never runs).
+  """
+  if isinstance(sigma, jax.core.Tracer):
+    return
+  s = np.asarray(sigma, np.float64)
+  bad = s[~(np.isfinite(s) & (s > 0))]
+  if bad.size:
+    raise ValueError(f"{name} must be > 0 and finite, got {bad.ravel()[0]}")
+
+
 def guided(positive: Denoiser, negative: Denoiser, weight: float) -> Denoiser:
   """D = D_pos + w (D_pos - D_neg): classifier-free guidance or autoguidance.
 

@@ -37,8 +37,9 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffgen_jax.checks import check_number
-from diffgen_jax.denoisers import Denoiser, check_label_domain, per_example, training_labels
+from diffgen_jax.checks import check_float_dtype, check_number
+from diffgen_jax.denoisers import (Denoiser, check_label_domain, check_sigma, per_example,
+                                   training_labels)
 # The analytic ladder's patch machines and Gaussian denoiser live beside this module (they import
 # nothing from it); re-exported here so `optimal.local_denoiser` etc. work.
 from diffgen_jax.optimal_patches import (  # noqa: F401  pylint: disable=unused-import
@@ -65,8 +66,7 @@ _IMAGE_LIMIT = 10.0
 
 
 def _prepare(train_images, train_labels, chunk_size: int, shards: int, dtype) -> _TrainingSet:
-  if chunk_size < 1:
-    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  chunk_size = check_number(chunk_size, "chunk_size", low=1, integer=True)
   host = np.asarray(train_images)
   if host.ndim < 2 or host.shape[0] == 0:
     raise ValueError(f"train_images must be a non-empty (N, ...) array, got shape {host.shape}")
@@ -102,7 +102,7 @@ def _query_inputs(x, sigma, labels, item_shape, classes, dtype):
   x = jnp.asarray(x)
   if x.shape[1:] != item_shape:
     raise ValueError(f"x has item shape {x.shape[1:]} but the training points have {item_shape}")
-  _check_sigma(sigma)
+  check_sigma(sigma)  # y* is defined for every sigma > 0 (the nearest point as sigma -> 0)
   b = x.shape[0]
   if classes is not None and labels is not None:
     query_labels = jnp.asarray(labels, jnp.int32).reshape(b)
@@ -220,11 +220,7 @@ def empirical_optimal_denoiser(train_images, train_labels=None, *, chunk_size: O
     through jit (as samplers.sample does) feeds them as arguments instead of baking them into
     the compiled program as constants.
   """
-  dtype = jnp.dtype(dtype)
-  if dtype not in (jnp.float32, jnp.float64):
-    raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-  if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-    raise ValueError('dtype=float64 needs jax.config.update("jax_enable_x64", True) first')
+  dtype = check_float_dtype(dtype)
   shards = 1 if mesh is None else mesh.shape[axis]
   if chunk_size is None:
     chunk_size = default_chunk_size(mesh.devices.flat[0].platform if mesh is not None else None)
@@ -262,22 +258,8 @@ def _denoise(statistics, item_shape, classes, dtype, arrays, x, sigma, labels=No
   return (acc / total[:, None]).reshape(jnp.shape(x)).astype(jnp.asarray(x).dtype)
 
 
-def _is_concrete(a) -> bool:
-  return not isinstance(a, jax.core.Tracer)
-
-
-def _check_sigma(sigma) -> None:
-  """Concrete sigma must be finite and > 0: y* is defined for every such sigma (tending to the
-  nearest training point as sigma -> 0); sigma = 0 itself is not a noise level."""
-  if _is_concrete(sigma):
-    s = np.asarray(sigma, np.float64)
-    bad = s[~(np.isfinite(s) & (s > 0))]
-    if bad.size:
-      raise ValueError(f"sigma must be > 0 and finite, got {bad.ravel()[0]}")
-
-
 def _check_labels(labels, classes) -> None:
-  if _is_concrete(labels):
+  if not isinstance(labels, jax.core.Tracer):
     check_label_domain(classes, labels)
 
 

@@ -31,9 +31,13 @@ How the patch machines are computed, and why (the same choices as y* in optimal.
     sigma > 0: as sigma -> 0 it is one-hot on the nearest candidate (uniform over exact ties), as
     sigma -> inf uniform, with no NaN at sigma = 1e-30 or 1e30 in float32.
   * LS/PSPC window distances are k x k box sums of per-pixel squared differences (no cancellation;
-    O(N H W (C + 2k)) per query). ELS cross terms are one matmul of the query's patch matrix
-    (B H W, k^2 C) with a chunk of training patches (k^2 C, chunk H W), at full precision on data
-    centred at the mean training patch (as y* centres at the mean image).
+    O(N H W (C + 2k)) per query). ELS energies are one matmul per chunk of the query block's
+    augmented patch matrix [-x, 1] (B H W, k^2 C + 1) with the chunk's [y, ||y||^2 / 2]
+    (k^2 C + 1, chunk H W), at full precision on data centred at the mean training patch (as y*
+    centres at the mean image); a second matmul of the weights with [centre pixels, 1] gives the
+    weighted sums and the normaliser together. Its cost is one exp per (query window, training
+    window) pair: at k^2 C = 9 the exp pass, not the matmul, takes most of the time on a CPU
+    (benchmarks/analytic_ladder.py reports the split).
   * Class-conditional: with train_labels, a query with label c sees only class-c training images;
     labels=None uses every image. A concrete query label without training images raises
     ValueError (a traced one cannot be checked and yields NaN).
@@ -47,7 +51,6 @@ How the patch machines are computed, and why (the same choices as y* in optimal.
 from __future__ import annotations
 
 import functools
-import numbers
 from typing import Mapping, NamedTuple, Optional, Tuple, Union
 
 import jax
@@ -56,12 +59,13 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffgen_jax.denoisers import Denoiser, training_labels
+from diffgen_jax.checks import check_float_dtype, check_number
+from diffgen_jax.data.convention import check_images
+from diffgen_jax.denoisers import Denoiser, check_label_domain, check_sigma, training_labels
 from diffgen_jax.sharding import DATA_AXIS
 
 BOUNDARIES = ("circular", "zeros")
-# optimal.py re-exports this module, so it imports nothing from optimal.py (imports run one way);
-# the query checks below follow optimal.py's (same messages).
+# optimal.py re-exports this module, so it imports nothing from optimal.py (imports run one way).
 _NO_LABEL = -1  # label of padding rows: never equal to a query's label
 _ANY_LABEL = -2  # query label meaning "every training image"
 _HIGHEST = lax.Precision.HIGHEST
@@ -69,70 +73,54 @@ PatchSize = Union[int, Mapping[float, int]]
 
 
 # ------------------------------------------------------------------------------------------------
-# Input checks
+# Input checks: the shared homes (data.convention for images, checks for numbers and dtypes,
+# denoisers for sigma and labels) with the argument's name; only what is particular to windows
+# (odd sizes, schedules, boundaries) lives here.
 # ------------------------------------------------------------------------------------------------
 
-def check_images(images, name: str = "train_images") -> np.ndarray:
-  """Returns `images` as a numpy array after checking it is non-empty NHWC float in [-1, 1].
-
-  Raises ValueError naming `name` otherwise (wrong rank, integer dtype such as uint8, NaN/Inf,
-  values outside [-1, 1]).
-  """
+def _training_images(images, name: str = "train_images") -> np.ndarray:
+  """`images` as numpy after the image convention's check (NHWC float in [-1, 1]), non-empty."""
+  check_images(images, name)
   a = np.asarray(images)
-  if a.ndim != 4 or a.shape[0] == 0 or min(a.shape[1:]) < 1:
+  if 0 in a.shape:
     raise ValueError(f"{name} must be a non-empty NHWC array (N, H, W, C), got shape {a.shape}")
-  if not np.issubdtype(a.dtype, np.floating):
-    raise ValueError(f"{name} must be floating point in [-1, 1] (uint8 images: x / 127.5 - 1), "
-                     f"got dtype {a.dtype}")
-  if not np.all(np.isfinite(a)):
-    raise ValueError(f"{name} contains NaN or Inf")
-  lo, hi = float(a.min()), float(a.max())
-  if lo < -1.0 - 1e-5 or hi > 1.0 + 1e-5:
-    raise ValueError(f"{name} must lie in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]")
   return a
-
-
-def _is_concrete(a) -> bool:
-  return not isinstance(a, jax.core.Tracer)
-
-
-def _check_sigma(sigma) -> None:
-  """Concrete sigma must be finite and > 0 (every such sigma is valid, down to the sigma -> 0
-  limit); traced sigma cannot be checked."""
-  if _is_concrete(sigma):
-    s = np.asarray(sigma, np.float64)
-    bad = s[~(np.isfinite(s) & (s > 0))]
-    if bad.size:
-      raise ValueError(f"sigma must be > 0 and finite, got {bad.ravel()[0]}")
 
 
 def _check_labels(labels, classes) -> None:
   """Concrete query labels must have training images (a softmax over an empty class is 0 / 0)."""
-  if _is_concrete(labels):
-    missing = sorted(set(np.asarray(labels).tolist()) - classes)
-    if missing:
-      raise ValueError(f"labels {missing} have no training points; known classes: {sorted(classes)}")
+  if not isinstance(labels, jax.core.Tracer):
+    check_label_domain(classes, labels)
 
 
 def _check_size(k, name: str) -> int:
-  if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 or k % 2 == 0:
-    raise ValueError(f"{name} must be a positive odd integer (a window centred on a pixel), got {k!r}")
+  """A window size: a positive odd integer (the window is centred on a pixel)."""
+  message = f"{name} must be a positive odd integer (a window centred on a pixel), got {k!r}"
+  try:
+    k = check_number(k, name, low=1, integer=True)
+  except ValueError:
+    raise ValueError(message) from None
+  if k % 2 == 0:
+    raise ValueError(message)
   return int(k)
 
 
-def _check_dtype(dtype):
-  dtype = jnp.dtype(dtype)
-  if dtype not in (jnp.float32, jnp.float64):
-    raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-  if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-    raise ValueError('dtype=float64 needs jax.config.update("jax_enable_x64", True) first')
-  return dtype
+def _check_count(v, name: str, allow_none: bool = False) -> Optional[int]:
+  """A count (chunk or block size): a positive integer (or None where a default applies)."""
+  if v is None and allow_none:
+    return None
+  return int(check_number(v, name, low=1, integer=True))
 
 
-def _check_positive_int(v, name: str) -> int:
-  if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-    raise ValueError(f"{name} must be a positive integer, got {v!r}")
-  return int(v)
+def _check_boundary(boundary, name: str = "boundary") -> str:
+  if not isinstance(boundary, str) or boundary not in BOUNDARIES:
+    raise ValueError(f"{name} must be one of {BOUNDARIES}, got {boundary!r}")
+  return boundary
+
+
+def _check_mesh_axis(mesh, axis) -> None:
+  if mesh is not None and axis not in mesh.shape:
+    raise ValueError(f"axis must be one of the mesh's axes {tuple(mesh.shape)}, got {axis!r}")
 
 
 class PatchSchedule(NamedTuple):
@@ -153,9 +141,7 @@ def patch_schedule(patch_size: PatchSize, name: str = "patch_size") -> PatchSche
       raise ValueError(f"{name} mapping {{sigma: size}} must not be empty")
     items = []
     for s, k in patch_size.items():
-      s = float(s)
-      if not (np.isfinite(s) and s > 0):
-        raise ValueError(f"{name} keys must be finite sigmas > 0, got {s}")
+      s = float(check_number(s, f"{name} key (a sigma)", low=0.0, low_open=True))
       items.append((s, _check_size(k, f"{name}[{s:g}]")))
     items.sort()
     return PatchSchedule(tuple(s for s, _ in items), tuple(k for _, k in items))
@@ -185,8 +171,8 @@ class _Images(NamedTuple):
 
 
 def _prepare(train_images, train_labels, chunk_size, shards, dtype) -> _Images:
-  host = check_images(train_images)
-  chunk_size = _check_positive_int(chunk_size, "chunk_size")
+  host = _training_images(train_images)
+  chunk_size = _check_count(chunk_size, "chunk_size")
   n = host.shape[0]
   labels, classes = training_labels(train_labels, n)
   chunk = min(chunk_size, -(-n // shards))
@@ -203,14 +189,19 @@ def _query(x, sigma, labels, item_shape, classes, dtype):
     raise ValueError(f"x must be (B, H, W, C) with (H, W, C) = {tuple(item_shape)}, got {x.shape}")
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f"x must be floating point, got dtype {x.dtype}")
-  _check_sigma(sigma)
+  check_sigma(sigma)
   b = x.shape[0]
+  if jnp.ndim(sigma) not in (0, 1) or jnp.size(sigma) not in (1, b):
+    raise ValueError(f"sigma must be a scalar or a ({b},) vector, got shape {jnp.shape(sigma)}")
   if classes is not None and labels is not None:
-    query_labels = jnp.asarray(labels, jnp.int32).reshape(b)
+    if jnp.shape(labels) != (b,) or not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+      raise ValueError(f"labels must be ({b},) integers, got shape {jnp.shape(labels)} dtype "
+                       f"{jnp.result_type(labels)}")
+    query_labels = jnp.asarray(labels, jnp.int32)
     _check_labels(query_labels, classes)
   else:
     query_labels = jnp.full((b,), _ANY_LABEL, jnp.int32)
-  sigma_b = jnp.broadcast_to(jnp.asarray(sigma, dtype), (b,))
+  sigma_b = jnp.broadcast_to(jnp.asarray(sigma, dtype).reshape(-1), (b,))
   return x.astype(dtype), sigma_b, query_labels
 
 
@@ -382,34 +373,50 @@ def _patches(images, k, boundary):
   return jnp.stack(cols, axis=3).reshape(n, h * w, k * k * c)
 
 
-def _els_core(x, scale, query_labels, images, labels, mean_patch, *, k, boundary, chunk, axis_name):
-  """ELS over one shard. Energy = ||y_patch||^2 / 2 - x_patch . y_patch (centred), scale 1/sigma^2."""
+def _els_core(x, scale, query_labels, images, labels, mean_patch, *, k, boundary, chunk,
+              conditional, axis_name):
+  """ELS over one shard, two matmuls per chunk of training images and one exp per candidate.
+
+  Rows are the query block's windows (B H W), columns the chunk's windows (chunk H W). The energy
+  ||y||^2 / 2 - x.y (on patches centred at the mean training patch; scale 1 / sigma^2) comes out of
+  ONE matmul of augmented patches, [-x, 1] (rows, k^2 C + 1) @ [y, ||y||^2 / 2]^T, so the only
+  passes over the (rows, columns) energy tile are its min and its exp; the weighted centre sums
+  and the weight sum come out of a second matmul, weights @ [y centre, 1] (columns, C + 1).
+  Padding images get ||y||^2 / 2 = +inf, so the matmul itself gives them energy +inf; only a
+  class-conditional machine (`conditional`) adds a per-(query, image) penalty to the tile.
+  """
   b, h, w, c = x.shape
   hw = h * w
   xp = (_patches(x, k, boundary) - mean_patch).reshape(b * hw, -1)
+  x_aug = jnp.concatenate([-xp, jnp.ones((b * hw, 1), x.dtype)], axis=1)
   row_scale = jnp.repeat(scale, hw)
 
   def step(carry, xs):
-    run_min, run_sum, acc = carry
+    run_min, acc = carry  # acc (rows, C + 1): weighted centre sums, then the sum of weights
     y, lab = xs
     y = y.reshape((-1,) + x.shape[1:])  # stored flat: (chunk, H W C) -> (chunk, H, W, C)
     yp = (_patches(y, k, boundary) - mean_patch).reshape(-1, xp.shape[1])  # (chunk hw, K)
-    half_sq = 0.5 * jnp.sum(yp * yp, axis=1)
-    # Invalid (other class, padding) images get +inf through a (B, 1, chunk, 1) penalty: one fused
-    # add instead of a per-entry label comparison on the (B HW, chunk HW) matrix.
-    penalty = jnp.where(_valid(query_labels, lab), 0.0, jnp.inf).astype(x.dtype)[:, None, :, None]
-    energy = half_sq[None, :] - jnp.matmul(xp, yp.T, precision=_HIGHEST)
-    energy = (energy.reshape(b, hw, -1, hw) + penalty).reshape(b * hw, -1)
-    run_min, weights, rescale, run_sum = _softmax_step(run_min, run_sum, energy, row_scale, axis=1)
-    acc = acc * rescale[:, None] + jnp.matmul(weights, y.reshape(-1, c), precision=_HIGHEST)
-    return (run_min, run_sum, acc), None
+    half_sq = 0.5 * jnp.sum(yp * yp, axis=1, keepdims=True)
+    half_sq = jnp.where(jnp.repeat(lab, hw)[:, None] == _NO_LABEL, jnp.inf, half_sq)
+    # Every x_aug row ends in 1 and no patch entry is infinite, so padding columns are +inf (no NaN).
+    energy = jnp.matmul(x_aug, jnp.concatenate([yp, half_sq], axis=1).T, precision=_HIGHEST)
+    if conditional:
+      # Other-class images get +inf through a (B, 1, chunk, 1) penalty: one fused add instead of
+      # a per-entry label comparison on the (B HW, chunk HW) matrix.
+      penalty = jnp.where(_valid(query_labels, lab), 0.0, jnp.inf).astype(x.dtype)[:, None, :, None]
+      energy = (energy.reshape(b, hw, -1, hw) + penalty).reshape(b * hw, -1)
+    run_min, weights, rescale, _ = _softmax_step(run_min, jnp.zeros_like(run_min), energy,
+                                                 row_scale, axis=1)
+    centres = jnp.concatenate([y.reshape(-1, c), jnp.ones((y.shape[0] * hw, 1), x.dtype)], axis=1)
+    acc = acc * rescale[:, None] + jnp.matmul(weights, centres, precision=_HIGHEST)
+    return (run_min, acc), None
 
-  init = _init_stats((b * hw,), x.dtype, axis_name) + (
-      _pcast(jnp.zeros((b * hw, c), x.dtype), axis_name),)
-  (run_min, run_sum, acc), _ = lax.scan(step, init, (_chunked(images, chunk), _chunked(labels, chunk)))
+  init = (_init_stats((b * hw,), x.dtype, axis_name)[0],
+          _pcast(jnp.zeros((b * hw, c + 1), x.dtype), axis_name))
+  (run_min, acc), _ = lax.scan(step, init, (_chunked(images, chunk), _chunked(labels, chunk)))
   if axis_name is not None:
-    run_min, run_sum, (acc,) = _merge_shards(run_min, run_sum, (acc,), row_scale, axis_name)
-  return (acc / run_sum[:, None]).reshape(x.shape)
+    run_min, _, (acc,) = _merge_shards(run_min, acc[:, c], (acc,), row_scale, axis_name)
+  return (acc[:, :c] / acc[:, c:]).reshape(x.shape)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -461,8 +468,9 @@ def _patch_denoise(machines, select, item_shape, classes, dtype, scale_half, arr
 
 def _build(kind, train_images, train_labels, patch_size, *, boundary, chunk_size, query_block,
            dtype, mesh, axis):
-  dtype = _check_dtype(dtype)
-  query_block = _check_positive_int(query_block, "query_block")
+  dtype = check_float_dtype(dtype)
+  query_block = _check_count(query_block, "query_block")
+  _check_mesh_axis(mesh, axis)
   schedule = patch_schedule(patch_size)
   sizes, select = _size_selector(schedule)
   shards = 1 if mesh is None else mesh.shape[axis]
@@ -472,11 +480,12 @@ def _build(kind, train_images, train_labels, patch_size, *, boundary, chunk_size
   # Flat (N, H W C) storage: the scan slices it without the layout copy XLA inserts for a 4-D
   # parameter (a whole-training-set temporary, seen with C = 1).
   arrays = [put(data.images.reshape(len(data.images), -1)), put(data.labels)]
-  machines = [_machine(kind, k, boundary, data.chunk, query_block, mesh, axis) for k in sizes]
+  machines = [_machine(kind, k, boundary, data.chunk, query_block, mesh, axis,
+                       data.classes is not None) for k in sizes]
   if kind == "els":
     # The mean training patch (patches are linear: the mean of the mean image's patches), one per
     # size; each machine takes its own as the replicated argument.
-    mean_image = np.mean(check_images(train_images), axis=0, dtype=np.float64)[None]
+    mean_image = np.mean(_training_images(train_images), axis=0, dtype=np.float64)[None]
     means = [np.asarray(_patches(jnp.asarray(mean_image, jnp.float32), k, boundary)).mean(axis=(0, 1))
              for k in sizes]
     machines = [functools.partial(_with_extra, m, jnp.asarray(mp, dtype)) for m, mp in
@@ -494,10 +503,11 @@ def _with_label_domain(denoiser, classes):
 
 
 @functools.lru_cache(maxsize=256)
-def _machine(kind, k, boundary, chunk, query_block, mesh, axis):
+def _machine(kind, k, boundary, chunk, query_block, mesh, axis, conditional):
   """One compiled machine per configuration (cached: denoisers of equal shapes share compilations)."""
   if kind == "els":
-    core = functools.partial(_els_core, k=k, boundary=boundary, chunk=chunk)
+    core = functools.partial(_els_core, k=k, boundary=boundary, chunk=chunk,
+                             conditional=conditional)
   else:
     core = functools.partial(_ls_core if kind == "ls" else _pspc_core, k=k, chunk=chunk)
   return _compile(_blocked_core(core, query_block), mesh, axis, 2, n_replicated=int(kind == "els"))
@@ -533,9 +543,12 @@ _DOC_COMMON = """
     sigma a scalar or (B,) vector > 0. A jax.tree_util.Partial whose leaves are the training arrays.
 
   Raises:
-    ValueError naming the argument: images not non-empty NHWC float in [-1, 1]; patch_size not a
-    positive odd integer (or a schedule of them); chunk_size / query_block not positive; query x of
-    the wrong shape; sigma <= 0; a concrete query label with no training images.
+    ValueError naming the argument: images not non-empty NHWC float in [-1, 1]
+    (`data.convention.check_images`); patch_size not a positive odd integer (or a {sigma > 0: size}
+    schedule of them); chunk_size / query_block not a positive integer; boundary not "circular" or
+    "zeros"; dtype not float32 / float64; axis not an axis of mesh; train_labels not (N,) integers
+    >= 0; query x of the wrong shape or dtype; sigma not > 0 and finite, or neither a scalar nor
+    (B,); labels not (B,) integers, or a concrete label with no training images.
 """
 
 
@@ -579,15 +592,19 @@ def equivariant_local_denoiser(train_images, patch_size: PatchSize, train_labels
   boundary="zeros": windows are zero-padded, for the query and for the training windows alike, and
   compared over the whole window, so a border window of the query matches windows with the same
   zero border best (our choice of the paper's border-aware variant).
-  The cross terms are one matmul per chunk: (B H W, k^2 C) @ (k^2 C, chunk H W), full precision, on
-  patches centred at the mean training patch. Cost per query 2 H W N H W (k^2 C + C) flops.
+  The energies are one matmul per chunk: (B H W, k^2 C + 1) @ (k^2 C + 1, chunk H W), full
+  precision, on patches centred at the mean training patch, then one exp per (query window,
+  training window) pair and a (B H W, chunk H W) @ (chunk H W, C + 1) matmul for the weighted sums
+  and the normaliser. Cost per query 2 H W N H W (k^2 C + C) flops and H W N H W exps.
   Defaults (`els_blocks`): chunk_size = max(1, 1024 // (H W)) images and query_block such that a
   block's energy matrix has at most 2^20 entries (4 MiB in float32, cache-sized on a CPU: at 28x28,
-  1 image x 1 query per block measured 2-4x faster than 5 x 1 or 2 x 2).
+  1 image x 1 query per block measured 2-4x faster than 5 x 1 or 2 x 2 with the earlier six-pass
+  code; with the four passes, 1 and 2 images per chunk take the same CPU time).
   """
-  if boundary not in BOUNDARIES:
-    raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
-  host = check_images(train_images)
+  _check_boundary(boundary)
+  chunk_size = _check_count(chunk_size, "chunk_size", allow_none=True)
+  query_block = _check_count(query_block, "query_block", allow_none=True)
+  host = _training_images(train_images)
   default_chunk, default_block = els_blocks(host.shape, chunk_size)
   chunk_size = default_chunk if chunk_size is None else chunk_size
   query_block = default_block if query_block is None else query_block
@@ -625,21 +642,21 @@ def gaussian_fit(train_images, train_labels=None, *, rank: Optional[int] = None,
                  chunk_size: int = 4096) -> GaussianModel:
   """Mean and covariance (ddof = 0, the empirical distribution's) of the training images, per class
   and pooled, accumulated in float64 over chunks; eigen-decomposed in float64; top `rank` kept."""
-  host = check_images(train_images)
-  chunk_size = _check_positive_int(chunk_size, "chunk_size")
+  host = _training_images(train_images)
+  chunk_size = _check_count(chunk_size, "chunk_size")
   n = host.shape[0]
   d = int(np.prod(host.shape[1:]))
-  if rank is not None and (isinstance(rank, bool) or not isinstance(rank, numbers.Integral)
-                           or not 1 <= rank <= d):
-    raise ValueError(f"rank must be None or an integer in [1, {d}] (H W C), got {rank!r}")
+  if rank is not None:
+    try:
+      check_number(rank, "rank", low=1, high=d, integer=True)
+    except ValueError:
+      raise ValueError(f"rank must be None or an integer in [1, {d}] (H W C), got {rank!r}") from None
   flat = host.reshape(n, d)
-  if train_labels is None:
+  labels, domain = training_labels(train_labels, n)
+  if domain is None:
     groups, classes = [np.arange(n)], ()
   else:
-    labels = np.asarray(train_labels)
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer) or np.any(labels < 0):
-      raise ValueError(f"train_labels must be ({n},) integers >= 0, got {labels.shape} {labels.dtype}")
-    classes = tuple(int(c) for c in np.unique(labels))
+    classes = tuple(sorted(domain))
     groups = [np.flatnonzero(labels == c) for c in classes] + [np.arange(n)]
   r = d if rank is None else int(rank)
   means, values, vectors = [], [], []
@@ -680,8 +697,8 @@ def gaussian_denoiser(train_images, rank: Optional[int] = None, train_labels=Non
   Raises:
     ValueError naming the argument (images, rank, labels, dtype; unknown concrete query labels).
   """
-  dtype = _check_dtype(dtype)
-  host = check_images(train_images)
+  dtype = check_float_dtype(dtype)
+  host = _training_images(train_images)
   model = gaussian_fit(host, train_labels, rank=rank, chunk_size=chunk_size)
   arrays = dict(means=jnp.asarray(model.means, dtype), eigenvalues=jnp.asarray(model.eigenvalues, dtype),
                 eigenvectors=jnp.asarray(model.eigenvectors, dtype),

@@ -101,8 +101,56 @@ def test_ladder_agreement_and_bad_input():
   conditional = local_denoiser(train, 3, np.arange(8) % 2)
   with pytest.raises(ValueError, match=r"labels \[5\] have no training points"):
     ladder.agreement(_identity, conditional, inputs, sigmas, labels=np.array([0, 5, 1]))
-  with pytest.raises(ValueError, match="images must be floating point"):
+  with pytest.raises(ValueError, match="images must be floating-point images.*uint8"):
     ladder.noised_inputs(np.zeros((2,) + SHAPE, np.uint8), sigmas)
+
+
+_T8 = np.random.default_rng(0).uniform(-1, 1, (8,) + SHAPE).astype(np.float32)
+_S2 = np.array([0.2, 2.0])
+_IN = np.zeros((2, 3) + SHAPE, np.float32)
+_BAD_LADDER_CALLS = {
+    "sigmas zero": (lambda: ladder.noised_inputs(_T8, [0.0, 1.0]), "sigmas must be > 0 and finite"),
+    "sigmas nan": (lambda: ladder.agreement(_identity, _zero, _IN, [np.nan, 1.0]), "sigmas must be > 0"),
+    "sigmas 2-D": (lambda: ladder.network_outputs(_identity, _IN, np.ones((2, 1))), "sigmas must be a non-empty 1-D"),
+    "noise_seed": (lambda: ladder.noised_inputs(_T8, _S2, noise_seed=-1), "noise_seed=-1 must be >= 0"),
+    "ids": (lambda: ladder.noised_inputs(_T8, _S2, ids=np.arange(3)), r"ids must be \(8,\) integers"),
+    "batch_size": (lambda: ladder.agreement(_identity, _zero, _IN, _S2, batch_size=0), "batch_size=0 must be >= 1"),
+    "batch_size float": (lambda: ladder.network_outputs(_identity, _IN, _S2, batch_size=1.5),
+                         "batch_size=1.5 must be an integer"),
+    "labels": (lambda: ladder.network_outputs(_identity, _IN, _S2, labels=np.zeros(2, np.int32)),
+               r"labels must be None or \(3,\) integers"),
+    "outputs": (lambda: ladder.agreement_from_outputs(_IN, _IN[:, :2], _S2), "net_out and an_out must"),
+    "sizes int": (lambda: ladder.calibrate(_identity, _T8, 3, _IN, _S2), "sizes must be a list"),
+    "sizes even": (lambda: ladder.calibrate(_identity, _T8, [3, 4], _IN, _S2), r"sizes\[1\] must be a positive odd"),
+    "sizes repeated": (lambda: ladder.calibrate(_identity, _T8, [3, 3], _IN, _S2), "distinct"),
+    "machine": (lambda: ladder.calibrate(_identity, _T8, [1], _IN, _S2, machine="pspc"), "machine must be one of"),
+    "els_boundary": (lambda: ladder.ladder_rungs(_T8, els_boundary="wrap"), "els_boundary must be one of"),
+    "delta": (lambda: ladder.ladder_rungs(_T8, delta=-0.5), "delta=-0.5 must be >= 0"),
+    "ls_size": (lambda: ladder.ladder_rungs(_T8, ls_size=2), "ls_size must be a positive odd"),
+    "els_size": (lambda: ladder.ladder_rungs(_T8, els_size={0.5: 0}), r"els_size\[0.5\] must be"),
+    "pspc_size": (lambda: ladder.ladder_rungs(_T8, pspc_size=-3), "pspc_size must be a positive odd"),
+    "gaussian rank": (lambda: ladder.ladder_rungs(_T8, gaussian_ranks=(None, 31)),
+                      r"gaussian_ranks\[1\]=31 must be <= 30"),
+    "gaussian ranks": (lambda: ladder.ladder_rungs(_T8, gaussian_ranks=2), "gaussian_ranks must be a sequence"),
+    "gap batch": (lambda: ladder.rung_gaps({}, _T8, _T8, _S2, batch_size=0), "batch_size=0 must be >= 1"),
+    "gap seed": (lambda: ladder.rung_gaps({}, _T8, _T8, _S2, noise_seed=0.5), "noise_seed=0.5 must be an integer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_LADDER_CALLS))
+def test_bad_ladder_arguments_raise_naming_the_argument(case):
+  call, message = _BAD_LADDER_CALLS[case]
+  with pytest.raises(ValueError, match=message):
+    call()
+
+
+@pytest.mark.parametrize("boundary", ["circular", "zeros"])
+def test_ladder_rungs_take_both_els_boundaries(boundary):
+  rungs = ladder.ladder_rungs(_T8, els_size=3, els_boundary=boundary, gaussian_ranks=())
+  assert list(rungs) == ["y*", "ELS"]
+  want = equivariant_local_denoiser(_T8, 3, boundary=boundary)
+  x = _T8[:2] + 0.1
+  np.testing.assert_array_equal(np.asarray(rungs["ELS"](x, 0.3)), np.asarray(want(x, 0.3)))
 
 
 def test_ladder_rungs_and_their_own_gaps():

@@ -355,31 +355,85 @@ def test_gaussian_jacobian_eigenvalues(rank):
 
 # ---- bad input --------------------------------------------------------------------------------
 
-def test_bad_input_raises_clear_errors():
-  train = _data(4)
-  with pytest.raises(ValueError, match="patch_size must be a positive odd integer"):
-    local_denoiser(train, 4)
-  with pytest.raises(ValueError, match="patch_size must be a positive odd integer"):
-    patch_composite_denoiser(train, 0)
-  with pytest.raises(ValueError, match="patch_size"):
-    local_denoiser(train, {0.1: 3, 1.0: 2})
-  with pytest.raises(ValueError, match="boundary must be one of"):
-    equivariant_local_denoiser(train, 3, boundary="reflect")
-  with pytest.raises(ValueError, match="train_images must be floating point"):
-    local_denoiser((train * 127.5 + 127.5).astype(np.uint8), 3)
-  with pytest.raises(ValueError, match=r"train_images must lie in \[-1, 1\]"):
-    gaussian_denoiser(train * 2)
-  with pytest.raises(ValueError, match="NHWC"):
-    equivariant_local_denoiser(train.reshape(4, -1), 3)
-  with pytest.raises(ValueError, match="chunk_size"):
-    local_denoiser(train, 3, chunk_size=0)
-  with pytest.raises(ValueError, match="rank"):
-    gaussian_denoiser(train, rank=0)
-  denoise = local_denoiser(train, 3)
+_TRAIN4 = np.random.default_rng(0).uniform(-1, 1, (4, H, W, C)).astype(np.float32)
+_BAD_CONSTRUCTIONS = {
+    # (call, the argument the error must name)
+    "even size": (lambda t: local_denoiser(t, 4), "patch_size must be a positive odd integer"),
+    "zero size": (lambda t: patch_composite_denoiser(t, 0), "patch_size must be a positive odd"),
+    "float size": (lambda t: equivariant_local_denoiser(t, 3.0), "patch_size must be a positive odd"),
+    "bool size": (lambda t: local_denoiser(t, True), "patch_size must be a positive odd"),
+    "schedule size": (lambda t: local_denoiser(t, {0.1: 3, 1.0: 2}), r"patch_size\[1\] must be"),
+    "schedule sigma": (lambda t: local_denoiser(t, {0.0: 3}), r"patch_size key \(a sigma\)=0.0 must be > 0"),
+    "schedule nan": (lambda t: local_denoiser(t, {float("nan"): 3}), "patch_size key.*NaN"),
+    "empty schedule": (lambda t: local_denoiser(t, {}), "patch_size mapping"),
+    "boundary": (lambda t: equivariant_local_denoiser(t, 3, boundary="reflect"),
+                 r"boundary must be one of \('circular', 'zeros'\), got 'reflect'"),
+    "boundary type": (lambda t: equivariant_local_denoiser(t, 3, boundary=None), "boundary must be one of"),
+    "ls chunk": (lambda t: local_denoiser(t, 3, chunk_size=0), "chunk_size=0 must be >= 1"),
+    "pspc chunk": (lambda t: patch_composite_denoiser(t, 3, chunk_size=2.5), "chunk_size=2.5 must be an integer"),
+    "els chunk": (lambda t: equivariant_local_denoiser(t, 3, chunk_size=-1), "chunk_size=-1 must be >= 1"),
+    "ls block": (lambda t: local_denoiser(t, 3, query_block=0), "query_block=0 must be >= 1"),
+    "els block": (lambda t: equivariant_local_denoiser(t, 3, query_block=0), "query_block=0 must be >= 1"),
+    "dtype": (lambda t: local_denoiser(t, 3, dtype=jnp.int32), "dtype must be float32 or float64"),
+    "float64 without x64": (lambda t: equivariant_local_denoiser(t, 3, dtype=jnp.float64),
+                            "dtype=float64 needs"),
+    "mesh axis": (lambda t: local_denoiser(t, 3, mesh=make_mesh(), axis="rows"),
+                  "axis must be one of the mesh's axes"),
+    "rank 0": (lambda t: gaussian_denoiser(t, rank=0), r"rank must be None or an integer in \[1, 40\]"),
+    "rank too big": (lambda t: gaussian_denoiser(t, rank=41), r"rank must be .*\[1, 40\]"),
+    "rank float": (lambda t: gaussian_denoiser(t, rank=2.0), "rank must be"),
+    "gaussian chunk": (lambda t: gaussian_denoiser(t, chunk_size=0), "chunk_size=0 must be >= 1"),
+    "gaussian labels": (lambda t: gaussian_denoiser(t, None, np.array([0, 1, -1, 0])),
+                        "train_labels must be >= 0"),
+    "labels shape": (lambda t: local_denoiser(t, 3, np.zeros(3, np.int32)), r"train_labels must be \(4,\)"),
+    "uint8 images": (lambda t: local_denoiser((t * 127.5 + 127.5).astype(np.uint8), 3),
+                     "train_images must be floating-point images.*uint8"),
+    "0..255 images": (lambda t: gaussian_denoiser(t * 127.5 + 127.5),
+                      r"train_images must be .*\[-1, 1\].*0..255 scale"),
+    "range": (lambda t: patch_composite_denoiser(t * 2, 3), r"train_images must be .*\[-1, 1\]"),
+    "nan images": (lambda t: equivariant_local_denoiser(np.where(t > 0.9, np.nan, t), 3),
+                   "train_images .*NaN or Inf"),
+    "rank of images": (lambda t: equivariant_local_denoiser(t.reshape(4, -1), 3), "train_images .*NHWC"),
+    "no images": (lambda t: local_denoiser(t[:0], 3), "train_images must be a non-empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_CONSTRUCTIONS))
+def test_bad_arguments_raise_naming_the_argument(case):
+  call, message = _BAD_CONSTRUCTIONS[case]
+  with pytest.raises(ValueError, match=message):
+    call(_TRAIN4)
+
+
+def test_bad_queries_raise_naming_the_argument():
+  denoise = local_denoiser(_TRAIN4, 3, np.array([0, 1, 0, 1]))
+  x = jnp.asarray(_TRAIN4[:2])
   with pytest.raises(ValueError, match="x must be"):
-    denoise(train[:, :4], 1.0)
-  with pytest.raises(ValueError, match="sigma must be > 0"):
-    denoise(train, 0.0)
+    denoise(x[:, :4], 1.0)
+  with pytest.raises(ValueError, match="x must be floating point"):
+    denoise(x.astype(jnp.int32), 1.0)
+  for bad in (0.0, -1.0, np.inf, np.nan, np.array([1.0, 0.0])):
+    with pytest.raises(ValueError, match="sigma must be > 0 and finite"):
+      denoise(x, bad)
+  with pytest.raises(ValueError, match=r"sigma must be a scalar or a \(2,\) vector"):
+    denoise(x, np.ones(3))
+  with pytest.raises(ValueError, match=r"labels must be \(2,\) integers"):
+    denoise(x, 1.0, np.array([0.0, 1.0]))
+  with pytest.raises(ValueError, match=r"labels \[3\] have no training points"):
+    denoise(x, 1.0, np.array([0, 3]))
+  # The good values of the same arguments work: scalar and (B,) sigma, labels present.
+  np.testing.assert_allclose(np.asarray(denoise(x, 0.5, np.array([0, 1]))),
+                             np.asarray(denoise(x, np.array([0.5, 0.5]), np.array([0, 1]))))
+
+
+@pytest.mark.parametrize("boundary", ["circular", "zeros"])
+def test_both_boundary_values_work(boundary):
+  """Each allowed boundary builds a denoiser whose sigma -> 0 output is a training pixel value and
+  whose sigma -> inf output is finite (the bad-value cases are in the table above)."""
+  denoise = equivariant_local_denoiser(_TRAIN4, 3, boundary=boundary, chunk_size=3, query_block=1)
+  out = np.asarray(denoise(jnp.asarray(_TRAIN4[:1]), 1e-6))
+  np.testing.assert_array_equal(out, _TRAIN4[:1])  # a query equal to a training image recalls it
+  assert np.all(np.isfinite(np.asarray(denoise(jnp.asarray(_TRAIN4[:1]), 1e6))))
 
 
 def test_optimal_denoiser_default_chunk_per_backend():

@@ -25,10 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffgen_jax import samplers
-from diffgen_jax.denoisers import Denoiser, is_array_pytree
+from diffgen_jax.checks import check_number
+from diffgen_jax.data.convention import check_images
+from diffgen_jax.denoisers import Denoiser, check_sigma, is_array_pytree
 from diffgen_jax.evaluation.gap import denoising_errors, image_noise, relative_gap
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
-from diffgen_jax.optimal_patches import (PatchSize, check_images, equivariant_local_denoiser,
+from diffgen_jax.optimal_patches import (BOUNDARIES, PatchSize, equivariant_local_denoiser,
                                          gaussian_denoiser, local_denoiser,
                                          patch_composite_denoiser, patch_schedule)
 
@@ -45,9 +47,13 @@ class Agreement(NamedTuple):
 def noised_inputs(images, sigmas, *, ids=None, noise_seed: int = 0) -> np.ndarray:
   """(S, B, H, W, C) states y + sigma n_y with the gap evaluation's per-image noise n_y
   (`evaluation.gap.image_noise`: seeded by image id, the same draw at every sigma)."""
-  images = check_images(images, "images")
+  images = np.asarray(check_images(images, "images"))
   sigmas = _check_sigmas(sigmas)
+  check_number(noise_seed, "noise_seed", low=0, integer=True)
   ids = np.arange(len(images)) if ids is None else np.asarray(ids)
+  if ids.shape != (len(images),) or not np.issubdtype(ids.dtype, np.integer) or np.any(ids < 0):
+    raise ValueError(f"ids must be ({len(images)},) integers >= 0 (one per image), got shape "
+                     f"{ids.shape} dtype {ids.dtype}")
   noise = np.asarray(image_noise(noise_seed, ids, images.shape[1:]), np.float64)
   return (images[None] + sigmas[:, None, None, None, None] * noise[None]).astype(np.float32)
 
@@ -63,9 +69,24 @@ def trajectory_inputs(denoise: Denoiser, noise, labels=None, **sampler_kwargs):
 
 def _check_sigmas(sigmas) -> np.ndarray:
   s = np.atleast_1d(np.asarray(sigmas, np.float64))
-  if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)) or not np.all(s > 0):
-    raise ValueError(f"sigmas must be a non-empty 1-D array of finite values > 0, got {s}")
+  if s.ndim != 1 or s.size == 0:
+    raise ValueError(f"sigmas must be a non-empty 1-D array of noise levels, got shape {s.shape}")
+  check_sigma(s, "sigmas")
   return s
+
+
+def _check_batch_size(batch_size) -> int:
+  return int(check_number(batch_size, "batch_size", low=1, integer=True))
+
+
+def _check_labels_shape(labels, b):
+  if labels is None:
+    return None
+  lab = np.asarray(labels)
+  if lab.size != b or not np.issubdtype(lab.dtype, np.integer):
+    raise ValueError(f"labels must be None or ({b},) integers (one per input), got shape "
+                     f"{lab.shape} dtype {lab.dtype}")
+  return lab.reshape(b).astype(np.int32)
 
 
 def _check_inputs(inputs, sigmas):
@@ -101,16 +122,22 @@ def _outputs(denoise, x, sigma_rows, labels_rows, batch_size):
 def network_outputs(network: Denoiser, inputs, sigmas, labels=None, *, batch_size: int = 256):
   """(S, B, ...) float64 outputs of `network` on the input sets (reusable across comparisons)."""
   sigmas = _check_sigmas(sigmas)
+  batch_size = _check_batch_size(batch_size)
   x = _check_inputs(inputs, sigmas)
   s, b = x.shape[:2]
   rows = x.reshape((s * b,) + x.shape[2:])
-  lab = None if labels is None else np.tile(np.asarray(labels, np.int32).reshape(b), s)
+  labels = _check_labels_shape(labels, b)
+  lab = None if labels is None else np.tile(labels, s)
   return _outputs(network, rows, np.repeat(sigmas, b), lab, batch_size).reshape(x.shape)
 
 
 def agreement_from_outputs(net_out, an_out, sigmas) -> Agreement:
   """Agreement from precomputed outputs (S, B, ...) of the network and the analytic denoiser."""
   net_out, an_out = np.asarray(net_out, np.float64), np.asarray(an_out, np.float64)
+  sigmas = _check_sigmas(sigmas)
+  if net_out.ndim < 2 or net_out.shape != an_out.shape or net_out.shape[0] != len(sigmas):
+    raise ValueError(f"net_out and an_out must both be (S, B, ...) with S = len(sigmas) = "
+                     f"{len(sigmas)}, got shapes {net_out.shape} and {an_out.shape}")
   s, b = net_out.shape[:2]
   diff = (net_out - an_out).reshape(s, b, -1)
   spread = (net_out - net_out.mean(axis=1, keepdims=True)).reshape(s, b, -1)
@@ -181,7 +208,11 @@ def calibrate(network: Denoiser, train_images, sizes: Sequence[int], inputs, sig
   """
   if machine not in MACHINES:
     raise ValueError(f"machine must be one of {MACHINES}, got {machine!r}")
-  sizes = [patch_schedule(k, "sizes").sizes[0] for k in sizes]
+  if isinstance(sizes, (int, np.integer)) or not all(
+      isinstance(k, (int, np.integer)) for k in sizes):
+    raise ValueError(f"sizes must be a list of positive odd integers (candidate patch sizes), "
+                     f"got {sizes!r}")
+  sizes = [patch_schedule(k, f"sizes[{i}]").sizes[0] for i, k in enumerate(sizes)]
   if not sizes or len(set(sizes)) != len(sizes):
     raise ValueError(f"sizes must be a non-empty list of distinct positive odd integers, got {sizes}")
   factory = machine_factory or (local_denoiser if machine == "ls" else equivariant_local_denoiser)
@@ -209,6 +240,19 @@ def ladder_rungs(train_images, train_labels=None, *, delta: Optional[float] = No
   "y*", "y_delta" (if delta), "LS" / "ELS" / "PSPC" (if their size, an int or a {sigma: k}
   schedule such as `Calibration.schedule()`, is given), "gaussian" (rank None) and "gaussian_r{r}".
   """
+  if els_boundary not in BOUNDARIES:
+    raise ValueError(f"els_boundary must be one of {BOUNDARIES}, got {els_boundary!r}")
+  if delta is not None:
+    check_number(delta, "delta", low=0.0)
+  for name, size in (("ls_size", ls_size), ("els_size", els_size), ("pspc_size", pspc_size)):
+    if size is not None:
+      patch_schedule(size, name)  # names the argument; the machine normalises it again
+  if isinstance(gaussian_ranks, (int, np.integer)) or gaussian_ranks is None:
+    raise ValueError(f"gaussian_ranks must be a sequence of ranks (None: full), got {gaussian_ranks!r}")
+  d = int(np.prod(np.shape(train_images)[1:]))
+  for i, r in enumerate(gaussian_ranks):
+    if r is not None:
+      check_number(r, f"gaussian_ranks[{i}]", low=1, high=d, integer=True)
   rungs = {"y*": empirical_optimal_denoiser(train_images, train_labels, mesh=mesh)}
   if delta is not None:
     rungs["y_delta"] = error_prone_denoiser(rungs["y*"], delta)
@@ -231,6 +275,8 @@ def rung_gaps(rungs: Mapping[str, Denoiser], train_images, val_images, sigmas, t
   """Each rung's own E_train, E_val and G(sigma) = (E_val - E_train) / E_train, computed by the gap
   evaluation (`evaluation.gap.denoising_errors`, the same seeded per-image noise) on the given
   training-image and validation-image subsets."""
+  check_number(noise_seed, "noise_seed", low=0, integer=True)
+  _check_batch_size(batch_size)
   out = {}
   for name, rung in rungs.items():
     e_train = denoising_errors(rung, train_images, train_labels, sigmas, noise_seed=noise_seed,
