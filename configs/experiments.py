@@ -249,9 +249,11 @@ def _small_training(c, mode: str) -> None:
   c.data.subset_size = 256 if mode == "local" else 64
   b = 64 if mode == "local" else 16
   steps, snap_every = (3000, 300) if mode == "local" else (6, 3)
+  # (smoke: no warm-up and an EMA half-life of 4 batches, as the tiny runs of tests/test_training.py,
+  # so the U-Net's train step is one program the tests' compilation cache serves to both)
   c.training.update(dict(batch_size=b, total_images=b * steps, lr=2e-3,
-                         warmup_images=b * (200 if mode == "local" else 1), label_dropout=0.1))
-  c.training.ema.halflife_images = b * (100 if mode == "local" else 2)
+                         warmup_images=b * (200 if mode == "local" else 0), label_dropout=0.1))
+  c.training.ema.halflife_images = b * (100 if mode == "local" else 4)
   c.checkpoint.update(dict(state_every_images=b * (1000 if mode == "local" else 6),
                            snapshot_every_images=b * snap_every))
   c.sampling.grid_size = 64 if mode == "local" else 0

@@ -8,6 +8,20 @@ if "xla_force_host_platform_device_count" not in _flags:
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# One persistent compilation cache for the whole session, in a fresh temporary directory (nothing
+# carries over between sessions). The suite is compile-bound: the same tiny networks' train steps
+# and evaluations are compiled by many tests (and by the subprocess runs of test_training, which
+# inherit this environment), and XLA compiles an identical program to an identical executable, so
+# serving it from the cache changes no number, only the time.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit  # noqa: E402
+  import shutil  # noqa: E402
+  import tempfile  # noqa: E402
+  _cache_dir = tempfile.mkdtemp(prefix="diffgen_jax_test_jax_cache_")
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
 import pytest  # noqa: E402  (after the environment: jax must see the flags first)
 
 

@@ -10,6 +10,8 @@ from diffgen_jax import models
 from diffgen_jax.models import conv
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+# XLA compile options for compile-bound checks of tiny programs (LLVM -O0).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _reference(x, w):
@@ -173,10 +175,13 @@ def test_networks_agree_across_algorithms(family):
   results = {}
   for name in ("xla", "winograd", "winograd4"):
     with conv.algorithm(name):
-      jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(params)
-      results[name] = jax.jit(jax.value_and_grad(loss))(params)
+      # One trace gives both the jaxpr checked below and the program run. LLVM's optimization level
+      # 0: this test is compile-bound (a whole network's value and gradient, three times), and the
+      # property is the agreement of the two paths, compiled alike, not the speed of the code.
+      traced = jax.jit(jax.value_and_grad(loss)).trace(params)
+      results[name] = traced.lower().compile(compiler_options=FAST_COMPILE)(params)
     has_conv3x3 = any(e.primitive.name == "conv_general_dilated"
-                      and e.invars[1].aval.shape[:2] == (3, 3) for e in _eqns(jaxpr.jaxpr))
+                      and e.invars[1].aval.shape[:2] == (3, 3) for e in _eqns(traced.jaxpr.jaxpr))
     assert has_conv3x3 == (name == "xla")
   lx, gx = results["xla"]
   for name in ("winograd", "winograd4"):

@@ -43,19 +43,10 @@ EXPECTED = {
 
 @pytest.fixture(scope="session")
 def runs_root(tmp_path_factory):
-  """The shared workdirs, and a persistent compilation cache for this file's runs: the smoke runs
-  that differ from another only in data (a subset size, pseudo-labels) reuse its executables."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from jax.experimental import compilation_cache as cc  # pylint: disable=import-outside-toplevel
-  before = {k: getattr(jax.config, k) for k in (
-      "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  cc.compilation_cache.reset_cache()
+  """The shared workdirs. The smoke runs that differ from another only in data (a subset size,
+  pseudo-labels) reuse its executables through the session's persistent compilation cache
+  (tests/conftest.py)."""
   yield str(tmp_path_factory.mktemp("experiment_runs"))
-  for k, v in before.items():
-    jax.config.update(k, v)
-  cc.compilation_cache.reset_cache()
 
 
 def _smoke_config(finding, data_dir):

@@ -37,6 +37,10 @@ def run_dir(data_dir, tmp_path_factory):
                       dropout=0.0))
   t = c.training
   t.batch_size, t.total_images, t.lr, t.warmup_images = BATCH, 2 * BATCH, 2e-3, 0
+  # The training settings of tests/test_training.py's tiny run: one train step program for both
+  # (compiled once through the session's compilation cache, tests/conftest.py).
+  t.label_dropout = 0.1
+  t.ema.halflife_images = 4 * BATCH
   c.checkpoint.state_every_images = 2 * BATCH
   c.checkpoint.snapshot_every_images = 2 * BATCH
   c.sampling.grid_size = 0

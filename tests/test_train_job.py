@@ -29,6 +29,9 @@ def _config(data_dir):
                       dropout=0.0))
   t = c.training
   t.batch_size, t.total_images, t.lr, t.warmup_images = BATCH, BATCH * STEPS, 2e-3, 0
+  # The training settings of tests/test_training.py's tiny run: the same train step program, which
+  # the session's compilation cache (tests/conftest.py) then compiles once.
+  t.label_dropout = 0.1
   t.ema.halflife_images = 4 * BATCH
   c.checkpoint.state_every_images = 4 * BATCH
   c.checkpoint.snapshot_every_images = 4 * BATCH
