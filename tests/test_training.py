@@ -72,7 +72,8 @@ def get_config(arg=None):
 
 def _env(num_devices: int) -> dict:
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  kept = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]  # conftest's
+  env["XLA_FLAGS"] = " ".join(kept + [f"--xla_force_host_platform_device_count={num_devices}"])
   env["JAX_PLATFORMS"] = "cpu"
   env["TF_CPP_MIN_LOG_LEVEL"] = "3"
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
