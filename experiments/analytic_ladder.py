@@ -1,4 +1,4 @@
-"""Finding 11: which analytic denoiser predicts each trained network best, per sigma (analytic.md
+"""Finding 13: which analytic denoiser predicts each trained network best, per sigma (analytic.md
 section 1): the `ladder` job on the last snapshot of the shared U-Net and DiT runs (8x8 digits) and,
 in the local mode, of a U-Net trained on 128 Fashion-MNIST images at 28x28.
 
