@@ -61,6 +61,28 @@ def check_sigma(sigma, name: str = "sigma") -> None:
     raise ValueError(f"{name} must be > 0 and finite, got {bad.ravel()[0]}")
 
 
+def check_query(x, sigma, labels=None) -> int:
+  """The interface's query contract, checked by the analytic denoisers (y*, LS, ELS, PSPC,
+  Gaussian): x floating point (B, ...) (images in [-1, 1]; integer pixels would be cast and the
+  output cast back to integers), sigma a scalar or a (B,) vector (concrete values finite and > 0,
+  `check_sigma`), labels None or (B,) integers (floats would be truncated to a class). Shapes and
+  dtypes are static, so this also runs under jit. Returns B; raises ValueError naming the argument.
+  """
+  x_dtype = getattr(x, "dtype", None) or np.asarray(x).dtype
+  if not jnp.issubdtype(x_dtype, jnp.floating):
+    raise ValueError(f"x must be floating point (images in [-1, 1]), got dtype {x_dtype}")
+  b = jnp.shape(x)[0]
+  check_sigma(sigma)
+  if jnp.ndim(sigma) not in (0, 1) or jnp.size(sigma) not in (1, b):
+    raise ValueError(f"sigma must be a scalar or a ({b},) vector, got shape {jnp.shape(sigma)}")
+  if labels is not None:
+    label_dtype = getattr(labels, "dtype", None) or np.asarray(labels).dtype
+    if jnp.shape(labels) != (b,) or not jnp.issubdtype(label_dtype, jnp.integer):
+      raise ValueError(f"labels must be ({b},) integers, got shape {jnp.shape(labels)} dtype "
+                       f"{label_dtype}")
+  return b
+
+
 def guided(positive: Denoiser, negative: Denoiser, weight: float) -> Denoiser:
   """D = D_pos + w (D_pos - D_neg): classifier-free guidance or autoguidance.
 

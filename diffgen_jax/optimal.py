@@ -38,7 +38,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax.checks import check_float_dtype, check_number
-from diffgen_jax.denoisers import (Denoiser, check_label_domain, check_sigma, per_example,
+from diffgen_jax.denoisers import (Denoiser, check_label_domain, check_query, per_example,
                                    training_labels)
 # The analytic ladder's patch machines and Gaussian denoiser live beside this module (they import
 # nothing from it); re-exported here so `optimal.local_denoiser` etc. work.
@@ -102,8 +102,9 @@ def _query_inputs(x, sigma, labels, item_shape, classes, dtype):
   x = jnp.asarray(x)
   if x.shape[1:] != item_shape:
     raise ValueError(f"x has item shape {x.shape[1:]} but the training points have {item_shape}")
-  check_sigma(sigma)  # y* is defined for every sigma > 0 (the nearest point as sigma -> 0)
-  b = x.shape[0]
+  # y* is defined for every sigma > 0 (the nearest point as sigma -> 0); labels only matter
+  # (and are only checked) for a class-conditional y*.
+  b = check_query(x, sigma, labels if classes is not None else None)
   if classes is not None and labels is not None:
     query_labels = jnp.asarray(labels, jnp.int32).reshape(b)
     _check_labels(query_labels, classes)

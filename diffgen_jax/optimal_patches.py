@@ -61,7 +61,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax.checks import check_float_dtype, check_number
 from diffgen_jax.data.convention import check_images
-from diffgen_jax.denoisers import Denoiser, check_label_domain, check_sigma, training_labels
+from diffgen_jax.denoisers import Denoiser, check_label_domain, check_query, training_labels
 from diffgen_jax.sharding import DATA_AXIS
 
 BOUNDARIES = ("circular", "zeros")
@@ -187,16 +187,8 @@ def _query(x, sigma, labels, item_shape, classes, dtype):
   x = jnp.asarray(x)
   if x.ndim != 4 or x.shape[1:] != tuple(item_shape):
     raise ValueError(f"x must be (B, H, W, C) with (H, W, C) = {tuple(item_shape)}, got {x.shape}")
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(f"x must be floating point, got dtype {x.dtype}")
-  check_sigma(sigma)
-  b = x.shape[0]
-  if jnp.ndim(sigma) not in (0, 1) or jnp.size(sigma) not in (1, b):
-    raise ValueError(f"sigma must be a scalar or a ({b},) vector, got shape {jnp.shape(sigma)}")
+  b = check_query(x, sigma, labels if classes is not None else None)
   if classes is not None and labels is not None:
-    if jnp.shape(labels) != (b,) or not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
-      raise ValueError(f"labels must be ({b},) integers, got shape {jnp.shape(labels)} dtype "
-                       f"{jnp.result_type(labels)}")
     query_labels = jnp.asarray(labels, jnp.int32)
     _check_labels(query_labels, classes)
   else:

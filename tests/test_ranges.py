@@ -467,3 +467,54 @@ def test_a_single_number_counts_as_a_list():
   _set(config, "delta.deltas", -0.3)
   with pytest.raises(config_checks.ConfigError, match=r"config\.delta\.deltas\[0\]"):
     config_checks.field_ranges(config, config_checks.job_field_ranges("factors"))
+
+
+# ------------------------------------------------------------------------------------------------
+# The query contract (denoisers.check_query): found by a newcomer check, y* cast integer queries
+# and truncated float labels silently, and the network broadcast a single label over the batch.
+
+
+def test_optimal_denoiser_refuses_integer_queries_float_labels_and_bad_lengths():
+  from diffgen_jax import optimal  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  train = rng.uniform(-1, 1, (8, 4, 4, 1)).astype(np.float32)
+  labels = np.arange(8) % 2
+  x = train[:2]
+  ys = optimal.empirical_optimal_denoiser(train)
+  ysc = optimal.empirical_optimal_denoiser(train, labels)
+  with pytest.raises(ValueError, match="x must be floating point"):
+    ys(np.round(x).astype(np.int32), 0.5)
+  with pytest.raises(ValueError, match="x must be floating point"):
+    ys(((x + 1) * 127.5).astype(np.uint8), 0.5)
+  with pytest.raises(ValueError, match=r"labels must be \(2,\) integers"):
+    ysc(x, 0.5, np.array([1.7, 0.2]))
+  with pytest.raises(ValueError, match=r"labels must be \(2,\) integers"):
+    ysc(x, 0.5, np.array([0, 1, 1]))
+  with pytest.raises(ValueError, match=r"sigma must be a scalar or a \(2,\) vector"):
+    ys(x, np.array([0.5, 0.5, 0.5]))
+  # The good query: float x, (B,) integer labels; at tiny sigma each training image is its own
+  # nearest point of its class.
+  np.testing.assert_allclose(ysc(x, 1e-4, labels[:2]), x, atol=1e-6)
+
+
+def test_network_denoiser_refuses_labels_that_would_broadcast(tiny_net):
+  net, params = tiny_net
+  denoise = network_lib.network_denoiser(net, params)
+  x = np.zeros((2, 8, 8, 1), np.float32)
+  for bad in (np.array([1]), np.int32(1), np.array([1, 2, 3])):
+    with pytest.raises(ValueError, match=r"labels must be \(2,\) integers"):
+      denoise(x, 0.5, bad)
+  assert denoise(x, 0.5, np.array([1, 2])).shape == x.shape
+
+
+def test_timescales_refuse_a_copy_fraction_threshold_above_one_and_non_positive_sizes():
+  from diffgen_jax.evaluation import timescales  # pylint: disable=import-outside-toplevel
+  times = np.array([1.0, 2.0, 4.0])
+  flags = np.array([[0, 0], [1, 0], [1, 1]], bool)
+  with pytest.raises(ValueError, match="threshold"):
+    timescales.tau_mem(times, flags, 2.0)
+  assert timescales.tau_mem(times, flags, 1.0).time <= 4.0  # reached at the last snapshot
+  with pytest.raises(ValueError, match="sizes"):
+    timescales.loglog_slope([-1, 2, 4], [1, 2, 3])
+  # tau = N exactly: slope 1.
+  assert timescales.loglog_slope([1, 2, 4], [1, 2, 4]).slope == pytest.approx(1.0)

@@ -224,6 +224,8 @@ def crossing_of_mean(times, per_item, threshold: float, *, direction: str = "up"
 
 def tau_mem(times, flags, threshold: float, **kwargs) -> Crossing:
   """When the copy fraction first reaches `threshold`; flags (K, M) copy flags per snapshot."""
+  # A copy fraction lies in [0, 1]: a threshold above 1 would never be reached (censored).
+  check_number(threshold, "threshold (a copy fraction)", low=0.0, high=1.0, low_open=True)
   return crossing_of_mean(times, flags, threshold, direction="up", **kwargs)
 
 
@@ -332,7 +334,9 @@ def loglog_slope(sizes, taus, lows=None, highs=None, *, confidence: float = 0.95
   tau = np.asarray(taus, np.float64)
   if n.shape != tau.shape or n.ndim != 1:
     raise ValueError(f"sizes {n.shape} and taus {tau.shape} must be matching 1-D arrays")
-  used = np.isfinite(tau) & (tau > 0) & (n > 0)
+  if not np.all(np.isfinite(n) & (n > 0)):
+    raise ValueError(f"sizes must be finite and > 0 (training-set sizes N), got {n.tolist()}")
+  used = np.isfinite(tau) & (tau > 0)
   if used.sum() < 2 or np.unique(n[used]).size < 2:
     raise ValueError(f"a slope needs finite taus at 2 or more distinct sizes; usable: "
                      f"{n[used].tolist()}")

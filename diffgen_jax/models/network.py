@@ -60,6 +60,9 @@ class _Apply:
 
   def __call__(self, params, x, sigma, labels=None):
     check_network_input(self.network, params, x)
+    if labels is not None and jnp.shape(labels) != (jnp.shape(x)[0],):  # no silent broadcast
+      raise ValueError(f"labels must be ({jnp.shape(x)[0]},) integers (one per image), got shape "
+                       f"{jnp.shape(labels)}")
     self.check_query_labels(labels)
     raw = models.raw_network(self.network.module, {"params": params})
     return edm.precondition(raw, self.sigma_data)(x, sigma, labels)
