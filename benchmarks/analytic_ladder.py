@@ -40,6 +40,7 @@ from diffgen_jax.optimal import (default_chunk_size, empirical_optimal_denoiser,
                                  equivariant_local_denoiser, local_denoiser,
                                  patch_composite_denoiser)
 from diffgen_jax.optimal_patches import els_blocks
+from optimal_denoiser import timed  # the benchmarks' one timing helper (benchmarks/ is on sys.path)
 
 
 def parse_args(argv=None):
@@ -66,19 +67,6 @@ def parse_args(argv=None):
   p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                 "results", "analytic_ladder.json"))
   return p.parse_args(argv)
-
-
-def timed(fn, repeats):
-  """Median wall time of fn() after one warm-up (compile) call; fn must block on its result."""
-  t0 = time.perf_counter()
-  result = fn()
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), first, result
 
 
 def timed_cpu(fn, repeats):
