@@ -28,6 +28,6 @@ setup(
         "grain==0.2.18",  # the input pipeline: the batch stream
     ],
     extras_require={
-        "test": ["pytest==9.0.3", "hypothesis==6.155.2"],
+        "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "hypothesis==6.155.2"],
     },
 )

@@ -37,3 +37,20 @@ def data_dir(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("tfds"))
   data.prepare("digits", d)
   return d
+
+
+# The files that take longest (end-to-end jobs and subprocess runs), slowest first. With
+# `pytest -n auto` (README, .ci/run) pytest-xdist hands whole files to the workers in this order
+# (pytest.ini: --dist=loadfile --no-loadscope-reorder), so the long files start first and the
+# many short ones fill in behind them, and the workers finish together. Order within a file is
+# unchanged (a few tests reuse the runs of the test before them).
+SLOWEST_FILES_FIRST = ("test_experiments.py", "test_training.py", "test_ladder_job.py",
+                       "test_conv.py", "test_guarantees.py", "test_train_job.py",
+                       "test_samples.py", "test_models.py", "test_nvidia_jobs.py")
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    name = item.path.name
+    return SLOWEST_FILES_FIRST.index(name) if name in SLOWEST_FILES_FIRST else len(SLOWEST_FILES_FIRST)
+  items.sort(key=rank)  # stable: files keep their order among equals, tests within a file too
