@@ -173,7 +173,7 @@ def local_frames(points) -> np.ndarray:
   """
   points = np.asarray(points, np.float64)
   norm = np.linalg.norm(points, axis=-1, keepdims=True)
-  e_r = np.where(norm > 0, points / np.where(norm > 0, norm, 1.0), np.array([1.0, 0.0]))
+  e_r = np.where(norm == 0, np.array([1.0, 0.0]), points / np.where(norm == 0, 1.0, norm))  # NaN stays NaN
   e_t = np.stack([-e_r[:, 1], e_r[:, 0]], axis=-1)
   return np.stack([e_r, e_t], axis=1)
 

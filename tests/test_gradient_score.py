@@ -33,6 +33,20 @@ def test_gradient_score_pixelwise_is_zero_and_box_blur_is_analytic():
   x = jnp.asarray(_uniform(2, 2, (6, 5, 2)))
   score = gradient_score.gradient_correlation_score(lambda x, s, l=None: 0.3 * x, x, 1.0, chunk_size=16)
   np.testing.assert_allclose(score, 0.0, atol=1e-7)
+  # One output pixel whose gradient row is NaN (the other rows finite) makes the score NaN; it used
+  # to be left out as if it were an all-zero row.
+  @jax.custom_vjp
+  def nan_row(x):
+    return 0.3 * x
+
+  def nan_row_bwd(_, ct):
+    hit = jnp.zeros(ct.shape, bool).at[:, 0, 0, 0].set(True) & (ct != 0)
+    return (jnp.where(hit, jnp.nan, 0.3 * ct),)
+
+  nan_row.defvjp(lambda x: (nan_row(x), None), nan_row_bwd)
+  nan_score = gradient_score.gradient_correlation_score(lambda x, s, l=None: nan_row(x), x, 1.0,
+                                                        chunk_size=16)
+  assert np.all(np.isnan(nan_score)), nan_score
 
   r = 1
   kernel = jnp.ones((2 * r + 1, 2 * r + 1, 1, 1)) / (2 * r + 1) ** 2

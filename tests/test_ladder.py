@@ -53,6 +53,17 @@ def test_r2_of_a_denoiser_against_itself_is_one_and_closed_forms():
   mean_out = np.broadcast_to(net_out.mean(axis=1, keepdims=True), net_out.shape)
   np.testing.assert_allclose(ladder.agreement_from_outputs(net_out, mean_out, sigmas).r2, 0,
                              atol=1e-12)
+  # A NaN in either denoiser's output at one sigma makes that sigma's r2 and mse NaN (the
+  # network's variance is NaN too: r2 used to read -inf there), the other sigmas unchanged.
+  for nan_in_network in (True, False):
+    bad = net_out.copy()
+    bad[1, 2, 0, 0, 0] = np.nan
+    args = (bad, mean_out) if nan_in_network else (mean_out, bad)
+    clean = (net_out, mean_out) if nan_in_network else (mean_out, net_out)
+    got = ladder.agreement_from_outputs(*args, sigmas)
+    want = ladder.agreement_from_outputs(*clean, sigmas)
+    assert np.isnan(got.r2[1]) and np.isnan(got.mse[1]), got
+    np.testing.assert_array_equal(got.r2[[0, 2]], want.r2[[0, 2]])
 
 
 @pytest.mark.parametrize("machine,planted", [("ls", 5), ("els", 3)])

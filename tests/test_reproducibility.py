@@ -69,6 +69,12 @@ def test_pair_cosines_known_values():
   # Centring at (1, 1): rows become (0,-1)/(1,-1), (0,0)/(-2,-2), (-1,1)/(2,-1), (-1,-1)/(0,0).
   np.testing.assert_allclose(rep.pair_cosines(a, b, centre=[1.0, 1.0]),
                              [1 / np.sqrt(2), 0.0, -3 / np.sqrt(10), 0.0], atol=1e-12)
+  # A NaN row is NaN, not the 0 of an all-zero row; the other rows keep their values.
+  a_nan = a.copy()
+  a_nan[1, 0] = np.nan
+  got = rep.pair_cosines(a_nan, b)
+  assert np.isnan(got[1]), got
+  np.testing.assert_allclose(got[[0, 2, 3]], [1.0, 0.0, 0.0], atol=1e-12)
   with pytest.raises(ValueError, match="same shape"):
     rep.pair_cosines(a, b[:3])
 

@@ -92,6 +92,13 @@ def test_random_dataset_split_and_seed():
     toy2d.make_dataset("spiral", 20)
 
 
+def test_local_frames_known_values():
+  frames = toy2d.local_frames(np.array([[3.0, 4.0], [0.0, 0.0], [np.nan, 1.0]]))
+  np.testing.assert_allclose(frames[0], [[0.6, 0.8], [-0.8, 0.6]], atol=1e-12)
+  np.testing.assert_array_equal(frames[1], np.eye(2))  # the origin: the identity
+  assert np.all(np.isnan(frames[2]))  # a NaN point: NaN, not the origin's identity
+
+
 def test_local_frame_draws_are_the_same_in_every_frame():
   points = toy2d.make_dataset("random", 12, seed=1).train
   noise = np.asarray(toy2d.noise_draws(toy2d_job._gap_key(get_config()), points, 30), np.float64)

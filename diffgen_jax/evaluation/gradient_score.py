@@ -5,7 +5,7 @@ a_pc(q) = sum over input channels of |dD_c(p) / dx(q)|,
     score_pc = sum_q dist(p, q) a_pc(q) / sum_q a_pc(q),
 dist the Euclidean distance between pixel positions; the score of an image is the mean of score_pc
 over output pixels p and output channels c (rows with a_pc = 0 everywhere are left out; NaN if all
-are). Memory-bounded: the Jacobian is never formed; rows come from VJPs of one-hot cotangents,
+are, or if any row's gradient is NaN). Memory-bounded: the Jacobian is never formed; rows come from VJPs of one-hot cotangents,
 vmapped over a chunk of output positions and `lax.map`ped over chunks, and reduced at once.
 Examples of a batch are independent, so one VJP serves every image of the batch.
 (Restricted receptive fields and guidance, the other factors that act on a denoiser, are
@@ -55,7 +55,7 @@ def _score(denoise, x, sigma, labels, *, chunk_size):
     dist = jnp.sqrt((ii - pi) ** 2 + (jj - pj) ** 2)
     num = jnp.sum(a * dist, axis=(1, 2))
     den = jnp.sum(a, axis=(1, 2))
-    ok = (den > 0) & (r < m)
+    ok = (den != 0) & (r < m)  # `!= 0`, not `> 0`: a NaN row counts (and makes the score NaN)
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0), ok
 
   ratios, ok = lax.map(jax.vmap(one), rows.reshape(-1, chunk_size))  # (chunks, chunk, B)

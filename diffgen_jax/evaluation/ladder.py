@@ -145,6 +145,8 @@ def agreement_from_outputs(net_out, an_out, sigmas) -> Agreement:
   var = np.sum(spread * spread, axis=(1, 2))
   with np.errstate(divide="ignore", invalid="ignore"):
     r2 = np.where(var > 0, 1.0 - sq / var, np.where(sq == 0, 1.0, -np.inf))
+  # A NaN or infinite output of either denoiser makes r2 NaN, never a number that looks measured.
+  r2 = np.where(np.isfinite(sq) & np.isfinite(var), r2, np.nan)
   return Agreement(np.asarray(sigmas, np.float64), sq / diff[0].size, r2)
 
 
@@ -153,7 +155,8 @@ def agreement(network: Denoiser, analytic: Denoiser, inputs, sigmas, labels=None
   """Per-sigma mse and r2 (normalised by the network's output variance) on inputs (S, B, H, W, C).
 
   labels: optional (B,) labels passed to both denoisers (the same for every sigma). A set where the
-  network's output does not vary gets r2 = 1 if the two agree exactly, else -inf.
+  network's output does not vary gets r2 = 1 if the two agree exactly, else -inf; a non-finite
+  output of either denoiser gives r2 = NaN.
   """
   sigmas = _check_sigmas(sigmas)
   net = network_outputs(network, inputs, sigmas, labels, batch_size=batch_size)

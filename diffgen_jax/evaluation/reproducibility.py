@@ -85,7 +85,8 @@ def paired_samples(denoise_1, denoise_2, noise, labels=None, **sampler_kwargs):
 
 
 def pair_cosines(a, b, centre=None) -> np.ndarray:
-  """(B,) cosine similarity of row i of a with row i of b (flattened); 0 for an all-zero row.
+  """(B,) cosine similarity of row i of a with row i of b (flattened); 0 for an all-zero row, NaN
+  for a row holding a NaN.
 
   centre: optional array broadcastable to one row, subtracted from both first.
   """
@@ -98,7 +99,8 @@ def pair_cosines(a, b, centre=None) -> np.ndarray:
     a, b = a - c, b - c
   norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
   dots = np.einsum("bd,bd->b", a, b)
-  return np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
+  # norms == 0 (not `> 0`) picks the all-zero rows, so a NaN row stays NaN instead of reading 0.
+  return np.where(norms == 0, 0.0, dots / np.where(norms == 0, 1.0, norms))
 
 
 def sample_similarity(samples_1, samples_2, *, features_fn: Optional[Callable] = None,
