@@ -73,3 +73,13 @@ def test_job_writes_results_and_plots(data_dir, tmp_path):
   assert [c["label"] for c in results["sweeps"]["delta"]["curves"]] == ["delta=0.2", "delta=0.5"]
   assert data.read_pseudo_labels(os.path.join(workdir, "pseudo_labels", "k2.npz"),
                                  "train").shape == (200,)
+
+
+def test_a_refused_run_leaves_no_workdir(data_dir, tmp_path):
+  config = factors_config.get_config("local")
+  config.data.data_dir = data_dir
+  config.data.subset_size = 100000  # more than the split holds: refused when the data is read
+  workdir = str(tmp_path / "factors")
+  with pytest.raises(ValueError, match="subset_size"):
+    factors_job.run(config, workdir)
+  assert not os.path.exists(workdir)

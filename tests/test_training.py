@@ -318,6 +318,7 @@ def test_non_finite_loss_stops_with_step(tmp_path, monkeypatch):
     ("model.img_channels", 3, "config.model.img_channels"),
     ("training.lr", 0.0, "config.training.lr"),
     ("training.lr", -1e-3, "config.training.lr"),
+    ("model.dropout", 2.0, "config.model.dropout"),  # (checked once the data's shape is known)
 ])
 def test_bad_config_errors_before_compiling(tmp_path, monkeypatch, field, value, error):
   def no_compile(*args, **kwargs):
@@ -327,10 +328,11 @@ def test_bad_config_errors_before_compiling(tmp_path, monkeypatch, field, value,
   config = get_config()
   section, name = field.split(".")
   config[section][name] = value
+  workdir = str(tmp_path / "run")
   with pytest.raises(ValueError, match=error.replace(".", r"\.")) as info:
-    jobs.run(config, str(tmp_path))
+    jobs.run(config, workdir)
   assert isinstance(info.value, (config_checks.ConfigError, ValueError))
-  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+  assert not os.path.exists(workdir)  # not even an empty one
 
 
 # ------------------------------------------------------------------------------------------------

@@ -414,8 +414,8 @@ def _settings(config, setup: Setup) -> Dict[str, Any]:
 def run(config, workdir: str) -> Dict[str, Any]:
   """Runs the configured sweeps; writes WORKDIR/results.json (after every sweep) and PNGs."""
   sweeps = config_checks.subset(config, "sweeps", SWEEPS)
-  os.makedirs(workdir, exist_ok=True)
   setup = load_setup(config)
+  os.makedirs(workdir, exist_ok=True)  # after the data and run checks: a refusal leaves no workdir
   results = {"settings": _settings(config, setup), "sweeps": {}}
   for name in sweeps:
     start = time.perf_counter()

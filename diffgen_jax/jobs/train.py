@@ -120,7 +120,6 @@ def save_image_grid(images: np.ndarray, path: str) -> np.ndarray:
 
 def run(config, workdir: str) -> Dict[str, Any]:
   t = config.training
-  os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   split = common.load_split(config, "train")
   if config.evaluation.after_training:  # refused now, not after training (see the function)
@@ -130,6 +129,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   with model_config.unlocked():
     model_config.num_classes = split.num_classes  # the label mode decides; configs need not repeat it
   models.validate_config(model_config, image_shape, split.num_classes)
+  os.makedirs(workdir, exist_ok=True)  # only now: a config refused above leaves no empty workdir
   network = common.build_network(model_config, split.num_classes, t.compute_dtype)
   settings = common.training_settings(config)
   optimizer = training.make_optimizer(settings)
