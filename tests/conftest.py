@@ -24,6 +24,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import tempfile  # noqa: E402
   _cache_dir = tempfile.mkdtemp(prefix="diffgen_jax_test_jax_cache_")
   atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+  import signal  # noqa: E402
+  import sys  # noqa: E402
+  if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # `timeout`, CI cancel: still clean up
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
@@ -39,14 +43,28 @@ def data_dir(tmp_path_factory):
   return d
 
 
-# The files that take longest (end-to-end jobs and subprocess runs), slowest first. With
-# `pytest -n auto` (README, .ci/run) pytest-xdist hands whole files to the workers in this order
-# (pytest.ini: --dist=loadfile --no-loadscope-reorder), so the long files start first and the
-# many short ones fill in behind them, and the workers finish together. Order within a file is
-# unchanged (a few tests reuse the runs of the test before them).
+# The files that take longest (end-to-end jobs and subprocess runs), slowest first.
 SLOWEST_FILES_FIRST = ("test_experiments.py", "test_training.py", "test_ladder_job.py",
                        "test_conv.py", "test_guarantees.py", "test_train_job.py",
                        "test_samples.py", "test_models.py", "test_nvidia_jobs.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+  """With pytest-xdist's `-n N|auto`: whole files per worker (session and module fixtures, such as
+  the shared experiment runs, are built once), handed out in collection order (SLOWEST_FILES_FIRST
+  first, so the long files start first and the short ones fill in behind them and the workers
+  finish together; xdist would otherwise start with the files holding most tests), and at most 4
+  workers for `auto` (each holds its own 8 simulated devices and compiled programs). An explicit
+  --dist or --maxprocesses wins. Set here, not in pytest.ini, so pytest runs without xdist too."""
+  if not config.pluginmanager.hasplugin("xdist"):
+    return
+  option = config.option
+  if option.dist == "no" and not option.distload:
+    option.dist = "loadfile"
+    option.loadscopereorder = False
+  if not option.maxprocesses:
+    option.maxprocesses = 4
 
 
 def pytest_collection_modifyitems(items):
