@@ -44,15 +44,16 @@ def make_mesh(data: int = -1, model: int = 1, devices: Optional[Sequence[jax.Dev
   """A (data, model) mesh over all devices; data=-1 takes every device not used by `model`.
 
   Axes are Auto so that jit propagates shardings and eager code on sharded arrays works.
+  Raises ValueError when model does not divide the device count or data * model differs from it.
   """
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   if model < 1 or n % model:
-    raise ValueError(f"mesh.model={model} must be >= 1 and divide the {n} available devices")
+    raise ValueError(f"model={model} must be >= 1 and divide the {n} available devices")
   if data == -1:
     data = n // model
   if data < 1 or data * model != n:
-    raise ValueError(f"mesh.data * mesh.model must equal the {n} available devices, got "
+    raise ValueError(f"data * model must equal the {n} available devices, got "
                      f"data={data}, model={model}; use data=-1 to take all remaining devices")
   grid = np.asarray(devices).reshape(data, model)
   return Mesh(grid, (DATA_AXIS, MODEL_AXIS), axis_types=(AxisType.Auto, AxisType.Auto))

@@ -1,6 +1,7 @@
 """The `factors` job (`jobs.factors`): config validation, the results layout and the plots."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -75,11 +76,25 @@ def test_job_writes_results_and_plots(data_dir, tmp_path):
                                  "train").shape == (200,)
 
 
-def test_a_refused_run_leaves_no_workdir(data_dir, tmp_path):
+@pytest.mark.parametrize("changes, message", [
+    ({"data.subset_size": 100000}, "subset_size"),  # more than the split holds
+    # Refused before the first sweep (delta) runs: these used to fail only when the granularity
+    # sweep came, after the delta sweep had written its results.
+    ({"data.subset_size": 200, "granularity.ks": (2, 2000)}, "config.granularity.ks: [2000]"),
+    ({"data.subset_size": 200, "data.labels": "none", "granularity.features": "classifier"},
+     "config.granularity.features='classifier'"),
+    ({"data.subset_size": 200, "granularity.features": "classifier",
+      "granularity.classifier_params": "/nonexistent/classifier.npz"},
+     "config.granularity.classifier_params='/nonexistent/"),
+])
+def test_a_refused_run_leaves_no_workdir(data_dir, tmp_path, changes, message):
   config = factors_config.get_config("local")
   config.data.data_dir = data_dir
-  config.data.subset_size = 100000  # more than the split holds: refused when the data is read
+  config.sweeps = ("delta", "granularity")
+  for field, value in changes.items():
+    section, key = field.split(".")
+    config[section][key] = value
   workdir = str(tmp_path / "factors")
-  with pytest.raises(ValueError, match="subset_size"):
+  with pytest.raises(ValueError, match=re.escape(message)):
     factors_job.run(config, workdir)
   assert not os.path.exists(workdir)

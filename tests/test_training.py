@@ -8,6 +8,7 @@ file as the config file (`get_config` below); the rest runs in-process through `
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -319,6 +320,8 @@ def test_non_finite_loss_stops_with_step(tmp_path, monkeypatch):
     ("training.lr", 0.0, "config.training.lr"),
     ("training.lr", -1e-3, "config.training.lr"),
     ("model.dropout", 2.0, "config.model.dropout"),  # (checked once the data's shape is known)
+    ("mesh.model", 3, "config.mesh: model=3 must be >= 1 and divide the 8 available devices"),
+    ("mesh.data", 3, "config.mesh: data * model must equal the 8 available devices"),
 ])
 def test_bad_config_errors_before_compiling(tmp_path, monkeypatch, field, value, error):
   def no_compile(*args, **kwargs):
@@ -329,10 +332,34 @@ def test_bad_config_errors_before_compiling(tmp_path, monkeypatch, field, value,
   section, name = field.split(".")
   config[section][name] = value
   workdir = str(tmp_path / "run")
-  with pytest.raises(ValueError, match=error.replace(".", r"\.")) as info:
+  with pytest.raises(ValueError, match=re.escape(error)) as info:
     jobs.run(config, workdir)
   assert isinstance(info.value, (config_checks.ConfigError, ValueError))
   assert not os.path.exists(workdir)  # not even an empty one
+
+
+@pytest.mark.parametrize("field,value,error", [
+    ("num_train_subsets", 200, "FD references would hold 0 images"),  # 64 images / 200 subsets
+    ("classifier_path", "/nonexistent/classifier.npz", "classifier_path='/nonexistent/"),
+    ("external_path", "/nonexistent/inception.pkl", "external_path='/nonexistent/"),
+])
+def test_evaluation_fields_checked_against_the_data_before_training(tmp_path, monkeypatch, field,
+                                                                     value, error):
+  """The evaluation at the end of training is checked against the data and the disk at start-up:
+  these used to be refused only after training and the gap evaluation had run."""
+  def no_compile(*args, **kwargs):
+    raise AssertionError("compile_training reached with a bad config")
+
+  monkeypatch.setattr(training, "compile_training", no_compile)
+  config = get_config()
+  config.evaluation.after_training = True
+  config.evaluation.samples[field] = value
+  if field == "external_path":
+    config.evaluation.samples.feature = "external"
+  workdir = str(tmp_path / "run")
+  with pytest.raises(config_checks.ConfigError, match=re.escape(error)):
+    jobs.run(config, workdir)
+  assert not os.path.exists(workdir)
 
 
 # ------------------------------------------------------------------------------------------------

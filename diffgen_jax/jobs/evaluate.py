@@ -100,6 +100,28 @@ def validate_sample_settings(settings) -> None:
                                     "classifier is trained (classifier_path='')")
 
 
+def check_against_data(config, train_split, val_split) -> None:
+  """The evaluation's checks that need the data or the disk, run before anything trains or compiles
+  (the train job calls this at start-up when it will evaluate): every queried label has training
+  images (`common.check_optimal_labels`), the sample evaluation's FD references can be drawn from
+  the splits' sizes, and an explicit classifier or external extractor file exists.
+  Raises config_checks.ConfigError naming the field."""
+  common.check_optimal_labels(config, train_split, val_split)
+  s = sample_settings(config)
+  if not s.enabled:
+    return
+  try:
+    samples.reference_size(int(s.num_samples), len(train_split), len(val_split),
+                           int(s.num_train_subsets))
+  except ValueError as err:
+    raise config_checks.ConfigError(f"config.evaluation.samples: {err}") from None
+  field = {"classifier": "classifier_path", "external": "external_path"}.get(s.feature)
+  path = s.get(field, "") if field else ""
+  if path and not os.path.exists(os.path.expanduser(path)):
+    raise config_checks.ConfigError(
+        f"config.evaluation.samples.{field}={path!r}: no such file (feature={s.feature!r})")
+
+
 # ------------------------------------------------------------------------------------------------
 # The job
 
@@ -130,7 +152,7 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   train_split = common.load_split(config, "train")
   val_split = common.load_split(config, "validation")
   _check_matches_run(workdir, config)
-  common.check_optimal_labels(config, train_split, val_split)
+  check_against_data(config, train_split, val_split)
   num_classes = train_split.num_classes
   if config.model.get("checkpoint"):  # the published network's own classes (0: unconditional)
     num_classes = config.model.num_classes

@@ -337,6 +337,28 @@ def load_setup(config) -> Setup:
                     chunk_size=config.chunk_size)
 
 
+def check_against_data(config, setup: Setup, sweeps) -> None:
+  """The checks of the chosen sweeps that need the data, run before the first sweep (so no sweep
+  runs, and nothing is written, for a config that a later sweep would refuse). Raises ConfigError
+  naming the field."""
+  if "granularity" in sweeps:
+    g = config.granularity
+    n = len(setup.train_all)
+    too_many = [k for k in g.ks if k > n]
+    if too_many:
+      raise ConfigError(f"config.granularity.ks: {too_many} exceed the {n} training images that "
+                        "k-means clusters (each k must be <= the number of points)")
+    if g.features == "classifier":
+      if g.classifier_params and not os.path.exists(os.path.expanduser(g.classifier_params)):
+        raise ConfigError(f"config.granularity.classifier_params={g.classifier_params!r}: no such file")
+      if not g.classifier_params and (setup.train_labels is None or setup.num_classes < 2):
+        raise ConfigError("config.granularity.features='classifier' without "
+                          "config.granularity.classifier_params needs class labels to train one "
+                          f"(config.data.labels={config.data.labels!r})")
+  if "receptive_field" in sweeps:
+    check_crop_sizes(tuple(config.receptive_field.crop_sizes), setup.train_all.shape[1])
+
+
 def _feature_fn(config, setup: Setup):
   g = config.granularity
   if g.features == "pixels":
@@ -415,6 +437,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   """Runs the configured sweeps; writes WORKDIR/results.json (after every sweep) and PNGs."""
   sweeps = config_checks.subset(config, "sweeps", SWEEPS)
   setup = load_setup(config)
+  check_against_data(config, setup, sweeps)
   os.makedirs(workdir, exist_ok=True)  # after the data and run checks: a refusal leaves no workdir
   results = {"settings": _settings(config, setup), "sweeps": {}}
   for name in sweeps:

@@ -81,7 +81,10 @@ def validate_training_fields(config) -> None:
   config_checks.flag(config, "tensorboard")
   config_checks.choice(config, "model.family", models.FAMILIES)
   config_checks.data_config(config.data)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+  try:
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+  except ValueError as err:
+    raise config_checks.ConfigError(f"config.mesh: {err}") from None
   sharding.check_divisible(config.training.batch_size, mesh, "config.training.batch_size")
 
 
@@ -123,7 +126,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   split = common.load_split(config, "train")
   if config.evaluation.after_training:  # refused now, not after training (see the function)
-    common.check_optimal_labels(config, split, common.load_split(config, "validation"))
+    evaluate.check_against_data(config, split, common.load_split(config, "validation"))
   image_shape = split.shape
   model_config = config.model.copy_and_resolve_references()
   with model_config.unlocked():
