@@ -4,6 +4,7 @@ effect of a restricted receptive field."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from diffgen_jax.denoisers import crop_averaged, crop_offsets
 from diffgen_jax.evaluation import gradient_score
@@ -80,3 +81,19 @@ def test_crop_averaging_shrinks_the_receptive_field():
   assert np.all(small < 0.8 * full)
   vs = gradient_score.gradient_correlation_vs_sigma(denoise, train[:2], [0.5, 2.0], chunk_size=64)
   assert vs.shape == (2, 2) and np.all(np.isfinite(vs))
+
+
+def test_gradient_score_refuses_a_nan_or_inf_query():
+  """Newcomer: a NaN pixel in x gave a finite score (0 for D = 0.3 x, whose gradient ignores x)."""
+  x = np.asarray(_uniform(2, 2, (6, 5, 2)))
+  linear = lambda x, s, l=None: 0.3 * x
+  np.testing.assert_allclose(gradient_score.gradient_correlation_score(linear, x, 1.0), 0.0,
+                             atol=1e-7)
+  for bad_value in (np.nan, np.inf):
+    bad = x.copy()
+    bad[1, 2, 3, 0] = bad_value
+    for query in (bad, jnp.asarray(bad)):  # host and device arrays alike
+      with pytest.raises(ValueError, match=r"x must be .* got NaN or Inf"):
+        gradient_score.gradient_correlation_score(linear, query, 1.0)
+  # A noisy query far outside [-1, 1] is still taken (no pixel range for queries).
+  assert np.isfinite(gradient_score.gradient_correlation_score(linear, 80.0 * x, 1.0)).all()

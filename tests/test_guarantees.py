@@ -501,6 +501,8 @@ def test_optimal_denoisers_refuse_images_on_another_scale():
 
 def test_every_image_taking_function_checks_the_convention():
   from diffgen_jax.evaluation import copies, features, gap, gradient_score, probes
+  from diffgen_jax.evaluation import ladder
+  from diffgen_jax.evaluation import reproducibility as rep
   pixels, images = _images(8)
   exact = optimal.empirical_optimal_denoiser(images)
   states = np.zeros((2, 8, 4, 4, 1), np.float32)
@@ -520,12 +522,26 @@ def test_every_image_taking_function_checks_the_convention():
       "gradient_score.gradient_correlation_vs_sigma": lambda im: (
           gradient_score.gradient_correlation_vs_sigma(
           exact, im, [1.0])),
+      "ladder.noised_inputs": lambda im: ladder.noised_inputs(im, [1.0]),
+      "reproducibility.model_variance": lambda im: rep.model_variance(exact, exact, im, sigmas=[1.0]),
+      "reproducibility.sample_similarity": lambda im: rep.sample_similarity(
+          images, im, num_resamples=10),
+      "reproducibility.sample_similarity(features_fn)": lambda im: rep.sample_similarity(
+          im, images, features_fn=features.pixel_features, num_resamples=10),
+      "reproducibility.cross_copy_fractions": lambda im: rep.cross_copy_fractions(
+          im, images, images, images, num_resamples=10),
   }
+  nan_images = images.copy()
+  nan_images[0, 1, 2, 0] = np.nan  # in the first rows, which some calls slice (im[:2])
+  # The README: image-taking functions refuse NaN (data/convention.check_images).
   for name, call in calls.items():
     with pytest.raises(ValueError, match=r"uint8 pixels"):
       call(pixels)
     with pytest.raises(ValueError, match=r"0\.\.255 scale"):
       call(pixels.astype(np.float32) + 20.0)
+    with pytest.raises(ValueError, match=r"NaN or Inf"):
+      call(nan_images)
+      pytest.fail(f"{name} took NaN images")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -177,3 +177,35 @@ def test_ladder_rungs_and_their_own_gaps():
                              (gaps["LS"]["e_val"] - gaps["LS"]["e_train"]) / gaps["LS"]["e_train"])
   # At sigma >> 1 every rung is the training mean: the same errors for y* and LS.
   np.testing.assert_allclose(gaps["LS"]["e_val"][2], gaps["y*"]["e_val"][2], rtol=1e-4)
+
+
+def test_calibration_never_picks_a_nan_candidate_and_says_where_none_is_finite():
+  """Newcomer's probe: candidate k=3 outputs NaN, k=1 is closest, k=5 farther -> best size was 3
+  (np.argmin returns a NaN's position). Where the network itself is NaN, no size is made up."""
+  import jax.numpy as jnp
+  train = _data(6)
+  sigmas = np.array([0.05, 0.3, 1.0, 3.0])
+  noised = ladder.noised_inputs(_data(4, seed=9), sigmas)
+
+  def factory(images, k, labels=None, **kw):
+    machine = local_denoiser(images, k, labels, **kw)
+    if k != 3:
+      return machine
+    return lambda x, sigma, labels=None: machine(x, sigma, labels) * jnp.nan
+
+  cal = ladder.calibrate(local_denoiser(train, 1), train, [1, 3, 5], noised, sigmas,
+                         machine_factory=factory)
+  assert np.all(np.isnan(cal.mse[1])) and np.all(cal.mse[0] == 0) and np.all(cal.mse[2] > 0)
+  np.testing.assert_array_equal(cal.best_size, [1, 1, 1, 1])
+  assert cal.schedule() == {float(s): 1 for s in sigmas}
+
+  ls1 = local_denoiser(train, 1)
+
+  def network(x, sigma, labels=None):  # NaN at sigma 3 only
+    return jnp.where(jnp.reshape(sigma, (-1, 1, 1, 1)) > 2.0, jnp.nan, ls1(x, sigma, labels))
+
+  cal = ladder.calibrate(network, train, [5, 1, 3], noised, sigmas, machine_factory=factory)
+  np.testing.assert_array_equal(cal.best_size, [1, 1, 1, ladder.NO_SIZE])
+  assert ladder.NO_SIZE == -1 and np.all(np.isnan(cal.mse[:, 3]))
+  with pytest.raises(ValueError, match=r"no calibrated patch size at sigma \[3\.0\]"):
+    cal.schedule()

@@ -197,3 +197,61 @@ def test_run_time_checks_name_the_field(run_dir, tmp_path):
     jobs.run(_config(run_dir, gaussian_ranks=(65,)), str(tmp_path / "b"))
   with pytest.raises(ConfigError, match="holds the results of job 'train'"):
     jobs.run(_config(run_dir), run_dir)  # not into the run's own workdir
+
+
+def _summary_results(r2_rows, gap_curves, sigmas=(0.5, 2.0)):
+  return {"agreement": {"train": {"sigmas": list(sigmas),
+                                  "rungs": {n: {"r2": r} for n, r in r2_rows.items()}}},
+          "gaps": {"sigmas": list(sigmas), "denoisers": gap_curves}}
+
+
+def test_summary_never_picks_a_nan_rung_and_leaves_undefined_sigmas_out():
+  """Newcomer: every rung's r2 NaN at sigma 0.5 -> best_rung 'y*' there (the first rung), counted
+  in best_rung_predicts_gap. Now None / NaN there, and left out of the fraction."""
+  from diffgen_jax.jobs import ladder as ladder_job
+  e = lambda val, train: {"e_val": val, "e_train": train}
+  curves = {"network": e([2.0, 2.0], [1.0, 1.0]),        # log(1 + G) = log 2 at both sigmas
+            "gaussian": e([None, 4.0], [None, 1.0]),     # distance NaN at 0.5 (missing), log 2
+            "y*": e([2.0, 2.0], [1.0, 1.0])}             # distance 0 at both
+  s = ladder_job.summarize(_summary_results(
+      {"y*": [None, 0.5], "gaussian": [None, 0.9]}, curves))
+  assert s["best_rung"]["train"] == [None, "gaussian"]
+  assert np.isnan(s["best_r2"]["train"][0]) and s["best_r2"]["train"][1] == 0.9
+  assert s["closest_gap_rung"] == ["y*", "y*"]  # the NaN distance of gaussian at 0.5 loses
+  assert s["gap_log_distance"]["gaussian"][0] is None
+  assert s["best_rung_predicts_gap"]["train"] == 0.0  # only sigma 2.0 counts (was 0.5)
+  # A NaN r2 never wins over a number, even -inf; NaN wherever nothing is defined.
+  s = ladder_job.summarize(_summary_results(
+      {"y*": [np.nan, -np.inf], "gaussian": [0.1, np.nan]},
+      {"network": e([None, None], [None, None]), "y*": e([4.0, 4.0], [1.0, 1.0])}))
+  assert s["best_rung"]["train"] == ["gaussian", "y*"] and s["best_r2"]["train"] == [0.1, -np.inf]
+  assert s["closest_gap_rung"] == [None, None]
+  assert np.isnan(s["best_rung_predicts_gap"]["train"])
+  lines = ladder_job.summary_lines({"summary": s, **_summary_results({}, {})})
+  assert any("0.5:gaussian(0.10), 2:y*(-inf)" in line for line in lines), lines
+
+
+def test_job_refuses_a_sigma_where_no_patch_size_was_calibrated(run_dir, tmp_path, monkeypatch):
+  """The network NaN at one calibration sigma: no LS rung is built with a made-up size there."""
+  import jax.numpy as jnp
+  calibrate = ladder.calibrate
+
+  def nan_at_the_top_sigma(network, train_images, sizes, inputs, sigmas, *args, **kwargs):
+    top = float(np.max(sigmas))
+
+    def nan_network(x, sigma, labels=None):
+      return jnp.where(jnp.reshape(sigma, (-1, 1, 1, 1)) >= 0.999 * top, jnp.nan,
+                       network(x, sigma, labels))
+
+    return calibrate(nan_network, train_images, sizes, inputs, sigmas, *args, **kwargs)
+
+  monkeypatch.setattr(ladder, "calibrate", nan_at_the_top_sigma)
+  workdir = str(tmp_path / "w")
+  with pytest.raises(ValueError, match=r"cannot build the calibrated LS rung: no calibrated patch "
+                     r"size at sigma \[[0-9.e+-]+\]"):
+    jobs.run(_config(run_dir), workdir)
+  cal = results_lib.read(workdir)["calibration"]
+  top = int(np.argmax(cal["sigmas"]))
+  for m in cal["machines"].values():  # LS, ELS, PSPC: no size at the top sigma, one elsewhere
+    assert m["best_size"][top] == -1 and all(row[top] is None for row in m["mse"])
+    assert all(k in cal["sizes"] for i, k in enumerate(m["best_size"]) if i != top)

@@ -115,3 +115,40 @@ def test_cross_copy_fractions_own_and_other():
   assert out["1/own"]["fraction"] == 1.0 and out["1/other"]["fraction"] == 0.0
   assert out["2/own"]["fraction"] == 0.5 and out["2/other"]["fraction"] == 0.0
   assert out["2/own"]["low"] < 0.5 < out["2/own"]["high"]
+
+
+def test_a_nan_cosine_makes_the_fractions_nan_not_a_miss():
+  """Newcomer: one NaN pair of four -> mean_cosine NaN but fraction_above 0.75 (the NaN pair read
+  as 'not reproduced'). A NaN feature row (features_fn) now makes that space's fractions NaN."""
+  rng = np.random.default_rng(3)
+  one = rng.uniform(-1, 1, (4, 3, 3, 1))
+
+  def feats(x):  # the identity on pixels, NaN for the pair whose first pixel is the largest
+    f = np.asarray(x).reshape(len(x), -1).copy()
+    f[np.argmax(one[:, 0, 0, 0])] = np.nan
+    return f
+
+  sim = rep.sample_similarity(one, one.copy(), features_fn=feats, num_resamples=50)
+  assert sim["pixels"]["fraction_above"] == 1.0 and sim["pixels"]["fraction_low"] == 1.0
+  cos = sim["features"]["cosine"]
+  assert np.isnan(cos).sum() == 1 and np.allclose(cos[~np.isnan(cos)], 1.0)
+  for key in ("mean_cosine", "fraction_above", "fraction_low", "fraction_high"):
+    assert np.isnan(sim["features"][key]), (key, sim["features"])
+  # A NaN centre makes every pixel cosine NaN: NaN, not 0 of 4 reproduced.
+  sim = rep.sample_similarity(one, one, centre=np.full((3, 3, 1), np.nan), num_resamples=50)
+  assert np.isnan(sim["pixels"]["fraction_above"])
+
+
+@pytest.mark.parametrize("name", ["samples_1", "samples_2"])
+def test_sample_similarity_and_cross_copies_refuse_images_off_the_convention(name):
+  good = _uniform(0, 4)
+  for bad, message in ((np.round((good + 1) * 127.5).astype(np.uint8), "uint8 pixels"),
+                       ((good + 1) * 127.5, r"0\.\.255 scale"),
+                       (np.where(np.arange(16).reshape(4, 4, 1) == 5, np.nan, good),
+                        "NaN or Inf")):
+    pair = {"samples_1": good, "samples_2": good, name: bad}
+    with pytest.raises(ValueError, match=rf"{name} must be .*{message}"):
+      rep.sample_similarity(pair["samples_1"], pair["samples_2"], num_resamples=10)
+    with pytest.raises(ValueError, match=rf"{name} must be .*{message}"):
+      rep.cross_copy_fractions(pair["samples_1"], pair["samples_2"], _uniform(1, 5), _uniform(2, 5),
+                               num_resamples=10)

@@ -190,11 +190,39 @@ class Calibration(NamedTuple):
   sigmas: np.ndarray  # (S,)
   mse: np.ndarray  # (K, S) mean squared difference of each candidate's machine to the network
   r2: np.ndarray  # (K, S)
-  best_size: np.ndarray  # (S,) sizes[argmin_k mse[k, s]] (the smaller size on exact ties)
+  # (S,) int: sizes[argmin_k mse[k, s]] over the candidates whose mse is not NaN (the smaller size
+  # on exact ties); NO_SIZE (-1) at a sigma where every candidate's mse is NaN (e.g. the network
+  # outputs NaN there), whose mse and r2 columns are then NaN too.
+  best_size: np.ndarray
 
   def schedule(self) -> Dict[float, int]:
-    """{sigma: best size}: pass as `patch_size` to get the calibrated machine."""
+    """{sigma: best size}: pass as `patch_size` to get the calibrated machine.
+
+    Raises ValueError naming the sigmas without a calibrated size (best_size NO_SIZE: every
+    candidate's distance to the network was NaN there) rather than building a machine with a size
+    nobody chose.
+    """
+    missing = [float(s) for s, k in zip(self.sigmas, self.best_size) if k == NO_SIZE]
+    if missing:
+      raise ValueError(f"no calibrated patch size at sigma {missing}: every candidate's mse to the "
+                       "network is NaN there (does the network output NaN?)")
     return {float(s): int(k) for s, k in zip(self.sigmas, self.best_size)}
+
+
+NO_SIZE = -1  # Calibration.best_size where no candidate size has a finite (non-NaN) distance
+
+
+def _best_sizes(sizes, mse) -> np.ndarray:
+  """(S,) the size of least mse per column among the candidates whose mse is not NaN (np.argmin
+  would return a NaN's position); the smaller size on exact ties; NO_SIZE where all are NaN."""
+  order = np.argsort(sizes, kind="stable")
+  sizes, mse = np.asarray(sizes)[order], mse[order]
+  best = np.full(mse.shape[1], NO_SIZE, np.int64)
+  for j in range(mse.shape[1]):
+    ok = np.flatnonzero(~np.isnan(mse[:, j]))
+    if ok.size:
+      best[j] = sizes[ok[np.argmin(mse[ok, j])]]
+  return best
 
 
 def calibrate(network: Denoiser, train_images, sizes: Sequence[int], inputs, sigmas, labels=None, *,
@@ -208,6 +236,10 @@ def calibrate(network: Denoiser, train_images, sizes: Sequence[int], inputs, sig
   states for the calibration of Kamb & Ganguli, ICML 2025, sec. 5; or noised images). Extra keyword
   arguments go to the machine (e.g. boundary="zeros", chunk_size). machine_factory overrides the
   machine (a function (train_images, k, train_labels, **kw) -> denoiser).
+
+  Returns a `Calibration`. A candidate whose mse is NaN (its machine output NaN) is never chosen
+  over one whose mse is a number; at a sigma where every candidate's mse is NaN, best_size is
+  NO_SIZE (-1) and `Calibration.schedule()` raises ValueError naming that sigma.
   """
   if machine not in MACHINES:
     raise ValueError(f"machine must be one of {MACHINES}, got {machine!r}")
@@ -229,9 +261,7 @@ def calibrate(network: Denoiser, train_images, sizes: Sequence[int], inputs, sig
     mse.append(a.mse)
     r2.append(a.r2)
   mse, r2 = np.stack(mse), np.stack(r2)
-  order = np.argsort(sizes, kind="stable")
-  best = np.asarray(sizes)[order][np.argmin(mse[order], axis=0)]
-  return Calibration(np.asarray(sizes), sigmas, mse, r2, best)
+  return Calibration(np.asarray(sizes), sigmas, mse, r2, _best_sizes(sizes, mse))
 
 
 def ladder_rungs(train_images, train_labels=None, *, delta: Optional[float] = None,

@@ -33,6 +33,7 @@ from jax.sharding import Mesh
 
 from diffgen_jax import samplers
 from diffgen_jax.checks import check_number
+from diffgen_jax.data.convention import check_images
 from diffgen_jax.evaluation import gap
 from diffgen_jax.evaluation.features import batched_features
 from diffgen_jax.evaluation.copies import copy_flags
@@ -110,7 +111,9 @@ def sample_similarity(samples_1, samples_2, *, features_fn: Optional[Callable] =
   """Seed-paired similarity of two models' samples (row i of each came from the same noise).
 
   Args:
-    samples_1, samples_2: (B, H, W, C) samples in [-1, 1], paired by row.
+    samples_1, samples_2: (B, H, W, C) float samples in [-1, 1] (overshoot up to the sampler
+      limit allowed; data/convention.py), paired by row; other (B, ...) float arrays (points) are
+      taken without a pixel scale. Integer pixels, 0..255 floats and NaN or Inf are refused.
     features_fn: optional extractor images -> (B, F) (`evaluation.features`).
     threshold: a pair counts as reproduced when its pixel cosine exceeds it, in (-1, 1).
     feature_threshold: the same in feature space (default: `threshold`).
@@ -119,12 +122,17 @@ def sample_similarity(samples_1, samples_2, *, features_fn: Optional[Callable] =
 
   Returns:
     {"pixels": {...}, "features": {...} (only with features_fn)}, each with "cosine" (B,),
-    "mean_cosine", "fraction_above", "fraction_low", "fraction_high", "threshold".
+    "mean_cosine", "fraction_above", "fraction_low", "fraction_high", "threshold". A NaN cosine
+    (features_fn returned NaN for a row, or `centre` holds NaN) is neither above nor below the
+    threshold: mean_cosine and the three fractions of that space are then NaN.
 
   Raises:
-    ValueError: a threshold not in (-1, 1), batch_size not an integer >= 1, num_resamples not an
-      integer >= 1, seed not an integer >= 0, confidence not in (0, 1) (each named).
+    ValueError: samples not float images (as above; named samples_1 / samples_2), a threshold not
+      in (-1, 1), batch_size not an integer >= 1, num_resamples not an integer >= 1, seed not an
+      integer >= 0, confidence not in (0, 1) (each named).
   """
+  for name, samples in (("samples_1", samples_1), ("samples_2", samples_2)):
+    check_images(samples, name, lenient=True, nhwc=False, check_range=np.ndim(samples) == 4)
   cosine = dict(low=-1.0, high=1.0, low_open=True, high_open=True)  # thresholds of a cosine
   check_number(threshold, "threshold", **cosine)
   feature_threshold = threshold if feature_threshold is None else feature_threshold
@@ -140,8 +148,11 @@ def sample_similarity(samples_1, samples_2, *, features_fn: Optional[Callable] =
     above = (cos > thr).astype(np.float64)
     low, high = bootstrap_mean_interval(above, num_resamples=num_resamples, seed=seed,
                                         confidence=confidence)
+    fraction = float(above.mean())
+    if np.isnan(cos).any():  # `NaN > thr` is False: the pair would count as not reproduced
+      fraction = low = high = np.nan
     out[name] = {"cosine": cos, "mean_cosine": float(cos.mean()),
-                 "fraction_above": float(above.mean()), "fraction_low": float(low),
+                 "fraction_above": fraction, "fraction_low": float(low),
                  "fraction_high": float(high), "threshold": float(thr)}
   return out
 
@@ -151,11 +162,18 @@ def cross_copy_fractions(samples_1, samples_2, train_1, train_2, ratio: float = 
                          chunk_size: int = 2048) -> Dict[str, Dict[str, float]]:
   """Each model's copy fraction against its own and the other model's training set.
 
-  samples_k: (B, ...) samples of model k; train_k: (N_k, ...) its training set (at least 2 images).
+  samples_k: (B, ...) samples of model k; train_k: (N_k, ...) its training set (at least 2 images);
+  float images in [-1, 1] (samples may overshoot; data/convention.py), or other (N, ...) float
+  arrays taken without a pixel scale; integer pixels, 0..255 floats, NaN or Inf are refused.
   Returns {"1/own", "1/other", "2/own", "2/other": {"fraction", "low", "high"}} (percentile
-  bootstrap over samples). Raises ValueError for ratio not in (0, 1), chunk_size not an integer
-  >= 1, or bad bootstrap settings (`timescales.bootstrap_mean_interval`), each named.
+  bootstrap over samples). Raises ValueError for images off the convention, ratio not in (0, 1),
+  chunk_size not an integer >= 1, or bad bootstrap settings (`timescales.bootstrap_mean_interval`),
+  each named.
   """
+  images = all(np.ndim(a) == 4 for a in (samples_1, samples_2, train_1, train_2))
+  for name, a, lenient in (("samples_1", samples_1, True), ("samples_2", samples_2, True),
+                           ("train_1", train_1, False), ("train_2", train_2, False)):
+    check_images(a, name, lenient=lenient, nhwc=False, check_range=images)  # named here
   check_number(ratio, "ratio", low=0.0, high=1.0, low_open=True, high_open=True)
   check_number(chunk_size, "chunk_size", low=1, integer=True)
   out = {}

@@ -29,17 +29,22 @@ Outputs: WORKDIR/results.json (`jobs.results` layout, written after every stage)
      "calibration": {"on", "sigmas" (S_c,), "sizes" (K,),
                      "machines": {"LS" | "ELS" | "PSPC": {"mse" (K, S_c), "r2" (K, S_c),
                                                           "best_size" (S_c,)}}}
+                     (best_size -1 where every candidate's mse is NaN: the job then stops
+                     with a ValueError naming the sigma, after saving the calibration)
      "agreement":   {"train" | "val" | "trajectory": {"sigmas" (S,),
                                                      "rungs": {rung: {"mse" (S,), "r2" (S,)}}}}
      "gaps":        {"sigmas" (S,), "denoisers": {"network" | rung: {"e_train", "e_val", "gap"}}}
-     "summary":     {"best_rung": {set: [rung of the highest r2 per sigma]},
-                     "best_r2": {set: [that r2 per sigma]},
+     "summary":     {"best_rung": {set: [rung of the highest r2 per sigma; null where every
+                                         rung's r2 is NaN]},
+                     "best_r2": {set: [that r2 per sigma; NaN (null) there]},
                      "gap_log_distance": {rung: |log(1 + G_rung) - log(1 + G_network)| per sigma},
-                     "closest_gap_rung": [rung minimising it per sigma],
+                     "closest_gap_rung": [rung minimising it per sigma; null where no rung's
+                                          distance is a number],
                      "gap_distance": {rung: its median over sigmas},
                      "closest_gap_rung_overall": the rung minimising that,
                      "best_rung_predicts_gap": {set: fraction of sigmas where the set's best-r2
-                                                rung is the closest-G rung}}
+                                                rung is the closest-G rung, over the sigmas
+                                                where both are defined; NaN if none is}}
 Figures (config.make_plots) in WORKDIR: ladder_r2.png (r2 vs sigma per rung, one panel per input
 set), ladder_calibration.png (calibrated size vs sigma and every candidate's distance curve),
 ladder_gap.png (G(sigma) of the rungs beside the network's).
@@ -230,7 +235,15 @@ def run(config, workdir: str) -> Dict[str, Any]:
     save()
 
   # 3. The rungs.
-  sched = lambda name: calibrations[name].schedule() if name in calibrations else None
+  def sched(name):
+    if name not in calibrations:
+      return None
+    try:
+      return calibrations[name].schedule()
+    except ValueError as e:  # no size was calibrated at some sigma: refuse to make one up
+      raise ValueError(f"ladder: cannot build the calibrated {name} rung: {e}; the calibration is "
+                       f"in {results_lib.path(workdir)}") from e
+
   ranks = ((None,) if config.gaussian_full else ()) + tuple(int(r) for r in config.gaussian_ranks)
   rungs = ladder.ladder_rungs(
       train_all, train_labels_all, delta=config.delta if config.delta > 0 else None,
@@ -291,15 +304,23 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
   gap_distance[rung] is the median of that distance over the sigmas; best_rung_predicts_gap[set]
   is the fraction of sigmas at which the set's best-r2 rung is the closest-G rung (train and val
   are on G's own sigma grid).
+
+  NaN never wins a choice: a rung whose r2 is NaN is never the best rung over one with a number,
+  and where every rung's r2 is NaN at a sigma (e.g. the network outputs NaN) best_rung is None and
+  best_r2 NaN there. Likewise closest_gap_rung is None where no rung's distance is a number (the
+  network's own E_train is 0 or missing). Sigmas where either choice is None are left out of
+  best_rung_predicts_gap, which is NaN if no sigma is left.
   """
   best_rung, best_r2 = {}, {}
   for set_name, section in results["agreement"].items():
     names = list(section["rungs"])
     r2 = np.stack([_values(section["rungs"][n]["r2"]) for n in names])  # (R, S)
-    filled = np.where(np.isfinite(r2), r2, -np.inf)
-    idx = np.argmax(filled, axis=0)
-    best_rung[set_name] = [names[i] for i in idx]
-    best_r2[set_name] = [float(r2[i, j]) for j, i in enumerate(idx)]
+    best_rung[set_name], best_r2[set_name] = [], []
+    for column in r2.T:  # the highest r2 among the rungs whose r2 is a number (even -inf)
+      ok = np.flatnonzero(~np.isnan(column))
+      i = ok[np.argmax(column[ok])] if ok.size else None
+      best_rung[set_name].append(None if i is None else names[i])
+      best_r2[set_name].append(float("nan") if i is None else float(column[i]))
   curves = results["gaps"]["denoisers"]
   net = _log_ratio(curves["network"])
   rung_names = [n for n in curves if n != "network"]
@@ -315,7 +336,9 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
   for set_name, names in best_rung.items():
     sig = np.asarray(results["agreement"][set_name]["sigmas"], np.float64)
     if sig.shape == gap_sigmas.shape and np.allclose(sig, gap_sigmas):
-      predicts[set_name] = float(np.mean([a == b for a, b in zip(names, closest)]))
+      # Only sigmas where both choices exist: None == None is no agreement.
+      hits = [a == b for a, b in zip(names, closest) if a is not None and b is not None]
+      predicts[set_name] = float(np.mean(hits)) if hits else float("nan")
   return {"best_rung": best_rung, "best_r2": best_r2,
           "gap_log_distance": {n: [float(d) if np.isfinite(d) else None for d in row]
                                for n, row in zip(rung_names, dist)},
@@ -330,12 +353,12 @@ def summary_lines(results: Dict[str, Any]):
   for set_name, names in s["best_rung"].items():
     sig = results["agreement"][set_name]["sigmas"]
     lines.append(f"ladder: best rung on {set_name}: " + ", ".join(
-        f"{x:.3g}:{n}({'n/a' if r is None else f'{r:.2f}'})"
+        f"{x:.3g}:{n or 'none'}({'n/a' if r is None else f'{r:.2f}'})"
         for x, n, r in zip(sig, names, s["best_r2"][set_name])))
   cal = results.get("calibration", {})
   for name, m in cal.get("machines", {}).items():
     lines.append(f"ladder: calibrated {name} size vs sigma ({cal['on']}): " + ", ".join(
-        f"{x:.3g}:{k}" for x, k in zip(cal["sigmas"], m["best_size"])))
+        f"{x:.3g}:{k if k > 0 else 'none'}" for x, k in zip(cal["sigmas"], m["best_size"])))
   sig = results["gaps"]["sigmas"]
   lines.append("ladder: rung whose G is closest to the network's (log scale): " + ", ".join(
       f"{x:.3g}:{n}" for x, n in zip(sig, s["closest_gap_rung"])))

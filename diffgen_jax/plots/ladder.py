@@ -66,7 +66,8 @@ def calibration(path: str, section: Dict[str, Any]) -> None:
   fig, axes = plt.subplots(1, n, figsize=(5.0 * n, 4.2), squeeze=False)
   ax = axes[0][0]
   for name, m in machines.items():
-    ax.plot(sigmas, _array(m["best_size"]), "-o", ms=3, label=name)
+    best = _array(m["best_size"])
+    ax.plot(sigmas, np.where(best > 0, best, np.nan), "-o", ms=3, label=name)  # -1: no size
   ax.set_xscale("log")
   ax.set_xlabel("sigma")
   ax.set_ylabel("calibrated patch size k")
