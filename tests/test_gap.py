@@ -118,6 +118,17 @@ def test_overfitting_onset_and_peak_on_synthetic_curves():
   np.testing.assert_array_equal(onset.rises, [True, True, False])
   with pytest.raises(ValueError):
     gap.overfitting_onset(e_val, seen[::-1])
+  # A diverged (NaN) checkpoint is never the minimum nor a rise: NaN at the 1st and 4th checkpoint
+  # of sigma 0 (minimum still at 2, rising after), a NaN after the minimum of sigma 2 (never
+  # rises); a sigma whose every checkpoint is NaN has no onset (-1).
+  e_nan = np.concatenate([e_val, np.ones((10, 1))], axis=1)
+  e_nan[[0, 3], 0] = np.nan
+  e_nan[4, 2] = e_nan[9, 2] = np.nan  # sigma 2: its minimum (last) is NaN -> the one before
+  e_nan[:, 3] = np.nan
+  onset = gap.overfitting_onset(e_nan, seen)
+  np.testing.assert_array_equal(onset.index, [2, 5, 8, -1])
+  np.testing.assert_array_equal(onset.images_seen, [seen[2], seen[5], seen[8], -1])
+  np.testing.assert_array_equal(onset.rises, [True, True, False, False])
 
   sigmas = np.geomspace(0.01, 100, 41)
   curve = 0.3 * np.exp(-(np.log(sigmas) - np.log(1.0)) ** 2)

@@ -86,3 +86,19 @@ def test_data_independent_denoiser_on_exchangeable_sets_gives_one_half():
     assert np.all(out["tpr_low"] <= out["tpr"]) and np.all(out["tpr"] <= out["tpr_high"])
   # Nominal 95% coverage; 3 binomial standard errors over 30 sets per sigma is 0.12.
   assert np.all(np.mean(inside, axis=0) >= 0.95 - 0.12)
+
+
+def test_evaluate_summary_never_picks_a_nan_auc_as_the_peak():
+  from diffgen_jax.jobs import evaluate  # pylint: disable=import-outside-toplevel
+  sigmas = np.array([0.1, 1.0, 10.0])
+
+  def record(aucs):
+    return {"ema": {"ema_0": {"gap": [0.1, 0.3, 0.2], "e_val": [1.0, 1.0, 1.0],
+                              "membership": {"auc": aucs, "tpr": [0.1, 0.2, 0.3]}}}}
+
+  results = {"snapshots": {
+      "1": dict(record([np.nan, 0.7, 0.6]), images_seen=100),  # a NaN AUC used to be the peak
+      "2": dict(record([np.nan, np.nan, np.nan]), images_seen=200)}}
+  summary = evaluate.summarize(results, sigmas, ())
+  assert summary["membership_peak_auc"][0] == 0.7 and summary["membership_peak_sigma"][0] == 1.0
+  assert np.isnan(summary["membership_peak_auc"][1]) and np.isnan(summary["membership_peak_sigma"][1])

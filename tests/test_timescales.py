@@ -89,6 +89,14 @@ def test_tau_gap_and_onset_on_noiseless_errors():
   onset = ts.onset_time(t, e_val, num_resamples=100)
   assert onset.time == 4.0 and onset.censored == "" and onset.low == onset.high == 4.0
   assert ts.onset_time(t, e_val[::-1] * 0 + np.arange(5, 0, -1.0)[:, None]).censored == "right"
+  # A diverged snapshot (NaN for one image: its mean is NaN) is never the onset; all NaN is refused.
+  e_nan = e_val.copy()
+  e_nan[1, 0] = np.nan
+  e_nan[2, 3] = np.nan  # the true minimum's snapshot diverged: the onset moves to the next best
+  onset = ts.onset_time(t, e_nan, num_resamples=100)
+  assert onset.time == 8.0 and onset.censored == "", onset  # the 4th snapshot (E_val 1.5)
+  with pytest.raises(ValueError, match="every snapshot"):
+    ts.onset_time(t, np.full_like(e_val, np.nan))
 
 
 def test_loglog_slope_exact_and_interval_propagation():

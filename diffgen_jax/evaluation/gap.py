@@ -247,6 +247,8 @@ def overfitting_onset(errors_val, images_seen, *, rtol: float = 0.0) -> Onset:
 
   errors_val: (K, S) E_val per checkpoint (rows in training order); images_seen: (K,) increasing.
   rises: some later checkpoint has E_val > (1 + rtol) * min (False when the minimum is the last).
+  A checkpoint whose E_val is NaN (a diverged network) is never the minimum and never a rise; a
+  sigma where every checkpoint is NaN has index -1, images_seen -1 and rises False.
   """
   e = np.asarray(errors_val, np.float64)
   seen = np.asarray(images_seen)
@@ -254,11 +256,13 @@ def overfitting_onset(errors_val, images_seen, *, rtol: float = 0.0) -> Onset:
     raise ValueError(f"errors_val must be (K, S) and images_seen (K,), got {e.shape}, {seen.shape}")
   if np.any(np.diff(seen) <= 0):
     raise ValueError("images_seen must be strictly increasing (checkpoints in training order)")
-  index = np.argmin(e, axis=0)
+  defined = ~np.all(np.isnan(e), axis=0)
+  index = np.where(defined, np.argmin(np.where(np.isnan(e), np.inf, e), axis=0), -1)
   minimum = e[index, np.arange(e.shape[1])]
-  later = np.where(np.arange(e.shape[0])[:, None] > index[None, :], e, -np.inf).max(axis=0)
-  rises = later > (1.0 + rtol) * minimum
-  return Onset(seen[index], index, rises)
+  finite_later = (np.arange(e.shape[0])[:, None] > index[None, :]) & ~np.isnan(e)
+  later = np.where(finite_later, e, -np.inf).max(axis=0)
+  rises = defined & (later > (1.0 + rtol) * minimum)
+  return Onset(np.where(defined, seen[index], -1), index, rises)
 
 
 def peak(sigmas, gap) -> Tuple[float, float]:

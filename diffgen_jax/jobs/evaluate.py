@@ -278,9 +278,13 @@ def summarize(results, sigmas, at_sigmas) -> Dict[str, Any]:
     summary["onset_rises"] = np.asarray(onset.rises).tolist()
   if all("membership" in r for r in records):
     aucs = np.array([r["membership"]["auc"] for r in records])
-    best = np.argmax(aucs, axis=1)
-    summary["membership_peak_auc"] = aucs[np.arange(len(records)), best].tolist()
-    summary["membership_peak_sigma"] = [float(sigmas[i]) for i in best]
+    # A NaN AUC is never the peak; a snapshot whose AUCs are all NaN has peak AUC and sigma NaN.
+    defined = ~np.all(np.isnan(aucs), axis=1)
+    best = np.argmax(np.where(np.isnan(aucs), -np.inf, aucs), axis=1)
+    summary["membership_peak_auc"] = np.where(defined, aucs[np.arange(len(records)), best],
+                                              np.nan).tolist()
+    summary["membership_peak_sigma"] = [float(sigmas[i]) if ok else float("nan")
+                                        for i, ok in zip(best, defined)]
     summary["membership_peak_tpr"] = [float(np.max(r["membership"]["tpr"])) for r in records]
   at = [s for s in at_sigmas if sigmas[0] <= s <= sigmas[-1]]
   if at:
