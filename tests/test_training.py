@@ -320,8 +320,8 @@ def test_non_finite_loss_stops_with_step(tmp_path, monkeypatch):
     ("training.lr", 0.0, "config.training.lr"),
     ("training.lr", -1e-3, "config.training.lr"),
     ("model.dropout", 2.0, "config.model.dropout"),  # (checked once the data's shape is known)
-    ("mesh.model", 3, "config.mesh: model=3 must be >= 1 and divide the 8 available devices"),
-    ("mesh.data", 3, "config.mesh: data * model must equal the 8 available devices"),
+    ("mesh.model", 3, "config.mesh.model=3 must be >= 1 and divide the 8 available devices"),
+    ("mesh.data", 3, "config.mesh.data=3: config.mesh.data * config.mesh.model must equal the 8"),
 ])
 def test_bad_config_errors_before_compiling(tmp_path, monkeypatch, field, value, error):
   def no_compile(*args, **kwargs):

@@ -81,10 +81,15 @@ def validate_training_fields(config) -> None:
   config_checks.flag(config, "tensorboard")
   config_checks.choice(config, "model.family", models.FAMILIES)
   config_checks.data_config(config.data)
-  try:
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-  except ValueError as err:
-    raise config_checks.ConfigError(f"config.mesh: {err}") from None
+  n, model, data_axis = len(jax.devices()), config.mesh.model, config.mesh.data
+  if model < 1 or n % model:
+    raise config_checks.ConfigError(f"config.mesh.model={model} must be >= 1 and divide the {n} "
+                                    "available devices")
+  if data_axis != -1 and (data_axis < 1 or data_axis * model != n):
+    raise config_checks.ConfigError(
+        f"config.mesh.data={data_axis}: config.mesh.data * config.mesh.model must equal the {n} "
+        "available devices; use data=-1 to take all devices not used by the model axis")
+  mesh = sharding.make_mesh(data_axis, model)
   sharding.check_divisible(config.training.batch_size, mesh, "config.training.batch_size")
 
 
