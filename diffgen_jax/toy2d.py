@@ -351,8 +351,12 @@ def expected_gap(denoise: Denoiser, split: Split, sigmas, rule: NoiseRule, *,
 
 
 def peak(sigmas, values):
-  """(sigma, value) at the maximum of a gap curve (the order of `evaluation.gap.peak`)."""
-  i = int(np.argmax(values))
+  """(sigma, value) at the maximum of a gap curve, NaNs ignored (as `evaluation.gap.peak`);
+  (nan, nan) for an all-NaN curve."""
+  values = np.asarray(values, np.float64)
+  if np.all(np.isnan(values)):
+    return float("nan"), float("nan")
+  i = int(np.nanargmax(values))
   return float(sigmas[i]), float(values[i])
 
 

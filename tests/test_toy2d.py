@@ -551,3 +551,10 @@ def test_validate_config_rejects_wrong_job():
   config.job = "train"
   with pytest.raises(ConfigError, match="config.job"):
     toy2d_job.validate_config(config)
+
+
+def test_peak_ignores_nan_like_the_gap_peak():
+  from diffgen_jax.evaluation import gap  # pylint: disable=import-outside-toplevel
+  sigmas, values = [0.1, 1.0, 10.0], [0.5, np.nan, 2.0]
+  assert toy2d.peak(sigmas, values) == gap.peak(sigmas, values) == (10.0, 2.0)  # was (1.0, nan)
+  assert all(np.isnan(toy2d.peak(sigmas, [np.nan] * 3)))
