@@ -20,6 +20,7 @@ from diffgen_jax import config_checks, denoisers, ema, jobs, models, samplers, t
 from diffgen_jax.evaluation import (frechet, kmeans, membership, neighbours, probes,
                                     reproducibility, timescales)
 from diffgen_jax.models import conv, network as network_lib, nvidia
+from test_config_properties import _set  # sets a dotted config field of any type
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN, INF = float("nan"), float("inf")
@@ -365,15 +366,6 @@ def _config(name, variant=None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(variant) if variant else module.get_config()
-
-
-def _set(config, field, value):
-  *path, name = field.split(".")
-  node = config
-  for part in path:
-    node = node[part]
-  with node.ignore_type():
-    node[name] = value
 
 
 JOB_CONFIGS = {"factors": ("factors", None), "toy2d": ("toy2d", "paper"),
