@@ -46,7 +46,9 @@ from optimal_denoiser import timed  # the benchmarks' one timing helper (benchma
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--patch", type=int, default=5, help="LS/PSPC patch size")
-  p.add_argument("--els_patch", type=int, default=3, help="ELS patch size")
+  p.add_argument("--els_patch", default="3",
+                 help="ELS patch sizes, comma-separated (e.g. 1,3,5,7,9,11,13: the sizes the "
+                      "Fashion-MNIST calibration picks), each timed side by side in one run")
   p.add_argument("--queries", type=int, default=16, help="LS/PSPC queries per sigma (ours), Fashion")
   p.add_argument("--sigmas", type=int, default=4, help="sigmas, log-spaced over [0.002, 80]")
   p.add_argument("--numpy_queries", type=int, default=4, help="(query, sigma) pairs for numpy")
@@ -260,6 +262,16 @@ def els_rows(train, k, pairs, chunks, sigma_grid, repeats, rng):
   return out
 
 
+def els_summary(by_patch):
+  """One line per (patch size, chunk): the ELS ratio to the GEMM ceiling, the figure issue 12 asks for."""
+  print("ELS ratio to the GEMM ceiling by patch size (per wall second / per CPU second):")
+  for k, row in by_patch.items():
+    for chunk, r in row["chunks"].items():
+      print(f"  k={k:>2} (K={row['patch'] ** 2 * row['image'][2]:>3}) chunk {chunk}: "
+            f"{r['wall']['ratio_to_gemm_ceiling']:.2f} / {r['cpu']['ratio_to_gemm_ceiling']:.2f}, "
+            f"{r['s_per_query_sigma']:.2f} s per (query, sigma)")
+
+
 def ystar_chunks(rng, repeats, n=8192, d=784, queries=256):
   train = rng.uniform(-1, 1, (n, d)).astype(np.float32)
   x = jnp.asarray(train[:queries] + 0.5 * rng.standard_normal((queries, d)).astype(np.float32))
@@ -289,10 +301,12 @@ def main(argv=None):
             "unfolded per chunk of 1,000 images inside the timing; ours: all (query, sigma) pairs in "
             "one call with per-query sigma; random uniform images (timing does not depend on them)")
   fashion = rng.uniform(-1, 1, (1000, 28, 28, 1)).astype(np.float32)
+  els_patches = [int(k) for k in args.els_patch.split(",")]
+  els_chunks = [int(c) for c in args.els_chunks.split(",")]
   if args.els_only:
-    results["els"] = els_rows(fashion, args.els_patch, args.els_queries,
-                              [int(c) for c in args.els_chunks.split(",")], sigma_grid,
-                              args.repeats, rng)
+    results["els"] = {str(k): els_rows(fashion, k, args.els_queries, els_chunks, sigma_grid,
+                                       args.repeats, rng) for k in els_patches}
+    els_summary(results["els"])
     jsonio.write_json(args.out, results)
     print(f"wrote {args.out}")
     return results
@@ -304,13 +318,14 @@ def main(argv=None):
                                   max(1, args.cifar_queries // len(sigma_grid)), 1, sigma_grid,
                                   1, rng, numpy_n=args.cifar_numpy_n)
     del cifar
-  results["els"] = els_rows(fashion, args.els_patch, args.els_queries,
-                            [int(c) for c in args.els_chunks.split(",")], sigma_grid, args.repeats,
-                            rng)
+  results["els"] = {str(k): els_rows(fashion, k, args.els_queries, els_chunks, sigma_grid,
+                                     args.repeats, rng) for k in els_patches}
+  els_summary(results["els"])
   if args.els_cifar_n:
     cifar_like = rng.uniform(-1, 1, (args.els_cifar_n, 32, 32, 3)).astype(np.float32)
-    results["els_cifar"] = els_rows(cifar_like, args.els_patch, args.els_queries,
-                                    [els_blocks(cifar_like.shape)[0]], sigma_grid, args.repeats, rng)
+    results["els_cifar"] = {str(k): els_rows(cifar_like, k, args.els_queries,
+                                             [els_blocks(cifar_like.shape)[0]], sigma_grid,
+                                             args.repeats, rng) for k in els_patches}
     del cifar_like
   results["ystar"] = ystar_chunks(rng, args.repeats)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -6,7 +6,7 @@ parts (forward, input gradient, weight gradient; each jitted alone) in XLA, agai
 forward and forward + both gradients (oneDNN, channels_last) on the same shapes and threads.
 Effective GFLOP/s count the dense 2 B H W C_in C_out 9 per part.
 
-    python benchmarks/conv_cpu.py [--batch 64 --size 32 --channels 64 --repeats 10]
+    python benchmarks/conv_cpu.py [--shapes 64,32,64 --repeats 10 --devices 1]
 
 The same parts are timed for the Winograd F(2x2, 3x3) path (`diffgen_jax.models.conv`, the
 default for 3x3 convolutions on CPU), interleaved round by round with XLA's so both see the same
@@ -43,13 +43,19 @@ def _parse_shapes(text: str):
   return shapes
 
 
-def bench_shape(b: int, h: int, c: int, repeats: int, torch) -> dict:
-  """One shape: XLA's and the Winograd convolution's parts, interleaved, and torch's."""
+def bench_shape(b: int, h: int, c: int, repeats: int, torch, devices: int = 1) -> dict:
+  """One shape: XLA's and the Winograd convolution's parts, interleaved, and torch's.
+
+  With devices > 1 the batch is split over that many CPU devices (as the main job splits it over
+  one device per core) and the weights are replicated."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
   from diffgen_jax.models import conv as conv_lib  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
-  x = jax.numpy.asarray(rng.standard_normal((b, h, h, c), np.float32))
-  w = jax.numpy.asarray(0.05 * rng.standard_normal((3, 3, c, c), np.float32))
-  g = jax.numpy.ones((b, h, h, c))
+  mesh = Mesh(np.array(jax.devices()[:devices]), ("batch",))
+  split, replicated = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
+  x = jax.device_put(rng.standard_normal((b, h, h, c), np.float32), split)
+  w = jax.device_put(0.05 * rng.standard_normal((3, 3, c, c), np.float32), replicated)
+  g = jax.device_put(np.ones((b, h, h, c), np.float32), split)
   convs = {"xla": lambda x, w: jax.lax.conv_general_dilated(
                x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
            "winograd": lambda x, w: conv_lib.winograd_conv3x3(x, w, tile=2),
@@ -83,7 +89,7 @@ def bench_shape(b: int, h: int, c: int, repeats: int, torch) -> dict:
     ms.setdefault(algo, {})[part] = statistics.median(t)
   for algo in convs:
     ms[algo]["all"] = ms[algo]["forward"] + ms[algo]["input_grad"] + ms[algo]["weight_grad"]
-  out = {"shape": {"batch": b, "size": h, "channels": c, "kernel": 3,
+  out = {"shape": {"batch": b, "size": h, "channels": c, "kernel": 3, "devices": devices,
                    "gflop_per_part": 2 * b * h * h * c * c * 9 / 1e9},
          **{f"{algo}_ms": ms[algo] for algo in convs}}
   ref = np.asarray(convs["xla"](x, w))
@@ -112,9 +118,15 @@ def main(argv=None):
   p.add_argument("--shapes", default="64,32,64",
                  help="';'-separated batch,size,channels triples (default 64,32,64)")
   p.add_argument("--repeats", type=int, default=10)
+  p.add_argument("--devices", type=int, default=1,
+                 help="CPU devices to split the batch over (XLA paths; torch uses all cores)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                "results", "conv_cpu.json"))
   args = p.parse_args(argv)
+  if args.devices < 1 or any(b % args.devices for b, _, _ in _parse_shapes(args.shapes)):
+    p.error(f"--devices={args.devices} must be >= 1 and divide every batch in --shapes")
+  if args.devices > 1:
+    jax.config.update("jax_num_cpu_devices", args.devices)  # before jax's backend starts
   try:
     import torch  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(len(os.sched_getaffinity(0)))
@@ -123,17 +135,20 @@ def main(argv=None):
   result = {"benchmark": "conv_cpu", "time": time.strftime("%Y-%m-%d %H:%M:%S"),
             "platform": {"python": platform.python_version(), "jax": jax.__version__,
                          "backend": jax.default_backend(), "cpu_cores": os.cpu_count(),
+                         "devices": args.devices,
                          "load_average": os.getloadavg(),
+                         "xla_flags": os.environ.get("XLA_FLAGS", ""),
                          "torch": None if torch is None else torch.__version__,
                          "torch_threads": None if torch is None else torch.get_num_threads()},
             "repeats": args.repeats, "shapes": []}
   print(f"jax {jax.__version__} ({jax.default_backend()}); torch "
         f"{'absent' if torch is None else torch.__version__}; load average {os.getloadavg()[0]:.1f}")
   for b, h, c in _parse_shapes(args.shapes):
-    r = bench_shape(b, h, c, args.repeats, torch)
+    r = bench_shape(b, h, c, args.repeats, torch, args.devices)
     result["shapes"].append(r)
     gflop = r["shape"]["gflop_per_part"]
-    print(f"batch {b}, {h}x{h}, {c} -> {c} channels ({gflop:.2f} dense GFLOP per part), median ms:")
+    print(f"batch {b} on {args.devices} device(s), {h}x{h}, {c} -> {c} channels ({gflop:.2f} dense "
+          f"GFLOP per part), median ms:")
     for algo in ("xla", "winograd", "winograd4", "torch"):
       if algo + "_ms" in r:
         print(f"  {algo:9s} " + "  ".join(f"{k} {v:.1f}" for k, v in r[algo + "_ms"].items()))
