@@ -350,14 +350,18 @@ def expected_gap(denoise: Denoiser, split: Split, sigmas, rule: NoiseRule, *,
   return Gap(np.asarray(sigmas, np.float64), gap, e_train, e_val, spread)
 
 
+def peak_index(values) -> int:
+  """Index of the maximum of a curve, NaNs ignored (np.argmax would return the first NaN's);
+  -1 for an all-NaN curve."""
+  values = np.asarray(values, np.float64)
+  return -1 if np.all(np.isnan(values)) else int(np.nanargmax(values))
+
+
 def peak(sigmas, values):
   """(sigma, value) at the maximum of a gap curve, NaNs ignored (as `evaluation.gap.peak`);
   (nan, nan) for an all-NaN curve."""
-  values = np.asarray(values, np.float64)
-  if np.all(np.isnan(values)):
-    return float("nan"), float("nan")
-  i = int(np.nanargmax(values))
-  return float(sigmas[i]), float(values[i])
+  i = peak_index(values)
+  return (float("nan"), float("nan")) if i < 0 else (float(sigmas[i]), float(values[i]))
 
 
 def nearest_grid_sigma(grid, target: float) -> float:

@@ -1,5 +1,7 @@
 """Disjoint training subsets S1, S2 (data.subset_side): disjoint, nested, seeded, stratified."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -20,8 +22,13 @@ def test_sides_are_disjoint_nested_and_seeded(labels):
   for k in (1, 10, 37, 50):  # 2k <= n: disjoint
     assert not set(rows[1][k]) & set(rows[2][k])
   # 2k = n - 1 = 100: the two sides leave exactly one row out; above n / 2 they overlap by 2k - n.
-  both = data.subset_rows(n, 60, 3, labels, side=1), data.subset_rows(n, 60, 3, labels, side=2)
-  assert len(set(both[0]) & set(both[1])) == 2 * 60 - n
+  with pytest.warns(UserWarning, match=f"overlaps side 1 in {2 * 60 - n} of {n} rows"):
+    side2 = data.subset_rows(n, 60, 3, labels, side=2)
+  assert len(set(data.subset_rows(n, 60, 3, labels, side=1)) & set(side2)) == 2 * 60 - n
+  with warnings.catch_warnings():  # side 1 alone, and side 2 up to n // 2, are silent
+    warnings.simplefilter("error")
+    data.subset_rows(n, 60, 3, labels, side=1)
+    data.subset_rows(n, n // 2, 3, labels, side=2)
   # Seeded: same seed same rows, another seed other rows.
   np.testing.assert_array_equal(data.subset_rows(n, 37, 3, labels, side=2), rows[2][37])
   assert set(data.subset_rows(n, 37, 4, labels, side=2)) != set(rows[2][37])

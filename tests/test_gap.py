@@ -129,6 +129,23 @@ def test_overfitting_onset_and_peak_on_synthetic_curves():
   np.testing.assert_array_equal(onset.index, [2, 5, 8, -1])
   np.testing.assert_array_equal(onset.images_seen, [seen[2], seen[5], seen[8], -1])
   np.testing.assert_array_equal(onset.rises, [True, True, False, False])
+  # inf (an overflowed E_val) counts as diverged like NaN: never the minimum (sigma 0: the only
+  # non-NaN checkpoint is inf -> no onset; was index 0), never a rise (sigma 1: minimum at 5, an
+  # inf after it and nothing else above it -> no rise); -inf is never the minimum (sigma 2).
+  e_inf = np.full((10, 3), np.nan)
+  e_inf[0, 0] = np.inf
+  e_inf[:, 1] = [2, 2, 2, 2, 2, 1, 1, np.inf, 1, 1]
+  e_inf[:, 2] = e_val[:, 0]
+  e_inf[6, 2] = -np.inf
+  onset = gap.overfitting_onset(e_inf, seen)
+  np.testing.assert_array_equal(onset.index, [-1, 5, 2])
+  np.testing.assert_array_equal(onset.rises, [False, False, True])
+  for bad_seen in (np.where(k == 3, np.nan, seen), np.where(k == 9, np.inf, seen)):
+    with pytest.raises(ValueError, match="images_seen must be finite and strictly increasing"):
+      gap.overfitting_onset(e_val, bad_seen)
+
+  assert all(np.isnan(gap.peak([0.1, 1.0], [np.nan, np.nan])))  # was numpy's "All-NaN slice"
+  assert gap.peak([0.1, 1.0, 10.0], [1.0, np.inf, np.nan]) == (1.0, np.inf)  # E_train = 0: G = inf
 
   sigmas = np.geomspace(0.01, 100, 41)
   curve = 0.3 * np.exp(-(np.log(sigmas) - np.log(1.0)) ** 2)

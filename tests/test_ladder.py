@@ -209,3 +209,25 @@ def test_calibration_never_picks_a_nan_candidate_and_says_where_none_is_finite()
   assert ladder.NO_SIZE == -1 and np.all(np.isnan(cal.mse[:, 3]))
   with pytest.raises(ValueError, match=r"no calibrated patch size at sigma \[3\.0\]"):
     cal.schedule()
+
+
+def test_calibration_never_picks_an_overflowed_candidate():
+  """An inf mse (the machine's output overflowed) is not a distance: with the other candidate NaN
+  no size is chosen (was the inf one), and beside a finite one the finite one wins."""
+  import jax.numpy as jnp
+  train = _data(6)
+  sigmas = np.array([0.3, 3.0])
+  noised = ladder.noised_inputs(_data(4, seed=9), sigmas)
+
+  def factory(images, k, labels=None, **kw):
+    machine = local_denoiser(images, k, labels, **kw)
+    shift = {1: jnp.inf, 3: jnp.nan}.get(k, 0.0)  # k=1 overflowed to +inf, k=3 NaN
+    return lambda x, sigma, labels=None: machine(x, sigma, labels) + shift
+
+  cal = ladder.calibrate(local_denoiser(train, 1), train, [1, 3], noised, sigmas,
+                         machine_factory=factory)
+  assert np.all(np.isinf(cal.mse[0])) and np.all(np.isnan(cal.mse[1]))
+  np.testing.assert_array_equal(cal.best_size, [ladder.NO_SIZE] * 2)
+  cal = ladder.calibrate(local_denoiser(train, 1), train, [1, 3, 5], noised, sigmas,
+                         machine_factory=factory)
+  np.testing.assert_array_equal(cal.best_size, [5, 5])

@@ -95,8 +95,17 @@ def test_tau_gap_and_onset_on_noiseless_errors():
   e_nan[2, 3] = np.nan  # the true minimum's snapshot diverged: the onset moves to the next best
   onset = ts.onset_time(t, e_nan, num_resamples=100)
   assert onset.time == 8.0 and onset.censored == "", onset  # the 4th snapshot (E_val 1.5)
-  with pytest.raises(ValueError, match="every snapshot"):
+  with pytest.raises(ValueError, match="no snapshot's mean validation error is finite"):
     ts.onset_time(t, np.full_like(e_val, np.nan))
+  # An overflowed (inf) snapshot is diverged too: with the rest NaN there is no onset (it was the
+  # inf snapshot), and a -inf mean is never the minimum.
+  e_inf = np.full_like(e_val, np.nan)
+  e_inf[0] = np.inf
+  with pytest.raises(ValueError, match="no snapshot's mean validation error is finite"):
+    ts.onset_time(t, e_inf)
+  e_inf = e_val.copy()
+  e_inf[0, 5] = -np.inf
+  assert ts.onset_time(t, e_inf, num_resamples=100).time == 4.0
 
 
 def test_loglog_slope_exact_and_interval_propagation():

@@ -558,3 +558,16 @@ def test_peak_ignores_nan_like_the_gap_peak():
   sigmas, values = [0.1, 1.0, 10.0], [0.5, np.nan, 2.0]
   assert toy2d.peak(sigmas, values) == gap.peak(sigmas, values) == (10.0, 2.0)  # was (1.0, nan)
   assert all(np.isnan(toy2d.peak(sigmas, [np.nan] * 3)))
+
+
+def test_spread_and_angle_at_the_peak_ignore_nan():
+  """The job's spread_at_peak and the relative-error curve's max / angle_at_max are read at the
+  peak `toy2d.peak` reports (np.argmax would point at the first NaN)."""
+  gaps = toy2d.Gap(np.array([0.1, 1.0, 10.0]), np.array([np.nan, 0.5, 2.0]), np.ones(3),
+                   np.ones(3), np.array([0.7, 0.8, 0.9]))
+  curve = toy2d_job._gap_curve("c", "delta", 1.0, (gaps, gaps))
+  assert (curve["peak_sigma"], curve["peak_value"], curve["spread_at_peak"]) == (10.0, 2.0, 0.9)
+  assert curve["expected"]["spread_at_peak"] == 0.9
+  assert np.isnan(toy2d_job._at_peak([np.nan, np.nan], [1.0, 2.0]))
+  assert toy2d_job._at_peak([np.nan, 3.0, 1.0], [10.0, 20.0, 30.0]) == 20.0
+  assert toy2d.peak_index([np.nan, np.nan]) == -1 and toy2d.peak_index([1.0, np.nan, 4.0]) == 2

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -90,7 +91,8 @@ def subset_rows(num_examples: int, subset_size: int, seed: int,
 
   side: 1 takes the first `subset_size` rows of `subset_order`, 2 the last ones, so the two sides
   are disjoint when 2 * subset_size <= num_examples (they overlap in 2 * subset_size -
-  num_examples rows otherwise). Raises ValueError for a bad size or side.
+  num_examples rows otherwise, with a UserWarning for side 2: side 2 exists for disjoint pairs).
+  Raises ValueError for a bad size or side.
   """
   if isinstance(subset_size, bool) or not isinstance(subset_size, (int, np.integer)):
     raise ValueError(f"subset_size must be an int, got {subset_size!r}")
@@ -99,6 +101,10 @@ def subset_rows(num_examples: int, subset_size: int, seed: int,
                      "training split); use None for the whole split")
   if isinstance(side, bool) or side not in SUBSET_SIDES:
     raise ValueError(f"subset side={side!r} must be one of {SUBSET_SIDES}")
+  if side == 2 and 2 * subset_size > num_examples:
+    warnings.warn(f"subset side 2 of size {subset_size} overlaps side 1 in "
+                  f"{2 * subset_size - num_examples} of {num_examples} rows: the two sides are "
+                  f"disjoint only for subset_size <= {num_examples // 2}", UserWarning, stacklevel=2)
   order = subset_order(num_examples, seed, labels)
   return np.sort(order[:subset_size] if side == 1 else order[::-1][:subset_size])
 

@@ -247,30 +247,36 @@ def overfitting_onset(errors_val, images_seen, *, rtol: float = 0.0) -> Onset:
 
   errors_val: (K, S) E_val per checkpoint (rows in training order); images_seen: (K,) increasing.
   rises: some later checkpoint has E_val > (1 + rtol) * min (False when the minimum is the last).
-  A checkpoint whose E_val is NaN (a diverged network) is never the minimum and never a rise; a
-  sigma where every checkpoint is NaN has index -1, images_seen -1 and rises False.
+  A checkpoint whose E_val is not finite (NaN or +-inf: a diverged network) is never the minimum
+  and never a rise; a sigma where no checkpoint is finite has index -1, images_seen -1 and rises
+  False. Raises ValueError for mismatched shapes or images_seen not finite and strictly increasing.
   """
   e = np.asarray(errors_val, np.float64)
   seen = np.asarray(images_seen)
   if e.ndim != 2 or seen.shape != (e.shape[0],):
     raise ValueError(f"errors_val must be (K, S) and images_seen (K,), got {e.shape}, {seen.shape}")
-  if np.any(np.diff(seen) <= 0):
-    raise ValueError("images_seen must be strictly increasing (checkpoints in training order)")
-  defined = ~np.all(np.isnan(e), axis=0)
-  index = np.where(defined, np.argmin(np.where(np.isnan(e), np.inf, e), axis=0), -1)
+  if not np.all(np.isfinite(seen)) or np.any(np.diff(seen) <= 0):
+    raise ValueError("images_seen must be finite and strictly increasing (checkpoints in training "
+                     f"order), got {seen.tolist()}")
+  finite = np.isfinite(e)
+  defined = finite.any(axis=0)
+  index = np.where(defined, np.argmin(np.where(finite, e, np.inf), axis=0), -1)
   minimum = e[index, np.arange(e.shape[1])]
-  finite_later = (np.arange(e.shape[0])[:, None] > index[None, :]) & ~np.isnan(e)
+  finite_later = (np.arange(e.shape[0])[:, None] > index[None, :]) & finite
   later = np.where(finite_later, e, -np.inf).max(axis=0)
   rises = defined & (later > (1.0 + rtol) * minimum)
   return Onset(np.where(defined, seen[index], -1), index, rises)
 
 
 def peak(sigmas, gap) -> Tuple[float, float]:
-  """(sigma, value) at the maximum of a gap curve (NaNs ignored)."""
+  """(sigma, value) at the maximum of a gap curve, NaNs ignored (+inf, e.g. G where E_train is 0,
+  is a maximum); (nan, nan) for an all-NaN curve. Raises ValueError when the shapes differ."""
   gap = np.asarray(gap, np.float64)
   sigmas = np.asarray(sigmas, np.float64)
   if gap.shape != sigmas.shape:
     raise ValueError(f"sigmas {sigmas.shape} and gap {gap.shape} must match")
+  if np.all(np.isnan(gap)):
+    return float("nan"), float("nan")
   i = int(np.nanargmax(gap))
   return float(sigmas[i]), float(gap[i])
 

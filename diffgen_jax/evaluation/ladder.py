@@ -190,36 +190,37 @@ class Calibration(NamedTuple):
   sigmas: np.ndarray  # (S,)
   mse: np.ndarray  # (K, S) mean squared difference of each candidate's machine to the network
   r2: np.ndarray  # (K, S)
-  # (S,) int: sizes[argmin_k mse[k, s]] over the candidates whose mse is not NaN (the smaller size
-  # on exact ties); NO_SIZE (-1) at a sigma where every candidate's mse is NaN (e.g. the network
-  # outputs NaN there), whose mse and r2 columns are then NaN too.
+  # (S,) int: sizes[argmin_k mse[k, s]] over the candidates whose mse is finite (the smaller size
+  # on exact ties); NO_SIZE (-1) at a sigma where no candidate's mse is finite (e.g. the network
+  # outputs NaN or inf there).
   best_size: np.ndarray
 
   def schedule(self) -> Dict[float, int]:
     """{sigma: best size}: pass as `patch_size` to get the calibrated machine.
 
     Raises ValueError naming the sigmas without a calibrated size (best_size NO_SIZE: every
-    candidate's distance to the network was NaN there) rather than building a machine with a size
+    candidate's distance to the network was finite there) rather than building a machine with a size
     nobody chose.
     """
     missing = [float(s) for s, k in zip(self.sigmas, self.best_size) if k == NO_SIZE]
     if missing:
-      raise ValueError(f"no calibrated patch size at sigma {missing}: every candidate's mse to the "
-                       "network is NaN there (does the network output NaN?)")
+      raise ValueError(f"no calibrated patch size at sigma {missing}: no candidate's mse to the "
+                       "network is finite there (does the network output NaN or inf?)")
     return {float(s): int(k) for s, k in zip(self.sigmas, self.best_size)}
 
 
-NO_SIZE = -1  # Calibration.best_size where no candidate size has a finite (non-NaN) distance
+NO_SIZE = -1  # Calibration.best_size where no candidate size has a finite distance
 
 
 def _best_sizes(sizes, mse) -> np.ndarray:
-  """(S,) the size of least mse per column among the candidates whose mse is not NaN (np.argmin
-  would return a NaN's position); the smaller size on exact ties; NO_SIZE where all are NaN."""
+  """(S,) the size of least mse per column among the candidates whose mse is finite (np.argmin
+  would return a NaN's position, and an inf mse is an overflow, not a distance); the smaller size
+  on exact ties; NO_SIZE where none is finite."""
   order = np.argsort(sizes, kind="stable")
   sizes, mse = np.asarray(sizes)[order], mse[order]
   best = np.full(mse.shape[1], NO_SIZE, np.int64)
   for j in range(mse.shape[1]):
-    ok = np.flatnonzero(~np.isnan(mse[:, j]))
+    ok = np.flatnonzero(np.isfinite(mse[:, j]))
     if ok.size:
       best[j] = sizes[ok[np.argmin(mse[ok, j])]]
   return best
@@ -237,9 +238,9 @@ def calibrate(network: Denoiser, train_images, sizes: Sequence[int], inputs, sig
   arguments go to the machine (e.g. boundary="zeros", chunk_size). machine_factory overrides the
   machine (a function (train_images, k, train_labels, **kw) -> denoiser).
 
-  Returns a `Calibration`. A candidate whose mse is NaN (its machine output NaN) is never chosen
-  over one whose mse is a number; at a sigma where every candidate's mse is NaN, best_size is
-  NO_SIZE (-1) and `Calibration.schedule()` raises ValueError naming that sigma.
+  Returns a `Calibration`. A candidate whose mse is not finite (NaN or inf: its machine or the
+  network output NaN or overflowed) is never chosen; at a sigma where no candidate's mse is finite,
+  best_size is NO_SIZE (-1) and `Calibration.schedule()` raises ValueError naming that sigma.
   """
   if machine not in MACHINES:
     raise ValueError(f"machine must be one of {MACHINES}, got {machine!r}")

@@ -285,8 +285,8 @@ def onset_time(times, per_image_val, *, num_resamples: int = 1000, seed: int = 0
   per_image_val: (K, N_val) per-image validation errors at one sigma. Right-censored (time of the
   last snapshot, censored="right") when the minimum is the last snapshot, i.e. no rise yet. The
   interval is the percentile interval of the argmin's time over resampled validation images.
-  Snapshots whose mean error is NaN (a diverged network) are never the minimum; raises ValueError
-  when every snapshot's is.
+  Snapshots whose mean error is not finite (NaN or +-inf: a diverged network) are never the
+  minimum; raises ValueError when no snapshot's is finite.
   """
   t = _check_times(times, log_time=False)
   va = np.asarray(per_image_val, np.float64)
@@ -295,10 +295,10 @@ def onset_time(times, per_image_val, *, num_resamples: int = 1000, seed: int = 0
   _check_confidence(confidence)
   resampled = resampled_means(va.T, resample_counts(va.shape[1], num_resamples, seed))  # (R, K)
   mean = va.mean(axis=1)
-  if np.all(np.isnan(mean)):
-    raise ValueError("per_image_val: every snapshot's mean validation error is NaN")
-  draws = t[np.argmin(np.where(np.isnan(resampled), np.inf, resampled), axis=1)]
-  k = int(np.argmin(np.where(np.isnan(mean), np.inf, mean)))
+  if not np.any(np.isfinite(mean)):
+    raise ValueError("per_image_val: no snapshot's mean validation error is finite (all NaN/inf)")
+  draws = t[np.argmin(np.where(np.isfinite(resampled), resampled, np.inf), axis=1)]
+  k = int(np.argmin(np.where(np.isfinite(mean), mean, np.inf)))
   alpha = 1.0 - confidence
   return Crossing(float(t[k]), float(np.quantile(draws, alpha / 2, method="lower")),
                   float(np.quantile(draws, 1 - alpha / 2, method="higher")),

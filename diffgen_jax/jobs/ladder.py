@@ -29,7 +29,7 @@ Outputs: WORKDIR/results.json (`jobs.results` layout, written after every stage)
      "calibration": {"on", "sigmas" (S_c,), "sizes" (K,),
                      "machines": {"LS" | "ELS" | "PSPC": {"mse" (K, S_c), "r2" (K, S_c),
                                                           "best_size" (S_c,)}}}
-                     (best_size -1 where every candidate's mse is NaN: the job then stops
+                     (best_size -1 where no candidate's mse is finite: the job then stops
                      with a ValueError naming the sigma, after saving the calibration)
      "agreement":   {"train" | "val" | "trajectory": {"sigmas" (S,),
                                                      "rungs": {rung: {"mse" (S,), "r2" (S,)}}}}

@@ -39,7 +39,7 @@ from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
 from diffgen_jax.toy2d import (DATASETS, TEST_ANGLES, Gap, NoiseRule, Split, circle_points,
                                denoising_errors, expected_errors, expected_gap, lattice_rule,
                                legacy_numpy_draws, legacy_numpy_shared_draws, make_dataset,
-                               nearest_distances, nearest_grid_sigma, noise_draws, peak,
+                               nearest_distances, nearest_grid_sigma, noise_draws, peak, peak_index,
                                relative_error_angles, sampled_gap)
 
 EXPERIMENTS = ("flow_field", "relative_error", "gap_vs_delta", "gap_vs_density", "guidance",
@@ -179,6 +179,12 @@ def _gap(denoise: Denoiser, split: Split, section, config):
   return estimate, expected
 
 
+def _at_peak(values, other) -> float:
+  """other[i] at the peak i of values, as `peak` finds it (NaNs ignored); NaN for an all-NaN curve."""
+  i = peak_index(values)
+  return float(other[i]) if i >= 0 else float("nan")
+
+
 def _gap_curve(label: str, name: str, value, gaps) -> Dict:
   gap, expected = gaps
   peak_sigma, peak_value = peak(gap.sigmas, gap.gap)
@@ -186,12 +192,12 @@ def _gap_curve(label: str, name: str, value, gaps) -> Dict:
                error_val=gap.error_val, peak_value=peak_value, peak_sigma=peak_sigma)
   if gap.spread is not None:
     curve["spread"] = gap.spread
-    curve["spread_at_peak"] = float(gap.spread[int(np.argmax(gap.gap))])
+    curve["spread_at_peak"] = _at_peak(gap.gap, gap.spread)
   if expected is not None:  # the expected curve beside an estimate (config.compare_expected)
     e_sigma, e_peak = peak(expected.sigmas, expected.gap)
     curve["expected"] = dict(values=expected.gap, spread=expected.spread, peak_value=e_peak,
                              peak_sigma=e_sigma,
-                             spread_at_peak=float(expected.spread[int(np.argmax(expected.gap))]))
+                             spread_at_peak=_at_peak(expected.gap, expected.spread))
   logging.info("toy2d   %s: peak G=%.4g at sigma=%.4g", label, peak_value, peak_sigma)
   return curve
 
@@ -289,10 +295,9 @@ def experiment_relative_error(config):
       errors = denoising_errors(denoise, points, [sigma], noise, dtype)[0]
     e_theta, e_train = errors[:n_test], errors[n_test:].mean()
     rel = (e_theta - e_train) / e_train
-    i = int(np.argmax(rel))
     curve = dict(label=f"delta={delta:g}", parameter={"delta": float(delta)}, values=rel,
-                 error=e_theta, error_train=float(e_train), max_value=float(rel[i]),
-                 angle_at_max=float(angles[i]))
+                 error=e_theta, error_train=float(e_train), max_value=_at_peak(rel, rel),
+                 angle_at_max=_at_peak(rel, angles))
     if train_index.size:
       curve["max_abs_at_train_angles"] = float(np.max(np.abs(rel[train_index])))
     if val_index.size:
