@@ -172,7 +172,8 @@ def local_frames(points) -> np.ndarray:
   with local coordinates (a, b) is a e_r + b e_t = (a, b) @ frame in world coordinates.
   """
   points = np.asarray(points, np.float64)
-  norm = np.linalg.norm(points, axis=-1, keepdims=True)
+  # hypot, not sqrt(x^2 + y^2): no underflow to 0 at |y| ~ 1e-200, no overflow to inf at 1e200.
+  norm = np.hypot(points[:, :1], points[:, 1:])
   e_r = np.where(norm == 0, np.array([1.0, 0.0]), points / np.where(norm == 0, 1.0, norm))  # NaN stays NaN
   e_t = np.stack([-e_r[:, 1], e_r[:, 0]], axis=-1)
   return np.stack([e_r, e_t], axis=1)

@@ -97,6 +97,11 @@ def test_local_frames_known_values():
   np.testing.assert_allclose(frames[0], [[0.6, 0.8], [-0.8, 0.6]], atol=1e-12)
   np.testing.assert_array_equal(frames[1], np.eye(2))  # the origin: the identity
   assert np.all(np.isnan(frames[2]))  # a NaN point: NaN, not the origin's identity
+  # Tiny and huge radii keep their direction (the squared norm would underflow to 0 / overflow).
+  frames = toy2d.local_frames(np.array([[0.0, 1e-200], [3e200, 4e200], [-1e-300, 0.0]]))
+  np.testing.assert_allclose(frames[0], [[0.0, 1.0], [-1.0, 0.0]], atol=1e-12)
+  np.testing.assert_allclose(frames[1], [[0.6, 0.8], [-0.8, 0.6]], atol=1e-12)
+  np.testing.assert_allclose(frames[2], [[-1.0, 0.0], [0.0, -1.0]], atol=1e-12)
 
 
 def test_local_frame_draws_are_the_same_in_every_frame():
