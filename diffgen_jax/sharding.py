@@ -68,6 +68,21 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def batch_multiple(batch_size: int, mesh: Optional[Mesh]) -> int:
+  """batch_size rounded up to a multiple of the mesh's data axis (unchanged without a mesh)."""
+  d = 1 if mesh is None else mesh.shape[DATA_AXIS]
+  return -(-int(batch_size) // d) * d
+
+
+def put_batch(array, mesh: Optional[Mesh]) -> jax.Array:
+  """`array` on the devices, its leading (batch) axis split over the mesh's data axis; on the
+  default device when mesh is None. Raises ValueError when the batch does not divide the axis."""
+  if mesh is None:
+    return jax.numpy.asarray(array)
+  check_divisible(len(array), mesh, "batch")
+  return jax.device_put(array, batch_sharded(mesh))
+
+
 def check_divisible(size: int, mesh: Mesh, what: str, axis: str = DATA_AXIS) -> None:
   n = mesh.shape[axis]
   if size % n:

@@ -9,6 +9,7 @@ from diffgen_jax.evaluation import probes, samples
 from diffgen_jax.evaluation.features import pixel_features
 from diffgen_jax.evaluation.frechet import frechet_distance
 from diffgen_jax.optimal import empirical_optimal_denoiser, posterior_statistics
+from diffgen_jax.sharding import make_mesh
 
 
 def _uniform(seed, n, shape=(4, 4, 1)):
@@ -109,6 +110,12 @@ def test_nn_cosine_similarity_and_probe():
   assert set(res) == {f"{a}/{b}" for a in ("trajectory", "train", "val") for b in ("train", "val")}
   for v in res.values():
     assert v.shape == (4,) and np.all(np.abs(v) <= 1 + 1e-6)
+  # Batches split over the 8 devices (batch 5 rounded up to 8; the last batch padded): the same.
+  split = probes.nn_similarity_probe(optimal, pixel_features, traj.sigmas, traj.denoised,
+                                     train[:4], val[:4], train.reshape(12, -1), val.reshape(12, -1),
+                                     batch_size=5, mesh=make_mesh())
+  for k, v in res.items():
+    np.testing.assert_allclose(split[k], v, atol=1e-6, err_msg=k)
   # At the smallest sigma the optimal denoiser returns training images: similarity 1 to train.
   assert res["train/train"][-1] == pytest.approx(1.0, abs=1e-5)
   assert res["val/train"][-1] == pytest.approx(1.0, abs=1e-5)

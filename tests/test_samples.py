@@ -34,6 +34,15 @@ def _config(**samples):
   return config
 
 
+def _numbers(obj):
+  """Every number of a nested record, in order (keys sorted)."""
+  if isinstance(obj, dict):
+    return [v for k in sorted(obj) for v in _numbers(obj[k])]
+  if isinstance(obj, list):
+    return [v for item in obj for v in _numbers(item)]
+  return [float(obj)] if isinstance(obj, (int, float)) else []
+
+
 def _plain(obj):
   """True when obj holds only dicts, lists, str, bool, int and (Python) float."""
   if isinstance(obj, dict):
@@ -47,8 +56,10 @@ def _plain(obj):
 def test_optimal_denoiser_known_answers(tmp_path, classes):
   train, val = _split(0, 12, classes=classes), _split(1, 12, classes=classes)
   config = _config(probe_size=12)
-  config.evaluation.batch_size = 10  # 24 samples: batches of 10, 10 and 4 (padded)
+  config.evaluation.batch_size = 10  # 24 samples on 8 devices: batches of 16 and 8 (padded)
   ctx, protocol, _ = ev.sample_setup(config, str(tmp_path), train, val)
+  # The job splits batches over every device (8 simulated), rounding the batch up to a multiple.
+  assert ctx.mesh is not None and ctx.mesh.shape["data"] == 8 and ctx.batch_size == 16
   m = protocol["reference_size"]
   assert m == 6  # min(num_samples 24, 12 // 2 subsets, 12 validation images)
   rows = ctx.reference_rows["train"]
@@ -93,6 +104,10 @@ def test_optimal_denoiser_known_answers(tmp_path, classes):
   # The optimal denoiser maps a slightly noisy validation image onto a training image.
   assert sim["val/train"][-1] == pytest.approx(1.0, abs=1e-5)
   assert sim["val/val"][-1] < 0.9
+  # On one device in batches of 10, 10 and 4 (padded): the same record up to float rounding.
+  single = samples.evaluate_denoiser(dataclasses.replace(ctx, mesh=None, batch_size=10), optimal)
+  np.testing.assert_allclose(_numbers(single.record), _numbers(r), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(single.grid["samples"], result.grid["samples"], atol=1e-6)
 
 
 def test_incremental_snapshots_last_and_protocol(tmp_path, monkeypatch):

@@ -444,3 +444,17 @@ def test_two_processes_match_one(tmp_path):
   assert [r["step"] for r in rows_multi] == list(range(1, steps + 1))
   np.testing.assert_allclose([r["loss"] for r in rows_multi], [r["loss"] for r in rows_single],
                              rtol=1e-5)
+
+
+def test_put_batch_splits_the_batch_over_the_data_axis():
+  mesh = sharding.make_mesh()  # 8 simulated devices on the data axis
+  assert sharding.batch_multiple(5, mesh) == 8 and sharding.batch_multiple(16, mesh) == 16
+  assert sharding.batch_multiple(5, None) == 5
+  x = np.arange(32, dtype=np.float32).reshape(16, 2)
+  put = sharding.put_batch(x, mesh)
+  assert put.sharding.spec == jax.sharding.PartitionSpec(sharding.DATA_AXIS)
+  assert len(put.addressable_shards) == 8 and put.addressable_shards[0].data.shape == (2, 2)
+  np.testing.assert_array_equal(np.asarray(put), x)
+  np.testing.assert_array_equal(np.asarray(sharding.put_batch(x, None)), x)
+  with pytest.raises(ValueError, match="batch=12 must be divisible by the 8 devices"):
+    sharding.put_batch(x[:12], mesh)

@@ -33,13 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from diffgen_jax import edm
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
 from diffgen_jax.denoisers import check_labels, is_array_pytree
-from diffgen_jax.sharding import DATA_AXIS, check_divisible
+from diffgen_jax.sharding import batch_multiple, put_batch, replicated
 
 
 def image_noise(noise_seed, ids, item_shape, dtype=jnp.float32) -> jax.Array:
@@ -122,15 +122,10 @@ def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, ba
   c = max(1, min(sigma_chunk or s, s))
   padded = np.concatenate([sigmas_host, np.full(-s % c, sigmas_host[-1])])
   sigmas_dev = jnp.asarray(padded, images.dtype)
-  batch_size = min(batch_size, n)
+  batch_size = batch_multiple(min(batch_size, n), mesh)
+  put = functools.partial(put_batch, mesh=mesh)
   if mesh is not None:
-    d = mesh.shape[DATA_AXIS]
-    batch_size = -(-batch_size // d) * d
-    check_divisible(batch_size, mesh, "batch_size")
-    put = lambda a: jax.device_put(a, NamedSharding(mesh, P(DATA_AXIS)))
-    sigmas_dev = jax.device_put(sigmas_dev, NamedSharding(mesh, P()))
-  else:
-    put = jnp.asarray
+    sigmas_dev = jax.device_put(sigmas_dev, replicated(mesh))
   if params is not None:
     denoise = jax.tree_util.Partial(denoise, params)
   if is_array_pytree(denoise) and (reference is None or is_array_pytree(reference)):

@@ -37,6 +37,7 @@ from diffgen_jax.evaluation.features import batched_features
 from diffgen_jax.evaluation.gap import image_noise
 from diffgen_jax.evaluation.neighbours import nearest_neighbours
 from diffgen_jax.optimal import posterior_statistics
+from diffgen_jax.sharding import batch_multiple, put_batch
 
 
 # ------------------------------------------------------------------------------------------------
@@ -174,7 +175,7 @@ def nn_cosine_similarity(query_features, reference_features, *, chunk_size: int 
 def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train_probe, val_probe,
                         train_features, val_features, *, train_probe_ids=None, val_probe_ids=None,
                         train_probe_labels=None, val_probe_labels=None, noise_seed: int = 0,
-                        batch_size: int = 256) -> Dict[str, np.ndarray]:
+                        batch_size: int = 256, mesh=None) -> Dict[str, np.ndarray]:
   """Mean 1-NN cosine similarity per step of predictions to the training and validation sets.
 
   Args:
@@ -185,6 +186,7 @@ def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train
     train_probe, val_probe: (P, ...) clean images denoised at every sigma as D(y + sigma n; sigma)
       (noise as in the gap evaluation).
     train_features, val_features: (N, F) features of the reference training / validation sets.
+    mesh: optional; each batch of denoiser calls is split over its data axis.
 
   Returns:
     dict of (T,) arrays 'trajectory/train', 'trajectory/val', 'train/train', 'train/val',
@@ -212,15 +214,20 @@ def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train
     probe = np.asarray(probe, np.float32)
     ids = np.arange(probe.shape[0]) if ids is None else np.asarray(ids)
     noisy = _noisy(probe, ids, sigmas, noise_seed)
-    lab = None if labels is None else jnp.asarray(labels, jnp.int32)
+    lab = None if labels is None else np.asarray(labels, np.int32)
     # All (sigma, image) pairs flattened into batches with a per-row sigma: few large calls.
     t_steps, p = noisy.shape[:2]
     flat = noisy.reshape((t_steps * p,) + noisy.shape[2:])
     flat_sigma = np.repeat(sigmas, p)
-    flat_lab = None if lab is None else jnp.tile(lab, t_steps)
-    rows = [slice(i, i + batch_size) for i in range(0, flat.shape[0], batch_size)]
-    preds = [np.asarray(den(jnp.asarray(flat[r]), jnp.asarray(flat_sigma[r]),
-                            None if flat_lab is None else flat_lab[r])) for r in rows]
+    flat_lab = None if lab is None else np.tile(lab, t_steps)
+    # Fixed-size batches (the last padded with repeats of the last row): one compilation.
+    total, batch = flat.shape[0], batch_multiple(min(batch_size, flat.shape[0]), mesh)
+    preds = []
+    for start in range(0, total, batch):
+      r = np.minimum(np.arange(start, start + batch), total - 1)
+      out = den(put_batch(flat[r], mesh), put_batch(flat_sigma[r], mesh),
+                None if flat_lab is None else put_batch(flat_lab[r], mesh))
+      preds.append(np.asarray(out)[:min(batch, total - start)])
     sources[name] = list(np.concatenate(preds).reshape((t_steps, p) + noisy.shape[2:]))
   result = {}
   for src, outs in sources.items():

@@ -41,8 +41,10 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from diffgen_jax import samplers
+from diffgen_jax.sharding import batch_multiple, put_batch
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import frechet, probes
 from diffgen_jax.evaluation.copies import copy_fraction, nearest_distinct
@@ -118,6 +120,7 @@ class Setup:
   nn_similarity: bool
   grid_size: int
   validation_copy_fraction: float
+  mesh: Optional[Mesh] = None  # the sampler's and probes' batches are split over its data axis
 
 
 def reference_size(num_samples: int, num_train: int, num_val: int, num_train_subsets: int) -> int:
@@ -139,7 +142,7 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
             num_steps: int = 18, seed: int = 0, num_train_subsets: int = 2,
             early_stop_every: int = 1, overlap: bool = True, nn_similarity: bool = True,
             probe_size: int = 128, copy_ratio: float = 1.0 / 3.0, grid_size: int = 32,
-            batch_size: int = 256, noise_seed: int = 0) -> Setup:
+            batch_size: int = 256, noise_seed: int = 0, mesh: Optional[Mesh] = None) -> Setup:
   """The denoiser-independent part: noise, labels, features and reference statistics.
 
   Args:
@@ -153,10 +156,12 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
     num_train_subsets, early_stop_every, overlap, nn_similarity, probe_size, copy_ratio,
       grid_size: see the module docstring. batch_size: images per compiled call.
     noise_seed: the gap evaluation's noise seed (the probes' noisy training / validation images).
+    mesh: optional; the sampler's and the probes' batches are split over its data axis (batch_size
+      rounded up to a multiple of it). The numbers do not depend on it beyond float rounding.
   """
   train_images = np.asarray(train_images, np.float32)
   val_images = np.asarray(val_images, np.float32)
-  batch = int(batch_size)
+  batch = batch_multiple(int(batch_size), mesh)
   conditional = num_classes > 0
   n = int(num_samples)
   item = tuple(train_images.shape[1:])
@@ -191,7 +196,7 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
       reference_rows={"train": subsets, "val": val_rows}, references=references,
       stop_steps=stop_steps, probe_size=probe_size, overlap=bool(overlap),
       nn_similarity=bool(nn_similarity), grid_size=min(int(grid_size), n),
-      validation_copy_fraction=float(control))
+      validation_copy_fraction=float(control), mesh=mesh)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,7 +219,7 @@ def run_sampler(ctx: Setup, denoise) -> SampleRun:
   stop steps), so host memory holds (S, n, F) features, never (S, n, H, W, C) images.
   """
   n = len(ctx.noise)
-  batch = min(ctx.batch_size, n)
+  batch = batch_multiple(min(ctx.batch_size, n), ctx.mesh)
   samples, feats, stop_feats, states, denoised = [], [], [], [], []
   kept, sigmas = 0, None
   stop = jnp.asarray(ctx.stop_steps)
@@ -222,8 +227,8 @@ def run_sampler(ctx: Setup, denoise) -> SampleRun:
   for start in range(0, n, batch):
     rows = np.minimum(np.arange(start, start + batch), n - 1)
     keep = min(batch, n - start)
-    out = samplers.sample(denoise, jnp.asarray(ctx.noise[rows]),
-                          None if ctx.labels is None else jnp.asarray(ctx.labels[rows]),
+    out = samplers.sample(denoise, put_batch(ctx.noise[rows], ctx.mesh),
+                          None if ctx.labels is None else put_batch(ctx.labels[rows], ctx.mesh),
                           num_steps=ctx.num_steps, return_trajectory=True)
     traj = out.trajectory
     sigmas = np.asarray(traj.sigmas)
@@ -291,7 +296,7 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
         denoise, ctx.features_fn, run.sigmas, run.denoised, ctx.train_images[:p],
         ctx.val_images[:p], ctx.train_features, ctx.val_features,
         train_probe_labels=label(ctx.train_labels), val_probe_labels=label(ctx.val_labels),
-        **probe_kw)
+        mesh=ctx.mesh, **probe_kw)
     record["nn_similarity"] = {"sigmas": _floats(run.sigmas)}
     record["nn_similarity"].update({k: _floats(v) for k, v in sims.items()})
   g = ctx.grid_size

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffgen_jax import config_checks, data, denoisers, edm, training
+from diffgen_jax import config_checks, data, denoisers, edm, sharding, training
 from diffgen_jax.models.network import Network, build_network
 
 
@@ -28,6 +28,31 @@ def load_split(config, split: str) -> data.Split:
                          subset_size=(d.subset_size or None) if split == "train" else None,
                          subset_seed=d.subset_seed, subset_side=d.get("subset_side", 1),
                          labels=labels)
+
+
+def mesh_of(config) -> jax.sharding.Mesh:
+  """The (data, model) mesh config.mesh names over all devices.
+
+  Raises ConfigError naming config.mesh.model / config.mesh.data when they do not fit the devices.
+  """
+  mesh = config.get("mesh") or {}
+  n, model, data_axis = len(jax.devices()), mesh.get("model", 1), mesh.get("data", -1)
+  if model < 1 or n % model:
+    raise config_checks.ConfigError(f"config.mesh.model={model} must be >= 1 and divide the {n} "
+                                    "available devices")
+  if data_axis != -1 and (data_axis < 1 or data_axis * model != n):
+    raise config_checks.ConfigError(
+        f"config.mesh.data={data_axis}: config.mesh.data * config.mesh.model must equal the {n} "
+        "available devices; use data=-1 to take all devices not used by the model axis")
+  return sharding.make_mesh(data_axis, model)
+
+
+def evaluation_mesh():
+  """The mesh the evaluation splits its batches over, as training does: every local device on
+  its data axis (on a CPU, one device per core), whatever mesh the run was trained on (the
+  parameters are replicated). None with several processes, where every process computes the same
+  numbers from its host copy (as the training monitor does)."""
+  return sharding.make_mesh(-1, 1) if jax.process_count() == 1 else None
 
 
 def training_settings(config) -> training.Settings:

@@ -176,8 +176,10 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   save = lambda: results_lib.write(workdir, job, results)
 
   # Different seeds for the two splits: independent noise draws (ids overlap across splits).
-  train_kw = dict(batch_size=e.batch_size, ids=train_ids, noise_seed=e.noise_seed)
-  val_kw = dict(batch_size=e.batch_size, ids=val_ids, noise_seed=e.noise_seed + 1)
+  # Each batch is split over the run's mesh (on a CPU, one device per core, as in training).
+  mesh = common.evaluation_mesh()
+  train_kw = dict(batch_size=e.batch_size, ids=train_ids, noise_seed=e.noise_seed, mesh=mesh)
+  val_kw = dict(batch_size=e.batch_size, ids=val_ids, noise_seed=e.noise_seed + 1, mesh=mesh)
   # The exact optimal denoiser needs the whole training split in memory: optional (off for
   # ImageNet-scale sets, e.g. configs/nvidia.py), then there is no model-vs-optimal distance.
   use_optimal = e.get("optimal", True)
@@ -440,7 +442,8 @@ def sample_setup(config, workdir: str, train_split, val_split, *, settings=None,
       early_stop_every=int(s.early_stop_every), overlap=bool(s.overlap),
       nn_similarity=bool(s.nn_similarity), probe_size=int(s.probe_size),
       copy_ratio=float(s.copy_ratio), grid_size=int(s.grid_size),
-      batch_size=int(config.evaluation.batch_size), noise_seed=int(config.evaluation.noise_seed))
+      batch_size=int(config.evaluation.batch_size), noise_seed=int(config.evaluation.noise_seed),
+      mesh=common.evaluation_mesh())
   return setup, protocol, info
 
 

@@ -81,15 +81,7 @@ def validate_training_fields(config) -> None:
   config_checks.flag(config, "tensorboard")
   config_checks.choice(config, "model.family", models.FAMILIES)
   config_checks.data_config(config.data)
-  n, model, data_axis = len(jax.devices()), config.mesh.model, config.mesh.data
-  if model < 1 or n % model:
-    raise config_checks.ConfigError(f"config.mesh.model={model} must be >= 1 and divide the {n} "
-                                    "available devices")
-  if data_axis != -1 and (data_axis < 1 or data_axis * model != n):
-    raise config_checks.ConfigError(
-        f"config.mesh.data={data_axis}: config.mesh.data * config.mesh.model must equal the {n} "
-        "available devices; use data=-1 to take all devices not used by the model axis")
-  mesh = sharding.make_mesh(data_axis, model)
+  mesh = common.mesh_of(config)
   sharding.check_divisible(config.training.batch_size, mesh, "config.training.batch_size")
 
 
@@ -128,7 +120,7 @@ def save_image_grid(images: np.ndarray, path: str) -> np.ndarray:
 
 def run(config, workdir: str) -> Dict[str, Any]:
   t = config.training
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+  mesh = common.mesh_of(config)
   split = common.load_split(config, "train")
   if config.evaluation.after_training:  # refused now, not after training (see the function)
     evaluate.check_against_data(config, split, common.load_split(config, "validation"))
