@@ -121,3 +121,19 @@ def test_analytic_denoisers_known_answers():
                              atol=1e-5)
   # y_delta at sigma -> 0 keeps the input (the model error broadens every point).
   np.testing.assert_allclose(ds[("class", 0.5)](q, 1e-4, np.array([0])), q, atol=1e-4)
+
+
+def test_gap_curve_split_over_the_mesh_equals_one_device():
+  """The factors job passes every local device (8 simulated): batches of 5 -> 8, one per device."""
+  from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser  # pylint: disable=import-outside-toplevel
+  from diffgen_jax.sharding import make_mesh  # pylint: disable=import-outside-toplevel
+  setup = _setup()._replace(batch_size=5)
+  denoise = error_prone_denoiser(empirical_optimal_denoiser(setup.train_all, setup.train_labels),
+                                 0.3)
+  one = fs.gap_curve(setup, denoise, "y_delta", 0.3, conditional=True)
+  split = fs.gap_curve(setup._replace(mesh=make_mesh()), denoise, "y_delta", 0.3,
+                       conditional=True)
+  for key in ("e_train", "e_val", "gap"):
+    np.testing.assert_allclose(split[key], one[key], rtol=1e-5, err_msg=key)
+  # sigma = 0.01 << delta: y_delta is nearly the identity, so the error is about sigma^2 per pixel.
+  np.testing.assert_allclose([one["e_train"][0], one["e_val"][0]], 1e-4, rtol=0.25)

@@ -40,6 +40,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from diffgen_jax.denoisers import Denoiser, crop_averaged, crop_offsets, guided
 from diffgen_jax.evaluation import features, gap, kmeans
@@ -72,12 +73,15 @@ class Setup(NamedTuple):
   noise_seed: int = 0
   batch_size: int = 256
   chunk_size: int = 2048
+  mesh: Optional[Mesh] = None  # the gap evaluation's batches are split over its data axis
 
 
 def make_setup(train_images, train_labels, val_images, val_labels, num_classes: int, sigmas, *,
                num_images: int, train_ids=None, val_ids=None, noise_seed: int = 0,
-               batch_size: int = 256, chunk_size: int = 2048) -> Setup:
-  """A Setup from arrays (float images in [-1, 1]); the evaluation subsets are the first rows."""
+               batch_size: int = 256, chunk_size: int = 2048, mesh: Optional[Mesh] = None
+               ) -> Setup:
+  """A Setup from arrays (float images in [-1, 1]); the evaluation subsets are the first rows.
+  mesh: optional; every gap curve's batches are split over its data axis (`gap.denoising_errors`)."""
   train_all = np.asarray(train_images, np.float32)
   val_all = np.asarray(val_images, np.float32)
   lab = lambda a: None if a is None or num_classes == 0 else np.asarray(a, np.int32)
@@ -88,7 +92,7 @@ def make_setup(train_images, train_labels, val_images, val_labels, num_classes: 
   return Setup(train_all, train_labels, val_all, val_labels, int(num_classes),
                train_all[:nt], head(train_labels, nt), ids(train_ids, nt),
                val_all[:nv], head(val_labels, nv), ids(val_ids, nv),
-               np.asarray(sigmas, np.float64), noise_seed, batch_size, chunk_size)
+               np.asarray(sigmas, np.float64), noise_seed, batch_size, chunk_size, mesh)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,7 +117,7 @@ def gap_curve(setup: Setup, denoise, label: str, value, group: str = "", *, cond
     val_y = setup.val_y if val_y is None else val_y
   else:
     train_y = val_y = None
-  kw = dict(sigmas=setup.sigmas, batch_size=setup.batch_size, params=params)
+  kw = dict(sigmas=setup.sigmas, batch_size=setup.batch_size, params=params, mesh=setup.mesh)
   e_train = gap.denoising_errors(denoise, setup.train_x, train_y, ids=setup.train_ids,
                                  noise_seed=setup.noise_seed, **kw)
   e_val = gap.denoising_errors(denoise, setup.val_x, val_y, ids=setup.val_ids,

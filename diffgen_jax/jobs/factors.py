@@ -334,7 +334,7 @@ def load_setup(config) -> Setup:
                     common.sigma_grid(config.sigmas, config.num_sigmas),
                     num_images=config.num_images, train_ids=tr[2], val_ids=va[2],
                     noise_seed=config.noise_seed, batch_size=config.batch_size,
-                    chunk_size=config.chunk_size)
+                    chunk_size=config.chunk_size, mesh=common.evaluation_mesh())
 
 
 def check_against_data(config, setup: Setup, sweeps) -> None:
