@@ -68,7 +68,15 @@ def parse_args(argv=None):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                 "results", "analytic_ladder.json"))
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  try:
+    args.els_patches = [int(k) for k in args.els_patch.split(",")]
+  except ValueError:
+    p.error(f"--els_patch must be comma-separated odd integers >= 1, got {args.els_patch!r}")
+  if any(k < 1 or k % 2 == 0 for k in args.els_patches) or len(set(args.els_patches)) != len(
+      args.els_patches):
+    p.error(f"--els_patch must be distinct odd integers >= 1, got {args.els_patch!r}")
+  return args
 
 
 def timed_cpu(fn, repeats):
@@ -301,7 +309,7 @@ def main(argv=None):
             "unfolded per chunk of 1,000 images inside the timing; ours: all (query, sigma) pairs in "
             "one call with per-query sigma; random uniform images (timing does not depend on them)")
   fashion = rng.uniform(-1, 1, (1000, 28, 28, 1)).astype(np.float32)
-  els_patches = [int(k) for k in args.els_patch.split(",")]
+  els_patches = args.els_patches
   els_chunks = [int(c) for c in args.els_chunks.split(",")]
   if args.els_only:
     results["els"] = {str(k): els_rows(fashion, k, args.els_queries, els_chunks, sigma_grid,

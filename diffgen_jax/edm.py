@@ -91,6 +91,27 @@ class Preconditioning(NamedTuple):
   c_noise: jax.Array
 
 
+def peak_index(values) -> int:
+  """Index of the maximum of a curve over a sigma grid, NaNs ignored (np.argmax would return the
+  first NaN's; +inf is a maximum); -1 for an all-NaN curve.
+
+  Raises ValueError unless values is 1-D and not empty."""
+  values = np.asarray(values, np.float64)
+  if values.ndim != 1 or values.size == 0:
+    raise ValueError(f"values must be a non-empty 1-D curve, got shape {values.shape}")
+  return -1 if np.all(np.isnan(values)) else int(np.nanargmax(values))
+
+
+def peak(sigmas, values):
+  """(sigma, value) at the maximum of a curve such as G(sigma) (`peak_index`); (nan, nan) for an
+  all-NaN curve. Raises ValueError unless sigmas and values are 1-D, non-empty, of one shape."""
+  values, sigmas = np.asarray(values, np.float64), np.asarray(sigmas, np.float64)
+  if sigmas.shape != values.shape:
+    raise ValueError(f"sigmas {sigmas.shape} and values {values.shape} must have the same shape")
+  i = peak_index(values)
+  return (float("nan"), float("nan")) if i < 0 else (float(sigmas[i]), float(values[i]))
+
+
 def preconditioning(sigma, sigma_data: float = SIGMA_DATA) -> Preconditioning:
   """EDM's c_skip, c_out, c_in and c_noise for noise level(s) sigma >= 0 (paper.md section 2).
 

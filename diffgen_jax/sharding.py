@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from diffgen_jax.checks import check_number
+
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
 
@@ -69,7 +71,9 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def batch_multiple(batch_size: int, mesh: Optional[Mesh]) -> int:
-  """batch_size rounded up to a multiple of the mesh's data axis (unchanged without a mesh)."""
+  """batch_size rounded up to a multiple of the mesh's data axis (unchanged without a mesh).
+  Raises ValueError unless batch_size is an integer >= 1."""
+  check_number(batch_size, "batch_size", low=1, integer=True)
   d = 1 if mesh is None else mesh.shape[DATA_AXIS]
   return -(-int(batch_size) // d) * d
 

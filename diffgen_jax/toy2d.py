@@ -168,13 +168,19 @@ def gauss_hermite_rule(num_nodes: int) -> NoiseRule:
 def local_frames(points) -> np.ndarray:
   """(P, 2, 2) rotations whose rows are each point's (radial, tangential) unit vectors.
 
-  e_r = y / |y|, e_t = e_r rotated by +90 degrees; the identity for a point at the origin. A vector
-  with local coordinates (a, b) is a e_r + b e_t = (a, b) @ frame in world coordinates.
+  e_r = y / |y|, e_t = e_r rotated by +90 degrees; the identity for a point at the origin; NaN for
+  a point with a NaN or infinite coordinate. A vector with local coordinates (a, b) is
+  a e_r + b e_t = (a, b) @ frame in world coordinates. Raises ValueError unless points is (P, 2).
   """
   points = np.asarray(points, np.float64)
-  # hypot, not sqrt(x^2 + y^2): no underflow to 0 at |y| ~ 1e-200, no overflow to inf at 1e200.
-  norm = np.hypot(points[:, :1], points[:, 1:])
-  e_r = np.where(norm == 0, np.array([1.0, 0.0]), points / np.where(norm == 0, 1.0, norm))  # NaN stays NaN
+  if points.ndim != 2 or points.shape[1] != 2:
+    raise ValueError(f"points must be (P, 2), got shape {points.shape}")
+  # Scaled by the larger coordinate first, so neither |y|^2 nor |y| underflows or overflows
+  # anywhere in the float64 range (subnormals and 1.7e308 included).
+  scale = np.max(np.abs(points), axis=1, keepdims=True)  # NaN for a NaN point
+  unit = points / np.where(scale == 0, 1.0, scale)  # in [-1, 1]; inf / inf is NaN
+  norm = np.hypot(unit[:, :1], unit[:, 1:])
+  e_r = np.where(scale == 0, np.array([1.0, 0.0]), unit / np.where(scale == 0, 1.0, norm))
   e_t = np.stack([-e_r[:, 1], e_r[:, 0]], axis=-1)
   return np.stack([e_r, e_t], axis=1)
 
@@ -351,18 +357,8 @@ def expected_gap(denoise: Denoiser, split: Split, sigmas, rule: NoiseRule, *,
   return Gap(np.asarray(sigmas, np.float64), gap, e_train, e_val, spread)
 
 
-def peak_index(values) -> int:
-  """Index of the maximum of a curve, NaNs ignored (np.argmax would return the first NaN's);
-  -1 for an all-NaN curve."""
-  values = np.asarray(values, np.float64)
-  return -1 if np.all(np.isnan(values)) else int(np.nanargmax(values))
-
-
-def peak(sigmas, values):
-  """(sigma, value) at the maximum of a gap curve, NaNs ignored (as `evaluation.gap.peak`);
-  (nan, nan) for an all-NaN curve."""
-  i = peak_index(values)
-  return (float("nan"), float("nan")) if i < 0 else (float(sigmas[i]), float(values[i]))
+# The peak of a curve over sigma lives in edm (shared with evaluation.gap).
+peak_index, peak = edm.peak_index, edm.peak
 
 
 def nearest_grid_sigma(grid, target: float) -> float:

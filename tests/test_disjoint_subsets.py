@@ -47,8 +47,9 @@ def test_side_one_is_the_earlier_subset_and_side_two_is_stratified():
 
 
 def test_bad_side_is_a_clear_error():
-  with pytest.raises(ValueError, match="side"):
-    data.subset_rows(10, 3, 0, side=3)
+  for side in (3, 2.0, True):  # a float or bool side was accepted (2.0 in (1, 2))
+    with pytest.raises(ValueError, match="side"):
+      data.subset_rows(10, 3, 0, side=side)
   config = defaults.data_config("digits")
   config.subset_side = 0
   with pytest.raises(ConfigError, match="subset_side"):

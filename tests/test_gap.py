@@ -143,6 +143,14 @@ def test_overfitting_onset_and_peak_on_synthetic_curves():
   for bad_seen in (np.where(k == 3, np.nan, seen), np.where(k == 9, np.inf, seen)):
     with pytest.raises(ValueError, match="images_seen must be finite and strictly increasing"):
       gap.overfitting_onset(e_val, bad_seen)
+  # Newcomer's probes: no checkpoints, a bad rtol, text images_seen (numpy's errors before).
+  with pytest.raises(ValueError, match="K >= 1 checkpoints"):
+    gap.overfitting_onset(np.zeros((0, 3)), [])
+  for rtol in (np.nan, -5.0):
+    with pytest.raises(ValueError, match="rtol="):
+      gap.overfitting_onset(e_val, seen, rtol=rtol)
+  with pytest.raises(ValueError, match="images_seen must be numbers"):
+    gap.overfitting_onset(e_val[:3], ["a", "b", "c"])
 
   assert all(np.isnan(gap.peak([0.1, 1.0], [np.nan, np.nan])))  # was numpy's "All-NaN slice"
   assert gap.peak([0.1, 1.0, 10.0], [1.0, np.inf, np.nan]) == (1.0, np.inf)  # E_train = 0: G = inf

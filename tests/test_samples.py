@@ -245,3 +245,17 @@ def test_network_snapshots_end_to_end(tmp_path):
     assert os.path.getsize(os.path.join(out, name)) > 0, name
   with np.load(os.path.join(out, "sample_grids", "40.npz")) as grid:
     assert grid["samples"].shape == grid["nearest"].shape == (16, 8, 8, 1)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("batch_size", 0, "batch_size=0 must be >= 1"), ("batch_size", 2.5, "batch_size=2.5 must be an integer"),
+    ("batch_size", "8", "batch_size='8' must be an integer"), ("num_samples", -5, "num_samples=-5 must be >= 1"),
+    ("num_steps", 0, "num_steps=0 must be >= 1"), ("grid_size", -1, "grid_size=-1 must be >= 0")])
+def test_prepare_refuses_bad_sizes_naming_them(field, value, message):
+  """Newcomer's probe: batch_size=0 gave range()'s error, 2.5 and '8' were accepted, num_samples=-5
+  an MLIR error."""
+  train = np.random.default_rng(0).uniform(-1, 1, (12, 4, 4, 1)).astype(np.float32)
+  kw = dict(num_samples=10, num_steps=3, probe_size=4, grid_size=4, batch_size=8)
+  kw[field] = value
+  with pytest.raises(ValueError, match=message):
+    samples.prepare(train, train, features_lib.pixel_features, **kw)

@@ -102,6 +102,16 @@ def test_local_frames_known_values():
   np.testing.assert_allclose(frames[0], [[0.0, 1.0], [-1.0, 0.0]], atol=1e-12)
   np.testing.assert_allclose(frames[1], [[0.6, 0.8], [-0.8, 0.6]], atol=1e-12)
   np.testing.assert_allclose(frames[2], [[-1.0, 0.0], [0.0, -1.0]], atol=1e-12)
+  # ... also at the very ends of the range (hypot alone overflowed at 1.7e308 and lost precision
+  # on subnormals); a non-finite coordinate gives NaN; a wrong shape is refused.
+  edge = toy2d.local_frames(np.array([[1.7e308, 1.7e308], [5e-324, 5e-324], [3e-323, 1e-323]]))
+  np.testing.assert_allclose(edge[:2, 0], [[np.sqrt(0.5)] * 2] * 2, atol=1e-12)
+  np.testing.assert_allclose(edge[2, 0], [3 / np.sqrt(10), 1 / np.sqrt(10)], atol=1e-12)
+  np.testing.assert_allclose(np.einsum("pij,pkj->pik", edge, edge), [np.eye(2)] * 3, atol=1e-12)
+  assert np.all(np.isnan(toy2d.local_frames(np.array([[np.inf, 0.0]]))))
+  for bad in (np.array([1.0, 2.0]), np.ones((3, 3))):
+    with pytest.raises(ValueError, match=r"points must be \(P, 2\)"):
+      toy2d.local_frames(bad)
 
 
 def test_local_frame_draws_are_the_same_in_every_frame():
@@ -563,6 +573,14 @@ def test_peak_ignores_nan_like_the_gap_peak():
   sigmas, values = [0.1, 1.0, 10.0], [0.5, np.nan, 2.0]
   assert toy2d.peak(sigmas, values) == gap.peak(sigmas, values) == (10.0, 2.0)  # was (1.0, nan)
   assert all(np.isnan(toy2d.peak(sigmas, [np.nan] * 3)))
+  # One home (edm.peak), one set of checks: empty, mismatched or 2-D curves are refused (toy2d's
+  # returned a wrong peak for 4 sigmas and 3 values, and gap's an IndexError for 2-D input).
+  assert toy2d.peak is gap.peak is edm.peak
+  for bad_sigmas, bad_values in (([], []), ([0.1, 1, 2, 3], [1, 2, 3]), ([0.1, 1], [1, 2, 3]),
+                                 (np.ones((2, 3)), np.arange(6.0).reshape(2, 3))):
+    with pytest.raises(ValueError, match="sigmas .* and values .* must have the same shape|"
+                                         "values must be a non-empty 1-D curve"):
+      toy2d.peak(bad_sigmas, bad_values)
 
 
 def test_spread_and_angle_at_the_peak_ignore_nan():

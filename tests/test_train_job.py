@@ -136,3 +136,14 @@ def test_train_job_checks_the_evaluation_fields_before_training(data_dir, tmp_pa
   assert not os.path.exists(tmp_path / "never")  # rejected before anything was written
   config.evaluation.after_training = False  # not evaluated: not needed
   jobs.validate(config)
+
+
+def test_only_training_needs_its_batch_to_fit_the_devices():
+  """A run trained with batch 12 elsewhere is evaluated on these 8 devices (the evaluation splits
+  its own batches); training it here is refused, naming the field (was refused for both)."""
+  config = defaults.train_config()
+  config.training.batch_size = 12
+  with pytest.raises(ValueError, match=r"config.training.batch_size=12 must be divisible by the 8"):
+    jobs.validate(config)
+  config.job = "evaluate"
+  assert jobs.validate(config) == "evaluate"

@@ -99,7 +99,7 @@ def subset_rows(num_examples: int, subset_size: int, seed: int,
   if subset_size <= 0 or subset_size > num_examples:
     raise ValueError(f"subset_size={subset_size} must be in 1..{num_examples} (the size of the "
                      "training split); use None for the whole split")
-  if isinstance(side, bool) or side not in SUBSET_SIDES:
+  if not isinstance(side, (int, np.integer)) or isinstance(side, bool) or side not in SUBSET_SIDES:
     raise ValueError(f"subset side={side!r} must be one of {SUBSET_SIDES}")
   if side == 2 and 2 * subset_size > num_examples:
     warnings.warn(f"subset side 2 of size {subset_size} overlaps side 1 in "

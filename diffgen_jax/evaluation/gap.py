@@ -248,8 +248,12 @@ def overfitting_onset(errors_val, images_seen, *, rtol: float = 0.0) -> Onset:
   """
   e = np.asarray(errors_val, np.float64)
   seen = np.asarray(images_seen)
-  if e.ndim != 2 or seen.shape != (e.shape[0],):
-    raise ValueError(f"errors_val must be (K, S) and images_seen (K,), got {e.shape}, {seen.shape}")
+  if e.ndim != 2 or e.shape[0] == 0 or seen.shape != (e.shape[0],):
+    raise ValueError(f"errors_val must be (K, S) with K >= 1 checkpoints and images_seen (K,), "
+                     f"got {e.shape}, {seen.shape}")
+  check_number(rtol, "rtol", low=0.0)
+  if seen.dtype.kind not in "iuf":
+    raise ValueError(f"images_seen must be numbers, got dtype {seen.dtype}")
   if not np.all(np.isfinite(seen)) or np.any(np.diff(seen) <= 0):
     raise ValueError("images_seen must be finite and strictly increasing (checkpoints in training "
                      f"order), got {seen.tolist()}")
@@ -263,17 +267,7 @@ def overfitting_onset(errors_val, images_seen, *, rtol: float = 0.0) -> Onset:
   return Onset(np.where(defined, seen[index], -1), index, rises)
 
 
-def peak(sigmas, gap) -> Tuple[float, float]:
-  """(sigma, value) at the maximum of a gap curve, NaNs ignored (+inf, e.g. G where E_train is 0,
-  is a maximum); (nan, nan) for an all-NaN curve. Raises ValueError when the shapes differ."""
-  gap = np.asarray(gap, np.float64)
-  sigmas = np.asarray(sigmas, np.float64)
-  if gap.shape != sigmas.shape:
-    raise ValueError(f"sigmas {sigmas.shape} and gap {gap.shape} must match")
-  if np.all(np.isnan(gap)):
-    return float("nan"), float("nan")
-  i = int(np.nanargmax(gap))
-  return float(sigmas[i]), float(gap[i])
+peak = edm.peak  # (sigma, value) at the maximum of a gap curve, NaNs ignored (one home: edm)
 
 
 def gap_vs_images(sigmas, gaps, images_seen, at_sigmas: Sequence[float]

@@ -198,7 +198,7 @@ class Calibration(NamedTuple):
   def schedule(self) -> Dict[float, int]:
     """{sigma: best size}: pass as `patch_size` to get the calibrated machine.
 
-    Raises ValueError naming the sigmas without a calibrated size (best_size NO_SIZE: every
+    Raises ValueError naming the sigmas without a calibrated size (best_size NO_SIZE: no
     candidate's distance to the network was finite there) rather than building a machine with a size
     nobody chose.
     """

@@ -44,6 +44,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from diffgen_jax import samplers
+from diffgen_jax.checks import check_number
 from diffgen_jax.sharding import batch_multiple, put_batch
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import frechet, probes
@@ -158,7 +159,16 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
     noise_seed: the gap evaluation's noise seed (the probes' noisy training / validation images).
     mesh: optional; the sampler's and the probes' batches are split over its data axis (batch_size
       rounded up to a multiple of it). The numbers do not depend on it beyond float rounding.
+
+  Raises:
+    ValueError: num_samples, num_steps, batch_size, early_stop_every, num_train_subsets or
+      probe_size not an integer >= 1 (grid_size >= 0), or fewer than 2 images per FD reference.
   """
+  for name, value, low in (("num_samples", num_samples, 1), ("num_steps", num_steps, 1),
+                           ("batch_size", batch_size, 1), ("early_stop_every", early_stop_every, 1),
+                           ("num_train_subsets", num_train_subsets, 1),
+                           ("probe_size", probe_size, 1), ("grid_size", grid_size, 0)):
+    check_number(value, name, low=low, integer=True)
   train_images = np.asarray(train_images, np.float32)
   val_images = np.asarray(val_images, np.float32)
   batch = batch_multiple(int(batch_size), mesh)

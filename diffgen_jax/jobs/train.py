@@ -43,12 +43,17 @@ def validate_config(config) -> None:
         "config.model.checkpoint is read by the evaluate and convert jobs; the train job trains "
         "from scratch (set it to '')")
   validate_training_fields(config)
+  # The training mesh and batch: only training needs them to fit the devices (the evaluation
+  # splits its own batches over whatever devices it finds).
+  mesh = common.mesh_of(config)
+  sharding.check_divisible(config.training.batch_size, mesh, "config.training.batch_size")
   if config.evaluation.after_training:  # the evaluation at the end: checked before training
     evaluate.validate_config(config)
 
 
 def validate_training_fields(config) -> None:
-  """Every check that needs no compilation; the model is checked against the data's shape in run()."""
+  """Every check of the run's training fields that needs no compilation and no devices (the
+  evaluate job reads them too); the model is checked against the data's shape in run()."""
   config_checks.positive(config, "training.batch_size")
   config_checks.positive(config, "training.total_images")
   config_checks.positive(config, "training.lr")
@@ -81,8 +86,6 @@ def validate_training_fields(config) -> None:
   config_checks.flag(config, "tensorboard")
   config_checks.choice(config, "model.family", models.FAMILIES)
   config_checks.data_config(config.data)
-  mesh = common.mesh_of(config)
-  sharding.check_divisible(config.training.batch_size, mesh, "config.training.batch_size")
 
 
 def _write_metrics(path: str, rows: List[Dict[str, Any]]) -> None:
