@@ -168,6 +168,7 @@ def _pairs(ctx):
 def gather(ctx):
   from diffgen_jax import optimal  # pylint: disable=import-outside-toplevel
   from diffgen_jax.evaluation import reproducibility  # pylint: disable=import-outside-toplevel
+  from diffgen_jax.jobs.common import evaluation_mesh  # pylint: disable=import-outside-toplevel
   settings = ctx.config.diagnostics
   pairs = _pairs(ctx)
   entries = []
@@ -184,7 +185,9 @@ def gather(ctx):
     full_mean = split_arrays(_full(cfg), "train")[0].mean(axis=0)
     dens = {k: snapshot_denoiser(job(ctx, runs[k]), ctx.workdirs[runs[k]],
                                  snapshot_steps(ctx.workdirs[runs[k]])[-1]) for k in (1, 2)}
-    kw = dict(ids=val_ids, noise_seed=e.noise_seed + 1, batch_size=e.batch_size)
+    # Batches split over every local device, as the evaluate job does.
+    kw = dict(ids=val_ids, noise_seed=e.noise_seed + 1, batch_size=e.batch_size,
+              mesh=evaluation_mesh())
     mv = reproducibility.model_variance(dens[1][1], dens[2][1], val_x, val_y, sigmas, **kw)
     opt = {k: optimal.empirical_optimal_denoiser(train[k][0], train[k][1]) for k in (1, 2)}
     mv_opt = reproducibility.model_variance(opt[1], opt[2], val_x, val_y, sigmas, **kw)
