@@ -147,3 +147,23 @@ def test_only_training_needs_its_batch_to_fit_the_devices():
     jobs.validate(config)
   config.job = "evaluate"
   assert jobs.validate(config) == "evaluate"
+
+
+def test_snapshot_grid_split_over_the_mesh_equals_one_device(tmp_path):
+  """The per-snapshot sample grid runs split over the 8 devices when the grid divides them (its
+  noise is an argument of the compiled sampler, not a constant, so it keeps its sharding)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from diffgen_jax import sharding, training  # pylint: disable=import-outside-toplevel
+  from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
+  config = _config(str(tmp_path))
+  config.sampling.grid_size = 8
+  network = common.network_of(config, 10)
+  settings = common.training_settings(config)
+  state = training.init_state(network, training.make_optimizer(settings), settings,
+                              jax.random.key(0), (8, 8, 1))
+  split = train_job._make_sample_fn(network, config, (8, 8, 1), 10, sharding.make_mesh())
+  one = train_job._make_sample_fn(network, config, (8, 8, 1), 10,
+                                  sharding.make_mesh(1, 1, jax.devices()[:1]))
+  a, b = split(state.ema), one(state.ema)
+  assert a.shape == (8, 8, 8, 1) and np.all(np.isfinite(a))
+  np.testing.assert_allclose(a, b, atol=1e-5)

@@ -176,7 +176,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
       _truncate_metrics(metrics_path, start)
     console.progress(f"train: Resumed from step {start} ({start * t.batch_size} images seen).")
 
-  sample_fn = _make_sample_fn(network, config, image_shape, split.num_classes)
+  sample_fn = _make_sample_fn(network, config, image_shape, split.num_classes, mesh)
   monitor_fn = _make_monitor(config, network, split, mesh)
   monitor_every = (max(1, int(round(config.monitor.every_images / t.batch_size)))
                    if config.monitor.every_images else 0)
@@ -274,21 +274,25 @@ def abstract_state_with(abstract_state, shardings):
                       abstract_state, shardings)
 
 
-def _make_sample_fn(network, config, image_shape, num_classes):
-  """Samples a fixed grid from the first EMA set at each snapshot (same noise every time)."""
+def _make_sample_fn(network, config, image_shape, num_classes, mesh):
+  """Samples a fixed grid from the first EMA set at each snapshot (same noise every time), split
+  over the mesh's data axis when the grid divides it (single process)."""
   s = config.sampling
   if s.grid_size <= 0:
     return lambda ema_sets: None
   noise = jax.random.normal(jax.random.key(config.seed + 1), (s.grid_size,) + tuple(image_shape))
   labels = jnp.arange(s.grid_size) % num_classes if num_classes > 0 else None
+  if jax.process_count() == 1 and s.grid_size % mesh.shape[sharding.DATA_AXIS] == 0:
+    noise = sharding.put_batch(noise, mesh)
+    labels = None if labels is None else sharding.put_batch(labels, mesh)
 
   @jax.jit
-  def generate(params):
+  def generate(params, noise, labels):  # arguments, not constants: they keep their sharding
     denoise = network_denoiser(network, params, config.training.sigma_data)
     return samplers.sample(denoise, noise, labels, num_steps=s.num_steps).samples
 
   def sample_fn(ema_sets):
-    return np.asarray(jax.device_get(generate(ema.pick(ema_sets)[1])))
+    return np.asarray(jax.device_get(generate(ema.pick(ema_sets)[1], noise, labels)))
 
   return sample_fn
 
