@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from diffgen_jax import checkpointing, config_checks, data, defaults, ema, optimal
+from diffgen_jax import checkpointing, config_checks, data, defaults, edm, ema, optimal
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import gap, membership, samples
 from diffgen_jax.jobs import common, console, convert, results as results_lib
@@ -281,12 +281,9 @@ def summarize(results, sigmas, at_sigmas) -> Dict[str, Any]:
   if all("membership" in r for r in records):
     aucs = np.array([r["membership"]["auc"] for r in records])
     # A NaN AUC is never the peak; a snapshot whose AUCs are all NaN has peak AUC and sigma NaN.
-    defined = ~np.all(np.isnan(aucs), axis=1)
-    best = np.argmax(np.where(np.isnan(aucs), -np.inf, aucs), axis=1)
-    summary["membership_peak_auc"] = np.where(defined, aucs[np.arange(len(records)), best],
-                                              np.nan).tolist()
-    summary["membership_peak_sigma"] = [float(sigmas[i]) if ok else float("nan")
-                                        for i, ok in zip(best, defined)]
+    peaks = [edm.peak(sigmas, a) for a in aucs]
+    summary["membership_peak_auc"] = [p[1] for p in peaks]
+    summary["membership_peak_sigma"] = [p[0] for p in peaks]
     summary["membership_peak_tpr"] = [float(np.max(r["membership"]["tpr"])) for r in records]
   at = [s for s in at_sigmas if sigmas[0] <= s <= sigmas[-1]]
   if at:

@@ -15,6 +15,7 @@ restored exactly, the data stream restarts at the saved step and every random dr
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -282,17 +283,22 @@ def _make_sample_fn(network, config, image_shape, num_classes, mesh):
     return lambda ema_sets: None
   noise = jax.random.normal(jax.random.key(config.seed + 1), (s.grid_size,) + tuple(image_shape))
   labels = jnp.arange(s.grid_size) % num_classes if num_classes > 0 else None
-  if jax.process_count() == 1 and s.grid_size % mesh.shape[sharding.DATA_AXIS] == 0:
-    noise = sharding.put_batch(noise, mesh)
-    labels = None if labels is None else sharding.put_batch(labels, mesh)
 
-  @jax.jit
-  def generate(params, noise, labels):  # arguments, not constants: they keep their sharding
+  def generate(params, noise, labels):
     denoise = network_denoiser(network, params, config.training.sigma_data)
     return samplers.sample(denoise, noise, labels, num_steps=s.num_steps).samples
 
+  if jax.process_count() == 1 and s.grid_size % mesh.shape[sharding.DATA_AXIS] == 0:
+    # Split noise and labels passed as arguments (constants would lose their sharding and every
+    # device would sample the whole grid).
+    noise = sharding.put_batch(noise, mesh)
+    labels = None if labels is None else sharding.put_batch(labels, mesh)
+    compiled = functools.partial(jax.jit(generate), noise=noise, labels=labels)
+  else:
+    compiled = jax.jit(lambda params: generate(params, noise, labels))
+
   def sample_fn(ema_sets):
-    return np.asarray(jax.device_get(generate(ema.pick(ema_sets)[1], noise, labels)))
+    return np.asarray(jax.device_get(compiled(ema.pick(ema_sets)[1])))
 
   return sample_fn
 

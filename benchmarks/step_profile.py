@@ -1,0 +1,71 @@
+"""Where the CPU training step's time goes: a `jax.profiler` trace of a few steps of
+`train_throughput.py`'s DDPM++ step (32x32x3, batch 64), its events summed by XLA op kind
+(the fusion name without its number), largest first.
+
+    python benchmarks/step_profile.py [--devices 1 --steps 2 --top 15]
+    XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot python benchmarks/step_profile.py
+
+Times are summed over every device's thread (on 2 devices they add up to about twice the step).
+Writes benchmarks/results/step_profile.json (and the trace under /tmp/step_profile/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_throughput  # noqa: E402  (sets XLA_FLAGS' device count before jax starts)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--devices", type=int, default=1)
+  p.add_argument("--steps", type=int, default=2)
+  p.add_argument("--top", type=int, default=15)
+  p.add_argument("--trace_dir", default="/tmp/step_profile")
+  p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                               "results", "step_profile.json"))
+  args = p.parse_args(argv)
+  train_throughput.set_host_device_count(args.devices)
+  targs = train_throughput.parse_args(["--families", "ddpmpp", "--devices", str(args.devices),
+                                       "--conv", "xla", "--warmup", "1", "--skip_torch"])
+  import jax  # pylint: disable=import-outside-toplevel
+  runner = train_throughput.OursRunner("ddpmpp", "ddpmpp-tiny", args.devices, targs)
+  jax.profiler.start_trace(args.trace_dir, create_perfetto_trace=True)
+  seconds = runner.run(args.steps)
+  jax.profiler.stop_trace()
+  path = sorted(glob.glob(os.path.join(args.trace_dir, "**", "*.trace.json.gz"), recursive=True),
+                key=os.path.getmtime)[-1]
+  events = json.load(gzip.open(path))
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  by_kind, count = collections.Counter(), collections.Counter()
+  for e in events:
+    name = e.get("name", "")
+    if e.get("ph") != "X" or "dur" not in e or any(
+        s in name for s in ("ThunkExecutor", "$", "Pjit", "block_until", "stop_trace", "Execute",
+                            "Wait", "Rendezvous")):
+      continue  # keep the ops, not the runtime's enclosing spans
+    kind = re.sub(r"\.\d+$", "", name)
+    by_kind[kind] += e["dur"] / 1e3 / args.steps  # ms per step
+    count[kind] += 1
+  step_ms = 1e3 * seconds / args.steps
+  print(f"{args.devices} device(s), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}: "
+        f"{step_ms:.0f} ms per step (traced); ms per step by op kind (summed over devices):")
+  for kind, ms in by_kind.most_common(args.top):
+    print(f"  {ms:8.1f}  {count[kind] // args.steps:5d} calls  {kind}")
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(dict(devices=args.devices, xla_flags=os.environ.get("XLA_FLAGS", ""),
+                   step_ms=step_ms, ms_per_step_by_kind=dict(by_kind.most_common())), f, indent=1)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
