@@ -4,8 +4,12 @@
 
     python benchmarks/step_profile.py [--devices 1 --steps 2 --top 15]
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot python benchmarks/step_profile.py
+    python benchmarks/step_profile.py --devices 2 --by_role
 
 Times are summed over every device's thread (on 2 devices they add up to about twice the step).
+--by_role also maps each event to its instruction in the compiled HLO and sums by what the
+instruction does, from its kind and the model op it came from (convolutions and dots; weight-
+gradient transposes; SiLU; GroupNorm; dropout's random bits; the rest), as shares of the op time.
 Writes benchmarks/results/step_profile.json (and the trace under /tmp/step_profile/).
 """
 
@@ -29,6 +33,8 @@ def main(argv=None):
   p.add_argument("--devices", type=int, default=1)
   p.add_argument("--steps", type=int, default=2)
   p.add_argument("--top", type=int, default=15)
+  p.add_argument("--by_role", action="store_true",
+                 help="also sum the op time by role (convolution, transpose, SiLU, ...) via the HLO")
   p.add_argument("--trace_dir", default="/tmp/step_profile")
   p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                "results", "step_profile.json"))
@@ -60,11 +66,58 @@ def main(argv=None):
         f"{step_ms:.0f} ms per step (traced); ms per step by op kind (summed over devices):")
   for kind, ms in by_kind.most_common(args.top):
     print(f"  {ms:8.1f}  {count[kind] // args.steps:5d} calls  {kind}")
+  by_role = None
+  if args.by_role:
+    by_name = collections.Counter()
+    for e in events:
+      if e.get("ph") == "X" and "dur" in e:
+        by_name[e.get("name", "")] += e["dur"] / 1e3 / args.steps
+    by_role = roles(by_name, runner.compiled.as_text())
+    total = sum(by_role.values())
+    print("ms per step by role (summed over devices), share of the op time:")
+    for role, ms in by_role.most_common():
+      print(f"  {ms:8.1f}  {100 * ms / total:5.1f}%  {role}")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(dict(devices=args.devices, xla_flags=os.environ.get("XLA_FLAGS", ""),
-                   step_ms=step_ms, ms_per_step_by_kind=dict(by_kind.most_common())), f, indent=1)
+                   step_ms=step_ms, ms_per_step_by_kind=dict(by_kind.most_common()),
+                   ms_per_step_by_role=None if by_role is None else dict(by_role.most_common())),
+              f, indent=1)
   print(f"wrote {args.out}")
+
+
+def roles(ms_by_event_name, hlo_text: str) -> collections.Counter:
+  """{role: ms}: each traced op (an HLO instruction of the entry computation, by name) given a
+  role from its kind and the model op its metadata names; events that are not instructions (the
+  runtime's spans) are left out."""
+  instructions = {}
+  for line in hlo_text.split("\n"):
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+    if m:
+      instructions[m.group(1)] = line
+  out = collections.Counter()
+  for name, ms in ms_by_event_name.items():
+    line = instructions.get(name)
+    if line is None:
+      continue
+    m = re.search(r'op_name="([^"]+)"', line)
+    op = m.group(1) if m else ""
+    if name.startswith("all-reduce"):  # before the rest: its metadata names the ops it sums
+      role = "all-reduce"
+    elif name.startswith("ynn_fusion") or "convolution(" in line or " dot(" in line:
+      role = "convolutions and dots"
+    elif name.startswith("transpose"):
+      role = "transposes"
+    elif any(s in op for s in ("Dropout", "bernoulli", "threefry", "random")):
+      role = "dropout random bits"
+    elif "norm" in op:
+      role = "GroupNorm"
+    elif "silu" in op:
+      role = "SiLU (normalisation fused)"
+    else:
+      role = "other"
+    out[role] += ms
+  return out
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ to the largest count in --devices before jax is imported; smaller meshes take th
 the same process). `--conv` times several convolution algorithms (diffgen_jax.models.conv; the
 algorithm is fixed when the step is traced), e.g. `--conv xla,winograd`. Side by side in the same run, interleaved with ours: a PyTorch U-Net (diffusers'
 `UNet2DModel`) configured from our DDPM++ config (same widths, levels, blocks per level, attention
-resolutions, dropout, class labels; parameter count within ~10%, both printed), trained with the
+resolutions, dropout, class labels, resampling inside ResBlocks; parameters and model FLOPs within
+~2%, both printed; `--torch_resampling conv` adds diffusers' default convolution resampling), trained with the
 same EDM loss (the preconditioning written out in torch below), Adam and a half-life EMA, on the
 same images, batch and number of threads. Reported: ours / torch img/s (goal >= 1.0).
 
@@ -68,6 +69,9 @@ def parse_args(argv=None):
   p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                  help="compute dtype (CPU float32, GPU bfloat16); params stay float32")
   p.add_argument("--skip_torch", action="store_true", help="skip the diffusers UNet2DModel comparison")
+  p.add_argument("--torch_resampling", default="resnet",
+                 help="comma-separated torch mirrors to time: resnet (resampling in ResBlocks, as "
+                      "DDPM++; default), conv (diffusers' default strided / upsampled convolution)")
   p.add_argument("--torch_threads", type=int, default=None,
                  help="torch.set_num_threads (default: the CPU cores this process may use)")
   p.add_argument("--gpu", action="store_true",
@@ -90,6 +94,10 @@ def parse_args(argv=None):
   args.repeats = args.repeats or (2 if args.quick else 5)
   args.num_classes = (0 if gpu else 10) if args.num_classes is None else args.num_classes
   args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
+  args.torch_resampling = tuple(args.torch_resampling.split(","))
+  for name in args.torch_resampling:
+    if name not in TORCH_RESAMPLING:
+      p.error(f"--torch_resampling: {name!r} is not one of {TORCH_RESAMPLING}")
   args.convs = tuple(args.conv.split(","))
   for name in args.convs:
     if name not in CONV_ALGORITHMS:
@@ -240,19 +248,34 @@ def _flops(cost) -> float | None:
 # Torch: diffusers UNet2DModel with EDM's preconditioning, loss, Adam and EMA
 
 
+TORCH_RESAMPLING = ("resnet", "conv")
+
+
 def diffusers_unet_kwargs(model_config, resolution: int, channels: int, num_classes: int,
-                          time_scale_shift: str) -> dict:
-  """UNet2DModel arguments mirroring a DDPM++ config (widths, levels, blocks, attention)."""
+                          time_scale_shift: str, resampling: str = "resnet") -> dict:
+  """UNet2DModel arguments mirroring a DDPM++ config (widths, levels, blocks, attention).
+
+  resampling "resnet" changes resolution inside a ResBlock, as DDPM++ does (EDM's
+  `UNetBlock(down=True / up=True)`; diffusers' Resnet{Down,Up}sampleBlock2D, or the attention
+  blocks with `downsample_type="resnet"`): parameters and model FLOPs within about 2% of ours.
+  "conv" is diffusers' default (one strided / nearest-upsampled 3x3 convolution per level change),
+  which the comparison used before 2026-12-01: 7% fewer parameters and 19% fewer FLOPs than ours.
+  """
   from diffgen_jax import models  # pylint: disable=import-outside-toplevel
+  if resampling not in TORCH_RESAMPLING:
+    raise ValueError(f"resampling must be one of {TORCH_RESAMPLING}, got {resampling!r}")
   c = models.resolve(model_config)
   widths = tuple(int(c.model_channels * m) for m in c.channel_mult)
   res = [resolution >> level for level in range(len(widths))]
   attn = set(c.attn_resolutions)
+  down, up = (("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D") if resampling == "resnet"
+              else ("DownBlock2D", "UpBlock2D"))
   return dict(
       sample_size=resolution, in_channels=channels, out_channels=channels,
       block_out_channels=widths, layers_per_block=int(c.num_blocks),
-      down_block_types=tuple("AttnDownBlock2D" if r in attn else "DownBlock2D" for r in res),
-      up_block_types=tuple("AttnUpBlock2D" if r in attn else "UpBlock2D" for r in reversed(res)),
+      down_block_types=tuple("AttnDownBlock2D" if r in attn else down for r in res),
+      up_block_types=tuple("AttnUpBlock2D" if r in attn else up for r in reversed(res)),
+      downsample_type=resampling, upsample_type=resampling,  # read by the attention blocks
       norm_num_groups=min(32, widths[0] // 4), norm_eps=1e-6,
       attention_head_dim=max(widths),  # one head, as DDPM++
       dropout=float(c.dropout), time_embedding_type="positional", flip_sin_to_cos=True,
@@ -344,6 +367,16 @@ class _TorchTrainer:
     self.step_count += 1
     return loss
 
+  def count_flops(self):
+    """Model FLOPs of one step (matmuls and convolutions, forward and backward), counted by
+    torch's FlopCounterMode, as diffgen_jax.flops counts ours; the step also trains (it is
+    the first warm-up step)."""
+    from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=import-outside-toplevel
+    counter = FlopCounterMode(display=False)
+    with counter:
+      self._step()
+    self.info["flops_per_step"] = float(counter.get_total_flops())
+
   def run(self, steps: int):
     if self.cuda:
       self.torch.cuda.synchronize()
@@ -360,6 +393,7 @@ class _TorchTrainer:
 def _torch_worker(conn, spec):
   try:
     trainer = _TorchTrainer(spec)
+    trainer.count_flops()
     trainer.run(spec["warmup"])  # warm-up (oneDNN's first steps are slow)
     conn.send(("ok", trainer.info))
   except Exception as e:  # pylint: disable=broad-except
@@ -379,10 +413,11 @@ class TorchRunner(Runner):
   jaxlib (torch 2.13 CPU, jax 0.10.2): a clash of native libraries, not torch's speed.
   """
 
-  def __init__(self, model_config, ours_params: int, args, host_batch, threads: int):
+  def __init__(self, model_config, ours_params: int, args, host_batch, threads: int,
+               resampling: str = "resnet"):
     import multiprocessing  # pylint: disable=import-outside-toplevel
     candidates = [diffusers_unet_kwargs(model_config, args.resolution, args.channels,
-                                        args.num_classes, shift)
+                                        args.num_classes, shift, resampling)
                   for shift in ("default", "scale_shift")]
     training_hparams = make_train_config("ddpmpp", model_config.preset, args).training.to_dict()
     spec = dict(gpu=args.gpu, threads=threads, seed=args.seed, ours_params=ours_params,
@@ -396,8 +431,8 @@ class TorchRunner(Runner):
     if status != "ok":
       self.process.join()
       raise RuntimeError(f"torch worker: {payload}")
-    self.info = payload
-    self.name = "torch ddpmpp (diffusers)"
+    self.info = dict(payload, resampling=resampling)
+    self.name = f"torch ddpmpp ({resampling} resampling)"
 
   def run(self, steps: int) -> float:
     self.conn.send(("run", steps))
@@ -446,20 +481,22 @@ def main(argv=None):
             flush=True)
       runners.append(r)
 
-  torch_runner = None
+  torch_runners = []
   ddpmpp = [r for r in runners if r.family == "ddpmpp"]
-  if not args.skip_torch and ddpmpp:
+  for resampling in (() if args.skip_torch or not ddpmpp else args.torch_resampling):
     try:
       torch_runner = TorchRunner(make_train_config("ddpmpp", ddpmpp[0].info["preset"], args).model,
-                                 ddpmpp[0].info["params"], args, ddpmpp[0].host_batch, threads)
+                                 ddpmpp[0].info["params"], args, ddpmpp[0].host_batch, threads,
+                                 resampling)
       i = torch_runner.info
       print(f"  built {torch_runner.name}: {i['params']:,} params vs ours {i['ours_params']:,} "
-            f"({100 * (i['params_over_ours'] - 1):+.1f}%), {i['device']}, {i['threads']} threads",
-            flush=True)
+            f"({100 * (i['params_over_ours'] - 1):+.1f}%), {i['flops_per_step'] / 1e9:.1f} "
+            f"GFLOP/step (model FLOPs), {i['device']}, {i['threads']} threads", flush=True)
       runners.append(torch_runner)
+      torch_runners.append(torch_runner)
     except Exception as e:  # pylint: disable=broad-except
-      errors["torch"] = f"{type(e).__name__}: {e}"
-      print(f"torch comparison skipped: {type(e).__name__}: {e}", flush=True)
+      errors[f"torch {resampling}"] = f"{type(e).__name__}: {e}"
+      print(f"torch comparison ({resampling}) skipped: {type(e).__name__}: {e}", flush=True)
 
   times = {r.name: [] for r in runners}
   for rnd in range(args.repeats):
@@ -495,15 +532,20 @@ def main(argv=None):
 
   by_name = {row["name"]: row for row in results["runs"]}
   comparisons = {}
-  if torch_runner is not None:
-    theirs = by_name[torch_runner.name]["img_per_s"]
+  for torch_runner in torch_runners:
+    theirs = by_name[torch_runner.name]
+    mirror = "torch" if len(torch_runners) == 1 else torch_runner.name
     for row in results["runs"]:
       if row["kind"] == "ours" and row["family"] == "ddpmpp":
         name = row["name"].replace("ours ", "")
-        comparisons[f"{name} / torch"] = row["img_per_s"] / theirs
+        comparisons[f"{name} / {mirror}"] = row["img_per_s"] / theirs["img_per_s"]
         # The least-disturbed round of each (on a shared machine the median mixes in other load).
-        comparisons[f"{name} / torch (best rounds)"] = (
-            row["img_per_s_best"] / by_name[torch_runner.name]["img_per_s_best"])
+        comparisons[f"{name} / {mirror} (best rounds)"] = (
+            row["img_per_s_best"] / theirs["img_per_s_best"])
+        if row.get("flops_per_step") and theirs.get("flops_per_step"):
+          # Model FLOP/s against model FLOP/s: the two networks' arithmetic need not be equal.
+          comparisons[f"{name} / {mirror} (model FLOP/s)"] = (
+              row["tflops_per_s"] / theirs["tflops_per_s"])
   for family, algo in itertools.product(args.families, args.convs):
     rows = {row["devices"]: row for row in results["runs"]
             if row["kind"] == "ours" and row["family"] == family and row["conv"] == algo}
@@ -512,18 +554,18 @@ def main(argv=None):
       if n != 1 and 1 in rows:
         comparisons[f"{family} x{n} / x1{suffix}"] = rows[n]["img_per_s"] / rows[1]["img_per_s"]
   results["ratios"] = comparisons
-  if torch_runner is not None:
+  for torch_runner in torch_runners:
     torch_runner.close()
 
   # Table.
   print()
-  header = f"{'run':<28} {'params':>11} {'img/s':>9} {'best':>8} {'ms/step':>9} {'compile s':>9} {'TFLOP/s':>8}"
+  header = f"{'run':<34} {'params':>11} {'img/s':>9} {'best':>8} {'ms/step':>9} {'compile s':>9} {'TFLOP/s':>8}"
   if args.gpu:
     header += f" {'MFU':>6}"
   print(header)
   print("-" * len(header))
   for row in results["runs"]:
-    line = (f"{row['name']:<28} {row['params']:>11,} {row['img_per_s']:>9.1f} "
+    line = (f"{row['name']:<34} {row['params']:>11,} {row['img_per_s']:>9.1f} "
             f"{row['img_per_s_best']:>8.1f} "
             f"{1e3 * row['step_s']:>9.1f} {row.get('compile_s', float('nan')):>9.1f} "
             f"{row.get('tflops_per_s', float('nan')):>8.3f}")
@@ -532,9 +574,9 @@ def main(argv=None):
     print(line)
   for k, v in comparisons.items():
     print(f"ratio {k}: {v:.2f}")
-  if torch_runner is not None:
+  for torch_runner in torch_runners:
     i = torch_runner.info
-    print(f"torch UNet2DModel params {i['params']:,} vs ours {i['ours_params']:,} "
+    print(f"{torch_runner.name}: UNet2DModel params {i['params']:,} vs ours {i['ours_params']:,} "
           f"({100 * (i['params_over_ours'] - 1):+.1f}%)")
   for k, v in errors.items():
     print(f"ERROR {k}: {v}")
