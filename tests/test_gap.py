@@ -107,6 +107,34 @@ def test_overfit_half_a_shows_positive_gap():
   assert lo[0] < g[0] < hi[0] and lo[0] > 0
 
 
+def test_relative_gap_treats_rounding_level_errors_as_exact_recall():
+  """y* on the same training set, 1 device and 8: at sigma 0.002 it recalls its training images
+  exactly up to float32 rounding, E_train ~1e-17 either way but a different 1e-17, so G was ~1e12
+  and changed with the device count. At or below FLOAT32_ERROR_FLOOR G is now +inf, as for an exact
+  E_train = 0; measured errors are untouched."""
+  assert gap.FLOAT32_ERROR_FLOOR == float(np.finfo(np.float32).eps) ** 2
+  g = gap.relative_gap([3.0, 3.0, 3.0, 1e-16, 2.0, np.nan], [1e-17, 0.0, 1.0, 1e-17, 1e-13, 1.0])
+  assert g[0] == np.inf and g[1] == np.inf and g[2] == 2.0
+  assert np.isnan(g[3])  # both at the floor: nothing measured
+  assert g[4] == pytest.approx(2.0 / 1e-13 - 1.0)  # above the floor: a real (tiny) error
+  assert np.isnan(g[5])
+  # floor=0 divides whatever the values (the old behaviour).
+  assert gap.relative_gap([3.0], [1e-17], floor=0.0)[0] == pytest.approx(3e17 - 1.0)
+
+  train = _uniform(3, 16)
+  val = _uniform(4, 16)
+  sigmas = np.array([0.002, 0.5])
+  curves = []
+  for mesh in (None, make_mesh(-1, 1)):
+    optimal = empirical_optimal_denoiser(train, mesh=mesh)
+    e_train = gap.denoising_errors(optimal, train, sigmas=sigmas, batch_size=16)
+    e_val = gap.denoising_errors(optimal, val, sigmas=sigmas, batch_size=16)
+    assert e_train[0] <= gap.FLOAT32_ERROR_FLOOR < e_val[0]
+    curves.append(gap.relative_gap(e_val, e_train))
+  assert curves[0][0] == curves[1][0] == np.inf
+  np.testing.assert_allclose(curves[0][1], curves[1][1], rtol=1e-4)
+
+
 def test_overfitting_onset_and_peak_on_synthetic_curves():
   k = np.arange(10)
   seen = 1000 * (k + 1)

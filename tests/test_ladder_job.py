@@ -4,6 +4,7 @@ checks, and its numbers against the library called directly on the same network 
 import importlib.util
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -73,6 +74,8 @@ def test_job_writes_results_figures_and_the_library_numbers(run_dir, tmp_path):
   assert s["rungs"] == ["y*", "y_delta", "LS", "ELS", "PSPC", "gaussian", "gaussian_r4"]
   sigmas = np.asarray(s["sigmas"])
   assert len(sigmas) == 3 and len(s["trajectory_sigmas"]) == 3  # smoke: 3 sigmas, 3 Heun steps
+  # The analytic machines ran split over every device (the recomputation below uses one).
+  assert s["evaluation_devices"] == len(jax.devices()) == 8
 
   # Calibration: per sigma, the best size is the argmin of the candidates' distance curves.
   cal = res["calibration"]
@@ -229,6 +232,32 @@ def test_summary_never_picks_a_nan_rung_and_leaves_undefined_sigmas_out():
   assert np.isnan(s["best_rung_predicts_gap"]["train"])
   lines = ladder_job.summary_lines({"summary": s, **_summary_results({}, {})})
   assert any("0.5:gaussian(0.10), 2:y*(-inf)" in line for line in lines), lines
+
+
+def test_summary_leaves_rounding_level_errors_out_of_the_gap_comparison():
+  """Same local machine on 1 and 2 devices: E_train 2.8e-16 and 1.3e-16 at sigma 0.002 (float32
+  rounding of an exact recall), which moved the closest-G rung there from y_delta to ELS. An
+  error at or below gap.FLOAT32_ERROR_FLOOR is not a measurement: G is undefined there."""
+  from diffgen_jax.evaluation import gap
+  from diffgen_jax.jobs import ladder as ladder_job
+  assert gap.FLOAT32_ERROR_FLOOR == pytest.approx(np.finfo(np.float32).eps ** 2)
+  e = lambda val, train: {"e_val": val, "e_train": train}
+  net = e([4.3e-6, 2.0], [3.9e-6, 1.0])
+  for tiny in (2.77e-16, 1.32e-16, 0.0):
+    s = ladder_job.summarize(_summary_results({"y_delta": [0.9, 0.9], "ELS": [0.5, 0.5]}, {
+        "network": net,
+        "y_delta": e([4.0e-6, 2.0], [3.0e-6, 1.0]),   # |log(4/3) - log(4.3/3.9)| = 0.19
+        "ELS": e([3.3e-16, 4.0], [tiny, 1.0])}))       # log of rounding noise
+    assert s["gap_log_distance"]["ELS"][0] is None
+    assert s["closest_gap_rung"] == ["y_delta", "y_delta"]
+  # Just above the floor an error is a number again (an exponentially small posterior weight).
+  s = ladder_job.summarize(_summary_results({"ELS": [0.5, 0.5]}, {
+      "network": net, "ELS": e([4.3e-13, 2.0], [3.9e-13, 1.0])}))
+  assert s["gap_log_distance"]["ELS"] == [pytest.approx(0.0, abs=1e-12)] * 2
+  # E_val at the floor too: a rung that recalls validation images exactly is undefined as well.
+  s = ladder_job.summarize(_summary_results({"ELS": [0.5, 0.5]}, {
+      "network": net, "ELS": e([1e-15, 2.0], [1e-9, 1.0])}))
+  assert s["gap_log_distance"]["ELS"][0] is None
 
 
 def test_job_refuses_a_sigma_where_no_patch_size_was_calibrated(run_dir, tmp_path, monkeypatch):

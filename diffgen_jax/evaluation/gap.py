@@ -205,11 +205,28 @@ def errors_and_distance(denoise, reference, images, labels=None, sigmas=None, *,
 # Summaries of error curves
 
 
-def relative_gap(e_val, e_train) -> np.ndarray:
-  """G = (E_val - E_train) / E_train, elementwise (any matching shapes)."""
+# The smallest per-pixel mean squared error a float32 denoiser can resolve on images in [-1, 1]:
+# (float32 machine epsilon)^2 = 1.4e-14. A denoiser that returns a training image exactly up to
+# rounding (y*, or a local machine at sigma -> 0) lands below it, at a value set by the order of its
+# float32 sums (1e-17 .. 1e-15 for the same machine on 1 and 2 devices): not a measured error.
+FLOAT32_ERROR_FLOOR = float(np.finfo(np.float32).eps) ** 2
+
+
+def relative_gap(e_val, e_train, floor: float = FLOAT32_ERROR_FLOOR) -> np.ndarray:
+  """G = (E_val - E_train) / E_train (paper eq. 4), elementwise (any matching shapes), float64.
+
+  An error at or below `floor` (default FLOAT32_ERROR_FLOOR, for float32 denoisers on images in
+  [-1, 1]; pass 0.0 to divide whatever the values) is not a measurement: where E_train is at the
+  floor G is +inf (the training images are recalled exactly, as y*'s E_train = 0 gives), and NaN
+  where E_val is at the floor too (nothing measured). Without the floor y*'s G at small sigma
+  would be ~1e12-1e15, a number set by float32 rounding that changes with the device count.
+  """
   e_val = np.asarray(e_val, np.float64)
   e_train = np.asarray(e_train, np.float64)
-  return (e_val - e_train) / e_train
+  with np.errstate(divide="ignore", invalid="ignore"):
+    g = (e_val - e_train) / e_train
+  at_floor = e_train <= floor
+  return np.where(at_floor, np.where(e_val > floor, np.inf, np.nan), g)
 
 
 def bootstrap_relative_gap(per_image_val, per_image_train, *, num_resamples: int = 1000,

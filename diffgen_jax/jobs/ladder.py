@@ -62,7 +62,7 @@ import numpy as np
 
 from diffgen_jax import checkpointing, config_checks, data, jsonio
 from diffgen_jax.config_checks import ConfigError, fail
-from diffgen_jax.evaluation import ladder
+from diffgen_jax.evaluation import gap, ladder
 from diffgen_jax.jobs import common, console, results as results_lib
 from diffgen_jax.models.network import network_denoiser
 from diffgen_jax.optimal_patches import BOUNDARIES, patch_composite_denoiser
@@ -204,6 +204,9 @@ def run(config, workdir: str) -> Dict[str, Any]:
       "val": (ladder.noised_inputs(val_x, sigmas, ids=val_ids, noise_seed=config.noise_seed + 1),
               sigmas, val_y),
       "trajectory": (traj_states, traj_sigmas, sample_labels)}
+  # The analytic machines split the training set over every local device (on a CPU, one per
+  # core) and combine their statistics exactly; queries are replicated.
+  mesh = common.evaluation_mesh()
   results["settings"] = {
       "run_dir": os.path.abspath(config.run_dir), "step": int(step),
       "images_seen": meta.get("images_seen"), "ema": ema_name, "dataset": run_config.data.name,
@@ -212,14 +215,15 @@ def run(config, workdir: str) -> Dict[str, Any]:
       "num_train_set": len(train_all), "num_train_eval": len(train_x), "num_val_eval": len(val_x),
       "noise_seed_train": config.noise_seed, "noise_seed_val": config.noise_seed + 1,
       "sigmas": sigmas, "trajectory_sigmas": traj_sigmas,
+      "evaluation_devices": 1 if mesh is None else int(mesh.size),
       "config": json.loads(config.to_json_best_effort())}
   save()
 
   # 2. Calibration of each local rung's patch size.
   cal_inputs, cal_sigmas, cal_labels = input_sets[config.calibration.on]
-  machines = {"LS": dict(machine="ls"),
-              "ELS": dict(machine="els", boundary=config.els_boundary),
-              "PSPC": dict(machine="ls", machine_factory=_pspc_factory)}
+  machines = {"LS": dict(machine="ls", mesh=mesh),
+              "ELS": dict(machine="els", boundary=config.els_boundary, mesh=mesh),
+              "PSPC": dict(machine="ls", machine_factory=_pspc_factory, mesh=mesh)}
   calibrations = {}
   results["calibration"] = {"on": config.calibration.on, "sigmas": cal_sigmas,
                             "sizes": list(config.calibration.sizes), "machines": {}}
@@ -248,7 +252,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   rungs = ladder.ladder_rungs(
       train_all, train_labels_all, delta=config.delta if config.delta > 0 else None,
       ls_size=sched("LS"), els_size=sched("ELS"), pspc_size=sched("PSPC"),
-      els_boundary=config.els_boundary, gaussian_ranks=ranks)
+      els_boundary=config.els_boundary, gaussian_ranks=ranks, mesh=mesh)
   results["settings"]["rungs"] = list(rungs)
 
   # 4. Agreement of the network with every rung on every input set.
@@ -287,11 +291,13 @@ def _values(v) -> np.ndarray:
 
 def _log_ratio(c) -> np.ndarray:
   """log(E_val / E_train) = log(1 + G) per sigma; NaN where a rung reproduces its training images
-  exactly (E_train = 0, so G is undefined) or an error is missing."""
+  exactly (E_train = 0, or at most gap.FLOAT32_ERROR_FLOOR: rounding, so G is undefined), where
+  E_val is rounding too, or where an error is missing."""
   e_val, e_train = _values(c["e_val"]), _values(c["e_train"])
   with np.errstate(divide="ignore", invalid="ignore"):
     out = np.log(e_val / e_train)
-  return np.where(np.isfinite(out), out, np.nan)
+  measured = (e_val > gap.FLOAT32_ERROR_FLOOR) & (e_train > gap.FLOAT32_ERROR_FLOOR)
+  return np.where(np.isfinite(out) & measured, out, np.nan)
 
 
 def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
@@ -299,8 +305,10 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
   the network's; and how often the two agree.
 
   G is compared on the log scale, |log(1 + G_rung) - log(1 + G_network)| = |log of the ratio of
-  the two E_val / E_train|, because the G of memorizing rungs spans many decades (y*'s E_train
-  vanishes at small sigma: G ~ 1e13, or undefined at E_train = 0, which counts as infinitely far).
+  the two E_val / E_train|, because the G of memorizing rungs spans many decades. Where a rung's
+  E_train or E_val is at most gap.FLOAT32_ERROR_FLOOR (y* or a local machine reproducing its
+  training images at small sigma: 0, or 1e-17 .. 1e-15 of rounding whose value depends on the
+  order of float32 sums, e.g. on the device count), G is undefined and counts as infinitely far.
   gap_distance[rung] is the median of that distance over the sigmas; best_rung_predicts_gap[set]
   is the fraction of sigmas at which the set's best-r2 rung is the closest-G rung (train and val
   are on G's own sigma grid).
