@@ -260,6 +260,30 @@ def test_summary_leaves_rounding_level_errors_out_of_the_gap_comparison():
   assert s["gap_log_distance"]["ELS"][0] is None
 
 
+def test_summary_breaks_rounding_level_ties_by_the_ladder_order():
+  """LS and PSPC with a window covering the 8x8 image are y* itself; their r2 and G differed from
+  y*'s in the 8th-9th digit, and which one was "best" changed between 1 and 2 devices. Within
+  TIE_RTOL the first rung listed (y*) is chosen; a real difference still wins."""
+  from diffgen_jax.jobs import ladder as ladder_job
+  e = lambda val, train: {"e_val": val, "e_train": train}
+  for eps in (+3e-9, -3e-9):  # either rounding direction: the same answer
+    s = ladder_job.summarize(_summary_results(
+        {"y*": [0.9386552742, 0.90], "LS": [0.9386552742 + eps, 0.95],
+         "PSPC": [0.9386552742 + 2 * eps, 0.90]},
+        {"network": e([2.0, 2.0], [1.0, 1.0]), "y*": e([3.0, 3.0], [1.0, 1.0]),
+         "LS": e([3.0 * (1 + eps), 3.0], [1.0, 1.0]), "PSPC": e([3.0, 2.5], [1.0, 1.0])}))
+    assert s["best_rung"]["train"] == ["y*", "LS"]  # LS really better (0.95) at sigma 2
+    assert s["closest_gap_rung"] == ["y*", "PSPC"]
+    assert s["closest_gap_rung_overall"] == "PSPC"  # medians 0.405 (y*, LS) and 0.314
+  assert ladder_job.TIE_RTOL == 1e-5
+  # Just outside the tolerance the better rung wins: 1 - r2 = 0.1 vs 0.1 (1 - 2e-5).
+  s = ladder_job.summarize(_summary_results(
+      {"y*": [0.9, 0.9], "LS": [0.9 + 2e-6, 0.9]},
+      {"network": e([2.0, 2.0], [1.0, 1.0]), "y*": e([3.0, 3.0], [1.0, 1.0]),
+       "LS": e([3.0, 3.0], [1.0, 1.0])}))
+  assert s["best_rung"]["train"] == ["LS", "y*"]
+
+
 def test_job_refuses_a_sigma_where_no_patch_size_was_calibrated(run_dir, tmp_path, monkeypatch):
   """The network NaN at one calibration sigma: no LS rung is built with a made-up size there."""
   import jax.numpy as jnp
