@@ -231,3 +231,33 @@ def test_calibration_never_picks_an_overflowed_candidate():
   cal = ladder.calibrate(local_denoiser(train, 1), train, [1, 3, 5], noised, sigmas,
                          machine_factory=factory)
   np.testing.assert_array_equal(cal.best_size, [5, 5])
+
+
+def test_calibration_ties_within_rounding_go_to_the_smaller_size():
+  """Two windows that both cover the image are the same machine; their distances to the network
+  differed in the 7th digit (float32 rounding), and the larger size could win on that. Within
+  ladder.TIE_RTOL the smaller size is chosen; a real difference still wins."""
+  import jax.numpy as jnp
+  train = _data(6)
+  sigmas = np.array([0.3, 3.0])
+  noised = ladder.noised_inputs(_data(4, seed=9), sigmas)
+  machine = local_denoiser(train, 1)
+  network = lambda x, sigma, labels=None: machine(x, sigma, labels) + 0.01
+
+  def factory(shift):
+    return lambda images, k, labels=None, **kw: (
+        lambda x, sigma, labels=None: machine(x, sigma, labels) + shift[k])
+
+  # k=5 is closer by a relative 2e-6 of the mse: rounding, a tie -> 3.
+  cal = ladder.calibrate(network, train, [5, 3], noised, sigmas,
+                         machine_factory=factory({3: 0.0, 5: jnp.float32(1e-8)}))
+  assert np.all(cal.mse[0] < cal.mse[1])  # rows in the given order [5, 3]; 5 barely closer
+  np.testing.assert_allclose(cal.mse[0], cal.mse[1], rtol=1e-5)
+  np.testing.assert_array_equal(cal.best_size, [3, 3])
+  # A real difference (mse 8.1e-5 against 1e-4) wins.
+  cal = ladder.calibrate(network, train, [3, 5], noised, sigmas,
+                         machine_factory=factory({3: 0.0, 5: 0.001}))
+  np.testing.assert_array_equal(cal.best_size, [5, 5])
+  assert ladder.first_least([2.0, 1.0 + 1e-6, 1.0, np.nan]) == 1
+  assert ladder.first_least([np.nan, np.nan]) is None
+  assert ladder.first_least([0.3, 0.3 + 2e-5, 0.1 + 5e-6, 0.1], relative=False) == 2

@@ -275,7 +275,7 @@ def test_summary_breaks_rounding_level_ties_by_the_ladder_order():
     assert s["best_rung"]["train"] == ["y*", "LS"]  # LS really better (0.95) at sigma 2
     assert s["closest_gap_rung"] == ["y*", "PSPC"]
     assert s["closest_gap_rung_overall"] == "PSPC"  # medians 0.405 (y*, LS) and 0.314
-  assert ladder_job.TIE_RTOL == 1e-5
+  assert ladder.TIE_RTOL == 1e-5
   # Just outside the tolerance the better rung wins: 1 - r2 = 0.1 vs 0.1 (1 - 2e-5).
   s = ladder_job.summarize(_summary_results(
       {"y*": [0.9, 0.9], "LS": [0.9 + 2e-6, 0.9]},

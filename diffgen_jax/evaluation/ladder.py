@@ -211,18 +211,38 @@ class Calibration(NamedTuple):
 
 NO_SIZE = -1  # Calibration.best_size where no candidate size has a finite distance
 
+# Candidates (patch sizes, rungs) whose distances to the network differ by less than this, relative,
+# are tied: identical machines differ by float32 rounding (~1e-7 relative, varying with the device
+# count), e.g. LS or PSPC with a window covering the whole image and y*, or two windows that both
+# cover it. A tie goes to the first candidate in order (the smaller size; the earlier rung).
+TIE_RTOL = 1e-5
+
+
+def first_least(values, *, relative: bool = True) -> Optional[int]:
+  """Index of the first entry within TIE_RTOL of the least one (relative to it, or absolute, for
+  distances on a log scale); NaN and inf are never chosen unless every number is inf (then the
+  first inf); None when every entry is NaN."""
+  values = np.asarray(values, np.float64)
+  ok = ~np.isnan(values)
+  if not ok.any():
+    return None
+  least = np.min(values[ok])
+  slack = TIE_RTOL * abs(least) if relative else TIE_RTOL
+  return int(np.flatnonzero(ok & (values <= least + slack))[0])
+
 
 def _best_sizes(sizes, mse) -> np.ndarray:
   """(S,) the size of least mse per column among the candidates whose mse is finite (np.argmin
-  would return a NaN's position, and an inf mse is an overflow, not a distance); the smaller size
-  on exact ties; NO_SIZE where none is finite."""
+  would return a NaN's position, and an inf mse is an overflow, not a distance); the smallest size
+  among those within TIE_RTOL of the least (ties of identical machines are rounding); NO_SIZE
+  where none is finite."""
   order = np.argsort(sizes, kind="stable")
   sizes, mse = np.asarray(sizes)[order], mse[order]
   best = np.full(mse.shape[1], NO_SIZE, np.int64)
   for j in range(mse.shape[1]):
-    ok = np.flatnonzero(np.isfinite(mse[:, j]))
-    if ok.size:
-      best[j] = sizes[ok[np.argmin(mse[ok, j])]]
+    i = first_least(np.where(np.isfinite(mse[:, j]), mse[:, j], np.nan))
+    if i is not None:
+      best[j] = sizes[i]
   return best
 
 

@@ -300,26 +300,6 @@ def _log_ratio(c) -> np.ndarray:
   return np.where(np.isfinite(out) & measured, out, np.nan)
 
 
-# Two rungs whose distances to the network differ by less than this (relative, on the mse; absolute
-# on the log-scale G distance) are tied: identical machines, e.g. LS or PSPC with a window covering
-# the whole image and y*, differ by float32 rounding (~1e-7 relative, varying with the device
-# count). A tie goes to the rung listed first, in the ladder's order (y*, y_delta, LS, ELS, PSPC,
-# the Gaussians), so the choice does not depend on rounding.
-TIE_RTOL = 1e-5
-
-
-def _first_least(values, *, relative: bool):
-  """Index of the first entry within TIE_RTOL of the least one (relative to it, or absolute),
-  NaN never chosen; None when every entry is NaN."""
-  values = np.asarray(values, np.float64)
-  ok = ~np.isnan(values)
-  if not ok.any():
-    return None
-  least = np.min(values[ok])
-  slack = TIE_RTOL * abs(least) if relative else TIE_RTOL
-  return int(np.flatnonzero(ok & (values <= least + slack))[0])
-
-
 def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
   """Per input set and sigma, the rung of the highest r2; per sigma, the rung whose G is closest to
   the network's; and how often the two agree.
@@ -337,9 +317,10 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
   and where every rung's r2 is NaN at a sigma (e.g. the network outputs NaN) best_rung is None and
   best_r2 NaN there. Likewise closest_gap_rung is None where no rung's distance is a number (the
   network's own E_train is 0 or missing). Sigmas where either choice is None are left out of
-  best_rung_predicts_gap, which is NaN if no sigma is left. Rungs within TIE_RTOL of the best
-  are tied, and a tie goes to the rung listed first (y* before an LS whose window covers the
-  image, which is the same denoiser up to rounding).
+  best_rung_predicts_gap, which is NaN if no sigma is left. Rungs within ladder.TIE_RTOL of the
+  best (relative on the mse, absolute on the log-scale G distance) are tied, and a tie goes to the
+  rung listed first (y* before an LS whose window covers the image: the same denoiser up to
+  rounding).
   """
   best_rung, best_r2 = {}, {}
   for set_name, section in results["agreement"].items():
@@ -348,7 +329,7 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
     best_rung[set_name], best_r2[set_name] = [], []
     for column in r2.T:  # the highest r2 among the rungs whose r2 is a number (even -inf)
       # 1 - r2 = mse / (the network's output variance): compare the mse, ties within TIE_RTOL.
-      i = _first_least(1.0 - column, relative=True)
+      i = ladder.first_least(1.0 - column, relative=True)
       best_rung[set_name].append(None if i is None else names[i])
       best_r2[set_name].append(float("nan") if i is None else float(column[i]))
   curves = results["gaps"]["denoisers"]
@@ -358,11 +339,11 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
   dist = np.where(np.isnan(dist), np.inf, dist)
   closest = []
   for column in dist.T:  # a log-scale distance: an absolute tolerance is a relative one on E
-    i = _first_least(np.where(np.isfinite(column), column, np.nan), relative=False)
+    i = ladder.first_least(np.where(np.isfinite(column), column, np.nan), relative=False)
     closest.append(None if i is None else rung_names[i])
   median = np.median(dist, axis=1)
   distance = {n: (float(m) if np.isfinite(m) else None) for n, m in zip(rung_names, median)}
-  overall = _first_least(np.where(np.isfinite(median), median, np.nan), relative=False)
+  overall = ladder.first_least(np.where(np.isfinite(median), median, np.nan), relative=False)
   gap_sigmas = np.asarray(results["gaps"]["sigmas"], np.float64)
   predicts = {}
   for set_name, names in best_rung.items():
