@@ -8,7 +8,8 @@ the same process). `--conv` times several convolution algorithms (diffgen_jax.mo
 algorithm is fixed when the step is traced), e.g. `--conv xla,winograd`. Side by side in the same run, interleaved with ours: a PyTorch U-Net (diffusers'
 `UNet2DModel`) configured from our DDPM++ config (same widths, levels, blocks per level, attention
 resolutions, dropout, class labels, resampling inside ResBlocks; parameters and model FLOPs within
-~2%, both printed; `--torch_resampling conv` adds diffusers' default convolution resampling), trained with the
+~2%, both printed; `--torch_resampling conv` times diffusers' default convolution resampling
+instead, `resnet,conv` both), trained with the
 same EDM loss (the preconditioning written out in torch below), Adam and a half-life EMA, on the
 same images, batch and number of threads. Reported: ours / torch img/s (goal >= 1.0).
 
@@ -99,6 +100,11 @@ def parse_args(argv=None):
     if name not in TORCH_RESAMPLING:
       p.error(f"--torch_resampling: {name!r} is not one of {TORCH_RESAMPLING}")
   args.convs = tuple(args.conv.split(","))
+  # Runs are keyed by name: a repeated entry would be timed twice and reported once.
+  for flag, values in (("--torch_resampling", args.torch_resampling), ("--conv", args.convs),
+                       ("--families", args.families)):
+    if len(set(values)) != len(values):
+      p.error(f"{flag}: each value at most once, got {','.join(values)}")
   for name in args.convs:
     if name not in CONV_ALGORITHMS:
       p.error(f"--conv: {name!r} is not one of {CONV_ALGORITHMS}")

@@ -120,6 +120,16 @@ def test_relative_gap_treats_rounding_level_errors_as_exact_recall():
   assert np.isnan(g[5])
   # floor=0 divides whatever the values (the old behaviour).
   assert gap.relative_gap([3.0], [1e-17], floor=0.0)[0] == pytest.approx(3e17 - 1.0)
+  # E_val at the floor, E_train measured: G = -1 (stable, not rounding-dependent).
+  assert gap.relative_gap([1e-16], [1.0])[0] == pytest.approx(-1.0)
+  for floor, message in ((np.nan, "floor=nan"), (np.inf, "floor=inf"), (-1.0, "floor=-1.0"),
+                         ("1e-14", "floor='1e-14'"), (None, "floor=None")):
+    with pytest.raises(ValueError, match=message):
+      gap.relative_gap([1.0], [1.0], floor=floor)
+  with pytest.raises(ValueError, match="e_train must be mean squared errors >= 0"):
+    gap.relative_gap([1.0], [-1.0])
+  with pytest.raises(ValueError, match="e_val must be mean squared errors >= 0"):
+    gap.relative_gap([-2.0], [1.0])
 
   train = _uniform(3, 16)
   val = _uniform(4, 16)

@@ -260,4 +260,9 @@ def test_calibration_ties_within_rounding_go_to_the_smaller_size():
   np.testing.assert_array_equal(cal.best_size, [5, 5])
   assert ladder.first_least([2.0, 1.0 + 1e-6, 1.0, np.nan]) == 1
   assert ladder.first_least([np.nan, np.nan]) is None
-  assert ladder.first_least([0.3, 0.3 + 2e-5, 0.1 + 5e-6, 0.1], relative=False) == 2
+  assert ladder.first_least([0.3, 0.3 + 2e-4, 0.1 + 5e-5, 0.1], relative=False) == 2
+  # Infinite least values tie only with themselves (no inf - inf slack); NaN is never chosen.
+  assert ladder.first_least([1.0, -np.inf]) == 1
+  assert ladder.first_least([-np.inf, 1.0, -np.inf]) == 0
+  assert ladder.first_least([np.inf, np.nan, np.inf]) == 0
+  assert ladder.first_least([1.0, -np.inf], relative=False) == 1

@@ -215,14 +215,22 @@ FLOAT32_ERROR_FLOOR = float(np.finfo(np.float32).eps) ** 2
 def relative_gap(e_val, e_train, floor: float = FLOAT32_ERROR_FLOOR) -> np.ndarray:
   """G = (E_val - E_train) / E_train (paper eq. 4), elementwise (any matching shapes), float64.
 
-  An error at or below `floor` (default FLOAT32_ERROR_FLOOR, for float32 denoisers on images in
-  [-1, 1]; pass 0.0 to divide whatever the values) is not a measurement: where E_train is at the
-  floor G is +inf (the training images are recalled exactly, as y*'s E_train = 0 gives), and NaN
-  where E_val is at the floor too (nothing measured). Without the floor y*'s G at small sigma
-  would be ~1e12-1e15, a number set by float32 rounding that changes with the device count.
+  A training error at or below `floor` (a finite number >= 0; default FLOAT32_ERROR_FLOOR, for
+  float32 denoisers on images in [-1, 1]; 0.0 divides whatever the values, e.g. for float64
+  denoisers) is not a measurement: there G is +inf (the training images are recalled exactly, as
+  y*'s E_train = 0 gives), or NaN where E_val is at the floor too (nothing measured). Without the
+  floor y*'s G at small sigma would be ~1e12-1e15, a number set by float32 rounding that changes
+  with the device count. E_val at the floor with E_train above it gives G = -1 up to a rounding
+  term of relative size floor / E_train: a stable value (the log-ratio comparison of the ladder
+  summary, where that term is the whole signal, leaves such sigmas out instead).
+  Raises ValueError for a negative, NaN or infinite floor, or negative errors.
   """
+  check_number(floor, "floor", low=0.0)
   e_val = np.asarray(e_val, np.float64)
   e_train = np.asarray(e_train, np.float64)
+  for name, e in (("e_val", e_val), ("e_train", e_train)):
+    if np.any(e < 0):
+      raise ValueError(f"{name} must be mean squared errors >= 0, got a minimum of {np.nanmin(e)}")
   with np.errstate(divide="ignore", invalid="ignore"):
     g = (e_val - e_train) / e_train
   at_floor = e_train <= floor

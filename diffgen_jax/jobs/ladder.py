@@ -292,7 +292,8 @@ def _values(v) -> np.ndarray:
 def _log_ratio(c) -> np.ndarray:
   """log(E_val / E_train) = log(1 + G) per sigma; NaN where a rung reproduces its training images
   exactly (E_train = 0, or at most gap.FLOAT32_ERROR_FLOOR: rounding, so G is undefined), where
-  E_val is rounding too, or where an error is missing."""
+  E_val is at the floor (the ratio would be rounding over E_train, though G itself is a stable -1),
+  or where an error is missing."""
   e_val, e_train = _values(c["e_val"]), _values(c["e_train"])
   with np.errstate(divide="ignore", invalid="ignore"):
     out = np.log(e_val / e_train)
