@@ -66,35 +66,74 @@ def main(argv=None):
         f"{step_ms:.0f} ms per step (traced); ms per step by op kind (summed over devices):")
   for kind, ms in by_kind.most_common(args.top):
     print(f"  {ms:8.1f}  {count[kind] // args.steps:5d} calls  {kind}")
-  by_role = None
+  by_role = top_instructions = None
   if args.by_role:
     by_name = collections.Counter()
     for e in events:
       if e.get("ph") == "X" and "dur" in e:
         by_name[e.get("name", "")] += e["dur"] / 1e3 / args.steps
-    by_role = roles(by_name, runner.compiled.as_text())
+    hlo = runner.compiled.as_text()
+    by_role = roles(by_name, hlo)
     total = sum(by_role.values())
     print("ms per step by role (summed over devices), share of the op time:")
     for role, ms in by_role.most_common():
       print(f"  {ms:8.1f}  {100 * ms / total:5.1f}%  {role}")
+    top_instructions = instruction_table(by_name, hlo, args.top)
+    print(f"the {args.top} slowest instructions (ms per step summed over devices; output shape; the "
+          "model op of the convolution or dot inside, if any):")
+    for row in top_instructions:
+      print(f"  {row['ms']:8.1f}  {row['name']:<28} {row['shape']:<28} {row['op']}")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(dict(devices=args.devices, xla_flags=os.environ.get("XLA_FLAGS", ""),
                    step_ms=step_ms, ms_per_step_by_kind=dict(by_kind.most_common()),
-                   ms_per_step_by_role=None if by_role is None else dict(by_role.most_common())),
+                   ms_per_step_by_role=None if by_role is None else dict(by_role.most_common()),
+                   top_instructions=top_instructions),
               f, indent=1)
   print(f"wrote {args.out}")
+
+
+def _instructions(hlo_text: str):
+  """({instruction name: its line}, {computation name: its body's lines}) of an HLO module."""
+  instructions, computations, current = {}, {}, None
+  for line in hlo_text.split("\n"):
+    head = re.match(r"(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
+    if head and not line.startswith(" "):
+      current = computations.setdefault(head.group(1), [])
+      continue
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+    if m:
+      instructions[m.group(1)] = line
+      if current is not None:
+        current.append(line)
+  return instructions, computations
+
+
+def instruction_table(ms_by_event_name, hlo_text: str, top: int):
+  """The `top` slowest instructions: name, ms, output shape and, for a fusion that holds a
+  convolution or dot, that op's model name (e.g. .../dec_32x32_up/conv0)."""
+  instructions, computations = _instructions(hlo_text)
+  rows = []
+  for name, ms in sorted(ms_by_event_name.items(), key=lambda kv: -kv[1]):
+    line = instructions.get(name)
+    if line is None:
+      continue
+    shape = line.split(" = ", 1)[1].split(" ", 1)[0]
+    called = re.search(r"calls=%?([\w.\-]+)", line)
+    body = computations.get(called.group(1), []) if called else [line]
+    inner = [b for b in body if "convolution(" in b or " dot(" in b] or [line]
+    op = re.search(r'op_name="([^"]+)"', inner[0])
+    rows.append(dict(name=name, ms=ms, shape=shape, op=op.group(1) if op else ""))
+    if len(rows) == top:
+      break
+  return rows
 
 
 def roles(ms_by_event_name, hlo_text: str) -> collections.Counter:
   """{role: ms}: each traced op (an HLO instruction of the entry computation, by name) given a
   role from its kind and the model op its metadata names; events that are not instructions (the
   runtime's spans) are left out."""
-  instructions = {}
-  for line in hlo_text.split("\n"):
-    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
-    if m:
-      instructions[m.group(1)] = line
+  instructions, _ = _instructions(hlo_text)
   out = collections.Counter()
   for name, ms in ms_by_event_name.items():
     line = instructions.get(name)
