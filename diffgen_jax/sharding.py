@@ -6,11 +6,13 @@ from the config, arrays carry NamedShardings on it, and jit does the rest.
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Optional, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax.checks import check_number
@@ -78,13 +80,81 @@ def batch_multiple(batch_size: int, mesh: Optional[Mesh]) -> int:
   return -(-int(batch_size) // d) * d
 
 
+# Rows each process has built on its host for put_batch, by process (this one only): a test reads
+# it to check that with P processes each built 1/P of every batch. Reset it with .clear().
+rows_built: "collections.Counter[str]" = collections.Counter()
+
+
+def addressable_rows(sharding, global_batch_size: int, item_shape: Sequence[int] = ()) -> slice:
+  """The rows of a global batch held by this process's devices under `sharding` (split over the
+  leading axis): one contiguous span for a mesh over jax.devices(), which lists devices by process.
+  Raises ValueError when they are not contiguous (a mesh whose devices are not ordered by process).
+  """
+  index_map = sharding.addressable_devices_indices_map((global_batch_size,) + tuple(item_shape))
+  spans = sorted({(s[0].indices(global_batch_size)[:2]) for s in index_map.values()})
+  lo, hi = spans[0][0], max(stop for _, stop in spans)
+  covered = np.zeros(global_batch_size, bool)
+  for a, b in spans:
+    covered[a:b] = True
+  if not covered[lo:hi].all():
+    raise ValueError("this process's devices hold non-contiguous rows of the batch; order the "
+                     "mesh devices by process")
+  return slice(lo, hi)
+
+
 def put_batch(array, mesh: Optional[Mesh]) -> jax.Array:
   """`array` on the devices, its leading (batch) axis split over the mesh's data axis; on the
-  default device when mesh is None. Raises ValueError when the batch does not divide the axis."""
+  default device when mesh is None.
+
+  array: a numpy array, or anything with len(), .shape and slicing along the first axis that
+  returns numpy (e.g. `LazyRows`). With several processes each builds (slices) only the rows its
+  own devices hold. Raises ValueError when the batch does not divide the axis.
+  """
   if mesh is None:
-    return jax.numpy.asarray(array)
+    return jax.numpy.asarray(np.asarray(array))
   check_divisible(len(array), mesh, "batch")
-  return jax.device_put(array, batch_sharded(mesh))
+  target = batch_sharded(mesh)
+  if jax.process_count() == 1:
+    rows_built["batch"] += len(array)
+    return jax.device_put(np.asarray(array), target)
+  shape = (len(array),) + tuple(array.shape[1:])
+  local = addressable_rows(target, shape[0], shape[1:])
+  mine = np.asarray(array[local])
+  rows_built["batch"] += len(mine)
+  return jax.make_array_from_process_local_data(target, mine, shape)
+
+
+class LazyRows:
+  """Rows `rows` of `source` (anything indexable by an int array: numpy, a lazily decoded image
+  zip), read only when sliced, so `put_batch(LazyRows(images, rows), mesh)` reads from the source
+  only this process's share of a batch. transform(numpy rows) -> numpy is applied to what is read.
+  """
+
+  def __init__(self, source, rows, transform=None):
+    self.source, self.rows, self.transform = source, np.asarray(rows), transform
+    self.shape = (len(self.rows),) + tuple(source.shape[1:])
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def __getitem__(self, index) -> np.ndarray:
+    out = np.asarray(self.source[self.rows[index]])
+    return out if self.transform is None else self.transform(out)
+
+  def __array__(self, dtype=None, copy=None):
+    del copy
+    out = self[slice(None)]
+    return out if dtype is None else out.astype(dtype)
+
+
+def fetch(x) -> np.ndarray:
+  """A (possibly multi-process) jax array as one numpy array on every process: the gathered
+  whole. Cheap when the array is fully addressable or replicated; else one all-gather."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  if x.sharding.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def check_divisible(size: int, mesh: Mesh, what: str, axis: str = DATA_AXIS) -> None:

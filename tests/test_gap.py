@@ -245,3 +245,30 @@ def test_errors_and_distance_in_one_pass_match_independent_references():
   np.testing.assert_allclose(
       gap.model_vs_optimal_distance(network, optimal, queries, sigmas=SIGMAS, batch_size=4), want_d,
       rtol=1e-4)
+
+
+_TWO_PROCESS_GAP = """
+from diffgen_jax import optimal
+from diffgen_jax.evaluation import gap
+rng = np.random.default_rng(0)
+train = rng.uniform(-1, 1, (40, 4, 4, 1)).astype(np.float32)
+images = rng.uniform(-1, 1, (20, 4, 4, 1)).astype(np.float32)
+mesh = sharding.make_mesh()
+exact = optimal.empirical_optimal_denoiser(train, mesh=mesh)  # the training set split too
+sharding.rows_built.clear()
+errors, per_image = gap.denoising_errors(exact, images, None, np.geomspace(0.01, 10, 5),
+                                         batch_size=8, mesh=mesh, return_per_image=True)
+report(errors=errors, per_image=per_image, rows=np.array(sharding.rows_built["batch"]))
+"""
+
+
+def test_gap_evaluation_over_two_processes_equals_one(tmp_path):
+  """2 processes x 4 devices give the numbers of 1 x 8, each process building half of every batch
+  (images and ids: 3 batches of 8 rows, 48 rows in one process, 24 in each of two)."""
+  import multiprocess  # pylint: disable=import-outside-toplevel  (tests/multiprocess.py)
+  two = multiprocess.run(_TWO_PROCESS_GAP, tmp_path / "two", processes=2, devices=4)
+  (one,) = multiprocess.run(_TWO_PROCESS_GAP, tmp_path / "one", processes=1, devices=8)
+  assert [int(r["rows"]) for r in two] == [24, 24] and int(one["rows"]) == 48
+  for r in two:  # every process holds the gathered whole
+    np.testing.assert_allclose(r["per_image"], one["per_image"], rtol=1e-5)
+    np.testing.assert_allclose(r["errors"], one["errors"], rtol=1e-5)

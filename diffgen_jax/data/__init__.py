@@ -34,7 +34,6 @@ from diffgen_jax.data.splits import (
 )
 from diffgen_jax.data.stream import (
     BatchIterator,
-    addressable_rows,
     batch_at,
     epoch_permutation,
     flip_mask,
@@ -45,7 +44,7 @@ from diffgen_jax.data.stream import (
 
 __all__ = [
     "DATASETS", "DEFAULT_DATA_DIR", "LABEL_MODES", "SPLITS", "BatchIterator", "LazyColumn",
-    "Split", "addressable_rows", "batch_at", "epoch_permutation", "first_images", "flip_mask",
+    "Split", "batch_at", "epoch_permutation", "first_images", "flip_mask",
     "host_batch", "to_unit_range", "train_size", "CONVENTION", "check_images", "check_pixels",
     "is_prepared", "load_split", "prepare", "process_rows", "read_pseudo_labels", "resolve_data_dir",
     "stream_indices", "subset_order", "subset_rows", "SUBSET_SIDES", "tfds_name",

@@ -89,24 +89,6 @@ def batch_at(split: Split, step: int, global_batch_size: int, seed: int, *,
   return host_batch(split, step, global_batch_size, seed, x_flip=x_flip)
 
 
-def addressable_rows(sharding, global_batch_size: int, item_shape: tuple[int, ...]) -> slice:
-  """The rows of the global batch held by this process's devices under `sharding`.
-
-  For a mesh over jax.devices() (ordered by process) this is process_rows(B, process_index,
-  process_count); it is read off the sharding so any device order is handled.
-  """
-  index_map = sharding.addressable_devices_indices_map((global_batch_size,) + tuple(item_shape))
-  spans = sorted({(s[0].indices(global_batch_size)[:2]) for s in index_map.values()})
-  lo, hi = spans[0][0], max(stop for _, stop in spans)
-  covered = np.zeros(global_batch_size, bool)
-  for a, b in spans:
-    covered[a:b] = True
-  if not covered[lo:hi].all():
-    raise ValueError("this process's devices hold non-contiguous rows of the batch; order the "
-                     "mesh devices by process")
-  return slice(lo, hi)
-
-
 class BatchIterator:
   """Sharded global batches from `start_step` on: batch t equals batch_at(split, t, B, seed).
 
@@ -127,7 +109,7 @@ class BatchIterator:
     self.split, self.global_batch_size, self.seed = split, global_batch_size, seed
     self.x_flip = x_flip
     self.sharding = sharding_lib.batch_sharded(mesh)
-    self.rows = addressable_rows(self.sharding, global_batch_size, split.shape)
+    self.rows = sharding_lib.addressable_rows(self.sharding, global_batch_size, split.shape)
     self.step = start_step
     # Element i of the dataset is the host batch at step i (an unbounded stream of steps).
     self._dataset = grain.MapDataset.range(_MAX_STEPS).map(self._host)

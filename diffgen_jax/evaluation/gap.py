@@ -39,7 +39,7 @@ from diffgen_jax import edm
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
 from diffgen_jax.denoisers import check_labels, is_array_pytree
-from diffgen_jax.sharding import batch_multiple, put_batch, replicated
+from diffgen_jax.sharding import LazyRows, batch_multiple, fetch, put_batch, replicated
 
 
 def image_noise(noise_seed, ids, item_shape, dtype=jnp.float32) -> jax.Array:
@@ -89,9 +89,15 @@ def _per_image_values(denoise, reference, images, labels, ids, sigmas, noise_see
 _per_image_values_jit = jax.jit(_per_image_values, static_argnames=("sigma_chunk",))
 
 
-def _as_float_images(images) -> np.ndarray:
+def _as_float_images(images):
   """Float images on the [-1, 1] scale (any (N, ...) shape; values up to 10 in magnitude pass so
-  that synthetic data such as Gaussians can be measured; data/convention.py), else ValueError."""
+  that synthetic data such as Gaussians can be measured; data/convention.py), else ValueError.
+
+  A numpy (or jax) array is checked whole now; any other source with len(), .shape and indexing by
+  an int array (a lazily decoded split, `sharding.LazyRows`) is checked batch by batch as it is
+  read, so each process reads only the rows its devices evaluate."""
+  if not isinstance(images, (np.ndarray, jax.Array)) and hasattr(images, "shape"):
+    return LazyRows(images, np.arange(len(images)), transform=_as_float_images)
   a = np.asarray(images)
   check_images(a, "images", nhwc=False, lenient=True)
   return a.astype(np.float32) if a.dtype != np.float32 and a.dtype != np.float64 else a
@@ -104,7 +110,7 @@ def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, ba
     check_number(sigma_chunk, "sigma_chunk", low=0, integer=True)  # 0 or None: all sigmas at once
   check_number(noise_seed, "noise_seed", low=0, integer=True)
   images = _as_float_images(images)
-  n = images.shape[0]
+  n = len(images)
   if n == 0:
     raise ValueError("no images to evaluate")
   sigmas_host = edm.validate_sigma_grid(np.atleast_1d(sigmas))
@@ -121,7 +127,7 @@ def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, ba
   check_labels(reference, labels)
   c = max(1, min(sigma_chunk or s, s))
   padded = np.concatenate([sigmas_host, np.full(-s % c, sigmas_host[-1])])
-  sigmas_dev = jnp.asarray(padded, images.dtype)
+  sigmas_dev = jnp.asarray(padded, np.asarray(images[:1]).dtype)
   batch_size = batch_multiple(min(batch_size, n), mesh)
   put = functools.partial(put_batch, mesh=mesh)
   if mesh is not None:
@@ -135,9 +141,9 @@ def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, ba
   out = []
   for start in range(0, n, batch_size):
     rows = np.minimum(np.arange(start, start + batch_size), n - 1)
-    vals = fn(put(images[rows]), None if labels is None else put(labels[rows]),
+    vals = fn(put(LazyRows(images, rows)), None if labels is None else put(labels[rows]),
               put(ids[rows].astype(np.uint32)), sigmas_dev, noise_seed)
-    out.append(np.asarray(vals)[:, :min(batch_size, n - start), :s])
+    out.append(fetch(vals)[:, :min(batch_size, n - start), :s])
   return np.concatenate(out, axis=1).astype(np.float64)  # (K, N, S)
 
 
