@@ -161,3 +161,67 @@ def check_divisible(size: int, mesh: Mesh, what: str, axis: str = DATA_AXIS) -> 
   n = mesh.shape[axis]
   if size % n:
     raise ValueError(f"{what}={size} must be divisible by the {n} devices of mesh axis '{axis}'")
+
+
+# ------------------------------------------------------------------------------------------------
+# Training sets laid out over a mesh from where they live (a source), never whole in one place
+
+
+def shard_rows(n: int, shards: int, chunk_size: int) -> tuple:
+  """(chunk, rows per shard) for n rows streamed in chunks over `shards` shards: the chunk is
+  min(chunk_size, ceil(n / shards)) and every shard holds the same whole number of chunks, so the
+  padded total is shards * rows per shard >= n (the padding rows are the caller's to mark)."""
+  check_number(n, "n", low=1, integer=True)
+  check_number(shards, "shards", low=1, integer=True)
+  check_number(chunk_size, "chunk_size", low=1, integer=True)
+  chunk = min(int(chunk_size), -(-n // shards))
+  per_shard = -(-n // (chunk * shards)) * chunk
+  return chunk, per_shard
+
+
+def process_span(total_rows: int, mesh: Optional[Mesh], axis: str = DATA_AXIS) -> slice:
+  """The rows [lo, hi) of a (total_rows, ...) array split over `axis` that this process's devices
+  hold (all rows without a mesh or with one process)."""
+  if mesh is None or jax.process_count() == 1:
+    return slice(0, total_rows)
+  return addressable_rows(NamedSharding(mesh, P(axis)), total_rows)
+
+
+def rows_on_mesh(total_rows: int, build, mesh: Optional[Mesh], axis: str = DATA_AXIS) -> dict:
+  """Global arrays {name: (total_rows, ...)} split over the mesh's `axis` (replicated over its
+  other axes), each shard built on the process whose device holds it: build(lo, hi) returns
+  {name: numpy rows [lo, hi)}. One shard is on the host at a time, so a process holds at most
+  one shard's rows beyond what its devices hold. Without a mesh: one build(0, total_rows) on the
+  default device.
+  """
+  if mesh is None:
+    return {k: jax.numpy.asarray(v) for k, v in build(0, total_rows).items()}
+  sharding = NamedSharding(mesh, P(axis))
+  index_map = sharding.addressable_devices_indices_map((total_rows,))
+  spans = {}
+  for device, index in index_map.items():
+    spans.setdefault(index[0].indices(total_rows)[:2], []).append(device)
+  pieces, first = {}, None
+  for (lo, hi), devices in sorted(spans.items()):
+    rows = build(lo, hi)
+    first = first or {k: (np.shape(v)[1:], np.asarray(v).dtype) for k, v in rows.items()}
+    rows_built["shard"] = max(rows_built["shard"], hi - lo)
+    for k, v in rows.items():
+      for device in devices:
+        pieces.setdefault(k, {})[device] = jax.device_put(np.asarray(v), device)
+  order = list(index_map)  # make_array_from_single_device_arrays wants every addressable device
+  return {k: jax.make_array_from_single_device_arrays(
+              (total_rows,) + tuple(first[k][0]), sharding, [pieces[k][d] for d in order])
+          for k in pieces}
+
+
+def sum_over_processes(x) -> np.ndarray:
+  """The elementwise sum of a float64 host array over every process, the same on each (added in
+  process order); the array itself with one process. Sent as raw bits, so nothing is rounded to
+  float32 on the way (jax without x64 would)."""
+  x = np.ascontiguousarray(x, np.float64)
+  if jax.process_count() == 1:
+    return x
+  bits = np.asarray(multihost_utils.process_allgather(x.reshape(-1).view(np.uint32)))
+  parts = np.ascontiguousarray(bits.reshape(jax.process_count(), -1)).view(np.float64)
+  return np.add.reduce(parts, axis=0).reshape(x.shape)

@@ -47,3 +47,57 @@ def test_put_batch_of_lazy_rows_equals_the_array_and_fetch_gathers_it():
 def test_addressable_rows_of_one_process_is_the_whole_batch():
   mesh = sharding.make_mesh()
   assert sharding.addressable_rows(sharding.batch_sharded(mesh), 16, (3,)) == slice(0, 16)
+
+
+def test_shard_rows_pads_to_whole_chunks_per_shard():
+  assert sharding.shard_rows(10, 4, 2) == (2, 4)  # 4 shards x 2 chunks of 2 = 16 >= 10
+  assert sharding.shard_rows(10, 4, 100) == (3, 3)  # chunk capped at ceil(10 / 4)
+  assert sharding.shard_rows(8, 1, 3) == (3, 9)
+  with pytest.raises(ValueError, match="chunk_size"):
+    sharding.shard_rows(8, 1, 0)
+
+
+def test_rows_on_mesh_builds_each_shard_once_and_equals_the_whole():
+  mesh = sharding.make_mesh(-1, 2)  # 4 (data) x 2 (model): each data shard sits on 2 devices
+  whole = np.arange(32 * 3, dtype=np.float32).reshape(32, 3)
+  calls = []
+
+  def build(lo, hi):
+    calls.append((lo, hi))
+    return {"x": whole[lo:hi], "norm": (whole[lo:hi] ** 2).sum(1)}
+
+  out = sharding.rows_on_mesh(32, build, mesh)
+  assert sorted(calls) == [(0, 8), (8, 16), (16, 24), (24, 32)]
+  assert out["x"].sharding.spec == jax.sharding.PartitionSpec(sharding.DATA_AXIS)
+  np.testing.assert_array_equal(np.asarray(out["x"]), whole)
+  np.testing.assert_array_equal(np.asarray(out["norm"]), (whole ** 2).sum(1))
+  assert sharding.process_span(32, mesh) == slice(0, 32)
+  np.testing.assert_array_equal(np.asarray(sharding.rows_on_mesh(4, build, None)["x"]), whole[:4])
+
+
+_TWO_PROCESS_ROWS = """
+whole = np.arange(64 * 2, dtype=np.float64).reshape(64, 2) / 7.0
+mesh = sharding.make_mesh()
+span = sharding.process_span(64, mesh)
+built = []
+out = sharding.rows_on_mesh(64, lambda lo, hi: built.append((lo, hi)) or {"x": whole[lo:hi]}, mesh)
+total = sharding.sum_over_processes(whole[span].sum(axis=0))
+report(x=sharding.fetch(out["x"]), span=np.array([span.start, span.stop]), built=np.array(built),
+       total=total)
+"""
+
+
+def test_rows_on_mesh_and_sums_over_two_processes():
+  """Each process builds only its own shards (process p: rows [32 p, 32 p + 32) in 4 shards of 8),
+  and the float64 sums of the halves come back whole on both, not rounded to float32."""
+  import multiprocess  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  with tempfile.TemporaryDirectory() as tmp:
+    reports = multiprocess.run(_TWO_PROCESS_ROWS, tmp, processes=2, devices=4)
+  whole = np.arange(64 * 2, dtype=np.float64).reshape(64, 2) / 7.0
+  for p, r in enumerate(reports):
+    assert r["span"].tolist() == [32 * p, 32 * p + 32]
+    assert r["built"].tolist() == [[32 * p + 8 * i, 32 * p + 8 * i + 8] for i in range(4)]
+    np.testing.assert_array_equal(r["x"], whole.astype(np.float32))
+    np.testing.assert_allclose(r["total"], whole.sum(axis=0), rtol=1e-15)
+    assert r["total"].dtype == np.float64
