@@ -35,7 +35,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh
 
-from diffgen_jax import edm
+from diffgen_jax import edm, progress
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
 from diffgen_jax.denoisers import check_labels, is_array_pytree
@@ -139,11 +139,13 @@ def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, ba
   else:  # closures: compiled once for this call, their arrays embedded as constants
     fn = jax.jit(functools.partial(_per_image_values, denoise, reference, sigma_chunk=c))
   out = []
-  for start in range(0, n, batch_size):
-    rows = np.minimum(np.arange(start, start + batch_size), n - 1)
-    vals = fn(put(LazyRows(images, rows)), None if labels is None else put(labels[rows]),
-              put(ids[rows].astype(np.uint32)), sigmas_dev, noise_seed)
-    out.append(fetch(vals)[:, :min(batch_size, n - start), :s])
+  with progress.track("denoising errors", n * s, "images x sigmas") as bar:
+    for start in range(0, n, batch_size):
+      rows = np.minimum(np.arange(start, start + batch_size), n - 1)
+      vals = fn(put(LazyRows(images, rows)), None if labels is None else put(labels[rows]),
+                put(ids[rows].astype(np.uint32)), sigmas_dev, noise_seed)
+      out.append(fetch(vals)[:, :min(batch_size, n - start), :s])
+      bar.update(min(batch_size, n - start) * s)
   return np.concatenate(out, axis=1).astype(np.float64)  # (K, N, S)
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import importlib
 
-from diffgen_jax import config_checks
+from diffgen_jax import config_checks, progress
+from diffgen_jax.jobs import console
 
 # job name -> module whose `validate_config(config)` and `run(config, workdir)` run it (imported
 # only when chosen).
@@ -59,4 +60,5 @@ def validate(config) -> str:
 
 def run(config, workdir: str):
   job = validate(config)
+  progress.enable(console.progress)  # the library's long loops report (process 0, every 30 s)
   return importlib.import_module(JOBS[job]).run(config, workdir)
