@@ -48,7 +48,7 @@ if [ "${1:-}" = "fetch" ]; then
            manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
     PLATFORMS="$PLATFORMS --platform $p"
   done
-  # Versions as in setup.py / as tested here; everything else they need is on the image.
+  # Versions as in constraints.txt / as tested here; everything else they need is on the image.
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     $PLATFORMS -d "$WHEEL_DIR" \
     ml-collections==1.1.0 tensorflow-datasets==4.9.10 importlib_resources==7.1.0 array_record==0.8.6 \

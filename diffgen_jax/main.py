@@ -66,5 +66,10 @@ def main(argv):
   jobs.run(config, _WORKDIR.value)
 
 
-if __name__ == "__main__":
+def cli():
+  """The `diffgen_jax` console script (pyproject.toml): the same as python -m diffgen_jax.main."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()
