@@ -148,6 +148,7 @@ def _records(source, rows: list) -> list:
   try:
     return source.__getitems__(rows)
   except (RuntimeError, OSError, ValueError) as err:  # array_record's reader: RuntimeError
+    _open.cache_clear()  # the next use opens the files again (prepared anew once deleted)
     info = source.dataset_info
     files = sorted(glob.glob(os.path.join(info.data_dir, f"*-{source.split}.array_record*")))
     raise DataFileError(
