@@ -540,12 +540,14 @@ def test_pseudo_label_files_checked_naming_the_file(tmp_path, data_dir):
   assert data.read_pseudo_labels(ok, "train").dtype == np.int64
   cases = {
       "negative": (_npy(np.array([0, -1, 2])), "class label -1 outside"),
-      "too many classes": (_npy(np.array([0, MAX_NUM_CLASSES])), f"class label {MAX_NUM_CLASSES} outside"),
-      "float": (_npy(np.array([0.0, 1.0])), "holds a float64 array"),
-      "bool": (_npy(np.array([True, False])), "holds a bool array"),
-      "object": (_npy(np.array([1, None], dtype=object)), "holds a object array"),
-      "2-D": (_npy(np.zeros((2, 3), np.int64)), "of shape (2, 3)"),
-      "short": (_npy(header={"descr": "<i8", "fortran_order": False, "shape": (5,)}, data=bytes(16)),
+      "too many classes": (_npy(np.array([0, MAX_NUM_CLASSES])),
+                           f"class label {MAX_NUM_CLASSES} outside"),
+      "float": (_npy(np.array([0.0, 1.0])), "holds an array of dtype float64"),
+      "bool": (_npy(np.array([True, False])), "holds an array of dtype bool"),
+      "object": (_npy(np.array([1, None], dtype=object)), "holds an array of dtype object"),
+      "2-D": (_npy(np.zeros((2, 3), np.int64)), "and shape (2, 3)"),
+      "short": (_npy(header={"descr": "<i8", "fortran_order": False, "shape": (5,)},
+                     data=bytes(16)),
                 "declares 5 labels of 8 bytes but 16 bytes follow"),
       "not npy": (b"hello", "is not a readable .npy array"),
   }

@@ -248,7 +248,8 @@ _BAD_LABELS = {
     "string": ([["img0.png", 0], ["img1.png", 1], ["img2.png", "3"]], "img2.png has label 3"),
     "vector": ([["img0.png", 0], ["img1.png", [1]], ["img2.png", 1]], "img1.png has label [1]"),
     "1e9": ([["img0.png", 10 ** 9], ["img1.png", 0], ["img2.png", 1]], "at most MAX_NUM_CLASSES"),
-    "max": ([["img0.png", MAX_NUM_CLASSES], ["img1.png", 0], ["img2.png", 1]], "img0.png has label"),
+    "max": ([["img0.png", MAX_NUM_CLASSES], ["img1.png", 0], ["img2.png", 1]],
+            "img0.png has label"),
     "short entry": ([["img0.png", 0], ["img1.png"], ["img2.png", 1]], "labels entry 1 is"),
     "name not a string": ([["img0.png", 0], [1, 1], ["img2.png", 1]], "labels entry 1 is"),
     "entry not a pair": ([["img0.png", 0], "img1.png", ["img2.png", 1]], "labels entry 1 is"),
@@ -268,7 +269,8 @@ def test_bad_labels_are_refused_when_the_split_is_read(tmp_path, case):
   in [0, MAX_NUM_CLASSES), one [name, label] pair per image, refused when the split is read."""
   labels, why = _BAD_LABELS[case]
   bad = _labelled_zip(tmp_path / "bad.zip", json.dumps({"labels": labels}))
-  good = _labelled_zip(tmp_path / "good.zip", json.dumps({"labels": [[f"img{i}.png", i] for i in range(3)]}))
+  good = _labelled_zip(tmp_path / "good.zip",
+                       json.dumps({"labels": [[f"img{i}.png", i] for i in range(3)]}))
   for split, name in (("train", f"edm_zip:{bad},{good}"), ("validation", f"edm_zip:{good},{bad}")):
     with pytest.raises(DataFileError) as err:
       data.load_split(name, split)
@@ -295,7 +297,8 @@ def test_good_labels_in_both_forms_and_the_class_limit(tmp_path):
 
 @pytest.mark.parametrize("text, why", [
     (b'{"labels": [["img0.png", 0]', "is not valid JSON"),
-    (b'{"labels": [["img0.png", 0], ["img1.png", 1], ["img2.png", 2]], "labels": null}', "appears twice"),
+    (b'{"labels": [["img0.png", 0], ["img1.png", 1], ["img2.png", 2]], "labels": null}',
+     "appears twice"),
     (b'\xff\xfe\x00', "is not valid JSON"),
     (b'[["img0.png", 0]]', "holds a JSON list"),
 ])
@@ -348,8 +351,10 @@ def test_palette_and_other_modes_are_converted_or_refused(tmp_path):
                            "b.png is a color image (mode 'P') among grayscale"),
       "rgba": ({"a.png": Image.fromarray(rgb), "b.png": Image.fromarray(rgb).convert("RGBA")},
                "b.png has image mode 'RGBA'"),
-      "rgba first": ({"a.png": Image.fromarray(rgb).convert("RGBA")}, "a.png has image mode 'RGBA'"),
-      "16-bit": ({"a.png": Image.fromarray(gray.astype(np.uint16) * 256)}, "a.png has image mode 'I;16'"),
+      "rgba first": ({"a.png": Image.fromarray(rgb).convert("RGBA")},
+                     "a.png has image mode 'RGBA'"),
+      "16-bit": ({"a.png": Image.fromarray(gray.astype(np.uint16) * 256)},
+                 "a.png has image mode 'I;16'"),
   }
   for case, (members, why) in refused.items():
     path = _zip_of(tmp_path / f"{case}.zip", members)
@@ -370,7 +375,8 @@ def test_damaged_members_are_named(tmp_path):
   cases = {
       "crc": ([("a.png", 0, bytes(flipped), zlib.crc32(good), len(good))], "a.png cannot be read"),
       "not an image": ([_stored("a.png", b"hello, not a png")], "a.png is not a readable image"),
-      "twice": ([_stored("a.png", good), _stored("a.png", good)], "several members named ['a.png']"),
+      "twice": ([_stored("a.png", good), _stored("a.png", good)],
+                "several members named ['a.png']"),
   }
   for case, (members, why) in cases.items():
     path = _raw_zip(tmp_path / f"{case}.zip", members)

@@ -177,12 +177,11 @@ def load_mnist5k_source(path: Optional[str] = None) -> tuple[np.ndarray, np.ndar
   try:
     with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
       text = read_capped(f, MAX_CSV_BYTES, path)
-    table = np.loadtxt(io.StringIO(text.decode("ascii")), delimiter=",", dtype=np.int64, ndmin=2)
   except (gzip.BadGzipFile, EOFError, zlib.error) as err:
     raise DataFileError(f"{path} is a damaged gzip file ({err}); fetch it again") from None
-  except ValueError as err:
-    if isinstance(err, DataFileError):
-      raise
+  try:
+    table = np.loadtxt(io.StringIO(text.decode("ascii")), delimiter=",", dtype=np.int64, ndmin=2)
+  except ValueError as err:  # also UnicodeDecodeError
     raise DataFileError(f"{path} is not a csv table of integers ({err})") from None
   if table.shape[1] != 28 * 28 + 1:
     raise DataFileError(f"{path}: expected 785 columns (784 pixels + label), got {table.shape[1]}")

@@ -30,23 +30,20 @@ import collections
 import io
 import threading
 import zipfile
-import zlib
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from diffgen_jax.data import sources
-from diffgen_jax.data.files import MAX_NUM_CLASSES, DataFileError, load_json, read_capped
+from diffgen_jax.data.files import MAX_NUM_CLASSES, DataFileError, load_json, read_zip_member
 
 PREFIX = "edm_zip:"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")  # the decoders a member may reach, whatever its bytes
 # Limits on what a zip may make the reader allocate, checked before reading or decoding.
 MAX_IMAGE_FILE_BYTES = 64 << 20  # one image file: a 4096 x 4096 RGB image is 48 MiB even as BMP
 MAX_IMAGE_PIXELS = 4096 * 4096  # the first image's width x height (EDM's datasets: up to 512 x 512)
 JSON_BYTES_PER_IMAGE = 256  # dataset.json: 1 MiB + this per image (an entry takes ~35 bytes)
-# Deflate compresses at most 1032:1 (a run of zeros), so a deflated member declaring more lies about
-# its size; a stored member's two sizes are equal.
-DEFLATE_MAX_RATIO = 1032
 # The first image's mode -> the dataset's mode; images of these modes are converted to it.
 DATASET_MODES = {"1": "L", "L": "L", "P": "RGB", "RGB": "RGB"}
 
@@ -64,34 +61,6 @@ def parse_name(name: str) -> Tuple[str, str]:
   return paths[0], paths[1]
 
 
-def read_member(z: zipfile.ZipFile, path: str, name: str, limit: int) -> bytes:
-  """The bytes of member `name` of open zip `z` (of file `path`): its declared size checked against
-  `limit` and its compression before reading, the read capped at limit + 1 bytes whatever the header
-  claims. Raises DataFileError naming "path:name" (too large, missing, damaged, encrypted)."""
-  where = f"{path}:{name}"
-  try:
-    info = z.getinfo(name)
-  except KeyError:
-    raise DataFileError(f"{path} has no member {name!r}") from None
-  if info.file_size > limit:
-    raise DataFileError(f"{where} declares {info.file_size} bytes, more than the limit of {limit} "
-                        "bytes for this member: the zip is not a dataset this reader accepts")
-  if ((info.compress_type == zipfile.ZIP_DEFLATED and
-       info.file_size > DEFLATE_MAX_RATIO * max(info.compress_size, 1)) or
-      (info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size and
-       not info.flag_bits & 0x1)):  # (an encrypted member's compressed size includes 12 bytes)
-    raise DataFileError(f"{where} declares {info.file_size} bytes from {info.compress_size} "
-                        f"compressed bytes, more than deflate's 1:{DEFLATE_MAX_RATIO} (or a stored "
-                        "member's 1:1): the zip's header is damaged or forged")
-  try:
-    with z.open(info) as f:
-      return read_capped(f, limit, where)
-  except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
-          OSError) as err:  # damaged, an unsupported compression, encrypted
-    raise DataFileError(f"{where} cannot be read ({err}): the zip is damaged; fetch or write it "
-                        "again") from None
-
-
 def _decode_image(raw: bytes, where: str, size: Optional[Tuple[int, int]],
                   mode: Optional[str]) -> np.ndarray:
   """Pixels (H, W, C) uint8 of image file `raw`, its header checked before decoding: (width,
@@ -99,7 +68,7 @@ def _decode_image(raw: bytes, where: str, size: Optional[Tuple[int, int]],
   `mode` (L or RGB; the first image: DATASET_MODES decides) without loss."""
   from PIL import Image  # pylint: disable=g-import-not-at-top  (Pillow: a matplotlib dependency)
   try:
-    with Image.open(io.BytesIO(raw)) as im:  # lazy: reads the header only
+    with Image.open(io.BytesIO(raw), formats=PIL_FORMATS) as im:  # lazy: reads the header only
       width, height = im.size
       if size is None and width * height > MAX_IMAGE_PIXELS:
         raise DataFileError(f"{where} is {width} x {height} pixels, more than MAX_IMAGE_PIXELS="
@@ -108,7 +77,7 @@ def _decode_image(raw: bytes, where: str, size: Optional[Tuple[int, int]],
         raise DataFileError(f"{where} has shape {(height, width)} (height, width), the dataset's "
                             f"images {(size[1], size[0])}")
       mode = mode or DATASET_MODES.get(im.mode)
-      if im.mode not in DATASET_MODES or mode is None:
+      if im.mode not in DATASET_MODES:
         raise DataFileError(f"{where} has image mode {im.mode!r}; a dataset's images are 8-bit "
                             "grayscale (L) or color (RGB) without alpha (1-bit and palette images "
                             "are converted): convert it (e.g. with EDM's dataset_tool.py)")
@@ -160,7 +129,7 @@ class ZipImages:
 
   def _decode(self, index: int, first: bool = False) -> np.ndarray:
     name = self.names[index]
-    raw = read_member(self._zip(), self.path, name, MAX_IMAGE_FILE_BYTES)
+    raw = read_zip_member(self._zip(), self.path, name, MAX_IMAGE_FILE_BYTES)
     size = None if first else (self._item_shape[1], self._item_shape[0])
     return _decode_image(raw, f"{self.path}:{name}", size, None if first else self._mode)
 
@@ -178,7 +147,8 @@ class ZipImages:
   def subset(self, rows) -> "ZipImages":
     out = ZipImages.__new__(ZipImages)
     out.path, out.names, out.rows = self.path, self.names, self.rows[np.asarray(rows)]
-    out._local, out._item_shape, out._mode = threading.local(), self._item_shape, self._mode  # pylint: disable=protected-access
+    out._local = threading.local()  # pylint: disable=protected-access
+    out._item_shape, out._mode = self._item_shape, self._mode  # pylint: disable=protected-access
     return out
 
   def __getitem__(self, index):
@@ -212,7 +182,7 @@ def read_index(path: str, class_labels: bool = True
       meta = {}
       if class_labels and "dataset.json" in members:
         limit = (1 << 20) + JSON_BYTES_PER_IMAGE * len(names)
-        meta = load_json(read_member(z, path, "dataset.json", limit), f"{path}:dataset.json")
+        meta = load_json(read_zip_member(z, path, "dataset.json", limit), f"{path}:dataset.json")
   except zipfile.BadZipFile as err:
     raise DataFileError(f"{path} is not a zip file ({err})") from None
   if not names:
@@ -256,8 +226,8 @@ def _class_labels(path: str, meta, names: Sequence[str]) -> Optional[np.ndarray]
                           "pair [image name, class index]")
     name, label = entry[0].replace("\\", "/"), entry[1]
     if name in table:
-      raise DataFileError(f"{where}: image {name} is labelled twice (entries for one name must "
-                          "be one)")
+      raise DataFileError(f"{where}: image {name} is labelled twice (one [name, label] entry "
+                          "per image)")
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < MAX_NUM_CLASSES:
       raise DataFileError(f"{where}: image {name} has label {str(label)[:80]}; class labels are "
                           f"integers in [0, num_classes), num_classes at most MAX_NUM_CLASSES="

@@ -3,6 +3,7 @@ idx and csv sources): every size bounded before it is allocated, every error nam
 
     DataFileError   a damaged, hostile or unexpected dataset file (a ValueError naming the file)
     read_capped     at most `limit` bytes of a stream, whatever a header claimed
+    read_zip_member   a zip member: declared size and compression checked first, the read capped
     load_json       a JSON document, a damaged or too deeply nested one refused naming the file
     check_class_labels   class labels: integers in [0, MAX_NUM_CLASSES)
 """
@@ -11,11 +12,16 @@ from __future__ import annotations
 
 import collections
 import json
+import zipfile
+import zlib
 
 import numpy as np
 
 # A class label of 10**9 would make a 10**9-row label embedding; ImageNet-21k has 21,843 classes.
 MAX_NUM_CLASSES = 100_000
+# Deflate compresses at most 1032:1 (a run of zeros), so a deflated member declaring more lies about
+# its size; a stored member's two sizes are equal.
+DEFLATE_MAX_RATIO = 1032
 
 
 class DataFileError(ValueError):
@@ -33,6 +39,34 @@ def read_capped(f, limit: int, where: str) -> bytes:
     raise DataFileError(f"{where} holds more than {limit} bytes, the limit for this file (more "
                         "than its header declared, or than any such file of a dataset holds)")
   return data
+
+
+def read_zip_member(z: zipfile.ZipFile, path: str, name: str, limit: int) -> bytes:
+  """The bytes of member `name` of open zip `z` (of file `path`): its declared size checked against
+  `limit` and its compression before reading, the read capped at limit + 1 bytes whatever the header
+  claims. Raises DataFileError naming "path:name" (too large, missing, damaged, encrypted)."""
+  where = f"{path}:{name}"
+  try:
+    info = z.getinfo(name)
+  except KeyError:
+    raise DataFileError(f"{path} has no member {name!r}") from None
+  if info.file_size > limit:
+    raise DataFileError(f"{where} declares {info.file_size} bytes, more than the limit of {limit} "
+                        "bytes for this member: the file is not one this reader accepts")
+  if ((info.compress_type == zipfile.ZIP_DEFLATED and
+       info.file_size > DEFLATE_MAX_RATIO * max(info.compress_size, 1)) or
+      (info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size and
+       not info.flag_bits & 0x1)):  # (an encrypted member's compressed size includes 12 bytes)
+    raise DataFileError(f"{where} declares {info.file_size} bytes from {info.compress_size} "
+                        f"compressed bytes, more than deflate's 1:{DEFLATE_MAX_RATIO} (or a stored "
+                        "member's 1:1): the zip's header is damaged or forged")
+  try:
+    with z.open(info) as f:
+      return read_capped(f, limit, where)
+  except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
+          OSError) as err:  # damaged, an unsupported compression, encrypted
+    raise DataFileError(f"{where} cannot be read ({err}): the file is damaged; fetch or write it "
+                        "again") from None
 
 
 def load_json(raw: bytes, where: str):

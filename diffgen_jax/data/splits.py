@@ -25,14 +25,14 @@ import io
 import os
 import warnings
 import zipfile
-import zlib
 from typing import Any, Optional, Union
 
 import numpy as np
 
 from diffgen_jax.data import builders
 from diffgen_jax.data.convention import check_pixels
-from diffgen_jax.data.files import MAX_NUM_CLASSES, DataFileError, check_class_labels, read_capped
+from diffgen_jax.data.files import (MAX_NUM_CLASSES, DataFileError, check_class_labels,
+                                    read_zip_member)
 from diffgen_jax.data.sources import (IN_MEMORY_BYTES, SPLITS, LazyColumn, _open, _read_all,
                                       _source_split, _unknown_dataset, is_prepared,
                                       resolve_data_dir)
@@ -231,17 +231,8 @@ def read_pseudo_labels(path: str, split: str) -> np.ndarray:
       raise DataFileError(f"{path}: no array {split!r} (has "
                           f"{sorted(m[:-4] for m in z.namelist() if m.endswith('.npy'))}); "
                           f"pseudo-label files hold one integer array per split {SPLITS}")
-    where = f"{path}:{member}"
-    info = z.getinfo(member)
-    if info.file_size > MAX_LABELS_BYTES:
-      raise DataFileError(f"{where} declares {info.file_size} bytes, more than MAX_LABELS_BYTES="
-                          f"{MAX_LABELS_BYTES}")
-    try:
-      with z.open(info) as f:
-        raw = read_capped(f, MAX_LABELS_BYTES, where)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
-      raise DataFileError(f"{where} cannot be read ({err}): the file is damaged; write it "
-                          "again") from None
+    raw = read_zip_member(z, path, member, MAX_LABELS_BYTES)
+  where = f"{path}:{member}"
   header = io.BytesIO(raw)
   try:
     version = np.lib.format.read_magic(header)
@@ -253,8 +244,8 @@ def read_pseudo_labels(path: str, split: str) -> np.ndarray:
   except ValueError as err:
     raise DataFileError(f"{where} is not a readable .npy array ({err})") from None
   if dtype.kind not in "iu" or len(shape) != 1:
-    raise DataFileError(f"{where} holds a {dtype} array of shape {shape}; pseudo-labels are a 1-D "
-                        "integer array, one label per image")
+    raise DataFileError(f"{where} holds an array of dtype {dtype} and shape {shape}; pseudo-labels "
+                        "are a 1-D integer array, one label per image")
   if shape[0] * dtype.itemsize != len(raw) - header.tell():
     raise DataFileError(f"{where}: the header declares {shape[0]} labels of {dtype.itemsize} "
                         f"bytes but {len(raw) - header.tell()} bytes follow it")
