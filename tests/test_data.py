@@ -572,12 +572,12 @@ def test_source_labels_outside_the_classes_name_the_file(tmp_path):
   _fake_fashion(src)
   labels_file = os.path.join(src, builders.FASHION_MNIST_FILES["train"][1])
   _write_idx(labels_file, [0, 3, 10, 1, 2, 3])
-  with pytest.raises(DataFileError, match=re.escape(f"{labels_file}: class label 10 outside 0..9")):
+  with pytest.raises(DataFileError, match=re.escape(f"{labels_file}: class label 10 outside [0, 10)")):
     builders.load_fashion_mnist_source("train", src)
   path = str(tmp_path / "mnist_5k.csv.gz")
   with gzip.open(path, "wt") as f:
     f.write(",".join(["0"] * 784 + ["-1"]) + "\n")
-  with pytest.raises(DataFileError, match=re.escape(f"{path}: class label -1 outside 0..9")):
+  with pytest.raises(DataFileError, match=re.escape(f"{path}: class label -1 outside [0, 10)")):
     builders.load_mnist5k_source(path)
   with gzip.open(path, "wt") as f:
     f.write("0,1,x\n")

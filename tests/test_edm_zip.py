@@ -192,7 +192,7 @@ def test_zip_member_declaring_1gib_is_refused_before_reading(tmp_path):
   data, crc = _zeros_deflated(1024)
   assert len(data) < 1.1e6
   name = "00000/img00000000.png"
-  cases = {"declared": (2 ** 30, "more than the limit"),  # honest header: 1 GiB
+  cases = {"declared": (2 ** 30, "more than MAX_IMAGE_FILE_BYTES"),  # honest header: 1 GiB
            "lies_low": (1000, "cannot be read"),  # zipfile stops at 1000 bytes: CRC mismatch
            "ratio": (60 << 20, "deflate")}  # 60 MiB (< the cap) from 1 KiB compressed
   paths = [_raw_zip(tmp_path / f"{case}.zip", [(name, 8, data if case != "ratio" else data[:1024],
@@ -224,7 +224,7 @@ def test_dataset_json_too_large_or_too_deep_is_refused(tmp_path):
   deep = b'{"labels": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
   deep = _raw_zip(tmp_path / "deep.zip", [_stored("a.png", good), _stored("dataset.json", deep)])
   outcomes = _read_each("read_index", [big, deep], limit_mb=128)
-  _assert_refused(outcomes[0], f"{big}:dataset.json", "more than the limit")
+  _assert_refused(outcomes[0], f"{big}:dataset.json", "more than 1 MiB + JSON_BYTES_PER_IMAGE")
   _assert_refused(outcomes[1], f"{deep}:dataset.json", "nested too deeply")
 
 

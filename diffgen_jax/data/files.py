@@ -5,7 +5,7 @@ idx and csv sources): every size bounded before it is allocated, every error nam
     read_capped     at most `limit` bytes of a stream, whatever a header claimed
     read_zip_member   a zip member: declared size and compression checked first, the read capped
     load_json       a JSON document, a damaged or too deeply nested one refused naming the file
-    check_class_labels   class labels: integers in [0, MAX_NUM_CLASSES)
+    check_class_labels   class labels in [0, num_classes)
 """
 
 from __future__ import annotations
@@ -41,18 +41,20 @@ def read_capped(f, limit: int, where: str) -> bytes:
   return data
 
 
-def read_zip_member(z: zipfile.ZipFile, path: str, name: str, limit: int) -> bytes:
+def read_zip_member(z: zipfile.ZipFile, path: str, name: str, limit: int,
+                    limit_name: str = "the limit") -> bytes:
   """The bytes of member `name` of open zip `z` (of file `path`): its declared size checked against
-  `limit` and its compression before reading, the read capped at limit + 1 bytes whatever the header
-  claims. Raises DataFileError naming "path:name" (too large, missing, damaged, encrypted)."""
+  `limit` (called `limit_name` in errors) and its compression before reading, the read capped at
+  limit + 1 bytes whatever the header claims. Raises DataFileError naming "path:name" (too large,
+  missing, damaged, encrypted)."""
   where = f"{path}:{name}"
   try:
     info = z.getinfo(name)
   except KeyError:
     raise DataFileError(f"{path} has no member {name!r}") from None
   if info.file_size > limit:
-    raise DataFileError(f"{where} declares {info.file_size} bytes, more than the limit of {limit} "
-                        "bytes for this member: the file is not one this reader accepts")
+    raise DataFileError(f"{where} declares {info.file_size} bytes, more than {limit_name}="
+                        f"{limit} bytes for this member: not a file this reader accepts")
   if ((info.compress_type == zipfile.ZIP_DEFLATED and
        info.file_size > DEFLATE_MAX_RATIO * max(info.compress_size, 1)) or
       (info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size and
@@ -92,16 +94,13 @@ def _unique_keys(pairs):
   return out
 
 
-def check_class_labels(labels: np.ndarray, where: str) -> np.ndarray:
-  """Class labels `labels` (an integer array) unchanged, or DataFileError naming `where` when one
-  lies outside [0, MAX_NUM_CLASSES) or they are not integers (bool is not)."""
-  labels = np.asarray(labels)
-  if labels.dtype.kind not in "iu":
-    raise DataFileError(f"{where}: class labels of dtype {labels.dtype}; class labels are "
-                        f"integers in [0, {MAX_NUM_CLASSES})")
-  if labels.size and (labels.min() < 0 or labels.max() >= MAX_NUM_CLASSES):
-    bad = labels[(labels < 0) | (labels >= MAX_NUM_CLASSES)]
-    raise DataFileError(f"{where}: class label {bad.reshape(-1)[0]} outside [0, {MAX_NUM_CLASSES}) "
-                        "(num_classes is at most MAX_NUM_CLASSES; a negative label would train as "
-                        "the null label)")
+def check_class_labels(labels: np.ndarray, where: str,
+                       num_classes: int = MAX_NUM_CLASSES) -> np.ndarray:
+  """Integer class labels `labels` unchanged, or DataFileError naming `where` when one lies outside
+  [0, num_classes)."""
+  bad = labels[(labels < 0) | (labels >= num_classes)]
+  if bad.size:
+    raise DataFileError(f"{where}: class label {bad.reshape(-1)[0]} outside [0, {num_classes}) "
+                        "(a negative label would train as the null label; num_classes is at most "
+                        f"MAX_NUM_CLASSES={MAX_NUM_CLASSES})")
   return labels

@@ -231,7 +231,7 @@ def read_pseudo_labels(path: str, split: str) -> np.ndarray:
       raise DataFileError(f"{path}: no array {split!r} (has "
                           f"{sorted(m[:-4] for m in z.namelist() if m.endswith('.npy'))}); "
                           f"pseudo-label files hold one integer array per split {SPLITS}")
-    raw = read_zip_member(z, path, member, MAX_LABELS_BYTES)
+    raw = read_zip_member(z, path, member, MAX_LABELS_BYTES, "MAX_LABELS_BYTES")
   where = f"{path}:{member}"
   header = io.BytesIO(raw)
   try:
