@@ -206,14 +206,17 @@ def test_zip_member_declaring_1gib_is_refused_before_reading(tmp_path):
 def test_png_declaring_huge_size_is_refused_before_decoding(tmp_path):
   """A 100-byte PNG declaring 9000 x 9000 pixels (below Pillow's own bomb limit of 89M pixels) would
   decode to 243 MB: refused from its header, as the first image (MAX_IMAGE_PIXELS) and after a
-  first 8 x 8 image (the dataset's size)."""
+  first 8 x 8 image (the dataset's size). One declaring 30000 x 30000 meets Pillow's own refusal,
+  named too."""
   good = _png(np.zeros((8, 8, 3), np.uint8))
   bomb = _png_declaring(9000, 9000)
   first = _raw_zip(tmp_path / "first.zip", [_stored("a.png", bomb), _stored("b.png", good)])
   later = _raw_zip(tmp_path / "later.zip", [_stored("a.png", good), _stored("b.png", bomb)])
-  outcomes = _read_each("read_images", [first, later], limit_mb=160)
+  huge = _raw_zip(tmp_path / "huge.zip", [_stored("a.png", _png_declaring(30000, 30000))])
+  outcomes = _read_each("read_images", [first, later, huge], limit_mb=160)
   _assert_refused(outcomes[0], first, "a.png", "MAX_IMAGE_PIXELS")
   _assert_refused(outcomes[1], later, "b.png", "(9000, 9000)", "(8, 8)")
+  _assert_refused(outcomes[2], huge, "a.png", "DecompressionBombError")
 
 
 def test_dataset_json_too_large_or_too_deep_is_refused(tmp_path):
