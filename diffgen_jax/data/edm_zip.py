@@ -239,7 +239,7 @@ def _class_labels(path: str, meta, names: Sequence[str]) -> Optional[np.ndarray]
     table[name] = label
   missing = [n for n in names if n not in table]
   if missing:
-    raise DataFileError(f"{path}: dataset.json has no label for {len(missing)} images, e.g. "
+    raise DataFileError(f"{where} has no label for {len(missing)} images, e.g. "
                         f"{missing[:3]}")
   return np.array([table[n] for n in names], np.int32)
 
