@@ -443,7 +443,7 @@ import zipfile  # noqa: E402
 import zlib  # noqa: E402
 
 import hostile  # noqa: E402  (tests/hostile.py)
-from diffgen_jax.data import DataFileError, MAX_NUM_CLASSES, splits  # noqa: E402
+from diffgen_jax.data import DataFileError, MAX_NUM_CLASSES  # noqa: E402
 
 _EACH = """
 class Report(Exception):
