@@ -354,35 +354,50 @@ def _read_directory(path: str):
 def read_network(path: str, dtype: str = "float32") -> NvidiaNetwork:
   """NVIDIA's network at `path` (a .pkl snapshot, or a directory with state_dict.npz +
   config.json) as this package's model config and params (params in the compute dtype, except
-  float32 for bfloat16). Raises ConversionError / UnsafePickleError / FileNotFoundError."""
+  float32 for bfloat16). A pickle's tensor shapes are compared with the architecture of its
+  kwargs before any tensor is read. Raises ConversionError (naming the path) /
+  nvidia_pickle.UnsafePickleError / nvidia_pickle.NetworkPickleError / FileNotFoundError."""
   path = os.fspath(path)
-  if os.path.isdir(path):
-    cls, kwargs, state = _read_directory(path)
-  elif os.path.exists(path):
-    snap = nvidia_pickle.read_network_pickle(path)
-    cls, kwargs, state = snap.class_name, dict(snap.init_kwargs), snap.state_dict
-    kwargs.setdefault("sigma_data", snap.attributes.get("sigma_data", 0.5))
-  else:
+  if not os.path.exists(path):
     raise FileNotFoundError(f"no network at {path!r} (expected a .pkl or a directory with "
                             "state_dict.npz + config.json)")
-  config, sigma_data = model_config_from_kwargs(cls, kwargs, dtype)
-  family = config.family
-  param_dtype = np.float64 if dtype == "float64" else np.float32
-  params = params_from_state_dict(family, state, param_dtype)
+  try:
+    if os.path.isdir(path):
+      cls, kwargs, state = _read_directory(path)
+    else:
+      def check_shapes(cls, kwargs, shapes):
+        config, _ = model_config_from_kwargs(cls, kwargs, dtype)
+        compare_to_network(map_state_shapes(config.family, shapes.items()),
+                           _param_shapes(config.to_json()))
+      snap = nvidia_pickle.read_network_pickle(path, check_shapes=check_shapes)
+      cls, kwargs, state = snap.class_name, dict(snap.init_kwargs), snap.state_dict
+      kwargs.setdefault("sigma_data", snap.attributes.get("sigma_data", 0.5))
+    config, sigma_data = model_config_from_kwargs(cls, kwargs, dtype)
+    param_dtype = np.float64 if dtype == "float64" else np.float32
+    params = params_from_state_dict(config.family, state, param_dtype)
+  except ConversionError as err:
+    raise ConversionError(f"{path}: {err}") from None
   return NvidiaNetwork(model_config=config, params=params, sigma_data=sigma_data,
                        kimg=_kimg_of(path), source=path, nvidia_kwargs=dict(kwargs),
                        nvidia_class=cls)
 
 
+@functools.lru_cache(maxsize=8)
+def _param_shapes(config_json: str):
+  """The params tree (ShapeDtypeStructs) of a model config's network; no compute, one trace per
+  architecture."""
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  shapes = jax.eval_shape(models.init_fn(models.build(config), (
+      1, config.img_resolution, config.img_resolution, config.img_channels)),
+                          jax.random.PRNGKey(0))
+  return shapes["params"]
+
+
 def check_network(network: NvidiaNetwork):
   """Builds the flax module and checks the params against it one to one (no compute)."""
-  module = models.build(network.model_config)
-  cfg = network.model_config
-  shapes = jax.eval_shape(models.init_fn(module, (1, cfg.img_resolution, cfg.img_resolution,
-                                                  cfg.img_channels)), jax.random.PRNGKey(0))
   compare_to_network({p: tuple(v.shape) for p, v in _flatten(network.params).items()},
-                     shapes["params"])
-  return module
+                     _param_shapes(network.model_config.to_json()))
+  return models.build(network.model_config)
 
 
 @functools.lru_cache(maxsize=32)
