@@ -485,8 +485,11 @@ _GLOBAL_NAMES = {id(v): f"{m}.{n}" for (m, n), v in ALLOWED_GLOBALS.items()}
 
 
 def _what(obj) -> str:
-  name = _GLOBAL_NAMES.get(id(obj))
-  return f"the admitted global {name}" if name else f"a {type(obj).__name__}"
+  if id(obj) in _GLOBAL_NAMES:
+    return f"the admitted global {_GLOBAL_NAMES[id(obj)]}"
+  if id(type(obj)) in _GLOBAL_NAMES:
+    return f"an instance of {_GLOBAL_NAMES[id(type(obj))]}"
+  return f"a {type(obj).__name__}"
 
 
 class _RestrictedUnpickler(_Unpickler):
