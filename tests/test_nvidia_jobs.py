@@ -96,8 +96,8 @@ def test_convert_job_and_train_job_refusals(run_dir):
 
 
 def test_the_convert_job_names_a_file_that_is_not_a_network_pickle(tmp_path):
-  """An empty download, a cut one, a torch.save zip: the job's error names the file and what to do."""
-  from diffgen_jax.models.nvidia_pickle import NetworkPickleError  # pylint: disable=import-outside-toplevel
+  """An empty download, a cut one, a torch.save zip: the job's error names the file and the fix."""
+  from diffgen_jax.models import nvidia_pickle  # pylint: disable=import-outside-toplevel
   with open(PKL, "rb") as f:
     good = f.read()
   buffer = io.BytesIO()
@@ -105,11 +105,12 @@ def test_the_convert_job_names_a_file_that_is_not_a_network_pickle(tmp_path):
     z.writestr("archive/data.pkl", good[:100])
   config = _config()
   config.job = "convert"
-  for data, phrase in [(b"", "is empty (0 bytes)"), (good[:len(good) // 3], "download the file again"),
+  for data, phrase in [(b"", "is empty (0 bytes)"),
+                       (good[:len(good) // 3], "download the file again"),
                        (buffer.getvalue(), "torch.save checkpoint, not an EDM/EDM2 network")]:
     path = tmp_path / "network-snapshot-0001048-0.100.pkl"
     path.write_bytes(data)
     config.model.checkpoint = str(path)
-    with pytest.raises(NetworkPickleError, match=re.escape(phrase)) as err:
+    with pytest.raises(nvidia_pickle.NetworkPickleError, match=re.escape(phrase)) as err:
       jobs.run(config, str(tmp_path / "work"))
     assert str(err.value).startswith(f"{path}: "), err.value

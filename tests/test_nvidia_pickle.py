@@ -324,6 +324,10 @@ _DECLARED = {
     "storage count != its declared numel": (
         _snapshot({"w": _tensor(_storage(np.ones(4), count=-1), (4,), (1,))}),
         "NetworkPickleError", ["storage element count -1 != the declared 4"]),
+    "BYTEARRAY8 of 2^40 bytes": (
+        _snapshot({"w": _one}, init_kwargs={"x": _Raw(pickle.BYTEARRAY8
+                                                      + struct.pack("<Q", 2**40))}),
+        "UnsafePickleError", ["refusing pickle opcode BYTEARRAY8"]),
     "numpy.ndarray called": (
         _snapshot({"w": _one}, init_kwargs={"x": _Call("numpy", "ndarray", (2**30,), "f8")}),
         "UnsafePickleError", ["refusing to call the admitted global numpy.ndarray"]),
@@ -419,8 +423,9 @@ _BUILDS = {
                                     + pickle.BUILD),
     "numpy.ndarray": _Raw(_global("numpy", "ndarray") + _enc(_SLOTS) + pickle.BUILD),
     "numpy.dtype": _Raw(_global("numpy", "dtype") + _enc(_SLOTS) + pickle.BUILD),
-    "an instance of dnnlib.util.EasyDict": _Raw(_global("dnnlib.util", "EasyDict") + pickle.EMPTY_TUPLE + pickle.NEWOBJ
-                       + _enc(_SLOTS) + pickle.BUILD),
+    "an instance of dnnlib.util.EasyDict": _Raw(_global("dnnlib.util", "EasyDict")
+                                                + pickle.EMPTY_TUPLE + pickle.NEWOBJ
+                                                + _enc(_SLOTS) + pickle.BUILD),
     "a PersistentObject": _Raw(_enc(_module("X")) + _enc(_SLOTS) + pickle.BUILD),
 }
 
