@@ -207,6 +207,26 @@ def test_the_stripped_pickles_denoise_as_nvidia_with_the_stored_weights(pkl, var
     assert np.abs(out - io["denoised_pickled_weights"]).max() <= TOL32[family]
 
 
+def test_a_pickles_shapes_are_compared_with_its_architecture_before_any_tensor_is_read(tmp_path):
+  """Its one tensor is misshapen and a 1 GiB stride-0 view: the comparison refuses it first."""
+  # pylint: disable-next=import-outside-toplevel
+  from test_nvidia_pickle import _module, _snapshot, _storage, _tensor
+  kwargs = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard",
+                decoder_type="standard", resample_filter=[1, 1], img_resolution=8,
+                img_channels=1, label_dim=0, model_channels=8, channel_mult=[1], num_blocks=1,
+                attn_resolutions=[])
+  path = tmp_path / "network-snapshot-000000.pkl"
+  model = _module("SongUNet", _modules={"dec": _module("ModuleDict", _modules={
+      "8x8_aux_conv": _module("Conv2d", _parameters={
+          "bias": _tensor(_storage(np.ones(1)), (2**28,), (0,))})})})
+  path.write_bytes(_snapshot(init_kwargs=kwargs, model=model))
+  with pytest.raises(nvidia.ConversionError) as err:
+    nvidia.read_network(str(path))
+  assert str(err.value).startswith(f"{path}: the state dict does not match the network one to "
+                                   "one"), err.value
+  assert "dec_8x8_aux_conv/bias: file (268435456,) vs network (1,)" in str(err.value)
+
+
 def test_labels_from_one_hot():
   v = np.array([[0, 1, 0], [0, 0, 0], [1, 0, 0]], np.float32)
   np.testing.assert_array_equal(nvidia.labels_from_one_hot(v, 3), [1, 3, 0])
