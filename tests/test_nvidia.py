@@ -7,8 +7,10 @@ by NVIDIA's own code. Tolerances from that README: float32 within 2e-5 (EDM) / 2
 """
 
 import glob
+import io
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -225,6 +227,36 @@ def test_a_pickles_shapes_are_compared_with_its_architecture_before_any_tensor_i
   assert str(err.value).startswith(f"{path}: the state dict does not match the network one to "
                                    "one"), err.value
   assert "dec_8x8_aux_conv/bias: file (268435456,) vs network (1,)" in str(err.value)
+
+
+def test_a_state_dict_npz_is_checked_before_numpy_allocates(tmp_path):
+  """A member whose .npy header declares 1 GiB over 16 bytes of data (numpy allocates the header's
+  shape first); a member of object dtype; a cut file: each a ConversionError naming the file."""
+  import hostile  # pylint: disable=import-outside-toplevel
+  import zipfile  # pylint: disable=import-outside-toplevel
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                "shape": (2**28,)})
+  source = os.path.join(FIXTURES, "edm-uncond")
+  for name, member, phrase in [
+      ("big", header.getvalue() + bytes(16), "declares an array of shape (268435456,)"),
+      ("object", None, "numeric arrays only"), ("cut", b"", "not a readable .npz")]:
+    net = tmp_path / name
+    net.mkdir()
+    shutil.copy(os.path.join(source, "config.json"), net / "config.json")
+    if member is None:
+      np.savez(net / "state_dict.npz", **{"model.w": np.array([None, 1], dtype=object)})
+    elif name == "cut":
+      with open(os.path.join(source, "state_dict.npz"), "rb") as f:
+        (net / "state_dict.npz").write_bytes(f.read()[:5000])
+    else:
+      with zipfile.ZipFile(net / "state_dict.npz", "w") as z:
+        z.writestr("model.map_augment.weight.npy", member)
+    result = hostile.run_capped("from diffgen_jax.models import nvidia",
+                                "nvidia.read_network(PATH)", path=net, limit_mb=256)
+    assert not result.crashed and result.error == "ConversionError", result
+    assert result.message.startswith(f"{net / 'state_dict.npz'}: ") and phrase in result.message, (
+        name, result)
 
 
 def test_labels_from_one_hot():

@@ -27,8 +27,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import re
+import zipfile
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
@@ -346,9 +348,43 @@ def _read_directory(path: str):
   kwargs = meta.get("preconditioner_kwargs", meta.get("constructor_kwargs"))
   if kwargs is None:
     raise ConversionError(f"{config_path} has no 'preconditioner_kwargs'")
-  with np.load(state_path) as z:
-    state = {k: z[k] for k in z.files}
-  return cls, kwargs, state
+  return cls, kwargs, _read_npz(state_path)
+
+
+def _read_npz(path: str) -> Dict[str, np.ndarray]:
+  """{name: read-only array} of an .npz, each member's .npy header checked before it allocates.
+
+  numpy's own reader allocates the shape a header declares before reading the data (1 GiB from a
+  member of a few bytes): here each member must hold exactly shape x itemsize bytes after its
+  header, and claim no more compressed bytes than the file has. Raises ConversionError naming the
+  file and the member (object arrays too).
+  """
+  out = {}
+  try:
+    with zipfile.ZipFile(path) as z:
+      for info in z.infolist():
+        name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        if info.compress_size > os.path.getsize(path):
+          raise ConversionError(f"{path}: member {info.filename} claims {info.compress_size} "
+                                "compressed bytes, more than the file holds")
+        with z.open(info) as f:
+          version = np.lib.format.read_magic(f)
+          shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0(f))
+          nbytes = math.prod(shape) * dtype.itemsize
+          if dtype.hasobject or nbytes != info.file_size - f.tell():
+            raise ConversionError(
+                f"{path}: member {info.filename} declares an array of shape {shape} and dtype "
+                f"{dtype} ({nbytes} bytes) but holds {info.file_size - f.tell()} bytes of data "
+                "(numeric arrays only); the file is damaged: write it again")
+          out[name] = np.frombuffer(f.read(nbytes), dtype).reshape(shape,
+                                                                   order="F" if fortran else "C")
+  except ConversionError:
+    raise
+  except (zipfile.BadZipFile, ValueError, EOFError) as err:
+    raise ConversionError(f"{path}: not a readable .npz ({type(err).__name__}: {err}); write it "
+                          "again (np.savez of the state dict)") from err
+  return out
 
 
 def read_network(path: str, dtype: str = "float32") -> NvidiaNetwork:
@@ -376,6 +412,8 @@ def read_network(path: str, dtype: str = "float32") -> NvidiaNetwork:
     param_dtype = np.float64 if dtype == "float64" else np.float32
     params = params_from_state_dict(config.family, state, param_dtype)
   except ConversionError as err:
+    if str(err).startswith(path):  # already names the file (e.g. the directory's state_dict.npz)
+      raise
     raise ConversionError(f"{path}: {err}") from None
   return NvidiaNetwork(model_config=config, params=params, sigma_data=sigma_data,
                        kimg=_kimg_of(path), source=path, nvidia_kwargs=dict(kwargs),
