@@ -10,13 +10,16 @@ import glob
 import io
 import json
 import os
+import re
 import shutil
+import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import hostile
 from diffgen_jax import edm, models
 from diffgen_jax.models import nvidia, presets
 
@@ -231,32 +234,36 @@ def test_a_pickles_shapes_are_compared_with_its_architecture_before_any_tensor_i
 
 def test_a_state_dict_npz_is_checked_before_numpy_allocates(tmp_path):
   """A member whose .npy header declares 1 GiB over 16 bytes of data (numpy allocates the header's
-  shape first); a member of object dtype; a cut file: each a ConversionError naming the file."""
-  import hostile  # pylint: disable=import-outside-toplevel
-  import zipfile  # pylint: disable=import-outside-toplevel
-  header = io.BytesIO()
-  np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
-                                                "shape": (2**28,)})
+  shape first; run under a memory cap), a member of object dtype, a cut file: each a
+  ConversionError naming the file."""
   source = os.path.join(FIXTURES, "edm-uncond")
-  for name, member, phrase in [
-      ("big", header.getvalue() + bytes(16), "declares an array of shape (268435456,)"),
-      ("object", None, "numeric arrays only"), ("cut", b"", "not a readable .npz")]:
+
+  def network(name):
     net = tmp_path / name
     net.mkdir()
     shutil.copy(os.path.join(source, "config.json"), net / "config.json")
-    if member is None:
-      np.savez(net / "state_dict.npz", **{"model.w": np.array([None, 1], dtype=object)})
-    elif name == "cut":
-      with open(os.path.join(source, "state_dict.npz"), "rb") as f:
-        (net / "state_dict.npz").write_bytes(f.read()[:5000])
-    else:
-      with zipfile.ZipFile(net / "state_dict.npz", "w") as z:
-        z.writestr("model.map_augment.weight.npy", member)
-    result = hostile.run_capped("from diffgen_jax.models import nvidia",
-                                "nvidia.read_network(PATH)", path=net, limit_mb=256)
-    assert not result.crashed and result.error == "ConversionError", result
-    assert result.message.startswith(f"{net / 'state_dict.npz'}: ") and phrase in result.message, (
-        name, result)
+    return net, net / "state_dict.npz"
+
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                "shape": (2**28,)})
+  net, npz = network("big")
+  with zipfile.ZipFile(npz, "w") as z:
+    z.writestr("model.map_augment.weight.npy", header.getvalue() + bytes(16))
+  result = hostile.run_capped("from diffgen_jax.models import nvidia",
+                              "nvidia.read_network(PATH)", path=net, limit_mb=256)
+  assert not result.crashed and result.error == "ConversionError", result
+  assert result.message.startswith(f"{npz}: member model.map_augment.weight.npy declares an array "
+                                   "of shape (268435456,)"), result
+  net, npz = network("object")
+  np.savez(npz, **{"model.w": np.array([None, 1], dtype=object)})
+  with pytest.raises(nvidia.ConversionError, match=f"^{re.escape(str(npz))}: .*numeric arrays"):
+    nvidia.read_network(str(net))
+  net, npz = network("cut")
+  with open(os.path.join(source, "state_dict.npz"), "rb") as f:
+    npz.write_bytes(f.read()[:5000])
+  with pytest.raises(nvidia.ConversionError, match=f"^{re.escape(str(npz))}: not a readable .npz"):
+    nvidia.read_network(str(net))
 
 
 def test_labels_from_one_hot():

@@ -2,12 +2,16 @@
 
 import os
 import pickle
+import re
+import struct
 import sys
 import types
+import zipfile
 
 import numpy as np
 import pytest
 
+import hostile
 from diffgen_jax.models import nvidia_pickle
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "nvidia_networks")
@@ -115,13 +119,6 @@ def test_a_file_that_is_not_a_snapshot_names_what_it_found():
 # Hostile files (issue 22), each built opcode by opcode. Readers that could allocate or crash run in
 # a child process under a memory cap (tests/hostile.py); the child loads nvidia_pickle.py alone
 # (numpy, no jax), so each case starts in a fraction of a second.
-
-import hashlib  # noqa: E402
-import re  # noqa: E402
-import struct  # noqa: E402
-import zipfile  # noqa: E402
-
-import hostile  # noqa: E402
 
 _IMPORT = ("import importlib.util, sys\n"
            f"_spec = importlib.util.spec_from_file_location('nvidia_pickle', "
