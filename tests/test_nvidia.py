@@ -7,14 +7,19 @@ by NVIDIA's own code. Tolerances from that README: float32 within 2e-5 (EDM) / 2
 """
 
 import glob
+import io
 import json
 import os
+import re
+import shutil
+import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import hostile
 from diffgen_jax import edm, models
 from diffgen_jax.models import nvidia, presets
 
@@ -205,6 +210,60 @@ def test_the_stripped_pickles_denoise_as_nvidia_with_the_stored_weights(pkl, var
     out = np.asarray(nv(io["x"].astype(np.float32), io["sigma"].astype(np.float32),
                         io["class_labels"]))
     assert np.abs(out - io["denoised_pickled_weights"]).max() <= TOL32[family]
+
+
+def test_a_pickles_shapes_are_compared_with_its_architecture_before_any_tensor_is_read(tmp_path):
+  """Its one tensor is misshapen and a 1 GiB stride-0 view: the comparison refuses it first."""
+  # pylint: disable-next=import-outside-toplevel
+  from test_nvidia_pickle import _module, _snapshot, _storage, _tensor
+  kwargs = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard",
+                decoder_type="standard", resample_filter=[1, 1], img_resolution=8,
+                img_channels=1, label_dim=0, model_channels=8, channel_mult=[1], num_blocks=1,
+                attn_resolutions=[])
+  path = tmp_path / "network-snapshot-000000.pkl"
+  model = _module("SongUNet", _modules={"dec": _module("ModuleDict", _modules={
+      "8x8_aux_conv": _module("Conv2d", _parameters={
+          "bias": _tensor(_storage(np.ones(1)), (2**28,), (0,))})})})
+  path.write_bytes(_snapshot(init_kwargs=kwargs, model=model))
+  with pytest.raises(nvidia.ConversionError) as err:
+    nvidia.read_network(str(path))
+  assert str(err.value).startswith(f"{path}: the state dict does not match the network one to "
+                                   "one"), err.value
+  assert "dec_8x8_aux_conv/bias: file (268435456,) vs network (1,)" in str(err.value)
+
+
+def test_a_state_dict_npz_is_checked_before_numpy_allocates(tmp_path):
+  """A member whose .npy header declares 1 GiB over 16 bytes of data (numpy allocates the header's
+  shape first; run under a memory cap), a member of object dtype, a cut file: each a
+  ConversionError naming the file."""
+  source = os.path.join(FIXTURES, "edm-uncond")
+
+  def network(name):
+    net = tmp_path / name
+    net.mkdir()
+    shutil.copy(os.path.join(source, "config.json"), net / "config.json")
+    return net, net / "state_dict.npz"
+
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                "shape": (2**28,)})
+  net, npz = network("big")
+  with zipfile.ZipFile(npz, "w") as z:
+    z.writestr("model.map_augment.weight.npy", header.getvalue() + bytes(16))
+  result = hostile.run_capped("from diffgen_jax.models import nvidia",
+                              "nvidia.read_network(PATH)", path=net, limit_mb=256)
+  assert not result.crashed and result.error == "ConversionError", result
+  assert result.message.startswith(f"{npz}: member model.map_augment.weight.npy declares an array "
+                                   "of shape (268435456,)"), result
+  net, npz = network("object")
+  np.savez(npz, **{"model.w": np.array([None, 1], dtype=object)})
+  with pytest.raises(nvidia.ConversionError, match=f"^{re.escape(str(npz))}: .*numeric arrays"):
+    nvidia.read_network(str(net))
+  net, npz = network("cut")
+  with open(os.path.join(source, "state_dict.npz"), "rb") as f:
+    npz.write_bytes(f.read()[:5000])
+  with pytest.raises(nvidia.ConversionError, match=f"^{re.escape(str(npz))}: not a readable .npz"):
+    nvidia.read_network(str(net))
 
 
 def test_labels_from_one_hot():

@@ -1,9 +1,12 @@
 """The convert and evaluate jobs on NVIDIA snapshots (the fixture network) and an EDM dataset zip."""
 
 import importlib.util
+import io
 import json
 import os
+import re
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -90,3 +93,24 @@ def test_convert_job_and_train_job_refusals(run_dir):
   config.data.name = "digits"
   with pytest.raises(ConfigError, match="train job trains from scratch"):
     jobs.run(config, str(run_dir / "work4"))
+
+
+def test_the_convert_job_names_a_file_that_is_not_a_network_pickle(tmp_path):
+  """An empty download, a cut one, a torch.save zip: the job's error names the file and the fix."""
+  from diffgen_jax.models import nvidia_pickle  # pylint: disable=import-outside-toplevel
+  with open(PKL, "rb") as f:
+    good = f.read()
+  buffer = io.BytesIO()
+  with zipfile.ZipFile(buffer, "w") as z:
+    z.writestr("archive/data.pkl", good[:100])
+  config = _config()
+  config.job = "convert"
+  for data, phrase in [(b"", "is empty (0 bytes)"),
+                       (good[:len(good) // 3], "download the file again"),
+                       (buffer.getvalue(), "torch.save checkpoint, not an EDM/EDM2 network")]:
+    path = tmp_path / "network-snapshot-0001048-0.100.pkl"
+    path.write_bytes(data)
+    config.model.checkpoint = str(path)
+    with pytest.raises(nvidia_pickle.NetworkPickleError, match=re.escape(phrase)) as err:
+      jobs.run(config, str(tmp_path / "work"))
+    assert str(err.value).startswith(f"{path}: "), err.value

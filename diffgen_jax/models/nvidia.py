@@ -27,8 +27,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import re
+import zipfile
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
@@ -346,43 +348,94 @@ def _read_directory(path: str):
   kwargs = meta.get("preconditioner_kwargs", meta.get("constructor_kwargs"))
   if kwargs is None:
     raise ConversionError(f"{config_path} has no 'preconditioner_kwargs'")
-  with np.load(state_path) as z:
-    state = {k: z[k] for k in z.files}
-  return cls, kwargs, state
+  return cls, kwargs, _read_npz(state_path)
+
+
+def _read_npz(path: str) -> Dict[str, np.ndarray]:
+  """{name: read-only array} of an .npz, each member's .npy header checked before it allocates.
+
+  numpy's own reader allocates the shape a header declares before reading the data (1 GiB from a
+  member of a few bytes): here each member must hold exactly shape x itemsize bytes after its
+  header, and claim no more compressed bytes than the file has. Raises ConversionError naming the
+  file and the member (object arrays too).
+  """
+  out = {}
+  try:
+    with zipfile.ZipFile(path) as z:
+      for info in z.infolist():
+        name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        if info.compress_size > os.path.getsize(path):
+          raise ConversionError(f"{path}: member {info.filename} claims {info.compress_size} "
+                                "compressed bytes, more than the file holds")
+        with z.open(info) as f:
+          version = np.lib.format.read_magic(f)
+          shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0(f))
+          nbytes = math.prod(shape) * dtype.itemsize
+          if dtype.hasobject or nbytes != info.file_size - f.tell():
+            raise ConversionError(
+                f"{path}: member {info.filename} declares an array of shape {shape} and dtype "
+                f"{dtype} ({nbytes} bytes) but holds {info.file_size - f.tell()} bytes of data "
+                "(numeric arrays only); the file is damaged: write it again")
+          out[name] = np.frombuffer(f.read(nbytes), dtype).reshape(shape,
+                                                                   order="F" if fortran else "C")
+  except ConversionError:
+    raise
+  except (zipfile.BadZipFile, ValueError, EOFError) as err:
+    raise ConversionError(f"{path}: not a readable .npz ({type(err).__name__}: {err}); write it "
+                          "again (np.savez of the state dict)") from err
+  return out
 
 
 def read_network(path: str, dtype: str = "float32") -> NvidiaNetwork:
   """NVIDIA's network at `path` (a .pkl snapshot, or a directory with state_dict.npz +
   config.json) as this package's model config and params (params in the compute dtype, except
-  float32 for bfloat16). Raises ConversionError / UnsafePickleError / FileNotFoundError."""
+  float32 for bfloat16). A pickle's tensor shapes are compared with the architecture of its
+  kwargs before any tensor is read. Raises ConversionError (naming the path) /
+  nvidia_pickle.UnsafePickleError / nvidia_pickle.NetworkPickleError / FileNotFoundError."""
   path = os.fspath(path)
-  if os.path.isdir(path):
-    cls, kwargs, state = _read_directory(path)
-  elif os.path.exists(path):
-    snap = nvidia_pickle.read_network_pickle(path)
-    cls, kwargs, state = snap.class_name, dict(snap.init_kwargs), snap.state_dict
-    kwargs.setdefault("sigma_data", snap.attributes.get("sigma_data", 0.5))
-  else:
+  if not os.path.exists(path):
     raise FileNotFoundError(f"no network at {path!r} (expected a .pkl or a directory with "
                             "state_dict.npz + config.json)")
-  config, sigma_data = model_config_from_kwargs(cls, kwargs, dtype)
-  family = config.family
-  param_dtype = np.float64 if dtype == "float64" else np.float32
-  params = params_from_state_dict(family, state, param_dtype)
+  try:
+    if os.path.isdir(path):
+      cls, kwargs, state = _read_directory(path)
+    else:
+      def check_shapes(cls, kwargs, shapes):
+        config, _ = model_config_from_kwargs(cls, kwargs, dtype)
+        compare_to_network(map_state_shapes(config.family, shapes.items()),
+                           _param_shapes(config.to_json()))
+      snap = nvidia_pickle.read_network_pickle(path, check_shapes=check_shapes)
+      cls, kwargs, state = snap.class_name, dict(snap.init_kwargs), snap.state_dict
+      kwargs.setdefault("sigma_data", snap.attributes.get("sigma_data", 0.5))
+    config, sigma_data = model_config_from_kwargs(cls, kwargs, dtype)
+    param_dtype = np.float64 if dtype == "float64" else np.float32
+    params = params_from_state_dict(config.family, state, param_dtype)
+  except ConversionError as err:
+    if str(err).startswith(path):  # already names the file (e.g. the directory's state_dict.npz)
+      raise
+    raise ConversionError(f"{path}: {err}") from None
   return NvidiaNetwork(model_config=config, params=params, sigma_data=sigma_data,
                        kimg=_kimg_of(path), source=path, nvidia_kwargs=dict(kwargs),
                        nvidia_class=cls)
 
 
+@functools.lru_cache(maxsize=8)
+def _param_shapes(config_json: str):
+  """The params tree (ShapeDtypeStructs) of a model config's network; no compute, one trace per
+  architecture."""
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  shapes = jax.eval_shape(models.init_fn(models.build(config), (
+      1, config.img_resolution, config.img_resolution, config.img_channels)),
+                          jax.random.PRNGKey(0))
+  return shapes["params"]
+
+
 def check_network(network: NvidiaNetwork):
   """Builds the flax module and checks the params against it one to one (no compute)."""
-  module = models.build(network.model_config)
-  cfg = network.model_config
-  shapes = jax.eval_shape(models.init_fn(module, (1, cfg.img_resolution, cfg.img_resolution,
-                                                  cfg.img_channels)), jax.random.PRNGKey(0))
   compare_to_network({p: tuple(v.shape) for p, v in _flatten(network.params).items()},
-                     shapes["params"])
-  return module
+                     _param_shapes(network.model_config.to_json()))
+  return models.build(network.model_config)
 
 
 @functools.lru_cache(maxsize=32)
