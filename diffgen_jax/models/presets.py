@@ -1,7 +1,9 @@
 """Named model sizes: the published architectures and tiny CPU variants.
 
 A preset fixes the ARCHITECTURE fields of one family (widths, depths, patch size, attention
-resolutions, ...). The data-dependent fields (img_resolution, img_channels, num_classes) and the
+resolutions, ...): `models.apply_preset` writes them into a model config, and `models.resolve`
+refuses a config whose field differs from its preset's value (naming both), so an override of such
+a field is never silently replaced by the preset's. The data-dependent fields (img_resolution, img_channels, num_classes) and the
 run-dependent ones (dropout, dtype) stay with the model config; `PRESETS[name].defaults` lists the
 values the published model used for them (applied by `preset_config`, used by configs/).
 
