@@ -395,9 +395,9 @@ def compare_with_run(run: Run, config, train_split: Optional[data.Split], *, rem
   changeable = [f for f in refused if not _matches(f, IDENTITY)]
   if changeable:
     message += (f" {tuple(changeable)} change what the training steps compute: to change them from "
-                f"here on, list them in config.resume_changes (e.g. "
-                f"--config.resume_changes=\"{tuple(changeable)}\"), and {RUN_FILE} records the "
-                "change with its step.")
+                "this step on, name them in config.resume_changes ("
+                + " ".join(f"--config.resume_changes={f}" for f in changeable)
+                + f"), and {RUN_FILE} records the change with its step.")
   raise config_checks.ConfigError(message)
 
 
