@@ -412,3 +412,71 @@ def test_a_preset_override_is_refused_before_anything_runs(data_dir, tmp_path):
 def _metric_rows(workdir):
   with open(os.path.join(workdir, train_job.METRICS_FILE)) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def test_pseudo_label_file_is_part_of_the_identity_not_its_path(data_dir, tmp_path):
+  """The pseudo-label file is compared by content (sha256), its path is not: a moved copy is the
+  same run, an edited file another one."""
+  from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
+  labels = np.arange(64) % 3
+  first, moved = str(tmp_path / "k3.npz"), str(tmp_path / "elsewhere.npz")
+  np.savez(first, train=labels, validation=np.zeros(360, int))
+  np.savez(moved, train=labels, validation=np.zeros(360, int))
+  config = _short_config(data_dir)
+  config.data.labels, config.data.pseudo_labels = "pseudo", first
+  split = common.load_split(config, "train")
+  run_dir = str(tmp_path / "run")
+  os.makedirs(run_dir)
+  model = config.model.copy_and_resolve_references()
+  model.num_classes = split.num_classes
+  common.write_run_record(run_dir, common.new_run_record(config, model, split))
+  run = common.read_run(run_dir)
+  assert len(run.training_set["pseudo_labels_sha256"]) == 64
+  config.data.pseudo_labels = moved
+  assert common.compare_with_run(run, config, common.load_split(config, "train"), remedy="",
+                                 fields=("data.",)) == {"data.pseudo_labels": (first, moved)}
+  np.savez(moved, train=(labels + 1) % 3, validation=np.zeros(360, int))
+  with pytest.raises(jobs.config_checks.ConfigError) as info:
+    common.compare_with_run(run, config, common.load_split(config, "train"), remedy="")
+  assert "data.training_set.pseudo_labels_sha256" in str(info.value)
+  assert "data.training_set.labels_sha256" in str(info.value)
+
+
+def test_a_run_recorded_before_the_identity_is_read_as_it_ran(data_dir, tmp_path):
+  """Format 1 records (config.json = the config as given): the model is read as built then (the
+  preset's fields overrode the config's), fields added since are at the defaults they had then,
+  and the training set's fingerprint, unknown, is not compared; the recorded fields still are."""
+  from diffgen_jax import models  # pylint: disable=import-outside-toplevel
+  from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
+  old = defaults.train_config("digits", "ddpmpp")
+  old.model.preset = "ddpmpp-tiny"  # fields at the family's defaults (128 channels), as then
+  old.model.update(dict(img_resolution=8, img_channels=1, num_classes=10))
+  old.data.update(dict(data_dir=data_dir, subset_size=64))
+  saved = json.loads(old.to_json_best_effort())
+  del saved["resume_changes"], saved["data"]["subset_side"]  # fields the run's version lacked
+  run_dir = tmp_path / "old"
+  run_dir.mkdir()
+  (run_dir / "config.json").write_text(json.dumps(saved))
+  run = common.read_run(str(run_dir))
+  assert run.training_set == {} and run.resumes == []
+  assert run.config["model"]["model_channels"] == 32  # what the run built, not 128
+  assert run.config["data"]["subset_side"] == 1 and run.config["resume_changes"] == []
+  now = defaults.train_config("digits", "ddpmpp")
+  models.apply_preset(now.model, "ddpmpp-tiny")
+  now.model.update(dict(img_resolution=8, img_channels=1, num_classes=10))
+  now.data.update(dict(data_dir=data_dir, subset_size=64))
+  split = common.load_split(now, "train")
+  assert common.compare_with_run(run, now, split, remedy="") == {}
+  now.data.subset_seed = 1
+  with pytest.raises(jobs.config_checks.ConfigError, match=r"data\.subset_seed: 0 vs 1"):
+    common.compare_with_run(run, now, common.load_split(now, "train"), remedy="")
+
+
+def test_unreadable_run_record_names_the_file(tmp_path):
+  from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
+  with pytest.raises(jobs.config_checks.ConfigError, match=r"config\.json does not exist"):
+    common.read_run(str(tmp_path))
+  (tmp_path / "config.json").write_text('{"data": {')
+  with pytest.raises(jobs.config_checks.ConfigError,
+                     match=rf"{tmp_path}/config\.json is not a readable run record"):
+    common.read_run(str(tmp_path))
