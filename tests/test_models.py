@@ -340,7 +340,8 @@ def test_every_config_file_agrees_with_its_presets():
   import importlib.util  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location("qs", os.path.join(root, "configs", "quickstart.py"))
+  spec = importlib.util.spec_from_file_location("qs", os.path.join(root, "configs",
+                                                                   "quickstart.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   quickstart = module.get_config()

@@ -275,8 +275,8 @@ def test_evaluate_protocol_records_the_training_set(short_run, data_dir, tmp_pat
   with open(results_lib.path(workdir), "w") as f:
     json.dump(saved, f)
   with pytest.raises(jobs.config_checks.ConfigError,
-                     match=r"results\.json was computed before its protocol recorded which training "
-                           r"images.*'subset_seed', 'training_set'.*delete it"):
+                     match=r"results\.json was computed before its protocol recorded which "
+                           r"training images.*'subset_seed', 'training_set'.*delete it"):
     jobs.run(config, workdir)
 
 
@@ -392,7 +392,8 @@ def test_a_preset_override_is_refused_before_anything_runs(data_dir, tmp_path):
   refused naming the preset (it trained the 32-channel model and config.json recorded 64)."""
   import importlib.util  # pylint: disable=import-outside-toplevel
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location("qs", os.path.join(root, "configs", "quickstart.py"))
+  spec = importlib.util.spec_from_file_location("qs", os.path.join(root, "configs",
+                                                                   "quickstart.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
@@ -480,3 +481,19 @@ def test_unreadable_run_record_names_the_file(tmp_path):
   with pytest.raises(jobs.config_checks.ConfigError,
                      match=rf"{tmp_path}/config\.json is not a readable run record"):
     common.read_run(str(tmp_path))
+
+
+def test_experiment_scripts_check_the_runs_they_read(short_run, data_dir):
+  """Kind 6 for experiments/ (the scripts that read snapshots themselves): a run whose record
+  differs from the finding's job config is refused before its snapshots are read."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location(
+      "disjoint_subsets_script", os.path.join(root, "experiments", "disjoint_subsets.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = _short_config(data_dir)
+  config.data.subset_side = 2
+  with pytest.raises(jobs.config_checks.ConfigError, match=r"data\.subset_side: 1 vs 2"):
+    module.snapshot_denoiser(config, short_run, 4)
+  module.check_run(_short_config(data_dir), short_run)  # the run's own config: accepted

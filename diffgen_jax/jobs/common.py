@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffgen_jax import config_checks, data, defaults, denoisers, edm, jsonio, models, sharding, training
+from diffgen_jax import (config_checks, data, defaults, denoisers, edm, jsonio, models, sharding,
+                         training)
 from diffgen_jax.models.network import Network, build_network
 
 
@@ -199,8 +200,8 @@ def _set(tree: Dict[str, Any], field: str, value) -> None:
 def _merged(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
   out = dict(base)
   for key, value in over.items():
-    out[key] = (_merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict)
-                else value)
+    both = isinstance(value, dict) and isinstance(out.get(key), dict)
+    out[key] = _merged(out[key], value) if both else value
   return out
 
 

@@ -96,8 +96,9 @@ def check_guidance_is_learned(config, run: common.Run) -> None:
     return
   if t.get("allow_cfg_without_label_dropout", False):
     return
-  conditional = run.config["data"].get("labels", "class") != "none"  # the train job sets num_classes
-  values = [float(v or 0.0) for v in run.values("training.label_dropout", _snapshot_steps_done(config))]
+  conditional = run.config["data"].get("labels", "class") != "none"  # (train sets num_classes)
+  values = [float(v or 0.0)
+            for v in run.values("training.label_dropout", _snapshot_steps_done(config))]
   if conditional and max(values) <= 0.0:
     shown = values[0] if len(values) == 1 else f"{values} (changed by resumes)"
     raise ConfigError(
@@ -313,12 +314,14 @@ def validate_config(config) -> None:
     _int(config, "trained.sample_gap_steps", 1)
     if "allow_cfg_without_label_dropout" in config.trained:
       config_checks.flag(config, "trained.allow_cfg_without_label_dropout")
-    if os.path.exists(os.path.join(run_dir, common.RUN_FILE)):  # refused at start-up, not at the end
+    # Refused at start-up, not at the end.
+    if os.path.exists(os.path.join(run_dir, common.RUN_FILE)):
       check_guidance_is_learned(config, common.read_run(run_dir))
 
 
 def load_splits(config) -> Dict[str, data.Split]:
-  """{"train", "validation"}: the training split (or subset) and validation split config.data names."""
+  """{"train", "validation"}: the training split (or subset) and the validation split that
+  config.data names."""
   return {s: common.load_split(config, s) for s in data.SPLITS}
 
 
@@ -440,7 +443,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   """Runs the configured sweeps; writes WORKDIR/results.json (after every sweep) and PNGs."""
   sweeps = config_checks.subset(config, "sweeps", SWEEPS)
   splits = load_splits(config)
-  if "trained" in sweeps:  # the run trained on the images config.data names: checked before any sweep
+  if "trained" in sweeps:  # the run trained on config.data's images: checked before any sweep
     common.compare_with_run(
         common.read_run(config.run_dir), config, splits["train"], fields=("data.",),
         remedy=f"The trained sweep measures the run in config.run_dir={config.run_dir!r} on "

@@ -366,6 +366,7 @@ def raw_network(model: nn.Module, variables, *, train: bool = False, rngs=None,
   return network
 
 
-__all__ = ["FAMILIES", "apply_preset", "build", "default_model_config", "preset_config", "init_variables", "param_count",
+__all__ = ["FAMILIES", "apply_preset", "build", "default_model_config", "preset_config",
+           "init_variables", "param_count",
            "weight_projection", "raw_network", "init_fn", "supports_logvar", "validate_config", "resolve",
            "presets", "ddpmpp", "edm2", "dit", "layers"]
