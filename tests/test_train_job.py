@@ -497,3 +497,17 @@ def test_experiment_scripts_check_the_runs_they_read(short_run, data_dir):
   with pytest.raises(jobs.config_checks.ConfigError, match=r"data\.subset_side: 1 vs 2"):
     module.snapshot_denoiser(config, short_run, 4)
   module.check_run(_short_config(data_dir), short_run)  # the run's own config: accepted
+
+
+@pytest.mark.parametrize("names,message", [
+    (("training.Lr",), r"names \['training.Lr'\], not fields of the config"),
+    (("training.lr", "training.lr"), r"repeats a field"),
+    (("model.model_channels",), r"which decide what the run is"),
+])
+def test_resume_changes_are_checked_at_start_up(names, message):
+  config = defaults.train_config()
+  config.resume_changes = names
+  with pytest.raises(jobs.config_checks.ConfigError, match=r"config\.resume_changes=.*" + message):
+    jobs.validate(config)
+  config.resume_changes = ("training.lr", "training.ema.halflife_images")
+  jobs.validate(config)
