@@ -58,7 +58,7 @@ def main():
   args = parser.parse_args()
 
   config = defaults.train_config(family=args.family)
-  config.model.preset = args.preset
+  models.apply_preset(config.model, args.preset)
   config.model.img_resolution = args.resolution
   config.model.img_channels = args.channels
   config.model.num_classes = 0

@@ -54,7 +54,7 @@ import os
 
 import ml_collections
 
-from diffgen_jax import defaults
+from diffgen_jax import defaults, models
 
 # finding -> (what it shows, its runs in order, paper compute). Runs named here are built by _RUNS.
 FINDINGS = ("toy2d", "training_time", "model_size", "dataset_size", "granularity", "guidance",
@@ -136,7 +136,7 @@ def _unet(mode: str, width=None, subset=None, labels="class", pseudo="", samples
   """The U-Net runs: DDPM++ (local, smoke, paper CIFAR-10) or an EDM2 preset (paper sizes)."""
   if mode == "paper" and isinstance(width, str):  # EDM2 on ImageNet-64 (model size sweep)
     c = defaults.train_config("downsampled_imagenet/64x64", "edm2")
-    c.model.preset = width
+    models.apply_preset(c.model, width)
     c.model.update(dict(img_resolution=64, img_channels=3, num_classes=1000,
                         dropout=0.0 if width.endswith(("xs", "-s")) else 0.1))
     c.training.update(dict(batch_size=2048, total_images=1024 << 20, lr=1e-2, lr_schedule="edm2",
@@ -148,7 +148,7 @@ def _unet(mode: str, width=None, subset=None, labels="class", pseudo="", samples
     c.sampling.num_steps = 32
   elif mode == "paper":  # EDM's DDPM++ on CIFAR-10
     c = defaults.train_config("cifar10", "ddpmpp")
-    c.model.preset = "ddpmpp-cifar10"
+    models.apply_preset(c.model, "ddpmpp-cifar10")
     c.model.update(dict(img_resolution=32, img_channels=3, num_classes=10, dropout=0.13))
     c.data.x_flip = True
     c.training.update(dict(batch_size=512, total_images=200_000_000, lr=1e-3,
@@ -182,7 +182,8 @@ def _dit(mode: str, width=None, samples=False):
       c.model.update(dict(img_resolution=32, img_channels=3, num_classes=10))
       c.data.x_flip = True
       c.training.update(dict(total_images=200_000_000))
-    c.model.update(dict(preset=preset, dropout=0.0))
+    models.apply_preset(c.model, preset)
+    c.model.dropout = 0.0
     # DiT's recipe: AdamW-like constant lr 1e-4 (no warm-up), batch 256, EMA 0.9999 per step
     # (half-life ln 0.5 / ln 0.9999 = 6931 steps x 256 images).
     c.training.update(dict(batch_size=256, lr=1e-4, warmup_images=0, label_dropout=0.1))

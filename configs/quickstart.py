@@ -6,14 +6,14 @@ run, so the gap between validation and training denoising error opens up.
     python -m diffgen_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
 """
 
-from diffgen_jax import defaults
+from diffgen_jax import defaults, models
 
 
 def get_config(variant=None):
   defaults.parse_variant(variant)  # no variants: the one setting
   config = defaults.train_config(dataset="digits", family="ddpmpp")
   config.data.subset_size = 256
-  config.model.preset = "ddpmpp-tiny"
+  models.apply_preset(config.model, "ddpmpp-tiny")  # its fields; an override of one is refused
   config.model.img_resolution = 8
   config.model.img_channels = 1
   config.model.num_classes = 10

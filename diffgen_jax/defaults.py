@@ -137,4 +137,8 @@ def train_config(dataset: str = "digits", family: str = "ddpmpp") -> ml_collecti
   config.tensorboard = True  # WORKDIR/tensorboard: scalars and the sample grid per snapshot
   config.mesh = mesh_config()
   config.log_every_steps = 100
+  # Fields (dotted, e.g. ("training.lr",)) a resume may change although they change what the
+  # steps compute; config.json records each change with its step (jobs/common.py: RESUME_FREE,
+  # the fields a resume changes without them, IDENTITY, the fields it never changes).
+  config.resume_changes = ()
   return config

@@ -66,6 +66,21 @@ def split_arrays(job_config, split):
 
 
 _NETWORKS = {}  # one network object per model config: its denoisers compile once
+_CHECKED = set()  # workdirs whose run record matched the job config
+
+
+def check_run(job_config, workdir):
+  """The run in workdir trained on the images and with the network job_config names (its record,
+  `jobs.common.compare_with_run`); checked once per workdir. Raises ConfigError naming each
+  differing field."""
+  from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
+  if workdir in _CHECKED:
+    return
+  common.compare_with_run(
+      common.read_run(workdir), job_config, common.load_split(job_config, "train"),
+      remedy=f"The run in {workdir} is not the one this finding's config describes: re-run the "
+             "finding with --runs_root pointing at its own runs, or delete the stale run.")
+  _CHECKED.add(workdir)
 
 
 def snapshot_steps(workdir):
@@ -78,6 +93,7 @@ def snapshot_denoiser(job_config, workdir, step):
   parameters (`models.network.network_denoiser`), compiled once for all snapshots of a network."""
   from diffgen_jax import checkpointing  # pylint: disable=import-outside-toplevel
   from diffgen_jax.models.network import build_network, network_denoiser  # pylint: disable=import-outside-toplevel
+  check_run(job_config, workdir)
   num_classes = split_arrays(job_config, "train")[3]
   key = (job_config.model.to_json(), num_classes)
   if key not in _NETWORKS:

@@ -308,3 +308,27 @@ def test_job_refuses_a_sigma_where_no_patch_size_was_calibrated(run_dir, tmp_pat
   for m in cal["machines"].values():  # LS, ELS, PSPC: no size at the top sigma, one elsewhere
     assert m["best_size"][top] == -1 and all(row[top] is None for row in m["mse"])
     assert all(k in cal["sizes"] for i, k in enumerate(m["best_size"]) if i != top)
+
+
+def test_run_on_other_training_images_is_refused(run_dir, tmp_path):
+  """Issue 22, kind 6 for the ladder job: the data found where the run's record says (or at
+  config.data_dir) must be the images the run trained on (the record's fingerprint); here the
+  record says the run trained on other rows, and the job refuses before measuring anything."""
+  import json  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  copy = str(tmp_path / "run")
+  shutil.copytree(run_dir, copy)
+  path = os.path.join(copy, "config.json")
+  with open(path) as f:
+    record = json.load(f)
+  saved = record["run"]["training_set"]["rows_sha256"]
+  record["run"]["training_set"]["rows_sha256"] = "0" * 64
+  with open(path, "w") as f:
+    json.dump(record, f)
+  workdir = str(tmp_path / "ladder")
+  with pytest.raises(ConfigError) as info:
+    jobs.run(_config(copy), workdir)
+  message = str(info.value)
+  assert f"data.training_set.rows_sha256: '{'0' * 64}' vs '{saved}'" in message
+  assert path in message and "point config.data_dir at the run's dataset" in message
+  assert not os.path.exists(workdir)

@@ -7,6 +7,8 @@ dominates at these sizes).
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -298,12 +300,57 @@ def test_tiny_presets_fit_local_data(name, res):
   assert shapes.shape == (1, res, res, 1)
 
 
-def test_preset_overrides_architecture_only():
+def test_preset_fixes_architecture_only():
   config = models.default_model_config("dit")
-  config.update(preset="DiT-XL/2", img_resolution=8, img_channels=1, num_classes=0, depth=1)
+  config.update(img_resolution=8, img_channels=1, num_classes=0)
+  models.apply_preset(config, "DiT-XL/2")
   model = models.build(config)
   assert (model.hidden_size, model.depth, model.num_heads, model.patch_size) == (1152, 28, 16, 2)
   assert (model.img_channels, model.num_classes) == (1, 0)
+
+
+@pytest.mark.parametrize("family,preset,field,value,preset_value", [
+    ("ddpmpp", "ddpmpp-tiny", "model_channels", 64, 32),  # the quickstart's --config override
+    ("ddpmpp", "ddpmpp-cifar10", "channel_mult", (1, 2), (2, 2, 2)),
+    ("edm2", "edm2-img64-xs", "num_blocks", 2, 3),
+    ("dit", "DiT-XL/2", "depth", 1, 28),
+])
+def test_a_field_that_conflicts_with_its_preset_is_refused(family, preset, field, value,
+                                                           preset_value):
+  """Issue 22, kind 7: an override of a preset's field is refused, naming both values, not dropped
+  (it was: the preset's value was built while the config showed the override)."""
+  config = models.apply_preset(models.default_model_config(family), preset)
+  config[field] = value
+  expected = (f"config.model.{field}={value!r} conflicts with preset {preset!r} "
+              f"({preset_value!r})")
+  for call in (models.resolve, models.build):
+    with pytest.raises(ConfigError, match=re.escape(expected)) as info:
+      call(config)
+    assert "config.model.preset=''" in str(info.value)  # what to do
+  # Built from the fields instead: the override is what is built.
+  config.preset = ""
+  assert _plain(models.resolve(config)[field]) == _plain(value)
+  # A run recorded before the refusal existed is read as what it built (the preset's value).
+  assert _plain(models.resolve(config.to_dict() | {"preset": preset},
+                               preset_wins=True)[field]) == _plain(preset_value)
+
+
+def test_every_config_file_agrees_with_its_presets():
+  """The configs choose presets with models.apply_preset: every variant validates (no conflict)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location("qs", os.path.join(root, "configs",
+                                                                   "quickstart.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  quickstart = module.get_config()
+  assert quickstart.model.preset == "ddpmpp-tiny" and quickstart.model.model_channels == 32
+  models.resolve(quickstart.model)
+
+
+def _plain(value):
+  return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 # ----------------------------------------------------------------------------------------------

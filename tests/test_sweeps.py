@@ -102,8 +102,7 @@ def test_full_size_crop_is_the_unwrapped_denoiser():
 
 
 def test_network_crop_sizes():
-  m = models.default_model_config("ddpmpp")
-  m.preset = "ddpmpp-tiny"
+  m = models.apply_preset(models.default_model_config("ddpmpp"), "ddpmpp-tiny")
   assert valid_network_crop_sizes(m, 8) == [4, 8]
   assert valid_network_crop_sizes(m, 28) == [16, 20, 24, 28]
 

@@ -167,3 +167,347 @@ def test_snapshot_grid_split_over_the_mesh_equals_one_device(tmp_path):
   a, b = split(state.ema), one(state.ema)
   assert a.shape == (8, 8, 8, 1) and np.all(np.isfinite(a))
   np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 22, kinds 6-8: a run's identity (WORKDIR/config.json) and every job that reads a run
+
+
+SHORT = 4  # steps of the short run; a state and a snapshot every 2 steps
+
+
+def _short_config(data_dir, steps=SHORT):
+  c = _config(data_dir)
+  c.training.total_images = BATCH * steps
+  c.checkpoint.state_every_images = 2 * BATCH
+  c.checkpoint.snapshot_every_images = 2 * BATCH
+  c.checkpoint.keep_states = 100
+  c.sampling.grid_size = 0
+  c.monitor.every_images = 0
+  c.tensorboard = False
+  c.evaluation.after_training = False
+  return c
+
+
+@pytest.fixture(scope="module")
+def short_run(data_dir, tmp_path_factory):
+  """A 4-step run (snapshots and states at steps 2 and 4), not evaluated."""
+  workdir = str(tmp_path_factory.mktemp("identity") / "run")
+  jobs.run(_short_config(data_dir), workdir)
+  return workdir
+
+
+def _copy(run, tmp_path, name="copy"):
+  import shutil  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / name)
+  shutil.copytree(run, workdir)
+  return workdir
+
+
+def _with(config, field, value):
+  *path, leaf = field.split(".")
+  node = config
+  for part in path:
+    node = node[part]
+  node[leaf] = value
+  return config
+
+
+def test_run_record_holds_the_training_set_and_the_model_built(short_run, data_dir):
+  """config.json: the training set's fingerprint (the subset's rows) and the network as built."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from diffgen_jax import checkpointing, data, models  # pylint: disable=import-outside-toplevel
+  from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
+  run = common.read_run(short_run)
+  split = data.load_split("digits", "train", data_dir=data_dir, subset_size=64, subset_seed=0)
+  assert run.training_set["images"] == 64 and run.training_set["image_shape"] == [8, 8, 1]
+  assert run.training_set["rows_sha256"] == hashlib.sha256(
+      np.asarray(split.ids, np.int64).tobytes()).hexdigest()
+  assert run.resumes == [] and run.config["data"]["subset_seed"] == 0
+  # The recorded model builds the very parameters the snapshot holds.
+  network = common.network_of(run.config_at(), 10)
+  _, params, _ = checkpointing.load_ema_params(short_run, 4)
+  shapes = jax.eval_shape(models.init_fn(network.module, (1, 8, 8, 1), 10),
+                          jax.random.key(0))["params"]
+  assert jax.tree.map(lambda a: a.shape, shapes) == jax.tree.map(np.shape, params)
+
+
+@pytest.mark.parametrize("field,value,shown", [
+    ("data.subset_seed", 1, "data.subset_seed: 0 vs 1"),  # the issue's case: 0 of 8 trained on
+    ("data.subset_size", 32, "data.subset_size: 64 vs 32"),
+    ("data.subset_side", 2, "data.subset_side: 1 vs 2"),
+    ("data.labels", "none", "data.labels: 'class' vs 'none'"),
+    ("data.x_flip", True, "data.x_flip: False vs True"),
+    ("training.sigma_data", 0.25, "training.sigma_data: 0.5 vs 0.25"),
+    ("model.model_channels", 16, "model.model_channels: 8 vs 16"),
+])
+def test_evaluate_refuses_a_config_of_another_run(short_run, data_dir, field, value, shown):
+  """Issue 22, kind 6: evaluating a run with other training images (or another network or
+  sigma_data) than it was trained with is refused, naming each field (saved vs now) and the
+  record; it measured G on images the run never trained on, silently."""
+  config = _with(_short_config(data_dir), field, value)
+  config.job = "evaluate"
+  with pytest.raises(jobs.config_checks.ConfigError) as info:
+    jobs.run(config, short_run)
+  message = str(info.value)
+  assert shown in message and os.path.join(short_run, "config.json") in message
+  assert "with the values it was trained with" in message  # what to do
+  if field.startswith("data.subset"):  # ... and the training set's fingerprint differs too
+    assert "data.training_set.rows_sha256" in message
+  assert not os.path.exists(os.path.join(short_run, "results.json"))
+
+
+def test_evaluate_protocol_records_the_training_set(short_run, data_dir, tmp_path):
+  """results.json's protocol says which training images were measured (seed and fingerprint), and
+  results computed before it did are refused rather than extended."""
+  from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
+  workdir = _copy(short_run, tmp_path)
+  config = _short_config(data_dir)
+  config.job = "evaluate"
+  config.evaluation.at_sigmas = ()
+  results = jobs.run(config, workdir)
+  protocol = results["protocol"]
+  assert protocol["subset_seed"] == 0 and protocol["subset_size"] == 64
+  assert protocol["training_set"] == common.read_run(workdir).training_set
+  saved = results_lib.read(workdir)
+  del saved["protocol"]["training_set"], saved["protocol"]["subset_seed"]
+  with open(results_lib.path(workdir), "w") as f:
+    json.dump(saved, f)
+  with pytest.raises(jobs.config_checks.ConfigError,
+                     match=r"results\.json was computed before its protocol recorded which "
+                           r"training images.*'subset_seed', 'training_set'.*delete it"):
+    jobs.run(config, workdir)
+
+
+def test_factors_trained_sweep_refuses_another_training_subset(short_run, data_dir, tmp_path):
+  """Kind 6 for the factors job: its trained sweep is refused before any sweep runs."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location("factors_cfg", os.path.join(root, "configs",
+                                                                             "factors.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("delta,trained,local")
+  config.data = _short_config(data_dir).data
+  config.data.subset_seed = 1
+  config.run_dir = short_run
+  workdir = str(tmp_path / "factors")
+  with pytest.raises(jobs.config_checks.ConfigError,
+                     match=r"data\.subset_seed: 0 vs 1.*use the run's data config"):
+    jobs.run(config, workdir)
+  assert not os.path.exists(workdir)  # refused before the analytic sweep ran
+
+
+@pytest.mark.parametrize("field,value", [("data.subset_seed", 1), ("seed", 1),
+                                         ("training.batch_size", 32)])
+def test_resume_refuses_another_identity_even_when_named(short_run, data_dir, tmp_path, field,
+                                                         value):
+  """The run's identity never changes in a resume: refused at the restore, and naming it in
+  config.resume_changes is refused at start-up."""
+  workdir = _copy(short_run, tmp_path)
+  config = _with(_short_config(data_dir, 2 * SHORT), field, value)
+  with pytest.raises(jobs.config_checks.ConfigError, match="different configuration") as info:
+    jobs.run(config, workdir)
+  assert field in str(info.value) and "resume_changes" not in str(info.value)
+  config.resume_changes = (field,)
+  with pytest.raises(jobs.config_checks.ConfigError,
+                     match=rf"config\.resume_changes=\('{field}',\) names \['{field}'\], which "
+                           r"decide what the run is.*new --workdir"):
+    jobs.validate(config)
+
+
+def test_resume_with_other_training_settings_is_refused_or_recorded(short_run, data_dir,
+                                                                    tmp_path, capsys):
+  """Issue 22, kind 8: a resume with training.lr x10 is refused, naming the field and the way to
+  allow it; allowed, config.json records the change with its step and the steps after it run with
+  the new value (metrics.jsonl's lr), and readers see the value that applied at each step."""
+  from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
+  workdir = _copy(short_run, tmp_path)
+  config = _short_config(data_dir, 2 * SHORT)  # total_images: changes without being named
+  config.training.lr = 2e-2
+  config.training.label_dropout = 0.0
+  with pytest.raises(jobs.config_checks.ConfigError) as info:
+    jobs.run(config, workdir)
+  message = str(info.value)
+  assert "training.lr: 0.002 vs 0.02" in message and "training.label_dropout: 0.1 vs 0.0" in message
+  assert "--config.resume_changes=training.lr" in message
+  assert "total_images" not in message  # free: not refused
+  assert common.read_run(workdir).resumes == []  # nothing recorded, nothing trained
+  assert len(_metric_rows(workdir)) == SHORT
+
+  config.resume_changes = ("training.lr", "training.label_dropout")
+  capsys.readouterr()
+  jobs.run(config, workdir)
+  assert "training.lr 0.002 -> 0.02" in capsys.readouterr().out
+  run = common.read_run(workdir)
+  assert run.resumes == [{"step": SHORT, "changed": {
+      "resume_changes": [[], ["training.lr", "training.label_dropout"]],
+      "training.label_dropout": [0.1, 0.0], "training.lr": [0.002, 0.02],
+      "training.total_images": [BATCH * SHORT, 2 * BATCH * SHORT]}}]
+  assert run.config["training"]["lr"] == 0.002  # the config the run started with
+  assert run.config_at(SHORT).training.lr == 0.002 and run.config_at(SHORT + 1).training.lr == 0.02
+  assert run.values("training.label_dropout", 2) == [0.1]
+  assert run.values("training.label_dropout") == [0.1, 0.0]
+  lrs = [r["lr"] for r in _metric_rows(workdir)]
+  np.testing.assert_allclose(lrs, [2e-3] * SHORT + [2e-2] * SHORT, rtol=1e-6)
+  # Resumed again with the same settings: nothing new to record.
+  jobs.run(config, workdir)
+  assert common.read_run(workdir).resumes == run.resumes
+  # A reader of the run: the evaluate job accepts it (data, model and sigma_data unchanged).
+  config.job = "evaluate"
+  config.evaluation.at_sigmas = ()
+  assert sorted(jobs.run(config, workdir)["snapshots"]) == ["2", "4", "6", "8"]
+
+
+def test_factors_reads_the_label_dropout_that_applied(short_run, tmp_path):
+  """Kind 8 for a reader: a run that trained without label dropout for 2 steps and with it after
+  (a recorded resume): classifier-free guidance of the step-2 snapshot is refused (its network
+  never saw the null label), of the step-4 snapshot accepted, and the trained sweep records the
+  values that applied."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
+  from diffgen_jax.jobs import factors as factors_job  # pylint: disable=import-outside-toplevel
+  workdir = _copy(short_run, tmp_path)
+  path = os.path.join(workdir, "config.json")
+  with open(path) as f:
+    record = json.load(f)
+  record["training"]["label_dropout"] = 0.0
+  record["run"]["resumes"] = [{"step": 2, "changed": {"training.label_dropout": [0.0, 0.1]}}]
+  with open(path, "w") as f:
+    json.dump(record, f)
+  run = common.read_run(workdir)
+  assert run.values("training.label_dropout", 2) == [0.0]
+  assert run.values("training.label_dropout", 4) == [0.0, 0.1]
+  config = ml_collections.ConfigDict({"run_dir": workdir, "trained": {
+      "styles": ("cfg",), "ws": (1.0,), "snapshot": 0}})
+  with pytest.raises(jobs.config_checks.ConfigError, match=r"label_dropout=0\.0.*null label"):
+    factors_job.check_guidance_is_learned(config, run)
+  config.trained.snapshot = -1
+  factors_job.check_guidance_is_learned(config, run)
+
+
+def test_a_preset_override_is_refused_before_anything_runs(data_dir, tmp_path):
+  """Issue 22, kind 7: --config.model.model_channels=64 on the quickstart (preset ddpmpp-tiny) is
+  refused naming the preset (it trained the 32-channel model and config.json recorded 64)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location("qs", os.path.join(root, "configs",
+                                                                   "quickstart.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.data.data_dir = data_dir
+  config.model.model_channels = 64
+  workdir = str(tmp_path / "never")
+  with pytest.raises(jobs.config_checks.ConfigError,
+                     match=r"config\.model\.model_channels=64 conflicts with preset 'ddpmpp-tiny' "
+                           r"\(32\).*config\.model\.preset=''"):
+    jobs.run(config, workdir)
+  assert not os.path.exists(workdir)
+  config.job = "evaluate"  # every job that builds the model refuses it alike
+  with pytest.raises(jobs.config_checks.ConfigError, match="conflicts with preset"):
+    jobs.validate(config)
+
+
+def _metric_rows(workdir):
+  with open(os.path.join(workdir, train_job.METRICS_FILE)) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def test_pseudo_label_file_is_part_of_the_identity_not_its_path(data_dir, tmp_path):
+  """The pseudo-label file is compared by content (sha256), its path is not: a moved copy is the
+  same run, an edited file another one."""
+  from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
+  labels = np.arange(64) % 3
+  first, moved = str(tmp_path / "k3.npz"), str(tmp_path / "elsewhere.npz")
+  np.savez(first, train=labels, validation=np.zeros(360, int))
+  np.savez(moved, train=labels, validation=np.zeros(360, int))
+  config = _short_config(data_dir)
+  config.data.labels, config.data.pseudo_labels = "pseudo", first
+  split = common.load_split(config, "train")
+  run_dir = str(tmp_path / "run")
+  os.makedirs(run_dir)
+  model = config.model.copy_and_resolve_references()
+  model.num_classes = split.num_classes
+  common.write_run_record(run_dir, common.new_run_record(config, model, split))
+  run = common.read_run(run_dir)
+  assert len(run.training_set["pseudo_labels_sha256"]) == 64
+  config.data.pseudo_labels = moved
+  assert common.compare_with_run(run, config, common.load_split(config, "train"), remedy="",
+                                 fields=("data.",)) == {"data.pseudo_labels": (first, moved)}
+  np.savez(moved, train=(labels + 1) % 3, validation=np.zeros(360, int))
+  with pytest.raises(jobs.config_checks.ConfigError) as info:
+    common.compare_with_run(run, config, common.load_split(config, "train"), remedy="")
+  assert "data.training_set.pseudo_labels_sha256" in str(info.value)
+  assert "data.training_set.labels_sha256" in str(info.value)
+
+
+def test_a_run_recorded_before_the_identity_is_read_as_it_ran(data_dir, tmp_path):
+  """Format 1 records (config.json = the config as given): the model is read as built then (the
+  preset's fields overrode the config's), fields added since are at the defaults they had then,
+  and the training set's fingerprint, unknown, is not compared; the recorded fields still are."""
+  from diffgen_jax import models  # pylint: disable=import-outside-toplevel
+  from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
+  old = defaults.train_config("digits", "ddpmpp")
+  old.model.preset = "ddpmpp-tiny"  # fields at the family's defaults (128 channels), as then
+  old.model.update(dict(img_resolution=8, img_channels=1, num_classes=10))
+  old.data.update(dict(data_dir=data_dir, subset_size=64))
+  saved = json.loads(old.to_json_best_effort())
+  del saved["resume_changes"], saved["data"]["subset_side"]  # fields the run's version lacked
+  run_dir = tmp_path / "old"
+  run_dir.mkdir()
+  (run_dir / "config.json").write_text(json.dumps(saved))
+  run = common.read_run(str(run_dir))
+  assert run.training_set == {} and run.resumes == []
+  assert run.config["model"]["model_channels"] == 32  # what the run built, not 128
+  assert run.config["data"]["subset_side"] == 1 and run.config["resume_changes"] == []
+  now = defaults.train_config("digits", "ddpmpp")
+  models.apply_preset(now.model, "ddpmpp-tiny")
+  now.model.update(dict(img_resolution=8, img_channels=1, num_classes=10))
+  now.data.update(dict(data_dir=data_dir, subset_size=64))
+  split = common.load_split(now, "train")
+  assert common.compare_with_run(run, now, split, remedy="") == {}
+  now.data.subset_seed = 1
+  with pytest.raises(jobs.config_checks.ConfigError, match=r"data\.subset_seed: 0 vs 1"):
+    common.compare_with_run(run, now, common.load_split(now, "train"), remedy="")
+
+
+def test_unreadable_run_record_names_the_file(tmp_path):
+  from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
+  with pytest.raises(jobs.config_checks.ConfigError, match=r"config\.json does not exist"):
+    common.read_run(str(tmp_path))
+  (tmp_path / "config.json").write_text('{"data": {')
+  with pytest.raises(jobs.config_checks.ConfigError,
+                     match=rf"{tmp_path}/config\.json is not a readable run record"):
+    common.read_run(str(tmp_path))
+
+
+def test_experiment_scripts_check_the_runs_they_read(short_run, data_dir):
+  """Kind 6 for experiments/ (the scripts that read snapshots themselves): a run whose record
+  differs from the finding's job config is refused before its snapshots are read."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location(
+      "disjoint_subsets_script", os.path.join(root, "experiments", "disjoint_subsets.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = _short_config(data_dir)
+  config.data.subset_side = 2
+  with pytest.raises(jobs.config_checks.ConfigError, match=r"data\.subset_side: 1 vs 2"):
+    module.snapshot_denoiser(config, short_run, 4)
+  module.check_run(_short_config(data_dir), short_run)  # the run's own config: accepted
+
+
+@pytest.mark.parametrize("names,message", [
+    (("training.Lr",), r"names \['training.Lr'\], not fields of the config"),
+    (("training.lr", "training.lr"), r"repeats a field"),
+    (("model.model_channels",), r"which decide what the run is"),
+])
+def test_resume_changes_are_checked_at_start_up(names, message):
+  config = defaults.train_config()
+  config.resume_changes = names
+  with pytest.raises(jobs.config_checks.ConfigError, match=r"config\.resume_changes=.*" + message):
+    jobs.validate(config)
+  config.resume_changes = ("training.lr", "training.ema.halflife_images")
+  jobs.validate(config)

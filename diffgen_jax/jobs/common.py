@@ -1,15 +1,25 @@
-"""What the jobs share: reading the data a config names, its network, its sigma grid.
+"""What the jobs share: reading the data a config names, its network, its sigma grid, and the
+record of a training run (WORKDIR/config.json) that every job reading a run checks itself against.
 
 Only jobs import this module (the library below takes arrays, denoisers and plain arguments).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
 import jax
+import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffgen_jax import config_checks, data, denoisers, edm, sharding, training
+from diffgen_jax import (config_checks, data, defaults, denoisers, edm, jsonio, models, sharding,
+                         training)
 from diffgen_jax.models.network import Network, build_network
 
 
@@ -97,3 +107,314 @@ def check_optimal_labels(config, train_split, val_split) -> None:
         "evaluation queries the class-conditional optimal denoiser with every class and the "
         "validation labels: use a training subset that holds every class, or "
         "config.data.labels='none'") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# The record of a training run: WORKDIR/config.json
+#
+# The train job writes it when a run starts: the config (its model resolved: the network built,
+# `models.resolve`, with the data's num_classes and the compute dtype), and under the key RECORD
+# the training set's fingerprint (`training_set`) and the list of resumes that changed a field.
+# Every job that reads a run (train's resume, evaluate, factors' trained sweep, ladder) reads it
+# with `read_run` and checks the config it runs with against it with `compare_with_run`.
+
+RUN_FILE = "config.json"
+RECORD = "run"  # the one key of config.json that is not a config field
+RECORD_FORMAT = 2  # format 1 (no RECORD key): runs recorded before the training set and resumes
+
+# The one list of what a resume may change. Fields matching RESUME_FREE change without being
+# asked (and are recorded): when states, snapshots, logs, samples and measurements are written
+# and how they are computed, how long the run goes on, where its data live (the training set's
+# fingerprint is compared instead) and the model fields the train job sets itself (num_classes
+# from the data, the compute dtype from training.compute_dtype; a published network's path).
+RESUME_FREE = ("job", "resume_changes", "log_every_steps", "tensorboard", "checkpoint.",
+               "monitor.", "sampling.", "evaluation.", "mesh.", "training.total_images",
+               "data.data_dir", "data.pseudo_labels", "model.num_classes", "model.dtype",
+               "model.checkpoint", "model.checkpoint_ema")
+# The run's identity, never changed by a resume: which images it trains on (data.*, with the
+# fingerprint data.training_set.*), their order and flips (seed, training.batch_size), the network
+# (model.*), its preconditioning (training.sigma_data: every snapshot is read with one) and the
+# EMA sets its state holds.
+IDENTITY = ("seed", "data.", "model.", "training.batch_size", "training.sigma_data",
+            "training.ema.kind", "training.ema.sigma_rels")
+# Every other field (training.lr, training.label_dropout, ...) changes what the training steps
+# compute: a resume changes it only when config.resume_changes names it, and records the change.
+# What the jobs that read a trained run compare: everything that decides which images it trained
+# on, which network was built, and how its outputs are preconditioned.
+READER_FIELDS = ("data.", "model.", "training.sigma_data")
+
+
+def check_resume_changes(config) -> None:
+  """config.resume_changes: distinct dotted names of fields of the config, none of IDENTITY.
+
+  Raises config_checks.ConfigError naming config.resume_changes, the entry and what is allowed.
+  """
+  names = config_checks.get(config, "resume_changes")
+  if isinstance(names, str) or not isinstance(names, (tuple, list)) or not all(
+      isinstance(n, str) for n in names):
+    config_checks.fail("resume_changes", names, "must be a tuple of dotted field names, e.g. "
+                       "('training.lr',)")
+  fields = _flat(_plain(config))
+  unknown = [n for n in names if n not in fields]
+  if unknown:
+    config_checks.fail("resume_changes", tuple(names), f"names {unknown}, not fields of the config "
+                       "(dotted names of single fields, e.g. 'training.lr')")
+  if len(set(names)) != len(names):
+    config_checks.fail("resume_changes", tuple(names), "repeats a field")
+  fixed = [n for n in names if _matches(n, IDENTITY) and not _matches(n, RESUME_FREE)]
+  if fixed:
+    config_checks.fail("resume_changes", tuple(names), f"names {fixed}, which decide what the run "
+                       f"is (its data, model, seed, batch size, sigma_data, EMA sets: {IDENTITY}) "
+                       "and never change within a run; train them in a new --workdir")
+
+
+def _matches(field: str, names: Sequence[str]) -> bool:
+  """Whether a dotted field is one of `names` (a name ending in "." is a section; "" is all)."""
+  return any(n == "" or field == n or (n.endswith(".") and field.startswith(n)) for n in names)
+
+
+def _plain(tree):
+  """A config (or dict) as plain JSON values: tuples become lists, as in config.json."""
+  if hasattr(tree, "to_json_best_effort"):
+    return json.loads(tree.to_json_best_effort())
+  return json.loads(json.dumps(tree))
+
+
+def _flat(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _set(tree: Dict[str, Any], field: str, value) -> None:
+  *path, leaf = field.split(".")
+  for part in path:
+    tree = tree.setdefault(part, {})
+  tree[leaf] = value
+
+
+def _merged(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+  out = dict(base)
+  for key, value in over.items():
+    both = isinstance(value, dict) and isinstance(out.get(key), dict)
+    out[key] = _merged(out[key], value) if both else value
+  return out
+
+
+def _dataset_identity(name):
+  """data.name without where it lives: a built-in or tfds name as is, an EDM zip pair by the zips'
+  file names (the directory, like data.data_dir, is no part of the data's identity)."""
+  if isinstance(name, str) and name.startswith("edm_zip:"):
+    return "edm_zip:" + ",".join(os.path.basename(p) for p in name[len("edm_zip:"):].split(","))
+  return name
+
+
+def _sha256(array) -> str:
+  return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _sha256_file(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(os.path.expanduser(path), "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def training_set(config, train_split: data.Split) -> Dict[str, Any]:
+  """The fingerprint of the training split (or subset) config.data selects, independent of where
+  the data live: its number of images, image shape (H, W, C), the sha256 of its rows in the whole
+  split (int64; the subset's choice and order), of its labels when they are in memory (int32;
+  "" for a lazily read split), and of the pseudo-label file (labels="pseudo"; "" otherwise)."""
+  labels = train_split.labels
+  pseudo = config.data.get("pseudo_labels", "") if config.data.labels == "pseudo" else ""
+  return {"images": int(len(train_split)), "image_shape": [int(s) for s in train_split.shape],
+          "rows_sha256": "" if train_split.ids is None else _sha256(
+              np.asarray(train_split.ids, np.int64)),
+          "labels_sha256": _sha256(np.asarray(labels, np.int32)) if isinstance(
+              labels, np.ndarray) else "",
+          "pseudo_labels_sha256": _sha256_file(pseudo) if pseudo else ""}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A training run's record (`read_run`).
+
+  path: the record's file (WORKDIR/config.json).
+  config: the config the run started with, as plain JSON values (tuples as lists), its model the
+    network built (`models.resolve`d; num_classes the data's); fields the run's version did not
+    have are at their defaults.
+  training_set: `training_set` of the run's training data; {} for a run recorded before it was
+    (then it is not compared).
+  resumes: [{"step": s, "changed": {field: [old, new]}}], steps increasing: a resume from the
+    state after s training steps changed these fields, so steps s + 1, s + 2, ... ran with the new
+    values (until the next entry). A resume that went back to an earlier state drops the entries
+    of the steps it replays. `config_at` and `values` give the values that applied.
+  """
+
+  path: str
+  config: Dict[str, Any]
+  training_set: Dict[str, Any]
+  resumes: List[Dict[str, Any]]
+
+  def config_at(self, steps_done: Optional[int] = None) -> ml_collections.ConfigDict:
+    """The settings that computed training step steps_done (the last of the first steps_done
+    steps; None: the latest settings): the config with every resume before that step applied."""
+    tree = copy.deepcopy(self.config)
+    for resume in self.resumes:
+      if steps_done is not None and resume["step"] >= steps_done:
+        break
+      for field, (_, new) in resume["changed"].items():
+        _set(tree, field, new)
+    return ml_collections.ConfigDict(tree)
+
+  def values(self, field: str, steps_done: Optional[int] = None) -> List[Any]:
+    """Every value the dotted `field` had in the first steps_done training steps (None: all), in
+    order: [0.1] for a field never changed, [0.1, 0.0] for one a resume changed (None where the
+    config has no such field)."""
+    out = []
+    for i, start in enumerate([0] + [r["step"] for r in self.resumes]):
+      if i and steps_done is not None and start >= steps_done:
+        break
+      value = self.config_at(start + 1).to_dict()  # the settings of step start + 1
+      for part in field.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+      out.append(value)
+    return out
+
+  def fields(self, steps_done: Optional[int] = None) -> Dict[str, Any]:
+    """{dotted field: value} of `config_at(steps_done)` and the training set (data.training_set.*),
+    data.name as `_dataset_identity`: what `compare_with_run` compares."""
+    flat = _flat(_plain(self.config_at(steps_done)))
+    flat["data.name"] = _dataset_identity(flat.get("data.name"))
+    flat.update({f"data.training_set.{k}": v for k, v in self.training_set.items()})
+    return flat
+
+
+def read_run(run_dir: str) -> Run:
+  """The record of the training run in run_dir (its config.json, written by the train job).
+
+  Raises config_checks.ConfigError naming the file when it is missing, not JSON, or names an
+  unknown model family or field.
+  """
+  path = os.path.join(run_dir, RUN_FILE)
+  if not os.path.isfile(path):
+    raise config_checks.ConfigError(
+        f"{path} does not exist: {run_dir!r} is not a train job's workdir (the train job writes "
+        "its config.json when it starts)")
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+    if not isinstance(raw, dict):
+      raise ValueError("not a JSON object")
+  except (OSError, UnicodeDecodeError, ValueError) as err:
+    raise config_checks.ConfigError(
+        f"{path} is not a readable run record ({err}); restore it from a copy, or train the run "
+        "again in a new workdir") from None
+  record = raw.pop(RECORD, None)
+  model = raw.get("model")
+  family = model.get("family", "ddpmpp") if isinstance(model, dict) else "ddpmpp"
+  try:
+    # Fields added since the run was recorded are at their defaults, which keep the behaviour
+    # the run had before the field existed.
+    config = _merged(_plain(defaults.train_config(family=family)), raw)
+    if record is None:
+      # Format 1: the model as given, its preset's architecture fields then overriding the
+      # config's (preset_wins), which is the network the run built.
+      config["model"] = _plain(models.resolve(config["model"], preset_wins=True).to_dict())
+  except config_checks.ConfigError as err:
+    raise config_checks.ConfigError(f"{path}: {err}") from None
+  record = record or {}
+  return Run(path=path, config=config, training_set=dict(record.get("training_set") or {}),
+             resumes=list(record.get("resumes") or []))
+
+
+def new_run_record(config, model_config, train_split: data.Split) -> Dict[str, Any]:
+  """The config.json of a run that starts: the config with model = model_config (resolved: the
+  network built) and the RECORD section (training set, no resumes)."""
+  tree = _plain(config)
+  tree["model"] = _plain(models.resolve(model_config).to_dict())
+  tree[RECORD] = {"format": RECORD_FORMAT, "training_set": training_set(config, train_split),
+                  "resumes": []}
+  return tree
+
+
+def write_run_record(workdir: str, tree: Dict[str, Any]) -> None:
+  """Writes WORKDIR/config.json (atomically; process 0 only)."""
+  if jax.process_index() == 0:
+    jsonio.write_json(os.path.join(workdir, RUN_FILE), tree)
+
+
+def _now_fields(config, train_split: Optional[data.Split], with_model: bool) -> Dict[str, Any]:
+  tree = _plain(config)
+  if with_model and "model" in tree:  # as built: a conflict with its preset is refused here
+    tree["model"] = _plain(models.resolve(config.model).to_dict())
+  flat = _flat(tree)
+  if "data.name" in flat:
+    flat["data.name"] = _dataset_identity(flat["data.name"])
+  if train_split is not None:
+    flat.update({f"data.training_set.{k}": v for k, v in training_set(config, train_split).items()})
+  return flat
+
+
+def compare_with_run(run: Run, config, train_split: Optional[data.Split], *, remedy: str,
+                     fields: Sequence[str] = READER_FIELDS, steps_done: Optional[int] = None,
+                     allowed: Sequence[str] = ()) -> Dict[str, Tuple[Any, Any]]:
+  """Compares the config a job runs with (and the training split it loaded) with the run's record.
+
+  fields: the dotted fields (or sections ending in ".", "" for all) compared; steps_done: compare
+  with the settings of the run's step steps_done (`Run.config_at`; None: the latest). A field of
+  RESUME_FREE may differ; one of IDENTITY may not; any other may differ only when `allowed`
+  names it (config.resume_changes). A training-set fingerprint the record lacks (a run recorded
+  before it was) is not compared.
+
+  Returns {field: (saved, now)} of every difference that is allowed. Raises
+  config_checks.ConfigError naming the record's file and each refused field (saved vs now), with
+  `remedy` (what to do) and, for a field a resume could change, how to allow it.
+  """
+  saved = run.fields(steps_done)
+  now = _now_fields(config, train_split, with_model=_matches("model.", fields))
+  diff = {}
+  for field in sorted(set(saved) | set(now)):
+    if not _matches(field, fields):
+      continue
+    if field.startswith("data.training_set.") and (field not in saved or field not in now):
+      continue
+    if saved.get(field) != now.get(field):
+      diff[field] = (saved.get(field), now.get(field))
+  refused = [f for f in diff if not _matches(f, RESUME_FREE)
+             and (_matches(f, IDENTITY) or f not in tuple(allowed))]
+  if not refused:
+    return diff
+  shown = "; ".join(f"{f}: {diff[f][0]!r} vs {diff[f][1]!r}" for f in refused)
+  message = (f"the config does not match the run recorded in {run.path} (saved vs now): {shown}. "
+             + remedy)
+  changeable = [f for f in refused if not _matches(f, IDENTITY)]
+  if changeable:
+    message += (f" {tuple(changeable)} change what the training steps compute: to change them from "
+                "this step on, name them in config.resume_changes ("
+                + " ".join(f"--config.resume_changes={f}" for f in changeable)
+                + f"), and {RUN_FILE} records the change with its step.")
+  raise config_checks.ConfigError(message)
+
+
+def record_resume(workdir: str, run: Run, steps_done: int,
+                  changes: Dict[str, Tuple[Any, Any]]) -> Run:
+  """Records in WORKDIR/config.json that the run resumed from the state after steps_done steps
+  with `changes` ({field: (old, new)}, from `compare_with_run(..., steps_done=steps_done)`):
+  entries of the steps it replays are dropped. Returns the updated record; writes (process 0)
+  only when it changed."""
+  resumes = [r for r in run.resumes if r["step"] < steps_done]
+  if changes:
+    resumes.append({"step": int(steps_done),
+                    "changed": {f: [old, new] for f, (old, new) in sorted(changes.items())}})
+  if resumes == run.resumes:
+    return run
+  updated = dataclasses.replace(run, resumes=resumes)
+  write_run_record(workdir, dict(run.config, **{RECORD: {
+      "format": RECORD_FORMAT, "training_set": run.training_set, "resumes": resumes}}))
+  return updated

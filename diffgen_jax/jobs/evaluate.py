@@ -18,7 +18,6 @@ Sample evaluation settings: config.evaluation.samples (`defaults.sample_evaluati
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -131,6 +130,11 @@ def _read_results(workdir: str, protocol: Dict[str, Any]) -> Dict[str, Any]:
   if "protocol" not in results:
     return dict(results, protocol=protocol, snapshots={})
   saved = results["protocol"]
+  missing = [k for k in ("subset_seed", "training_set") if k not in saved]
+  if missing:  # numbers that cannot be tied to the training images they were measured on
+    raise config_checks.ConfigError(
+        f"{results_lib.path(workdir)} was computed before its protocol recorded which training "
+        f"images were evaluated (it has no {missing}): delete it to evaluate the snapshots again")
   diff = sorted(k for k in set(saved) | set(protocol) if saved.get(k) != protocol.get(k))
   if diff:
     shown = {k: (saved.get(k), protocol.get(k)) if k != "sigmas" else "(grids differ)" for k in diff}
@@ -151,7 +155,7 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
                             f"{checkpointing.SNAPSHOT_DIR}: train first (job 'train') or check --workdir")
   train_split = common.load_split(config, "train")
   val_split = common.load_split(config, "validation")
-  _check_matches_run(workdir, config)
+  _check_matches_run(workdir, config, train_split)
   check_against_data(config, train_split, val_split)
   num_classes = train_split.num_classes
   if config.model.get("checkpoint"):  # the published network's own classes (0: unconditional)
@@ -167,7 +171,9 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   val_x, val_y, val_ids = data.first_images(val_split, e.num_images)
   protocol = {"sigmas": sigmas.tolist(), "num_train": len(train_x), "num_val": len(val_x),
               "noise_seed": e.noise_seed, "dataset": config.data.name,
-              "subset_size": config.data.subset_size or 0, "labels": config.data.labels}
+              "subset_size": config.data.subset_size or 0, "labels": config.data.labels,
+              "subset_seed": config.data.subset_seed,
+              "training_set": common.training_set(config, train_split)}
   if config.data.get("subset_side", 1) != 1:  # (side-1 protocols keep their earlier form)
     protocol["subset_side"] = config.data.subset_side
   out_dir = os.path.join(workdir, FIGURES_DIR)
@@ -319,25 +325,17 @@ def draw(results, sigmas, out_dir: str) -> None:
     gap_plots.gap_vs_images(os.path.join(out_dir, "gap_vs_images.png"), seen, values, at, onsets)
 
 
-def _check_matches_run(workdir: str, config) -> None:
-  """The config must describe the run that wrote the snapshots (dataset, subset, model)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+def _check_matches_run(workdir: str, config, train_split) -> None:
+  """The config must describe the run that wrote the snapshots: the same training images (data.*
+  and the training set's fingerprint), network (model.*) and sigma_data (`common.READER_FIELDS`).
+  Workdirs of converted NVIDIA networks have no run record (their config is the files').
+  Raises config_checks.ConfigError naming each differing field (saved vs now)."""
+  if not os.path.exists(os.path.join(workdir, common.RUN_FILE)) or config.model.get("checkpoint"):
     return
-  with open(path) as f:
-    saved = json.load(f)
-  now = {"data.name": config.data.name, "data.subset_size": config.data.subset_size,
-         "data.subset_side": config.data.get("subset_side", 1),
-         "data.labels": config.data.labels, "model.family": config.model.family,
-         "model.preset": config.model.preset}
-  then = {"data.name": saved["data"]["name"], "data.subset_size": saved["data"]["subset_size"],
-          "data.subset_side": saved["data"].get("subset_side", 1),
-          "data.labels": saved["data"]["labels"], "model.family": saved["model"]["family"],
-          "model.preset": saved["model"]["preset"]}
-  diff = {k: (then[k], now[k]) for k in now if then[k] != now[k]}
-  if diff:
-    raise config_checks.ConfigError(
-        f"the config does not match the run in {workdir} (saved, now): {diff}")
+  common.compare_with_run(
+      common.read_run(workdir), config, train_split,
+      remedy=f"Evaluate the run in {workdir} with the values it was trained with (the saved ones; "
+             "its training images, network and sigma_data), or use another --workdir.")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ model's y_delta built on it; `optimal.py`):
                    is the unwrapped full-image denoiser.
   gradient_score   input-gradient correlation score vs sigma (`gradient_score.gradient_correlation_vs_sigma`)
                    of y* and y_delta on a few training and validation images.
-Trained sweep (`trained`, needs `run_dir`: a train job's workdir with the same data config):
+Trained sweep (`trained`, needs `run_dir`: a train job's workdir with the same data config, compared
+  with the run's record before any sweep runs, `common.compare_with_run`):
   the final snapshot's gap; classifier-free guidance (negative: the same network with the null
   label num_classes) and autoguidance (negative: an earlier snapshot, the first by default) over w;
   the receptive field via `denoisers.crop_averaged` on the network (crop sizes the U-Net accepts); the
@@ -78,40 +79,32 @@ NOMINAL_IMAGE_SIZES = {"digits": 8, "fashion_mnist": 28, "mnist5k": 28}
 # The trained sweep
 
 
-def _run_config(run_dir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(run_dir, "config.json")
-  if not os.path.exists(path):
-    raise ConfigError(f"config.run_dir={run_dir!r} has no config.json: not a train job's workdir")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+def _snapshot_steps_done(config):
+  """The training steps of the snapshot config.trained.snapshot of the run (None before it has
+  that snapshot)."""
+  steps, i = checkpointing.snapshot_steps(config.run_dir), config.trained.snapshot
+  return steps[i] if -len(steps) <= i < len(steps) else None
 
 
-def _check_run_data(config, saved) -> None:
-  now = {k: config.data[k] for k in ("name", "subset_size", "subset_seed", "labels")}
-  now["subset_side"] = config.data.get("subset_side", 1)
-  then = {k: saved.data.get(k, 1 if k == "subset_side" else None) for k in now}
-  diff = {k: (then[k], now[k]) for k in now if then[k] != now[k]}
-  if diff:
-    raise ConfigError(f"config.data does not match the run in config.run_dir={config.run_dir!r} "
-                      f"(run, now): {diff}; use the run's data config")
-
-
-def check_guidance_is_learned(config, saved) -> None:
+def check_guidance_is_learned(config, run: common.Run) -> None:
   """Classifier-free guidance needs a network that learned the null label: a conditional run
-  trained with training.label_dropout > 0. Raises ConfigError naming label_dropout otherwise,
-  unless config.trained.allow_cfg_without_label_dropout is True."""
+  trained with training.label_dropout > 0 in some step up to the snapshot config.trained.snapshot
+  (`common.Run.values`: a resume may have changed it). Raises ConfigError naming label_dropout
+  otherwise, unless config.trained.allow_cfg_without_label_dropout is True."""
   t = config.trained
   if "cfg" not in tuple(t.styles) or not any(float(w) != 0.0 for w in t.ws):
     return
   if t.get("allow_cfg_without_label_dropout", False):
     return
-  conditional = saved.data.get("labels", "class") != "none"  # the train job sets num_classes
-  label_dropout = float(saved.training.get("label_dropout", 0.0))
-  if conditional and label_dropout <= 0.0:
+  conditional = run.config["data"].get("labels", "class") != "none"  # (train sets num_classes)
+  values = [float(v or 0.0)
+            for v in run.values("training.label_dropout", _snapshot_steps_done(config))]
+  if conditional and max(values) <= 0.0:
+    shown = values[0] if len(values) == 1 else f"{values} (changed by resumes)"
     raise ConfigError(
         f"config.trained.styles={tuple(t.styles)} asks for classifier-free guidance, but the run in "
         f"config.run_dir={config.run_dir!r} was trained with config.training.label_dropout="
-        f"{label_dropout}: its network never saw the null label, so D(x; sigma, null) and the "
+        f"{shown}: its network never saw the null label, so D(x; sigma, null) and the "
         "guided curves mean nothing. Drop 'cfg' from config.trained.styles, train with "
         "training.label_dropout > 0 (e.g. 0.1), or set "
         "config.trained.allow_cfg_without_label_dropout=True to measure it anyway")
@@ -119,9 +112,9 @@ def check_guidance_is_learned(config, saved) -> None:
 
 def sweep_trained(config, setup: Setup) -> Dict[str, Any]:
   t = config.trained
-  saved = _run_config(config.run_dir)
-  _check_run_data(config, saved)
-  check_guidance_is_learned(config, saved)
+  run = common.read_run(config.run_dir)  # its data were compared with config.data by `run`
+  check_guidance_is_learned(config, run)
+  saved = run.config_at()
   steps = checkpointing.snapshot_steps(config.run_dir)
   if not steps:
     raise ConfigError(f"config.run_dir={config.run_dir!r} holds no snapshots: train first")
@@ -152,7 +145,9 @@ def sweep_trained(config, setup: Setup) -> Dict[str, Any]:
   base = gap_curve(setup, net, "network", 0.0, "network", conditional=conditional)
   curves = [base]
   same_as_base = lambda label, group: dict(base, label=label, group=group, value=0.0)
-  label_dropout = float(saved.training.get("label_dropout", 0.0))
+  # The label dropout of the snapshot's last step, and every value it had up to it.
+  label_dropouts = run.values("training.label_dropout", steps[t.snapshot])
+  label_dropout = float(label_dropouts[-1] or 0.0)
   if "cfg" in t.styles and conditional:
     for w in t.ws:  # w = 0 is the network itself: its curve is reused
       curves.append(same_as_base(f"cfg, w={w:g}", "cfg") if w == 0 else gap_curve(
@@ -190,7 +185,8 @@ def sweep_trained(config, setup: Setup) -> Dict[str, Any]:
                   images_seen=meta.get("images_seen"),
                   negative_snapshot_step=steps[t.negative_snapshot],
                   negative_images_seen=neg_meta.get("images_seen"),
-                  label_dropout=label_dropout, null_label=setup.num_classes,
+                  label_dropout=label_dropout, label_dropout_values=label_dropouts,
+                  null_label=setup.num_classes,
                   crop_sizes=list(crop_sizes), crop_sizes_skipped=skipped, sample_gap=sample_gap,
                   gradient_score={"sigmas": score_sigmas, "curves": scores})
 
@@ -318,13 +314,21 @@ def validate_config(config) -> None:
     _int(config, "trained.sample_gap_steps", 1)
     if "allow_cfg_without_label_dropout" in config.trained:
       config_checks.flag(config, "trained.allow_cfg_without_label_dropout")
-    if os.path.exists(os.path.join(run_dir, "config.json")):  # refused at start-up, not at the end
-      check_guidance_is_learned(config, _run_config(run_dir))
+    # Refused at start-up, not at the end.
+    if os.path.exists(os.path.join(run_dir, common.RUN_FILE)):
+      check_guidance_is_learned(config, common.read_run(run_dir))
 
 
-def load_setup(config) -> Setup:
-  """The training split (or subset) and validation split the config names, as a Setup."""
-  splits = {s: common.load_split(config, s) for s in data.SPLITS}
+def load_splits(config) -> Dict[str, data.Split]:
+  """{"train", "validation"}: the training split (or subset) and the validation split that
+  config.data names."""
+  return {s: common.load_split(config, s) for s in data.SPLITS}
+
+
+def load_setup(config, splits=None) -> Setup:
+  """The training split (or subset) and validation split the config names (`load_splits`, unless
+  given), as a Setup."""
+  splits = load_splits(config) if splits is None else splits
   arrays = {}
   for name, split in splits.items():
     arrays[name] = data.first_images(split)
@@ -422,9 +426,11 @@ def summarize(name: str, section: Dict[str, Any]) -> List[str]:
   return lines
 
 
-def _settings(config, setup: Setup) -> Dict[str, Any]:
+def _settings(config, setup: Setup, train_split) -> Dict[str, Any]:
   return {"dataset": config.data.name, "subset_size": config.data.subset_size or 0,
-          "labels": config.data.labels, "image_shape": list(setup.train_all.shape[1:]),
+          "labels": config.data.labels, "subset_seed": config.data.subset_seed,
+          "training_set": common.training_set(config, train_split),
+          "image_shape": list(setup.train_all.shape[1:]),
           "num_train_set": len(setup.train_all), "num_val_set": len(setup.val_all),
           "num_train_eval": len(setup.train_x), "num_val_eval": len(setup.val_x),
           "num_classes": setup.num_classes, "sigmas": setup.sigmas,
@@ -436,10 +442,16 @@ def _settings(config, setup: Setup) -> Dict[str, Any]:
 def run(config, workdir: str) -> Dict[str, Any]:
   """Runs the configured sweeps; writes WORKDIR/results.json (after every sweep) and PNGs."""
   sweeps = config_checks.subset(config, "sweeps", SWEEPS)
-  setup = load_setup(config)
+  splits = load_splits(config)
+  if "trained" in sweeps:  # the run trained on config.data's images: checked before any sweep
+    common.compare_with_run(
+        common.read_run(config.run_dir), config, splits["train"], fields=("data.",),
+        remedy=f"The trained sweep measures the run in config.run_dir={config.run_dir!r} on "
+               "config.data's images: use the run's data config (the saved values).")
+  setup = load_setup(config, splits)
   check_against_data(config, setup, sweeps)
   os.makedirs(workdir, exist_ok=True)  # after the data and run checks: a refusal leaves no workdir
-  results = {"settings": _settings(config, setup), "sweeps": {}}
+  results = {"settings": _settings(config, setup, splits["train"]), "sweeps": {}}
   for name in sweeps:
     start = time.perf_counter()
     section = run_sweep(name, config, setup, workdir)

@@ -57,7 +57,6 @@ import os
 import time
 from typing import Any, Dict
 
-import ml_collections
 import numpy as np
 
 from diffgen_jax import checkpointing, config_checks, data, jsonio
@@ -85,7 +84,7 @@ def validate_config(config) -> None:
     fail("run_dir", run_dir, "must name a train job's workdir")
   if not os.path.isdir(run_dir):
     fail("run_dir", run_dir, "does not exist")
-  if not os.path.exists(os.path.join(run_dir, "config.json")):
+  if not os.path.exists(os.path.join(run_dir, common.RUN_FILE)):
     fail("run_dir", run_dir, "has no config.json: not a train job's workdir")
   step = config_checks.get(config, "step")
   if isinstance(step, bool) or not isinstance(step, int) or step < -1:
@@ -128,11 +127,6 @@ def _local_rungs(config):
   return tuple(v for v in local.split(",") if v) if isinstance(local, str) else tuple(local)
 
 
-def _run_config(run_dir: str) -> ml_collections.ConfigDict:
-  with open(os.path.join(run_dir, "config.json")) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def _snapshot_step(config) -> int:
   steps = checkpointing.snapshot_steps(config.run_dir)
   if not steps:
@@ -165,11 +159,16 @@ def run(config, workdir: str) -> Dict[str, Any]:
   """Runs the ladder report; writes WORKDIR/results.json after every stage, then the figures."""
   start = time.perf_counter()
   step = _snapshot_step(config)
-  saved = _run_config(config.run_dir)
-  run_config = saved.copy_and_resolve_references()
+  run = common.read_run(config.run_dir)
+  run_config = run.config_at()
   if config.data_dir:
     run_config.data.data_dir = config.data_dir
   train_split = common.load_split(run_config, "train")
+  # The data found there must be the images the run trained on (its training set's fingerprint).
+  common.compare_with_run(
+      run, run_config, train_split, fields=("data.",),
+      remedy=f"The data in data_dir={run_config.data.data_dir!r} are not the images the run "
+             "trained on: point config.data_dir at the run's dataset.")
   val_split = common.load_split(run_config, "validation")
   num_classes = train_split.num_classes
   train_all, train_labels_all, _ = data.first_images(train_split)
@@ -211,6 +210,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
       "run_dir": os.path.abspath(config.run_dir), "step": int(step),
       "images_seen": meta.get("images_seen"), "ema": ema_name, "dataset": run_config.data.name,
       "subset_size": run_config.data.subset_size or 0, "labels": run_config.data.labels,
+      "subset_seed": run_config.data.subset_seed,
+      "training_set": common.training_set(run_config, train_split),
       "num_classes": int(num_classes), "image_shape": list(train_all.shape[1:]),
       "num_train_set": len(train_all), "num_train_eval": len(train_x), "num_val_eval": len(val_x),
       "noise_seed_train": config.noise_seed, "noise_seed_val": config.noise_seed + 1,

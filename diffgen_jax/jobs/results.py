@@ -8,7 +8,10 @@ results (experiments/, notebooks) calls `read(workdir)` without knowing which jo
      "schema_version": 1,
      ... the job's sections:
      train / evaluate (the gap of every snapshot of a training run; `jobs.evaluate`):
-       "protocol":  {"sigmas", "num_train", "num_val", "noise_seed", "dataset", "subset_size", "labels"}
+       "protocol":  {"sigmas", "num_train", "num_val", "noise_seed", "dataset", "subset_size",
+                     "labels", "subset_seed", "training_set": {"images", "image_shape",
+                     "rows_sha256", "labels_sha256", "pseudo_labels_sha256"}}
+                    (training_set: `jobs.common.training_set`)
        "optimal":   {"e_train", "e_val"}                                    (S,) each
        "snapshots": {str(step): {"images_seen", "ema": {name: {"e_train", "e_val", "gap",
                                   "to_optimal_train", "to_optimal_val",     (S,) each

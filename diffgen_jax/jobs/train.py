@@ -11,6 +11,14 @@ img/s, loss, ETA) and one per monitor evaluation.
 Re-running the same command on the same workdir resumes from the latest full state: the state is
 restored exactly, the data stream restarts at the saved step and every random draw is a function of
 (seed, step), so the resumed run ends bit-identical to an uninterrupted one.
+
+WORKDIR/config.json is the run's record (`common.read_run`): the config it started with, its model
+as built (a preset's fields filled in, the data's num_classes, the compute dtype), the training
+set's fingerprint, and every resume that changed a field, with its step. A resume whose config
+differs from the record is refused, naming each field (saved vs now), except for the fields of
+`common.RESUME_FREE` (cadences, logging, measurements, total_images) and those
+config.resume_changes names; the fields of `common.IDENTITY` (data, model, seed, batch size,
+sigma_data, EMA sets) never change.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ def validate_config(config) -> None:
         "config.model.checkpoint is read by the evaluate and convert jobs; the train job trains "
         "from scratch (set it to '')")
   validate_training_fields(config)
+  common.check_resume_changes(config)
   # The training mesh and batch: only training needs them to fit the devices (the evaluation
   # splits its own batches over whatever devices it finds).
   mesh = common.mesh_of(config)
@@ -86,6 +95,7 @@ def validate_training_fields(config) -> None:
     config_checks.integer(config, "evaluation.noise_seed", 0)
   config_checks.flag(config, "tensorboard")
   config_checks.choice(config, "model.family", models.FAMILIES)
+  models.resolve(config.model)  # a field that conflicts with its preset: refused before any data
   config_checks.data_config(config.data)
 
 
@@ -154,28 +164,35 @@ def run(config, workdir: str) -> Dict[str, Any]:
   latest = ckpt.latest_state_step()
   if latest is None:
     state = init_fn(init_key)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    # What config.json records as the model is what was built (the compute dtype included).
+    built = model_config.copy_and_resolve_references()
+    built.dtype = t.compute_dtype
+    common.write_run_record(workdir, common.new_run_record(config, built, split))
     start = 0
   else:
-    # The metadata first: a different model would otherwise fail inside orbax's restore.
-    saved = ckpt.restore_meta(latest)
-    mismatched = {k: (saved.get(k), v) for k, v in meta.items() if k in saved and saved[k] != v}
-    if "model" in mismatched:
-      old_model, new_model = mismatched.pop("model")
-      for k in sorted(set(old_model) | set(new_model)):
-        if old_model.get(k) != new_model.get(k):
-          mismatched[f"model.{k}"] = (old_model.get(k), new_model.get(k))
-    if mismatched:
+    # The run's record first: a different model would otherwise fail inside orbax's restore.
+    run_record = common.read_run(workdir)
+    compare = functools.partial(
+        common.compare_with_run, run_record, config, split, fields=("",),
+        allowed=tuple(config.resume_changes),
+        remedy=f"The workdir {workdir} holds a run with a different configuration: resume it with "
+               "the saved values, or use a new --workdir.")
+    try:
+      changes = compare(steps_done=latest)
+      state, _ = ckpt.restore_state(latest, abstract_state_with(abstract_state, state_sharding))
+      start = int(state.step)
+      if start != latest:
+        changes = compare(steps_done=start)
+    except config_checks.ConfigError:
       ckpt.close()
-      raise config_checks.ConfigError(
-          f"the workdir {workdir} holds a run with a different configuration (saved, now): "
-          f"{mismatched}; use a new --workdir")
-    state, _ = ckpt.restore_state(latest, abstract_state_with(abstract_state, state_sharding))
-    start = int(state.step)
+      raise
+    common.record_resume(workdir, run_record, start, changes)
     if jax.process_index() == 0:
       _truncate_metrics(metrics_path, start)
-    console.progress(f"train: Resumed from step {start} ({start * t.batch_size} images seen).")
+    console.progress(f"train: Resumed from step {start} ({start * t.batch_size} images seen)" + (
+        "; from here on (recorded in config.json): " + ", ".join(
+            f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()) if changes else "")
+        + ".")
 
   sample_fn = _make_sample_fn(network, config, image_shape, split.num_classes, mesh)
   monitor_fn = _make_monitor(config, network, split, mesh)

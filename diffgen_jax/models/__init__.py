@@ -18,7 +18,8 @@ checked inside compiled code: every family treats them as the null label.
 
 Model config (`default_model_config(family)`; every field typed, validated by `validate_config`):
     family, preset ("" = custom; otherwise a name in presets.PRESETS of that family, which
-    overrides the ARCHITECTURE fields), num_classes, img_resolution, img_channels, dropout,
+    fixes the ARCHITECTURE fields: `apply_preset` sets them, `resolve` refuses a field that
+    differs from its preset), num_classes, img_resolution, img_channels, dropout,
     checkpoint (a published network's path for the jobs: an NVIDIA .pkl, a state_dict.npz +
     config.json directory, or a directory of snapshots; "" = none), checkpoint_ema (keep only
     EDM2 snapshots of this EMA profile, e.g. "0.100"; "" = all),
@@ -79,18 +80,45 @@ def default_model_config(family: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
+def apply_preset(model_config, name: str):
+  """Chooses a preset the one way configs do: sets model_config.preset = name and the preset's
+  architecture fields (in place; returns model_config). `resolve` then finds the fields and the
+  preset in agreement; a field changed afterwards (e.g. on the command line) is refused there.
+  Raises ConfigError naming config.model.preset for an unknown name or another family's preset."""
+  preset = presets.PRESETS.get(name)
+  family = model_config.get("family", None)
+  if preset is None or preset.family != family:
+    raise _err("preset", f"{name!r} is not one of the allowed values {presets.names(family)} "
+               f"for family {family!r}")
+  model_config.preset = name
+  model_config.update(preset.arch)
+  return model_config
+
+
 def preset_config(name: str) -> ml_collections.ConfigDict:
   """A full model ConfigDict for a preset: family defaults, then the preset's defaults and arch."""
   preset = presets.PRESETS[name]
   config = default_model_config(preset.family)
-  config.preset = name
   config.update(preset.defaults)
-  config.update(preset.arch)
-  return config
+  return apply_preset(config, name)
 
 
-def resolve(model_config) -> ml_collections.ConfigDict:
-  """A copy of the config with the preset's architecture fields applied (preset "" = as given)."""
+def _plain(value):
+  """A field's value for comparison: lists and tuples alike (JSON turns tuples into lists)."""
+  return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def resolve(model_config, *, preset_wins: bool = False) -> ml_collections.ConfigDict:
+  """A copy of the config with the family's defaults for absent fields; with a preset, checked
+  against the preset's architecture fields (preset "" = the fields as given).
+
+  A field that differs from its preset's value is refused (ConfigError naming each such field, its
+  value and the preset's, and what to do), so a command-line override of a preset's field is never
+  dropped: the fields of a resolved config are the network `build` makes. preset_wins=True
+  instead overwrites them with the preset's values, as this function did before: only for reading
+  the model of a run recorded then (`jobs.common.read_run`), which is the network it built.
+  Raises ConfigError naming config.model.family / .preset / an unknown field.
+  """
   family = model_config.get("family", None)
   if family not in FAMILIES:
     raise _err("family", f"{family!r} is not one of the allowed values {FAMILIES}")
@@ -106,7 +134,15 @@ def resolve(model_config) -> ml_collections.ConfigDict:
     if name not in presets.PRESETS or presets.PRESETS[name].family != family:
       raise _err("preset", f"{name!r} is not one of the allowed values "
                  f"{('',) + presets.names(family)} for family {family!r}")
-    config.update(presets.PRESETS[name].arch)
+    arch = presets.PRESETS[name].arch
+    conflicts = [f"{FIELD_PREFIX}{k}={_plain(config[k])!r} conflicts with preset {name!r} "
+                 f"({_plain(v)!r})" for k, v in arch.items() if _plain(config[k]) != _plain(v)]
+    if conflicts and not preset_wins:
+      raise ConfigError(
+          "; ".join(conflicts) + f". A preset fixes the fields {tuple(arch)}: set "
+          f"{FIELD_PREFIX}preset='' to build from the fields, pick another preset, or leave these "
+          "fields at the preset's values (configs choose a preset with models.apply_preset)")
+    config.update(arch)
   return config
 
 
@@ -330,6 +366,7 @@ def raw_network(model: nn.Module, variables, *, train: bool = False, rngs=None,
   return network
 
 
-__all__ = ["FAMILIES", "build", "default_model_config", "preset_config", "init_variables", "param_count",
+__all__ = ["FAMILIES", "apply_preset", "build", "default_model_config", "preset_config",
+           "init_variables", "param_count",
            "weight_projection", "raw_network", "init_fn", "supports_logvar", "validate_config", "resolve",
            "presets", "ddpmpp", "edm2", "dit", "layers"]

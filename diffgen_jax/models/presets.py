@@ -1,9 +1,12 @@
 """Named model sizes: the published architectures and tiny CPU variants.
 
 A preset fixes the ARCHITECTURE fields of one family (widths, depths, patch size, attention
-resolutions, ...). The data-dependent fields (img_resolution, img_channels, num_classes) and the
-run-dependent ones (dropout, dtype) stay with the model config; `PRESETS[name].defaults` lists the
-values the published model used for them (applied by `preset_config`, used by configs/).
+resolutions, ...): `models.apply_preset` writes them into a model config, and `models.resolve`
+refuses a config whose field differs from its preset's value (naming both), so an override of such
+a field is never silently replaced by the preset's. The data-dependent fields (img_resolution,
+img_channels, num_classes) and the run-dependent ones (dropout, dtype) stay with the model config;
+`PRESETS[name].defaults` lists the values the published model used for them (applied by
+`preset_config`, used by configs/).
 
 Published parameter counts (checked in tests/test_models.py within 1%, counted with the reference
 data shape below via jax.eval_shape). Measured here: DiT-S/2 32,858,896; DiT-B/2 130,303,504;
