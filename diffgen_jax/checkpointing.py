@@ -75,11 +75,15 @@ class Checkpoints:
         async_options=ocp.AsyncOptions(post_finalization_callback=lambda: self._seal(directory))))
 
   def _seal(self, directory: str) -> None:
-    step = self._saving[directory]
-    pending = glob.glob(os.path.join(glob.escape(directory), f"{step}.orbax-checkpoint-tmp*"))
-    # (No temporary directory where orbax writes in place and marks completion with a file.)
-    write_checksums(max(pending, key=os.path.getmtime) if pending else
-                    os.path.join(directory, str(step)))
+    # The save in flight (orbax waits for one before starting the next); its step is unknown when
+    # a caller used the manager directly.
+    step = self._saving.pop(directory, None)
+    name = "*" if step is None else str(step)
+    pending = glob.glob(os.path.join(glob.escape(directory), f"{name}.orbax-checkpoint-tmp*"))
+    if pending:
+      write_checksums(max(pending, key=os.path.getmtime))
+    elif step is not None:  # orbax writes in place where it marks completion with a file instead
+      write_checksums(os.path.join(directory, str(step)))
 
   def _save(self, manager: ocp.CheckpointManager, step: int, args) -> None:
     manager.wait_until_finished()  # the previous save's checksums are sealed with its own step

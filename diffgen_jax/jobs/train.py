@@ -10,7 +10,12 @@ img/s, loss, ETA) and one per monitor evaluation.
 
 Re-running the same command on the same workdir resumes from the latest full state: the state is
 restored exactly, the data stream restarts at the saved step and every random draw is a function of
-(seed, step), so the resumed run ends bit-identical to an uninterrupted one.
+(seed, step), so the resumed run ends bit-identical to an uninterrupted one. A damaged state (its
+files differ from the checksums written with it) is moved aside, saying so, and the run resumes from
+the newest intact one. A non-finite loss stops the run; the loss of a step depends only on the state
+it starts from (with the step's batch and noise), so that state and any later one are moved aside:
+a state counts as good once the loss computed from it was finite, and the error names the newest.
+Everything set aside goes to WORKDIR/checkpoints/rejected/ (`checkpointing`), never deleted.
 """
 
 from __future__ import annotations
