@@ -485,8 +485,11 @@ def test_a_state_is_good_only_once_a_step_from_it_gave_a_finite_loss(tmp_path, m
   trains to the end. Also the run killed between saving state 3 and computing the loss from it."""
   workdir = str(tmp_path)
   state_dir = os.path.join(workdir, checkpointing.STATE_DIR)
-  jobs.run(_every_step_config(2e-3, 2), workdir)  # states 1, 2
-  blow_up = _every_step_config(1e25, 4)
+  sane, blow_up = _every_step_config(2e-3, 4), _every_step_config(1e25, 4)
+  _killed_before_step(monkeypatch, 2)
+  with pytest.raises(_Killed):
+    jobs.run(sane, workdir)  # states 1, 2
+  monkeypatch.undo()
   _killed_before_step(monkeypatch, 3)  # after saving state 3, before the loss computed from it
   with pytest.raises(_Killed):
     jobs.run(blow_up, workdir)
@@ -505,7 +508,7 @@ def test_a_state_is_good_only_once_a_step_from_it_gave_a_finite_loss(tmp_path, m
   assert _finalized_steps(state_dir) == [1, 2] and os.path.isdir(rejected)
 
   capsys.readouterr()
-  out = jobs.run(_every_step_config(2e-3, 4), workdir)
+  out = jobs.run(sane, workdir)
   assert "Resumed from step 2 " in capsys.readouterr().out
   assert int(out["state"].step) == 4 and _finalized_steps(state_dir) == [1, 2, 3, 4]
   assert not checkpointing.non_finite_arrays(out["state"])
