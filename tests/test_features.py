@@ -1,11 +1,13 @@
 """Feature extractors (pixels, the small CNN classifier, external weights) and k-means pseudo-labels."""
 
 import os
+import re
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffgen_jax import jsonio
 from diffgen_jax.data import read_pseudo_labels
 from diffgen_jax.evaluation import features, kmeans, neighbours
 
@@ -38,6 +40,23 @@ def test_classifier_trains_and_round_trips(tmp_path):
   path = features.save_params(str(tmp_path / "clf" / "params.npz"), params)
   loaded = features.load_classifier_features(path)
   np.testing.assert_allclose(loaded(jnp.asarray(val_images[:5])), feats, rtol=1e-6)
+
+
+@pytest.mark.parametrize("keep", [0, 5, 0.5, -30])
+def test_a_cut_parameter_file_is_named(tmp_path, keep):
+  """A cut .npz (or one with a changed byte: its members' CRC-32 is checked) is refused naming the
+  file, and `save_params` never leaves one: it writes atomically."""
+  path = features.save_params(str(tmp_path / "clf.npz"), {"Dense_0": {"kernel": np.ones((64, 64))}})
+  with open(path, "rb") as f:
+    raw = f.read()
+  with open(path, "wb") as f:
+    if keep == -30:  # one changed byte in the array data
+      f.write(raw[:len(raw) // 2] + bytes([raw[len(raw) // 2] ^ 1]) + raw[len(raw) // 2 + 1:])
+    else:
+      f.write(raw[:int(keep * len(raw)) if isinstance(keep, float) else keep])
+  with pytest.raises(jsonio.DamagedFileError,
+                     match=rf"^{re.escape(path)} is not a whole parameter file .*: write it again"):
+    features.load_params(path)
 
 
 def test_external_extractor_needs_local_weights(tmp_path):

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffgen_jax import checkpointing, data, defaults, edm, models, samplers
+from diffgen_jax import checkpointing, data, defaults, edm, jsonio, models, samplers
 from diffgen_jax.evaluation import samples
 from diffgen_jax.jobs import evaluate as ev
 from diffgen_jax.models.network import build_network
@@ -182,6 +182,25 @@ def test_classifier_trained_once_and_cached(tmp_path, monkeypatch):
   ctx2, _, info2 = ev.sample_setup(config, str(tmp_path), train, val)
   assert calls == [2] and "trained" not in info2
   np.testing.assert_allclose(ctx2.train_features, ctx.train_features, rtol=1e-6)
+
+
+def test_a_cut_cached_classifier_is_named_with_what_to_do(tmp_path):
+  """The issue's case: evaluation/classifier.npz was written in place, and a cut file blocked the
+  sample evaluation with an error naming no file."""
+  train, val = _split(0, 12), _split(1, 12)
+  config = _config(feature="classifier", classifier_steps=2)
+  ev.sample_setup(config, str(tmp_path), train, val)
+  path = str(tmp_path / "evaluation" / "classifier.npz")
+  assert os.listdir(tmp_path / "evaluation") == ["classifier.npz"]  # written atomically
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) - 100)
+  with pytest.raises(jsonio.DamagedFileError) as err:
+    ev.sample_setup(config, str(tmp_path), train, val)
+  assert str(err.value).startswith(f"{path} is not a whole parameter file")
+  assert str(err.value).endswith("it is this workdir's cached feature classifier: delete it and "
+                                 "re-run, the evaluation then trains it again")
+  os.remove(path)
+  ev.sample_setup(config, str(tmp_path), train, val)  # trained again
 
 
 def test_validate_settings():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from absl import logging
 
-from diffgen_jax import defaults, jobs
+from diffgen_jax import defaults, jobs, jsonio
 from diffgen_jax.jobs import console
 from diffgen_jax.jobs import results as results_lib
 from diffgen_jax.jobs import train as train_job
@@ -511,3 +511,72 @@ def test_resume_changes_are_checked_at_start_up(names, message):
     jobs.validate(config)
   config.resume_changes = ("training.lr", "training.ema.halflife_images")
   jobs.validate(config)
+
+
+# ------------------------------------------------------------------------------------------------
+# Run files (issue 22): one job per workdir; a damaged results.json is named
+
+
+_HOLD_LOCK = r"""
+import sys
+from diffgen_jax import jobs
+with jobs.workdir_lock(sys.argv[1], "evaluate"):
+  print("held", flush=True)
+  sys.stdin.read()
+"""
+
+
+def test_a_second_job_on_a_workdir_is_refused_naming_the_first(data_dir, tmp_path):
+  """Two jobs on one workdir would mix their checkpoints, metrics and results (and two writers of
+  results.json crashed). The second is refused before it writes anything, naming the workdir and
+  the first job's pid; the lock goes with its holder, also when it is killed."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / "run")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, workdir], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline() == "held\n"
+    with pytest.raises(jobs.WorkdirBusyError) as err:
+      jobs.run(_config(data_dir), workdir)
+    assert str(err.value).startswith(
+        f"the workdir {workdir} is in use by another job (pid {holder.pid} on ")
+    assert "job 'evaluate'" in str(err.value) and "another --workdir" in str(err.value)
+    assert os.listdir(workdir) == [jobs.LOCK_FILE]  # the refused job wrote nothing
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  with jobs.workdir_lock(workdir, "train"):  # free again once its holder is gone
+    with open(os.path.join(workdir, jobs.LOCK_FILE)) as f:
+      assert f.read().startswith(f"pid {os.getpid()} on ")
+    with pytest.raises(jobs.WorkdirBusyError, match=f"pid {os.getpid()} on .*job 'train'"):
+      with jobs.workdir_lock(workdir, "evaluate"):  # also within one process
+        pass
+
+
+def test_a_refused_config_leaves_no_workdir_behind_the_lock(data_dir, tmp_path):
+  config = _config(data_dir)
+  config.model.img_resolution = 16  # refused inside the job (against the data), after the lock
+  with pytest.raises(ValueError, match="img_resolution"):
+    jobs.run(config, str(tmp_path / "never"))
+  assert not os.path.exists(tmp_path / "never")
+
+
+def test_a_damaged_results_file_is_named(tmp_path):
+  path = results_lib.path(str(tmp_path))
+  with open(path, "w") as f:
+    f.write('{"job": "train", "schema_version": 1, "snapshots": {"4": {"ima')  # cut
+  for read in (results_lib.read, results_lib.read_if_exists):
+    with pytest.raises(jsonio.DamagedFileError) as err:
+      read(str(tmp_path))
+    assert str(err.value).startswith(f"{path} is damaged or cut (")
+    assert str(err.value).endswith("move it aside (or restore it from a copy) and re-run the job, "
+                                   "which recomputes the results it does not find there")
+  with open(path, "w") as f:
+    f.write("[1, 2]")
+  with pytest.raises(jsonio.DamagedFileError, match=f"{path} holds a JSON list, not the results"):
+    results_lib.read(str(tmp_path))

@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from diffgen_jax import (checkpointing, config_checks, data, defaults, jobs, sharding,
+from diffgen_jax import (checkpointing, config_checks, data, defaults, jobs, jsonio, sharding,
                          training)
 
 from diffgen_jax.jobs import common  # noqa: E402
@@ -444,6 +444,150 @@ def test_two_processes_match_one(tmp_path):
   assert [r["step"] for r in rows_multi] == list(range(1, steps + 1))
   np.testing.assert_allclose([r["loss"] for r in rows_multi], [r["loss"] for r in rows_single],
                              rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. Run files (issue 22): the last good state is good, damaged states are skipped, cut metrics
+
+
+class _Killed(Exception):
+  """Stands for a kill -9 at a chosen step (the train job's `finally` still runs)."""
+
+
+def _killed_before_step(monkeypatch, kill_step):
+  class KilledBatches(data.BatchIterator):
+    def __next__(self):
+      if self.step == kill_step:
+        raise _Killed
+      return super().__next__()
+
+  monkeypatch.setattr(data, "BatchIterator", KilledBatches)
+
+
+def _largest_parameter(workdir, step):
+  return max(np.abs(v).max() for k, v in _load_arrays(workdir, step).items()
+             if k.startswith("['params']"))
+
+
+def _every_step_config(lr, steps):
+  c = get_config()
+  c.training.lr = lr
+  c.training.total_images = BATCH * steps
+  c.checkpoint.state_every_images = BATCH
+  return c
+
+
+def test_a_state_is_good_only_once_a_step_from_it_gave_a_finite_loss(tmp_path, monkeypatch,
+                                                                      capsys):
+  """The issue's case, after some sane steps: with lr = 1e25 the state after step 3 is finite but
+  diverged and the loss computed from it is NaN, whatever the learning rate. It is set aside (never
+  deleted), the error names step 2 as the last good state, and a resume with a sane learning rate
+  trains to the end. Also the run killed between saving state 3 and computing the loss from it."""
+  workdir = str(tmp_path)
+  state_dir = os.path.join(workdir, checkpointing.STATE_DIR)
+  sane, blow_up = _every_step_config(2e-3, 4), _every_step_config(1e25, 4)
+  _killed_before_step(monkeypatch, 2)
+  with pytest.raises(_Killed):
+    jobs.run(sane, workdir)  # states 1, 2
+  monkeypatch.undo()
+  _killed_before_step(monkeypatch, 3)  # after saving state 3, before the loss computed from it
+  with pytest.raises(_Killed):
+    jobs.run(blow_up, workdir)
+  monkeypatch.undo()
+  assert _finalized_steps(state_dir) == [1, 2, 3]
+  assert 1e20 < _largest_parameter(workdir, 3) < np.inf  # diverged, but finite
+
+  rejected = os.path.join(workdir, checkpointing.REJECTED_DIR, "state", "3.non-finite-loss")
+  with pytest.raises(FloatingPointError) as err:
+    jobs.run(blow_up, workdir)  # resumes from state 3: the loss computed from it is NaN
+  assert str(err.value) == (
+      "non-finite loss nan at training step 3; it is computed from the state of step 3, whatever "
+      f"the learning rate, so no run resumes from that state (moved to {rejected}); the last good "
+      f"checkpoint is step 2 in {workdir}: re-running resumes from it (a lower "
+      "config.training.lr, or a longer warmup, may avoid it)")
+  assert _finalized_steps(state_dir) == [1, 2] and os.path.isdir(rejected)
+
+  capsys.readouterr()
+  out = jobs.run(sane, workdir)
+  assert "Resumed from step 2 " in capsys.readouterr().out
+  assert int(out["state"].step) == 4 and _finalized_steps(state_dir) == [1, 2, 3, 4]
+  assert not checkpointing.non_finite_arrays(out["state"])
+  assert _largest_parameter(workdir, 4) < 10
+  rows = _metrics(workdir)
+  assert [r["step"] for r in rows] == [1, 2, 3, 4] and np.isfinite([r["loss"] for r in rows]).all()
+
+
+def test_a_blow_up_at_the_first_step_leaves_no_good_state(tmp_path, capsys):
+  """The issue's exact case: lr = 1e25, a state every step. The state after step 1 is finite but
+  the loss computed from it is NaN: no saved state is good, and a re-run starts from scratch."""
+  workdir = str(tmp_path)
+  with pytest.raises(FloatingPointError,
+                     match=r"non-finite loss nan at training step 1; .*\(moved to .*/checkpoints/"
+                           r"rejected/state/1\.non-finite-loss\); no saved state is good: "
+                           r"re-running starts from scratch in "):
+    jobs.run(_every_step_config(1e25, 3), workdir)
+  assert _finalized_steps(os.path.join(workdir, checkpointing.STATE_DIR)) == []
+  capsys.readouterr()
+  out = jobs.run(_every_step_config(2e-3, 3), workdir)
+  printed = capsys.readouterr().out
+  assert "Resumed" not in printed and int(out["state"].step) == 3
+  assert [r["step"] for r in _metrics(workdir)] == [1, 2, 3]
+
+
+def test_damaged_newest_state_falls_back_to_the_intact_one(reference, tmp_path, capsys):
+  """The issue's case: the newest state's _METADATA deleted. The job names the damaged state, moves
+  it aside, resumes from the one before and ends bit-identical to the uninterrupted run."""
+  ref_dir, out = reference
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(ref_dir, workdir)
+  newest = os.path.join(workdir, checkpointing.STATE_DIR, str(STEPS))
+  os.remove(os.path.join(newest, "state", "_METADATA"))
+  capsys.readouterr()
+  resumed = jobs.run(get_config(), workdir)
+  printed = capsys.readouterr().out
+  moved = os.path.join(workdir, checkpointing.REJECTED_DIR, "state", f"{STEPS}.damaged")
+  assert (f"train: the checkpoint {newest} is damaged: state/_METADATA is missing; moved it to "
+          f"{moved}") in printed
+  assert f"newest intact state, step {STEPS - 2}" in printed
+  assert f"Resumed from step {STEPS - 2} " in printed
+  for a, b in zip(jax.tree.leaves(jax.device_get(resumed["state"])),
+                  jax.tree.leaves(jax.device_get(out["state"]))):
+    np.testing.assert_array_equal(a, b)
+  assert [r["loss"] for r in _metrics(workdir)] == [r["loss"] for r in _metrics(ref_dir)]
+
+
+def test_cut_metrics_line_is_dropped_on_resume(reference, tmp_path, capsys):
+  """The issue's case: half a line at the end of metrics.jsonl (a kill, a full disk) blocked every
+  resume with a JSONDecodeError naming no file. It is dropped, saying so, and replayed."""
+  ref_dir, _ = reference
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(ref_dir, workdir)
+  for step in (10, 12):  # the run was killed while appending row 10, after saving state 8
+    shutil.rmtree(os.path.join(workdir, checkpointing.STATE_DIR, str(step)))
+  path = os.path.join(workdir, train_job.METRICS_FILE)
+  with open(path) as f:
+    lines = f.readlines()
+  with open(path, "w") as f:
+    f.writelines(lines[:9] + [lines[9][:len(lines[9]) // 2]])
+  capsys.readouterr()
+  jobs.run(get_config(), workdir)
+  printed = capsys.readouterr().out
+  assert f"train: {path}: dropped line 10, cut while being written" in printed
+  assert "Resumed from step 8 " in printed
+  assert [r["step"] for r in _metrics(workdir)] == list(range(1, STEPS + 1))
+  assert [r["loss"] for r in _metrics(workdir)] == [r["loss"] for r in _metrics(ref_dir)]
+
+
+def test_damaged_metrics_line_is_named(tmp_path):
+  path = str(tmp_path / train_job.METRICS_FILE)
+  with open(path, "w") as f:
+    f.write('{"step": 1, "loss": 0.5}\n{"step": 2, "lo\n{"step": 3, "loss": 0.4}\n')
+  with pytest.raises(jsonio.DamagedFileError,
+                     match=rf"{re.escape(path)}, line 2, is damaged .*: delete that line"):
+    train_job.read_metrics(path)
+  with open(path, "w") as f:
+    f.write('{"step": 1, "loss": 0.5}\n{"step": 2, "loss"')
+  assert train_job.read_metrics(path) == [{"step": 1, "loss": 0.5}]
 
 
 def test_put_batch_splits_the_batch_over_the_data_axis():

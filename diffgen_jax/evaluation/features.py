@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import zipfile
 from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
@@ -29,6 +30,7 @@ import numpy as np
 import optax
 from flax import serialization, traverse_util
 
+from diffgen_jax import jsonio
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
 
@@ -161,11 +163,11 @@ def classifier_features(params) -> FeaturesFn:
 
 
 def save_params(path: str, params) -> str:
-  """Saves a params pytree (nested dicts of arrays) as .npz with '/'-joined keys; returns the path."""
+  """Saves a params pytree (nested dicts of arrays) as .npz with '/'-joined keys, atomically (a
+  reader never sees half a file); returns the path."""
   path = os.path.expanduser(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-  with open(path, "wb") as f:
+  with jsonio.atomic_open(path, "wb") as f:
     np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
   return path
 
@@ -179,13 +181,23 @@ def _require(path: str, what: str) -> str:
 
 
 def load_params(path: str) -> Any:
-  """Loads params saved by `save_params` (.npz) or a flax msgpack file (.msgpack)."""
+  """Loads params saved by `save_params` (.npz) or a flax msgpack file (.msgpack).
+
+  Raises FileNotFoundError naming the path when it does not exist, and jsonio.DamagedFileError
+  naming it when it is not a whole file of either kind (cut, damaged: the .npz members' CRC-32
+  is checked as they are read).
+  """
   path = _require(path, "parameter file")
-  if path.endswith(".msgpack"):
-    with open(path, "rb") as f:
-      return serialization.msgpack_restore(f.read())
-  with np.load(path) as f:
-    flat = {k: jnp.asarray(f[k]) for k in f.files}
+  try:
+    if path.endswith(".msgpack"):
+      with open(path, "rb") as f:
+        return serialization.msgpack_restore(f.read())
+    with np.load(path) as f:
+      flat = {k: jnp.asarray(f[k]) for k in f.files}
+  except (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError) as err:
+    raise jsonio.DamagedFileError(
+        f"{os.path.abspath(path)} is not a whole parameter file ({type(err).__name__}: {err}): "
+        f"write it again (`save_params`, or flax.serialization.to_bytes for .msgpack)") from None
   return traverse_util.unflatten_dict(flat, sep="/")
 
 

@@ -9,11 +9,11 @@ features and labels validation features by their nearest centroid; `write_pseudo
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Tuple
 
 import numpy as np
 
+from diffgen_jax import jsonio
 from diffgen_jax.checks import check_number
 from diffgen_jax.evaluation.neighbours import nearest_neighbours
 
@@ -130,15 +130,6 @@ def write_pseudo_labels(path: str, train_labels, val_labels) -> str:
                        f"shape {a.shape} dtype {a.dtype}")
     arrays[name] = a.astype(np.int32)
   path = os.path.expanduser(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with jsonio.atomic_open(path, "wb") as f:
+    np.savez(f, **arrays)
   return path

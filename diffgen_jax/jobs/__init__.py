@@ -11,12 +11,20 @@
 Only the jobs see configs and workdirs; everything below them takes arrays, denoisers and plain
 arguments. Every job writes WORKDIR/results.json in one layout (`jobs.results`). `run` validates
 the config once, up front (including the fields of the jobs a job chains, e.g. the evaluation at
-the end of training), then runs the job.
+the end of training), then runs the job holding WORKDIR/job.lock, so that a second job on the same
+workdir is refused (WorkdirBusyError) instead of mixing its files with the first one's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
+import os
+import socket
+import time
+
+import jax
 
 from diffgen_jax import config_checks, progress
 from diffgen_jax.jobs import console
@@ -31,6 +39,7 @@ JOBS = {
     "ladder": "diffgen_jax.jobs.ladder",
     "convert": "diffgen_jax.jobs.convert",
 }
+LOCK_FILE = "job.lock"  # WORKDIR/job.lock: held by the job writing to the workdir (`workdir_lock`)
 
 
 def validate(config) -> str:
@@ -59,6 +68,52 @@ def validate(config) -> str:
 
 
 def run(config, workdir: str):
+  """Validates the config, then runs its job in workdir while holding the workdir's lock
+  (`workdir_lock`: one job at a time writes to a workdir)."""
   job = validate(config)
   progress.enable(console.progress)  # the library's long loops report (process 0, every 30 s)
-  return importlib.import_module(JOBS[job]).run(config, workdir)
+  with workdir_lock(workdir, job):
+    return importlib.import_module(JOBS[job]).run(config, workdir)
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another job (or process) holds the workdir's lock."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str, job: str):
+  """Holds an exclusive lock (fcntl.flock) on WORKDIR/job.lock for the block; WorkdirBusyError
+  naming the workdir and the holder's pid, host and job when another job holds it.
+
+  Two jobs writing to one workdir would mix their checkpoints, metrics rows and results. The lock
+  is released by the operating system when its holder ends, also when killed, so a workdir is never
+  left locked. In a multi-process job only process 0 takes it (the processes of one job write
+  together). A workdir this call creates is removed again when the job leaves nothing else in it.
+  """
+  if jax.process_index() != 0:
+    yield
+    return
+  created = not os.path.isdir(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 1000, 0).decode(errors="replace").strip() or "a job starting now"
+      raise WorkdirBusyError(
+          f"the workdir {os.path.abspath(workdir)} is in use by another job ({holder}; lock "
+          f"{path}): one job at a time writes to a workdir. Wait for it to end, or give this job "
+          "another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, job {job!r}, since "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+    try:
+      yield
+    finally:
+      if created and os.listdir(workdir) == [LOCK_FILE]:  # a job refused before it wrote anything
+        os.remove(path)
+        os.rmdir(workdir)
+  finally:
+    os.close(fd)  # releases the lock

@@ -15,7 +15,6 @@ config of the networks and each snapshot's source (as the train job's WORKDIR/co
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict
 
@@ -26,6 +25,8 @@ from diffgen_jax import checkpointing, config_checks, jsonio
 from diffgen_jax.models import nvidia
 
 CONVERTED_FILE = "converted.json"
+_DAMAGED_RECORD = ("move it aside and re-run the convert job into a new workdir (the snapshots "
+                   "beside it are then written again)")
 
 
 def validate_config(config) -> None:
@@ -44,8 +45,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   record_path = os.path.join(workdir, CONVERTED_FILE)
   record = {"checkpoint": path, "snapshots": {}}
   if os.path.exists(record_path):
-    with open(record_path) as f:
-      record = json.load(f)
+    record = jsonio.read_json(record_path, _DAMAGED_RECORD)
   os.makedirs(workdir, exist_ok=True)
   done = set(checkpointing.snapshot_steps(workdir))
   ckpt = checkpointing.Checkpoints(workdir)
@@ -84,8 +84,7 @@ def converted_config(config, workdir: str):
   label_dim, keeping checkpoint / checkpoint_ema and the config's compute dtype),
   config.training.sigma_data = the preconditioner's.
   """
-  with open(os.path.join(workdir, CONVERTED_FILE)) as f:
-    record = json.load(f)
+  record = jsonio.read_json(os.path.join(workdir, CONVERTED_FILE), _DAMAGED_RECORD)
   out = ml_collections.ConfigDict(config.to_dict())
   model = ml_collections.ConfigDict(record["model"])
   model.checkpoint = config.model.checkpoint

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from diffgen_jax import checkpointing, config_checks, data, defaults, edm, ema, optimal
+from diffgen_jax import checkpointing, config_checks, data, defaults, edm, ema, jsonio, optimal
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import gap, membership, samples
 from diffgen_jax.jobs import common, console, convert, results as results_lib
@@ -226,10 +226,9 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
                                                           "tpr_low", "tpr_high")}
       record["membership"]["fpr"] = mi["fpr"]
       if name == names[0]:  # per-image errors kept for bootstrapped intervals over snapshots
-        os.makedirs(os.path.join(out_dir, PER_IMAGE_DIR), exist_ok=True)
-        np.savez(os.path.join(out_dir, PER_IMAGE_DIR, f"{step}.npz"),
-                 e_train=per_image["train"].astype(np.float32),
-                 e_val=per_image["val"].astype(np.float32), sigmas=sigmas)
+        with jsonio.atomic_open(os.path.join(out_dir, PER_IMAGE_DIR, f"{step}.npz"), "wb") as f:
+          np.savez(f, e_train=per_image["train"].astype(np.float32),
+                   e_val=per_image["val"].astype(np.float32), sigmas=sigmas)
       entry["ema"][name] = record
     results["snapshots"][str(step)] = entry
     peak_sigma, peak_value = gap.peak(sigmas, entry["ema"][names[0]]["gap"])
@@ -412,7 +411,13 @@ def _features_fn(settings, config, workdir, train_split, train_images, val_split
                  "validation" if val_labels is not None else "training")
     source = dict(source, trained=True, accuracy=float(accuracy),
                   accuracy_on="validation" if val_labels is not None else "training")
-  return features_lib.load_classifier_features(path), source
+  try:
+    return features_lib.load_classifier_features(path), source
+  except jsonio.DamagedFileError as err:
+    if settings.classifier_path:
+      raise
+    raise jsonio.DamagedFileError(f"{err}; it is this workdir's cached feature classifier: delete "
+                                  "it and re-run, the evaluation then trains it again") from None
 
 
 def sample_setup(config, workdir: str, train_split, val_split, *, settings=None,
@@ -491,9 +496,8 @@ def evaluate_samples(config, workdir: str, network, train_split, val_split, step
       record = dict(result.record, images_seen=int(meta["images_seen"]), ema=name)
       section["snapshots"][str(step)] = record
       if result.grid:
-        grid_dir = os.path.join(out_dir, GRIDS_DIR)
-        os.makedirs(grid_dir, exist_ok=True)
-        np.savez(os.path.join(grid_dir, f"{step}.npz"), **result.grid)
+        with jsonio.atomic_open(os.path.join(out_dir, GRIDS_DIR, f"{step}.npz"), "wb") as f:
+          np.savez(f, **result.grid)
       fd = record["fd"]
       console.progress(f"evaluate: samples of snapshot {step} ({record['images_seen']} images): "
                        f"G_FD = {fd['features']['gap']:.4f} (features), {fd['pixels']['gap']:.4f} "

@@ -43,7 +43,6 @@ Figures and other files go beside it (the evaluate job's under WORKDIR/evaluatio
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict
 
@@ -59,12 +58,21 @@ def path(workdir: str) -> str:
 
 
 def read(workdir: str) -> Dict[str, Any]:
-  """WORKDIR/results.json as a dict; FileNotFoundError names the path."""
+  """WORKDIR/results.json as a dict.
+
+  Raises FileNotFoundError naming the path when there is none, and jsonio.DamagedFileError naming
+  it when it does not parse (the jobs write it atomically, so it was damaged or edited since).
+  """
   p = path(workdir)
   if not os.path.exists(p):
     raise FileNotFoundError(f"no {RESULTS_FILE} in {os.path.abspath(workdir)}: run a job there first")
-  with open(p) as f:
-    return json.load(f)
+  results = jsonio.read_json(p, "move it aside (or restore it from a copy) and re-run the job, "
+                                "which recomputes the results it does not find there")
+  if not isinstance(results, dict):
+    raise jsonio.DamagedFileError(
+        f"{os.path.abspath(p)} holds a JSON {type(results).__name__}, not the results object of a "
+        "job: move it aside and re-run the job")
+  return results
 
 
 def read_if_exists(workdir: str) -> Dict[str, Any]:

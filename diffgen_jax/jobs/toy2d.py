@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from diffgen_jax import config_checks, edm, samplers
+from diffgen_jax import config_checks, edm, jsonio, samplers
 from diffgen_jax.config_checks import fail as _fail, integer as _int
 from diffgen_jax.denoisers import Denoiser, guided
 from diffgen_jax.evaluation import frechet
@@ -652,8 +652,9 @@ def run(config, workdir: str) -> Dict[str, Dict]:
     out_dir = os.path.join(workdir, name)
     os.makedirs(out_dir, exist_ok=True)
     if name == "flow_field":
-      np.savez_compressed(os.path.join(out_dir, "fields.npz"), axis=plot_data["axis"],
-                          sigmas=plot_data["sigmas"], field=plot_data["field"])
+      with jsonio.atomic_open(os.path.join(out_dir, "fields.npz"), "wb") as f:
+        np.savez_compressed(f, axis=plot_data["axis"], sigmas=plot_data["sigmas"],
+                            field=plot_data["field"])
     if make_plots:
       toy_plots.plot_experiment(name, plot_data, os.path.join(out_dir, f"{name}.png"))
     console.progress(f"toy2d {name} ({results['wall_time_s']:.1f} s)")

@@ -10,7 +10,12 @@ img/s, loss, ETA) and one per monitor evaluation.
 
 Re-running the same command on the same workdir resumes from the latest full state: the state is
 restored exactly, the data stream restarts at the saved step and every random draw is a function of
-(seed, step), so the resumed run ends bit-identical to an uninterrupted one.
+(seed, step), so the resumed run ends bit-identical to an uninterrupted one. A damaged state (its
+files differ from the checksums written with it) is moved aside, saying so, and the run resumes from
+the newest intact one. A non-finite loss stops the run; the loss of a step depends only on the state
+it starts from (with the step's batch and noise), so that state and any later one are moved aside:
+a state counts as good once the loss computed from it was finite, and the error names the newest.
+Everything set aside goes to WORKDIR/checkpoints/rejected/ (`checkpointing`), never deleted.
 
 WORKDIR/config.json is the run's record (`common.read_run`): the config it started with, its model
 as built (a preset's fields filled in, the data's num_classes, the compute dtype), the training
@@ -35,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffgen_jax import (checkpointing, config_checks, data, ema, flops, models, samplers, sharding,
-                         training)
+from diffgen_jax import (checkpointing, config_checks, data, ema, flops, jsonio, models, samplers,
+                         sharding, training)
 from diffgen_jax.evaluation import gap
 from diffgen_jax.jobs import common, console, evaluate
 from diffgen_jax.models.network import network_denoiser
@@ -100,19 +105,49 @@ def validate_training_fields(config) -> None:
 
 
 def _write_metrics(path: str, rows: List[Dict[str, Any]]) -> None:
+  # Appended (not rewritten): a kill or a full disk can cut the last line, which `read_metrics`
+  # drops, and `_truncate_metrics` removes before the next run appends.
   with open(path, "a") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
+    f.write("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def read_metrics(path: str) -> List[Dict[str, Any]]:
+  """The rows of a metrics.jsonl, in order.
+
+  A cut last line (the run was killed, or the disk filled, while appending) is dropped, saying so on
+  the console; any other line that is not a JSON object with a "step" raises
+  jsonio.DamagedFileError naming the file and the line.
+  """
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  rows = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+        raise ValueError("not a metrics row (a JSON object with an integer 'step')")
+    except ValueError as err:
+      if number == len(lines):  # the last line has no newline: it was being appended
+        console.progress(f"train: {path}: dropped line {number}, cut while being written "
+                         f"({len(line)} bytes)")
+        break
+      raise jsonio.DamagedFileError(
+          f"{path}, line {number}, is damaged ({err}): delete that line (or move the file aside, "
+          "then the file holds the metrics of the steps trained from now on)") from None
+    rows.append(row)
+  return rows
 
 
 def _truncate_metrics(path: str, last_step: int) -> None:
-  """On resume, drop metric rows written after the restored state (they will be replayed)."""
+  """Before training from `last_step`, drop metric rows of later steps (they will be replayed) and
+  a cut last line; rewritten atomically."""
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-  with open(path, "w") as f:
-    f.writelines(rows)
+  rows = [row for row in read_metrics(path) if row["step"] <= last_step]
+  with jsonio.atomic_open(path) as f:
+    f.write("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def save_image_grid(images: np.ndarray, path: str) -> np.ndarray:
@@ -161,7 +196,9 @@ def run(config, workdir: str) -> Dict[str, Any]:
 
   ckpt = checkpointing.Checkpoints(workdir, keep_states=config.checkpoint.keep_states)
   metrics_path = os.path.join(workdir, METRICS_FILE)
-  latest = ckpt.latest_state_step()
+  latest, notes = ckpt.resumable_state()  # damaged states moved aside, saying so
+  for note in notes:
+    console.progress(f"train: {note}")
   if latest is None:
     state = init_fn(init_key)
     # What config.json records as the model is what was built (the compute dtype included).
@@ -187,12 +224,15 @@ def run(config, workdir: str) -> Dict[str, Any]:
       ckpt.close()
       raise
     common.record_resume(workdir, run_record, start, changes)
-    if jax.process_index() == 0:
-      _truncate_metrics(metrics_path, start)
     console.progress(f"train: Resumed from step {start} ({start * t.batch_size} images seen)" + (
         "; from here on (recorded in config.json): " + ", ".join(
             f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()) if changes else "")
         + ".")
+  for moved in ckpt.set_aside_snapshots_after(start):
+    console.progress(f"train: a snapshot of a later step than the run starts from was moved to "
+                     f"{moved} (the run writes its own)")
+  if jax.process_index() == 0:  # also on a fresh start: rows of an earlier attempt that saved no state
+    _truncate_metrics(metrics_path, start)
 
   sample_fn = _make_sample_fn(network, config, image_shape, split.num_classes, mesh)
   monitor_fn = _make_monitor(config, network, split, mesh)
@@ -218,9 +258,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
     pending.clear()
     for row in rows:
       if not np.isfinite(row["loss"]):
-        raise FloatingPointError(
-            f"non-finite loss {row['loss']} at training step {row['step'] - 1}; the last good "
-            f"checkpoint is step {ckpt.latest_state_step()} in {workdir}")
+        raise _non_finite_loss(row["loss"], row["step"] - 1)
     now = time.time()
     step = rows[-1]["step"]
     rate = (step - tick_step) * t.batch_size / max(now - tick, 1e-9)
@@ -237,6 +275,21 @@ def run(config, workdir: str) -> Dict[str, Any]:
                      f"{rate:.1f} img/s ({rate / t.batch_size * step_tflop:.3g} TFLOP/s)  loss "
                      f"{rows[-1]['loss']:.4f}  ETA {_format_seconds(eta)}")
     tick, tick_step, last = now, step, rows[-1]
+
+  def _non_finite_loss(loss: float, step: int) -> FloatingPointError:
+    """The error for a non-finite loss at training step `step` (computed from the state after
+    `step` steps), once that state and any later one are set aside: a step's loss depends only
+    on its state, batch and noise, never on the learning rate, so no run could resume from them.
+    A state counts as good once the loss computed from it was finite: every state left is."""
+    good, moved = ckpt.reject_states_from(step)
+    where = f" (moved to {', '.join(moved)})" if moved else ""
+    after = (f"the last good checkpoint is step {good} in {workdir}: re-running resumes from it"
+             if good is not None else
+             f"no saved state is good: re-running starts from scratch in {workdir}")
+    return FloatingPointError(
+        f"non-finite loss {loss} at training step {step}; it is computed from the state of step "
+        f"{step}, whatever the learning rate, so no run resumes from that state"
+        f"{where}; {after} (a lower config.training.lr, or a longer warmup, may avoid it)")
 
   def monitor(step: int) -> None:
     """The denoising errors of the first EMA set at the monitor's sigmas, into the step's metrics
