@@ -474,6 +474,7 @@ def _every_step_config(lr, steps):
   c.training.lr = lr
   c.training.total_images = BATCH * steps
   c.checkpoint.state_every_images = BATCH
+  c.resume_changes = ("training.lr",)  # these runs resume with another lr on purpose (recorded)
   return c
 
 
