@@ -307,19 +307,28 @@ def _chunk_needed(query_labels, labels):
   return (hi != _NO_LABEL) & jnp.any(wanted)
 
 
-def _over_chunks(update, init, chunks, query_labels, by_class: bool):
-  """The final carry of update(carry, chunk) over the training chunks (lax.scan; each chunk's
-  training labels last). by_class (a class-conditional set): a chunk with no point of any query's
-  class is skipped (lax.cond), so a batch of one class reads only that class's chunks. Skipping
-  is exact: such a chunk's scores are all -inf, and its update leaves every statistic as it was."""
+def _over_chunks(update, init, arrays, chunk_size: int, query_labels, by_class: bool):
+  """The final carry of update(carry, chunk) over the training set in chunks of chunk_size rows
+  (lax.scan; arrays: the (N, ...) training arrays, labels last; chunk: their rows of one chunk).
 
-  def step(carry, chunk):
-    if by_class:
-      return lax.cond(_chunk_needed(query_labels, chunk[-1]), update, lambda c, _: c, carry,
-                      chunk), None
-    return update(carry, chunk), None
+  by_class (a class-conditional set): a chunk with no point of any query's class is skipped
+  (lax.cond), so a batch of one class reads only that class's chunks. The scan then runs over the
+  chunks' labels only and a needed chunk's rows are sliced inside the branch: slicing every chunk
+  before the test would copy the rows of every skipped chunk too. Skipping is exact: such a
+  chunk's scores are all -inf, and its update leaves every statistic as it was.
+  """
+  if not by_class:
+    xs = tuple(_chunked(a, chunk_size) for a in arrays)
+    return lax.scan(lambda carry, chunk: (update(carry, chunk), None), init, xs)[0]
+  labels = _chunked(arrays[-1], chunk_size)
 
-  return lax.scan(step, init, chunks)[0]
+  def step(carry, xs):
+    i, chunk_labels = xs
+    rows = lambda c: update(c, tuple(lax.dynamic_slice_in_dim(a, i * chunk_size, chunk_size)
+                                     for a in arrays))
+    return lax.cond(_chunk_needed(query_labels, chunk_labels), rows, lambda c: c, carry), None
+
+  return lax.scan(step, init, (jnp.arange(labels.shape[0]), labels))[0]
 
 
 def _streaming_posterior_mean(x_centred, inv_sigma, query_labels, train_centred, half_sq_norms,
@@ -352,8 +361,8 @@ def _streaming_posterior_mean(x_centred, inv_sigma, query_labels, train_centred,
   init = (jnp.full((b,), -jnp.inf, dtype), jnp.zeros((b,), dtype), jnp.zeros((b, d), dtype))
   if axis_name is not None:
     init = lax.pcast(init, axis_name, to="varying")
-  xs = tuple(_chunked(a, chunk_size) for a in (train_centred, half_sq_norms, train, train_labels))
-  return _over_chunks(update, init, xs, query_labels, by_class)
+  return _over_chunks(update, init, (train_centred, half_sq_norms, train, train_labels), chunk_size,
+                      query_labels, by_class)
 
 
 def _combine_shards(run_max, run_sum, run_acc, inv_sigma, axis_name):
@@ -563,8 +572,8 @@ def posterior_statistics(train_images, train_labels=None, *, chunk_size: int = 2
     init = (jnp.full((b,), -jnp.inf, jnp.float32), zeros, zeros, zeros)
     if axis_name is not None:
       init = lax.pcast(init, axis_name, to="varying")
-    xs = tuple(_chunked(a, chunk) for a in (train_centred, half_sq_norms, train_labels))
-    run_max, s0, s1, s2 = _over_chunks(update, init, xs, query_labels, by_class)
+    run_max, s0, s1, s2 = _over_chunks(update, init, (train_centred, half_sq_norms, train_labels),
+                                       chunk, query_labels, by_class)
     if axis_name is not None:
       global_max = lax.pmax(run_max, axis_name)
       shift = jnp.where(jnp.isfinite(global_max), global_max, 0.0)
