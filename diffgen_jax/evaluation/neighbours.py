@@ -27,8 +27,8 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from diffgen_jax.checks import check_number
-from diffgen_jax.optimal import (blocks, counted_rows, half_squared_norms, host_block, read_rows,
-                                 streamed_sum, training_source)
+from diffgen_jax.optimal import (blocks, counted_rows, half_squared_norms, host_block, host_zeros,
+                                 read_rows, streamed_sum, training_source)
 from diffgen_jax.sharding import (DATA_AXIS, fetch, replicated, rows_on_mesh, shard_rows,
                                   sum_over_processes)
 
@@ -103,8 +103,8 @@ def _reference_on_mesh(reference, chunk_size: int, mesh: Optional[Mesh], axis: s
       streamed_sum(source, rows, d, lambda raw: as_float32(raw).astype(np.float64), block)) / n
 
   def build(lo, hi):
-    ref = np.zeros((hi - lo, d), np.float32)
-    half = np.zeros((hi - lo,), np.float32)
+    ref = host_zeros((hi - lo, d), np.float32)
+    half = host_zeros((hi - lo,), np.float32)
     for piece in blocks(np.arange(lo, min(hi, n)), block):
       centred = (as_float32(read_rows(source, piece)) - centre).astype(np.float32)
       at = slice(piece[0] - lo, piece[-1] + 1 - lo)
