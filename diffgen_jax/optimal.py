@@ -24,6 +24,12 @@ How it is computed, and why:
     point bit for bit.
   * Sharded: given a mesh, the training set is split over the data axis; each device streams its
     shard and the partial statistics are combined exactly (pmax of the maxima, rescaled psums).
+  * From where it lives: the training set may be a source (a lazily decoded split), read block by
+    block, each process only the rows its devices hold; the float64 centre is summed over those
+    rows and added over processes, and each shard is built on its process (`_prepare`). No float64
+    copy of the set and no process holding it whole; one process gives the bits of the array.
+  * A class-conditional y* reads only the queries' classes: the rows are laid out by label and a
+    chunk holding none of them is skipped (`_over_chunks`).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from diffgen_jax.checks import check_float_dtype, check_number
 from diffgen_jax.denoisers import (Denoiser, check_label_domain, check_query, per_example,

@@ -1,6 +1,5 @@
 """The exact empirical optimal denoiser and the error-prone denoiser y_delta."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -102,7 +101,7 @@ def test_large_sigma_returns_mean_and_class_mean():
   train = _data(2, 90, 16)
   labels = np.arange(90) % 3
   x = jnp.asarray(_data(3, 6, 16))
-  got = denoise = empirical_optimal_denoiser(train, chunk_size=32)(x, 1e4)
+  got = empirical_optimal_denoiser(train, chunk_size=32)(x, 1e4)
   np.testing.assert_allclose(got, np.broadcast_to(train.mean(0), (6, 16)), atol=1e-5)
   cond = empirical_optimal_denoiser(train, labels, chunk_size=32)
   q = np.array([0, 1, 2, 2, 1, 0])
