@@ -41,8 +41,18 @@ How the patch machines are computed, and why (the same choices as y* in optimal.
   * Class-conditional: with train_labels, a query with label c sees only class-c training images;
     labels=None uses every image. A concrete query label without training images raises
     ValueError (a traced one cannot be checked and yields NaN).
-  * Sharded: given a mesh, the training images are split over its `axis`; each device streams its
-    shard and the partial statistics are merged exactly (pmin of the minima, rescaled psums).
+  * A training set is a source, never a whole array (design.md, "Scale: measure where it trains"):
+    anything with len(), .shape (N, H, W, C) and indexing that returns numpy rows in [-1, 1] (a
+    numpy array, `sharding.LazyRows` over a lazily decoded split). Values are checked where read.
+  * Sharded: given a mesh (over the devices of one or several processes), the training images are
+    split over its `axis` (`sharding.rows_on_mesh`): each process reads and builds only the shards
+    its devices hold, one at a time, so host memory is O(N / P + shard) and device memory
+    O(N / (P D) + working chunk). Each device streams its shard and the partial statistics are
+    merged exactly (pmin of the minima, rescaled psums). Statistics of the whole set (ELS's mean
+    patch, the Gaussian's mean and covariance) are float64 sums over each process's rows, added
+    over processes exactly (`sharding.sum_over_processes`); with one process bit-identical to the
+    whole-array computation. Queries are replicated (host arrays, or batches split over the data
+    axis inside a jit: the machine gathers them); the result is replicated.
   * Patch-size schedules: `patch_size` may be a mapping {sigma: k}; a query at sigma uses the size
     of the nearest listed sigma in log space (the output of `evaluation.ladder.calibrate`). With
     several distinct sizes every size is computed and each query keeps its own (cost x sizes).
@@ -64,8 +74,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from diffgen_jax.checks import check_float_dtype, check_number
 from diffgen_jax.data.convention import CONVENTION, check_images
 from diffgen_jax.denoisers import Denoiser, check_label_domain, check_query, training_labels
-from diffgen_jax.sharding import (DATA_AXIS, rows_built, rows_on_mesh, shard_rows,
-                                  sum_over_processes)
+from diffgen_jax import sharding
+from diffgen_jax.sharding import DATA_AXIS, rows_on_mesh, shard_rows, sum_over_processes
 
 BOUNDARIES = ("circular", "zeros")
 # optimal.py re-exports this module, so it imports nothing from optimal.py (imports run one way).
@@ -107,8 +117,8 @@ def _read(source, index, name: str = "train_images") -> np.ndarray:
   if rows.shape[1:] != tuple(source.shape[1:]):
     raise ValueError(f"{name}: a read returned rows of shape {rows.shape[1:]}, but the source's "
                      f"shape is {tuple(source.shape)}")
-  rows_built["source"] += len(rows)
-  rows_built["read"] = max(rows_built["read"], len(rows))
+  sharding.rows_built["source"] += len(rows)
+  sharding.rows_built["read"] = max(sharding.rows_built["read"], len(rows))
   return rows
 
 
@@ -127,12 +137,16 @@ def _counted_spans(total_rows: int, mesh: Optional[Mesh], axis: str):
   return sorted(span for span, (process, _) in holders.items() if process == jax.process_index())
 
 
-def _add_rows(acc, rows, chunk: int):
-  """acc (float64) + the sum of `rows` over axis 0, chunk by chunk in float64: the sequential row
-  sum np.mean(axis=0) does, so one process reproduces np.mean(images, axis=0, dtype=float64)
-  bit for bit while holding at most `chunk` float64 rows."""
-  for start in range(0, len(rows), chunk):
-    block = rows[start:start + chunk].astype(np.float64)
+# Rows converted to float64 and added at a time by `_add_rows` (the sum does not depend on it).
+_SUM_ROWS = 256
+
+
+def _add_rows(acc, rows):
+  """acc (float64) + the sum of `rows` over axis 0, in float64, _SUM_ROWS rows at a time: the
+  sequential row sum that np.mean(axis=0) does (whatever the block size), so one process
+  reproduces np.mean(images, axis=0, dtype=float64) bit for bit without a float64 copy of the set."""
+  for start in range(0, len(rows), _SUM_ROWS):
+    block = rows[start:start + _SUM_ROWS].astype(np.float64)
     acc = np.add.reduce(np.concatenate([acc[None], block]), axis=0)
   return acc
 
@@ -226,8 +240,9 @@ def _prepare(train_images, train_labels, chunk_size, mesh, axis, dtype, with_mea
   """The training set laid out for streaming: (N_padded, H W C) images and (N_padded,) labels over
   the mesh's `axis` (`sharding.rows_on_mesh`: each shard built from the source on the process that
   holds it, one shard on the host at a time; a whole number of chunks per shard), and with
-  `with_mean` the float64 mean image, summed over this process's rows chunk by chunk and combined
-  with `sum_over_processes` (one process: bit-identical to np.mean(axis=0, dtype=float64))."""
+  `with_mean` the float64 mean image, summed over this process's rows (`_counted_spans`) block by
+  block and combined with `sum_over_processes` (one process: bit-identical to
+  np.mean(images, axis=0, dtype=float64)). Host memory: one shard and the labels (N int32)."""
   source = _training_source(train_images)
   chunk_size = _check_count(chunk_size, "chunk_size")
   n, item_shape = len(source), tuple(source.shape[1:])
@@ -242,7 +257,7 @@ def _prepare(train_images, train_labels, chunk_size, mesh, axis, dtype, with_mea
     # rows_on_mesh builds this process's shards in ascending order: the sum runs over rows in order.
     raw = _read(source, slice(lo, min(hi, n))) if lo < n else np.zeros((0,) + item_shape, dtype)
     if with_mean and (lo, hi) in counted:  # the mean of the values as given, before the cast
-      total_sum[0] = _add_rows(total_sum[0], raw, chunk)
+      total_sum[0] = _add_rows(total_sum[0], raw)
     rows = raw.astype(dtype)
     pad = (hi - lo) - len(rows)
     images = np.concatenate([rows, np.zeros((pad,) + item_shape, rows.dtype)]) if pad else rows
@@ -590,14 +605,19 @@ def _blocked_core(core, query_block):
 
 _DOC_COMMON = """
   Common arguments:
-    train_images: (N, H, W, C) float array in [-1, 1] (NHWC).
+    train_images: (N, H, W, C) float rows in [-1, 1] (NHWC): a numpy array or any source with
+      len(), .shape and indexing by a slice returning numpy rows (e.g. `sharding.LazyRows` over a
+      lazily decoded split, transform=data.to_unit_range). Read once, shard by shard, only the
+      rows of this process's devices; never copied whole.
     train_labels: optional (N,) integers >= 0; then `denoise(x, sigma, labels)` sums over the
       training images of each query's class (labels=None: all images).
     patch_size: odd int k >= 1, or a {sigma: k} schedule (nearest sigma in log space applies).
     chunk_size: training images per streaming step.
     query_block: queries per block (lax.map over blocks bounds memory for any batch).
     dtype: jnp.float32 (default) or jnp.float64 (needs jax_enable_x64).
-    mesh, axis: optional mesh; training images are sharded over `axis`, queries replicated.
+    mesh, axis: optional mesh (one or several processes); training images are sharded over `axis`
+      (replicated over the other axes), queries replicated. The result is a replicated array
+      (with several processes `sharding.fetch` it to the host).
 
   Returns:
     denoise(x, sigma, labels=None) -> (B, H, W, C), x of shape (B, H, W, C) float (noisy, any range),
@@ -605,7 +625,8 @@ _DOC_COMMON = """
 
   Raises:
     ValueError naming the argument: images not non-empty NHWC float in [-1, 1]
-    (`data.convention.check_images`); patch_size not a positive odd integer (or a {sigma > 0: size}
+    (`data.convention.check_images`, on the rows each process reads; also a source whose rows do
+    not have its declared shape); patch_size not a positive odd integer (or a {sigma > 0: size}
     schedule of them); chunk_size / query_block not a positive integer; boundary not "circular" or
     "zeros"; dtype not float32 / float64; axis not an axis of mesh; train_labels not (N,) integers
     >= 0; query x of the wrong shape or dtype; sigma not > 0 and finite, or neither a scalar nor
