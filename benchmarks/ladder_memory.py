@@ -93,7 +93,8 @@ def main(argv=None):
         rows[key] = dict(processes=processes, devices=devices,
                          whole_float32_mib=round(float(whole_mib), 1),
                          share_float32_mib=round(float(whole_mib) / processes, 1),
-                         per_process=[{k: round(float(v), 1) for k, v in r.items()} for r in reports])
+                         per_process=[{k: round(float(v), 1) for k, v in r.items()}
+                                      for r in reports])
         print(key, json.dumps(rows[key]["per_process"]), flush=True)
   result = dict(shape=list(shape), python=platform.python_version(), machine=platform.machine(),
                 rows=rows)

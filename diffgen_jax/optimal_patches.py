@@ -92,14 +92,17 @@ PatchSize = Union[int, Mapping[float, int]]
 # ------------------------------------------------------------------------------------------------
 
 def _training_source(images, name: str = "train_images"):
-  """`images` as a training source, after the checks its shape allows without reading it.
+  """`images` as a training source, after the checks its shape allows without reading it (anything
+  without a .shape, such as nested lists, is made an array).
 
   A source is anything with len(), .shape (N, H, W, C) and indexing by a slice or an int array
   that returns numpy rows (a numpy array, `sharding.LazyRows` over a lazily decoded split). Its
   values (floating point, finite, in [-1, 1]) are checked where they are read (`_read`), so each
   process checks the rows it reads. Raises ValueError naming `name` unless it is 4-D, non-empty.
   """
-  shape = tuple(np.shape(images))  # np.shape reads .shape first: a source is not materialised
+  if not hasattr(images, "shape"):  # nested lists and the like: as an array, as before
+    images = np.asarray(images)
+  shape = tuple(images.shape)  # a source's declared shape: nothing is read here
   if len(shape) != 4:
     raise ValueError(f"{name} must be {CONVENTION}; got shape {shape}")
   if 0 in shape:
@@ -144,7 +147,7 @@ _SUM_ROWS = 256
 def _add_rows(acc, rows):
   """acc (float64) + the sum of `rows` over axis 0, in float64, _SUM_ROWS rows at a time: the
   sequential row sum that np.mean(axis=0) does (whatever the block size), so one process
-  reproduces np.mean(images, axis=0, dtype=float64) bit for bit without a float64 copy of the set."""
+  reproduces np.mean(images, axis=0, dtype=float64) bit for bit, with no float64 copy of the set."""
   for start in range(0, len(rows), _SUM_ROWS):
     block = rows[start:start + _SUM_ROWS].astype(np.float64)
     acc = np.add.reduce(np.concatenate([acc[None], block]), axis=0)
@@ -554,7 +557,8 @@ def _build(kind, train_images, train_labels, patch_size, *, boundary, chunk_size
   _check_mesh_axis(mesh, axis)
   schedule = patch_schedule(patch_size)
   sizes, select = _size_selector(schedule)
-  data = _prepare(train_images, train_labels, chunk_size, mesh, axis, dtype, with_mean=kind == "els")
+  data = _prepare(train_images, train_labels, chunk_size, mesh, axis, dtype,
+                  with_mean=kind == "els")
   arrays = [data.images, data.labels]
   machines = [_machine(kind, k, boundary, data.chunk, query_block, mesh, axis,
                        data.classes is not None) for k in sizes]
@@ -761,7 +765,8 @@ def gaussian_fit(train_images, train_labels=None, *, rank: Optional[int] = None,
   for rows, count in groups:
     s1, s2 = np.zeros(d), np.zeros((d, d))
     for start in range(0, len(rows), chunk_size):
-      block = _read(source, _index(rows[start:start + chunk_size])).reshape(-1, d).astype(np.float64)
+      block = _read(source, _index(rows[start:start + chunk_size])).reshape(-1, d)
+      block = block.astype(np.float64)
       s1 += block.sum(axis=0)
       s2 += block.T @ block
     s1, s2 = sum_over_processes(s1), sum_over_processes(s2)

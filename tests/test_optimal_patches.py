@@ -479,7 +479,7 @@ def _pixels(n, shape=(H, W, C), seed=0):
 
 
 def _lazy(pixels):
-  """A lazily read source over uint8 pixels, as a decoded split is read (LazyRows + to_unit_range)."""
+  """A lazy source over uint8 pixels, read as a decoded split is (LazyRows, to_unit_range)."""
   return sharding.LazyRows(pixels, np.arange(len(pixels)), transform=data.to_unit_range)
 
 
@@ -499,8 +499,10 @@ def test_known_answers_with_a_lazy_source():
   for i in range(len(x)):
     for p in range(H):
       for q in range(W):
-        want[i, p, q] = _softmax_mean(np.sum((y[:, p, q] - x[i, p, q]) ** 2, axis=1), y[:, p, q], s[i])
-  np.testing.assert_allclose(np.asarray(local_denoiser(source, 1, chunk_size=3)(x, s)), want, atol=1e-5)
+        d2 = np.sum((y[:, p, q] - x[i, p, q]) ** 2, axis=1)
+        want[i, p, q] = _softmax_mean(d2, y[:, p, q], s[i])
+  np.testing.assert_allclose(np.asarray(local_denoiser(source, 1, chunk_size=3)(x, s)), want,
+                             atol=1e-5)
   # Circular ELS commutes with circular shifts exactly.
   square = _pixels(6, shape=(6, 6, 1))
   denoise = equivariant_local_denoiser(_lazy(square), 3, boundary="circular", chunk_size=2)
@@ -581,14 +583,16 @@ def machines(mesh):
 
 def outputs(found, prefix):
   # Eagerly on host queries (replicated queries, the result gathered once).
-  return {prefix + name: sharding.fetch(machine(x, s, q_labels if name in ("ls", "gaussian") else None))
+  conditional = ("ls", "gaussian")
+  return {prefix + name: sharding.fetch(machine(x, s, q_labels if name in conditional else None))
           for name, machine in found.items()}
 
 
 mesh = sharding.make_mesh()
 sharding.rows_built.clear()
 found = machines(mesh)
-out = dict(shard=np.array(sharding.rows_built["shard"]), read=np.array(sharding.rows_built["source"]))
+out = dict(shard=np.array(sharding.rows_built["shard"]),
+           read=np.array(sharding.rows_built["source"]))
 out.update(outputs(found, ""))
 # Inside the gap evaluation's jit, batches split over the data axis (a shard_map'd machine with a
 # replicated extra argument, ELS's mean patch).
@@ -596,8 +600,10 @@ out["els_circular_gap"] = gap.denoising_errors(found["els_circular"], train[:16]
                                                batch_size=8, mesh=mesh)
 # A span held by devices of both processes (a model axis across hosts) counts once in the sums.
 across = sharding.make_mesh(data=1, model=8)
-out["across_els"] = sharding.fetch(op.equivariant_local_denoiser(source, 3, chunk_size=2, mesh=across)(x, s))
-out["across_gaussian"] = sharding.fetch(op.gaussian_denoiser(source, chunk_size=2, mesh=across)(x, s))
+out["across_els"] = sharding.fetch(
+    op.equivariant_local_denoiser(source, 3, chunk_size=2, mesh=across)(x, s))
+out["across_gaussian"] = sharding.fetch(
+    op.gaussian_denoiser(source, chunk_size=2, mesh=across)(x, s))
 if NUM_PROCESSES == 1:
   out.update(outputs(machines(None), "none_"))
 # Hosts whose eigendecompositions disagree get process 0's (here: arrays that differ on purpose).
