@@ -144,6 +144,18 @@ def _counted_spans(total_rows: int, mesh: Optional[Mesh], axis: str):
 _SUM_ROWS = 256
 
 
+def _across_processes(mesh: Optional[Mesh]) -> bool:
+  """Whether `mesh` has devices of other processes (then statistics are added over processes)."""
+  return mesh is not None and any(d.process_index != jax.process_index() for d in mesh.devices.flat)
+
+
+def _over_processes(partial_sum, mesh: Optional[Mesh]):
+  """A float64 sum over this process's `_counted_spans` made the sum over all rows: added over
+  the processes for a mesh across processes; as it is otherwise (no mesh, or a mesh of this
+  process's devices: this process read every row itself, and no collective runs)."""
+  return sum_over_processes(partial_sum) if _across_processes(mesh) else partial_sum
+
+
 def _add_rows(acc, rows):
   """acc (float64) + the sum of `rows` over axis 0, in float64, _SUM_ROWS rows at a time: the
   sequential row sum that np.mean(axis=0) does (whatever the block size), so one process
@@ -270,7 +282,7 @@ def _prepare(train_images, train_labels, chunk_size, mesh, axis, dtype, with_mea
             "labels": np.concatenate([labels[lo:min(hi, n)], np.full((pad,), _NO_LABEL, np.int32)])}
 
   arrays = rows_on_mesh(total, build, mesh, axis)
-  mean = sum_over_processes(total_sum[0]) / n if with_mean else None
+  mean = _over_processes(total_sum[0], mesh) / n if with_mean else None
   return _Images(arrays["images"], arrays["labels"], item_shape, classes, chunk, mean)
 
 
@@ -734,9 +746,11 @@ def gaussian_fit(train_images, train_labels=None, *, rank: Optional[int] = None,
   mesh spanning several processes each process reads only its rows (those of its devices' spans of
   the mesh's `axis`), chunk_size rows at a time (twice with train_labels: once per class, once
   pooled), and the float64 sums (D + D^2 per group) are added over processes exactly; with one
-  process the result is bit-identical to mesh=None. The eigendecomposition then runs on every
-  process on the same bits (no D x r transfer; the processes run it in parallel); a fingerprint
-  compare catches hosts whose LAPACK gives other bits, and process 0's result is then sent to all.
+  process the result is bit-identical to mesh=None (and without a mesh, or with a mesh of this
+  process's devices only, every process reads all rows and runs no collective). The
+  eigendecomposition then runs on every process on the same bits (no D x r transfer; the processes
+  run it in parallel); a fingerprint compare catches hosts whose LAPACK gives other bits, and
+  process 0's result is then sent to all.
   Raises ValueError naming the argument (images, rank, chunk_size, labels, axis).
   """
   source = _training_source(train_images)
@@ -769,7 +783,7 @@ def gaussian_fit(train_images, train_labels=None, *, rank: Optional[int] = None,
       block = block.astype(np.float64)
       s1 += block.sum(axis=0)
       s2 += block.T @ block
-    s1, s2 = sum_over_processes(s1), sum_over_processes(s2)
+    s1, s2 = _over_processes(s1, mesh), _over_processes(s2, mesh)
     mean = s1 / count
     cov = s2 / count - np.outer(mean, mean)
     lam, u = np.linalg.eigh(0.5 * (cov + cov.T))
@@ -777,7 +791,9 @@ def gaussian_fit(train_images, train_labels=None, *, rank: Optional[int] = None,
     means.append(mean)
     values.append(lam[::-1][:r])
     vectors.append(u[:, ::-1][:, :r])
-  model = _same_on_every_process(np.stack(means), np.stack(values), np.stack(vectors))
+  model = (np.stack(means), np.stack(values), np.stack(vectors))
+  if _across_processes(mesh):
+    model = _same_on_every_process(*model)
   return GaussianModel(*model, classes)
 
 

@@ -604,6 +604,9 @@ out["across_els"] = sharding.fetch(
     op.equivariant_local_denoiser(source, 3, chunk_size=2, mesh=across)(x, s))
 out["across_gaussian"] = sharding.fetch(
     op.gaussian_denoiser(source, chunk_size=2, mesh=across)(x, s))
+# Without a mesh every process reads every row and sums on its own (nothing added over processes).
+out["local_gaussian"] = sharding.fetch(
+    op.gaussian_denoiser(source, None, labels, chunk_size=2)(x, s, q_labels))
 if NUM_PROCESSES == 1:
   out.update(outputs(machines(None), "none_"))
 # Hosts whose eigendecompositions disagree get process 0's (here: arrays that differ on purpose).
@@ -628,6 +631,8 @@ def test_two_processes_equal_one_and_read_only_their_rows(tmp_path):
     if "none_" + name in one:
       np.testing.assert_allclose(one[name], one["none_" + name], rtol=1e-5, atol=1e-6, err_msg=name)
   np.testing.assert_allclose(one["across_els"], one["els_circular"], rtol=1e-5, atol=1e-6)
+  for r in two + [one]:
+    np.testing.assert_array_equal(r["local_gaussian"], one["none_gaussian"])
   chunk = 2
   for r in two:
     assert int(r["shard"]) <= -(-21 // 8) + chunk
