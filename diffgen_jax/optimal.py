@@ -44,14 +44,15 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from diffgen_jax.checks import check_float_dtype, check_number
-from diffgen_jax.denoisers import (Denoiser, check_label_domain, check_query, per_example,
+from diffgen_jax.denoisers import (Denoiser, check_concrete_labels, check_query, per_example,
                                    training_labels)
 # The analytic ladder's patch machines and Gaussian denoiser live beside this module (they import
 # nothing from it); re-exported here so `optimal.local_denoiser` etc. work.
 from diffgen_jax.optimal_patches import (  # noqa: F401  pylint: disable=unused-import
     equivariant_local_denoiser, gaussian_denoiser, local_denoiser, patch_composite_denoiser)
-from diffgen_jax.sharding import (DATA_AXIS, counted_spans, fetch, replicated, rows_built,
-                                  rows_on_mesh, shard_rows, sum_over_processes)
+from diffgen_jax.sharding import (DATA_AXIS, across_processes, blocks, counted_rows, host_block,
+                                  host_zeros, padded_rows, read_rows, replicated, rows_on_mesh,
+                                  streamed_sum, sum_counted, training_source)
 
 _NO_LABEL = -1  # label of padding rows: never equal to a query's label.
 _ANY_LABEL = -2  # query label meaning "sum over every training point".
@@ -63,7 +64,8 @@ _TRAIN_ARRAYS = ("train_centred", "half_sq_norms", "train", "train_labels")
 class _TrainingSet(NamedTuple):
   """A training set laid out for streaming: centred, padded to whole chunks per shard, split over
   the mesh's axis (global arrays), rows ordered by label when class-conditional."""
-  arrays: dict  # the names in _TRAIN_ARRAYS (jax arrays, (N_padded, ...)) and "centre" (numpy, (D,))
+  arrays: dict  # the names in _TRAIN_ARRAYS (jax arrays, (N_padded, ...))
+  centre: jax.Array  # (D,) the training mean, replicated over a mesh across processes
   item_shape: tuple
   classes: Optional[frozenset]  # None: unconditional
   chunk_size: int
@@ -74,100 +76,9 @@ _IMAGE_LIMIT = 10.0
 
 
 # ------------------------------------------------------------------------------------------------
-# Training sets as sources: read block by block where they live, each process only its own rows.
-# (neighbours.py lays its reference set out with the same functions.)
-
-# Values per host block (float64 on the host: 32 MiB): a 65,536-row accelerator chunk of
-# ImageNet-64 images is read and converted in pieces, never held in float64 at once.
-_HOST_BLOCK_VALUES = 1 << 22
-
-
-def training_source(images, name: str = "train_images"):
-  """(source, N, item shape) of a training set given as a source or an array.
-
-  A source is anything with len(), .shape (N, ...) and indexing by a slice or an int array that
-  returns numpy rows (a numpy array; `sharding.LazyRows` over a lazily decoded split): it is kept
-  as it is and read where it is needed. A jax array is fetched to the host; anything else (a list)
-  goes through np.asarray. Raises ValueError naming `name` unless the shape is (N, ...) with
-  N >= 1 and at least one more axis.
-  """
-  if isinstance(images, jax.Array):
-    images = fetch(images)
-  elif not all(hasattr(images, a) for a in ("shape", "__getitem__", "__len__")):
-    images = np.asarray(images)
-  shape = tuple(images.shape)
-  if len(shape) < 2 or shape[0] == 0:
-    raise ValueError(f"{name} must be a non-empty (N, ...) array, got shape {shape}")
-  return images, shape[0], shape[1:]
-
-
-def read_rows(source, index) -> np.ndarray:
-  """Rows `index` (int array) of a source as numpy: one slice when they are consecutive (no copy
-  from a numpy array), else one fancy-indexed read. Counted in `sharding.rows_built` ("source":
-  rows read by this process; "read": the largest single read), so tests can check that a process
-  reads only its share of a training set, a block at a time. Raises ValueError when the source
-  returns rows of another shape than its .shape promises."""
-  index = np.asarray(index)
-  if len(index) and int(index[-1]) - int(index[0]) + 1 == len(index) and np.all(np.diff(index) == 1):
-    rows = source[int(index[0]):int(index[-1]) + 1]
-  else:
-    rows = source[index]
-  rows = np.asarray(rows)
-  if rows.shape != (len(index),) + tuple(source.shape[1:]):
-    raise ValueError(f"a read of {len(index)} rows returned shape {rows.shape}, but the source's "
-                     f"shape is {tuple(source.shape)}")
-  rows_built["source"] += len(rows)
-  rows_built["read"] = max(rows_built["read"], len(rows))
-  return rows
-
-
-def host_block(chunk: int, d: int) -> int:
-  """Rows per host read: at most the streaming chunk and _HOST_BLOCK_VALUES values."""
-  return max(1, min(chunk, _HOST_BLOCK_VALUES // max(1, d)))
-
-
-def blocks(index, block: int):
-  """Consecutive pieces of at most `block` entries of an index array."""
-  for start in range(0, len(index), block):
-    yield index[start:start + block]
-
-
-def host_zeros(shape, dtype, fill=0) -> np.ndarray:
-  """np.full(shape, fill, dtype) with its data 64-byte aligned: jax's CPU backend then takes such
-  an array as a device buffer without copying it, so a shard built on the host is not held twice
-  while it goes to a CPU device (numpy's own large allocations sit 16 bytes past a page)."""
-  dtype = np.dtype(dtype)
-  size = int(np.prod(shape)) * dtype.itemsize
-  raw = np.zeros(size + 64, np.uint8)
-  start = -raw.ctypes.data % 64
-  out = raw[start:start + size].view(dtype).reshape(shape)
-  if fill:
-    out.fill(fill)
-  return out
-
-
-def counted_rows(order, n: int, total: int, mesh: Optional[Mesh], axis: str) -> np.ndarray:
-  """The source rows (ascending) this process counts in sums over the training set: the rows
-  order[lo:hi] of its counted spans (`sharding.counted_spans`) of the padded (total,) layout
-  whose row r < n holds source row order[r]. One process: every row, 0..n-1 in order."""
-  parts = [order[lo:min(hi, n)] for lo, hi in counted_spans(total, mesh, axis) if lo < n]
-  return np.sort(np.concatenate(parts + [np.zeros((0,), np.int64)]))
-
-
-def streamed_sum(source, rows, d: int, convert, block: int) -> np.ndarray:
-  """The float64 (D,) sum over source rows `rows` (ascending) of convert(raw rows) -> (m, D)
-  float64, read `block` rows at a time and added row after row in order: np.mean(axis=0) of a
-  (N, D >= 2) array sums exactly so, so with one process (rows = 0..N-1) the sum is bit-identical
-  to the whole array's. A single column (D = 1) numpy sums pairwise instead: its N / P values are
-  gathered and summed at once, as np.mean would. Without rows: zeros."""
-  if d == 1:
-    column = [convert(read_rows(source, piece)) for piece in blocks(rows, block)]
-    return np.add.reduce(np.concatenate(column + [np.zeros((0, 1))]), axis=0)
-  acc = None
-  for piece in blocks(rows, block):
-    values = convert(read_rows(source, piece))
-    acc = np.add.reduce(values if acc is None else np.concatenate([acc[None], values]), axis=0)
-  return np.zeros((d,)) if acc is None else acc
+# Training sets as sources, laid out for streaming: read block by block where they live, each
+# process only its own rows (the reading and layout helpers are sharding's, section "Training sets
+# laid out over a mesh from where they live"; here only what is particular to y*'s numbers).
 
 
 def half_squared_norms(rows, whole_rows: int) -> np.ndarray:
@@ -198,10 +109,12 @@ class _ValueChecks:
       self.lo, self.hi = min(self.lo, float(raw.min())), max(self.hi, float(raw.max()))
     return raw
 
-  def packed(self) -> np.ndarray:
-    """[not finite, not floating, (lo, hi) in this process's slot]: summed over processes."""
-    slots = np.zeros(2 * jax.process_count())
-    slots[2 * jax.process_index():2 * jax.process_index() + 2] = self.lo, self.hi
+  def packed(self, across: bool) -> np.ndarray:
+    """[not finite, not floating, (lo, hi) in this process's slot]: summed over processes when
+    `across` (one slot per process), else this process's own verdict (one slot)."""
+    slot = jax.process_index() if across else 0
+    slots = np.zeros(2 * (jax.process_count() if across else 1))
+    slots[2 * slot:2 * slot + 2] = self.lo, self.hi
     return np.concatenate([[float(not self.finite), float(not self.floating)], slots])
 
   def raise_if_failed(self, summed) -> None:
@@ -221,9 +134,9 @@ class _ValueChecks:
 def _prepare(train_images, train_labels, chunk_size: int, mesh: Optional[Mesh], axis: str,
              dtype, with_train: bool = True) -> _TrainingSet:
   """Lays a training source out over the mesh's `axis` for streaming, in two passes over the rows
-  of this process (`sharding.counted_spans`): (1) their float64 sum, block by block, added over
-  processes -> the centre (one process: bit-identical to np.mean of the whole set), with the value
-  checks; (2) `sharding.rows_on_mesh` builds each shard on the process that holds it, from its
+  of this process (`sharding.counted_rows`): (1) their float64 sum, block by block, added over
+  processes (`sharding.streamed_sum`, `sharding.sum_counted`) -> the centre (one process:
+  bit-identical to np.mean of the whole set), with the value checks; (2) `sharding.rows_on_mesh` builds each shard on the process that holds it, from its
   rows centred in float64 block by block and then cast to `dtype` (as the whole set once was).
   Labels (N ints) are held whole; a class-conditional set is laid out by label (stable, so each
   class keeps its order), so a chunk holds few classes and a query's class few chunks. Padding rows
@@ -234,16 +147,15 @@ def _prepare(train_images, train_labels, chunk_size: int, mesh: Optional[Mesh], 
   source, n, item_shape = training_source(train_images)
   d = int(np.prod(item_shape))
   labels, classes = training_labels(train_labels, n)
-  shards = 1 if mesh is None else mesh.shape[axis]
-  chunk, per_shard = shard_rows(n, shards, chunk_size)
-  total = shards * per_shard
+  chunk, total = padded_rows(n, chunk_size, mesh, axis)
   order = np.arange(n) if classes is None else np.argsort(labels, kind="stable")
   block = host_block(chunk, d)
   checks = _ValueChecks(tuple(source.shape), getattr(source, "dtype", None))
   to_float64 = lambda raw: checks(raw).reshape(len(raw), d).astype(np.float64)
   rows = counted_rows(order, n, total, mesh, axis)
-  summed = sum_over_processes(np.concatenate([streamed_sum(source, rows, d, to_float64, block),
-                                              checks.packed()]))
+  across = across_processes(mesh)
+  summed = sum_counted(np.concatenate([streamed_sum(source, rows, d, to_float64, block),
+                                       checks.packed(across)]), mesh)
   checks.raise_if_failed(summed[d:])
   centre = summed[:d] / n
   sorted_labels = labels[order]
@@ -265,8 +177,9 @@ def _prepare(train_images, train_labels, chunk_size: int, mesh: Optional[Mesh], 
     return {k: v for k, v in out.items() if v is not None}
 
   arrays = rows_on_mesh(total, build, mesh, axis)
-  arrays["centre"] = centre.astype(dtype)
-  return _TrainingSet(arrays, item_shape, classes, chunk)
+  centre = centre.astype(dtype)
+  centre = jax.device_put(centre, replicated(mesh)) if across else jnp.asarray(centre)
+  return _TrainingSet(arrays, centre, item_shape, classes, chunk)
 
 
 def _query_inputs(x, sigma, labels, item_shape, classes, dtype):
@@ -279,7 +192,7 @@ def _query_inputs(x, sigma, labels, item_shape, classes, dtype):
   b = check_query(x, sigma, labels if classes is not None else None)
   if classes is not None and labels is not None:
     query_labels = jnp.asarray(labels, jnp.int32).reshape(b)
-    _check_labels(query_labels, classes)
+    check_concrete_labels(classes, query_labels)
   else:
     query_labels = jnp.full((b,), _ANY_LABEL, jnp.int32)
   sigma_b = jnp.broadcast_to(jnp.asarray(sigma, dtype), (b,))
@@ -407,10 +320,6 @@ def default_chunk_size(backend: Optional[str] = None) -> int:
   return _CPU_CHUNK if backend == "cpu" else _ACCELERATOR_CHUNK
 
 
-def _across_processes(mesh: Optional[Mesh]) -> bool:
-  return mesh is not None and any(d.process_index != jax.process_index() for d in mesh.devices.flat)
-
-
 def _is_global(a) -> bool:
   return isinstance(a, jax.Array) and not a.is_fully_addressable
 
@@ -465,10 +374,6 @@ def empirical_optimal_denoiser(train_images, train_labels=None, *, chunk_size: O
   if chunk_size is None:
     chunk_size = default_chunk_size(mesh.devices.flat[0].platform if mesh is not None else None)
   data = _prepare(train_images, train_labels, chunk_size, mesh, axis, dtype)
-  arrays = dict(data.arrays)
-  centre = arrays.pop("centre")
-  across = _across_processes(mesh)
-  centre = jax.device_put(centre, replicated(mesh)) if across else jnp.asarray(centre)
   by_class = data.classes is not None
 
   def statistics(x_centred, inv_sigma, query_labels, *train_arrays):
@@ -484,8 +389,8 @@ def empirical_optimal_denoiser(train_images, train_labels=None, *, chunk_size: O
                                in_specs=(P(), P(), P()) + (P(axis),) * len(_TRAIN_ARRAYS),
                                out_specs=(P(), P()))
   static = functools.partial(_denoise, jax.jit(statistics), data.item_shape, data.classes, dtype,
-                             mesh if across else None)
-  denoiser = jax.tree_util.Partial(static, dict(arrays, centre=centre))
+                             mesh if across_processes(mesh) else None)
+  denoiser = jax.tree_util.Partial(static, dict(data.arrays, centre=data.centre))
   # Read by denoisers.check_labels, which samplers and evaluations call while labels are concrete.
   denoiser.label_domain = data.classes
   return denoiser
@@ -499,12 +404,6 @@ def _denoise(statistics, item_shape, classes, dtype, mesh, arrays, x, sigma, lab
                           *(arrays[k] for k in _TRAIN_ARRAYS))
   out = (acc / total[:, None]).reshape(jnp.shape(x)).astype(jnp.asarray(x).dtype)
   return out.addressable_data(0) if from_host else out
-
-
-def _check_labels(labels, classes) -> None:
-  # Traced labels, or a global array this process cannot read whole, are checked by the caller.
-  if not isinstance(labels, jax.core.Tracer) and not _is_global(labels):
-    check_label_domain(classes, labels)
 
 
 def error_prone_denoiser(optimal: Denoiser, delta: float) -> Denoiser:
@@ -564,10 +463,7 @@ def posterior_statistics(train_images, train_labels=None, *, chunk_size: int = 2
   """
   data = _prepare(train_images, train_labels, chunk_size, mesh, axis, jnp.float32,
                   with_train=False)
-  arrays = dict(data.arrays)
-  centre = arrays.pop("centre")
-  across = _across_processes(mesh)
-  centre = jax.device_put(centre, replicated(mesh)) if across else jnp.asarray(centre)
+  arrays, centre = data.arrays, data.centre
   chunk = data.chunk_size
   by_class = data.classes is not None
   axis_name = None if mesh is None else axis
@@ -606,7 +502,7 @@ def posterior_statistics(train_images, train_labels=None, *, chunk_size: int = 2
     statistics = jax.shard_map(statistics, mesh=mesh,
                                in_specs=(P(), P(), P()) + (P(axis),) * 3, out_specs=P())
   statistics = jax.jit(statistics)
-  mesh_across = mesh if across else None
+  mesh_across = mesh if across_processes(mesh) else None
 
   def stats(x, sigma, labels=None) -> PosteriorStatistics:
     flat_x, sigma_b, query_labels = _query_inputs(x, sigma, labels, data.item_shape, data.classes,

@@ -50,7 +50,7 @@ How the patch machines are computed, and why (the same choices as y* in optimal.
     O(N / (P D) + working chunk). Each device streams its shard and the partial statistics are
     merged exactly (pmin of the minima, rescaled psums). Statistics of the whole set (ELS's mean
     patch, the Gaussian's mean and covariance) are float64 sums over each process's rows, added
-    over processes exactly (`sharding.sum_over_processes`); with one process bit-identical to the
+    over processes exactly (`sharding.sum_counted`); with one process bit-identical to the
     whole-array computation. Queries are replicated (host arrays, or batches split over the data
     axis inside a jit: the machine gathers them); the result is replicated.
   * Patch-size schedules: `patch_size` may be a mapping {sigma: k}; a query at sigma uses the size
@@ -69,13 +69,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from diffgen_jax.checks import check_float_dtype, check_number
 from diffgen_jax.data.convention import CONVENTION, check_images
-from diffgen_jax.denoisers import Denoiser, check_label_domain, check_query, training_labels
-from diffgen_jax import sharding
-from diffgen_jax.sharding import DATA_AXIS, rows_on_mesh, shard_rows, sum_over_processes
+from diffgen_jax.denoisers import (Denoiser, check_concrete_labels, check_query,
+                                   training_labels)
+from diffgen_jax.sharding import (DATA_AXIS, RowSum, across_processes, blocks, counted_rows,
+                                  counted_spans, padded_rows, read_rows, rows_on_mesh, sum_counted,
+                                  sum_over_processes, training_source)
 
 BOUNDARIES = ("circular", "zeros")
 # optimal.py re-exports this module, so it imports nothing from optimal.py (imports run one way).
@@ -92,84 +94,21 @@ PatchSize = Union[int, Mapping[float, int]]
 # ------------------------------------------------------------------------------------------------
 
 def _training_source(images, name: str = "train_images"):
-  """`images` as a training source, after the checks its shape allows without reading it (anything
-  without a .shape, such as nested lists, is made an array).
-
-  A source is anything with len(), .shape (N, H, W, C) and indexing by a slice or an int array
-  that returns numpy rows (a numpy array, `sharding.LazyRows` over a lazily decoded split). Its
-  values (floating point, finite, in [-1, 1]) are checked where they are read (`_read`), so each
-  process checks the rows it reads. Raises ValueError naming `name` unless it is 4-D, non-empty.
-  """
-  if not hasattr(images, "shape"):  # nested lists and the like: as an array, as before
-    images = np.asarray(images)
-  shape = tuple(images.shape)  # a source's declared shape: nothing is read here
-  if len(shape) != 4:
-    raise ValueError(f"{name} must be {CONVENTION}; got shape {shape}")
-  if 0 in shape:
-    raise ValueError(f"{name} must be a non-empty NHWC array (N, H, W, C), got shape {shape}")
-  return images
+  """(source, N, (H, W, C)) of a training set of NHWC images (`sharding.training_source`: kept as
+  a source, nothing read). Its values (floating point, finite, in [-1, 1]) are checked where they
+  are read (`_read`), so each process checks the rows it reads. Raises ValueError naming `name`
+  unless it is 4-D and non-empty."""
+  return training_source(images, name, ndim=4, layout=CONVENTION)
 
 
-def _read(source, index, name: str = "train_images") -> np.ndarray:
-  """Rows `index` (a slice or an int array) of a training source as numpy, checked against the
-  image convention (`data.convention.check_images`, naming `name`). Counted in
-  `sharding.rows_built`: "source" adds the rows read, "read" keeps the largest single read, so a
-  test can check that a process reads only its share of the set, never the set whole."""
-  rows = np.asarray(source[index])
-  check_images(rows, name)
-  if rows.shape[1:] != tuple(source.shape[1:]):
-    raise ValueError(f"{name}: a read returned rows of shape {rows.shape[1:]}, but the source's "
-                     f"shape is {tuple(source.shape)}")
-  sharding.rows_built["source"] += len(rows)
-  sharding.rows_built["read"] = max(sharding.rows_built["read"], len(rows))
-  return rows
+def _check_read(rows) -> None:
+  check_images(rows, "train_images")
 
 
-def _counted_spans(total_rows: int, mesh: Optional[Mesh], axis: str):
-  """The spans [lo, hi) of a (total_rows,) array split over `axis` whose rows THIS process counts in
-  statistics summed over processes (ascending): each span once over all processes, by the process
-  of its first device. A span replicated over the mesh's other axes lives on several devices,
-  maybe of several processes (a model axis across hosts); counting it on each would double it."""
-  if mesh is None:
-    return [(0, total_rows)]
-  holders = {}
-  for device, index in NamedSharding(mesh, P(axis)).devices_indices_map((total_rows,)).items():
-    span = index[0].indices(total_rows)[:2]
-    key = (device.process_index, device.id)
-    holders[span] = min(holders.get(span, key), key)
-  return sorted(span for span, (process, _) in holders.items() if process == jax.process_index())
-
-
-# Rows converted to float64 and added at a time by `_add_rows` (the sum does not depend on it).
-_SUM_ROWS = 256
-
-
-def _across_processes(mesh: Optional[Mesh]) -> bool:
-  """Whether `mesh` has devices of other processes (then statistics are added over processes)."""
-  return mesh is not None and any(d.process_index != jax.process_index() for d in mesh.devices.flat)
-
-
-def _over_processes(partial_sum, mesh: Optional[Mesh]):
-  """A float64 sum over this process's `_counted_spans` made the sum over all rows: added over
-  the processes for a mesh across processes; as it is otherwise (no mesh, or a mesh of this
-  process's devices: this process read every row itself, and no collective runs)."""
-  return sum_over_processes(partial_sum) if _across_processes(mesh) else partial_sum
-
-
-def _add_rows(acc, rows):
-  """acc (float64) + the sum of `rows` over axis 0, in float64, _SUM_ROWS rows at a time: the
-  sequential row sum that np.mean(axis=0) does (whatever the block size), so one process
-  reproduces np.mean(images, axis=0, dtype=float64) bit for bit, with no float64 copy of the set."""
-  for start in range(0, len(rows), _SUM_ROWS):
-    block = rows[start:start + _SUM_ROWS].astype(np.float64)
-    acc = np.add.reduce(np.concatenate([acc[None], block]), axis=0)
-  return acc
-
-
-def _check_labels(labels, classes) -> None:
-  """Concrete query labels must have training images (a softmax over an empty class is 0 / 0)."""
-  if not isinstance(labels, jax.core.Tracer):
-    check_label_domain(classes, labels)
+def _read(source, index) -> np.ndarray:
+  """Rows `index` (a slice or ascending int array) of a training source, checked against the image
+  convention (`data.convention.check_images`) and counted (`sharding.read_rows`)."""
+  return read_rows(source, index, "train_images", check=_check_read)
 
 
 def _check_size(k, name: str) -> int:
@@ -255,24 +194,22 @@ def _prepare(train_images, train_labels, chunk_size, mesh, axis, dtype, with_mea
   """The training set laid out for streaming: (N_padded, H W C) images and (N_padded,) labels over
   the mesh's `axis` (`sharding.rows_on_mesh`: each shard built from the source on the process that
   holds it, one shard on the host at a time; a whole number of chunks per shard), and with
-  `with_mean` the float64 mean image, summed over this process's rows (`_counted_spans`) block by
-  block and combined with `sum_over_processes` (one process: bit-identical to
-  np.mean(images, axis=0, dtype=float64)). Host memory: one shard and the labels (N int32)."""
-  source = _training_source(train_images)
+  `with_mean` the float64 mean image, summed over the rows of this process's shards that it counts
+  (`sharding.counted_spans`) as they are built (`sharding.RowSum`) and added over processes
+  (`sharding.sum_counted`; one process: bit-identical to np.mean(images, axis=0, dtype=float64)).
+  Host memory: one shard and the labels (N int32)."""
+  source, n, item_shape = _training_source(train_images)
   chunk_size = _check_count(chunk_size, "chunk_size")
-  n, item_shape = len(source), tuple(source.shape[1:])
   labels, classes = training_labels(train_labels, n)
-  shards = 1 if mesh is None else mesh.shape[axis]
-  chunk, per_shard = shard_rows(n, shards, chunk_size)
-  total = shards * per_shard
-  counted = set(_counted_spans(total, mesh, axis))
-  total_sum = [np.zeros(item_shape)]
+  chunk, total = padded_rows(n, chunk_size, mesh, axis)
+  counted = set(counted_spans(total, mesh, axis))
+  mean_sum = RowSum(int(np.prod(item_shape)))
 
   def build(lo, hi):
     # rows_on_mesh builds this process's shards in ascending order: the sum runs over rows in order.
     raw = _read(source, slice(lo, min(hi, n))) if lo < n else np.zeros((0,) + item_shape, dtype)
     if with_mean and (lo, hi) in counted:  # the mean of the values as given, before the cast
-      total_sum[0] = _add_rows(total_sum[0], raw)
+      mean_sum.add(raw)
     rows = raw.astype(dtype)
     pad = (hi - lo) - len(rows)
     images = np.concatenate([rows, np.zeros((pad,) + item_shape, rows.dtype)]) if pad else rows
@@ -282,7 +219,7 @@ def _prepare(train_images, train_labels, chunk_size, mesh, axis, dtype, with_mea
             "labels": np.concatenate([labels[lo:min(hi, n)], np.full((pad,), _NO_LABEL, np.int32)])}
 
   arrays = rows_on_mesh(total, build, mesh, axis)
-  mean = _over_processes(total_sum[0], mesh) / n if with_mean else None
+  mean = (sum_counted(mean_sum.value(), mesh) / n).reshape(item_shape) if with_mean else None
   return _Images(arrays["images"], arrays["labels"], item_shape, classes, chunk, mean)
 
 
@@ -294,7 +231,7 @@ def _query(x, sigma, labels, item_shape, classes, dtype):
   b = check_query(x, sigma, labels if classes is not None else None)
   if classes is not None and labels is not None:
     query_labels = jnp.asarray(labels, jnp.int32)
-    _check_labels(query_labels, classes)
+    check_concrete_labels(classes, query_labels)
   else:
     query_labels = jnp.full((b,), _ANY_LABEL, jnp.int32)
   sigma_b = jnp.broadcast_to(jnp.asarray(sigma, dtype).reshape(-1), (b,))
@@ -532,8 +469,8 @@ def _blocked(core, query_block):
                                 for a in (x, scale, query_labels))
     if nb == 1:
       return core(x, scale, query_labels, *train)[:b]
-    blocks = lambda a: a.reshape((nb, qb) + a.shape[1:])
-    out = lax.map(lambda q: core(*q, *train), (blocks(x), blocks(scale), blocks(query_labels)))
+    by_block = lambda a: a.reshape((nb, qb) + a.shape[1:])
+    out = lax.map(lambda q: core(*q, *train), (by_block(x), by_block(scale), by_block(query_labels)))
     return out.reshape((nb * qb,) + out.shape[2:])[:b]
 
   return run
@@ -702,7 +639,7 @@ def equivariant_local_denoiser(train_images, patch_size: PatchSize, train_labels
   _check_boundary(boundary)
   chunk_size = _check_count(chunk_size, "chunk_size", allow_none=True)
   query_block = _check_count(query_block, "query_block", allow_none=True)
-  source = _training_source(train_images)
+  source, _, _ = _training_source(train_images)
   default_chunk, default_block = els_blocks(source.shape, chunk_size)
   chunk_size = default_chunk if chunk_size is None else chunk_size
   query_block = default_block if query_block is None else query_block
@@ -753,11 +690,10 @@ def gaussian_fit(train_images, train_labels=None, *, rank: Optional[int] = None,
   process 0's result is then sent to all.
   Raises ValueError naming the argument (images, rank, chunk_size, labels, axis).
   """
-  source = _training_source(train_images)
+  source, n, item_shape = _training_source(train_images)
   chunk_size = _check_count(chunk_size, "chunk_size")
   _check_mesh_axis(mesh, axis)
-  n = len(source)
-  d = int(np.prod(source.shape[1:]))
+  d = int(np.prod(item_shape))
   if rank is not None:
     try:
       check_number(rank, "rank", low=1, high=d, integer=True)
@@ -765,10 +701,7 @@ def gaussian_fit(train_images, train_labels=None, *, rank: Optional[int] = None,
       raise ValueError(f"rank must be None or an integer in [1, {d}] (H W C), got {rank!r}") from None
   labels, domain = training_labels(train_labels, n)
   # This process's rows: an even split of N over the axis (no chunk padding: nothing is laid out).
-  shards = 1 if mesh is None else mesh.shape[axis]
-  total = shards * shard_rows(n, shards, 1)[1]
-  mine = np.concatenate([np.arange(lo, min(hi, n)) for lo, hi in _counted_spans(total, mesh, axis)]
-                        + [np.zeros((0,), np.int64)])
+  mine = counted_rows(np.arange(n), n, padded_rows(n, 1, mesh, axis)[1], mesh, axis)
   if domain is None:
     groups, classes = [(mine, n)], ()
   else:
@@ -778,12 +711,11 @@ def gaussian_fit(train_images, train_labels=None, *, rank: Optional[int] = None,
   means, values, vectors = [], [], []
   for rows, count in groups:
     s1, s2 = np.zeros(d), np.zeros((d, d))
-    for start in range(0, len(rows), chunk_size):
-      block = _read(source, _index(rows[start:start + chunk_size])).reshape(-1, d)
-      block = block.astype(np.float64)
+    for piece in blocks(rows, chunk_size):
+      block = _read(source, piece).reshape(-1, d).astype(np.float64)
       s1 += block.sum(axis=0)
       s2 += block.T @ block
-    s1, s2 = _over_processes(s1, mesh), _over_processes(s2, mesh)
+    s1, s2 = sum_counted(s1, mesh), sum_counted(s2, mesh)
     mean = s1 / count
     cov = s2 / count - np.outer(mean, mean)
     lam, u = np.linalg.eigh(0.5 * (cov + cov.T))
@@ -792,17 +724,9 @@ def gaussian_fit(train_images, train_labels=None, *, rank: Optional[int] = None,
     values.append(lam[::-1][:r])
     vectors.append(u[:, ::-1][:, :r])
   model = (np.stack(means), np.stack(values), np.stack(vectors))
-  if _across_processes(mesh):
+  if across_processes(mesh):
     model = _same_on_every_process(*model)
   return GaussianModel(*model, classes)
-
-
-def _index(rows):
-  """Ascending row ids as a slice when they are consecutive (a lazy source reads a slice in one
-  piece), else as they are."""
-  if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
-    return slice(int(rows[0]), int(rows[-1]) + 1)
-  return rows
 
 
 def _same_on_every_process(*arrays):
@@ -849,13 +773,13 @@ def gaussian_denoiser(train_images, rank: Optional[int] = None, train_labels=Non
     query labels).
   """
   dtype = check_float_dtype(dtype)
-  source = _training_source(train_images)
+  source, _, item_shape = _training_source(train_images)
   model = gaussian_fit(source, train_labels, rank=rank, chunk_size=chunk_size, mesh=mesh, axis=axis)
   arrays = dict(means=jnp.asarray(model.means, dtype), eigenvalues=jnp.asarray(model.eigenvalues, dtype),
                 eigenvectors=jnp.asarray(model.eigenvectors, dtype),
                 row_of_class=jnp.asarray(_row_lookup(model.classes), jnp.int32))
   classes = frozenset(model.classes) if model.classes else None
-  static = functools.partial(_gaussian_denoise, tuple(source.shape[1:]), classes, dtype)
+  static = functools.partial(_gaussian_denoise, item_shape, classes, dtype)
   return _with_label_domain(jax.tree_util.Partial(static, arrays), classes)
 
 

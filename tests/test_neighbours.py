@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from counted import Counted  # tests/counted.py
 from diffgen_jax import sharding
 from diffgen_jax.evaluation.neighbours import nearest_neighbours
 from diffgen_jax.sharding import make_mesh
@@ -15,18 +16,6 @@ def _brute_force(queries, reference, k):
   d2 = ((q[:, None] - r[None]) ** 2).sum(-1)
   idx = np.stack([np.lexsort((np.arange(len(r)), row))[:k] for row in d2])
   return idx, np.sqrt(np.take_along_axis(d2, idx, 1))
-
-
-class Counted:
-  def __init__(self, array):
-    self.array, self.shape, self.reads = array, array.shape, []
-
-  def __len__(self):
-    return len(self.array)
-
-  def __getitem__(self, index):
-    self.reads.append(np.arange(len(self.array))[index])
-    return self.array[index]
 
 
 @pytest.mark.parametrize("mesh_shape,chunk", [(None, 3), (None, 64), ((8, 1), 1), ((8, 1), 3),
@@ -92,16 +81,8 @@ N = 45
 whole = rng.uniform(-1, 1, (N, 2, 2, 1)).astype(np.float32)
 whole[40:] = whole[[1, 2, 30, 1, 7]]  # duplicates, one of them in the other process's half
 
-class Counted:
-  shape = whole.shape
-  reads = []
-  def __len__(self):
-    return N
-  def __getitem__(self, index):
-    self.reads.append(np.arange(N)[index])
-    return whole[index]
-
-source = Counted()
+from counted import Counted  # tests/counted.py
+source = Counted(whole)
 queries = np.concatenate([whole[[2, 30, 44]], whole[:5] + 0.01, rng.uniform(-1, 1, (4, 2, 2, 1))])
 queries = queries.astype(np.float32)
 mesh = sharding.make_mesh()

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from counted import Counted  # tests/counted.py
 from diffgen_jax import edm
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
 from diffgen_jax.sharding import make_mesh
@@ -308,20 +309,6 @@ def test_bad_input_raises_clear_errors():
 # (l) a training set given as a source, read where it lives.
 
 
-class Counted:
-  """A source over an array that records every row it is asked for (one entry per read)."""
-
-  def __init__(self, array):
-    self.array, self.shape, self.reads = array, array.shape, []
-
-  def __len__(self):
-    return len(self.array)
-
-  def __getitem__(self, index):
-    self.reads.append(np.arange(len(self.array))[index])
-    return self.array[index]
-
-
 def _uint8_split(n=45, seed=0):
   pixels = np.random.default_rng(seed).integers(0, 256, (n, 3, 2, 1), dtype=np.uint8)
   return pixels, np.random.default_rng(seed + 1).integers(0, 3, n)
@@ -435,16 +422,8 @@ N = 75
 whole = rng.uniform(-1, 1, (N, 2, 3)).astype(np.float32)
 labels = rng.integers(0, 3, N)
 
-class Counted:
-  shape = whole.shape
-  reads = []
-  def __len__(self):
-    return N
-  def __getitem__(self, index):
-    self.reads.append(np.arange(N)[index])
-    return whole[index]
-
-source = Counted()
+from counted import Counted  # tests/counted.py
+source = Counted(whole)
 mesh = sharding.make_mesh()
 x = rng.uniform(-1.2, 1.2, (16, 2, 3)).astype(np.float32)
 sigma = np.geomspace(0.01, 10, 16).astype(np.float32)
@@ -462,10 +441,10 @@ stats = optimal.posterior_statistics(source, labels, chunk_size=4, mesh=mesh)(x,
 out = dict(eager=np.asarray(uncond(x, sigma)), eager_cond=np.asarray(cond(x, sigma, q)),
            jitted=sharding.fetch(jitted), shard=np.array(shard), read=read, read_cond=read_cond,
            entropy=np.asarray(stats.entropy), participation=np.asarray(stats.participation))
-if NUM_PROCESSES == 1:
-  out["none"] = np.asarray(optimal.empirical_optimal_denoiser(whole, chunk_size=4)(x, sigma))
-  out["none_cond"] = np.asarray(optimal.empirical_optimal_denoiser(whole, labels, chunk_size=4)(
-      x, sigma, q))
+# Without a mesh every process reads every row and sums on its own (nothing added over processes).
+out["none"] = np.asarray(optimal.empirical_optimal_denoiser(whole, chunk_size=4)(x, sigma))
+out["none_cond"] = np.asarray(optimal.empirical_optimal_denoiser(whole, labels, chunk_size=4)(
+    x, sigma, q))
 report(**out)
 """
 
@@ -496,3 +475,6 @@ def test_two_processes_equal_one_and_read_only_their_rows(tmp_path):
   np.testing.assert_allclose(one["jitted"], one["eager_cond"], rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(one["eager"], one["none"], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(one["eager_cond"], one["none_cond"], rtol=1e-5, atol=1e-6)
+  for r in two:  # mesh=None on each of 2 processes: the one-process bits
+    np.testing.assert_array_equal(r["none"], one["none"])
+    np.testing.assert_array_equal(r["none_cond"], one["none_cond"])

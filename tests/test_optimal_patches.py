@@ -137,16 +137,23 @@ def test_whole_image_window_reproduces_optimal_denoiser(factory):
 
 # ---- k = 1 LS: a per-pixel posterior ----------------------------------------------------------
 
-def test_k1_local_denoiser_is_per_pixel_posterior():
-  train = _data(7)
-  x, s = _noisy_queries(train, np.array([0.1, 0.7, 3.0]), per_sigma=2)
+def _per_pixel_posterior(train, x, sigma):
+  """The posterior mean of every pixel over the N training values at that pixel (brute force)."""
   y = train.astype(np.float64)
   want = np.empty(x.shape)
   for i in range(len(x)):
     for p in range(H):
       for q in range(W):
-        want[i, p, q] = _softmax_mean(np.sum((y[:, p, q] - x[i, p, q]) ** 2, axis=1), y[:, p, q], s[i])
-  np.testing.assert_allclose(np.asarray(local_denoiser(train, 1)(x, s)), want, atol=1e-5)
+        d2 = np.sum((y[:, p, q] - x[i, p, q]) ** 2, axis=1)
+        want[i, p, q] = _softmax_mean(d2, y[:, p, q], sigma[i])
+  return want
+
+
+def test_k1_local_denoiser_is_per_pixel_posterior():
+  train = _data(7)
+  x, s = _noisy_queries(train, np.array([0.1, 0.7, 3.0]), per_sigma=2)
+  np.testing.assert_allclose(np.asarray(local_denoiser(train, 1)(x, s)),
+                             _per_pixel_posterior(train, x, s), atol=1e-5)
 
 
 # ---- equivariance ------------------------------------------------------------------------------
@@ -494,15 +501,8 @@ def test_known_answers_with_a_lazy_source():
   for factory in (local_denoiser, patch_composite_denoiser):
     np.testing.assert_allclose(np.asarray(factory(source, k, chunk_size=4)(x, s)), want, atol=2e-5)
   # k = 1 LS: the per-pixel posterior over the N values at that pixel (brute force).
-  y = train.astype(np.float64)
-  want = np.empty(x.shape)
-  for i in range(len(x)):
-    for p in range(H):
-      for q in range(W):
-        d2 = np.sum((y[:, p, q] - x[i, p, q]) ** 2, axis=1)
-        want[i, p, q] = _softmax_mean(d2, y[:, p, q], s[i])
-  np.testing.assert_allclose(np.asarray(local_denoiser(source, 1, chunk_size=3)(x, s)), want,
-                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(local_denoiser(source, 1, chunk_size=3)(x, s)),
+                             _per_pixel_posterior(train, x, s), atol=1e-5)
   # Circular ELS commutes with circular shifts exactly.
   square = _pixels(6, shape=(6, 6, 1))
   denoise = equivariant_local_denoiser(_lazy(square), 3, boundary="circular", chunk_size=2)
@@ -519,6 +519,7 @@ def test_known_answers_with_a_lazy_source():
   np.testing.assert_array_equal(
       np.asarray(equivariant_local_denoiser(source, 3, boundary="circular")(q, 1e-30)),
       _nearest_any_position_centre(train, q, 3).astype(np.float32))
+  y = train.astype(np.float64)
   mean = np.broadcast_to(y.mean(axis=0), q.shape)
   for machine in (local_denoiser(source, 3), patch_composite_denoiser(source, 3),
                   gaussian_denoiser(source, chunk_size=3)):

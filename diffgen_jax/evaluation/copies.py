@@ -18,11 +18,8 @@ from jax.sharding import Mesh
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
 from diffgen_jax.evaluation.neighbours import nearest_neighbours
-from diffgen_jax.optimal import blocks, counted_rows, read_rows, training_source
-from diffgen_jax.sharding import DATA_AXIS, LazyRows, shard_rows, sum_over_processes
-
-# Rows hashed per read when looking for duplicates (a block of at most this many values).
-_HASH_BLOCK_VALUES = 1 << 22
+from diffgen_jax.sharding import (DATA_AXIS, LazyRows, blocks, counted_rows, host_block,
+                                  padded_rows, read_rows, sum_counted, training_source)
 
 
 class DistinctRows(NamedTuple):
@@ -48,16 +45,15 @@ def first_occurrences(images, *, mesh: Optional[Mesh] = None, axis: str = DATA_A
   rows whose hash another row shares are read again, by every process, to be compared exactly.
   Raises ValueError (on every process) when `check` raises on any.
   """
-  source, n, _ = training_source(images, "train_images")
-  shards = 1 if mesh is None else mesh.shape[axis]
-  total = shards * shard_rows(n, shards, 1)[1]
-  mine = counted_rows(np.arange(n), n, total, mesh, axis)
-  d = int(np.prod(tuple(source.shape[1:])))
+  source, n, item_shape = training_source(images, "train_images")
+  mine = counted_rows(np.arange(n), n, padded_rows(n, 1, mesh, axis)[1], mesh, axis)
+  d = int(np.prod(item_shape))
   # The 64-bit hash of each row, as two 32-bit halves in float64 (exact integers), so that the
-  # float64 sum over processes gathers them: every row is hashed by exactly one process.
+  # float64 sum over processes (`sharding.sum_counted`) gathers them: every row is hashed by
+  # exactly one process (by each, without a mesh across processes: then nothing is added).
   halves = np.zeros((n, 2))
   error = None
-  for piece in blocks(mine, max(1, _HASH_BLOCK_VALUES // max(1, d))):
+  for piece in blocks(mine, host_block(n, d)):
     rows = read_rows(source, piece)
     try:
       if check is not None:
@@ -68,7 +64,7 @@ def first_occurrences(images, *, mesh: Optional[Mesh] = None, axis: str = DATA_A
     digests = [hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in _canonical(rows)]
     h = np.frombuffer(b"".join(digests), np.uint64)
     halves[piece, 0], halves[piece, 1] = h >> np.uint64(32), h & np.uint64(0xFFFFFFFF)
-  summed = sum_over_processes(np.concatenate([halves.reshape(-1), [float(error is not None)]]))
+  summed = sum_counted(np.concatenate([halves.reshape(-1), [float(error is not None)]]), mesh)
   if summed[-1]:
     raise error or ValueError("train_images: another process found invalid rows (see its error)")
   halves = summed[:-1].reshape(n, 2).astype(np.uint64)

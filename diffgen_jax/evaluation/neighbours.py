@@ -27,10 +27,11 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from diffgen_jax.checks import check_number
-from diffgen_jax.optimal import (blocks, counted_rows, half_squared_norms, host_block, host_zeros,
-                                 read_rows, streamed_sum, training_source)
-from diffgen_jax.sharding import (DATA_AXIS, fetch, replicated, rows_on_mesh, shard_rows,
-                                  sum_over_processes)
+# The squared norms as y* computes them, block by block (the mathematics: one home).
+from diffgen_jax.optimal import half_squared_norms
+from diffgen_jax.sharding import (DATA_AXIS, blocks, counted_rows, fetch, host_block, host_zeros,
+                                  padded_rows, read_rows, replicated, rows_on_mesh, streamed_sum,
+                                  sum_counted, training_source)
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -88,25 +89,23 @@ def _sharded_knn(mesh: Mesh, axis: str, k: int, chunk: int):
 def _reference_on_mesh(reference, chunk_size: int, mesh: Optional[Mesh], axis: str):
   """(arrays {reference, half_sq, valid, ids}, centre (D,) float64, chunk): the reference
   source as float32, centred at its float64 mean (summed block by block over this process's rows
-  and added over processes; one process: bit-identical to the mean of the whole), padded to whole
-  chunks per shard and laid out over the mesh's `axis` by `sharding.rows_on_mesh` (each shard
-  built from its rows on the process that holds it). Without a mesh: one device, as before."""
+  and added over processes: `sharding.streamed_sum`, `sharding.sum_counted`; one process:
+  bit-identical to the mean of the whole), padded to whole chunks per shard and laid out over the
+  mesh's `axis` by `sharding.rows_on_mesh` (each shard built from its rows on the process that
+  holds it). Without a mesh: one device, as before."""
   source, n, item_shape = training_source(reference, "reference")
   d = int(np.prod(item_shape))
-  shards = 1 if mesh is None else mesh.shape[axis]
-  chunk, per_shard = shard_rows(n, shards, chunk_size)
-  total = shards * per_shard
+  chunk, total = padded_rows(n, chunk_size, mesh, axis)
   block = host_block(chunk, d)
   as_float32 = lambda raw: np.asarray(raw, np.float32).reshape(len(raw), d)
   rows = counted_rows(np.arange(n), n, total, mesh, axis)
-  centre = sum_over_processes(
-      streamed_sum(source, rows, d, lambda raw: as_float32(raw).astype(np.float64), block)) / n
+  centre = sum_counted(streamed_sum(source, rows, d, as_float32, block, "reference"), mesh) / n
 
   def build(lo, hi):
     ref = host_zeros((hi - lo, d), np.float32)
     half = host_zeros((hi - lo,), np.float32)
     for piece in blocks(np.arange(lo, min(hi, n)), block):
-      centred = (as_float32(read_rows(source, piece)) - centre).astype(np.float32)
+      centred = (as_float32(read_rows(source, piece, "reference")) - centre).astype(np.float32)
       at = slice(piece[0] - lo, piece[-1] + 1 - lo)
       ref[at] = centred
       half[at] = half_squared_norms(centred.astype(np.float64), total).astype(np.float32)
