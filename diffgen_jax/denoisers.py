@@ -221,6 +221,15 @@ def _concrete_host(labels):
   return np.asarray(labels)
 
 
+def check_concrete_labels(domain: Iterable[int], labels) -> None:
+  """`check_label_domain` for query labels that are concrete here: traced labels, or a global
+  array this process cannot read whole, are left to the caller (`check_labels`, run before
+  tracing). A denoiser calls it on the labels it is given."""
+  query = _concrete_host(labels)
+  if query is not None:
+    check_label_domain(domain, query)
+
+
 def training_labels(train_labels, n: int):
   """(labels, label_domain) of a training set of n points for the analytic denoisers.
 

@@ -24,6 +24,12 @@ How it is computed, and why:
     point bit for bit.
   * Sharded: given a mesh, the training set is split over the data axis; each device streams its
     shard and the partial statistics are combined exactly (pmax of the maxima, rescaled psums).
+  * From where it lives: the training set may be a source (a lazily decoded split), read block by
+    block, each process only the rows its devices hold; the float64 centre is summed over those
+    rows and added over processes, and each shard is built on its process (`_prepare`). No float64
+    copy of the set and no process holding it whole; one process gives the bits of the array.
+  * A class-conditional y* reads only the queries' classes: the rows are laid out by label and a
+    chunk holding none of them is skipped (`_over_chunks`).
 """
 
 from __future__ import annotations
@@ -35,16 +41,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from diffgen_jax.checks import check_float_dtype, check_number
-from diffgen_jax.denoisers import (Denoiser, check_label_domain, check_query, per_example,
+from diffgen_jax.denoisers import (Denoiser, check_concrete_labels, check_query, per_example,
                                    training_labels)
 # The analytic ladder's patch machines and Gaussian denoiser live beside this module (they import
 # nothing from it); re-exported here so `optimal.local_denoiser` etc. work.
 from diffgen_jax.optimal_patches import (  # noqa: F401  pylint: disable=unused-import
     equivariant_local_denoiser, gaussian_denoiser, local_denoiser, patch_composite_denoiser)
-from diffgen_jax.sharding import DATA_AXIS
+from diffgen_jax.sharding import (DATA_AXIS, across_processes, blocks, counted_rows, host_block,
+                                  host_zeros, padded_rows, read_rows, replicated, rows_on_mesh,
+                                  streamed_sum, sum_counted, training_source)
 
 _NO_LABEL = -1  # label of padding rows: never equal to a query's label.
 _ANY_LABEL = -2  # query label meaning "sum over every training point".
@@ -54,8 +62,10 @@ _TRAIN_ARRAYS = ("train_centred", "half_sq_norms", "train", "train_labels")
 
 
 class _TrainingSet(NamedTuple):
-  """A training set laid out for streaming: centred, padded to whole chunks (per shard)."""
-  arrays: dict  # _TRAIN_ARRAYS (numpy) and "centre"
+  """A training set laid out for streaming: centred, padded to whole chunks per shard, split over
+  the mesh's axis (global arrays), rows ordered by label when class-conditional."""
+  arrays: dict  # the names in _TRAIN_ARRAYS (jax arrays, (N_padded, ...))
+  centre: jax.Array  # (D,) the training mean, replicated over a mesh across processes
   item_shape: tuple
   classes: Optional[frozenset]  # None: unconditional
   chunk_size: int
@@ -65,36 +75,111 @@ class _TrainingSet(NamedTuple):
 _IMAGE_LIMIT = 10.0
 
 
-def _prepare(train_images, train_labels, chunk_size: int, shards: int, dtype) -> _TrainingSet:
+# ------------------------------------------------------------------------------------------------
+# Training sets as sources, laid out for streaming: read block by block where they live, each
+# process only its own rows (the reading and layout helpers are sharding's, section "Training sets
+# laid out over a mesh from where they live"; here only what is particular to y*'s numbers).
+
+
+def half_squared_norms(rows, whole_rows: int) -> np.ndarray:
+  """0.5 ||y||^2 of float64 rows (m, D), as np.einsum("nd,nd->n") gives it for the whole
+  (whole_rows, D) set: numpy sums the D values of a lone row (m = 1) in buffered pieces when
+  D > 8192, but row by row in a several-row array, so a one-row block of a larger set is
+  computed inside a two-row array."""
+  if len(rows) == 1 and whole_rows > 1:
+    pair = np.concatenate([rows, rows])
+    return 0.5 * np.einsum("nd,nd->n", pair, pair)[:1]
+  return 0.5 * np.einsum("nd,nd->n", rows, rows)
+
+
+class _ValueChecks:
+  """The value checks of training images, accumulated over the rows this process reads and agreed
+  on by every process (one ValueError everywhere, never a process left waiting in a collective).
+  With one process: the verdict and message of checking the whole array at once."""
+
+  def __init__(self, shape, dtype):
+    self.shape, self.dtype = shape, dtype
+    self.finite, self.floating, self.lo, self.hi = True, True, np.inf, -np.inf
+
+  def __call__(self, raw):
+    self.dtype = raw.dtype
+    self.finite = self.finite and bool(np.all(np.isfinite(raw)))
+    self.floating = self.floating and bool(np.issubdtype(raw.dtype, np.floating))
+    if raw.size:
+      self.lo, self.hi = min(self.lo, float(raw.min())), max(self.hi, float(raw.max()))
+    return raw
+
+  def packed(self, across: bool) -> np.ndarray:
+    """[not finite, not floating, (lo, hi) in this process's slot]: summed over processes when
+    `across` (one slot per process), else this process's own verdict (one slot)."""
+    slot = jax.process_index() if across else 0
+    slots = np.zeros(2 * (jax.process_count() if across else 1))
+    slots[2 * slot:2 * slot + 2] = self.lo, self.hi
+    return np.concatenate([[float(not self.finite), float(not self.floating)], slots])
+
+  def raise_if_failed(self, summed) -> None:
+    if summed[0]:
+      raise ValueError("train_images contains NaN or Inf")
+    if summed[1]:
+      raise ValueError(f"train_images must be floating point (images in [-1, 1]: uint8 pixels p "
+                       f"map to p / 127.5 - 1), got dtype {self.dtype}")
+    lo, hi = np.min(summed[2::2]), np.max(summed[3::2])
+    # The image convention (data.convention, not imported here: the math layer stands alone):
+    # the 0..255 float scale would give a posterior mean on the wrong scale.
+    if len(self.shape) == 4 and max(abs(lo), abs(hi)) > _IMAGE_LIMIT:
+      raise ValueError(f"train_images of shape {self.shape} are NHWC images, which must lie in "
+                       f"[-1, 1]; got values in [{lo:g}, {hi:g}] (0..255 pixels?)")
+
+
+def _prepare(train_images, train_labels, chunk_size: int, mesh: Optional[Mesh], axis: str,
+             dtype, with_train: bool = True) -> _TrainingSet:
+  """Lays a training source out over the mesh's `axis` for streaming, in two passes over the rows
+  of this process (`sharding.counted_rows`): (1) their float64 sum, block by block, added over
+  processes (`sharding.streamed_sum`, `sharding.sum_counted`) -> the centre (one process:
+  bit-identical to np.mean of the whole set), with the value checks; (2) `sharding.rows_on_mesh` builds each shard on the process that holds it, from its
+  rows centred in float64 block by block and then cast to `dtype` (as the whole set once was).
+  Labels (N ints) are held whole; a class-conditional set is laid out by label (stable, so each
+  class keeps its order), so a chunk holds few classes and a query's class few chunks. Padding rows
+  (zeros, label _NO_LABEL) fill every shard to whole chunks. Host memory: one shard of `dtype`
+  rows plus one block of float64 rows at a time; nothing of size N in float64.
+  """
   chunk_size = check_number(chunk_size, "chunk_size", low=1, integer=True)
-  host = np.asarray(train_images)
-  if host.ndim < 2 or host.shape[0] == 0:
-    raise ValueError(f"train_images must be a non-empty (N, ...) array, got shape {host.shape}")
-  if not np.all(np.isfinite(host)):
-    raise ValueError("train_images contains NaN or Inf")
-  # The image convention (data.convention, not imported here: the math layer stands alone):
-  # integer pixels and the 0..255 float scale would give a posterior mean on the wrong scale.
-  if not np.issubdtype(host.dtype, np.floating):
-    raise ValueError(f"train_images must be floating point (images in [-1, 1]: uint8 pixels p map "
-                     f"to p / 127.5 - 1), got dtype {host.dtype}")
-  if host.ndim == 4 and np.abs(host).max() > _IMAGE_LIMIT:
-    raise ValueError(f"train_images of shape {host.shape} are NHWC images, which must lie in "
-                     f"[-1, 1]; got values in [{host.min():g}, {host.max():g}] (0..255 pixels?)")
-  n = host.shape[0]
-  flat = host.reshape(n, -1).astype(np.float64)
-  centre = flat.mean(axis=0)
+  source, n, item_shape = training_source(train_images)
+  d = int(np.prod(item_shape))
   labels, classes = training_labels(train_labels, n)
-  chunk_size = min(chunk_size, -(-n // shards))
-  pad = -n % (chunk_size * shards)
-  padded = lambda a, fill: np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
-  centred = flat - centre
-  arrays = dict(
-      train_centred=padded(centred, 0.0).astype(dtype),
-      half_sq_norms=padded(0.5 * np.einsum("nd,nd->n", centred, centred), 0.0).astype(dtype),
-      train=padded(flat, 0.0).astype(dtype),
-      train_labels=padded(labels, _NO_LABEL),
-      centre=centre.astype(dtype))
-  return _TrainingSet(arrays, host.shape[1:], classes, chunk_size)
+  chunk, total = padded_rows(n, chunk_size, mesh, axis)
+  order = np.arange(n) if classes is None else np.argsort(labels, kind="stable")
+  block = host_block(chunk, d)
+  checks = _ValueChecks(tuple(source.shape), getattr(source, "dtype", None))
+  to_float64 = lambda raw: checks(raw).reshape(len(raw), d).astype(np.float64)
+  rows = counted_rows(order, n, total, mesh, axis)
+  across = across_processes(mesh)
+  summed = sum_counted(np.concatenate([streamed_sum(source, rows, d, to_float64, block),
+                                       checks.packed(across)]), mesh)
+  checks.raise_if_failed(summed[d:])
+  centre = summed[:d] / n
+  sorted_labels = labels[order]
+
+  def build(lo, hi):
+    out = dict(train_centred=host_zeros((hi - lo, d), dtype),
+               half_sq_norms=host_zeros((hi - lo,), dtype),
+               train=host_zeros((hi - lo, d), dtype) if with_train else None,
+               train_labels=host_zeros((hi - lo,), np.int32, fill=_NO_LABEL))
+    for piece in blocks(np.arange(lo, min(hi, n)), block):
+      flat = read_rows(source, order[piece]).reshape(len(piece), d).astype(np.float64)
+      centred = flat - centre
+      at = slice(piece[0] - lo, piece[-1] + 1 - lo)
+      out["train_centred"][at] = centred.astype(dtype)
+      out["half_sq_norms"][at] = half_squared_norms(centred, n).astype(dtype)
+      if with_train:
+        out["train"][at] = flat.astype(dtype)
+      out["train_labels"][at] = sorted_labels[piece]
+    return {k: v for k, v in out.items() if v is not None}
+
+  arrays = rows_on_mesh(total, build, mesh, axis)
+  centre = centre.astype(dtype)
+  centre = jax.device_put(centre, replicated(mesh)) if across else jnp.asarray(centre)
+  return _TrainingSet(arrays, centre, item_shape, classes, chunk)
 
 
 def _query_inputs(x, sigma, labels, item_shape, classes, dtype):
@@ -107,7 +192,7 @@ def _query_inputs(x, sigma, labels, item_shape, classes, dtype):
   b = check_query(x, sigma, labels if classes is not None else None)
   if classes is not None and labels is not None:
     query_labels = jnp.asarray(labels, jnp.int32).reshape(b)
-    _check_labels(query_labels, classes)
+    check_concrete_labels(classes, query_labels)
   else:
     query_labels = jnp.full((b,), _ANY_LABEL, jnp.int32)
   sigma_b = jnp.broadcast_to(jnp.asarray(sigma, dtype), (b,))
@@ -143,8 +228,44 @@ def _chunked(a, chunk_size):
   return a.reshape((a.shape[0] // chunk_size, chunk_size) + a.shape[1:])
 
 
+def _chunk_needed(query_labels, labels):
+  """Whether a chunk of training labels (C,) holds a point any query sums over: a valid row
+  (label != _NO_LABEL) when some query is unconditional (_ANY_LABEL), else a row of some query's
+  class. The rows are laid out by label, so the chunk's classes are the range [min, max] of its
+  valid labels and a range test is exact (and merely conservative for any other layout)."""
+  valid = labels != _NO_LABEL
+  lo = jnp.min(jnp.where(valid, labels, jnp.iinfo(labels.dtype).max))
+  hi = jnp.max(jnp.where(valid, labels, _NO_LABEL))
+  wanted = (query_labels == _ANY_LABEL) | ((query_labels >= lo) & (query_labels <= hi))
+  return (hi != _NO_LABEL) & jnp.any(wanted)
+
+
+def _over_chunks(update, init, arrays, chunk_size: int, query_labels, by_class: bool):
+  """The final carry of update(carry, chunk) over the training set in chunks of chunk_size rows
+  (lax.scan; arrays: the (N, ...) training arrays, labels last; chunk: their rows of one chunk).
+
+  by_class (a class-conditional set): a chunk with no point of any query's class is skipped
+  (lax.cond), so a batch of one class reads only that class's chunks. The scan then runs over the
+  chunks' labels only and a needed chunk's rows are sliced inside the branch: slicing every chunk
+  before the test would copy the rows of every skipped chunk too. Skipping is exact: such a
+  chunk's scores are all -inf, and its update leaves every statistic as it was.
+  """
+  if not by_class:
+    xs = tuple(_chunked(a, chunk_size) for a in arrays)
+    return lax.scan(lambda carry, chunk: (update(carry, chunk), None), init, xs)[0]
+  labels = _chunked(arrays[-1], chunk_size)
+
+  def step(carry, xs):
+    i, chunk_labels = xs
+    rows = lambda c: update(c, tuple(lax.dynamic_slice_in_dim(a, i * chunk_size, chunk_size)
+                                     for a in arrays))
+    return lax.cond(_chunk_needed(query_labels, chunk_labels), rows, lambda c: c, carry), None
+
+  return lax.scan(step, init, (jnp.arange(labels.shape[0]), labels))[0]
+
+
 def _streaming_posterior_mean(x_centred, inv_sigma, query_labels, train_centred, half_sq_norms,
-                              train, train_labels, chunk_size, axis_name=None):
+                              train, train_labels, chunk_size, axis_name=None, by_class=False):
   """Partial statistics (max score, sum of exp, weighted sum) over one training shard.
 
   x_centred: (B, D) queries minus the centre; inv_sigma: (B,) = 1 / sigma (the 1/2 lives in
@@ -152,10 +273,11 @@ def _streaming_posterior_mean(x_centred, inv_sigma, query_labels, train_centred,
   (N, D) centred and uncentred points, (N,) half squared norms, (N,) labels (-1 on padding); N is
   a multiple of chunk_size. axis_name: inside shard_map, the mesh axis the training shard varies
   over (the running statistics then vary over it too, and the scan carry must say so from the start).
+  by_class: skip chunks without a point of the queries' classes (`_over_chunks`).
   """
   b, d = x_centred.shape
 
-  def step(carry, chunk):
+  def update(carry, chunk):
     run_max, run_sum, run_acc = carry
     yc, half_sq, y, labels = chunk
     scores = _scores(x_centred, query_labels, yc, half_sq, labels)
@@ -166,15 +288,14 @@ def _streaming_posterior_mean(x_centred, inv_sigma, query_labels, train_centred,
     rescale = jnp.exp(_scaled(run_max - shift, inv_sigma))
     run_sum = run_sum * rescale + jnp.sum(weights, axis=1)
     run_acc = run_acc * rescale[:, None] + jnp.matmul(weights, y, precision=_HIGHEST)
-    return (new_max, run_sum, run_acc), None
+    return new_max, run_sum, run_acc
 
   dtype = x_centred.dtype
   init = (jnp.full((b,), -jnp.inf, dtype), jnp.zeros((b,), dtype), jnp.zeros((b, d), dtype))
   if axis_name is not None:
     init = lax.pcast(init, axis_name, to="varying")
-  xs = tuple(_chunked(a, chunk_size) for a in (train_centred, half_sq_norms, train, train_labels))
-  (run_max, run_sum, run_acc), _ = lax.scan(step, init, xs)
-  return run_max, run_sum, run_acc
+  return _over_chunks(update, init, (train_centred, half_sq_norms, train, train_labels), chunk_size,
+                      query_labels, by_class)
 
 
 def _combine_shards(run_max, run_sum, run_acc, inv_sigma, axis_name):
@@ -199,20 +320,44 @@ def default_chunk_size(backend: Optional[str] = None) -> int:
   return _CPU_CHUNK if backend == "cpu" else _ACCELERATOR_CHUNK
 
 
+def _is_global(a) -> bool:
+  return isinstance(a, jax.Array) and not a.is_fully_addressable
+
+
+def _queries_on_mesh(mesh: Optional[Mesh], *values):
+  """(values, from_host): with a mesh over several processes, every concrete query value that is
+  not already a global array is put on the mesh replicated (all processes pass the same queries:
+  an eager call with host numpy); traced values and global arrays (a batch split over the data axis
+  inside jit) pass as they are. from_host: the queries came from the host, so the (replicated)
+  result goes back as this process's local copy. Without such a mesh: unchanged, False."""
+  if mesh is None or isinstance(values[0], jax.core.Tracer) or _is_global(values[0]):
+    return values, False
+  return tuple(v if isinstance(v, jax.core.Tracer) or _is_global(v) else
+               jax.device_put(np.asarray(v), replicated(mesh)) for v in values), True
+
+
 def empirical_optimal_denoiser(train_images, train_labels=None, *, chunk_size: Optional[int] = None,
                                dtype=jnp.float32, mesh: Optional[Mesh] = None,
                                axis: str = DATA_AXIS) -> Denoiser:
   """Returns the exact posterior-mean denoiser of a finite training set.
 
   Args:
-    train_images: (N, ...) array of training points (images of any shape, or vectors).
-    train_labels: optional (N,) integer labels. When given, `denoise(x, sigma, labels)` sums over the
-      training points whose label equals each query's label (labels=None then uses all points).
+    train_images: (N, ...) training points (images of any shape, or vectors), floating point
+      (NHWC images in [-1, 1]): a numpy array or a source (len(), .shape, indexing by a slice or
+      an int array returning numpy rows, e.g. `sharding.LazyRows` over a lazily decoded split),
+      read block by block, each process only the rows its devices hold (`_prepare`).
+    train_labels: optional (N,) integer labels >= 0 (held whole). When given,
+      `denoise(x, sigma, labels)` sums over the training points whose label equals each query's
+      label (labels=None then uses all points), and reads only the chunks that hold the queries'
+      classes (the rows are laid out by label).
     chunk_size: training points per streaming step; memory is O(queries x chunk_size). None: the
-      backend's default (`default_chunk_size`: 2048 on CPU, 65,536 on GPU/TPU, capped at N).
+      backend's default (`default_chunk_size`: 2048 on CPU, 65,536 on GPU/TPU, capped at N / shards).
     dtype: jnp.float32 (default) or jnp.float64 (needs `jax.config.update("jax_enable_x64", True)`).
-    mesh: optional mesh; the training set is then sharded over its `axis` and the per-device
-      statistics are combined exactly. Queries are replicated.
+    mesh: optional mesh, of one or several processes; the training set is then split over its
+      `axis` (each process builds only its shards) and the per-device statistics are combined
+      exactly. Queries are replicated: inside jit any sharding works (a batch split over the data
+      axis is gathered); an eager call with host arrays on several processes (all passing the same
+      queries) returns this process's copy of the result.
 
   Returns:
     denoise(x, sigma, labels=None) -> x_hat with x of shape (B, ...) matching the training points,
@@ -220,22 +365,21 @@ def empirical_optimal_denoiser(train_images, train_labels=None, *, chunk_size: O
     It is a pytree (jax.tree_util.Partial) whose leaves are the training arrays, so passing it
     through jit (as samplers.sample does) feeds them as arguments instead of baking them into
     the compiled program as constants.
+
+  Raises:
+    ValueError: an empty or 1-D training set, values not finite, not floating point, or NHWC
+      images beyond the [-1, 1] scale; train_labels not (N,) integers >= 0; bad chunk_size/dtype.
   """
   dtype = check_float_dtype(dtype)
-  shards = 1 if mesh is None else mesh.shape[axis]
   if chunk_size is None:
     chunk_size = default_chunk_size(mesh.devices.flat[0].platform if mesh is not None else None)
-  data = _prepare(train_images, train_labels, chunk_size, shards, dtype)
-  arrays = dict(data.arrays)
-  centre = jnp.asarray(arrays.pop("centre"))
-  if mesh is None:
-    arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
-  else:
-    arrays = {k: jax.device_put(v, NamedSharding(mesh, P(axis))) for k, v in arrays.items()}
+  data = _prepare(train_images, train_labels, chunk_size, mesh, axis, dtype)
+  by_class = data.classes is not None
 
   def statistics(x_centred, inv_sigma, query_labels, *train_arrays):
     stats = _streaming_posterior_mean(x_centred, inv_sigma, query_labels, *train_arrays,
-                                      data.chunk_size, axis_name=None if mesh is None else axis)
+                                      data.chunk_size, axis_name=None if mesh is None else axis,
+                                      by_class=by_class)
     if mesh is None:
       return stats[1], stats[2]
     return _combine_shards(*stats, inv_sigma, axis_name=axis)
@@ -244,24 +388,22 @@ def empirical_optimal_denoiser(train_images, train_labels=None, *, chunk_size: O
     statistics = jax.shard_map(statistics, mesh=mesh,
                                in_specs=(P(), P(), P()) + (P(axis),) * len(_TRAIN_ARRAYS),
                                out_specs=(P(), P()))
-  static = functools.partial(_denoise, jax.jit(statistics), data.item_shape, data.classes, dtype)
-  denoiser = jax.tree_util.Partial(static, dict(arrays, centre=centre))
+  static = functools.partial(_denoise, jax.jit(statistics), data.item_shape, data.classes, dtype,
+                             mesh if across_processes(mesh) else None)
+  denoiser = jax.tree_util.Partial(static, dict(data.arrays, centre=data.centre))
   # Read by denoisers.check_labels, which samplers and evaluations call while labels are concrete.
   denoiser.label_domain = data.classes
   return denoiser
 
 
-def _denoise(statistics, item_shape, classes, dtype, arrays, x, sigma, labels=None):
+def _denoise(statistics, item_shape, classes, dtype, mesh, arrays, x, sigma, labels=None):
   flat_x, sigma_b, query_labels = _query_inputs(x, sigma, labels, item_shape, classes, dtype)
+  (flat_x, sigma_b, query_labels), from_host = _queries_on_mesh(mesh, flat_x, sigma_b, query_labels)
   # Positional: shard_map'd functions take no keyword arguments.
   total, acc = statistics(flat_x - arrays["centre"], 1.0 / sigma_b, query_labels,
                           *(arrays[k] for k in _TRAIN_ARRAYS))
-  return (acc / total[:, None]).reshape(jnp.shape(x)).astype(jnp.asarray(x).dtype)
-
-
-def _check_labels(labels, classes) -> None:
-  if not isinstance(labels, jax.core.Tracer):
-    check_label_domain(classes, labels)
+  out = (acc / total[:, None]).reshape(jnp.shape(x)).astype(jnp.asarray(x).dtype)
+  return out.addressable_data(0) if from_host else out
 
 
 def error_prone_denoiser(optimal: Denoiser, delta: float) -> Denoiser:
@@ -291,24 +433,45 @@ class PosteriorStatistics(NamedTuple):
   max_weight: jax.Array  # (B,) max_i w_i
 
 
-def posterior_statistics(train_images, train_labels=None, *, chunk_size: int = 2048):
+def _rebased_moments(old_max, shift, s0, s1, s2, inv_sigma):
+  """The sums S0 = sum e^u, S1 = sum e^u u, S2 = sum e^(2u), u = (l - old_max) / sigma^2, moved
+  to u' = (l - shift) / sigma^2 exactly (shift >= old_max): the scan's step when its maximum grows,
+  and the merge of per-device sums at the global maximum. A query with no point yet (S0 = 0) has
+  nothing to move."""
+  seen = s0 > 0
+  delta = jnp.where(seen, _scaled(old_max - shift, inv_sigma), 0.0)
+  r = jnp.exp(delta)
+  delta = jnp.where(r > 0, delta, 0.0)  # r = 0: the old sums vanish, and so does their shift
+  r = jnp.where(seen, r, 0.0)
+  return r * s0, r * (s1 + delta * s0), r * r * s2
+
+
+def posterior_statistics(train_images, train_labels=None, *, chunk_size: int = 2048,
+                         mesh: Optional[Mesh] = None, axis: str = DATA_AXIS):
   """Returns stats(x, sigma, labels=None) -> PosteriorStatistics of the weights of y*(x; sigma).
 
   The weights are those of `empirical_optimal_denoiser` (the same `_scores`, class-conditional
   when labels are given), streamed over chunks of the training set with a running maximum m and
   the sums S0 = sum e^(l-m), S1 = sum e^(l-m) (l-m), S2 = sum e^(2(l-m)), each rescaled exactly
   when m grows. Then H = log S0 - S1 / S0 (no difference of large logits), 1/sum w^2 = S0^2 / S2
-  and max w = 1 / S0. float32, unsharded (x: (B, ...) queries, sigma scalar or (B,)).
-  """
-  data = _prepare(train_images, train_labels, chunk_size, 1, jnp.float32)
-  arrays = {k: jnp.asarray(v) for k, v in data.arrays.items()}
-  chunk = data.chunk_size
+  and max w = 1 / S0. float32; x: (B, ...) queries, sigma scalar or (B,).
 
-  @jax.jit
+  train_images, train_labels, mesh: as for `empirical_optimal_denoiser` (a source read by each
+  process only where its devices hold it; with a mesh the per-device sums are moved to the global
+  maximum and added, exactly up to float rounding, and an eager multi-process call with host
+  queries returns this process's copy).
+  """
+  data = _prepare(train_images, train_labels, chunk_size, mesh, axis, jnp.float32,
+                  with_train=False)
+  arrays, centre = data.arrays, data.centre
+  chunk = data.chunk_size
+  by_class = data.classes is not None
+  axis_name = None if mesh is None else axis
+
   def statistics(x_centred, inv_sigma, query_labels, train_centred, half_sq_norms, train_labels):
     b = x_centred.shape[0]
 
-    def step(carry, xs):
+    def update(carry, xs):
       run_max, s0, s1, s2 = carry
       scores = _scores(x_centred, query_labels, *xs)
       new_max = jnp.maximum(run_max, jnp.max(scores, axis=1))
@@ -317,27 +480,37 @@ def posterior_statistics(train_images, train_labels=None, *, chunk_size: int = 2
       e = jnp.exp(u)
       # e u -> 0 as u -> -inf; -inf (invalid points, or overflow at tiny sigma) must not give 0 * inf.
       u = jnp.where(e > 0, u, 0.0)
-      seen = s0 > 0
-      delta = jnp.where(seen, _scaled(run_max - shift, inv_sigma), 0.0)
-      r = jnp.exp(delta)
-      delta = jnp.where(r > 0, delta, 0.0)  # r = 0: the old sums vanish, and so does their shift
-      r = jnp.where(seen, r, 0.0)
-      s1 = r * (s1 + delta * s0) + jnp.sum(e * u, axis=1)
-      s0 = r * s0 + jnp.sum(e, axis=1)
-      s2 = r * r * s2 + jnp.sum(e * e, axis=1)
-      return (new_max, s0, s1, s2), None
+      s0, s1, s2 = _rebased_moments(run_max, shift, s0, s1, s2, inv_sigma)
+      return (new_max, s0 + jnp.sum(e, axis=1), s1 + jnp.sum(e * u, axis=1),
+              s2 + jnp.sum(e * e, axis=1))
 
     zeros = jnp.zeros((b,), jnp.float32)
     init = (jnp.full((b,), -jnp.inf, jnp.float32), zeros, zeros, zeros)
-    xs = tuple(_chunked(a, chunk) for a in (train_centred, half_sq_norms, train_labels))
-    (_, s0, s1, s2), _ = lax.scan(step, init, xs)
+    if axis_name is not None:
+      init = lax.pcast(init, axis_name, to="varying")
+    run_max, s0, s1, s2 = _over_chunks(update, init, (train_centred, half_sq_norms, train_labels),
+                                       chunk, query_labels, by_class)
+    if axis_name is not None:
+      global_max = lax.pmax(run_max, axis_name)
+      shift = jnp.where(jnp.isfinite(global_max), global_max, 0.0)
+      s0, s1, s2 = (lax.psum(v, axis_name) for v in
+                    _rebased_moments(run_max, shift, s0, s1, s2, inv_sigma))
     entropy = jnp.maximum(jnp.log(s0) - s1 / s0, 0.0)
     return PosteriorStatistics(entropy, jnp.exp(entropy), s0 * s0 / s2, 1.0 / s0)
+
+  if mesh is not None:
+    statistics = jax.shard_map(statistics, mesh=mesh,
+                               in_specs=(P(), P(), P()) + (P(axis),) * 3, out_specs=P())
+  statistics = jax.jit(statistics)
+  mesh_across = mesh if across_processes(mesh) else None
 
   def stats(x, sigma, labels=None) -> PosteriorStatistics:
     flat_x, sigma_b, query_labels = _query_inputs(x, sigma, labels, data.item_shape, data.classes,
                                                   jnp.float32)
-    return statistics(flat_x - arrays["centre"], 1.0 / sigma_b, query_labels,
-                      arrays["train_centred"], arrays["half_sq_norms"], arrays["train_labels"])
+    (flat_x, sigma_b, query_labels), from_host = _queries_on_mesh(mesh_across, flat_x, sigma_b,
+                                                                  query_labels)
+    out = statistics(flat_x - centre, 1.0 / sigma_b, query_labels,
+                     arrays["train_centred"], arrays["half_sq_norms"], arrays["train_labels"])
+    return PosteriorStatistics(*(v.addressable_data(0) for v in out)) if from_host else out
 
   return stats

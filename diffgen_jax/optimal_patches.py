@@ -41,8 +41,18 @@ How the patch machines are computed, and why (the same choices as y* in optimal.
   * Class-conditional: with train_labels, a query with label c sees only class-c training images;
     labels=None uses every image. A concrete query label without training images raises
     ValueError (a traced one cannot be checked and yields NaN).
-  * Sharded: given a mesh, the training images are split over its `axis`; each device streams its
-    shard and the partial statistics are merged exactly (pmin of the minima, rescaled psums).
+  * A training set is a source, never a whole array (design.md, "Scale: measure where it trains"):
+    anything with len(), .shape (N, H, W, C) and indexing that returns numpy rows in [-1, 1] (a
+    numpy array, `sharding.LazyRows` over a lazily decoded split). Values are checked where read.
+  * Sharded: given a mesh (over the devices of one or several processes), the training images are
+    split over its `axis` (`sharding.rows_on_mesh`): each process reads and builds only the shards
+    its devices hold, one at a time, so host memory is O(N / P + shard) and device memory
+    O(N / (P D) + working chunk). Each device streams its shard and the partial statistics are
+    merged exactly (pmin of the minima, rescaled psums). Statistics of the whole set (ELS's mean
+    patch, the Gaussian's mean and covariance) are float64 sums over each process's rows, added
+    over processes exactly (`sharding.sum_counted`); with one process bit-identical to the
+    whole-array computation. Queries are replicated (host arrays, or batches split over the data
+    axis inside a jit: the machine gathers them); the result is replicated.
   * Patch-size schedules: `patch_size` may be a mapping {sigma: k}; a query at sigma uses the size
     of the nearest listed sigma in log space (the output of `evaluation.ladder.calibrate`). With
     several distinct sizes every size is computed and each query keeps its own (cost x sizes).
@@ -51,18 +61,23 @@ How the patch machines are computed, and why (the same choices as y* in optimal.
 from __future__ import annotations
 
 import functools
+import zlib
 from typing import Mapping, NamedTuple, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, PartitionSpec as P
 
 from diffgen_jax.checks import check_float_dtype, check_number
-from diffgen_jax.data.convention import check_images
-from diffgen_jax.denoisers import Denoiser, check_label_domain, check_query, training_labels
-from diffgen_jax.sharding import DATA_AXIS
+from diffgen_jax.data.convention import CONVENTION, check_images
+from diffgen_jax.denoisers import (Denoiser, check_concrete_labels, check_query,
+                                   training_labels)
+from diffgen_jax.sharding import (DATA_AXIS, RowSum, across_processes, blocks, counted_rows,
+                                  counted_spans, padded_rows, read_rows, rows_on_mesh, sum_counted,
+                                  sum_over_processes, training_source)
 
 BOUNDARIES = ("circular", "zeros")
 # optimal.py re-exports this module, so it imports nothing from optimal.py (imports run one way).
@@ -78,19 +93,22 @@ PatchSize = Union[int, Mapping[float, int]]
 # (odd sizes, schedules, boundaries) lives here.
 # ------------------------------------------------------------------------------------------------
 
-def _training_images(images, name: str = "train_images") -> np.ndarray:
-  """`images` as numpy after the image convention's check (NHWC float in [-1, 1]), non-empty."""
-  check_images(images, name)
-  a = np.asarray(images)
-  if 0 in a.shape:
-    raise ValueError(f"{name} must be a non-empty NHWC array (N, H, W, C), got shape {a.shape}")
-  return a
+def _training_source(images, name: str = "train_images"):
+  """(source, N, (H, W, C)) of a training set of NHWC images (`sharding.training_source`: kept as
+  a source, nothing read). Its values (floating point, finite, in [-1, 1]) are checked where they
+  are read (`_read`), so each process checks the rows it reads. Raises ValueError naming `name`
+  unless it is 4-D and non-empty."""
+  return training_source(images, name, ndim=4, layout=CONVENTION)
 
 
-def _check_labels(labels, classes) -> None:
-  """Concrete query labels must have training images (a softmax over an empty class is 0 / 0)."""
-  if not isinstance(labels, jax.core.Tracer):
-    check_label_domain(classes, labels)
+def _check_read(rows) -> None:
+  check_images(rows, "train_images")
+
+
+def _read(source, index) -> np.ndarray:
+  """Rows `index` (a slice or ascending int array) of a training source, checked against the image
+  convention (`data.convention.check_images`) and counted (`sharding.read_rows`)."""
+  return read_rows(source, index, "train_images", check=_check_read)
 
 
 def _check_size(k, name: str) -> int:
@@ -164,22 +182,45 @@ def _size_selector(schedule: PatchSchedule):
 # ------------------------------------------------------------------------------------------------
 
 class _Images(NamedTuple):
-  images: np.ndarray  # (N_padded, H, W, C), zero rows as padding
-  labels: np.ndarray  # (N_padded,) int32, _NO_LABEL on padding
+  images: jax.Array  # (N_padded, H W C) flat, split over the mesh axis; zero rows as padding
+  labels: jax.Array  # (N_padded,) int32, _NO_LABEL on padding
+  item_shape: Tuple[int, ...]  # (H, W, C)
   classes: Optional[frozenset]
   chunk: int
+  mean: Optional[np.ndarray]  # (H, W, C) float64 mean image, when asked for
 
 
-def _prepare(train_images, train_labels, chunk_size, shards, dtype) -> _Images:
-  host = _training_images(train_images)
+def _prepare(train_images, train_labels, chunk_size, mesh, axis, dtype, with_mean=False) -> _Images:
+  """The training set laid out for streaming: (N_padded, H W C) images and (N_padded,) labels over
+  the mesh's `axis` (`sharding.rows_on_mesh`: each shard built from the source on the process that
+  holds it, one shard on the host at a time; a whole number of chunks per shard), and with
+  `with_mean` the float64 mean image, summed over the rows of this process's shards that it counts
+  (`sharding.counted_spans`) as they are built (`sharding.RowSum`) and added over processes
+  (`sharding.sum_counted`; one process: bit-identical to np.mean(images, axis=0, dtype=float64)).
+  Host memory: one shard and the labels (N int32)."""
+  source, n, item_shape = _training_source(train_images)
   chunk_size = _check_count(chunk_size, "chunk_size")
-  n = host.shape[0]
   labels, classes = training_labels(train_labels, n)
-  chunk = min(chunk_size, -(-n // shards))
-  pad = -n % (chunk * shards)
-  images = np.concatenate([host, np.zeros((pad,) + host.shape[1:], host.dtype)]).astype(dtype)
-  labels = np.concatenate([labels, np.full((pad,), _NO_LABEL, np.int32)])
-  return _Images(images, labels, classes, chunk)
+  chunk, total = padded_rows(n, chunk_size, mesh, axis)
+  counted = set(counted_spans(total, mesh, axis))
+  mean_sum = RowSum(int(np.prod(item_shape)))
+
+  def build(lo, hi):
+    # rows_on_mesh builds this process's shards in ascending order: the sum runs over rows in order.
+    raw = _read(source, slice(lo, min(hi, n))) if lo < n else np.zeros((0,) + item_shape, dtype)
+    if with_mean and (lo, hi) in counted:  # the mean of the values as given, before the cast
+      mean_sum.add(raw)
+    rows = raw.astype(dtype)
+    pad = (hi - lo) - len(rows)
+    images = np.concatenate([rows, np.zeros((pad,) + item_shape, rows.dtype)]) if pad else rows
+    # Flat (N, H W C) storage: the scan slices it without the layout copy XLA inserts for a 4-D
+    # parameter (a whole-training-set temporary, seen with C = 1).
+    return {"images": images.reshape(hi - lo, -1),
+            "labels": np.concatenate([labels[lo:min(hi, n)], np.full((pad,), _NO_LABEL, np.int32)])}
+
+  arrays = rows_on_mesh(total, build, mesh, axis)
+  mean = (sum_counted(mean_sum.value(), mesh) / n).reshape(item_shape) if with_mean else None
+  return _Images(arrays["images"], arrays["labels"], item_shape, classes, chunk, mean)
 
 
 def _query(x, sigma, labels, item_shape, classes, dtype):
@@ -190,7 +231,7 @@ def _query(x, sigma, labels, item_shape, classes, dtype):
   b = check_query(x, sigma, labels if classes is not None else None)
   if classes is not None and labels is not None:
     query_labels = jnp.asarray(labels, jnp.int32)
-    _check_labels(query_labels, classes)
+    check_concrete_labels(classes, query_labels)
   else:
     query_labels = jnp.full((b,), _ANY_LABEL, jnp.int32)
   sigma_b = jnp.broadcast_to(jnp.asarray(sigma, dtype).reshape(-1), (b,))
@@ -428,8 +469,8 @@ def _blocked(core, query_block):
                                 for a in (x, scale, query_labels))
     if nb == 1:
       return core(x, scale, query_labels, *train)[:b]
-    blocks = lambda a: a.reshape((nb, qb) + a.shape[1:])
-    out = lax.map(lambda q: core(*q, *train), (blocks(x), blocks(scale), blocks(query_labels)))
+    by_block = lambda a: a.reshape((nb, qb) + a.shape[1:])
+    out = lax.map(lambda q: core(*q, *train), (by_block(x), by_block(scale), by_block(query_labels)))
     return out.reshape((nb * qb,) + out.shape[2:])[:b]
 
   return run
@@ -465,24 +506,20 @@ def _build(kind, train_images, train_labels, patch_size, *, boundary, chunk_size
   _check_mesh_axis(mesh, axis)
   schedule = patch_schedule(patch_size)
   sizes, select = _size_selector(schedule)
-  shards = 1 if mesh is None else mesh.shape[axis]
-  data = _prepare(train_images, train_labels, chunk_size, shards, dtype)
-  put = (jnp.asarray if mesh is None else
-         lambda a: jax.device_put(a, NamedSharding(mesh, P(axis))))
-  # Flat (N, H W C) storage: the scan slices it without the layout copy XLA inserts for a 4-D
-  # parameter (a whole-training-set temporary, seen with C = 1).
-  arrays = [put(data.images.reshape(len(data.images), -1)), put(data.labels)]
+  data = _prepare(train_images, train_labels, chunk_size, mesh, axis, dtype,
+                  with_mean=kind == "els")
+  arrays = [data.images, data.labels]
   machines = [_machine(kind, k, boundary, data.chunk, query_block, mesh, axis,
                        data.classes is not None) for k in sizes]
   if kind == "els":
     # The mean training patch (patches are linear: the mean of the mean image's patches), one per
     # size; each machine takes its own as the replicated argument.
-    mean_image = np.mean(_training_images(train_images), axis=0, dtype=np.float64)[None]
+    mean_image = data.mean[None]
     means = [np.asarray(_patches(jnp.asarray(mean_image, jnp.float32), k, boundary)).mean(axis=(0, 1))
              for k in sizes]
     machines = [functools.partial(_with_extra, m, jnp.asarray(mp, dtype)) for m, mp in
                 zip(machines, means)]
-  static = functools.partial(_patch_denoise, tuple(machines), select, data.images.shape[1:],
+  static = functools.partial(_patch_denoise, tuple(machines), select, data.item_shape,
                              data.classes, dtype, kind != "els")
   return _with_label_domain(jax.tree_util.Partial(static, arrays), data.classes)
 
@@ -521,14 +558,19 @@ def _blocked_core(core, query_block):
 
 _DOC_COMMON = """
   Common arguments:
-    train_images: (N, H, W, C) float array in [-1, 1] (NHWC).
+    train_images: (N, H, W, C) float rows in [-1, 1] (NHWC): a numpy array or any source with
+      len(), .shape and indexing by a slice returning numpy rows (e.g. `sharding.LazyRows` over a
+      lazily decoded split, transform=data.to_unit_range). Read once, shard by shard, only the
+      rows of this process's devices; never copied whole.
     train_labels: optional (N,) integers >= 0; then `denoise(x, sigma, labels)` sums over the
       training images of each query's class (labels=None: all images).
     patch_size: odd int k >= 1, or a {sigma: k} schedule (nearest sigma in log space applies).
     chunk_size: training images per streaming step.
     query_block: queries per block (lax.map over blocks bounds memory for any batch).
     dtype: jnp.float32 (default) or jnp.float64 (needs jax_enable_x64).
-    mesh, axis: optional mesh; training images are sharded over `axis`, queries replicated.
+    mesh, axis: optional mesh (one or several processes); training images are sharded over `axis`
+      (replicated over the other axes), queries replicated. The result is a replicated array
+      (with several processes `sharding.fetch` it to the host).
 
   Returns:
     denoise(x, sigma, labels=None) -> (B, H, W, C), x of shape (B, H, W, C) float (noisy, any range),
@@ -536,7 +578,8 @@ _DOC_COMMON = """
 
   Raises:
     ValueError naming the argument: images not non-empty NHWC float in [-1, 1]
-    (`data.convention.check_images`); patch_size not a positive odd integer (or a {sigma > 0: size}
+    (`data.convention.check_images`, on the rows each process reads; also a source whose rows do
+    not have its declared shape); patch_size not a positive odd integer (or a {sigma > 0: size}
     schedule of them); chunk_size / query_block not a positive integer; boundary not "circular" or
     "zeros"; dtype not float32 / float64; axis not an axis of mesh; train_labels not (N,) integers
     >= 0; query x of the wrong shape or dtype; sigma not > 0 and finite, or neither a scalar nor
@@ -596,11 +639,11 @@ def equivariant_local_denoiser(train_images, patch_size: PatchSize, train_labels
   _check_boundary(boundary)
   chunk_size = _check_count(chunk_size, "chunk_size", allow_none=True)
   query_block = _check_count(query_block, "query_block", allow_none=True)
-  host = _training_images(train_images)
-  default_chunk, default_block = els_blocks(host.shape, chunk_size)
+  source, _, _ = _training_source(train_images)
+  default_chunk, default_block = els_blocks(source.shape, chunk_size)
   chunk_size = default_chunk if chunk_size is None else chunk_size
   query_block = default_block if query_block is None else query_block
-  return _build("els", host, train_labels, patch_size, boundary=boundary, chunk_size=chunk_size,
+  return _build("els", source, train_labels, patch_size, boundary=boundary, chunk_size=chunk_size,
                 query_block=query_block, dtype=dtype, mesh=mesh, axis=axis)
 
 
@@ -631,45 +674,80 @@ class GaussianModel(NamedTuple):
 
 
 def gaussian_fit(train_images, train_labels=None, *, rank: Optional[int] = None,
-                 chunk_size: int = 4096) -> GaussianModel:
+                 chunk_size: int = 4096, mesh: Optional[Mesh] = None,
+                 axis: str = DATA_AXIS) -> GaussianModel:
   """Mean and covariance (ddof = 0, the empirical distribution's) of the training images, per class
-  and pooled, accumulated in float64 over chunks; eigen-decomposed in float64; top `rank` kept."""
-  host = _training_images(train_images)
+  and pooled, accumulated in float64 over chunks; eigen-decomposed in float64; top `rank` kept.
+
+  train_images: a source of (N, H, W, C) float rows in [-1, 1] (see `_training_source`). With a
+  mesh spanning several processes each process reads only its rows (those of its devices' spans of
+  the mesh's `axis`), chunk_size rows at a time (twice with train_labels: once per class, once
+  pooled), and the float64 sums (D + D^2 per group) are added over processes exactly; with one
+  process the result is bit-identical to mesh=None (and without a mesh, or with a mesh of this
+  process's devices only, every process reads all rows and runs no collective). The
+  eigendecomposition then runs on every process on the same bits (no D x r transfer; the processes
+  run it in parallel); a fingerprint compare catches hosts whose LAPACK gives other bits, and
+  process 0's result is then sent to all.
+  Raises ValueError naming the argument (images, rank, chunk_size, labels, axis).
+  """
+  source, n, item_shape = _training_source(train_images)
   chunk_size = _check_count(chunk_size, "chunk_size")
-  n = host.shape[0]
-  d = int(np.prod(host.shape[1:]))
+  _check_mesh_axis(mesh, axis)
+  d = int(np.prod(item_shape))
   if rank is not None:
     try:
       check_number(rank, "rank", low=1, high=d, integer=True)
     except ValueError:
       raise ValueError(f"rank must be None or an integer in [1, {d}] (H W C), got {rank!r}") from None
-  flat = host.reshape(n, d)
   labels, domain = training_labels(train_labels, n)
+  # This process's rows: an even split of N over the axis (no chunk padding: nothing is laid out).
+  mine = counted_rows(np.arange(n), n, padded_rows(n, 1, mesh, axis)[1], mesh, axis)
   if domain is None:
-    groups, classes = [np.arange(n)], ()
+    groups, classes = [(mine, n)], ()
   else:
     classes = tuple(sorted(domain))
-    groups = [np.flatnonzero(labels == c) for c in classes] + [np.arange(n)]
+    groups = [(mine[labels[mine] == c], int(np.sum(labels == c))) for c in classes] + [(mine, n)]
   r = d if rank is None else int(rank)
   means, values, vectors = [], [], []
-  for rows in groups:
+  for rows, count in groups:
     s1, s2 = np.zeros(d), np.zeros((d, d))
-    for start in range(0, len(rows), chunk_size):
-      block = flat[rows[start:start + chunk_size]].astype(np.float64)
+    for piece in blocks(rows, chunk_size):
+      block = _read(source, piece).reshape(-1, d).astype(np.float64)
       s1 += block.sum(axis=0)
       s2 += block.T @ block
-    mean = s1 / len(rows)
-    cov = s2 / len(rows) - np.outer(mean, mean)
+    s1, s2 = sum_counted(s1, mesh), sum_counted(s2, mesh)
+    mean = s1 / count
+    cov = s2 / count - np.outer(mean, mean)
     lam, u = np.linalg.eigh(0.5 * (cov + cov.T))
     lam = np.maximum(lam, 0.0)  # round-off can make zero eigenvalues slightly negative
     means.append(mean)
     values.append(lam[::-1][:r])
     vectors.append(u[:, ::-1][:, :r])
-  return GaussianModel(np.stack(means), np.stack(values), np.stack(vectors), classes)
+  model = (np.stack(means), np.stack(values), np.stack(vectors))
+  if across_processes(mesh):
+    model = _same_on_every_process(*model)
+  return GaussianModel(*model, classes)
+
+
+def _same_on_every_process(*arrays):
+  """`arrays` (float64, computed on every process from the same bits) as process 0 has them, on
+  every process. A crc32 per array in one small all-gather checks that they agree; only where a
+  host's LAPACK gave other bits (another CPU's kernels, an eigenvector of the other sign) are
+  process 0's arrays sent to all, as raw float64 bits (`sum_over_processes` of process 0's arrays
+  and zeros elsewhere: x + 0 = x)."""
+  if jax.process_count() == 1:
+    return arrays
+  prints = np.array([zlib.crc32(np.ascontiguousarray(a).tobytes()) for a in arrays], np.uint32)
+  gathered = np.asarray(multihost_utils.process_allgather(prints.view(np.int32)))
+  if np.all(gathered == gathered[:1]):
+    return arrays
+  first = jax.process_index() == 0
+  return tuple(sum_over_processes(a if first else np.zeros_like(a)) for a in arrays)
 
 
 def gaussian_denoiser(train_images, rank: Optional[int] = None, train_labels=None, *,
-                      dtype=jnp.float32, chunk_size: int = 4096) -> Denoiser:
+                      dtype=jnp.float32, chunk_size: int = 4096, mesh: Optional[Mesh] = None,
+                      axis: str = DATA_AXIS) -> Denoiser:
   """The Gaussian (Wiener) denoiser: the posterior mean if the data were N(m, S) (analytic.md sec. 1;
   Wang & Vastola, TMLR 2024, sec. 3):
 
@@ -680,23 +758,28 @@ def gaussian_denoiser(train_images, rank: Optional[int] = None, train_labels=Non
   removed, as for data on an r-dimensional subspace). Its Jacobian is U diag(l / (l + sigma^2)) U^T.
 
   Args:
-    train_images: (N, H, W, C) float in [-1, 1]. rank: None or 1 <= r <= H W C.
+    train_images: a source of (N, H, W, C) float rows in [-1, 1] (a numpy array, or
+      `sharding.LazyRows` over a lazily decoded split). rank: None or 1 <= r <= H W C.
     train_labels: optional (N,) integers >= 0. dtype: float32 or float64 (x64 on).
+    chunk_size: training images read and summed at a time.
+    mesh, axis: optional mesh; each process then reads only its rows and the sums are added over
+      processes (`gaussian_fit`). The fitted model is the same on every process.
   Returns:
     denoise(x, sigma, labels=None), x (B, H, W, C); cost per query O(K D r) for K classes (all
     classes are evaluated and each query keeps its own). No training-set stream at call time: the
     model (K x D x r) is replicated.
   Raises:
-    ValueError naming the argument (images, rank, labels, dtype; unknown concrete query labels).
+    ValueError naming the argument (images, rank, labels, dtype, chunk_size, axis; unknown concrete
+    query labels).
   """
   dtype = check_float_dtype(dtype)
-  host = _training_images(train_images)
-  model = gaussian_fit(host, train_labels, rank=rank, chunk_size=chunk_size)
+  source, _, item_shape = _training_source(train_images)
+  model = gaussian_fit(source, train_labels, rank=rank, chunk_size=chunk_size, mesh=mesh, axis=axis)
   arrays = dict(means=jnp.asarray(model.means, dtype), eigenvalues=jnp.asarray(model.eigenvalues, dtype),
                 eigenvectors=jnp.asarray(model.eigenvectors, dtype),
                 row_of_class=jnp.asarray(_row_lookup(model.classes), jnp.int32))
   classes = frozenset(model.classes) if model.classes else None
-  static = functools.partial(_gaussian_denoise, host.shape[1:], classes, dtype)
+  static = functools.partial(_gaussian_denoise, item_shape, classes, dtype)
   return _with_label_domain(jax.tree_util.Partial(static, arrays), classes)
 
 

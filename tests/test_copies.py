@@ -1,6 +1,7 @@
 """Copies of training images (Gu et al. 2023): known answers."""
 
 import numpy as np
+import pytest
 
 from diffgen_jax.evaluation import copies
 
@@ -21,3 +22,43 @@ def test_copy_fraction_known_answers():
   np.testing.assert_array_equal(flags, [True, False])
   mem = copies.memorization(train[:3], train, _uniform(9, 6).reshape(6, -1))
   assert mem["samples"] == 1.0 and 0.0 <= mem["validation_control"] < 1.0
+
+
+def test_first_occurrences_follow_np_unique():
+  """Equal rows are one image (-0.0 equals 0.0), a row with NaN equals none; first occurrences in
+  order, as np.unique(axis=0) finds them."""
+  rows = np.array([[0.0, 1], [-0.0, 1], [np.nan, 2], [np.nan, 2], [1, 1], [0, 1], [1, 1]],
+                  np.float32)
+  first, duplicates = copies.first_occurrences(rows)
+  np.testing.assert_array_equal(first, np.sort(np.unique(rows, axis=0, return_index=True)[1]))
+  assert first.tolist() == [0, 2, 3, 4] and duplicates == 3
+  train = _uniform(1, 40)
+  train[30:] = train[[3, 3, 9, 0, 12, 5, 5, 21, 3, 39]]
+  first, duplicates = copies.first_occurrences(train)
+  np.testing.assert_array_equal(first, np.sort(np.unique(train.reshape(40, -1), axis=0,
+                                                         return_index=True)[1]))
+  assert duplicates == 40 - len(first)
+
+
+def test_lazy_source_over_a_mesh_equals_the_array():
+  from diffgen_jax import sharding  # pylint: disable=import-outside-toplevel
+  train = _uniform(2, 30)
+  train[25:] = train[[0, 4, 4, 17, 2]]
+  rng = np.random.default_rng(3)
+  samples = np.concatenate([train[[4, 17]], train[:6] + 0.02 * rng.standard_normal(train[:6].shape),
+                            _uniform(4, 5)]).astype(np.float32)
+  want = copies.nearest_distinct(samples, train, chunk_size=4)
+  lazy = sharding.LazyRows(train, np.arange(30))
+  for mesh in (None, sharding.make_mesh(), sharding.make_mesh(-1, 2)):
+    got = copies.nearest_distinct(samples, lazy, chunk_size=4, mesh=mesh)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+    assert got[2] == want[2] == 5
+    np.testing.assert_array_equal(copies.copy_flags(samples, lazy, mesh=mesh),
+                                  copies.copy_flags(samples, train))
+  val = _uniform(5, 6)
+  assert copies.memorization(samples, lazy, val, mesh=sharding.make_mesh()) == copies.memorization(
+      samples, train, val)
+  pixels = sharding.LazyRows(np.full((30, 4, 4, 1), 200, np.uint8), np.arange(30))
+  with pytest.raises(ValueError, match="train_images"):
+    copies.copy_flags(samples, pixels)

@@ -1,12 +1,12 @@
 """The exact empirical optimal denoiser and the error-prone denoiser y_delta."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from counted import Counted  # tests/counted.py
 from diffgen_jax import edm
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
 from diffgen_jax.sharding import make_mesh
@@ -102,7 +102,7 @@ def test_large_sigma_returns_mean_and_class_mean():
   train = _data(2, 90, 16)
   labels = np.arange(90) % 3
   x = jnp.asarray(_data(3, 6, 16))
-  got = denoise = empirical_optimal_denoiser(train, chunk_size=32)(x, 1e4)
+  got = empirical_optimal_denoiser(train, chunk_size=32)(x, 1e4)
   np.testing.assert_allclose(got, np.broadcast_to(train.mean(0), (6, 16)), atol=1e-5)
   cond = empirical_optimal_denoiser(train, labels, chunk_size=32)
   q = np.array([0, 1, 2, 2, 1, 0])
@@ -304,3 +304,177 @@ def test_bad_input_raises_clear_errors():
     empirical_optimal_denoiser(train, dtype=jnp.float64)
   with pytest.raises(ValueError, match="dtype"):
     empirical_optimal_denoiser(train, dtype=jnp.float16)
+
+
+# (l) a training set given as a source, read where it lives.
+
+
+def _uint8_split(n=45, seed=0):
+  pixels = np.random.default_rng(seed).integers(0, 256, (n, 3, 2, 1), dtype=np.uint8)
+  return pixels, np.random.default_rng(seed + 1).integers(0, 3, n)
+
+
+@pytest.mark.parametrize("mesh_shape", [None, (8, 1), (4, 2)])
+def test_source_equals_array_bitwise_and_is_read_twice_a_block_at_a_time(mesh_shape):
+  """A lazily decoded split (uint8 pixels through to_unit_range) gives the bits of its decoded
+  array: every row is read exactly twice (the centre's sum, then its shard), never more than a
+  chunk at once, and no process holds more than one shard of rows."""
+  from diffgen_jax import data, sharding  # pylint: disable=import-outside-toplevel
+  pixels, _ = _uint8_split()
+  counted = Counted(pixels)
+  source = sharding.LazyRows(counted, np.arange(len(pixels)), transform=data.to_unit_range)
+  whole = data.to_unit_range(pixels)
+  mesh = None if mesh_shape is None else make_mesh(*mesh_shape)
+  x, s = _queries(whole.reshape(45, -1), [0.01, 0.3, 3.0], 2, 2, seed=5)
+  x = x.reshape(-1, 3, 2, 1)
+  sharding.rows_built.clear()
+  lazy = empirical_optimal_denoiser(source, chunk_size=4, mesh=mesh)
+  reads = np.concatenate(counted.reads)
+  assert np.array_equal(np.bincount(reads, minlength=45), np.full(45, 2))
+  assert max(len(r) for r in counted.reads) <= 4
+  shards = 1 if mesh is None else mesh.shape["data"]
+  if mesh is not None:
+    assert sharding.rows_built["shard"] <= -(-45 // shards) + 4
+  want = empirical_optimal_denoiser(whole, chunk_size=4, mesh=mesh)(jnp.asarray(x), jnp.asarray(s))
+  np.testing.assert_array_equal(lazy(jnp.asarray(x), jnp.asarray(s)), want)
+
+
+def test_source_limits_small_and_large_sigma():
+  """sigma -> 0: the nearest training point, bit for bit; sigma -> inf: the (class) mean."""
+  from diffgen_jax import data, sharding  # pylint: disable=import-outside-toplevel
+  pixels, labels = _uint8_split(60, seed=3)
+  whole = data.to_unit_range(pixels)
+  source = sharding.LazyRows(pixels, np.arange(60), transform=data.to_unit_range)
+  flat = whole.reshape(60, -1)
+  rng = np.random.default_rng(4)
+  x = (whole[:8] + 0.01 * rng.standard_normal(whole[:8].shape)).astype(np.float32)
+  nearest = np.argmin(((x.reshape(8, 1, -1) - flat[None]) ** 2).sum(-1), axis=1)
+  q = labels[:8].astype(np.int32)
+  for mesh in (None, make_mesh()):
+    denoise = empirical_optimal_denoiser(source, chunk_size=7, mesh=mesh)
+    np.testing.assert_array_equal(denoise(jnp.asarray(x), 1e-4), whole[nearest])
+    np.testing.assert_allclose(denoise(jnp.asarray(x), 1e4), np.broadcast_to(whole.mean(0), x.shape),
+                               atol=1e-5)
+    cond = empirical_optimal_denoiser(source, labels, chunk_size=7, mesh=mesh)
+    np.testing.assert_array_equal(cond(jnp.asarray(x), 1e-4, jnp.asarray(q)), whole[:8])
+    class_means = np.stack([whole[labels == c].mean(0) for c in range(3)])
+    np.testing.assert_allclose(cond(jnp.asarray(x), 1e4, jnp.asarray(q)), class_means[q],
+                               atol=1e-5)
+
+
+def test_class_conditional_layout_by_label_and_chunks_skipped():
+  """The rows are laid out by label, each class in its order; a chunk is read only when it holds
+  a point of some query's class (or any valid point, for an unconditional query)."""
+  from diffgen_jax import optimal  # pylint: disable=import-outside-toplevel
+  train = _data(12, 30, 4)
+  labels = np.random.default_rng(0).integers(0, 3, 30)
+  cond = empirical_optimal_denoiser(train, labels, chunk_size=4)
+  leaves = cond.args[0]
+  order = np.argsort(labels, kind="stable")
+  np.testing.assert_array_equal(np.asarray(leaves["train_labels"])[:30], labels[order])
+  np.testing.assert_array_equal(np.asarray(leaves["train"])[:30], train[order])
+  needed = lambda q, chunk: bool(optimal._chunk_needed(jnp.asarray(q, jnp.int32),
+                                                       jnp.asarray(chunk, jnp.int32)))
+  assert needed([1], [0, 1, 1, 2]) and needed([0, 2], [2, 2, -1, -1]) and needed([-2], [0, 0, 0, 0])
+  assert not needed([1], [2, 2, 3, 3]) and not needed([0, 3], [1, 2, 2, 2])
+  assert not needed([-2], [-1, -1, -1, -1]) and not needed([0], [-1, -1, -1, -1])
+  # A batch of one class equals the denoiser of that class alone.
+  x, s = _queries(train, [0.05, 0.5, 5.0], 2, 2, seed=6)
+  for c in range(3):
+    got = cond(jnp.asarray(x), jnp.asarray(s), jnp.full((len(x),), c, jnp.int32))
+    np.testing.assert_allclose(got, reference(train[labels == c], x, s), atol=1e-5)
+
+
+def test_lazy_source_value_checks():
+  from diffgen_jax import sharding  # pylint: disable=import-outside-toplevel
+  bad = np.zeros((10, 2, 2, 1), np.float32)
+  bad[7, 0, 0, 0] = np.nan
+  with pytest.raises(ValueError, match="NaN or Inf"):
+    empirical_optimal_denoiser(sharding.LazyRows(bad, np.arange(10)), chunk_size=3)
+  with pytest.raises(ValueError, match=r"got values in \[0, 255\]"):
+    empirical_optimal_denoiser(sharding.LazyRows(np.arange(40.0).reshape(10, 2, 2, 1) * 255 / 39,
+                                                 np.arange(10)), chunk_size=3)
+  with pytest.raises(ValueError, match="floating point"):
+    empirical_optimal_denoiser(sharding.LazyRows(np.zeros((10, 4), np.uint8), np.arange(10)))
+
+
+def test_posterior_statistics_sharded_equals_unsharded():
+  from diffgen_jax.optimal import posterior_statistics  # pylint: disable=import-outside-toplevel
+  train = _data(13, 40, 6)
+  labels = np.arange(40) % 3
+  x, s = _queries(train, [0.02, 0.3, 3.0], 2, 2, seed=7)
+  q = jnp.asarray(np.arange(len(x)) % 3)
+  for lab, ql in ((None, None), (labels, q)):
+    want = posterior_statistics(train, lab, chunk_size=4)(jnp.asarray(x), jnp.asarray(s), ql)
+    for mesh_shape in ((8, 1), (4, 2)):
+      got = posterior_statistics(train, lab, chunk_size=3, mesh=make_mesh(*mesh_shape))(
+          jnp.asarray(x), jnp.asarray(s), ql)
+      for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+# (m) 2 processes x 4 devices equal 1 process x 8 devices.
+
+_TWO_PROCESS_YSTAR = """
+from diffgen_jax import optimal
+rng = np.random.default_rng(0)
+N = 75
+whole = rng.uniform(-1, 1, (N, 2, 3)).astype(np.float32)
+labels = rng.integers(0, 3, N)
+
+from counted import Counted  # tests/counted.py
+source = Counted(whole)
+mesh = sharding.make_mesh()
+x = rng.uniform(-1.2, 1.2, (16, 2, 3)).astype(np.float32)
+sigma = np.geomspace(0.01, 10, 16).astype(np.float32)
+q = rng.integers(0, 3, 16).astype(np.int32)
+sharding.rows_built.clear()
+uncond = optimal.empirical_optimal_denoiser(source, chunk_size=4, mesh=mesh)
+shard, read = sharding.rows_built["shard"], np.concatenate(source.reads)
+source.reads.clear()
+cond = optimal.empirical_optimal_denoiser(source, labels, chunk_size=4, mesh=mesh)
+read_cond = np.concatenate(source.reads)
+jitted = jax.jit(lambda d, x, s, l: d(x, s, l))(cond, sharding.put_batch(x, mesh),
+                                                sharding.put_batch(sigma, mesh),
+                                                sharding.put_batch(q, mesh))
+stats = optimal.posterior_statistics(source, labels, chunk_size=4, mesh=mesh)(x, sigma, q)
+out = dict(eager=np.asarray(uncond(x, sigma)), eager_cond=np.asarray(cond(x, sigma, q)),
+           jitted=sharding.fetch(jitted), shard=np.array(shard), read=read, read_cond=read_cond,
+           entropy=np.asarray(stats.entropy), participation=np.asarray(stats.participation))
+# Without a mesh every process reads every row and sums on its own (nothing added over processes).
+out["none"] = np.asarray(optimal.empirical_optimal_denoiser(whole, chunk_size=4)(x, sigma))
+out["none_cond"] = np.asarray(optimal.empirical_optimal_denoiser(whole, labels, chunk_size=4)(
+    x, sigma, q))
+report(**out)
+"""
+
+
+def test_two_processes_equal_one_and_read_only_their_rows(tmp_path):
+  """y* and its posterior statistics from a source split over 2 processes x 4 devices equal
+  1 x 8 (and mesh=None), eagerly with host queries and inside jit with a batch split over the
+  data axis; each process reads only the rows its devices hold, twice, and builds at most
+  ceil(N / (P D)) + chunk rows at once (N = 75 over 8 devices in chunks of 4: shards of 12 rows,
+  process 0 rows 0..47, process 1 rows 48..74 and padding)."""
+  import multiprocess  # pylint: disable=import-outside-toplevel  (tests/multiprocess.py)
+  two = multiprocess.run(_TWO_PROCESS_YSTAR, tmp_path / "two", processes=2, devices=4)
+  (one,) = multiprocess.run(_TWO_PROCESS_YSTAR, tmp_path / "one", processes=1, devices=8)
+  rng = np.random.default_rng(0)  # the body's labels: its second draw
+  rng.uniform(-1, 1, (75, 2, 3))
+  labels = rng.integers(0, 3, 75)
+  order = np.argsort(labels, kind="stable")
+  spans = [np.arange(0, 48), np.arange(48, 75)]
+  for p, r in enumerate(two):
+    assert int(r["shard"]) == 12 <= -(-75 // 8) + 4
+    np.testing.assert_array_equal(np.bincount(r["read"], minlength=75),
+                                  2 * np.isin(np.arange(75), spans[p]))
+    np.testing.assert_array_equal(np.bincount(r["read_cond"], minlength=75),
+                                  2 * np.isin(np.arange(75), order[spans[p]]))
+    for key in ("eager", "eager_cond", "jitted", "entropy", "participation"):
+      np.testing.assert_allclose(r[key], one[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  np.testing.assert_array_equal(np.bincount(one["read"], minlength=75), np.full(75, 2))
+  np.testing.assert_allclose(one["jitted"], one["eager_cond"], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(one["eager"], one["none"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(one["eager_cond"], one["none_cond"], rtol=1e-5, atol=1e-6)
+  for r in two:  # mesh=None on each of 2 processes: the one-process bits
+    np.testing.assert_array_equal(r["none"], one["none"])
+    np.testing.assert_array_equal(r["none_cond"], one["none_cond"])

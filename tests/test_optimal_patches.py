@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffgen_jax import edm, optimal
+from diffgen_jax import data, edm, optimal, optimal_patches, sharding
 from diffgen_jax.optimal import (empirical_optimal_denoiser, equivariant_local_denoiser,
                                  gaussian_denoiser, local_denoiser, patch_composite_denoiser)
 from diffgen_jax.sharding import make_mesh
@@ -137,16 +137,23 @@ def test_whole_image_window_reproduces_optimal_denoiser(factory):
 
 # ---- k = 1 LS: a per-pixel posterior ----------------------------------------------------------
 
-def test_k1_local_denoiser_is_per_pixel_posterior():
-  train = _data(7)
-  x, s = _noisy_queries(train, np.array([0.1, 0.7, 3.0]), per_sigma=2)
+def _per_pixel_posterior(train, x, sigma):
+  """The posterior mean of every pixel over the N training values at that pixel (brute force)."""
   y = train.astype(np.float64)
   want = np.empty(x.shape)
   for i in range(len(x)):
     for p in range(H):
       for q in range(W):
-        want[i, p, q] = _softmax_mean(np.sum((y[:, p, q] - x[i, p, q]) ** 2, axis=1), y[:, p, q], s[i])
-  np.testing.assert_allclose(np.asarray(local_denoiser(train, 1)(x, s)), want, atol=1e-5)
+        d2 = np.sum((y[:, p, q] - x[i, p, q]) ** 2, axis=1)
+        want[i, p, q] = _softmax_mean(d2, y[:, p, q], sigma[i])
+  return want
+
+
+def test_k1_local_denoiser_is_per_pixel_posterior():
+  train = _data(7)
+  x, s = _noisy_queries(train, np.array([0.1, 0.7, 3.0]), per_sigma=2)
+  np.testing.assert_allclose(np.asarray(local_denoiser(train, 1)(x, s)),
+                             _per_pixel_posterior(train, x, s), atol=1e-5)
 
 
 # ---- equivariance ------------------------------------------------------------------------------
@@ -470,3 +477,169 @@ def test_memory_does_not_grow_with_the_training_set(factory, kw):
       pytest.skip("backend reports no memory analysis")
     temps.append(analysis.temp_size_in_bytes)
   assert temps[1] <= temps[0] * 1.05, temps
+
+
+# ---- training sets as sources, over every device of every process ------------------------------
+
+def _pixels(n, shape=(H, W, C), seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (n,) + shape, dtype=np.uint8)
+
+
+def _lazy(pixels):
+  """A lazy source over uint8 pixels, read as a decoded split is (LazyRows, to_unit_range)."""
+  return sharding.LazyRows(pixels, np.arange(len(pixels)), transform=data.to_unit_range)
+
+
+def test_known_answers_with_a_lazy_source():
+  """A source (LazyRows over uint8 pixels) gives the known answers and the numbers of the array."""
+  pixels = _pixels(10)
+  train, source = data.to_unit_range(pixels), _lazy(pixels)
+  x, s = _noisy_queries(train, np.array([0.05, 0.3, 1.0, 5.0]), per_sigma=2)
+  # A window covering the image (zero padding) is y*.
+  k = 2 * max(H, W) - 1
+  want = np.asarray(empirical_optimal_denoiser(train)(x, s))
+  for factory in (local_denoiser, patch_composite_denoiser):
+    np.testing.assert_allclose(np.asarray(factory(source, k, chunk_size=4)(x, s)), want, atol=2e-5)
+  # k = 1 LS: the per-pixel posterior over the N values at that pixel (brute force).
+  np.testing.assert_allclose(np.asarray(local_denoiser(source, 1, chunk_size=3)(x, s)),
+                             _per_pixel_posterior(train, x, s), atol=1e-5)
+  # Circular ELS commutes with circular shifts exactly.
+  square = _pixels(6, shape=(6, 6, 1))
+  denoise = equivariant_local_denoiser(_lazy(square), 3, boundary="circular", chunk_size=2)
+  xs, ss = _noisy_queries(data.to_unit_range(square), np.array([0.2, 1.0]), per_sigma=2)
+  out = np.asarray(denoise(xs, ss))
+  for shift in [(1, 0), (3, 5)]:
+    np.testing.assert_array_equal(np.asarray(denoise(np.roll(xs, shift, axis=(1, 2)), ss)),
+                                  np.roll(out, shift, axis=(1, 2)))
+  # sigma -> 0: the nearest window's centre (same position for LS, any position for ELS);
+  # sigma -> inf: the mean image (LS, PSPC, Gaussian), the per-channel mean (circular ELS).
+  q = np.clip(_data(3, seed=5) * 0.9 + 0.1 * train[:3], -1, 1)
+  np.testing.assert_array_equal(np.asarray(local_denoiser(source, 3)(q, 1e-30)),
+                                _nearest_same_position_centre(train, q, 3).astype(np.float32))
+  np.testing.assert_array_equal(
+      np.asarray(equivariant_local_denoiser(source, 3, boundary="circular")(q, 1e-30)),
+      _nearest_any_position_centre(train, q, 3).astype(np.float32))
+  y = train.astype(np.float64)
+  mean = np.broadcast_to(y.mean(axis=0), q.shape)
+  for machine in (local_denoiser(source, 3), patch_composite_denoiser(source, 3),
+                  gaussian_denoiser(source, chunk_size=3)):
+    np.testing.assert_allclose(np.asarray(machine(q, 1e30)), mean, atol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(equivariant_local_denoiser(source, 3, boundary="circular")(q, 1e30)),
+      np.broadcast_to(y.mean(axis=(0, 1, 2)), q.shape), atol=1e-5)
+  # The same numbers as from the array, bit for bit (the same float64 sums, in the same order).
+  labels = np.arange(10) % 3
+  for factory, kw in ((local_denoiser, {}), (patch_composite_denoiser, {}),
+                      (equivariant_local_denoiser, dict(boundary="zeros"))):
+    np.testing.assert_array_equal(np.asarray(factory(source, 3, labels, chunk_size=3, **kw)(x, s)),
+                                  np.asarray(factory(train, 3, labels, chunk_size=3, **kw)(x, s)))
+  for a, b in zip(optimal_patches.gaussian_fit(source, labels, chunk_size=3)[:3],
+                  optimal_patches.gaussian_fit(train, labels, chunk_size=3)[:3]):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_source_is_read_in_shards_and_chunks_once_and_checked_where_read():
+  """Each machine reads every row once, the patch machines one shard at a time and the Gaussian
+  chunk_size rows at a time (twice with labels: per class, then pooled); bad rows raise on read."""
+  pixels = _pixels(13)
+  mesh = make_mesh(data=8)
+  sharding.rows_built.clear()
+  local_denoiser(_lazy(pixels), 3, chunk_size=2, mesh=mesh)
+  assert sharding.rows_built["source"] == 13 and sharding.rows_built["shard"] == 2
+  sharding.rows_built.clear()
+  gaussian_denoiser(_lazy(pixels), chunk_size=3, train_labels=np.arange(13) % 2, mesh=mesh)
+  assert sharding.rows_built["source"] == 26 and sharding.rows_built["read"] <= 3
+  raw = sharding.LazyRows(pixels, np.arange(13))  # uint8 rows, no conversion
+  for build in (lambda: local_denoiser(raw, 3), lambda: gaussian_denoiser(raw)):
+    with pytest.raises(ValueError, match="train_images must be floating-point images.*uint8"):
+      build()
+  wrong = sharding.LazyRows(data.to_unit_range(pixels)[:, :, :2], np.arange(13))
+  wrong.shape = (13, H, W, C)  # a source whose rows do not have its declared shape
+  with pytest.raises(ValueError, match="train_images: a read returned rows of shape"):
+    equivariant_local_denoiser(wrong, 3)
+
+
+_TWO_PROCESS_LADDER = """
+from diffgen_jax import data, optimal_patches as op
+from diffgen_jax.evaluation import gap
+rng = np.random.default_rng(0)
+pixels = rng.integers(0, 256, (21, 4, 4, 1), dtype=np.uint8)  # 21 rows: the last shards are padding
+train = data.to_unit_range(pixels)
+source = sharding.LazyRows(pixels, np.arange(21), transform=data.to_unit_range)
+labels = np.arange(21) % 3
+x = (train[:8] + 0.3 * rng.standard_normal((8, 4, 4, 1))).astype(np.float32)
+s = np.geomspace(0.05, 3.0, 8).astype(np.float32)
+q_labels = np.arange(8) % 3
+
+
+def machines(mesh):
+  return dict(ls=op.local_denoiser(source, 3, labels, chunk_size=2, mesh=mesh),
+              pspc=op.patch_composite_denoiser(source, 3, chunk_size=2, mesh=mesh),
+              els_circular=op.equivariant_local_denoiser(source, 3, boundary="circular",
+                                                         chunk_size=2, mesh=mesh),
+              els_zeros=op.equivariant_local_denoiser(source, 3, boundary="zeros", chunk_size=2,
+                                                      mesh=mesh),
+              gaussian=op.gaussian_denoiser(source, None, labels, chunk_size=2, mesh=mesh))
+
+
+def outputs(found, prefix):
+  # Eagerly on host queries (replicated queries, the result gathered once).
+  conditional = ("ls", "gaussian")
+  return {prefix + name: sharding.fetch(machine(x, s, q_labels if name in conditional else None))
+          for name, machine in found.items()}
+
+
+mesh = sharding.make_mesh()
+sharding.rows_built.clear()
+found = machines(mesh)
+out = dict(shard=np.array(sharding.rows_built["shard"]),
+           read=np.array(sharding.rows_built["source"]))
+out.update(outputs(found, ""))
+# Inside the gap evaluation's jit, batches split over the data axis (a shard_map'd machine with a
+# replicated extra argument, ELS's mean patch).
+out["els_circular_gap"] = gap.denoising_errors(found["els_circular"], train[:16], None, s[:3],
+                                               batch_size=8, mesh=mesh)
+# A span held by devices of both processes (a model axis across hosts) counts once in the sums.
+across = sharding.make_mesh(data=1, model=8)
+out["across_els"] = sharding.fetch(
+    op.equivariant_local_denoiser(source, 3, chunk_size=2, mesh=across)(x, s))
+out["across_gaussian"] = sharding.fetch(
+    op.gaussian_denoiser(source, chunk_size=2, mesh=across)(x, s))
+# Without a mesh every process reads every row and sums on its own (nothing added over processes).
+out["local_gaussian"] = sharding.fetch(
+    op.gaussian_denoiser(source, None, labels, chunk_size=2)(x, s, q_labels))
+if NUM_PROCESSES == 1:
+  out.update(outputs(machines(None), "none_"))
+# Hosts whose eigendecompositions disagree get process 0's (here: arrays that differ on purpose).
+agreed = op._same_on_every_process(np.full(3, PROCESS + 0.5), np.full(2, -1.25))
+report(**out, agreed_0=agreed[0], agreed_1=agreed[1])
+"""
+
+
+def test_two_processes_equal_one_and_read_only_their_rows(tmp_path):
+  """LS (class-conditional), PSPC, ELS (both boundaries) and the Gaussian (class-conditional) on a
+  training source split over 2 processes x 4 devices equal 1 process x 8 devices and mesh=None
+  within float rounding, eagerly and inside the gap evaluation; each process builds shards of at
+  most ceil(N / 8) + chunk rows and reads only its rows (together: what one process reads)."""
+  import multiprocess  # pylint: disable=import-outside-toplevel  (tests/multiprocess.py)
+  two = multiprocess.run(_TWO_PROCESS_LADDER, tmp_path / "two", processes=2, devices=4)
+  (one,) = multiprocess.run(_TWO_PROCESS_LADDER, tmp_path / "one", processes=1, devices=8)
+  names = ("ls", "pspc", "els_circular", "els_zeros", "gaussian", "els_circular_gap", "across_els",
+           "across_gaussian")
+  for name in names:
+    for r in two:
+      np.testing.assert_allclose(r[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    if "none_" + name in one:
+      np.testing.assert_allclose(one[name], one["none_" + name], rtol=1e-5, atol=1e-6, err_msg=name)
+  np.testing.assert_allclose(one["across_els"], one["els_circular"], rtol=1e-5, atol=1e-6)
+  for r in two + [one]:
+    np.testing.assert_array_equal(r["local_gaussian"], one["none_gaussian"])
+  chunk = 2
+  for r in two:
+    assert int(r["shard"]) <= -(-21 // 8) + chunk
+  # Each row is read once per machine over all processes, and each process reads less than all.
+  assert sum(int(r["read"]) for r in two) == int(one["read"])
+  assert all(int(r["read"]) < int(one["read"]) for r in two)
+  for r in two:
+    np.testing.assert_array_equal(r["agreed_0"], np.full(3, 0.5))
+    np.testing.assert_array_equal(r["agreed_1"], np.full(2, -1.25))

@@ -4,30 +4,16 @@ import jax
 import numpy as np
 import pytest
 
+from counted import Counted  # tests/counted.py
 from diffgen_jax import sharding
 
 
-class _CountingSource:
-  """An image source that records which rows were read (a lazily decoded dataset stand-in)."""
-
-  def __init__(self, array):
-    self.array, self.read = array, []
-    self.shape = array.shape
-
-  def __len__(self):
-    return len(self.array)
-
-  def __getitem__(self, rows):
-    self.read.extend(np.atleast_1d(rows).tolist())
-    return self.array[rows]
-
-
 def test_lazy_rows_read_only_what_is_sliced_and_transform_it():
-  source = _CountingSource(np.arange(40, dtype=np.float32).reshape(10, 4))
+  source = Counted(np.arange(40, dtype=np.float32).reshape(10, 4))
   lazy = sharding.LazyRows(source, [7, 3, 3, 9], transform=lambda a: -a)
-  assert len(lazy) == 4 and lazy.shape == (4, 4) and source.read == []
+  assert len(lazy) == 4 and lazy.shape == (4, 4) and source.reads == []
   np.testing.assert_array_equal(lazy[1:3], -source.array[[3, 3]])
-  assert source.read == [3, 3]
+  assert np.concatenate(source.reads).tolist() == [3, 3]
   np.testing.assert_array_equal(np.asarray(lazy), -source.array[[7, 3, 3, 9]])
 
 
@@ -35,7 +21,7 @@ def test_put_batch_of_lazy_rows_equals_the_array_and_fetch_gathers_it():
   mesh = sharding.make_mesh()  # 8 simulated devices
   array = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
   sharding.rows_built.clear()
-  put = sharding.put_batch(sharding.LazyRows(_CountingSource(array), np.arange(16)), mesh)
+  put = sharding.put_batch(sharding.LazyRows(Counted(array), np.arange(16)), mesh)
   assert put.sharding.spec == jax.sharding.PartitionSpec(sharding.DATA_AXIS)
   assert sharding.rows_built["batch"] == 16
   np.testing.assert_array_equal(sharding.fetch(put), array)
@@ -75,6 +61,42 @@ def test_rows_on_mesh_builds_each_shard_once_and_equals_the_whole():
   np.testing.assert_array_equal(np.asarray(sharding.rows_on_mesh(4, build, None)["x"]), whole[:4])
 
 
+@pytest.mark.parametrize("d", [1, 3])
+def test_row_sum_has_the_bits_of_the_whole_arrays_sum_whatever_the_blocks(d):
+  """Added block by block (blocks of 1, 199 and 100 rows), the float64 row sum is np.sum(axis=0)
+  of the whole array bit for bit, a single column (summed pairwise by numpy) included."""
+  rng = np.random.default_rng(0)
+  # Magnitudes over many octaves: the sum is inexact, so its order shows in the bits.
+  whole = rng.normal(size=(300, d)) * np.exp(5 * rng.normal(size=(300, 1)))
+  row_sum = sharding.RowSum(d)
+  for lo, hi in ((0, 1), (1, 200), (200, 300)):  # naive per-block adds differ here at d = 1
+    row_sum.add(whole[lo:hi])
+  assert row_sum.value().tobytes() == whole.sum(axis=0).tobytes()
+  assert sharding.RowSum(d).value().tolist() == [0.0] * d
+
+
+def test_read_rows_reads_runs_as_slices_checks_and_counts():
+  source = Counted(np.arange(24, dtype=np.float32).reshape(6, 2, 2))
+  sharding.rows_built.clear()
+  seen = []
+  np.testing.assert_array_equal(sharding.read_rows(source, np.arange(1, 4), check=seen.append),
+                                source.array[1:4])
+  np.testing.assert_array_equal(sharding.read_rows(source, [0, 5]), source.array[[0, 5]])
+  assert len(seen) == 1  # checked where asked
+  assert source.reads[0].tolist() == [1, 2, 3] and source.reads[1].tolist() == [0, 5]
+  assert sharding.rows_built["source"] == 5 and sharding.rows_built["read"] == 3
+  wrong = sharding.LazyRows(source.array[:, :1], np.arange(6))
+  wrong.shape = (6, 2, 2)  # rows of another shape than it declares
+  with pytest.raises(ValueError, match="reference: a read returned rows of shape"):
+    sharding.read_rows(wrong, slice(0, 2), "reference")
+  # training_source reads nothing and names the argument.
+  assert sharding.training_source(source)[1:] == (6, (2, 2)) and len(source.reads) == 2
+  with pytest.raises(ValueError, match="x must be 4-D images; got shape"):
+    sharding.training_source(source, "x", ndim=4, layout="4-D images")
+  with pytest.raises(ValueError, match="x must be a non-empty"):
+    sharding.training_source(np.zeros((3, 0)), "x")
+
+
 _TWO_PROCESS_ROWS = """
 whole = np.arange(64 * 2, dtype=np.float64).reshape(64, 2) / 7.0
 mesh = sharding.make_mesh()
@@ -82,8 +104,18 @@ span = sharding.process_span(64, mesh)
 built = []
 out = sharding.rows_on_mesh(64, lambda lo, hi: built.append((lo, hi)) or {"x": whole[lo:hi]}, mesh)
 total = sharding.sum_over_processes(whole[span].sum(axis=0))
+# Sums over the rows each process counts: its own half over the data axis; over a model axis
+# across both processes (one span on devices of both), all rows on process 0 and none on 1;
+# without a mesh, all rows on each, and nothing added over processes.
+counted = {}
+for name, m in (("data", mesh), ("model", sharding.make_mesh(data=1, model=8)), ("none", None)):
+  rows = sharding.counted_rows(np.arange(64), 64, sharding.padded_rows(64, 1, m)[1], m)
+  row_sum = sharding.RowSum(2)
+  row_sum.add(whole[rows])
+  counted[name + "_rows"] = np.array(len(rows))
+  counted[name + "_total"] = sharding.sum_counted(row_sum.value(), m)
 report(x=sharding.fetch(out["x"]), span=np.array([span.start, span.stop]), built=np.array(built),
-       total=total)
+       total=total, **counted)
 """
 
 
@@ -101,3 +133,6 @@ def test_rows_on_mesh_and_sums_over_two_processes():
     np.testing.assert_array_equal(r["x"], whole.astype(np.float32))
     np.testing.assert_allclose(r["total"], whole.sum(axis=0), rtol=1e-15)
     assert r["total"].dtype == np.float64
+    assert [int(r[k + "_rows"]) for k in ("data", "model", "none")] == [32, 64 * (p == 0), 64]
+    for k in ("data", "model", "none"):
+      np.testing.assert_allclose(r[k + "_total"], whole.sum(axis=0), rtol=1e-15, err_msg=k)

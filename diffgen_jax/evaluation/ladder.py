@@ -297,6 +297,8 @@ def ladder_rungs(train_images, train_labels=None, *, delta: Optional[float] = No
   """The rungs of the ladder as named denoisers, all on (train_images, train_labels):
   "y*", "y_delta" (if delta), "LS" / "ELS" / "PSPC" (if their size, an int or a {sigma: k}
   schedule such as `Calibration.schedule()`, is given), "gaussian" (rank None) and "gaussian_r{r}".
+  mesh: optional mesh that every rung, the Gaussian fits included, lays the training set out over
+  (each process reading only its share).
   """
   if els_boundary not in BOUNDARIES:
     raise ValueError(f"els_boundary must be one of {BOUNDARIES}, got {els_boundary!r}")
@@ -322,8 +324,8 @@ def ladder_rungs(train_images, train_labels=None, *, delta: Optional[float] = No
   if pspc_size is not None:
     rungs["PSPC"] = patch_composite_denoiser(train_images, pspc_size, train_labels, mesh=mesh)
   for r in gaussian_ranks:
-    rungs["gaussian" if r is None else f"gaussian_r{r}"] = gaussian_denoiser(train_images, r,
-                                                                             train_labels)
+    rungs["gaussian" if r is None else f"gaussian_r{r}"] = gaussian_denoiser(
+        train_images, r, train_labels, mesh=mesh)
   return rungs
 
 
