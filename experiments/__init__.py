@@ -1,1 +1,1 @@
-"""Scripts that run a config sweep and regenerate one finding's figures (see README.md)."""
+"""Scripts that run a config sweep and regenerate one finding's figures (see experiments/README.md)."""
