@@ -230,6 +230,29 @@ def check_concrete_labels(domain: Iterable[int], labels) -> None:
     check_label_domain(domain, query)
 
 
+NO_LABEL = -1  # the label of an analytic denoiser's padding rows: never equal to a query's label
+ANY_LABEL = -2  # an unconditional analytic denoiser's query label: "every training point"
+
+
+def analytic_query_labels(labels, domain, batch: int):
+  """(B,) int32 query labels of an analytic denoiser (y*, LS, ELS, PSPC, Gaussian) built with
+  `training_labels`: the labels, checked against the label domain where concrete, for a
+  class-conditional one; ANY_LABEL for an unconditional one, which ignores labels.
+
+  A class-conditional denoiser called without labels would otherwise sum over every class and
+  return the unconditional posterior mean: a silent answer to another question. Raises ValueError
+  naming labels."""
+  if domain is None:
+    return jnp.full((batch,), ANY_LABEL, jnp.int32)
+  if labels is None:
+    raise ValueError("labels=None for a class-conditional denoiser (built with train_labels): "
+                     f"pass labels, ({batch},) integers; for the unconditional one, build it "
+                     "without train_labels")
+  out = jnp.asarray(labels, jnp.int32).reshape(batch)
+  check_concrete_labels(domain, out)
+  return out
+
+
 def training_labels(train_labels, n: int):
   """(labels, label_domain) of a training set of n points for the analytic denoisers.
 

@@ -44,8 +44,8 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from diffgen_jax.checks import check_float_dtype, check_number
-from diffgen_jax.denoisers import (Denoiser, check_concrete_labels, check_query, per_example,
-                                   training_labels)
+from diffgen_jax.denoisers import (ANY_LABEL, NO_LABEL, Denoiser, analytic_query_labels,
+                                   check_query, per_example, training_labels)
 # The analytic ladder's patch machines and Gaussian denoiser live beside this module (they import
 # nothing from it); re-exported here so `optimal.local_denoiser` etc. work.
 from diffgen_jax.optimal_patches import (  # noqa: F401  pylint: disable=unused-import
@@ -54,8 +54,6 @@ from diffgen_jax.sharding import (DATA_AXIS, across_processes, blocks, counted_r
                                   host_zeros, padded_rows, read_rows, replicated, rows_on_mesh,
                                   streamed_sum, sum_counted, training_source)
 
-_NO_LABEL = -1  # label of padding rows: never equal to a query's label.
-_ANY_LABEL = -2  # query label meaning "sum over every training point".
 _HIGHEST = lax.Precision.HIGHEST
 # The per-training-point arrays, in the order the streaming functions take them.
 _TRAIN_ARRAYS = ("train_centred", "half_sq_norms", "train", "train_labels")
@@ -140,7 +138,7 @@ def _prepare(train_images, train_labels, chunk_size: int, mesh: Optional[Mesh], 
   rows centred in float64 block by block and then cast to `dtype` (as the whole set once was).
   Labels (N ints) are held whole; a class-conditional set is laid out by label (stable, so each
   class keeps its order), so a chunk holds few classes and a query's class few chunks. Padding rows
-  (zeros, label _NO_LABEL) fill every shard to whole chunks. Host memory: one shard of `dtype`
+  (zeros, label NO_LABEL) fill every shard to whole chunks. Host memory: one shard of `dtype`
   rows plus one block of float64 rows at a time; nothing of size N in float64.
   """
   chunk_size = check_number(chunk_size, "chunk_size", low=1, integer=True)
@@ -164,7 +162,7 @@ def _prepare(train_images, train_labels, chunk_size: int, mesh: Optional[Mesh], 
     out = dict(train_centred=host_zeros((hi - lo, d), dtype),
                half_sq_norms=host_zeros((hi - lo,), dtype),
                train=host_zeros((hi - lo, d), dtype) if with_train else None,
-               train_labels=host_zeros((hi - lo,), np.int32, fill=_NO_LABEL))
+               train_labels=host_zeros((hi - lo,), np.int32, fill=NO_LABEL))
     for piece in blocks(np.arange(lo, min(hi, n)), block):
       flat = read_rows(source, order[piece]).reshape(len(piece), d).astype(np.float64)
       centred = flat - centre
@@ -183,20 +181,15 @@ def _prepare(train_images, train_labels, chunk_size: int, mesh: Optional[Mesh], 
 
 
 def _query_inputs(x, sigma, labels, item_shape, classes, dtype):
-  """Flattened queries, per-query sigma and per-query labels (_ANY_LABEL when unconditional)."""
+  """Flattened queries, per-query sigma and per-query labels (ANY_LABEL when unconditional)."""
   x = jnp.asarray(x)
   if x.shape[1:] != item_shape:
     raise ValueError(f"x has item shape {x.shape[1:]} but the training points have {item_shape}")
   # y* is defined for every sigma > 0 (the nearest point as sigma -> 0); labels only matter
   # (and are only checked) for a class-conditional y*.
   b = check_query(x, sigma, labels if classes is not None else None)
-  if classes is not None and labels is not None:
-    query_labels = jnp.asarray(labels, jnp.int32).reshape(b)
-    check_concrete_labels(classes, query_labels)
-  else:
-    query_labels = jnp.full((b,), _ANY_LABEL, jnp.int32)
   sigma_b = jnp.broadcast_to(jnp.asarray(sigma, dtype), (b,))
-  return x.reshape(b, -1).astype(dtype), sigma_b, query_labels
+  return x.reshape(b, -1).astype(dtype), sigma_b, analytic_query_labels(labels, classes, b)
 
 
 def _scores(x_centred, query_labels, train_centred, half_sq_norms, train_labels):
@@ -209,8 +202,8 @@ def _scores(x_centred, query_labels, train_centred, half_sq_norms, train_labels)
   """
   dots = jnp.matmul(x_centred, train_centred.T, precision=_HIGHEST)
   scores = dots - half_sq_norms[None, :]
-  valid = (train_labels[None, :] != _NO_LABEL) & (
-      (query_labels[:, None] == _ANY_LABEL) | (train_labels[None, :] == query_labels[:, None]))
+  valid = (train_labels[None, :] != NO_LABEL) & (
+      (query_labels[:, None] == ANY_LABEL) | (train_labels[None, :] == query_labels[:, None]))
   return jnp.where(valid, scores, -jnp.inf)
 
 
@@ -230,14 +223,14 @@ def _chunked(a, chunk_size):
 
 def _chunk_needed(query_labels, labels):
   """Whether a chunk of training labels (C,) holds a point any query sums over: a valid row
-  (label != _NO_LABEL) when some query is unconditional (_ANY_LABEL), else a row of some query's
+  (label != NO_LABEL) when some query is unconditional (ANY_LABEL), else a row of some query's
   class. The rows are laid out by label, so the chunk's classes are the range [min, max] of its
   valid labels and a range test is exact (and merely conservative for any other layout)."""
-  valid = labels != _NO_LABEL
+  valid = labels != NO_LABEL
   lo = jnp.min(jnp.where(valid, labels, jnp.iinfo(labels.dtype).max))
-  hi = jnp.max(jnp.where(valid, labels, _NO_LABEL))
-  wanted = (query_labels == _ANY_LABEL) | ((query_labels >= lo) & (query_labels <= hi))
-  return (hi != _NO_LABEL) & jnp.any(wanted)
+  hi = jnp.max(jnp.where(valid, labels, NO_LABEL))
+  wanted = (query_labels == ANY_LABEL) | ((query_labels >= lo) & (query_labels <= hi))
+  return (hi != NO_LABEL) & jnp.any(wanted)
 
 
 def _over_chunks(update, init, arrays, chunk_size: int, query_labels, by_class: bool):
@@ -269,7 +262,7 @@ def _streaming_posterior_mean(x_centred, inv_sigma, query_labels, train_centred,
   """Partial statistics (max score, sum of exp, weighted sum) over one training shard.
 
   x_centred: (B, D) queries minus the centre; inv_sigma: (B,) = 1 / sigma (the 1/2 lives in
-  half_sq_norms); query_labels: (B,), _ANY_LABEL for an unconditional query. Training arrays:
+  half_sq_norms); query_labels: (B,), ANY_LABEL for an unconditional query. Training arrays:
   (N, D) centred and uncentred points, (N,) half squared norms, (N,) labels (-1 on padding); N is
   a multiple of chunk_size. axis_name: inside shard_map, the mesh axis the training shard varies
   over (the running statistics then vary over it too, and the scan carry must say so from the start).
@@ -348,7 +341,7 @@ def empirical_optimal_denoiser(train_images, train_labels=None, *, chunk_size: O
       read block by block, each process only the rows its devices hold (`_prepare`).
     train_labels: optional (N,) integer labels >= 0 (held whole). When given,
       `denoise(x, sigma, labels)` sums over the training points whose label equals each query's
-      label (labels=None then uses all points), and reads only the chunks that hold the queries'
+      label (labels=None is refused: ValueError naming labels), and reads only the chunks that hold the queries'
       classes (the rows are laid out by label).
     chunk_size: training points per streaming step; memory is O(queries x chunk_size). None: the
       backend's default (`default_chunk_size`: 2048 on CPU, 65,536 on GPU/TPU, capped at N / shards).

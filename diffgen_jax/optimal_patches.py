@@ -39,7 +39,7 @@ How the patch machines are computed, and why (the same choices as y* in optimal.
     window) pair: at k^2 C = 9 the exp pass, not the matmul, takes most of the time on a CPU
     (benchmarks/analytic_ladder.py reports the split).
   * Class-conditional: with train_labels, a query with label c sees only class-c training images;
-    labels=None uses every image. A concrete query label without training images raises
+    labels=None is refused (ValueError naming labels). A concrete query label without training images raises
     ValueError (a traced one cannot be checked and yields NaN).
   * A training set is a source, never a whole array (design.md, "Scale: measure where it trains"):
     anything with len(), .shape (N, H, W, C) and indexing that returns numpy rows in [-1, 1] (a
@@ -73,7 +73,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from diffgen_jax.checks import check_float_dtype, check_number
 from diffgen_jax.data.convention import CONVENTION, check_images
-from diffgen_jax.denoisers import (Denoiser, check_concrete_labels, check_query,
+from diffgen_jax.denoisers import (ANY_LABEL, NO_LABEL, Denoiser, analytic_query_labels, check_query,
                                    training_labels)
 from diffgen_jax.sharding import (DATA_AXIS, RowSum, across_processes, blocks, counted_rows,
                                   counted_spans, padded_rows, read_rows, rows_on_mesh, sum_counted,
@@ -81,8 +81,6 @@ from diffgen_jax.sharding import (DATA_AXIS, RowSum, across_processes, blocks, c
 
 BOUNDARIES = ("circular", "zeros")
 # optimal.py re-exports this module, so it imports nothing from optimal.py (imports run one way).
-_NO_LABEL = -1  # label of padding rows: never equal to a query's label
-_ANY_LABEL = -2  # query label meaning "every training image"
 _HIGHEST = lax.Precision.HIGHEST
 PatchSize = Union[int, Mapping[float, int]]
 
@@ -183,7 +181,7 @@ def _size_selector(schedule: PatchSchedule):
 
 class _Images(NamedTuple):
   images: jax.Array  # (N_padded, H W C) flat, split over the mesh axis; zero rows as padding
-  labels: jax.Array  # (N_padded,) int32, _NO_LABEL on padding
+  labels: jax.Array  # (N_padded,) int32, NO_LABEL on padding
   item_shape: Tuple[int, ...]  # (H, W, C)
   classes: Optional[frozenset]
   chunk: int
@@ -216,7 +214,7 @@ def _prepare(train_images, train_labels, chunk_size, mesh, axis, dtype, with_mea
     # Flat (N, H W C) storage: the scan slices it without the layout copy XLA inserts for a 4-D
     # parameter (a whole-training-set temporary, seen with C = 1).
     return {"images": images.reshape(hi - lo, -1),
-            "labels": np.concatenate([labels[lo:min(hi, n)], np.full((pad,), _NO_LABEL, np.int32)])}
+            "labels": np.concatenate([labels[lo:min(hi, n)], np.full((pad,), NO_LABEL, np.int32)])}
 
   arrays = rows_on_mesh(total, build, mesh, axis)
   mean = (sum_counted(mean_sum.value(), mesh) / n).reshape(item_shape) if with_mean else None
@@ -224,18 +222,13 @@ def _prepare(train_images, train_labels, chunk_size, mesh, axis, dtype, with_mea
 
 
 def _query(x, sigma, labels, item_shape, classes, dtype):
-  """Checked queries (B, H, W, C), per-query sigma (B,) and labels (_ANY_LABEL: unconditional)."""
+  """Checked queries (B, H, W, C), per-query sigma (B,) and labels (ANY_LABEL: unconditional)."""
   x = jnp.asarray(x)
   if x.ndim != 4 or x.shape[1:] != tuple(item_shape):
     raise ValueError(f"x must be (B, H, W, C) with (H, W, C) = {tuple(item_shape)}, got {x.shape}")
   b = check_query(x, sigma, labels if classes is not None else None)
-  if classes is not None and labels is not None:
-    query_labels = jnp.asarray(labels, jnp.int32)
-    check_concrete_labels(classes, query_labels)
-  else:
-    query_labels = jnp.full((b,), _ANY_LABEL, jnp.int32)
   sigma_b = jnp.broadcast_to(jnp.asarray(sigma, dtype).reshape(-1), (b,))
-  return x.astype(dtype), sigma_b, query_labels
+  return x.astype(dtype), sigma_b, analytic_query_labels(labels, classes, b)
 
 
 def _inverse_two_var(sigma_b, half: bool = True):
@@ -247,8 +240,8 @@ def _inverse_two_var(sigma_b, half: bool = True):
 
 def _valid(query_labels, train_labels):
   """(B, c): training image usable for the query (its class, or any class; never padding)."""
-  return (train_labels[None, :] != _NO_LABEL) & (
-      (query_labels[:, None] == _ANY_LABEL) | (train_labels[None, :] == query_labels[:, None]))
+  return (train_labels[None, :] != NO_LABEL) & (
+      (query_labels[:, None] == ANY_LABEL) | (train_labels[None, :] == query_labels[:, None]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -430,7 +423,7 @@ def _els_core(x, scale, query_labels, images, labels, mean_patch, *, k, boundary
     y = y.reshape((-1,) + x.shape[1:])  # stored flat: (chunk, H W C) -> (chunk, H, W, C)
     yp = (_patches(y, k, boundary) - mean_patch).reshape(-1, xp.shape[1])  # (chunk hw, K)
     half_sq = 0.5 * jnp.sum(yp * yp, axis=1, keepdims=True)
-    half_sq = jnp.where(jnp.repeat(lab, hw)[:, None] == _NO_LABEL, jnp.inf, half_sq)
+    half_sq = jnp.where(jnp.repeat(lab, hw)[:, None] == NO_LABEL, jnp.inf, half_sq)
     # Every x_aug row ends in 1 and no patch entry is infinite, so padding columns are +inf (no NaN).
     energy = jnp.matmul(x_aug, jnp.concatenate([yp, half_sq], axis=1).T, precision=_HIGHEST)
     if conditional:
@@ -805,7 +798,7 @@ def _gaussian_apply(arrays, xq, sigma_b, query_labels):
   pooled = means.shape[0] - 1
   table = arrays["row_of_class"]
   in_table = (query_labels >= 0) & (query_labels < table.shape[0] - 1)
-  row = jnp.where(query_labels == _ANY_LABEL, pooled,
+  row = jnp.where(query_labels == ANY_LABEL, pooled,
                   jnp.where(in_table, table[jnp.clip(query_labels, 0, table.shape[0] - 1)], -1))
   if means.shape[0] == 1:
     row = jnp.zeros_like(row)

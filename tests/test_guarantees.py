@@ -91,8 +91,9 @@ def test_optimal_denoiser_matches_reference_across_sigma_scales():
 
 @pytest.mark.parametrize("sigma", (1e-19, 1e-25, 1e-40))
 def test_posterior_statistics_tiny_sigma_is_one_hot(sigma):
-  stats = optimal.posterior_statistics(TRAIN, TRAIN_LABELS, chunk_size=1)
   for labels in (None, np.array([0, 0, 1, 1], np.int32)):
+    stats = optimal.posterior_statistics(TRAIN, None if labels is None else TRAIN_LABELS,
+                                         chunk_size=1)
     s = stats(jnp.asarray(QUERIES), sigma, labels)
     np.testing.assert_array_equal(np.asarray(s.entropy), 0.0)
     np.testing.assert_array_equal(np.asarray(s.effective_number), 1.0)

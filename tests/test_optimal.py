@@ -147,10 +147,10 @@ def test_class_conditional_equals_denoiser_of_class_subset():
     want = np.asarray(subset(jnp.asarray(x[sel]), jnp.asarray(s[sel])))
     np.testing.assert_allclose(got[sel], want, atol=1e-6)
     np.testing.assert_allclose(got[sel], reference(train[labels == c], x[sel], s[sel]), atol=1e-5)
-  # labels=None sums over every training point.
-  np.testing.assert_allclose(
-      empirical_optimal_denoiser(train, labels)(jnp.asarray(x), jnp.asarray(s)),
-      reference(train, x, s), atol=1e-5)
+  # labels=None would be the unconditional mean, another question: refused, naming labels.
+  with pytest.raises(ValueError, match=r"labels=None for a class-conditional denoiser .* pass "
+                                       r"labels, \(24,\) integers"):
+    empirical_optimal_denoiser(train, labels)(jnp.asarray(x), jnp.asarray(s))
 
 
 # (f) chunking, (g) sharding.
