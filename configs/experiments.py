@@ -245,6 +245,30 @@ def _fashion_unet():
   return c
 
 
+def _regime_unet(mode: str):
+  """The paper's regime at a size a 2-core CPU holds (issue 26): 28x28 Fashion-MNIST, 1,024
+  training images, the quickstart's 1.23M-parameter U-Net (ddpmpp-tiny), 320k images seen (5,000
+  steps of batch 64, ~2-2.5 h here), 10 snapshots, the sample-level evaluation on."""
+  c = defaults.train_config("fashion_mnist", "ddpmpp")
+  models.apply_preset(c.model, "ddpmpp-tiny")
+  c.model.update(dict(img_resolution=28, img_channels=1, num_classes=10, dropout=0.1))
+  c.data.subset_size = 1024 if mode != "smoke" else 64
+  b, steps = (64, 5000) if mode != "smoke" else (16, 6)
+  c.training.update(dict(batch_size=b, total_images=b * steps, lr=2e-3,
+                         warmup_images=b * (200 if mode != "smoke" else 0), label_dropout=0.1))
+  c.training.ema.halflife_images = b * (100 if mode != "smoke" else 4)
+  c.checkpoint.update(dict(state_every_images=b * (500 if mode != "smoke" else 6),
+                           snapshot_every_images=b * (500 if mode != "smoke" else 3)))
+  c.sampling.grid_size = 64 if mode != "smoke" else 0
+  c.log_every_steps = 100
+  c.monitor.every_images = 0
+  _evaluation(c, "smoke" if mode == "smoke" else "local", samples=True)
+  if mode != "smoke":
+    c.evaluation.update(dict(num_images=256, num_sigmas=32, batch_size=128))
+    c.evaluation.samples.update(dict(num_samples=512, classifier_steps=500, probe_size=64))
+  return c
+
+
 def _small_training(c, mode: str) -> None:
   """The local (as configs/quickstart.py) and smoke training settings on 8x8 digits."""
   c.data.subset_size = 256 if mode == "local" else 64
