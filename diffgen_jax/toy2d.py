@@ -153,18 +153,6 @@ def lattice_rule(spacing: float = 0.1, radius: float = 8.0) -> NoiseRule:
   return NoiseRule(nodes, spacing * spacing * np.exp(-0.5 * sq) / (2.0 * np.pi))
 
 
-def gauss_hermite_rule(num_nodes: int) -> NoiseRule:
-  """Tensor Gauss-Hermite rule with num_nodes per axis (for comparison; see the section comment).
-
-  num_nodes: an integer >= 1 (ValueError otherwise).
-  """
-  check_number(num_nodes, "num_nodes", low=1, integer=True)
-  x, w = np.polynomial.hermite.hermgauss(num_nodes)
-  x, w = math.sqrt(2.0) * x, w / math.sqrt(math.pi)  # physicists' weight e^{-x^2} -> N(0, 1)
-  nodes = np.stack(np.meshgrid(x, x, indexing="ij"), axis=-1).reshape(-1, 2)
-  return NoiseRule(nodes, np.outer(w, w).reshape(-1))
-
-
 def local_frames(points) -> np.ndarray:
   """(P, 2, 2) rotations whose rows are each point's (radial, tangential) unit vectors.
 

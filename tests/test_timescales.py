@@ -37,15 +37,6 @@ def test_bootstrap_mean_interval_matches_binomial_width():
   assert low == pytest.approx(0.25 - half, abs=0.01) and high == pytest.approx(0.25 + half, abs=0.01)
 
 
-def test_copy_fraction_interval_of_exact_copies():
-  rng = np.random.default_rng(0)
-  train = rng.uniform(-1, 1, (30, 3, 3, 1)).astype(np.float32)
-  samples = np.concatenate([train[:10], rng.uniform(-1, 1, (30, 3, 3, 1)).astype(np.float32)])
-  out = ts.copy_fraction_interval(samples, train, num_resamples=500)
-  assert out.fraction == 0.25 and out.flags[:10].all() and not out.flags[10:].any()
-  assert out.low < 0.25 < out.high
-
-
 def test_tau_mem_interval_covers_the_truth_at_about_the_nominal_rate():
   # Each sample copies from a fixed time on (u_j < f(t)), as with fixed sampler noise.
   threshold = 0.25

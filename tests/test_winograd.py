@@ -68,8 +68,11 @@ def test_value_and_gradients_equal_xla_convolution(tile):
   for got, want in zip(loss(conv), loss(_reference)):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=TOL[tile],
                                atol=TOL[tile] * float(np.abs(np.asarray(want)).max()))
-  with pytest.raises(ValueError, match="tile=3"):
-    winograd.winograd_conv3x3(x, w, tile=3)
+  for bad in (3, 2.0, True, float("nan")):  # an integer in TILES only
+    with pytest.raises(ValueError, match="tile="):
+      winograd.winograd_conv3x3(x, w, tile=bad)
+    with pytest.raises(ValueError, match="tile="):
+      winograd.winograd_filter(w, tile=bad)
 
 
 def test_algorithm_routes_a_network_s_3x3_convolutions_and_restores_lax():

@@ -34,7 +34,6 @@ from scipy import stats as scipy_stats
 from diffgen_jax.checks import check_number
 from diffgen_jax.evaluation import frechet
 from diffgen_jax.evaluation.gap import relative_gap
-from diffgen_jax.evaluation.copies import copy_flags
 
 DIRECTIONS = ("up", "down")
 
@@ -83,26 +82,6 @@ def bootstrap_mean_interval(per_item, *, num_resamples: int = 1000, seed: int = 
   tail = 50.0 * (1.0 - confidence)
   low, high = np.percentile(means, tail, axis=0), np.percentile(means, 100.0 - tail, axis=0)
   return (float(low), float(high)) if a.ndim == 1 else (low, high)
-
-
-class Fraction(NamedTuple):
-  fraction: float
-  low: float
-  high: float
-  flags: np.ndarray  # (M,) bool, one per sample
-
-
-def copy_fraction_interval(samples, train_images, ratio: float = 1.0 / 3.0, *,
-                           num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
-                           chunk_size: int = 2048) -> Fraction:
-  """Copy fraction (Gu et al. 2023, `copies.copy_flags`) with a percentile-bootstrap interval.
-
-  samples: (M, ...) generated images; train_images: (N, ...) the training set, N >= 2.
-  """
-  flags = copy_flags(samples, train_images, ratio, chunk_size=chunk_size)
-  low, high = bootstrap_mean_interval(flags.astype(np.float64), num_resamples=num_resamples,
-                                      seed=seed, confidence=confidence)
-  return Fraction(float(flags.mean()), low, high, flags)
 
 
 # ------------------------------------------------------------------------------------------------
