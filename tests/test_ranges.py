@@ -165,9 +165,10 @@ def test_reproducibility_arguments():
 def test_timescales_arguments():
   times, values = np.array([1.0, 2.0, 4.0]), np.array([0.0, 0.5, 1.0])
   for bad in (NAN, INF):
-    _raises("threshold", timescales.crossing_time, times, values, bad)
+    _raises("threshold", timescales.bootstrap_crossing, times, values, values[None], bad)
     _raises("threshold", timescales.tau_mem, times, np.zeros((3, 2)), bad, num_resamples=2)
-  _raises("times", timescales.crossing_time, np.array([1.0, 2.0, INF]), values, 0.5)
+  _raises("times", timescales.bootstrap_crossing, np.array([1.0, 2.0, INF]), values, values[None],
+          0.5)
   for name, args in (("num_resamples", (3, 0, 0)), ("num_resamples", (3, 1.5, 0)),
                      ("seed", (3, 2, -1)), ("num_items", (0, 2, 0))):
     _raises(name, timescales.resample_counts, *args)
@@ -177,7 +178,7 @@ def test_timescales_arguments():
           [2, 4, 8], num_draws=0)
   _raises("target", timescales.tau_gen, times, np.zeros((3, 4, 2)), np.eye(2), NAN)
   # Boundaries: a threshold equal to a value crosses at that snapshot; one resample, seed 0.
-  assert timescales.crossing_time(times, values, 0.5) == 2.0
+  assert timescales.bootstrap_crossing(times, values, values[None], 0.5).time == 2.0
   assert timescales.resample_counts(3, 1, 0).sum() == 3
 
 
