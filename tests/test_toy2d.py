@@ -275,14 +275,19 @@ def test_symmetry_reduction_equals_all_points():
   assert not toy2d.is_rotation_orbit(odd.train) and not toy2d.is_rotation_orbit(odd.val)
 
 
-def test_legacy_numpy_draws_are_the_authors():
-  angles = np.array([3.0, 0.5, 6.0, 1.5])  # angle order: 0.5, 1.5, 3.0, 6.0
+def _authors_randn(seed, shape):
+  """np.random.seed(seed); np.random.randn(*shape), as the authors drew, numpy's state restored."""
   state = np.random.get_state()
   try:
-    np.random.seed(5)
-    theirs = np.random.randn(7, 4, 2)
+    np.random.seed(seed)
+    return np.random.randn(*shape)
   finally:
     np.random.set_state(state)
+
+
+def test_legacy_numpy_draws_are_the_authors():
+  angles = np.array([3.0, 0.5, 6.0, 1.5])  # angle order: 0.5, 1.5, 3.0, 6.0
+  theirs = _authors_randn(5, (7, 4, 2))
   ours = toy2d.legacy_numpy_draws(angles, 7, seed=5)
   assert ours.shape == (4, 7, 2)
   for p, k in enumerate([2, 0, 3, 1]):
@@ -327,12 +332,7 @@ def test_curve_summary_and_value_at_peak_ignore_nan():
 def test_gap_noise_is_the_authors_draws_or_jax_draws():
   """paper_draws: np.random.seed(s); randn(draws, N, 2), the point k-th in angle order taking
   [:, k, :]; on the symmetric set the training points are the even k, the validation the odd."""
-  state = np.random.get_state()
-  try:
-    np.random.seed(3)
-    theirs = np.random.randn(7, 20, 2)
-  finally:
-    np.random.set_state(state)
+  theirs = _authors_randn(3, (7, 20, 2))
   ours = toy2d.gap_noise("paper_draws", SYMMETRIC_20, 7, legacy_seed=3)
   assert ours.shape == (20, 7, 2)
   np.testing.assert_array_equal(ours[:10], np.transpose(theirs[:, 0::2], (1, 0, 2)))
