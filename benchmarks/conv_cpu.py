@@ -8,9 +8,9 @@ Effective GFLOP/s count the dense 2 B H W C_in C_out 9 per part.
 
     python benchmarks/conv_cpu.py [--shapes 64,32,64 --repeats 10 --devices 1]
 
-The same parts are timed for the Winograd F(2x2, 3x3) path (`diffgen_jax.models.conv`, the
-default for 3x3 convolutions on CPU), interleaved round by round with XLA's so both see the same
-machine load; `--shapes` runs several shapes (batch,size,channels) in one process.
+The same parts are timed for the Winograd F(2x2, 3x3) and F(4x4, 3x3) paths (benchmarks/winograd.py,
+an experiment that lost: the networks call XLA's convolution), interleaved round by round with
+XLA's so both see the same machine load; `--shapes` runs several shapes (batch,size,channels) in one process.
 
 Writes benchmarks/results/conv_cpu.json. torch is optional (skipped when not importable).
 """
@@ -49,7 +49,7 @@ def bench_shape(b: int, h: int, c: int, repeats: int, torch, devices: int = 1) -
   With devices > 1 the batch is split over that many CPU devices (as the main job splits it over
   one device per core) and the weights are replicated."""
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
-  from diffgen_jax.models import conv as conv_lib  # pylint: disable=import-outside-toplevel
+  import winograd as conv_lib  # pylint: disable=import-outside-toplevel  (benchmarks/ is on sys.path)
   rng = np.random.default_rng(0)
   mesh = Mesh(np.array(jax.devices()[:devices]), ("batch",))
   split, replicated = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())

@@ -4,7 +4,7 @@ CPU (default): each model family's tiny preset (ddpmpp-tiny, edm2-tiny, dit-tiny
 10 classes, batch 64, on a 1-device mesh and on a mesh of one simulated host device per CPU core
 (as the main job uses on a CPU; the script sets XLA_FLAGS=--xla_force_host_platform_device_count
 to the largest count in --devices before jax is imported; smaller meshes take the first devices in
-the same process). `--conv` times several convolution algorithms (diffgen_jax.models.conv; the
+the same process). `--conv` times several convolution algorithms (benchmarks/winograd.py; the
 algorithm is fixed when the step is traced), e.g. `--conv xla,winograd`. Side by side in the same run, interleaved with ours: a PyTorch U-Net (diffusers'
 `UNet2DModel`) configured from our DDPM++ config (same widths, levels, blocks per level, attention
 resolutions, dropout, class labels, resampling inside ResBlocks; parameters and model FLOPs within
@@ -45,7 +45,7 @@ import time
 FAMILIES = ("ddpmpp", "edm2", "dit")
 TINY_PRESETS = {"ddpmpp": "ddpmpp-tiny", "edm2": "edm2-tiny", "dit": "dit-tiny"}
 H200_BF16_PEAK_TFLOPS = 989.0
-CONV_ALGORITHMS = ("auto", "winograd", "winograd4", "xla")  # diffgen_jax.models.conv.ALGORITHMS
+CONV_ALGORITHMS = ("xla", "winograd", "winograd4")  # winograd.ALGORITHMS (benchmarks/winograd.py)
 
 
 def parse_args(argv=None):
@@ -64,9 +64,9 @@ def parse_args(argv=None):
   p.add_argument("--devices", default=None,
                  help="comma-separated device counts for the data-parallel mesh (CPU: 1 and one per "
                       "core, as the main job uses; GPU: 1)")
-  p.add_argument("--conv", default="auto",
-                 help="comma-separated convolution algorithms to time (diffgen_jax.models.conv: "
-                      "auto, winograd, winograd4, xla; default auto = Winograd on CPU, XLA's on GPU)")
+  p.add_argument("--conv", default="xla",
+                 help="comma-separated convolution algorithms to time (benchmarks/winograd.py: "
+                      "xla, winograd, winograd4; default xla, what the networks run)")
   p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                  help="compute dtype (CPU float32, GPU bfloat16); params stay float32")
   p.add_argument("--skip_torch", action="store_true", help="skip the diffusers UNet2DModel comparison")
@@ -170,9 +170,9 @@ class Runner:
 
 class OursRunner(Runner):
 
-  def __init__(self, family: str, preset: str, n_devices: int, args, conv_algorithm: str = "auto"):
-    from diffgen_jax.models import conv  # pylint: disable=import-outside-toplevel
-    with conv.algorithm(conv_algorithm):  # the algorithm is fixed when the step is traced
+  def __init__(self, family: str, preset: str, n_devices: int, args, conv_algorithm: str = "xla"):
+    import winograd  # pylint: disable=import-outside-toplevel  (benchmarks/ is on sys.path)
+    with winograd.algorithm(conv_algorithm):  # the algorithm is fixed when the step is traced
       self._build(family, preset, n_devices, args, conv_algorithm)
 
   def _build(self, family: str, preset: str, n_devices: int, args, conv_algorithm: str):

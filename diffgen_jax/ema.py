@@ -59,12 +59,6 @@ def std_to_exponent(sigma_rel: float) -> float:
   return float(np.roots([1, 7, 16 - t, 12 - t]).real.max())
 
 
-def exponent_to_std(gamma: float) -> float:
-  """EDM2: sigma_rel of the power-function profile with exponent gamma (finite, > -1)."""
-  check_number(gamma, "gamma", low=-1.0, low_open=True)
-  return float(np.sqrt((gamma + 1) / (gamma + 2) ** 2 / (gamma + 3)))
-
-
 def power_beta(images_seen_after, batch_size: int, sigma_rel: float):
   """EDM2: beta = (1 - batch / t)^(gamma + 1), t the images seen after this step (first step: 0).
 

@@ -13,7 +13,8 @@ delta plays the role of model error. The job `toy2d` (jobs/toy2d.py, configs/toy
   frechet         (g) 2D Frechet distance of samples to the train and validation sets vs delta
 
 and writes their results into WORKDIR/results.json (`jobs.results`) with a PNG per experiment.
-This module holds the model and its gap metric; the experiments are in the job.
+This module holds the model, its gap metric and every number the experiments report (the last
+section); the job maps its config to these calls and writes the results and figures.
 
 The gap metric (paper.md section 5). For a denoiser D and points {y_p}:
   E_p(sigma) = E_{n ~ N(0, I_2)} || D(y_p + sigma n; sigma) - y_p ||  (Euclidean, not squared),
@@ -42,9 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen_jax import edm
+from diffgen_jax import edm, samplers
 from diffgen_jax.checks import check_number
 from diffgen_jax.denoisers import Denoiser
+from diffgen_jax.evaluation import frechet
 
 DATASETS = ("symmetric", "random")
 TEST_ANGLES = ("circle", "half_circle")
@@ -151,18 +153,6 @@ def lattice_rule(spacing: float = 0.1, radius: float = 8.0) -> NoiseRule:
   sq = np.sum(nodes * nodes, axis=-1)
   nodes, sq = nodes[sq <= radius * radius], sq[sq <= radius * radius]
   return NoiseRule(nodes, spacing * spacing * np.exp(-0.5 * sq) / (2.0 * np.pi))
-
-
-def gauss_hermite_rule(num_nodes: int) -> NoiseRule:
-  """Tensor Gauss-Hermite rule with num_nodes per axis (for comparison; see the section comment).
-
-  num_nodes: an integer >= 1 (ValueError otherwise).
-  """
-  check_number(num_nodes, "num_nodes", low=1, integer=True)
-  x, w = np.polynomial.hermite.hermgauss(num_nodes)
-  x, w = math.sqrt(2.0) * x, w / math.sqrt(math.pi)  # physicists' weight e^{-x^2} -> N(0, 1)
-  nodes = np.stack(np.meshgrid(x, x, indexing="ij"), axis=-1).reshape(-1, 2)
-  return NoiseRule(nodes, np.outer(w, w).reshape(-1))
 
 
 def local_frames(points) -> np.ndarray:
@@ -399,3 +389,213 @@ def legacy_numpy_shared_draws(num_points: int, num_draws: int, seed: int) -> np.
   _check_seed(seed)
   draws = np.random.RandomState(seed).standard_normal((num_draws, 2))
   return np.broadcast_to(draws, (num_points, num_draws, 2))
+
+
+# ----------------------------------------------------------------------------------------------
+# The experiments' numbers. The job `toy2d` maps its config to these calls and writes the results.
+
+ESTIMATES = ("expected", "draws", "paper_draws")
+
+
+def _check_estimate(estimate: str, allowed=ESTIMATES[1:]) -> str:
+  if estimate not in allowed:
+    raise ValueError(f"estimate must be one of {allowed}, got {estimate!r}")
+  return estimate
+
+
+def gap_noise(estimate: str, split: Split, num_draws: int, *, key: Optional[jax.Array] = None,
+              legacy_seed: int = 0, local_frame: bool = True):
+  """The draws `sampled_gap` takes for an estimate from draws, (P_train + P_val, num_draws, 2),
+  the training points first.
+
+  "paper_draws": the authors' (`legacy_numpy_draws` of the training then the validation angles,
+  seeded with legacy_seed), float64; "draws": `noise_draws(key, points, num_draws, local_frame)`,
+  float32. Raises ValueError for another estimate ("expected" takes no draws), for "draws"
+  without a key, or for num_draws / legacy_seed as `legacy_numpy_draws` and `noise_draws` do.
+  """
+  if _check_estimate(estimate) == "paper_draws":
+    return legacy_numpy_draws(np.concatenate([split.train_angles, split.val_angles]), num_draws,
+                              legacy_seed)
+  if key is None:
+    raise ValueError("gap_noise: estimate 'draws' needs a key")
+  return noise_draws(key, np.concatenate([split.train, split.val]), num_draws, local_frame)
+
+
+def value_at_peak(values, other) -> float:
+  """other[i] at the peak i of `values`, as `peak` finds it (NaNs ignored); NaN for an all-NaN
+  curve. values: 1-D, non-empty (ValueError otherwise); other: indexable like values."""
+  i = peak_index(values)
+  return float(other[i]) if i >= 0 else float("nan")
+
+
+def curve_summary(gap: Gap) -> dict:
+  """A gap curve for results.json: values (G), error_train, error_val, peak_value, peak_sigma
+  (`peak`), and with a spread (expected curves) spread and spread_at_peak (`value_at_peak`)."""
+  peak_sigma, peak_value = peak(gap.sigmas, gap.gap)
+  out = dict(values=gap.gap, error_train=gap.error_train, error_val=gap.error_val,
+             peak_value=peak_value, peak_sigma=peak_sigma)
+  if gap.spread is not None:
+    out["spread"] = gap.spread
+    out["spread_at_peak"] = value_at_peak(gap.gap, gap.spread)
+  return out
+
+
+class FlowField(NamedTuple):
+  """A denoiser's field D(x; sigma) - x on a square grid of queries, for each sigma (float64)."""
+  axis: np.ndarray  # (G,): the grid's coordinates along x and along y
+  predictions: np.ndarray  # (S, G * G, 2): D at the queries, np.meshgrid(axis, axis) order
+  field: np.ndarray  # (S, G, G, 2): predictions - queries
+
+
+def flow_field(denoise: Denoiser, sigmas, extent: float, grid_size: int,
+               dtype=jnp.float32) -> FlowField:
+  """D(x; sigma) - x on the grid_size x grid_size grid spanning [-extent, extent]^2, every sigma
+  (S,) in one denoiser call computed in `dtype`. Raises ValueError unless extent is finite and
+  > 0 and grid_size is an integer >= 2."""
+  check_number(extent, "extent", low=0.0, low_open=True)
+  check_number(grid_size, "grid_size", low=2, integer=True)
+  axis = np.linspace(-extent, extent, grid_size)
+  xx, yy = np.meshgrid(axis, axis)
+  queries = np.stack([xx.ravel(), yy.ravel()], axis=-1)
+  q, s = queries.shape[0], len(sigmas)
+  x_all = jnp.asarray(np.tile(queries, (s, 1)), dtype)
+  sigma_all = jnp.asarray(np.repeat(sigmas, q), dtype)
+  pred = np.asarray(denoise(x_all, sigma_all), np.float64).reshape(s, q, 2)
+  field = pred - queries[None]
+  return FlowField(axis, pred, field.reshape(s, grid_size, grid_size, 2))
+
+
+def flow_field_statistics(flow: FlowField, train) -> list:
+  """Per sigma: the mean distance of the predictions to the training points' mean and to the
+  nearest training point, the fraction of predictions within 1e-2 of a training point, and the
+  largest |D(x) - x|; train (P, 2)."""
+  train = np.asarray(train, np.float64)
+  centre = train.mean(axis=0)
+  magnitude = np.linalg.norm(flow.field.reshape(flow.predictions.shape), axis=-1)
+  stats = []
+  for i, pred in enumerate(flow.predictions):
+    to_point = nearest_distances(pred, train)
+    stats.append({
+        "mean_distance_prediction_to_train_mean":
+            float(np.mean(np.linalg.norm(pred - centre, axis=-1))),
+        "mean_distance_prediction_to_nearest_train_point": float(np.mean(to_point)),
+        "fraction_predictions_within_1e-2_of_train": float(np.mean(to_point < 1e-2)),
+        "max_magnitude": float(magnitude[i].max())})
+  return stats
+
+
+def all_training(split: Split, radius: float) -> Split:
+  """The authors' relative-error setup: every point of the split a training point, in angle order
+  (angles mod 2 pi, ascending), no validation points."""
+  angles = np.concatenate([split.train_angles, split.val_angles])
+  order = np.argsort(np.mod(angles, 2.0 * np.pi), kind="stable")
+  return Split(circle_points(angles[order], radius), np.zeros((0, 2)), angles[order],
+               np.zeros((0,)))
+
+
+def matching_angles(angles, targets, tol: float = 1e-9) -> np.ndarray:
+  """Indices i with angles[i] equal (mod 2 pi, within tol radians) to one of targets."""
+  diff = np.angle(np.exp(1j * (np.asarray(angles)[:, None] - np.asarray(targets)[None, :])))
+  return np.nonzero(np.any(np.abs(diff) < tol, axis=1))[0]
+
+
+def relative_error_noise(estimate: str, test_points, train_points, num_draws: int, *,
+                         key: Optional[jax.Array] = None, legacy_seed: int = 1):
+  """The draws `relative_errors` takes for an estimate from draws, (M + P, num_draws, 2), the M
+  test points first: "paper_draws", the authors' (`legacy_numpy_shared_draws`: one set shared by
+  every point in world coordinates); "draws", `noise_draws(key, points, num_draws)` in each
+  point's local frame (so every training point has the same error). Raises ValueError for another
+  estimate or for "draws" without a key."""
+  points = np.concatenate([test_points, train_points])
+  if _check_estimate(estimate) == "paper_draws":
+    return legacy_numpy_shared_draws(points.shape[0], num_draws, legacy_seed)
+  if key is None:
+    raise ValueError("relative_error_noise: estimate 'draws' needs a key")
+  return noise_draws(key, points, num_draws, local_frame=True)
+
+
+class RelativeError(NamedTuple):
+  """(E(theta) - E_train) / E_train at M test points, E = E_n || D(y + sigma n) - y ||."""
+  values: np.ndarray  # (M,) float64
+  error: np.ndarray  # (M,) E(theta) at the test points
+  error_train: float  # the mean of E over the training points
+
+
+def relative_errors(denoise: Denoiser, test_points, train_points, sigma: float, *,
+                    rule: Optional[NoiseRule] = None, noise=None,
+                    dtype=jnp.float32) -> RelativeError:
+  """The denoising error at test points (M, 2) relative to the training points' (P, 2), at one
+  sigma: by the cubature `rule` (`expected_errors`) or from `noise` (M + P, draws, 2), the test
+  points first (`relative_error_noise`). Raises ValueError unless exactly one of rule and noise
+  is given, or for sigma as `expected_errors` / `denoising_errors`."""
+  if (rule is None) == (noise is None):
+    raise ValueError("relative_errors needs exactly one of rule (expected) and noise (draws)")
+  points = np.concatenate([test_points, train_points])
+  if rule is not None:
+    errors = expected_errors(denoise, points, [sigma], rule, dtype)[0][0]
+  else:
+    errors = denoising_errors(denoise, points, [sigma], noise, dtype)[0]
+  n_test = np.shape(test_points)[0]
+  e_theta, e_train = errors[:n_test], errors[n_test:].mean()
+  return RelativeError((e_theta - e_train) / e_train, e_theta, float(e_train))
+
+
+def relative_error_summary(result: RelativeError, angles, train_angles, val_angles) -> dict:
+  """A relative-error curve for results.json: values, error, error_train, the maximum and its
+  angle (`value_at_peak`), and where the test angles include them, the largest |value| at the
+  training angles and the mean value at the validation angles (`matching_angles`)."""
+  out = dict(values=result.values, error=result.error, error_train=result.error_train,
+             max_value=value_at_peak(result.values, result.values),
+             angle_at_max=value_at_peak(result.values, angles))
+  train_index = matching_angles(angles, train_angles)
+  val_index = matching_angles(angles, val_angles)
+  if train_index.size:
+    out["max_abs_at_train_angles"] = float(np.max(np.abs(result.values[train_index])))
+  if val_index.size:
+    out["mean_at_val_angles"] = float(np.mean(result.values[val_index]))
+  return out
+
+
+def sampler_noise(key: jax.Array, num_samples: int, dtype=jnp.float32) -> jax.Array:
+  """(num_samples, 2) standard normal starting noise (drawn in float32, then cast to dtype)."""
+  check_number(num_samples, "num_samples", low=1, integer=True)
+  return jax.random.normal(key, (num_samples, 2), jnp.float32).astype(dtype)
+
+
+def sample(denoise: Denoiser, noise, num_steps: int, solver: str, num_plotted: Optional[int] = None):
+  """Probability-flow samples from `noise` (B, 2) (`samplers.sample`), float64 (B, 2); with
+  num_plotted, also the paths of the first num_plotted samples, (num_plotted, num_steps + 1, 2):
+  the states the sampler visited, the endpoint appended. Raises ValueError as `samplers.sample`."""
+  if num_plotted is None:
+    out = samplers.sample(denoise, noise, num_steps=int(num_steps), solver=solver)
+    return np.asarray(out.samples, np.float64)
+  out = samplers.sample(denoise, noise, num_steps=int(num_steps), solver=solver,
+                        return_trajectory=True)
+  samples = np.asarray(out.samples, np.float64)
+  k = int(num_plotted)
+  paths = np.concatenate([np.asarray(out.trajectory.x[:, :k], np.float64), samples[None, :k]])
+  return samples, np.transpose(paths, (1, 0, 2))
+
+
+def endpoint_statistics(samples, train, val, tolerance: float) -> dict:
+  """Where samples (B, 2) land: the fraction within `tolerance` of a training and of a validation
+  point, the mean distance to the nearest of each, and the mean radius."""
+  to_train = nearest_distances(samples, train)
+  to_val = nearest_distances(samples, val)
+  return dict(fraction_within_tol_of_train=float(np.mean(to_train < tolerance)),
+              fraction_within_tol_of_val=float(np.mean(to_val < tolerance)),
+              mean_distance_to_nearest_train=float(np.mean(to_train)),
+              mean_distance_to_nearest_val=float(np.mean(to_val)),
+              mean_radius=float(np.mean(np.linalg.norm(np.asarray(samples), axis=-1))))
+
+
+def frechet_curves(samples, train, val, ddof: int = 0) -> dict:
+  """2D Frechet distances of each sample set in `samples` (a sequence of (B, 2)) to the training
+  and validation points (`frechet.frechet_distance` with ddof), G_FD = (FD_val - FD_train) /
+  FD_train, the fraction of samples within 1e-2 of a training point, and FD between the two
+  point sets themselves; the curves are (len(samples),) float64."""
+  fd_train = np.asarray([frechet.frechet_distance(s, train, ddof=ddof) for s in samples])
+  fd_val = np.asarray([frechet.frechet_distance(s, val, ddof=ddof) for s in samples])
+  copies = np.asarray([float(np.mean(nearest_distances(s, train) < 1e-2)) for s in samples])
+  return dict(fd_train=fd_train, fd_val=fd_val, g_fd=(fd_val - fd_train) / fd_train,
+              copies=copies, fd_sets=frechet.frechet_distance(train, val, ddof=ddof))

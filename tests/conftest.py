@@ -45,7 +45,7 @@ def data_dir(tmp_path_factory):
 
 # The files that take longest (end-to-end jobs and subprocess runs), slowest first.
 SLOWEST_FILES_FIRST = ("test_experiments.py", "test_training.py", "test_ladder_job.py",
-                       "test_conv.py", "test_guarantees.py", "test_train_job.py",
+                       "test_guarantees.py", "test_train_job.py",
                        "test_samples.py", "test_models.py", "test_nvidia_jobs.py")
 
 

@@ -30,11 +30,16 @@ def test_per_example_broadcasting():
 
 
 def test_guidance_weight_zero_is_positive():
+  # D_pos = A x s + a: at w = 0 (a Python or numpy zero) the guided output is A x s + a,
+  # computed here in numpy, whatever the negative returns (here NaN: it must not leak in).
   rng = np.random.default_rng(0)
-  pos = _linear(rng.standard_normal((3, 3)), rng.standard_normal(3))
-  neg = _linear(rng.standard_normal((3, 3)), rng.standard_normal(3))
+  a_mat, a_vec = rng.standard_normal((3, 3)), rng.standard_normal(3)
+  pos = _linear(a_mat, a_vec)
+  neg = lambda x, sigma, labels=None: jnp.full_like(x, jnp.nan)
   x = jnp.asarray(rng.standard_normal((5, 3)), jnp.float32)
-  np.testing.assert_array_equal(guided(pos, neg, 0.0)(x, 0.7), pos(x, 0.7))
+  want = np.asarray(x, np.float64) @ a_mat.T * 0.7 + a_vec
+  for w in (0, 0.0, np.float32(0.0)):
+    np.testing.assert_allclose(guided(pos, neg, w)(x, 0.7), want, rtol=1e-5, atol=1e-5)
 
 
 def test_guidance_of_linear_denoisers_is_linear():

@@ -22,8 +22,12 @@ def test_halflife_rampup_starts_from_the_parameters():
 
 
 @pytest.mark.parametrize("sigma_rel", [0.01, 0.05, 0.1, 0.2, 0.28])
-def test_exponent_and_std_are_inverse(sigma_rel):
-  np.testing.assert_allclose(ema.exponent_to_std(ema.std_to_exponent(sigma_rel)), sigma_rel, rtol=1e-10)
+def test_std_to_exponent_inverts_the_profile_std(sigma_rel):
+  # EDM2 (Karras et al. 2024, appendix C.1): the power profile with exponent gamma has
+  # sigma_rel = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3))).
+  gamma = ema.std_to_exponent(sigma_rel)
+  np.testing.assert_allclose(np.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3))), sigma_rel,
+                             rtol=1e-10)
 
 
 def test_std_of_power_profile_matches_its_definition():

@@ -26,9 +26,24 @@ def test_optimal_denoiser_known_limits():
   # sigma -> inf: y* is the training mean; E = mean squared distance of the images to it.
   analytic = np.mean((train - train.mean(axis=0)) ** 2)
   np.testing.assert_allclose(e[-1], analytic, rtol=1e-2)
-  # The optimal denoiser as the "network": zero distance to the optimal denoiser.
-  dist = gap.model_vs_optimal_distance(optimal, optimal, train, sigmas=SIGMAS, batch_size=16)
-  assert np.all(dist <= 1e-12)
+  # The distance of the training-mean denoiser to y*, against y* by brute force in float64 numpy
+  # (softmax of -|x - y_i|^2 / (2 sigma^2) over the training images) on the documented noise n_y:
+  # at sigma -> 0 it is the images' spread about their mean, at sigma -> inf it vanishes.
+  mean = train.mean(axis=0)
+  mean_denoiser = lambda x, sigma, labels=None: jnp.broadcast_to(jnp.asarray(mean), x.shape)
+  dist = gap.model_vs_optimal_distance(mean_denoiser, optimal, train, sigmas=SIGMAS, batch_size=16)
+  noise = np.asarray(gap.image_noise(0, np.arange(len(train)), train.shape[1:]), np.float64)
+  flat = train.reshape(len(train), -1).astype(np.float64)
+  want = []
+  for s in SIGMAS:
+    x = flat + s * noise.reshape(len(train), -1)
+    logits = -((x[:, None, :] - flat[None]) ** 2).sum(-1) / (2 * s * s)
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    y_star = (weights / weights.sum(axis=1, keepdims=True)) @ flat
+    want.append(np.mean((y_star - mean.reshape(-1)) ** 2))
+  np.testing.assert_allclose(dist, want, rtol=1e-4, atol=1e-10)
+  np.testing.assert_allclose(want[0], analytic, rtol=1e-6)
+  assert want[-1] < 1e-6 * want[0]
 
 
 def test_single_training_image_has_zero_error_everywhere():

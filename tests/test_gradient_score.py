@@ -30,9 +30,15 @@ def _shape_dispatch(train, sizes):
   return lambda x, sigma, labels=None: by_size[x.shape[1]](x, sigma, labels)
 
 
+def _score(denoise, images, sigma=1.0, chunk_size=64):
+  """(B,) scores at images + sigma n (the gap evaluation's per-image noise)."""
+  return gradient_score.gradient_correlation_vs_sigma(denoise, images, [sigma],
+                                                      chunk_size=chunk_size)[0]
+
+
 def test_gradient_score_pixelwise_is_zero_and_box_blur_is_analytic():
-  x = jnp.asarray(_uniform(2, 2, (6, 5, 2)))
-  score = gradient_score.gradient_correlation_score(lambda x, s, l=None: 0.3 * x, x, 1.0, chunk_size=16)
+  x = _uniform(2, 2, (6, 5, 2))
+  score = _score(lambda x, s, l=None: 0.3 * x, x, chunk_size=16)
   np.testing.assert_allclose(score, 0.0, atol=1e-7)
   # One output pixel whose gradient row is NaN (the other rows finite) makes the score NaN; it used
   # to be left out as if it were an all-zero row.
@@ -45,8 +51,7 @@ def test_gradient_score_pixelwise_is_zero_and_box_blur_is_analytic():
     return (jnp.where(hit, jnp.nan, 0.3 * ct),)
 
   nan_row.defvjp(lambda x: (nan_row(x), None), nan_row_bwd)
-  nan_score = gradient_score.gradient_correlation_score(lambda x, s, l=None: nan_row(x), x, 1.0,
-                                                        chunk_size=16)
+  nan_score = _score(lambda x, s, l=None: nan_row(x), x, chunk_size=16)
   assert np.all(np.isnan(nan_score)), nan_score
 
   r = 1
@@ -66,34 +71,31 @@ def test_gradient_score_pixelwise_is_zero_and_box_blur_is_analytic():
       d = [np.hypot(qi - pi, qj - pj) for qi in range(max(0, pi - r), min(h, pi + r + 1))
            for qj in range(max(0, pj - r), min(w, pj + r + 1))]
       want.append(np.mean(d))
-  got = gradient_score.gradient_correlation_score(blur, x, 1.0, chunk_size=16)
+  got = _score(blur, x, chunk_size=16)
   np.testing.assert_allclose(got, np.mean(want), rtol=1e-5)
 
 
 def test_crop_averaging_shrinks_the_receptive_field():
   train = _uniform(3, 8)
   denoise = _shape_dispatch(train, [4])
-  x = jnp.asarray(train[:2] + 1.0 * np.random.default_rng(4).standard_normal((2, H, H, 1)))
-  full = gradient_score.gradient_correlation_score(denoise, x, 1.0, chunk_size=64)
-  small = gradient_score.gradient_correlation_score(crop_averaged(denoise, 4, H), x, 1.0,
-                                             chunk_size=64)
+  full = _score(denoise, train[:2])
+  small = _score(crop_averaged(denoise, 4, H), train[:2])
   assert np.all(full > 2.0)
   assert np.all(small < 0.8 * full)
-  vs = gradient_score.gradient_correlation_vs_sigma(denoise, train[:2], [0.5, 2.0], chunk_size=64)
-  assert vs.shape == (2, 2) and np.all(np.isfinite(vs))
+  vs = gradient_score.gradient_correlation_vs_sigma(denoise, train[:2], [0.5, 1.0, 2.0])
+  assert vs.shape == (3, 2) and np.all(np.isfinite(vs))
+  np.testing.assert_array_equal(vs[1], full)  # sigma = 1.0, the same per-image noise
 
 
-def test_gradient_score_refuses_a_nan_or_inf_query():
-  """Newcomer: a NaN pixel in x gave a finite score (0 for D = 0.3 x, whose gradient ignores x)."""
+def test_gradient_score_refuses_nan_or_inf_images():
+  """Newcomer: a NaN pixel gave a finite score (0 for D = 0.3 x, whose gradient ignores x)."""
   x = np.asarray(_uniform(2, 2, (6, 5, 2)))
   linear = lambda x, s, l=None: 0.3 * x
-  np.testing.assert_allclose(gradient_score.gradient_correlation_score(linear, x, 1.0), 0.0,
-                             atol=1e-7)
   for bad_value in (np.nan, np.inf):
     bad = x.copy()
     bad[1, 2, 3, 0] = bad_value
-    for query in (bad, jnp.asarray(bad)):  # host and device arrays alike
-      with pytest.raises(ValueError, match=r"x must be .* got NaN or Inf"):
-        gradient_score.gradient_correlation_score(linear, query, 1.0)
-  # A noisy query far outside [-1, 1] is still taken (no pixel range for queries).
-  assert np.isfinite(gradient_score.gradient_correlation_score(linear, 80.0 * x, 1.0)).all()
+    for images in (bad, jnp.asarray(bad)):  # host and device arrays alike
+      with pytest.raises(ValueError, match=r"images must be .* got NaN or Inf"):
+        _score(linear, images)
+  # A noisy query far outside [-1, 1] (sigma = 80) is still scored.
+  np.testing.assert_allclose(_score(linear, x, sigma=80.0), 0.0, atol=1e-7)

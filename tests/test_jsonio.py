@@ -5,6 +5,7 @@ import json
 import os
 import threading
 
+import numpy as np
 import pytest
 
 from diffgen_jax import jsonio
@@ -75,3 +76,10 @@ def test_a_damaged_json_file_is_named(tmp_path, content):
   message = str(err.value)
   assert message.startswith(f"{path} is damaged or cut (") and f"; {len(content)} bytes)" in message
   assert message.endswith(": move it aside and re-run the job")
+
+
+def test_to_jsonable_has_no_nan():
+  out = jsonio.to_jsonable({"a": np.array([1.0, np.nan, np.inf]), "b": np.float32(2.5),
+                           "c": (np.int64(3),)})
+  assert out == {"a": [1.0, None, None], "b": 2.5, "c": [3]}
+  json.dumps(out, allow_nan=False)

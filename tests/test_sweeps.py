@@ -93,11 +93,31 @@ def test_pseudo_label_files_are_readable_by_the_data_pipeline(tmp_path):
   assert [c["condition"] for c in section["curves"]] == ["none", "k=2", "k=4"]
 
 
-def test_full_size_crop_is_the_unwrapped_denoiser():
+def _numpy_crop_averaged_y_delta(train, x, sigma, delta, s):
+  """float64 reference of the restricted receptive field: y_delta of the pooled s x s corner crops
+  of the training images, applied to each corner crop of x, overlapping pixels averaged."""
+  h = x.shape[1]
+  corners = [(0, 0), (0, h - s), (h - s, 0), (h - s, h - s)]
+  pooled = np.concatenate([train[:, i:i + s, j:j + s] for i, j in corners])
+  total, count = np.zeros(x.shape), np.zeros(x.shape)
+  for i, j in corners:
+    total[:, i:i + s, j:j + s] += _numpy_y_delta(pooled, x[:, i:i + s, j:j + s], sigma, delta)
+    count[:, i:i + s, j:j + s] += 1.0
+  return total / count
+
+
+def test_receptive_field_curves_match_an_independent_numpy_reference():
+  """Crops of 3 (four overlapping corners) and of the full size H (the unwrapped y_delta)."""
   setup = _setup()
   section = fs.sweep_receptive_field(setup, (3, H), (0.3,))
-  _assert_same_curve(_curve(section, f"s={H}, delta=0.3"),
-                     _curve(fs.sweep_delta(setup, (0.3,)), "delta=0.3"))
+  noise = {split: np.asarray(gap.image_noise(seed, ids, setup.train_x.shape[1:]), np.float64)
+           for split, seed, ids in (("train", 0, setup.train_ids), ("val", 1, setup.val_ids))}
+  for size in (3, H):
+    curve = _curve(section, f"s={size}, delta=0.3")
+    for split, images in (("train", setup.train_x), ("val", setup.val_x)):
+      want = [np.mean((_numpy_crop_averaged_y_delta(setup.train_all, images + s * noise[split], s,
+                                                    0.3, size) - images) ** 2) for s in SIGMAS]
+      np.testing.assert_allclose(curve[f"e_{split}"], want, rtol=2e-4, atol=1e-9)
   assert fs.pooled_crops(setup.train_all, 3).shape == (4 * len(setup.train_all), 3, 3, 1)
 
 

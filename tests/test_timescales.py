@@ -13,20 +13,29 @@ def _linear_in_log_time(t, top=0.8):
   return top * np.log(np.asarray(t) / 1e3) / np.log(100.0)
 
 
+def _crossing(times, values, threshold, **kwargs):
+  """The point estimate of `bootstrap_crossing` (one resampled series: the curve itself)."""
+  values = np.asarray(values, np.float64)
+  return ts.bootstrap_crossing(times, values, values[None], threshold, **kwargs)
+
+
 def test_crossing_time_on_monotone_curves():
   values = _linear_in_log_time(TIMES)
   truth = 1e3 * 100.0 ** (0.25 / 0.8)  # between the 4th and 5th snapshot
-  assert ts.crossing_time(TIMES, values, 0.25) == pytest.approx(truth, rel=1e-12)
+  assert _crossing(TIMES, values, 0.25).time == pytest.approx(truth, rel=1e-12)
   # Falling curve, linear in time, crossing downwards.
   t = np.arange(1.0, 11.0)
-  assert ts.crossing_time(t, 10.0 - t, 2.5, direction="down", log_time=False) == pytest.approx(7.5)
+  down = _crossing(t, 10.0 - t, 2.5, direction="down", log_time=False)
+  assert down.time == pytest.approx(7.5) and down.censored == ""
   # Censoring: already past at the first snapshot, never past.
-  assert ts.crossing_time(TIMES, values + 0.5, 0.25) == TIMES[0]
-  assert ts.crossing_time(TIMES, values, 0.95) == np.inf
+  left = _crossing(TIMES, values + 0.5, 0.25)
+  assert (left.time, left.censored) == (TIMES[0], "left")
+  right = _crossing(TIMES, values, 0.95)
+  assert (right.time, right.censored) == (np.inf, "right")
   with pytest.raises(ValueError, match="strictly increasing"):
-    ts.crossing_time(TIMES[::-1], values, 0.2)
+    _crossing(TIMES[::-1], values, 0.2)
   with pytest.raises(ValueError, match="direction"):
-    ts.crossing_time(TIMES, values, 0.2, direction="sideways")
+    _crossing(TIMES, values, 0.2, direction="sideways")
 
 
 def test_bootstrap_mean_interval_matches_binomial_width():
@@ -35,15 +44,6 @@ def test_bootstrap_mean_interval_matches_binomial_width():
   low, high = ts.bootstrap_mean_interval(flags, num_resamples=4000, seed=0)
   half = 1.96 * np.sqrt(0.25 * 0.75 / 400)
   assert low == pytest.approx(0.25 - half, abs=0.01) and high == pytest.approx(0.25 + half, abs=0.01)
-
-
-def test_copy_fraction_interval_of_exact_copies():
-  rng = np.random.default_rng(0)
-  train = rng.uniform(-1, 1, (30, 3, 3, 1)).astype(np.float32)
-  samples = np.concatenate([train[:10], rng.uniform(-1, 1, (30, 3, 3, 1)).astype(np.float32)])
-  out = ts.copy_fraction_interval(samples, train, num_resamples=500)
-  assert out.fraction == 0.25 and out.flags[:10].all() and not out.flags[10:].any()
-  assert out.low < 0.25 < out.high
 
 
 def test_tau_mem_interval_covers_the_truth_at_about_the_nominal_rate():

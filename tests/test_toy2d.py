@@ -1,41 +1,19 @@
-"""The 2D toy model: data, the gap metric's known answers, the expected curve (quadrature) against
-brute-force draws, the authors' realization against their published numbers, trends, results and
-config."""
+"""The 2D toy model (diffgen_jax/toy2d.py): data, the gap metric's known answers, the expected
+curve (quadrature) against brute-force draws, the authors' draws, and each experiment's numbers
+on known answers. The job that runs the experiments is tested in test_jobs_toy2d.py."""
 
-import importlib.util
-import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffgen_jax import edm, jsonio, toy2d
-from diffgen_jax.config_checks import ConfigError
-from diffgen_jax.jobs import results as results_lib
-from diffgen_jax.jobs import toy2d as toy2d_job
+from diffgen_jax import edm, toy2d
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
 
-_CONFIG_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "toy2d.py")
-
-
-def get_config(variant=None):
-  spec = importlib.util.spec_from_file_location("toy2d_config", _CONFIG_PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
-
-
-def fast_config(variant=None):
-  """The default config with a coarser lattice (h = 0.25, 3,228 nodes): the trends do not need
-  the default's 1e-3 accuracy, and it runs 6x faster."""
-  config = get_config(variant)
-  config.quadrature.spacing = 0.25
-  return config
-
-
+# A fixed key for jax draws (the job's gap draws with seed 0: fold_in(key(0), 1)).
+KEY = jax.random.fold_in(jax.random.key(0), 1)
 SIGMAS = edm.toy_sigma_grid()
 # A few sigmas of the grid: both ends, the rise, the peak (index 50, sigma 1.18) and the fall.
 SOME = np.array([0, 30, 42, 46, 50, 54, 60, 75, 96, 119])
@@ -49,7 +27,7 @@ def _denoiser(delta, split=SYMMETRIC_20, dtype=jnp.float32):
 
 def _sampled(delta, draws=50, sigmas=SIGMAS, local_frame=True, split=SYMMETRIC_20):
   points = np.concatenate([split.train, split.val])
-  noise = toy2d.noise_draws(toy2d_job._gap_key(get_config()), points, draws, local_frame)
+  noise = toy2d.noise_draws(KEY, points, draws, local_frame)
   return toy2d.sampled_gap(_denoiser(delta, split), split, sigmas, noise)
 
 
@@ -116,14 +94,14 @@ def test_local_frames_known_values():
 
 def test_local_frame_draws_are_the_same_in_every_frame():
   points = toy2d.make_dataset("random", 12, seed=1).train
-  noise = np.asarray(toy2d.noise_draws(toy2d_job._gap_key(get_config()), points, 30), np.float64)
+  noise = np.asarray(toy2d.noise_draws(KEY, points, 30), np.float64)
   e_r = points / np.linalg.norm(points, axis=1, keepdims=True)
   e_t = np.stack([-e_r[:, 1], e_r[:, 0]], axis=1)
   radial = np.einsum("pdk,pk->pd", noise, e_r)
   tangential = np.einsum("pdk,pk->pd", noise, e_t)
   np.testing.assert_allclose(radial, np.broadcast_to(radial[0], radial.shape), atol=1e-6)
   np.testing.assert_allclose(tangential, np.broadcast_to(tangential[0], radial.shape), atol=1e-6)
-  independent = toy2d.noise_draws(toy2d_job._gap_key(get_config()), points, 30, local_frame=False)
+  independent = toy2d.noise_draws(KEY, points, 30, local_frame=False)
   assert independent.shape == (6, 30, 2)
 
 
@@ -134,7 +112,7 @@ def test_local_frame_draws_are_the_same_in_every_frame():
 def test_errors_of_trivial_denoisers():
   split = SYMMETRIC_20
   points = np.concatenate([split.train, split.val])
-  noise = toy2d.noise_draws(toy2d_job._gap_key(get_config()), points, 50)
+  noise = toy2d.noise_draws(KEY, points, 50)
   sigmas = np.array([0.01, 1.0, 50.0])
   # Identity: the error is sigma * mean ||n||, the same for every point, so G = 0.
   identity = toy2d.denoising_errors(lambda x, s, labels=None: x, points, sigmas, noise)
@@ -185,6 +163,14 @@ def test_gap_vanishes_for_huge_delta():
 # The expected curve: quadrature, its convergence, brute-force draws, the spread of 50 draws.
 
 
+def _gauss_hermite_rule(num_nodes: int) -> toy2d.NoiseRule:
+  """Tensor Gauss-Hermite rule with num_nodes per axis (the alternative toy2d's lattice beats)."""
+  x, w = np.polynomial.hermite.hermgauss(num_nodes)
+  x, w = math.sqrt(2.0) * x, w / math.sqrt(math.pi)  # physicists' weight e^{-x^2} -> N(0, 1)
+  nodes = np.stack(np.meshgrid(x, x, indexing="ij"), axis=-1).reshape(-1, 2)
+  return toy2d.NoiseRule(nodes, np.outer(w, w).reshape(-1))
+
+
 def test_lattice_rule_moments_and_convergence_on_a_cone():
   for spacing in (0.2, 0.1):
     rule = toy2d.lattice_rule(spacing)
@@ -200,9 +186,9 @@ def test_lattice_rule_moments_and_convergence_on_a_cone():
   lattice = [cone(toy2d.lattice_rule(h)) for h in (0.4, 0.2, 0.1, 0.05)]
   assert all(5 < a / b < 12 for a, b in zip(lattice, lattice[1:])), lattice
   assert lattice[2] < 5e-5
-  hermite = [cone(toy2d.gauss_hermite_rule(q)) for q in (36, 72, 144)]
+  hermite = [cone(_gauss_hermite_rule(q)) for q in (36, 72, 144)]
   assert all(2 < a / b < 4 for a, b in zip(hermite, hermite[1:])), hermite
-  assert toy2d.gauss_hermite_rule(144).weights.size > toy2d.lattice_rule(0.1).weights.size
+  assert _gauss_hermite_rule(144).weights.size > toy2d.lattice_rule(0.1).weights.size
   assert hermite[2] > 3 * lattice[2]
   with pytest.raises(ValueError, match="spacing"):
     toy2d.lattice_rule(0.0)
@@ -289,283 +275,23 @@ def test_symmetry_reduction_equals_all_points():
   assert not toy2d.is_rotation_orbit(odd.train) and not toy2d.is_rotation_orbit(odd.val)
 
 
-def test_draws_estimate_lands_within_its_spread():
-  """config.estimate = "draws" (independent jax draws per point): a 50-draw estimate of the peak
-  lies within 3 spreads of the expected peak."""
-  config = get_config("gap_vs_delta")
-  config.gap_vs_delta.deltas = (2.2, 1.2)
-  config.estimate, config.local_frame_draws = "draws", False
-  sampled, _ = toy2d_job.experiment_gap_vs_delta(config)
-  assert sampled["protocol"]["estimate"] == "draws" and sampled["protocol"]["draws"] == 50
-  for s in sampled["curves"]:
-    e = _expected(s["parameter"]["delta"], sigmas=SIGMAS[50:51])
-    assert "spread" not in s
-    assert abs(s["values"][50] - e.gap[0]) < 3 * e.spread[0]
-    assert abs(s["values"][50] - e.gap[0]) > 1e-4  # an estimate, not the expectation
-
-
-# ---------------------------------------------------------------------------------------------
-# The authors' realization (configs/toy2d.py:paper) against their published numbers.
-
-
-def _reference_paper_gap(delta, num_points=20):
-  """The authors' computation, written out independently in float64 numpy: dense y*, y_delta,
-  np.random.seed(0) then a (50, N, 2) standard normal array, point k taking [:, k, :]."""
-  angles = 2 * np.pi * (np.arange(num_points) / num_points + 0.01)
-  points = 10.0 * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
-  train = points[0::2]
+def _authors_randn(seed, shape):
+  """np.random.seed(seed); np.random.randn(*shape), as the authors drew, numpy's state restored."""
   state = np.random.get_state()
   try:
-    np.random.seed(0)
-    noise = np.random.randn(50, num_points, 2)
+    np.random.seed(seed)
+    return np.random.randn(*shape)
   finally:
     np.random.set_state(state)
-  gaps = []
-  for sigma in SIGMAS:
-    x = points[None] + sigma * noise  # (50, N, 2)
-    s2 = sigma ** 2 + delta ** 2
-    logits = -np.sum((x[..., None, :] - train) ** 2, axis=-1) / (2 * s2)
-    w = np.exp(logits - logits.max(-1, keepdims=True))
-    y_star = (w / w.sum(-1, keepdims=True)) @ train
-    y_delta = (delta ** 2 * x + sigma ** 2 * y_star) / (sigma ** 2 + delta ** 2)
-    err = np.linalg.norm(y_delta - points[None], axis=-1).mean(0)
-    gaps.append(err[1::2].mean() / err[0::2].mean() - 1)
-  return np.asarray(gaps)
 
 
 def test_legacy_numpy_draws_are_the_authors():
   angles = np.array([3.0, 0.5, 6.0, 1.5])  # angle order: 0.5, 1.5, 3.0, 6.0
-  state = np.random.get_state()
-  try:
-    np.random.seed(5)
-    theirs = np.random.randn(7, 4, 2)
-  finally:
-    np.random.set_state(state)
+  theirs = _authors_randn(5, (7, 4, 2))
   ours = toy2d.legacy_numpy_draws(angles, 7, seed=5)
   assert ours.shape == (4, 7, 2)
   for p, k in enumerate([2, 0, 3, 1]):
     np.testing.assert_array_equal(ours[p], theirs[:, k, :])
-
-
-def test_paper_variant_reproduces_the_published_peaks():
-  config = get_config("paper,gap_vs_delta")
-  config.gap_vs_delta.deltas = (2.2, 1.2)
-  config.quadrature.spacing = 0.25  # of the expected curves beside theirs
-  results, _ = toy2d_job.experiment_gap_vs_delta(config)
-  assert results["protocol"]["dtype"] == "float64"
-  # Their realization lies within one 50-draw standard deviation of the expected peak
-  # (0.36 and 0.73 of one), above it.
-  for curve, expected_peak in zip(results["curves"], (0.0901, 0.9033)):
-    expected = curve["expected"]
-    np.testing.assert_allclose(expected["peak_value"], expected_peak, rtol=3e-3)  # h = 0.25
-    assert 0 < curve["peak_value"] - expected["peak_value"] < expected["spread_at_peak"]
-  for curve, published in zip(results["curves"], (0.1035, 0.9539)):
-    delta = curve["parameter"]["delta"]
-    reference = _reference_paper_gap(delta)
-    np.testing.assert_allclose(curve["values"], reference, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(curve["peak_value"], reference.max(), rtol=0, atol=1e-6)
-    # The published numbers (4 decimals), at the published sigma 1.1838 (grid index 50).
-    assert abs(curve["peak_value"] - published) < 5e-5, (delta, curve["peak_value"])
-    assert abs(curve["peak_sigma"] - 1.1838) < 5e-5 and curve["peak_sigma"] == SIGMAS[50]
-
-
-def test_paper_variant_relative_error_and_flow_field_sigmas():
-  config = get_config("paper,relative_error,flow_field")
-  config.flow_field.grid_size = 11
-  results, _ = toy2d_job.experiment_relative_error(config)
-  protocol = results["protocol"]
-  assert protocol["estimate"] == "paper_draws" and protocol["legacy_seed"] == 1
-  assert len(results["val_angles"]) == 0 and len(results["train_angles"]) == 10  # all training
-  angles = np.asarray(results["axis"]["values"])
-  np.testing.assert_allclose(angles, np.linspace(0, np.pi, 200, endpoint=False))
-  maxima = [c["max_value"] for c in results["curves"]]
-  np.testing.assert_allclose(maxima, [0.145, 0.359, 0.897], atol=6e-4)  # delta 2.0, 1.6, 1.2
-  fields, _ = toy2d_job.experiment_flow_field(config)
-  np.testing.assert_allclose([f["sigma"] for f in fields["fields"]], SIGMAS[[96, 60, 42]])
-  np.testing.assert_allclose([f["sigma"] for f in fields["fields"]], [25.49, 2.611, 0.5853],
-                             rtol=1e-3)
-
-
-def test_paper_config():
-  config = get_config("paper")
-  toy2d_job.validate_config(config)
-  assert tuple(config.experiments) == toy2d_job.EXPERIMENTS[:5]
-  assert config.estimate == "paper_draws" and config.dtype == "float64"
-  assert config.compare_expected and not get_config().compare_expected
-  np.testing.assert_allclose(config.guidance.weights, np.arange(11) * 0.2, atol=1e-12)
-  assert tuple(get_config("paper,guidance").experiments) == ("guidance",)
-  assert get_config("guidance").estimate == "expected"
-
-
-# ---------------------------------------------------------------------------------------------
-# Experiments: the paper's trends (expected curves on a coarser lattice).
-
-
-def test_gap_peak_grows_as_delta_falls():
-  results, plot = toy2d_job.experiment_gap_vs_delta(fast_config())
-  peaks = [c["peak_value"] for c in results["curves"]]
-  deltas = [c["parameter"]["delta"] for c in results["curves"]]
-  assert deltas == sorted(deltas, reverse=True) and len(deltas) == 11
-  assert np.all(np.diff(peaks) > 0)
-  assert all(c["peak_sigma"] == SIGMAS[50] for c in results["curves"])
-  assert all(len(c["spread"]) == 120 and c["spread_at_peak"] > 0 for c in results["curves"])
-  assert "50-draw" in plot["note"]
-
-
-def test_gap_peak_falls_with_density():
-  config = fast_config()
-  config.gap_vs_density.num_points = (16, 20, 26, 30)
-  results, _ = toy2d_job.experiment_gap_vs_density(config)
-  peaks = [c["peak_value"] for c in results["curves"]]
-  assert [c["parameter"]["num_train"] for c in results["curves"]] == [8, 10, 13, 15]
-  assert np.all(np.diff(peaks) < 0)
-
-
-def test_gap_peak_grows_with_guidance():
-  config = fast_config()
-  config.guidance.weights = (0.0, 1.0, 2.0)
-  results, _ = toy2d_job.experiment_guidance(config)
-  peaks = [c["peak_value"] for c in results["curves"]]
-  assert np.all(np.diff(peaks) > 0)
-  # w = 0 is the positive model alone.
-  np.testing.assert_allclose(peaks[0], _expected(1.8).gap.max(), rtol=1e-5)
-
-
-def test_relative_error_is_zero_at_training_angles():
-  results, _ = toy2d_job.experiment_relative_error(fast_config())
-  for curve in results["curves"]:
-    values = np.asarray(curve["values"])
-    assert curve["max_abs_at_train_angles"] < 1e-5
-    assert values.min() > -1e-5
-    assert curve["mean_at_val_angles"] > 0.05  # peaks between the training points
-  peaks = [c["max_value"] for c in results["curves"]]  # deltas 2.0, 1.6, 1.2
-  assert np.all(np.diff(peaks) > 0)
-
-
-def test_trajectories_with_optimal_denoiser_end_on_training_points():
-  config = get_config()
-  config.trajectories.num_samples = 200
-  config.trajectories.num_plotted = 5
-  config.trajectories.deltas = (0.0, 1.2)
-  results, _ = toy2d_job.experiment_trajectories(config)
-  exact, noisy = results["runs"]
-  assert exact["fraction_within_tol_of_train"] == 1.0
-  assert exact["fraction_within_tol_of_val"] == 0.0
-  assert noisy["fraction_within_tol_of_train"] < 0.1
-  assert noisy["mean_distance_to_nearest_train"] > 0.3
-  assert np.asarray(exact["plotted_trajectories"]).shape == (5, 121, 2)
-
-
-def test_flow_field_regimes():
-  config = get_config()
-  config.flow_field.grid_size = 41
-  results, data = toy2d_job.experiment_flow_field(config)
-  large, medium, small = results["fields"]
-  assert [f["sigma_requested"] for f in results["fields"]] == [28.0, 2.8, 0.63]
-  for f in results["fields"]:
-    assert np.any(np.isclose(SIGMAS, f["sigma"]))
-  assert large["mean_distance_prediction_to_train_mean"] < 2.0  # the global average
-  assert small["fraction_predictions_within_1e-2_of_train"] > 0.5  # basins
-  assert medium["fraction_predictions_within_1e-2_of_train"] < 0.05
-  assert data["field"].shape == (3, 41, 41, 2)
-
-
-# ---------------------------------------------------------------------------------------------
-# results.json and the job.
-
-
-def _no_nan(path):
-  def reject(name):
-    raise AssertionError(f"{path} holds {name}")
-  with open(path) as f:
-    return json.load(f, parse_constant=reject)
-
-
-def test_run_writes_results_and_plots(tmp_path):
-  config = fast_config("gap_vs_delta,frechet")
-  config.gap_vs_delta.deltas = (2.0, 1.4)
-  config.frechet.deltas = (0.0, 2.0)
-  config.frechet.num_samples = 200
-  config.frechet.num_steps = 40
-  toy2d_job.run(config, str(tmp_path))
-  for name in ("gap_vs_delta", "frechet"):
-    assert (tmp_path / name / f"{name}.png").stat().st_size > 10_000
-  results = _no_nan(results_lib.path(str(tmp_path)))
-  assert results["job"] == "toy2d" and list(results["experiments"]) == ["gap_vs_delta", "frechet"]
-  gap = results["experiments"]["gap_vs_delta"]
-  assert gap["experiment"] == "gap_vs_delta"
-  assert gap["protocol"]["seed"] == 0 and gap["protocol"]["estimate"] == "expected"
-  assert gap["protocol"]["spread_draws"] == 50
-  assert gap["protocol"]["quadrature"]["nodes"] == toy2d.lattice_rule(0.25).weights.size
-  assert gap["protocol"]["offset"] == 0.01
-  assert gap["axis"]["name"] == "sigma" and len(gap["axis"]["values"]) == 120
-  np.testing.assert_allclose(gap["axis"]["values"], SIGMAS)
-  for curve, delta in zip(gap["curves"], (2.0, 1.4)):
-    assert curve["label"] == f"delta={delta:g}" and curve["parameter"] == {"delta": delta}
-    assert len(curve["values"]) == 120
-    assert curve["peak_value"] == max(curve["values"])
-    assert curve["peak_sigma"] in gap["axis"]["values"]
-    assert len(curve["spread"]) == 120 and curve["spread_at_peak"] > 0
-  fd = results["experiments"]["frechet"]
-  curves = {c["label"]: c["values"] for c in fd["curves"]}
-  assert set(curves) >= {"FD_train", "FD_val", "G_FD"}
-  assert curves["FD_train"][0] < curves["FD_val"][0]  # delta = 0: copies of training points
-  assert curves["G_FD"][0] > 0
-
-
-def test_to_jsonable_has_no_nan():
-  out = jsonio.to_jsonable({"a": np.array([1.0, np.nan, np.inf]), "b": np.float32(2.5),
-                           "c": (np.int64(3),)})
-  assert out == {"a": [1.0, None, None], "b": 2.5, "c": [3]}
-  json.dumps(out, allow_nan=False)
-
-
-def test_default_config_is_valid_and_runs_all_seven():
-  config = get_config()
-  toy2d_job.validate_config(config)
-  assert tuple(config.experiments) == toy2d_job.EXPERIMENTS
-  assert tuple(get_config("guidance").experiments) == ("guidance",)
-
-
-@pytest.mark.parametrize("field, value, message", [
-    ("experiments", ("gap_vs_delta", "spiral"), "config.experiments"),
-    ("draws", 0, "config.draws"),
-    ("radius", -1.0, "config.radius"),
-    ("seed", 1.5, "config.seed"),
-    ("gap_vs_delta.deltas", (1.0, 0.0), "config.gap_vs_delta.deltas"),
-    ("gap_vs_delta.dataset", "grid", "config.gap_vs_delta.dataset"),
-    ("trajectories.solver", "rk4", "config.trajectories.solver"),
-    ("trajectories.num_plotted", 5000, "config.trajectories.num_plotted"),
-    ("gap_vs_density.num_points", (16, 1), "config.gap_vs_density.num_points"),
-    ("relative_error.sigma", float("nan"), "config.relative_error.sigma"),
-    ("estimate", "exact", "config.estimate"),
-    ("compare_expected", "yes", "config.compare_expected"),
-    ("dtype", "float16", "config.dtype"),
-    ("quadrature.spacing", 0.0, "config.quadrature.spacing"),
-    ("quadrature.radius", 0.05, "config.quadrature.radius"),
-    ("relative_error.test_angles", "quarter", "config.relative_error.test_angles"),
-    ("relative_error.all_training", 1, "config.relative_error.all_training"),
-    ("flow_field.sigma_indices", (96, 120), "config.flow_field.sigma_indices"),
-])
-def test_validate_config_rejects(field, value, message):
-  config = get_config()
-  node = config
-  *parents, leaf = field.split(".")
-  for p in parents:
-    node = node[p]
-  with node.ignore_type():
-    node[leaf] = value
-  with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as info:
-    toy2d_job.validate_config(config)
-  if field == "experiments":
-    assert "flow_field" in str(info.value) and "frechet" in str(info.value)  # allowed values
-
-
-def test_validate_config_rejects_wrong_job():
-  config = get_config()
-  config.job = "train"
-  with pytest.raises(ConfigError, match="config.job"):
-    toy2d_job.validate_config(config)
 
 
 def test_peak_ignores_nan_like_the_gap_peak():
@@ -583,14 +309,152 @@ def test_peak_ignores_nan_like_the_gap_peak():
       toy2d.peak(bad_sigmas, bad_values)
 
 
-def test_spread_and_angle_at_the_peak_ignore_nan():
-  """The job's spread_at_peak and the relative-error curve's max / angle_at_max are read at the
-  peak `toy2d.peak` reports (np.argmax would point at the first NaN)."""
+def test_curve_summary_and_value_at_peak_ignore_nan():
+  """spread_at_peak and the relative-error curve's max / angle_at_max are read at the peak
+  `toy2d.peak` reports (np.argmax would point at the first NaN)."""
   gaps = toy2d.Gap(np.array([0.1, 1.0, 10.0]), np.array([np.nan, 0.5, 2.0]), np.ones(3),
-                   np.ones(3), np.array([0.7, 0.8, 0.9]))
-  curve = toy2d_job._gap_curve("c", "delta", 1.0, (gaps, gaps))
+                   2 * np.ones(3), np.array([0.7, 0.8, 0.9]))
+  curve = toy2d.curve_summary(gaps)
   assert (curve["peak_sigma"], curve["peak_value"], curve["spread_at_peak"]) == (10.0, 2.0, 0.9)
-  assert curve["expected"]["spread_at_peak"] == 0.9
-  assert np.isnan(toy2d_job._at_peak([np.nan, np.nan], [1.0, 2.0]))
-  assert toy2d_job._at_peak([np.nan, 3.0, 1.0], [10.0, 20.0, 30.0]) == 20.0
+  assert list(curve) == ["values", "error_train", "error_val", "peak_value", "peak_sigma",
+                         "spread", "spread_at_peak"]
+  np.testing.assert_array_equal(curve["error_val"], 2.0)
+  assert "spread" not in toy2d.curve_summary(gaps._replace(spread=None))
+  assert np.isnan(toy2d.value_at_peak([np.nan, np.nan], [1.0, 2.0]))
+  assert toy2d.value_at_peak([np.nan, 3.0, 1.0], [10.0, 20.0, 30.0]) == 20.0
   assert toy2d.peak_index([np.nan, np.nan]) == -1 and toy2d.peak_index([1.0, np.nan, 4.0]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiments' numbers on known answers (the job maps its config to these).
+
+
+def test_gap_noise_is_the_authors_draws_or_jax_draws():
+  """paper_draws: np.random.seed(s); randn(draws, N, 2), the point k-th in angle order taking
+  [:, k, :]; on the symmetric set the training points are the even k, the validation the odd."""
+  theirs = _authors_randn(3, (7, 20, 2))
+  ours = toy2d.gap_noise("paper_draws", SYMMETRIC_20, 7, legacy_seed=3)
+  assert ours.shape == (20, 7, 2)
+  np.testing.assert_array_equal(ours[:10], np.transpose(theirs[:, 0::2], (1, 0, 2)))
+  np.testing.assert_array_equal(ours[10:], np.transpose(theirs[:, 1::2], (1, 0, 2)))
+  points = np.concatenate([SYMMETRIC_20.train, SYMMETRIC_20.val])
+  for local_frame in (True, False):
+    np.testing.assert_array_equal(
+        toy2d.gap_noise("draws", SYMMETRIC_20, 5, key=KEY, local_frame=local_frame),
+        toy2d.noise_draws(KEY, points, 5, local_frame))
+  with pytest.raises(ValueError, match="estimate"):
+    toy2d.gap_noise("expected", SYMMETRIC_20, 5)
+  with pytest.raises(ValueError, match="key"):
+    toy2d.gap_noise("draws", SYMMETRIC_20, 5)
+
+
+def test_flow_field_and_its_statistics_of_known_denoisers():
+  # D = 0: the field is -x and every prediction sits at the mean of two opposite training points,
+  # at distance 1 from each of them.
+  train = np.array([[1.0, 0.0], [-1.0, 0.0]])
+  zero = lambda x, sigma, labels=None: jnp.zeros_like(x)
+  flow = toy2d.flow_field(zero, [0.5, 2.0], 3.0, 4)
+  np.testing.assert_array_equal(flow.axis, [-3.0, -1.0, 1.0, 3.0])
+  assert flow.predictions.shape == (2, 16, 2) and flow.field.shape == (2, 4, 4, 2)
+  np.testing.assert_array_equal(flow.field[1, 0, 3], [-3.0, 3.0])  # row y = -3, column x = 3
+  (stats, _) = toy2d.flow_field_statistics(flow, train)
+  assert stats == {"mean_distance_prediction_to_train_mean": 0.0,
+                   "mean_distance_prediction_to_nearest_train_point": 1.0,
+                   "fraction_predictions_within_1e-2_of_train": 0.0,
+                   "max_magnitude": pytest.approx(3.0 * math.sqrt(2.0))}
+  # D(x; sigma) = x / (1 + sigma): the field is -sigma x / (1 + sigma), each sigma in one call.
+  shrink = lambda x, sigma, labels=None: x / (1.0 + sigma[:, None])
+  flow = toy2d.flow_field(shrink, [0.5, 2.0], 3.0, 4)
+  queries = flow.predictions[0] * 1.5
+  for i, s in enumerate((0.5, 2.0)):
+    np.testing.assert_allclose(flow.field[i].reshape(-1, 2), -s * queries / (1 + s), rtol=1e-6)
+  with pytest.raises(ValueError, match="grid_size"):
+    toy2d.flow_field(zero, [1.0], 3.0, 1)
+
+
+def test_all_training_and_matching_angles():
+  split = toy2d.make_dataset("symmetric", 6, 2.0, 0.0)
+  merged = toy2d.all_training(split, 2.0)
+  np.testing.assert_allclose(merged.train_angles, 2 * np.pi * np.arange(6) / 6)  # angle order
+  np.testing.assert_allclose(merged.train, toy2d.circle_points(merged.train_angles, 2.0))
+  assert merged.val.shape == (0, 2) and merged.val_angles.shape == (0,)
+  angles = np.array([0.0, 1.0, 2.0 * np.pi + 2.0, 3.0])
+  np.testing.assert_array_equal(toy2d.matching_angles(angles, [2.0, -2.0 * np.pi]), [0, 2])
+  assert toy2d.matching_angles(angles, [2.5]).size == 0
+
+
+def test_relative_errors_of_known_denoisers():
+  """D = 0: every error is the point's radius, so the relative error of a test point at radius r
+  is (r - 10) / 10 (training points at 10). The identity: sigma |n| everywhere, relative error 0."""
+  train = toy2d.circle_points([0.0, np.pi], 10.0)
+  test = np.array([[12.0, 0.0], [0.0, 9.0], [6.0, 8.0]])
+  zero = lambda x, sigma, labels=None: jnp.zeros_like(x)
+  identity = lambda x, sigma, labels=None: x
+  rule = toy2d.lattice_rule(0.2)
+  by_rule = toy2d.relative_errors(zero, test, train, 0.7, rule=rule)
+  np.testing.assert_allclose(by_rule.values, [0.2, -0.1, 0.0], atol=1e-6)
+  np.testing.assert_allclose(by_rule.error, [12.0, 9.0, 10.0], rtol=1e-6)
+  assert by_rule.error_train == pytest.approx(10.0, rel=1e-6)
+  noise = toy2d.relative_error_noise("paper_draws", test, train, 40, legacy_seed=1)
+  assert noise.shape == (5, 40, 2)
+  np.testing.assert_array_equal(noise[0], np.random.RandomState(1).standard_normal((40, 2)))
+  np.testing.assert_array_equal(noise[4], noise[0])  # one set shared in world coordinates
+  np.testing.assert_allclose(toy2d.relative_errors(zero, test, train, 0.7, noise=noise).values,
+                             [0.2, -0.1, 0.0], atol=1e-6)
+  local = toy2d.relative_error_noise("draws", test, train, 40, key=KEY)
+  np.testing.assert_allclose(toy2d.relative_errors(identity, test, train, 0.7, noise=local).values,
+                             0.0, atol=1e-5)
+  with pytest.raises(ValueError, match="exactly one"):
+    toy2d.relative_errors(zero, test, train, 0.7)
+  with pytest.raises(ValueError, match="key"):
+    toy2d.relative_error_noise("draws", test, train, 40)
+
+
+def test_relative_error_summary_reads_maximum_and_angles():
+  result = toy2d.RelativeError(np.array([0.0, 0.4, np.nan, -0.2]), np.arange(4.0), 2.0)
+  angles = np.array([0.0, 1.0, 2.0, 3.0])
+  out = toy2d.relative_error_summary(result, angles, [0.0, 3.0], [1.0])
+  assert (out["max_value"], out["angle_at_max"], out["error_train"]) == (0.4, 1.0, 2.0)
+  assert out["max_abs_at_train_angles"] == 0.2 and out["mean_at_val_angles"] == 0.4
+  assert "mean_at_val_angles" not in toy2d.relative_error_summary(result, angles, [0.0], [])
+
+
+def test_sampling_with_a_constant_denoiser_lands_on_it():
+  """D = c: the probability-flow ODE contracts every sample onto c; the paths start at
+  sigma_max n and end at the samples."""
+  c = jnp.array([3.0, -1.0])
+  const = lambda x, sigma, labels=None: jnp.broadcast_to(c, x.shape)
+  noise = toy2d.sampler_noise(KEY, 6)
+  assert noise.shape == (6, 2) and noise.dtype == jnp.float32
+  samples, paths = toy2d.sample(const, noise, 8, "euler", num_plotted=2)
+  assert samples.dtype == np.float64 and samples.shape == (6, 2)
+  np.testing.assert_allclose(samples, np.broadcast_to(c, (6, 2)), atol=1e-4)
+  assert paths.shape == (2, 9, 2)
+  np.testing.assert_allclose(paths[:, 0], edm.SIGMA_MAX * np.asarray(noise[:2]), rtol=1e-6)
+  np.testing.assert_array_equal(paths[:, -1], samples[:2])
+  np.testing.assert_array_equal(toy2d.sample(const, noise, 8, "euler"), samples)
+
+
+def test_endpoint_statistics_known_values():
+  train, val = np.array([[1.0, 0.0]]), np.array([[-1.0, 0.0]])
+  samples = np.array([[1.0, 0.005], [0.0, 0.0], [-1.0, 0.0], [3.0, 0.0]])
+  out = toy2d.endpoint_statistics(samples, train, val, 1e-2)
+  assert out["fraction_within_tol_of_train"] == 0.25
+  assert out["fraction_within_tol_of_val"] == 0.25
+  assert out["mean_distance_to_nearest_train"] == pytest.approx((0.005 + 1 + 2 + 2) / 4)
+  assert out["mean_distance_to_nearest_val"] == pytest.approx((np.hypot(2, 0.005) + 1 + 0 + 4) / 4)
+  assert out["mean_radius"] == pytest.approx((np.hypot(1, 0.005) + 0 + 1 + 3) / 4)
+
+
+def test_frechet_curves_of_shifted_sets():
+  """Samples = train + (1, 0), val = train + (0, 2): same covariances, so FD is the squared
+  distance of the means: FD_train = 1, FD_val = 5, G_FD = 4, train to val 4. Samples within 1e-2
+  of the training points (shifted by (0.005, 0)) count as copies."""
+  train = np.random.default_rng(0).standard_normal((30, 2))
+  val = train + [0.0, 2.0]
+  out = toy2d.frechet_curves([train + [1.0, 0.0], train + [0.005, 0.0]], train, val, ddof=0)
+  np.testing.assert_allclose(out["fd_train"], [1.0, 0.005 ** 2], rtol=1e-6)
+  np.testing.assert_allclose(out["fd_val"], [5.0, 4.0 + 0.005 ** 2], rtol=1e-6)
+  np.testing.assert_allclose(out["g_fd"], [4.0, 4.0 / 0.005 ** 2], rtol=1e-5)
+  np.testing.assert_array_equal(out["copies"], [0.0, 1.0])
+  assert out["fd_sets"] == pytest.approx(4.0, rel=1e-6)

@@ -68,22 +68,6 @@ def _score(denoise, x, sigma, labels, *, chunk_size):
 _score_jit = jax.jit(_score, static_argnames=("chunk_size",))
 
 
-def gradient_correlation_score(denoise: Denoiser, x, sigma, labels=None, *,
-                               chunk_size: int = 64) -> np.ndarray:
-  """(B,) mean pixel distance the denoiser looks at, per image of x (B, H, W, C); see the module
-  docstring. chunk_size output positions (pixel x channel) are processed per vmapped VJP.
-
-  x is a noisy query, float (B, H, W, C) (no pixel range is checked: it overshoots [-1, 1] at
-  large sigma). Raises ValueError naming `x` if it is not a float rank-4 array or if a concrete x
-  holds NaN or Inf (a NaN query could still give a finite score: its gradient rows need not be
-  NaN); a traced x (under jit) is checked for dtype and rank only, its values being unknown there
-  (data/convention.check_images).
-  """
-  check_images(x, "x", check_range=False)
-  fn = _score_fn(denoise, chunk_size)
-  return np.asarray(fn(jnp.asarray(x), jnp.asarray(sigma, jnp.asarray(x).dtype), labels))
-
-
 def gradient_correlation_vs_sigma(denoise: Denoiser, images, sigmas, labels=None, *, ids=None,
                                   noise_seed: int = 0, chunk_size: int = 64) -> np.ndarray:
   """(S, B) scores at noisy inputs y + sigma n_y (the gap evaluation's per-image noise); images

@@ -7,13 +7,13 @@ crosses a threshold), which grows linearly with N. analytic.md section 2 adds ta
 the denoising gap G(sigma) crosses a threshold, or the overfitting onset (the snapshot of minimal
 E_val). This module turns snapshot series into those times and fits their log-log slope against N.
 
-Crossing (`crossing_time`): the first snapshot k whose value is past the threshold (>= for
+Crossing (`bootstrap_crossing`): the first snapshot k whose value is past the threshold (>= for
 direction "up", <= for "down"); the time is interpolated linearly in log time (or linearly with
 log_time=False) between snapshots k-1 and k. Censoring: a curve already past the threshold at the
 first snapshot is left-censored (time = times[0]); one that never crosses is right-censored
 (time = inf, JSON null).
 
-Intervals (`bootstrap_crossing`): percentile bootstrap over the items behind each point (samples for
+Intervals (also `bootstrap_crossing`): percentile bootstrap over the items behind each point (samples for
 the copy fraction and the FD, images for G). The SAME resampled rows are used at every snapshot,
 because the items are the same at every snapshot (fixed sampler noise, fixed evaluation images and
 noise); each resampled series gives one crossing time, and the interval is the (alpha/2, 1-alpha/2)
@@ -34,7 +34,6 @@ from scipy import stats as scipy_stats
 from diffgen_jax.checks import check_number
 from diffgen_jax.evaluation import frechet
 from diffgen_jax.evaluation.gap import relative_gap
-from diffgen_jax.evaluation.copies import copy_flags
 
 DIRECTIONS = ("up", "down")
 
@@ -85,26 +84,6 @@ def bootstrap_mean_interval(per_item, *, num_resamples: int = 1000, seed: int = 
   return (float(low), float(high)) if a.ndim == 1 else (low, high)
 
 
-class Fraction(NamedTuple):
-  fraction: float
-  low: float
-  high: float
-  flags: np.ndarray  # (M,) bool, one per sample
-
-
-def copy_fraction_interval(samples, train_images, ratio: float = 1.0 / 3.0, *,
-                           num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
-                           chunk_size: int = 2048) -> Fraction:
-  """Copy fraction (Gu et al. 2023, `copies.copy_flags`) with a percentile-bootstrap interval.
-
-  samples: (M, ...) generated images; train_images: (N, ...) the training set, N >= 2.
-  """
-  flags = copy_flags(samples, train_images, ratio, chunk_size=chunk_size)
-  low, high = bootstrap_mean_interval(flags.astype(np.float64), num_resamples=num_resamples,
-                                      seed=seed, confidence=confidence)
-  return Fraction(float(flags.mean()), low, high, flags)
-
-
 # ------------------------------------------------------------------------------------------------
 # Threshold crossings
 
@@ -139,32 +118,6 @@ def _crossings(t, values, threshold, direction, log_time):
     xc = x[k - 1] + frac * (x[k] - x[k - 1])
     out[rows] = np.exp(xc) if log_time else xc
   return out
-
-
-def crossing_time(times, values, threshold: float, *, direction: str = "up",
-                  log_time: bool = True) -> float:
-  """When a series first crosses `threshold`.
-
-  Args:
-    times: (K,) strictly increasing snapshot times (e.g. images seen), > 0 with log_time.
-    values: (K,) the series (copy fraction, FD, peak G ...); NaNs count as not crossed.
-    direction: "up" (first value >= threshold) or "down" (first value <= threshold).
-    log_time: interpolate linearly in log time (snapshots spaced geometrically) or in time.
-
-  Returns:
-    The interpolated crossing time; times[0] if the first value is already past the threshold
-    (left-censored), inf if no value is (right-censored). Raises ValueError for a threshold that is
-    not finite, times not finite and strictly increasing, or an unknown direction.
-  """
-  _check_threshold(threshold)
-  if direction not in DIRECTIONS:
-    raise ValueError(f"direction={direction!r} must be one of {DIRECTIONS}")
-  t = _check_times(times, log_time)
-  v = np.asarray(values, np.float64)
-  if v.shape != t.shape:
-    raise ValueError(f"values {v.shape} and times {t.shape} must match")
-  out = _crossings(t, v[None], threshold, direction, log_time)[0]
-  return float(t[0]) if out == -1.0 else float(out)
 
 
 class Crossing(NamedTuple):

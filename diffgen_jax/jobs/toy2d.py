@@ -1,5 +1,5 @@
-"""The `toy2d` job: the 2D toy model's experiments (a)-(g) of paper.md section 5 (the model and its
-gap metric are `diffgen_jax.toy2d`).
+"""The `toy2d` job: the 2D toy model's experiments (a)-(g) of paper.md section 5. Every number comes
+from `diffgen_jax.toy2d`; the job maps its config to those calls and writes results and figures.
 
   flow_field      (a) the field y*(x) - x at large, medium and small sigma
   relative_error  (b) the denoising error along the circle, relative to the training points
@@ -30,17 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from diffgen_jax import config_checks, edm, jsonio, samplers
+from diffgen_jax import config_checks, edm, jsonio, samplers, toy2d
 from diffgen_jax.config_checks import fail as _fail, integer as _int
 from diffgen_jax.denoisers import Denoiser, guided
-from diffgen_jax.evaluation import frechet
 from diffgen_jax.jobs import console, results as results_lib
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
-from diffgen_jax.toy2d import (DATASETS, TEST_ANGLES, Gap, NoiseRule, Split, circle_points,
-                               denoising_errors, expected_errors, expected_gap, lattice_rule,
-                               legacy_numpy_draws, legacy_numpy_shared_draws, make_dataset,
-                               nearest_distances, nearest_grid_sigma, noise_draws, peak, peak_index,
-                               relative_error_angles, sampled_gap)
+from diffgen_jax.toy2d import (DATASETS, ESTIMATES, TEST_ANGLES, Gap, NoiseRule, Split,
+                               circle_points, lattice_rule, make_dataset, nearest_grid_sigma)
 
 EXPERIMENTS = ("flow_field", "relative_error", "gap_vs_delta", "gap_vs_density", "guidance",
                "trajectories", "frechet")
@@ -62,7 +58,6 @@ def _split_from(section, config) -> Split:
 # ----------------------------------------------------------------------------------------------
 # The experiments. Each returns (results, plot_data); results is what goes into results.json.
 
-ESTIMATES = ("expected", "draws", "paper_draws")
 DTYPES = ("float32", "float64")
 
 
@@ -158,8 +153,9 @@ def _expected_gap(denoise: Denoiser, split: Split, section, config) -> Gap:
   # Every toy denoiser is built from the training set, so it commutes with the rotations that map
   # a symmetric set with even N onto itself: one point per half suffices.
   symmetric = section.dataset == "symmetric" and split.train.shape[0] == split.val.shape[0]
-  return expected_gap(denoise, split, edm.toy_sigma_grid(config.sigma_grid_steps), _rule(config),
-                      by_symmetry=symmetric, spread_draws=int(config.draws), dtype=_dtype(config))
+  return toy2d.expected_gap(denoise, split, edm.toy_sigma_grid(config.sigma_grid_steps),
+                            _rule(config), by_symmetry=symmetric, spread_draws=int(config.draws),
+                            dtype=_dtype(config))
 
 
 def _gap(denoise: Denoiser, split: Split, section, config):
@@ -167,38 +163,24 @@ def _gap(denoise: Denoiser, split: Split, section, config):
   if config.estimate == "expected":
     return _expected_gap(denoise, split, section, config), None
   sigmas = edm.toy_sigma_grid(config.sigma_grid_steps)
-  if config.estimate == "paper_draws":
-    noise = legacy_numpy_draws(np.concatenate([split.train_angles, split.val_angles]),
-                               int(config.draws), int(config.legacy_seed))
-  else:
-    noise = noise_draws(_gap_key(config), np.concatenate([split.train, split.val]),
-                        int(config.draws), bool(config.local_frame_draws))
-  estimate = sampled_gap(denoise, split, sigmas, noise, _dtype(config))
+  noise = toy2d.gap_noise(config.estimate, split, int(config.draws), key=_gap_key(config),
+                          legacy_seed=int(config.legacy_seed),
+                          local_frame=bool(config.local_frame_draws))
+  estimate = toy2d.sampled_gap(denoise, split, sigmas, noise, _dtype(config))
   expected = (_expected_gap(denoise, split, section, config)
               if config.get("compare_expected", False) else None)
   return estimate, expected
 
 
-def _at_peak(values, other) -> float:
-  """other[i] at the peak i of values, as `peak` finds it (NaNs ignored); NaN for an all-NaN curve."""
-  i = peak_index(values)
-  return float(other[i]) if i >= 0 else float("nan")
-
-
 def _gap_curve(label: str, name: str, value, gaps) -> Dict:
   gap, expected = gaps
-  peak_sigma, peak_value = peak(gap.sigmas, gap.gap)
-  curve = dict(label=label, parameter={name: value}, values=gap.gap, error_train=gap.error_train,
-               error_val=gap.error_val, peak_value=peak_value, peak_sigma=peak_sigma)
-  if gap.spread is not None:
-    curve["spread"] = gap.spread
-    curve["spread_at_peak"] = _at_peak(gap.gap, gap.spread)
+  curve = dict(label=label, parameter={name: value}, **toy2d.curve_summary(gap))
   if expected is not None:  # the expected curve beside an estimate (config.compare_expected)
-    e_sigma, e_peak = peak(expected.sigmas, expected.gap)
-    curve["expected"] = dict(values=expected.gap, spread=expected.spread, peak_value=e_peak,
-                             peak_sigma=e_sigma,
-                             spread_at_peak=_at_peak(expected.gap, expected.spread))
-  logging.info("toy2d   %s: peak G=%.4g at sigma=%.4g", label, peak_value, peak_sigma)
+    summary = toy2d.curve_summary(expected)
+    curve["expected"] = {k: summary[k] for k in ("values", "spread", "peak_value", "peak_sigma",
+                                                 "spread_at_peak")}
+  logging.info("toy2d   %s: peak G=%.4g at sigma=%.4g", label, curve["peak_value"],
+               curve["peak_sigma"])
   return curve
 
 
@@ -214,32 +196,16 @@ def experiment_flow_field(config):
   else:
     requested = [float(s) for s in section.sigmas]
     sigmas = [nearest_grid_sigma(grid, s) for s in requested]
-  optimal = _optimal(split, config)
-  dtype = _dtype(config)
-  axis = np.linspace(-section.extent, section.extent, section.grid_size)
-  xx, yy = np.meshgrid(axis, axis)
-  queries = np.stack([xx.ravel(), yy.ravel()], axis=-1)
-  q = queries.shape[0]
-  x_all = jnp.asarray(np.tile(queries, (len(sigmas), 1)), dtype)
-  sigma_all = jnp.asarray(np.repeat(sigmas, q), dtype)
-  pred = np.asarray(optimal(x_all, sigma_all), np.float64).reshape(len(sigmas), q, 2)
-  field = pred - queries[None]
-  magnitude = np.linalg.norm(field, axis=-1)
-  centre = split.train.mean(axis=0)
+  flow = toy2d.flow_field(_optimal(split, config), sigmas, section.extent, section.grid_size,
+                          _dtype(config))
   fields = []
-  for i, used in enumerate(sigmas):
-    to_point = nearest_distances(pred[i], split.train)
-    entry = {"sigma": used}
+  for i, stats in enumerate(toy2d.flow_field_statistics(flow, split.train)):
+    entry = {"sigma": sigmas[i]}
     if indices:
       entry["sigma_index"] = int(indices[i])
     else:
       entry["sigma_requested"] = requested[i]
-    entry.update({
-        "mean_distance_prediction_to_train_mean":
-            float(np.mean(np.linalg.norm(pred[i] - centre, axis=-1))),
-        "mean_distance_prediction_to_nearest_train_point": float(np.mean(to_point)),
-        "fraction_predictions_within_1e-2_of_train": float(np.mean(to_point < 1e-2)),
-        "max_magnitude": float(magnitude[i].max())})
+    entry.update(stats)
     fields.append(entry)
   sigma_note = (f"sigmas: indices {list(indices)} of the ascending toy grid (the sigmas the "
                 "authors plot)" if indices else
@@ -253,8 +219,8 @@ def experiment_flow_field(config):
                                 "N=20 set with offset 0.001", sigma_note,
                                 "the fields themselves are in fields.npz (axis, sigmas, field)"]),
       train_points=split.train, val_points=split.val, fields=fields)
-  plot_data = dict(axis=axis, sigmas=np.asarray(sigmas), field=field.reshape(
-      len(sigmas), section.grid_size, section.grid_size, 2), train=split.train, val=split.val)
+  plot_data = dict(axis=flow.axis, sigmas=np.asarray(sigmas), field=flow.field, train=split.train,
+                   val=split.val)
   return results, plot_data
 
 
@@ -263,46 +229,28 @@ def experiment_relative_error(config):
   section = config.relative_error
   split = _split_from(section, config)
   if section.get("all_training", False):  # the authors' setup: no validation points
-    angles = np.concatenate([split.train_angles, split.val_angles])
-    order = np.argsort(np.mod(angles, 2.0 * np.pi), kind="stable")
-    split = Split(circle_points(angles[order], config.radius), np.zeros((0, 2)), angles[order],
-                  np.zeros((0,)))
+    split = toy2d.all_training(split, config.radius)
   grid = edm.toy_sigma_grid(config.sigma_grid_steps)
   sigma = nearest_grid_sigma(grid, section.sigma)
   offset = float(section.get("offset", config.offset))
   kind = section.get("test_angles", "circle")
-  angles = relative_error_angles(kind, int(section.num_angles), offset)
+  angles = toy2d.relative_error_angles(kind, int(section.num_angles), offset)
   test_points = circle_points(angles, config.radius)
-  points = np.concatenate([test_points, split.train])
-  dtype = _dtype(config)
-  if config.estimate == "paper_draws":
-    noise = legacy_numpy_shared_draws(points.shape[0], int(section.draws),
-                                      int(section.legacy_seed))
-  elif config.estimate == "draws":
-    # The same (radial, tangential) draws at every angle and training point.
+  if config.estimate == "expected":
+    estimate = dict(rule=_rule(config))
+  else:
     key = jax.random.fold_in(jax.random.key(config.seed), _STREAM_RELATIVE_ERROR)
-    noise = noise_draws(key, points, section.draws, local_frame=True)
+    estimate = dict(noise=toy2d.relative_error_noise(
+        config.estimate, test_points, split.train, int(section.draws), key=key,
+        legacy_seed=int(section.get("legacy_seed", 1))))
   optimal = _optimal(split, config)
-  n_test = angles.size
-  train_index = _matching_angles(angles, split.train_angles)
-  val_index = _matching_angles(angles, split.val_angles)
   curves = []
   for delta in section.deltas:
-    denoise = error_prone_denoiser(optimal, float(delta))
-    if config.estimate == "expected":
-      errors = expected_errors(denoise, points, [sigma], _rule(config), dtype)[0][0]
-    else:
-      errors = denoising_errors(denoise, points, [sigma], noise, dtype)[0]
-    e_theta, e_train = errors[:n_test], errors[n_test:].mean()
-    rel = (e_theta - e_train) / e_train
-    curve = dict(label=f"delta={delta:g}", parameter={"delta": float(delta)}, values=rel,
-                 error=e_theta, error_train=float(e_train), max_value=_at_peak(rel, rel),
-                 angle_at_max=_at_peak(rel, angles))
-    if train_index.size:
-      curve["max_abs_at_train_angles"] = float(np.max(np.abs(rel[train_index])))
-    if val_index.size:
-      curve["mean_at_val_angles"] = float(np.mean(rel[val_index]))
-    curves.append(curve)
+    result = toy2d.relative_errors(error_prone_denoiser(optimal, float(delta)), test_points,
+                                   split.train, sigma, dtype=_dtype(config), **estimate)
+    curves.append(dict(label=f"delta={delta:g}", parameter={"delta": float(delta)},
+                       **toy2d.relative_error_summary(result, angles, split.train_angles,
+                                                      split.val_angles)))
   estimate_note = {
       "expected": "E(theta) and each training point's E are expectations over the noise "
                   "(lattice_rule in each point's local frame), so the curve is 0 at training "
@@ -329,12 +277,6 @@ def experiment_relative_error(config):
       train_angles=split.train_angles, val_angles=split.val_angles, curves=curves)
   return results, dict(angles=angles, curves=curves, train_angles=split.train_angles,
                        val_angles=split.val_angles, sigma=sigma)
-
-
-def _matching_angles(angles, targets, tol: float = 1e-9) -> np.ndarray:
-  """Indices i with angles[i] equal (mod 2 pi) to one of targets."""
-  diff = np.angle(np.exp(1j * (np.asarray(angles)[:, None] - np.asarray(targets)[None, :])))
-  return np.nonzero(np.any(np.abs(diff) < tol, axis=1))[0]
 
 
 def _gap_key(config):
@@ -417,36 +359,22 @@ def experiment_guidance(config):
                            f"delta_neg={section.delta_neg:g})", config)
 
 
-def _sample(optimal, delta, noise, section):
-  denoise = error_prone_denoiser(optimal, float(delta))
-  return samplers.sample(denoise, noise, num_steps=int(section.num_steps), solver=section.solver,
-                         return_trajectory=True)
-
-
 @_in_config_precision
 def experiment_trajectories(config):
   section = config.trajectories
   split = _split_from(section, config)
   optimal = _optimal(split, config)
   key = jax.random.fold_in(jax.random.key(config.seed), _STREAM_TRAJECTORIES)
-  noise = jax.random.normal(key, (section.num_samples, 2), jnp.float32).astype(_dtype(config))
-  k = int(section.num_plotted)
+  noise = toy2d.sampler_noise(key, int(section.num_samples), _dtype(config))
   runs = []
   for delta in section.deltas:
-    out = _sample(optimal, delta, noise, section)
-    samples = np.asarray(out.samples, np.float64)
-    to_train = nearest_distances(samples, split.train)
-    to_val = nearest_distances(samples, split.val)
-    paths = np.concatenate([np.asarray(out.trajectory.x[:, :k], np.float64), samples[None, :k]])
-    runs.append(dict(
-        label=f"delta={delta:g}", parameter={"delta": float(delta)},
-        fraction_within_tol_of_train=float(np.mean(to_train < section.tolerance)),
-        fraction_within_tol_of_val=float(np.mean(to_val < section.tolerance)),
-        mean_distance_to_nearest_train=float(np.mean(to_train)),
-        mean_distance_to_nearest_val=float(np.mean(to_val)),
-        mean_radius=float(np.mean(np.linalg.norm(samples, axis=-1))),
-        plotted_trajectories=np.transpose(paths, (1, 0, 2)),  # (k, steps + 1, 2)
-        endpoints=samples))
+    samples, paths = toy2d.sample(error_prone_denoiser(optimal, float(delta)), noise,
+                                  section.num_steps, section.solver, int(section.num_plotted))
+    runs.append(dict(label=f"delta={delta:g}", parameter={"delta": float(delta)},
+                     **toy2d.endpoint_statistics(samples, split.train, split.val,
+                                                 section.tolerance),
+                     plotted_trajectories=paths,  # (num_plotted, steps + 1, 2)
+                     endpoints=samples))
   sigmas = edm.karras_sigmas(int(section.num_steps))
   results = dict(
       experiment="trajectories",
@@ -467,18 +395,10 @@ def experiment_frechet(config):
   split = _split_from(section, config)
   optimal = _optimal(split, config)
   key = jax.random.fold_in(jax.random.key(config.seed), _STREAM_FRECHET)
-  noise = jax.random.normal(key, (section.num_samples, 2), jnp.float32).astype(_dtype(config))
-  fd_train, fd_val, copies = [], [], []
-  for delta in section.deltas:
-    denoise = error_prone_denoiser(optimal, float(delta))
-    samples = np.asarray(samplers.sample(denoise, noise, num_steps=int(section.num_steps),
-                                         solver=section.solver).samples, np.float64)
-    fd_train.append(frechet.frechet_distance(samples, split.train, ddof=section.ddof))
-    fd_val.append(frechet.frechet_distance(samples, split.val, ddof=section.ddof))
-    copies.append(float(np.mean(nearest_distances(samples, split.train) < 1e-2)))
-  fd_train, fd_val = np.asarray(fd_train), np.asarray(fd_val)
-  g_fd = (fd_val - fd_train) / fd_train
-  fd_sets = frechet.frechet_distance(split.train, split.val, ddof=section.ddof)
+  noise = toy2d.sampler_noise(key, int(section.num_samples), _dtype(config))
+  samples = [toy2d.sample(error_prone_denoiser(optimal, float(delta)), noise, section.num_steps,
+                          section.solver) for delta in section.deltas]
+  fd = toy2d.frechet_curves(samples, split.train, split.val, ddof=section.ddof)
   deltas = np.asarray(section.deltas, np.float64)
   results = dict(
       experiment="frechet",
@@ -495,12 +415,12 @@ def experiment_frechet(config):
                  "(ours) the random data set: on a symmetric set both halves have mean 0 and "
                  "covariance r^2/2 I, so FD_train == FD_val for any samples"]),
       axis=dict(name="delta", values=deltas),
-      curves=[dict(label="FD_train", values=fd_train), dict(label="FD_val", values=fd_val),
-              dict(label="G_FD", values=g_fd),
-              dict(label="fraction_within_1e-2_of_train", values=np.asarray(copies))],
-      fd_train_set_to_val_set=fd_sets, train_points=split.train, val_points=split.val)
-  return results, dict(deltas=deltas, fd_train=fd_train, fd_val=fd_val, g_fd=g_fd, fd_sets=fd_sets,
-                       dataset=section.dataset)
+      curves=[dict(label="FD_train", values=fd["fd_train"]),
+              dict(label="FD_val", values=fd["fd_val"]), dict(label="G_FD", values=fd["g_fd"]),
+              dict(label="fraction_within_1e-2_of_train", values=fd["copies"])],
+      fd_train_set_to_val_set=fd["fd_sets"], train_points=split.train, val_points=split.val)
+  return results, dict(deltas=deltas, fd_train=fd["fd_train"], fd_val=fd["fd_val"],
+                       g_fd=fd["g_fd"], fd_sets=fd["fd_sets"], dataset=section.dataset)
 
 
 _RUNNERS: Dict[str, Callable] = {

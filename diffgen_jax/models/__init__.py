@@ -285,11 +285,6 @@ def validate_config(model_config, data_shape: tuple, num_classes: int) -> None:
   _check(config)
 
 
-def supports_logvar(model_config) -> bool:
-  """Whether the family has the learned log-variance head u(sigma) (EDM2's loss)."""
-  return model_config.family == "edm2"
-
-
 def weight_projection(model_config) -> Callable[[Any], Any]:
   """Applied to the params after every optimizer update: EDM2's forced weight norm, else identity."""
   if model_config.family == "edm2":
@@ -368,5 +363,5 @@ def raw_network(model: nn.Module, variables, *, train: bool = False, rngs=None,
 
 __all__ = ["FAMILIES", "apply_preset", "build", "default_model_config", "preset_config",
            "init_variables", "param_count",
-           "weight_projection", "raw_network", "init_fn", "supports_logvar", "validate_config", "resolve",
+           "weight_projection", "raw_network", "init_fn", "validate_config", "resolve",
            "presets", "ddpmpp", "edm2", "dit", "layers"]

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen_jax.models import conv, layers
+from diffgen_jax.models import layers
 
 
 def xavier_uniform(init_weight: float = 1.0):
@@ -41,8 +41,7 @@ INIT_ATTN = xavier_uniform(np.sqrt(0.2))
 
 def _conv(features, kernel, init, dtype, name):
   return nn.Conv(features, (kernel, kernel), padding="SAME", kernel_init=init,
-                 bias_init=nn.initializers.zeros, dtype=dtype, param_dtype=jnp.float32, name=name,
-                 conv_general_dilated=conv.conv_general_dilated)  # 3x3: Winograd when selected
+                 bias_init=nn.initializers.zeros, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def _dense(features, init, dtype, name):

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen_jax.models import conv, layers
+from diffgen_jax.models import layers
 
 MP_WEIGHT = "mp_weight"  # the parameter name that marks a magnitude-preserving weight
 NORMALIZE_EPS = 1e-4
@@ -107,8 +107,8 @@ class MPConv(nn.Module):
     x = x.astype(self.dtype)
     if not self.kernel_size:
       return x @ w
-    return conv.conv_general_dilated(x, w, (1, 1), "SAME",  # 3x3: Winograd when selected
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class MPFourier(nn.Module):

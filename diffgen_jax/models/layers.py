@@ -73,16 +73,6 @@ def fourier_embedding(x, num_channels: int, scale: float = 16.0, seed: int = 0) 
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
-def mp_fourier_embedding(x, num_channels: int, bandwidth: float = 1.0, seed: int = 0) -> jax.Array:
-  """EDM2's magnitude-preserving Fourier features sqrt(2) cos(f x + phi) (unit variance), fixed.
-
-  f ~ 2 pi N(0, bandwidth^2), phi ~ 2 pi U(0, 1), drawn once from a fixed seed.
-  """
-  freqs, phases = mp_fourier_features(num_channels, bandwidth, seed)
-  args = jnp.asarray(x, jnp.float32)[:, None] * jnp.asarray(freqs)[None, :] + jnp.asarray(phases)
-  return jnp.cos(args) * np.sqrt(2.0).astype(np.float32)
-
-
 def mp_fourier_features(num_channels: int, bandwidth: float = 1.0, seed: int = 0
                         ) -> tuple[np.ndarray, np.ndarray]:
   """EDM2's MPFourier draws, (freqs, phases) float32 (num_channels,): f ~ 2 pi N(0, bandwidth^2),

@@ -1,56 +1,44 @@
-"""The convolution the networks call, with a Winograd path for 3x3 stride-1 convolutions.
+"""Winograd F(m x m, 3 x 3) convolutions: a CPU speed experiment that lost (issue 15).
 
 XLA:CPU runs 3x3 convolutions (their weight gradients in particular) well below what the same
-cores reach in a matrix product (benchmarks/conv_cpu.py). Winograd's minimal filtering algorithm
+cores reach in a matrix product (conv_cpu.py). Winograd's minimal filtering algorithm
 F(m x m, 3 x 3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016,
 section 4) turns one such convolution into (m + 2)^2 independent matrix products of
 (B * tiles, C_in) @ (C_in, C_out) between fixed linear transforms of (m + 2)^2 input tiles and of
 the 3x3 filters: 2.25x (m = 2) or 4x (m = 4) fewer multiplications than the direct convolution.
-Every step is linear, so the input and weight gradients follow by autodiff and are matrix
-products too.
+Every step is linear, so the input and weight gradients follow by autodiff.
 
-`conv_general_dilated` has the signature of `jax.lax.conv_general_dilated` (pass it to
-`flax.linen.Conv(conv_general_dilated=...)` or call it in its place): it takes the Winograd
-path for a 3x3 kernel, stride 1, no dilation, one feature group, SAME (= 1-pixel zero) padding,
-NHWC input / HWIO kernel, when the algorithm in force is a Winograd one, and falls back to
-`jax.lax.conv_general_dilated` otherwise. The algorithms (ALGORITHMS):
+Small maps ran 4-6x faster than XLA's convolution, but the quickstart's training step was not
+measurably faster (1.06x, within noise) and compiled 2x slower (benchmarks/README.md), so the
+networks call `jax.lax.conv_general_dilated` and this module lives with the benchmarks:
+conv_cpu.py times `winograd_conv3x3` against XLA's convolution, and train_throughput.py's
+`--conv winograd` traces the whole train step inside `algorithm("winograd")`, which routes every
+eligible `jax.lax.conv_general_dilated` call (3x3, stride 1, SAME, NHWC/HWIO, one feature group)
+through `winograd_conv3x3` while the block is open (both flax's nn.Conv and the EDM2 MPConv look
+the function up on `jax.lax` at trace time). ALGORITHMS:
 
-- "auto" (default): `AUTO_CPU` when jax's default backend is "cpu" (XLA's convolution for now:
-  see AUTO_CPU for the measurement); GPUs and TPUs keep XLA's convolution (cuDNN on NVIDIA GPUs);
-- "winograd": F(2x2, 3x3) on every backend; transform coefficients 0, +-1, +-1/2 (exact in
-  binary floating point): float32 results agree with the direct convolution to ~1e-6 relative;
-- "winograd4": F(4x4, 3x3); coefficients up to 8 and 1/24, ~1e-5 relative in float32;
-- "xla": always `jax.lax.conv_general_dilated`.
+- "xla": `jax.lax.conv_general_dilated` unchanged (what the networks run);
+- "winograd": F(2x2, 3x3); transform coefficients 0, +-1, +-1/2 (exact in binary floating point):
+  float32 results agree with the direct convolution to ~1e-6 relative;
+- "winograd4": F(4x4, 3x3); coefficients up to 8 and 1/24, ~1e-5 relative in float32.
 
-The algorithm is read at trace time from `algorithm(...)` (a context manager, innermost wins) or,
-outside one, from the environment variable DIFFGEN_JAX_CONV; a function jax has already traced
-keeps the algorithm it was traced with. Summation orders differ, so results are close to, not
-bitwise equal to, XLA's. Measured speed (benchmarks/README.md, issue 15): the Winograd step
-compiles about 2x slower than XLA's.
+Run as a script it checks itself: value and both gradients against XLA's convolution on a few
+shapes, for both tiles (`python benchmarks/winograd.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from diffgen_jax.checks import check_number
-
-ALGORITHMS = ("auto", "winograd", "winograd4", "xla")
+ALGORITHMS = ("xla", "winograd", "winograd4")
 # Output tile of each Winograd algorithm: F(m x m, 3 x 3).
 WINOGRAD_TILES = {"winograd": 2, "winograd4": 4}
-# What "auto" means on a CPU. XLA's convolution: on 2 shared cores the Winograd train step was not
-# measurably faster (quickstart shape 1.06x, within noise) and compiled 2x slower (issue 15,
-# benchmarks/README.md); Winograd stays one setting away (DIFFGEN_JAX_CONV=winograd).
-AUTO_CPU = "xla"
-ENV_VAR = "DIFFGEN_JAX_CONV"
 
 # Winograd F(m, 3) matrices (Lavin & Gray 2016, section 4.1 for m = 2 and 4.2 for m = 4):
 # 1-D output y = A^T [(G g) * (B^T d)] for a 3-tap filter g and an (m + 2)-sample window d.
@@ -68,53 +56,12 @@ _TRANSFORMS = {
 TILES = tuple(_TRANSFORMS)
 DEFAULT_TILE = 2
 
-_local = threading.local()
-
 
 def _check_tile(tile) -> int:
   """The Winograd output tile: an integer in TILES (2.0 or True would slip past `in TILES`)."""
-  check_number(tile, "tile", integer=True)
-  if tile not in TILES:
+  if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile not in TILES:
     raise ValueError(f"winograd_conv3x3: tile={tile!r} is not one of {TILES}")
   return int(tile)
-
-
-def _check_algorithm(name: str, source: str) -> str:
-  if name not in ALGORITHMS:
-    raise ValueError(f"{source}: convolution algorithm {name!r} is not one of {ALGORITHMS}")
-  return name
-
-
-@contextlib.contextmanager
-def algorithm(name: str) -> Iterator[None]:
-  """Within the block, trace convolutions with `name` (one of ALGORITHMS).
-
-  Raises ValueError for any other name. Applies to functions traced inside the block (a jitted
-  function already compiled keeps the algorithm it was traced with).
-  """
-  _check_algorithm(name, "algorithm()")
-  stack = _local.__dict__.setdefault("stack", [])
-  stack.append(name)
-  try:
-    yield
-  finally:
-    stack.pop()
-
-
-def current_algorithm() -> str:
-  """The algorithm in force: the innermost `algorithm(...)` block, else $DIFFGEN_JAX_CONV, else "auto"."""
-  stack = getattr(_local, "stack", None)
-  if stack:
-    return stack[-1]
-  return _check_algorithm(os.environ.get(ENV_VAR, "auto"), f"${ENV_VAR}")
-
-
-def winograd_tile() -> int:
-  """The output tile m of the Winograd path in force now, or 0 for XLA's convolution."""
-  name = current_algorithm()
-  if name == "auto":
-    name = AUTO_CPU if jax.default_backend() == "cpu" else "xla"
-  return WINOGRAD_TILES.get(name, 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,7 +154,7 @@ def winograd_conv3x3(x: jax.Array, w: jax.Array, tile: int = DEFAULT_TILE, preci
 
 
 # ----------------------------------------------------------------------------------------------
-# Drop-in for lax.conv_general_dilated.
+# Routing jax.lax.conv_general_dilated through it.
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -239,27 +186,63 @@ def winograd_eligible(lhs_shape: Sequence[int], rhs_shape: Sequence[int], window
           and _is_same_3x3_padding(padding))
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding,
-                         lhs_dilation: Optional[Sequence[int]] = None,
-                         rhs_dilation: Optional[Sequence[int]] = None,
-                         dimension_numbers=None, feature_group_count: int = 1,
-                         batch_group_count: int = 1, precision=None,
-                         preferred_element_type=None) -> jax.Array:
-  """`jax.lax.conv_general_dilated`, with 3x3 stride-1 SAME NHWC convolutions by Winograd.
+@contextlib.contextmanager
+def algorithm(name: str) -> Iterator[None]:
+  """Within the block, `jax.lax.conv_general_dilated` takes the Winograd path `name` (ALGORITHMS)
+  for every eligible convolution (`winograd_eligible`), XLA's convolution for the others.
 
-  Same arguments, shapes and result as `jax.lax.conv_general_dilated`; the Winograd path
-  (`winograd_conv3x3`) is taken when `winograd_eligible(...)` and `winograd_tile()` is nonzero (see the
-  module docstring for how the algorithm is chosen).
+  Applies to functions traced inside the block (a jitted function already compiled keeps the
+  algorithm it was traced with). Raises ValueError for a name not in ALGORITHMS.
   """
-  tile = winograd_tile()
-  if tile and winograd_eligible(
-      jnp.shape(lhs), jnp.shape(rhs), window_strides, padding, lhs_dilation, rhs_dilation,
-      dimension_numbers, feature_group_count, batch_group_count):
-    return winograd_conv3x3(lhs, rhs, tile=tile, precision=precision,
-                            preferred_element_type=preferred_element_type)
-  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                                  rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                                  feature_group_count=feature_group_count,
-                                  batch_group_count=batch_group_count, precision=precision,
-                                  preferred_element_type=preferred_element_type)
+  if name not in ALGORITHMS:
+    raise ValueError(f"algorithm(): convolution algorithm {name!r} is not one of {ALGORITHMS}")
+  tile = WINOGRAD_TILES.get(name, 0)
+  original = lax.conv_general_dilated
 
+  def dispatch(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+               dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+               precision=None, preferred_element_type=None):
+    if tile and winograd_eligible(jnp.shape(lhs), jnp.shape(rhs), window_strides, padding,
+                                  lhs_dilation, rhs_dilation, dimension_numbers,
+                                  feature_group_count, batch_group_count):
+      return winograd_conv3x3(lhs, rhs, tile=tile, precision=precision,
+                              preferred_element_type=preferred_element_type)
+    return original(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                    rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                    feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+                    precision=precision, preferred_element_type=preferred_element_type)
+
+  lax.conv_general_dilated = dispatch
+  try:
+    yield
+  finally:
+    lax.conv_general_dilated = original
+
+
+def _self_check() -> None:
+  """Value, input and weight gradients of both tiles against XLA's convolution (HIGHEST)."""
+  nhwc = ("NHWC", "HWIO", "NHWC")
+  tol = {2: 1e-5, 4: 1e-4}  # F(4x4) multiplies by up to 8 and 1/24: ~10x F(2x2)'s rounding
+  reference = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=nhwc,
+                                                    precision=lax.Precision.HIGHEST)
+  for seed, (shape, c_out) in enumerate([((2, 8, 8, 1), 32), ((3, 7, 7, 16), 8),
+                                         ((2, 5, 6, 3), 5), ((1, 1, 1, 4), 4)]):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, shape[-1], c_out)) / np.sqrt(9 * shape[-1]),
+                    jnp.float32)
+    probe = jnp.asarray(rng.standard_normal(shape[:3] + (c_out,)), jnp.float32)
+    want = jax.value_and_grad(lambda x, w: jnp.sum(reference(x, w) * probe), (0, 1))(x, w)
+    for tile in TILES:
+      conv = lambda x, w, tile=tile: winograd_conv3x3(x, w, tile=tile)
+      got = jax.value_and_grad(lambda x, w: jnp.sum(conv(x, w) * probe), (0, 1))(x, w)
+      np.testing.assert_allclose(np.asarray(conv(x, w)), np.asarray(reference(x, w)),
+                                 rtol=tol[tile], atol=tol[tile])
+      for g, r in zip(got[1], want[1]):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=tol[tile],
+                                   atol=tol[tile] * float(np.abs(np.asarray(r)).max()))
+    print(f"winograd: {shape} -> {c_out} channels: value and gradients equal XLA's (tiles {TILES})")
+
+
+if __name__ == "__main__":
+  _self_check()
