@@ -29,7 +29,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from diffgen_jax.data import builders
-from diffgen_jax.data.convention import check_pixels
+from diffgen_jax.data.convention import check_images, check_pixels
 from diffgen_jax.data.files import (MAX_NUM_CLASSES, DataFileError, check_class_labels,
                                     npy_header, read_zip_member)
 from diffgen_jax.data.sources import (IN_MEMORY_BYTES, SPLITS, LazyColumn, _open, _read_all,
@@ -254,6 +254,15 @@ def to_unit_range(images) -> np.ndarray:
   if images.ndim == 3:
     images = images[..., None]
   return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def to_pixels(images) -> np.ndarray:
+  """float NHWC images in [-1, 1] (samples may overshoot) -> uint8 pixels, as EDM writes its samples:
+  (x * 127.5 + 128) clipped to [0, 255] and truncated, i.e. (x + 1) * 127.5 rounded half up. The
+  inverse of `to_unit_range`: to_pixels(to_unit_range(p)) == p. Raises ValueError for images that
+  are not float NHWC on the [-1, 1] scale (data/convention.py)."""
+  images = np.asarray(check_images(images, "images", lenient=True), np.float32)
+  return np.clip(images * np.float32(127.5) + np.float32(128.0), 0, 255).astype(np.uint8)
 
 
 def first_images(split: Split, n: Optional[int] = None):
