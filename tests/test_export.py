@@ -1,8 +1,8 @@
 """The `export` job: a snapshot's samples and D(x; sigma) as EDM dataset zips that read back through
 the package's `edm_zip:` reader with the pixels and labels written; its config checks."""
 
-import importlib.util
 import os
+import runpy
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +22,7 @@ STEP = 7
 
 
 def _export_config(variant="smoke"):
-  spec = importlib.util.spec_from_file_location("_export_config",
-                                                os.path.join(ROOT, "configs", "export.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return runpy.run_path(os.path.join(ROOT, "configs", "export.py"))["get_config"](variant)
 
 
 @pytest.fixture(scope="module")
