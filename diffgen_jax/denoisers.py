@@ -31,21 +31,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffgen_jax import edm
 from diffgen_jax.checks import check_number
+from diffgen_jax.edm import per_example  # noqa: F401  (the combinators' broadcasting, re-exported)
 
 
 class Denoiser(Protocol):
 
   def __call__(self, x: jax.Array, sigma, labels: Optional[jax.Array] = None) -> jax.Array:
     ...
-
-
-def per_example(v, x: jax.Array) -> jax.Array:
-  """Broadcasts a scalar or a (B,) vector against x of shape (B, ...)."""
-  v = jnp.asarray(v, x.dtype)
-  if v.ndim == 0:
-    v = jnp.broadcast_to(v, x.shape[:1])
-  return v.reshape(v.shape + (1,) * (x.ndim - 1))
 
 
 def check_sigma(sigma, name: str = "sigma") -> None:
@@ -342,7 +336,6 @@ class TorchDenoiser:
     self.call, self.preconditioning, self.sigma_data = call, preconditioning, sigma_data
     self.module, self.label_dim = call.module, call.label_dim
     if preconditioning == "edm":
-      from diffgen_jax import edm  # pylint: disable=g-import-not-at-top  (edm imports this module)
       self._denoise = edm.precondition(self._callback, sigma_data)
     else:
       self._denoise = self._callback
@@ -416,9 +409,7 @@ def from_torch(module, *, preconditioning: str = "edm", sigma_data: Optional[flo
   torch = _import_torch()
   if preconditioning not in PRECONDITIONINGS:
     raise ValueError(f"preconditioning must be one of {PRECONDITIONINGS}, got {preconditioning!r}")
-  if sigma_data is None:
-    from diffgen_jax import edm  # pylint: disable=g-import-not-at-top  (edm imports this module)
-    sigma_data = edm.SIGMA_DATA
+  sigma_data = edm.SIGMA_DATA if sigma_data is None else sigma_data
   check_number(sigma_data, "sigma_data", low=0.0, low_open=True)
   check_number(label_dim, "label_dim", low=0, integer=True)
   if isinstance(dtype, str):
