@@ -16,8 +16,8 @@ This module is the one home of every combinator:
   null_labelled(D, null_label)        the classifier-free negative: every label replaced by the null one
   classifier_free_guided(D, null, w)  guided(D, null_labelled(D, null), w)
   crop_averaged(D, s, image_size)     a restricted receptive field: D on the four s x s corner crops
-  from_torch(module, ...)             a PyTorch network (NCHW; EDM's preconditioning or its own) as a
-                                      denoiser, through jax.pure_callback (optional extra [torch])
+  from_torch(module, ...)             a PyTorch network (NCHW; EDM's preconditioning or its own)
+                                      as a denoiser, via jax.pure_callback (optional extra [torch])
 (A trained network becomes a denoiser through `models.network.network_denoiser`; the empirical
 optimal denoiser and y_delta come from `optimal`.)
 """
@@ -283,7 +283,7 @@ TORCH_DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 def _import_torch():
   try:
-    import torch  # pylint: disable=g-import-not-at-top  (optional: pip install 'diffgen_jax[torch]')
+    import torch  # pylint: disable=g-import-not-at-top  (the optional extra [torch])
   except ImportError as err:
     raise ImportError("denoisers.from_torch needs PyTorch, an optional extra of this package: "
                       "pip install 'diffgen_jax[torch]' (CPU wheels: --index-url "

@@ -84,7 +84,7 @@ def validate_sigma_grid(sigmas, name: str = "sigmas") -> np.ndarray:
 
 
 def per_example(v, x: jax.Array) -> jax.Array:
-  """Broadcasts a scalar or a (B,) vector against x of shape (B, ...) (also `denoisers.per_example`)."""
+  """Broadcasts a scalar or a (B,) vector against x of shape (B, ...) (`denoisers.per_example`)."""
   v = jnp.asarray(v, x.dtype)
   if v.ndim == 0:
     v = jnp.broadcast_to(v, x.shape[:1])

@@ -7,8 +7,8 @@ attribute such as `Zoo.make_denoiser`).
 
     factory = load_factory("my_models:make_denoiser", field="model.denoiser")
     denoise, info = check_denoiser_factory(factory, "runs/x/net-000100.npz", (8, 8, 1), 10)
-    features = check_features_factory(load_factory("my_feats:make", field="evaluation.samples.features"),
-                                      (8, 8, 1))
+    features = load_features_factory("my_feats:make", (8, 8, 1),
+                                     field="evaluation.samples.features")
 
 Two kinds of factories:
   * a denoiser factory `f(snapshot_path) -> denoise` or `-> (denoise, info)` with
@@ -165,7 +165,8 @@ def check_denoiser(denoise, image_shape: Sequence[int], num_classes: int, *,
   """
   shown = value if value is not None else getattr(denoise, "__name__", type(denoise).__name__)
   if not callable(denoise):
-    _fail(field, shown, f"gave a {type(denoise).__name__}, not a denoiser denoise(x, sigma, labels)")
+    _fail(field, shown, f"gave a {type(denoise).__name__}, not a denoiser "
+          "denoise(x, sigma, labels)")
   images = probe_images(image_shape)
   noise = np.random.default_rng(1).standard_normal(images.shape).astype(np.float32)
   sigma = np.asarray([0.5, 2.0], np.float32)
@@ -198,7 +199,8 @@ def check_denoiser(denoise, image_shape: Sequence[int], num_classes: int, *,
     raise ConfigError(f"config.{field}={shown!r}: the denoiser fails under jax.jit "
                       f"{what.format('(0.5, 2.0)')}: {_brief(err)}") from err
   if not np.all(np.isfinite(out)):
-    _fail(field, shown, f"gave a denoiser whose output holds NaN or Inf {what.format('(0.5, 2.0)')}")
+    _fail(field, shown, "gave a denoiser whose output holds NaN or Inf "
+          + what.format("(0.5, 2.0)"))
 
 
 def check_denoiser_factory(factory: Callable, snapshot_path: str, image_shape: Sequence[int],

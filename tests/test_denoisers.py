@@ -233,6 +233,18 @@ def test_torch_bridge_errors():
     np.asarray(shrink(x, 1.0))
 
 
+def test_a_torch_denoiser_passes_the_hook_check_and_a_broken_one_fails_it():
+  from diffgen_jax import hooks
+  from diffgen_jax.config_checks import ConfigError
+  from diffgen_jax.denoisers import from_torch
+  raw, _ = _torch_nets()
+  hooks.check_denoiser(from_torch(raw, label_dim=LABEL_DIM), (H, H, 1), LABEL_DIM)
+  nan = from_torch(lambda a, s, lab: a * float("nan"), preconditioning="none")
+  with pytest.raises(ConfigError, match="config.model.denoiser='torch_hook:make' gave a denoiser "
+                                        "whose output holds NaN"):
+    hooks.check_denoiser(nan, (H, H, 1), 0, value="torch_hook:make")
+
+
 def test_from_torch_without_torch_says_how_to_install(monkeypatch):
   import sys
   from diffgen_jax.denoisers import from_torch

@@ -177,9 +177,9 @@ def _npy(header, data):
 
 
 def test_hostile_sizes_are_refused_under_a_memory_cap(tmp_path):
-  """An .npz whose sigma header declares 2 GB over 64 bytes, one whose sigma exceeds MAX_FEATURE_DIM,
-  a pickle whose array declares 8 GB over 64 bytes: each refused under a 200 MiB cap, naming the
-  file."""
+  """An .npz whose sigma header declares 2 GB over 64 bytes, one whose sigma exceeds
+  MAX_FEATURE_DIM, pickles whose array declares 8 GB over 320 bytes or whose data declares 2 GiB:
+  each refused under a 200 MiB cap, naming the file."""
   from tests import hostile
   huge = tmp_path / "huge.npz"
   with zipfile.ZipFile(huge, "w") as z:

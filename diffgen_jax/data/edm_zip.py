@@ -373,7 +373,8 @@ class ZipWriter:
     if kind is None:
       if not self.count:
         self._stack.__exit__(ValueError, ValueError("no images"), None)  # nothing left behind
-        raise ValueError(f"no images were written to {self.path} (a dataset zip holds at least one)")
+        raise ValueError(f"no images were written to {self.path} (a dataset zip holds at least "
+                         "one)")
       self._zip.writestr("dataset.json", json.dumps({"labels": self.labels}))
     return self._stack.__exit__(kind, value, traceback)
 

@@ -5,7 +5,7 @@ idx and csv sources): every size bounded before it is allocated, every error nam
     read_capped     at most `limit` bytes of a stream, whatever a header claimed
     read_zip_member   a zip member: declared size and compression checked first, the read capped
     load_json       a JSON document, a damaged or too deeply nested one refused naming the file
-    npy_header      the (shape, fortran order, dtype, data offset) of .npy bytes, before any allocation
+    npy_header      (shape, fortran order, dtype, data offset) of .npy bytes, before any allocation
     check_class_labels   class labels in [0, num_classes)
 """
 

@@ -257,9 +257,9 @@ def to_unit_range(images) -> np.ndarray:
 
 
 def to_pixels(images) -> np.ndarray:
-  """float NHWC images in [-1, 1] (samples may overshoot) -> uint8 pixels, as EDM writes its samples:
-  (x * 127.5 + 128) clipped to [0, 255] and truncated, i.e. (x + 1) * 127.5 rounded half up. The
-  inverse of `to_unit_range`: to_pixels(to_unit_range(p)) == p. Raises ValueError for images that
+  """float NHWC images in [-1, 1] (samples may overshoot) -> uint8 pixels, as EDM writes its
+  samples: (x * 127.5 + 128) clipped to [0, 255] and truncated, i.e. (x + 1) * 127.5 rounded half
+  up. The inverse of `to_unit_range`: to_pixels(to_unit_range(p)) == p. Raises ValueError for images that
   are not float NHWC on the [-1, 1] scale (data/convention.py)."""
   images = np.asarray(check_images(images, "images", lenient=True), np.float32)
   return np.clip(images * np.float32(127.5) + np.float32(128.0), 0, 255).astype(np.uint8)

@@ -119,13 +119,14 @@ def _npz_stats(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         shape, fortran, dtype, offset = npy_header(raw, where)
         ndim = 1 if key == "mu" else 2
         if dtype.kind != "f" or len(shape) != ndim or max(shape, default=0) > MAX_FEATURE_DIM:
-          raise DataFileError(f"{where} holds an array of dtype {dtype} and shape {shape}; {key} is "
-                              f"a {ndim}-D float array of at most MAX_FEATURE_DIM={MAX_FEATURE_DIM} "
-                              "features per side")
+          raise DataFileError(
+              f"{where} holds an array of dtype {dtype} and shape {shape}; {key} is a {ndim}-D "
+              f"float array of at most MAX_FEATURE_DIM={MAX_FEATURE_DIM} features per side")
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes != len(raw) - offset:
-          raise DataFileError(f"{where}: the header declares shape {shape} of {dtype} ({nbytes} "
-                              f"bytes) but {len(raw) - offset} bytes follow it: the file is damaged")
+          raise DataFileError(
+              f"{where}: the header declares shape {shape} of {dtype} ({nbytes} bytes) but "
+              f"{len(raw) - offset} bytes follow it: the file is damaged")
         arrays[key] = np.frombuffer(raw, dtype, offset=offset).reshape(
             shape, order="F" if fortran else "C")
   except zipfile.BadZipFile as err:
@@ -134,7 +135,7 @@ def _npz_stats(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
 
 
 def _pickle_stats(path: str, data: bytes) -> dict:
-  """The dict of an EDM2 reference pickle, unpickled with numpy's globals only (nothing executed)."""
+  """The dict of an EDM2 reference pickle, unpickled with numpy's globals only (nothing runs)."""
   if not _MIN_PICKLE_PROTOCOL <= data[1] <= _MAX_PICKLE_PROTOCOL:
     raise DataFileError(
         f"{path} is a pickle of protocol {data[1]}; reference statistics are read from protocols "
@@ -146,8 +147,9 @@ def _pickle_stats(path: str, data: bytes) -> dict:
     raise nvidia_pickle.UnsafePickleError(f"{path}: {err}") from None
   except (nvidia_pickle.NetworkPickleError, pickle.UnpicklingError, EOFError, ValueError,
           TypeError, LookupError, AttributeError, ArithmeticError, RecursionError) as err:
-    raise DataFileError(f"{path} is not a readable reference-statistics pickle "
-                        f"({type(err).__name__}: {str(err)[:300]}); fetch or write it again") from None
+    raise DataFileError(f"{path} is not a readable reference-statistics pickle ("
+                        f"{type(err).__name__}: {str(err)[:300]}); fetch or write it again"
+                        ) from None
   if not isinstance(top, dict):
     raise DataFileError(f"{path} holds a pickled {type(top).__name__}; EDM2's reference "
                         'statistics are a dict {"fid": {"mu", "sigma"}, "fd_dinov2": {...}}')

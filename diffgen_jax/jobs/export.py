@@ -3,11 +3,12 @@ dataset zips, for the field's own scorers (EDM2's calculate_metrics.py, torch-fi
 
 For one snapshot of a train job's run (config.run_dir; the last snapshot or config.step; EMA set
 config.ema) it writes, under WORKDIR/export/<step>/:
-  samples.zip                num_samples samples of the network: deterministic Heun over num_steps
-                             noise levels of the Karras schedule (`samplers.sample`); sample i starts
-                             from normal(fold_in(key(seed), i)) (`gap.image_noise`: the same sample
-                             whatever num_samples and batch_size) and, for a conditional network,
-                             has the label i mod num_classes;
+  samples.zip                num_samples samples of the network: deterministic Heun over
+                             num_steps noise levels of the Karras schedule (`samplers.sample`);
+                             sample i starts from normal(fold_in(key(seed), i))
+                             (`gap.image_noise`: the same sample whatever num_samples and
+                             batch_size) and, for a conditional network, has the label
+                             i mod num_classes;
   images.zip                 with denoised.sigmas: the first denoised.num_images images of the run's
                              training split (or subset), with their labels;
   denoised_sigma<s>.zip      D(y + s n_y; s) of each of those images y at each s of denoised.sigmas,

@@ -4,7 +4,7 @@ Every job writes WORKDIR/results.json (plain JSON, non-finite numbers as null, w
 after each unit of work so an interrupted job keeps what it finished), and anything that reads
 results (experiments/, notebooks) calls `read(workdir)` without knowing which job wrote it:
 
-    {"job": "train" | "evaluate" | "factors" | "toy2d" | "ladder" | "export",   the job that wrote it
+    {"job": "train" | "evaluate" | "factors" | "toy2d" | "ladder" | "export",  the job that wrote it
      "schema_version": 1,
      ... the job's sections:
      train / evaluate (the gap of every snapshot of a training run; `jobs.evaluate`):
