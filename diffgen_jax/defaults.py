@@ -54,6 +54,27 @@ def sample_evaluation_config() -> ml_collections.ConfigDict:
   })
 
 
+def export_config() -> ml_collections.ConfigDict:
+  """Every field of the export job (configs/export.py, `jobs.export`): a run's snapshot as EDM
+  dataset zips for the field's scorers."""
+  return ml_collections.ConfigDict({
+      "job": "export",
+      "run_dir": "",  # a train job's workdir (required)
+      "step": -1,  # the snapshot exported: -1 = the last, else a snapshot step of the run
+      "ema": "first",  # the snapshot's EMA set: "first" or a set's name (`ema.pick`)
+      "data_dir": "",  # "" = the run's data.data_dir (read only for `denoised`)
+      "num_samples": 1000,  # samples written (0 = none): deterministic Heun, labels cycling
+      "num_steps": 18,  # Heun steps of the samples (Karras schedule)
+      "seed": 0,  # sample i's noise: normal(fold_in(key(seed), i)), whatever num_samples
+      "batch_size": 256,  # images per compiled call (rounded up to a multiple of the devices)
+      "denoised": {
+          "sigmas": (),  # also D(x; sigma) of noised training images at these sigmas (() = off)
+          "num_images": 256,  # the first training images of the run's split (with their labels)
+          "noise_seed": 0,  # their per-image noise: the gap evaluation's (`gap.image_noise`)
+      },
+  })
+
+
 def mesh_config() -> ml_collections.ConfigDict:
   # data=-1: every device not used by the model axis; model > 1 shards parameters and optimizer.
   return ml_collections.ConfigDict({"data": -1, "model": 1})

@@ -16,6 +16,8 @@ This module is the one home of every combinator:
   null_labelled(D, null_label)        the classifier-free negative: every label replaced by the null one
   classifier_free_guided(D, null, w)  guided(D, null_labelled(D, null), w)
   crop_averaged(D, s, image_size)     a restricted receptive field: D on the four s x s corner crops
+  from_torch(module, ...)             a PyTorch network (NCHW; EDM's preconditioning or its own)
+                                      as a denoiser, via jax.pure_callback (optional extra [torch])
 (A trained network becomes a denoiser through `models.network.network_denoiser`; the empirical
 optimal denoiser and y_delta come from `optimal`.)
 """
@@ -29,21 +31,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffgen_jax import edm
 from diffgen_jax.checks import check_number
+from diffgen_jax.edm import per_example  # noqa: F401  (the combinators' broadcasting, re-exported)
 
 
 class Denoiser(Protocol):
 
   def __call__(self, x: jax.Array, sigma, labels: Optional[jax.Array] = None) -> jax.Array:
     ...
-
-
-def per_example(v, x: jax.Array) -> jax.Array:
-  """Broadcasts a scalar or a (B,) vector against x of shape (B, ...)."""
-  v = jnp.asarray(v, x.dtype)
-  if v.ndim == 0:
-    v = jnp.broadcast_to(v, x.shape[:1])
-  return v.reshape(v.shape + (1,) * (x.ndim - 1))
 
 
 def check_sigma(sigma, name: str = "sigma") -> None:
@@ -299,3 +295,153 @@ def check_labels(denoiser, labels) -> None:
         visit(child, query, depth + 1)
 
   visit(denoiser, _concrete_host(labels))
+
+
+# ------------------------------------------------------------------------------------------------
+# A PyTorch network as a denoiser (the optional extra `[torch]`)
+
+PRECONDITIONINGS = ("edm", "none")
+TORCH_DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
+def _import_torch():
+  try:
+    import torch  # pylint: disable=g-import-not-at-top  (the optional extra [torch])
+  except ImportError as err:
+    raise ImportError("denoisers.from_torch needs PyTorch, an optional extra of this package: "
+                      "pip install 'diffgen_jax[torch]' (CPU wheels: --index-url "
+                      "https://download.pytorch.org/whl/cpu)") from err
+  return torch
+
+
+class _TorchCall:
+  """The host side of the bridge: module(x NCHW, s (n,), labels) on numpy inputs with any leading
+  (vmapped) dimensions, returning numpy NHWC of x's dtype."""
+
+  def __init__(self, torch, module, device, dtype, label_dim: int):
+    self.torch, self.module, self.device, self.dtype = torch, module, device, dtype
+    self.label_dim = label_dim
+
+  def __call__(self, x, s, labels=None):
+    torch = self.torch
+    lead = s.shape  # (B,), or (V, ..., B) under vmap ("broadcast_all": every input has them)
+    item = x.shape[len(lead):]
+    flat_x = np.array(x, copy=True).reshape((-1,) + item)  # writable: torch shares its memory
+    n = flat_x.shape[0]
+    with torch.inference_mode():
+      xt = torch.from_numpy(flat_x).to(device=self.device, dtype=self.dtype).permute(0, 3, 1, 2)
+      st = torch.from_numpy(np.array(s, copy=True).reshape(n)).to(self.device, self.dtype)
+      lt = None
+      if labels is not None:
+        flat = np.asarray(labels).reshape(n).astype(np.int64)
+        bad = flat[(flat < 0) | (flat > self.label_dim)]
+        if bad.size:
+          raise ValueError(f"labels {np.unique(bad).tolist()[:10]} are out of range: the torch "
+                           f"module takes the classes 0..{self.label_dim - 1} and the null label "
+                           f"{self.label_dim}")
+        one_hot = np.zeros((n, self.label_dim + 1), np.float32)
+        one_hot[np.arange(n), flat] = 1.0
+        lt = torch.from_numpy(one_hot[:, :self.label_dim]).to(self.device, self.dtype)
+      out = self.module(xt.contiguous(), st, lt)
+      if tuple(out.shape) != (n, item[2], item[0], item[1]):
+        raise ValueError(f"the torch module returned shape {tuple(out.shape)} for an input of "
+                         f"shape {(n, item[2], item[0], item[1])} (NCHW); it must return its "
+                         "input's shape")
+      out = out.permute(0, 2, 3, 1).to(device="cpu", dtype=torch.float32).numpy()
+    return out.astype(x.dtype, copy=False).reshape(x.shape)
+
+
+class TorchDenoiser:
+  """A PyTorch network as a denoiser of the package (`from_torch`). Calls of it are
+  `jax.pure_callback`s: they run under jit, vmap, scan and grad-free evaluation alike."""
+
+  def __init__(self, call: _TorchCall, preconditioning: str, sigma_data: float):
+    self.call, self.preconditioning, self.sigma_data = call, preconditioning, sigma_data
+    self.module, self.label_dim = call.module, call.label_dim
+    if preconditioning == "edm":
+      self._denoise = edm.precondition(self._callback, sigma_data)
+    else:
+      self._denoise = self._callback
+
+  def _callback(self, x, s, labels=None):
+    s = jnp.broadcast_to(jnp.asarray(s, x.dtype), x.shape[:1])
+    args = (x, s)
+    if labels is not None and self.label_dim > 0:  # an unconditional module gets no labels
+      args += (jnp.asarray(labels, jnp.int32),)
+    return jax.pure_callback(self.call, jax.ShapeDtypeStruct(x.shape, x.dtype), *args,
+                             vmap_method="broadcast_all")
+
+  def __call__(self, x, sigma, labels=None):
+    dtype = getattr(x, "dtype", None)
+    if len(jnp.shape(x)) != 4 or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(f"x must be a floating-point array (B, H, W, C), got shape "
+                       f"{jnp.shape(x)} dtype {dtype}")
+    self.check_query_labels(labels)
+    return self._denoise(x, sigma, labels)
+
+  def check_query_labels(self, labels) -> None:
+    """Concrete labels must be integers in [0, label_dim] (label_dim: the null label); an
+    unconditional module (label_dim 0) ignores them. `check_labels` calls this by its name."""
+    if labels is None or self.label_dim == 0:
+      return
+    dtype = getattr(labels, "dtype", None) or np.asarray(labels).dtype
+    if not jnp.issubdtype(dtype, jnp.integer):
+      raise ValueError(f"labels must be integers (class indices), got dtype {dtype}")
+    values = _concrete_host(labels)
+    if values is not None:
+      bad = np.unique(values[(values < 0) | (values > self.label_dim)])
+      if bad.size:
+        raise ValueError(f"labels {bad.tolist()[:10]} are out of range: this network takes the "
+                         f"classes 0..{self.label_dim - 1} and the null label {self.label_dim}")
+
+
+def from_torch(module, *, preconditioning: str = "edm", sigma_data: Optional[float] = None,
+               label_dim: int = 0, device="cpu", dtype="float32") -> TorchDenoiser:
+  """A PyTorch network (NCHW) as a denoiser D(x, sigma, labels) of this package.
+
+  Args:
+    module: a torch.nn.Module (or any callable on torch tensors), put in eval mode here; it must
+      live on `device`. Called with (x (n, C, H, W), s (n,), class_labels (n, label_dim) or None)
+      and returning (n, C, H, W):
+        preconditioning="edm": the raw network F(c_in x, c_noise, labels) (EDM's SongUNet /
+          DhariwalUNet, a diffusers UNet wrapped to this signature); EDM's c_skip, c_out, c_in and
+          c_noise (`edm.precondition`, the one home of those formulas) are applied in jax around it;
+        preconditioning="none": a module that is already a denoiser D(x, sigma, labels) (EDM's
+          EDMPrecond, EDM2's Precond).
+    sigma_data: EDM's sigma_data for preconditioning="edm" (default edm.SIGMA_DATA = 0.5).
+    label_dim: 0 for an unconditional module (labels are not passed); else its number of classes:
+      labels are passed as EDM's one-hot float rows (n, label_dim), the package's null label
+      label_dim as a row of zeros (EDM's unconditional input).
+    device: the torch device the inputs are sent to ("cpu", "cuda", "cuda:1", a torch.device).
+    dtype: the torch dtype of the inputs ("float32", "float64", "float16", "bfloat16", or a
+      torch.dtype); the output comes back in x's dtype.
+
+  Returns a `TorchDenoiser`: callable as denoise(x, sigma, labels=None) with x float (B, H, W, C),
+  sigma a scalar or (B,) vector, labels None or (B,) integers in [0, label_dim]. Each call is one
+  `jax.pure_callback` (vmap_method="broadcast_all": a vmapped call is one module call on the
+  flattened batch), so it works under jax.jit, vmap and lax.scan, and with every measurement of
+  the package. Data pass through host memory as numpy arrays (pure_callback hands the host the
+  operands); on a GPU torch copies them to `device` and back. A zero-copy DLPack exchange where
+  jax and torch share one GPU is not done.
+
+  Raises ImportError (with the install line) without torch, ValueError naming the argument for a
+  bad preconditioning, sigma_data, label_dim or dtype; a call raises ValueError for x not float
+  NHWC or labels out of range, and fails (an XlaRuntimeError carrying the message) when the module
+  returns another shape.
+  """
+  torch = _import_torch()
+  if preconditioning not in PRECONDITIONINGS:
+    raise ValueError(f"preconditioning must be one of {PRECONDITIONINGS}, got {preconditioning!r}")
+  sigma_data = edm.SIGMA_DATA if sigma_data is None else sigma_data
+  check_number(sigma_data, "sigma_data", low=0.0, low_open=True)
+  check_number(label_dim, "label_dim", low=0, integer=True)
+  if isinstance(dtype, str):
+    if dtype not in TORCH_DTYPES:
+      raise ValueError(f"dtype must be one of {TORCH_DTYPES} or a torch.dtype, got {dtype!r}")
+    dtype = getattr(torch, dtype)
+  elif not isinstance(dtype, torch.dtype):
+    raise ValueError(f"dtype must be one of {TORCH_DTYPES} or a torch.dtype, got {dtype!r}")
+  if hasattr(module, "eval"):
+    module.eval()
+  call = _TorchCall(torch, module, torch.device(device), dtype, int(label_dim))
+  return TorchDenoiser(call, preconditioning, float(sigma_data))

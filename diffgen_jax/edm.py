@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffgen_jax.checks import check_number
-from diffgen_jax.denoisers import per_example
 
 SIGMA_DATA = 0.5
 SIGMA_MIN = 0.002
@@ -82,6 +81,14 @@ def validate_sigma_grid(sigmas, name: str = "sigmas") -> np.ndarray:
   if not np.all(np.isfinite(sigmas)) or np.any(sigmas <= 0):
     raise ValueError(f"{name} must be finite and > 0, got {sigmas.tolist()}")
   return sigmas
+
+
+def per_example(v, x: jax.Array) -> jax.Array:
+  """Broadcasts a scalar or a (B,) vector against x of shape (B, ...) (`denoisers.per_example`)."""
+  v = jnp.asarray(v, x.dtype)
+  if v.ndim == 0:
+    v = jnp.broadcast_to(v, x.shape[:1])
+  return v.reshape(v.shape + (1,) * (x.ndim - 1))
 
 
 class Preconditioning(NamedTuple):

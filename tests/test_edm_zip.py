@@ -386,3 +386,76 @@ def test_damaged_members_are_named(tmp_path):
     with pytest.raises(DataFileError, match=re.escape(why)) as err:
       edm_zip.read_images(path)
     assert path in str(err.value), case
+
+
+# ------------------------------------------------------------------------------------------------
+# The writer
+
+
+def test_written_zips_read_back_with_identical_pixels_and_labels(tmp_path):
+  rng = np.random.default_rng(3)
+  rgb = rng.integers(0, 256, (7, 5, 6, 3), dtype=np.uint8)
+  gray = rng.integers(0, 256, (5, 5, 6, 1), dtype=np.uint8)
+  labels = np.array([3, 0, 1, 2, 3, 1, 0])
+  train, val = str(tmp_path / "train.zip"), str(tmp_path / "val.zip")
+  with edm_zip.ZipWriter(train) as w:  # in two batches
+    w.add(rgb[:4], labels[:4])
+    w.add(rgb[4:], labels[4:].astype(np.int32))
+  assert edm_zip.write_images(val, gray) == val
+  images, got = edm_zip.read_images(train)
+  np.testing.assert_array_equal(images, rgb)
+  np.testing.assert_array_equal(got, labels)
+  images, got = edm_zip.read_images(val)
+  np.testing.assert_array_equal(images, gray)
+  assert got is None and images.dtype == np.uint8
+  with zipfile.ZipFile(train) as z:  # dataset_tool.py's layout
+    names = sorted(n for n in z.namelist() if n.endswith(".png"))
+    assert names == [f"00000/img{i:08d}.png" for i in range(7)]
+    assert json.loads(z.read("dataset.json")) == {"labels": [[n, int(l)] for n, l in
+                                                             zip(names, labels)]}
+    assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
+  with zipfile.ZipFile(val) as z:
+    assert json.loads(z.read("dataset.json")) == {"labels": None}
+  assert edm_zip.image_name(1234) == "00001/img00001234.png"
+  # Through the package's `edm_zip:` dataset reader: the same pixels and labels, row by row.
+  rgb_val = edm_zip.write_images(str(tmp_path / "rgb_val.zip"), rgb[:3], labels[:3])
+  split = data.load_split(f"edm_zip:{train},{rgb_val}", "train")
+  np.testing.assert_array_equal(split.images[np.arange(7)], rgb[split.ids])
+  np.testing.assert_array_equal(split.labels, labels[split.ids])
+  assert split.num_classes == 4
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["rgb_val.zip", "train.zip", "val.zip"]
+
+
+def test_writer_refuses_bad_input_and_leaves_nothing_behind(tmp_path):
+  path = str(tmp_path / "x.zip")
+  ok = np.zeros((2, 4, 4, 3), np.uint8)
+  cases = [((ok.astype(np.float32),), "images must be uint8 pixels (B, H, W, C)"),
+           ((ok[..., :2],), "C 1 or 3, got uint8 of shape (2, 4, 4, 2)"),
+           ((ok[0],), "images must be uint8"),
+           ((ok, np.array([0, 1, 2])), "labels must be (2,) integers"),
+           ((ok, np.array([0.0, 1.0])), "labels must be (2,) integers"),
+           ((ok, np.array([0, -1])), "labels must be (2,) integers in [0, 100000)")]
+  for args, words in cases:
+    with pytest.raises(ValueError, match=re.escape(words)):
+      edm_zip.write_images(path, *args)
+  with pytest.raises(ValueError, match="labels must be given with every batch or with none"):
+    with edm_zip.ZipWriter(path) as w:
+      w.add(ok, [0, 1])
+      w.add(ok)
+  with pytest.raises(ValueError, match=r"images of shape \(4, 4, 1\) after images of shape"):
+    with edm_zip.ZipWriter(path) as w:
+      w.add(ok)
+      w.add(ok[..., :1])
+  with pytest.raises(ValueError, match="no images were written"):
+    with edm_zip.ZipWriter(path):
+      pass
+  assert list(tmp_path.iterdir()) == []  # atomic: neither the zip nor a temporary file
+
+
+def test_to_pixels_inverts_to_unit_range():
+  pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+  np.testing.assert_array_equal(data.to_pixels(data.to_unit_range(pixels)), pixels)
+  x = np.array([-1.2, -1.0, -0.999, 0.0, 0.004, 0.99, 1.0, 1.5], np.float32).reshape(1, 1, 8, 1)
+  np.testing.assert_array_equal(data.to_pixels(x).ravel(), [0, 0, 0, 128, 128, 254, 255, 255])
+  with pytest.raises(ValueError, match="got uint8 pixels"):
+    data.to_pixels(pixels)

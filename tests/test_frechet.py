@@ -90,3 +90,155 @@ def test_input_errors():
     frechet.frechet_distance(np.full((5, 2), np.nan), np.zeros((5, 2)))
   with pytest.raises(ValueError, match="covariance must be"):
     frechet.gaussian_frechet(np.zeros(2), np.eye(3), np.zeros(2), np.eye(2))
+
+
+# ------------------------------------------------------------------------------------------------
+# Published reference statistics: EDM's .npz and EDM2's .pkl, read without executing anything.
+
+import io  # noqa: E402
+import os  # noqa: E402
+import pickle  # noqa: E402
+import re  # noqa: E402
+import zipfile  # noqa: E402
+
+from diffgen_jax.data import DataFileError  # noqa: E402
+from diffgen_jax.models.nvidia_pickle import UnsafePickleError  # noqa: E402
+
+
+def _stats(seed, d):
+  rng = np.random.default_rng(seed)
+  feats = rng.normal(size=(3 * d, d))
+  return frechet.gaussian_stats(feats)
+
+
+def test_reference_stats_in_edm_and_edm2_formats_load_to_the_same_numbers(tmp_path):
+  mu, sigma = _stats(0, 6)
+  mu2, sigma2 = _stats(1, 4)
+  npz = tmp_path / "cifar10-32x32.npz"
+  np.savez(npz, mu=mu, sigma=sigma)  # as EDM's fid.py ref writes it
+  edm2 = {"num_images": 18, "fid": {"mu": mu, "sigma": sigma}, "fd_dinov2": {"mu": mu2,
+                                                                             "sigma": sigma2}}
+  pkl = tmp_path / "img64.pkl"
+  pkl.write_bytes(pickle.dumps(edm2, protocol=4))  # as EDM2's calculate_metrics.py ref writes it
+  # numpy 1.x (EDM2's own environment) names its globals numpy.core.*: the same stats.
+  old = tmp_path / "numpy1.pkl"
+  old.write_bytes(pickle.dumps(edm2, protocol=3).replace(b"numpy._core.", b"numpy.core."))
+  assert b"numpy.core.multiarray\n_reconstruct" in old.read_bytes()
+  from_npz = frechet.load_reference_stats(str(npz))
+  assert list(from_npz) == ["fid"]
+  for path in (pkl, old):
+    loaded = frechet.load_reference_stats(path)
+    assert sorted(loaded) == ["fd_dinov2", "fid"]
+    for space, (m, s) in (("fid", (mu, sigma)), ("fd_dinov2", (mu2, sigma2))):
+      np.testing.assert_array_equal(loaded[space][0], m)
+      np.testing.assert_array_equal(loaded[space][1], s)
+      assert loaded[space][0].dtype == np.float64 and loaded[space][1].flags.writeable
+  np.testing.assert_array_equal(from_npz["fid"][0], mu)
+  np.testing.assert_array_equal(from_npz["fid"][1], sigma)
+  # An FD against the loaded reference is the FD against the statistics themselves.
+  m3, s3 = _stats(2, 6)
+  assert frechet.gaussian_frechet(m3, s3, *from_npz["fid"]) == frechet.gaussian_frechet(
+      m3, s3, mu, sigma) > 0
+  # float32 arrays and a Fortran-ordered covariance read the same.
+  np.savez(npz, mu=mu.astype(np.float32), sigma=np.asfortranarray(sigma))
+  got = frechet.load_reference_stats(npz)["fid"]
+  np.testing.assert_array_equal(got[0], mu.astype(np.float32))
+  np.testing.assert_array_equal(got[1], sigma)
+
+
+class _RunsCode:
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_reference_pickle_that_would_run_code_is_refused(tmp_path):
+  marker = tmp_path / "ran"
+  mu, sigma = _stats(0, 3)
+  for i, payload in enumerate([
+      {"fid": {"mu": mu, "sigma": sigma}, "x": _RunsCode(marker)},
+      {"fid": {"mu": mu, "sigma": np.array([None, 1], dtype=object)}},  # object arrays too
+      _RunsCode(marker)]):
+    path = tmp_path / f"evil{i}.pkl"
+    path.write_bytes(pickle.dumps(payload, protocol=4))
+    with pytest.raises(UnsafePickleError, match=f"^{re.escape(str(path))}: ") as err:
+      frechet.load_reference_stats(path)
+    assert ("refusing global posix.system" in str(err.value) if i != 1
+            else "numpy dtype dtype('O') is not a numeric dtype; refused" in str(err.value))
+  assert not marker.exists()
+
+
+def _npy(header, data):
+  buf = io.BytesIO()
+  np.lib.format.write_array_header_1_0(buf, header)
+  return buf.getvalue() + data
+
+
+def test_hostile_sizes_are_refused_under_a_memory_cap(tmp_path):
+  """An .npz whose sigma header declares 2 GB over 64 bytes, one whose sigma exceeds
+  MAX_FEATURE_DIM, pickles whose array declares 8 GB over 320 bytes or whose data declares 2 GiB:
+  each refused under a 200 MiB cap, naming the file."""
+  from tests import hostile
+  huge = tmp_path / "huge.npz"
+  with zipfile.ZipFile(huge, "w") as z:
+    z.writestr("mu.npy", _npy({"descr": "<f8", "fortran_order": False, "shape": (16000,)},
+                              bytes(128000)))
+    z.writestr("sigma.npy", _npy({"descr": "<f8", "fortran_order": False,
+                                  "shape": (16000, 16000)}, bytes(64)))
+  wide = tmp_path / "wide.npz"
+  with zipfile.ZipFile(wide, "w") as z:
+    z.writestr("mu.npy", _npy({"descr": "<f8", "fortran_order": False, "shape": (3,)}, bytes(24)))
+    z.writestr("sigma.npy", _npy({"descr": "<f8", "fortran_order": False,
+                                  "shape": (10**5, 10**5)}, bytes(64)))
+  small = pickle.dumps({"fid": {"mu": np.zeros(40), "sigma": np.zeros((40, 40))}}, protocol=3)
+  # The mean's BUILD state: shape (40,) (BININT1 40, TUPLE1) -> (10**9,) over the same 320 bytes.
+  forged = tmp_path / "forged.pkl"
+  forged.write_bytes(small.replace(b"K\x28\x85", b"J\x00\xca\x9a\x3b\x85", 1))
+  # Its data: BINBYTES of 320 bytes declaring 2 GiB - 1.
+  declared = tmp_path / "declared.pkl"
+  declared.write_bytes(small.replace(b"B\x40\x01\x00\x00", b"B\xff\xff\xff\x7f", 1))
+  assert small != forged.read_bytes() and small != declared.read_bytes()
+  cases = [(huge, "huge.npz:sigma.npy: the header declares shape (16000, 16000)"),
+           (wide, "wide.npz:sigma.npy holds an array of dtype float64 and shape (100000, 100000)"),
+           (forged, "forged.pkl is not a readable reference-statistics pickle (NetworkPickleError: "
+                    "numpy array state"),
+           (declared, "declared.pkl is not a readable reference-statistics pickle")]
+  for path, words in cases:
+    result = hostile.run_capped("from diffgen_jax.evaluation import frechet",
+                                "frechet.load_reference_stats(PATH)", path=path, limit_mb=200)
+    assert not result.crashed and result.error == "DataFileError", result
+    assert words in result.message, result
+
+
+def test_damaged_or_other_files_are_named(tmp_path):
+  mu, sigma = _stats(0, 3)
+  cases = {
+      "text.pkl": (b"hello world", "is neither an .npz (EDM) nor a pickle (EDM2)"),
+      "p5.pkl": (pickle.dumps({"fid": {"mu": mu, "sigma": sigma}}, protocol=5),
+                 "is a pickle of protocol 5"),
+      "cut.pkl": (pickle.dumps({"fid": {"mu": mu, "sigma": sigma}}, protocol=4)[:-40],
+                  "is not a readable reference-statistics pickle"),
+      "list.pkl": (pickle.dumps([mu, sigma], protocol=4), "holds a pickled list"),
+      "none.pkl": (pickle.dumps({"num_images": 3}, protocol=4), "holds no feature statistics"),
+      "flat.pkl": (pickle.dumps({"fid": {"mu": sigma, "sigma": sigma}}, protocol=4),
+                   "fid.mu is a 2-D float64 array; it must be a 1-D float array"),
+      "shape.pkl": (pickle.dumps({"fid": {"mu": mu[:2], "sigma": sigma}}, protocol=4),
+                    "fid: covariance must be (2, 2)"),
+      "nan.pkl": (pickle.dumps({"fid": {"mu": mu * np.nan, "sigma": sigma}}, protocol=4),
+                  "mean and covariance must be finite"),
+  }
+  for name, (raw, words) in cases.items():
+    path = tmp_path / name
+    path.write_bytes(raw)
+    with pytest.raises(DataFileError, match=f"^{re.escape(str(path))}.*{re.escape(words)}"):
+      frechet.load_reference_stats(path)
+  np.savez(tmp_path / "nomu.npz", m=mu, sigma=sigma)
+  with pytest.raises(DataFileError, match=r"has no array 'mu' \(it holds \['m', 'sigma'\]\)"):
+    frechet.load_reference_stats(tmp_path / "nomu.npz")
+  np.savez(tmp_path / "int.npz", mu=np.arange(3), sigma=sigma)
+  with pytest.raises(DataFileError, match="int.npz:mu.npy holds an array of dtype int64"):
+    frechet.load_reference_stats(tmp_path / "int.npz")
+  with pytest.raises(FileNotFoundError):
+    frechet.load_reference_stats(tmp_path / "missing.npz")

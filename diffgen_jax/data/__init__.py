@@ -32,6 +32,7 @@ from diffgen_jax.data.splits import (
     read_pseudo_labels,
     subset_order,
     subset_rows,
+    to_pixels,
     to_unit_range,
 )
 from diffgen_jax.data.stream import (
@@ -48,7 +49,8 @@ __all__ = [
     "DATASETS", "DEFAULT_DATA_DIR", "LABEL_MODES", "MAX_NUM_CLASSES", "SPLITS", "BatchIterator",
     "DataFileError", "LazyColumn",
     "Split", "batch_at", "epoch_permutation", "first_images", "flip_mask",
-    "host_batch", "to_unit_range", "train_size", "CONVENTION", "check_images", "check_pixels",
+    "host_batch", "to_pixels", "to_unit_range", "train_size", "CONVENTION", "check_images",
+    "check_pixels",
     "is_prepared", "load_split", "prepare", "process_rows", "read_pseudo_labels", "resolve_data_dir",
     "stream_indices", "subset_order", "subset_rows", "SUBSET_SIDES", "tfds_name",
 ]

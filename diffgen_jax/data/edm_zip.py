@@ -14,6 +14,11 @@ by class; `Split.ids` are the files' indices in name order (they seed the per-im
 
 Dataset name syntax in configs (`config.data.name`): "edm_zip:TRAIN.zip,VALIDATION.zip".
 
+Writing (`write_images`, or `ZipWriter` batch by batch): uint8 images become such a zip as EDM's
+dataset_tool.py writes it (`00000/img00000000.png`, a folder per 1000 images, uncompressed PNGs in a
+stored zip, `dataset.json` with the labels or null), atomically (`jsonio.atomic_open`): readable by
+this reader, by EDM/EDM2's ImageFolderDataset and so by EDM2's calculate_metrics.py.
+
 Zips come from the internet, so nothing is read on trust (every refusal is a `DataFileError`, a
 ValueError naming the zip and the member): a member's declared size is checked against its limit
 (`MAX_IMAGE_FILE_BYTES`, `JSON_BYTES_PER_IMAGE`) before it is read and every read is capped; an
@@ -27,13 +32,16 @@ class labels are integers in [0, `files.MAX_NUM_CLASSES`), one [name, label] pai
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
+import json
 import threading
 import zipfile
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from diffgen_jax import jsonio
 from diffgen_jax.data import sources
 from diffgen_jax.data.files import MAX_NUM_CLASSES, DataFileError, load_json, read_zip_member
 
@@ -287,3 +295,95 @@ def split_arrays(name: str, split: str, *, labels: str = "class",
   other = read_index(val_zip if split == "train" else train_zip)[1]
   num_classes = int(max(file_labels.max(), -1 if other is None else other.max())) + 1
   return images, file_labels[rows], num_classes, rows.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+
+
+MAX_WRITTEN_IMAGES = 10**8  # file names carry 8 digits, as dataset_tool.py's
+
+
+def image_name(index: int) -> str:
+  """dataset_tool.py's member name of image `index`: "00000/img00000000.png" (1000 per folder)."""
+  digits = f"{index:08d}"
+  return f"{digits[:5]}/img{digits}.png"
+
+
+class ZipWriter:
+  """Writes a dataset zip batch by batch (`add`), atomically: the zip appears at `path` when the
+  block ends without an error, with dataset.json (labels given with every batch, or with none).
+
+      with edm_zip.ZipWriter("samples.zip") as w:
+        for images, labels in batches:
+          w.add(images, labels)
+
+  Raises ValueError naming the argument (see `write_images`); labels given with some batches and
+  not others are refused.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self.count = 0
+    self.labels: Optional[List] = None
+    self._shape = None
+    self._stack = contextlib.ExitStack()
+    self._zip: Optional[zipfile.ZipFile] = None
+
+  def __enter__(self) -> "ZipWriter":
+    f = self._stack.enter_context(jsonio.atomic_open(self.path, "wb"))
+    self._zip = self._stack.enter_context(zipfile.ZipFile(f, "w", zipfile.ZIP_STORED))
+    return self
+
+  def add(self, images, labels=None) -> None:
+    """Appends uint8 images (B, H, W, C), C 1 (grayscale) or 3 (RGB), every batch of one shape,
+    with (B,) integer labels in [0, MAX_NUM_CLASSES) or None."""
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+      raise ValueError(f"images must be uint8 pixels (B, H, W, C) with C 1 or 3, got "
+                       f"{images.dtype} of shape {images.shape} (float images in [-1, 1]: "
+                       "data.to_pixels)")
+    if self._shape is not None and images.shape[1:] != self._shape:
+      raise ValueError(f"images of shape {images.shape[1:]} after images of shape {self._shape}: "
+                       "a dataset's images share one shape")
+    if self.count + len(images) > MAX_WRITTEN_IMAGES:
+      raise ValueError(f"more than MAX_WRITTEN_IMAGES={MAX_WRITTEN_IMAGES} images")
+    if (labels is None) != (self.labels is None) and self.count:
+      raise ValueError("labels must be given with every batch or with none")
+    if labels is not None:
+      labels = np.asarray(labels)
+      if (labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer)
+          or (labels.size and (labels.min() < 0 or labels.max() >= MAX_NUM_CLASSES))):
+        raise ValueError(f"labels must be ({len(images)},) integers in [0, {MAX_NUM_CLASSES}), got "
+                         f"{labels.dtype} of shape {labels.shape}")
+      self.labels = self.labels or []
+    self._shape = images.shape[1:]
+    for i, image in enumerate(images):
+      name = image_name(self.count + i)
+      buf = io.BytesIO()
+      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+          buf, format="png", compress_level=0, optimize=False)  # as dataset_tool.py
+      self._zip.writestr(name, buf.getvalue())
+      if labels is not None:
+        self.labels.append([name, int(labels[i])])
+    self.count += len(images)
+
+  def __exit__(self, kind, value, traceback):
+    if kind is None:
+      if not self.count:
+        self._stack.__exit__(ValueError, ValueError("no images"), None)  # nothing left behind
+        raise ValueError(f"no images were written to {self.path} (a dataset zip holds at least "
+                         "one)")
+      self._zip.writestr("dataset.json", json.dumps({"labels": self.labels}))
+    return self._stack.__exit__(kind, value, traceback)
+
+
+def write_images(path: str, images, labels=None) -> str:
+  """Writes uint8 images (N, H, W, C), C 1 or 3, N >= 1, and (N,) integer labels or None as an EDM
+  dataset zip at `path` (module docstring), atomically; returns path. Read back with
+  `read_images(path)` (same pixels and labels) or as "edm_zip:TRAIN.zip,VALIDATION.zip".
+  Raises ValueError naming images or labels when they are not as described."""
+  with ZipWriter(path) as writer:
+    writer.add(images, labels)
+  return path

@@ -5,12 +5,14 @@ idx and csv sources): every size bounded before it is allocated, every error nam
     read_capped     at most `limit` bytes of a stream, whatever a header claimed
     read_zip_member   a zip member: declared size and compression checked first, the read capped
     load_json       a JSON document, a damaged or too deeply nested one refused naming the file
+    npy_header      (shape, fortran order, dtype, data offset) of .npy bytes, before any allocation
     check_class_labels   class labels in [0, num_classes)
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import json
 import zipfile
 import zlib
@@ -69,6 +71,23 @@ def read_zip_member(z: zipfile.ZipFile, path: str, name: str, limit: int,
           OSError) as err:  # damaged, an unsupported compression, encrypted
     raise DataFileError(f"{where} cannot be read ({err}): the file is damaged; fetch or write it "
                         "again") from None
+
+
+def npy_header(raw: bytes, where: str):
+  """(shape, fortran_order, dtype, offset of the data) of the .npy file `raw` (bytes read with a
+  size cap): nothing is allocated from what the header declares. Raises DataFileError naming
+  `where` when the header does not parse (not .npy, format other than 1.0 / 2.0)."""
+  header = io.BytesIO(raw)
+  try:
+    version = np.lib.format.read_magic(header)
+    if version not in ((1, 0), (2, 0)):
+      raise ValueError(f"npy format version {version}")
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = read_header(header)
+  except ValueError as err:
+    raise DataFileError(f"{where} is not a readable .npy array ({err})") from None
+  return shape, fortran, dtype, header.tell()
 
 
 def load_json(raw: bytes, where: str):

@@ -21,7 +21,6 @@ home of the scaling); labels int32, all 0 with labels="none" (`num_classes` 0).
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import warnings
 import zipfile
@@ -30,9 +29,9 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from diffgen_jax.data import builders
-from diffgen_jax.data.convention import check_pixels
+from diffgen_jax.data.convention import check_images, check_pixels
 from diffgen_jax.data.files import (MAX_NUM_CLASSES, DataFileError, check_class_labels,
-                                    read_zip_member)
+                                    npy_header, read_zip_member)
 from diffgen_jax.data.sources import (IN_MEMORY_BYTES, SPLITS, LazyColumn, _open, _read_all,
                                       _source_split, _unknown_dataset, is_prepared,
                                       resolve_data_dir)
@@ -233,23 +232,14 @@ def read_pseudo_labels(path: str, split: str) -> np.ndarray:
                           f"pseudo-label files hold one integer array per split {SPLITS}")
     raw = read_zip_member(z, path, member, MAX_LABELS_BYTES, "MAX_LABELS_BYTES")
   where = f"{path}:{member}"
-  header = io.BytesIO(raw)
-  try:
-    version = np.lib.format.read_magic(header)
-    if version not in ((1, 0), (2, 0)):
-      raise ValueError(f"npy format version {version}")
-    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                   else np.lib.format.read_array_header_2_0)
-    shape, _, dtype = read_header(header)
-  except ValueError as err:
-    raise DataFileError(f"{where} is not a readable .npy array ({err})") from None
+  shape, _, dtype, offset = npy_header(raw, where)
   if dtype.kind not in "iu" or len(shape) != 1:
     raise DataFileError(f"{where} holds an array of dtype {dtype} and shape {shape}; pseudo-labels "
                         "are a 1-D integer array, one label per image")
-  if shape[0] * dtype.itemsize != len(raw) - header.tell():
+  if shape[0] * dtype.itemsize != len(raw) - offset:
     raise DataFileError(f"{where}: the header declares {shape[0]} labels of {dtype.itemsize} "
-                        f"bytes but {len(raw) - header.tell()} bytes follow it")
-  labels = np.frombuffer(raw, dtype, count=shape[0], offset=header.tell()).copy()
+                        f"bytes but {len(raw) - offset} bytes follow it")
+  labels = np.frombuffer(raw, dtype, count=shape[0], offset=offset).copy()
   return check_class_labels(labels, where)
 
 
@@ -264,6 +254,15 @@ def to_unit_range(images) -> np.ndarray:
   if images.ndim == 3:
     images = images[..., None]
   return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def to_pixels(images) -> np.ndarray:
+  """float NHWC images in [-1, 1] (samples may overshoot) -> uint8 pixels, as EDM writes its
+  samples: (x * 127.5 + 128) clipped to [0, 255] and truncated, i.e. (x + 1) * 127.5 rounded half
+  up. The inverse of `to_unit_range`: to_pixels(to_unit_range(p)) == p. Raises ValueError for images that
+  are not float NHWC on the [-1, 1] scale (data/convention.py)."""
+  images = np.asarray(check_images(images, "images", lenient=True), np.float32)
+  return np.clip(images * np.float32(127.5) + np.float32(128.0), 0, 255).astype(np.uint8)
 
 
 def first_images(split: Split, n: Optional[int] = None):

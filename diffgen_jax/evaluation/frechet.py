@@ -8,15 +8,26 @@ roots come from eigendecompositions of symmetric positive semi-definite matrices
 negative eigenvalues clipped to zero. Unlike `scipy.linalg.sqrtm(S1 @ S2)` this never returns complex
 values and stays exact for singular (rank-deficient) covariances, e.g. fewer samples than feature
 dimensions. Works for any feature dimension: 2-D toy points as well as image features.
+
+Published reference statistics (`load_reference_stats`), so that an FD or G_FD can be put beside the
+field's numbers: EDM's `.npz` (arrays mu and sigma of Inception features; clean-fid and
+torch-fidelity write the same) and EDM2's `dataset-refs/*.pkl` (a pickled dict {"fid": {"mu",
+"sigma"}, "fd_dinov2": {"mu", "sigma"}, "num_images": n}), read without executing anything.
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+import math
+import os
+import pickle
+import zipfile
+from typing import Dict, Tuple
 
 import numpy as np
 
 from diffgen_jax.checks import check_number
+from diffgen_jax.data.files import DataFileError, npy_header, read_capped, read_zip_member
+from diffgen_jax.models import nvidia_pickle
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
@@ -80,3 +91,123 @@ def frechet_distance(features1, features2, ddof: int = 1) -> float:
   mu1, cov1 = gaussian_stats(features1, ddof)
   mu2, cov2 = gaussian_stats(features2, ddof)
   return gaussian_frechet(mu1, cov1, mu2, cov2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Published reference statistics
+
+NPZ_SPACE = "fid"  # the feature space of an EDM .npz (Inception-V3 pool features), as EDM2 names it
+MAX_FEATURE_DIM = 16384  # Inception-V3: 2048, DINOv2 ViT-L/14: 1024, ViT-g/14: 1536
+MAX_REFERENCE_BYTES = 4 << 30  # a file, or an .npz member: two spaces of the largest dimension
+_MIN_PICKLE_PROTOCOL, _MAX_PICKLE_PROTOCOL = 3, 4  # what EDM2's Python (3.8 - 3.13) writes
+
+
+def _npz_stats(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+  """{NPZ_SPACE: (mu, sigma)} of an EDM .npz, each member's .npy header checked before any
+  allocation (exactly shape x itemsize bytes after it, a float dtype, at most MAX_FEATURE_DIM)."""
+  arrays = {}
+  try:
+    with zipfile.ZipFile(path) as z:
+      for key in ("mu", "sigma"):
+        member = f"{key}.npy"
+        if member not in z.namelist():
+          raise DataFileError(f"{path} has no array {key!r} (it holds "
+                              f"{sorted(n[:-4] for n in z.namelist() if n.endswith('.npy'))}); "
+                              "EDM's reference statistics hold 'mu' and 'sigma'")
+        raw = read_zip_member(z, path, member, MAX_REFERENCE_BYTES, "MAX_REFERENCE_BYTES")
+        where = f"{path}:{member}"
+        shape, fortran, dtype, offset = npy_header(raw, where)
+        ndim = 1 if key == "mu" else 2
+        if dtype.kind != "f" or len(shape) != ndim or max(shape, default=0) > MAX_FEATURE_DIM:
+          raise DataFileError(
+              f"{where} holds an array of dtype {dtype} and shape {shape}; {key} is a {ndim}-D "
+              f"float array of at most MAX_FEATURE_DIM={MAX_FEATURE_DIM} features per side")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes != len(raw) - offset:
+          raise DataFileError(
+              f"{where}: the header declares shape {shape} of {dtype} ({nbytes} bytes) but "
+              f"{len(raw) - offset} bytes follow it: the file is damaged")
+        arrays[key] = np.frombuffer(raw, dtype, offset=offset).reshape(
+            shape, order="F" if fortran else "C")
+  except zipfile.BadZipFile as err:
+    raise DataFileError(f"{path} is not a readable .npz ({err})") from None
+  return {NPZ_SPACE: (arrays["mu"], arrays["sigma"])}
+
+
+def _pickle_stats(path: str, data: bytes) -> dict:
+  """The dict of an EDM2 reference pickle, unpickled with numpy's globals only (nothing runs)."""
+  if not _MIN_PICKLE_PROTOCOL <= data[1] <= _MAX_PICKLE_PROTOCOL:
+    raise DataFileError(
+        f"{path} is a pickle of protocol {data[1]}; reference statistics are read from protocols "
+        f"{_MIN_PICKLE_PROTOCOL}-{_MAX_PICKLE_PROTOCOL} (EDM2's; write it again with "
+        "pickle.dump(stats, f, protocol=4))")
+  try:
+    top = nvidia_pickle.restricted_load(data, allowed=nvidia_pickle.NUMPY_GLOBALS)
+  except nvidia_pickle.UnsafePickleError as err:
+    raise nvidia_pickle.UnsafePickleError(f"{path}: {err}") from None
+  except (nvidia_pickle.NetworkPickleError, pickle.UnpicklingError, EOFError, ValueError,
+          TypeError, LookupError, AttributeError, ArithmeticError, RecursionError) as err:
+    raise DataFileError(f"{path} is not a readable reference-statistics pickle ("
+                        f"{type(err).__name__}: {str(err)[:300]}); fetch or write it again"
+                        ) from None
+  if not isinstance(top, dict):
+    raise DataFileError(f"{path} holds a pickled {type(top).__name__}; EDM2's reference "
+                        'statistics are a dict {"fid": {"mu", "sigma"}, "fd_dinov2": {...}}')
+  return top
+
+
+def load_reference_stats(path) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+  """Published reference statistics as {feature space: (mu (F,), sigma (F, F))}, float64.
+
+  path: EDM's `.npz` (arrays mu and sigma: returned as space NPZ_SPACE = "fid") or EDM2's
+  `dataset-refs/*.pkl` (a pickled dict whose entries {"mu": array, "sigma": array} are the spaces,
+  e.g. "fid" and "fd_dinov2"; other entries such as "num_images" are skipped). The kind is told by
+  the file's first bytes. Nothing is executed: the pickle is read by the restricted unpickler of
+  `models.nvidia_pickle` admitting numpy's array, dtype and scalar globals only (protocols 3-4), and
+  every size is bounded before it is allocated (the file at most MAX_REFERENCE_BYTES; an .npz
+  member's header against the bytes that follow it; a pickled array's data must be in the file).
+
+  Raises FileNotFoundError; nvidia_pickle.UnsafePickleError naming the file and the global when a
+  pickle reaches outside numpy's data (it would run code); data.DataFileError (a ValueError)
+  naming the file for anything else: neither an .npz nor a pickle, too large, damaged, no mu or
+  sigma, a mean that is not 1-D or a covariance not (F, F), F > MAX_FEATURE_DIM, non-finite values.
+  """
+  path = os.path.expanduser(os.fspath(path))
+  size = os.path.getsize(path)
+  if size > MAX_REFERENCE_BYTES:
+    raise DataFileError(f"{path} has {size} bytes, more than MAX_REFERENCE_BYTES="
+                        f"{MAX_REFERENCE_BYTES} for reference statistics")
+  with open(path, "rb") as f:
+    head = f.read(4)
+    if head[:2] == b"PK":
+      spaces = _npz_stats(path)
+    elif len(head) >= 2 and head[0] == pickle.PROTO[0]:
+      f.seek(0)
+      top = _pickle_stats(path, read_capped(f, size, path))  # (read(n) allocates n first)
+      spaces = {}
+      for key, value in top.items():
+        if isinstance(value, dict) and ("mu" in value or "sigma" in value):
+          if not isinstance(key, str):
+            raise DataFileError(f"{path}: a feature space named {key!r}, not a string")
+          spaces[key] = (value.get("mu"), value.get("sigma"))
+      if not spaces:
+        raise DataFileError(f"{path} holds no feature statistics (entries {{'mu', 'sigma'}}); its "
+                            f"keys are {[str(k)[:40] for k in list(top)[:20]]}")
+    else:
+      raise DataFileError(f"{path} is neither an .npz (EDM) nor a pickle (EDM2) of reference "
+                          f"statistics (it starts with {head!r})")
+  out = {}
+  for space, (mu, sigma) in spaces.items():
+    for name, value, ndim in (("mu", mu, 1), ("sigma", sigma, 2)):
+      if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.ndim != ndim:
+        what = (f"a {value.ndim}-D {value.dtype} array" if isinstance(value, np.ndarray)
+                else f"a {type(value).__name__}")
+        raise DataFileError(f"{path}: {space}.{name} is {what}; it must be a {ndim}-D float array")
+    if mu.size > MAX_FEATURE_DIM:
+      raise DataFileError(f"{path}: {space} has {mu.size} features, more than MAX_FEATURE_DIM="
+                          f"{MAX_FEATURE_DIM}")
+    try:
+      out[space] = tuple(np.array(a, np.float64) for a in _check_stats(mu, sigma, space))
+    except ValueError as err:
+      raise DataFileError(f"{path}: {err}") from None
+  return out

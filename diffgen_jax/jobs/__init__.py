@@ -7,6 +7,7 @@
     toy2d      jobs/toy2d.py     the 2D toy model's experiments (a)-(g)
     ladder     jobs/ladder.py    a trained run's network against every rung of the analytic ladder
     convert    jobs/convert.py   NVIDIA's published EDM/EDM2 networks -> snapshots of this package
+    export     jobs/export.py    a snapshot's samples (and D(x; sigma)) as EDM dataset zips
 
 Only the jobs see configs and workdirs; everything below them takes arrays, denoisers and plain
 arguments. Every job writes WORKDIR/results.json in one layout (`jobs.results`). `run` validates
@@ -38,6 +39,7 @@ JOBS = {
     "factors": "diffgen_jax.jobs.factors",
     "ladder": "diffgen_jax.jobs.ladder",
     "convert": "diffgen_jax.jobs.convert",
+    "export": "diffgen_jax.jobs.export",
 }
 LOCK_FILE = "job.lock"  # WORKDIR/job.lock: held by the job writing to the workdir (`workdir_lock`)
 

@@ -4,7 +4,7 @@ Every job writes WORKDIR/results.json (plain JSON, non-finite numbers as null, w
 after each unit of work so an interrupted job keeps what it finished), and anything that reads
 results (experiments/, notebooks) calls `read(workdir)` without knowing which job wrote it:
 
-    {"job": "train" | "evaluate" | "factors" | "toy2d" | "ladder",    the job that wrote it
+    {"job": "train" | "evaluate" | "factors" | "toy2d" | "ladder" | "export",  the job that wrote it
      "schema_version": 1,
      ... the job's sections:
      train / evaluate (the gap of every snapshot of a training run; `jobs.evaluate`):
@@ -37,6 +37,9 @@ results (experiments/, notebooks) calls `read(workdir)` without knowing which jo
        "gaps":        {"sigmas", "denoisers": {"network"|rung: {"e_train", "e_val", "gap"}}}
        "summary":     {"best_rung", "best_r2", "gap_log_distance", "closest_gap_rung",
                        "gap_distance", "closest_gap_rung_overall", "best_rung_predicts_gap"}
+     export (`jobs.export`, a snapshot's samples and D(x; sigma) as EDM dataset zips):
+       "exports":     {str(step): {"run_dir", "step", "images_seen", "ema", "image_shape",
+                                   "num_classes", "samples": {...}, "denoised": {...}}}
     }
 Figures and other files go beside it (the evaluate job's under WORKDIR/evaluation/).
 """

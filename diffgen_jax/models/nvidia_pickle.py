@@ -507,6 +507,10 @@ ALLOWED_GLOBALS = {
 }
 # Classes are created empty (SETITEMS / BUILD fill them); numpy.ndarray is never called (only
 # `_reconstruct`'s class argument); the functions are called with positional arguments.
+# The numpy subset: what a pickle of plain numpy arrays, dtypes and scalars needs (e.g. EDM2's
+# dataset reference statistics, `evaluation.frechet.load_reference_stats`).
+NUMPY_GLOBALS = {key: value for key, value in ALLOWED_GLOBALS.items()
+                 if key[0] in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray")}
 _CLASSES = (collections.OrderedDict, _ModuleDict, _EasyDict)
 _FUNCTIONS = tuple({id(v): v for v in ALLOWED_GLOBALS.values()
                     if v is not np.ndarray and v not in _CLASSES}.values())
@@ -524,18 +528,21 @@ def _what(obj) -> str:
 class _RestrictedUnpickler(_Unpickler):
   """The outer stream: `ALLOWED_GLOBALS` only, called as NVIDIA's pickles call them."""
 
-  def __init__(self, file, budget: _Budget):
+  def __init__(self, file, budget: _Budget, allowed: Optional[Mapping] = None):
     super().__init__(file)
     self._budget = budget
+    self._allowed = ALLOWED_GLOBALS if allowed is None else allowed
     self._storages: Dict[int, tuple] = {}  # id(blob) -> (blob, storage): each blob decoded once
 
   def find_class(self, module, name):
     try:
-      return ALLOWED_GLOBALS[(module, name)]
+      return self._allowed[(module, name)]
     except KeyError:
+      what = ("an NVIDIA network pickle needs" if self._allowed is ALLOWED_GLOBALS
+              else "this kind of file needs")
       raise UnsafePickleError(
-          f"refusing global {module}.{name}: not one of the globals an NVIDIA network pickle "
-          f"needs ({', '.join(sorted(f'{m}.{n}' for m, n in ALLOWED_GLOBALS))}); nothing from "
+          f"refusing global {module}.{name}: not one of the globals {what} "
+          f"({', '.join(sorted(f'{m}.{n}' for m, n in self._allowed))}); nothing from "
           "the file was executed") from None
 
   def _call(self, func, args, kwargs):
@@ -596,13 +603,17 @@ class _RestrictedUnpickler(_Unpickler):
     inst.__setstate__(state)
 
 
-def restricted_load(data: bytes, budget: Optional[_Budget] = None) -> Any:
+def restricted_load(data: bytes, budget: Optional[_Budget] = None,
+                    allowed: Optional[Mapping] = None) -> Any:
   """Unpickles `data` with only `ALLOWED_GLOBALS` admitted; tensors come back as `Tensor` records
   (not read). budget: the bytes numpy arrays may take (default BUDGET_FACTOR x len(data)).
+  allowed: a subset of ALLOWED_GLOBALS to admit instead (e.g. NUMPY_GLOBALS).
   Raises UnsafePickleError (a global, call or BUILD outside the allow-list), NetworkPickleError,
   or pickle's own errors for a malformed stream (`read_network_pickle` names the file in all)."""
   budget = _Budget(BUDGET_FACTOR * len(data)) if budget is None else budget
-  return _RestrictedUnpickler(io.BytesIO(data), budget).load()
+  if allowed is not None and any(ALLOWED_GLOBALS.get(k) is not v for k, v in allowed.items()):
+    raise ValueError("allowed must be a subset of ALLOWED_GLOBALS (the stand-ins of this module)")
+  return _RestrictedUnpickler(io.BytesIO(data), budget, allowed).load()
 
 
 # ----------------------------------------------------------------------------------------------

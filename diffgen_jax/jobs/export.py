@@ -1,0 +1,277 @@
+"""The `export` job: a snapshot's samples (and D(x; sigma) of noised training images) as EDM
+dataset zips, for the field's own scorers (EDM2's calculate_metrics.py, torch-fidelity, clean-fid).
+
+For one snapshot of a train job's run (config.run_dir; the last snapshot or config.step; EMA set
+config.ema) it writes, under WORKDIR/export/<step>/:
+  samples.zip                num_samples samples of the network: deterministic Heun over
+                             num_steps noise levels of the Karras schedule (`samplers.sample`);
+                             sample i starts from normal(fold_in(key(seed), i))
+                             (`gap.image_noise`: the same sample whatever num_samples and
+                             batch_size) and, for a conditional network, has the label
+                             i mod num_classes;
+  images.zip                 with denoised.sigmas: the first denoised.num_images images of the run's
+                             training split (or subset), with their labels;
+  denoised_sigma<s>.zip      D(y + s n_y; s) of each of those images y at each s of denoised.sigmas,
+                             n_y the gap evaluation's per-image noise (seed denoised.noise_seed);
+each as dataset_tool.py writes a dataset (`data.edm_zip`: PNGs in image order, labels in
+dataset.json, null for an unconditional network), pixels quantized as EDM writes samples
+(`data.to_pixels`; outputs clipped to [-1, 1]). Read back with `edm_zip.read_images`, or as
+"edm_zip:TRAIN.zip,VALIDATION.zip".
+
+`export_denoiser(denoise, out_dir, ...)` does this for any denoiser; the job hands it the run's
+network at the snapshot. WORKDIR/results.json (`jobs.results`):
+    {"job": "export", "schema_version": 1,
+     "exports": {str(step): {"run_dir", "step", "images_seen", "ema", "image_shape",
+                             "num_classes", "samples": {"file", "num_images", "num_steps", "seed",
+                                                        "labels", "sha256"} (absent when none),
+                             "denoised": {"images": {"file", "num_images", "sha256"},
+                                          "noise_seed", "training_set",
+                                          "sigmas": [...],
+                                          "files": {"<s>": {"file", "sigma", "sha256"}}}}}}
+(files relative to the workdir; "labels": "cycling" or null; one entry per exported step, so a
+workdir gathers the exports of several snapshots of one run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from diffgen_jax import checkpointing, config_checks, data, jsonio, samplers
+from diffgen_jax.config_checks import ConfigError, fail
+from diffgen_jax.data import edm_zip
+from diffgen_jax.denoisers import is_array_pytree
+from diffgen_jax.evaluation import gap
+from diffgen_jax.evaluation.ladder import noised_inputs
+from diffgen_jax.jobs import common, console, results as results_lib
+from diffgen_jax.models.network import network_denoiser
+from diffgen_jax.sharding import batch_multiple, fetch, put_batch
+
+JOB = "export"
+EXPORT_DIR = "export"  # WORKDIR/export/<step>/
+SAMPLES_FILE = "samples.zip"
+IMAGES_FILE = "images.zip"
+
+
+def denoised_file(sigma: float) -> str:
+  return f"denoised_sigma{sigma:g}.zip"
+
+
+# ------------------------------------------------------------------------------------------------
+# Config
+
+
+def validate_config(config) -> None:
+  """Checks every field the job reads (`defaults.export_config`); ConfigError names the field."""
+  config_checks.choice(config, "job", (JOB,))
+  run_dir = config_checks.get(config, "run_dir")
+  if not isinstance(run_dir, str) or not run_dir:
+    fail("run_dir", run_dir, "must name a train job's workdir")
+  if not os.path.isfile(os.path.join(run_dir, common.RUN_FILE)):
+    fail("run_dir", run_dir, f"has no {common.RUN_FILE}: not a train job's workdir")
+  config_checks.integer(config, "step", -1)
+  ema_name = config_checks.get(config, "ema")
+  if not isinstance(ema_name, str) or not ema_name:
+    fail("ema", ema_name, "must be 'first' or the name of an EMA set of the snapshot")
+  if not isinstance(config_checks.get(config, "data_dir"), str):
+    fail("data_dir", config.data_dir, "must be a path string ('' = the run's data.data_dir)")
+  num_samples = config_checks.integer(config, "num_samples", 0)
+  config_checks.integer(config, "num_steps", 1)
+  config_checks.integer(config, "seed", 0)
+  config_checks.integer(config, "batch_size", 1)
+  sigmas = config_checks.numbers(config, "denoised.sigmas", 0.0, strict=True, allow_empty=True)
+  config_checks.integer(config, "denoised.num_images", 1)
+  config_checks.integer(config, "denoised.noise_seed", 0)
+  if num_samples == 0 and not len(sigmas):
+    fail("num_samples", 0, "with config.denoised.sigmas=() exports nothing: ask for samples or "
+         "for D(x; sigma) at some sigmas")
+
+
+def _snapshot_step(config) -> int:
+  steps = checkpointing.snapshot_steps(config.run_dir)
+  if not steps:
+    fail("run_dir", config.run_dir, f"holds no snapshots under {checkpointing.SNAPSHOT_DIR}/")
+  if config.step != -1 and config.step not in steps:
+    fail("step", config.step, f"is not a snapshot of the run: {tuple(steps)} or -1 (the last)")
+  return steps[-1] if config.step == -1 else int(config.step)
+
+
+# ------------------------------------------------------------------------------------------------
+# Any denoiser
+
+
+class _Discard:
+  """The writer of a process that does not write (multi-process runs: process 0 writes)."""
+  count = 0
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  def add(self, images, labels=None):
+    self.count += len(images)
+
+
+def _writer(path: str, write: bool):
+  return edm_zip.ZipWriter(path) if write else _Discard()
+
+
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _file_record(out_dir: str, name: str, relative_to: str, write: bool) -> Dict[str, Any]:
+  path = os.path.join(out_dir, name)
+  return {"file": os.path.relpath(path, relative_to),
+          "sha256": _sha256(path) if write else ""}
+
+
+_apply = jax.jit(lambda denoise, x, sigma, labels: denoise(x, sigma, labels))
+
+
+def export_denoiser(denoise, out_dir: str, *, image_shape: Sequence[int], num_classes: int,
+                    num_samples: int, num_steps: int = 18, seed: int = 0, batch_size: int = 256,
+                    mesh=None, clean: Optional[Tuple[np.ndarray, Optional[np.ndarray],
+                                                     np.ndarray]] = None,
+                    sigmas: Sequence[float] = (), noise_seed: int = 0,
+                    relative_to: Optional[str] = None) -> Dict[str, Any]:
+  """Writes the zips of the module docstring for `denoise` into out_dir; returns their record.
+
+  denoise: any denoiser denoise(x, sigma, labels) of images of image_shape (H, W, C) (a pytree
+    denoiser, e.g. `network_denoiser`, compiles once for every batch). num_classes: 0 for an
+    unconditional denoiser, else samples are labelled i mod num_classes.
+  num_samples >= 0 (0: no samples.zip), num_steps >= 1, seed >= 0, batch_size >= 1: the sampler
+    runs in batches of batch_size rounded up to the mesh's data axis (the last one padded); mesh:
+    optional, the batches are split over its data axis.
+  clean: (images (N, H, W, C) float in [-1, 1], labels (N,) int or None, ids (N,)) for
+    D(x; sigma) at each of `sigmas` (> 0), the images noised with `gap.image_noise(noise_seed,
+    ids)`; None or sigmas () for none.
+  relative_to: the directory the record's file names are relative to (default out_dir).
+  In a multi-process run every process computes and process 0 writes.
+  Raises ValueError naming the argument; `data.to_pixels` raises ValueError on NaN outputs.
+  """
+  image_shape = tuple(int(s) for s in image_shape)
+  for name, value, low in (("num_samples", num_samples, 0), ("num_steps", num_steps, 1),
+                           ("seed", seed, 0), ("batch_size", batch_size, 1),
+                           ("noise_seed", noise_seed, 0), ("num_classes", num_classes, 0)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+      raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+  sigmas = [float(s) for s in sigmas]
+  if any(not np.isfinite(s) or s <= 0 for s in sigmas):
+    raise ValueError(f"sigmas must be finite and > 0, got {sigmas}")
+  if sigmas and clean is None:
+    raise ValueError("sigmas given without the clean images to noise (clean=(images, labels, ids))")
+  write = jax.process_index() == 0
+  relative_to = out_dir if relative_to is None else relative_to
+  if write:
+    os.makedirs(out_dir, exist_ok=True)
+  record: Dict[str, Any] = {"image_shape": list(image_shape), "num_classes": int(num_classes)}
+  if num_samples:
+    n = int(num_samples)
+    batch = batch_multiple(min(int(batch_size), n), mesh)
+    console.progress(f"export: {n} samples ({num_steps} Heun steps) -> {out_dir}/{SAMPLES_FILE}")
+    with _writer(os.path.join(out_dir, SAMPLES_FILE), write) as out:
+      for start in range(0, n, batch):
+        rows = np.minimum(np.arange(start, start + batch), n - 1)
+        keep = min(batch, n - start)
+        noise = np.asarray(gap.image_noise(seed, rows, image_shape))
+        labels = (rows % num_classes).astype(np.int32) if num_classes else None
+        samples = samplers.sample(denoise, put_batch(noise, mesh),
+                                  None if labels is None else put_batch(labels, mesh),
+                                  num_steps=int(num_steps)).samples
+        out.add(data.to_pixels(np.clip(fetch(samples)[:keep], -1.0, 1.0)),
+                None if labels is None else labels[:keep])
+    record["samples"] = dict(_file_record(out_dir, SAMPLES_FILE, relative_to, write),
+                             num_images=n, num_steps=int(num_steps), seed=int(seed),
+                             labels="cycling" if num_classes else None)
+  if sigmas:
+    images, labels, ids = clean
+    images = np.asarray(images, np.float32)
+    n = len(images)
+    labels = None if labels is None else np.asarray(labels, np.int32)
+    ids = np.asarray(ids)
+    batch = batch_multiple(min(int(batch_size), n), mesh)
+    console.progress(f"export: D(x; sigma) of {n} training images at sigmas {sigmas}")
+    with _writer(os.path.join(out_dir, IMAGES_FILE), write) as out:
+      out.add(data.to_pixels(images), labels)
+    section = {"images": dict(_file_record(out_dir, IMAGES_FILE, relative_to, write),
+                              num_images=n),
+               "noise_seed": int(noise_seed), "sigmas": sigmas, "files": {}}
+    call = _apply if is_array_pytree(denoise) else (lambda d, x, s, l: d(x, s, l))
+    for sigma in sigmas:
+      name = denoised_file(sigma)
+      with _writer(os.path.join(out_dir, name), write) as out:
+        for start in range(0, n, batch):
+          rows = np.minimum(np.arange(start, start + batch), n - 1)
+          keep = min(batch, n - start)
+          x = noised_inputs(images[rows], [sigma], ids=ids[rows], noise_seed=int(noise_seed))[0]
+          lab = None if labels is None else put_batch(labels[rows], mesh)
+          d = fetch(call(denoise, put_batch(x, mesh), np.float32(sigma), lab))[:keep]
+          out.add(data.to_pixels(np.clip(d, -1.0, 1.0)), None if labels is None else
+                  labels[rows][:keep])
+      section["files"][f"{sigma:g}"] = dict(_file_record(out_dir, name, relative_to, write),
+                                            sigma=sigma)
+    record["denoised"] = section
+  return record
+
+
+# ------------------------------------------------------------------------------------------------
+# The job
+
+
+def run(config, workdir: str) -> Dict[str, Any]:
+  """Exports the snapshot; writes WORKDIR/export/<step>/ and records it in WORKDIR/results.json."""
+  run_record = common.read_run(config.run_dir)
+  run_config = run_record.config_at()
+  if config.data_dir:
+    run_config.data.data_dir = config.data_dir
+  step = _snapshot_step(config)
+  results = results_lib.read_if_exists(workdir)
+  if results.get(results_lib.JOB_KEY) not in (None, JOB):
+    raise ConfigError(f"{results_lib.path(workdir)} holds the results of job "
+                      f"{results[results_lib.JOB_KEY]!r}: give the export job its own --workdir "
+                      "(not the run's)")
+  model = run_config.model
+  num_classes = int(model.num_classes)
+  image_shape = (int(model.img_resolution), int(model.img_resolution), int(model.img_channels))
+  network = common.network_of(run_config, num_classes, "float32")
+  ema_name, params, meta = checkpointing.load_ema_params(config.run_dir, step, config.ema)
+  denoise = network_denoiser(network, params, float(run_config.training.sigma_data))
+  d = config.denoised
+  sigmas = config_checks.numbers(config, "denoised.sigmas", 0.0, strict=True, allow_empty=True)
+  clean, training_set = None, None
+  if sigmas:
+    train_split = common.load_split(run_config, "train")
+    common.compare_with_run(
+        run_record, run_config, train_split, fields=("data.",),
+        remedy=f"The data in data_dir={run_config.data.data_dir!r} are not the images the run "
+               "trained on: point config.data_dir at the run's dataset.")
+    clean = data.first_images(train_split, int(d.num_images))
+    training_set = common.training_set(run_config, train_split)
+  out_dir = os.path.join(workdir, EXPORT_DIR, str(step))
+  record = {"run_dir": os.path.abspath(config.run_dir), "step": int(step),
+            "images_seen": meta.get("images_seen"), "ema": ema_name}
+  record.update(export_denoiser(
+      denoise, out_dir, image_shape=image_shape, num_classes=num_classes,
+      num_samples=int(config.num_samples), num_steps=int(config.num_steps), seed=int(config.seed),
+      batch_size=int(config.batch_size), mesh=common.evaluation_mesh(), clean=clean,
+      sigmas=sigmas, noise_seed=int(d.noise_seed), relative_to=workdir))
+  if training_set is not None:
+    record["denoised"]["training_set"] = training_set
+  results.setdefault("exports", {})[str(step)] = record
+  if jax.process_index() == 0:
+    results_lib.write(workdir, JOB, jsonio.to_jsonable(results))
+  written = [s["file"] for s in [record.get("samples")] if s] + (
+      [record["denoised"]["images"]["file"]] + [f["file"] for f in
+                                                record["denoised"]["files"].values()]
+      if "denoised" in record else [])
+  console.summary(f"export: snapshot {step} ({record['images_seen']} images seen) -> "
+                  + ", ".join(os.path.join(workdir, f) for f in written))
+  return results
