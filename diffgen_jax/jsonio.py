@@ -44,12 +44,27 @@ def to_jsonable(obj):
   return obj
 
 
+def _umask() -> int:
+  """The process's umask, read without changing it (os.umask would, for a moment, for every
+  thread)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except OSError:
+    pass
+  mask = os.umask(0o022)  # elsewhere: the usual two-call read
+  os.umask(mask)
+  return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
   """A file object ("w": text, "wb": binary) whose contents replace `path` when the block ends.
 
   The data go to a unique temporary file beside `path` (same filesystem, so the rename is atomic),
-  flushed to disk, then renamed onto `path`; on an exception the temporary file is removed and
+  flushed to disk, then renamed onto `path` (with the permissions open() would give it); on an exception the temporary file is removed and
   `path` is left as it was. Creates the directory if needed.
   """
   if mode not in ("w", "wb"):
@@ -58,6 +73,9 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  # mkstemp makes the file private (0600); results are for the team to read: the mode open()
+  # would give, 0666 less the umask.
+  os.chmod(tmp, 0o666 & ~_umask())
   try:
     with os.fdopen(fd, mode) as f:
       yield f

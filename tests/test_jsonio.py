@@ -83,3 +83,17 @@ def test_to_jsonable_has_no_nan():
                            "c": (np.int64(3),)})
   assert out == {"a": [1.0, None, None], "b": 2.5, "c": [3]}
   json.dumps(out, allow_nan=False)
+
+
+def test_atomic_files_get_the_permissions_open_would_give(tmp_path):
+  """mkstemp's private 0600 would hide results from the rest of a team sharing a workdir."""
+  import stat  # pylint: disable=import-outside-toplevel
+  old = os.umask(0o022)
+  try:
+    jsonio.write_json(str(tmp_path / "r.json"), {"a": 1})
+    with open(tmp_path / "plain.json", "w") as f:
+      f.write("{}")
+  finally:
+    os.umask(old)
+  mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)
+  assert mode(tmp_path / "r.json") == mode(tmp_path / "plain.json") == 0o644
