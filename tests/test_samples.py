@@ -17,6 +17,7 @@ from diffgen_jax.models.network import build_network
 from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.optimal import empirical_optimal_denoiser
+from diffgen_jax.sharding import make_mesh
 
 def _split(seed, n, shape=(6, 6, 1), classes=2):
   images = np.random.default_rng(seed).integers(0, 256, (n,) + shape).astype(np.uint8)
@@ -451,3 +452,25 @@ def test_job_caps_the_classifier_and_records_the_subset(tmp_path, monkeypatch):
   config.evaluation.samples = old  # a saved run's section from before the setting
   ev.validate_sample_settings(old)
   assert ev.sample_settings(config).reference_images == 50_000
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+def test_sampler_noise_is_the_setups_whatever_the_layout(partitionable):
+  """The sampler draws each batch's noise where its rows live (one draw of (batches, batch) + item
+  with partitionable threefry; else the whole draw on the host): its samples are those of the
+  setup's whole noise, on 8 devices in batches of 8 (the last one padded) as on one."""
+  train = np.random.default_rng(0).uniform(-1, 1, (12, 4, 4, 1)).astype(np.float32)
+  shrink = empirical_optimal_denoiser(train)
+  saved = jax.config.jax_threefry_partitionable
+  jax.config.update("jax_threefry_partitionable", partitionable)
+  try:
+    ctx = samples.prepare(train, train, features_lib.pixel_features, num_samples=20, num_steps=3,
+                          batch_size=8, mesh=make_mesh(), overlap=False, nn_similarity=False)
+    run = samples.run_sampler(ctx, shrink)
+    direct = samplers.sample(shrink, ctx.noise, num_steps=3).samples
+    np.testing.assert_allclose(run.samples, direct, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(run.features, run.samples.reshape(20, -1))
+    single = samples.run_sampler(dataclasses.replace(ctx, mesh=None, batch_size=20), shrink)
+    np.testing.assert_allclose(single.samples, run.samples, rtol=1e-5, atol=1e-5)
+  finally:
+    jax.config.update("jax_threefry_partitionable", saved)
