@@ -106,8 +106,9 @@ def validate_sample_settings(settings) -> None:
                                     "(a covariance needs two samples)")
   if s.reference_images and s.reference_images < 2 * s.num_train_subsets:
     raise config_checks.ConfigError(
-        f"config.{p}reference_images={s.reference_images} must be 0 (every image) or >= "
-        f"2 * num_train_subsets = {2 * s.num_train_subsets} (each FD reference subset needs 2)")
+        f"config.{p}reference_images={s.reference_images} must be 0 (every image) or >= 2 * "
+        f"config.{p}num_train_subsets = {2 * s.num_train_subsets} (each FD reference subset "
+        "needs 2 images)")
   if not 0 < s.copy_ratio < 1:
     raise config_checks.ConfigError(f"config.{p}copy_ratio={s.copy_ratio} must be in (0, 1)")
   if s.feature == "external":
