@@ -443,7 +443,8 @@ def test_job_caps_the_classifier_and_records_the_subset(tmp_path, monkeypatch):
   assert protocol["reference_images"] == {"cap": 4, "seed": 0, "train": 4, "val": 4}
   assert protocol["reference_size"] == 2  # min(24 samples, 4 // 2 subsets, 4)
   for value, message in ((-1, "must be an integer >= 0"), (2.5, "must be an integer"),
-                         (3, r"must be 0 .every image. or >= 2 \* config\.evaluation\.samples\.num_train_subsets = 4")):
+                         (3, r"must be 0 .every image. or >= 2 \* "
+                             r"config\.evaluation\.samples\.num_train_subsets = 4")):
     s = dict(defaults.sample_evaluation_config().to_dict(), reference_images=value)
     with pytest.raises(ConfigError, match=rf"evaluation\.samples\.reference_images.*{message}"):
       ev.validate_sample_settings(s)

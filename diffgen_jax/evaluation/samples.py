@@ -61,8 +61,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax import progress, samplers
 from diffgen_jax.checks import check_number
-from diffgen_jax.sharding import (DATA_AXIS, LazyRows, batch_multiple, batch_sharded, fetch,
-                                  process_span, put_batch, rows_built, training_source)
+from diffgen_jax.sharding import (DATA_AXIS, LazyRows, batch_multiple, fetch, process_span,
+                                  put_batch, rows_built, training_source)
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import frechet, probes
 from diffgen_jax.evaluation.copies import copy_fraction, nearest_distinct
@@ -350,9 +350,10 @@ def run_sampler(ctx: Setup, denoise) -> SampleRun:
   """The one Heun run per snapshot, in fixed-size batches (the last padded): one compilation.
 
   Each batch is split over the mesh's data axis (each process draws the noise of, and builds, only
-  its rows); the samples, their features (extracted where they were made) and the features of the
-  early-stopped outputs are gathered once per batch, so host memory holds (S, n, F) features,
-  never (S, n, H, W, C) images.
+  its rows: counted in `sharding.rows_built["batch"]`, as `put_batch` counts the labels); the
+  samples, their features (extracted where they were made) and the features of the early-stopped
+  outputs are gathered once per batch, so host memory holds (S, n, F) features, never
+  (S, n, H, W, C) images. Progress: `progress.track("samples: Heun sampler", n, "samples")`.
   """
   n = ctx.num_samples
   batch = batch_multiple(min(ctx.batch_size, n), ctx.mesh)
