@@ -51,6 +51,7 @@ def sample_evaluation_config() -> ml_collections.ConfigDict:
       "copy_ratio": 1.0 / 3.0,  # Gu et al.: a copy when d(1st NN) < ratio * d(2nd NN)
       "grid_size": 32,  # samples shown next to their nearest training images
       "snapshots": "all",  # "all" | "last"
+      "reference_images": 50_000,  # images featurized per split, a seeded subset (0 = all)
   })
 
 

@@ -3,6 +3,7 @@
 import os
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -128,3 +129,29 @@ def test_pseudo_labels_round_trip_through_the_data_pipeline(tmp_path):
   assert not [f for f in os.listdir(tmp_path / "labels") if f.endswith(".tmp")]
   with pytest.raises(ValueError):
     kmeans.write_pseudo_labels(str(tmp_path / "bad.npz"), np.array([-1]), vl)
+
+
+def test_features_and_classifier_from_a_source_read_batch_by_batch():
+  """A source (here counted) gives the features and the classifier of the array it holds, read a
+  batch at a time: the classifier reads only the subset it is given (rows of LazyRows), the
+  features split every batch over the mesh (8 devices: batch 5 -> 8 rows, the last padded)."""
+  from counted import Counted  # pylint: disable=import-outside-toplevel
+  from diffgen_jax.sharding import LazyRows, make_mesh  # pylint: disable=import-outside-toplevel
+  images, labels = _easy_problem(0, 40)
+  source = Counted(images)
+  got = features.batched_features(features.pixel_features, source, batch_size=5, mesh=make_mesh())
+  np.testing.assert_array_equal(got, images.reshape(40, -1))
+  assert [len(r) for r in source.reads] == [8] * 5
+  rows = np.arange(3, 40, 2)  # a subset of 19 rows
+  subset = Counted(images)
+  kw = dict(steps=3, seed=0, batch_size=8, width=4, feature_dim=8)
+  params, accuracy = features.train_classifier(LazyRows(subset, rows), labels[rows], 2, **kw)
+  want, want_accuracy = features.train_classifier(images[rows], labels[rows], 2, **kw)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)
+  assert accuracy == want_accuracy
+  read = np.concatenate(subset.reads)
+  assert set(read) == set(rows) and max(len(r) for r in subset.reads) <= 8
+  with pytest.raises(ValueError, match="images"):  # uint8 rows are refused as they are read
+    features.train_classifier(LazyRows(Counted((images * 100).astype(np.uint8)), rows),
+                              labels[rows], 2, **kw)

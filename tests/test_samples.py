@@ -17,6 +17,7 @@ from diffgen_jax.models.network import build_network
 from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.optimal import empirical_optimal_denoiser
+from diffgen_jax.sharding import make_mesh
 
 def _split(seed, n, shape=(6, 6, 1), classes=2):
   images = np.random.default_rng(seed).integers(0, 256, (n,) + shape).astype(np.uint8)
@@ -278,3 +279,199 @@ def test_prepare_refuses_bad_sizes_naming_them(field, value, message):
   kw[field] = value
   with pytest.raises(ValueError, match=message):
     samples.prepare(train, train, features_lib.pixel_features, **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# Over every device of every process
+
+_TWO_PROCESS_SAMPLES = """
+import json
+import jax.numpy as jnp
+from diffgen_jax import data, optimal
+from diffgen_jax.evaluation import samples
+rng = np.random.default_rng(0)
+pixels = lambda n: rng.integers(0, 256, (n, 4, 4, 1)).astype(np.uint8)
+train_pixels, val_pixels = pixels(24), pixels(16)
+unit = lambda a: sharding.LazyRows(a, np.arange(len(a)), transform=data.to_unit_range)
+train_labels, val_labels = np.arange(24) % 2, np.arange(16) % 2
+mesh = sharding.make_mesh()
+# A pytree denoiser laid out over the mesh (the class-conditional y* of the training set) and a
+# classifier-free feature extractor (a fixed projection).
+exact = optimal.empirical_optimal_denoiser(unit(train_pixels), train_labels, mesh=mesh)
+proj = np.random.default_rng(1).standard_normal((16, 6)).astype(np.float32)
+features_fn = jax.jit(lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ proj))
+ctx = samples.prepare(unit(train_pixels), unit(val_pixels), features_fn, train_labels=train_labels,
+                      val_labels=val_labels, num_classes=2, num_samples=12, num_steps=4,
+                      early_stop_every=2, probe_size=4, grid_size=4, batch_size=8, mesh=mesh)
+sharding.rows_built.clear()
+run = samples.run_sampler(ctx, exact)
+sampler_rows = sharding.rows_built["batch"]
+result = samples.evaluate_denoiser(ctx, exact)
+report(record=np.array(json.dumps(result.record)), samples=run.samples, features=run.features,
+       stop_features=run.stop_features, train_features=ctx.train_features,
+       nearest=result.grid["nearest"], sampler_rows=np.array(sampler_rows),
+       control=np.array(ctx.validation_copy_fraction))
+"""
+
+
+def test_samples_over_two_processes_equal_one(tmp_path):
+  """prepare + evaluate_denoiser over 2 processes x 4 devices give the record of 1 x 8 (FD gap in
+  both spaces, copies and their control, early stop, trajectory overlap, 1-NN similarity, the
+  grid), every process holding the whole; each process draws the noise of and builds half of the
+  sampler's batches (2 batches of 8 rows, noise and labels: 32 rows in one process, 16 in each of
+  two)."""
+  import multiprocess  # pylint: disable=import-outside-toplevel  (tests/multiprocess.py)
+  two = multiprocess.run(_TWO_PROCESS_SAMPLES, tmp_path / "two", processes=2, devices=4)
+  (one,) = multiprocess.run(_TWO_PROCESS_SAMPLES, tmp_path / "one", processes=1, devices=8)
+  assert [int(r["sampler_rows"]) for r in two] == [16, 16] and int(one["sampler_rows"]) == 32
+  want = json.loads(str(one["record"]))
+  assert set(want) == {"fd", "copy_fraction", "early_stop", "overlap", "nn_similarity"}
+  assert want["early_stop"]["steps"] == [0, 2, 3]
+  # The trajectories' states differ from one process's at float rounding (y*'s posterior sums
+  # are added over processes in another order); their distance to the nearest training image
+  # (~0.07 at the last step) carries that rounding (~1e-6) as it is, not relative to itself.
+  near = lambda rec: {k: np.asarray(rec["overlap"]["trajectory"].pop(k)) * scale for k, scale in
+                      (("nn_rms", 1.0), ("relative_nn", np.asarray(rec["overlap"]["sigmas"])))}
+  want_near = near(want)
+  for r in two:
+    got = json.loads(str(r["record"]))
+    assert got.keys() == want.keys() and got["early_stop"]["steps"] == [0, 2, 3]
+    for k, v in near(got).items():
+      np.testing.assert_allclose(v, want_near[k], rtol=1e-5, atol=2e-6, err_msg=k)
+    np.testing.assert_allclose(_numbers(got), _numbers(want), rtol=1e-5, atol=1e-7)
+    for k in ("samples", "features", "stop_features", "train_features", "nearest", "control"):
+      np.testing.assert_allclose(r[k], one[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+# ------------------------------------------------------------------------------------------------
+# The cap on what the references featurize
+
+
+def _projection_features():
+  proj = np.random.default_rng(1).standard_normal((16, 6)).astype(np.float32)
+  return jax.jit(lambda x: jax.numpy.tanh(x.reshape(x.shape[0], -1) @ proj))
+
+
+def test_reference_images_caps_what_is_read_and_changes_nothing_when_it_does_not_bind():
+  """With reference_images = 8 of 24 rows per split, the features (FD references, the 1-NN
+  reference sets) read only a seeded subset of 8 rows: beyond the copy test's own reads (it
+  searches the whole training set) nothing else of the training split is read; of the validation
+  split, only the subset and the control's first num_samples rows. A cap that does not bind (0,
+  the split's size, more) gives the same rows in the same order, so the same setup and record."""
+  from counted import Counted  # pylint: disable=import-outside-toplevel  (tests/counted.py)
+  from diffgen_jax.evaluation import copies  # pylint: disable=import-outside-toplevel
+  from diffgen_jax import progress  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  train = rng.uniform(-1, 1, (24, 4, 4, 1)).astype(np.float32)
+  val = rng.uniform(-1, 1, (24, 4, 4, 1)).astype(np.float32)
+  features_fn = _projection_features()
+  kw = dict(num_samples=12, num_steps=3, probe_size=4, grid_size=4, batch_size=8, seed=3)
+  source, val_source = Counted(train), Counted(val)
+  ctx = samples.prepare(source, val_source, features_fn, reference_images=8, **kw)
+  rows = ctx.feature_rows
+  for split in ("train", "val"):
+    assert len(rows[split]) == 8 and np.all(np.diff(rows[split]) > 0)
+    np.testing.assert_array_equal(rows[split], samples.reference_subset(24, 8, 3, split))
+  assert not np.array_equal(rows["train"], samples.reference_subset(24, 8, 4, "train"))
+  assert not np.array_equal(rows["train"], rows["val"])  # each split its own stream
+  np.testing.assert_array_equal(ctx.train_features, np.asarray(features_fn(train[rows["train"]])))
+  assert all(set(r) <= set(rows["train"]) for r in ctx.reference_rows["train"])
+  assert ctx.reference_rows["val"].size == 4 and set(ctx.reference_rows["val"]) <= set(rows["val"])
+  # Reads of the training split beyond the copy test's (the same call on a fresh counted source).
+  control = Counted(train)
+  copies.copy_fraction(val[:12], control, ctx.copy_ratio)
+  count = lambda s: np.bincount(np.concatenate(s.reads), minlength=24)
+  extra = count(source) - count(control)
+  assert np.all(extra >= 0) and set(np.flatnonzero(extra)) == set(rows["train"])
+  assert set(np.flatnonzero(count(val_source))) == set(rows["val"]) | set(range(12))
+
+  # Not binding: every row in order, the same setup and the same record; the sampler and the
+  # feature loops report their progress.
+  exact = empirical_optimal_denoiser(train)
+  lines = []
+  progress.enable(lines.append, interval=0.0)
+  try:
+    ctx0 = samples.prepare(train, val, features_fn, reference_images=0, **kw)
+    record0 = samples.evaluate_denoiser(ctx0, exact).record
+  finally:
+    progress.disable()
+  assert any(line.startswith("features: 8/24 images") for line in lines)
+  assert any(line.startswith("samples: Heun sampler: 8/12 samples") for line in lines)
+  assert any(line.startswith("samples: Heun sampler: 12/12 samples") and "took" in line
+             for line in lines)
+  for cap in (24, 10**6):
+    ctx1 = samples.prepare(train, val, features_fn, reference_images=cap, **kw)
+    for split in ("train", "val"):
+      np.testing.assert_array_equal(ctx1.feature_rows[split], np.arange(24))
+    np.testing.assert_array_equal(ctx1.train_features, ctx0.train_features)
+    np.testing.assert_array_equal(ctx1.val_features, ctx0.val_features)
+    for a, b in zip(ctx1.reference_rows["train"] + [ctx1.reference_rows["val"]],
+                    ctx0.reference_rows["train"] + [ctx0.reference_rows["val"]]):
+      np.testing.assert_array_equal(a, b)
+    for space in ("features", "pixels"):
+      for (mu1, cov1), (mu0, cov0) in zip(ctx1.references[space]["train"] +
+                                          [ctx1.references[space]["val"]],
+                                          ctx0.references[space]["train"] +
+                                          [ctx0.references[space]["val"]]):
+        np.testing.assert_array_equal(mu1, mu0)
+        np.testing.assert_array_equal(cov1, cov0)
+  assert samples.evaluate_denoiser(ctx1, exact).record == record0
+
+
+def test_job_caps_the_classifier_and_records_the_subset(tmp_path, monkeypatch):
+  """evaluation.samples.reference_images: the feature classifier trains on the seeded subset
+  (read from the split as a source, never whole), the features cover it, the protocol records
+  the cap, its seed and the rows featurized; the setting is checked by name, and a run's config
+  written before it existed gets its default."""
+  train, val = _split(0, 12), _split(1, 12)
+  seen = []
+  real = features_lib.train_classifier
+
+  def recording(images, labels, *a, **k):
+    seen.append((images, np.asarray(labels), k["val_images"]))
+    return real(images, labels, *a, **k)
+
+  monkeypatch.setattr(features_lib, "train_classifier", recording)
+  config = _config(feature="classifier", classifier_steps=2, reference_images=4)
+  ctx, protocol, _ = ev.sample_setup(config, str(tmp_path), train, val)
+  rows = samples.reference_subset(12, 4, 0, "train")
+  images, labels, val_images = seen[0]
+  assert not isinstance(images, np.ndarray) and len(images) == 4 and len(val_images) == 4
+  np.testing.assert_array_equal(np.asarray(images), data.to_unit_range(train.images[rows]))
+  np.testing.assert_array_equal(labels, train.labels[rows])
+  assert ctx.train_features.shape == (4, 128) and ctx.val_features.shape == (4, 128)
+  assert protocol["reference_images"] == {"cap": 4, "seed": 0, "train": 4, "val": 4}
+  assert protocol["reference_size"] == 2  # min(24 samples, 4 // 2 subsets, 4)
+  for value, message in ((-1, "must be an integer >= 0"), (2.5, "must be an integer"),
+                         (3, r"must be 0 .every image. or >= 2 \* "
+                             r"config\.evaluation\.samples\.num_train_subsets = 4")):
+    s = dict(defaults.sample_evaluation_config().to_dict(), reference_images=value)
+    with pytest.raises(ConfigError, match=rf"evaluation\.samples\.reference_images.*{message}"):
+      ev.validate_sample_settings(s)
+  old = defaults.sample_evaluation_config().to_dict()
+  del old["reference_images"]
+  config.evaluation.samples = old  # a saved run's section from before the setting
+  ev.validate_sample_settings(old)
+  assert ev.sample_settings(config).reference_images == 50_000
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+def test_sampler_noise_is_the_setups_whatever_the_layout(partitionable):
+  """The sampler draws each batch's noise where its rows live (one draw of (batches, batch) + item
+  with partitionable threefry; else the whole draw on the host): its samples are those of the
+  setup's whole noise, on 8 devices in batches of 8 (the last one padded) as on one."""
+  train = np.random.default_rng(0).uniform(-1, 1, (12, 4, 4, 1)).astype(np.float32)
+  shrink = empirical_optimal_denoiser(train)
+  saved = jax.config.jax_threefry_partitionable
+  jax.config.update("jax_threefry_partitionable", partitionable)
+  try:
+    ctx = samples.prepare(train, train, features_lib.pixel_features, num_samples=20, num_steps=3,
+                          batch_size=8, mesh=make_mesh(), overlap=False, nn_similarity=False)
+    run = samples.run_sampler(ctx, shrink)
+    direct = samplers.sample(shrink, ctx.noise, num_steps=3).samples
+    np.testing.assert_allclose(run.samples, direct, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(run.features, run.samples.reshape(20, -1))
+    single = samples.run_sampler(dataclasses.replace(ctx, mesh=None, batch_size=20), shrink)
+    np.testing.assert_allclose(single.samples, run.samples, rtol=1e-5, atol=1e-5)
+  finally:
+    jax.config.update("jax_threefry_partitionable", saved)

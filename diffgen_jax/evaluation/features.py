@@ -13,7 +13,11 @@ Every extractor is a function `features_fn(images) -> (B, F)` with images (B, H,
     .npz in the `save_params` layout or a flax msgpack (`flax.serialization.to_bytes` of a params
     pytree, '.msgpack'), and the caller supplies `apply_fn(params, images) -> (B, F)`, the network
     definition (including any resizing to its input resolution).
-`batched_features` applies any extractor over a large array in fixed-size batches.
+`batched_features` applies any extractor over a large array or a source (e.g. a lazily decoded
+split, `sharding.LazyRows`) in fixed-size batches, each split over a mesh's data axis with every
+process reading only its rows; `batch_features` extracts the features of a batch already on the
+devices (sampler outputs), gathered once. `train_classifier` reads its batches from an array or a
+source, one batch at a time (the split is never held whole).
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ import numpy as np
 import optax
 from flax import serialization, traverse_util
 
-from diffgen_jax import jsonio
+from diffgen_jax import jsonio, progress
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
+from diffgen_jax.sharding import LazyRows, batch_multiple, fetch, put_batch, read_rows
 
 FeaturesFn = Callable[[jax.Array], jax.Array]
 EXTERNAL_KINDS = ("inception_v3", "dinov2")
@@ -46,21 +51,52 @@ def pixel_features(images) -> jax.Array:
   return images.reshape(images.shape[0], -1)
 
 
-def batched_features(features_fn: FeaturesFn, images, batch_size: int = 256) -> np.ndarray:
-  """features_fn over (N, H, W, C) float images in [-1, 1] (samples may overshoot; ValueError for
-  another scale, data/convention.py) in batches of a fixed size (the last one padded): (N, F)."""
-  check_images(images, "images", lenient=True)
-  images = np.asarray(images)
-  n = images.shape[0]
+def batch_features(features_fn: FeaturesFn, batch) -> np.ndarray:
+  """(B, F) float32 features of one batch of images (B, H, W, C), on the host of every process:
+  features_fn runs where the batch lives (a batch split over a mesh stays split; each device
+  extracts the features of its rows) and the (B, F) result is gathered once (`sharding.fetch`)."""
+  feats = fetch(features_fn(batch))
+  return feats.reshape(feats.shape[0], -1).astype(np.float32)
+
+
+def _is_array(images) -> bool:
+  return isinstance(images, (np.ndarray, jax.Array)) or not hasattr(images, "shape")
+
+
+def batched_features(features_fn: FeaturesFn, images, batch_size: int = 256, *,
+                     mesh=None) -> np.ndarray:
+  """features_fn over N images in batches of a fixed size (the last one padded): (N, F) float32.
+
+  images: (N, H, W, C) float images in [-1, 1] (samples may overshoot; ValueError for another
+    scale, data/convention.py): an array, checked whole, or a source (len(), .shape, indexing by
+    an int array returning numpy rows, e.g. `sharding.LazyRows` over a lazily decoded split),
+    checked batch by batch as it is read.
+  batch_size: images per call, an integer >= 1, rounded up to a multiple of the mesh's data axis.
+  mesh: optional; each batch is split over its data axis (`sharding.put_batch`: every process
+    reads only the rows its devices hold) and the features are gathered once per batch. Without a
+    mesh, on the default device. The numbers do not depend on it beyond float rounding.
+  Raises ValueError for no images or a batch_size that is not an integer >= 1.
+  """
+  check_number(batch_size, "batch_size", low=1, integer=True)
+  if _is_array(images):
+    images = check_images(np.asarray(images), "images", lenient=True)
+    check = None
+  else:
+    check_images(np.zeros((0,) + tuple(images.shape[1:]), np.float32), "images", lenient=True)
+    check = lambda rows: check_images(rows, "images", lenient=True)
+  n = len(images)
   if n == 0:
     raise ValueError("no images")
-  batch = min(batch_size, n)
+  batch = batch_multiple(min(batch_size, n), mesh)
   out = []
-  for start in range(0, n, batch):
-    rows = np.minimum(np.arange(start, start + batch), n - 1)
-    feats = np.asarray(features_fn(jnp.asarray(images[rows])))
-    out.append(feats.reshape(batch, -1)[:min(batch, n - start)])
-  return np.concatenate(out).astype(np.float32)
+  with progress.track("features", n, "images") as bar:
+    for start in range(0, n, batch):
+      rows = np.minimum(np.arange(start, start + batch), n - 1)
+      x = put_batch(LazyRows(images, rows, transform=check), mesh)
+      keep = min(batch, n - start)
+      out.append(batch_features(features_fn, x)[:keep])
+      bar.update(keep)
+  return np.concatenate(out)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -97,28 +133,40 @@ def train_classifier(images, labels, num_classes: int, steps: int = 2000, seed: 
                      batch_size: int = 128, learning_rate: float = 1e-3, width: int = 32,
                      feature_dim: int = 128, val_images=None, val_labels=None
                      ) -> Tuple[Any, float]:
-  """Trains `SmallCNN` with Adam on (images in [-1, 1], integer labels).
+  """Trains `SmallCNN` with Adam on (images in [-1, 1], integer labels), on the default device.
 
-  Batches are drawn from seeded per-epoch permutations (deterministic for a seed).
+  images, val_images: (N, H, W, C) float images in [-1, 1]: arrays (checked whole) or sources
+    (len(), .shape, indexing by an int array returning numpy rows, e.g. `sharding.LazyRows` over
+    a lazily decoded split or a subset of its rows), read one batch at a time and checked as read:
+    the images are never held whole (host memory: one batch). labels, val_labels: (N,) ints.
+  Batches are drawn from seeded per-epoch permutations (deterministic for a seed; an array and a
+  source of the same images give the same parameters).
   Returns (params, accuracy): accuracy on (val_images, val_labels) when given, else on the
   training images.
+  Raises ValueError for images off the convention, labels of another shape or outside
+  [0, num_classes), num_classes < 2, or steps / batch_size / learning_rate out of range.
   """
-  check_images(images, "images")
   check_number(steps, "steps", low=1, integer=True)
   check_number(batch_size, "batch_size", low=1, integer=True)
   check_number(learning_rate, "learning_rate", low=0.0, low_open=True)
-  if val_images is not None:
-    check_images(val_images, "val_images")
-  images = np.asarray(images, np.float32)
+  check = lambda rows, name: check_images(rows, name)
+  for name, x in (("images", images), ("val_images", val_images)):
+    if x is not None and _is_array(x):
+      check(x, name)
+  if _is_array(images):
+    images = np.asarray(images, np.float32)
+    read = lambda idx: images[idx]
+  else:
+    read = lambda idx: np.asarray(check(read_rows(images, idx, "images"), "images"), np.float32)
   labels = np.asarray(labels, np.int32)
   n = images.shape[0]
-  if images.ndim != 4 or labels.shape != (n,):
-    raise ValueError(f"images must be (N, H, W, C) and labels (N,), got {images.shape}, "
+  if len(images.shape) != 4 or labels.shape != (n,):
+    raise ValueError(f"images must be (N, H, W, C) and labels (N,), got {tuple(images.shape)}, "
                      f"{labels.shape}")
   if num_classes < 2 or labels.min() < 0 or labels.max() >= num_classes:
     raise ValueError(f"labels must lie in [0, {num_classes}) with num_classes >= 2")
   model = SmallCNN(num_classes, width, feature_dim)
-  params = model.init(jax.random.key(seed), jnp.zeros((1,) + images.shape[1:], jnp.float32))
+  params = model.init(jax.random.key(seed), jnp.zeros((1,) + tuple(images.shape[1:]), jnp.float32))
   tx = optax.adam(learning_rate)
   opt_state = tx.init(params)
 
@@ -134,14 +182,17 @@ def train_classifier(images, labels, num_classes: int, steps: int = 2000, seed: 
   batch = min(batch_size, n)
   rng = np.random.default_rng(seed)
   order = np.empty(0, np.int64)
-  for _ in range(steps):
-    if order.size < batch:
-      order = np.concatenate([order, rng.permutation(n)])
-    idx, order = order[:batch], order[batch:]
-    params, opt_state = train_step(params, opt_state, jnp.asarray(images[idx]),
-                                   jnp.asarray(labels[idx]))
+  with progress.track("feature classifier", steps, "steps") as bar:
+    for _ in range(steps):
+      if order.size < batch:
+        order = np.concatenate([order, rng.permutation(n)])
+      idx, order = order[:batch], order[batch:]
+      params, opt_state = train_step(params, opt_state, jnp.asarray(read(idx)),
+                                     jnp.asarray(labels[idx]))
+      bar.update(1)
   if val_images is not None:
-    eval_images, eval_labels = np.asarray(val_images, np.float32), np.asarray(val_labels)
+    eval_images = np.asarray(val_images, np.float32) if _is_array(val_images) else val_images
+    eval_labels = np.asarray(val_labels)
   else:
     eval_images, eval_labels = images, labels
   logits = batched_features(jax.jit(lambda x: model.apply(params, x)), eval_images, batch_size)

@@ -13,6 +13,11 @@ Published reference statistics (`load_reference_stats`), so that an FD or G_FD c
 field's numbers: EDM's `.npz` (arrays mu and sigma of Inception features; clean-fid and
 torch-fidelity write the same) and EDM2's `dataset-refs/*.pkl` (a pickled dict {"fid": {"mu",
 "sigma"}, "fd_dinov2": {"mu", "sigma"}, "num_images": n}), read without executing anything.
+
+With several processes (`gaussian_stats(..., mesh=...)` for a mesh across processes) the covariance,
+the O(n d^2) part, is split over the processes by columns and gathered once: every process holds
+the same (n, d) features (gathered sampler outputs) and gets the same (mu, cov); one process
+computes exactly what it computes without a mesh.
 """
 
 from __future__ import annotations
@@ -21,13 +26,17 @@ import math
 import os
 import pickle
 import zipfile
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.files import DataFileError, npy_header, read_capped, read_zip_member
 from diffgen_jax.models import nvidia_pickle
+from diffgen_jax.sharding import across_processes
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
@@ -50,10 +59,26 @@ def _check_stats(mu: np.ndarray, cov: np.ndarray, name: str) -> Tuple[np.ndarray
   return mu, cov
 
 
-def gaussian_stats(features, ddof: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+def _gathered_columns(block: np.ndarray, d: int) -> np.ndarray:
+  """The (m, d) float64 matrix whose columns [p w, (p + 1) w) are process p's (m, w) block (the
+  last process's block padded to w columns), the same on every process; sent as raw bits, so
+  nothing is rounded on the way (jax without x64 would round float64 to float32)."""
+  m, w = block.shape
+  bits = np.asarray(multihost_utils.process_allgather(
+      np.ascontiguousarray(block, np.float64).view(np.uint32)))
+  parts = np.ascontiguousarray(bits).view(np.float64).reshape(jax.process_count(), m, w)
+  return np.concatenate(list(parts), axis=1)[:, :d]
+
+
+def gaussian_stats(features, ddof: int = 1, *, mesh: Optional[Mesh] = None
+                   ) -> Tuple[np.ndarray, np.ndarray]:
   """Mean and covariance of (n, d) features (rows are samples), float64; ddof=1 like FID's np.cov.
 
   ddof: the covariance's delta degrees of freedom, 0 (the sample's own moments) or 1 (unbiased).
+  mesh: optional; a mesh across processes splits the covariance's columns over the processes
+    (each computes d / P of them from the whole features, which every process must hold alike;
+    every process holding the mesh must call), then gathers them once. Without one, or with one
+    process, computed here whole.
   Raises ValueError for another ddof, features that are not a finite (n, d) array, or n <= ddof.
   """
   check_number(ddof, "ddof", low=0, high=1, integer=True)
@@ -66,8 +91,14 @@ def gaussian_stats(features, ddof: int = 1) -> Tuple[np.ndarray, np.ndarray]:
     raise ValueError("features contain NaN or Inf")
   mu = feats.mean(axis=0)
   centred = feats - mu
-  cov = centred.T @ centred / (feats.shape[0] - ddof)
-  return mu, cov
+  if not across_processes(mesh):
+    return mu, centred.T @ centred / (feats.shape[0] - ddof)
+  d = feats.shape[1]
+  width = -(-d // jax.process_count())
+  lo = min(jax.process_index() * width, d)
+  block = np.zeros((d, width))
+  block[:, :min(width, d - lo)] = centred.T @ centred[:, lo:lo + width] / (feats.shape[0] - ddof)
+  return mu, _gathered_columns(block, d)
 
 
 def gaussian_frechet(mu1, cov1, mu2, cov2) -> float:

@@ -18,26 +18,33 @@
 (Copies of training images are measured in `copies`.)
 Nearest neighbours come from `neighbours.nearest_neighbours` (chunked matmuls), posterior weights from
 `optimal.posterior_statistics`.
+
+Given a mesh (every device of every process), the training set is a source read where it lives,
+split over the mesh's data axis (each process reads only its share) for the nearest neighbours and
+the posterior weights; the denoiser's and the feature extractor's batches are split over the same
+axis (each process builds only its rows), and the results are gathered once.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen_jax import edm, samplers
+from jax.sharding import Mesh
+
+from diffgen_jax import edm, progress, samplers
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
 from diffgen_jax.denoisers import check_labels, is_array_pytree
-from diffgen_jax.evaluation.features import batched_features
+from diffgen_jax.evaluation.features import batch_features, batched_features
 from diffgen_jax.evaluation.gap import image_noise
 from diffgen_jax.evaluation.neighbours import nearest_neighbours
 from diffgen_jax.optimal import posterior_statistics
-from diffgen_jax.sharding import batch_multiple, put_batch
+from diffgen_jax.sharding import LazyRows, batch_multiple, put_batch
 
 
 # ------------------------------------------------------------------------------------------------
@@ -59,12 +66,32 @@ def early_stopped_outputs(denoise, noise, labels=None, **sampler_kwargs
 # Trajectory overlap
 
 
+class _NoisyRows:
+  """The (T * P, ...) rows y_p + sigma_t n_p, row t * P + p, of P clean images noised at T sigmas
+  with the gap evaluation's per-image noise: a source (len(), .shape, indexing) computing only the
+  rows read, so `put_batch` builds each process's rows only. Row for row the values of
+  `_noisy(...).reshape(T * P, ...)`."""
+
+  def __init__(self, images, ids, sigmas, noise_seed):
+    self.images = np.asarray(images, np.float32)
+    self.noise = np.asarray(image_noise(noise_seed, ids, self.images.shape[1:]))
+    self.sigmas = np.asarray(sigmas, np.float32)
+    self.shape = (len(self.sigmas) * len(self.images),) + self.images.shape[1:]
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, index) -> np.ndarray:
+    rows = np.arange(len(self))[index]
+    t, p = np.divmod(rows, len(self.images))
+    s = self.sigmas[t].reshape((-1,) + (1,) * (self.images.ndim - 1))
+    return self.images[p] + s * self.noise[p]
+
+
 def _noisy(images, ids, sigmas, noise_seed) -> np.ndarray:
   """(T, P, ...) y + sigma_t n_y with the per-image noise of the gap evaluation."""
-  images = np.asarray(images, np.float32)
-  noise = np.asarray(image_noise(noise_seed, ids, images.shape[1:]))
-  s = np.asarray(sigmas, np.float32).reshape((-1,) + (1,) * images.ndim)
-  return images[None] + s * noise[None]
+  rows = _NoisyRows(images, ids, sigmas, noise_seed)
+  return rows[:].reshape((len(rows.sigmas),) + rows.images.shape)
 
 
 def _batched_posterior(stats_fn, states, sigmas, labels, batch_size):
@@ -82,13 +109,13 @@ def _batched_posterior(stats_fn, states, sigmas, labels, batch_size):
   return np.concatenate(eff), np.concatenate(part)
 
 
-def _overlap_stats(states, sigmas, train_flat, stats_fn, labels, batch_size, chunk_size):
+def _overlap_stats(states, sigmas, train_images, stats_fn, labels, batch_size, chunk_size, mesh):
   """states (T, B, ...) at sigmas (T,) -> dict of (T, B) arrays."""
   t, b = states.shape[:2]
   flat = np.asarray(states, np.float32).reshape(t * b, -1)
   d = flat.shape[1]
   per_state_sigma = np.repeat(np.asarray(sigmas, np.float32), b)
-  _, dist = nearest_neighbours(flat, train_flat, 1, chunk_size=chunk_size)
+  _, dist = nearest_neighbours(flat, train_images, 1, chunk_size=chunk_size, mesh=mesh)
   rms = dist[:, 0] / np.sqrt(d)
   lab = None if labels is None else np.tile(np.asarray(labels, np.int32), t)
   eff, part = _batched_posterior(stats_fn, flat.reshape((t * b,) + states.shape[2:]),
@@ -101,23 +128,29 @@ def _overlap_stats(states, sigmas, train_flat, stats_fn, labels, batch_size, chu
 def trajectory_overlap(states, sigmas, train_images, train_probe, val_probe, *,
                        train_probe_ids=None, val_probe_ids=None, noise_seed: int = 0,
                        train_labels=None, state_labels=None, train_probe_labels=None,
-                       val_probe_labels=None, batch_size: int = 256, chunk_size: int = 2048
-                       ) -> Dict[str, Dict[str, np.ndarray]]:
+                       val_probe_labels=None, batch_size: int = 256, chunk_size: int = 2048,
+                       mesh: Optional[Mesh] = None) -> Dict[str, Dict[str, np.ndarray]]:
   """Where sampling trajectories go, compared with noisy training and validation samples.
 
   Args:
     states: (T, B, ...) trajectory states x_i (`trajectory.x`), at noise levels sigmas (T,).
-    train_images: (N, ...) the training set (nearest neighbours and posterior weights).
+    train_images: (N, ...) the training set (nearest neighbours and posterior weights): an array,
+      or a source (len(), .shape, indexing by a slice or an int array returning numpy rows, e.g.
+      `sharding.LazyRows` over a lazily decoded split) read block by block, never whole.
     train_probe, val_probe: (P, ...) clean training / validation images noised at every sigma with
       the gap evaluation's per-image noise (ids default 0..P-1, seed noise_seed).
     train_labels: (N,) labels: posterior weights are then class-conditional, with state_labels (B,),
       train_probe_labels and val_probe_labels giving each query's class. Nearest neighbours are
       always over the whole training set.
+    mesh: optional mesh (every device of every process): the training set is split over its data
+      axis, each process reading only its share (`neighbours.nearest_neighbours`,
+      `optimal.posterior_statistics`); the queries are held whole on every process.
 
   Returns:
     {"trajectory" | "noisy_train" | "noisy_val": {"nn_rms", "relative_nn", "effective_number",
     "participation"}: (T, B or P) arrays} (see the module docstring; average over axis 1).
-    Images (train_images, the probes) are float in [-1, 1], NHWC (ValueError otherwise).
+    Images (train_images, the probes) are float in [-1, 1], NHWC (ValueError otherwise; a source
+    is checked as it is read).
 
   Raises:
     ValueError: sigmas not finite and > 0 (relative_nn divides by sigma); noise_seed not an
@@ -127,16 +160,18 @@ def trajectory_overlap(states, sigmas, train_images, train_probe, val_probe, *,
   check_number(batch_size, "batch_size", low=1, integer=True)
   check_number(chunk_size, "chunk_size", low=1, integer=True)
   edm.validate_sigma_grid(sigmas, "sigmas")
-  for name, images in (("train_images", train_images), ("train_probe", train_probe),
-                       ("val_probe", val_probe)):
+  if isinstance(train_images, (np.ndarray, jax.Array)) or not hasattr(train_images, "shape"):
+    train_images = np.asarray(check_images(train_images, "train_images", nhwc=False), np.float32)
+  else:  # a source: checked block by block as it is read
+    train_images = LazyRows(train_images, np.arange(len(train_images)),
+                            transform=lambda rows: check_images(rows, "train_images", nhwc=False))
+  for name, images in (("train_probe", train_probe), ("val_probe", val_probe)):
     check_images(images, name, nhwc=False)
   states = np.asarray(states, np.float32)
   sigmas = np.asarray(sigmas, np.float32)
   if states.shape[0] != sigmas.shape[0]:
     raise ValueError(f"states have {states.shape[0]} steps but there are {sigmas.shape[0]} sigmas")
-  train = np.asarray(train_images, np.float32)
-  train_flat = train.reshape(train.shape[0], -1)
-  stats_fn = posterior_statistics(train, train_labels, chunk_size=chunk_size)
+  stats_fn = posterior_statistics(train_images, train_labels, chunk_size=chunk_size, mesh=mesh)
   conditional = train_labels is not None
   groups = {"trajectory": (states, state_labels)}
   for name, probe, ids, lab in (("noisy_train", train_probe, train_probe_ids, train_probe_labels),
@@ -144,8 +179,8 @@ def trajectory_overlap(states, sigmas, train_images, train_probe, val_probe, *,
     probe = np.asarray(probe, np.float32)
     ids = np.arange(probe.shape[0]) if ids is None else np.asarray(ids)
     groups[name] = (_noisy(probe, ids, sigmas, noise_seed), lab)
-  return {name: _overlap_stats(x, sigmas, train_flat, stats_fn, lab if conditional else None,
-                               batch_size, chunk_size)
+  return {name: _overlap_stats(x, sigmas, train_images, stats_fn, lab if conditional else None,
+                               batch_size, chunk_size, mesh)
           for name, (x, lab) in groups.items()}
 
 
@@ -157,25 +192,27 @@ _apply_jit = jax.jit(lambda denoise, x, sigma, labels: denoise(x, sigma, labels)
 
 
 
-def nn_cosine_similarity(query_features, reference_features, *, chunk_size: int = 2048
-                         ) -> np.ndarray:
+def nn_cosine_similarity(query_features, reference_features, *, chunk_size: int = 2048,
+                         mesh: Optional[Mesh] = None) -> np.ndarray:
   """(Q,) cosine similarity of each query to its most similar reference row.
 
   chunk_size: reference rows per streaming step, an integer >= 1 (ValueError otherwise).
+  mesh: optional; the reference rows are split over its data axis (`nearest_neighbours`).
   """
   check_number(chunk_size, "chunk_size", low=1, integer=True)
   def unit(a):
     a = np.asarray(a, np.float64).reshape(len(a), -1)
     return (a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)).astype(np.float32)
   q, r = unit(query_features), unit(reference_features)
-  idx, _ = nearest_neighbours(q, r, 1, chunk_size=chunk_size)
+  idx, _ = nearest_neighbours(q, r, 1, chunk_size=chunk_size, mesh=mesh)
   return np.einsum("qd,qd->q", q.astype(np.float64), r[idx[:, 0]].astype(np.float64))
 
 
 def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train_probe, val_probe,
                         train_features, val_features, *, train_probe_ids=None, val_probe_ids=None,
                         train_probe_labels=None, val_probe_labels=None, noise_seed: int = 0,
-                        batch_size: int = 256, mesh=None) -> Dict[str, np.ndarray]:
+                        batch_size: int = 256, mesh: Optional[Mesh] = None
+                        ) -> Dict[str, np.ndarray]:
   """Mean 1-NN cosine similarity per step of predictions to the training and validation sets.
 
   Args:
@@ -186,7 +223,10 @@ def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train
     train_probe, val_probe: (P, ...) clean images denoised at every sigma as D(y + sigma n; sigma)
       (noise as in the gap evaluation).
     train_features, val_features: (N, F) features of the reference training / validation sets.
-    mesh: optional; each batch of denoiser calls is split over its data axis.
+    mesh: optional; each batch of denoiser calls and of feature extraction is split over its data
+      axis (each process builds only its rows of the noisy inputs; the predictions' features are
+      extracted where they were made and gathered once), and the reference rows of the 1-NN search
+      too.
 
   Returns:
     dict of (T,) arrays 'trajectory/train', 'trajectory/val', 'train/train', 'train/val',
@@ -208,31 +248,33 @@ def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train
     den = functools.partial(_apply_jit, denoise)
   else:
     den = jax.jit(denoise)
-  sources = {"trajectory": [np.asarray(o) for o in trajectory_denoised]}
+  feats = {"trajectory": [batched_features(features_fn, np.asarray(o), batch_size, mesh=mesh)
+                          for o in trajectory_denoised]}
   for name, probe, ids, labels in (("train", train_probe, train_probe_ids, train_probe_labels),
                                    ("val", val_probe, val_probe_ids, val_probe_labels)):
     probe = np.asarray(probe, np.float32)
     ids = np.arange(probe.shape[0]) if ids is None else np.asarray(ids)
-    noisy = _noisy(probe, ids, sigmas, noise_seed)
-    lab = None if labels is None else np.asarray(labels, np.int32)
     # All (sigma, image) pairs flattened into batches with a per-row sigma: few large calls.
-    t_steps, p = noisy.shape[:2]
-    flat = noisy.reshape((t_steps * p,) + noisy.shape[2:])
+    noisy = _NoisyRows(probe, ids, sigmas, noise_seed)
+    t_steps, p = len(sigmas), probe.shape[0]
     flat_sigma = np.repeat(sigmas, p)
-    flat_lab = None if lab is None else np.tile(lab, t_steps)
+    flat_lab = None if labels is None else np.tile(np.asarray(labels, np.int32), t_steps)
     # Fixed-size batches (the last padded with repeats of the last row): one compilation.
-    total, batch = flat.shape[0], batch_multiple(min(batch_size, flat.shape[0]), mesh)
-    preds = []
-    for start in range(0, total, batch):
-      r = np.minimum(np.arange(start, start + batch), total - 1)
-      out = den(put_batch(flat[r], mesh), put_batch(flat_sigma[r], mesh),
-                None if flat_lab is None else put_batch(flat_lab[r], mesh))
-      preds.append(np.asarray(out)[:min(batch, total - start)])
-    sources[name] = list(np.concatenate(preds).reshape((t_steps, p) + noisy.shape[2:]))
+    total, batch = len(noisy), batch_multiple(min(batch_size, len(noisy)), mesh)
+    out_feats = []
+    with progress.track(f"nn-similarity probe: {name} predictions", total, "images") as bar:
+      for start in range(0, total, batch):
+        r = np.minimum(np.arange(start, start + batch), total - 1)
+        out = den(put_batch(LazyRows(noisy, r), mesh), put_batch(flat_sigma[r], mesh),
+                  None if flat_lab is None else put_batch(flat_lab[r], mesh))
+        keep = min(batch, total - start)
+        out_feats.append(batch_features(features_fn, out)[:keep])
+        bar.update(keep)
+    feats[name] = list(np.concatenate(out_feats).reshape(t_steps, p, -1))
   result = {}
-  for src, outs in sources.items():
-    feats = [batched_features(features_fn, o, batch_size) for o in outs]
+  for src, per_step in feats.items():
+    queries = np.concatenate(per_step)  # every step's queries in one search per reference set
     for ref_name, ref in (("train", train_features), ("val", val_features)):
-      result[f"{src}/{ref_name}"] = np.asarray([nn_cosine_similarity(f, ref).mean()
-                                                for f in feats])
+      sims = nn_cosine_similarity(queries, ref, mesh=mesh).reshape(len(per_step), -1)
+      result[f"{src}/{ref_name}"] = np.asarray([row.mean() for row in sims])
   return result

@@ -1,7 +1,7 @@
 """Sample-level measurements of a denoiser: the Frechet-distance gap, copies, early stopping and
-trajectory probes from one sampler run (paper.md section 6). Denoisers and arrays in, numbers out.
+trajectory probes from one sampler run (paper.md section 6). Denoisers and images in, numbers out.
 
-    setup = prepare(train_images, val_images, features_fn, ...)   # once: references, noise, labels
+    setup = prepare(train_images, val_images, features_fn, ...)   # once: references, labels
     result = evaluate_denoiser(setup, denoise)                     # per denoiser (snapshot, guided pair)
 
 For a denoiser, ONE deterministic Heun run of `num_samples` samples with `return_trajectory=True`
@@ -21,6 +21,21 @@ For a denoiser, ONE deterministic Heun run of `num_samples` samples with `return
     training and validation images noised with the gap evaluation's per-image noise.
 Conditional denoisers sample with labels cycling over the classes, unconditional ones with None.
 
+References, bounded (`reference_subset`): the features computed of the training and validation
+splits (the FD references' subsets are drawn from them, and they are the 1-NN probe's reference
+sets) are those of at most `reference_images` rows of each split, a seeded random subset; all rows
+in order when the cap does not bind (0 = no cap). The copy test and its validation control search
+the WHOLE training set (the memorization test), streamed from where it lives.
+
+Scale: the splits are sources (numpy arrays, or `sharding.LazyRows` over a lazily decoded split),
+never held whole. Given a mesh (every device of every process) every batch is split over its data
+axis and each process builds only its rows: the samples' initial noise is drawn on the devices
+that hold each row (partitionable threefry: the values of one whole draw), the sampler, the
+feature extractor (references, samples, early-stopped outputs), the probes' denoiser calls; the
+training set is split over the same axis for the copy test, the nearest neighbours and the
+posterior weights (each process reads its share); the FD covariances are split over processes by
+columns. Results are gathered once (`sharding.fetch`); every process returns the same numbers.
+
 Compilation: pass a pytree denoiser (`models.network.network_denoiser`, or any
 `jax.tree_util.Partial` over arrays with a fixed function), so the sampler, the probes and the
 feature extractors compile once for all denoisers of one network.
@@ -36,16 +51,18 @@ job's results.json holds one per snapshot, `summarize` makes the per-snapshot se
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffgen_jax import samplers
+from diffgen_jax import progress, samplers
 from diffgen_jax.checks import check_number
-from diffgen_jax.sharding import batch_multiple, put_batch
+from diffgen_jax.sharding import (DATA_AXIS, LazyRows, batch_multiple, fetch, process_span,
+                                  put_batch, rows_built, training_source)
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import frechet, probes
 from diffgen_jax.evaluation.copies import copy_fraction, nearest_distinct
@@ -55,14 +72,16 @@ from diffgen_jax.evaluation.copies import copy_fraction, nearest_distinct
 # The Frechet-distance gap
 
 
-def fd_record(features, references: Mapping[str, Any]) -> Dict[str, Any]:
+def fd_record(features, references: Mapping[str, Any], mesh: Optional[Mesh] = None
+              ) -> Dict[str, Any]:
   """FD of (n, F) features to each training reference (and their mean), to the validation
   reference, and G_FD = (FD_val - FD_train) / FD_train; plain floats.
 
   references: {"train": [(mu, cov) of each training subset], "val": (mu, cov)}
+  (`frechet.gaussian_stats`). mesh: optional, splits the features' covariance over processes
   (`frechet.gaussian_stats`).
   """
-  mu, cov = frechet.gaussian_stats(np.asarray(features).reshape(len(features), -1))
+  mu, cov = frechet.gaussian_stats(np.asarray(features).reshape(len(features), -1), mesh=mesh)
   subsets = [frechet.gaussian_frechet(mu, cov, *ref) for ref in references["train"]]
   fd_train = float(np.mean(subsets))
   fd_val = frechet.gaussian_frechet(mu, cov, *references["val"])
@@ -94,6 +113,29 @@ def early_stop_gap_fd(features_fn, outputs_per_step, train_feature_subsets: Sequ
 # ------------------------------------------------------------------------------------------------
 # What is fixed across denoisers
 
+# The numpy streams (default_rng([seed, stream])) of the seeded reference subsets of each split.
+_SUBSET_STREAMS = {"train": 11, "val": 12}
+
+
+def reference_subset(num_rows: int, reference_images: int, seed: int, split: str) -> np.ndarray:
+  """The rows (ascending, int64) of a split of num_rows images whose features the sample-level
+  references use: every row 0..num_rows-1 when reference_images is 0 (no cap) or >= num_rows;
+  else reference_images rows drawn without replacement by numpy default_rng([seed, 11]) for
+  split "train", [seed, 12] for "val" (the same rows for a seed, whatever the mesh).
+  Raises ValueError for a split other than "train" / "val" or reference_images not an integer
+  >= 0."""
+  if split not in _SUBSET_STREAMS:
+    raise ValueError(f"split must be one of {sorted(_SUBSET_STREAMS)}, got {split!r}")
+  check_number(reference_images, "reference_images", low=0, integer=True)
+  if not reference_images or reference_images >= num_rows:
+    return np.arange(num_rows, dtype=np.int64)
+  rng = np.random.default_rng([seed, _SUBSET_STREAMS[split]])
+  return np.sort(rng.choice(num_rows, int(reference_images), replace=False)).astype(np.int64)
+
+
+def _capped(num_rows: int, reference_images: int) -> int:
+  return num_rows if not reference_images else min(num_rows, int(reference_images))
+
 
 @dataclasses.dataclass
 class Setup:
@@ -103,17 +145,20 @@ class Setup:
   batch_size: int
   copy_ratio: float
   noise_seed: int
-  noise: np.ndarray  # (num_samples, H, W, C) standard normal
+  seed: int  # the samples' noise: normal(key(seed), (num_samples,) + item_shape), see `noise`
+  num_samples: int
+  item_shape: Tuple[int, ...]  # (H, W, C)
   labels: Optional[np.ndarray]  # (num_samples,) cycling over classes; None if unconditional
-  train_images: np.ndarray  # (N, H, W, C) in [-1, 1]
-  train_labels: Optional[np.ndarray]  # None if unconditional
+  train_images: Any  # (N, H, W, C) float in [-1, 1]: an array or a source, read where needed
+  train_labels: Optional[np.ndarray]  # (N,); None if unconditional
   train_ids: np.ndarray
-  val_images: np.ndarray
+  val_images: Any  # (N_val, H, W, C), as train_images
   val_labels: Optional[np.ndarray]
   val_ids: np.ndarray
-  train_features: np.ndarray  # (N, F) features of the whole training split
-  val_features: np.ndarray  # (N_val, F)
-  reference_rows: Dict[str, Any]  # {"train": [rows of each subset], "val": rows}
+  feature_rows: Dict[str, np.ndarray]  # {"train", "val"}: the rows featurized (`reference_subset`)
+  train_features: np.ndarray  # (R_train, F) features of the training rows feature_rows["train"]
+  val_features: np.ndarray  # (R_val, F)
+  reference_rows: Dict[str, Any]  # {"train": [rows of each subset], "val": rows} (split rows)
   references: Dict[str, Dict[str, Any]]  # space -> {"train": [(mu, cov)], "val": (mu, cov)}
   stop_steps: np.ndarray  # early-stop steps evaluated
   probe_size: int
@@ -121,21 +166,40 @@ class Setup:
   nn_similarity: bool
   grid_size: int
   validation_copy_fraction: float
-  mesh: Optional[Mesh] = None  # the sampler's and probes' batches are split over its data axis
+  mesh: Optional[Mesh] = None  # every batch is split over its data axis
+
+  @property
+  def noise(self) -> np.ndarray:
+    """(num_samples, H, W, C) float32 standard normal: the samples' initial noise, drawn whole
+    here (the sampler draws each process's rows on its devices: the same values)."""
+    return np.asarray(jax.random.normal(jax.random.key(self.seed),
+                                        (self.num_samples,) + tuple(self.item_shape), jnp.float32))
 
 
-def reference_size(num_samples: int, num_train: int, num_val: int, num_train_subsets: int) -> int:
-  """m = min(num_samples, num_train // num_train_subsets, num_val): the size of every FD reference.
+def reference_size(num_samples: int, num_train: int, num_val: int, num_train_subsets: int,
+                   reference_images: int = 0) -> int:
+  """m = min(num_samples, R_train // num_train_subsets, R_val): the size of every FD reference,
+  with R the split's size capped at reference_images (0: no cap; `reference_subset`).
 
   Raises ValueError when m < 2 (a covariance needs two images).
   """
-  m = min(num_samples, num_train // num_train_subsets, num_val)
+  r_train, r_val = _capped(num_train, reference_images), _capped(num_val, reference_images)
+  m = min(num_samples, r_train // num_train_subsets, r_val)
   if m < 2:
+    cap = (f" (at most reference_images={reference_images} of each)"
+           if reference_images and reference_images < max(num_train, num_val) else "")
     raise ValueError(
         f"FD references would hold {m} images: the training split ({num_train} images) must give "
         f"num_train_subsets={num_train_subsets} disjoint subsets of at least 2 images and the "
-        f"validation split ({num_val}) at least 2")
+        f"validation split ({num_val}) at least 2{cap}")
   return m
+
+
+def _source(images, name: str):
+  """An array as float32 numpy (held as given), a source kept as it is (read where needed)."""
+  if isinstance(images, (np.ndarray, jax.Array)) or not hasattr(images, "shape"):
+    return np.asarray(images, np.float32)
+  return training_source(images, name, ndim=4, layout="(N, H, W, C) float images")[0]
 
 
 def prepare(train_images, val_images, features_fn, *, train_labels=None, val_labels=None,
@@ -143,68 +207,88 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
             num_steps: int = 18, seed: int = 0, num_train_subsets: int = 2,
             early_stop_every: int = 1, overlap: bool = True, nn_similarity: bool = True,
             probe_size: int = 128, copy_ratio: float = 1.0 / 3.0, grid_size: int = 32,
-            batch_size: int = 256, noise_seed: int = 0, mesh: Optional[Mesh] = None) -> Setup:
-  """The denoiser-independent part: noise, labels, features and reference statistics.
+            batch_size: int = 256, noise_seed: int = 0, reference_images: int = 0,
+            mesh: Optional[Mesh] = None) -> Setup:
+  """The denoiser-independent part: labels, features and reference statistics.
 
   Args:
-    train_images, val_images: (N, H, W, C) float images in [-1, 1] (whole splits).
+    train_images, val_images: (N, H, W, C) float images in [-1, 1] (whole splits): numpy arrays,
+      or sources (len(), .shape, indexing by a slice or an int array returning numpy rows, e.g.
+      `sharding.LazyRows(split.images, rows, transform=data.to_unit_range)`), read where needed,
+      never held whole.
     features_fn: images -> (B, F) feature extractor (`features`).
     train_labels, val_labels: (N,) int labels of conditional runs (num_classes > 0), else None.
     train_ids, val_ids: (N,) image ids seeding the probes' noise (default 0..N-1).
     num_classes: 0 for unconditional sampling, else samples' labels cycle over the classes.
     num_samples, num_steps, seed: the Heun run (noise from `seed`); the FD reference subsets are
-      drawn with numpy default_rng([seed, 7]).
+      drawn with numpy default_rng([seed, 7]) from the featurized rows.
     num_train_subsets, early_stop_every, overlap, nn_similarity, probe_size, copy_ratio,
       grid_size: see the module docstring. batch_size: images per compiled call.
     noise_seed: the gap evaluation's noise seed (the probes' noisy training / validation images).
-    mesh: optional; the sampler's and the probes' batches are split over its data axis (batch_size
-      rounded up to a multiple of it). The numbers do not depend on it beyond float rounding.
+    reference_images: at most this many rows of each split are featurized (a seeded subset,
+      `reference_subset`; 0 = every row): the FD references, the 1-NN probe's reference sets.
+    mesh: optional (every device of every process); every batch is split over its data axis
+      (batch_size rounded up to a multiple of it) and each process builds only its rows; the
+      training set is split over it for the copy test. The numbers do not depend on it beyond
+      float rounding.
 
   Raises:
     ValueError: num_samples, num_steps, batch_size, early_stop_every, num_train_subsets or
-      probe_size not an integer >= 1 (grid_size >= 0), or fewer than 2 images per FD reference.
+      probe_size not an integer >= 1 (grid_size, reference_images >= 0), or fewer than 2 images
+      per FD reference.
   """
   for name, value, low in (("num_samples", num_samples, 1), ("num_steps", num_steps, 1),
                            ("batch_size", batch_size, 1), ("early_stop_every", early_stop_every, 1),
                            ("num_train_subsets", num_train_subsets, 1),
-                           ("probe_size", probe_size, 1), ("grid_size", grid_size, 0)):
+                           ("probe_size", probe_size, 1), ("grid_size", grid_size, 0),
+                           ("reference_images", reference_images, 0)):
     check_number(value, name, low=low, integer=True)
-  train_images = np.asarray(train_images, np.float32)
-  val_images = np.asarray(val_images, np.float32)
+  train_images = _source(train_images, "train_images")
+  val_images = _source(val_images, "val_images")
   batch = batch_multiple(int(batch_size), mesh)
   conditional = num_classes > 0
   n = int(num_samples)
-  item = tuple(train_images.shape[1:])
-  noise = np.asarray(jax.random.normal(jax.random.key(seed), (n,) + item, jnp.float32))
+  n_train, n_val = len(train_images), len(val_images)
+  m = reference_size(n, n_train, n_val, num_train_subsets, reference_images)
   labels = (np.arange(n) % num_classes).astype(np.int32) if conditional else None
 
-  train_features = features_lib.batched_features(features_fn, train_images, batch)
-  val_features = features_lib.batched_features(features_fn, val_images, batch)
-  m = reference_size(n, len(train_images), len(val_images), num_train_subsets)
+  feature_rows = {split: reference_subset(size, reference_images, seed, split)
+                  for split, size in (("train", n_train), ("val", n_val))}
+  featurize = lambda fn, images, rows: features_lib.batched_features(
+      fn, LazyRows(images, rows), batch, mesh=mesh)
+  train_features = featurize(features_fn, train_images, feature_rows["train"])
+  val_features = featurize(features_fn, val_images, feature_rows["val"])
   rng = np.random.default_rng([seed, 7])
-  train_perm = rng.permutation(len(train_images))
+  train_perm = rng.permutation(len(feature_rows["train"]))
+  # Positions in the featurized rows of each disjoint training subset, and of the validation one.
   subsets = [np.sort(train_perm[j * m:(j + 1) * m]) for j in range(num_train_subsets)]
-  val_rows = np.sort(rng.permutation(len(val_images))[:m])
-  flat = lambda a: a.reshape(len(a), -1)
-  references = {}
-  for space, tr, va in (("features", train_features, val_features),
-                        ("pixels", flat(train_images), flat(val_images))):
-    references[space] = {"train": [frechet.gaussian_stats(tr[rows]) for rows in subsets],
-                         "val": frechet.gaussian_stats(va[val_rows])}
+  val_pos = np.sort(rng.permutation(len(feature_rows["val"]))[:m])
+  references = {"features": {
+      "train": [frechet.gaussian_stats(train_features[pos], mesh=mesh) for pos in subsets],
+      "val": frechet.gaussian_stats(val_features[val_pos], mesh=mesh)}}
+  pixels = lambda images, rows: frechet.gaussian_stats(
+      featurize(features_lib.pixel_features, images, rows), mesh=mesh)
+  references["pixels"] = {
+      "train": [pixels(train_images, feature_rows["train"][pos]) for pos in subsets],
+      "val": pixels(val_images, feature_rows["val"][val_pos])}
   steps = int(num_steps)
   stop_steps = np.unique(np.r_[np.arange(0, steps, early_stop_every), steps - 1])
-  control = copy_fraction(val_images[:n], train_images, copy_ratio)
-  probe_size = min(int(probe_size), n, len(train_images), len(val_images))
-  ids = lambda given, a: np.arange(len(a)) if given is None else np.asarray(given)
+  # The control: validation images against the WHOLE training set, read where it lives.
+  control = copy_fraction(np.asarray(val_images[:n], np.float32), train_images, copy_ratio,
+                          mesh=mesh)
+  probe_size = min(int(probe_size), n, n_train, n_val)
+  ids = lambda given, size: np.arange(size) if given is None else np.asarray(given)
   lab = lambda a: np.asarray(a, np.int32) if conditional and a is not None else None
   return Setup(
       features_fn=features_fn, num_steps=steps, batch_size=batch, copy_ratio=float(copy_ratio),
-      noise_seed=int(noise_seed), noise=noise, labels=labels, train_images=train_images,
-      train_labels=lab(train_labels), train_ids=ids(train_ids, train_images),
-      val_images=val_images, val_labels=lab(val_labels), val_ids=ids(val_ids, val_images),
+      noise_seed=int(noise_seed), seed=int(seed), num_samples=n,
+      item_shape=tuple(train_images.shape[1:]), labels=labels, train_images=train_images,
+      train_labels=lab(train_labels), train_ids=ids(train_ids, n_train), val_images=val_images,
+      val_labels=lab(val_labels), val_ids=ids(val_ids, n_val), feature_rows=feature_rows,
       train_features=train_features, val_features=val_features,
-      reference_rows={"train": subsets, "val": val_rows}, references=references,
-      stop_steps=stop_steps, probe_size=probe_size, overlap=bool(overlap),
+      reference_rows={"train": [feature_rows["train"][pos] for pos in subsets],
+                      "val": feature_rows["val"][val_pos]},
+      references=references, stop_steps=stop_steps, probe_size=probe_size, overlap=bool(overlap),
       nn_similarity=bool(nn_similarity), grid_size=min(int(grid_size), n),
       validation_copy_fraction=float(control), mesh=mesh)
 
@@ -222,40 +306,82 @@ class SampleRun(NamedTuple):
   denoised: np.ndarray  # (T, P, ...) their predictions
 
 
+@functools.lru_cache(maxsize=16)
+def _noise_draw(seed: int, shape: Tuple[int, ...], sharding):
+  """normal(key(seed), shape) compiled with its rows laid out by `sharding` (None: the default
+  device); with partitionable threefry each device draws only the values it holds."""
+  return jax.jit(lambda: jax.random.normal(jax.random.key(seed), shape, jnp.float32),
+                 out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=16)
+def _take_batch(sharding):
+  return jax.jit(lambda noise, j: noise[j], out_shardings=sharding)
+
+
+def _noise_batches(seed: int, n: int, item_shape, batch: int, mesh: Optional[Mesh]):
+  """j -> the (batch, ...) initial noise of batch j: rows j * batch + k of the samples' noise
+  normal(key(seed), (n,) + item_shape) (rows n and beyond pad the last batch), on the devices as
+  the sampler takes it (split over the mesh's data axis).
+
+  With partitionable threefry (JAX's default) the flat draw's values depend only on the flat
+  index, so one draw of shape (batches, batch) + item_shape, its batch axis split over the data
+  axis, holds the same values, each device drawing only its rows. Otherwise the whole (n, ...)
+  draw is made on the host and each process puts its rows (`put_batch`)."""
+  item_shape = tuple(item_shape)
+  nb = -(-n // batch)
+  span = process_span(batch, mesh)
+  if not jax.config.jax_threefry_partitionable:
+    noise = np.asarray(jax.random.normal(jax.random.key(seed), (n,) + item_shape, jnp.float32))
+    return lambda j: put_batch(LazyRows(noise, np.minimum(np.arange(j * batch, (j + 1) * batch),
+                                                          n - 1)), mesh)
+  on_mesh = lambda spec: None if mesh is None else NamedSharding(mesh, spec)
+  noise = _noise_draw(int(seed), (nb, batch) + item_shape, on_mesh(P(None, DATA_AXIS)))()
+  take = _take_batch(on_mesh(P(DATA_AXIS)))
+
+  def batch_noise(j):
+    rows_built["batch"] += span.stop - span.start  # this process's rows of the batch
+    return take(noise, j)
+
+  return batch_noise
+
+
 def run_sampler(ctx: Setup, denoise) -> SampleRun:
   """The one Heun run per snapshot, in fixed-size batches (the last padded): one compilation.
 
-  The early-stopped outputs are reduced to features batch by batch (one extractor pass over all
-  stop steps), so host memory holds (S, n, F) features, never (S, n, H, W, C) images.
+  Each batch is split over the mesh's data axis (each process draws the noise of, and builds, only
+  its rows: counted in `sharding.rows_built["batch"]`, as `put_batch` counts the labels); the
+  samples, their features (extracted where they were made) and the features of the early-stopped
+  outputs are gathered once per batch, so host memory holds (S, n, F) features, never
+  (S, n, H, W, C) images. Progress: `progress.track("samples: Heun sampler", n, "samples")`.
   """
-  n = len(ctx.noise)
+  n = ctx.num_samples
   batch = batch_multiple(min(ctx.batch_size, n), ctx.mesh)
+  noise = _noise_batches(ctx.seed, n, ctx.item_shape, batch, ctx.mesh)
   samples, feats, stop_feats, states, denoised = [], [], [], [], []
   kept, sigmas = 0, None
-  stop = jnp.asarray(ctx.stop_steps)
-  s = len(ctx.stop_steps)
-  for start in range(0, n, batch):
-    rows = np.minimum(np.arange(start, start + batch), n - 1)
-    keep = min(batch, n - start)
-    out = samplers.sample(denoise, put_batch(ctx.noise[rows], ctx.mesh),
-                          None if ctx.labels is None else put_batch(ctx.labels[rows], ctx.mesh),
-                          num_steps=ctx.num_steps, return_trajectory=True)
-    traj = out.trajectory
-    sigmas = np.asarray(traj.sigmas)
-    samples.append(np.asarray(out.samples)[:keep])
-    feats.append(features_lib.batched_features(ctx.features_fn, samples[-1], batch))
-    stopped = np.asarray(traj.denoised[stop])[:, :keep]
-    stop_feats.append(features_lib.batched_features(
-        ctx.features_fn, stopped.reshape((s * keep,) + stopped.shape[2:]), batch
-    ).reshape(s, keep, -1))
-    take = min(ctx.probe_size - kept, keep)
-    if take > 0:
-      states.append(np.asarray(traj.x[:, :take]))
-      denoised.append(np.asarray(traj.denoised[:, :take]))
-      kept += take
+  with progress.track("samples: Heun sampler", n, "samples") as bar:
+    for j, start in enumerate(range(0, n, batch)):
+      rows = np.minimum(np.arange(start, start + batch), n - 1)
+      keep = min(batch, n - start)
+      out = samplers.sample(denoise, noise(j),
+                            None if ctx.labels is None else put_batch(ctx.labels[rows], ctx.mesh),
+                            num_steps=ctx.num_steps, return_trajectory=True)
+      traj = out.trajectory
+      sigmas = fetch(traj.sigmas)
+      samples.append(fetch(out.samples)[:keep])
+      feats.append(features_lib.batch_features(ctx.features_fn, out.samples)[:keep])
+      stopped = [ctx.features_fn(traj.denoised[int(i)]) for i in ctx.stop_steps]
+      stop_feats.append(fetch(jnp.stack(stopped))[:, :keep].reshape(len(stopped), keep, -1))
+      take = min(ctx.probe_size - kept, keep)
+      if take > 0:
+        states.append(fetch(traj.x[:, :take]))
+        denoised.append(fetch(traj.denoised[:, :take]))
+        kept += take
+      bar.update(keep)
   return SampleRun(np.concatenate(samples), np.concatenate(feats), sigmas,
-                   np.concatenate(stop_feats, axis=1), np.concatenate(states, axis=1),
-                   np.concatenate(denoised, axis=1))
+                   np.concatenate(stop_feats, axis=1).astype(np.float32),
+                   np.concatenate(states, axis=1), np.concatenate(denoised, axis=1))
 
 
 def _floats(a) -> List[float]:
@@ -271,30 +397,34 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
   """Every measurement of the module for one denoiser (a snapshot's network, or any other).
 
   `denoise` should be a pytree denoiser (`jax.tree_util.Partial` over arrays with a fixed
-  function) so that it is compiled once for all snapshots; a plain function works too.
+  function) so that it is compiled once for all snapshots; a plain function works too. With a
+  mesh across processes every process must call it (the same numbers on each).
   """
   run = run_sampler(ctx, denoise)
   n = len(run.samples)
   bs = ctx.batch_size
+  mesh = ctx.mesh
   record: Dict[str, Any] = {
-      "fd": {"features": fd_record(run.features, ctx.references["features"]),
-             "pixels": fd_record(run.samples.reshape(n, -1), ctx.references["pixels"])},
-      "copy_fraction": {"samples": copy_fraction(run.samples, ctx.train_images,
-                                                        ctx.copy_ratio),
+      "fd": {"features": fd_record(run.features, ctx.references["features"], mesh),
+             "pixels": fd_record(run.samples.reshape(n, -1), ctx.references["pixels"], mesh)},
+      "copy_fraction": {"samples": copy_fraction(run.samples, ctx.train_images, ctx.copy_ratio,
+                                                 mesh=mesh),
                         "validation_control": ctx.validation_copy_fraction},
   }
-  rows = [fd_record(f, ctx.references["features"]) for f in run.stop_features]
+  rows = [fd_record(f, ctx.references["features"], mesh) for f in run.stop_features]
   record["early_stop"] = {"steps": [int(i) for i in ctx.stop_steps],
                           "sigmas": _floats(run.sigmas[ctx.stop_steps]),
                           "fd_train": [r["train"] for r in rows],
                           "fd_val": [r["val"] for r in rows], "gap": [r["gap"] for r in rows]}
   p = run.states.shape[1]
   probe_kw = dict(train_probe_ids=ctx.train_ids[:p], val_probe_ids=ctx.val_ids[:p],
-                  noise_seed=ctx.noise_seed, batch_size=bs)
+                  noise_seed=ctx.noise_seed, batch_size=bs, mesh=mesh)
   label = lambda a: None if a is None else a[:p]
+  train_probe = np.asarray(ctx.train_images[:p], np.float32)
+  val_probe = np.asarray(ctx.val_images[:p], np.float32)
   if ctx.overlap:
     overlap = probes.trajectory_overlap(
-        run.states, run.sigmas, ctx.train_images, ctx.train_images[:p], ctx.val_images[:p],
+        run.states, run.sigmas, ctx.train_images, train_probe, val_probe,
         train_labels=ctx.train_labels, state_labels=label(ctx.labels),
         train_probe_labels=label(ctx.train_labels), val_probe_labels=label(ctx.val_labels),
         **probe_kw)
@@ -303,18 +433,17 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
       record["overlap"][group] = {k: _floats(np.mean(v, axis=1)) for k, v in stats.items()}
   if ctx.nn_similarity:
     sims = probes.nn_similarity_probe(
-        denoise, ctx.features_fn, run.sigmas, run.denoised, ctx.train_images[:p],
-        ctx.val_images[:p], ctx.train_features, ctx.val_features,
-        train_probe_labels=label(ctx.train_labels), val_probe_labels=label(ctx.val_labels),
-        mesh=ctx.mesh, **probe_kw)
+        denoise, ctx.features_fn, run.sigmas, run.denoised, train_probe, val_probe,
+        ctx.train_features, ctx.val_features, train_probe_labels=label(ctx.train_labels),
+        val_probe_labels=label(ctx.val_labels), **probe_kw)
     record["nn_similarity"] = {"sigmas": _floats(run.sigmas)}
     record["nn_similarity"].update({k: _floats(v) for k, v in sims.items()})
   g = ctx.grid_size
   grid = {}
   if g > 0:
     # Second neighbour: the nearest *distinct* training image, as in the copy test.
-    idx, dist, _ = nearest_distinct(run.samples[:g], ctx.train_images)
-    grid = {"samples": run.samples[:g], "nearest": ctx.train_images[idx[:, 0]],
+    idx, dist, _ = nearest_distinct(run.samples[:g], ctx.train_images, mesh=mesh)
+    grid = {"samples": run.samples[:g], "nearest": np.asarray(ctx.train_images[idx[:, 0]]),
             "nearest_ids": ctx.train_ids[idx[:, 0]], "distances": dist,
             "copy_ratio": np.float32(ctx.copy_ratio)}
   return SnapshotResult(record, grid)
@@ -322,10 +451,6 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
 
 # ------------------------------------------------------------------------------------------------
 # Over the snapshots of a run
-
-
-# ------------------------------------------------------------------------------------------------
-# Over snapshots
 
 
 def ordered(section):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -30,6 +31,7 @@ from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import gap, membership, samples
 from diffgen_jax.jobs import common, console, convert, results as results_lib
 from diffgen_jax.models.network import network_denoiser
+from diffgen_jax.sharding import LazyRows
 
 FIGURES_DIR = "evaluation"  # figures, the classifier and the sample grids, under the workdir
 CLASSIFIER_FILE = "classifier.npz"
@@ -66,13 +68,27 @@ def validate_config(config) -> None:
 
 
 def sample_settings(config) -> ml_collections.ConfigDict:
-  """config.evaluation.samples, or the defaults when the config has no such section."""
+  """config.evaluation.samples, or the defaults when the config has no such section; a section
+  written before a field existed (a saved run's config) gets that field's default."""
   e = config.evaluation
-  return e.samples if "samples" in e else defaults.sample_evaluation_config()
+  return _with_defaults(e.samples if "samples" in e else None)
+
+
+def _with_defaults(settings) -> ml_collections.ConfigDict:
+  """Sample settings with every field: the defaults (`defaults.sample_evaluation_config`) for
+  those `settings` (a ConfigDict, a dict or None) lacks; `settings` itself when it lacks none."""
+  full = defaults.sample_evaluation_config()
+  if settings is None:
+    return full
+  if all(k in settings for k in full):
+    return settings
+  full.update(settings.to_dict() if hasattr(settings, "to_dict") else dict(settings))
+  return full
 
 
 def validate_sample_settings(settings) -> None:
   """Raises config_checks.ConfigError naming config.evaluation.samples.<field>."""
+  settings = _with_defaults(settings)
   root = ml_collections.ConfigDict({"evaluation": {"samples": settings.to_dict()
                                                    if hasattr(settings, "to_dict") else settings}})
   p = "evaluation.samples."
@@ -81,12 +97,18 @@ def validate_sample_settings(settings) -> None:
     config_checks.positive(root, p + field)
   for field in ("classifier_steps", "grid_size"):
     config_checks.positive(root, p + field, allow_zero=True)
+  config_checks.integer(root, p + "reference_images", 0)
   config_checks.choice(root, p + "feature", FEATURES)
   config_checks.choice(root, p + "snapshots", SNAPSHOTS)
   s = root.evaluation.samples
   if s.num_samples < 2:
     raise config_checks.ConfigError(f"config.{p}num_samples={s.num_samples} must be >= 2 "
                                     "(a covariance needs two samples)")
+  if s.reference_images and s.reference_images < 2 * s.num_train_subsets:
+    raise config_checks.ConfigError(
+        f"config.{p}reference_images={s.reference_images} must be 0 (every image) or >= 2 * "
+        f"config.{p}num_train_subsets = {2 * s.num_train_subsets} (each FD reference subset "
+        "needs 2 images)")
   if not 0 < s.copy_ratio < 1:
     raise config_checks.ConfigError(f"config.{p}copy_ratio={s.copy_ratio} must be in (0, 1)")
   if s.feature == "external":
@@ -352,19 +374,26 @@ def _feature_source(settings, workdir: str) -> Dict[str, Any]:
 
 
 def sample_protocol(settings, config, workdir: str, num_train: int, num_val: int) -> Dict[str, Any]:
-  """What the recorded numbers depend on: a different protocol invalidates earlier results."""
-  s = settings
+  """What the recorded numbers depend on: a different protocol invalidates earlier results.
+  "reference_images" records the cap, the seed of its subsets (`samples.reference_subset`) and
+  the number of rows of each split featurized."""
+  s = _with_defaults(settings)
+  cap = int(s.reference_images)
   try:
-    m = samples.reference_size(int(s.num_samples), num_train, num_val, int(s.num_train_subsets))
+    m = samples.reference_size(int(s.num_samples), num_train, num_val, int(s.num_train_subsets),
+                               cap)
   except ValueError as err:
     raise config_checks.ConfigError(f"config.evaluation.samples: {err}") from None
+  rows = {split: len(samples.reference_subset(size, cap, int(s.seed), split))
+          for split, size in (("train", num_train), ("val", num_val))}
   return {"num_samples": int(s.num_samples), "num_steps": int(s.num_steps), "seed": int(s.seed),
           "feature": _feature_source(s, workdir), "num_train_subsets": int(s.num_train_subsets),
           "reference_size": m, "early_stop_every": int(s.early_stop_every),
           "overlap": bool(s.overlap), "nn_similarity": bool(s.nn_similarity),
           "probe_size": int(s.probe_size), "copy_ratio": float(s.copy_ratio),
           "grid_size": int(s.grid_size), "noise_seed": int(config.evaluation.noise_seed),
-          "num_train": int(num_train), "num_val": int(num_val)}
+          "num_train": int(num_train), "num_val": int(num_val),
+          "reference_images": {"cap": cap, "seed": int(s.seed), **rows}}
 
 
 def _classifier_labels(config, train_split):
@@ -385,8 +414,12 @@ def _classifier_labels(config, train_split):
 
 
 def _features_fn(settings, config, workdir, train_split, train_images, val_split, val_images,
-                 external_apply_fn):
-  """(features_fn, info) of the chosen feature space; trains and caches the classifier if needed."""
+                 feature_rows, external_apply_fn):
+  """(features_fn, info) of the chosen feature space; trains and caches the classifier if needed,
+  on the featurized rows of each split (`samples.reference_subset`: at most
+  settings.reference_images images, read batch by batch from the sources train_images /
+  val_images, never whole). Every process trains the same classifier (seeded, one device each);
+  process 0 writes the cached file."""
   source = _feature_source(settings, workdir)
   if settings.feature == "pixels":
     return features_lib.pixel_features, source
@@ -398,19 +431,24 @@ def _features_fn(settings, config, workdir, train_split, train_images, val_split
     if settings.classifier_path:  # an explicit path must exist
       features_lib.load_params(path)  # raises FileNotFoundError naming it
     labels, num_classes = _classifier_labels(config, train_split)
+    rows = feature_rows["train"]
     val_labels = None
     if config.data.labels == "class" and val_split.num_classes == num_classes:
-      val_labels = np.asarray(val_split.labels)
-    console.progress(f"evaluate: training the feature classifier on {len(labels)} images "
+      val_labels = np.asarray(val_split.labels[feature_rows["val"]])
+    console.progress(f"evaluate: training the feature classifier on {len(rows)} images "
                      f"({settings.classifier_steps} steps)")
     params, accuracy = features_lib.train_classifier(
-        train_images, labels, num_classes, steps=settings.classifier_steps, seed=settings.seed,
-        val_images=val_images if val_labels is not None else None, val_labels=val_labels)
-    features_lib.save_params(path, params)
-    logging.info("Feature classifier saved to %s (accuracy %.3f on %s)", path, accuracy,
-                 "validation" if val_labels is not None else "training")
+        LazyRows(train_images, rows), labels[rows], num_classes,
+        steps=settings.classifier_steps, seed=settings.seed,
+        val_images=LazyRows(val_images, feature_rows["val"]) if val_labels is not None else None,
+        val_labels=val_labels)
+    if jax.process_index() == 0:
+      features_lib.save_params(path, params)
+      logging.info("Feature classifier saved to %s (accuracy %.3f on %s)", path, accuracy,
+                   "validation" if val_labels is not None else "training")
     source = dict(source, trained=True, accuracy=float(accuracy),
                   accuracy_on="validation" if val_labels is not None else "training")
+    return features_lib.classifier_features(params), source
   try:
     return features_lib.load_classifier_features(path), source
   except jsonio.DamagedFileError as err:
@@ -420,30 +458,39 @@ def _features_fn(settings, config, workdir, train_split, train_images, val_split
                                   "it and re-run, the evaluation then trains it again") from None
 
 
+def _unit_images(split) -> LazyRows:
+  """A split's images as a source of float32 images in [-1, 1] (`data.to_unit_range`), decoded
+  only where rows are read."""
+  return LazyRows(split.images, np.arange(len(split)), transform=data.to_unit_range)
+
+
 def sample_setup(config, workdir: str, train_split, val_split, *, settings=None,
                  external_apply_fn: Optional[Callable] = None):
-  """(samples.Setup, protocol, feature info) for a run's config: images, noise, labels, feature
-  extractor (trained and cached under WORKDIR/evaluation if needed) and reference statistics.
+  """(samples.Setup, protocol, feature info) for a run's config: the splits as sources (never
+  held whole), labels, feature extractor (trained and cached under WORKDIR/evaluation if needed)
+  and reference statistics, every batch split over `common.evaluation_mesh()`.
 
   Raises FileNotFoundError (naming the path) for a missing external extractor or classifier file.
   """
-  s = sample_settings(config) if settings is None else settings
+  s = sample_settings(config) if settings is None else _with_defaults(settings)
   validate_sample_settings(s)
   protocol = sample_protocol(s, config, workdir, len(train_split), len(val_split))
-  train_images = data.first_images(train_split)[0]
-  val_images = data.first_images(val_split)[0]
+  train_images, val_images = _unit_images(train_split), _unit_images(val_split)
+  cap, seed = int(s.reference_images), int(s.seed)
+  feature_rows = {name: samples.reference_subset(len(split), cap, seed, name)
+                  for name, split in (("train", train_split), ("val", val_split))}
   features_fn, info = _features_fn(s, config, workdir, train_split, train_images, val_split,
-                                   val_images, external_apply_fn)
+                                   val_images, feature_rows, external_apply_fn)
   setup = samples.prepare(
       train_images, val_images, features_fn, train_labels=train_split.labels,
       val_labels=val_split.labels, train_ids=train_split.ids, val_ids=val_split.ids,
       num_classes=train_split.num_classes, num_samples=int(s.num_samples),
-      num_steps=int(s.num_steps), seed=int(s.seed), num_train_subsets=int(s.num_train_subsets),
+      num_steps=int(s.num_steps), seed=seed, num_train_subsets=int(s.num_train_subsets),
       early_stop_every=int(s.early_stop_every), overlap=bool(s.overlap),
       nn_similarity=bool(s.nn_similarity), probe_size=int(s.probe_size),
       copy_ratio=float(s.copy_ratio), grid_size=int(s.grid_size),
       batch_size=int(config.evaluation.batch_size), noise_seed=int(config.evaluation.noise_seed),
-      mesh=common.evaluation_mesh())
+      reference_images=cap, mesh=common.evaluation_mesh())
   return setup, protocol, info
 
 
@@ -495,7 +542,7 @@ def evaluate_samples(config, workdir: str, network, train_split, val_split, step
           ctx, network_denoiser(network, params, config.training.sigma_data))
       record = dict(result.record, images_seen=int(meta["images_seen"]), ema=name)
       section["snapshots"][str(step)] = record
-      if result.grid:
+      if result.grid and jax.process_index() == 0:  # every process holds the same numbers
         with jsonio.atomic_open(os.path.join(out_dir, GRIDS_DIR, f"{step}.npz"), "wb") as f:
           np.savez(f, **result.grid)
       fd = record["fd"]
@@ -506,7 +553,7 @@ def evaluate_samples(config, workdir: str, network, train_split, val_split, step
       if save is not None:
         save(section)
   section["summary"] = samples.summarize(section)
-  if plots and section["snapshots"]:
+  if plots and section["snapshots"] and jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     draw_samples(section, out_dir, gap_peaks)
   return section
