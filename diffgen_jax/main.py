@@ -5,13 +5,14 @@ compiles, and writes everything it produces under the workdir (re-running resume
 """
 
 import os
+import sys
 from typing import Optional
 
-from absl import app, flags
+from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from diffgen_jax import jobs
+from diffgen_jax import config_checks, jobs
 from diffgen_jax.jobs import console
 from diffgen_jax.sharding import initialize_distributed
 
@@ -56,19 +57,49 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.configure(flags.FLAGS.verbosity)  # quiet by default; --verbosity=1: library logs too
   config = _CONFIG.value
+  n = 0
   if _COORDINATOR.value is None:
     training = config.get("training") or {}
     n = use_cpu_cores_as_devices(training.get("batch_size"))
+  initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  try:
+    jobs.validate(config)  # before anything is printed: a bad field is the only line shown
     if n:
       console.progress(f"{n} CPU devices (one per core) if the backend is a CPU")
-  initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  console.progress(f"config:\n{config}")
-  jobs.run(config, _WORKDIR.value)
+    logging.info("config:\n%s", config)  # (config.json records it; --verbosity=1 shows it)
+    jobs.run(config, _WORKDIR.value)
+  except (config_checks.ConfigError, jobs.WorkdirBusyError) as err:
+    _fail(str(err))
+
+
+def _fail(message: str) -> None:
+  """One line on stderr (no traceback: the message names the field or file), exit status 2."""
+  print(f"diffgen_jax: {' '.join(message.split())}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a bad --config.<field> override (a misspelled field, a value of the
+  wrong type) reported in one line naming it instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
+    text = str(err)
+    if text[:1] in "'\"" and text[-1:] == text[:1]:  # a KeyError's repr of its message
+      text = text[1:-1]
+    text = " ".join(text.replace("\\n", " ").split()).replace("\\'", "'")
+    overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    named = [o for o in overrides if f"'{o.rsplit('.', 1)[-1]}'" in text]
+    where = f"{named[0]}: " if named else ""
+    if isinstance(err, AttributeError) and named:
+      text = "no such field" + (f" ({text.split('?', 1)[0].split(' ', 1)[1]}?)" if "Did you mean"
+                                in text else "")
+    _fail(f"{where}{text}")
 
 
 def cli():
   """The `diffgen_jax` console script (pyproject.toml): the same as python -m diffgen_jax.main."""
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

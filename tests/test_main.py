@@ -1,0 +1,27 @@
+"""main: a bad --config override or field value fails at once, in one line naming the field."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.training.lrr=1", 'diffgen_jax: --config.training.lrr: no such field (Did you mean '
+                                '"lr" instead of "lrr"?)'),
+    ("--config.training.lr=-1", "diffgen_jax: config.training.lr=-1.0 must be > 0.0"),
+    ("--config.training.lr=abc", "diffgen_jax: flag --config.training.lr=abc: could not convert "
+                                 "string to float: 'abc'"),
+])
+def test_a_bad_field_is_one_line_naming_it(tmp_path, override, message):
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO] + sys.path), JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "diffgen_jax.main",
+                         f"--config={REPO}/configs/quickstart.py", f"--workdir={tmp_path / 'w'}",
+                         override], capture_output=True, text=True, env=env, timeout=300,
+                        check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [message] and proc.stdout == ""
+  assert not os.path.exists(tmp_path / "w")  # nothing written
