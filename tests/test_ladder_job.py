@@ -332,3 +332,90 @@ def test_run_on_other_training_images_is_refused(run_dir, tmp_path):
   assert f"data.training_set.rows_sha256: '{'0' * 64}' vs '{saved}'" in message
   assert path in message and "point config.data_dir at the run's dataset" in message
   assert not os.path.exists(workdir)
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 23: every job measures over every device of every process
+
+
+_JOBS_BODY = """
+import json
+from configs import factors as factors_config
+from configs import ladder as ladder_config
+from diffgen_jax import jobs, sharding
+from diffgen_jax.jobs import common
+RUN, DATA_DIR, WORK = {run!r}, {data_dir!r}, {work!r}
+counts = {{}}
+
+def measured(name, config):
+  sharding.rows_built.clear()
+  jobs.run(config, os.path.join(WORK, name))
+  counts[name] = [sharding.rows_built[k] for k in ("batch", "source")]
+
+# evaluate: the gap, y* and the distance to it, membership; on a copy of the run's snapshots.
+c = common.read_run(os.path.join(WORK, "evaluate")).config_at()
+c.job = "evaluate"
+c.evaluation.update(dict(num_images=8, sigmas=(0.5, 1.0), batch_size=8, at_sigmas=()))
+c.evaluation.samples.enabled = False
+measured("evaluate", c)
+
+# ladder: y*, LS (calibrated over two sizes on the network's trajectories) and the Gaussian.
+c = ladder_config.get_config("smoke")
+c.update(dict(run_dir=RUN, local_rungs=("LS",), gaussian_ranks=(), delta=0.0, make_plots=False))
+measured("ladder", c)
+
+# factors: y* and y_delta (analytic), and the run's network (trained: gap, autoguidance against
+# its own snapshot, the full-size crop, the gradient score).
+c = factors_config.get_config("delta,trained,local")
+c.data.update(dict(data_dir=DATA_DIR, subset_size=32))
+c.update(dict(run_dir=RUN, num_images=8, sigmas=(0.5, 1.0), batch_size=8, chunk_size=2,
+              make_plots=False))
+c.delta.deltas = (0.0, 0.3)
+c.gradient_score.num_sigmas = 1
+c.trained.update(dict(ws=(0.0, 1.0), styles=("autoguidance",), crop_sizes=(8,),
+                      gradient_images=1, sample_gap_samples=0))
+measured("factors", c)
+report(**{{k: np.asarray(v) for k, v in counts.items()}})
+"""
+
+
+def test_jobs_on_two_processes_equal_one_process(run_dir, data_dir, tmp_path):
+  """The evaluate, ladder and factors jobs on 2 processes x 4 devices (jax.distributed, gloo) give
+  the numbers of 1 process x 8 devices within 1e-5 relative, record the 8 devices and the process
+  count, and each process builds exactly half of every batch (sharding.rows_built) and reads
+  only its share of the training set."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  import multiprocess  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import compare_results  # pylint: disable=import-outside-toplevel
+  runs = {}
+  for name, processes, devices in (("multi", 2, 4), ("single", 1, 8)):
+    work = tmp_path / name
+    os.makedirs(work / "evaluate" / "checkpoints")
+    shutil.copytree(os.path.join(run_dir, checkpointing.SNAPSHOT_DIR),
+                    work / "evaluate" / checkpointing.SNAPSHOT_DIR)
+    shutil.copy(os.path.join(run_dir, common.RUN_FILE), work / "evaluate")
+    body = _JOBS_BODY.format(run=run_dir, data_dir=data_dir, work=str(work))
+    reports = multiprocess.run(body, tmp_path / f"{name}_processes", processes=processes,
+                               devices=devices)
+    runs[name] = (reports, {job: results_lib.read(str(work / job))
+                            for job in ("evaluate", "ladder", "factors")})
+  (multi, multi_results), ([single], single_results) = runs["multi"], runs["single"]
+  ignore = compare_results.DEFAULT_IGNORE + ("processes",)
+  for job in ("evaluate", "ladder", "factors"):
+    settings = multi_results[job]["settings"]
+    assert (settings["evaluation_devices"], settings["processes"]) == (8, 2), job
+    assert single_results[job]["settings"]["processes"] == 1
+    diff = compare_results.compare(single_results[job], multi_results[job], rtol=1e-5,
+                                   ignore=ignore)
+    assert not diff["mismatches"] and not diff["missing"], (job, diff)
+    assert diff["numbers"] > 20, (job, diff["numbers"])
+    # Each process built exactly half of every batch; together they read the training set once
+    # (y*, the rungs), each its own share.
+    batch, source = single[job]
+    assert batch > 0 and [p[job][0] for p in multi] == [batch // 2, batch // 2], job
+    assert sum(p[job][1] for p in multi) == source and all(p[job][1] < source for p in multi)
+  e = multi_results["evaluate"]["snapshots"]
+  assert all("to_optimal_train" in r and "membership" in r for s in e.values()
+             for r in s["ema"].values())
