@@ -359,20 +359,21 @@ c.evaluation.update(dict(num_images=8, sigmas=(0.5, 1.0), batch_size=8, at_sigma
 c.evaluation.samples.enabled = False
 measured("evaluate", c)
 
-# ladder: y*, LS (calibrated over two sizes on the network's trajectories) and the Gaussian.
+# ladder: y* and LS (calibrated over two sizes on the network's trajectories).
 c = ladder_config.get_config("smoke")
-c.update(dict(run_dir=RUN, local_rungs=("LS",), gaussian_ranks=(), delta=0.0, make_plots=False))
+c.update(dict(run_dir=RUN, local_rungs=("LS",), gaussian_full=False, gaussian_ranks=(), delta=0.0,
+              make_plots=False))
 measured("ladder", c)
 
-# factors: y* and y_delta (analytic), and the run's network (trained: gap, autoguidance against
-# its own snapshot, the full-size crop, the gradient score).
+# factors: y* and y_delta (analytic), and the run's network (trained: its gap, the full-size crop,
+# the gradient score).
 c = factors_config.get_config("delta,trained,local")
 c.data.update(dict(data_dir=DATA_DIR, subset_size=32))
 c.update(dict(run_dir=RUN, num_images=8, sigmas=(0.5, 1.0), batch_size=8, chunk_size=2,
               make_plots=False))
 c.delta.deltas = (0.0, 0.3)
 c.gradient_score.num_sigmas = 1
-c.trained.update(dict(ws=(0.0, 1.0), styles=("autoguidance",), crop_sizes=(8,),
+c.trained.update(dict(ws=(0.0,), styles=("autoguidance",), crop_sizes=(8,),
                       gradient_images=1, sample_gap_samples=0))
 measured("factors", c)
 report(**{{k: np.asarray(v) for k, v in counts.items()}})
@@ -389,8 +390,9 @@ def test_jobs_on_two_processes_equal_one_process(run_dir, data_dir, tmp_path):
   import multiprocess  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
   import compare_results  # pylint: disable=import-outside-toplevel
-  runs = {}
-  for name, processes, devices in (("multi", 2, 4), ("single", 1, 8)):
+  from concurrent import futures  # pylint: disable=import-outside-toplevel
+
+  def run(name, processes, devices):
     work = tmp_path / name
     os.makedirs(work / "evaluate" / "checkpoints")
     shutil.copytree(os.path.join(run_dir, checkpointing.SNAPSHOT_DIR),
@@ -399,9 +401,12 @@ def test_jobs_on_two_processes_equal_one_process(run_dir, data_dir, tmp_path):
     body = _JOBS_BODY.format(run=run_dir, data_dir=data_dir, work=str(work))
     reports = multiprocess.run(body, tmp_path / f"{name}_processes", processes=processes,
                                devices=devices)
-    runs[name] = (reports, {job: results_lib.read(str(work / job))
-                            for job in ("evaluate", "ladder", "factors")})
-  (multi, multi_results), ([single], single_results) = runs["multi"], runs["single"]
+    return reports, {job: results_lib.read(str(work / job))
+                     for job in ("evaluate", "ladder", "factors")}
+
+  with futures.ThreadPoolExecutor(2) as pool:  # the two runs side by side
+    multi_run, single_run = pool.submit(run, "multi", 2, 4), pool.submit(run, "single", 1, 8)
+    (multi, multi_results), ([single], single_results) = multi_run.result(), single_run.result()
   ignore = compare_results.DEFAULT_IGNORE + ("processes",)
   for job in ("evaluate", "ladder", "factors"):
     settings = multi_results[job]["settings"]
@@ -411,11 +416,19 @@ def test_jobs_on_two_processes_equal_one_process(run_dir, data_dir, tmp_path):
                                    ignore=ignore)
     assert not diff["mismatches"] and not diff["missing"], (job, diff)
     assert diff["numbers"] > 20, (job, diff["numbers"])
-    # Each process built exactly half of every batch; together they read the training set once
-    # (y*, the rungs), each its own share.
+    # Each process built exactly half of every batch.
     batch, source = single[job]
     assert batch > 0 and [p[job][0] for p in multi] == [batch // 2, batch // 2], job
-    assert sum(p[job][1] for p in multi) == source and all(p[job][1] < source for p in multi)
+  # The training set (32 images) as each machine reads it: y* twice (its centre, then its
+  # shards), LS once. On the mesh each process reads half of that: evaluate builds y*; the ladder
+  # y*, LS at sizes 1 and 3 and the calibrated LS; factors y* for the delta sweep and, on one
+  # device of each process (the mesh's y* has no derivative), the trained sweep's gradient
+  # score's.
+  n = 32
+  for job, on_mesh, local in (("evaluate", 2 * n, 0), ("ladder", (2 + 3) * n, 0),
+                              ("factors", 2 * n, 2 * n)):
+    assert single[job][1] == on_mesh + local, (job, single[job])
+    assert [p[job][1] for p in multi] == [on_mesh // 2 + local] * 2, (job, [p[job] for p in multi])
   e = multi_results["evaluate"]["snapshots"]
   assert all("to_optimal_train" in r and "membership" in r for s in e.values()
              for r in s["ema"].values())
