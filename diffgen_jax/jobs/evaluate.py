@@ -249,7 +249,7 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
     save()
     if jax.process_index() == 0:  # (the figures: one writer)
       draw(results, sigmas, out_dir)
-    if board is not None:
+    if board is not None and todo:  # (a re-run that evaluated nothing new writes nothing)
       _board_figure(board, os.path.join(out_dir, "gap_over_training.png"),
                     results["summary"]["images_seen"][-1])
     settings = sample_settings(config)

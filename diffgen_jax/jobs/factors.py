@@ -38,6 +38,14 @@ Trained sweep (`trained`, needs `run_dir`: a train job's workdir with the same d
   the receptive field via `denoisers.crop_averaged` on the network (crop sizes the U-Net accepts); the
   gradient score vs sigma of the network and of y*.
 
+Where it runs: one mesh over every device of every process (`common.evaluation_mesh`; with the
+trained sweep, the run's model axis): the training and validation splits are sources read where
+they are used, y* lays the training set out over the mesh (each process reads its share; the
+gradient score's y*, which is differentiated, is built on one device of each process), every gap
+batch is split over it, the snapshots are restored onto the run's parameter sharding, and each
+sweep reports its progress over its curves (`progress`). settings.evaluation_devices and
+settings.processes record it.
+
 Outputs: WORKDIR/results.json in the jobs' one layout (`jobs.results`: {"job": "factors",
 "settings", "sweeps": {name: section}}, sections as in `evaluation.sweeps`; plain JSON, non-finite
 values as null) and WORKDIR/<sweep>.png and <sweep>_peak.png.

@@ -25,7 +25,7 @@ Outputs: WORKDIR/results.json (`jobs.results` layout, written after every stage)
      "settings":    {"run_dir", "step", "images_seen", "ema", "dataset", "subset_size", "labels",
                      "num_classes", "image_shape", "num_train_set", "num_train_eval",
                      "num_val_eval", "noise_seed_train", "noise_seed_val", "sigmas",
-                     "trajectory_sigmas", "rungs", "config"}
+                     "trajectory_sigmas", "rungs", "evaluation_devices", "processes", "config"}
      "calibration": {"on", "sigmas" (S_c,), "sizes" (K,),
                      "machines": {"LS" | "ELS" | "PSPC": {"mse" (K, S_c), "r2" (K, S_c),
                                                           "best_size" (S_c,)}}}
@@ -45,6 +45,12 @@ Outputs: WORKDIR/results.json (`jobs.results` layout, written after every stage)
                      "best_rung_predicts_gap": {set: fraction of sigmas where the set's best-r2
                                                 rung is the closest-G rung, over the sigmas
                                                 where both are defined; NaN if none is}}
+Where it runs: one mesh over every device of every process (`common.evaluation_mesh`, the run's
+model axis): the rungs lay the training set out over it from where it lives (each process reads
+its share), every batch of states is split over it, the snapshot is restored onto the run's
+parameter sharding, and the outputs are gathered once; settings.evaluation_devices and
+settings.processes record it. The calibration, the rungs and their gaps report progress with rate
+and ETA (`progress`).
 Figures (config.make_plots) in WORKDIR: ladder_r2.png (r2 vs sigma per rung, one panel per input
 set), ladder_calibration.png (calibrated size vs sigma and every candidate's distance curve),
 ladder_gap.png (G(sigma) of the rungs beside the network's).
