@@ -19,8 +19,10 @@ Variants:
   local        a CPU check of the pipeline: the fixture network in tests/fixtures/nvidia_networks
                (16x16, 10 classes) on an EDM zip given in data.name; 8 images, 4 sigmas, no samples.
 
-The exact optimal denoiser (the whole training split in memory) is off for the ImageNet/CIFAR
-variants (`evaluation.optimal`); the gap needs only the networks.
+The exact optimal denoiser y* and each network's distance to it are on in every variant: y* streams
+the training split from the zip, split over every device of every process (each process reads
+only its share; no copy of the set in one place). `--config.evaluation.optimal=False` turns it off
+(then the gap needs only the networks).
 """
 
 from diffgen_jax import defaults, models
@@ -37,8 +39,8 @@ def get_config(variant: str = "edm2-img64"):
   config.model.checkpoint_ema = "0.100" if variant == "edm2-img64" else ""
   config.data.labels = "class"
   e = config.evaluation
-  e.optimal = False
-  e.model_vs_optimal = False
+  e.optimal = True
+  e.model_vs_optimal = True
   e.num_images = 8192
   e.num_sigmas = 64
   e.noise_seed = 0

@@ -347,8 +347,12 @@ def replicated_sharding(mesh: Optional[Mesh] = None) -> NamedSharding:
 
 
 def abstract_on(tree, sharding) -> Any:
-  """ShapeDtypeStructs of a tree (arrays or checkpoint metadata) carrying `sharding` (one for all
-  leaves, or a matching tree of shardings): a restore target on the current devices."""
+  """ShapeDtypeStructs of a tree (arrays or checkpoint metadata) carrying `sharding`: one for all
+  leaves, a matching tree of shardings, or a function of the tree returning one of those (e.g.
+  `lambda tree: training.parameter_sharding(tree, mesh)`: the parameters sharded as trained): a
+  restore target on the current devices."""
+  if callable(sharding) and not isinstance(sharding, jax.sharding.Sharding):
+    sharding = sharding(tree)
   if isinstance(sharding, jax.sharding.Sharding):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree,
@@ -367,9 +371,11 @@ def load_snapshot(workdir: str, step: int, abstract_ema=None, *, sharding=None
                   ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   """The EMA parameter sets ({name: params}) and metadata of one snapshot, on the current devices.
 
-  Restored onto abstract_ema's shardings when given, else onto `sharding` (default: replicated
-  over every current device), whatever device count the snapshot was written with: orbax would
-  otherwise restore onto the saved topology and fail ("Topology mismatch") on another count.
+  Restored onto abstract_ema's shardings when given, else onto `sharding` (`abstract_on`: one
+  sharding, a tree of them, or a function of the saved tree such as the run's parameter sharding
+  over an evaluation mesh; default: replicated over every current device), whatever device count
+  the snapshot was written with: orbax would otherwise restore onto the saved topology and fail
+  ("Topology mismatch") on another count.
 
   Raises DamagedCheckpointError naming the snapshot's directory when its files differ from their
   checksums (`check_intact`), or when one written without checksums does not read.
@@ -394,8 +400,10 @@ def load_snapshot(workdir: str, step: int, abstract_ema=None, *, sharding=None
   return restored["ema"], restored["meta"]
 
 
-def load_ema_params(workdir: str, step: int, which: str = "first") -> Tuple[str, Any, Dict[str, Any]]:
-  """(name, params as device arrays, metadata) of one EMA set of a snapshot (`ema.pick` rule)."""
-  ema_sets, meta = load_snapshot(workdir, step)
+def load_ema_params(workdir: str, step: int, which: str = "first", *, sharding=None
+                    ) -> Tuple[str, Any, Dict[str, Any]]:
+  """(name, params as device arrays, metadata) of one EMA set of a snapshot (`ema.pick` rule),
+  restored onto `sharding` (as `load_snapshot`)."""
+  ema_sets, meta = load_snapshot(workdir, step, sharding=sharding)
   name, params = ema.pick(ema_sets, which)
   return name, jax.tree.map(jnp.asarray, params), meta

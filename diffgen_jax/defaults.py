@@ -141,6 +141,10 @@ def train_config(dataset: str = "digits", family: str = "ddpmpp") -> ml_collecti
       "sigmas": (),  # ... unless given explicitly
       "noise_seed": 0,
       "batch_size": 256,
+      # The exact optimal denoiser y* of the whole training split (streamed from where the split
+      # lives, split over every device of every process): its own errors and, with
+      # model_vs_optimal, the network's distance to it. False: neither is measured.
+      "optimal": True,
       "model_vs_optimal": True,  # distance of the network's predictions to the optimal denoiser's
       "ema": "first",  # "first" EMA set or "all" of them
       "at_sigmas": (0.1, 0.5, 1.0, 2.0, 5.0),  # G over training time at these sigmas

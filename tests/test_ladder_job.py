@@ -332,3 +332,103 @@ def test_run_on_other_training_images_is_refused(run_dir, tmp_path):
   assert f"data.training_set.rows_sha256: '{'0' * 64}' vs '{saved}'" in message
   assert path in message and "point config.data_dir at the run's dataset" in message
   assert not os.path.exists(workdir)
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 23: every job measures over every device of every process
+
+
+_JOBS_BODY = """
+import json
+from configs import factors as factors_config
+from configs import ladder as ladder_config
+from diffgen_jax import jobs, sharding
+from diffgen_jax.jobs import common
+RUN, DATA_DIR, WORK = {run!r}, {data_dir!r}, {work!r}
+counts = {{}}
+
+def measured(name, config):
+  sharding.rows_built.clear()
+  jobs.run(config, os.path.join(WORK, name))
+  counts[name] = [sharding.rows_built[k] for k in ("batch", "source")]
+
+# evaluate: the gap, y* and the distance to it, membership; on a copy of the run's snapshots.
+c = common.read_run(os.path.join(WORK, "evaluate")).config_at()
+c.job = "evaluate"
+c.evaluation.update(dict(num_images=8, sigmas=(0.5, 1.0), batch_size=8, at_sigmas=()))
+c.evaluation.samples.enabled = False
+measured("evaluate", c)
+
+# ladder: y* and LS (calibrated over two sizes on the network's trajectories).
+c = ladder_config.get_config("smoke")
+c.update(dict(run_dir=RUN, local_rungs=("LS",), gaussian_full=False, gaussian_ranks=(), delta=0.0,
+              make_plots=False))
+measured("ladder", c)
+
+# factors: y* and y_delta (analytic), and the run's network (trained: its gap, the full-size crop,
+# the gradient score).
+c = factors_config.get_config("delta,trained,local")
+c.data.update(dict(data_dir=DATA_DIR, subset_size=32))
+c.update(dict(run_dir=RUN, num_images=8, sigmas=(0.5, 1.0), batch_size=8, chunk_size=2,
+              make_plots=False))
+c.delta.deltas = (0.0, 0.3)
+c.gradient_score.num_sigmas = 1
+c.trained.update(dict(ws=(0.0,), styles=("autoguidance",), crop_sizes=(8,),
+                      gradient_images=1, sample_gap_samples=0))
+measured("factors", c)
+report(**{{k: np.asarray(v) for k, v in counts.items()}})
+"""
+
+
+def test_jobs_on_two_processes_equal_one_process(run_dir, data_dir, tmp_path):
+  """The evaluate, ladder and factors jobs on 2 processes x 4 devices (jax.distributed, gloo) give
+  the numbers of 1 process x 8 devices within 1e-5 relative, record the 8 devices and the process
+  count, and each process builds exactly half of every batch (sharding.rows_built) and reads
+  only its share of the training set."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  import multiprocess  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import compare_results  # pylint: disable=import-outside-toplevel
+  from concurrent import futures  # pylint: disable=import-outside-toplevel
+
+  def run(name, processes, devices):
+    work = tmp_path / name
+    os.makedirs(work / "evaluate" / "checkpoints")
+    shutil.copytree(os.path.join(run_dir, checkpointing.SNAPSHOT_DIR),
+                    work / "evaluate" / checkpointing.SNAPSHOT_DIR)
+    shutil.copy(os.path.join(run_dir, common.RUN_FILE), work / "evaluate")
+    body = _JOBS_BODY.format(run=run_dir, data_dir=data_dir, work=str(work))
+    reports = multiprocess.run(body, tmp_path / f"{name}_processes", processes=processes,
+                               devices=devices)
+    return reports, {job: results_lib.read(str(work / job))
+                     for job in ("evaluate", "ladder", "factors")}
+
+  with futures.ThreadPoolExecutor(2) as pool:  # the two runs side by side
+    multi_run, single_run = pool.submit(run, "multi", 2, 4), pool.submit(run, "single", 1, 8)
+    (multi, multi_results), ([single], single_results) = multi_run.result(), single_run.result()
+  ignore = compare_results.DEFAULT_IGNORE + ("processes",)
+  for job in ("evaluate", "ladder", "factors"):
+    settings = multi_results[job]["settings"]
+    assert (settings["evaluation_devices"], settings["processes"]) == (8, 2), job
+    assert single_results[job]["settings"]["processes"] == 1
+    diff = compare_results.compare(single_results[job], multi_results[job], rtol=1e-5,
+                                   ignore=ignore)
+    assert not diff["mismatches"] and not diff["missing"], (job, diff)
+    assert diff["numbers"] > 20, (job, diff["numbers"])
+    # Each process built exactly half of every batch.
+    batch, source = single[job]
+    assert batch > 0 and [p[job][0] for p in multi] == [batch // 2, batch // 2], job
+  # The training set (32 images) as each machine reads it: y* twice (its centre, then its
+  # shards), LS once. On the mesh each process reads half of that: evaluate builds y*; the ladder
+  # y*, LS at sizes 1 and 3 and the calibrated LS; factors y* for the delta sweep and, on one
+  # device of each process (the mesh's y* has no derivative), the trained sweep's gradient
+  # score's.
+  n = 32
+  for job, on_mesh, local in (("evaluate", 2 * n, 0), ("ladder", (2 + 3) * n, 0),
+                              ("factors", 2 * n, 2 * n)):
+    assert single[job][1] == on_mesh + local, (job, single[job])
+    assert [p[job][1] for p in multi] == [on_mesh // 2 + local] * 2, (job, [p[job] for p in multi])
+  e = multi_results["evaluate"]["snapshots"]
+  assert all("to_optimal_train" in r and "membership" in r for s in e.values()
+             for r in s["ema"].values())

@@ -64,6 +64,12 @@ def test_evaluate_job_over_a_directory_of_nvidia_snapshots(run_dir, capsys):
   assert a["e_train"] == b["e_train"] and a["e_val"] == b["e_val"]  # the same weights
   # Per-pixel MSEs of images in [-1, 1] against outputs of this network (|D| < 1 on the fixture).
   assert all(0 < v < 4 for v in a["e_train"] + a["e_val"])
+  # The optimal denoiser is on in the nvidia variants (streamed from the zip over the mesh): its
+  # own errors, and each network's distance to it, which differs from the network's own error.
+  assert len(results["optimal"]["e_train"]) == 4 and results["optimal"]["e_train"][0] < 1e-6
+  assert all(0 < d < 4 for d in a["to_optimal_train"] + a["to_optimal_val"])
+  assert a["to_optimal_train"] != a["e_train"]
+  assert results["settings"] == {"evaluation_devices": 8, "processes": 1}
   with open(os.path.join(workdir, "converted.json")) as f:
     converted = json.load(f)
   assert converted["model"]["family"] == "edm2" and converted["model"]["num_classes"] == 10

@@ -65,6 +65,7 @@ def _tensorboard_events(logdir):
 def test_monitor_tensorboard_console_and_results(data_dir, tmp_path, capsys):
   workdir = str(tmp_path / "run")
   config = _config(data_dir)
+  config.evaluation.at_sigmas = (0.5,)
   jobs.run(config, workdir)
   printed = capsys.readouterr().out.splitlines()
 
@@ -98,6 +99,19 @@ def test_monitor_tensorboard_console_and_results(data_dir, tmp_path, capsys):
   assert all(loss[r["step"]] == pytest.approx(r["loss"], rel=1e-6) for r in rows)
   assert {(f"monitor/gap/{s:g}", 8) for s in SIGMAS} <= tags
   assert sorted(step for tag, step, v in events if tag == "samples" and v == "image") == [4, 8]
+  # The evaluation at the end: each snapshot's summary, with images seen as the step, and the
+  # figure of G over training.
+  summary = results["summary"]
+  assert summary["images_seen"] == [4 * BATCH, 8 * BATCH]
+  for tag, key in (("evaluate/peak_gap", "peak_gap"), ("evaluate/peak_sigma", "peak_sigma"),
+                   ("evaluate/membership_peak_auc", "membership_peak_auc")):
+    got = sorted((step, v) for t, step, v in events if t == tag)
+    assert [s for s, _ in got] == summary["images_seen"], tag
+    np.testing.assert_allclose([v for _, v in got], summary[key], rtol=1e-6, err_msg=tag)
+  got = sorted((step, v) for t, step, v in events if t == "evaluate/gap_at_sigma/0.5")
+  np.testing.assert_allclose([v for _, v in got], summary["gap_at_sigmas"]["0.5"], rtol=1e-6)
+  assert [(step, v) for t, step, v in events if t == "evaluate/gap_over_training"] == [
+      (8 * BATCH, "image")]
 
   # The console: the config is printed by main, not here; one line per log interval, one per
   # monitor evaluation, the evaluation's progress and the summary.
@@ -580,3 +594,81 @@ def test_a_damaged_results_file_is_named(tmp_path):
     f.write("[1, 2]")
   with pytest.raises(jsonio.DamagedFileError, match=f"{path} holds a JSON list, not the results"):
     results_lib.read(str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 23: the evaluation's summaries in TensorBoard; preemption
+
+
+class _Board:
+  """A SummaryWriter stand-in that keeps what is written."""
+
+  def __init__(self):
+    self.scalars = []
+
+  def add_scalar(self, tag, value, step):
+    self.scalars.append((tag, value, step))
+
+  def flush(self):
+    pass
+
+
+def test_sample_summaries_go_to_tensorboard_once_per_new_record():
+  """G_FD and the copy fraction of every snapshot whose sample record is new (not the one the job
+  started with), at its images seen."""
+  from diffgen_jax.jobs import evaluate  # pylint: disable=import-outside-toplevel
+  old, new = {"fd": 1}, {"fd": 2}
+  section = {"snapshots": {"4": old, "8": new},
+             "summary": {"steps": [4, 8], "images_seen": [64, 128], "gap_fd_features": [0.5, 0.25],
+                         "gap_fd_pixels": [0.75, 0.125], "copy_fraction": [0.0, 0.375]}}
+  board = _Board()
+  evaluate.write_sample_summary(board, section, before={"4": old, "8": {"fd": 0}})
+  assert board.scalars == [("evaluate/gap_fd_features", 0.25, 128),
+                           ("evaluate/gap_fd_pixels", 0.125, 128),
+                           ("evaluate/copy_fraction", 0.375, 128)]
+
+
+def test_preemption_saves_the_state_stops_and_the_rerun_resumes_bit_identically(
+    short_run, data_dir, tmp_path, monkeypatch, capsys):
+  """orbax reports a preemption sync point at step 3 (as jax.distributed's preemption service does
+  on every process after a SIGTERM): the run saves its state there, says so and stops without
+  its evaluation; re-running the same command resumes from it and ends bit-identical to the
+  uninterrupted run (`short_run`: the same config)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from diffgen_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  from test_training import _load_arrays  # pylint: disable=import-outside-toplevel
+  asked = []
+
+  def reached_preemption(self, step):
+    del self
+    asked.append(step)
+    return step == 3
+
+  monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption", reached_preemption)
+  workdir = str(tmp_path / "run")
+  config = _short_config(data_dir)
+  config.evaluation.after_training = True  # (a preempted run does not evaluate)
+  out = jobs.run(config, workdir)
+  assert out["preempted"] and out["steps_done"] == 3
+  assert sorted(set(asked)) == [1, 2, 3]  # asked at every step, and no step after the notice
+  printed = capsys.readouterr().out
+  assert "train: preempted" in printed and "state after step 3 (48 images)" in printed
+  states = sorted(int(d) for d in os.listdir(os.path.join(workdir, checkpointing.STATE_DIR))
+                  if d.isdigit())
+  assert states == [2, 3] and checkpointing.snapshot_steps(workdir) == [2]
+  assert [r["step"] for r in train_job.read_metrics(
+      os.path.join(workdir, train_job.METRICS_FILE))] == [1, 2, 3]
+  assert not os.path.exists(results_lib.path(workdir))
+
+  monkeypatch.undo()
+  out = jobs.run(_short_config(data_dir), workdir)
+  assert not out["preempted"] and out["steps_done"] == SHORT
+  assert "Resumed from step 3" in capsys.readouterr().out
+  for kind, item in ((checkpointing.STATE_DIR, "state"), (checkpointing.SNAPSHOT_DIR, "ema")):
+    got, want = (_load_arrays(w, SHORT, item, kind) for w in (workdir, short_run))
+    assert got.keys() == want.keys()
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=f"{kind} {k}")
+  rows, want = (train_job.read_metrics(os.path.join(w, train_job.METRICS_FILE))
+                for w in (workdir, short_run))
+  assert [r["loss"] for r in rows] == [r["loss"] for r in want]

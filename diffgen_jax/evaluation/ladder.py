@@ -24,15 +24,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffgen_jax import samplers
+from diffgen_jax import progress, samplers
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
-from diffgen_jax.denoisers import Denoiser, check_sigma, is_array_pytree
+from diffgen_jax.denoisers import Denoiser, check_labels, check_sigma, is_array_pytree
 from diffgen_jax.evaluation.gap import denoising_errors, image_noise, relative_gap
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
 from diffgen_jax.optimal_patches import (BOUNDARIES, PatchSize, equivariant_local_denoiser,
                                          gaussian_denoiser, local_denoiser,
                                          patch_composite_denoiser, patch_schedule)
+from diffgen_jax.sharding import batch_multiple, fetch, put_batch
 
 MACHINES = ("ls", "els")
 
@@ -58,13 +59,29 @@ def noised_inputs(images, sigmas, *, ids=None, noise_seed: int = 0) -> np.ndarra
   return (images[None] + sigmas[:, None, None, None, None] * noise[None]).astype(np.float32)
 
 
-def trajectory_inputs(denoise: Denoiser, noise, labels=None, **sampler_kwargs):
+def trajectory_inputs(denoise: Denoiser, noise, labels=None, *, mesh=None, **sampler_kwargs):
   """(sigmas (S,), states (S, B, ...)): the states the sampler shows `denoise` on its own path
   (`samplers.sample(..., return_trajectory=True)`, one state per step; the final sigma = 0 step is
-  not a denoiser call and is not included)."""
-  out = samplers.sample(denoise, jnp.asarray(noise), labels, return_trajectory=True, **sampler_kwargs)
+  not a denoiser call and is not included). mesh: optional; the B trajectories are split over its
+  data axis (padded to a multiple of it by repeating the last one; each process builds only its
+  rows) and gathered once."""
+  if mesh is None:
+    out = samplers.sample(denoise, jnp.asarray(noise), labels, return_trajectory=True,
+                          **sampler_kwargs)
+    traj = out.trajectory
+    return np.asarray(traj.sigmas, np.float64), np.asarray(traj.x, np.float32)
+  noise = np.asarray(noise)
+  n = len(noise)
+  rows = np.minimum(np.arange(batch_multiple(n, mesh)), n - 1)
+  if labels is not None:
+    labels = np.asarray(labels)
+    check_labels(denoise, labels)  # (the sampler cannot read labels split over processes)
+  out = samplers.sample(denoise, put_batch(noise[rows], mesh),
+                        None if labels is None else put_batch(labels[rows], mesh),
+                        return_trajectory=True, **sampler_kwargs)
   traj = out.trajectory
-  return np.asarray(traj.sigmas, np.float64), np.asarray(traj.x, np.float32)
+  return (np.asarray(fetch(traj.sigmas), np.float64),
+          np.asarray(fetch(traj.x), np.float32)[:, :n])
 
 
 def _check_sigmas(sigmas) -> np.ndarray:
@@ -99,28 +116,39 @@ def _check_inputs(inputs, sigmas):
   return x.astype(np.float32)
 
 
-def _outputs(denoise, x, sigma_rows, labels_rows, batch_size):
-  """denoise over rows of x (R, ...) with per-row sigma, in batches; float64 numpy."""
+def _outputs(denoise, x, sigma_rows, labels_rows, batch_size, mesh=None):
+  """denoise over rows of x (R, ...) with per-row sigma, in batches; float64 numpy. With a mesh
+  every batch (padded to a multiple of its data axis) is split over it, each process building only
+  its rows, and the outputs are gathered."""
   call = jax.jit(lambda d, a, s, l: d(a, s, l)) if is_array_pytree(denoise) else (
       lambda d, a, s, l: d(a, s, l))
   if labels_rows is not None:
-    # Under jit the labels are traced and a denoiser cannot check them; one eager call on a row of
-    # every distinct label lets it raise (e.g. "labels [7] have no training points") instead of
-    # returning NaN from a softmax over an empty class.
-    _, first = np.unique(labels_rows, return_index=True)
-    denoise(jnp.asarray(x[first]), jnp.asarray(sigma_rows[first], jnp.float32),
-            jnp.asarray(labels_rows[first]))
+    # Under jit the labels are traced and a denoiser cannot check them: refuse labels it has no
+    # training points for (e.g. "labels [7] have no training points") now, instead of returning
+    # NaN from a softmax over an empty class.
+    check_labels(denoise, labels_rows)
   out = []
-  for start in range(0, len(x), batch_size):
-    sl = slice(start, start + batch_size)
-    lab = None if labels_rows is None else jnp.asarray(labels_rows[sl])
-    out.append(np.asarray(call(denoise, jnp.asarray(x[sl]), jnp.asarray(sigma_rows[sl], jnp.float32),
-                               lab), np.float64))
+  if mesh is None:
+    for start in range(0, len(x), batch_size):
+      sl = slice(start, start + batch_size)
+      lab = None if labels_rows is None else jnp.asarray(labels_rows[sl])
+      out.append(np.asarray(call(denoise, jnp.asarray(x[sl]),
+                                 jnp.asarray(sigma_rows[sl], jnp.float32), lab), np.float64))
+    return np.concatenate(out)
+  n, b = len(x), batch_multiple(min(batch_size, len(x)), mesh)
+  sigma_rows = np.asarray(sigma_rows, np.float32)
+  for start in range(0, n, b):
+    rows = np.minimum(np.arange(start, start + b), n - 1)
+    lab = None if labels_rows is None else put_batch(labels_rows[rows], mesh)
+    y = call(denoise, put_batch(x[rows], mesh), put_batch(sigma_rows[rows], mesh), lab)
+    out.append(np.asarray(fetch(y), np.float64)[:min(b, n - start)])
   return np.concatenate(out)
 
 
-def network_outputs(network: Denoiser, inputs, sigmas, labels=None, *, batch_size: int = 256):
-  """(S, B, ...) float64 outputs of `network` on the input sets (reusable across comparisons)."""
+def network_outputs(network: Denoiser, inputs, sigmas, labels=None, *, batch_size: int = 256,
+                    mesh=None):
+  """(S, B, ...) float64 outputs of `network` on the input sets (reusable across comparisons).
+  mesh: optional; the batches are split over its data axis."""
   sigmas = _check_sigmas(sigmas)
   batch_size = _check_batch_size(batch_size)
   x = _check_inputs(inputs, sigmas)
@@ -128,7 +156,7 @@ def network_outputs(network: Denoiser, inputs, sigmas, labels=None, *, batch_siz
   rows = x.reshape((s * b,) + x.shape[2:])
   labels = _check_labels_shape(labels, b)
   lab = None if labels is None else np.tile(labels, s)
-  return _outputs(network, rows, np.repeat(sigmas, b), lab, batch_size).reshape(x.shape)
+  return _outputs(network, rows, np.repeat(sigmas, b), lab, batch_size, mesh).reshape(x.shape)
 
 
 def agreement_from_outputs(net_out, an_out, sigmas) -> Agreement:
@@ -151,36 +179,41 @@ def agreement_from_outputs(net_out, an_out, sigmas) -> Agreement:
 
 
 def agreement(network: Denoiser, analytic: Denoiser, inputs, sigmas, labels=None, *,
-              batch_size: int = 256) -> Agreement:
+              batch_size: int = 256, mesh=None) -> Agreement:
   """Per-sigma mse and r2 (normalised by the network's output variance) on inputs (S, B, H, W, C).
 
   labels: optional (B,) labels passed to both denoisers (the same for every sigma). A set where the
   network's output does not vary gets r2 = 1 if the two agree exactly, else -inf; a non-finite
-  output of either denoiser gives r2 = NaN.
+  output of either denoiser gives r2 = NaN. mesh: optional; the batches of both are split over its
+  data axis.
   """
   sigmas = _check_sigmas(sigmas)
-  net = network_outputs(network, inputs, sigmas, labels, batch_size=batch_size)
-  an = network_outputs(analytic, inputs, sigmas, labels, batch_size=batch_size)
+  net = network_outputs(network, inputs, sigmas, labels, batch_size=batch_size, mesh=mesh)
+  an = network_outputs(analytic, inputs, sigmas, labels, batch_size=batch_size, mesh=mesh)
   return agreement_from_outputs(net, an, sigmas)
 
 
 def ladder_agreement(network: Denoiser, rungs: Mapping[str, Denoiser],
-                     input_sets: Mapping[str, tuple], *, batch_size: int = 256
+                     input_sets: Mapping[str, tuple], *, batch_size: int = 256, mesh=None
                      ) -> Dict[str, Dict[str, Agreement]]:
   """{input set: {rung: Agreement}} for every rung against the network on every input set.
 
   input_sets: {name: (inputs (S, B, H, W, C), sigmas (S,), labels (B,) or None)}, e.g.
   "train" / "val" from `noised_inputs`, "trajectory" from `trajectory_inputs`. The network is run
-  once per set.
+  once per set. mesh: optional; every batch is split over its data axis. Reports its progress
+  (`progress.track`, one unit per rung and set).
   """
   report = {}
-  for set_name, (inputs, sigmas, labels) in input_sets.items():
-    sigmas = _check_sigmas(sigmas)
-    net = network_outputs(network, inputs, sigmas, labels, batch_size=batch_size)
-    report[set_name] = {
-        name: agreement_from_outputs(
-            net, network_outputs(rung, inputs, sigmas, labels, batch_size=batch_size), sigmas)
-        for name, rung in rungs.items()}
+  with progress.track("ladder: rungs on the input sets", len(input_sets) * len(rungs),
+                      "rungs x sets") as bar:
+    for set_name, (inputs, sigmas, labels) in input_sets.items():
+      sigmas = _check_sigmas(sigmas)
+      out = lambda d: network_outputs(d, inputs, sigmas, labels, batch_size=batch_size, mesh=mesh)
+      net = out(network)
+      report[set_name] = {}
+      for name, rung in rungs.items():
+        report[set_name][name] = agreement_from_outputs(net, out(rung), sigmas)
+        bar.update(1)
   return report
 
 
@@ -252,7 +285,7 @@ def _best_sizes(sizes, mse) -> np.ndarray:
 
 def calibrate(network: Denoiser, train_images, sizes: Sequence[int], inputs, sigmas, labels=None, *,
               train_labels=None, machine: str = "ls", batch_size: int = 256,
-              machine_factory: Optional[Callable[..., Denoiser]] = None,
+              machine_factory: Optional[Callable[..., Denoiser]] = None, mesh=None,
               **machine_kwargs) -> Calibration:
   """Calibrates the patch size of LS (machine="ls") or ELS ("els") against `network`.
 
@@ -260,7 +293,9 @@ def calibrate(network: Denoiser, train_images, sizes: Sequence[int], inputs, sig
   agreement with the network on inputs (S, B, H, W, C) at sigmas (S,) (the network's trajectory
   states for the calibration of Kamb & Ganguli, ICML 2025, sec. 5; or noised images). Extra keyword
   arguments go to the machine (e.g. boundary="zeros", chunk_size). machine_factory overrides the
-  machine (a function (train_images, k, train_labels, **kw) -> denoiser).
+  machine (a function (train_images, k, train_labels, **kw) -> denoiser). mesh: optional; each
+  machine lays its training set out over it (passed as mesh=) and every batch of inputs is split
+  over its data axis. Reports its progress (`progress.track`, one unit per candidate size).
 
   Returns a `Calibration`. A candidate whose mse is not finite (NaN or inf: its machine or the
   network output NaN or overflowed) is never chosen; at a sigma where no candidate's mse is finite,
@@ -277,14 +312,18 @@ def calibrate(network: Denoiser, train_images, sizes: Sequence[int], inputs, sig
     raise ValueError(f"sizes must be a non-empty list of distinct positive odd integers, got {sizes}")
   factory = machine_factory or (local_denoiser if machine == "ls" else equivariant_local_denoiser)
   sigmas = _check_sigmas(sigmas)
-  net = network_outputs(network, inputs, sigmas, labels, batch_size=batch_size)
+  if mesh is not None:
+    machine_kwargs = dict(machine_kwargs, mesh=mesh)
+  net = network_outputs(network, inputs, sigmas, labels, batch_size=batch_size, mesh=mesh)
   mse, r2 = [], []
-  for k in sizes:
-    an = network_outputs(factory(train_images, k, train_labels, **machine_kwargs), inputs, sigmas,
-                         labels, batch_size=batch_size)
-    a = agreement_from_outputs(net, an, sigmas)
-    mse.append(a.mse)
-    r2.append(a.r2)
+  with progress.track(f"ladder: calibrating {machine}", len(sizes), "candidate sizes") as bar:
+    for k in sizes:
+      an = network_outputs(factory(train_images, k, train_labels, **machine_kwargs), inputs,
+                           sigmas, labels, batch_size=batch_size, mesh=mesh)
+      a = agreement_from_outputs(net, an, sigmas)
+      mse.append(a.mse)
+      r2.append(a.r2)
+      bar.update(1)
   mse, r2 = np.stack(mse), np.stack(r2)
   return Calibration(np.asarray(sizes), sigmas, mse, r2, _best_sizes(sizes, mse))
 
@@ -330,19 +369,22 @@ def ladder_rungs(train_images, train_labels=None, *, delta: Optional[float] = No
 
 
 def rung_gaps(rungs: Mapping[str, Denoiser], train_images, val_images, sigmas, train_labels=None,
-              val_labels=None, *, noise_seed: int = 0, batch_size: int = 128
+              val_labels=None, *, noise_seed: int = 0, batch_size: int = 128, mesh=None
               ) -> Dict[str, Dict[str, np.ndarray]]:
   """Each rung's own E_train, E_val and G(sigma) = (E_val - E_train) / E_train, computed by the gap
   evaluation (`evaluation.gap.denoising_errors`, the same seeded per-image noise) on the given
-  training-image and validation-image subsets."""
+  training-image and validation-image subsets (arrays or sources). mesh: optional; every batch is
+  split over its data axis.
+  Reports its progress (`progress.track`, one unit per rung)."""
   check_number(noise_seed, "noise_seed", low=0, integer=True)
   _check_batch_size(batch_size)
   out = {}
-  for name, rung in rungs.items():
-    e_train = denoising_errors(rung, train_images, train_labels, sigmas, noise_seed=noise_seed,
-                               batch_size=batch_size)
-    e_val = denoising_errors(rung, val_images, val_labels, sigmas, noise_seed=noise_seed,
-                             batch_size=batch_size)
-    with np.errstate(divide="ignore", invalid="ignore"):
-      out[name] = dict(e_train=e_train, e_val=e_val, gap=relative_gap(e_val, e_train))
+  kw = dict(noise_seed=noise_seed, batch_size=batch_size, mesh=mesh)
+  with progress.track("ladder: G(sigma) of the rungs", len(rungs), "rungs") as bar:
+    for name, rung in rungs.items():
+      e_train = denoising_errors(rung, train_images, train_labels, sigmas, **kw)
+      e_val = denoising_errors(rung, val_images, val_labels, sigmas, **kw)
+      with np.errstate(divide="ignore", invalid="ignore"):
+        out[name] = dict(e_train=e_train, e_val=e_val, gap=relative_gap(e_val, e_train))
+      bar.update(1)
   return out

@@ -42,10 +42,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from diffgen_jax import progress
 from diffgen_jax.denoisers import Denoiser, crop_averaged, crop_offsets, guided
 from diffgen_jax.evaluation import features, gap, kmeans
 from diffgen_jax.evaluation.gradient_score import gradient_correlation_vs_sigma
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
+from diffgen_jax.sharding import LazyRows
 
 GUIDANCE_STYLES = ("cfg", "autoguidance")
 
@@ -56,7 +58,10 @@ class Setup(NamedTuple):
   train_all / train_labels: the training set the analytic denoisers are built on (labels: true
   classes, or None when unlabelled); val_all / val_labels: the whole validation split; train_x,
   train_y, train_ids / val_x, val_y, val_ids: the fixed evaluation subsets (their rows are the
-  first rows of the splits, so train_x == train_all[:n]).
+  first rows of the splits, so train_x == train_all[:n]). The images are numpy arrays, or sources
+  read where they are used (`sharding.LazyRows`; see `make_setup`): y* and the gap evaluation
+  then read on each process only the rows its devices hold; what needs every image at once (the
+  k-means features, the pooled crops, a classifier) reads them whole.
   """
   train_all: np.ndarray
   train_labels: Optional[np.ndarray]
@@ -73,25 +78,30 @@ class Setup(NamedTuple):
   noise_seed: int = 0
   batch_size: int = 256
   chunk_size: int = 2048
-  mesh: Optional[Mesh] = None  # the gap evaluation's batches are split over its data axis
+  mesh: Optional[Mesh] = None  # batches split over its data axis; y* lays its training set out on it
 
 
 def make_setup(train_images, train_labels, val_images, val_labels, num_classes: int, sigmas, *,
                num_images: int, train_ids=None, val_ids=None, noise_seed: int = 0,
                batch_size: int = 256, chunk_size: int = 2048, mesh: Optional[Mesh] = None
                ) -> Setup:
-  """A Setup from arrays (float images in [-1, 1]); the evaluation subsets are the first rows.
-  mesh: optional; every gap curve's batches are split over its data axis (`gap.denoising_errors`)."""
-  train_all = np.asarray(train_images, np.float32)
-  val_all = np.asarray(val_images, np.float32)
+  """A Setup from float images in [-1, 1]: arrays (held as float32), or sources (len(), .shape,
+  indexing by an int array returning numpy rows, e.g. `sharding.LazyRows` over a split) kept as
+  they are; the evaluation subsets are the first rows (of a source: a `LazyRows` over it).
+  mesh: optional; every gap curve's batches are split over its data axis (`gap.denoising_errors`)
+  and the analytic denoisers lay their training set out over it (`optimal_denoiser`)."""
+  is_array = lambda a: isinstance(a, (np.ndarray, jax.Array)) or not hasattr(a, "shape")
+  whole = lambda a: np.asarray(a, np.float32) if is_array(a) else a
+  train_all, val_all = whole(train_images), whole(val_images)
   lab = lambda a: None if a is None or num_classes == 0 else np.asarray(a, np.int32)
   train_labels, val_labels = lab(train_labels), lab(val_labels)
   nt, nv = min(num_images, len(train_all)), min(num_images, len(val_all))
   ids = lambda given, n: np.arange(n) if given is None else np.asarray(given)[:n]
   head = lambda a, n: None if a is None else a[:n]
+  first = lambda a, n: a[:n] if isinstance(a, np.ndarray) else LazyRows(a, np.arange(n))
   return Setup(train_all, train_labels, val_all, val_labels, int(num_classes),
-               train_all[:nt], head(train_labels, nt), ids(train_ids, nt),
-               val_all[:nv], head(val_labels, nv), ids(val_ids, nv),
+               first(train_all, nt), head(train_labels, nt), ids(train_ids, nt),
+               first(val_all, nv), head(val_labels, nv), ids(val_ids, nv),
                np.asarray(sigmas, np.float64), noise_seed, batch_size, chunk_size, mesh)
 
 
@@ -133,9 +143,24 @@ def sweep_section(factor: str, setup: Setup, curves: List[Dict], **extra) -> Dic
   return dict({"factor": factor, "sigmas": setup.sigmas, "curves": curves}, **extra)
 
 
-def optimal_denoiser(setup: Setup, labels=None, images=None):
+def optimal_denoiser(setup: Setup, labels=None, images=None, *, differentiable: bool = False):
+  """y* of the setup's training set (or of `images`), conditioned on `labels` (None: unconditional),
+  laid out over the setup's mesh; differentiable=True: on one device of each process instead (the
+  mesh's combination of the shards' statistics, a pmax, has no derivative; the gradient score
+  differentiates y*)."""
   images = setup.train_all if images is None else images
-  return empirical_optimal_denoiser(images, labels, chunk_size=setup.chunk_size)
+  return empirical_optimal_denoiser(images, labels, chunk_size=setup.chunk_size,
+                                    mesh=None if differentiable else setup.mesh)
+
+
+def _curves(factor: str, items: Sequence, curve) -> List[Dict[str, Any]]:
+  """[curve(item) for item in items], reporting progress (`progress.track`, one unit per curve)."""
+  out = []
+  with progress.track(f"factors: {factor}", len(items), "curves") as bar:
+    for item in items:
+      out.append(curve(item))
+      bar.update(1)
+  return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -145,8 +170,8 @@ def optimal_denoiser(setup: Setup, labels=None, images=None):
 def sweep_delta(setup: Setup, deltas: Sequence[float]) -> Dict[str, Any]:
   """G of the unconditional y_delta for each delta (delta = 0: y*)."""
   opt = optimal_denoiser(setup)
-  curves = [gap_curve(setup, error_prone_denoiser(opt, float(d)), f"delta={d:g}", float(d))
-            for d in deltas]
+  curves = _curves("delta", list(deltas), lambda d: gap_curve(
+      setup, error_prone_denoiser(opt, float(d)), f"delta={d:g}", float(d)))
   return sweep_section("delta", setup, curves, value_name="model error delta")
 
 
@@ -176,18 +201,21 @@ def sweep_granularity(setup: Setup, ks: Sequence[int], deltas: Sequence[float], 
       files[str(k)] = kmeans.write_pseudo_labels(os.path.join(pseudo_label_dir, f"k{k}.npz"),
                                                  train_c, val_c)
     conditions.append((f"k={k}", k, train_c, val_c))
-  curves = []
-  for name, count, train_c, val_c in conditions:
-    opt = optimal_denoiser(setup, train_c)
-    n_t, n_v = len(setup.train_x), len(setup.val_x)
-    for d in deltas:
-      denoise = error_prone_denoiser(opt, float(d))
-      curve = gap_curve(setup, denoise, f"{name}, delta={d:g}", count, f"delta={d:g}",
-                        conditional=train_c is not None,
-                        train_y=None if train_c is None else train_c[:n_t],
-                        val_y=None if val_c is None else val_c[:n_v])
-      curve["condition"] = name
-      curves.append(curve)
+  n_t, n_v = len(setup.train_x), len(setup.val_x)
+  optimal = {}  # one y* per condition, built when its first curve is measured
+
+  def curve(item):
+    (name, count, train_c, val_c), d = item
+    if name not in optimal:
+      optimal[name] = optimal_denoiser(setup, train_c)
+    out = gap_curve(setup, error_prone_denoiser(optimal[name], float(d)), f"{name}, delta={d:g}",
+                    count, f"delta={d:g}", conditional=train_c is not None,
+                    train_y=None if train_c is None else train_c[:n_t],
+                    val_y=None if val_c is None else val_c[:n_v])
+    out["condition"] = name
+    return out
+
+  curves = _curves("granularity", [(c, d) for c in conditions for d in deltas], curve)
   return sweep_section("granularity", setup, curves, value_name="number of conditions",
                   pseudo_label_files=files)
 
@@ -196,19 +224,16 @@ def sweep_guidance(setup: Setup, ws: Sequence[float], *, styles=GUIDANCE_STYLES,
                    delta_pos: float, delta_neg: float) -> Dict[str, Any]:
   """G of guided y_delta pairs over the guidance weight w (w = 0: the positive denoiser)."""
   uncond = optimal_denoiser(setup)
-  curves = []
+  pairs = []  # (style, positive, negative, conditional)
   if "cfg" in styles and setup.num_classes > 0 and setup.train_labels is not None:
-    pos = error_prone_denoiser(optimal_denoiser(setup, setup.train_labels), delta)
-    neg = error_prone_denoiser(uncond, delta)
-    for w in ws:
-      curves.append(gap_curve(setup, guided(pos, neg, w), f"cfg, w={w:g}", float(w), "cfg",
-                              conditional=True))
+    pairs.append(("cfg", error_prone_denoiser(optimal_denoiser(setup, setup.train_labels), delta),
+                  error_prone_denoiser(uncond, delta), True))
   if "autoguidance" in styles:
-    pos = error_prone_denoiser(uncond, delta_pos)
-    neg = error_prone_denoiser(uncond, delta_neg)
-    for w in ws:
-      curves.append(gap_curve(setup, guided(pos, neg, w), f"autoguidance, w={w:g}",
-                              float(w), "autoguidance"))
+    pairs.append(("autoguidance", error_prone_denoiser(uncond, delta_pos),
+                  error_prone_denoiser(uncond, delta_neg), False))
+  curves = _curves("guidance", [(p, w) for p in pairs for w in ws], lambda item: gap_curve(
+      setup, guided(item[0][1], item[0][2], item[1]), f"{item[0][0]}, w={item[1]:g}",
+      float(item[1]), item[0][0], conditional=item[0][3]))
   return sweep_section("guidance", setup, curves, value_name="guidance weight w",
                   cfg_delta=delta, autoguidance_delta_pos=delta_pos,
                   autoguidance_delta_neg=delta_neg)
@@ -226,14 +251,18 @@ def sweep_receptive_field(setup: Setup, crop_sizes: Sequence[int],
                           deltas: Sequence[float]) -> Dict[str, Any]:
   """G of crop_averaged(y_delta of the pooled training crops, s) for each crop size s."""
   hw = setup.train_all.shape[1:3]
-  curves = []
-  for s in crop_sizes:
-    s = int(s)
-    full = s == hw[0] and s == hw[1]
-    opt = optimal_denoiser(setup) if full else optimal_denoiser(setup, images=pooled_crops(setup.train_all, s))
-    for d in deltas:
-      denoise = crop_averaged(error_prone_denoiser(opt, float(d)), s, hw)
-      curves.append(gap_curve(setup, denoise, f"s={s}, delta={d:g}", s, f"delta={d:g}"))
+  optimal = {}  # one y* per crop size (of the pooled crops), built for its first curve
+
+  def curve(item):
+    s, d = item
+    if s not in optimal:
+      full = s == hw[0] and s == hw[1]
+      optimal[s] = (optimal_denoiser(setup) if full else
+                    optimal_denoiser(setup, images=pooled_crops(setup.train_all, s)))
+    return gap_curve(setup, crop_averaged(error_prone_denoiser(optimal[s], float(d)), s, hw),
+                     f"s={s}, delta={d:g}", s, f"delta={d:g}")
+
+  curves = _curves("receptive_field", [(int(s), d) for s in crop_sizes for d in deltas], curve)
   return sweep_section("receptive_field", setup, curves, value_name="crop size s",
                   crop_training="pooled corner crops of every training image")
 
@@ -260,13 +289,14 @@ def score_curves(denoise, setup: Setup, sigmas, num_images: int, label: str, *, 
 
 def sweep_gradient_score(setup: Setup, deltas: Sequence[float], sigmas,
                          num_images: int) -> Dict[str, Any]:
-  opt = optimal_denoiser(setup)
-  curves = []
-  for d in deltas:
+  opt = optimal_denoiser(setup, differentiable=True)
+
+  def pair(d):  # the training and validation curves of one delta
     name = "y*" if d == 0 else f"y_delta, delta={d:g}"
-    for c in score_curves(error_prone_denoiser(opt, float(d)), setup, sigmas, num_images, name):
-      c["delta"] = float(d)
-      curves.append(c)
+    out = score_curves(error_prone_denoiser(opt, float(d)), setup, sigmas, num_images, name)
+    return [dict(c, delta=float(d)) for c in out]
+
+  curves = [c for pair_ in _curves("gradient_score", list(deltas), pair) for c in pair_]
   return {"factor": "gradient_score", "sigmas": np.asarray(sigmas), "curves": curves,
           "value_name": "mean distance looked at (pixels)"}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from jax.experimental import multihost_utils
 
 from diffgen_jax import (config_checks, data, defaults, denoisers, edm, jsonio, models, sharding,
                          training)
+from diffgen_jax.jobs import console
 from diffgen_jax.models.network import Network, build_network
 
 
@@ -57,12 +59,65 @@ def mesh_of(config) -> jax.sharding.Mesh:
   return sharding.make_mesh(data_axis, model)
 
 
-def evaluation_mesh():
-  """The mesh the evaluation splits its batches over, as training does: every local device on
-  its data axis (on a CPU, one device per core), whatever mesh the run was trained on (the
-  parameters are replicated). None with several processes, where every process computes the same
-  numbers from its host copy (as the training monitor does)."""
-  return sharding.make_mesh(-1, 1) if jax.process_count() == 1 else None
+TENSORBOARD_DIR = "tensorboard"  # WORKDIR/tensorboard: the run's event files (train, evaluate)
+
+
+def evaluation_mesh(run_config=None) -> jax.sharding.Mesh:
+  """The one mesh every measurement splits its batches over, as training does: (data, model) over
+  every device of every process (jax.devices(), ordered by process), so that with P processes
+  each builds and evaluates 1/P of every batch.
+
+  run_config: the config of the run whose parameters are measured (a ConfigDict or the plain dict
+  of `Run.config`); its mesh.model is the model axis, so that the parameters stay sharded as
+  trained (`parameter_shardings`). None, or a model axis that does not divide the devices here:
+  model = 1 (parameters replicated; the same numbers), said on the console in the latter case.
+  """
+  mesh = (run_config.get("mesh") if run_config is not None else None) or {}
+  model, n = int(mesh.get("model", 1) or 1), jax.device_count()
+  if model < 1 or n % model:
+    console.progress(f"evaluation: the run's mesh.model={model} does not divide the {n} devices "
+                     "here; its parameters are replicated over them instead")
+    model = 1
+  return sharding.make_mesh(-1, model)
+
+
+def parameter_shardings(mesh: jax.sharding.Mesh):
+  """The run's parameter sharding over `mesh` (`training.parameter_sharding`: split over the model
+  axis as in training), as a function of a saved tree: pass it as `sharding=` to
+  `checkpointing.load_snapshot` / `load_ema_params`, so a snapshot is restored where it is used
+  and never gathered whole onto a host."""
+  return functools.partial(training.parameter_sharding, mesh=mesh)
+
+
+def devices_used(mesh: Optional[jax.sharding.Mesh]) -> Dict[str, int]:
+  """What results.json records of where a job measured: {"evaluation_devices": devices of the
+  mesh (every process's; 1 without a mesh: the default device), "processes":
+  jax.process_count()}."""
+  return {"evaluation_devices": 1 if mesh is None else int(mesh.size),
+          "processes": int(jax.process_count())}
+
+
+def evaluation_rows(split: data.Split, n: Optional[int] = None):
+  """The first n rows of a split (all by default), as `data.first_images` but with the images a
+  source read where it is needed: (images, labels, ids) with images a `sharding.LazyRows` of
+  (n, H, W, C) float32 in [-1, 1] (`data.to_unit_range` of what is read), labels (n,) int32 or
+  None when the split has no classes, ids (n,) int64. A measurement that splits the images over a
+  mesh (gap, y*, the rungs) then reads on each process only the rows its devices hold."""
+  n = len(split) if n is None else min(n, len(split))
+  rows = np.arange(n)
+  labels = np.asarray(split.labels[rows], np.int32) if split.num_classes > 0 else None
+  images = sharding.LazyRows(split.images, rows, transform=data.to_unit_range)
+  return images, labels, np.asarray(split.ids[rows])
+
+
+def tensorboard_writer(config, workdir: str, purge_step: Optional[int] = None):
+  """A tensorboardX SummaryWriter on WORKDIR/tensorboard on process 0 when config.tensorboard is
+  on (None on the other processes, or when off). purge_step: events of that step and later are
+  dropped (a resumed training run replays them)."""
+  if not config.get("tensorboard", True) or jax.process_index() != 0:
+    return None
+  from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  return SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR), purge_step=purge_step)
 
 
 def training_settings(config) -> training.Settings:

@@ -14,6 +14,18 @@ The optimal denoiser's own errors are computed once. Results go to WORKDIR/resul
 `jobs.results`) after every snapshot, so an interrupted evaluation resumes and a new snapshot is
 evaluated without recomputing the old ones; figures go to WORKDIR/evaluation/.
 Sample evaluation settings: config.evaluation.samples (`defaults.sample_evaluation_config`).
+
+Where it runs: one mesh over every device of every process (`common.evaluation_mesh`: data x the
+run's mesh.model). Every batch is split over it (each process reads and builds only its rows of
+the evaluation subsets, `common.evaluation_rows`), the snapshots are restored onto the run's
+parameter sharding over it (never gathered onto a host), y* streams the training split from where
+it lives (each process its share) and the results are gathered once. results.json records
+settings.evaluation_devices and settings.processes. Progress: one line per snapshot, and the
+library's loops report with rate and ETA (`progress`). TensorBoard (config.tensorboard, process 0):
+each newly evaluated snapshot's summary in WORKDIR/tensorboard with images seen as the step
+(`write_snapshot_summary`: peak G and its sigma, G at evaluation.at_sigmas, the membership AUC
+peak; `write_sample_summary`: G_FD and the copy fraction when the samples are evaluated) and
+gap_over_training.png as the image evaluate/gap_over_training.
 """
 
 from __future__ import annotations
@@ -26,7 +38,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from diffgen_jax import checkpointing, config_checks, data, defaults, edm, ema, jsonio, optimal
+from diffgen_jax import (checkpointing, config_checks, data, defaults, edm, ema, jsonio, optimal,
+                         progress)
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import gap, membership, samples
 from diffgen_jax.jobs import common, console, convert, results as results_lib
@@ -58,7 +71,7 @@ def validate_config(config) -> None:
   config_checks.choice(config, "evaluation.ema", ("first", "all"))
   config_checks.integer(config, "evaluation.noise_seed", 0)
   config_checks.flag(config, "evaluation.model_vs_optimal")
-  if "optimal" in e:
+  if "optimal" in e:  # (declared in defaults; a config built without it measures y*)
     config_checks.flag(config, "evaluation.optimal")
   if config.model.get("checkpoint"):
     convert.validate_config(config)
@@ -189,8 +202,10 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   network = common.network_of(config, num_classes, "float32")
   sigma_data = config.training.sigma_data
   sigmas = common.sigma_grid(e.sigmas, e.num_sigmas)
-  train_x, train_y, train_ids = data.first_images(train_split, e.num_images)
-  val_x, val_y, val_ids = data.first_images(val_split, e.num_images)
+  # The evaluation subsets and the training set are sources read where they are used: each
+  # process reads only the rows its devices evaluate (or hold, for y*).
+  train_x, train_y, train_ids = common.evaluation_rows(train_split, e.num_images)
+  val_x, val_y, val_ids = common.evaluation_rows(val_split, e.num_images)
   protocol = {"sigmas": sigmas.tolist(), "num_train": len(train_x), "num_val": len(val_x),
               "noise_seed": e.noise_seed, "dataset": config.data.name,
               "subset_size": config.data.subset_size or 0, "labels": config.data.labels,
@@ -203,16 +218,21 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   results = _read_results(workdir, protocol)
   save = lambda: results_lib.write(workdir, job, results)
 
+  # One mesh over every device of every process (data x the run's model axis): every batch is
+  # split over it, and the snapshots are restored onto the run's parameter sharding over it.
+  mesh = common.evaluation_mesh(config)
+  results["settings"] = common.devices_used(mesh)
   # Different seeds for the two splits: independent noise draws (ids overlap across splits).
-  # Each batch is split over the run's mesh (on a CPU, one device per core, as in training).
-  mesh = common.evaluation_mesh()
   train_kw = dict(batch_size=e.batch_size, ids=train_ids, noise_seed=e.noise_seed, mesh=mesh)
   val_kw = dict(batch_size=e.batch_size, ids=val_ids, noise_seed=e.noise_seed + 1, mesh=mesh)
-  # The exact optimal denoiser needs the whole training split in memory: optional (off for
-  # ImageNet-scale sets, e.g. configs/nvidia.py), then there is no model-vs-optimal distance.
+  todo = [step for step in steps if str(step) not in results["snapshots"]]
+  # The exact optimal denoiser streams the whole training split from where it lives, split over
+  # the mesh (each process reads its share); evaluation.optimal=False skips it (and the
+  # model-vs-optimal distance).
   use_optimal = e.get("optimal", True)
-  exact = (optimal.empirical_optimal_denoiser(*data.first_images(train_split)[:2])
-           if use_optimal else None)
+  exact = None
+  if use_optimal and ("optimal" not in results or (e.model_vs_optimal and todo)):
+    exact = optimal.empirical_optimal_denoiser(*common.evaluation_rows(train_split)[:2], mesh=mesh)
   if use_optimal and "optimal" not in results:
     console.progress(f"evaluate: optimal denoiser on {len(train_x)} + {len(val_x)} images x "
                      f"{len(sigmas)} sigmas")
@@ -220,58 +240,56 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
     opt_val = gap.denoising_errors(exact, val_x, val_y, sigmas, **val_kw)
     # (No gap for the optimal denoiser: its E_train is 0 where it recalls the training images.)
     results["optimal"] = {"e_train": opt_train.tolist(), "e_val": opt_val.tolist()}
-    save()
-
-  for step in steps:
-    if str(step) in results["snapshots"]:
-      continue
-    ema_sets, meta = checkpointing.load_snapshot(workdir, step)
-    names = ema.set_names(ema_sets, e.ema)
-    entry = {"images_seen": meta["images_seen"], "ema": {}}
-    for name in names:
-      denoise = network_denoiser(network, ema.pick(ema_sets, name)[1], sigma_data)
-      record, per_image = {}, {}
-      for split_name, x, y, kw in (("train", train_x, train_y, train_kw), ("val", val_x, val_y, val_kw)):
-        if e.model_vs_optimal and use_optimal:
-          (errors, per_image[split_name]), (dist, _) = gap.errors_and_distance(
-              denoise, exact, x, y, sigmas, return_per_image=True, **kw)
-          record[f"to_optimal_{split_name}"] = dist.tolist()
-        else:
-          errors, per_image[split_name] = gap.denoising_errors(denoise, x, y, sigmas,
-                                                               return_per_image=True, **kw)
-        record[f"e_{split_name}"] = errors.tolist()
-      record["gap"] = gap.relative_gap(record["e_val"], record["e_train"]).tolist()
-      # Membership inference from the same per-image errors (training images are members).
-      mi = membership.membership_by_sigma(per_image["train"], per_image["val"],
-                                          fpr=MEMBERSHIP_FPR)
-      record["membership"] = {k: mi[k].tolist() for k in ("auc", "auc_low", "auc_high", "tpr",
-                                                          "tpr_low", "tpr_high")}
-      record["membership"]["fpr"] = mi["fpr"]
-      if name == names[0]:  # per-image errors kept for bootstrapped intervals over snapshots
-        with jsonio.atomic_open(os.path.join(out_dir, PER_IMAGE_DIR, f"{step}.npz"), "wb") as f:
-          np.savez(f, e_train=per_image["train"].astype(np.float32),
-                   e_val=per_image["val"].astype(np.float32), sigmas=sigmas)
-      entry["ema"][name] = record
-    results["snapshots"][str(step)] = entry
-    peak_sigma, peak_value = gap.peak(sigmas, entry["ema"][names[0]]["gap"])
-    console.progress(f"evaluate: snapshot {step} ({meta['images_seen']} images): peak G = "
-                     f"{peak_value:.4f} at sigma = {peak_sigma:.3g}")
-    save()
-
-  results["summary"] = summarize(results, sigmas, e.at_sigmas)
   save()
-  draw(results, sigmas, out_dir)
-  settings = sample_settings(config)
-  if settings.enabled:
 
-    def save_samples(section):
-      results["samples"] = section
-      save()
+  board = common.tensorboard_writer(config, workdir)
+  shardings = common.parameter_shardings(mesh)
+  try:
+    with progress.track("evaluate: snapshots", len(todo), "snapshots") as bar:
+      for step in todo:
+        ema_sets, meta = checkpointing.load_snapshot(workdir, step, sharding=shardings)
+        names = ema.set_names(ema_sets, e.ema)
+        entry = {"images_seen": meta["images_seen"], "ema": {}}
+        for name in names:
+          denoise = network_denoiser(network, ema.pick(ema_sets, name)[1], sigma_data)
+          entry["ema"][name] = _measure_snapshot(
+              denoise, exact if e.model_vs_optimal else None, sigmas,
+              (("train", train_x, train_y, train_kw), ("val", val_x, val_y, val_kw)),
+              per_image_path=(os.path.join(out_dir, PER_IMAGE_DIR, f"{step}.npz")
+                              if name == names[0] else None))
+        results["snapshots"][str(step)] = entry
+        peak_sigma, peak_value = gap.peak(sigmas, entry["ema"][names[0]]["gap"])
+        console.progress(f"evaluate: snapshot {step} ({meta['images_seen']} images): peak G = "
+                         f"{peak_value:.4f} at sigma = {peak_sigma:.3g}")
+        save()
+        if board is not None:
+          write_snapshot_summary(board, summarize(results, sigmas, e.at_sigmas), step)
+        bar.update(1)
 
-    s = results["summary"]
-    save_samples(evaluate_samples(
-        config, workdir, network, train_split, val_split, steps, results.get("samples"),
-        save=save_samples, gap_peaks=dict(zip(s["images_seen"], s["peak_gap"]))))
+    results["summary"] = summarize(results, sigmas, e.at_sigmas)
+    save()
+    if jax.process_index() == 0:  # (the figures: one writer)
+      draw(results, sigmas, out_dir)
+    if board is not None and todo:  # (a re-run that evaluated nothing new writes nothing)
+      _board_figure(board, os.path.join(out_dir, "gap_over_training.png"),
+                    results["summary"]["images_seen"][-1])
+    settings = sample_settings(config)
+    if settings.enabled:
+      before = dict(results.get("samples", {}).get("snapshots", {}))
+
+      def save_samples(section):
+        results["samples"] = section
+        save()
+        if board is not None:
+          write_sample_summary(board, section, before)
+
+      s = results["summary"]
+      save_samples(evaluate_samples(
+          config, workdir, network, train_split, val_split, steps, results.get("samples"),
+          save=save_samples, gap_peaks=dict(zip(s["images_seen"], s["peak_gap"]))))
+  finally:
+    if board is not None:
+      board.close()
   s = results["summary"]
   sample_summary = results.get("samples", {}).get("summary", {})
   console.summary(f"Denoising gap of {workdir} (last snapshot, {s['images_seen'][-1]} images "
@@ -284,6 +302,83 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
         f"{sample_summary['copy_fraction_validation_control'][-1]:.3f}).")
   console.summary(f"Results in {results_lib.path(workdir)}, figures in {out_dir}/")
   return results
+
+
+def _measure_snapshot(denoise, exact, sigmas, splits, per_image_path: Optional[str]
+                      ) -> Dict[str, Any]:
+  """One EMA set's record: E_train, E_val, G, the distance to the optimal denoiser `exact` (when
+  given; from the same pass of the network) and membership inference from the per-image errors
+  (training images are members). splits: (("train", x, y, kw), ("val", x, y, kw)) with kw the
+  gap evaluation's keywords (ids, noise seed, batch size, mesh). per_image_path: where the (N, S)
+  per-image errors are kept for bootstrapped intervals (None: not kept)."""
+  record, per_image = {}, {}
+  for split_name, x, y, kw in splits:
+    if exact is not None:
+      (errors, per_image[split_name]), (dist, _) = gap.errors_and_distance(
+          denoise, exact, x, y, sigmas, return_per_image=True, **kw)
+      record[f"to_optimal_{split_name}"] = dist.tolist()
+    else:
+      errors, per_image[split_name] = gap.denoising_errors(denoise, x, y, sigmas,
+                                                           return_per_image=True, **kw)
+    record[f"e_{split_name}"] = errors.tolist()
+  record["gap"] = gap.relative_gap(record["e_val"], record["e_train"]).tolist()
+  mi = membership.membership_by_sigma(per_image["train"], per_image["val"], fpr=MEMBERSHIP_FPR)
+  record["membership"] = {k: mi[k].tolist() for k in ("auc", "auc_low", "auc_high", "tpr",
+                                                      "tpr_low", "tpr_high")}
+  record["membership"]["fpr"] = mi["fpr"]
+  if per_image_path is not None and jax.process_index() == 0:
+    with jsonio.atomic_open(per_image_path, "wb") as f:
+      np.savez(f, e_train=per_image["train"].astype(np.float32),
+               e_val=per_image["val"].astype(np.float32), sigmas=sigmas)
+  return record
+
+
+# ------------------------------------------------------------------------------------------------
+# TensorBoard: each snapshot's summary, with images seen as the step (process 0's writer)
+
+BOARD_PREFIX = "evaluate/"
+# The sample-level scalars written per snapshot: results["samples"]["summary"] key -> tag.
+SAMPLE_SCALARS = {"gap_fd_features": "gap_fd_features", "gap_fd_pixels": "gap_fd_pixels",
+                  "copy_fraction": "copy_fraction"}
+
+
+def write_snapshot_summary(board, summary: Mapping[str, Any], step: int) -> None:
+  """The scalars of snapshot `step` from the evaluate job's summary (`summarize`), at its images
+  seen: evaluate/peak_gap, evaluate/peak_sigma, evaluate/gap_at_sigma/<sigma> (each of
+  evaluation.at_sigmas on the grid) and evaluate/membership_peak_auc."""
+  i = list(summary["steps"]).index(step)
+  seen = int(summary["images_seen"][i])
+  scalars = {"peak_gap": summary["peak_gap"][i], "peak_sigma": summary["peak_sigma"][i]}
+  for sigma, values in summary.get("gap_at_sigmas", {}).items():
+    scalars[f"gap_at_sigma/{sigma}"] = values[i]
+  if "membership_peak_auc" in summary:
+    scalars["membership_peak_auc"] = summary["membership_peak_auc"][i]
+  for tag, value in scalars.items():
+    board.add_scalar(BOARD_PREFIX + tag, float(value), seen)
+  board.flush()
+
+
+def write_sample_summary(board, section: Mapping[str, Any], before: Mapping[str, Any]) -> None:
+  """The sample-level scalars (G_FD in the feature space and in pixels, the copy fraction; keys of
+  SAMPLE_SCALARS in section["summary"]) of every snapshot whose record differs from `before`
+  (the records the job started with: those were written by an earlier run), at its images seen."""
+  summary = section.get("summary") or {}
+  for i, step in enumerate(summary.get("steps", [])):
+    if section["snapshots"].get(str(step)) == before.get(str(step)):
+      continue
+    for key, tag in SAMPLE_SCALARS.items():
+      if key in summary:
+        board.add_scalar(BOARD_PREFIX + tag, float(summary[key][i]), int(summary["images_seen"][i]))
+  board.flush()
+
+
+def _board_figure(board, path: str, images_seen: int) -> None:
+  """A PNG figure (e.g. gap_over_training.png) as the image evaluate/<its name> at images_seen."""
+  import matplotlib.image  # pylint: disable=import-outside-toplevel
+  picture = matplotlib.image.imread(path)[..., :3]  # RGBA in [0, 1] -> RGB
+  board.add_image(BOARD_PREFIX + os.path.splitext(os.path.basename(path))[0], picture,
+                  int(images_seen), dataformats="HWC")
+  board.flush()
 
 
 def _ordered(results):

@@ -38,6 +38,14 @@ Trained sweep (`trained`, needs `run_dir`: a train job's workdir with the same d
   the receptive field via `denoisers.crop_averaged` on the network (crop sizes the U-Net accepts); the
   gradient score vs sigma of the network and of y*.
 
+Where it runs: one mesh over every device of every process (`common.evaluation_mesh`; with the
+trained sweep, the run's model axis): the training and validation splits are sources read where
+they are used, y* lays the training set out over the mesh (each process reads its share; the
+gradient score's y*, which is differentiated, is built on one device of each process), every gap
+batch is split over it, the snapshots are restored onto the run's parameter sharding, and each
+sweep reports its progress over its curves (`progress`). settings.evaluation_devices and
+settings.processes record it.
+
 Outputs: WORKDIR/results.json in the jobs' one layout (`jobs.results`: {"job": "factors",
 "settings", "sweeps": {name: section}}, sections as in `evaluation.sweeps`; plain JSON, non-finite
 values as null) and WORKDIR/<sweep>.png and <sweep>_peak.png.
@@ -135,8 +143,10 @@ def sweep_trained(config, setup: Setup) -> Dict[str, Any]:
   network = common.build_network(model_config, setup.num_classes, "float32")
   sigma_data = float(saved.training.sigma_data)
 
-  def params_of(index):
-    _, params, meta = checkpointing.load_ema_params(config.run_dir, steps[index])
+  def params_of(index):  # restored onto the run's parameter sharding over the setup's mesh
+    _, params, meta = checkpointing.load_ema_params(
+        config.run_dir, steps[index],
+        sharding=None if setup.mesh is None else common.parameter_shardings(setup.mesh))
     return params, meta
 
   params, meta = params_of(t.snapshot)
@@ -179,7 +189,8 @@ def sweep_trained(config, setup: Setup) -> Dict[str, Any]:
   score_sigmas = edm.gap_sigma_grid(config.gradient_score.num_sigmas)
   scores = (score_curves(net, setup, score_sigmas, t.gradient_images, "network",
                          conditional=conditional)
-            + score_curves(optimal_denoiser(setup), setup, score_sigmas, t.gradient_images, "y*"))
+            + score_curves(optimal_denoiser(setup, differentiable=True), setup, score_sigmas,
+                           t.gradient_images, "y*"))
   return sweep_section("trained", setup, curves, value_name="w / crop size",
                   run_dir=os.path.abspath(config.run_dir), snapshot_step=steps[t.snapshot],
                   images_seen=meta.get("images_seen"),
@@ -327,18 +338,19 @@ def load_splits(config) -> Dict[str, data.Split]:
 
 def load_setup(config, splits=None) -> Setup:
   """The training split (or subset) and validation split the config names (`load_splits`, unless
-  given), as a Setup."""
+  given), as a Setup: the images sources read where they are used (`common.evaluation_rows`),
+  on the one evaluation mesh over every device of every process (`common.evaluation_mesh`; with
+  the trained sweep, the model axis of the run's mesh)."""
   splits = load_splits(config) if splits is None else splits
-  arrays = {}
-  for name, split in splits.items():
-    arrays[name] = data.first_images(split)
-  tr, va = arrays["train"], arrays["validation"]
+  tr, va = (common.evaluation_rows(splits[name]) for name in ("train", "validation"))
   common.check_optimal_labels(config, splits["train"], splits["validation"])
+  trained = "trained" in tuple(config.sweeps)
+  mesh = common.evaluation_mesh(common.read_run(config.run_dir).config if trained else None)
   return make_setup(tr[0], tr[1], va[0], va[1], splits["train"].num_classes,
                     common.sigma_grid(config.sigmas, config.num_sigmas),
                     num_images=config.num_images, train_ids=tr[2], val_ids=va[2],
                     noise_seed=config.noise_seed, batch_size=config.batch_size,
-                    chunk_size=config.chunk_size, mesh=common.evaluation_mesh())
+                    chunk_size=config.chunk_size, mesh=mesh)
 
 
 def check_against_data(config, setup: Setup, sweeps) -> None:
@@ -373,9 +385,11 @@ def _feature_fn(config, setup: Setup):
   if setup.train_labels is None or setup.num_classes < 2:
     raise ConfigError("config.granularity.features='classifier' without "
                       "config.granularity.classifier_params needs class labels to train one")
-  params, acc = features.train_classifier(setup.train_all, setup.train_labels, setup.num_classes,
-                                          g.classifier_steps, config.seed,
-                                          val_images=setup.val_all, val_labels=setup.val_labels)
+  # (A classifier trains on every image at once: the sets are read whole here.)
+  params, acc = features.train_classifier(np.asarray(setup.train_all), setup.train_labels,
+                                          setup.num_classes, g.classifier_steps, config.seed,
+                                          val_images=np.asarray(setup.val_all),
+                                          val_labels=setup.val_labels)
   logging.info("factors: trained a SmallCNN for the clustering features, val accuracy %.3f", acc)
   return features.classifier_features(params), {"features": "classifier",
                                                 "classifier_val_accuracy": acc}
@@ -436,7 +450,7 @@ def _settings(config, setup: Setup, train_split) -> Dict[str, Any]:
           "num_classes": setup.num_classes, "sigmas": setup.sigmas,
           "noise_seed_train": setup.noise_seed, "noise_seed_val": setup.noise_seed + 1,
           "model_error": config.model_error, "seed": config.seed,
-          "config": json.loads(config.to_json_best_effort())}
+          **common.devices_used(setup.mesh), "config": json.loads(config.to_json_best_effort())}
 
 
 def run(config, workdir: str) -> Dict[str, Any]:

@@ -25,7 +25,7 @@ Outputs: WORKDIR/results.json (`jobs.results` layout, written after every stage)
      "settings":    {"run_dir", "step", "images_seen", "ema", "dataset", "subset_size", "labels",
                      "num_classes", "image_shape", "num_train_set", "num_train_eval",
                      "num_val_eval", "noise_seed_train", "noise_seed_val", "sigmas",
-                     "trajectory_sigmas", "rungs", "config"}
+                     "trajectory_sigmas", "rungs", "evaluation_devices", "processes", "config"}
      "calibration": {"on", "sigmas" (S_c,), "sizes" (K,),
                      "machines": {"LS" | "ELS" | "PSPC": {"mse" (K, S_c), "r2" (K, S_c),
                                                           "best_size" (S_c,)}}}
@@ -45,6 +45,12 @@ Outputs: WORKDIR/results.json (`jobs.results` layout, written after every stage)
                      "best_rung_predicts_gap": {set: fraction of sigmas where the set's best-r2
                                                 rung is the closest-G rung, over the sigmas
                                                 where both are defined; NaN if none is}}
+Where it runs: one mesh over every device of every process (`common.evaluation_mesh`, the run's
+model axis): the rungs lay the training set out over it from where it lives (each process reads
+its share), every batch of states is split over it, the snapshot is restored onto the run's
+parameter sharding, and the outputs are gathered once; settings.evaluation_devices and
+settings.processes record it. The calibration, the rungs and their gaps report progress with rate
+and ETA (`progress`).
 Figures (config.make_plots) in WORKDIR: ladder_r2.png (r2 vs sigma per rung, one panel per input
 set), ladder_calibration.png (calibrated size vs sigma and every candidate's distance curve),
 ladder_gap.png (G(sigma) of the rungs beside the network's).
@@ -59,7 +65,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from diffgen_jax import checkpointing, config_checks, data, jsonio
+from diffgen_jax import checkpointing, config_checks, jsonio
 from diffgen_jax.config_checks import ConfigError, fail
 from diffgen_jax.evaluation import gap, ladder
 from diffgen_jax.jobs import common, console, results as results_lib
@@ -171,14 +177,20 @@ def run(config, workdir: str) -> Dict[str, Any]:
              "trained on: point config.data_dir at the run's dataset.")
   val_split = common.load_split(run_config, "validation")
   num_classes = train_split.num_classes
-  train_all, train_labels_all, _ = data.first_images(train_split)
+  # The training set is a source the rungs read where it lives (each process its share); the
+  # evaluation subsets are read lazily too.
+  train_all, train_labels_all, _ = common.evaluation_rows(train_split)
   _check_ranks(config, int(np.prod(train_all.shape[1:])))
-  train_x, train_y, train_ids = data.first_images(train_split, config.num_images)
-  val_x, val_y, val_ids = data.first_images(val_split, config.num_images)
+  train_x, train_y, train_ids = common.evaluation_rows(train_split, config.num_images)
+  val_x, val_y, val_ids = common.evaluation_rows(val_split, config.num_images)
   sigmas = common.sigma_grid(config.sigmas, config.num_sigmas)
 
+  # One mesh over every device of every process: the rungs lay the training set out over it,
+  # every batch is split over it, and the snapshot is restored onto the run's parameter sharding.
+  mesh = common.evaluation_mesh(run_config)
   network = common.network_of(run_config, num_classes, "float32")
-  ema_name, params, meta = checkpointing.load_ema_params(config.run_dir, step, config.ema)
+  ema_name, params, meta = checkpointing.load_ema_params(
+      config.run_dir, step, config.ema, sharding=common.parameter_shardings(mesh))
   net = network_denoiser(network, params, float(run_config.training.sigma_data))
   previous = results_lib.read_if_exists(workdir).get(results_lib.JOB_KEY)
   if previous not in (None, JOB):
@@ -195,17 +207,14 @@ def run(config, workdir: str) -> Dict[str, Any]:
   sample_labels = (rng.integers(0, num_classes, t.num_samples).astype(np.int32)
                    if num_classes > 0 else None)
   console.progress(f"ladder: {t.num_samples} trajectories of the network ({t.num_steps} steps)")
-  traj_sigmas, traj_states = ladder.trajectory_inputs(net, noise, sample_labels,
+  traj_sigmas, traj_states = ladder.trajectory_inputs(net, noise, sample_labels, mesh=mesh,
                                                       num_steps=int(t.num_steps))
   input_sets = {
-      "train": (ladder.noised_inputs(train_x, sigmas, ids=train_ids, noise_seed=config.noise_seed),
-                sigmas, train_y),
-      "val": (ladder.noised_inputs(val_x, sigmas, ids=val_ids, noise_seed=config.noise_seed + 1),
-              sigmas, val_y),
+      "train": (ladder.noised_inputs(np.asarray(train_x), sigmas, ids=train_ids,
+                                     noise_seed=config.noise_seed), sigmas, train_y),
+      "val": (ladder.noised_inputs(np.asarray(val_x), sigmas, ids=val_ids,
+                                   noise_seed=config.noise_seed + 1), sigmas, val_y),
       "trajectory": (traj_states, traj_sigmas, sample_labels)}
-  # The analytic machines split the training set over every local device (on a CPU, one per
-  # core) and combine their statistics exactly; queries are replicated.
-  mesh = common.evaluation_mesh()
   results["settings"] = {
       "run_dir": os.path.abspath(config.run_dir), "step": int(step),
       "images_seen": meta.get("images_seen"), "ema": ema_name, "dataset": run_config.data.name,
@@ -215,16 +224,14 @@ def run(config, workdir: str) -> Dict[str, Any]:
       "num_classes": int(num_classes), "image_shape": list(train_all.shape[1:]),
       "num_train_set": len(train_all), "num_train_eval": len(train_x), "num_val_eval": len(val_x),
       "noise_seed_train": config.noise_seed, "noise_seed_val": config.noise_seed + 1,
-      "sigmas": sigmas, "trajectory_sigmas": traj_sigmas,
-      "evaluation_devices": 1 if mesh is None else int(mesh.size),
+      "sigmas": sigmas, "trajectory_sigmas": traj_sigmas, **common.devices_used(mesh),
       "config": json.loads(config.to_json_best_effort())}
   save()
 
   # 2. Calibration of each local rung's patch size.
   cal_inputs, cal_sigmas, cal_labels = input_sets[config.calibration.on]
-  machines = {"LS": dict(machine="ls", mesh=mesh),
-              "ELS": dict(machine="els", boundary=config.els_boundary, mesh=mesh),
-              "PSPC": dict(machine="ls", machine_factory=_pspc_factory, mesh=mesh)}
+  machines = {"LS": dict(machine="ls"), "ELS": dict(machine="els", boundary=config.els_boundary),
+              "PSPC": dict(machine="ls", machine_factory=_pspc_factory)}
   calibrations = {}
   results["calibration"] = {"on": config.calibration.on, "sigmas": cal_sigmas,
                             "sizes": list(config.calibration.sizes), "machines": {}}
@@ -233,7 +240,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
                      f"the {config.calibration.on} set")
     cal = ladder.calibrate(net, train_all, config.calibration.sizes, cal_inputs, cal_sigmas,
                            cal_labels, train_labels=train_labels_all, batch_size=config.batch_size,
-                           **machines[name])
+                           mesh=mesh, **machines[name])
     calibrations[name] = cal
     results["calibration"]["machines"][name] = {"mse": cal.mse, "r2": cal.r2,
                                                 "best_size": cal.best_size}
@@ -261,7 +268,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   for set_name in INPUT_SETS:
     console.progress(f"ladder: {len(rungs)} rungs on the {set_name} set")
     report = ladder.ladder_agreement(net, rungs, {set_name: input_sets[set_name]},
-                                     batch_size=config.batch_size)[set_name]
+                                     batch_size=config.batch_size, mesh=mesh)[set_name]
     results["agreement"][set_name] = {
         "sigmas": input_sets[set_name][1],
         "rungs": {name: {"mse": a.mse, "r2": a.r2} for name, a in report.items()}}
@@ -270,7 +277,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   # 5. Each rung's own G(sigma), beside the network's.
   console.progress(f"ladder: G(sigma) of the network and {len(rungs)} rungs")
   gaps = ladder.rung_gaps({"network": net, **rungs}, train_x, val_x, sigmas, train_y, val_y,
-                          noise_seed=config.noise_seed, batch_size=config.batch_size)
+                          noise_seed=config.noise_seed, batch_size=config.batch_size, mesh=mesh)
   results["gaps"] = {"sigmas": sigmas, "denoisers": gaps}
   results["summary"] = summarize(results)
   results["wall_time_s"] = time.perf_counter() - start

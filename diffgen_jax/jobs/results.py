@@ -24,14 +24,18 @@ results (experiments/, notebooks) calls `read(workdir)` without knowing which jo
        WORKDIR/evaluation/per_image/<step>.npz)
        "samples":   {"protocol", "feature", "snapshots": {str(step): record}, "summary"}
                     (records as in `evaluation.samples`)
+       "settings":  {"evaluation_devices", "processes"}: where the last evaluation ran (every
+                    device of every process, `jobs.common.devices_used`)
      factors (`jobs.factors`):
-       "settings":  the data, evaluation subsets, sigma grid, seeds and config
+       "settings":  the data, evaluation subsets, sigma grid, seeds, config, evaluation_devices and
+                    processes
        "sweeps":    {name: {"factor", "sigmas", "value_name", "curves": [...], ...}}
                     (sections as in `evaluation.sweeps`)
      toy2d (`jobs.toy2d`):
        "experiments": {name: {"protocol", ...curves, "wall_time_s"}}
      ladder (`jobs.ladder`, the network of one snapshot against the analytic rungs):
-       "settings":    the run, snapshot, data, sigma grids (noised sets, trajectory), rungs, config
+       "settings":    the run, snapshot, data, sigma grids (noised sets, trajectory), rungs, config,
+                      evaluation_devices and processes
        "calibration": {"on", "sigmas", "sizes", "machines": {LS|ELS|PSPC: {"mse", "r2", "best_size"}}}
        "agreement":   {"train"|"val"|"trajectory": {"sigmas", "rungs": {rung: {"mse", "r2"}}}}
        "gaps":        {"sigmas", "denoisers": {"network"|rung: {"e_train", "e_val", "gap"}}}

@@ -17,6 +17,17 @@ it starts from (with the step's batch and noise), so that state and any later on
 a state counts as good once the loss computed from it was finite, and the error names the newest.
 Everything set aside goes to WORKDIR/checkpoints/rejected/ (`checkpointing`), never deleted.
 
+Preemption: every step asks orbax whether a preemption sync point is reached
+(`CheckpointManager.reached_preemption`: with several processes, jax.distributed's preemption
+service turns a SIGTERM on any host into one step that every process reaches). There the run saves
+its state, says so and returns (`"preempted": True`) without the evaluation; re-running the same
+command resumes from that state, bit-identical to an uninterrupted run. (One process has no
+preemption service: orbax then never reports one.)
+
+The monitor and the per-snapshot sample grid run over the training mesh (every device of every
+process, each process building only its rows) with the parameters where they are, sharded as
+trained.
+
 WORKDIR/config.json is the run's record (`common.read_run`): the config it started with, its model
 as built (a preset's fields filled in, the data's num_classes, the compute dtype), the training
 set's fingerprint, and every resume that changed a field, with its step. A resume whose config
@@ -36,9 +47,7 @@ import time
 from typing import Any, Dict, List
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from diffgen_jax import (checkpointing, config_checks, data, ema, flops, jsonio, models, samplers,
                          sharding, training)
@@ -47,7 +56,7 @@ from diffgen_jax.jobs import common, console, evaluate
 from diffgen_jax.models.network import network_denoiser
 
 METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_DIR = common.TENSORBOARD_DIR
 
 
 def validate_config(config) -> None:
@@ -238,10 +247,12 @@ def run(config, workdir: str) -> Dict[str, Any]:
   monitor_fn = _make_monitor(config, network, split, mesh)
   monitor_every = (max(1, int(round(config.monitor.every_images / t.batch_size)))
                    if config.monitor.every_images else 0)
-  board = _board(config, workdir, start)
+  # On resume, events after the restored step are purged, as the metrics rows are.
+  board = common.tensorboard_writer(config, workdir, purge_step=start or None)
   batches = data.BatchIterator(split, t.batch_size, config.seed, mesh, start_step=start,
                                x_flip=config.data.x_flip)
   pending: List[tuple] = []  # (step, device metrics) not yet fetched
+  preempted = None  # the step at which a preemption notice stopped the run
   monitored: Dict[int, Dict[str, float]] = {}  # step -> monitor values for that step's row
   tick, tick_step, t0 = time.time(), start, time.time()
   last = {}
@@ -321,9 +332,19 @@ def run(config, workdir: str) -> Dict[str, Any]:
           picture = save_image_grid(grid, os.path.join(workdir, "samples", f"step_{done:08d}.png"))
           if board is not None:
             board.add_image("samples", picture, done, dataformats="HWC")
-      if done % state_every == 0 or done == total_steps:
+      saved = done % state_every == 0 or done == total_steps
+      if saved:
         flush()
         ckpt.save_state(done, state, dict(meta, step=done, data_position=done))
+      # A preemption notice (SIGTERM on any host, `jax.distributed`'s preemption service): orbax
+      # answers True at one and the same step on every process, all of which call this at every
+      # step, so the state is saved collectively there and every process stops.
+      if ckpt.state.reached_preemption(done):
+        if not saved:
+          flush()
+          ckpt.save_state(done, state, dict(meta, step=done, data_position=done))
+        preempted = done
+        break
   finally:
     # Also when training stops with an error (e.g. a non-finite loss): let the checkpoints already
     # being written finish, so the last good state is on disk, not a temporary directory.
@@ -332,11 +353,19 @@ def run(config, workdir: str) -> Dict[str, Any]:
     ckpt.close()
     if board is not None:
       board.close()
+  out = {"state": state, "network": network, "last_metrics": last, "total_steps": total_steps,
+         "steps_done": total_steps if preempted is None else preempted,
+         "preempted": preempted is not None}
+  if preempted is not None:
+    console.progress(f"train: preempted: a preemption notice reached the run; the state after "
+                     f"step {preempted} ({preempted * t.batch_size} images) is saved in "
+                     f"{ckpt.state_dir(preempted)}. Re-run the same command to resume from it.")
+    return out
   console.progress(f"train: finished, {total_steps} steps, {total_steps * t.batch_size} images, "
                    f"{time.time() - t0:.1f} s")
   if config.evaluation.after_training:
     evaluate.run(config, workdir, job="train")
-  return {"state": state, "network": network, "last_metrics": last, "total_steps": total_steps}
+  return out
 
 
 def abstract_state_with(abstract_state, shardings):
@@ -347,28 +376,28 @@ def abstract_state_with(abstract_state, shardings):
 
 def _make_sample_fn(network, config, image_shape, num_classes, mesh):
   """Samples a fixed grid from the first EMA set at each snapshot (same noise every time), split
-  over the mesh's data axis when the grid divides it (single process)."""
+  over the mesh's data axis (every device of every process; the grid is padded to a multiple of
+  the axis by repeating its last noise row, and the padding is dropped), the parameters sharded as
+  trained. Returns sample_fn(ema_sets) -> (grid_size, H, W, C) numpy on every process."""
   s = config.sampling
   if s.grid_size <= 0:
     return lambda ema_sets: None
-  noise = jax.random.normal(jax.random.key(config.seed + 1), (s.grid_size,) + tuple(image_shape))
-  labels = jnp.arange(s.grid_size) % num_classes if num_classes > 0 else None
+  noise = np.asarray(jax.random.normal(jax.random.key(config.seed + 1),
+                                       (s.grid_size,) + tuple(image_shape)))
+  labels = np.arange(s.grid_size, dtype=np.int32) % num_classes if num_classes > 0 else None
+  rows = np.minimum(np.arange(sharding.batch_multiple(s.grid_size, mesh)), s.grid_size - 1)
+  # Noise and labels are arguments of the compiled sampler (constants would lose their sharding
+  # and every device would sample the whole grid); each process builds only its rows.
+  noise = sharding.put_batch(noise[rows], mesh)
+  labels = None if labels is None else sharding.put_batch(labels[rows], mesh)
 
+  @jax.jit
   def generate(params, noise, labels):
     denoise = network_denoiser(network, params, config.training.sigma_data)
     return samplers.sample(denoise, noise, labels, num_steps=s.num_steps).samples
 
-  if jax.process_count() == 1 and s.grid_size % mesh.shape[sharding.DATA_AXIS] == 0:
-    # Split noise and labels passed as arguments (constants would lose their sharding and every
-    # device would sample the whole grid).
-    noise = sharding.put_batch(noise, mesh)
-    labels = None if labels is None else sharding.put_batch(labels, mesh)
-    compiled = functools.partial(jax.jit(generate), noise=noise, labels=labels)
-  else:
-    compiled = jax.jit(lambda params: generate(params, noise, labels))
-
   def sample_fn(ema_sets):
-    return np.asarray(jax.device_get(compiled(ema.pick(ema_sets)[1])))
+    return sharding.fetch(generate(ema.pick(ema_sets)[1], noise, labels))[:s.grid_size]
 
   return sample_fn
 
@@ -376,39 +405,29 @@ def _make_sample_fn(network, config, image_shape, num_classes, mesh):
 def _make_monitor(config, network, split, mesh):
   """monitor(ema_sets) -> {"e_train", "e_val", "gap"} (each (S,) at config.monitor.sigmas) of the
   first EMA set, on the first monitor.num_images of the training and validation splits with the
-  evaluate job's per-image noise (seeds evaluation.noise_seed and + 1); None when off."""
+  evaluate job's per-image noise (seeds evaluation.noise_seed and + 1); None when off. Each batch
+  is split over the training mesh (every device of every process; each process reads only its
+  rows of the images) and the parameters are used where they are, sharded as trained."""
   m = config.monitor
   if not m.every_images:
     return None
   val_split = common.load_split(config, "validation")
-  sets = {name: data.first_images(s, m.num_images) for name, s in (("train", split),
-                                                                      ("val", val_split))}
+  sets = {name: common.evaluation_rows(s, m.num_images) for name, s in (("train", split),
+                                                                         ("val", val_split))}
   sigmas = np.asarray(m.sigmas, np.float64)
   seeds = {"train": config.evaluation.noise_seed, "val": config.evaluation.noise_seed + 1}
 
   def monitor(ema_sets):
-    params, on = ema.pick(ema_sets)[1], mesh
-    if jax.process_count() > 1:  # every process computes the same numbers from a host copy
-      params, on = multihost_utils.process_allgather(params, tiled=True), None
-    denoise = network_denoiser(network, params, config.training.sigma_data)
+    denoise = network_denoiser(network, ema.pick(ema_sets)[1], config.training.sigma_data)
     out = {}
     for name, (x, y, ids) in sets.items():
       out[f"e_{name}"] = gap.denoising_errors(denoise, x, y, sigmas, ids=ids,
                                               noise_seed=seeds[name], batch_size=m.batch_size,
-                                              mesh=on)
+                                              mesh=mesh)
     out["gap"] = gap.relative_gap(out["e_val"], out["e_train"])
     return out
 
   return monitor
-
-
-def _board(config, workdir: str, start: int):
-  """A TensorBoard writer on process 0 (None elsewhere or when off); on resume, events after the
-  restored step are purged, as the metrics rows are."""
-  if not config.tensorboard or jax.process_index() != 0:
-    return None
-  from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-  return SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR), purge_step=start or None)
 
 
 def _format_seconds(seconds: float) -> str:
