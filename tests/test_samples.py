@@ -116,7 +116,8 @@ def test_incremental_snapshots_last_and_protocol(tmp_path, monkeypatch):
   train, val = _split(0, 12), _split(1, 12)
   evaluated = []
   monkeypatch.setattr(checkpointing, "load_snapshot",
-                      lambda wd, step: ({"ema_a": {"w": np.zeros(1)}}, {"images_seen": 10 * step}))
+                      lambda wd, step, sharding=None: ({"ema_a": {"w": np.zeros(1)}},
+                                                        {"images_seen": 10 * step}))
   monkeypatch.setattr(ev, "sample_setup", lambda *a, **k: (samples.Setup(
       *([None] * len(dataclasses.fields(samples.Setup)))), None, {}))
 
