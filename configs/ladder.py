@@ -27,7 +27,8 @@ def get_config(variant=None):
   config.step = -1  # the snapshot measured: -1 = the last, else a snapshot step of the run
   config.ema = "first"  # EMA set of the snapshot ("first" or a set name, `ema.pick`)
   config.data_dir = ""  # "" = the run's data.data_dir
-  config.num_images = 256  # noised training / validation images per split (the first rows)
+  config.num_images = 256  # noised training / validation images per split (a seeded subset)
+  config.subset_seed = 0  # which images: data.seeded_rows (the evaluate job's draw)
   config.num_sigmas = 16  # log grid in [0.002, 80] (edm.gap_sigma_grid) for the noised sets
   config.sigmas = ()  # explicit grid instead
   config.noise_seed = 0  # training images; validation uses noise_seed + 1 (as the evaluate job)

@@ -61,6 +61,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax import progress, samplers
 from diffgen_jax.checks import check_number
+from diffgen_jax.data.splits import seeded_rows
 from diffgen_jax.sharding import (DATA_AXIS, LazyRows, batch_multiple, fetch, process_span,
                                   put_batch, rows_built, training_source)
 from diffgen_jax.evaluation import features as features_lib
@@ -120,17 +121,13 @@ _SUBSET_STREAMS = {"train": 11, "val": 12}
 def reference_subset(num_rows: int, reference_images: int, seed: int, split: str) -> np.ndarray:
   """The rows (ascending, int64) of a split of num_rows images whose features the sample-level
   references use: every row 0..num_rows-1 when reference_images is 0 (no cap) or >= num_rows;
-  else reference_images rows drawn without replacement by numpy default_rng([seed, 11]) for
-  split "train", [seed, 12] for "val" (the same rows for a seed, whatever the mesh).
-  Raises ValueError for a split other than "train" / "val" or reference_images not an integer
-  >= 0."""
+  else `data.seeded_rows` (uniform without replacement) with stream 11 for split "train", 12 for
+  "val" (the same rows for a seed, whatever the mesh). Raises ValueError for a split other than
+  "train" / "val" or reference_images not an integer >= 0."""
   if split not in _SUBSET_STREAMS:
     raise ValueError(f"split must be one of {sorted(_SUBSET_STREAMS)}, got {split!r}")
   check_number(reference_images, "reference_images", low=0, integer=True)
-  if not reference_images or reference_images >= num_rows:
-    return np.arange(num_rows, dtype=np.int64)
-  rng = np.random.default_rng([seed, _SUBSET_STREAMS[split]])
-  return np.sort(rng.choice(num_rows, int(reference_images), replace=False)).astype(np.int64)
+  return seeded_rows(num_rows, int(reference_images), seed, _SUBSET_STREAMS[split])
 
 
 def _capped(num_rows: int, reference_images: int) -> int:

@@ -63,6 +63,7 @@ def validate_config(config) -> None:
   """Every config.evaluation field the job reads (the train job runs this too before training)."""
   e = config.evaluation
   config_checks.positive(config, "evaluation.num_images")
+  config_checks.integer(config, "evaluation.subset_seed", 0)
   config_checks.positive(config, "evaluation.batch_size")
   if e.sigmas:
     config_checks.sigma_grid(config, "evaluation.sigmas")
@@ -204,10 +205,12 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   sigmas = common.sigma_grid(e.sigmas, e.num_sigmas)
   # The evaluation subsets and the training set are sources read where they are used: each
   # process reads only the rows its devices evaluate (or hold, for y*).
-  train_x, train_y, train_ids = common.evaluation_rows(train_split, e.num_images)
-  val_x, val_y, val_ids = common.evaluation_rows(val_split, e.num_images)
+  train_x, train_y, train_ids = common.evaluation_rows(train_split, e.num_images, e.subset_seed)
+  val_x, val_y, val_ids = common.evaluation_rows(val_split, e.num_images, e.subset_seed,
+                                                 "validation")
   protocol = {"sigmas": sigmas.tolist(), "num_train": len(train_x), "num_val": len(val_x),
-              "noise_seed": e.noise_seed, "dataset": config.data.name,
+              "noise_seed": e.noise_seed, "evaluation_subset_seed": e.subset_seed,
+              "dataset": config.data.name,
               "subset_size": config.data.subset_size or 0, "labels": config.data.labels,
               "subset_seed": config.data.subset_seed,
               "training_set": common.training_set(config, train_split)}
