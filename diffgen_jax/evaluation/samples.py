@@ -11,6 +11,9 @@ For a denoiser, ONE deterministic Heun run of `num_samples` samples with `return
     and in raw pixels. Every reference set (each training subset and the validation reference) has
     the same size m = `reference_size(...)`, so the finite-sample bias of FD is the same in
     FD_train and FD_val.
+  * Its scale (`fd_baselines`, once per setup, `Setup.baselines`): G_FD of fresh real images
+    (validation images outside the validation reference: the floor a perfect generalizer reaches)
+    and of a copier (training images drawn uniformly: the ceiling of a perfect memorizer).
   * Copy fraction (`copies`, Gu et al. 2023) against the whole training set; the control is the copy
     fraction of validation images.
   * Early-stopped sampling: the output of sampling stopped at step i is D(x_i; sigma_i) =
@@ -101,6 +104,35 @@ def sample_gap_fd(features, train_feature_subsets: Sequence, val_features
   return r["train"], r["val"], r["gap"]
 
 
+def fd_baselines(references: Mapping[str, Any], num_samples: int, *, rng: np.random.Generator,
+                 copier: Tuple[np.ndarray, Callable], fresh: Tuple[np.ndarray, Callable],
+                 used_val: np.ndarray, mesh: Optional[Mesh] = None) -> Dict[str, Any]:
+  """The scale of G_FD: the `fd_record` (per space) of two generators that need no network.
+
+  "copier": a perfect memorizer, num_samples images drawn uniformly from the featurized training
+    rows (without replacement when there are enough, else with): its G_FD is the ceiling a
+    network that only reproduces training images reaches.
+  "real": a perfect generalizer, fresh real images: up to num_samples featurized validation rows
+    that are not in the validation reference (positions `used_val`); None when fewer than 2 are
+    left. Its G_FD (about zero, up to the split's own shift and sampling noise) is the floor.
+  copier / fresh: (features (R, F) of the featurized rows of the split, pixels(positions) -> the
+  pixel features of those rows); references: {space: {"train": [...], "val": ...}} (`prepare`).
+  Returns {"copier": {"num_images", space: fd_record}, "real": {...} or None}."""
+  def record(pos, feats, pixels):
+    return {"num_images": int(len(pos)),
+            "features": fd_record(feats[pos], references["features"], mesh=mesh),
+            "pixels": fd_record(pixels(pos), references["pixels"], mesh=mesh)}
+
+  train_features, train_pixels = copier
+  r = len(train_features)
+  copied = np.sort(rng.choice(r, num_samples, replace=num_samples > r))
+  val_features, val_pixels = fresh
+  left = np.setdiff1d(np.arange(len(val_features)), used_val)
+  chosen = np.sort(rng.permutation(left)[:num_samples])
+  return {"copier": record(copied, train_features, train_pixels),
+          "real": record(chosen, val_features, val_pixels) if len(chosen) >= 2 else None}
+
+
 def early_stop_gap_fd(features_fn, outputs_per_step, train_feature_subsets: Sequence,
                       val_features, *, batch_size: int = 256) -> Dict[str, np.ndarray]:
   """G_FD of early-stopped outputs (`probes.early_stopped_outputs`) at every step: dict of (T,)
@@ -164,6 +196,7 @@ class Setup:
   grid_size: int
   validation_copy_fraction: float
   mesh: Optional[Mesh] = None  # every batch is split over its data axis
+  baselines: Optional[Dict[str, Any]] = None  # `fd_baselines`: G_FD of fresh real images, a copier
 
   @property
   def noise(self) -> np.ndarray:
@@ -268,6 +301,13 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
   references["pixels"] = {
       "train": [pixels(train_images, feature_rows["train"][pos]) for pos in subsets],
       "val": pixels(val_images, feature_rows["val"][val_pos])}
+  baselines = fd_baselines(
+      references, n, rng=np.random.default_rng([seed, 8]),
+      copier=(train_features, lambda pos: featurize(features_lib.pixel_features, train_images,
+                                                     feature_rows["train"][pos])),
+      fresh=(val_features, lambda pos: featurize(features_lib.pixel_features, val_images,
+                                                  feature_rows["val"][pos])),
+      used_val=val_pos, mesh=mesh)
   steps = int(num_steps)
   stop_steps = np.unique(np.r_[np.arange(0, steps, early_stop_every), steps - 1])
   # The control: validation images against the WHOLE training set, read where it lives.
@@ -287,7 +327,7 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
                       "val": feature_rows["val"][val_pos]},
       references=references, stop_steps=stop_steps, probe_size=probe_size, overlap=bool(overlap),
       nn_similarity=bool(nn_similarity), grid_size=min(int(grid_size), n),
-      validation_copy_fraction=float(control), mesh=mesh)
+      validation_copy_fraction=float(control), mesh=mesh, baselines=baselines)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -303,6 +303,12 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
         f"(classifier features), {sample_summary['gap_fd_pixels'][-1]:.4f} (pixels); copies of "
         f"training images: {sample_summary['copy_fraction'][-1]:.3f} (validation control "
         f"{sample_summary['copy_fraction_validation_control'][-1]:.3f}).")
+    scale = {k: b["features"]["gap"] for k, b in results["samples"].get("baselines", {}).items()
+             if b}
+    if scale:  # G_FD's scale: a perfect generalizer's and a perfect memorizer's
+      console.summary("G_FD's scale (features): " + ", ".join(
+          f"{'fresh real images' if k == 'real' else 'a copier of training images'} {v:.4f}"
+          for k, v in sorted(scale.items(), reverse=True)) + ".")
   console.summary(f"Results in {results_lib.path(workdir)}, figures in {out_dir}/")
   return results
 
@@ -626,6 +632,8 @@ def evaluate_samples(config, workdir: str, network, train_split, val_split, step
     previous = {}
   section = {"protocol": protocol, "feature": previous.get("feature", {}),
              "snapshots": dict(previous.get("snapshots", {}))}
+  if "baselines" in previous:
+    section["baselines"] = previous["baselines"]
   chosen = list(steps) if s.snapshots == "all" else list(steps)[-1:]
   todo = [step for step in chosen if str(step) not in section["snapshots"]]
   out_dir = os.path.join(workdir, FIGURES_DIR)
@@ -634,6 +642,7 @@ def evaluate_samples(config, workdir: str, network, train_split, val_split, step
                                 external_apply_fn=external_apply_fn)
     # (Keeps the accuracy recorded when the classifier was trained by an earlier call.)
     section["feature"] = {**section["feature"], **(info or {})}
+    section["baselines"] = ctx.baselines  # G_FD's scale: fresh real images, a copier
     for step in todo:
       name, params, meta = checkpointing.load_ema_params(workdir, step)
       result = samples.evaluate_denoiser(
@@ -673,10 +682,11 @@ def draw_samples(section, out_dir: str, gap_peaks: Optional[Mapping[Any, float]]
     return paths[-1]
 
   peaks = None if gap_peaks is None else {float(k): float(v) for k, v in gap_peaks.items()}
+  baselines = section.get("baselines")
   plots.gap_fd_vs_images(out("sample_gap_fd.png"), seen, summary["gap_fd_features"],
-                         summary["gap_fd_pixels"], feature, peaks)
+                         summary["gap_fd_pixels"], feature, peaks, baselines)
   plots.early_stop_gap(out("early_stop_gap_fd.png"), [r["early_stop"]["sigmas"] for r in records],
-                       [r["early_stop"]["gap"] for r in records], seen, feature)
+                       [r["early_stop"]["gap"] for r in records], seen, feature, baselines)
   last = records[-1]
   if "overlap" in last:
     plots.trajectory_overlap(out("trajectory_overlap.png"), last["overlap"],
