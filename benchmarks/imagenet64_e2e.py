@@ -200,6 +200,23 @@ def _excerpt(workdir: str) -> Dict[str, Any]:
   return out
 
 
+def compare_with(reference_workdir: str, workdir: str) -> Dict[str, Any]:
+  """benchmarks/compare_results.py on two workdirs' results.json (rtol 1e-5; "settings", which
+  records the process count, and paths skipped)."""
+  sys.path.insert(0, HERE)
+  import compare_results  # pylint: disable=import-outside-toplevel
+  loaded = []
+  for w in (reference_workdir, workdir):
+    with open(os.path.join(w, "results.json")) as f:
+      loaded.append(json.load(f))
+  c = compare_results.compare(*loaded, rtol=1e-5,
+                              ignore=compare_results.DEFAULT_IGNORE + ("settings",))
+  return {"numbers": c["numbers"], "max_relative_difference": c["max_rel"][0],
+          "where": c["max_rel"][1], "mismatches_rtol_1e-5": [list(map(str, m))
+                                                              for m in c["mismatches"]],
+          "missing": c["missing"]}
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--root", default="/tmp/diffgen_imagenet64_e2e", help="data, network, workdirs")
@@ -258,6 +275,9 @@ def main(argv=None):
                         f"{r['user_s'] + r['system_s']:7.1f} s CPU, peak RSS "
                         f"{r['peak_rss_mib']:7.0f} MiB" for r in reports), flush=True)
     run["results"] = _excerpt(workdir)
+    if report["runs"]:  # every number of results.json against the first process count's
+      run["against_first_run"] = compare_with(report["runs"][0]["workdir"], workdir)
+    run["workdir"] = workdir
     run["command"] = "python -m diffgen_jax.main " + " ".join(
         ["--config=configs/nvidia.py:edm2-img64", f"--workdir={workdir}", *_flags(fields)])
     print(json.dumps(run["results"], indent=1))
