@@ -1,14 +1,14 @@
-"""The evaluate job over 1, 2 and 4 processes at a fixed total device count, side by side in one run;
-and y*'s throughput per device against the GEMM ceiling (issue 23).
+"""The evaluate job over 1, 2 and 4 processes at a fixed total device count, side by side in one
+run; and y*'s throughput per device against the GEMM ceiling (issue 23).
 
 1. Trains a tiny quickstart-like run once (configs/quickstart.py with --train_images images seen and
    a snapshot every --snapshot_images, no evaluation after training) in --root; the evaluation
    settings are the quickstart's (128 images per split x 64 sigmas, 256 samples, a 300-step
    classifier) unless changed by the flags.
-2. For each layout P x D of --layouts (default 1x8, 2x4, 4x2: 8 simulated CPU devices in all), copies
-   the run's snapshots into a fresh workdir and runs the evaluate job there in P processes of D
-   devices (`benchmarks/launch.py`: `python -m diffgen_jax.main`, jax.distributed on 127.0.0.1
-   when P > 1): the gap of every snapshot against y*, membership, the samples (the classifier is
+2. For each layout P x D of --layouts (default 1x8, 2x4, 4x2: 8 simulated CPU devices in all),
+   copies the run's snapshots into a fresh workdir and runs the evaluate job there in P processes
+   of D devices (`benchmarks/launch.py`: `python -m diffgen_jax.main`, jax.distributed on
+   127.0.0.1 when P > 1): the gap of every snapshot against y*, membership, the samples (the classifier is
    trained in every layout, by every process: that part does not split). Per process: wall time,
    peak RSS (the kernel's VmHWM of the child, `os.wait4`), CPU time. Each layout's results.json
    is compared with the first layout's (`compare_results.compare`, rtol 1e-5; "settings", which
@@ -19,8 +19,8 @@ and y*'s throughput per device against the GEMM ceiling (issue 23).
 
 On this 2-core machine more processes cannot be faster in wall time (8 devices share 2 cores
 however they are split); what falls is each process's share of the work (CPU seconds) and of the
-data it holds, while the fixed cost of a process (Python, jax, XLA's compiled programs: ~0.3-0.5
-GB) is paid P times.
+data it holds, while the fixed cost of a process (Python, jax, start-up: ~0.35 GB; with the
+evaluation's compiled programs ~0.85 GB in the 4 x 2 run here) is paid P times.
 
   python benchmarks/eval_scaling.py                         # about 10-20 minutes here
   python benchmarks/eval_scaling.py --layouts 1x2,2x1 --train_images 640 --num_sigmas 4 \

@@ -222,7 +222,8 @@ def main(argv=None):
         device_method="jax device memory_stats(): peak_bytes_in_use after our calls minus "
                       "bytes_in_use before them (upper bound: the peak may predate the calls)")
   results["ours"] = dict(seconds=ours_s, first_call_seconds=ours_first, build_seconds=build_s,
-                         gflops=ours_gflops, devices=devices, gflops_per_device=ours_gflops / devices,
+                         gflops=ours_gflops, devices=devices,
+                         gflops_per_device=ours_gflops / devices,
                          ns_per_query_point=ours_s / (total_q * n) * 1e9, memory=memory)
   print(f"ours: {ours_s:.3f} s for {total_q} queries x {n} points x {d} dims "
         f"-> {ours_gflops:.1f} GFLOP/s (first call {ours_first:.2f} s, build {build_s:.2f} s)"

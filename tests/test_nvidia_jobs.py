@@ -123,7 +123,8 @@ def test_the_convert_job_names_a_file_that_is_not_a_network_pickle(tmp_path):
 
 
 def _benchmark(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(name,
+                                                os.path.join(ROOT, "benchmarks", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
