@@ -12,17 +12,17 @@ import functools
 import hashlib
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffgen_jax import (config_checks, data, defaults, denoisers, edm, jsonio, models, sharding,
-                         training)
+from diffgen_jax import (checkpointing, config_checks, data, defaults, denoisers, edm, ema, hooks,
+                         jsonio, models, sharding, training)
 from diffgen_jax.jobs import console
-from diffgen_jax.models.network import Network, build_network
+from diffgen_jax.models.network import Network, build_network, network_denoiser
 
 
 def load_split(config, split: str) -> data.Split:
@@ -165,6 +165,169 @@ def check_optimal_labels(config, train_split, val_split) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# The snapshots a job measures: a run's (WORKDIR/checkpoints/snapshots), or the files a hook reads
+# (config.model.denoiser = MODULE:FUNCTION, config.model.checkpoint = a file or a directory). The
+# evaluate, ladder, factors and export jobs measure either through this one seam.
+
+HOOK_SET = "hook"  # the name of a hook's denoiser where results name EMA sets (one per snapshot)
+HOOK_FIELD, HOOK_FILES_FIELD = "model.denoiser", "model.checkpoint"
+
+
+class Snapshot(NamedTuple):
+  """One loaded snapshot of a `SnapshotSeries`."""
+  denoisers: Dict[str, Callable]  # set name -> denoise(x, sigma, labels), in sorted name order
+  meta: Dict[str, Any]  # "images_seen" (int) and what the snapshot records (a hook's: "source")
+  params: Optional[Dict[str, Any]]  # set name -> the network's raw parameters; None for a hook
+
+
+@dataclasses.dataclass
+class SnapshotSeries:
+  """The snapshots a job measures, in training order, whatever made them.
+
+  keys: str(step) of a run's snapshots (`run_series`), or the file names of a hook's snapshots
+    (`hook_series`), in `checkpointing.snapshot_order` (a run's steps in numeric order, a hook's
+    files in the natural order of their names); results are keyed by them, so that a measured key
+    is not measured again.
+  source: "run" | "hook". spec: the hook as written ("" for a run).
+  network, sigma_data: the run's network and preconditioning (None for a hook: its denoisers are
+    opaque, there are no raw parameters).
+  `load(key, which)` -> Snapshot with the denoisers of the EMA sets `ema.set_names(.., which)`
+  ("first", "all" or a set's name; a hook's one denoiser is the set HOOK_SET, whatever `which`).
+  """
+  keys: Tuple[str, ...]
+  source: str
+  loader: Callable[[str, str], Snapshot]
+  spec: str = ""
+  network: Optional[Network] = None
+  sigma_data: Optional[float] = None
+
+  def load(self, key, which: str = "first") -> Snapshot:
+    if str(key) not in self.keys:
+      raise KeyError(f"{key!r} is not a snapshot of the series {self.keys}")
+    return self.loader(str(key), which)
+
+  def pick(self, index: int, field: str) -> str:
+    """keys[index] (-1: the last); ConfigError naming config.<field> for an index out of range."""
+    if isinstance(index, bool) or not isinstance(index, int) or not (
+        -len(self.keys) <= index < len(self.keys)):
+      config_checks.fail(field, index, f"must index the {len(self.keys)} snapshots "
+                         f"{list(self.keys)} (-1: the last)")
+    return self.keys[index]
+
+
+def run_series(workdir: str, network: Network, sigma_data: float,
+               mesh: Optional[jax.sharding.Mesh] = None) -> SnapshotSeries:
+  """The snapshots of the run in `workdir`, each EMA set's parameters restored onto the run's
+  parameter sharding over `mesh` (`parameter_shardings`; None: replicated over every device) and
+  measured as `network_denoiser(network, params, sigma_data)`."""
+  shardings = None if mesh is None else parameter_shardings(mesh)
+
+  def load(key: str, which: str) -> Snapshot:
+    ema_sets, meta = checkpointing.load_snapshot(workdir, int(key), sharding=shardings)
+    names = ema.set_names(ema_sets, which)
+    return Snapshot({n: network_denoiser(network, ema_sets[n], sigma_data) for n in names}, meta,
+                    {n: ema_sets[n] for n in names})
+
+  steps = checkpointing.snapshot_steps(workdir)
+  return SnapshotSeries(tuple(str(s) for s in steps), "run", load, network=network,
+                        sigma_data=float(sigma_data))
+
+
+def uses_hook(config) -> bool:
+  """Whether the config's network is a hook's (config.model.denoiser set)."""
+  model = config.get("model") or {}
+  return bool(model.get("denoiser", ""))
+
+
+def validate_hook(config) -> bool:
+  """The start-up checks of config.model.denoiser that need no data: a string; when set, the
+  snapshot files under config.model.checkpoint exist and the hook imports (`hooks.load_factory`).
+  Returns whether a hook is set. Raises ConfigError naming the field."""
+  spec = config_checks.get(config, HOOK_FIELD)
+  if not isinstance(spec, str):
+    config_checks.fail(HOOK_FIELD, spec, f"must be '' or a hook written {hooks.SPEC_FORM}")
+  if not spec:
+    return False
+  hooks.snapshot_files(config_checks.get(config, HOOK_FILES_FIELD), field=HOOK_FILES_FIELD)
+  hooks.load_factory(spec, field=HOOK_FIELD)
+  return True
+
+
+def hook_series(spec: str, checkpoint: str, image_shape: Sequence[int], num_classes: int
+                ) -> SnapshotSeries:
+  """The snapshots a hook reads: the files under `checkpoint` (`hooks.snapshot_files`: a file, or
+  a directory's files in the natural order of their names), each measured as the denoiser that
+  factory `spec` makes of it. The hook is imported and checked on the first file at once
+  (`hooks.check_denoiser_factory`: two images of image_shape (H, W, C), labels of num_classes),
+  and so is every file when it is loaded.
+
+  Images seen: info["images_seen"] when the factory returns (denoise, info), else the last number
+  in the file's name (`hooks.images_seen_of_name`: net-000100.npz, 100). They must increase along
+  the files' order. Raises ConfigError naming config.model.denoiser / config.model.checkpoint: the
+  hook fails its checks, a bare factory's file name holds no number, images seen do not increase,
+  or the factory gives images seen for some files and not for others.
+  """
+  paths = hooks.snapshot_files(checkpoint, field=HOOK_FILES_FIELD)
+  by_key = {os.path.basename(p): p for p in paths}
+  keys = tuple(by_key)
+  factory = hooks.load_factory(spec, field=HOOK_FIELD)
+  shape, classes = tuple(int(v) for v in image_shape), int(num_classes)
+  made = {keys[0]: hooks.check_denoiser_factory(factory, paths[0], shape, classes,
+                                                field=HOOK_FIELD, value=spec)}
+  tells = bool(made[keys[0]][1])  # the factory says its images seen (else: the file names)
+  seen: Dict[str, int] = {}
+
+  def record(key: str, n: int) -> None:
+    seen[key] = n
+    known = [k for k in keys if k in seen]
+    for a, b in zip(known, known[1:]):
+      if seen[a] >= seen[b]:
+        config_checks.fail(HOOK_FILES_FIELD, checkpoint, (
+            f"holds {a!r} ({seen[a]} images seen) before {b!r} ({seen[b]}): the snapshots are "
+            "taken in the natural order of their file names, in which the images seen must "
+            "increase (" + ("the factory's info['images_seen']" if tells else
+                            "the last number of each name") + "); rename the files"))
+
+  if not tells:
+    for key in keys:
+      n = hooks.images_seen_of_name(key)
+      if n is None:
+        config_checks.fail(HOOK_FIELD, spec, (
+            f"returns a bare denoiser, so the images seen are read from the file names, but "
+            f"{key!r} (under config.{HOOK_FILES_FIELD}={checkpoint!r}) holds no number: return "
+            "(denoise, {'images_seen': n}) from the factory, or put the number in the name "
+            "(e.g. net-000100.npz)"))
+      record(key, n)
+
+  def load(key: str, which: str) -> Snapshot:
+    checked = made.pop(key, None)
+    made.clear()  # (the start-up check's denoiser is kept only until the first load)
+    denoise, info = checked or hooks.check_denoiser_factory(
+        factory, by_key[key], shape, classes, field=HOOK_FIELD, value=spec)
+    if bool(info) != tells:
+      config_checks.fail(HOOK_FIELD, spec, (
+          f"returned info {info} for {key!r} but {'' if tells else 'no '}info for "
+          f"{keys[0]!r}: a factory returns (denoise, {{'images_seen': n}}) for every snapshot or "
+          "for none"))
+    if tells:
+      record(key, info["images_seen"])
+    return Snapshot({HOOK_SET: denoise}, dict(info, images_seen=seen[key], source=by_key[key]),
+                    None)
+
+  return SnapshotSeries(keys, "hook", load, spec=spec)
+
+
+def data_of(config, data_dir: str = "") -> ml_collections.ConfigDict:
+  """A config holding only config.data (a copy; data.data_dir replaced by `data_dir` when given):
+  what `load_split`, `training_set` and `check_optimal_labels` read, for a hook's network measured
+  on the data config.data names."""
+  out = ml_collections.ConfigDict({"data": config.data.to_dict()})
+  if data_dir:
+    out.data.data_dir = data_dir
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
 # The record of a training run: WORKDIR/config.json
 #
 # The train job writes it when a run starts: the config (its model resolved: the network built,
@@ -185,7 +348,7 @@ RECORD_FORMAT = 2  # format 1 (no RECORD key): runs recorded before the training
 RESUME_FREE = ("job", "resume_changes", "log_every_steps", "tensorboard", "checkpoint.",
                "monitor.", "sampling.", "evaluation.", "mesh.", "training.total_images",
                "data.data_dir", "data.pseudo_labels", "model.num_classes", "model.dtype",
-               "model.checkpoint", "model.checkpoint_ema")
+               "model.checkpoint", "model.checkpoint_ema", "model.denoiser")
 # The run's identity, never changed by a resume: which images it trains on (data.*, with the
 # fingerprint data.training_set.*), their order and flips (seed, training.batch_size), the network
 # (model.*), its preconditioning (training.sigma_data: every snapshot is read with one) and the
