@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import zipfile
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Tuple
 
 import flax.linen as nn
 import jax

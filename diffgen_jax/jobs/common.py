@@ -215,6 +215,12 @@ class SnapshotSeries:
     return self.keys[index]
 
 
+def hook_record(series: SnapshotSeries, meta: Dict[str, Any]) -> Dict[str, Any]:
+  """What results record of a hook's snapshot: {"denoiser": the hook, "snapshot": its file}
+  ({} for a run's snapshot)."""
+  return {"denoiser": series.spec, "snapshot": meta["source"]} if series.source == "hook" else {}
+
+
 def run_series(workdir: str, network: Network, sigma_data: float,
                mesh: Optional[jax.sharding.Mesh] = None) -> SnapshotSeries:
   """The snapshots of the run in `workdir`, each EMA set's parameters restored onto the run's
@@ -243,6 +249,8 @@ def validate_hook(config) -> bool:
   """The start-up checks of config.model.denoiser that need no data: a string; when set, the
   snapshot files under config.model.checkpoint exist and the hook imports (`hooks.load_factory`).
   Returns whether a hook is set. Raises ConfigError naming the field."""
+  if "denoiser" not in (config.get("model") or {}):  # (a config made before the field existed)
+    return False
   spec = config_checks.get(config, HOOK_FIELD)
   if not isinstance(spec, str):
     config_checks.fail(HOOK_FIELD, spec, f"must be '' or a hook written {hooks.SPEC_FORM}")
@@ -325,6 +333,104 @@ def data_of(config, data_dir: str = "") -> ml_collections.ConfigDict:
   if data_dir:
     out.data.data_dir = data_dir
   return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The one snapshot a job measures (ladder, export): config.run_dir / step / ema / data_dir, or a
+# hook (config.model.denoiser, config.model.checkpoint) on config.data
+
+
+def validate_snapshot_source(config) -> None:
+  """config.run_dir (a train job's workdir), config.step (-1: the last snapshot) and config.ema;
+  or a hook (config.model.denoiser set: run_dir '', step -1 = the last file under
+  model.checkpoint, ema 'first') measured on config.data. Raises ConfigError naming the field."""
+  run_dir = config_checks.get(config, "run_dir")
+  step = config_checks.get(config, "step")
+  if isinstance(step, bool) or not isinstance(step, int) or step < -1:
+    config_checks.fail("step", step, "must be -1 (the last snapshot) or a snapshot step >= 0")
+  ema_name = config_checks.get(config, "ema")
+  if not isinstance(ema_name, str) or not ema_name:
+    config_checks.fail("ema", ema_name, "must be 'first' or the name of an EMA set of the "
+                       "snapshot")
+  if not isinstance(config_checks.get(config, "data_dir"), str):
+    config_checks.fail("data_dir", config.data_dir, "must be a path string ('' = the run's "
+                       "data.data_dir)")
+  if validate_hook(config):
+    spec = config.model.denoiser
+    if run_dir:
+      config_checks.fail("run_dir", run_dir, f"must be '' with config.model.denoiser={spec!r}: "
+                         "the network is the hook's, measured on config.data (or set "
+                         "model.denoiser='' to measure the run)")
+    if step != -1:
+      config_checks.fail("step", step, f"must be -1 with config.model.denoiser={spec!r} (the last "
+                         "file under config.model.checkpoint): point model.checkpoint at a file "
+                         "to measure another")
+    if ema_name not in ("first", HOOK_SET):
+      config_checks.fail("ema", ema_name, f"must be 'first' with config.model.denoiser={spec!r} "
+                         "(a hook gives one denoiser per snapshot)")
+    config_checks.data_config(config.data)
+    return
+  if not run_dir or not isinstance(run_dir, str):
+    config_checks.fail("run_dir", run_dir, "must name a train job's workdir (or set "
+                       "config.model.denoiser to measure a hook's network)")
+  if not os.path.isdir(run_dir):
+    config_checks.fail("run_dir", run_dir, "does not exist")
+  if not os.path.isfile(os.path.join(run_dir, RUN_FILE)):
+    config_checks.fail("run_dir", run_dir, f"has no {RUN_FILE}: not a train job's workdir")
+
+
+def run_snapshot_step(config) -> int:
+  """The step of the run's snapshot config.step (-1: the last) in config.run_dir. Raises
+  ConfigError naming config.run_dir (no snapshots) or config.step (not a snapshot step)."""
+  steps = checkpointing.snapshot_steps(config.run_dir)
+  if not steps:
+    config_checks.fail("run_dir", config.run_dir, f"holds no snapshots under "
+                       f"{checkpointing.SNAPSHOT_DIR}/: train first")
+  if config.step == -1:
+    return steps[-1]
+  if config.step not in steps:
+    config_checks.fail("step", config.step, f"is not a snapshot step of the run; allowed values "
+                       f"{tuple(steps)} or -1 (the last)")
+  return int(config.step)
+
+
+def snapshot_source(config) -> Tuple[Optional[Run], ml_collections.ConfigDict]:
+  """(the run's record, or None for a hook; the config whose data, and for a run network and
+  sigma_data, the job reads: the run's latest (`Run.config_at`), or `data_of(config)` for a hook),
+  its data.data_dir replaced by config.data_dir when given."""
+  if uses_hook(config):
+    return None, data_of(config, config.data_dir)
+  run = read_run(config.run_dir)
+  run_config = run.config_at()
+  if config.data_dir:
+    run_config.data.data_dir = config.data_dir
+  return run, run_config
+
+
+def check_run_data(run: Optional[Run], run_config, train_split: data.Split) -> None:
+  """The training split found must be the images the run trained on (its recorded fingerprint;
+  nothing to compare for a hook, run None). Raises ConfigError naming the differing fields."""
+  if run is None:
+    return
+  compare_with_run(
+      run, run_config, train_split, fields=("data.",),
+      remedy=f"The data in data_dir={run_config.data.data_dir!r} are not the images the run "
+             "trained on: point config.data_dir at the run's dataset.")
+
+
+def one_snapshot(config, run: Optional[Run], run_config, image_shape: Sequence[int],
+                 num_classes: int, mesh: Optional[jax.sharding.Mesh]
+                 ) -> Tuple[SnapshotSeries, str]:
+  """(the series, the key of the snapshot measured): a hook's (checked now on two images of
+  image_shape, labels of num_classes; its last file) or the run's (`run_series` with the network
+  run_config describes for num_classes; the snapshot config.step)."""
+  if run is None:
+    series = hook_series(config.model.denoiser, config.model.checkpoint, image_shape, num_classes)
+    return series, series.keys[-1]
+  step = run_snapshot_step(config)
+  network = network_of(run_config, num_classes, "float32")
+  return (run_series(config.run_dir, network, float(run_config.training.sigma_data), mesh),
+          str(step))
 
 
 # ------------------------------------------------------------------------------------------------

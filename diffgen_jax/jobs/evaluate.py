@@ -41,7 +41,7 @@ gap_over_training.png as the image evaluate/gap_over_training.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import jax
 import ml_collections
