@@ -191,6 +191,17 @@ def test_the_pytorch_bridge_behind_a_hook_gives_the_jax_twins_numbers(data_dir, 
     for field in ("auc", "tpr"):
       np.testing.assert_allclose(got["ema"]["hook"]["membership"][field],
                                  want["ema"]["hook"]["membership"][field], rtol=1e-5)
+  # The factors job's gradient score needs jax to differentiate the network: not the bridge's
+  # (a pure_callback), which is then skipped with its reason; the jax twin is differentiated.
+  import types  # pylint: disable=import-outside-toplevel
+  from diffgen_jax import hooks  # pylint: disable=import-outside-toplevel
+  from diffgen_jax.jobs import factors  # pylint: disable=import-outside-toplevel
+  setup = types.SimpleNamespace(train_all=np.zeros((1, 8, 8, 1), np.float32), num_classes=10)
+  path = str(hook_dir / "snapshots" / "wiener-2.npz")
+  bridged = hooks.load_factory(_spec(hook_dir, "make_torch"), field="model.denoiser")(path)[0]
+  assert factors._not_differentiable(bridged, setup).startswith(
+      "jax cannot differentiate the hook's denoiser")
+  assert factors._not_differentiable(_shrink(-0.4, 0.15), setup) is None
 
 
 def test_a_feature_hook_measures_fd_and_copies_in_its_features(data_dir, hook_dir, tmp_path):

@@ -205,9 +205,9 @@ def _not_differentiable(denoise, setup: Setup) -> Optional[str]:
 def sweep_trained(config, setup: Setup, series: common.SnapshotSeries,
                   workdir: str) -> Dict[str, Any]:
   t = config.trained
-  hook = series.source == "hook"
+  hook = common.uses_hook(config)
   run = None if hook else common.read_run(config.run_dir)  # its data were compared by `run`
-  if hook:
+  if hook:  # (refused here too, before anything is measured)
     check_guidance_of_hook(config)
   else:
     check_guidance_is_learned(config, run)
