@@ -21,7 +21,8 @@ For a denoiser, ONE deterministic Heun run of `num_samples` samples with `return
     `early_stop_every`-th step (and the last one).
   * Trajectory overlap (`probes.trajectory_overlap`) and 1-NN cosine similarity in feature space
     (`probes.nn_similarity_probe`) on the first `probe_size` trajectories, against `probe_size`
-    training and validation images noised with the gap evaluation's per-image noise.
+    training and validation images (seeded rows of each split) noised with the gap evaluation's
+    per-image noise; a prediction made from a probe image is never matched with that image.
 Conditional denoisers sample with labels cycling over the classes, unconditional ones with None.
 
 References, bounded (`reference_subset`): the features computed of the training and validation
@@ -197,6 +198,8 @@ class Setup:
   validation_copy_fraction: float
   mesh: Optional[Mesh] = None  # every batch is split over its data axis
   baselines: Optional[Dict[str, Any]] = None  # `fd_baselines`: G_FD of fresh real images, a copier
+  # {"train", "val"}: the probes' images, probe_size seeded rows of each split (`prepare`)
+  probe_rows: Optional[Dict[str, np.ndarray]] = None
 
   @property
   def noise(self) -> np.ndarray:
@@ -310,10 +313,14 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
       used_val=val_pos, mesh=mesh)
   steps = int(num_steps)
   stop_steps = np.unique(np.r_[np.arange(0, steps, early_stop_every), steps - 1])
-  # The control: validation images against the WHOLE training set, read where it lives.
-  control = copy_fraction(np.asarray(val_images[:n], np.float32), train_images, copy_ratio,
-                          mesh=mesh)
+  # The control: num_samples validation images (seeded rows) against the WHOLE training set,
+  # read where it lives.
+  control = copy_fraction(np.asarray(val_images[seeded_rows(n_val, n, seed, 15)], np.float32),
+                          train_images, copy_ratio, mesh=mesh)
   probe_size = min(int(probe_size), n, n_train, n_val)
+  # The probes' images: a seeded uniform draw of each split (not its first rows, issue 26).
+  probe_rows = {name: seeded_rows(size, probe_size, seed, stream) for name, size, stream in
+                (("train", n_train, 13), ("val", n_val, 14))}
   ids = lambda given, size: np.arange(size) if given is None else np.asarray(given)
   lab = lambda a: np.asarray(a, np.int32) if conditional and a is not None else None
   return Setup(
@@ -327,7 +334,8 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
                       "val": feature_rows["val"][val_pos]},
       references=references, stop_steps=stop_steps, probe_size=probe_size, overlap=bool(overlap),
       nn_similarity=bool(nn_similarity), grid_size=min(int(grid_size), n),
-      validation_copy_fraction=float(control), mesh=mesh, baselines=baselines)
+      validation_copy_fraction=float(control), mesh=mesh, baselines=baselines,
+      probe_rows=probe_rows)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -421,6 +429,12 @@ def run_sampler(ctx: Setup, denoise) -> SampleRun:
                    np.concatenate(states, axis=1), np.concatenate(denoised, axis=1))
 
 
+def _positions(sorted_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+  """The position of each of `rows` in the ascending `sorted_rows` (-1 where absent)."""
+  pos = np.minimum(np.searchsorted(sorted_rows, rows), len(sorted_rows) - 1)
+  return np.where(sorted_rows[pos] == rows, pos, -1)
+
+
 def _floats(a) -> List[float]:
   return [float(v) for v in np.asarray(a, np.float64).ravel()]
 
@@ -454,25 +468,30 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
                           "fd_train": [r["train"] for r in rows],
                           "fd_val": [r["val"] for r in rows], "gap": [r["gap"] for r in rows]}
   p = run.states.shape[1]
-  probe_kw = dict(train_probe_ids=ctx.train_ids[:p], val_probe_ids=ctx.val_ids[:p],
-                  noise_seed=ctx.noise_seed, batch_size=bs, mesh=mesh)
-  label = lambda a: None if a is None else a[:p]
-  train_probe = np.asarray(ctx.train_images[:p], np.float32)
-  val_probe = np.asarray(ctx.val_images[:p], np.float32)
+  rows = ctx.probe_rows
+  probe_kw = dict(train_probe_ids=ctx.train_ids[rows["train"]],
+                  val_probe_ids=ctx.val_ids[rows["val"]], noise_seed=ctx.noise_seed,
+                  batch_size=bs, mesh=mesh)
+  at = lambda a, r: None if a is None else a[r]
+  train_probe = np.asarray(ctx.train_images[rows["train"]], np.float32)
+  val_probe = np.asarray(ctx.val_images[rows["val"]], np.float32)
   if ctx.overlap:
     overlap = probes.trajectory_overlap(
         run.states, run.sigmas, ctx.train_images, train_probe, val_probe,
-        train_labels=ctx.train_labels, state_labels=label(ctx.labels),
-        train_probe_labels=label(ctx.train_labels), val_probe_labels=label(ctx.val_labels),
-        **probe_kw)
+        train_labels=ctx.train_labels, state_labels=at(ctx.labels, slice(p)),
+        train_probe_labels=at(ctx.train_labels, rows["train"]),
+        val_probe_labels=at(ctx.val_labels, rows["val"]), **probe_kw)
     record["overlap"] = {"sigmas": _floats(run.sigmas)}
     for group, stats in overlap.items():
       record["overlap"][group] = {k: _floats(np.mean(v, axis=1)) for k, v in stats.items()}
   if ctx.nn_similarity:
     sims = probes.nn_similarity_probe(
         denoise, ctx.features_fn, run.sigmas, run.denoised, train_probe, val_probe,
-        ctx.train_features, ctx.val_features, train_probe_labels=label(ctx.train_labels),
-        val_probe_labels=label(ctx.val_labels), **probe_kw)
+        ctx.train_features, ctx.val_features,
+        train_probe_labels=at(ctx.train_labels, rows["train"]),
+        val_probe_labels=at(ctx.val_labels, rows["val"]),
+        train_probe_rows=_positions(ctx.feature_rows["train"], rows["train"]),
+        val_probe_rows=_positions(ctx.feature_rows["val"], rows["val"]), **probe_kw)
     record["nn_similarity"] = {"sigmas": _floats(run.sigmas)}
     record["nn_similarity"].update({k: _floats(v) for k, v in sims.items()})
   g = ctx.grid_size
