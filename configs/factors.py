@@ -31,7 +31,8 @@ def get_config(variant=None):
   config.sweeps = chosen["sweeps"] or ANALYTIC
   config.seed = 0  # k-means seeding and the optional feature classifier
   config.data = defaults.data_config("fashion_mnist" if fashion else "digits")
-  config.num_images = 512  # fixed evaluation images per split (the first rows of each split)
+  config.num_images = 512  # fixed evaluation images per split (a seeded subset of each split)
+  config.subset_seed = 0  # which images: data.seeded_rows (the evaluate job's draw)
   config.num_sigmas = 24  # log grid in [0.002, 80] (edm.gap_sigma_grid); 64 = the paper's grid
   config.sigmas = ()  # explicit grid instead
   config.noise_seed = 0  # train images; validation uses noise_seed + 1

@@ -33,7 +33,8 @@ def get_config(variant=None):
   # model.checkpoint, measured on the data config.data names (read only with model.denoiser).
   config.model = defaults.hook_model_config()
   config.data = defaults.data_config()
-  config.num_images = 256  # noised training / validation images per split (the first rows)
+  config.num_images = 256  # noised training / validation images per split (a seeded subset)
+  config.subset_seed = 0  # which images: data.seeded_rows (the evaluate job's draw)
   config.num_sigmas = 16  # log grid in [0.002, 80] (edm.gap_sigma_grid) for the noised sets
   config.sigmas = ()  # explicit grid instead
   config.noise_seed = 0  # training images; validation uses noise_seed + 1 (as the evaluate job)

@@ -155,6 +155,7 @@ def train_config(dataset: str = "digits", family: str = "ddpmpp") -> ml_collecti
       "num_sigmas": 64,  # log grid in [0.002, 80] ...
       "sigmas": (),  # ... unless given explicitly
       "noise_seed": 0,
+      "subset_seed": 0,  # which num_images of each split: a seeded uniform subset (data.seeded_rows)
       "batch_size": 256,
       # The exact optimal denoiser y* of the whole training split (streamed from where the split
       # lives, split over every device of every process): its own errors and, with
@@ -171,7 +172,7 @@ def train_config(dataset: str = "digits", family: str = "ddpmpp") -> ml_collecti
   # so G(sigma) shows during the run (metrics.jsonl and TensorBoard).
   config.monitor = ml_collections.ConfigDict({
       "every_images": 1_000_000,  # 0 = off
-      "num_images": 256,  # the first images of each split
+      "num_images": 256,  # images of each split (the evaluation's seeded subsets: among them)
       "sigmas": (0.1, 0.2, 0.5, 1.0, 2.0),
       "batch_size": 256,
   })

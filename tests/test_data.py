@@ -649,3 +649,32 @@ def test_damaged_tfds_files_cut_missing_or_bad_info(data_dir, tmp_path):
     with pytest.raises(DataFileError, match=re.escape(f"in {root} cannot be opened")) as err:
       data.load_split(name, "train", data_dir=copy)
     assert f"Delete {root}" in str(err.value)
+
+
+def test_evaluation_subsets_are_seeded_uniform_and_nested(digits_train):
+  """Issue 26: the evaluation subsets are a seeded uniform draw (digits are ordered by writer, and
+  the first rows biased G at large sigma), nested in their size, with a stream per split."""
+  rows = lambda n, seed=0, stream=21: data.seeded_rows(100, n, seed, stream)
+  r10, r30 = rows(10), rows(30)
+  assert r10.dtype == np.int64 and len(np.unique(r30)) == 30 and np.all(np.diff(r30) > 0)
+  assert set(r10) <= set(r30)  # the monitor's images are among the evaluate job's
+  np.testing.assert_array_equal(r10, rows(10))  # seeded
+  assert not np.array_equal(r10, rows(10, seed=1)) and not np.array_equal(r10, rows(10, stream=22))
+  for n in (None, 0, 100, 150):  # every row
+    np.testing.assert_array_equal(rows(n), np.arange(100))
+  # Uniform: each row is drawn with probability n / N (5 of 20 over 4000 seeds: 0.25 +- 0.007).
+  counts = np.zeros(20)
+  for seed in range(4000):
+    counts[data.seeded_rows(20, 5, seed, 21)] += 1
+  np.testing.assert_allclose(counts / 4000, 0.25, atol=0.035)
+  for bad in (dict(n=-1), dict(n=1.5), dict(seed=-1), dict(stream=True)):
+    kw = dict(num_rows=10, n=3, seed=0, stream=21) | bad
+    with pytest.raises(ValueError, match=next(iter(bad))):
+      data.seeded_rows(**kw)
+  # A split's subset: its stream ("train" / "validation"), not the first rows.
+  rows = data.evaluation_subset(digits_train, 64, 0, "train")
+  np.testing.assert_array_equal(rows, data.seeded_rows(len(digits_train), 64, 0, 21))
+  assert rows.max() >= 64 and not np.array_equal(
+      rows, data.evaluation_subset(digits_train, 64, 0, "validation"))
+  with pytest.raises(ValueError, match="which"):
+    data.evaluation_subset(digits_train, 64, 0, "test")

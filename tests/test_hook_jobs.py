@@ -153,7 +153,7 @@ def test_evaluate_a_hook_that_never_saw_the_training_set_has_no_gap_and_resumes(
   assert res["summary"]["steps"] == ["wiener-2.npz", "wiener-10.npz"]
   assert res["summary"]["images_seen"] == [2000, 10000]
   split = common.load_split(config, "train")
-  rows = common.evaluation_rows(split, N)
+  rows = common.evaluation_rows(split, N, config.evaluation.subset_seed)
   for key, var in (("wiener-2.npz", 0.15), ("wiener-10.npz", 0.3)):
     entry = res["snapshots"][key]
     assert entry["source"] == str(hook_dir / "snapshots" / key) and list(entry["ema"]) == ["hook"]
@@ -271,7 +271,7 @@ def test_ladder_measures_the_hooks_last_snapshot(data_dir, hook_dir, tmp_path):
   assert s["snapshot"] == str(hook_dir / "snapshots" / "wiener-10.npz")
   assert s["rungs"] == ["y*", "gaussian"]
   train = common.load_split(common.data_of(config), "train")
-  x, y, _ = common.evaluation_rows(train, config.num_images)
+  x, y, _ = common.evaluation_rows(train, config.num_images, config.subset_seed)
   direct = gap.denoising_errors(_shrink(-0.4, 0.3), x, y, np.asarray(s["sigmas"]),
                                 noise_seed=config.noise_seed)  # (`ladder.rung_gaps`' noise)
   np.testing.assert_allclose(res["gaps"]["denoisers"]["network"]["e_train"], direct, rtol=1e-5)

@@ -97,7 +97,10 @@ def test_job_writes_results_figures_and_the_library_numbers(run_dir, tmp_path):
   # An independent recomputation with the library on the snapshot's network: the same numbers.
   split = common.load_split(_run_config(run_dir), "train")  # the run's data config
   train_all, labels_all, _ = data.first_images(split)
-  x, y, ids = data.first_images(split, 4)
+  rows = data.evaluation_subset(split, 4, 0, "train")  # the job's seeded subset (subset_seed 0)
+  assert not np.array_equal(rows, np.arange(4))  # (not the first rows: the test would not see it)
+  x, y, ids = (data.to_unit_range(split.images[rows]), np.asarray(split.labels[rows], np.int32),
+               np.asarray(split.ids[rows]))
   name, params, _ = checkpointing.load_ema_params(run_dir, steps[-1])
   run_config = _run_config(run_dir)
   net = network_denoiser(common.network_of(run_config, 10), params,

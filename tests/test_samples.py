@@ -102,7 +102,15 @@ def test_optimal_denoiser_known_answers(tmp_path, classes):
   assert ov["noisy_val"]["relative_nn"][-1] > 50
   sim = r["nn_similarity"]
   assert sim["trajectory/train"][-1] == pytest.approx(1.0, abs=1e-5)
-  assert sim["train/train"][-1] == pytest.approx(1.0, abs=1e-5)
+  # A noisy training image is mapped onto itself, which the probe does not count (a self-match):
+  # its 1-NN is the most similar OTHER training image (pixel features; by hand in float64).
+  unit = lambda a: (lambda f: f / np.linalg.norm(f, axis=1, keepdims=True))(
+      np.asarray(a, np.float64).reshape(len(a), -1))
+  train_all = unit(ctx.train_images[np.arange(12)])
+  cos = train_all[ctx.probe_rows["train"]] @ train_all.T
+  cos[np.arange(len(cos)), ctx.probe_rows["train"]] = -np.inf
+  assert sim["train/train"][-1] == pytest.approx(cos.max(axis=1).mean(), abs=1e-4)
+  assert sim["train/train"][-1] < 0.99
   # The optimal denoiser maps a slightly noisy validation image onto a training image.
   assert sim["val/train"][-1] == pytest.approx(1.0, abs=1e-5)
   assert sim["val/val"][-1] < 0.9
@@ -275,6 +283,10 @@ def test_network_snapshots_end_to_end(tmp_path):
     assert record["early_stop"]["steps"] == [0, 1, 2, 3]
     assert len(record["nn_similarity"]["trajectory/train"]) == 4
   assert section["snapshots"]["20"] != section["snapshots"]["40"]
+  b = section["baselines"]  # G_FD's scale, once per protocol (issue 26)
+  assert b["copier"]["num_images"] == section["protocol"]["num_samples"]
+  assert all(np.isfinite(b[k][space]["gap"]) for k in ("copier", "real")
+             for space in ("features", "pixels"))
   out = os.path.join(workdir, "evaluation")
   for name in ("sample_gap_fd.png", "early_stop_gap_fd.png", "trajectory_overlap.png",
                "nn_similarity.png", "copy_fraction.png", "samples_vs_nearest_train.png",
@@ -373,7 +385,7 @@ def test_reference_images_caps_what_is_read_and_changes_nothing_when_it_does_not
   """With reference_images = 8 of 24 rows per split, the features (FD references, the 1-NN
   reference sets) read only a seeded subset of 8 rows: beyond the copy test's own reads (it
   searches the whole training set) nothing else of the training split is read; of the validation
-  split, only the subset and the control's first num_samples rows. A cap that does not bind (0,
+  split, only the subset and the control's num_samples seeded rows. A cap that does not bind (0,
   the split's size, more) gives the same rows in the same order, so the same setup and record."""
   from counted import Counted  # pylint: disable=import-outside-toplevel  (tests/counted.py)
   from diffgen_jax.evaluation import copies  # pylint: disable=import-outside-toplevel
@@ -396,11 +408,12 @@ def test_reference_images_caps_what_is_read_and_changes_nothing_when_it_does_not
   assert ctx.reference_rows["val"].size == 4 and set(ctx.reference_rows["val"]) <= set(rows["val"])
   # Reads of the training split beyond the copy test's (the same call on a fresh counted source).
   control = Counted(train)
-  copies.copy_fraction(val[:12], control, ctx.copy_ratio)
+  copies.copy_fraction(val[data.seeded_rows(24, 12, 3, 15)], control, ctx.copy_ratio)
   count = lambda s: np.bincount(np.concatenate(s.reads), minlength=24)
   extra = count(source) - count(control)
   assert np.all(extra >= 0) and set(np.flatnonzero(extra)) == set(rows["train"])
-  assert set(np.flatnonzero(count(val_source))) == set(rows["val"]) | set(range(12))
+  control_rows = data.seeded_rows(24, 12, 3, 15)  # the control's num_samples validation images
+  assert set(np.flatnonzero(count(val_source))) == set(rows["val"]) | set(control_rows)
 
   # Not binding: every row in order, the same setup and the same record; the sampler and the
   # feature loops report their progress.
@@ -492,3 +505,36 @@ def test_sampler_noise_is_the_setups_whatever_the_layout(partitionable):
     np.testing.assert_allclose(single.samples, run.samples, rtol=1e-5, atol=1e-5)
   finally:
     jax.config.update("jax_threefry_partitionable", saved)
+
+
+def test_fd_baselines_floor_and_ceiling_known_answers():
+  """Issue 26: G_FD's scale. Training images near -0.5, validation images near +0.5 (pixels): a
+  copier (training images) has FD_train ~ 0 and so a large G_FD; fresh real images (validation
+  images outside the validation reference) have FD_val ~ 0, G_FD ~ -1. The real images are never
+  the reference's, and there are none when every validation image is in the reference."""
+  rng = np.random.default_rng(0)
+  train = np.clip(-0.5 + 0.1 * rng.standard_normal((40, 3, 3, 1)), -1, 1).astype(np.float32)
+  val = np.clip(0.5 + 0.1 * rng.standard_normal((30, 3, 3, 1)), -1, 1).astype(np.float32)
+  ctx = samples.prepare(train, val, features_lib.pixel_features, num_samples=10, num_steps=2,
+                        num_train_subsets=2, probe_size=2, grid_size=0, nn_similarity=False,
+                        overlap=False)
+  b = ctx.baselines
+  assert b["copier"]["num_images"] == 10 and b["real"]["num_images"] == 10
+  for space in ("features", "pixels"):  # (pixel features: the two spaces are the same here)
+    copier, real = b["copier"][space], b["real"][space]
+    assert copier["gap"] > 20 and copier["train"] < 0.05 * copier["val"]
+    assert -1.0 < real["gap"] < -0.9 and real["val"] < 0.05 * real["train"]
+  # By hand: the copier's record is fd_record of the training rows it drew, whichever they are;
+  # fresh images have, against the validation reference, the FD of the leftover validation rows.
+  pixels = lambda a: np.asarray(a).reshape(len(a), -1)
+  ref_val = set(ctx.reference_rows["val"].tolist())
+  left = np.array([i for i in range(30) if i not in ref_val])
+  assert len(left) == 20  # m = min(10, 40 // 2, 30) = 10 rows are the reference
+  fds = [samples.fd_record(pixels(val[np.sort(rng.permutation(left)[:10])]),
+                           ctx.references["pixels"])["val"] for _ in range(20)]
+  assert min(fds) * 0.5 < b["real"]["pixels"]["val"] < max(fds) * 2
+  # Every validation image in the reference: no fresh images, the copier still measured.
+  small = samples.prepare(train, val[:10], features_lib.pixel_features, num_samples=10,
+                          num_steps=2, probe_size=2, grid_size=0, nn_similarity=False,
+                          overlap=False)
+  assert small.baselines["real"] is None and small.baselines["copier"]["num_images"] == 10

@@ -283,6 +283,7 @@ def test_evaluate_protocol_records_the_training_set(short_run, data_dir, tmp_pat
   results = jobs.run(config, workdir)
   protocol = results["protocol"]
   assert protocol["subset_seed"] == 0 and protocol["subset_size"] == 64
+  assert protocol["evaluation_subset_seed"] == 0  # (issue 26: seeded subsets, not the first rows)
   assert protocol["training_set"] == common.read_run(workdir).training_set
   saved = results_lib.read(workdir)
   del saved["protocol"]["training_set"], saved["protocol"]["subset_seed"]

@@ -26,10 +26,13 @@ from diffgen_jax.data.splits import (
     LABEL_MODES,
     SPLITS,
     SUBSET_SIDES,
+    SUBSET_STREAMS,
     Split,
+    evaluation_subset,
     first_images,
     load_split,
     read_pseudo_labels,
+    seeded_rows,
     subset_order,
     subset_rows,
     to_pixels,
@@ -47,10 +50,10 @@ from diffgen_jax.data.stream import (
 
 __all__ = [
     "DATASETS", "DEFAULT_DATA_DIR", "LABEL_MODES", "MAX_NUM_CLASSES", "SPLITS", "BatchIterator",
-    "DataFileError", "LazyColumn",
-    "Split", "batch_at", "epoch_permutation", "first_images", "flip_mask",
+    "DataFileError", "LazyColumn", "SUBSET_STREAMS", "Split", "batch_at", "epoch_permutation",
+    "evaluation_subset", "first_images", "flip_mask",
     "host_batch", "to_pixels", "to_unit_range", "train_size", "CONVENTION", "check_images",
     "check_pixels",
     "is_prepared", "load_split", "prepare", "process_rows", "read_pseudo_labels", "resolve_data_dir",
-    "stream_indices", "subset_order", "subset_rows", "SUBSET_SIDES", "tfds_name",
+    "seeded_rows", "stream_indices", "subset_order", "subset_rows", "SUBSET_SIDES", "tfds_name",
 ]

@@ -265,6 +265,37 @@ def to_pixels(images) -> np.ndarray:
   return np.clip(images * np.float32(127.5) + np.float32(128.0), 0, 255).astype(np.uint8)
 
 
+SUBSET_STREAMS = {"train": 21, "validation": 22}  # seeded_rows' streams of the evaluation subsets
+
+
+def seeded_rows(num_rows: int, n: Optional[int], seed: int, stream: int) -> np.ndarray:
+  """n rows of range(num_rows) drawn uniformly without replacement, ascending (int64): the sorted
+  first n of numpy default_rng([seed, stream]).permutation(num_rows), so a smaller n is a subset of
+  a larger one (the training monitor's images are among the evaluate job's). Every row when n is
+  None or 0, or n >= num_rows. The evaluation subsets are drawn so because a split's source order
+  is not random (digits are ordered by writer: the first rows hold near-duplicates, which biases
+  the gap at large sigma, see issue 26 of the project). Raises ValueError for n < 0 or a seed or
+  stream that is not an integer >= 0."""
+  for name, value in (("seed", seed), ("stream", stream)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+      raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+  if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0):
+    raise ValueError(f"n must be None or an integer >= 0, got {n!r}")
+  if not n or n >= num_rows:
+    return np.arange(num_rows, dtype=np.int64)
+  order = np.random.default_rng([int(seed), int(stream)]).permutation(num_rows)
+  return np.sort(order[:n]).astype(np.int64)
+
+
+def evaluation_subset(split: Split, n: Optional[int], seed: int, which: str) -> np.ndarray:
+  """The rows of a split's evaluation subset of n images (`seeded_rows` with the stream of
+  `which`, "train" or "validation"; every row when n is None). Raises ValueError for another
+  `which`."""
+  if which not in SUBSET_STREAMS:
+    raise ValueError(f"which must be one of {sorted(SUBSET_STREAMS)}, got {which!r}")
+  return seeded_rows(len(split), n, seed, SUBSET_STREAMS[which])
+
+
 def first_images(split: Split, n: Optional[int] = None):
   """The first n images of a split (all by default) in [-1, 1], their labels (None when the split
   has no classes) and ids: the fixed evaluation subsets."""

@@ -11,16 +11,20 @@ For a denoiser, ONE deterministic Heun run of `num_samples` samples with `return
     and in raw pixels. Every reference set (each training subset and the validation reference) has
     the same size m = `reference_size(...)`, so the finite-sample bias of FD is the same in
     FD_train and FD_val.
+  * Its scale (`fd_baselines`, once per setup, `Setup.baselines`): G_FD of fresh real images
+    (validation images outside the validation reference: the floor a perfect generalizer reaches)
+    and of a copier (training images drawn uniformly: the ceiling of a perfect memorizer).
   * Copy fraction (`copies`, Gu et al. 2023) against the whole training set; the control is the copy
     fraction of validation images. With `feature_copies`, also in the feature space (as Somepalli
     et al. do with SSCD): the samples' features against the featurized training rows, the control
-    the first num_samples featurized validation rows.
+    the features of the same validation images.
   * Early-stopped sampling: the output of sampling stopped at step i is D(x_i; sigma_i) =
     `trajectory.denoised[i]`, so the same run gives G_FD(sigma_i) in feature space at every
     `early_stop_every`-th step (and the last one).
   * Trajectory overlap (`probes.trajectory_overlap`) and 1-NN cosine similarity in feature space
     (`probes.nn_similarity_probe`) on the first `probe_size` trajectories, against `probe_size`
-    training and validation images noised with the gap evaluation's per-image noise.
+    training and validation images (seeded rows of each split) noised with the gap evaluation's
+    per-image noise; a prediction made from a probe image is never matched with that image.
 Conditional denoisers sample with labels cycling over the classes, unconditional ones with None.
 
 References, bounded (`reference_subset`): the features computed of the training and validation
@@ -65,6 +69,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from diffgen_jax import progress, samplers
 from diffgen_jax.checkpointing import snapshot_order
 from diffgen_jax.checks import check_number
+from diffgen_jax.data.splits import seeded_rows
 from diffgen_jax.sharding import (DATA_AXIS, LazyRows, batch_multiple, fetch, process_span,
                                   put_batch, rows_built, training_source)
 from diffgen_jax.evaluation import features as features_lib
@@ -104,6 +109,35 @@ def sample_gap_fd(features, train_feature_subsets: Sequence, val_features
   return r["train"], r["val"], r["gap"]
 
 
+def fd_baselines(references: Mapping[str, Any], num_samples: int, *, rng: np.random.Generator,
+                 copier: Tuple[np.ndarray, Callable], fresh: Tuple[np.ndarray, Callable],
+                 used_val: np.ndarray, mesh: Optional[Mesh] = None) -> Dict[str, Any]:
+  """The scale of G_FD: the `fd_record` (per space) of two generators that need no network.
+
+  "copier": a perfect memorizer, num_samples images drawn uniformly from the featurized training
+    rows (without replacement when there are enough, else with): its G_FD is the ceiling a
+    network that only reproduces training images reaches.
+  "real": a perfect generalizer, fresh real images: up to num_samples featurized validation rows
+    that are not in the validation reference (positions `used_val`); None when fewer than 2 are
+    left. Its G_FD (about zero, up to the split's own shift and sampling noise) is the floor.
+  copier / fresh: (features (R, F) of the featurized rows of the split, pixels(positions) -> the
+  pixel features of those rows); references: {space: {"train": [...], "val": ...}} (`prepare`).
+  Returns {"copier": {"num_images", space: fd_record}, "real": {...} or None}."""
+  def record(pos, feats, pixels):
+    return {"num_images": int(len(pos)),
+            "features": fd_record(feats[pos], references["features"], mesh=mesh),
+            "pixels": fd_record(pixels(pos), references["pixels"], mesh=mesh)}
+
+  train_features, train_pixels = copier
+  r = len(train_features)
+  copied = np.sort(rng.choice(r, num_samples, replace=num_samples > r))
+  val_features, val_pixels = fresh
+  left = np.setdiff1d(np.arange(len(val_features)), used_val)
+  chosen = np.sort(rng.permutation(left)[:num_samples])
+  return {"copier": record(copied, train_features, train_pixels),
+          "real": record(chosen, val_features, val_pixels) if len(chosen) >= 2 else None}
+
+
 def early_stop_gap_fd(features_fn, outputs_per_step, train_feature_subsets: Sequence,
                       val_features, *, batch_size: int = 256) -> Dict[str, np.ndarray]:
   """G_FD of early-stopped outputs (`probes.early_stopped_outputs`) at every step: dict of (T,)
@@ -124,17 +158,13 @@ _SUBSET_STREAMS = {"train": 11, "val": 12}
 def reference_subset(num_rows: int, reference_images: int, seed: int, split: str) -> np.ndarray:
   """The rows (ascending, int64) of a split of num_rows images whose features the sample-level
   references use: every row 0..num_rows-1 when reference_images is 0 (no cap) or >= num_rows;
-  else reference_images rows drawn without replacement by numpy default_rng([seed, 11]) for
-  split "train", [seed, 12] for "val" (the same rows for a seed, whatever the mesh).
-  Raises ValueError for a split other than "train" / "val" or reference_images not an integer
-  >= 0."""
+  else `data.seeded_rows` (uniform without replacement) with stream 11 for split "train", 12 for
+  "val" (the same rows for a seed, whatever the mesh). Raises ValueError for a split other than
+  "train" / "val" or reference_images not an integer >= 0."""
   if split not in _SUBSET_STREAMS:
     raise ValueError(f"split must be one of {sorted(_SUBSET_STREAMS)}, got {split!r}")
   check_number(reference_images, "reference_images", low=0, integer=True)
-  if not reference_images or reference_images >= num_rows:
-    return np.arange(num_rows, dtype=np.int64)
-  rng = np.random.default_rng([seed, _SUBSET_STREAMS[split]])
-  return np.sort(rng.choice(num_rows, int(reference_images), replace=False)).astype(np.int64)
+  return seeded_rows(num_rows, int(reference_images), seed, _SUBSET_STREAMS[split])
 
 
 def _capped(num_rows: int, reference_images: int) -> int:
@@ -171,6 +201,9 @@ class Setup:
   grid_size: int
   validation_copy_fraction: float
   mesh: Optional[Mesh] = None  # every batch is split over its data axis
+  baselines: Optional[Dict[str, Any]] = None  # `fd_baselines`: G_FD of fresh real images, a copier
+  # {"train", "val"}: the probes' images, probe_size seeded rows of each split (`prepare`)
+  probe_rows: Optional[Dict[str, np.ndarray]] = None
   # The copy fraction of validation features (the feature-space copy test's control); None: the
   # copy test runs in pixels only.
   validation_feature_copy_fraction: Optional[float] = None
@@ -279,14 +312,27 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
   references["pixels"] = {
       "train": [pixels(train_images, feature_rows["train"][pos]) for pos in subsets],
       "val": pixels(val_images, feature_rows["val"][val_pos])}
+  baselines = fd_baselines(
+      references, n, rng=np.random.default_rng([seed, 8]),
+      copier=(train_features, lambda pos: featurize(features_lib.pixel_features, train_images,
+                                                     feature_rows["train"][pos])),
+      fresh=(val_features, lambda pos: featurize(features_lib.pixel_features, val_images,
+                                                  feature_rows["val"][pos])),
+      used_val=val_pos, mesh=mesh)
   steps = int(num_steps)
   stop_steps = np.unique(np.r_[np.arange(0, steps, early_stop_every), steps - 1])
-  # The control: validation images against the WHOLE training set, read where it lives.
-  control = copy_fraction(np.asarray(val_images[:n], np.float32), train_images, copy_ratio,
-                          mesh=mesh)
-  feature_control = (copy_fraction(val_features[:n], train_features, copy_ratio, mesh=mesh)
+  # The control: num_samples validation images (seeded rows) against the WHOLE training set,
+  # read where it lives; in feature space, their features against the featurized training rows.
+  control_rows = seeded_rows(n_val, n, seed, 15)
+  control = copy_fraction(np.asarray(val_images[control_rows], np.float32),
+                          train_images, copy_ratio, mesh=mesh)
+  feature_control = (copy_fraction(featurize(features_fn, val_images, control_rows),
+                                   train_features, copy_ratio, mesh=mesh)
                      if feature_copies else None)
   probe_size = min(int(probe_size), n, n_train, n_val)
+  # The probes' images: a seeded uniform draw of each split (not its first rows, issue 26).
+  probe_rows = {name: seeded_rows(size, probe_size, seed, stream) for name, size, stream in
+                (("train", n_train, 13), ("val", n_val, 14))}
   ids = lambda given, size: np.arange(size) if given is None else np.asarray(given)
   lab = lambda a: np.asarray(a, np.int32) if conditional and a is not None else None
   return Setup(
@@ -300,7 +346,8 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
                       "val": feature_rows["val"][val_pos]},
       references=references, stop_steps=stop_steps, probe_size=probe_size, overlap=bool(overlap),
       nn_similarity=bool(nn_similarity), grid_size=min(int(grid_size), n),
-      validation_copy_fraction=float(control), mesh=mesh,
+      validation_copy_fraction=float(control), mesh=mesh, baselines=baselines,
+      probe_rows=probe_rows,
       validation_feature_copy_fraction=None if feature_control is None else float(feature_control))
 
 
@@ -395,6 +442,12 @@ def run_sampler(ctx: Setup, denoise) -> SampleRun:
                    np.concatenate(states, axis=1), np.concatenate(denoised, axis=1))
 
 
+def _positions(sorted_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+  """The position of each of `rows` in the ascending `sorted_rows` (-1 where absent)."""
+  pos = np.minimum(np.searchsorted(sorted_rows, rows), len(sorted_rows) - 1)
+  return np.where(sorted_rows[pos] == rows, pos, -1)
+
+
 def _floats(a) -> List[float]:
   return [float(v) for v in np.asarray(a, np.float64).ravel()]
 
@@ -432,25 +485,30 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
                           "fd_train": [r["train"] for r in rows],
                           "fd_val": [r["val"] for r in rows], "gap": [r["gap"] for r in rows]}
   p = run.states.shape[1]
-  probe_kw = dict(train_probe_ids=ctx.train_ids[:p], val_probe_ids=ctx.val_ids[:p],
-                  noise_seed=ctx.noise_seed, batch_size=bs, mesh=mesh)
-  label = lambda a: None if a is None else a[:p]
-  train_probe = np.asarray(ctx.train_images[:p], np.float32)
-  val_probe = np.asarray(ctx.val_images[:p], np.float32)
+  rows = ctx.probe_rows
+  probe_kw = dict(train_probe_ids=ctx.train_ids[rows["train"]],
+                  val_probe_ids=ctx.val_ids[rows["val"]], noise_seed=ctx.noise_seed,
+                  batch_size=bs, mesh=mesh)
+  at = lambda a, r: None if a is None else a[r]
+  train_probe = np.asarray(ctx.train_images[rows["train"]], np.float32)
+  val_probe = np.asarray(ctx.val_images[rows["val"]], np.float32)
   if ctx.overlap:
     overlap = probes.trajectory_overlap(
         run.states, run.sigmas, ctx.train_images, train_probe, val_probe,
-        train_labels=ctx.train_labels, state_labels=label(ctx.labels),
-        train_probe_labels=label(ctx.train_labels), val_probe_labels=label(ctx.val_labels),
-        **probe_kw)
+        train_labels=ctx.train_labels, state_labels=at(ctx.labels, slice(p)),
+        train_probe_labels=at(ctx.train_labels, rows["train"]),
+        val_probe_labels=at(ctx.val_labels, rows["val"]), **probe_kw)
     record["overlap"] = {"sigmas": _floats(run.sigmas)}
     for group, stats in overlap.items():
       record["overlap"][group] = {k: _floats(np.mean(v, axis=1)) for k, v in stats.items()}
   if ctx.nn_similarity:
     sims = probes.nn_similarity_probe(
         denoise, ctx.features_fn, run.sigmas, run.denoised, train_probe, val_probe,
-        ctx.train_features, ctx.val_features, train_probe_labels=label(ctx.train_labels),
-        val_probe_labels=label(ctx.val_labels), **probe_kw)
+        ctx.train_features, ctx.val_features,
+        train_probe_labels=at(ctx.train_labels, rows["train"]),
+        val_probe_labels=at(ctx.val_labels, rows["val"]),
+        train_probe_rows=_positions(ctx.feature_rows["train"], rows["train"]),
+        val_probe_rows=_positions(ctx.feature_rows["val"], rows["val"]), **probe_kw)
     record["nn_similarity"] = {"sigmas": _floats(run.sigmas)}
     record["nn_similarity"].update({k: _floats(v) for k, v in sims.items()})
   g = ctx.grid_size

@@ -47,6 +47,7 @@ from diffgen_jax.denoisers import Denoiser, crop_averaged, crop_offsets, guided
 from diffgen_jax.evaluation import features, gap, kmeans
 from diffgen_jax.evaluation.gradient_score import gradient_correlation_vs_sigma
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
+from diffgen_jax.data.splits import SUBSET_STREAMS, seeded_rows
 from diffgen_jax.sharding import LazyRows
 
 GUIDANCE_STYLES = ("cfg", "autoguidance")
@@ -57,8 +58,8 @@ class Setup(NamedTuple):
 
   train_all / train_labels: the training set the analytic denoisers are built on (labels: true
   classes, or None when unlabelled); val_all / val_labels: the whole validation split; train_x,
-  train_y, train_ids / val_x, val_y, val_ids: the fixed evaluation subsets (their rows are the
-  first rows of the splits, so train_x == train_all[:n]). The images are numpy arrays, or sources
+  train_y, train_ids / val_x, val_y, val_ids: the fixed evaluation subsets (seeded uniform rows
+  of the splits, `data.evaluation_subset`). The images are numpy arrays, or sources
   read where they are used (`sharding.LazyRows`; see `make_setup`): y* and the gap evaluation
   then read on each process only the rows its devices hold; what needs every image at once (the
   k-means features, the pooled crops, a classifier) reads them whole.
@@ -82,12 +83,15 @@ class Setup(NamedTuple):
 
 
 def make_setup(train_images, train_labels, val_images, val_labels, num_classes: int, sigmas, *,
-               num_images: int, train_ids=None, val_ids=None, noise_seed: int = 0,
-               batch_size: int = 256, chunk_size: int = 2048, mesh: Optional[Mesh] = None
-               ) -> Setup:
+               num_images: int, train_ids=None, val_ids=None, subset_seed: int = 0,
+               noise_seed: int = 0, batch_size: int = 256, chunk_size: int = 2048,
+               mesh: Optional[Mesh] = None) -> Setup:
   """A Setup from float images in [-1, 1]: arrays (held as float32), or sources (len(), .shape,
   indexing by an int array returning numpy rows, e.g. `sharding.LazyRows` over a split) kept as
-  they are; the evaluation subsets are the first rows (of a source: a `LazyRows` over it).
+  they are; the evaluation subsets are num_images seeded uniform rows of each
+  (`data.seeded_rows(n, num_images, subset_seed, data.SUBSET_STREAMS[split])`, as the evaluate
+  job draws them; of a source: a `LazyRows` over it). train_ids / val_ids: the ids of every row
+  of the splits (default the row numbers).
   mesh: optional; every gap curve's batches are split over its data axis (`gap.denoising_errors`)
   and the analytic denoisers lay their training set out over it (`optimal_denoiser`)."""
   is_array = lambda a: isinstance(a, (np.ndarray, jax.Array)) or not hasattr(a, "shape")
@@ -95,13 +99,15 @@ def make_setup(train_images, train_labels, val_images, val_labels, num_classes: 
   train_all, val_all = whole(train_images), whole(val_images)
   lab = lambda a: None if a is None or num_classes == 0 else np.asarray(a, np.int32)
   train_labels, val_labels = lab(train_labels), lab(val_labels)
-  nt, nv = min(num_images, len(train_all)), min(num_images, len(val_all))
-  ids = lambda given, n: np.arange(n) if given is None else np.asarray(given)[:n]
-  head = lambda a, n: None if a is None else a[:n]
-  first = lambda a, n: a[:n] if isinstance(a, np.ndarray) else LazyRows(a, np.arange(n))
+  rows = {name: seeded_rows(len(a), num_images, subset_seed, SUBSET_STREAMS[name])
+          for name, a in (("train", train_all), ("validation", val_all))}
+  ids = lambda given, r: r.copy() if given is None else np.asarray(given)[r]
+  take = lambda a, r: None if a is None else a[r]
+  subset = lambda a, r: a[r] if isinstance(a, np.ndarray) else LazyRows(a, r)
+  tr, va = rows["train"], rows["validation"]
   return Setup(train_all, train_labels, val_all, val_labels, int(num_classes),
-               first(train_all, nt), head(train_labels, nt), ids(train_ids, nt),
-               first(val_all, nv), head(val_labels, nv), ids(val_ids, nv),
+               subset(train_all, tr), take(train_labels, tr), ids(train_ids, tr),
+               subset(val_all, va), take(val_labels, va), ids(val_ids, va),
                np.asarray(sigmas, np.float64), noise_seed, batch_size, chunk_size, mesh)
 
 

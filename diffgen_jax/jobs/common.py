@@ -97,14 +97,16 @@ def devices_used(mesh: Optional[jax.sharding.Mesh]) -> Dict[str, int]:
           "processes": int(jax.process_count())}
 
 
-def evaluation_rows(split: data.Split, n: Optional[int] = None):
-  """The first n rows of a split (all by default), as `data.first_images` but with the images a
-  source read where it is needed: (images, labels, ids) with images a `sharding.LazyRows` of
-  (n, H, W, C) float32 in [-1, 1] (`data.to_unit_range` of what is read), labels (n,) int32 or
-  None when the split has no classes, ids (n,) int64. A measurement that splits the images over a
-  mesh (gap, y*, the rungs) then reads on each process only the rows its devices hold."""
-  n = len(split) if n is None else min(n, len(split))
-  rows = np.arange(n)
+def evaluation_rows(split: data.Split, n: Optional[int] = None, seed: int = 0,
+                    which: str = "train"):
+  """A split's evaluation subset of n images (`data.evaluation_subset`: seeded, uniform, rows
+  ascending; the whole split when n is None), with the images a source read where it is needed:
+  (images, labels, ids) with images a `sharding.LazyRows` of (n, H, W, C) float32 in [-1, 1]
+  (`data.to_unit_range` of what is read), labels (n,) int32 or None when the split has no
+  classes, ids (n,) int64. which: "train" or "validation" (the subsets' seeded streams differ).
+  A measurement that splits the images over a mesh (gap, y*, the rungs) then reads on each
+  process only the rows its devices hold."""
+  rows = data.evaluation_subset(split, n, seed, which)
   labels = np.asarray(split.labels[rows], np.int32) if split.num_classes > 0 else None
   images = sharding.LazyRows(split.images, rows, transform=data.to_unit_range)
   return images, labels, np.asarray(split.ids[rows])

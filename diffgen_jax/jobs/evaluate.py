@@ -73,6 +73,7 @@ def validate_config(config) -> None:
   """Every config.evaluation field the job reads (the train job runs this too before training)."""
   e = config.evaluation
   config_checks.positive(config, "evaluation.num_images")
+  config_checks.integer(config, "evaluation.subset_seed", 0)
   config_checks.positive(config, "evaluation.batch_size")
   if e.sigmas:
     config_checks.sigma_grid(config, "evaluation.sigmas")
@@ -239,10 +240,12 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   sigmas = common.sigma_grid(e.sigmas, e.num_sigmas)
   # The evaluation subsets and the training set are sources read where they are used: each
   # process reads only the rows its devices evaluate (or hold, for y*).
-  train_x, train_y, train_ids = common.evaluation_rows(train_split, e.num_images)
-  val_x, val_y, val_ids = common.evaluation_rows(val_split, e.num_images)
+  train_x, train_y, train_ids = common.evaluation_rows(train_split, e.num_images, e.subset_seed)
+  val_x, val_y, val_ids = common.evaluation_rows(val_split, e.num_images, e.subset_seed,
+                                                 "validation")
   protocol = {"sigmas": sigmas.tolist(), "num_train": len(train_x), "num_val": len(val_x),
-              "noise_seed": e.noise_seed, "dataset": config.data.name,
+              "noise_seed": e.noise_seed, "evaluation_subset_seed": e.subset_seed,
+              "dataset": config.data.name,
               "subset_size": config.data.subset_size or 0, "labels": config.data.labels,
               "subset_seed": config.data.subset_seed,
               "training_set": common.training_set(config, train_split)}
@@ -336,6 +339,12 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
         f"{sample_summary['gap_fd_pixels'][-1]:.4f} (pixels); copies of "
         f"training images: {sample_summary['copy_fraction'][-1]:.3f} (validation control "
         f"{sample_summary['copy_fraction_validation_control'][-1]:.3f}).")
+    scale = {k: b["features"]["gap"] for k, b in results["samples"].get("baselines", {}).items()
+             if b}
+    if scale:  # G_FD's scale: a perfect generalizer's and a perfect memorizer's
+      console.summary("G_FD's scale (features): " + ", ".join(
+          f"{'fresh real images' if k == 'real' else 'a copier of training images'} {v:.4f}"
+          for k, v in sorted(scale.items(), reverse=True)) + ".")
   console.summary(f"Results in {results_lib.path(workdir)}, figures in {out_dir}/")
   return results
 
@@ -669,6 +678,8 @@ def evaluate_samples(config, workdir: str, series: common.SnapshotSeries, train_
     previous = {}
   section = {"protocol": protocol, "feature": previous.get("feature", {}),
              "snapshots": dict(previous.get("snapshots", {}))}
+  if "baselines" in previous:
+    section["baselines"] = previous["baselines"]
   keys = list(series.keys)
   chosen = keys if s.snapshots == "all" else keys[-1:]
   todo = [key for key in chosen if key not in section["snapshots"]]
@@ -677,6 +688,7 @@ def evaluate_samples(config, workdir: str, series: common.SnapshotSeries, train_
     ctx, _, info = sample_setup(config, workdir, train_split, val_split, settings=s)
     # (Keeps the accuracy recorded when the classifier was trained by an earlier call.)
     section["feature"] = {**section["feature"], **(info or {})}
+    section["baselines"] = ctx.baselines  # G_FD's scale: fresh real images, a copier
     for key in todo:
       snapshot = series.load(key, "first")
       (name, denoise), = snapshot.denoisers.items()
@@ -718,10 +730,11 @@ def draw_samples(section, out_dir: str, gap_peaks: Optional[Mapping[Any, float]]
     return paths[-1]
 
   peaks = None if gap_peaks is None else {float(k): float(v) for k, v in gap_peaks.items()}
+  baselines = section.get("baselines")
   plots.gap_fd_vs_images(out("sample_gap_fd.png"), seen, summary["gap_fd_features"],
-                         summary["gap_fd_pixels"], feature, peaks)
+                         summary["gap_fd_pixels"], feature, peaks, baselines)
   plots.early_stop_gap(out("early_stop_gap_fd.png"), [r["early_stop"]["sigmas"] for r in records],
-                       [r["early_stop"]["gap"] for r in records], seen, feature)
+                       [r["early_stop"]["gap"] for r in records], seen, feature, baselines)
   last = records[-1]
   if "overlap" in last:
     plots.trajectory_overlap(out("trajectory_overlap.png"), last["overlap"],

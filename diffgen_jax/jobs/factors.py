@@ -3,7 +3,8 @@
 
     G(sigma) = (E_val(sigma) - E_train(sigma)) / E_train(sigma)
 
-on fixed subsets of the training and validation splits (the first `num_images` of each), one
+on fixed subsets of the training and validation splits (`num_images` of each, seeded by
+`subset_seed`: `data.seeded_rows`), one
 seeded noise draw per image (`evaluation.gap`; seed `noise_seed` for train, `noise_seed + 1` for
 validation, as in the `evaluate` job), on `edm.gap_sigma_grid(num_sigmas)` (or explicit `sigmas`).
 Every sweep is a list of labelled curves: one denoiser per factor value, all of them pure
@@ -360,6 +361,7 @@ def validate_config(config) -> None:
   _int(config, "seed", 0)
   _int(config, "num_images", 1)
   _int(config, "noise_seed", 0)
+  _int(config, "subset_seed", 0)
   _int(config, "batch_size", 1)
   _int(config, "chunk_size", 1)
   if config.sigmas:
@@ -455,7 +457,8 @@ def load_setup(config, splits=None) -> Setup:
   return make_setup(tr[0], tr[1], va[0], va[1], splits["train"].num_classes,
                     common.sigma_grid(config.sigmas, config.num_sigmas),
                     num_images=config.num_images, train_ids=tr[2], val_ids=va[2],
-                    noise_seed=config.noise_seed, batch_size=config.batch_size,
+                    subset_seed=config.subset_seed, noise_seed=config.noise_seed,
+                    batch_size=config.batch_size,
                     chunk_size=config.chunk_size, mesh=mesh)
 
 
@@ -557,6 +560,7 @@ def _settings(config, setup: Setup, train_split) -> Dict[str, Any]:
           "num_train_eval": len(setup.train_x), "num_val_eval": len(setup.val_x),
           "num_classes": setup.num_classes, "sigmas": setup.sigmas,
           "noise_seed_train": setup.noise_seed, "noise_seed_val": setup.noise_seed + 1,
+          "evaluation_subset_seed": config.subset_seed,
           "model_error": config.model_error, "seed": config.seed,
           **common.devices_used(setup.mesh), "config": json.loads(config.to_json_best_effort())}
 

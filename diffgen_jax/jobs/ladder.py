@@ -6,7 +6,7 @@ hook's network (config.model.denoiser = MODULE:FUNCTION on the last file under
 config.model.checkpoint, `common.hook_series`, measured on config.data; checked on two images
 before anything is measured) it
 1. builds three input sets, each an (S, B, H, W, C) array of states with its sigmas:
-     "train"       the first num_images training images + sigma n (the gap evaluation's seeded
+     "train"       num_images training images (seeded) + sigma n (the gap evaluation's seeded
                    per-image noise, seed noise_seed) on the sigma grid;
      "val"         the same for validation images (seed noise_seed + 1);
      "trajectory"  the network's own deterministic Heun trajectories (trajectory.num_samples
@@ -96,6 +96,7 @@ def validate_config(config) -> None:
   else:
     config_checks.integer(config, "num_sigmas", 1)
   config_checks.integer(config, "noise_seed", 0)
+  config_checks.integer(config, "subset_seed", 0)
   config_checks.integer(config, "batch_size", 1)
   config_checks.integer(config, "trajectory.num_samples", 2)
   config_checks.integer(config, "trajectory.num_steps", 1)
@@ -149,8 +150,10 @@ def run(config, workdir: str) -> Dict[str, Any]:
   # evaluation subsets are read lazily too.
   train_all, train_labels_all, _ = common.evaluation_rows(train_split)
   _check_ranks(config, int(np.prod(train_all.shape[1:])))
-  train_x, train_y, train_ids = common.evaluation_rows(train_split, config.num_images)
-  val_x, val_y, val_ids = common.evaluation_rows(val_split, config.num_images)
+  train_x, train_y, train_ids = common.evaluation_rows(train_split, config.num_images,
+                                                       config.subset_seed)
+  val_x, val_y, val_ids = common.evaluation_rows(val_split, config.num_images, config.subset_seed,
+                                                 "validation")
   sigmas = common.sigma_grid(config.sigmas, config.num_sigmas)
 
   # One mesh over every device of every process: the rungs lay the training set out over it,
@@ -193,6 +196,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
       "num_classes": int(num_classes), "image_shape": list(train_all.shape[1:]),
       "num_train_set": len(train_all), "num_train_eval": len(train_x), "num_val_eval": len(val_x),
       "noise_seed_train": config.noise_seed, "noise_seed_val": config.noise_seed + 1,
+      "evaluation_subset_seed": config.subset_seed,
       "sigmas": sigmas, "trajectory_sigmas": traj_sigmas, **common.devices_used(mesh),
       "config": json.loads(config.to_json_best_effort())}
   save()

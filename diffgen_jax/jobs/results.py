@@ -8,7 +8,8 @@ results (experiments/, notebooks) calls `read(workdir)` without knowing which jo
      "schema_version": 1,
      ... the job's sections:
      train / evaluate (the gap of every snapshot of a training run; `jobs.evaluate`):
-       "protocol":  {"sigmas", "num_train", "num_val", "noise_seed", "dataset", "subset_size",
+       "protocol":  {"sigmas", "num_train", "num_val", "noise_seed", "evaluation_subset_seed",
+                     "dataset", "subset_size",
                      "labels", "subset_seed", "training_set": {"images", "image_shape",
                      "rows_sha256", "labels_sha256", "pseudo_labels_sha256"}}
                     (training_set: `jobs.common.training_set`)
@@ -22,8 +23,9 @@ results (experiments/, notebooks) calls `read(workdir)` without knowing which jo
                      "membership_peak_sigma", "membership_peak_tpr"}        per snapshot
        (protocol also holds "subset_side" for side-2 runs; per-image errors of each snapshot in
        WORKDIR/evaluation/per_image/<step>.npz)
-       "samples":   {"protocol", "feature", "snapshots": {str(step): record}, "summary"}
-                    (records as in `evaluation.samples`)
+       "samples":   {"protocol", "feature", "snapshots": {str(step): record}, "summary",
+                     "baselines": {"copier", "real": {"num_images", "features" | "pixels": fd}}}
+                    (records as in `evaluation.samples`; baselines: `samples.fd_baselines`)
        "settings":  {"evaluation_devices", "processes"}: where the last evaluation ran (every
                     device of every process, `jobs.common.devices_used`)
      factors (`jobs.factors`):

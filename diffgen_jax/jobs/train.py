@@ -112,6 +112,7 @@ def validate_training_fields(config) -> None:
     config_checks.positive(config, "monitor.batch_size")
     config_checks.numbers(config, "monitor.sigmas", 0.0, strict=True)
     config_checks.integer(config, "evaluation.noise_seed", 0)
+    config_checks.integer(config, "evaluation.subset_seed", 0)
   config_checks.flag(config, "tensorboard")
   config_checks.choice(config, "model.family", models.FAMILIES)
   models.resolve(config.model)  # a field that conflicts with its preset: refused before any data
@@ -409,7 +410,8 @@ def _make_sample_fn(network, config, image_shape, num_classes, mesh):
 
 def _make_monitor(config, network, split, mesh):
   """monitor(ema_sets) -> {"e_train", "e_val", "gap"} (each (S,) at config.monitor.sigmas) of the
-  first EMA set, on the first monitor.num_images of the training and validation splits with the
+  first EMA set, on monitor.num_images of the training and validation splits (the evaluate job's
+  seeded subsets, evaluation.subset_seed: among its images when it evaluates more) with the
   evaluate job's per-image noise (seeds evaluation.noise_seed and + 1); None when off. Each batch
   is split over the training mesh (every device of every process; each process reads only its
   rows of the images) and the parameters are used where they are, sharded as trained."""
@@ -417,8 +419,9 @@ def _make_monitor(config, network, split, mesh):
   if not m.every_images:
     return None
   val_split = common.load_split(config, "validation")
-  sets = {name: common.evaluation_rows(s, m.num_images) for name, s in (("train", split),
-                                                                         ("val", val_split))}
+  seed = config.evaluation.subset_seed  # (the evaluate job's subsets hold the monitor's)
+  sets = {"train": common.evaluation_rows(split, m.num_images, seed),
+          "val": common.evaluation_rows(val_split, m.num_images, seed, "validation")}
   sigmas = np.asarray(m.sigmas, np.float64)
   seeds = {"train": config.evaluation.noise_seed, "val": config.evaluation.noise_seed + 1}
 

@@ -33,16 +33,35 @@ def _seen_norm(seen):
   return colors.Normalize(seen.min() - 1, seen.max() + 1)
 
 
+def _baseline_lines(ax, baselines, spaces):
+  """Horizontal lines at the G_FD of the copier (ceiling) and of fresh real images (floor) in each
+  space, coloured as that space's curve (`samples.fd_baselines`)."""
+  if not baselines:
+    return
+  for name, style in (("copier", ":"), ("real", "-.")):
+    b = baselines.get(name)
+    if not b:
+      continue
+    for space, color in spaces:
+      ax.axhline(b[space]["gap"], color=color, ls=style, lw=1.0, alpha=0.8,
+                 label=f"{'copier (ceiling)' if name == 'copier' else 'fresh real images'}, "
+                       f"{'pixels' if space == 'pixels' else 'features'}")
+
+
 def gap_fd_vs_images(path, images_seen, gap_features, gap_pixels, feature: str,
-                     gap_peaks: Optional[Mapping[float, float]] = None):
-  """G_FD of the samples (feature space and pixels) vs images seen; optionally the peak of the
-  denoising gap G(sigma) of the same snapshots on a second axis."""
+                     gap_peaks: Optional[Mapping[float, float]] = None, baselines=None):
+  """G_FD of the samples (feature space and pixels) vs images seen, with the G_FD of a copier and
+  of fresh real images as its scale (baselines: `samples.fd_baselines`, optional); optionally the
+  peak of the denoising gap G(sigma) of the same snapshots on a second axis."""
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
   ax.plot(images_seen, gap_features, marker="o", ms=4, color="tab:blue",
           label=rf"$G_{{FD}}$, {_feature_label(feature)}")
+  spaces = [("features", "tab:blue")]
   if feature != "pixels":
     ax.plot(images_seen, gap_pixels, marker="s", ms=4, color="tab:green",
             label=r"$G_{FD}$, pixels")
+    spaces.append(("pixels", "tab:green"))
+  _baseline_lines(ax, baselines, spaces)
   ax.axhline(0, color="0.5", lw=0.7)
   ax.set_xlabel("images seen")
   ax.set_ylabel(r"$G_{FD} = (FD_{val} - FD_{train}) / FD_{train}$")
@@ -62,13 +81,17 @@ def gap_fd_vs_images(path, images_seen, gap_features, gap_pixels, feature: str,
 
 
 def early_stop_gap(path, sigmas_per_snapshot: Sequence, gaps_per_snapshot: Sequence, images_seen,
-                   feature: str):
-  """G_FD of early-stopped samples D(x_i; sigma_i) vs sigma_i: one curve per snapshot."""
+                   feature: str, baselines=None):
+  """G_FD of early-stopped samples D(x_i; sigma_i) vs sigma_i: one curve per snapshot, with the
+  copier's and fresh real images' G_FD in feature space (`samples.fd_baselines`) when given."""
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
   norm = _seen_norm(images_seen)
   cmap = plt.get_cmap("viridis")
   for sig, g, n in zip(sigmas_per_snapshot, gaps_per_snapshot, images_seen):
     ax.plot(sig, g, marker="o", ms=3, lw=1.3, color=cmap(norm(n)))
+  _baseline_lines(ax, baselines, [("features", "0.3")])
+  if baselines:
+    ax.legend(fontsize=8, loc="best")
   ax.axhline(0, color="0.5", lw=0.7)
   ax.set_xscale("log")
   ax.set_xlabel(r"$\sigma_i$ (sampling stopped at step $i$, output $D(x_i; \sigma_i)$)")
