@@ -72,6 +72,17 @@ def make_torch(path):  # the same network in PyTorch, through the bridge
   return from_torch(Shrink(), preconditioning="none", label_dim=10), {"images_seen": seen}
 
 
+def make_fixed_size(path):  # a network of 8 x 8 images only
+  mean, var, seen = _read(path)
+  denoise = shrink(mean, var)
+
+  def fixed(x, sigma, labels=None):
+    if x.shape[1:3] != (8, 8):
+      raise ValueError(f"this network takes 8 x 8 images, got {x.shape[1:3]}")
+    return denoise(x, sigma, labels)
+  return fixed, {"images_seen": seen}
+
+
 def make_wrong_shape(path):
   return lambda x, sigma, labels=None: x[:, :2]
 
@@ -401,6 +412,15 @@ def test_hook_fields_are_checked_naming_them(data_dir, hook_dir, tmp_path):
   with pytest.raises(ConfigError, match=r"config\.model\.denoiser=.* is read only by the "
                                         r"'trained' sweep"):
     jobs.validate(factors)
+  # A crop size the hook's denoiser refuses: before any sweep runs (nothing written).
+  factors.sweeps = ("delta", "trained")
+  factors.trained.update(dict(styles=("autoguidance",), crop_sizes=(5,)))
+  factors.model.denoiser = _spec(hook_dir, "make_fixed_size")
+  factors.update(dict(num_images=8, num_sigmas=2))
+  with pytest.raises(ConfigError, match=r"config\.trained\.crop_sizes=\(5,\): the hook's "
+                                        r"denoiser refuses 5 x 5 crops"):
+    jobs.run(factors, str(tmp_path / "factors"))
+  assert not (tmp_path / "factors").exists()
   # The snapshot files' order: images seen must increase along the natural order of the names.
   bad = tmp_path / "bad"
   bad.mkdir()

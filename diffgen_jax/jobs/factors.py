@@ -576,8 +576,11 @@ def run(config, workdir: str) -> Dict[str, Any]:
                "config.data's images: use the run's data config (the saved values).")
   setup = load_setup(config, splits)
   check_against_data(config, setup, sweeps)
-  # The trained sweep's snapshots (a hook: imported and checked on two images) before any sweep.
+  # The trained sweep's snapshots (a hook: imported and checked on two images, and on the crop
+  # sizes asked for) before any sweep.
   series = trained_series(config, setup) if "trained" in sweeps else None
+  if series is not None and series.source == "hook" and config.trained.crop_sizes:
+    _hook_crop_sizes(config, series.load(series.keys[0]).denoisers[common.HOOK_SET], setup)
   os.makedirs(workdir, exist_ok=True)  # after the data and run checks: a refusal leaves no workdir
   results = {"settings": _settings(config, setup, splits["train"]), "sweeps": {}}
   for name in sweeps:
