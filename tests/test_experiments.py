@@ -21,7 +21,7 @@ from experiments import common  # noqa: E402
 
 FINDINGS = ("toy2d", "training_time", "model_size", "dataset_size", "granularity", "guidance",
             "receptive_field", "trajectory_overlap", "sample_gap", "gradient_score",
-            "disjoint_subsets", "memorization_time", "analytic_ladder")
+            "disjoint_subsets", "memorization_time", "analytic_ladder", "paper_regime")
 # The keys of results.json's "results" section per finding.
 EXPECTED = {
     "toy2d": {"flow_field", "relative_error", "gap_vs_delta", "gap_vs_density", "guidance",
@@ -38,6 +38,7 @@ EXPECTED = {
     "disjoint_subsets": {"pairs"},
     "memorization_time": {"runs", "slopes", "tau_gen_fd_target"},
     "analytic_ladder": {"networks"},
+    "paper_regime": {"models"},
 }
 
 
