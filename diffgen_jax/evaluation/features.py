@@ -196,12 +196,6 @@ def train_classifier(images, labels, num_classes: int, steps: int = 2000, seed: 
   return params, accuracy
 
 
-def classifier_logits(params) -> FeaturesFn:
-  """images -> (B, num_classes) logits of a trained `SmallCNN`."""
-  model = _module_from_params(params)
-  return jax.jit(lambda x: model.apply(params, x))
-
-
 def classifier_features(params) -> FeaturesFn:
   """images -> (B, feature_dim): the classifier's penultimate layer (the architecture is read from
   the parameter shapes)."""

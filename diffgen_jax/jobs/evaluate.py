@@ -330,8 +330,11 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
       board.close()
   s = results["summary"]
   sample_summary = results.get("samples", {}).get("summary", {})
+  interval = (f" (95% interval {s['peak_gap_low'][-1]:.4f} to {s['peak_gap_high'][-1]:.4f})"
+              if s.get("peak_gap_low") and s["peak_gap_low"][-1] is not None else "")
   console.summary(f"Denoising gap of {workdir} (last snapshot, {s['images_seen'][-1]} images "
-                  f"seen): peak G = {s['peak_gap'][-1]:.4f} at sigma = {s['peak_sigma'][-1]:.3g}.")
+                  f"seen): peak G = {s['peak_gap'][-1]:.4f}{interval} at sigma = "
+                  f"{s['peak_sigma'][-1]:.3g}.")
   if sample_summary:
     console.summary(
         f"Samples: Frechet-distance gap G_FD = {sample_summary['gap_fd_features'][-1]:.4f} "
@@ -372,6 +375,9 @@ def _measure_snapshot(denoise, exact, sigmas, splits, per_image_path: Optional[s
                                                            return_per_image=True, **kw)
     record[f"e_{split_name}"] = errors.tolist()
   record["gap"] = gap.relative_gap(record["e_val"], record["e_train"]).tolist()
+  # Its 95% interval over the evaluation images (each split resampled independently).
+  low, high = gap.bootstrap_relative_gap(per_image["val"], per_image["train"])
+  record["gap_low"], record["gap_high"] = low.tolist(), high.tolist()
   mi = membership.membership_by_sigma(per_image["train"], per_image["val"], fpr=MEMBERSHIP_FPR)
   record["membership"] = {k: mi[k].tolist() for k in ("auc", "auc_low", "auc_high", "tpr",
                                                       "tpr_low", "tpr_high")}
@@ -446,6 +452,10 @@ def summarize(results, sigmas, at_sigmas) -> Dict[str, Any]:
   peaks = [gap.peak(sigmas, g) for g in gaps]
   summary = {"steps": steps, "images_seen": seen,
              "peak_sigma": [p[0] for p in peaks], "peak_gap": [p[1] for p in peaks]}
+  if all("gap_low" in r for r in records):  # the peak's 95% interval, at the peak's sigma
+    at = [edm.peak_index(g) for g in gaps]
+    summary["peak_gap_low"] = [r["gap_low"][i] if i >= 0 else None for r, i in zip(records, at)]
+    summary["peak_gap_high"] = [r["gap_high"][i] if i >= 0 else None for r, i in zip(records, at)]
   if len(steps) > 1:
     onset = gap.overfitting_onset(e_val, np.asarray(seen))
     summary["onset_images_seen"] = np.asarray(onset.images_seen).tolist()
@@ -468,8 +478,11 @@ def draw(results, sigmas, out_dir: str) -> None:
   from diffgen_jax.plots import gap as gap_plots  # pylint: disable=import-outside-toplevel
   _, seen, records = _ordered(results)
   s = results["summary"]
+  last = records[-1]
   gap_plots.gap_over_training(os.path.join(out_dir, "gap_over_training.png"), sigmas,
-                              [r["gap"] for r in records], seen, onset_sigma=s["peak_sigma"][-1])
+                              [r["gap"] for r in records], seen, onset_sigma=s["peak_sigma"][-1],
+                              band=(last["gap_low"], last["gap_high"]) if "gap_low" in last
+                              else None)
   opt = results.get("optimal", {})
   gap_plots.error_curves(os.path.join(out_dir, "errors.png"), sigmas, records[-1]["e_train"],
                          records[-1]["e_val"], opt.get("e_train"), opt.get("e_val"),

@@ -79,7 +79,6 @@ from diffgen_jax.optimal_patches import BOUNDARIES, patch_composite_denoiser
 JOB = "ladder"
 LOCAL_RUNGS = ("LS", "ELS", "PSPC")
 INPUT_SETS = ("train", "val", "trajectory")
-FIGURES = ("ladder_r2.png", "ladder_calibration.png", "ladder_gap.png")
 
 
 # ------------------------------------------------------------------------------------------------
