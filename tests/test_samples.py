@@ -12,6 +12,7 @@ import pytest
 
 from diffgen_jax import checkpointing, data, defaults, edm, jsonio, models, samplers
 from diffgen_jax.evaluation import samples
+from diffgen_jax.jobs import common
 from diffgen_jax.jobs import evaluate as ev
 from diffgen_jax.models.network import build_network
 from diffgen_jax.config_checks import ConfigError
@@ -126,6 +127,14 @@ def test_incremental_snapshots_last_and_protocol(tmp_path, monkeypatch):
   monkeypatch.setattr(checkpointing, "load_snapshot",
                       lambda wd, step, sharding=None: ({"ema_a": {"w": np.zeros(1)}},
                                                         {"images_seen": 10 * step}))
+  steps = []
+  monkeypatch.setattr(checkpointing, "snapshot_steps", lambda wd: list(steps))
+  network = build_network(_tiny_network_config().model, 2, "float32")
+
+  def series(*given):  # the run's snapshots: steps `given`
+    steps[:] = given
+    return common.run_series(str(tmp_path), network, 0.5)
+
   monkeypatch.setattr(ev, "sample_setup", lambda *a, **k: (samples.Setup(
       *([None] * len(dataclasses.fields(samples.Setup)))), None, {}))
 
@@ -139,36 +148,35 @@ def test_incremental_snapshots_last_and_protocol(tmp_path, monkeypatch):
   monkeypatch.setattr(samples, "evaluate_denoiser", fake_evaluate)
   config = _config()
   saves = []
-  kw = dict(network=None, train_split=train, val_split=val, plots=False)
-  section = ev.evaluate_samples(config, str(tmp_path), steps=[1, 2], previous=None,
+  kw = dict(train_split=train, val_split=val, plots=False)
+  section = ev.evaluate_samples(config, str(tmp_path), series(1, 2), previous=None,
                                 save=lambda s: saves.append(sorted(s["snapshots"])), **kw)
   assert sorted(section["snapshots"]) == ["1", "2"] and len(evaluated) == 2
   assert saves == [["1"], ["1", "2"]]
   assert section["summary"]["images_seen"] == [10, 20]
   assert section["snapshots"]["2"]["ema"] == "ema_a"
   stored = json.loads(json.dumps(section))
-  again = ev.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=stored, **kw)
+  again = ev.evaluate_samples(config, str(tmp_path), series(1, 2, 3), previous=stored, **kw)
   assert len(evaluated) == 3 and sorted(again["snapshots"]) == ["1", "2", "3"]  # only step 3
-  assert ev.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=again, **kw) == again
+  assert ev.evaluate_samples(config, str(tmp_path), series(1, 2, 3), previous=again, **kw) == again
   assert len(evaluated) == 3
   config.evaluation.samples.snapshots = "last"
-  last = ev.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=None, **kw)
+  last = ev.evaluate_samples(config, str(tmp_path), series(1, 2, 3), previous=None, **kw)
   assert sorted(last["snapshots"]) == ["3"] and len(evaluated) == 4
   config.evaluation.samples.num_samples = 30  # another protocol: every snapshot afresh
   config.evaluation.samples.snapshots = "all"
-  fresh = ev.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=again, **kw)
+  fresh = ev.evaluate_samples(config, str(tmp_path), series(1, 2, 3), previous=again, **kw)
   assert len(evaluated) == 7 and fresh["protocol"]["num_samples"] == 30
   config.evaluation.samples.enabled = False
-  assert ev.evaluate_samples(config, str(tmp_path), steps=[4], previous=fresh, **kw) == fresh
+  assert ev.evaluate_samples(config, str(tmp_path), series(4), previous=fresh, **kw) == fresh
 
 
 def test_missing_extractors_raise_naming_the_path(tmp_path):
   train, val = _split(0, 12), _split(1, 12)
-  missing = str(tmp_path / "no" / "dinov2.npz")
-  config = _config(feature="external", external_kind="dinov2", external_path=missing)
-  with pytest.raises(FileNotFoundError, match="dinov2.npz") as err:
-    ev.evaluate_samples(config, str(tmp_path), None, train, val, [1], None)
-  assert missing in str(err.value)
+  config = _config(feature="hook", features="no_such_features_module:make")
+  with pytest.raises(ConfigError, match=r"^config\.evaluation\.samples\.features="
+                                        r"'no_such_features_module:make': no module named"):
+    ev.sample_setup(config, str(tmp_path), train, val)
   config = _config(feature="classifier", classifier_path=str(tmp_path / "clf.npz"))
   with pytest.raises(FileNotFoundError, match="clf.npz"):
     ev.sample_setup(config, str(tmp_path), train, val)
@@ -222,9 +230,16 @@ def test_validate_settings():
     with pytest.raises(ConfigError, match=f"evaluation.samples.{field}"):
       ev.validate_sample_settings(s)
   s = defaults.sample_evaluation_config()
-  s.feature = "external"
-  with pytest.raises(ConfigError, match="external_path"):
+  s.feature = "hook"  # without the hook
+  with pytest.raises(ConfigError, match=r"feature='hook' needs config\.evaluation\.samples"
+                                        r"\.features=MODULE:FUNCTION"):
     ev.validate_sample_settings(s)
+  s.feature, s.features = "pixels", "os:getcwd"  # a hook that the feature space does not read
+  with pytest.raises(ConfigError, match=r"features='os:getcwd' is read only with config\."
+                                        r"evaluation\.samples\.feature='hook' \(now 'pixels'\)"):
+    ev.validate_sample_settings(s)
+  s.feature = "hook"
+  ev.validate_sample_settings(s)  # imported (os.getcwd), checked on images by sample_setup
 
 
 def _tiny_network_config():
@@ -255,7 +270,8 @@ def test_network_snapshots_end_to_end(tmp_path):
   steps = checkpointing.snapshot_steps(workdir)
   assert steps == [20, 40]
   compiled = samplers._integrate_jit._cache_size()
-  section = ev.evaluate_samples(config, workdir, network, train, val, steps, None,
+  series = common.run_series(workdir, network, config.training.sigma_data)
+  section = ev.evaluate_samples(config, workdir, series, train, val, None,
                                 gap_peaks={1280: 0.05, 2560: 0.1})
   assert samplers._integrate_jit._cache_size() == compiled + 1  # one compilation, two snapshots
   assert _plain(section) and json.loads(json.dumps(section)) == section

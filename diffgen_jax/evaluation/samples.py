@@ -15,7 +15,9 @@ For a denoiser, ONE deterministic Heun run of `num_samples` samples with `return
     (validation images outside the validation reference: the floor a perfect generalizer reaches)
     and of a copier (training images drawn uniformly: the ceiling of a perfect memorizer).
   * Copy fraction (`copies`, Gu et al. 2023) against the whole training set; the control is the copy
-    fraction of validation images.
+    fraction of validation images. With `feature_copies`, also in the feature space (as Somepalli
+    et al. do with SSCD): the samples' features against the featurized training rows, the control
+    the features of the same validation images.
   * Early-stopped sampling: the output of sampling stopped at step i is D(x_i; sigma_i) =
     `trajectory.denoised[i]`, so the same run gives G_FD(sigma_i) in feature space at every
     `early_stop_every`-th step (and the last one).
@@ -47,7 +49,8 @@ feature extractors compile once for all denoisers of one network.
 Record layout (`evaluate_denoiser(...).record`, plain floats; the "samples" section of the evaluate
 job's results.json holds one per snapshot, `summarize` makes the per-snapshot series):
     {"fd": {"features" | "pixels": {"train", "train_subsets", "val", "gap"}},
-     "copy_fraction": {"samples", "validation_control"},
+     "copy_fraction": {"samples", "validation_control"[, "features",
+                       "features_validation_control"]},
      "early_stop": {"steps", "sigmas", "fd_train", "fd_val", "gap"},
      "overlap": {"sigmas", group: {stat: (T,)}}, "nn_similarity": {"sigmas", "source/ref": (T,)}}
 """
@@ -64,6 +67,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax import progress, samplers
+from diffgen_jax.checkpointing import snapshot_order
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.splits import seeded_rows
 from diffgen_jax.sharding import (DATA_AXIS, LazyRows, batch_multiple, fetch, process_span,
@@ -200,6 +204,9 @@ class Setup:
   baselines: Optional[Dict[str, Any]] = None  # `fd_baselines`: G_FD of fresh real images, a copier
   # {"train", "val"}: the probes' images, probe_size seeded rows of each split (`prepare`)
   probe_rows: Optional[Dict[str, np.ndarray]] = None
+  # The copy fraction of validation features (the feature-space copy test's control); None: the
+  # copy test runs in pixels only.
+  validation_feature_copy_fraction: Optional[float] = None
 
   @property
   def noise(self) -> np.ndarray:
@@ -241,7 +248,7 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
             early_stop_every: int = 1, overlap: bool = True, nn_similarity: bool = True,
             probe_size: int = 128, copy_ratio: float = 1.0 / 3.0, grid_size: int = 32,
             batch_size: int = 256, noise_seed: int = 0, reference_images: int = 0,
-            mesh: Optional[Mesh] = None) -> Setup:
+            mesh: Optional[Mesh] = None, feature_copies: bool = False) -> Setup:
   """The denoiser-independent part: labels, features and reference statistics.
 
   Args:
@@ -264,6 +271,7 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
       (batch_size rounded up to a multiple of it) and each process builds only its rows; the
       training set is split over it for the copy test. The numbers do not depend on it beyond
       float rounding.
+    feature_copies: also test copies in the feature space (the module docstring).
 
   Raises:
     ValueError: num_samples, num_steps, batch_size, early_stop_every, num_train_subsets or
@@ -314,9 +322,13 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
   steps = int(num_steps)
   stop_steps = np.unique(np.r_[np.arange(0, steps, early_stop_every), steps - 1])
   # The control: num_samples validation images (seeded rows) against the WHOLE training set,
-  # read where it lives.
-  control = copy_fraction(np.asarray(val_images[seeded_rows(n_val, n, seed, 15)], np.float32),
+  # read where it lives; in feature space, their features against the featurized training rows.
+  control_rows = seeded_rows(n_val, n, seed, 15)
+  control = copy_fraction(np.asarray(val_images[control_rows], np.float32),
                           train_images, copy_ratio, mesh=mesh)
+  feature_control = (copy_fraction(featurize(features_fn, val_images, control_rows),
+                                   train_features, copy_ratio, mesh=mesh)
+                     if feature_copies else None)
   probe_size = min(int(probe_size), n, n_train, n_val)
   # The probes' images: a seeded uniform draw of each split (not its first rows, issue 26).
   probe_rows = {name: seeded_rows(size, probe_size, seed, stream) for name, size, stream in
@@ -335,7 +347,8 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
       references=references, stop_steps=stop_steps, probe_size=probe_size, overlap=bool(overlap),
       nn_similarity=bool(nn_similarity), grid_size=min(int(grid_size), n),
       validation_copy_fraction=float(control), mesh=mesh, baselines=baselines,
-      probe_rows=probe_rows)
+      probe_rows=probe_rows,
+      validation_feature_copy_fraction=None if feature_control is None else float(feature_control))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -462,6 +475,10 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
                                                  mesh=mesh),
                         "validation_control": ctx.validation_copy_fraction},
   }
+  if ctx.validation_feature_copy_fraction is not None:
+    record["copy_fraction"]["features"] = copy_fraction(run.features, ctx.train_features,
+                                                        ctx.copy_ratio, mesh=mesh)
+    record["copy_fraction"]["features_validation_control"] = ctx.validation_feature_copy_fraction
   rows = [fd_record(f, ctx.references["features"], mesh) for f in run.stop_features]
   record["early_stop"] = {"steps": [int(i) for i in ctx.stop_steps],
                           "sigmas": _floats(run.sigmas[ctx.stop_steps]),
@@ -510,9 +527,11 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
 
 
 def ordered(section):
-  """(steps, records) of a section's snapshots in training order."""
-  steps = sorted(int(k) for k in section["snapshots"])
-  return steps, [section["snapshots"][str(k)] for k in steps]
+  """(keys, records) of a section's snapshots in training order (`checkpointing.snapshot_order`);
+  the keys of a run's snapshots as int steps, a hook's as file names."""
+  keys = snapshot_order(section["snapshots"])
+  return ([int(k) if k.isdigit() else k for k in keys],
+          [section["snapshots"][k] for k in keys])
 
 
 def summarize(section) -> Dict[str, Any]:
@@ -526,6 +545,10 @@ def summarize(section) -> Dict[str, Any]:
   summary["copy_fraction"] = [r["copy_fraction"]["samples"] for r in records]
   summary["copy_fraction_validation_control"] = [r["copy_fraction"]["validation_control"]
                                                  for r in records]
+  if records and all("features" in r["copy_fraction"] for r in records):
+    summary["copy_fraction_features"] = [r["copy_fraction"]["features"] for r in records]
+    summary["copy_fraction_features_validation_control"] = [
+        r["copy_fraction"]["features_validation_control"] for r in records]
   if records and all("nn_similarity" in r for r in records):
     keys = [k for k in records[0]["nn_similarity"] if k != "sigmas"]
     summary["nn_similarity_mean_over_steps"] = {
