@@ -15,7 +15,8 @@ receptive_field, trajectory_overlap, sample_gap, gradient_score, disjoint_subset
 memorization_time (the last two: U-Nets on the disjoint training subsets S1, S2 of
 `data.subset_side`, shared by name `unet_n<N>_s<side>`; settings of their own measurements in
 `config.diagnostics`), analytic_ladder (the trained U-Net and DiT against every rung of the
-analytic ladder, job `ladder`). Modes (MODES):
+analytic ladder, job `ladder`), paper_regime (28x28 Fashion-MNIST, 1,024 images, the 1.23M
+U-Net, ~320k images: the paper's regime on a CPU). Modes (MODES):
 
   local  Real offline data on a 2-core CPU, each finding <= 30 minutes (estimates in
          experiments/README.md, from the measured ~700 img/s of the tiny U-Net at 8x8). Everything
@@ -59,7 +60,7 @@ from diffgen_jax import defaults, models
 # finding -> (what it shows, its runs in order, paper compute). Runs named here are built by _RUNS.
 FINDINGS = ("toy2d", "training_time", "model_size", "dataset_size", "granularity", "guidance",
             "receptive_field", "trajectory_overlap", "sample_gap", "gradient_score",
-            "disjoint_subsets", "memorization_time", "analytic_ladder")
+            "disjoint_subsets", "memorization_time", "analytic_ladder", "paper_regime")
 MODES = ("local", "paper", "smoke")
 
 # Sweep values per mode: (local, paper, smoke).
@@ -98,6 +99,8 @@ PAPER_COMPUTE = {
     "memorization_time": "8 DDPM++ CIFAR-10 runs (N = 1k..8k, 2 sides) at 100M images with dense "
                          "snapshots (~1,600 V100-h); shares the 1k runs with disjoint_subsets",
     "analytic_ladder": "the training_time U-Net and DiT + the ladder job (ELS at CIFAR shape: GPU-h)",
+    "paper_regime": "DDPM++ on CIFAR-10 subsets (the paper's own runs); here 28x28 Fashion-MNIST "
+                    "(~2-2.5 h on 2 CPU cores)",
 }
 
 
@@ -376,6 +379,10 @@ def _runs(finding: str, mode: str):
   dit = lambda: _dit(mode, samples=True)
   if finding == "toy2d":
     return [("toy2d", _toy2d(mode), None)]
+  if finding == "paper_regime":  # (smoke: the plumbing on the shared smoke U-Net)
+    return [("unet", unet(), {"group": "U-Net", "value": 0}) if mode == "smoke" else
+            ("regime_unet", _regime_unet(mode), {"group": "U-Net (28x28, 1,024 images)",
+                                                 "value": 0})]
   if finding in ("training_time", "trajectory_overlap", "sample_gap"):
     return [("unet", unet(), {"group": "U-Net", "value": 0}),
             ("dit", dit(), {"group": "DiT", "value": 0})]

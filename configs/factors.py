@@ -68,6 +68,9 @@ def get_config(variant=None):
       "num_sigmas": 10,  # log grid in [0.002, 80]
   })
   config.run_dir = ""  # the `trained` sweep: a train job's workdir with this data config
+  # ... or a hook's network (run_dir ''): model.denoiser=MODULE:FUNCTION over the files under
+  # model.checkpoint (trained.snapshot indexes them), measured on config.data
+  config.model = defaults.hook_model_config()
   config.trained = ml_collections.ConfigDict({
       "ws": (0.0, 0.5, 1.0, 2.0),
       "styles": ("cfg", "autoguidance"),  # cfg needs a conditional run (null label num_classes)

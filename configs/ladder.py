@@ -4,6 +4,8 @@
       --workdir=runs/ladder_quickstart             # 2-core CPU, a few minutes on 8x8 digits
   python -m diffgen_jax.main --config=configs/ladder.py --config.run_dir=RUN --workdir=DIR
   python -m diffgen_jax.main --config=configs/ladder.py:smoke --config.run_dir=RUN --workdir=DIR
+  python -m diffgen_jax.main --config=configs/ladder.py --config.model.denoiser=my_nets:make \
+      --config.model.checkpoint=snapshots/ --config.data.name=digits --workdir=DIR  # a hook's
 
 The run is a train job's workdir (its config.json names the data, model and sigma_data; its
 snapshots hold the EMA parameters). Variants: `local` (a CPU-sized grid on 8x8 digits), `smoke`
@@ -27,6 +29,10 @@ def get_config(variant=None):
   config.step = -1  # the snapshot measured: -1 = the last, else a snapshot step of the run
   config.ema = "first"  # EMA set of the snapshot ("first" or a set name, `ema.pick`)
   config.data_dir = ""  # "" = the run's data.data_dir
+  # Or a hook's network (run_dir ''): model.denoiser=MODULE:FUNCTION on the last file under
+  # model.checkpoint, measured on the data config.data names (read only with model.denoiser).
+  config.model = defaults.hook_model_config()
+  config.data = defaults.data_config()
   config.num_images = 256  # noised training / validation images per split (a seeded subset)
   config.subset_seed = 0  # which images: data.seeded_rows (the evaluate job's draw)
   config.num_sigmas = 16  # log grid in [0.002, 80] (edm.gap_sigma_grid) for the noised sets

@@ -35,6 +35,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
@@ -318,6 +319,19 @@ def snapshot_steps(workdir: str) -> List[int]:
     return []
   with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
     return sorted(mngr.all_steps())
+
+
+def natural_key(name: str) -> Tuple[Any, ...]:
+  """The sort key of a snapshot's name in the natural order: runs of digits compare as numbers
+  ("net-2" before "net-10"; "20" before "100"), the rest as text."""
+  parts = re.split(r"(\d+)", str(name))
+  return tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
+
+
+def snapshot_order(keys) -> List[str]:
+  """Snapshot keys (a run's steps as strings, or a hook's file names) in training order: the
+  natural order of `natural_key` (for a run's steps, their numeric order)."""
+  return sorted((str(k) for k in keys), key=natural_key)
 
 
 def non_finite_arrays(tree) -> List[str]:

@@ -38,11 +38,12 @@ def sample_evaluation_config() -> ml_collections.ConfigDict:
       "num_samples": 512,  # samples per snapshot (deterministic Heun, fixed noise and labels)
       "num_steps": 18,  # Heun steps (noise levels of the Karras schedule)
       "seed": 0,  # the samples' noise and the choice of the FD reference subsets
-      "feature": "classifier",  # "classifier" | "pixels" | "external"
+      "feature": "classifier",  # "classifier" | "pixels" | "hook" (the extractor of `features`)
+      # feature="hook": MODULE:FUNCTION, a factory f() -> features(images) -> (B, F) (`hooks`):
+      # Inception, DINOv2, SSCD... in any framework; copies are then also tested in its space
+      "features": "",
       "classifier_steps": 2000,  # training steps of the SmallCNN when it must be trained
       "classifier_path": "",  # "" = WORKDIR/evaluation/classifier.npz, trained once and cached
-      "external_kind": "inception_v3",  # feature="external": "inception_v3" | "dinov2" ...
-      "external_path": "",  # ... with its weights at this local path (never downloaded)
       "num_train_subsets": 2,  # disjoint training subsets for FD_train (averaged)
       "early_stop_every": 1,  # early-stopped G_FD at every k-th sampling step (and the last)
       "overlap": True,  # trajectory overlap probe
@@ -55,15 +56,29 @@ def sample_evaluation_config() -> ml_collections.ConfigDict:
   })
 
 
+def hook_model_config() -> ml_collections.ConfigDict:
+  """config.model of the jobs that measure a run's snapshot (ladder, export, factors' trained
+  sweep): model.denoiser / model.checkpoint as in a run's model config (`models`), a hook's
+  network instead of config.run_dir's: `MODULE:FUNCTION` called for each file under checkpoint
+  (a file, or a directory of them in the natural order of their names; `jobs.common.hook_series`),
+  measured on config.data."""
+  fields = models.default_model_config("ddpmpp")
+  return ml_collections.ConfigDict({"denoiser": fields.denoiser, "checkpoint": fields.checkpoint})
+
+
 def export_config() -> ml_collections.ConfigDict:
   """Every field of the export job (configs/export.py, `jobs.export`): a run's snapshot as EDM
   dataset zips for the field's scorers."""
   return ml_collections.ConfigDict({
       "job": "export",
-      "run_dir": "",  # a train job's workdir (required)
+      "run_dir": "",  # a train job's workdir (required unless model.denoiser is set)
       "step": -1,  # the snapshot exported: -1 = the last, else a snapshot step of the run
       "ema": "first",  # the snapshot's EMA set: "first" or a set's name (`ema.pick`)
       "data_dir": "",  # "" = the run's data.data_dir (read only for `denoised`)
+      # A hook's network instead of run_dir's (`hook_model_config`; step -1: the last file), its
+      # image shape and classes those of this data config (read only with model.denoiser).
+      "model": hook_model_config(),
+      "data": data_config(),
       "num_samples": 1000,  # samples written (0 = none): deterministic Heun, labels cycling
       "num_steps": 18,  # Heun steps of the samples (Karras schedule)
       "seed": 0,  # sample i's noise: normal(fold_in(key(seed), i)), whatever num_samples

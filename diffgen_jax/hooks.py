@@ -34,12 +34,13 @@ import importlib.util
 import os
 import re
 import sys
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffgen_jax import checkpointing
 from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.denoisers import check_labels
 
@@ -134,6 +135,39 @@ def load_factory(spec: str, *, field: str) -> Callable:
   if not callable(target):
     _fail(field, spec, f"names {attribute!r}, a {type(target).__name__}, not a callable factory")
   return target
+
+
+# ------------------------------------------------------------------------------------------------
+# The snapshot files a denoiser factory is called on
+
+
+def snapshot_files(path: str, *, field: str = "model.checkpoint") -> List[str]:
+  """The snapshot files at `path`, in training order: [path] for a file; for a directory, its
+  regular files (not those whose name starts with "."), in the natural order of their names
+  (`checkpointing.natural_key`: net-2 before net-10), so name them in the order they were
+  trained. Raises ConfigError naming config.<field> when path is empty, does not exist, or is a
+  directory without files."""
+  if not isinstance(path, str) or not path:
+    _fail(field, path, "must name the snapshot file, or the directory of snapshot files, that the "
+          "denoiser factory reads")
+  full = os.path.expanduser(path)
+  if os.path.isfile(full):
+    return [full]
+  if not os.path.isdir(full):
+    _fail(field, path, "does not exist (the snapshot file, or the directory of snapshot files, "
+          "that the denoiser factory reads)")
+  names = [n for n in os.listdir(full) if not n.startswith(".")
+           and os.path.isfile(os.path.join(full, n))]
+  if not names:
+    _fail(field, path, "is a directory without snapshot files")
+  return [os.path.join(full, n) for n in checkpointing.snapshot_order(names)]
+
+
+def images_seen_of_name(path: str) -> Optional[int]:
+  """The last number in a snapshot file's name without its extension (net-000100.npz: 100), the
+  images seen of a factory that does not say them; None when the name holds no number."""
+  numbers = re.findall(r"\d+", os.path.splitext(os.path.basename(path))[0])
+  return int(numbers[-1]) if numbers else None
 
 
 # ------------------------------------------------------------------------------------------------

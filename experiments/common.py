@@ -267,6 +267,7 @@ def train_curves(results: Dict[str, Any]) -> Dict[str, Any]:
           "gap": [r["gap"] for r in records], "e_train": [r["e_train"] for r in records],
           "e_val": [r["e_val"] for r in records], "peak_gap": s["peak_gap"],
           "peak_sigma": s["peak_sigma"], "onset_images_seen": s.get("onset_images_seen"),
+          "onset_rises": s.get("onset_rises"),
           "gap_at_sigmas": s.get("gap_at_sigmas", {})}
 
 
@@ -301,16 +302,30 @@ def _finite(x, y):
   return x[ok], y[ok]
 
 
+DECADES = 2.0  # an axis spanning at least this many decades of positive values is drawn in log
+
+
+def spans_decades(values, decades: float = DECADES) -> bool:
+  """True when every finite value is > 0 and max / min >= 10**decades (a linear axis would then
+  squash the small values: the small-sigma plateau, the small-N curves)."""
+  v = np.asarray([np.nan if a is None else a for a in values], np.float64)
+  v = v[np.isfinite(v)]
+  return bool(v.size) and bool(np.all(v > 0)) and v.max() >= 10 ** decades * v.min()
+
+
 def line_plot(path: str, series: Sequence[tuple], *, xlabel: str, ylabel: str, title: str = "",
-              logx: bool = False, logy: bool = False, zero_line: bool = False,
+              logx: Optional[bool] = None, logy: Optional[bool] = None, zero_line: bool = False,
               panels: Optional[Sequence[str]] = None,
               ylim: Optional[Tuple[float, float]] = None) -> None:
   """series: (label, x, y[, style]) tuples; with `panels`, (panel, label, x, y[, style]) tuples,
-  one subplot per panel name; `ylim` clips the y axis (say so in the label)."""
+  one subplot per panel name; `ylim` clips the y axis (say so in the label). logx / logy: None
+  (default) draws an axis in log scale when its values span decades (`spans_decades`), True /
+  False force it (logy True: symlog, for values of both signs)."""
   plt = _pyplot()
   names = list(panels) if panels else [None]
   fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
   for ax, panel in zip(axes[0], names):
+    xs, ys = [], []
     for s in series:
       if panels:
         if s[0] != panel:
@@ -321,11 +336,15 @@ def line_plot(path: str, series: Sequence[tuple], *, xlabel: str, ylabel: str, t
       x, y = _finite(x, y)
       if len(x):
         ax.plot(x, y, style, label=label, markersize=3)
-    if logx:
+        xs += list(x)
+        ys += list(y)
+    if logx or (logx is None and spans_decades(xs)):
       ax.set_xscale("log")
     if logy:
       ax.set_yscale("symlog", linthresh=1e-3)
-    if zero_line:
+    elif logy is None and not ylim and spans_decades(ys):
+      ax.set_yscale("log")
+    if zero_line and ax.get_yscale() == "linear":
       ax.axhline(0.0, color="gray", lw=0.8)
     if ylim:
       ax.set_ylim(*ylim)
@@ -365,7 +384,7 @@ def gap_sweep(ctx: Context) -> List[Dict[str, Any]]:
 
 
 def gap_sweep_figures(ctx: Context, entries: List[Dict[str, Any]], *, x_key: str, xlabel: str,
-                      logx: bool = True, extra_series: Sequence[tuple] = (),
+                      logx: Optional[bool] = None, extra_series: Sequence[tuple] = (),
                       one_panel: bool = False) -> None:
   """The three figures of a sweep: peak G vs the swept value (per group), the last snapshot's
   G(sigma) per run, and the peak G over training per run: one panel per group, or every run in

@@ -34,7 +34,12 @@ def gather(ctx):
             {"crop_size": c["value"], "relative_crop": c["value"] / size, "label": c["label"],
              "peak_gap": c["peak_gap"], "peak_sigma": c["peak_sigma"], "gap": c["gap"]}
             for c in curves]}
-    series.append((name, [c["value"] / size for c in curves], [c["peak_gap"] for c in curves]))
+    # Crops (s < H) are one family of denoisers; the full image (s = H, no crop) is another: a
+    # marker of its own, not the end of a line through the crops.
+    crops = [c for c in curves if c["value"] < size]
+    series.append((name, [c["value"] / size for c in crops], [c["peak_gap"] for c in crops]))
+    series += [(f"{name}: full image", [1.0], [c["peak_gap"]], "*") for c in curves
+               if c["value"] >= size]
     curves_series += [(name, c["label"], sigmas, c["gap"], "-") for c in curves]
   common.line_plot(ctx.figure("peak_gap_vs_crop.png"), series, xlabel="crop size s / H",
                    ylabel="peak G", title="Receptive field and the denoising gap")

@@ -12,9 +12,27 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np  # noqa: E402
+
 from experiments import common  # noqa: E402
 
 FINDING = "training_time"
+
+
+def onset_series(models):
+  """The onset per sigma where E_val rose after its minimum (points); where it has not risen yet
+  the onset is at least the last snapshot, drawn apart (open triangles), never as a value."""
+  out = []
+  for g, m in models.items():
+    seen, rises = m.get("onset_images_seen"), m.get("onset_rises")
+    if not seen:
+      continue
+    sigmas, seen, rises = np.asarray(m["sigmas"]), np.asarray(seen, float), np.asarray(rises, bool)
+    out.append((g, sigmas[rises], seen[rises], "o"))
+    if np.any(~rises):
+      out.append((f"{g}: no onset yet (>= the last snapshot)", sigmas[~rises],
+                  np.full((~rises).sum(), max(m["images_seen"])), "^"))
+  return out
 
 
 def gather(ctx):
@@ -36,8 +54,7 @@ def gather(ctx):
                     for s, v in m["gap_at_sigmas"].items()],
                    panels=names, xlabel="images seen", ylabel="G(sigma)", zero_line=True,
                    title="G at fixed sigma over training")
-  common.line_plot(ctx.figure("onset.png"),
-                   [(g, m["sigmas"], m["onset_images_seen"] or []) for g, m in models.items()],
+  common.line_plot(ctx.figure("onset.png"), onset_series(models),
                    xlabel="sigma", ylabel="images seen at the onset (min E_val)", logx=True,
                    title="Overfitting onset per sigma")
   return {"models": models}

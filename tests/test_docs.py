@@ -55,14 +55,20 @@ def test_the_guide_has_its_three_routes_and_no_stray_blocks():
   code = "".join(c for _, c, _ in blocks())
   for needed in ("hooks.load_factory", "check_denoiser_factory", "load_features_factory",
                  "from_torch", "save_snapshot", "new_run_record", "load_reference_stats",
-                 "export_config", "--config.model.denoiser=my_networks:make_denoiser"):
+                 "export_config", "--config.model.denoiser=my_networks:make_denoiser",
+                 'denoiser="my_networks:make_denoiser"', 'feature="hook"'):
     assert needed in code, needed
 
 
 def test_the_guide_runs_as_written(tmp_path, monkeypatch):
   ns = _run(_python(with_torch=False), tmp_path, monkeypatch)
   assert sorted(ns["glob"].glob("snapshots/*.npz")) == ["snapshots/wiener-000016.npz",
-                                                        "snapshots/wiener-000064.npz"]
+                                                        "snapshots/wiener-000032.npz"]
+  # The evaluate job on the hook's snapshots, measured in the feature hook's features.
+  wiener = ns["results"]
+  assert wiener["summary"]["images_seen"] == [16, 32]
+  assert wiener["summary"]["peak_gap"][1] > 10 * wiener["summary"]["peak_gap"][0] > 0
+  assert wiener["samples"]["protocol"]["feature"]["spec"] == "my_features:make_features"
   assert ns["images"].shape == (8, 8, 8, 1) and list(ns["sample_labels"]) == list(range(8))
   assert len(ns["results_lib"].read(ns["run_dir"])["snapshots"]["100"]["ema"]["ema"]["gap"]) == 2
 

@@ -21,7 +21,7 @@ from experiments import common  # noqa: E402
 
 FINDINGS = ("toy2d", "training_time", "model_size", "dataset_size", "granularity", "guidance",
             "receptive_field", "trajectory_overlap", "sample_gap", "gradient_score",
-            "disjoint_subsets", "memorization_time", "analytic_ladder")
+            "disjoint_subsets", "memorization_time", "analytic_ladder", "paper_regime")
 # The keys of results.json's "results" section per finding.
 EXPECTED = {
     "toy2d": {"flow_field", "relative_error", "gap_vs_delta", "gap_vs_density", "guidance",
@@ -38,6 +38,7 @@ EXPECTED = {
     "disjoint_subsets": {"pairs"},
     "memorization_time": {"runs", "slopes", "tau_gen_fd_target"},
     "analytic_ladder": {"networks"},
+    "paper_regime": {"models"},
 }
 
 
@@ -177,3 +178,19 @@ def test_every_finding_builds(mode):
     assert (edm2.training.loss, edm2.training.ema.kind, edm2.training.lr_schedule,
             edm2.training.lr, edm2.training.lr_ref_images, edm2.training.batch_size) == (
                 "edm2", "power", "edm2", 1e-2, 70_000 * 2048, 2048)
+
+
+def test_figures_draw_log_axes_where_values_span_decades_and_no_onset_apart():
+  """Issue 26's figures: an axis whose positive values span two decades is drawn in log (the
+  small-sigma plateau, the small-N curves); an onset not reached yet is never drawn as a value."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  assert common.spans_decades([0.002, 0.1, 80]) and not common.spans_decades([1, 50, None])
+  assert not common.spans_decades([-1e-3, 10, 100]) and not common.spans_decades([])
+  training_time = importlib.import_module("experiments.training_time")
+  models = {"U-Net": {"sigmas": [0.1, 1.0, 10.0], "images_seen": [100, 200, 300],
+                      "onset_images_seen": [200, 300, 300], "onset_rises": [True, False, False]}}
+  (label, sigmas, seen, style), (open_label, open_sigmas, at_least, open_style) = (
+      training_time.onset_series(models))
+  assert label == "U-Net" and list(sigmas) == [0.1] and list(seen) == [200] and style == "o"
+  assert "no onset yet" in open_label and list(open_sigmas) == [1.0, 10.0]
+  np.testing.assert_array_equal(at_least, [300, 300]) and open_style == "^"

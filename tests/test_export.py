@@ -134,7 +134,7 @@ def test_export_config_checks(run_dir, tmp_path):
 
   refused(r"config.run_dir='' must name a train job's workdir", run_dir="")
   refused(r"has no config.json", run_dir=str(tmp_path))
-  refused(r"config.step=3 is not a snapshot of the run: \(7,\)", step=3)
+  refused(r"config.step=3 is not a snapshot step of the run; allowed values \(7,\)", step=3)
   refused(r"config.num_samples=0 with config.denoised.sigmas=\(\) exports nothing",
           **{"num_samples": 0, "denoised.sigmas": ()})
   refused(r"config.denoised.sigmas=\(0.0,\) must contain only finite numbers > 0",

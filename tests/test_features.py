@@ -1,4 +1,5 @@
-"""Feature extractors (pixels, the small CNN classifier, external weights) and k-means pseudo-labels."""
+"""Feature extractors (pixels, the small CNN classifier, any extractor on the host) and k-means
+pseudo-labels."""
 
 import os
 import re
@@ -60,18 +61,25 @@ def test_a_cut_parameter_file_is_named(tmp_path, keep):
     features.load_params(path)
 
 
-def test_external_extractor_needs_local_weights(tmp_path):
-  missing = str(tmp_path / "nowhere" / "inception.npz")
-  with pytest.raises(FileNotFoundError, match="nowhere/inception.npz"):
-    features.load_external_extractor("inception_v3", missing, lambda p, x: x)
-  path = features.save_params(str(tmp_path / "w.npz"), {"proj": {"kernel": np.eye(3, 2)}})
-  with pytest.raises(ValueError, match="no built-in dinov2"):
-    features.load_external_extractor("dinov2", path)
-  fn = features.load_external_extractor(
-      "dinov2", path, lambda p, x: x.reshape(x.shape[0], -1)[:, :3] @ p["proj"]["kernel"])
-  assert fn(jnp.ones((4, 1, 1, 3))).shape == (4, 2)
-  with pytest.raises(ValueError, match="unknown extractor"):
-    features.load_external_extractor("clip", path, lambda p, x: x)
+def test_host_features_run_any_extractor_on_numpy_and_check_its_output():
+  """A feature hook's extractor (numpy in, anything np.asarray reads out) as a features_fn: numpy
+  float32 batches in, (B, F) float32 out, a wrong shape or NaN refused naming what it gave."""
+  seen = []
+
+  def extract(images):
+    seen.append(type(images))
+    return images.reshape(len(images), -1)[:, :2] * 2.0
+
+  fn = features.host_features(extract)
+  images = jnp.linspace(-1, 1, 24, dtype=jnp.float32).reshape(3, 2, 2, 2)
+  out = fn(images)
+  assert seen == [np.ndarray] and out.dtype == np.float32
+  np.testing.assert_allclose(out, np.asarray(images).reshape(3, -1)[:, :2] * 2.0)
+  np.testing.assert_allclose(features.batched_features(fn, np.asarray(images), 2), out)
+  with pytest.raises(ValueError, match=r"features of shape \(3,\) for 3 images"):
+    features.host_features(lambda x: x.reshape(len(x), -1).sum(1))(images)
+  with pytest.raises(ValueError, match="NaN or Inf features for a batch of 3 images"):
+    features.host_features(lambda x: x.reshape(len(x), -1) * np.nan)(images)
 
 
 def _blobs(seed, per_cluster=30):

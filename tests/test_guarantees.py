@@ -648,7 +648,7 @@ def test_guidance_needs_label_dropout(tmp_path):
   with pytest.raises(ConfigError, match=r"config\.training\.label_dropout=0\.0.*null label"):
     factors_job.validate_config(config)
   with pytest.raises(ConfigError, match=r"label_dropout"):  # also where the sweep runs
-    factors_job.sweep_trained(config, None)
+    factors_job.sweep_trained(config, None, None, str(tmp_path))
   # What is accepted: the explicit override, no cfg, only w = 0, a run with label dropout, or an
   # unconditional run (no label to drop).
   config.trained.allow_cfg_without_label_dropout = True

@@ -119,3 +119,15 @@ def test_nn_cosine_similarity_and_probe():
   # At the smallest sigma the optimal denoiser returns training images: similarity 1 to train.
   assert res["train/train"][-1] == pytest.approx(1.0, abs=1e-5)
   assert res["val/train"][-1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_nn_cosine_similarity_excludes_the_image_a_prediction_came_from():
+  """A self-match is not counted (issue 26): with its own row excluded, a query equal to a
+  reference row gets its cosine to the most similar OTHER row; -1 excludes nothing."""
+  ref = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], np.float32)
+  queries = ref[[0, 1, 2]]
+  sims = probes.nn_cosine_similarity(queries, ref, exclude=np.array([0, -1, 2]))
+  np.testing.assert_allclose(sims, [0.6, 1.0, 0.8], atol=1e-6)
+  np.testing.assert_allclose(probes.nn_cosine_similarity(queries, ref), 1.0, atol=1e-6)
+  with pytest.raises(ValueError, match="one row per query"):
+    probes.nn_cosine_similarity(queries, ref, exclude=np.array([0]))

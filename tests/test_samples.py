@@ -12,6 +12,7 @@ import pytest
 
 from diffgen_jax import checkpointing, data, defaults, edm, jsonio, models, samplers
 from diffgen_jax.evaluation import samples
+from diffgen_jax.jobs import common
 from diffgen_jax.jobs import evaluate as ev
 from diffgen_jax.models.network import build_network
 from diffgen_jax.config_checks import ConfigError
@@ -101,7 +102,15 @@ def test_optimal_denoiser_known_answers(tmp_path, classes):
   assert ov["noisy_val"]["relative_nn"][-1] > 50
   sim = r["nn_similarity"]
   assert sim["trajectory/train"][-1] == pytest.approx(1.0, abs=1e-5)
-  assert sim["train/train"][-1] == pytest.approx(1.0, abs=1e-5)
+  # A noisy training image is mapped onto itself, which the probe does not count (a self-match):
+  # its 1-NN is the most similar OTHER training image (pixel features; by hand in float64).
+  unit = lambda a: (lambda f: f / np.linalg.norm(f, axis=1, keepdims=True))(
+      np.asarray(a, np.float64).reshape(len(a), -1))
+  train_all = unit(ctx.train_images[np.arange(12)])
+  cos = train_all[ctx.probe_rows["train"]] @ train_all.T
+  cos[np.arange(len(cos)), ctx.probe_rows["train"]] = -np.inf
+  assert sim["train/train"][-1] == pytest.approx(cos.max(axis=1).mean(), abs=1e-4)
+  assert sim["train/train"][-1] < 0.99
   # The optimal denoiser maps a slightly noisy validation image onto a training image.
   assert sim["val/train"][-1] == pytest.approx(1.0, abs=1e-5)
   assert sim["val/val"][-1] < 0.9
@@ -118,6 +127,14 @@ def test_incremental_snapshots_last_and_protocol(tmp_path, monkeypatch):
   monkeypatch.setattr(checkpointing, "load_snapshot",
                       lambda wd, step, sharding=None: ({"ema_a": {"w": np.zeros(1)}},
                                                         {"images_seen": 10 * step}))
+  steps = []
+  monkeypatch.setattr(checkpointing, "snapshot_steps", lambda wd: list(steps))
+  network = build_network(_tiny_network_config().model, 2, "float32")
+
+  def series(*given):  # the run's snapshots: steps `given`
+    steps[:] = given
+    return common.run_series(str(tmp_path), network, 0.5)
+
   monkeypatch.setattr(ev, "sample_setup", lambda *a, **k: (samples.Setup(
       *([None] * len(dataclasses.fields(samples.Setup)))), None, {}))
 
@@ -131,36 +148,35 @@ def test_incremental_snapshots_last_and_protocol(tmp_path, monkeypatch):
   monkeypatch.setattr(samples, "evaluate_denoiser", fake_evaluate)
   config = _config()
   saves = []
-  kw = dict(network=None, train_split=train, val_split=val, plots=False)
-  section = ev.evaluate_samples(config, str(tmp_path), steps=[1, 2], previous=None,
+  kw = dict(train_split=train, val_split=val, plots=False)
+  section = ev.evaluate_samples(config, str(tmp_path), series(1, 2), previous=None,
                                 save=lambda s: saves.append(sorted(s["snapshots"])), **kw)
   assert sorted(section["snapshots"]) == ["1", "2"] and len(evaluated) == 2
   assert saves == [["1"], ["1", "2"]]
   assert section["summary"]["images_seen"] == [10, 20]
   assert section["snapshots"]["2"]["ema"] == "ema_a"
   stored = json.loads(json.dumps(section))
-  again = ev.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=stored, **kw)
+  again = ev.evaluate_samples(config, str(tmp_path), series(1, 2, 3), previous=stored, **kw)
   assert len(evaluated) == 3 and sorted(again["snapshots"]) == ["1", "2", "3"]  # only step 3
-  assert ev.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=again, **kw) == again
+  assert ev.evaluate_samples(config, str(tmp_path), series(1, 2, 3), previous=again, **kw) == again
   assert len(evaluated) == 3
   config.evaluation.samples.snapshots = "last"
-  last = ev.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=None, **kw)
+  last = ev.evaluate_samples(config, str(tmp_path), series(1, 2, 3), previous=None, **kw)
   assert sorted(last["snapshots"]) == ["3"] and len(evaluated) == 4
   config.evaluation.samples.num_samples = 30  # another protocol: every snapshot afresh
   config.evaluation.samples.snapshots = "all"
-  fresh = ev.evaluate_samples(config, str(tmp_path), steps=[1, 2, 3], previous=again, **kw)
+  fresh = ev.evaluate_samples(config, str(tmp_path), series(1, 2, 3), previous=again, **kw)
   assert len(evaluated) == 7 and fresh["protocol"]["num_samples"] == 30
   config.evaluation.samples.enabled = False
-  assert ev.evaluate_samples(config, str(tmp_path), steps=[4], previous=fresh, **kw) == fresh
+  assert ev.evaluate_samples(config, str(tmp_path), series(4), previous=fresh, **kw) == fresh
 
 
 def test_missing_extractors_raise_naming_the_path(tmp_path):
   train, val = _split(0, 12), _split(1, 12)
-  missing = str(tmp_path / "no" / "dinov2.npz")
-  config = _config(feature="external", external_kind="dinov2", external_path=missing)
-  with pytest.raises(FileNotFoundError, match="dinov2.npz") as err:
-    ev.evaluate_samples(config, str(tmp_path), None, train, val, [1], None)
-  assert missing in str(err.value)
+  config = _config(feature="hook", features="no_such_features_module:make")
+  with pytest.raises(ConfigError, match=r"^config\.evaluation\.samples\.features="
+                                        r"'no_such_features_module:make': no module named"):
+    ev.sample_setup(config, str(tmp_path), train, val)
   config = _config(feature="classifier", classifier_path=str(tmp_path / "clf.npz"))
   with pytest.raises(FileNotFoundError, match="clf.npz"):
     ev.sample_setup(config, str(tmp_path), train, val)
@@ -214,9 +230,16 @@ def test_validate_settings():
     with pytest.raises(ConfigError, match=f"evaluation.samples.{field}"):
       ev.validate_sample_settings(s)
   s = defaults.sample_evaluation_config()
-  s.feature = "external"
-  with pytest.raises(ConfigError, match="external_path"):
+  s.feature = "hook"  # without the hook
+  with pytest.raises(ConfigError, match=r"feature='hook' needs config\.evaluation\.samples"
+                                        r"\.features=MODULE:FUNCTION"):
     ev.validate_sample_settings(s)
+  s.feature, s.features = "pixels", "os:getcwd"  # a hook that the feature space does not read
+  with pytest.raises(ConfigError, match=r"features='os:getcwd' is read only with config\."
+                                        r"evaluation\.samples\.feature='hook' \(now 'pixels'\)"):
+    ev.validate_sample_settings(s)
+  s.feature = "hook"
+  ev.validate_sample_settings(s)  # imported (os.getcwd), checked on images by sample_setup
 
 
 def _tiny_network_config():
@@ -247,7 +270,8 @@ def test_network_snapshots_end_to_end(tmp_path):
   steps = checkpointing.snapshot_steps(workdir)
   assert steps == [20, 40]
   compiled = samplers._integrate_jit._cache_size()
-  section = ev.evaluate_samples(config, workdir, network, train, val, steps, None,
+  series = common.run_series(workdir, network, config.training.sigma_data)
+  section = ev.evaluate_samples(config, workdir, series, train, val, None,
                                 gap_peaks={1280: 0.05, 2560: 0.1})
   assert samplers._integrate_jit._cache_size() == compiled + 1  # one compilation, two snapshots
   assert _plain(section) and json.loads(json.dumps(section)) == section
@@ -361,7 +385,7 @@ def test_reference_images_caps_what_is_read_and_changes_nothing_when_it_does_not
   """With reference_images = 8 of 24 rows per split, the features (FD references, the 1-NN
   reference sets) read only a seeded subset of 8 rows: beyond the copy test's own reads (it
   searches the whole training set) nothing else of the training split is read; of the validation
-  split, only the subset and the control's first num_samples rows. A cap that does not bind (0,
+  split, only the subset and the control's num_samples seeded rows. A cap that does not bind (0,
   the split's size, more) gives the same rows in the same order, so the same setup and record."""
   from counted import Counted  # pylint: disable=import-outside-toplevel  (tests/counted.py)
   from diffgen_jax.evaluation import copies  # pylint: disable=import-outside-toplevel
@@ -384,11 +408,12 @@ def test_reference_images_caps_what_is_read_and_changes_nothing_when_it_does_not
   assert ctx.reference_rows["val"].size == 4 and set(ctx.reference_rows["val"]) <= set(rows["val"])
   # Reads of the training split beyond the copy test's (the same call on a fresh counted source).
   control = Counted(train)
-  copies.copy_fraction(val[:12], control, ctx.copy_ratio)
+  copies.copy_fraction(val[data.seeded_rows(24, 12, 3, 15)], control, ctx.copy_ratio)
   count = lambda s: np.bincount(np.concatenate(s.reads), minlength=24)
   extra = count(source) - count(control)
   assert np.all(extra >= 0) and set(np.flatnonzero(extra)) == set(rows["train"])
-  assert set(np.flatnonzero(count(val_source))) == set(rows["val"]) | set(range(12))
+  control_rows = data.seeded_rows(24, 12, 3, 15)  # the control's num_samples validation images
+  assert set(np.flatnonzero(count(val_source))) == set(rows["val"]) | set(control_rows)
 
   # Not binding: every row in order, the same setup and the same record; the sampler and the
   # feature loops report their progress.

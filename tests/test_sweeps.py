@@ -131,8 +131,10 @@ def test_analytic_denoisers_known_answers():
   train = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 10.0], [11.0, 10.0]], np.float32)
   classes = np.array([0, 1, 0, 1])
   clusters = np.array([0, 0, 1, 1])
-  ds = fs.analytic_denoisers(train, classes, deltas=(0.0, 0.5), cluster_labels=clusters)
-  assert set(ds) == {(c, d) for c in ("unconditional", "class", "cluster") for d in (0.0, 0.5)}
+  from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser  # pylint: disable=import-outside-toplevel
+  ds = {(c, d): error_prone_denoiser(empirical_optimal_denoiser(train, labels), d)
+        for c, labels in (("unconditional", None), ("class", classes), ("cluster", clusters))
+        for d in (0.0, 0.5)}
   q = np.asarray([[0.1, 0.0]])
   np.testing.assert_allclose(ds[("unconditional", 0.0)](q, 0.01), [[0.0, 0.0]], atol=1e-6)
   np.testing.assert_allclose(ds[("class", 0.0)](q, 0.01, np.array([1])), [[1.0, 0.0]], atol=1e-6)

@@ -11,6 +11,7 @@ import pytest
 from absl import logging
 
 from diffgen_jax import defaults, jobs, jsonio
+from diffgen_jax.evaluation import gap
 from diffgen_jax.jobs import console
 from diffgen_jax.jobs import results as results_lib
 from diffgen_jax.jobs import train as train_job
@@ -284,6 +285,18 @@ def test_evaluate_protocol_records_the_training_set(short_run, data_dir, tmp_pat
   protocol = results["protocol"]
   assert protocol["subset_seed"] == 0 and protocol["subset_size"] == 64
   assert protocol["evaluation_subset_seed"] == 0  # (issue 26: seeded subsets, not the first rows)
+  # Every G(sigma) has its 95% interval over the images (the per-image errors kept beside it
+  # give the same interval), and the peak its interval at the peak's sigma.
+  step = max(results["snapshots"], key=int)
+  rec = next(iter(results["snapshots"][step]["ema"].values()))
+  with np.load(os.path.join(workdir, "evaluation", "per_image", f"{step}.npz")) as f:
+    low, high = gap.bootstrap_relative_gap(f["e_val"], f["e_train"])
+  np.testing.assert_allclose(rec["gap_low"], low, rtol=1e-5)
+  np.testing.assert_allclose(rec["gap_high"], high, rtol=1e-5)
+  assert all(lo < hi for lo, hi in zip(rec["gap_low"], rec["gap_high"]))
+  i = int(np.argmax(rec["gap"]))
+  s = results["summary"]
+  assert (s["peak_gap_low"][-1], s["peak_gap_high"][-1]) == (rec["gap_low"][i], rec["gap_high"][i])
   assert protocol["training_set"] == common.read_run(workdir).training_set
   saved = results_lib.read(workdir)
   del saved["protocol"]["training_set"], saved["protocol"]["subset_seed"]

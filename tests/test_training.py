@@ -341,7 +341,9 @@ def test_bad_config_errors_before_compiling(tmp_path, monkeypatch, field, value,
 @pytest.mark.parametrize("field,value,error", [
     ("num_train_subsets", 200, "FD references would hold 0 images"),  # 64 images / 200 subsets
     ("classifier_path", "/nonexistent/classifier.npz", "classifier_path='/nonexistent/"),
-    ("external_path", "/nonexistent/inception.pkl", "external_path='/nonexistent/"),
+    # A feature hook is checked on two images at start-up: features with NaN are refused.
+    ("features", "HOOK:make_nan", "gave features holding NaN or Inf for 2 images of shape "
+                                  "(2, 8, 8, 1)"),
 ])
 def test_evaluation_fields_checked_against_the_data_before_training(tmp_path, monkeypatch, field,
                                                                      value, error):
@@ -353,9 +355,13 @@ def test_evaluation_fields_checked_against_the_data_before_training(tmp_path, mo
   monkeypatch.setattr(training, "compile_training", no_compile)
   config = get_config()
   config.evaluation.after_training = True
+  if field == "features":
+    hook = tmp_path / "nan_features.py"
+    hook.write_text("import numpy as np\n\ndef make_nan():\n"
+                    "  return lambda images: np.full((len(images), 3), np.nan)\n")
+    value = value.replace("HOOK", str(hook))
+    config.evaluation.samples.feature = "hook"
   config.evaluation.samples[field] = value
-  if field == "external_path":
-    config.evaluation.samples.feature = "external"
   workdir = str(tmp_path / "run")
   with pytest.raises(config_checks.ConfigError, match=re.escape(error)):
     jobs.run(config, workdir)

@@ -86,17 +86,6 @@ def first_occurrences(images, *, mesh: Optional[Mesh] = None, axis: str = DATA_A
   return DistinctRows(first, n - len(first))
 
 
-def distinct_images(images) -> Tuple[np.ndarray, np.ndarray, int]:
-  """(distinct rows, for each distinct row the index of its first occurrence, number of duplicates).
-
-  Rows equal in every value are one image (-0.0 and 0.0 are equal); order of first occurrence kept
-  (`first_occurrences`).
-  """
-  a = np.asarray(images)
-  first, duplicates = first_occurrences(a)
-  return a[first], first, duplicates
-
-
 def _distinct_reference(train_images, mesh, axis, check=None):
   """(source of the distinct training rows, DistinctRows): the set itself when it has no
   duplicates, else its distinct rows read lazily (`sharding.LazyRows`)."""

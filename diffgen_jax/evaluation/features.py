@@ -7,12 +7,9 @@ Every extractor is a function `features_fn(images) -> (B, F)` with images (B, H,
     `classifier_features(params)` is its penultimate layer (after the ReLU). Parameters are saved
     and loaded as .npz (`save_params` / `load_params`: one array per parameter, keys are the
     '/'-joined parameter paths); the architecture is read back from the parameter shapes.
-  * External extractors (Inception-V3, DINOv2): `load_external_extractor(kind, weights_path,
-    apply_fn)`. We ship no implementation of those networks and never download weights: the
-    weights must already be at `weights_path` (a FileNotFoundError naming it otherwise), stored as an
-    .npz in the `save_params` layout or a flax msgpack (`flax.serialization.to_bytes` of a params
-    pytree, '.msgpack'), and the caller supplies `apply_fn(params, images) -> (B, F)`, the network
-    definition (including any resizing to its input resolution).
+  * Any other extractor (Inception-V3, DINOv2, SSCD, in any framework; a feature hook,
+    `hooks.load_features_factory`): `host_features(extract)` runs it on the host, outside jit,
+    on numpy batches. We ship no such network and never download weights.
 `batched_features` applies any extractor over a large array or a source (e.g. a lazily decoded
 split, `sharding.LazyRows`) in fixed-size batches, each split over a mesh's data axis with every
 process reading only its rows; `batch_features` extracts the features of a batch already on the
@@ -25,7 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import zipfile
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Tuple
 
 import flax.linen as nn
 import jax
@@ -40,7 +37,6 @@ from diffgen_jax.data.convention import check_images
 from diffgen_jax.sharding import LazyRows, batch_multiple, fetch, put_batch, read_rows
 
 FeaturesFn = Callable[[jax.Array], jax.Array]
-EXTERNAL_KINDS = ("inception_v3", "dinov2")
 
 
 def pixel_features(images) -> jax.Array:
@@ -200,12 +196,6 @@ def train_classifier(images, labels, num_classes: int, steps: int = 2000, seed: 
   return params, accuracy
 
 
-def classifier_logits(params) -> FeaturesFn:
-  """images -> (B, num_classes) logits of a trained `SmallCNN`."""
-  model = _module_from_params(params)
-  return jax.jit(lambda x: model.apply(params, x))
-
-
 def classifier_features(params) -> FeaturesFn:
   """images -> (B, feature_dim): the classifier's penultimate layer (the architecture is read from
   the parameter shapes)."""
@@ -257,26 +247,27 @@ def load_classifier_features(path: str) -> FeaturesFn:
   return classifier_features(load_params(path))
 
 
-def load_external_extractor(kind: str, weights_path: str,
-                            apply_fn: Optional[Callable[[Any, jax.Array], jax.Array]] = None
-                            ) -> FeaturesFn:
-  """An external feature extractor (Inception-V3, DINOv2) from local weights.
+def host_features(extract: Callable[[np.ndarray], Any]) -> FeaturesFn:
+  """An extractor of any framework as a features_fn of this module, run on the host outside jit.
 
-  Args:
-    kind: one of EXTERNAL_KINDS.
-    weights_path: local .npz (`save_params` layout) or .msgpack params file; never downloaded.
-    apply_fn: `apply_fn(params, images) -> (B, F)`, the network itself (we provide none), taking
-      images (B, H, W, C) in [-1, 1] and doing its own resizing/normalization.
-
-  Raises:
-    FileNotFoundError naming weights_path when it does not exist; ValueError for an unknown kind or
-    when apply_fn is missing.
+  extract(images) -> (B, F): images numpy float32 (B, H, W, C) in [-1, 1] (samples may
+  overshoot), features anything np.asarray reads (numpy, jax, a CPU torch tensor's .numpy()).
+  The returned features_fn gathers each batch to the host of every process (`sharding.fetch`: a
+  batch split over a mesh across processes is gathered whole, so each process extracts the same
+  features of the whole batch) and returns numpy float32 (B, F). Raises ValueError when a batch's
+  features are not (B, F) with F >= 1 or hold NaN or Inf (the Frechet distance would be NaN).
   """
-  if kind not in EXTERNAL_KINDS:
-    raise ValueError(f"unknown extractor kind {kind!r}; use one of {EXTERNAL_KINDS}")
-  weights_path = _require(weights_path, f"{kind} weights")
-  if apply_fn is None:
-    raise ValueError(f"diffgen_jax has no built-in {kind} network: pass apply_fn(params, images) -> "
-                     f"(B, F) implementing it for the weights at {weights_path}")
-  params = load_params(weights_path)
-  return jax.jit(lambda images: apply_fn(params, images))
+  def features_fn(images) -> np.ndarray:
+    batch = fetch(images).astype(np.float32, copy=False)
+    out = np.asarray(extract(batch))
+    if out.ndim != 2 or out.shape[0] != batch.shape[0] or out.shape[1] < 1:
+      raise ValueError(f"the feature extractor gave features of shape {out.shape} for "
+                       f"{batch.shape[0]} images of shape {batch.shape[1:]}; they must be "
+                       f"({batch.shape[0]}, F)")
+    out = out.astype(np.float32)
+    if not np.all(np.isfinite(out)):
+      raise ValueError(f"the feature extractor gave NaN or Inf features for a batch of "
+                       f"{batch.shape[0]} images")
+    return out
+
+  return features_fn

@@ -192,10 +192,12 @@ _apply_jit = jax.jit(lambda denoise, x, sigma, labels: denoise(x, sigma, labels)
 
 
 
-def nn_cosine_similarity(query_features, reference_features, *, chunk_size: int = 2048,
-                         mesh: Optional[Mesh] = None) -> np.ndarray:
+def nn_cosine_similarity(query_features, reference_features, *, exclude=None,
+                         chunk_size: int = 2048, mesh: Optional[Mesh] = None) -> np.ndarray:
   """(Q,) cosine similarity of each query to its most similar reference row.
 
+  exclude: optional (Q,) int, a reference row each query may not match (-1: none), e.g. the
+    clean image a prediction was made from (a self-match says nothing about memorization).
   chunk_size: reference rows per streaming step, an integer >= 1 (ValueError otherwise).
   mesh: optional; the reference rows are split over its data axis (`nearest_neighbours`).
   """
@@ -204,13 +206,23 @@ def nn_cosine_similarity(query_features, reference_features, *, chunk_size: int 
     a = np.asarray(a, np.float64).reshape(len(a), -1)
     return (a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)).astype(np.float32)
   q, r = unit(query_features), unit(reference_features)
-  idx, _ = nearest_neighbours(q, r, 1, chunk_size=chunk_size, mesh=mesh)
-  return np.einsum("qd,qd->q", q.astype(np.float64), r[idx[:, 0]].astype(np.float64))
+  k = 1 if exclude is None else min(2, len(r))
+  idx, _ = nearest_neighbours(q, r, k, chunk_size=chunk_size, mesh=mesh)
+  best = idx[:, 0]
+  if exclude is not None:  # the second nearest where the nearest is the excluded row
+    exclude = np.asarray(exclude).reshape(-1)
+    if exclude.shape != (len(q),):
+      raise ValueError(f"exclude must hold one row per query ({len(q)}), got {exclude.shape}")
+    if k < 2 and np.any(exclude == best):
+      raise ValueError("exclude leaves no reference row: give at least two")
+    best = np.where(best == exclude, idx[:, -1], best)
+  return np.einsum("qd,qd->q", q.astype(np.float64), r[best].astype(np.float64))
 
 
 def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train_probe, val_probe,
                         train_features, val_features, *, train_probe_ids=None, val_probe_ids=None,
-                        train_probe_labels=None, val_probe_labels=None, noise_seed: int = 0,
+                        train_probe_labels=None, val_probe_labels=None, train_probe_rows=None,
+                        val_probe_rows=None, noise_seed: int = 0,
                         batch_size: int = 256, mesh: Optional[Mesh] = None
                         ) -> Dict[str, np.ndarray]:
   """Mean 1-NN cosine similarity per step of predictions to the training and validation sets.
@@ -223,6 +235,9 @@ def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train
     train_probe, val_probe: (P, ...) clean images denoised at every sigma as D(y + sigma n; sigma)
       (noise as in the gap evaluation).
     train_features, val_features: (N, F) features of the reference training / validation sets.
+    train_probe_rows, val_probe_rows: optional (P,) int, the row of each probe image in its own
+      split's reference features (-1: not there): a prediction made from a probe image is never
+      matched with that image (train/train, val/val would otherwise count self-matches).
     mesh: optional; each batch of denoiser calls and of feature extraction is split over its data
       axis (each process builds only its rows of the noisy inputs; the predictions' features are
       extracted where they were made and gathered once), and the reference rows of the 1-NN search
@@ -272,9 +287,13 @@ def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train
         bar.update(keep)
     feats[name] = list(np.concatenate(out_feats).reshape(t_steps, p, -1))
   result = {}
+  own = {"train": train_probe_rows, "val": val_probe_rows}
   for src, per_step in feats.items():
     queries = np.concatenate(per_step)  # every step's queries in one search per reference set
     for ref_name, ref in (("train", train_features), ("val", val_features)):
-      sims = nn_cosine_similarity(queries, ref, mesh=mesh).reshape(len(per_step), -1)
+      exclude = (np.tile(np.asarray(own[src]), len(per_step))
+                 if src == ref_name and own[src] is not None else None)
+      sims = nn_cosine_similarity(queries, ref, exclude=exclude,
+                                  mesh=mesh).reshape(len(per_step), -1)
       result[f"{src}/{ref_name}"] = np.asarray([row.mean() for row in sims])
   return result

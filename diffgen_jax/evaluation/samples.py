@@ -15,13 +15,16 @@ For a denoiser, ONE deterministic Heun run of `num_samples` samples with `return
     (validation images outside the validation reference: the floor a perfect generalizer reaches)
     and of a copier (training images drawn uniformly: the ceiling of a perfect memorizer).
   * Copy fraction (`copies`, Gu et al. 2023) against the whole training set; the control is the copy
-    fraction of validation images.
+    fraction of validation images. With `feature_copies`, also in the feature space (as Somepalli
+    et al. do with SSCD): the samples' features against the featurized training rows, the control
+    the features of the same validation images.
   * Early-stopped sampling: the output of sampling stopped at step i is D(x_i; sigma_i) =
     `trajectory.denoised[i]`, so the same run gives G_FD(sigma_i) in feature space at every
     `early_stop_every`-th step (and the last one).
   * Trajectory overlap (`probes.trajectory_overlap`) and 1-NN cosine similarity in feature space
     (`probes.nn_similarity_probe`) on the first `probe_size` trajectories, against `probe_size`
-    training and validation images noised with the gap evaluation's per-image noise.
+    training and validation images (seeded rows of each split) noised with the gap evaluation's
+    per-image noise; a prediction made from a probe image is never matched with that image.
 Conditional denoisers sample with labels cycling over the classes, unconditional ones with None.
 
 References, bounded (`reference_subset`): the features computed of the training and validation
@@ -46,7 +49,8 @@ feature extractors compile once for all denoisers of one network.
 Record layout (`evaluate_denoiser(...).record`, plain floats; the "samples" section of the evaluate
 job's results.json holds one per snapshot, `summarize` makes the per-snapshot series):
     {"fd": {"features" | "pixels": {"train", "train_subsets", "val", "gap"}},
-     "copy_fraction": {"samples", "validation_control"},
+     "copy_fraction": {"samples", "validation_control"[, "features",
+                       "features_validation_control"]},
      "early_stop": {"steps", "sigmas", "fd_train", "fd_val", "gap"},
      "overlap": {"sigmas", group: {stat: (T,)}}, "nn_similarity": {"sigmas", "source/ref": (T,)}}
 """
@@ -63,6 +67,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax import progress, samplers
+from diffgen_jax.checkpointing import snapshot_order
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.splits import seeded_rows
 from diffgen_jax.sharding import (DATA_AXIS, LazyRows, batch_multiple, fetch, process_span,
@@ -200,6 +205,11 @@ class Setup:
   validation_copy_fraction: float
   mesh: Optional[Mesh] = None  # every batch is split over its data axis
   baselines: Optional[Dict[str, Any]] = None  # `fd_baselines`: G_FD of fresh real images, a copier
+  # {"train", "val"}: the probes' images, probe_size seeded rows of each split (`prepare`)
+  probe_rows: Optional[Dict[str, np.ndarray]] = None
+  # The copy fraction of validation features (the feature-space copy test's control); None: the
+  # copy test runs in pixels only.
+  validation_feature_copy_fraction: Optional[float] = None
 
   @property
   def noise(self) -> np.ndarray:
@@ -241,7 +251,7 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
             early_stop_every: int = 1, overlap: bool = True, nn_similarity: bool = True,
             probe_size: int = 128, copy_ratio: float = 1.0 / 3.0, grid_size: int = 32,
             batch_size: int = 256, noise_seed: int = 0, reference_images: int = 0,
-            mesh: Optional[Mesh] = None) -> Setup:
+            mesh: Optional[Mesh] = None, feature_copies: bool = False) -> Setup:
   """The denoiser-independent part: labels, features and reference statistics.
 
   Args:
@@ -264,6 +274,7 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
       (batch_size rounded up to a multiple of it) and each process builds only its rows; the
       training set is split over it for the copy test. The numbers do not depend on it beyond
       float rounding.
+    feature_copies: also test copies in the feature space (the module docstring).
 
   Raises:
     ValueError: num_samples, num_steps, batch_size, early_stop_every, num_train_subsets or
@@ -315,10 +326,18 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
       used_val=val_pos, mesh=mesh)
   steps = int(num_steps)
   stop_steps = np.unique(np.r_[np.arange(0, steps, early_stop_every), steps - 1])
-  # The control: validation images against the WHOLE training set, read where it lives.
-  control = copy_fraction(np.asarray(val_images[:n], np.float32), train_images, copy_ratio,
-                          mesh=mesh)
+  # The control: num_samples validation images (seeded rows) against the WHOLE training set,
+  # read where it lives; in feature space, their features against the featurized training rows.
+  control_rows = seeded_rows(n_val, n, seed, 15)
+  control = copy_fraction(np.asarray(val_images[control_rows], np.float32),
+                          train_images, copy_ratio, mesh=mesh)
+  feature_control = (copy_fraction(featurize(features_fn, val_images, control_rows),
+                                   train_features, copy_ratio, mesh=mesh)
+                     if feature_copies else None)
   probe_size = min(int(probe_size), n, n_train, n_val)
+  # The probes' images: a seeded uniform draw of each split (not its first rows, issue 26).
+  probe_rows = {name: seeded_rows(size, probe_size, seed, stream) for name, size, stream in
+                (("train", n_train, 13), ("val", n_val, 14))}
   ids = lambda given, size: np.arange(size) if given is None else np.asarray(given)
   lab = lambda a: np.asarray(a, np.int32) if conditional and a is not None else None
   return Setup(
@@ -332,7 +351,9 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
                       "val": feature_rows["val"][val_pos]},
       references=references, stop_steps=stop_steps, probe_size=probe_size, overlap=bool(overlap),
       nn_similarity=bool(nn_similarity), grid_size=min(int(grid_size), n),
-      validation_copy_fraction=float(control), mesh=mesh, baselines=baselines)
+      validation_copy_fraction=float(control), mesh=mesh, baselines=baselines,
+      probe_rows=probe_rows,
+      validation_feature_copy_fraction=None if feature_control is None else float(feature_control))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -426,6 +447,12 @@ def run_sampler(ctx: Setup, denoise) -> SampleRun:
                    np.concatenate(states, axis=1), np.concatenate(denoised, axis=1))
 
 
+def _positions(sorted_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+  """The position of each of `rows` in the ascending `sorted_rows` (-1 where absent)."""
+  pos = np.minimum(np.searchsorted(sorted_rows, rows), len(sorted_rows) - 1)
+  return np.where(sorted_rows[pos] == rows, pos, -1)
+
+
 def _floats(a) -> List[float]:
   return [float(v) for v in np.asarray(a, np.float64).ravel()]
 
@@ -453,31 +480,40 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
                                                  mesh=mesh),
                         "validation_control": ctx.validation_copy_fraction},
   }
+  if ctx.validation_feature_copy_fraction is not None:
+    record["copy_fraction"]["features"] = copy_fraction(run.features, ctx.train_features,
+                                                        ctx.copy_ratio, mesh=mesh)
+    record["copy_fraction"]["features_validation_control"] = ctx.validation_feature_copy_fraction
   rows = [fd_record(f, ctx.references["features"], mesh) for f in run.stop_features]
   record["early_stop"] = {"steps": [int(i) for i in ctx.stop_steps],
                           "sigmas": _floats(run.sigmas[ctx.stop_steps]),
                           "fd_train": [r["train"] for r in rows],
                           "fd_val": [r["val"] for r in rows], "gap": [r["gap"] for r in rows]}
   p = run.states.shape[1]
-  probe_kw = dict(train_probe_ids=ctx.train_ids[:p], val_probe_ids=ctx.val_ids[:p],
-                  noise_seed=ctx.noise_seed, batch_size=bs, mesh=mesh)
-  label = lambda a: None if a is None else a[:p]
-  train_probe = np.asarray(ctx.train_images[:p], np.float32)
-  val_probe = np.asarray(ctx.val_images[:p], np.float32)
+  rows = ctx.probe_rows
+  probe_kw = dict(train_probe_ids=ctx.train_ids[rows["train"]],
+                  val_probe_ids=ctx.val_ids[rows["val"]], noise_seed=ctx.noise_seed,
+                  batch_size=bs, mesh=mesh)
+  at = lambda a, r: None if a is None else a[r]
+  train_probe = np.asarray(ctx.train_images[rows["train"]], np.float32)
+  val_probe = np.asarray(ctx.val_images[rows["val"]], np.float32)
   if ctx.overlap:
     overlap = probes.trajectory_overlap(
         run.states, run.sigmas, ctx.train_images, train_probe, val_probe,
-        train_labels=ctx.train_labels, state_labels=label(ctx.labels),
-        train_probe_labels=label(ctx.train_labels), val_probe_labels=label(ctx.val_labels),
-        **probe_kw)
+        train_labels=ctx.train_labels, state_labels=at(ctx.labels, slice(p)),
+        train_probe_labels=at(ctx.train_labels, rows["train"]),
+        val_probe_labels=at(ctx.val_labels, rows["val"]), **probe_kw)
     record["overlap"] = {"sigmas": _floats(run.sigmas)}
     for group, stats in overlap.items():
       record["overlap"][group] = {k: _floats(np.mean(v, axis=1)) for k, v in stats.items()}
   if ctx.nn_similarity:
     sims = probes.nn_similarity_probe(
         denoise, ctx.features_fn, run.sigmas, run.denoised, train_probe, val_probe,
-        ctx.train_features, ctx.val_features, train_probe_labels=label(ctx.train_labels),
-        val_probe_labels=label(ctx.val_labels), **probe_kw)
+        ctx.train_features, ctx.val_features,
+        train_probe_labels=at(ctx.train_labels, rows["train"]),
+        val_probe_labels=at(ctx.val_labels, rows["val"]),
+        train_probe_rows=_positions(ctx.feature_rows["train"], rows["train"]),
+        val_probe_rows=_positions(ctx.feature_rows["val"], rows["val"]), **probe_kw)
     record["nn_similarity"] = {"sigmas": _floats(run.sigmas)}
     record["nn_similarity"].update({k: _floats(v) for k, v in sims.items()})
   g = ctx.grid_size
@@ -496,9 +532,11 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
 
 
 def ordered(section):
-  """(steps, records) of a section's snapshots in training order."""
-  steps = sorted(int(k) for k in section["snapshots"])
-  return steps, [section["snapshots"][str(k)] for k in steps]
+  """(keys, records) of a section's snapshots in training order (`checkpointing.snapshot_order`);
+  the keys of a run's snapshots as int steps, a hook's as file names."""
+  keys = snapshot_order(section["snapshots"])
+  return ([int(k) if k.isdigit() else k for k in keys],
+          [section["snapshots"][k] for k in keys])
 
 
 def summarize(section) -> Dict[str, Any]:
@@ -512,6 +550,10 @@ def summarize(section) -> Dict[str, Any]:
   summary["copy_fraction"] = [r["copy_fraction"]["samples"] for r in records]
   summary["copy_fraction_validation_control"] = [r["copy_fraction"]["validation_control"]
                                                  for r in records]
+  if records and all("features" in r["copy_fraction"] for r in records):
+    summary["copy_fraction_features"] = [r["copy_fraction"]["features"] for r in records]
+    summary["copy_fraction_features_validation_control"] = [
+        r["copy_fraction"]["features_validation_control"] for r in records]
   if records and all("nn_similarity" in r for r in records):
     keys = [k for k in records[0]["nn_similarity"] if k != "sigmas"]
     summary["nn_similarity_mean_over_steps"] = {

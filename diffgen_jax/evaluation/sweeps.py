@@ -36,14 +36,14 @@ same way.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
 from diffgen_jax import progress
-from diffgen_jax.denoisers import Denoiser, crop_averaged, crop_offsets, guided
+from diffgen_jax.denoisers import crop_averaged, crop_offsets, guided
 from diffgen_jax.evaluation import features, gap, kmeans
 from diffgen_jax.evaluation.gradient_score import gradient_correlation_vs_sigma
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
@@ -305,25 +305,3 @@ def sweep_gradient_score(setup: Setup, deltas: Sequence[float], sigmas,
   curves = [c for pair_ in _curves("gradient_score", list(deltas), pair) for c in pair_]
   return {"factor": "gradient_score", "sigmas": np.asarray(sigmas), "curves": curves,
           "value_name": "mean distance looked at (pixels)"}
-
-
-def analytic_denoisers(train_images, train_labels=None, deltas: Sequence[float] = (0.0,), *,
-                       cluster_labels=None, chunk_size: int = 2048, mesh=None
-                       ) -> Dict[Tuple[str, float], Denoiser]:
-  """y* (delta = 0) and y_delta, unconditional and conditional, keyed by (condition, delta).
-
-  condition: "unconditional"; "class" when train_labels are given; "cluster" when cluster_labels
-  (e.g. `kmeans.kmeans(features, k)[1]`) are given. A conditional denoiser sums over the query
-  label's training points: call it with the class / cluster of each query.
-  """
-  conditions = {"unconditional": None}
-  if train_labels is not None:
-    conditions["class"] = train_labels
-  if cluster_labels is not None:
-    conditions["cluster"] = cluster_labels
-  out = {}
-  for name, labels in conditions.items():
-    optimal = empirical_optimal_denoiser(train_images, labels, chunk_size=chunk_size, mesh=mesh)
-    for delta in deltas:
-      out[(name, float(delta))] = error_prone_denoiser(optimal, float(delta))
-  return out

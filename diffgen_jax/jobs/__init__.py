@@ -9,6 +9,10 @@
     convert    jobs/convert.py   NVIDIA's published EDM/EDM2 networks -> snapshots of this package
     export     jobs/export.py    a snapshot's samples (and D(x; sigma)) as EDM dataset zips
 
+The evaluate, ladder, factors and export jobs measure a network trained elsewhere as well:
+config.model.denoiser = MODULE:FUNCTION, a factory called on each file under config.model.checkpoint
+(`common.SnapshotSeries`: a run's snapshots and a hook's files go through the same code).
+
 Only the jobs see configs and workdirs; everything below them takes arrays, denoisers and plain
 arguments. Every job writes WORKDIR/results.json in one layout (`jobs.results`). `run` validates
 the config once, up front (including the fields of the jobs a job chains, e.g. the evaluation at

@@ -12,17 +12,17 @@ import functools
 import hashlib
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffgen_jax import (config_checks, data, defaults, denoisers, edm, jsonio, models, sharding,
-                         training)
+from diffgen_jax import (checkpointing, config_checks, data, defaults, denoisers, edm, ema, hooks,
+                         jsonio, models, sharding, training)
 from diffgen_jax.jobs import console
-from diffgen_jax.models.network import Network, build_network
+from diffgen_jax.models.network import Network, build_network, network_denoiser
 
 
 def load_split(config, split: str) -> data.Split:
@@ -167,6 +167,275 @@ def check_optimal_labels(config, train_split, val_split) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# The snapshots a job measures: a run's (WORKDIR/checkpoints/snapshots), or the files a hook reads
+# (config.model.denoiser = MODULE:FUNCTION, config.model.checkpoint = a file or a directory). The
+# evaluate, ladder, factors and export jobs measure either through this one seam.
+
+HOOK_SET = "hook"  # the name of a hook's denoiser where results name EMA sets (one per snapshot)
+HOOK_FIELD, HOOK_FILES_FIELD = "model.denoiser", "model.checkpoint"
+
+
+class Snapshot(NamedTuple):
+  """One loaded snapshot of a `SnapshotSeries`."""
+  denoisers: Dict[str, Callable]  # set name -> denoise(x, sigma, labels), in sorted name order
+  meta: Dict[str, Any]  # "images_seen" (int) and what the snapshot records (a hook's: "source")
+  params: Optional[Dict[str, Any]]  # set name -> the network's raw parameters; None for a hook
+
+
+@dataclasses.dataclass
+class SnapshotSeries:
+  """The snapshots a job measures, in training order, whatever made them.
+
+  keys: str(step) of a run's snapshots (`run_series`), or the file names of a hook's snapshots
+    (`hook_series`), in `checkpointing.snapshot_order` (a run's steps in numeric order, a hook's
+    files in the natural order of their names); results are keyed by them, so that a measured key
+    is not measured again.
+  source: "run" | "hook". spec: the hook as written ("" for a run).
+  network, sigma_data: the run's network and preconditioning (None for a hook: its denoisers are
+    opaque, there are no raw parameters).
+  `load(key, which)` -> Snapshot with the denoisers of the EMA sets `ema.set_names(.., which)`
+  ("first", "all" or a set's name; a hook's one denoiser is the set HOOK_SET, whatever `which`).
+  """
+  keys: Tuple[str, ...]
+  source: str
+  loader: Callable[[str, str], Snapshot]
+  spec: str = ""
+  network: Optional[Network] = None
+  sigma_data: Optional[float] = None
+
+  def load(self, key, which: str = "first") -> Snapshot:
+    if str(key) not in self.keys:
+      raise KeyError(f"{key!r} is not a snapshot of the series {self.keys}")
+    return self.loader(str(key), which)
+
+  def pick(self, index: int, field: str) -> str:
+    """keys[index] (-1: the last); ConfigError naming config.<field> for an index out of range."""
+    if isinstance(index, bool) or not isinstance(index, int) or not (
+        -len(self.keys) <= index < len(self.keys)):
+      config_checks.fail(field, index, f"must index the {len(self.keys)} snapshots "
+                         f"{list(self.keys)} (-1: the last)")
+    return self.keys[index]
+
+
+def hook_record(series: SnapshotSeries, meta: Dict[str, Any]) -> Dict[str, Any]:
+  """What results record of a hook's snapshot: {"denoiser": the hook, "snapshot": its file}
+  ({} for a run's snapshot)."""
+  return {"denoiser": series.spec, "snapshot": meta["source"]} if series.source == "hook" else {}
+
+
+def run_series(workdir: str, network: Network, sigma_data: float,
+               mesh: Optional[jax.sharding.Mesh] = None) -> SnapshotSeries:
+  """The snapshots of the run in `workdir`, each EMA set's parameters restored onto the run's
+  parameter sharding over `mesh` (`parameter_shardings`; None: replicated over every device) and
+  measured as `network_denoiser(network, params, sigma_data)`."""
+  shardings = None if mesh is None else parameter_shardings(mesh)
+
+  def load(key: str, which: str) -> Snapshot:
+    ema_sets, meta = checkpointing.load_snapshot(workdir, int(key), sharding=shardings)
+    names = ema.set_names(ema_sets, which)
+    return Snapshot({n: network_denoiser(network, ema_sets[n], sigma_data) for n in names}, meta,
+                    {n: ema_sets[n] for n in names})
+
+  steps = checkpointing.snapshot_steps(workdir)
+  return SnapshotSeries(tuple(str(s) for s in steps), "run", load, network=network,
+                        sigma_data=float(sigma_data))
+
+
+def uses_hook(config) -> bool:
+  """Whether the config's network is a hook's (config.model.denoiser set)."""
+  model = config.get("model") or {}
+  return bool(model.get("denoiser", ""))
+
+
+def validate_hook(config) -> bool:
+  """The start-up checks of config.model.denoiser that need no data: a string; when set, the
+  snapshot files under config.model.checkpoint exist and the hook imports (`hooks.load_factory`).
+  Returns whether a hook is set. Raises ConfigError naming the field."""
+  if "denoiser" not in (config.get("model") or {}):  # (a config made before the field existed)
+    return False
+  spec = config_checks.get(config, HOOK_FIELD)
+  if not isinstance(spec, str):
+    config_checks.fail(HOOK_FIELD, spec, f"must be '' or a hook written {hooks.SPEC_FORM}")
+  if not spec:
+    return False
+  hooks.snapshot_files(config_checks.get(config, HOOK_FILES_FIELD), field=HOOK_FILES_FIELD)
+  hooks.load_factory(spec, field=HOOK_FIELD)
+  return True
+
+
+def hook_series(spec: str, checkpoint: str, image_shape: Sequence[int], num_classes: int
+                ) -> SnapshotSeries:
+  """The snapshots a hook reads: the files under `checkpoint` (`hooks.snapshot_files`: a file, or
+  a directory's files in the natural order of their names), each measured as the denoiser that
+  factory `spec` makes of it. The hook is imported and checked on the first file at once
+  (`hooks.check_denoiser_factory`: two images of image_shape (H, W, C), labels of num_classes),
+  and so is every file when it is loaded.
+
+  Images seen: info["images_seen"] when the factory returns (denoise, info), else the last number
+  in the file's name (`hooks.images_seen_of_name`: net-000100.npz, 100). They must increase along
+  the files' order. Raises ConfigError naming config.model.denoiser / config.model.checkpoint: the
+  hook fails its checks, a bare factory's file name holds no number, images seen do not increase,
+  or the factory gives images seen for some files and not for others.
+  """
+  paths = hooks.snapshot_files(checkpoint, field=HOOK_FILES_FIELD)
+  by_key = {os.path.basename(p): p for p in paths}
+  keys = tuple(by_key)
+  factory = hooks.load_factory(spec, field=HOOK_FIELD)
+  shape, classes = tuple(int(v) for v in image_shape), int(num_classes)
+  made = {keys[0]: hooks.check_denoiser_factory(factory, paths[0], shape, classes,
+                                                field=HOOK_FIELD, value=spec)}
+  tells = bool(made[keys[0]][1])  # the factory says its images seen (else: the file names)
+  seen: Dict[str, int] = {}
+
+  def record(key: str, n: int) -> None:
+    seen[key] = n
+    known = [k for k in keys if k in seen]
+    for a, b in zip(known, known[1:]):
+      if seen[a] >= seen[b]:
+        config_checks.fail(HOOK_FILES_FIELD, checkpoint, (
+            f"holds {a!r} ({seen[a]} images seen) before {b!r} ({seen[b]}): the snapshots are "
+            "taken in the natural order of their file names, in which the images seen must "
+            "increase (" + ("the factory's info['images_seen']" if tells else
+                            "the last number of each name") + "); rename the files"))
+
+  if not tells:
+    for key in keys:
+      n = hooks.images_seen_of_name(key)
+      if n is None:
+        config_checks.fail(HOOK_FIELD, spec, (
+            f"returns a bare denoiser, so the images seen are read from the file names, but "
+            f"{key!r} (under config.{HOOK_FILES_FIELD}={checkpoint!r}) holds no number: return "
+            "(denoise, {'images_seen': n}) from the factory, or put the number in the name "
+            "(e.g. net-000100.npz)"))
+      record(key, n)
+
+  def load(key: str, which: str) -> Snapshot:
+    checked = made.pop(key, None)
+    made.clear()  # (the start-up check's denoiser is kept only until the first load)
+    denoise, info = checked or hooks.check_denoiser_factory(
+        factory, by_key[key], shape, classes, field=HOOK_FIELD, value=spec)
+    if bool(info) != tells:
+      config_checks.fail(HOOK_FIELD, spec, (
+          f"returned info {info} for {key!r} but {'' if tells else 'no '}info for "
+          f"{keys[0]!r}: a factory returns (denoise, {{'images_seen': n}}) for every snapshot or "
+          "for none"))
+    if tells:
+      record(key, info["images_seen"])
+    return Snapshot({HOOK_SET: denoise}, dict(info, images_seen=seen[key], source=by_key[key]),
+                    None)
+
+  return SnapshotSeries(keys, "hook", load, spec=spec)
+
+
+def data_of(config, data_dir: str = "") -> ml_collections.ConfigDict:
+  """A config holding only config.data (a copy; data.data_dir replaced by `data_dir` when given):
+  what `load_split`, `training_set` and `check_optimal_labels` read, for a hook's network measured
+  on the data config.data names."""
+  out = ml_collections.ConfigDict({"data": config.data.to_dict()})
+  if data_dir:
+    out.data.data_dir = data_dir
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The one snapshot a job measures (ladder, export): config.run_dir / step / ema / data_dir, or a
+# hook (config.model.denoiser, config.model.checkpoint) on config.data
+
+
+def validate_snapshot_source(config) -> None:
+  """config.run_dir (a train job's workdir), config.step (-1: the last snapshot) and config.ema;
+  or a hook (config.model.denoiser set: run_dir '', step -1 = the last file under
+  model.checkpoint, ema 'first') measured on config.data. Raises ConfigError naming the field."""
+  run_dir = config_checks.get(config, "run_dir")
+  step = config_checks.get(config, "step")
+  if isinstance(step, bool) or not isinstance(step, int) or step < -1:
+    config_checks.fail("step", step, "must be -1 (the last snapshot) or a snapshot step >= 0")
+  ema_name = config_checks.get(config, "ema")
+  if not isinstance(ema_name, str) or not ema_name:
+    config_checks.fail("ema", ema_name, "must be 'first' or the name of an EMA set of the "
+                       "snapshot")
+  if not isinstance(config_checks.get(config, "data_dir"), str):
+    config_checks.fail("data_dir", config.data_dir, "must be a path string ('' = the run's "
+                       "data.data_dir)")
+  if validate_hook(config):
+    spec = config.model.denoiser
+    if run_dir:
+      config_checks.fail("run_dir", run_dir, f"must be '' with config.model.denoiser={spec!r}: "
+                         "the network is the hook's, measured on config.data (or set "
+                         "model.denoiser='' to measure the run)")
+    if step != -1:
+      config_checks.fail("step", step, f"must be -1 with config.model.denoiser={spec!r} (the last "
+                         "file under config.model.checkpoint): point model.checkpoint at a file "
+                         "to measure another")
+    if ema_name not in ("first", HOOK_SET):
+      config_checks.fail("ema", ema_name, f"must be 'first' with config.model.denoiser={spec!r} "
+                         "(a hook gives one denoiser per snapshot)")
+    config_checks.data_config(config.data)
+    return
+  if not run_dir or not isinstance(run_dir, str):
+    config_checks.fail("run_dir", run_dir, "must name a train job's workdir (or set "
+                       "config.model.denoiser to measure a hook's network)")
+  if not os.path.isdir(run_dir):
+    config_checks.fail("run_dir", run_dir, "does not exist")
+  if not os.path.isfile(os.path.join(run_dir, RUN_FILE)):
+    config_checks.fail("run_dir", run_dir, f"has no {RUN_FILE}: not a train job's workdir")
+
+
+def run_snapshot_step(config) -> int:
+  """The step of the run's snapshot config.step (-1: the last) in config.run_dir. Raises
+  ConfigError naming config.run_dir (no snapshots) or config.step (not a snapshot step)."""
+  steps = checkpointing.snapshot_steps(config.run_dir)
+  if not steps:
+    config_checks.fail("run_dir", config.run_dir, f"holds no snapshots under "
+                       f"{checkpointing.SNAPSHOT_DIR}/: train first")
+  if config.step == -1:
+    return steps[-1]
+  if config.step not in steps:
+    config_checks.fail("step", config.step, f"is not a snapshot step of the run; allowed values "
+                       f"{tuple(steps)} or -1 (the last)")
+  return int(config.step)
+
+
+def snapshot_source(config) -> Tuple[Optional[Run], ml_collections.ConfigDict]:
+  """(the run's record, or None for a hook; the config whose data, and for a run network and
+  sigma_data, the job reads: the run's latest (`Run.config_at`), or `data_of(config)` for a hook),
+  its data.data_dir replaced by config.data_dir when given."""
+  if uses_hook(config):
+    return None, data_of(config, config.data_dir)
+  run = read_run(config.run_dir)
+  run_config = run.config_at()
+  if config.data_dir:
+    run_config.data.data_dir = config.data_dir
+  return run, run_config
+
+
+def check_run_data(run: Optional[Run], run_config, train_split: data.Split) -> None:
+  """The training split found must be the images the run trained on (its recorded fingerprint;
+  nothing to compare for a hook, run None). Raises ConfigError naming the differing fields."""
+  if run is None:
+    return
+  compare_with_run(
+      run, run_config, train_split, fields=("data.",),
+      remedy=f"The data in data_dir={run_config.data.data_dir!r} are not the images the run "
+             "trained on: point config.data_dir at the run's dataset.")
+
+
+def one_snapshot(config, run: Optional[Run], run_config, image_shape: Sequence[int],
+                 num_classes: int, mesh: Optional[jax.sharding.Mesh]
+                 ) -> Tuple[SnapshotSeries, str]:
+  """(the series, the key of the snapshot measured): a hook's (checked now on two images of
+  image_shape, labels of num_classes; its last file) or the run's (`run_series` with the network
+  run_config describes for num_classes; the snapshot config.step)."""
+  if run is None:
+    series = hook_series(config.model.denoiser, config.model.checkpoint, image_shape, num_classes)
+    return series, series.keys[-1]
+  step = run_snapshot_step(config)
+  network = network_of(run_config, num_classes, "float32")
+  return (run_series(config.run_dir, network, float(run_config.training.sigma_data), mesh),
+          str(step))
+
+
+# ------------------------------------------------------------------------------------------------
 # The record of a training run: WORKDIR/config.json
 #
 # The train job writes it when a run starts: the config (its model resolved: the network built,
@@ -187,7 +456,7 @@ RECORD_FORMAT = 2  # format 1 (no RECORD key): runs recorded before the training
 RESUME_FREE = ("job", "resume_changes", "log_every_steps", "tensorboard", "checkpoint.",
                "monitor.", "sampling.", "evaluation.", "mesh.", "training.total_images",
                "data.data_dir", "data.pseudo_labels", "model.num_classes", "model.dtype",
-               "model.checkpoint", "model.checkpoint_ema")
+               "model.checkpoint", "model.checkpoint_ema", "model.denoiser")
 # The run's identity, never changed by a resume: which images it trains on (data.*, with the
 # fingerprint data.training_set.*), their order and flips (seed, training.batch_size), the network
 # (model.*), its preconditioning (training.sigma_data: every snapshot is read with one) and the

@@ -30,6 +30,11 @@ _DAMAGED_RECORD = ("move it aside and re-run the convert job into a new workdir 
 
 
 def validate_config(config) -> None:
+  if config.model.get("denoiser"):
+    raise config_checks.ConfigError(
+        f"config.model.denoiser={config.model.denoiser!r}: with a hook, config.model.checkpoint "
+        "names the hook's snapshot files (read by the evaluate, ladder, factors and export jobs), "
+        "not NVIDIA networks to convert; set model.denoiser='' to convert")
   path = config.model.get("checkpoint", "")
   if not path:
     raise config_checks.ConfigError("config.model.checkpoint is empty: the convert job needs the "

@@ -13,7 +13,17 @@ and validation splits with one seeded noise draw per image (paper.md section 6):
 The optimal denoiser's own errors are computed once. Results go to WORKDIR/results.json (layout:
 `jobs.results`) after every snapshot, so an interrupted evaluation resumes and a new snapshot is
 evaluated without recomputing the old ones; figures go to WORKDIR/evaluation/.
-Sample evaluation settings: config.evaluation.samples (`defaults.sample_evaluation_config`).
+Sample evaluation settings: config.evaluation.samples (`defaults.sample_evaluation_config`); the
+feature space of the samples' measurements is a small classifier's, the pixels, or a feature hook's
+(feature="hook", features=MODULE:FUNCTION: `hooks.load_features_factory`, checked on two images
+at start-up; copies are then also tested in its space).
+
+Which snapshots (`common.SnapshotSeries`): the run's in WORKDIR (keys: steps), NVIDIA's networks
+converted into WORKDIR first (config.model.checkpoint), or a hook's (config.model.denoiser =
+MODULE:FUNCTION called for each file under config.model.checkpoint, `common.hook_series`; keys:
+file names, in the natural order of the names; WORKDIR then only receives the results). The hook is
+imported at validation and checked on two images before anything is measured; results.json's
+protocol records it (`denoiser`) and each snapshot's file (`source`); the set name is "hook".
 
 Where it runs: one mesh over every device of every process (`common.evaluation_mesh`: data x the
 run's mesh.model). Every batch is split over it (each process reads and builds only its rows of
@@ -31,25 +41,25 @@ gap_over_training.png as the image evaluate/gap_over_training.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from diffgen_jax import (checkpointing, config_checks, data, defaults, edm, ema, jsonio, optimal,
-                         progress)
+from diffgen_jax import (checkpointing, config_checks, data, defaults, edm, ema, hooks, jsonio,
+                         optimal, progress)
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import gap, membership, samples
 from diffgen_jax.jobs import common, console, convert, results as results_lib
-from diffgen_jax.models.network import network_denoiser
 from diffgen_jax.sharding import LazyRows
 
 FIGURES_DIR = "evaluation"  # figures, the classifier and the sample grids, under the workdir
 CLASSIFIER_FILE = "classifier.npz"
 GRIDS_DIR = "sample_grids"
-FEATURES = ("classifier", "pixels", "external")
+FEATURES = ("classifier", "pixels", "hook")
+FEATURES_FIELD = "evaluation.samples.features"
 SNAPSHOTS = ("all", "last")
 PER_IMAGE_DIR = "per_image"  # <step>.npz: (N, S) per-image errors e_train, e_val of the first EMA
 MEMBERSHIP_FPR = 0.01  # the false-positive rate at which the membership TPR is read
@@ -74,7 +84,7 @@ def validate_config(config) -> None:
   config_checks.flag(config, "evaluation.model_vs_optimal")
   if "optimal" in e:  # (declared in defaults; a config built without it measures y*)
     config_checks.flag(config, "evaluation.optimal")
-  if config.model.get("checkpoint"):
+  if not common.validate_hook(config) and config.model.get("checkpoint"):
     convert.validate_config(config)
   config_checks.numbers(config, "evaluation.at_sigmas", 0.0, strict=True, allow_empty=True)
   if "samples" in e:
@@ -125,11 +135,17 @@ def validate_sample_settings(settings) -> None:
         "needs 2 images)")
   if not 0 < s.copy_ratio < 1:
     raise config_checks.ConfigError(f"config.{p}copy_ratio={s.copy_ratio} must be in (0, 1)")
-  if s.feature == "external":
-    config_checks.choice(root, p + "external_kind", features_lib.EXTERNAL_KINDS)
-    if not s.external_path:
-      raise config_checks.ConfigError(f"config.{p}external_path is empty: feature='external' "
-                                      "needs the local path of the extractor's weights")
+  spec = s.features
+  if not isinstance(spec, str):
+    config_checks.fail(FEATURES_FIELD, spec, f"must be '' or a hook written {hooks.SPEC_FORM}")
+  if s.feature == "hook" and not spec:
+    config_checks.fail(p + "feature", "hook", f"needs config.{FEATURES_FIELD}=MODULE:FUNCTION, a "
+                       "factory f() -> features(images) -> (B, F)")
+  if spec and s.feature != "hook":
+    config_checks.fail(FEATURES_FIELD, spec, f"is read only with config.{p}feature='hook' (now "
+                       f"{s.feature!r}): add --config.{p}feature=hook to measure in its features")
+  if spec:
+    hooks.load_factory(spec, field=FEATURES_FIELD)  # imported now: a bad hook fails in seconds
   if s.feature == "classifier" and not s.classifier_path and s.classifier_steps < 1:
     raise config_checks.ConfigError(f"config.{p}classifier_steps must be >= 1 when the "
                                     "classifier is trained (classifier_path='')")
@@ -139,7 +155,8 @@ def check_against_data(config, train_split, val_split) -> None:
   """The evaluation's checks that need the data or the disk, run before anything trains or compiles
   (the train job calls this at start-up when it will evaluate): every queried label has training
   images (`common.check_optimal_labels`), the sample evaluation's FD references can be drawn from
-  the splits' sizes, and an explicit classifier or external extractor file exists.
+  the splits' sizes, an explicit classifier file exists, and a feature hook gives features of two
+  images of the data's shape (`hooks.load_features_factory`).
   Raises config_checks.ConfigError naming the field."""
   common.check_optimal_labels(config, train_split, val_split)
   s = sample_settings(config)
@@ -150,11 +167,13 @@ def check_against_data(config, train_split, val_split) -> None:
                            int(s.num_train_subsets))
   except ValueError as err:
     raise config_checks.ConfigError(f"config.evaluation.samples: {err}") from None
-  field = {"classifier": "classifier_path", "external": "external_path"}.get(s.feature)
-  path = s.get(field, "") if field else ""
+  path = s.classifier_path if s.feature == "classifier" else ""
   if path and not os.path.exists(os.path.expanduser(path)):
     raise config_checks.ConfigError(
-        f"config.evaluation.samples.{field}={path!r}: no such file (feature={s.feature!r})")
+        f"config.evaluation.samples.classifier_path={path!r}: no such file "
+        f"(feature={s.feature!r})")
+  if s.feature == "hook":
+    hooks.load_features_factory(s.features, train_split.shape, field=FEATURES_FIELD)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -180,28 +199,44 @@ def _read_results(workdir: str, protocol: Dict[str, Any]) -> Dict[str, Any]:
   return results
 
 
+def snapshot_series(config, workdir: str, train_split, num_classes: int,
+                    mesh) -> common.SnapshotSeries:
+  """The snapshots the job measures: a hook's files (config.model.denoiser; imported and checked
+  on two images of the data's shape now, `common.hook_series`) or the run's in workdir, each EMA
+  set measured as the network config.model describes (for num_classes classes)."""
+  if common.uses_hook(config):
+    return common.hook_series(config.model.denoiser, config.model.checkpoint, train_split.shape,
+                              train_split.num_classes)
+  network = common.network_of(config, num_classes, "float32")
+  return common.run_series(workdir, network, config.training.sigma_data, mesh)
+
+
 def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
-  if config.model.get("checkpoint"):  # NVIDIA's networks: converted into the workdir first
+  hook = common.uses_hook(config)
+  if config.model.get("checkpoint") and not hook:  # NVIDIA's networks: converted first
     convert.run(config, workdir)
     config = convert.converted_config(config, workdir)
   e = config.evaluation
-  steps = checkpointing.snapshot_steps(workdir)
-  if not os.path.isdir(workdir) or not steps:
+  if not hook and (not os.path.isdir(workdir) or not checkpointing.snapshot_steps(workdir)):
     raise FileNotFoundError(f"no training snapshots under {os.path.abspath(workdir)}/"
                             f"{checkpointing.SNAPSHOT_DIR}: train first (job 'train') or check --workdir")
   train_split = common.load_split(config, "train")
   val_split = common.load_split(config, "validation")
-  _check_matches_run(workdir, config, train_split)
+  if not hook:
+    _check_matches_run(workdir, config, train_split)
   check_against_data(config, train_split, val_split)
   num_classes = train_split.num_classes
-  if config.model.get("checkpoint"):  # the published network's own classes (0: unconditional)
+  if config.model.get("checkpoint") and not hook:  # the published network's own classes
     num_classes = config.model.num_classes
     if num_classes and num_classes != train_split.num_classes:
       raise config_checks.ConfigError(
           f"config.model.checkpoint is a network of {num_classes} classes, config.data "
           f"{config.data.name!r} has {train_split.num_classes}")
-  network = common.network_of(config, num_classes, "float32")
-  sigma_data = config.training.sigma_data
+  # One mesh over every device of every process (data x the run's model axis): every batch is
+  # split over it, and the snapshots are restored onto the run's parameter sharding over it.
+  mesh = common.evaluation_mesh(None if hook else config)
+  # The snapshots: a hook is checked here, before anything is measured.
+  series = snapshot_series(config, workdir, train_split, num_classes, mesh)
   sigmas = common.sigma_grid(e.sigmas, e.num_sigmas)
   # The evaluation subsets and the training set are sources read where they are used: each
   # process reads only the rows its devices evaluate (or hold, for y*).
@@ -216,19 +251,18 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
               "training_set": common.training_set(config, train_split)}
   if config.data.get("subset_side", 1) != 1:  # (side-1 protocols keep their earlier form)
     protocol["subset_side"] = config.data.subset_side
+  if hook:
+    protocol["denoiser"] = series.spec
   out_dir = os.path.join(workdir, FIGURES_DIR)
   os.makedirs(out_dir, exist_ok=True)
   results = _read_results(workdir, protocol)
   save = lambda: results_lib.write(workdir, job, results)
 
-  # One mesh over every device of every process (data x the run's model axis): every batch is
-  # split over it, and the snapshots are restored onto the run's parameter sharding over it.
-  mesh = common.evaluation_mesh(config)
   results["settings"] = common.devices_used(mesh)
   # Different seeds for the two splits: independent noise draws (ids overlap across splits).
   train_kw = dict(batch_size=e.batch_size, ids=train_ids, noise_seed=e.noise_seed, mesh=mesh)
   val_kw = dict(batch_size=e.batch_size, ids=val_ids, noise_seed=e.noise_seed + 1, mesh=mesh)
-  todo = [step for step in steps if str(step) not in results["snapshots"]]
+  todo = [key for key in series.keys if key not in results["snapshots"]]
   # The exact optimal denoiser streams the whole training split from where it lives, split over
   # the mesh (each process reads its share); evaluation.optimal=False skips it (and the
   # model-vs-optimal distance).
@@ -246,27 +280,28 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   save()
 
   board = common.tensorboard_writer(config, workdir)
-  shardings = common.parameter_shardings(mesh)
   try:
     with progress.track("evaluate: snapshots", len(todo), "snapshots") as bar:
-      for step in todo:
-        ema_sets, meta = checkpointing.load_snapshot(workdir, step, sharding=shardings)
-        names = ema.set_names(ema_sets, e.ema)
-        entry = {"images_seen": meta["images_seen"], "ema": {}}
+      for key in todo:
+        snapshot = series.load(key, e.ema)
+        names = list(snapshot.denoisers)
+        entry = {"images_seen": snapshot.meta["images_seen"], "ema": {}}
+        if "source" in snapshot.meta:  # (a hook's file)
+          entry["source"] = snapshot.meta["source"]
         for name in names:
-          denoise = network_denoiser(network, ema.pick(ema_sets, name)[1], sigma_data)
           entry["ema"][name] = _measure_snapshot(
-              denoise, exact if e.model_vs_optimal else None, sigmas,
+              snapshot.denoisers[name], exact if e.model_vs_optimal else None, sigmas,
               (("train", train_x, train_y, train_kw), ("val", val_x, val_y, val_kw)),
-              per_image_path=(os.path.join(out_dir, PER_IMAGE_DIR, f"{step}.npz")
+              per_image_path=(os.path.join(out_dir, PER_IMAGE_DIR, f"{key}.npz")
                               if name == names[0] else None))
-        results["snapshots"][str(step)] = entry
+        results["snapshots"][key] = entry
         peak_sigma, peak_value = gap.peak(sigmas, entry["ema"][names[0]]["gap"])
-        console.progress(f"evaluate: snapshot {step} ({meta['images_seen']} images): peak G = "
+        console.progress(f"evaluate: snapshot {key} ({entry['images_seen']} images): peak G = "
                          f"{peak_value:.4f} at sigma = {peak_sigma:.3g}")
         save()
         if board is not None:
-          write_snapshot_summary(board, summarize(results, sigmas, e.at_sigmas), step)
+          summary = summarize(results, sigmas, e.at_sigmas)
+          write_snapshot_summary(board, summary, _summary_step(summary, results, key))
         bar.update(1)
 
     results["summary"] = summarize(results, sigmas, e.at_sigmas)
@@ -288,19 +323,23 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
 
       s = results["summary"]
       save_samples(evaluate_samples(
-          config, workdir, network, train_split, val_split, steps, results.get("samples"),
+          config, workdir, series, train_split, val_split, results.get("samples"),
           save=save_samples, gap_peaks=dict(zip(s["images_seen"], s["peak_gap"]))))
   finally:
     if board is not None:
       board.close()
   s = results["summary"]
   sample_summary = results.get("samples", {}).get("summary", {})
+  interval = (f" (95% interval {s['peak_gap_low'][-1]:.4f} to {s['peak_gap_high'][-1]:.4f})"
+              if s.get("peak_gap_low") and s["peak_gap_low"][-1] is not None else "")
   console.summary(f"Denoising gap of {workdir} (last snapshot, {s['images_seen'][-1]} images "
-                  f"seen): peak G = {s['peak_gap'][-1]:.4f} at sigma = {s['peak_sigma'][-1]:.3g}.")
+                  f"seen): peak G = {s['peak_gap'][-1]:.4f}{interval} at sigma = "
+                  f"{s['peak_sigma'][-1]:.3g}.")
   if sample_summary:
     console.summary(
         f"Samples: Frechet-distance gap G_FD = {sample_summary['gap_fd_features'][-1]:.4f} "
-        f"(classifier features), {sample_summary['gap_fd_pixels'][-1]:.4f} (pixels); copies of "
+        f"({feature_name(results['samples']['protocol'])} features), "
+        f"{sample_summary['gap_fd_pixels'][-1]:.4f} (pixels); copies of "
         f"training images: {sample_summary['copy_fraction'][-1]:.3f} (validation control "
         f"{sample_summary['copy_fraction_validation_control'][-1]:.3f}).")
     scale = {k: b["features"]["gap"] for k, b in results["samples"].get("baselines", {}).items()
@@ -311,6 +350,11 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
           for k, v in sorted(scale.items(), reverse=True)) + ".")
   console.summary(f"Results in {results_lib.path(workdir)}, figures in {out_dir}/")
   return results
+
+
+def _summary_step(summary, results, key: str):
+  """The entry of summary["steps"] (`_ordered`) of the snapshot `key`."""
+  return summary["steps"][checkpointing.snapshot_order(results["snapshots"]).index(key)]
 
 
 def _measure_snapshot(denoise, exact, sigmas, splits, per_image_path: Optional[str]
@@ -331,6 +375,9 @@ def _measure_snapshot(denoise, exact, sigmas, splits, per_image_path: Optional[s
                                                            return_per_image=True, **kw)
     record[f"e_{split_name}"] = errors.tolist()
   record["gap"] = gap.relative_gap(record["e_val"], record["e_train"]).tolist()
+  # Its 95% interval over the evaluation images (each split resampled independently).
+  low, high = gap.bootstrap_relative_gap(per_image["val"], per_image["train"])
+  record["gap_low"], record["gap_high"] = low.tolist(), high.tolist()
   mi = membership.membership_by_sigma(per_image["train"], per_image["val"], fpr=MEMBERSHIP_FPR)
   record["membership"] = {k: mi[k].tolist() for k in ("auc", "auc_low", "auc_high", "tpr",
                                                       "tpr_low", "tpr_high")}
@@ -391,9 +438,9 @@ def _board_figure(board, path: str, images_seen: int) -> None:
 
 
 def _ordered(results):
-  """(steps, images seen, first EMA set's records) of the evaluated snapshots, in training order."""
-  steps = sorted(int(k) for k in results["snapshots"])
-  entries = [results["snapshots"][str(k)] for k in steps]
+  """(steps, images seen, first EMA set's records) of the evaluated snapshots, in training order
+  (`samples.ordered`: a run's steps as ints, a hook's file names)."""
+  steps, entries = samples.ordered(results)
   records = [entry["ema"][ema.pick(entry["ema"])[0]] for entry in entries]
   return steps, [entry["images_seen"] for entry in entries], records
 
@@ -405,6 +452,10 @@ def summarize(results, sigmas, at_sigmas) -> Dict[str, Any]:
   peaks = [gap.peak(sigmas, g) for g in gaps]
   summary = {"steps": steps, "images_seen": seen,
              "peak_sigma": [p[0] for p in peaks], "peak_gap": [p[1] for p in peaks]}
+  if all("gap_low" in r for r in records):  # the peak's 95% interval, at the peak's sigma
+    at = [edm.peak_index(g) for g in gaps]
+    summary["peak_gap_low"] = [r["gap_low"][i] if i >= 0 else None for r, i in zip(records, at)]
+    summary["peak_gap_high"] = [r["gap_high"][i] if i >= 0 else None for r, i in zip(records, at)]
   if len(steps) > 1:
     onset = gap.overfitting_onset(e_val, np.asarray(seen))
     summary["onset_images_seen"] = np.asarray(onset.images_seen).tolist()
@@ -427,8 +478,11 @@ def draw(results, sigmas, out_dir: str) -> None:
   from diffgen_jax.plots import gap as gap_plots  # pylint: disable=import-outside-toplevel
   _, seen, records = _ordered(results)
   s = results["summary"]
+  last = records[-1]
   gap_plots.gap_over_training(os.path.join(out_dir, "gap_over_training.png"), sigmas,
-                              [r["gap"] for r in records], seen, onset_sigma=s["peak_sigma"][-1])
+                              [r["gap"] for r in records], seen, onset_sigma=s["peak_sigma"][-1],
+                              band=(last["gap_low"], last["gap_high"]) if "gap_low" in last
+                              else None)
   opt = results.get("optimal", {})
   gap_plots.error_curves(os.path.join(out_dir, "errors.png"), sigmas, records[-1]["e_train"],
                          records[-1]["e_val"], opt.get("e_train"), opt.get("e_val"),
@@ -470,11 +524,16 @@ def _check_matches_run(workdir: str, config, train_split) -> None:
 def _feature_source(settings, workdir: str) -> Dict[str, Any]:
   if settings.feature == "pixels":
     return {"kind": "pixels"}
-  if settings.feature == "external":
-    return {"kind": settings.external_kind, "path": os.path.abspath(
-        os.path.expanduser(settings.external_path))}
+  if settings.feature == "hook":
+    return {"kind": "hook", "spec": settings.features}
   path = settings.classifier_path or os.path.join(workdir, FIGURES_DIR, CLASSIFIER_FILE)
   return {"kind": "classifier", "path": os.path.abspath(os.path.expanduser(path))}
+
+
+def feature_name(protocol: Mapping[str, Any]) -> str:
+  """The feature space of a sample protocol in words: "classifier", "pixels" or the hook."""
+  feature = protocol["feature"]
+  return feature.get("spec") or feature["kind"]
 
 
 def sample_protocol(settings, config, workdir: str, num_train: int, num_val: int) -> Dict[str, Any]:
@@ -513,12 +572,12 @@ def _classifier_labels(config, train_split):
     raise config_checks.ConfigError(
         f"config.evaluation.samples.feature='classifier' trains a classifier on class labels, but "
         f"{config.data.name!r} has none ({err}). Set classifier_path to a trained one, or use "
-        "feature='pixels' or 'external'") from None
+        "feature='pixels' or 'hook'") from None
   return np.asarray(split.labels), split.num_classes
 
 
 def _features_fn(settings, config, workdir, train_split, train_images, val_split, val_images,
-                 feature_rows, external_apply_fn):
+                 feature_rows):
   """(features_fn, info) of the chosen feature space; trains and caches the classifier if needed,
   on the featurized rows of each split (`samples.reference_subset`: at most
   settings.reference_images images, read batch by batch from the sources train_images /
@@ -527,9 +586,9 @@ def _features_fn(settings, config, workdir, train_split, train_images, val_split
   source = _feature_source(settings, workdir)
   if settings.feature == "pixels":
     return features_lib.pixel_features, source
-  if settings.feature == "external":
-    return features_lib.load_external_extractor(settings.external_kind, source["path"],
-                                                external_apply_fn), source
+  if settings.feature == "hook":  # (checked on two images; run on the host, outside jit)
+    return features_lib.host_features(hooks.load_features_factory(
+        settings.features, train_split.shape, field=FEATURES_FIELD)), source
   path = source["path"]
   if not os.path.exists(path):
     if settings.classifier_path:  # an explicit path must exist
@@ -568,13 +627,14 @@ def _unit_images(split) -> LazyRows:
   return LazyRows(split.images, np.arange(len(split)), transform=data.to_unit_range)
 
 
-def sample_setup(config, workdir: str, train_split, val_split, *, settings=None,
-                 external_apply_fn: Optional[Callable] = None):
+def sample_setup(config, workdir: str, train_split, val_split, *, settings=None):
   """(samples.Setup, protocol, feature info) for a run's config: the splits as sources (never
-  held whole), labels, feature extractor (trained and cached under WORKDIR/evaluation if needed)
-  and reference statistics, every batch split over `common.evaluation_mesh()`.
+  held whole), labels, feature extractor (trained and cached under WORKDIR/evaluation if needed,
+  or a feature hook's, with copies then tested in its space too) and reference statistics, every
+  batch split over `common.evaluation_mesh()`.
 
-  Raises FileNotFoundError (naming the path) for a missing external extractor or classifier file.
+  Raises FileNotFoundError (naming the path) for a missing classifier file, ConfigError naming
+  config.evaluation.samples.features for a feature hook that fails its check.
   """
   s = sample_settings(config) if settings is None else _with_defaults(settings)
   validate_sample_settings(s)
@@ -584,7 +644,7 @@ def sample_setup(config, workdir: str, train_split, val_split, *, settings=None,
   feature_rows = {name: samples.reference_subset(len(split), cap, seed, name)
                   for name, split in (("train", train_split), ("val", val_split))}
   features_fn, info = _features_fn(s, config, workdir, train_split, train_images, val_split,
-                                   val_images, feature_rows, external_apply_fn)
+                                   val_images, feature_rows)
   setup = samples.prepare(
       train_images, val_images, features_fn, train_labels=train_split.labels,
       val_labels=val_split.labels, train_ids=train_split.ids, val_ids=val_split.ids,
@@ -594,31 +654,30 @@ def sample_setup(config, workdir: str, train_split, val_split, *, settings=None,
       nn_similarity=bool(s.nn_similarity), probe_size=int(s.probe_size),
       copy_ratio=float(s.copy_ratio), grid_size=int(s.grid_size),
       batch_size=int(config.evaluation.batch_size), noise_seed=int(config.evaluation.noise_seed),
-      reference_images=cap, mesh=common.evaluation_mesh())
+      reference_images=cap, mesh=common.evaluation_mesh(), feature_copies=s.feature == "hook")
   return setup, protocol, info
 
 
-def evaluate_samples(config, workdir: str, network, train_split, val_split, steps: Sequence[int],
+def evaluate_samples(config, workdir: str, series: common.SnapshotSeries, train_split, val_split,
                      previous: Optional[Mapping[str, Any]] = None, *,
                      save: Optional[Callable[[Dict[str, Any]], None]] = None,
-                     gap_peaks: Optional[Mapping[Any, float]] = None, plots: bool = True,
-                     external_apply_fn: Optional[Callable] = None) -> Dict[str, Any]:
-  """Sample-level evaluation of the snapshots `steps` of the run in `workdir` (first EMA set).
+                     gap_peaks: Optional[Mapping[Any, float]] = None, plots: bool = True
+                     ) -> Dict[str, Any]:
+  """Sample-level evaluation of the snapshots of `series` (each one's first EMA set).
 
   Args:
     config: the run's config; settings from config.evaluation.samples (defaults if absent),
-      batch size and noise seed from config.evaluation, sigma_data from config.training.
-    network: `common.network_of(config, ...)`; train_split, val_split: `common.load_split`.
-    steps: snapshot steps (ascending), e.g. `checkpointing.snapshot_steps(workdir)`.
+      batch size and noise seed from config.evaluation.
+    series: the snapshots (`snapshot_series`: a run's, or a hook's); train_split, val_split:
+      `common.load_split`. The classifier (feature="classifier") is cached under workdir.
     previous: the "samples" section of earlier results (or None): snapshots it holds with the same
       protocol are not recomputed.
     save: called with the section after every newly evaluated snapshot (e.g. to write results.json).
     gap_peaks: optional {images_seen: peak denoising gap} drawn next to G_FD.
     plots: draw the figures into WORKDIR/evaluation at the end.
-    external_apply_fn: for feature='external', `apply_fn(params, images) -> (B, F)`.
 
   Returns:
-    The updated section {"protocol", "feature", "snapshots": {str(step): record}, "summary"}.
+    The updated section {"protocol", "feature", "snapshots": {key: record}, "summary"}.
   """
   s = sample_settings(config)
   validate_sample_settings(s)
@@ -634,28 +693,30 @@ def evaluate_samples(config, workdir: str, network, train_split, val_split, step
              "snapshots": dict(previous.get("snapshots", {}))}
   if "baselines" in previous:
     section["baselines"] = previous["baselines"]
-  chosen = list(steps) if s.snapshots == "all" else list(steps)[-1:]
-  todo = [step for step in chosen if str(step) not in section["snapshots"]]
+  keys = list(series.keys)
+  chosen = keys if s.snapshots == "all" else keys[-1:]
+  todo = [key for key in chosen if key not in section["snapshots"]]
   out_dir = os.path.join(workdir, FIGURES_DIR)
   if todo:
-    ctx, _, info = sample_setup(config, workdir, train_split, val_split, settings=s,
-                                external_apply_fn=external_apply_fn)
+    ctx, _, info = sample_setup(config, workdir, train_split, val_split, settings=s)
     # (Keeps the accuracy recorded when the classifier was trained by an earlier call.)
     section["feature"] = {**section["feature"], **(info or {})}
     section["baselines"] = ctx.baselines  # G_FD's scale: fresh real images, a copier
-    for step in todo:
-      name, params, meta = checkpointing.load_ema_params(workdir, step)
-      result = samples.evaluate_denoiser(
-          ctx, network_denoiser(network, params, config.training.sigma_data))
-      record = dict(result.record, images_seen=int(meta["images_seen"]), ema=name)
-      section["snapshots"][str(step)] = record
+    for key in todo:
+      snapshot = series.load(key, "first")
+      (name, denoise), = snapshot.denoisers.items()
+      result = samples.evaluate_denoiser(ctx, denoise)
+      record = dict(result.record, images_seen=int(snapshot.meta["images_seen"]), ema=name)
+      section["snapshots"][key] = record
       if result.grid and jax.process_index() == 0:  # every process holds the same numbers
-        with jsonio.atomic_open(os.path.join(out_dir, GRIDS_DIR, f"{step}.npz"), "wb") as f:
+        with jsonio.atomic_open(os.path.join(out_dir, GRIDS_DIR, f"{key}.npz"), "wb") as f:
           np.savez(f, **result.grid)
-      fd = record["fd"]
-      console.progress(f"evaluate: samples of snapshot {step} ({record['images_seen']} images): "
+      fd, copies = record["fd"], record["copy_fraction"]
+      console.progress(f"evaluate: samples of snapshot {key} ({record['images_seen']} images): "
                        f"G_FD = {fd['features']['gap']:.4f} (features), {fd['pixels']['gap']:.4f} "
-                       f"(pixels); copies {record['copy_fraction']['samples']:.3f}")
+                       f"(pixels); copies {copies['samples']:.3f}"
+                       + (f" (pixels), {copies['features']:.3f} (features)"
+                          if "features" in copies else ""))
       section["summary"] = samples.summarize(section)
       if save is not None:
         save(section)
@@ -674,7 +735,7 @@ def draw_samples(section, out_dir: str, gap_peaks: Optional[Mapping[Any, float]]
     return []
   summary = section.get("summary") or samples.summarize(section)
   seen = summary["images_seen"]
-  feature = section["protocol"]["feature"]["kind"]
+  feature = feature_name(section["protocol"])
   paths = []
 
   def out(name):

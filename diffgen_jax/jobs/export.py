@@ -2,7 +2,9 @@
 dataset zips, for the field's own scorers (EDM2's calculate_metrics.py, torch-fidelity, clean-fid).
 
 For one snapshot of a train job's run (config.run_dir; the last snapshot or config.step; EMA set
-config.ema) it writes, under WORKDIR/export/<step>/:
+config.ema), or of a hook's network (config.model.denoiser = MODULE:FUNCTION on the last file under
+config.model.checkpoint, `common.hook_series`, with config.data's image shape, classes and
+training images; checked on two images first), it writes, under WORKDIR/export/<step or file>/:
   samples.zip                num_samples samples of the network: deterministic Heun over
                              num_steps noise levels of the Karras schedule (`samplers.sample`);
                              sample i starts from normal(fold_in(key(seed), i))
@@ -19,9 +21,11 @@ dataset.json, null for an unconditional network), pixels quantized as EDM writes
 "edm_zip:TRAIN.zip,VALIDATION.zip".
 
 `export_denoiser(denoise, out_dir, ...)` does this for any denoiser; the job hands it the run's
-network at the snapshot. WORKDIR/results.json (`jobs.results`):
+network at the snapshot (or the hook's). WORKDIR/results.json (`jobs.results`):
     {"job": "export", "schema_version": 1,
-     "exports": {str(step): {"run_dir", "step", "images_seen", "ema", "image_shape",
+     "exports": {str(step) or file name: {"run_dir" (null for a hook), "step" (a hook's: the file
+                             name), "denoiser" and "snapshot" (a hook's), "images_seen", "ema",
+                             "image_shape",
                              "num_classes", "samples": {"file", "num_images", "num_steps", "seed",
                                                         "labels", "sha256"} (absent when none),
                              "denoised": {"images": {"file", "num_images", "sha256"},
@@ -41,14 +45,13 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from diffgen_jax import checkpointing, config_checks, data, jsonio, samplers
+from diffgen_jax import config_checks, data, jsonio, samplers
 from diffgen_jax.config_checks import ConfigError, fail
 from diffgen_jax.data import edm_zip
 from diffgen_jax.denoisers import is_array_pytree
 from diffgen_jax.evaluation import gap
 from diffgen_jax.evaluation.ladder import noised_inputs
 from diffgen_jax.jobs import common, console, results as results_lib
-from diffgen_jax.models.network import network_denoiser
 from diffgen_jax.sharding import batch_multiple, fetch, put_batch
 
 JOB = "export"
@@ -68,17 +71,7 @@ def denoised_file(sigma: float) -> str:
 def validate_config(config) -> None:
   """Checks every field the job reads (`defaults.export_config`); ConfigError names the field."""
   config_checks.choice(config, "job", (JOB,))
-  run_dir = config_checks.get(config, "run_dir")
-  if not isinstance(run_dir, str) or not run_dir:
-    fail("run_dir", run_dir, "must name a train job's workdir")
-  if not os.path.isfile(os.path.join(run_dir, common.RUN_FILE)):
-    fail("run_dir", run_dir, f"has no {common.RUN_FILE}: not a train job's workdir")
-  config_checks.integer(config, "step", -1)
-  ema_name = config_checks.get(config, "ema")
-  if not isinstance(ema_name, str) or not ema_name:
-    fail("ema", ema_name, "must be 'first' or the name of an EMA set of the snapshot")
-  if not isinstance(config_checks.get(config, "data_dir"), str):
-    fail("data_dir", config.data_dir, "must be a path string ('' = the run's data.data_dir)")
+  common.validate_snapshot_source(config)  # run_dir, step, ema, data_dir; or the hook, data
   num_samples = config_checks.integer(config, "num_samples", 0)
   config_checks.integer(config, "num_steps", 1)
   config_checks.integer(config, "seed", 0)
@@ -89,15 +82,6 @@ def validate_config(config) -> None:
   if num_samples == 0 and not len(sigmas):
     fail("num_samples", 0, "with config.denoised.sigmas=() exports nothing: ask for samples or "
          "for D(x; sigma) at some sigmas")
-
-
-def _snapshot_step(config) -> int:
-  steps = checkpointing.snapshot_steps(config.run_dir)
-  if not steps:
-    fail("run_dir", config.run_dir, f"holds no snapshots under {checkpointing.SNAPSHOT_DIR}/")
-  if config.step != -1 and config.step not in steps:
-    fail("step", config.step, f"is not a snapshot of the run: {tuple(steps)} or -1 (the last)")
-  return steps[-1] if config.step == -1 else int(config.step)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -227,36 +211,42 @@ def export_denoiser(denoise, out_dir: str, *, image_shape: Sequence[int], num_cl
 
 
 def run(config, workdir: str) -> Dict[str, Any]:
-  """Exports the snapshot; writes WORKDIR/export/<step>/ and records it in WORKDIR/results.json."""
-  run_record = common.read_run(config.run_dir)
-  run_config = run_record.config_at()
-  if config.data_dir:
-    run_config.data.data_dir = config.data_dir
-  step = _snapshot_step(config)
+  """Exports the snapshot; writes WORKDIR/export/<key>/ and records it in WORKDIR/results.json."""
+  run_record, run_config = common.snapshot_source(config)
+  hook = run_record is None
+  if not hook:
+    common.run_snapshot_step(config)  # (no snapshot: refused before anything is read)
   results = results_lib.read_if_exists(workdir)
   if results.get(results_lib.JOB_KEY) not in (None, JOB):
     raise ConfigError(f"{results_lib.path(workdir)} holds the results of job "
                       f"{results[results_lib.JOB_KEY]!r}: give the export job its own --workdir "
                       "(not the run's)")
-  model = run_config.model
-  num_classes = int(model.num_classes)
-  image_shape = (int(model.img_resolution), int(model.img_resolution), int(model.img_channels))
-  network = common.network_of(run_config, num_classes, "float32")
-  ema_name, params, meta = checkpointing.load_ema_params(config.run_dir, step, config.ema)
-  denoise = network_denoiser(network, params, float(run_config.training.sigma_data))
   d = config.denoised
   sigmas = config_checks.numbers(config, "denoised.sigmas", 0.0, strict=True, allow_empty=True)
+  train_split = None
+  if hook or sigmas:  # (a hook's images: the data's shape and classes)
+    train_split = common.load_split(run_config, "train")
+    common.check_run_data(run_record, run_config, train_split)
+  if hook:
+    num_classes, image_shape = train_split.num_classes, train_split.shape
+  else:
+    model = run_config.model
+    num_classes = int(model.num_classes)
+    image_shape = (int(model.img_resolution), int(model.img_resolution), int(model.img_channels))
+  # (The run's parameters replicated over every device, as the samples' batches are split.)
+  series, key = common.one_snapshot(config, run_record, run_config, image_shape, num_classes,
+                                    None)
+  snapshot = series.load(key, config.ema)
+  ema_name, denoise = next(iter(snapshot.denoisers.items()))
+  meta = snapshot.meta
   clean, training_set = None, None
   if sigmas:
-    train_split = common.load_split(run_config, "train")
-    common.compare_with_run(
-        run_record, run_config, train_split, fields=("data.",),
-        remedy=f"The data in data_dir={run_config.data.data_dir!r} are not the images the run "
-               "trained on: point config.data_dir at the run's dataset.")
     clean = data.first_images(train_split, int(d.num_images))
     training_set = common.training_set(run_config, train_split)
-  out_dir = os.path.join(workdir, EXPORT_DIR, str(step))
-  record = {"run_dir": os.path.abspath(config.run_dir), "step": int(step),
+  out_dir = os.path.join(workdir, EXPORT_DIR, key)
+  record = {"run_dir": None if hook else os.path.abspath(config.run_dir),
+            "step": key if hook else int(key),
+            **common.hook_record(series, meta),
             "images_seen": meta.get("images_seen"), "ema": ema_name}
   record.update(export_denoiser(
       denoise, out_dir, image_shape=image_shape, num_classes=num_classes,
@@ -265,13 +255,13 @@ def run(config, workdir: str) -> Dict[str, Any]:
       sigmas=sigmas, noise_seed=int(d.noise_seed), relative_to=workdir))
   if training_set is not None:
     record["denoised"]["training_set"] = training_set
-  results.setdefault("exports", {})[str(step)] = record
+  results.setdefault("exports", {})[key] = record
   if jax.process_index() == 0:
     results_lib.write(workdir, JOB, jsonio.to_jsonable(results))
   written = [s["file"] for s in [record.get("samples")] if s] + (
       [record["denoised"]["images"]["file"]] + [f["file"] for f in
                                                 record["denoised"]["files"].values()]
       if "denoised" in record else [])
-  console.summary(f"export: snapshot {step} ({record['images_seen']} images seen) -> "
+  console.summary(f"export: snapshot {key} ({record['images_seen']} images seen) -> "
                   + ", ".join(os.path.join(workdir, f) for f in written))
   return results

@@ -38,6 +38,18 @@ Trained sweep (`trained`, needs `run_dir`: a train job's workdir with the same d
   label num_classes) and autoguidance (negative: an earlier snapshot, the first by default) over w;
   the receptive field via `denoisers.crop_averaged` on the network (crop sizes the U-Net accepts); the
   gradient score vs sigma of the network and of y*.
+  Or a hook's network (config.model.denoiser = MODULE:FUNCTION over the files under
+  config.model.checkpoint, `common.hook_series`, run_dir ''; checked on two images before any
+  sweep runs), measured through its denoisers alone: guidance and autoguidance as for a run (cfg
+  only with trained.allow_cfg_without_label_dropout=True: whether the hook's network learned the
+  null label is not known); the receptive field by `crop_averaged` on the hook's denoiser itself,
+  at the crop sizes it accepts (checked on two s x s images at start-up: trained.crop_sizes () =
+  every size in [H/2, H] it accepts, the others listed in crop_sizes_skipped; an explicit size it
+  refuses is a ConfigError); the network's gradient score only when jax can differentiate the
+  hook's denoiser (else skipped, the reason recorded: e.g. the PyTorch bridge); the sample-level
+  gap in the default sample settings (`defaults.sample_evaluation_config`), the classifier cached
+  in WORKDIR/evaluation. The run's sharded parameters and their renaming for crops
+  (`params_for_crops`) are the only part a hook cannot give.
 
 Where it runs: one mesh over every device of every process (`common.evaluation_mesh`; with the
 trained sweep, the run's model axis): the training and validation splits are sources read where
@@ -57,13 +69,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from diffgen_jax import checkpointing, config_checks, data, edm, jsonio
+from diffgen_jax import checkpointing, config_checks, data, defaults, edm, hooks, jsonio
 from diffgen_jax.config_checks import ConfigError, fail as _fail, integer as _int
 from diffgen_jax.denoisers import classifier_free_guided, crop_averaged, guided
 from diffgen_jax.evaluation import features
@@ -95,6 +109,21 @@ def _snapshot_steps_done(config):
   return steps[i] if -len(steps) <= i < len(steps) else None
 
 
+def check_guidance_of_hook(config) -> None:
+  """Classifier-free guidance of a hook's network: whether it learned the null label is unknown,
+  so 'cfg' with some w != 0 is refused (ConfigError naming config.trained.styles and
+  config.model.denoiser) unless config.trained.allow_cfg_without_label_dropout is True."""
+  t = config.trained
+  if ("cfg" in tuple(t.styles) and any(float(w) != 0.0 for w in t.ws)
+      and config.data.labels != "none" and not t.get("allow_cfg_without_label_dropout", False)):
+    raise ConfigError(
+        f"config.trained.styles={tuple(t.styles)} asks for classifier-free guidance of the hook's "
+        f"network config.model.denoiser={config.model.denoiser!r}: whether it learned the null "
+        "label (label num_classes) is not known here. Drop 'cfg' from "
+        "config.trained.styles, or set config.trained.allow_cfg_without_label_dropout=True if it "
+        "did")
+
+
 def check_guidance_is_learned(config, run: common.Run) -> None:
   """Classifier-free guidance needs a network that learned the null label: a conditional run
   trained with training.label_dropout > 0 in some step up to the snapshot config.trained.snapshot
@@ -119,46 +148,93 @@ def check_guidance_is_learned(config, run: common.Run) -> None:
         "config.trained.allow_cfg_without_label_dropout=True to measure it anyway")
 
 
-def sweep_trained(config, setup: Setup) -> Dict[str, Any]:
-  t = config.trained
-  run = common.read_run(config.run_dir)  # its data were compared with config.data by `run`
-  check_guidance_is_learned(config, run)
-  saved = run.config_at()
-  steps = checkpointing.snapshot_steps(config.run_dir)
-  if not steps:
+def trained_series(config, setup: Setup) -> common.SnapshotSeries:
+  """The snapshots of the trained sweep: a hook's files (config.model.denoiser; imported and
+  checked now on two images of the data, `common.hook_series`) or the run's in config.run_dir
+  (its network for the data's classes, parameters restored onto the setup's mesh)."""
+  if common.uses_hook(config):
+    return common.hook_series(config.model.denoiser, config.model.checkpoint,
+                              setup.train_all.shape[1:], setup.num_classes)
+  saved = common.read_run(config.run_dir).config_at()
+  network = common.build_network(_model_config(saved, setup), setup.num_classes, "float32")
+  series = common.run_series(config.run_dir, network, float(saved.training.sigma_data),
+                             setup.mesh)
+  if not series.keys:
     raise ConfigError(f"config.run_dir={config.run_dir!r} holds no snapshots: train first")
-  for field in ("snapshot", "negative_snapshot"):
-    i = t[field]
-    if not -len(steps) <= i < len(steps):
-      raise ConfigError(f"config.trained.{field}={i} must index the run's {len(steps)} snapshots "
-                        f"(steps {steps}); -1 is the last")
+  return series
+
+
+def _model_config(saved, setup: Setup) -> ml_collections.ConfigDict:
   model_config = ml_collections.ConfigDict(saved.model.to_dict())
   model_config.num_classes = setup.num_classes
+  return model_config
+
+
+def _hook_crop_sizes(config, denoise, setup: Setup):
+  """(crop sizes, {size: why skipped}) of a hook's denoiser: config.trained.crop_sizes, or every
+  size in [H/2, H], checked on two s x s images (`hooks.check_denoiser`); a size it refuses is
+  skipped when the sizes are the default (), refused (ConfigError naming trained.crop_sizes and
+  the hook's error) when asked for."""
+  h, c = setup.train_all.shape[1], setup.train_all.shape[-1]
+  asked = tuple(int(v) for v in config.trained.crop_sizes)
+  sizes, skipped = [], {}
+  for size in asked or range((h + 1) // 2, h + 1):
+    try:
+      hooks.check_denoiser(denoise, (size, size, c), setup.num_classes,
+                           value=config.model.denoiser)
+    except ConfigError as err:
+      if asked:
+        raise ConfigError(f"config.trained.crop_sizes={asked}: the hook's denoiser refuses "
+                          f"{size} x {size} crops: {err}") from None
+      skipped[str(size)] = f"the hook's denoiser refuses {size} x {size} images"
+      continue
+    sizes.append(size)
+  return tuple(sizes), skipped
+
+
+def _not_differentiable(denoise, setup: Setup) -> Optional[str]:
+  """None when jax can differentiate denoise (traced, not run), else why not."""
+  x = jnp.zeros((1,) + tuple(setup.train_all.shape[1:]), jnp.float32)
+  labels = jnp.zeros((1,), jnp.int32) if setup.num_classes > 0 else None
+  try:
+    jax.eval_shape(jax.grad(lambda v: jnp.sum(denoise(v, jnp.float32(1.0), labels))), x)
+  except Exception as err:  # pylint: disable=broad-except  (a hook's own code)
+    return f"jax cannot differentiate the hook's denoiser ({type(err).__name__}: {err})"[:600]
+  return None
+
+
+def sweep_trained(config, setup: Setup, series: common.SnapshotSeries,
+                  workdir: str) -> Dict[str, Any]:
+  t = config.trained
+  hook = common.uses_hook(config)
+  run = None if hook else common.read_run(config.run_dir)  # its data were compared by `run`
+  if hook:  # (refused here too, before anything is measured)
+    check_guidance_of_hook(config)
+  else:
+    check_guidance_is_learned(config, run)
+  key = series.pick(t.snapshot, "trained.snapshot")
+  negative_key = series.pick(t.negative_snapshot, "trained.negative_snapshot")
+  snapshot = series.load(key)
+  (ema_name, net), = snapshot.denoisers.items()
+  meta = snapshot.meta
   h = setup.train_all.shape[1]
-  valid = valid_network_crop_sizes(model_config, h)
-  crop_sizes = tuple(t.crop_sizes) or tuple(valid)
-  bad = [s for s in crop_sizes if s not in valid]
-  if bad:
-    raise ConfigError(f"config.trained.crop_sizes={tuple(crop_sizes)}: {bad} not accepted by the "
-                      f"run's network on {h}x{h} images; allowed values {tuple(valid)}")
-  network = common.build_network(model_config, setup.num_classes, "float32")
-  sigma_data = float(saved.training.sigma_data)
-
-  def params_of(index):  # restored onto the run's parameter sharding over the setup's mesh
-    _, params, meta = checkpointing.load_ema_params(
-        config.run_dir, steps[index],
-        sharding=None if setup.mesh is None else common.parameter_shardings(setup.mesh))
-    return params, meta
-
-  params, meta = params_of(t.snapshot)
-  net = network_denoiser(network, params, sigma_data)
+  if hook:
+    crop_sizes, skipped = _hook_crop_sizes(config, net, setup)
+  else:
+    valid = valid_network_crop_sizes(_model_config(run.config_at(), setup), h)
+    crop_sizes = tuple(t.crop_sizes) or tuple(valid)
+    bad = [s for s in crop_sizes if s not in valid]
+    if bad:
+      raise ConfigError(f"config.trained.crop_sizes={tuple(crop_sizes)}: {bad} not accepted by the "
+                        f"run's network on {h}x{h} images; allowed values {tuple(valid)}")
+    skipped = {}
   conditional = setup.num_classes > 0
   base = gap_curve(setup, net, "network", 0.0, "network", conditional=conditional)
   curves = [base]
   same_as_base = lambda label, group: dict(base, label=label, group=group, value=0.0)
-  # The label dropout of the snapshot's last step, and every value it had up to it.
-  label_dropouts = run.values("training.label_dropout", steps[t.snapshot])
-  label_dropout = float(label_dropouts[-1] or 0.0)
+  # The label dropout of the snapshot's last step, and every value it had up to it (a run's).
+  label_dropouts = None if hook else run.values("training.label_dropout", int(key))
+  label_dropout = None if hook else float(label_dropouts[-1] or 0.0)
   if "cfg" in t.styles and conditional:
     for w in t.ws:  # w = 0 is the network itself: its curve is reused
       curves.append(same_as_base(f"cfg, w={w:g}", "cfg") if w == 0 else gap_curve(
@@ -168,48 +244,67 @@ def sweep_trained(config, setup: Setup) -> Dict[str, Any]:
   if "cfg" in t.styles and conditional:
     guided_denoisers += [("cfg", float(w), classifier_free_guided(net, setup.num_classes, float(w)))
                          for w in t.ws]
-  neg_params, neg_meta = params_of(t.negative_snapshot)
+  negative = series.load(negative_key)
   if "autoguidance" in t.styles:
-    neg = network_denoiser(network, neg_params, sigma_data)
+    neg = negative.denoisers[ema_name]
     for w in t.ws:
       curves.append(same_as_base(f"autoguidance, w={w:g}", "autoguidance") if w == 0 else gap_curve(
           setup, guided(net, neg, float(w)), f"autoguidance, w={w:g}", float(w), "autoguidance",
           conditional=conditional))
       guided_denoisers.append(("autoguidance", float(w), guided(net, neg, float(w))))
-  sample_gap = _guided_sample_gaps(config, saved, guided_denoisers) if t.sample_gap_samples else []
-  skipped = {}
+  sample_gap = (_guided_sample_gaps(config, None if hook else run.config_at(), guided_denoisers,
+                                    workdir) if t.sample_gap_samples else [])
   for s in crop_sizes:
-    crop_params = params_for_crops(network, params, h, int(s), setup.train_all.shape[-1])
-    if crop_params is None:
-      skipped[str(s)] = "the network's parameter layout differs at this size"
-      logging.warning("factors: trained crop size %d skipped: %s", s, skipped[str(s)])
-      continue
-    wrapped = crop_averaged(network_denoiser(network, crop_params, sigma_data), int(s), h)
+    if hook:
+      wrapped = crop_averaged(net, int(s), h)
+    else:
+      crop_params = params_for_crops(series.network, snapshot.params[ema_name], h, int(s),
+                                     setup.train_all.shape[-1])
+      if crop_params is None:
+        skipped[str(s)] = "the network's parameter layout differs at this size"
+        logging.warning("factors: trained crop size %d skipped: %s", s, skipped[str(s)])
+        continue
+      wrapped = crop_averaged(network_denoiser(series.network, crop_params, series.sigma_data),
+                              int(s), h)
     curves.append(gap_curve(setup, wrapped, f"crop s={s}", int(s), "receptive_field",
                             conditional=conditional))
   score_sigmas = edm.gap_sigma_grid(config.gradient_score.num_sigmas)
-  scores = (score_curves(net, setup, score_sigmas, t.gradient_images, "network",
-                         conditional=conditional)
+  not_differentiable = _not_differentiable(net, setup) if hook else None
+  scores = ((score_curves(net, setup, score_sigmas, t.gradient_images, "network",
+                          conditional=conditional) if not_differentiable is None else [])
             + score_curves(optimal_denoiser(setup, differentiable=True), setup, score_sigmas,
                            t.gradient_images, "y*"))
-  return sweep_section("trained", setup, curves, value_name="w / crop size",
-                  run_dir=os.path.abspath(config.run_dir), snapshot_step=steps[t.snapshot],
-                  images_seen=meta.get("images_seen"),
-                  negative_snapshot_step=steps[t.negative_snapshot],
-                  negative_images_seen=neg_meta.get("images_seen"),
+  gradient_score = {"sigmas": score_sigmas, "curves": scores}
+  if not_differentiable is not None:
+    gradient_score["network_skipped"] = not_differentiable
+  source = ({"denoiser": series.spec, "snapshot": meta["source"],
+             "negative_snapshot": negative.meta["source"]} if hook else
+            {"run_dir": os.path.abspath(config.run_dir)})
+  return sweep_section("trained", setup, curves, value_name="w / crop size", **source,
+                  snapshot_step=key if hook else int(key), images_seen=meta.get("images_seen"),
+                  negative_snapshot_step=negative_key if hook else int(negative_key),
+                  negative_images_seen=negative.meta.get("images_seen"),
                   label_dropout=label_dropout, label_dropout_values=label_dropouts,
                   null_label=setup.num_classes,
                   crop_sizes=list(crop_sizes), crop_sizes_skipped=skipped, sample_gap=sample_gap,
-                  gradient_score={"sigmas": score_sigmas, "curves": scores})
+                  gradient_score=gradient_score)
 
 
-def _guided_sample_gaps(config, saved, guided_denoisers) -> List[Dict[str, Any]]:
+def _guided_sample_gaps(config, saved, guided_denoisers, workdir: str) -> List[Dict[str, Any]]:
   """The inference side of guidance: G_FD = (FD_val - FD_train) / FD_train of each guided
-  denoiser's Heun samples (`evaluation.samples`, in the run's classifier-feature space), the copy
-  fraction, and the same in pixels. Paper: guidance raises this gap strongly."""
+  denoiser's Heun samples (`evaluation.samples`, in the run's feature space: its sample settings,
+  its classifier cached in its workdir), the copy fraction, and the same in pixels. Paper:
+  guidance raises this gap strongly. saved: the run's config; None for a hook's network (the
+  default sample settings on config.data, the classifier cached in this job's workdir)."""
   from diffgen_jax.evaluation import samples  # pylint: disable=import-outside-toplevel
   from diffgen_jax.jobs import evaluate  # the sample machinery only when asked for
   t = config.trained
+  cache_dir = config.run_dir
+  if saved is None:
+    saved = common.data_of(config)
+    saved.evaluation = {"batch_size": config.batch_size, "noise_seed": config.noise_seed,
+                        "samples": defaults.sample_evaluation_config().to_dict()}
+    cache_dir = workdir
   settings = evaluate.sample_settings(saved).copy_and_resolve_references()
   with settings.unlocked():
     settings.num_samples = int(t.sample_gap_samples)
@@ -220,7 +315,7 @@ def _guided_sample_gaps(config, saved, guided_denoisers) -> List[Dict[str, Any]]
   if "evaluation" not in run_config:
     raise ConfigError(f"the run in config.run_dir={config.run_dir!r} has no evaluation settings")
   splits = [common.load_split(run_config, s) for s in data.SPLITS]
-  ctx, _, _ = evaluate.sample_setup(run_config, config.run_dir, *splits, settings=settings)
+  ctx, _, _ = evaluate.sample_setup(run_config, cache_dir, *splits, settings=settings)
   out = []
   for style, w, denoise in guided_denoisers:
     record = samples.evaluate_denoiser(ctx, denoise).record
@@ -304,11 +399,20 @@ def validate_config(config) -> None:
   if "gradient_score" in sweeps:
     _numbers(config, "gradient_score.deltas")
     _int(config, "gradient_score.num_images", 1)
+  hook = common.validate_hook(config)
+  if hook and "trained" not in sweeps:
+    _fail("model.denoiser", config.model.denoiser, f"is read only by the 'trained' sweep, not by "
+          f"config.sweeps={sweeps}: add 'trained' (or set model.denoiser='')")
   if "trained" in sweeps:
     run_dir = config.run_dir
-    if not run_dir or not isinstance(run_dir, str):
-      _fail("run_dir", run_dir, "must name a train job's workdir for the 'trained' sweep")
-    if not os.path.isdir(run_dir):
+    if hook and run_dir:
+      _fail("run_dir", run_dir, f"must be '' with config.model.denoiser="
+            f"{config.model.denoiser!r}: the trained sweep measures the hook's network (or set "
+            "model.denoiser='' to measure the run)")
+    if not hook and (not run_dir or not isinstance(run_dir, str)):
+      _fail("run_dir", run_dir, "must name a train job's workdir for the 'trained' sweep (or set "
+            "config.model.denoiser to measure a hook's network)")
+    if not hook and not os.path.isdir(run_dir):
       _fail("run_dir", run_dir, "does not exist")
     _numbers(config, "trained.ws")
     config_checks.subset(config, "trained.styles", GUIDANCE_STYLES)
@@ -328,7 +432,9 @@ def validate_config(config) -> None:
     if "allow_cfg_without_label_dropout" in config.trained:
       config_checks.flag(config, "trained.allow_cfg_without_label_dropout")
     # Refused at start-up, not at the end.
-    if os.path.exists(os.path.join(run_dir, common.RUN_FILE)):
+    if hook:
+      check_guidance_of_hook(config)
+    elif os.path.exists(os.path.join(run_dir, common.RUN_FILE)):
       check_guidance_is_learned(config, common.read_run(run_dir))
 
 
@@ -346,8 +452,8 @@ def load_setup(config, splits=None) -> Setup:
   splits = load_splits(config) if splits is None else splits
   tr, va = (common.evaluation_rows(splits[name]) for name in ("train", "validation"))
   common.check_optimal_labels(config, splits["train"], splits["validation"])
-  trained = "trained" in tuple(config.sweeps)
-  mesh = common.evaluation_mesh(common.read_run(config.run_dir).config if trained else None)
+  of_run = "trained" in tuple(config.sweeps) and not common.uses_hook(config)
+  mesh = common.evaluation_mesh(common.read_run(config.run_dir).config if of_run else None)
   return make_setup(tr[0], tr[1], va[0], va[1], splits["train"].num_classes,
                     common.sigma_grid(config.sigmas, config.num_sigmas),
                     num_images=config.num_images, train_ids=tr[2], val_ids=va[2],
@@ -398,7 +504,9 @@ def _feature_fn(config, setup: Setup):
                                                 "classifier_val_accuracy": acc}
 
 
-def run_sweep(name: str, config, setup: Setup, workdir: str) -> Dict[str, Any]:
+def run_sweep(name: str, config, setup: Setup, workdir: str,
+              series: Optional[common.SnapshotSeries] = None) -> Dict[str, Any]:
+  """One sweep's section; series: the trained sweep's snapshots (`trained_series`)."""
   d = config.model_error
   if name == "delta":
     return sweep_delta(setup, config.delta.deltas)
@@ -423,7 +531,7 @@ def run_sweep(name: str, config, setup: Setup, workdir: str) -> Dict[str, Any]:
     g = config.gradient_score
     return sweep_gradient_score(setup, g.deltas, edm.gap_sigma_grid(g.num_sigmas), g.num_images)
   if name == "trained":
-    return sweep_trained(config, setup)
+    return sweep_trained(config, setup, series or trained_series(config, setup), workdir)
   raise ConfigError(f"config.sweeps: unknown sweep {name!r}; allowed values {SWEEPS}")
 
 
@@ -461,18 +569,23 @@ def run(config, workdir: str) -> Dict[str, Any]:
   """Runs the configured sweeps; writes WORKDIR/results.json (after every sweep) and PNGs."""
   sweeps = config_checks.subset(config, "sweeps", SWEEPS)
   splits = load_splits(config)
-  if "trained" in sweeps:  # the run trained on config.data's images: checked before any sweep
-    common.compare_with_run(
+  if "trained" in sweeps and not common.uses_hook(config):  # the run trained on config.data's
+    common.compare_with_run(  # images: checked before any sweep
         common.read_run(config.run_dir), config, splits["train"], fields=("data.",),
         remedy=f"The trained sweep measures the run in config.run_dir={config.run_dir!r} on "
                "config.data's images: use the run's data config (the saved values).")
   setup = load_setup(config, splits)
   check_against_data(config, setup, sweeps)
+  # The trained sweep's snapshots (a hook: imported and checked on two images, and on the crop
+  # sizes asked for) before any sweep.
+  series = trained_series(config, setup) if "trained" in sweeps else None
+  if series is not None and series.source == "hook" and config.trained.crop_sizes:
+    _hook_crop_sizes(config, series.load(series.keys[0]).denoisers[common.HOOK_SET], setup)
   os.makedirs(workdir, exist_ok=True)  # after the data and run checks: a refusal leaves no workdir
   results = {"settings": _settings(config, setup, splits["train"]), "sweeps": {}}
   for name in sweeps:
     start = time.perf_counter()
-    section = run_sweep(name, config, setup, workdir)
+    section = run_sweep(name, config, setup, workdir, series)
     section["wall_time_s"] = time.perf_counter() - start
     results["sweeps"][name] = jsonio.to_jsonable(section)
     results_lib.write(workdir, "factors", results)

@@ -1,7 +1,10 @@
 """The `ladder` job: a trained network against every rung of the analytic ladder (analytic.md
 section 1; a thin shell over `evaluation.ladder`).
 
-For one snapshot of a train job's run (config.run_dir; the last snapshot or config.step) it
+For one snapshot of a train job's run (config.run_dir; the last snapshot or config.step), or of a
+hook's network (config.model.denoiser = MODULE:FUNCTION on the last file under
+config.model.checkpoint, `common.hook_series`, measured on config.data; checked on two images
+before anything is measured) it
 1. builds three input sets, each an (S, B, H, W, C) array of states with its sigmas:
      "train"       num_images training images (seeded) + sigma n (the gap evaluation's seeded
                    per-image noise, seed noise_seed) on the sigma grid;
@@ -22,7 +25,9 @@ For one snapshot of a train job's run (config.run_dir; the last snapshot or conf
 
 Outputs: WORKDIR/results.json (`jobs.results` layout, written after every stage):
     {"job": "ladder", "schema_version": 1,
-     "settings":    {"run_dir", "step", "images_seen", "ema", "dataset", "subset_size", "labels",
+     "settings":    {"run_dir" (null for a hook), "step" (a hook's: the file name), "denoiser"
+                     and "snapshot" (a hook's spec and file), "images_seen", "ema", "dataset",
+                     "subset_size", "labels",
                      "num_classes", "image_shape", "num_train_set", "num_train_eval",
                      "num_val_eval", "noise_seed_train", "noise_seed_val", "sigmas",
                      "trajectory_sigmas", "rungs", "evaluation_devices", "processes", "config"}
@@ -65,17 +70,15 @@ from typing import Any, Dict
 
 import numpy as np
 
-from diffgen_jax import checkpointing, config_checks, jsonio
+from diffgen_jax import config_checks, jsonio
 from diffgen_jax.config_checks import ConfigError, fail
 from diffgen_jax.evaluation import gap, ladder
 from diffgen_jax.jobs import common, console, results as results_lib
-from diffgen_jax.models.network import network_denoiser
 from diffgen_jax.optimal_patches import BOUNDARIES, patch_composite_denoiser
 
 JOB = "ladder"
 LOCAL_RUNGS = ("LS", "ELS", "PSPC")
 INPUT_SETS = ("train", "val", "trajectory")
-FIGURES = ("ladder_r2.png", "ladder_calibration.png", "ladder_gap.png")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -85,22 +88,7 @@ FIGURES = ("ladder_r2.png", "ladder_calibration.png", "ladder_gap.png")
 def validate_config(config) -> None:
   """Checks every field the job reads; ConfigError names the field and what it allows."""
   config_checks.choice(config, "job", (JOB,))
-  run_dir = config_checks.get(config, "run_dir")
-  if not run_dir or not isinstance(run_dir, str):
-    fail("run_dir", run_dir, "must name a train job's workdir")
-  if not os.path.isdir(run_dir):
-    fail("run_dir", run_dir, "does not exist")
-  if not os.path.exists(os.path.join(run_dir, common.RUN_FILE)):
-    fail("run_dir", run_dir, "has no config.json: not a train job's workdir")
-  step = config_checks.get(config, "step")
-  if isinstance(step, bool) or not isinstance(step, int) or step < -1:
-    fail("step", step, "must be -1 (the last snapshot) or a snapshot step >= 0")
-  ema_name = config_checks.get(config, "ema")
-  if not isinstance(ema_name, str) or not ema_name:
-    fail("ema", ema_name, "must be 'first' or the name of an EMA set of the snapshot")
-  data_dir = config_checks.get(config, "data_dir")
-  if not isinstance(data_dir, str):
-    fail("data_dir", data_dir, "must be a path string ('' = the run's data.data_dir)")
+  common.validate_snapshot_source(config)  # run_dir, step, ema, data_dir; or the hook, data
   config_checks.integer(config, "num_images", 2)  # r2 needs an output variance: >= 2 states
   if config.sigmas:
     config_checks.sigma_grid(config, "sigmas")
@@ -134,19 +122,6 @@ def _local_rungs(config):
   return tuple(v for v in local.split(",") if v) if isinstance(local, str) else tuple(local)
 
 
-def _snapshot_step(config) -> int:
-  steps = checkpointing.snapshot_steps(config.run_dir)
-  if not steps:
-    fail("run_dir", config.run_dir, f"holds no snapshots under {checkpointing.SNAPSHOT_DIR}/: "
-         "train first")
-  if config.step == -1:
-    return steps[-1]
-  if config.step not in steps:
-    fail("step", config.step, f"is not a snapshot step of the run; allowed values {tuple(steps)} "
-         "or -1 (the last)")
-  return config.step
-
-
 def _check_ranks(config, dim: int) -> None:
   bad = [r for r in config.gaussian_ranks if r > dim]
   if bad:
@@ -165,17 +140,9 @@ def _pspc_factory(train_images, k, train_labels=None, **kwargs):
 def run(config, workdir: str) -> Dict[str, Any]:
   """Runs the ladder report; writes WORKDIR/results.json after every stage, then the figures."""
   start = time.perf_counter()
-  step = _snapshot_step(config)
-  run = common.read_run(config.run_dir)
-  run_config = run.config_at()
-  if config.data_dir:
-    run_config.data.data_dir = config.data_dir
+  run, run_config = common.snapshot_source(config)
   train_split = common.load_split(run_config, "train")
-  # The data found there must be the images the run trained on (its training set's fingerprint).
-  common.compare_with_run(
-      run, run_config, train_split, fields=("data.",),
-      remedy=f"The data in data_dir={run_config.data.data_dir!r} are not the images the run "
-             "trained on: point config.data_dir at the run's dataset.")
+  common.check_run_data(run, run_config, train_split)
   val_split = common.load_split(run_config, "validation")
   num_classes = train_split.num_classes
   # The training set is a source the rungs read where it lives (each process its share); the
@@ -190,11 +157,11 @@ def run(config, workdir: str) -> Dict[str, Any]:
 
   # One mesh over every device of every process: the rungs lay the training set out over it,
   # every batch is split over it, and the snapshot is restored onto the run's parameter sharding.
-  mesh = common.evaluation_mesh(run_config)
-  network = common.network_of(run_config, num_classes, "float32")
-  ema_name, params, meta = checkpointing.load_ema_params(
-      config.run_dir, step, config.ema, sharding=common.parameter_shardings(mesh))
-  net = network_denoiser(network, params, float(run_config.training.sigma_data))
+  mesh = common.evaluation_mesh(None if run is None else run_config)
+  series, key = common.one_snapshot(config, run, run_config, train_split.shape, num_classes, mesh)
+  snapshot = series.load(key, config.ema)
+  ema_name, net = next(iter(snapshot.denoisers.items()))
+  meta = snapshot.meta
   previous = results_lib.read_if_exists(workdir).get(results_lib.JOB_KEY)
   if previous not in (None, JOB):
     raise ConfigError(f"{results_lib.path(workdir)} holds the results of job {previous!r}: give "
@@ -219,7 +186,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
                                    noise_seed=config.noise_seed + 1), sigmas, val_y),
       "trajectory": (traj_states, traj_sigmas, sample_labels)}
   results["settings"] = {
-      "run_dir": os.path.abspath(config.run_dir), "step": int(step),
+      "run_dir": None if run is None else os.path.abspath(config.run_dir),
+      "step": key if run is None else int(key), **common.hook_record(series, meta),
       "images_seen": meta.get("images_seen"), "ema": ema_name, "dataset": run_config.data.name,
       "subset_size": run_config.data.subset_size or 0, "labels": run_config.data.labels,
       "subset_seed": run_config.data.subset_seed,

@@ -15,10 +15,12 @@ results (experiments/, notebooks) calls `read(workdir)` without knowing which jo
                     (training_set: `jobs.common.training_set`)
        "optimal":   {"e_train", "e_val"}                                    (S,) each
        "snapshots": {str(step): {"images_seen", "ema": {name: {"e_train", "e_val", "gap",
+                                  "gap_low", "gap_high",  (95% bootstrap interval over images)
                                   "to_optimal_train", "to_optimal_val",     (S,) each
                                   "membership": {"auc", "auc_low", "auc_high", "tpr", "tpr_low",
                                                  "tpr_high"} (S,) each, "fpr"}}}}
-       "summary":   {"steps", "images_seen", "peak_sigma", "peak_gap", "onset_images_seen",
+       "summary":   {"steps", "images_seen", "peak_sigma", "peak_gap", "peak_gap_low",
+                     "peak_gap_high", "onset_images_seen",
                      "onset_rises", "gap_at_sigmas", "membership_peak_auc",
                      "membership_peak_sigma", "membership_peak_tpr"}        per snapshot
        (protocol also holds "subset_side" for side-2 runs; per-image errors of each snapshot in

@@ -61,6 +61,11 @@ TENSORBOARD_DIR = common.TENSORBOARD_DIR
 
 def validate_config(config) -> None:
   """The training fields and, when the run ends with it, the evaluation's fields."""
+  if config.model.get("denoiser"):
+    raise config_checks.ConfigError(
+        f"config.model.denoiser={config.model.denoiser!r} is read by the evaluate, ladder, factors "
+        "and export jobs (a hook's network); the train job trains this package's network (set it "
+        "to '')")
   if config.model.get("checkpoint"):
     raise config_checks.ConfigError(
         "config.model.checkpoint is read by the evaluate and convert jobs; the train job trains "

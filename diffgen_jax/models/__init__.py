@@ -21,8 +21,11 @@ Model config (`default_model_config(family)`; every field typed, validated by `v
     fixes the ARCHITECTURE fields: `apply_preset` sets them, `resolve` refuses a field that
     differs from its preset), num_classes, img_resolution, img_channels, dropout,
     checkpoint (a published network's path for the jobs: an NVIDIA .pkl, a state_dict.npz +
-    config.json directory, or a directory of snapshots; "" = none), checkpoint_ema (keep only
-    EDM2 snapshots of this EMA profile, e.g. "0.100"; "" = all),
+    config.json directory, or a directory of snapshots; "" = none; with `denoiser` set, the
+    snapshot file or directory of files the hook reads instead), checkpoint_ema (keep only
+    EDM2 snapshots of this EMA profile, e.g. "0.100"; "" = all), denoiser (a hook
+    MODULE:FUNCTION, `diffgen_jax.hooks`: a factory f(snapshot_path) -> denoise or
+    (denoise, {"images_seen": n}) called for each file under checkpoint; "" = none),
     dtype ("float32" | "bfloat16" | "float64": compute dtype; params are created in float32;
     "float64" needs jax's x64 mode and float64 params, e.g. for parity with a float64 reference),
     plus the family's architecture fields (see `_FAMILY_FIELDS`).
@@ -50,9 +53,11 @@ EMBEDDING_TYPES = ("positional", "fourier")
 FIELD_PREFIX = "config.model."
 
 # checkpoint / checkpoint_ema: an NVIDIA network file or run directory that the jobs read
-# (`models.nvidia`); "" = none. `build` ignores them.
+# (`models.nvidia`); "" = none. denoiser: a hook MODULE:FUNCTION making the denoiser of each
+# file under checkpoint (which then names the hook's snapshots; `jobs.common.hook_series`); "" =
+# none. `build` ignores them.
 _COMMON_FIELDS = dict(family="", preset="", num_classes=0, img_resolution=32, img_channels=3,
-                      dropout=0.0, dtype="float32", checkpoint="", checkpoint_ema="")
+                      dropout=0.0, dtype="float32", checkpoint="", checkpoint_ema="", denoiser="")
 
 _FAMILY_FIELDS = {
     "ddpmpp": dict(model_channels=128, channel_mult=(2, 2, 2), channel_mult_emb=4,

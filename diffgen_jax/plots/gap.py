@@ -15,8 +15,9 @@ def _save(fig, path):
   plt.close(fig)
 
 
-def gap_over_training(path, sigmas, gaps, images_seen, onset_sigma=None, title=""):
-  """G(sigma) per snapshot, coloured by images seen; optional vertical line at the peak sigma."""
+def gap_over_training(path, sigmas, gaps, images_seen, onset_sigma=None, title="", band=None):
+  """G(sigma) per snapshot, coloured by images seen; optional vertical line at the peak sigma and
+  band = (low, high) (S,) each: the last snapshot's interval, shaded."""
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
   seen = np.asarray(images_seen, np.float64)
   norm = colors.LogNorm(max(seen.min(), 1), max(seen.max(), 2)) if seen.min() > 0 and len(seen) > 1 \
@@ -24,6 +25,11 @@ def gap_over_training(path, sigmas, gaps, images_seen, onset_sigma=None, title="
   cmap = plt.get_cmap("viridis")
   for g, n in zip(gaps, seen):
     ax.plot(sigmas, g, color=cmap(norm(n)), lw=1.3)
+  if band is not None:
+    low, high = (np.asarray([np.nan if v is None else v for v in b], np.float64) for b in band)
+    ax.fill_between(sigmas, low, high, color=cmap(norm(seen[-1])), alpha=0.25, lw=0,
+                    label="last snapshot: 95% interval over images")
+    ax.legend(loc="upper left", fontsize=8)
   ax.axhline(0, color="0.5", lw=0.7)
   if onset_sigma is not None:
     ax.axvline(onset_sigma, color="tab:red", ls="--", lw=1, label=rf"peak $\sigma$ = {onset_sigma:.3g}")

@@ -1,0 +1,90 @@
+"""Finding: the paper's regime at a size a 2-core CPU holds (issue 26 of the project).
+
+28x28 Fashion-MNIST, 1,024 training images, the quickstart's 1.23M-parameter U-Net, ~320k images
+seen (configs/experiments.py: _regime_unet). The questions the paper answers at its scale: does
+G stay below 1 and peak near sigma 1-2; does the sample-level gap stay near fresh real images'
+(its floor) and far from a copier's (its ceiling); how much of the final sample gap early-stopped
+sampling at the peak sigma already shows (the paper: ~11%).
+
+    python experiments/paper_regime.py     # local: ~2-2.5 h of training here, then the evaluation
+    python experiments/paper_regime.py --config.runs.regime_unet.training.total_images=128000
+                                           # a shorter run (resumes; what the committed result used
+                                           # when it says so)
+
+Figures: peak_gap_over_training.png (peak G with its 95% interval), sample_gap.png (G_FD with a
+copier's and fresh real images' G_FD), and the run's own gap_over_training.png, errors.png,
+early_stop_gap_fd.png, trajectory_overlap.png, nn_similarity.png (<run>_*.png).
+"""
+
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import common  # noqa: E402
+
+FINDING = "paper_regime"
+COPIED = ("gap_over_training.png", "errors.png", "early_stop_gap_fd.png", "trajectory_overlap.png",
+          "nn_similarity.png")
+
+
+def early_stop_share(record, peak_sigma):
+  """The early-stopped G_FD at the stop step nearest the peak sigma (log distance), as a share of
+  the final sample gap (G_FD in features of the finished samples); None when that gap is not
+  positive (a share of nothing)."""
+  e = record["early_stop"]
+  i = int(np.argmin(np.abs(np.log(e["sigmas"]) - np.log(peak_sigma))))
+  final = record["fd"]["features"]["gap"]
+  return {"sigma": e["sigmas"][i], "early_gap": e["gap"][i], "final_gap": final,
+          "share": e["gap"][i] / final if final and final > 0 else None}
+
+
+def gather(ctx):
+  out, peaks, fd = {}, [], []
+  for name, group, _ in ctx.sweep():
+    res = ctx.results[name]
+    s = res["summary"]
+    sigmas = res["protocol"]["sigmas"]
+    last = next(iter(res["snapshots"][str(s["steps"][-1])]["ema"].values()))
+    samples = res.get("samples", {})
+    m = {"run": name, "images_seen": s["images_seen"], "peak_gap": s["peak_gap"],
+         "peak_gap_low": s.get("peak_gap_low"), "peak_gap_high": s.get("peak_gap_high"),
+         "peak_sigma": s["peak_sigma"], "sigmas": sigmas, "gap_last": last["gap"],
+         "gap_last_low": last.get("gap_low"), "gap_last_high": last.get("gap_high"),
+         "gap_at_smallest_sigma": last["gap"][0]}
+    peaks += [(group, m["images_seen"], m["peak_gap"])]
+    if m["peak_gap_low"]:
+      peaks += [(f"{group}: 95% interval", m["images_seen"], m["peak_gap_low"], "--"),
+                ("", m["images_seen"], m["peak_gap_high"], "--")]
+    if samples.get("snapshots"):
+      ss = samples["summary"]
+      steps = sorted(samples["snapshots"], key=int)
+      m.update({"samples_images_seen": ss["images_seen"], "gap_fd_features": ss["gap_fd_features"],
+                "gap_fd_pixels": ss["gap_fd_pixels"], "copy_fraction": ss["copy_fraction"],
+                "baselines": samples.get("baselines"),
+                "early_stop_at_peak": early_stop_share(samples["snapshots"][steps[-1]],
+                                                       s["peak_sigma"][-1])})
+      fd += [("G_FD (features)", ss["images_seen"], ss["gap_fd_features"]),
+             ("G_FD (pixels)", ss["images_seen"], ss["gap_fd_pixels"])]
+      for kind, style in (("copier", ":"), ("real", "-.")):
+        b = (m["baselines"] or {}).get(kind)
+        if b:
+          fd += [(f"{'copier' if kind == 'copier' else 'fresh real images'} ({space})",
+                  ss["images_seen"], [b[space]["gap"]] * len(ss["images_seen"]), style)
+                 for space in ("features", "pixels")]
+    out[group] = m
+    for figure in COPIED:
+      ctx.copy(os.path.join(ctx.workdirs[name], "evaluation", figure), f"{name}_{figure}")
+  common.line_plot(ctx.figure("peak_gap_over_training.png"), peaks, xlabel="images seen",
+                   ylabel="peak G (95% interval over images)", zero_line=True,
+                   title="Peak denoising gap over training")
+  if fd:
+    common.line_plot(ctx.figure("sample_gap.png"), fd, xlabel="images seen",
+                     ylabel="G_FD = (FD_val - FD_train) / FD_train", zero_line=True,
+                     title="Sample-level gap, with a copier's and real images'")
+  return {"models": out}
+
+
+if __name__ == "__main__":
+  common.main(FINDING, gather)
