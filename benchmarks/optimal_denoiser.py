@@ -15,6 +15,12 @@ Runs unchanged on CPU, GPU or TPU (jax's default device). Examples:
 
   python benchmarks/optimal_denoiser.py --small
   python benchmarks/optimal_denoiser.py                 # N=50,000, D=3,072, 256 queries x 8 sigmas
+  python benchmarks/optimal_denoiser.py --small --mesh  # over every local device (per device too)
+
+--mesh lays the training set over a mesh of every local device (`sharding.make_mesh`, the data
+axis), as the evaluate job does, and the GEMM ceiling is then the same matmul with the training
+points' columns split over the same devices (each device (B x D) @ (D x N/devices)); the JSON adds
+per-device GFLOP/s (benchmarks/eval_scaling.py runs it).
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from diffgen_jax import edm
 from diffgen_jax.optimal import default_chunk_size, empirical_optimal_denoiser
+from diffgen_jax.sharding import DATA_AXIS, make_mesh
 
 
 def parse_args(argv=None):
@@ -50,6 +58,8 @@ def parse_args(argv=None):
   p.add_argument("--dense_batch", type=int, default=16,
                  help="queries per numpy broadcast ((batch, dense_n, D) float32 arrays)")
   p.add_argument("--no_torch", action="store_true", help="skip the torch comparison")
+  p.add_argument("--mesh", action="store_true",
+                 help="lay the training set (ours and the GEMM ceiling) over every local device")
   p.add_argument("--small", action="store_true",
                  help="quick run: N=4096, D=256, 64 queries x 4 sigmas, dense_n=512")
   p.add_argument("--seed", type=int, default=0)
@@ -166,9 +176,12 @@ def main(argv=None):
   query_sigmas = np.repeat(sigma_grid, b)
   total_q = k * b
   flops = 4.0 * total_q * n * d  # = sigmas x 4 B N D
+  mesh = make_mesh() if args.mesh else None
+  devices = len(jax.devices()) if args.mesh else 1
   results = dict(
       config=dict(n=n, d=d, queries_per_sigma=b, sigmas=sigma_grid.tolist(), total_queries=total_q,
-                  chunk_size=args.chunk, repeats=args.repeats, small=args.small, seed=args.seed),
+                  chunk_size=args.chunk, repeats=args.repeats, small=args.small, seed=args.seed,
+                  mesh_devices=devices if args.mesh else None),
       environment=dict(jax=jax.__version__, platform=dev.platform, device_kind=dev.device_kind,
                        devices=len(jax.devices()), cpu_count=os.cpu_count(),
                        python=platform.python_version()),
@@ -183,7 +196,7 @@ def main(argv=None):
 
   # ---- ours, full size ------------------------------------------------------------------------
   t0 = time.perf_counter()
-  denoise = empirical_optimal_denoiser(train, chunk_size=args.chunk)
+  denoise = empirical_optimal_denoiser(train, chunk_size=args.chunk, mesh=mesh)
   jax.block_until_ready(jax.tree_util.tree_leaves(denoise(jnp.asarray(queries[:1]), 1.0)))
   build_s = time.perf_counter() - t0
   xq, sq = jnp.asarray(queries), jnp.asarray(query_sigmas)
@@ -209,10 +222,12 @@ def main(argv=None):
         device_method="jax device memory_stats(): peak_bytes_in_use after our calls minus "
                       "bytes_in_use before them (upper bound: the peak may predate the calls)")
   results["ours"] = dict(seconds=ours_s, first_call_seconds=ours_first, build_seconds=build_s,
-                         gflops=ours_gflops,
+                         gflops=ours_gflops, devices=devices,
+                         gflops_per_device=ours_gflops / devices,
                          ns_per_query_point=ours_s / (total_q * n) * 1e9, memory=memory)
   print(f"ours: {ours_s:.3f} s for {total_q} queries x {n} points x {d} dims "
-        f"-> {ours_gflops:.1f} GFLOP/s (first call {ours_first:.2f} s, build {build_s:.2f} s)")
+        f"-> {ours_gflops:.1f} GFLOP/s (first call {ours_first:.2f} s, build {build_s:.2f} s)"
+        + (f"; {ours_gflops / devices:.1f} per device over {devices}" if mesh else ""))
   print(f"  memory: training set {train.nbytes / 2**20:.0f} MiB; peak RSS increase during calls "
         f"{memory['rss_peak_increase_during_calls_bytes'] / 2**20:.0f} MiB" +
         (f"; device peak increase {memory['device_peak_increase_bytes'] / 2**20:.0f} MiB"
@@ -220,13 +235,16 @@ def main(argv=None):
 
   # ---- GEMM ceiling ---------------------------------------------------------------------------
   a_mat = jnp.asarray(queries)
-  b_mat = jnp.asarray(train.T)
+  b_mat = (jnp.asarray(train.T) if mesh is None else  # (columns split as ours splits the points)
+           jax.device_put(train.T, NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))))
   matmul = jax.jit(lambda a, c: jnp.matmul(a, c, precision=jax.lax.Precision.HIGHEST))
   gemm_s, _, _ = timed(lambda: matmul(a_mat, b_mat).block_until_ready(), args.repeats)
   del b_mat
   gemm_gflops = 2.0 * total_q * n * d / gemm_s / 1e9
-  results["gemm_ceiling"] = dict(seconds=gemm_s, gflops=gemm_gflops,
-                                 shape=f"({total_q} x {d}) @ ({d} x {n})")
+  results["gemm_ceiling"] = dict(seconds=gemm_s, gflops=gemm_gflops, devices=devices,
+                                 gflops_per_device=gemm_gflops / devices,
+                                 shape=f"({total_q} x {d}) @ ({d} x {n})"
+                                 + (f", columns split over {devices} devices" if mesh else ""))
   results["ratio_to_gemm"] = ours_gflops / gemm_gflops
   print(f"GEMM ceiling: {gemm_s:.3f} s -> {gemm_gflops:.1f} GFLOP/s; "
         f"ours / GEMM = {results['ratio_to_gemm']:.2f}")

@@ -22,7 +22,10 @@ Variants:
 The exact optimal denoiser y* and each network's distance to it are on in every variant: y* streams
 the training split from the zip, split over every device of every process (each process reads
 only its share; no copy of the set in one place). `--config.evaluation.optimal=False` turns it off
-(then the gap needs only the networks).
+(then the gap needs only the networks). The sample-level references (FD statistics, the
+classifier's training images) read a seeded subset of evaluation.samples.reference_images = 50,000
+images per split, not ImageNet's 1.28M. benchmarks/imagenet64_e2e.py runs edm2-img64 end to end
+on a synthetic ImageNet-64-shaped zip pair and a tiny EDM2 network, with peak memory per process.
 """
 
 from diffgen_jax import defaults, models
@@ -46,6 +49,7 @@ def get_config(variant: str = "edm2-img64"):
   e.noise_seed = 0
   e.batch_size = 256
   e.samples.num_steps = 32
+  e.samples.reference_images = 50_000  # a seeded subset per split (ImageNet's train has 1.28M)
   if variant == "edm2-img64":
     config.data.name = "edm_zip:/data/imagenet-64x64-train.zip,/data/imagenet-64x64-val.zip"
     config.training.loss = "edm2"

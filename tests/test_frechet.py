@@ -79,6 +79,36 @@ def test_gaussian_stats_and_ddof():
   np.testing.assert_allclose(cov0, np.eye(2))
 
 
+def test_fewer_vectors_than_dimensions_keep_the_covariance_factored_and_give_the_same_fd():
+  """gaussian_fit: a CovarianceFactor when n < d (O(n d), e.g. 64x64 RGB pixels), the covariance
+  itself when n >= d; every pairing of the two forms gives the full-matrix FD."""
+  rng = np.random.default_rng(4)
+  d = 40
+  x = rng.normal(size=(12, d)) * rng.uniform(0.5, 2, d)
+  y = rng.normal(size=(9, d)) + 0.3
+  z = rng.normal(size=(60, d))  # n >= d: a matrix, exactly gaussian_stats's
+  fx, fy, fz = frechet.gaussian_fit(x), frechet.gaussian_fit(y), frechet.gaussian_fit(z)
+  assert isinstance(fx[1], frechet.CovarianceFactor) and fx[1].rows.shape == (12, d)
+  assert isinstance(fz[1], np.ndarray) and fz[1].shape == (d, d)
+  for a, b in zip(fz, frechet.gaussian_stats(z)):
+    np.testing.assert_array_equal(a, b)
+  full = lambda f: (f[0], f[1].covariance() if isinstance(f[1], frechet.CovarianceFactor) else f[1])
+  for cov, f in ((np.cov(x, rowvar=False), fx), (np.cov(y, rowvar=False), fy)):
+    np.testing.assert_allclose(full(f)[1], cov, rtol=1e-12, atol=1e-14)
+  for a, b in ((fx, fy), (fy, fx), (fx, fz), (fz, fy), (fx, fx)):
+    want = frechet.gaussian_frechet(*full(a), *full(b))
+    # (The matrix form takes square roots of d - n rounding-level eigenvalues: ~1e-8 relative.)
+    np.testing.assert_allclose(frechet.gaussian_frechet(*a, *b), want, rtol=1e-7, atol=1e-9)
+  assert frechet.gaussian_frechet(*fx, *fx) < 1e-9
+  assert frechet.gaussian_fit(x, ddof=0)[1].covariance() == pytest.approx(
+      np.cov(x, rowvar=False, ddof=0))
+  with pytest.raises(ValueError, match=r"covariance factor must be \(n, 3\)"):
+    frechet.gaussian_frechet(np.zeros(3), frechet.CovarianceFactor(np.zeros((2, 4))), np.zeros(3),
+                             np.eye(3))
+  with pytest.raises(ValueError, match="NaN"):
+    frechet.gaussian_fit(np.full((2, 5), np.nan))
+
+
 def test_input_errors():
   with pytest.raises(ValueError, match="num_samples, dim"):
     frechet.frechet_distance(np.zeros(5), np.zeros(5))

@@ -120,3 +120,49 @@ def test_the_convert_job_names_a_file_that_is_not_a_network_pickle(tmp_path):
     with pytest.raises(nvidia_pickle.NetworkPickleError, match=re.escape(phrase)) as err:
       jobs.run(config, str(tmp_path / "work"))
     assert str(err.value).startswith(f"{path}: "), err.value
+
+
+def _benchmark(name):
+  spec = importlib.util.spec_from_file_location(name,
+                                                os.path.join(ROOT, "benchmarks", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_the_imagenet64_protocol_runs_to_the_end_at_a_small_size(tmp_path):
+  """benchmarks/imagenet64_e2e.py's path (issue 23, part 3) at 200 images of 16x16, 8 classes:
+  an EDM dataset zip pair from the package's writer, a random EDM2 network in NVIDIA's format,
+  then configs/nvidia.py:edm2-img64 (y* on, samples on, the reference cap) converts it and
+  measures the gap, y* and the distance to it, membership and the samples."""
+  e2e = _benchmark("imagenet64_e2e")
+  train_zip, val_zip = e2e.write_dataset(str(tmp_path / "data"), train=200, val=40, resolution=16,
+                                         classes=8)
+  network = e2e.write_edm2_network(str(tmp_path / "network"), resolution=16, classes=8, kimg=7)
+  config = _config("edm2-img64")
+  e = config.evaluation
+  assert e.optimal and e.model_vs_optimal and e.samples.enabled
+  assert e.samples.reference_images == 50_000
+  e2e.apply(config, e2e.overrides(train_zip, val_zip, network, num_images=16, num_sigmas=3,
+                                  batch_size=16, num_samples=16, num_steps=3, classifier_steps=5,
+                                  reference_images=32, probe_size=8, grid_size=4))
+  workdir = str(tmp_path / "work")
+  jobs.run(config, workdir)
+  with open(os.path.join(workdir, "converted.json")) as f:
+    model = json.load(f)["model"]
+  assert (model["family"], model["num_classes"], model["img_resolution"]) == ("edm2", 8, 16)
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  assert {"optimal", "snapshots", "summary", "samples", "settings"} <= set(results)
+  assert results["settings"] == {"evaluation_devices": 8, "processes": 1}
+  record = results["snapshots"]["7"]["ema"]["ema"]
+  assert len(record["gap"]) == 3 and np.all(np.isfinite(record["gap"]))
+  assert results["optimal"]["e_train"][0] < 1e-6  # y* recalls its training images at small sigma
+  assert all(0 < d < 4 for d in record["to_optimal_train"] + record["to_optimal_val"])
+  assert len(record["membership"]["auc"]) == 3
+  s = results["samples"]
+  assert s["protocol"]["reference_images"] == {"cap": 32, "seed": 0, "train": 32, "val": 32}
+  assert s["feature"]["kind"] == "classifier" and s["feature"]["trained"]
+  fd = s["snapshots"]["7"]["fd"]
+  assert all(np.isfinite(fd[space]["gap"]) for space in ("features", "pixels"))
+  assert s["snapshots"]["7"]["copy_fraction"]["samples"] == 0  # noise images: nothing copied

@@ -14,6 +14,14 @@ field's numbers: EDM's `.npz` (arrays mu and sigma of Inception features; clean-
 torch-fidelity write the same) and EDM2's `dataset-refs/*.pkl` (a pickled dict {"fid": {"mu",
 "sigma"}, "fd_dinov2": {"mu", "sigma"}, "num_images": n}), read without executing anything.
 
+Fewer vectors than dimensions (`gaussian_fit`; e.g. 512 samples of ImageNet-64 pixels, d = 12,288):
+the covariance is then kept as its factor B (n, d) with S = B^T B (`CovarianceFactor`), in O(n d)
+memory instead of O(d^2) (1.2 GB per float64 covariance at d = 12,288), and the trace term comes
+from n x n matrices: the nonzero eigenvalues of S1^(1/2) S2 S1^(1/2) are those of B1 S2 B1^T, and
+with both factored tr((.)^(1/2)) is the sum of the singular values of B1 B2^T. The same number,
+computed in O(n^2 d) instead of O(d^3) (an eigendecomposition of a 12,288 x 12,288 matrix takes
+minutes on a CPU, and the evaluation needs several per snapshot).
+
 With several processes (`gaussian_stats(..., mesh=...)` for a mesh across processes) the covariance,
 the O(n d^2) part, is split over the processes by columns and gathered once: every process holds
 the same (n, d) features (gathered sampler outputs) and gets the same (mu, cov); one process
@@ -26,7 +34,7 @@ import math
 import os
 import pickle
 import zipfile
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 import jax
 import numpy as np
@@ -47,11 +55,32 @@ def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
   return (eigvecs * np.sqrt(eigvals)) @ eigvecs.T
 
 
-def _check_stats(mu: np.ndarray, cov: np.ndarray, name: str) -> Tuple[np.ndarray, np.ndarray]:
+class CovarianceFactor(NamedTuple):
+  """A covariance S held as its factor: rows B (n, d) float64 with S = B^T B (rank <= n), what
+  `gaussian_fit` returns for fewer vectors than dimensions; `gaussian_frechet` takes it wherever
+  it takes a (d, d) covariance."""
+  rows: np.ndarray
+
+  def covariance(self) -> np.ndarray:
+    """The (d, d) matrix B^T B (O(d^2) memory: for tests and small d)."""
+    return self.rows.T @ self.rows
+
+
+Covariance = Union[np.ndarray, CovarianceFactor]
+
+
+def _check_stats(mu: np.ndarray, cov: Covariance, name: str) -> Tuple[np.ndarray, Covariance]:
   mu = np.asarray(mu, np.float64)
-  cov = np.asarray(cov, np.float64)
   if mu.ndim != 1:
     raise ValueError(f"{name}: mean must be a 1-D vector, got shape {mu.shape}")
+  if isinstance(cov, CovarianceFactor):
+    rows = np.asarray(cov.rows, np.float64)
+    if rows.ndim != 2 or rows.shape[1] != mu.size:
+      raise ValueError(f"{name}: covariance factor must be (n, {mu.size}), got {rows.shape}")
+    if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(rows))):
+      raise ValueError(f"{name}: mean and covariance must be finite")
+    return mu, CovarianceFactor(rows)
+  cov = np.asarray(cov, np.float64)
   if cov.shape != (mu.size, mu.size):
     raise ValueError(f"{name}: covariance must be ({mu.size}, {mu.size}), got {cov.shape}")
   if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(cov))):
@@ -101,19 +130,59 @@ def gaussian_stats(features, ddof: int = 1, *, mesh: Optional[Mesh] = None
   return mu, _gathered_columns(block, d)
 
 
+def gaussian_fit(features, ddof: int = 1, *, mesh: Optional[Mesh] = None
+                 ) -> Tuple[np.ndarray, Covariance]:
+  """The Gaussian fit of (n, d) features for `gaussian_frechet`: `gaussian_stats` (mu, cov) when
+  n >= d; (mu, CovarianceFactor(B)) with B = (features - mu) / sqrt(n - ddof) when n < d, the
+  same covariance B^T B in O(n d) memory (nothing to split over processes then: mesh is unused).
+  Raises ValueError as `gaussian_stats`."""
+  feats = np.asarray(features)
+  if feats.ndim != 2 or feats.shape[0] >= feats.shape[1]:
+    return gaussian_stats(features, ddof, mesh=mesh)
+  check_number(ddof, "ddof", low=0, high=1, integer=True)
+  feats = feats.astype(np.float64)
+  if feats.shape[0] <= ddof:
+    raise ValueError(f"need more than {ddof} samples for a covariance, got {feats.shape[0]}")
+  if not np.all(np.isfinite(feats)):
+    raise ValueError("features contain NaN or Inf")
+  mu = feats.mean(axis=0)
+  return mu, CovarianceFactor((feats - mu) / math.sqrt(feats.shape[0] - ddof))
+
+
+def _trace(cov: Covariance) -> float:
+  if isinstance(cov, CovarianceFactor):
+    return float(np.sum(cov.rows * cov.rows))
+  return float(np.trace(cov))
+
+
+def _sqrt_eigenvalue_sum(matrix: np.ndarray) -> float:
+  """sum sqrt(eigenvalues) of a symmetric PSD matrix (rounding-level negatives clipped)."""
+  matrix = 0.5 * (matrix + matrix.T)
+  return float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(matrix), 0.0, None))))
+
+
+def _trace_cross(cov1: Covariance, cov2: Covariance) -> float:
+  """tr((S1^(1/2) S2 S1^(1/2))^(1/2)), through n x n matrices where a side is factored."""
+  f1, f2 = isinstance(cov1, CovarianceFactor), isinstance(cov2, CovarianceFactor)
+  if f1 and f2:
+    return float(np.sum(np.linalg.svd(cov1.rows @ cov2.rows.T, compute_uv=False)))
+  if f1 or f2:
+    factor, full = (cov1, cov2) if f1 else (cov2, cov1)
+    return _sqrt_eigenvalue_sum(factor.rows @ (0.5 * (full + full.T)) @ factor.rows.T)
+  root1 = _psd_sqrt(cov1)
+  return _sqrt_eigenvalue_sum(root1 @ (0.5 * (cov2 + cov2.T)) @ root1)
+
+
 def gaussian_frechet(mu1, cov1, mu2, cov2) -> float:
-  """Frechet distance (squared W2) between N(mu1, cov1) and N(mu2, cov2); >= 0, symmetric."""
+  """Frechet distance (squared W2) between N(mu1, cov1) and N(mu2, cov2); >= 0, symmetric.
+  Each covariance is a (d, d) matrix or a `CovarianceFactor` (`gaussian_fit`)."""
   mu1, cov1 = _check_stats(mu1, cov1, "first")
   mu2, cov2 = _check_stats(mu2, cov2, "second")
   if mu1.shape != mu2.shape:
     raise ValueError(f"feature dimensions differ: {mu1.size} vs {mu2.size}")
-  root1 = _psd_sqrt(cov1)
-  inner = root1 @ (0.5 * (cov2 + cov2.T)) @ root1
-  inner = 0.5 * (inner + inner.T)
-  eigvals = np.clip(np.linalg.eigvalsh(inner), 0.0, None)
-  trace_cross = float(np.sum(np.sqrt(eigvals)))
+  trace_cross = _trace_cross(cov1, cov2)
   diff = mu1 - mu2
-  value = float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_cross)
+  value = float(diff @ diff + _trace(cov1) + _trace(cov2) - 2.0 * trace_cross)
   return max(value, 0.0)
 
 

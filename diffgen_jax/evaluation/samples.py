@@ -87,10 +87,11 @@ def fd_record(features, references: Mapping[str, Any], mesh: Optional[Mesh] = No
   reference, and G_FD = (FD_val - FD_train) / FD_train; plain floats.
 
   references: {"train": [(mu, cov) of each training subset], "val": (mu, cov)}
-  (`frechet.gaussian_stats`). mesh: optional, splits the features' covariance over processes
+  (`frechet.gaussian_fit`: cov a (F, F) matrix, or its factor when a set has fewer than F
+  vectors). mesh: optional, splits the features' covariance over processes
   (`frechet.gaussian_stats`).
   """
-  mu, cov = frechet.gaussian_stats(np.asarray(features).reshape(len(features), -1), mesh=mesh)
+  mu, cov = frechet.gaussian_fit(np.asarray(features).reshape(len(features), -1), mesh=mesh)
   subsets = [frechet.gaussian_frechet(mu, cov, *ref) for ref in references["train"]]
   fd_train = float(np.mean(subsets))
   fd_val = frechet.gaussian_frechet(mu, cov, *references["val"])
@@ -102,9 +103,10 @@ def sample_gap_fd(features, train_feature_subsets: Sequence, val_features
                   ) -> Tuple[float, float, float]:
   """(FD to training, averaged over the disjoint subsets; FD to validation; G_FD) of (n, F)
   features against raw reference feature sets (`fd_record` on their Gaussian fits)."""
-  references = {"train": [frechet.gaussian_stats(np.asarray(t).reshape(len(t), -1))
+  references = {"train": [frechet.gaussian_fit(np.asarray(t).reshape(len(t), -1))
                           for t in train_feature_subsets],
-                "val": frechet.gaussian_stats(np.asarray(val_features).reshape(len(val_features), -1))}
+                "val": frechet.gaussian_fit(np.asarray(val_features).reshape(len(val_features),
+                                                                              -1))}
   r = fd_record(features, references)
   return r["train"], r["val"], r["gap"]
 
@@ -193,7 +195,8 @@ class Setup:
   train_features: np.ndarray  # (R_train, F) features of the training rows feature_rows["train"]
   val_features: np.ndarray  # (R_val, F)
   reference_rows: Dict[str, Any]  # {"train": [rows of each subset], "val": rows} (split rows)
-  references: Dict[str, Dict[str, Any]]  # space -> {"train": [(mu, cov)], "val": (mu, cov)}
+  # space -> {"train": [(mu, cov)], "val": (mu, cov)}; cov a matrix or a factor (gaussian_fit)
+  references: Dict[str, Dict[str, Any]]
   stop_steps: np.ndarray  # early-stop steps evaluated
   probe_size: int
   overlap: bool
@@ -305,9 +308,11 @@ def prepare(train_images, val_images, features_fn, *, train_labels=None, val_lab
   subsets = [np.sort(train_perm[j * m:(j + 1) * m]) for j in range(num_train_subsets)]
   val_pos = np.sort(rng.permutation(len(feature_rows["val"]))[:m])
   references = {"features": {
-      "train": [frechet.gaussian_stats(train_features[pos], mesh=mesh) for pos in subsets],
-      "val": frechet.gaussian_stats(val_features[val_pos], mesh=mesh)}}
-  pixels = lambda images, rows: frechet.gaussian_stats(
+      "train": [frechet.gaussian_fit(train_features[pos], mesh=mesh) for pos in subsets],
+      "val": frechet.gaussian_fit(val_features[val_pos], mesh=mesh)}}
+  # (Pixels of a 64x64 RGB image: 12,288 values, more than the m images of a reference; their
+  # fits are then factors of (m, 12,288), not 1.2 GB covariances: `frechet.gaussian_fit`.)
+  pixels = lambda images, rows: frechet.gaussian_fit(
       featurize(features_lib.pixel_features, images, rows), mesh=mesh)
   references["pixels"] = {
       "train": [pixels(train_images, feature_rows["train"][pos]) for pos in subsets],
