@@ -276,8 +276,10 @@ def test_ladder_measures_the_hooks_last_snapshot(data_dir, hook_dir, tmp_path):
   """The ladder job on a hook's network (no run): its last file (wiener-10), recorded; the
   network's G(sigma) is the hook's denoiser's, computed directly on the same images and noise."""
   config = _hook_fields(_load_config("ladder", "smoke"), data_dir, hook_dir)
-  config.update(dict(local_rungs=(), gaussian_ranks=(), delta=0.0, make_plots=False))
+  config.update(dict(local_rungs=(), gaussian_ranks=(), delta=0.0, make_plots=True))
   res = jobs.run(config, str(tmp_path / "ladder"))
+  for name in ("ladder_r2.png", "ladder_calibration.png", "ladder_gap.png"):  # (no run_dir)
+    assert os.path.getsize(tmp_path / "ladder" / name) > 1000, name
   s = res["settings"]
   assert s["run_dir"] is None and s["step"] == "wiener-10.npz" and s["images_seen"] == 10000
   assert s["denoiser"] == config.model.denoiser and s["ema"] == "hook"
@@ -441,3 +443,13 @@ def test_hook_fields_are_checked_naming_them(data_dir, hook_dir, tmp_path):
   with pytest.raises(ConfigError, match=r"config\.model\.denoiser=.*make_bare' returns a bare "
                                         r"denoiser.* 'last\.npz' .* holds no number"):
     common.hook_series(_spec(hook_dir, "make_bare"), str(bad), (8, 8, 1), 10)
+
+
+def test_own_files_without_a_hook_say_to_set_the_hook(data_dir, hook_dir, tmp_path):
+  """A newcomer's slip: one's own network files in model.checkpoint without model.denoiser are
+  read as NVIDIA networks; the error says so and names the field to set (was a traceback)."""
+  config = _evaluate_config(data_dir, hook_dir)
+  config.model.denoiser = ""
+  with pytest.raises(ConfigError, match=r"config\.model\.checkpoint=.*snapshots.*holds no network "
+                                        r"snapshots.*set config\.model\.denoiser=MODULE:FUNCTION"):
+    jobs.run(config, str(tmp_path / "w"))

@@ -46,7 +46,13 @@ def validate_config(config) -> None:
 def run(config, workdir: str) -> Dict[str, Any]:
   """Converts the networks; returns the contents of WORKDIR/converted.json."""
   path = os.path.expanduser(config.model.checkpoint)
-  paths = nvidia.snapshot_paths(path, config.model.get("checkpoint_ema", "") or None)
+  try:
+    paths = nvidia.snapshot_paths(path, config.model.get("checkpoint_ema", "") or None)
+  except FileNotFoundError as err:  # (a directory of one's own network's files, most likely)
+    raise config_checks.ConfigError(
+        f"config.model.checkpoint={config.model.checkpoint!r}: {err}. Without "
+        "config.model.denoiser it names NVIDIA networks; for your own network's files set "
+        "config.model.denoiser=MODULE:FUNCTION (docs/own_network.md)") from None
   record_path = os.path.join(workdir, CONVERTED_FILE)
   record = {"checkpoint": path, "snapshots": {}}
   if os.path.exists(record_path):

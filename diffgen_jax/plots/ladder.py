@@ -113,7 +113,10 @@ def gaps(path: str, section: Dict[str, Any], title: str = "") -> None:
 def draw(results: Dict[str, Any], out_dir: str) -> List[str]:
   """Draws the three figures of a ladder results dict into out_dir; returns the paths."""
   s = results["settings"]
-  what = f"{os.path.basename(s['run_dir'].rstrip('/'))} step {s['step']}"
+  # A run's snapshot, or a hook's file (run_dir null, step the file name).
+  source = s["run_dir"] or s.get("snapshot") or ""
+  what = (f"{os.path.basename(source.rstrip('/'))} step {s['step']}" if s["run_dir"]
+          else os.path.basename(source))
   paths = [os.path.join(out_dir, name) for name in
            ("ladder_r2.png", "ladder_calibration.png", "ladder_gap.png")]
   r2_vs_sigma(paths[0], results["agreement"], title=f"Network vs analytic rungs ({what})")
