@@ -524,15 +524,20 @@ def test_fd_baselines_floor_and_ceiling_known_answers():
     copier, real = b["copier"][space], b["real"][space]
     assert copier["gap"] > 20 and copier["train"] < 0.05 * copier["val"]
     assert -1.0 < real["gap"] < -0.9 and real["val"] < 0.05 * real["train"]
-  # By hand: the copier's record is fd_record of the training rows it drew, whichever they are;
-  # fresh images have, against the validation reference, the FD of the leftover validation rows.
+  # By hand, from the documented draws (numpy default_rng([seed, 8]): the copier's rows, then the
+  # fresh rows among the validation rows outside the reference): the same records.
   pixels = lambda a: np.asarray(a).reshape(len(a), -1)
   ref_val = set(ctx.reference_rows["val"].tolist())
   left = np.array([i for i in range(30) if i not in ref_val])
   assert len(left) == 20  # m = min(10, 40 // 2, 30) = 10 rows are the reference
-  fds = [samples.fd_record(pixels(val[np.sort(rng.permutation(left)[:10])]),
-                           ctx.references["pixels"])["val"] for _ in range(20)]
-  assert min(fds) * 0.5 < b["real"]["pixels"]["val"] < max(fds) * 2
+  draw = np.random.default_rng([0, 8])
+  copied = np.sort(draw.choice(40, 10, replace=False))
+  fresh = np.sort(draw.permutation(left)[:10])
+  assert not set(fresh) & ref_val
+  for name, rows, images in (("copier", copied, train), ("real", fresh, val)):
+    want = samples.fd_record(pixels(images[rows]), ctx.references["pixels"])
+    for key in ("train", "val", "gap"):
+      assert b[name]["pixels"][key] == pytest.approx(want[key], rel=1e-6), (name, key)
   # Every validation image in the reference: no fresh images, the copier still measured.
   small = samples.prepare(train, val[:10], features_lib.pixel_features, num_samples=10,
                           num_steps=2, probe_size=2, grid_size=0, nn_similarity=False,
