@@ -379,10 +379,17 @@ def _runs(finding: str, mode: str):
   dit = lambda: _dit(mode, samples=True)
   if finding == "toy2d":
     return [("toy2d", _toy2d(mode), None)]
-  if finding == "paper_regime":  # (smoke: the plumbing on the shared smoke U-Net)
-    return [("unet", unet(), {"group": "U-Net", "value": 0}) if mode == "smoke" else
-            ("regime_unet", _regime_unet(mode), {"group": "U-Net (28x28, 1,024 images)",
-                                                 "value": 0})]
+  if finding == "paper_regime":  # (smoke: the plumbing on the shared smoke U-Net and its sweep)
+    if mode == "smoke":
+      return [("unet", unet(), {"group": "U-Net", "value": 0}),
+              ("factors_trained_unet", _factors(mode, ("trained",), "@run:unet"), None)]
+    regime = _regime_unet(mode)
+    # Guidance (CFG: the run dropped labels 10% of the time; autoguidance: its first snapshot as
+    # the negative) and every crop size the U-Net accepts, on the last snapshot, with each guided
+    # denoiser's sample gap.
+    factors = _factors(mode, ("trained",), "@run:regime_unet", data_from=regime)
+    return [("regime_unet", regime, {"group": "U-Net (28x28, 1,024 images)", "value": 0}),
+            ("factors_regime", factors, None)]
   if finding in ("training_time", "trajectory_overlap", "sample_gap"):
     return [("unet", unet(), {"group": "U-Net", "value": 0}),
             ("dit", dit(), {"group": "DiT", "value": 0})]

@@ -12,7 +12,8 @@ sampling at the peak sigma already shows (the paper: ~11%).
                                            # when it says so)
 
 Figures: peak_gap_over_training.png (peak G with its 95% interval), sample_gap.png (G_FD with a
-copier's and fresh real images' G_FD), and the run's own gap_over_training.png, errors.png,
+copier's and fresh real images' G_FD), guidance.png (peak G and G_FD over the guidance weight, CFG
+and autoguidance), peak_gap_vs_crop.png (peak G per crop size), and the run's own gap_over_training.png, errors.png,
 early_stop_gap_fd.png, trajectory_overlap.png, nn_similarity.png (<run>_*.png).
 """
 
@@ -83,7 +84,41 @@ def gather(ctx):
     common.line_plot(ctx.figure("sample_gap.png"), fd, xlabel="images seen",
                      ylabel="G_FD = (FD_val - FD_train) / FD_train", zero_line=True,
                      title="Sample-level gap, with a copier's and real images'")
-  return {"models": out}
+  factors = ctx.results.get("factors_regime") or ctx.results.get("factors_trained_unet")
+  return {"models": out, **(guidance_and_crops(ctx, factors) if factors else {})}
+
+
+def guidance_and_crops(ctx, results):
+  """The factors job's trained sweep on the run's last snapshot: peak G and G_FD per guidance
+  style and weight, peak G per crop size (the full image a marker of its own)."""
+  section = results["sweeps"]["trained"]
+  size = results["settings"]["image_shape"][0]
+  styles = [s for s in ("cfg", "autoguidance")
+            if common.factor_curves(results, "trained", s)]
+  guidance = {s: [{k: c.get(k) for k in ("value", "peak_gap", "peak_sigma", "peak_gap_low",
+                                         "peak_gap_high")}
+                  for c in common.factor_curves(results, "trained", s)] for s in styles}
+  crops = [{"crop_size": c["value"], "relative_crop": c["value"] / size, "peak_gap": c["peak_gap"],
+            "peak_sigma": c["peak_sigma"]}
+           for c in common.factor_curves(results, "trained", "receptive_field")]
+  sample_gap = section.get("sample_gap") or []
+  series = [("peak G", s, [r["value"] for r in rows], [r["peak_gap"] for r in rows])
+            for s, rows in guidance.items()]
+  series += [("G_FD (features)", s, [r["w"] for r in sample_gap if r["style"] == s],
+              [r["gap_fd_features"] for r in sample_gap if r["style"] == s]) for s in styles]
+  common.line_plot(ctx.figure("guidance.png"), series, panels=("peak G", "G_FD (features)"),
+                   xlabel="guidance weight w", ylabel="", zero_line=True,
+                   title="Guidance on the regime U-Net's last snapshot")
+  part = [c for c in crops if c["crop_size"] < size]
+  crop_series = [("crops", [c["relative_crop"] for c in part], [c["peak_gap"] for c in part])]
+  crop_series += [("full image", [1.0], [c["peak_gap"]], "*") for c in crops
+                  if c["crop_size"] >= size]
+  common.line_plot(ctx.figure("peak_gap_vs_crop.png"), crop_series, xlabel="crop size s / H",
+                   ylabel="peak G", title="Receptive field on the regime U-Net")
+  return {"guidance": guidance, "guidance_sample_gap": sample_gap, "crops": crops,
+          "factors_snapshot": {k: section.get(k) for k in (
+              "snapshot_step", "images_seen", "negative_snapshot_step", "negative_images_seen",
+              "label_dropout")}}
 
 
 if __name__ == "__main__":
