@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from diffgen_jax import config_checks, data
+from diffgen_jax import config_checks, data, defaults
 from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.data import builders, sources, stream
 from diffgen_jax.sharding import make_mesh
@@ -424,7 +424,9 @@ def test_validate_config(data_dir):
   ]
   for kw, msg in cases:
     with pytest.raises(ConfigError, match=msg):
-      config_checks.data_config(_config(**kw))
+      c = _config(**kw)  # each field's declaration (defaults.DATA), then what needs the disk
+      config_checks.check_settings(c, config_checks.settings_of(defaults.DATA), prefix="data")
+      config_checks.data_config(c)
   c = _config()
   del c["labels"]
   with pytest.raises(ConfigError, match="labels is missing"):

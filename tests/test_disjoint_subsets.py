@@ -53,7 +53,7 @@ def test_bad_side_is_a_clear_error():
   config = defaults.data_config("digits")
   config.subset_side = 0
   with pytest.raises(ConfigError, match="subset_side"):
-    config_checks.data_config(config)
+    config_checks.check_settings(config, config_checks.settings_of(defaults.DATA), prefix="data")
   config.subset_side = 2  # side 2 of the whole split is meaningless
   with pytest.raises(ConfigError, match="subset_size"):
     config_checks.data_config(config)

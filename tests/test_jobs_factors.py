@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import factors as factors_config
-from diffgen_jax import data
+from diffgen_jax import data, jobs
 from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.jobs import factors as factors_job
 from diffgen_jax.jobs import results as results_lib
@@ -28,7 +28,7 @@ def test_validate_config_names_the_field(field, value, message):
   section, _, key = field.rpartition(".")
   (config[section] if section else config)[key] = value
   with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-    factors_job.validate_config(config)
+    jobs.validate(config)  # each field's declaration (defaults.FACTORS), then the job's rules
 
 
 def test_trained_sweep_needs_a_run_dir():

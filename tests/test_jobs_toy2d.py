@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from diffgen_jax import edm, toy2d
+from diffgen_jax import edm, jobs, toy2d
 from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.jobs import results as results_lib
 from diffgen_jax.jobs import toy2d as toy2d_job
@@ -287,7 +287,7 @@ def test_validate_config_rejects(field, value, message):
   with node.ignore_type():
     node[leaf] = value
   with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as info:
-    toy2d_job.validate_config(config)
+    jobs.validate(config)  # each field's declaration (defaults.TOY2D), then the job's rules
   if field == "experiments":
     assert "flow_field" in str(info.value) and "frechet" in str(info.value)  # allowed values
 

@@ -1,7 +1,8 @@
-"""Numeric arguments and config fields are range-checked, with errors that name them (issue 10, kind 6).
+"""Numeric arguments are range-checked, with errors that name them; the rules between config fields.
 
 For every check: a bad value raises with the argument's (or field's) name in the message, and a good
 value at the boundary still works, with a known answer where there is one. Tiny shapes, no training.
+Each config field alone is checked against its declaration in tests/test_defaults.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from diffgen_jax import config_checks, denoisers, ema, jobs, models, samplers, t
 from diffgen_jax.evaluation import (frechet, kmeans, membership, neighbours, probes,
                                     reproducibility, timescales)
 from diffgen_jax.models import network as network_lib, nvidia
-from test_config_properties import _set  # sets a dotted config field of any type
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN, INF = float("nan"), float("inf")
@@ -337,7 +337,7 @@ def test_unconditional_network_only_checks_label_dtype():
 
 
 # ------------------------------------------------------------------------------------------------
-# Config fields of every job
+# Rules between config fields (each field alone: tests/test_defaults.py)
 
 
 def _config(name, variant=None):
@@ -345,76 +345,6 @@ def _config(name, variant=None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(variant) if variant else module.get_config()
-
-
-JOB_CONFIGS = {"factors": ("factors", None), "toy2d": ("toy2d", "paper"),
-               "ladder": ("ladder", None)}
-
-
-@pytest.mark.parametrize("job", sorted(config_checks.JOB_FIELD_RANGES))
-def test_every_job_range_names_a_field_of_its_config(job):
-  """A table entry whose field the config lacks would check nothing: every one must exist, hold
-  numbers, and be in range in the default config; NaN in it is refused by name."""
-  config = _config(*JOB_CONFIGS[job])
-  ranges = config_checks.JOB_FIELD_RANGES[job]
-  for field in ranges:
-    name = field[:-2] if field.endswith("[]") else field
-    config_checks.get(config, name)  # raises ConfigError "config.<field> is missing"
-  config_checks.field_ranges(config, config_checks.job_field_ranges(job))
-  for field in ranges:
-    name = field[:-2] if field.endswith("[]") else field
-    bad = config.copy_and_resolve_references()
-    _set(bad, name, (NAN,) if field.endswith("[]") else NAN)
-    with pytest.raises(config_checks.ConfigError, match=rf"config\.{name.replace('.', '[.]')}"):
-      config_checks.field_ranges(bad, config_checks.job_field_ranges(job))
-
-
-# (job, field, bad value, good boundary value): ranges stated from the jobs' documentation.
-CASES = [
-    ("factors", "chunk_size", 0, 1),
-    ("factors", "granularity.ks", (2, 2.5), (0, 2)),
-    ("factors", "model_error", -0.1, 0.0),
-    ("factors", "guidance.ws", (0.0, -1.0), (0.0,)),
-    ("factors", "trained.sample_gap_steps", 0, 1),
-    ("factors", "trained.snapshot", 1.5, -1),
-    ("toy2d", "seed", 2 ** 32, 2 ** 32 - 1),
-    ("toy2d", "quadrature.spacing", 0.0, 0.05),
-    ("toy2d", "frechet.ddof", 2, 1),
-    ("toy2d", "frechet.num_samples", 1, 2),
-    ("toy2d", "gap_vs_delta.deltas", (1.0, 0.0), (1e-3,)),
-    ("toy2d", "trajectories.num_plotted", -1, 0),
-    ("ladder", "step", -2, -1),
-    ("ladder", "num_images", 1, 2),
-    ("ladder", "delta", -0.5, 0.0),
-    ("ladder", "calibration.sizes", (0, 3), (1, 3)),
-]
-
-
-@pytest.mark.parametrize("job,field,bad,good", CASES)
-def test_job_fields_bad_refused_boundary_accepted(job, field, bad, good):
-  config = _config(*JOB_CONFIGS[job])
-  _set(config, field, bad)
-  with pytest.raises(config_checks.ConfigError, match=rf"config\.{field.replace('.', '[.]')}"):
-    config_checks.field_ranges(config, config_checks.job_field_ranges(job))
-  config = _config(*JOB_CONFIGS[job])  # fresh: a ConfigDict field keeps the type last set
-  _set(config, field, good)
-  config_checks.field_ranges(config, config_checks.job_field_ranges(job))
-
-
-@pytest.mark.parametrize("job", ["factors", "toy2d"])
-def test_jobs_validate_uses_the_job_table(job):
-  """Through jobs.validate (start-up), in a section the chosen sweeps do not even read."""
-  config = _config(job)
-  if job == "factors":
-    config.sweeps = ("delta",)
-    _set(config, "gradient_score.num_images", 0)
-    field = "gradient_score.num_images"
-  else:
-    config.experiments = ("flow_field",)
-    _set(config, "frechet.ddof", 3)
-    field = "frechet.ddof"
-  with pytest.raises(config_checks.ConfigError, match=rf"config\.{field.replace('.', '[.]')}"):
-    jobs.validate(config)
 
 
 def test_factors_sample_gap_samples_zero_or_at_least_two(tmp_path):
@@ -431,13 +361,35 @@ def test_factors_sample_gap_samples_zero_or_at_least_two(tmp_path):
     jobs.validate(config)  # no config.json in the run: the guidance check waits for the run
 
 
-def test_a_single_number_counts_as_a_list():
-  config = _config("factors")
-  _set(config, "delta.deltas", 0.3)
-  config_checks.field_ranges(config, config_checks.job_field_ranges("factors"))
-  _set(config, "delta.deltas", -0.3)
-  with pytest.raises(config_checks.ConfigError, match=r"config\.delta\.deltas\[0\]"):
-    config_checks.field_ranges(config, config_checks.job_field_ranges("factors"))
+def _run_dir(tmp_path):
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "config.json").write_text("{}")
+  return str(tmp_path / "run")
+
+
+@pytest.mark.parametrize("name,variant,changes,message", [
+    ("ladder", "smoke", {"calibration.sizes": (1, 4)}, r"config\.calibration\.sizes=\(1, 4\) "
+     "must be distinct odd"),
+    ("ladder", "smoke", {"calibration.sizes": (3, 3)}, r"config\.calibration\.sizes=\(3, 3\) "
+     "must be distinct odd"),
+    ("ladder", "smoke", {"local_rungs": ("LS", "LS")}, r"config\.local_rungs=.*distinct"),
+    ("factors", "local", {"num_sigmas": 1}, r"config\.num_sigmas=1 must be >= 2"),
+    ("quickstart", None, {"training.loss": "edm2"}, r"config\.training\.loss='edm2' needs "
+     r"config\.model\.family='edm2'"),
+])
+def test_rules_between_fields_name_them(tmp_path, name, variant, changes, message):
+  config = _config(name, variant)
+  if name == "ladder":
+    config.run_dir = _run_dir(tmp_path)
+  jobs.validate(config)  # the config as given passes
+  for field, value in changes.items():
+    section, _, key = field.rpartition(".")
+    (config[section] if section else config)[key] = value
+  with pytest.raises(config_checks.ConfigError, match=message):
+    jobs.validate(config)
+  if name == "factors":  # an explicit grid needs no num_sigmas
+    config.sigmas = (0.5, 1.0)
+    jobs.validate(config)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import time
 
 import jax
 
-from diffgen_jax import config_checks, progress
+from diffgen_jax import config_checks, defaults, progress
 from diffgen_jax.jobs import console
 
 # job name -> module whose `validate_config(config)` and `run(config, workdir)` run it (imported
@@ -52,25 +52,28 @@ def validate(config) -> str:
   """Checks every field the job named by config.job (and the jobs it chains) reads; returns the
   job's name. Raises config_checks.ConfigError naming the field."""
   job = config_checks.choice(config, "job", JOBS)
-  # Every float finite, also in the compute dtype (1e39 is inf in float32); every numeric field of
-  # the job's range table (config_checks.FIELD_RANGES, then JOB_FIELD_RANGES[job]) that the config
-  # has in its range.
+  # Every float finite, also in the compute dtype (1e39 is inf in float32); every declared field
+  # (defaults.JOB_SETTINGS: type, range, choices), except those this run does not read.
   config_checks.finite_floats(config)
-  unused = []  # sections this run does not read are not held to their ranges
-  if job == "train" and "evaluation" in config and not config.evaluation.get("after_training", True):
-    unused.append("evaluation.")
-  if "monitor" in config and not config.monitor.get("every_images", 0):
-    unused += ["monitor.num_images", "monitor.sigmas", "monitor.batch_size"]
-  job_ranges = config_checks.JOB_FIELD_RANGES.get(job, {})
-  config_checks.field_ranges(config, {f: bounds for f, bounds in config_checks.FIELD_RANGES.items()
-                                      if f not in job_ranges}, skip=unused)
+  settings = defaults.job_settings(job)
+  config_checks.check_settings(config, settings, skip=_unread(config, job, settings))
   if job == "evaluate":  # reads the run's data, model and training fields as well
     importlib.import_module(JOBS["train"]).validate_training_fields(config)
-  importlib.import_module(JOBS[job]).validate_config(config)
-  # The job's own table last: its validator's messages (which say more, e.g. "distinct odd") win
-  # where it looks, and the table covers what it leaves alone (sections no chosen sweep reads).
-  config_checks.field_ranges(config, job_ranges, skip=unused)
+  importlib.import_module(JOBS[job]).validate_config(config)  # the rules between fields
   return job
+
+
+def _unread(config, job: str, settings) -> list:
+  """The declared fields a run does not read, not held to their declarations: the evaluation's
+  when training does not end with it (but the seeds the monitor shares), the monitor's when off."""
+  monitor = "monitor" in config and config.monitor.get("every_images", 0)
+  unread = []
+  if job == "train" and "evaluation" in config and not config.evaluation.get("after_training", True):
+    unread += [f for f in settings if f.startswith("evaluation.") and not (
+        monitor and f in ("evaluation.noise_seed", "evaluation.subset_seed"))]
+  if not monitor:
+    unread += ["monitor.num_images", "monitor.sigmas", "monitor.batch_size"]
+  return unread
 
 
 def run(config, workdir: str):

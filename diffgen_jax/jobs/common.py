@@ -345,18 +345,12 @@ def data_of(config, data_dir: str = "") -> ml_collections.ConfigDict:
 def validate_snapshot_source(config) -> None:
   """config.run_dir (a train job's workdir), config.step (-1: the last snapshot) and config.ema;
   or a hook (config.model.denoiser set: run_dir '', step -1 = the last file under
-  model.checkpoint, ema 'first') measured on config.data. Raises ConfigError naming the field."""
-  run_dir = config_checks.get(config, "run_dir")
-  step = config_checks.get(config, "step")
-  if isinstance(step, bool) or not isinstance(step, int) or step < -1:
-    config_checks.fail("step", step, "must be -1 (the last snapshot) or a snapshot step >= 0")
-  ema_name = config_checks.get(config, "ema")
-  if not isinstance(ema_name, str) or not ema_name:
+  model.checkpoint, ema 'first') measured on config.data (each field alone: `defaults`'
+  `_snapshot_source`). Raises ConfigError naming the field."""
+  run_dir, step, ema_name = config.run_dir, config.step, config.ema
+  if not ema_name:
     config_checks.fail("ema", ema_name, "must be 'first' or the name of an EMA set of the "
                        "snapshot")
-  if not isinstance(config_checks.get(config, "data_dir"), str):
-    config_checks.fail("data_dir", config.data_dir, "must be a path string ('' = the run's "
-                       "data.data_dir)")
   if validate_hook(config):
     spec = config.model.denoiser
     if run_dir:
@@ -372,7 +366,7 @@ def validate_snapshot_source(config) -> None:
                          "(a hook gives one denoiser per snapshot)")
     config_checks.data_config(config.data)
     return
-  if not run_dir or not isinstance(run_dir, str):
+  if not run_dir:
     config_checks.fail("run_dir", run_dir, "must name a train job's workdir (or set "
                        "config.model.denoiser to measure a hook's network)")
   if not os.path.isdir(run_dir):

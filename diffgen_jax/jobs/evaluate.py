@@ -58,9 +58,9 @@ from diffgen_jax.sharding import LazyRows
 FIGURES_DIR = "evaluation"  # figures, the classifier and the sample grids, under the workdir
 CLASSIFIER_FILE = "classifier.npz"
 GRIDS_DIR = "sample_grids"
-FEATURES = ("classifier", "pixels", "hook")
+FEATURES = defaults.SAMPLES["feature"].choices
 FEATURES_FIELD = "evaluation.samples.features"
-SNAPSHOTS = ("all", "last")
+SNAPSHOTS = defaults.SAMPLES["snapshots"].choices
 PER_IMAGE_DIR = "per_image"  # <step>.npz: (N, S) per-image errors e_train, e_val of the first EMA
 MEMBERSHIP_FPR = 0.01  # the false-positive rate at which the membership TPR is read
 
@@ -70,23 +70,11 @@ MEMBERSHIP_FPR = 0.01  # the false-positive rate at which the membership TPR is 
 
 
 def validate_config(config) -> None:
-  """Every config.evaluation field the job reads (the train job runs this too before training)."""
+  """The rules of the config.evaluation fields the job reads (the train job runs this too before
+  training; each field alone: `defaults.EVALUATION`)."""
   e = config.evaluation
-  config_checks.positive(config, "evaluation.num_images")
-  config_checks.integer(config, "evaluation.subset_seed", 0)
-  config_checks.positive(config, "evaluation.batch_size")
-  if e.sigmas:
-    config_checks.sigma_grid(config, "evaluation.sigmas")
-  else:
-    config_checks.positive(config, "evaluation.num_sigmas")
-  config_checks.choice(config, "evaluation.ema", ("first", "all"))
-  config_checks.integer(config, "evaluation.noise_seed", 0)
-  config_checks.flag(config, "evaluation.model_vs_optimal")
-  if "optimal" in e:  # (declared in defaults; a config built without it measures y*)
-    config_checks.flag(config, "evaluation.optimal")
   if not common.validate_hook(config) and config.model.get("checkpoint"):
     convert.validate_config(config)
-  config_checks.numbers(config, "evaluation.at_sigmas", 0.0, strict=True, allow_empty=True)
   if "samples" in e:
     validate_sample_settings(e.samples)
 
@@ -111,33 +99,19 @@ def _with_defaults(settings) -> ml_collections.ConfigDict:
 
 
 def validate_sample_settings(settings) -> None:
-  """Raises config_checks.ConfigError naming config.evaluation.samples.<field>."""
-  settings = _with_defaults(settings)
-  root = ml_collections.ConfigDict({"evaluation": {"samples": settings.to_dict()
-                                                   if hasattr(settings, "to_dict") else settings}})
+  """Each field of config.evaluation.samples (`defaults.SAMPLES`) and the rules between them;
+  also run on a saved run's settings. Raises config_checks.ConfigError naming
+  config.evaluation.samples.<field>."""
+  s = _with_defaults(settings)
+  s = ml_collections.ConfigDict(s.to_dict() if hasattr(s, "to_dict") else s)
   p = "evaluation.samples."
-  config_checks.flag(root, p + "enabled")
-  for field in ("num_samples", "num_steps", "num_train_subsets", "early_stop_every", "probe_size"):
-    config_checks.positive(root, p + field)
-  for field in ("classifier_steps", "grid_size"):
-    config_checks.positive(root, p + field, allow_zero=True)
-  config_checks.integer(root, p + "reference_images", 0)
-  config_checks.choice(root, p + "feature", FEATURES)
-  config_checks.choice(root, p + "snapshots", SNAPSHOTS)
-  s = root.evaluation.samples
-  if s.num_samples < 2:
-    raise config_checks.ConfigError(f"config.{p}num_samples={s.num_samples} must be >= 2 "
-                                    "(a covariance needs two samples)")
+  config_checks.check_settings(s, config_checks.settings_of(defaults.SAMPLES), prefix=p[:-1])
   if s.reference_images and s.reference_images < 2 * s.num_train_subsets:
     raise config_checks.ConfigError(
         f"config.{p}reference_images={s.reference_images} must be 0 (every image) or >= 2 * "
         f"config.{p}num_train_subsets = {2 * s.num_train_subsets} (each FD reference subset "
         "needs 2 images)")
-  if not 0 < s.copy_ratio < 1:
-    raise config_checks.ConfigError(f"config.{p}copy_ratio={s.copy_ratio} must be in (0, 1)")
   spec = s.features
-  if not isinstance(spec, str):
-    config_checks.fail(FEATURES_FIELD, spec, f"must be '' or a hook written {hooks.SPEC_FORM}")
   if s.feature == "hook" and not spec:
     config_checks.fail(p + "feature", "hook", f"needs config.{FEATURES_FIELD}=MODULE:FUNCTION, a "
                        "factory f() -> features(images) -> (B, F)")

@@ -69,17 +69,11 @@ def denoised_file(sigma: float) -> str:
 
 
 def validate_config(config) -> None:
-  """Checks every field the job reads (`defaults.export_config`); ConfigError names the field."""
+  """The rules between the fields the job reads (each field alone: `defaults.EXPORT`);
+  ConfigError names the field."""
   config_checks.choice(config, "job", (JOB,))
   common.validate_snapshot_source(config)  # run_dir, step, ema, data_dir; or the hook, data
-  num_samples = config_checks.integer(config, "num_samples", 0)
-  config_checks.integer(config, "num_steps", 1)
-  config_checks.integer(config, "seed", 0)
-  config_checks.integer(config, "batch_size", 1)
-  sigmas = config_checks.numbers(config, "denoised.sigmas", 0.0, strict=True, allow_empty=True)
-  config_checks.integer(config, "denoised.num_images", 1)
-  config_checks.integer(config, "denoised.noise_seed", 0)
-  if num_samples == 0 and not len(sigmas):
+  if config.num_samples == 0 and not config_checks.entries(config.denoised.sigmas):
     fail("num_samples", 0, "with config.denoised.sigmas=() exports nothing: ask for samples or "
          "for D(x; sigma) at some sigmas")
 
@@ -222,7 +216,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
                       f"{results[results_lib.JOB_KEY]!r}: give the export job its own --workdir "
                       "(not the run's)")
   d = config.denoised
-  sigmas = config_checks.numbers(config, "denoised.sigmas", 0.0, strict=True, allow_empty=True)
+  sigmas = tuple(config_checks.entries(config.denoised.sigmas))
   train_split = None
   if hook or sigmas:  # (a hook's images: the data's shape and classes)
     train_split = common.load_split(run_config, "train")

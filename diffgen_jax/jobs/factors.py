@@ -78,20 +78,18 @@ import numpy as np
 from absl import logging
 
 from diffgen_jax import checkpointing, config_checks, data, defaults, edm, hooks, jsonio
-from diffgen_jax.config_checks import ConfigError, fail as _fail, integer as _int
+from diffgen_jax.config_checks import ConfigError, fail as _fail
 from diffgen_jax.denoisers import classifier_free_guided, crop_averaged, guided
 from diffgen_jax.evaluation import features
-from diffgen_jax.evaluation.sweeps import (GUIDANCE_STYLES, Setup, gap_curve, make_setup,
-                                           optimal_denoiser, score_curves, sweep_section,
-                                           sweep_delta, sweep_gradient_score, sweep_granularity,
+from diffgen_jax.evaluation.sweeps import (Setup, gap_curve, make_setup, optimal_denoiser,
+                                           score_curves, sweep_section, sweep_delta, sweep_gradient_score, sweep_granularity,
                                            sweep_guidance, sweep_receptive_field)
 from diffgen_jax.jobs import common, console, results as results_lib
 from diffgen_jax.models.network import (network_denoiser, params_for_crops,
                                         valid_network_crop_sizes)
 
-SWEEPS = ("delta", "granularity", "guidance", "receptive_field", "gradient_score", "trained")
-ANALYTIC_SWEEPS = SWEEPS[:-1]
-FEATURES = ("pixels", "classifier")
+SWEEPS, ANALYTIC_SWEEPS = defaults.FACTOR_SWEEPS, defaults.ANALYTIC_SWEEPS
+FEATURES = defaults.FACTOR_FEATURES
 PSEUDO_LABEL_DIR = "pseudo_labels"
 # Image side of the built-in datasets, to check crop sizes before anything is loaded (an unknown,
 # tfds-prepared dataset is checked once its images are loaded).
@@ -331,19 +329,6 @@ def _guided_sample_gaps(config, saved, guided_denoisers, workdir: str) -> List[D
 # Config, data and the job
 
 
-def _numbers(config, field: str, minimum: float = 0.0, strict: bool = False, integer=False,
-             allow_empty=False):
-  return config_checks.numbers(config, field, minimum, strict=strict, integer=integer,
-                               allow_empty=allow_empty)
-
-
-def _number(config, field: str, minimum: float = 0.0, strict: bool = False) -> float:
-  value = config_checks.get(config, field)
-  if isinstance(value, (tuple, list)):
-    _fail(field, value, "must be a single number")
-  return config_checks.number(config, field, minimum, strict=strict)
-
-
 def check_crop_sizes(sizes, image_size: int, field: str = "receptive_field.crop_sizes") -> None:
   """Crop sizes must satisfy image_size / 2 <= s <= image_size (2x2 corner crops cover the image)."""
   allowed = tuple(range((image_size + 1) // 2, image_size + 1))
@@ -354,51 +339,23 @@ def check_crop_sizes(sizes, image_size: int, field: str = "receptive_field.crop_
 
 
 def validate_config(config) -> None:
-  """Checks every field the chosen sweeps read; ConfigError names the field and allowed values."""
+  """The rules between the fields the chosen sweeps read (each field alone: `defaults.FACTORS`);
+  ConfigError names the field and allowed values."""
   config_checks.choice(config, "job", ("factors",))
-  sweeps = config_checks.subset(config, "sweeps", SWEEPS)
+  sweeps = config_checks.entries(config.sweeps)
   config_checks.data_config(config.data)
-  _int(config, "seed", 0)
-  _int(config, "num_images", 1)
-  _int(config, "noise_seed", 0)
-  _int(config, "subset_seed", 0)
-  _int(config, "batch_size", 1)
-  _int(config, "chunk_size", 1)
-  if config.sigmas:
-    config_checks.sigma_grid(config, "sigmas")
-  else:
-    _int(config, "num_sigmas", 2)
-  _number(config, "model_error")
+  if not config.sigmas and config.num_sigmas < 2:
+    _fail("num_sigmas", config.num_sigmas, "must be >= 2 (a log grid) when config.sigmas=()")
   size = NOMINAL_IMAGE_SIZES.get(config.data.name)
-  if "delta" in sweeps:
-    _numbers(config, "delta.deltas")
-  if "granularity" in sweeps:
-    _numbers(config, "granularity.ks", 0, integer=True)
-    _numbers(config, "granularity.deltas")
-    config_checks.choice(config, "granularity.features", FEATURES)
-    if config.granularity.features == "classifier":
-      path = config.granularity.classifier_params
-      if path and not os.path.exists(os.path.expanduser(path)):
-        _fail("granularity.classifier_params", path, "does not exist ('' trains a classifier)")
-      _int(config, "granularity.classifier_steps", 1)
-  if "guidance" in sweeps:
-    _numbers(config, "guidance.ws")
-    config_checks.subset(config, "guidance.styles", GUIDANCE_STYLES)
-    pos = _number(config, "guidance.delta_pos")
-    neg = _number(config, "guidance.delta_neg")
-    if neg <= pos:
-      _fail("guidance.delta_neg", neg, f"must be > guidance.delta_pos={pos} (the negative model "
-            "is the more error-prone one)")
-  if "receptive_field" in sweeps:
-    sizes = _numbers(config, "receptive_field.crop_sizes", 1, integer=True)
-    _numbers(config, "receptive_field.deltas")
-    if size is not None:
-      check_crop_sizes(sizes, size)
-  if "gradient_score" in sweeps or "trained" in sweeps:
-    _int(config, "gradient_score.num_sigmas", 1)
-  if "gradient_score" in sweeps:
-    _numbers(config, "gradient_score.deltas")
-    _int(config, "gradient_score.num_images", 1)
+  if "granularity" in sweeps and config.granularity.features == "classifier":
+    path = config.granularity.classifier_params
+    if path and not os.path.exists(os.path.expanduser(path)):
+      _fail("granularity.classifier_params", path, "does not exist ('' trains a classifier)")
+  if "guidance" in sweeps and config.guidance.delta_neg <= config.guidance.delta_pos:
+    _fail("guidance.delta_neg", config.guidance.delta_neg, f"must be > guidance.delta_pos="
+          f"{config.guidance.delta_pos} (the negative model is the more error-prone one)")
+  if "receptive_field" in sweeps and size is not None:
+    check_crop_sizes(config_checks.entries(config.receptive_field.crop_sizes), size)
   hook = common.validate_hook(config)
   if hook and "trained" not in sweeps:
     _fail("model.denoiser", config.model.denoiser, f"is read only by the 'trained' sweep, not by "
@@ -409,28 +366,16 @@ def validate_config(config) -> None:
       _fail("run_dir", run_dir, f"must be '' with config.model.denoiser="
             f"{config.model.denoiser!r}: the trained sweep measures the hook's network (or set "
             "model.denoiser='' to measure the run)")
-    if not hook and (not run_dir or not isinstance(run_dir, str)):
+    if not hook and not run_dir:
       _fail("run_dir", run_dir, "must name a train job's workdir for the 'trained' sweep (or set "
             "config.model.denoiser to measure a hook's network)")
     if not hook and not os.path.isdir(run_dir):
       _fail("run_dir", run_dir, "does not exist")
-    _numbers(config, "trained.ws")
-    config_checks.subset(config, "trained.styles", GUIDANCE_STYLES)
-    _numbers(config, "trained.crop_sizes", 1, integer=True, allow_empty=True)
     if size is not None and config.trained.crop_sizes:
       check_crop_sizes(tuple(config.trained.crop_sizes), size, "trained.crop_sizes")
-    for f in ("snapshot", "negative_snapshot"):
-      v = config_checks.get(config, f"trained.{f}")
-      if not isinstance(v, int) or isinstance(v, bool):
-        _fail(f"trained.{f}", v, "must be an integer index into the run's snapshots (-1: last)")
-    _int(config, "trained.gradient_images", 1)
-    gap_samples = _int(config, "trained.sample_gap_samples", 0)
-    if gap_samples == 1:
-      _fail("trained.sample_gap_samples", gap_samples, "must be 0 (off) or >= 2 (a Frechet "
-            "distance needs a covariance)")
-    _int(config, "trained.sample_gap_steps", 1)
-    if "allow_cfg_without_label_dropout" in config.trained:
-      config_checks.flag(config, "trained.allow_cfg_without_label_dropout")
+    if config.trained.sample_gap_samples == 1:
+      _fail("trained.sample_gap_samples", 1, "must be 0 (off) or >= 2 (a Frechet distance needs "
+            "a covariance)")
     # Refused at start-up, not at the end.
     if hook:
       check_guidance_of_hook(config)
@@ -567,7 +512,7 @@ def _settings(config, setup: Setup, train_split) -> Dict[str, Any]:
 
 def run(config, workdir: str) -> Dict[str, Any]:
   """Runs the configured sweeps; writes WORKDIR/results.json (after every sweep) and PNGs."""
-  sweeps = config_checks.subset(config, "sweeps", SWEEPS)
+  sweeps = config_checks.entries(config.sweeps)
   splits = load_splits(config)
   if "trained" in sweeps and not common.uses_hook(config):  # the run trained on config.data's
     common.compare_with_run(  # images: checked before any sweep

@@ -70,15 +70,14 @@ from typing import Any, Dict
 
 import numpy as np
 
-from diffgen_jax import config_checks, jsonio
+from diffgen_jax import config_checks, defaults, jsonio
 from diffgen_jax.config_checks import ConfigError, fail
 from diffgen_jax.evaluation import gap, ladder
 from diffgen_jax.jobs import common, console, results as results_lib
-from diffgen_jax.optimal_patches import BOUNDARIES, patch_composite_denoiser
+from diffgen_jax.optimal_patches import patch_composite_denoiser
 
 JOB = "ladder"
-LOCAL_RUNGS = ("LS", "ELS", "PSPC")
-INPUT_SETS = ("train", "val", "trajectory")
+LOCAL_RUNGS, INPUT_SETS = defaults.LOCAL_RUNGS, defaults.LADDER_INPUT_SETS
 
 
 # ------------------------------------------------------------------------------------------------
@@ -86,40 +85,20 @@ INPUT_SETS = ("train", "val", "trajectory")
 
 
 def validate_config(config) -> None:
-  """Checks every field the job reads; ConfigError names the field and what it allows."""
+  """The rules between the fields the job reads (each field alone: `defaults.LADDER`);
+  ConfigError names the field and what it allows."""
   config_checks.choice(config, "job", (JOB,))
   common.validate_snapshot_source(config)  # run_dir, step, ema, data_dir; or the hook, data
-  config_checks.integer(config, "num_images", 2)  # r2 needs an output variance: >= 2 states
-  if config.sigmas:
-    config_checks.sigma_grid(config, "sigmas")
-  else:
-    config_checks.integer(config, "num_sigmas", 1)
-  config_checks.integer(config, "noise_seed", 0)
-  config_checks.integer(config, "subset_seed", 0)
-  config_checks.integer(config, "batch_size", 1)
-  config_checks.integer(config, "trajectory.num_samples", 2)
-  config_checks.integer(config, "trajectory.num_steps", 1)
-  config_checks.integer(config, "trajectory.seed", 0)
-  sizes = config_checks.numbers(config, "calibration.sizes", 1, integer=True)
+  sizes = config_checks.entries(config.calibration.sizes)
   if any(k % 2 == 0 for k in sizes) or len(set(sizes)) != len(sizes):
     fail("calibration.sizes", tuple(sizes), "must be distinct odd integers >= 1 (window sizes)")
-  config_checks.choice(config, "calibration.on", INPUT_SETS)
-  config_checks.number(config, "delta", 0.0)
-  local = config_checks.get(config, "local_rungs")
-  if isinstance(local, str):
-    local = tuple(v for v in local.split(",") if v)
-  bad = [v for v in local if v not in LOCAL_RUNGS]
-  if bad or len(set(local)) != len(local):
-    fail("local_rungs", tuple(local), f"entries must be distinct values of {LOCAL_RUNGS} (() for none)")
-  config_checks.choice(config, "els_boundary", BOUNDARIES)
-  config_checks.flag(config, "gaussian_full")
-  config_checks.numbers(config, "gaussian_ranks", 1, integer=True, allow_empty=True)
-  config_checks.flag(config, "make_plots")
+  local = _local_rungs(config)
+  if len(set(local)) != len(local):
+    fail("local_rungs", tuple(local), "entries must be distinct")
 
 
 def _local_rungs(config):
-  local = config.local_rungs
-  return tuple(v for v in local.split(",") if v) if isinstance(local, str) else tuple(local)
+  return tuple(config_checks.entries(config.local_rungs))
 
 
 def _check_ranks(config, dim: int) -> None:

@@ -30,16 +30,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from diffgen_jax import config_checks, edm, jsonio, samplers, toy2d
-from diffgen_jax.config_checks import fail as _fail, integer as _int
+from diffgen_jax import config_checks, defaults, edm, jsonio, toy2d
+from diffgen_jax.config_checks import fail as _fail
 from diffgen_jax.denoisers import Denoiser, guided
 from diffgen_jax.jobs import console, results as results_lib
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
-from diffgen_jax.toy2d import (DATASETS, ESTIMATES, TEST_ANGLES, Gap, NoiseRule, Split,
-                               circle_points, lattice_rule, make_dataset, nearest_grid_sigma)
+from diffgen_jax.toy2d import (Gap, NoiseRule, Split, circle_points, lattice_rule, make_dataset,
+                               nearest_grid_sigma)
 
-EXPERIMENTS = ("flow_field", "relative_error", "gap_vs_delta", "gap_vs_density", "guidance",
-               "trajectories", "frechet")
+EXPERIMENTS = defaults.TOY2D_EXPERIMENTS
 GAP_EXPERIMENTS = ("gap_vs_delta", "gap_vs_density", "guidance")
 
 # Random streams: every draw is fold_in(key(seed), stream), so experiments never share draws by
@@ -58,7 +57,7 @@ def _split_from(section, config) -> Split:
 # ----------------------------------------------------------------------------------------------
 # The experiments. Each returns (results, plot_data); results is what goes into results.json.
 
-DTYPES = ("float32", "float64")
+DTYPES = defaults.TOY2D_DTYPES
 
 
 def _dtype(config):
@@ -476,89 +475,28 @@ def summarize(results: Dict) -> List[str]:
   return lines
 
 
-def _number(config, field: str, minimum: float = 0.0, strict: bool = True):
-  return config_checks.number(config, field, minimum, strict=strict)
-
-
-def _numbers(config, field: str, minimum: float = 0.0, strict: bool = True, integer=False):
-  return config_checks.numbers(config, field, minimum, strict=strict, integer=integer)
-
-
 def validate_config(config) -> None:
-  """Checks every field the chosen experiments read; raises ConfigError naming field and values."""
+  """The rules between the fields the chosen experiments read (each field alone:
+  `defaults.TOY2D`); raises ConfigError naming field and values."""
   config_checks.choice(config, "job", ("toy2d",))
-  experiments = config_checks.subset(config, "experiments", EXPERIMENTS)
-  _int(config, "seed", 0)
-  _number(config, "radius")
-  _number(config, "offset", 0.0, strict=False)
-  _int(config, "draws", 1)
-  _int(config, "sigma_grid_steps", 2)
-  config_checks.flag(config, "local_frame_draws")
-  estimate = config_checks.choice(config, "estimate", ESTIMATES)
-  compare = config_checks.flag(config, "compare_expected")
-  config_checks.choice(config, "dtype", DTYPES)
-  _int(config, "legacy_seed", 0)
-  if estimate == "expected" or compare:
-    spacing = _number(config, "quadrature.spacing")
-    radius = _number(config, "quadrature.radius")
+  experiments = config_checks.entries(config.experiments)
+  if config.estimate == "expected" or config.compare_expected:
+    spacing, radius = config.quadrature.spacing, config.quadrature.radius
     if radius <= spacing:
       _fail("quadrature.radius", radius, f"must be > quadrature.spacing={spacing}")
-  for name in experiments:
-    config_checks.get(config, name)
-    config_checks.choice(config, f"{name}.dataset", DATASETS)
-    if "offset" in config[name]:
-      _number(config, f"{name}.offset", 0.0, strict=False)
-    if name == "gap_vs_density":
-      _numbers(config, f"{name}.num_points", 2, strict=False, integer=True)
-    else:
-      _int(config, f"{name}.num_points", 2)
-  if "flow_field" in experiments:
-    indices = tuple(config.flow_field.get("sigma_indices", ()))
-    if indices:
-      _numbers(config, "flow_field.sigma_indices", 0, strict=False, integer=True)
-      if max(indices) >= config.sigma_grid_steps:
-        _fail("flow_field.sigma_indices", indices,
-              f"must be indices into the {config.sigma_grid_steps}-step grid (< sigma_grid_steps)")
-    else:
-      _numbers(config, "flow_field.sigmas")
-    _int(config, "flow_field.grid_size", 2)
-    _number(config, "flow_field.extent")
-  if "relative_error" in experiments:
-    _int(config, "relative_error.num_angles", 1)
-    _int(config, "relative_error.draws", 1)
-    _number(config, "relative_error.sigma")
-    config_checks.choice(config, "relative_error.test_angles", TEST_ANGLES)
-    config_checks.flag(config, "relative_error.all_training")
-    if estimate == "paper_draws":
-      _int(config, "relative_error.legacy_seed", 0)
-    _numbers(config, "relative_error.deltas", strict=False)
-  if "gap_vs_delta" in experiments:
-    _numbers(config, "gap_vs_delta.deltas")  # > 0: with delta = 0 the train error vanishes
-  if "gap_vs_density" in experiments:
-    _number(config, "gap_vs_density.delta")
-  if "guidance" in experiments:
-    _number(config, "guidance.delta_pos")
-    _number(config, "guidance.delta_neg")
-    _numbers(config, "guidance.weights", strict=False)
-  for name, min_samples in (("trajectories", 1), ("frechet", 2)):
-    if name in experiments:
-      _numbers(config, f"{name}.deltas", strict=False)
-      _int(config, f"{name}.num_samples", min_samples)
-      _int(config, f"{name}.num_steps", 1)
-      if name == "frechet":
-        config_checks.choice(config, "frechet.ddof", (0, 1))
-      config_checks.choice(config, f"{name}.solver", samplers.SOLVERS)
-  if "trajectories" in experiments:
-    plotted = _int(config, "trajectories.num_plotted", 0)
-    if plotted > config.trajectories.num_samples:
-      _fail("trajectories.num_plotted", plotted,
-            f"must be <= trajectories.num_samples={config.trajectories.num_samples}")
-    _number(config, "trajectories.tolerance")
+  indices = tuple(config.flow_field.get("sigma_indices", ()))
+  if "flow_field" in experiments and indices and max(indices) >= config.sigma_grid_steps:
+    _fail("flow_field.sigma_indices", indices,
+          f"must be indices into the {config.sigma_grid_steps}-step grid (< sigma_grid_steps)")
+  t = config.trajectories
+  if "trajectories" in experiments and t.num_plotted > t.num_samples:
+    _fail("trajectories.num_plotted", t.num_plotted,
+          f"must be <= trajectories.num_samples={t.num_samples}")
 
 
 def run(config, workdir: str) -> Dict[str, Dict]:
   """Runs the configured experiments; writes WORKDIR/results.json after each (+ PNGs)."""
-  experiments = config_checks.subset(config, "experiments", EXPERIMENTS)
+  experiments = config_checks.entries(config.experiments)
   make_plots = bool(config.get("make_plots", True))
   if make_plots:
     from diffgen_jax.plots import toy2d as toy_plots  # matplotlib only when plotting

@@ -81,39 +81,13 @@ def validate_config(config) -> None:
 
 
 def validate_training_fields(config) -> None:
-  """Every check of the run's training fields that needs no compilation and no devices (the
-  evaluate job reads them too); the model is checked against the data's shape in run()."""
-  config_checks.positive(config, "training.batch_size")
-  config_checks.positive(config, "training.total_images")
-  config_checks.positive(config, "training.lr")
-  config_checks.positive(config, "training.warmup_images", allow_zero=True)
-  config_checks.choice(config, "training.lr_schedule", training.LR_SCHEDULES)
-  config_checks.choice(config, "training.loss", training.LOSSES)
-  config_checks.choice(config, "training.ema.kind", training.EMA_KINDS)
-  config_checks.choice(config, "training.compute_dtype", ("float32", "bfloat16"))
-  config_checks.positive(config, "training.p_std")
-  config_checks.positive(config, "training.sigma_data")
-  config_checks.integer(config, "seed", 0)
-  config_checks.positive(config, "checkpoint.keep_states")
-  config_checks.positive(config, "sampling.grid_size", allow_zero=True)
-  config_checks.positive(config, "sampling.num_steps")
-  if not 0 <= config.training.label_dropout < 1:
-    raise config_checks.ConfigError(
-        f"config.training.label_dropout={config.training.label_dropout} must be in [0, 1)")
+  """The rules between the run's fields that need no compilation and no devices (the evaluate
+  job reads them too; each field alone: `defaults.TRAIN`); the model is checked against the
+  data's shape in run()."""
   if config.training.loss == "edm2" and config.model.family != "edm2":
     raise config_checks.ConfigError(
         f"config.training.loss='edm2' needs config.model.family='edm2' (the learned log-variance), "
         f"got {config.model.family!r}")
-  for field in ("checkpoint.state_every_images", "checkpoint.snapshot_every_images", "log_every_steps"):
-    config_checks.positive(config, field)
-  config_checks.positive(config, "monitor.every_images", allow_zero=True)
-  if config.monitor.every_images:
-    config_checks.positive(config, "monitor.num_images")
-    config_checks.positive(config, "monitor.batch_size")
-    config_checks.numbers(config, "monitor.sigmas", 0.0, strict=True)
-    config_checks.integer(config, "evaluation.noise_seed", 0)
-    config_checks.integer(config, "evaluation.subset_seed", 0)
-  config_checks.flag(config, "tensorboard")
   config_checks.choice(config, "model.family", models.FAMILIES)
   models.resolve(config.model)  # a field that conflicts with its preset: refused before any data
   config_checks.data_config(config.data)
