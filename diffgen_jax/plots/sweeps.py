@@ -44,14 +44,15 @@ def _band(ax, x, curve: Dict[str, Any], key: str, color) -> None:
 
 
 def _peak_bars(curves):
-  """(2, n) distances below and above each curve's peak to its interval's bounds, or None when
-  some curve lacks the interval (older results)."""
+  """(2, n) distances below and above each curve's peak to its interval's bounds (NaN, no bar,
+  where a bound is undefined), or None when some curve lacks the interval (older results)."""
   if not all(c.get("peak_gap_low") is not None and c.get("peak_gap_high") is not None
              and c.get("peak_gap") is not None for c in curves):
     return None
   peak = _array([c["peak_gap"] for c in curves])
   low, high = _array([c["peak_gap_low"] for c in curves]), _array([c["peak_gap_high"] for c in curves])
-  return np.stack([np.maximum(peak - low, 0.0), np.maximum(high - peak, 0.0)])
+  bars = np.stack([np.maximum(peak - low, 0.0), np.maximum(high - peak, 0.0)])
+  return np.where(np.isfinite(bars).all(axis=0), bars, np.nan)  # an undefined bound: no bar
 
 
 def _groups(curves: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
