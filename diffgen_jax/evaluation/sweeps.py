@@ -137,7 +137,9 @@ def _finite_peak(sigmas, values):
 
 def gap_curve(setup: Setup, denoise, label: str, value, group: str = "", *, conditional=False,
               train_y=None, val_y=None, params=None) -> Dict[str, Any]:
-  """E_train, E_val, G and its peak for one denoiser on the setup's evaluation subsets.
+  """E_train, E_val, G and its peak for one denoiser on the setup's evaluation subsets, with G's
+  95% bootstrap interval over the images (gap_low, gap_high; the peak's peak_gap_low,
+  peak_gap_high: see the module docstring).
 
   conditional: pass labels to the denoiser (train_y / val_y, default the true classes).
   """
