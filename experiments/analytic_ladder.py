@@ -47,17 +47,21 @@ def gather(ctx):
         "best_rung": s["best_rung"], "best_r2": s["best_r2"],
         "sigmas": {k: v["sigmas"] for k, v in res["agreement"].items()},
         "r2": {k: {r: a["r2"] for r, a in v["rungs"].items()} for k, v in res["agreement"].items()},
+        "r2_interval": {k: {r: common.interval(a, "r2") for r, a in v["rungs"].items()}
+                        for k, v in res["agreement"].items()},
         "calibration": {"on": cal["on"], "sigmas": cal["sigmas"],
                         "best_size": {m: v["best_size"] for m, v in cal["machines"].items()}},
         "gap_sigmas": res["gaps"]["sigmas"],
         "gap": {n: c["gap"] for n, c in res["gaps"]["denoisers"].items()},
+        "gap_interval": {n: common.interval(c, "gap") for n, c in res["gaps"]["denoisers"].items()},
         "gap_distance": s["gap_distance"], "closest_gap_rung": s["closest_gap_rung"],
         "closest_gap_rung_overall": s["closest_gap_rung_overall"],
         "most_often_best_rung": best_overall,
         "best_rung_predicts_gap": s["best_rung_predicts_gap"],
         "most_often_best_rung_is_closest_gap": best_overall == s["closest_gap_rung_overall"],
     }
-    r2_series += [(net, rung, traj["sigmas"], a["r2"]) for rung, a in traj["rungs"].items()]
+    r2_series += [(net, rung, traj["sigmas"], a["r2"], None, common.interval(a, "r2"))
+                  for rung, a in traj["rungs"].items()]
     size_series += [(f"{net} {m}", cal["sigmas"], v["best_size"])
                     for m, v in cal["machines"].items()]
     for name in ("ladder_r2.png", "ladder_calibration.png", "ladder_gap.png"):

@@ -225,8 +225,11 @@ def run_experiment(config, gather: Callable[[Context], Dict[str, Any]], *,
   return out
 
 
-def main(finding: str, gather: Callable[[Context], Dict[str, Any]]) -> None:
-  """The command line of every experiment script (absl; --config with --config.x=y overrides)."""
+def main(finding: str, gather: Callable[[Context], Dict[str, Any]],
+         replot: Optional[Callable[[str], None]] = None) -> None:
+  """The command line of every experiment script (absl; --config with --config.x=y overrides).
+  replot: the finding's `replot(results_dir)`, run by --replot (its figures again from the
+  results.json already in the results directory; nothing is run, results.json is kept)."""
   from absl import app, flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   config_flag = config_flags.DEFINE_config_file(
@@ -236,6 +239,8 @@ def main(finding: str, gather: Callable[[Context], Dict[str, Any]]) -> None:
                                   "config.runs_root, else runs/experiments/<mode>).")
   results_dir = flags.DEFINE_string("results_dir", None, "Output directory (default: "
                                     "config.results_dir, else experiments/results/<finding>).")
+  replot_flag = flags.DEFINE_bool("replot", False, "Only redraw the figures from the results.json "
+                                  "in the results directory (runs nothing).")
 
   def _main(argv):
     if len(argv) > 1:
@@ -246,6 +251,12 @@ def main(finding: str, gather: Callable[[Context], Dict[str, Any]]) -> None:
     if config.finding != finding:
       raise app.UsageError(f"--config is the {config.finding!r} finding's config; this script "
                            f"runs {finding!r} (use configs/experiments.py:{finding}[,mode])")
+    if replot_flag.value:
+      if replot is None:
+        raise app.UsageError(f"--replot: the {finding!r} finding cannot redraw its figures from "
+                             "its results.json; run it (finished runs are skipped)")
+      replot(output_dirs(config, runs_root.value, results_dir.value)[1])
+      return
     run_experiment(config, gather, runs_root=runs_root.value, results_dir=results_dir.value)
 
   app.run(_main)
@@ -266,6 +277,11 @@ def train_curves(results: Dict[str, Any]) -> Dict[str, Any]:
           "images_seen": [e["images_seen"] for e in entries],
           "gap": [r["gap"] for r in records], "e_train": [r["e_train"] for r in records],
           "e_val": [r["e_val"] for r in records], "peak_gap": s["peak_gap"],
+          # The 95% intervals over images (None in results written before the evaluate job kept
+          # them): G per snapshot, and the peak at its sigma.
+          "gap_low": [r.get("gap_low") for r in records],
+          "gap_high": [r.get("gap_high") for r in records],
+          "peak_gap_low": s.get("peak_gap_low"), "peak_gap_high": s.get("peak_gap_high"),
           "peak_sigma": s["peak_sigma"], "onset_images_seen": s.get("onset_images_seen"),
           "onset_rises": s.get("onset_rises"),
           "gap_at_sigmas": s.get("gap_at_sigmas", {})}
@@ -295,11 +311,49 @@ def _pyplot():
   return plt
 
 
+def _floats(values) -> np.ndarray:
+  return np.asarray([np.nan if v is None else v for v in values], np.float64)
+
+
 def _finite(x, y):
   x = np.asarray(x, np.float64)
-  y = np.asarray([np.nan if v is None else v for v in y], np.float64)
+  y = _floats(y)
   ok = np.isfinite(x) & np.isfinite(y)
   return x[ok], y[ok]
+
+
+def interval(entry: Dict[str, Any], key: str, index: Optional[int] = None):
+  """(entry[key + "_low"], entry[key + "_high"]) (the element `index` of each, when given), or None
+  when the entry does not carry them (results written before the intervals were kept): the fifth
+  element of a `line_plot` series."""
+  low, high = entry.get(f"{key}_low"), entry.get(f"{key}_high")
+  if low is None or high is None:
+    return None
+  return (low, high) if index is None else (low[index], high[index])
+
+
+def peak_intervals(curves: Sequence[Dict[str, Any]]):
+  """([peak_gap_low], [peak_gap_high]) of factor curves (a series' interval for line_plot), None
+  when one lacks them (results older than the intervals)."""
+  if not all(interval(c, "peak_gap") for c in curves):
+    return None
+  return [c["peak_gap_low"] for c in curves], [c["peak_gap_high"] for c in curves]
+
+
+def _draw_interval(ax, x, y, bounds, ok, color, bars: bool) -> None:
+  """The interval `bounds` = (low, high) of a series at its finite points ok: error bars or a
+  shaded band; a point whose bound is undefined gets none."""
+  low, high = (_floats(np.atleast_1d(b))[ok] for b in bounds)
+  defined = np.isfinite(low) & np.isfinite(high)
+  if not defined.any():
+    return
+  if bars:
+    ax.errorbar(x[defined], y[defined], yerr=np.stack([np.maximum(y - low, 0.0)[defined],
+                                                       np.maximum(high - y, 0.0)[defined]]),
+                fmt="none", ecolor=color, capsize=3, lw=1)
+  else:
+    ax.fill_between(x, np.where(defined, low, np.nan), np.where(defined, high, np.nan),
+                    color=color, alpha=0.2, lw=0)
 
 
 DECADES = 2.0  # an axis spanning at least this many decades of positive values is drawn in log
@@ -316,11 +370,14 @@ def spans_decades(values, decades: float = DECADES) -> bool:
 def line_plot(path: str, series: Sequence[tuple], *, xlabel: str, ylabel: str, title: str = "",
               logx: Optional[bool] = None, logy: Optional[bool] = None, zero_line: bool = False,
               panels: Optional[Sequence[str]] = None,
-              ylim: Optional[Tuple[float, float]] = None) -> None:
-  """series: (label, x, y[, style]) tuples; with `panels`, (panel, label, x, y[, style]) tuples,
-  one subplot per panel name; `ylim` clips the y axis (say so in the label). logx / logy: None
-  (default) draws an axis in log scale when its values span decades (`spans_decades`), True /
-  False force it (logy True: symlog, for values of both signs)."""
+              ylim: Optional[Tuple[float, float]] = None, bars: bool = False) -> None:
+  """series: (label, x, y[, style[, (low, high)]]) tuples; with `panels`, (panel, label, x, y[,
+  style[, (low, high)]]) tuples, one subplot per panel name; `ylim` clips the y axis (say so in
+  the label). logx / logy: None (default) draws an axis in log scale when its values span decades
+  (`spans_decades`), True / False force it (logy True: symlog, for values of both signs).
+  style None is the default "-o". (low, high): the series' interval, same length as y (None, or
+  no fifth element: a plain line, e.g. results older than the intervals; `interval`), drawn as a
+  shaded band, or as error bars with `bars` (peaks against a factor)."""
   plt = _pyplot()
   names = list(panels) if panels else [None]
   fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
@@ -332,10 +389,15 @@ def line_plot(path: str, series: Sequence[tuple], *, xlabel: str, ylabel: str, t
           continue
         s = s[1:]
       label, x, y = s[:3]
-      style = s[3] if len(s) > 3 else "-o"
-      x, y = _finite(x, y)
+      style = (s[3] if len(s) > 3 else None) or "-o"
+      bounds = s[4] if len(s) > 4 else None
+      x, y = np.asarray(x, np.float64), _floats(y)
+      ok = np.isfinite(x) & np.isfinite(y)
+      x, y = x[ok], y[ok]
       if len(x):
-        ax.plot(x, y, style, label=label, markersize=3)
+        line, = ax.plot(x, y, style, label=label, markersize=3)
+        if bounds is not None:
+          _draw_interval(ax, x, y, bounds, ok, line.get_color(), bars)
         xs += list(x)
         ys += list(y)
     if logx or (logx is None and spans_decades(xs)):
@@ -361,9 +423,15 @@ def line_plot(path: str, series: Sequence[tuple], *, xlabel: str, ylabel: str, t
 
 
 def gap_over_training_series(name: str, curves: Dict[str, Any]) -> List[tuple]:
-  """(panel, label, sigmas, G) per snapshot of a train run, for line_plot(panels=...)."""
-  return [(name, f"{seen} img", curves["sigmas"], g)
-          for seen, g in zip(curves["images_seen"], curves["gap"])]
+  """(panel, label, sigmas, G[, style, interval]) per snapshot of a train run, for
+  line_plot(panels=...); the last snapshot with its interval, where the results carry it (one
+  band: a band per snapshot would hide the curves)."""
+  out = [(name, f"{seen} img", curves["sigmas"], g)
+         for seen, g in zip(curves["images_seen"], curves["gap"])]
+  last = interval(curves, "gap", -1) if curves.get("gap_low") else None
+  if out and last is not None and last[0] is not None:
+    out[-1] = out[-1] + (None, last)
+  return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -376,34 +444,62 @@ def gap_sweep(ctx: Context) -> List[Dict[str, Any]]:
   out = []
   for name, group, value in ctx.sweep():
     c = train_curves(ctx.results[name])
-    out.append({"run": name, "group": group, "value": value, "sigmas": c["sigmas"],
-                "images_seen": c["images_seen"], "peak_gap": c["peak_gap"],
-                "final_gap": c["gap"][-1], "final_peak_gap": c["peak_gap"][-1],
-                "final_peak_sigma": c["peak_sigma"][-1]})
+    entry = {"run": name, "group": group, "value": value, "sigmas": c["sigmas"],
+             "images_seen": c["images_seen"], "peak_gap": c["peak_gap"],
+             "final_gap": c["gap"][-1], "final_peak_gap": c["peak_gap"][-1],
+             "final_peak_sigma": c["peak_sigma"][-1]}
+    if c["peak_gap_low"] and c["gap_low"][-1] is not None:  # the 95% intervals over images
+      entry.update({"peak_gap_low": c["peak_gap_low"], "peak_gap_high": c["peak_gap_high"],
+                    "final_gap_low": c["gap_low"][-1], "final_gap_high": c["gap_high"][-1],
+                    "final_peak_gap_low": c["peak_gap_low"][-1],
+                    "final_peak_gap_high": c["peak_gap_high"][-1]})
+    out.append(entry)
+  return out
+
+
+def peak_series(entries: Sequence[Dict[str, Any]], x_key: str) -> List[tuple]:
+  """(group, x, final peak G, None, interval) per group of `gap_sweep` entries, for
+  line_plot(bars=True) (style None: the default); the interval None where an entry lacks it."""
+  groups = list(dict.fromkeys(e["group"] for e in entries))
+  out = []
+  for g in groups:
+    mine = [e for e in entries if e["group"] == g]
+    bounds = None
+    if all(interval(e, "final_peak_gap") for e in mine):
+      bounds = ([e["final_peak_gap_low"] for e in mine], [e["final_peak_gap_high"] for e in mine])
+    out.append((g, [e[x_key] for e in mine], [e["final_peak_gap"] for e in mine], None, bounds))
   return out
 
 
 def gap_sweep_figures(ctx: Context, entries: List[Dict[str, Any]], *, x_key: str, xlabel: str,
                       logx: Optional[bool] = None, extra_series: Sequence[tuple] = (),
-                      one_panel: bool = False) -> None:
-  """The three figures of a sweep: peak G vs the swept value (per group), the last snapshot's
-  G(sigma) per run, and the peak G over training per run: one panel per group, or every run in
-  one panel with `one_panel` (when the groups are settings of one factor, to be compared)."""
+                      one_panel: bool = False,
+                      draw_peaks: Optional[Callable[[str], None]] = None) -> None:
+  """The three figures of a sweep: peak G vs the swept value (per group, `peak_series`, then
+  extra_series; or draw_peaks(path) instead), the last snapshot's G(sigma) per run, and the
+  peak G over training per run: one panel per group, or every run in one panel with `one_panel`
+  (when the groups are settings of one factor, to be compared). Each drawn with its 95% interval
+  over images where the entries carry it. ctx: anything with .figure(filename) and
+  .config.finding (a `Context`)."""
   groups = list(dict.fromkeys(e["group"] for e in entries))
-  line_plot(ctx.figure("peak_gap_vs_value.png"),
-            [(g, [e[x_key] for e in entries if e["group"] == g],
-              [e["final_peak_gap"] for e in entries if e["group"] == g]) for g in groups]
-            + list(extra_series),
-            xlabel=xlabel, ylabel="peak G (last snapshot)", logx=logx,
-            title=f"{ctx.config.finding}: peak denoising gap")
+  with_intervals = all(interval(e, "final_peak_gap") for e in entries)
+  if draw_peaks is not None:
+    draw_peaks(ctx.figure("peak_gap_vs_value.png"))
+  else:
+    line_plot(ctx.figure("peak_gap_vs_value.png"), peak_series(entries, x_key) + list(extra_series),
+              xlabel=xlabel, logx=logx, bars=True,
+              ylabel="peak G (last snapshot)" + (", 95% interval" if with_intervals else ""),
+              title=f"{ctx.config.finding}: peak denoising gap")
   label = lambda e: f"{e['group']} {e['value']}"
   panel = (lambda e: ctx.config.finding) if one_panel else (lambda e: e["group"])
   panels = [ctx.config.finding] if one_panel else groups
   line_plot(ctx.figure("gap_curves.png"),
-            [(panel(e), label(e), e["sigmas"], e["final_gap"], "-") for e in entries],
+            [(panel(e), label(e), e["sigmas"], e["final_gap"], "-", interval(e, "final_gap"))
+             for e in entries],
             panels=panels, xlabel="sigma", ylabel="G(sigma), last snapshot", logx=True,
             zero_line=True, title=f"{ctx.config.finding}: G(sigma)")
   line_plot(ctx.figure("peak_gap_over_training.png"),
-            [(panel(e), label(e), e["images_seen"], e["peak_gap"]) for e in entries],
+            [(panel(e), label(e), e["images_seen"], e["peak_gap"], None, interval(e, "peak_gap"))
+             for e in entries],
             panels=panels, xlabel="images seen", ylabel="peak G", zero_line=True,
             title=f"{ctx.config.finding}: peak G over training")

@@ -27,11 +27,13 @@ def gather(ctx):
              ["gradient_score"]}
   out, series = {}, []
   for name, section in sources.items():
-    curves = [{"label": c["label"], "split": c["group"], "score": c["score"]}
+    curves = [{"label": c["label"], "split": c["group"], "score": c["score"],
+               **{k: c[k] for k in ("score_low", "score_high") if k in c}}
               for c in section["curves"]]
     out[name] = {"sigmas": section["sigmas"], "curves": curves}
     series += [(name, c["label"], section["sigmas"], c["score"],
-                "-o" if c["split"] == "train" else "--s") for c in curves]
+                "-o" if c["split"] == "train" else "--s", common.interval(c, "score"))
+               for c in curves]
   common.line_plot(ctx.figure("gradient_score.png"), series, panels=list(sources), logx=True,
                    xlabel="sigma", ylabel="mean distance looked at (pixels)",
                    title="Input-gradient correlation score")

@@ -31,15 +31,19 @@ def gather(ctx):
   for panel, curves in (("analytic y_delta", analytic), ("trained U-Net", trained)):
     for style in STYLES:
       mine = [c for c in curves if c["group"] == style]
-      series.append((panel, style, [c["value"] for c in mine], [c["peak_gap"] for c in mine]))
-  common.line_plot(ctx.figure("peak_gap_vs_w.png"), series,
+      series.append((panel, style, [c["value"] for c in mine], [c["peak_gap"] for c in mine],
+                     None, common.peak_intervals(mine)))
+  common.line_plot(ctx.figure("peak_gap_vs_w.png"), series, bars=True,
                    panels=("analytic y_delta", "trained U-Net"), xlabel="guidance weight w",
-                   ylabel="peak G", title="Guidance and the denoising gap")
+                   ylabel="peak G (95% interval over images where kept)",
+                   title="Guidance and the denoising gap")
   common.line_plot(ctx.figure("trained_gap_curves.png"),
-                   [(c["group"], c["label"], sigmas, c["gap"], "-") for c in trained],
+                   [(c["group"], c["label"], sigmas, c["gap"], "-", common.interval(c, "gap"))
+                    for c in trained],
                    panels=STYLES, xlabel="sigma", ylabel="G(sigma)", logx=True, zero_line=True,
                    title="Trained U-Net, guided")
-  keep = ("label", "group", "value", "peak_gap", "peak_sigma", "gap")
+  keep = ("label", "group", "value", "peak_gap", "peak_sigma", "gap", "gap_low", "gap_high",
+          "peak_gap_low", "peak_gap_high")
   section = trained_results["sweeps"]["trained"]
   sample_gap = section.get("sample_gap") or []
   if sample_gap:
@@ -51,8 +55,8 @@ def gather(ctx):
                             ("copy fraction", "copy_fraction")) for style in STYLES],
         panels=("G_FD (classifier features)", "copy fraction"), xlabel="guidance weight w",
         ylabel="", title="Trained U-Net, guided: the sample level")
-  return {"analytic": [{k: c.get(k) for k in keep} for c in analytic],
-          "trained": [{k: c.get(k) for k in keep} for c in trained], "sigmas": sigmas,
+  return {"analytic": [{k: c.get(k) for k in keep if k in c} for c in analytic],
+          "trained": [{k: c.get(k) for k in keep if k in c} for c in trained], "sigmas": sigmas,
           "trained_sample_gap": sample_gap,
           "trained_run": {k: section.get(k) for k in ("snapshot_step", "images_seen",
                                                       "negative_snapshot_step",

@@ -54,10 +54,7 @@ def gather(ctx):
          "peak_sigma": s["peak_sigma"], "sigmas": sigmas, "gap_last": last["gap"],
          "gap_last_low": last.get("gap_low"), "gap_last_high": last.get("gap_high"),
          "gap_at_smallest_sigma": last["gap"][0]}
-    peaks += [(group, m["images_seen"], m["peak_gap"])]
-    if m["peak_gap_low"]:
-      peaks += [(f"{group}: 95% interval", m["images_seen"], m["peak_gap_low"], "--"),
-                ("", m["images_seen"], m["peak_gap_high"], "--")]
+    peaks += [(group, m["images_seen"], m["peak_gap"], None, common.interval(m, "peak_gap"))]
     if samples.get("snapshots"):
       ss = samples["summary"]
       steps = sorted(samples["snapshots"], key=int)

@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import common  # noqa: E402
 
 FINDING = "receptive_field"
+INTERVAL_KEYS = ("gap_low", "gap_high", "peak_gap_low", "peak_gap_high")
 
 
 def gather(ctx):
@@ -32,17 +33,21 @@ def gather(ctx):
     out[name] = {"sigmas": sigmas, "crop_sizes_skipped": results["sweeps"][sweep].get(
         "crop_sizes_skipped", {}), "curves": [
             {"crop_size": c["value"], "relative_crop": c["value"] / size, "label": c["label"],
-             "peak_gap": c["peak_gap"], "peak_sigma": c["peak_sigma"], "gap": c["gap"]}
+             "peak_gap": c["peak_gap"], "peak_sigma": c["peak_sigma"], "gap": c["gap"],
+             **{k: c[k] for k in INTERVAL_KEYS if k in c}}
             for c in curves]}
     # Crops (s < H) are one family of denoisers; the full image (s = H, no crop) is another: a
     # marker of its own, not the end of a line through the crops.
     crops = [c for c in curves if c["value"] < size]
-    series.append((name, [c["value"] / size for c in crops], [c["peak_gap"] for c in crops]))
-    series += [(f"{name}: full image", [1.0], [c["peak_gap"]], "*") for c in curves
-               if c["value"] >= size]
-    curves_series += [(name, c["label"], sigmas, c["gap"], "-") for c in curves]
+    series.append((name, [c["value"] / size for c in crops], [c["peak_gap"] for c in crops],
+                   None, common.peak_intervals(crops)))
+    series += [(f"{name}: full image", [1.0], [c["peak_gap"]], "*", common.peak_intervals([c]))
+               for c in curves if c["value"] >= size]
+    curves_series += [(name, c["label"], sigmas, c["gap"], "-", common.interval(c, "gap"))
+                      for c in curves]
   common.line_plot(ctx.figure("peak_gap_vs_crop.png"), series, xlabel="crop size s / H",
-                   ylabel="peak G", title="Receptive field and the denoising gap")
+                   bars=True, ylabel="peak G (95% interval over images where kept)",
+                   title="Receptive field and the denoising gap")
   common.line_plot(ctx.figure("gap_curves.png"), curves_series, panels=list(denoisers),
                    xlabel="sigma", ylabel="G(sigma)", logx=True, zero_line=True,
                    title="G(sigma) per crop size")

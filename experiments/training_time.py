@@ -46,8 +46,10 @@ def gather(ctx):
                    panels=names, xlabel="sigma", ylabel="G(sigma)", logx=True, zero_line=True,
                    title="Denoising gap over training time")
   common.line_plot(ctx.figure("peak_gap_vs_images.png"),
-                   [(g, m["images_seen"], m["peak_gap"]) for g, m in models.items()],
-                   xlabel="images seen", ylabel="peak G", zero_line=True,
+                   [(g, m["images_seen"], m["peak_gap"], None, common.interval(m, "peak_gap"))
+                    for g, m in models.items()],
+                   xlabel="images seen", ylabel="peak G (95% interval over images where kept)",
+                   zero_line=True,
                    title="Peak denoising gap over training")
   common.line_plot(ctx.figure("gap_at_sigmas.png"),
                    [(g, f"sigma={s}", m["images_seen"], v) for g, m in models.items()

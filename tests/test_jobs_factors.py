@@ -9,6 +9,7 @@ import pytest
 from configs import factors as factors_config
 from diffgen_jax import data, jobs
 from diffgen_jax.config_checks import ConfigError
+from diffgen_jax.evaluation import sweeps
 from diffgen_jax.jobs import factors as factors_job
 from diffgen_jax.jobs import results as results_lib
 
@@ -39,6 +40,12 @@ def test_trained_sweep_needs_a_run_dir():
     factors_config.get_config("local,bogus")
 
 
+def _assert_within(low, value, high):
+  """low <= value <= high wherever all three are numbers (null: G infinite, no interval)."""
+  rows = [(a, v, b) for a, v, b in zip(low, value, high) if None not in (a, v, b)]
+  assert rows and all(a <= v + 1e-12 and v <= b + 1e-12 for a, v, b in rows), (low, value, high)
+
+
 def test_job_writes_results_and_plots(data_dir, tmp_path):
   config = factors_config.get_config("local")
   config.data.data_dir = data_dir
@@ -64,10 +71,18 @@ def test_job_writes_results_and_plots(data_dir, tmp_path):
     for c in section["curves"]:
       assert {"label", "group", "value"} <= set(c)
       if name == "gradient_score":
-        assert len(c["score"]) == 2
+        assert len(c["score"]) == len(c["score_low"]) == len(c["score_high"]) == 2
+        _assert_within(c["score_low"], c["score"], c["score_high"])
         continue
       assert len(c["gap"]) == len(c["e_train"]) == len(c["e_val"]) == 5
       assert c["peak_sigma"] in section["sigmas"] and np.isfinite(c["peak_gap"])
+      # The 95% interval over images, beside every value; the peak's at the peak's sigma.
+      assert len(c["gap_low"]) == len(c["gap_high"]) == 5
+      _assert_within(c["gap_low"], c["gap"], c["gap_high"])
+      i = section["sigmas"].index(c["peak_sigma"])
+      assert (c["peak_gap_low"], c["peak_gap_high"]) == (c["gap_low"][i], c["gap_high"][i])
+      assert c["peak_gap_low"] <= c["peak_gap"] <= c["peak_gap_high"]
+    assert section["interval"] == {**sweeps.INTERVAL}  # seeded, recorded
     png = ["gradient_score.png"] if name == "gradient_score" else [f"{name}.png", f"{name}_peak.png"]
     for p in png:
       assert os.path.getsize(os.path.join(workdir, p)) > 1000

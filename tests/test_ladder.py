@@ -266,3 +266,91 @@ def test_calibration_ties_within_rounding_go_to_the_smaller_size():
   assert ladder.first_least([-np.inf, 1.0, -np.inf]) == 0
   assert ladder.first_least([np.inf, np.nan, np.inf]) == 0
   assert ladder.first_least([1.0, -np.inf], relative=False) == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Intervals over the inputs
+
+
+def _r2_reference(net_out, an_out, num_resamples, seed, confidence=0.95):
+  """Brute force: build each resampled set explicitly (inputs repeated by their counts) and take
+  agreement_from_outputs' r2 on it (SST about that set's own mean), then the percentiles."""
+  from diffgen_jax.evaluation import timescales  # pylint: disable=import-outside-toplevel
+  s, b = net_out.shape[:2]
+  counts = timescales.resample_counts(b, num_resamples, seed)
+  sigmas = np.linspace(0.5, 1.0, s)
+  r2 = np.stack([ladder.agreement_from_outputs(net_out[:, np.repeat(np.arange(b), c)],
+                                               an_out[:, np.repeat(np.arange(b), c)], sigmas).r2
+                 for c in counts])
+  tail = 50 * (1 - confidence)
+  return np.percentile(r2, tail, axis=0), np.percentile(r2, 100 - tail, axis=0)
+
+
+def test_r2_interval_equals_the_brute_force_bootstrap_and_holds_the_point():
+  rng = np.random.default_rng(0)
+  net = rng.normal(size=(3, 12, 4, 4, 1))
+  an = net + rng.normal(scale=[[[[[0.2]]]], [[[[0.6]]]], [[[[1.5]]]]], size=net.shape)
+  low, high = ladder.r2_interval(net, an, num_resamples=200, seed=5)
+  ref_low, ref_high = _r2_reference(net, an, 200, 5)
+  np.testing.assert_allclose(low, ref_low, rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(high, ref_high, rtol=1e-9, atol=1e-12)
+  point = ladder.agreement_from_outputs(net, an, np.ones(3)).r2
+  assert np.all(low <= point) and np.all(point <= high) and np.all(low < high)
+
+
+def test_r2_interval_known_cases():
+  rng = np.random.default_rng(1)
+  net = rng.normal(size=(2, 10, 3, 3, 1))
+  # The rung equals the network: r2 = 1 on every resample.
+  low, high = ladder.r2_interval(net, net.copy())
+  np.testing.assert_array_equal(low, [1.0, 1.0]) and np.testing.assert_array_equal(high, [1.0, 1.0])
+  # The rung outputs the network's own mean image: SSE = SST on the full set, r2 = 0; a resample
+  # has SSE = SST + B ||its mean - the full mean||^2 >= SST, so r2 <= 0 on every resample.
+  mean = np.broadcast_to(net.mean(axis=1, keepdims=True), net.shape)
+  low, high = ladder.r2_interval(net, mean)
+  assert np.all(high <= 1e-12) and np.all(low < 0)
+  # A network whose output does not vary: r2 is 1 where the rung agrees exactly, -inf elsewhere.
+  flat = np.ones((1, 6, 2, 2, 1))
+  assert ladder.r2_interval(flat, flat) == (np.array([1.0]), np.array([1.0]))
+  # A non-finite output: no interval (NaN), as r2 itself is NaN.
+  bad = net.copy()
+  bad[1, 0, 0, 0, 0] = np.nan
+  low, high = ladder.r2_interval(net, bad)
+  assert np.isfinite(low[0]) and np.isnan(low[1]) and np.isnan(high[1])
+  with pytest.raises(ValueError, match="confidence"):
+    ladder.r2_interval(net, net, confidence=1.0)
+  with pytest.raises(ValueError, match="net_out and an_out"):
+    ladder.r2_interval(net, net[:, :5])
+
+
+def test_r2_interval_width_shrinks_as_one_over_root_n():
+  """4x the inputs: about half the width (0.5 within +-20%: the spread of per-input errors is
+  estimated to ~1/sqrt(2B), 9% at B = 60, and the percentile ends of 1000 resamples to ~5%;
+  seeded, so deterministic)."""
+  rng = np.random.default_rng(2)
+  widths = []
+  for b in (60, 240):
+    net = rng.normal(size=(1, b, 3, 3, 1))
+    an = net + rng.normal(scale=0.7, size=net.shape)
+    low, high = ladder.r2_interval(net, an)
+    widths.append(float(high[0] - low[0]))
+  assert 0.4 <= widths[1] / widths[0] <= 0.6, widths
+
+
+def test_ladder_agreement_and_rung_gaps_carry_their_intervals():
+  train, val = _data(8), _data(6, seed=3)
+  sigmas = np.array([0.2, 2.0])
+  inputs = ladder.noised_inputs(val, sigmas)
+  rungs = dict(ls3=local_denoiser(train, 3), gaussian=gaussian_denoiser(train))
+  report = ladder.ladder_agreement(rungs["ls3"], rungs, dict(val=(inputs, sigmas, None)))
+  a = report["val"]["gaussian"]
+  net_out = ladder.network_outputs(rungs["ls3"], inputs, sigmas)
+  an_out = ladder.network_outputs(rungs["gaussian"], inputs, sigmas)
+  np.testing.assert_array_equal(a.r2, ladder.agreement_from_outputs(net_out, an_out, sigmas).r2)
+  np.testing.assert_array_equal((a.r2_low, a.r2_high), ladder.r2_interval(net_out, an_out))
+  assert np.all(a.r2_low <= a.r2) and np.all(a.r2 <= a.r2_high)
+  assert ladder.ladder_agreement(rungs["ls3"], rungs, dict(val=(inputs, sigmas, None)),
+                                 intervals=False)["val"]["gaussian"].r2_low is None
+  gaps = ladder.rung_gaps(rungs, train, val, np.array([0.5, 3.0]))
+  for c in gaps.values():
+    assert np.all(c["gap_low"] <= c["gap"]) and np.all(c["gap"] <= c["gap_high"])

@@ -93,6 +93,11 @@ def test_job_writes_results_figures_and_the_library_numbers(run_dir, tmp_path):
     for a in section["rungs"].values():
       assert len(a["mse"]) == len(a["r2"]) == len(section["sigmas"])
       assert all(m >= 0 for m in a["mse"]) and all(r is None or r <= 1.0 for r in a["r2"])
+      # r2's 95% interval over the set's inputs, beside it.
+      assert len(a["r2_low"]) == len(a["r2_high"]) == len(a["r2"])
+      assert all(lo <= r + 1e-9 and r <= hi + 1e-9 for lo, r, hi in
+                 zip(a["r2_low"], a["r2"], a["r2_high"]) if None not in (lo, r, hi))
+  assert s["interval"] == ladder.INTERVAL
 
   # An independent recomputation with the library on the snapshot's network: the same numbers.
   split = common.load_split(_run_config(run_dir), "train")  # the run's data config
@@ -112,6 +117,11 @@ def test_job_writes_results_figures_and_the_library_numbers(run_dir, tmp_path):
     got = res["agreement"]["train"]["rungs"][rung_name]
     np.testing.assert_allclose(got["mse"], expected.mse, rtol=1e-5, err_msg=rung_name)
     np.testing.assert_allclose(got["r2"], expected.r2, rtol=1e-5, atol=1e-6, err_msg=rung_name)
+    net_out, an_out = (ladder.network_outputs(d, inputs, sigmas, y) for d in (net, rung))
+    # (r2 near 1 at tiny sigma is 1 - a rounding-level ratio: compared absolutely)
+    np.testing.assert_allclose((got["r2_low"], got["r2_high"]),
+                               ladder.r2_interval(net_out, an_out), rtol=1e-4, atol=1e-5,
+                               err_msg=rung_name)
   ls = ladder.ladder_rungs(train_all, labels_all, ls_size={
       float(k): int(v) for k, v in zip(cal["sigmas"], cal["machines"]["LS"]["best_size"])})["LS"]
   np.testing.assert_allclose(res["agreement"]["train"]["rungs"]["LS"]["mse"],
@@ -127,6 +137,8 @@ def test_job_writes_results_figures_and_the_library_numbers(run_dir, tmp_path):
     ok = [(gv, ev, et) for gv, ev, et in zip(c["gap"], c["e_val"], c["e_train"]) if gv is not None]
     for gv, ev, et in ok:
       assert gv == pytest.approx((ev - et) / et, rel=1e-9)
+    assert all(lo <= gv <= hi for lo, gv, hi in zip(c["gap_low"], c["gap"], c["gap_high"])
+               if None not in (lo, gv, hi))
 
   # The summary names, per sigma, the rung of the highest r2; and the closest G curve.
   summ = res["summary"]

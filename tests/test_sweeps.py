@@ -158,3 +158,101 @@ def test_gap_curve_split_over_the_mesh_equals_one_device():
     np.testing.assert_allclose(split[key], one[key], rtol=1e-5, err_msg=key)
   # sigma = 0.01 << delta: y_delta is nearly the identity, so the error is about sigma^2 per pixel.
   np.testing.assert_allclose([one["e_train"][0], one["e_val"][0]], 1e-4, rtol=0.25)
+
+
+# ------------------------------------------------------------------------------------------------
+# Intervals over the evaluation images
+
+
+def _zero_denoiser(x, sigma, labels):
+  """D = 0: each image's error is mean(y^2) whatever the noise (a known per-image error)."""
+  del sigma, labels
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  return jnp.zeros_like(x)
+
+
+def _constant_images(value, n):
+  return np.full((n, H, H, 1), value, np.float32)
+
+
+def _interval_setup(train, val):
+  return fs.make_setup(train, None, val, None, 0, SIGMAS, num_images=len(train),
+                       batch_size=len(train))
+
+
+def test_gap_curve_interval_holds_the_point_and_is_seeded():
+  rng = np.random.default_rng(3)
+  setup = _interval_setup(rng.uniform(-1, 1, (32, H, H, 1)).astype(np.float32),
+                          rng.uniform(-0.9, 0.9, (32, H, H, 1)).astype(np.float32))
+  c = fs.gap_curve(setup, _zero_denoiser, "zero", 0.0)
+  assert np.all(c["gap_low"] <= c["gap"]) and np.all(c["gap"] <= c["gap_high"])
+  assert np.all(c["gap_low"] < c["gap_high"])  # images that differ: an interval of some width
+  # The bootstrap is gap.bootstrap_relative_gap on the per-image errors with the recorded seed.
+  _, per_train = gap.denoising_errors(_zero_denoiser, setup.train_x, ids=setup.train_ids,
+                                      sigmas=SIGMAS, return_per_image=True)
+  _, per_val = gap.denoising_errors(_zero_denoiser, setup.val_x, ids=setup.val_ids, sigmas=SIGMAS,
+                                    noise_seed=1, return_per_image=True)
+  low, high = gap.bootstrap_relative_gap(per_val, per_train, seed=fs.INTERVAL["seed"],
+                                         num_resamples=fs.INTERVAL["num_resamples"],
+                                         confidence=fs.INTERVAL["confidence"])
+  np.testing.assert_array_equal(c["gap_low"], low)
+  np.testing.assert_array_equal(c["gap_high"], high)
+  again = fs.gap_curve(setup, _zero_denoiser, "zero", 0.0)
+  np.testing.assert_array_equal(again["gap_low"], c["gap_low"])  # seeded: reproducible
+  # The peak's interval is the curve's at the peak's sigma.
+  i = list(SIGMAS).index(c["peak_sigma"])
+  assert (c["peak_gap_low"], c["peak_gap_high"]) == (c["gap_low"][i], c["gap_high"][i])
+  assert c["peak_gap_low"] <= c["peak_gap"] <= c["peak_gap_high"]
+
+
+def test_gap_interval_collapses_for_identical_per_image_errors():
+  # Every training image 0.5, every validation image 0.7: E_train = 0.25, E_val = 0.49 for every
+  # image, so every resample gives G = 0.96 exactly.
+  setup = _interval_setup(_constant_images(0.5, 16), _constant_images(0.7, 16))
+  c = fs.gap_curve(setup, _zero_denoiser, "zero", 0.0)
+  expected = (0.7 ** 2 - 0.5 ** 2) / 0.5 ** 2
+  np.testing.assert_allclose(c["gap"], expected, rtol=1e-6)
+  np.testing.assert_array_equal(c["gap_low"], c["gap"])
+  np.testing.assert_array_equal(c["gap_high"], c["gap"])
+  assert c["peak_gap_low"] == c["peak_gap"] == c["peak_gap_high"]
+
+
+def test_gap_interval_width_shrinks_as_one_over_root_n():
+  """4x the images: about half the width. Tolerance: the width is ~ 2 * 1.96 * sd / sqrt(n) with
+  sd the images' spread; its sample estimate varies by ~1/sqrt(2n) (9% at n = 64) and the
+  percentile ends of 1000 resamples by ~5%: the ratio is 0.5 within +-20% (~2 standard errors);
+  the draw is seeded, so the test is deterministic."""
+  rng = np.random.default_rng(0)
+  widths = []
+  for n in (64, 256):
+    setup = _interval_setup(rng.uniform(-1, 1, (n, H, H, 1)).astype(np.float32),
+                            rng.uniform(-1, 1, (n, H, H, 1)).astype(np.float32) * 1.2)
+    c = fs.gap_curve(setup, _zero_denoiser, "zero", 0.0)
+    widths.append(np.mean(np.asarray(c["gap_high"]) - np.asarray(c["gap_low"])))
+  assert 0.4 <= widths[1] / widths[0] <= 0.6, widths
+
+
+def test_sweep_sections_record_the_interval_settings():
+  section = fs.sweep_delta(_setup(num_classes=0), (0.3,))
+  assert section["interval"]["seed"] == 0 and section["interval"]["confidence"] == 0.95
+  c = section["curves"][0]
+  finite = np.isfinite(c["gap_low"]) & np.isfinite(c["gap_high"])
+  assert finite.any()
+  assert np.all(c["gap_low"][finite] <= c["gap"][finite] + 1e-12)
+  assert np.all(c["gap"][finite] <= c["gap_high"][finite] + 1e-12)
+
+
+def test_score_interval_is_the_bootstrap_of_the_mean_over_finite_entries():
+  rng = np.random.default_rng(1)
+  per = rng.uniform(1, 3, (3, 20))  # (S, N)
+  per[1, :5] = np.nan  # no dependence on the input for 5 images at one sigma
+  per[2, :] = 2.0  # identical per-image scores: the interval collapses
+  low, high = fs.score_interval(per)
+  mean = np.nanmean(per, axis=1)
+  assert np.all(low <= mean) and np.all(mean <= high)
+  assert low[2] == high[2] == 2.0
+  # Without NaN it is the library's bootstrap of a mean with the same seed.
+  from diffgen_jax.evaluation import timescales  # pylint: disable=import-outside-toplevel
+  ref = timescales.bootstrap_mean_interval(per[0], num_resamples=fs.INTERVAL["num_resamples"],
+                                           seed=fs.INTERVAL["seed"])
+  np.testing.assert_allclose((low[0], high[0]), ref, rtol=1e-12)

@@ -28,7 +28,9 @@ from diffgen_jax import progress, samplers
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
 from diffgen_jax.denoisers import Denoiser, check_labels, check_sigma, is_array_pytree
-from diffgen_jax.evaluation.gap import denoising_errors, image_noise, relative_gap
+from diffgen_jax.evaluation import timescales
+from diffgen_jax.evaluation.gap import (bootstrap_relative_gap, denoising_errors, image_noise,
+                                        relative_gap)
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
 from diffgen_jax.optimal_patches import (BOUNDARIES, PatchSize, equivariant_local_denoiser,
                                          gaussian_denoiser, local_denoiser,
@@ -38,11 +40,21 @@ from diffgen_jax.sharding import batch_multiple, fetch, put_batch
 MACHINES = ("ls", "els")
 
 
+# The intervals of r2 and of the rungs' G: 95% percentile bootstrap over the inputs (images or
+# trajectories), seeded so they are reproducible (the factor sweeps' `sweeps.INTERVAL` settings).
+INTERVAL = {"confidence": 0.95, "num_resamples": 1000, "seed": 0,
+            "method": "percentile bootstrap over the inputs of each set (r2 = 1 - SSE / SST "
+                      "recomputed on each resample); over the images of each split for G"}
+
+
 class Agreement(NamedTuple):
   """Per-sigma agreement of a network with an analytic denoiser on one input set."""
   sigmas: np.ndarray  # (S,)
   mse: np.ndarray  # (S,) mean squared difference per pixel
   r2: np.ndarray  # (S,) 1 - E||D_net - D_an||^2 / E||D_net - mean D_net||^2
+  # (S,) INTERVAL's bootstrap interval of r2 over the inputs (`r2_interval`); None when not asked.
+  r2_low: Optional[np.ndarray] = None
+  r2_high: Optional[np.ndarray] = None
 
 
 def noised_inputs(images, sigmas, *, ids=None, noise_seed: int = 0) -> np.ndarray:
@@ -178,6 +190,43 @@ def agreement_from_outputs(net_out, an_out, sigmas) -> Agreement:
   return Agreement(np.asarray(sigmas, np.float64), sq / diff[0].size, r2)
 
 
+def r2_interval(net_out, an_out, *, num_resamples: int = INTERVAL["num_resamples"],
+                seed: int = INTERVAL["seed"], confidence: float = INTERVAL["confidence"]):
+  """(low (S,), high (S,)): percentile bootstrap interval of r2 over the B inputs of each sigma.
+
+  net_out, an_out: (S, B, ...) outputs as for `agreement_from_outputs`. One resample (the same
+  multinomial counts for every sigma: the inputs are the same images at every sigma) reweights
+  the inputs; r2 = 1 - SSE / SST is recomputed on it, SST about the resample's own mean output:
+  with weights c_i (sum B), d_i = D_net - D_an, u_i = D_net - mean D_net,
+      SSE = sum c_i ||d_i||^2,   SST = sum c_i ||u_i||^2 - ||sum c_i u_i||^2 / B.
+  A resample where SST is 0 gets r2 as `agreement_from_outputs` defines it (1 or -inf); a
+  non-finite output gives NaN bounds. Raises ValueError for mismatched shapes, or for a bad
+  num_resamples, seed or confidence (naming it).
+  """
+  net_out, an_out = np.asarray(net_out, np.float64), np.asarray(an_out, np.float64)
+  if net_out.ndim < 2 or net_out.shape != an_out.shape:
+    raise ValueError(f"net_out and an_out must both be (S, B, ...), got shapes {net_out.shape} "
+                     f"and {an_out.shape}")
+  check_number(confidence, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)
+  s, b = net_out.shape[:2]
+  counts = timescales.resample_counts(b, num_resamples, seed)  # (R, B)
+  tail = 50.0 * (1.0 - confidence)
+  low, high = np.full(s, np.nan), np.full(s, np.nan)
+  for j in range(s):  # one sigma at a time: (R, pixels) at most
+    d = (net_out[j] - an_out[j]).reshape(b, -1)
+    u = (net_out[j] - net_out[j].mean(axis=0)).reshape(b, -1)  # centred: no cancellation below
+    if not (np.all(np.isfinite(d)) and np.all(np.isfinite(u))):
+      continue
+    sse = timescales.resampled_means(np.sum(d * d, axis=1), counts)  # (R,) SSE / B
+    mean_u = timescales.resampled_means(u, counts)  # (R, pixels)
+    sst = timescales.resampled_means(np.sum(u * u, axis=1), counts) - np.sum(mean_u ** 2, axis=1)
+    sst = np.maximum(sst, 0.0)  # rounding of the identity above
+    with np.errstate(divide="ignore", invalid="ignore"):
+      r2 = np.where(sst > 0, 1.0 - sse / sst, np.where(sse == 0, 1.0, -np.inf))
+      low[j], high[j] = np.percentile(r2, tail), np.percentile(r2, 100.0 - tail)
+  return low, high
+
+
 def agreement(network: Denoiser, analytic: Denoiser, inputs, sigmas, labels=None, *,
               batch_size: int = 256, mesh=None) -> Agreement:
   """Per-sigma mse and r2 (normalised by the network's output variance) on inputs (S, B, H, W, C).
@@ -194,9 +243,12 @@ def agreement(network: Denoiser, analytic: Denoiser, inputs, sigmas, labels=None
 
 
 def ladder_agreement(network: Denoiser, rungs: Mapping[str, Denoiser],
-                     input_sets: Mapping[str, tuple], *, batch_size: int = 256, mesh=None
-                     ) -> Dict[str, Dict[str, Agreement]]:
+                     input_sets: Mapping[str, tuple], *, batch_size: int = 256, mesh=None,
+                     intervals: bool = True) -> Dict[str, Dict[str, Agreement]]:
   """{input set: {rung: Agreement}} for every rung against the network on every input set.
+
+  intervals: also each r2's bootstrap interval over the set's inputs (`r2_interval`, INTERVAL's
+  settings: Agreement.r2_low / r2_high).
 
   input_sets: {name: (inputs (S, B, H, W, C), sigmas (S,), labels (B,) or None)}, e.g.
   "train" / "val" from `noised_inputs`, "trajectory" from `trajectory_inputs`. The network is run
@@ -212,7 +264,11 @@ def ladder_agreement(network: Denoiser, rungs: Mapping[str, Denoiser],
       net = out(network)
       report[set_name] = {}
       for name, rung in rungs.items():
-        report[set_name][name] = agreement_from_outputs(net, out(rung), sigmas)
+        an = out(rung)
+        a = agreement_from_outputs(net, an, sigmas)
+        if intervals:
+          a = a._replace(**dict(zip(("r2_low", "r2_high"), r2_interval(net, an))))
+        report[set_name][name] = a
         bar.update(1)
   return report
 
@@ -373,18 +429,22 @@ def rung_gaps(rungs: Mapping[str, Denoiser], train_images, val_images, sigmas, t
               ) -> Dict[str, Dict[str, np.ndarray]]:
   """Each rung's own E_train, E_val and G(sigma) = (E_val - E_train) / E_train, computed by the gap
   evaluation (`evaluation.gap.denoising_errors`, the same seeded per-image noise) on the given
-  training-image and validation-image subsets (arrays or sources). mesh: optional; every batch is
-  split over its data axis.
+  training-image and validation-image subsets (arrays or sources), with G's 95% bootstrap interval
+  over the images (gap_low, gap_high: `gap.bootstrap_relative_gap` with INTERVAL's settings; NaN
+  where G or its resamples are infinite). mesh: optional; every batch is split over its data axis.
   Reports its progress (`progress.track`, one unit per rung)."""
   check_number(noise_seed, "noise_seed", low=0, integer=True)
   _check_batch_size(batch_size)
   out = {}
-  kw = dict(noise_seed=noise_seed, batch_size=batch_size, mesh=mesh)
+  kw = dict(noise_seed=noise_seed, batch_size=batch_size, mesh=mesh, return_per_image=True)
+  boot = {k: INTERVAL[k] for k in ("num_resamples", "seed", "confidence")}
   with progress.track("ladder: G(sigma) of the rungs", len(rungs), "rungs") as bar:
     for name, rung in rungs.items():
-      e_train = denoising_errors(rung, train_images, train_labels, sigmas, **kw)
-      e_val = denoising_errors(rung, val_images, val_labels, sigmas, **kw)
+      e_train, per_train = denoising_errors(rung, train_images, train_labels, sigmas, **kw)
+      e_val, per_val = denoising_errors(rung, val_images, val_labels, sigmas, **kw)
       with np.errstate(divide="ignore", invalid="ignore"):
-        out[name] = dict(e_train=e_train, e_val=e_val, gap=relative_gap(e_val, e_train))
+        low, high = bootstrap_relative_gap(per_val, per_train, **boot)
+        out[name] = dict(e_train=e_train, e_val=e_val, gap=relative_gap(e_val, e_train),
+                         gap_low=low, gap_high=high)
       bar.update(1)
   return out

@@ -7,10 +7,19 @@ one seeded noise draw per image (`gap`; seed `noise_seed` for train, `noise_seed
 validation, as in the evaluate job). Every sweep returns a section: a list of labelled curves, one
 denoiser per factor value, all of them pure `denoise(x, sigma, labels)` functions evaluated by the
 same `gap.denoising_errors`:
-    {"factor", "sigmas", "value_name", "curves": [{"label", "group", "value", "e_train", "e_val",
-     "gap", "peak_sigma", "peak_gap"}], ...}
+    {"factor", "sigmas", "value_name", "interval", "curves": [{"label", "group", "value",
+     "e_train", "e_val", "gap", "gap_low", "gap_high", "peak_sigma", "peak_gap", "peak_gap_low",
+     "peak_gap_high"}], ...}
 Where E_train is 0 (y* recalls the noisy training images exactly at small sigma) G is infinite;
 peaks are taken over the finite values.
+
+Intervals: gap_low / gap_high are the 95% percentile bootstrap interval of G(sigma) over the
+evaluation images (`gap.bootstrap_relative_gap`, the evaluate job's: each split's images resampled
+independently, INTERVAL's seed and resample count, so they are reproducible); NaN (JSON null) where
+G or its resamples are infinite. peak_gap_low / peak_gap_high are that interval at the peak's sigma
+(the peak's location held fixed, as the evaluate job's summary reports it). The gradient score's
+curves carry score_low / score_high, the same bootstrap of their mean over images. The section's
+"interval" records the settings.
 
 Analytic sweeps (the "network" is the exact optimal denoiser y* of the training set, or the toy
 model's y_delta built on it; `optimal`):
@@ -42,15 +51,19 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from diffgen_jax import progress
+from diffgen_jax import edm, progress
 from diffgen_jax.denoisers import crop_averaged, crop_offsets, guided
-from diffgen_jax.evaluation import features, gap, kmeans
+from diffgen_jax.evaluation import features, gap, kmeans, timescales
 from diffgen_jax.evaluation.gradient_score import gradient_correlation_vs_sigma
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
 from diffgen_jax.data.splits import SUBSET_STREAMS, seeded_rows
 from diffgen_jax.sharding import LazyRows
 
 GUIDANCE_STYLES = ("cfg", "autoguidance")
+# Every interval of the sweeps: 95% percentile bootstrap over the evaluation images, seeded.
+INTERVAL = {"confidence": 0.95, "num_resamples": 1000, "seed": 0,
+            "method": "percentile bootstrap over the evaluation images (each split resampled "
+                      "independently for G)"}
 
 
 class Setup(NamedTuple):
@@ -124,7 +137,9 @@ def _finite_peak(sigmas, values):
 
 def gap_curve(setup: Setup, denoise, label: str, value, group: str = "", *, conditional=False,
               train_y=None, val_y=None, params=None) -> Dict[str, Any]:
-  """E_train, E_val, G and its peak for one denoiser on the setup's evaluation subsets.
+  """E_train, E_val, G and its peak for one denoiser on the setup's evaluation subsets, with G's
+  95% bootstrap interval over the images (gap_low, gap_high; the peak's peak_gap_low,
+  peak_gap_high: see the module docstring).
 
   conditional: pass labels to the denoiser (train_y / val_y, default the true classes).
   """
@@ -133,20 +148,38 @@ def gap_curve(setup: Setup, denoise, label: str, value, group: str = "", *, cond
     val_y = setup.val_y if val_y is None else val_y
   else:
     train_y = val_y = None
-  kw = dict(sigmas=setup.sigmas, batch_size=setup.batch_size, params=params, mesh=setup.mesh)
-  e_train = gap.denoising_errors(denoise, setup.train_x, train_y, ids=setup.train_ids,
-                                 noise_seed=setup.noise_seed, **kw)
-  e_val = gap.denoising_errors(denoise, setup.val_x, val_y, ids=setup.val_ids,
-                               noise_seed=setup.noise_seed + 1, **kw)
+  kw = dict(sigmas=setup.sigmas, batch_size=setup.batch_size, params=params, mesh=setup.mesh,
+            return_per_image=True)
+  e_train, per_train = gap.denoising_errors(denoise, setup.train_x, train_y, ids=setup.train_ids,
+                                            noise_seed=setup.noise_seed, **kw)
+  e_val, per_val = gap.denoising_errors(denoise, setup.val_x, val_y, ids=setup.val_ids,
+                                        noise_seed=setup.noise_seed + 1, **kw)
   with np.errstate(divide="ignore", invalid="ignore"):
     g = gap.relative_gap(e_val, e_train)
+    low, high = gap.bootstrap_relative_gap(per_val, per_train, **_bootstrap_kw())
   peak_sigma, peak_gap = _finite_peak(setup.sigmas, g)
   return {"label": label, "group": group, "value": value, "e_train": e_train, "e_val": e_val,
-          "gap": g, "peak_sigma": peak_sigma, "peak_gap": peak_gap}
+          "gap": g, "gap_low": low, "gap_high": high, "peak_sigma": peak_sigma,
+          "peak_gap": peak_gap, **peak_interval(g, low, high)}
+
+
+def _bootstrap_kw():
+  return {k: INTERVAL[k] for k in ("confidence", "num_resamples", "seed")}
+
+
+def peak_interval(values, low, high) -> Dict[str, Optional[float]]:
+  """{"peak_gap_low", "peak_gap_high"}: the interval (low, high) (S,) at the sigma of the curve's
+  peak over its finite values (None, None where no value is finite)."""
+  g = np.asarray(values, np.float64)
+  i = -1 if not np.any(np.isfinite(g)) else edm.peak_index(np.where(np.isfinite(g), g, np.nan))
+  if i < 0:
+    return {"peak_gap_low": None, "peak_gap_high": None}
+  return {"peak_gap_low": float(low[i]), "peak_gap_high": float(high[i])}
 
 
 def sweep_section(factor: str, setup: Setup, curves: List[Dict], **extra) -> Dict[str, Any]:
-  return dict({"factor": factor, "sigmas": setup.sigmas, "curves": curves}, **extra)
+  return dict({"factor": factor, "sigmas": setup.sigmas, "curves": curves,
+               "interval": dict(INTERVAL)}, **extra)
 
 
 def optimal_denoiser(setup: Setup, labels=None, images=None, *, differentiable: bool = False):
@@ -288,9 +321,24 @@ def score_curves(denoise, setup: Setup, sigmas, num_images: int, label: str, *, 
     finite = np.isfinite(per)  # NaN where no output pixel depends on the input (y* at tiny sigma)
     mean = np.where(finite, per, 0.0).sum(axis=1) / np.maximum(finite.sum(axis=1), 1)
     mean = np.where(finite.any(axis=1), mean, np.nan)
+    low, high = score_interval(per)
     out.append({"label": f"{label}, {split}", "group": split, "value": label,
-                "score": mean, "per_image": per})
+                "score": mean, "score_low": low, "score_high": high, "per_image": per})
   return out
+
+
+def score_interval(per_image) -> tuple:
+  """(low (S,), high (S,)): INTERVAL's bootstrap over images of the mean over the finite entries
+  of per_image (S, N), as `score_curves` averages them; NaN at a sigma where a resample has no
+  finite entry."""
+  per = np.asarray(per_image, np.float64)
+  finite = np.isfinite(per)
+  counts = timescales.resample_counts(per.shape[1], INTERVAL["num_resamples"], INTERVAL["seed"])
+  with np.errstate(divide="ignore", invalid="ignore"):
+    means = (timescales.resampled_means(np.where(finite, per, 0.0).T, counts)
+             / timescales.resampled_means(finite.T.astype(np.float64), counts))  # (R, S)
+    tail = 50.0 * (1.0 - INTERVAL["confidence"])
+    return np.percentile(means, tail, axis=0), np.percentile(means, 100.0 - tail, axis=0)
 
 
 def sweep_gradient_score(setup: Setup, deltas: Sequence[float], sigmas,
@@ -304,4 +352,4 @@ def sweep_gradient_score(setup: Setup, deltas: Sequence[float], sigmas,
 
   curves = [c for pair_ in _curves("gradient_score", list(deltas), pair) for c in pair_]
   return {"factor": "gradient_score", "sigmas": np.asarray(sigmas), "curves": curves,
-          "value_name": "mean distance looked at (pixels)"}
+          "value_name": "mean distance looked at (pixels)", "interval": dict(INTERVAL)}

@@ -61,7 +61,10 @@ settings.processes record it.
 
 Outputs: WORKDIR/results.json in the jobs' one layout (`jobs.results`: {"job": "factors",
 "settings", "sweeps": {name: section}}, sections as in `evaluation.sweeps`; plain JSON, non-finite
-values as null) and WORKDIR/<sweep>.png and <sweep>_peak.png.
+values as null) and WORKDIR/<sweep>.png and <sweep>_peak.png. Every G(sigma) carries its 95%
+bootstrap interval over the evaluation images (gap_low, gap_high; the peak's peak_gap_low,
+peak_gap_high; the gradient score's score_low, score_high), seeded and recorded in each section's
+"interval" (`sweeps.INTERVAL`); the figures draw them as bands and error bars.
 """
 
 from __future__ import annotations
@@ -81,8 +84,9 @@ from diffgen_jax import checkpointing, config_checks, data, defaults, edm, hooks
 from diffgen_jax.config_checks import ConfigError, fail as _fail
 from diffgen_jax.denoisers import classifier_free_guided, crop_averaged, guided
 from diffgen_jax.evaluation import features
-from diffgen_jax.evaluation.sweeps import (Setup, gap_curve, make_setup, optimal_denoiser,
-                                           score_curves, sweep_section, sweep_delta, sweep_gradient_score, sweep_granularity,
+from diffgen_jax.evaluation.sweeps import (INTERVAL, Setup, gap_curve, make_setup,
+                                           optimal_denoiser, score_curves, sweep_section,
+                                           sweep_delta, sweep_gradient_score, sweep_granularity,
                                            sweep_guidance, sweep_receptive_field)
 from diffgen_jax.jobs import common, console, results as results_lib
 from diffgen_jax.models.network import (network_denoiser, params_for_crops,
@@ -272,7 +276,7 @@ def sweep_trained(config, setup: Setup, series: common.SnapshotSeries,
                           conditional=conditional) if not_differentiable is None else [])
             + score_curves(optimal_denoiser(setup, differentiable=True), setup, score_sigmas,
                            t.gradient_images, "y*"))
-  gradient_score = {"sigmas": score_sigmas, "curves": scores}
+  gradient_score = {"sigmas": score_sigmas, "curves": scores, "interval": dict(INTERVAL)}
   if not_differentiable is not None:
     gradient_score["network_skipped"] = not_differentiable
   source = ({"denoiser": series.spec, "snapshot": meta["source"],
@@ -485,7 +489,9 @@ def summarize(name: str, section: Dict[str, Any]) -> List[str]:
   lines = []
   fmt = lambda v: "n/a" if v is None else f"{v:.4g}"
   for c in section["curves"] if name != "gradient_score" else ():
-    lines.append(f"{name}: {c['label']}: peak G = {fmt(c['peak_gap'])} at sigma = "
+    interval = (f" (95% {fmt(c['peak_gap_low'])} to {fmt(c['peak_gap_high'])})"
+                if "peak_gap_low" in c else "")
+    lines.append(f"{name}: {c['label']}: peak G = {fmt(c['peak_gap'])}{interval} at sigma = "
                  f"{fmt(c['peak_sigma'])}")
   if name == "gradient_score" or "gradient_score" in section:
     curves = section["curves"] if name == "gradient_score" else section["gradient_score"]["curves"]

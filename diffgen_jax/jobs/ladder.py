@@ -30,15 +30,21 @@ Outputs: WORKDIR/results.json (`jobs.results` layout, written after every stage)
                      "subset_size", "labels",
                      "num_classes", "image_shape", "num_train_set", "num_train_eval",
                      "num_val_eval", "noise_seed_train", "noise_seed_val", "sigmas",
-                     "trajectory_sigmas", "rungs", "evaluation_devices", "processes", "config"}
+                     "trajectory_sigmas", "rungs", "interval", "evaluation_devices",
+                     "processes", "config"}
+     (r2_low / r2_high, gap_low / gap_high: 95% percentile bootstrap intervals over the set's
+     inputs, r2 recomputed on each resample, and over each split's images for G; seeded, the
+     settings in settings.interval, `ladder.INTERVAL`)
      "calibration": {"on", "sigmas" (S_c,), "sizes" (K,),
                      "machines": {"LS" | "ELS" | "PSPC": {"mse" (K, S_c), "r2" (K, S_c),
                                                           "best_size" (S_c,)}}}
                      (best_size -1 where no candidate's mse is finite: the job then stops
                      with a ValueError naming the sigma, after saving the calibration)
      "agreement":   {"train" | "val" | "trajectory": {"sigmas" (S,),
-                                                     "rungs": {rung: {"mse" (S,), "r2" (S,)}}}}
-     "gaps":        {"sigmas" (S,), "denoisers": {"network" | rung: {"e_train", "e_val", "gap"}}}
+                                                     "rungs": {rung: {"mse" (S,), "r2" (S,),
+                                                                      "r2_low", "r2_high"}}}}
+     "gaps":        {"sigmas" (S,), "denoisers": {"network" | rung: {"e_train", "e_val", "gap",
+                                                                    "gap_low", "gap_high"}}}
      "summary":     {"best_rung": {set: [rung of the highest r2 per sigma; null where every
                                          rung's r2 is NaN]},
                      "best_r2": {set: [that r2 per sigma; NaN (null) there]},
@@ -58,7 +64,7 @@ settings.processes record it. The calibration, the rungs and their gaps report p
 and ETA (`progress`).
 Figures (config.make_plots) in WORKDIR: ladder_r2.png (r2 vs sigma per rung, one panel per input
 set), ladder_calibration.png (calibrated size vs sigma and every candidate's distance curve),
-ladder_gap.png (G(sigma) of the rungs beside the network's).
+ladder_gap.png (G(sigma) of the rungs beside the network's); the intervals as shaded bands.
 """
 
 from __future__ import annotations
@@ -175,7 +181,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
       "num_train_set": len(train_all), "num_train_eval": len(train_x), "num_val_eval": len(val_x),
       "noise_seed_train": config.noise_seed, "noise_seed_val": config.noise_seed + 1,
       "evaluation_subset_seed": config.subset_seed,
-      "sigmas": sigmas, "trajectory_sigmas": traj_sigmas, **common.devices_used(mesh),
+      "sigmas": sigmas, "trajectory_sigmas": traj_sigmas, "interval": dict(ladder.INTERVAL),
+      **common.devices_used(mesh),
       "config": json.loads(config.to_json_best_effort())}
   save()
 
@@ -222,7 +229,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
                                      batch_size=config.batch_size, mesh=mesh)[set_name]
     results["agreement"][set_name] = {
         "sigmas": input_sets[set_name][1],
-        "rungs": {name: {"mse": a.mse, "r2": a.r2} for name, a in report.items()}}
+        "rungs": {name: {"mse": a.mse, "r2": a.r2, "r2_low": a.r2_low, "r2_high": a.r2_high}
+                  for name, a in report.items()}}
     save()
 
   # 5. Each rung's own G(sigma), beside the network's.

@@ -4,6 +4,8 @@
     ladder_calibration.png  calibrated patch size vs sigma per local rung, and each candidate size's
                             mean squared distance to the network vs sigma (one panel per rung)
     ladder_gap.png          G(sigma) of every rung beside the network's
+r2 and G are drawn with their 95% intervals as shaded bands where the results carry them (r2_low /
+r2_high, gap_low / gap_high; results written before them are drawn as plain lines).
 """
 
 from __future__ import annotations
@@ -22,6 +24,19 @@ R2_FLOOR = -1.0  # r2 below this is drawn at the floor (a rung far off would fla
 
 def _array(values) -> np.ndarray:
   return np.asarray([np.nan if v is None else v for v in values], np.float64)
+
+
+def _band(ax, x, entry, key: str, color, floor=None) -> None:
+  """Shades entry[key + "_low"] .. entry[key + "_high"] over x where the entry carries them (an
+  undefined bound leaves a gap; floor: bounds below it drawn at it, as the curve is)."""
+  if entry.get(f"{key}_low") is None or entry.get(f"{key}_high") is None:
+    return
+  low, high = _array(entry[f"{key}_low"]), _array(entry[f"{key}_high"])
+  if floor is not None:
+    low, high = np.maximum(low, floor), np.maximum(high, floor)
+  ok = np.isfinite(low) & np.isfinite(high)
+  ax.fill_between(x, np.where(ok, low, np.nan), np.where(ok, high, np.nan), color=color,
+                  alpha=0.2, lw=0)
 
 
 def _save(fig, path):
@@ -46,6 +61,7 @@ def r2_vs_sigma(path: str, agreement: Dict[str, Any], title: str = "") -> None:
     for name, a in section["rungs"].items():
       r2 = _array(a["r2"])
       ax.plot(sigmas, np.maximum(r2, R2_FLOOR), "-o", ms=3, color=colour[name], label=name)
+      _band(ax, sigmas, a, "r2", colour[name], floor=R2_FLOOR)
     ax.set_xscale("log")
     ax.set_ylim(R2_FLOOR - 0.05, 1.05)
     ax.axhline(1.0, color="gray", lw=0.6)
@@ -96,10 +112,12 @@ def gaps(path: str, section: Dict[str, Any], title: str = "") -> None:
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
   for name in names:
     g = _array(section["denoisers"][name]["gap"])
+    color = "black" if name == "network" else colour[name]
     if name == "network":
-      ax.plot(sigmas, g, "-", color="black", lw=2.4, label="network")
+      ax.plot(sigmas, g, "-", color=color, lw=2.4, label="network")
     else:
-      ax.plot(sigmas, g, "--o", ms=3, color=colour[name], label=name)
+      ax.plot(sigmas, g, "--o", ms=3, color=color, label=name)
+    _band(ax, sigmas, section["denoisers"][name], "gap", color)
   ax.set_xscale("log")
   ax.set_yscale("symlog", linthresh=1e-2)
   ax.axhline(0.0, color="gray", lw=0.6)

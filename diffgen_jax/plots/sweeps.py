@@ -3,6 +3,9 @@
 Per gap sweep: <sweep>.png, G(sigma) with one panel per group (e.g. guidance style, delta), curves
 coloured by the factor value (colourbar) and labelled (legend); <sweep>_peak.png, the peak of G vs
 the factor value, one line per group. Gradient scores: <sweep>_gradient_score.png.
+Where a curve carries its 95% interval (gap_low / gap_high, peak_gap_low / peak_gap_high,
+score_low / score_high) it is drawn: a shaded band around a curve, error bars on a peak; results
+written before the intervals existed are drawn as plain lines.
 """
 
 from __future__ import annotations
@@ -27,6 +30,29 @@ def _save(fig, path):
 
 def _array(values) -> np.ndarray:
   return np.asarray([np.nan if v is None else v for v in values], np.float64)
+
+
+def _band(ax, x, curve: Dict[str, Any], key: str, color) -> None:
+  """Shades curve[key + "_low"] .. curve[key + "_high"] over x, where the curve carries them (an
+  undefined bound, e.g. where G is infinite, leaves a gap)."""
+  if curve.get(f"{key}_low") is None or curve.get(f"{key}_high") is None:
+    return
+  low, high = _array(curve[f"{key}_low"]), _array(curve[f"{key}_high"])
+  ok = np.isfinite(low) & np.isfinite(high)
+  ax.fill_between(x, np.where(ok, low, np.nan), np.where(ok, high, np.nan), color=color,
+                  alpha=0.2, lw=0)
+
+
+def _peak_bars(curves):
+  """(2, n) distances below and above each curve's peak to its interval's bounds (NaN, no bar,
+  where a bound is undefined), or None when some curve lacks the interval (older results)."""
+  if not all(c.get("peak_gap_low") is not None and c.get("peak_gap_high") is not None
+             and c.get("peak_gap") is not None for c in curves):
+    return None
+  peak = _array([c["peak_gap"] for c in curves])
+  low, high = _array([c["peak_gap_low"] for c in curves]), _array([c["peak_gap_high"] for c in curves])
+  bars = np.stack([np.maximum(peak - low, 0.0), np.maximum(high - peak, 0.0)])
+  return np.where(np.isfinite(bars).all(axis=0), bars, np.nan)  # an undefined bound: no bar
 
 
 def _groups(curves: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
@@ -58,6 +84,7 @@ def gap_curves(path, sigmas, curves, value_name: str, title: str = "") -> None:
     norm = _norm(values)
     for c, v in zip(members, values):
       ax.plot(sigmas, _array(c["gap"]), color=cmap(norm(v)), lw=1.4, label=c["label"])
+      _band(ax, sigmas, c, "gap", cmap(norm(v)))
     ax.axhline(0, color="0.5", lw=0.7)
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=1e-2)
@@ -78,13 +105,15 @@ def peak_vs_factor(path, curves, value_name: str, title: str = "") -> None:
     line = [c for c in members if c.get("condition") not in _SPECIAL_CONDITIONS]
     line.sort(key=lambda c: float(c["value"]))
     if line:
-      ax.plot([float(c["value"]) for c in line], _array([c["peak_gap"] for c in line]),
-              marker="o", color=color, label=group or None)
+      ax.errorbar([float(c["value"]) for c in line], _array([c["peak_gap"] for c in line]),
+                  yerr=_peak_bars(line), marker="o", color=color, capsize=3,
+                  label=group or None)
     for c in members:
       special = _SPECIAL_CONDITIONS.get(c.get("condition"))
       if special and c["peak_gap"] is not None:
-        ax.plot([float(c["value"])], [c["peak_gap"]], marker=special[0], ms=11, ls="none",
-                color=special[1], label=f"{c['condition']} ({group})" if group else c["condition"])
+        ax.errorbar([float(c["value"])], [c["peak_gap"]], yerr=_peak_bars([c]),
+                    marker=special[0], ms=11, ls="none", capsize=3, color=special[1],
+                    label=f"{c['condition']} ({group})" if group else c["condition"])
   vals = [float(c["value"]) for c in curves]
   if min(vals) > 0 and max(vals) / min(vals) > 8:
     ax.set_xscale("log")
@@ -92,7 +121,8 @@ def peak_vs_factor(path, curves, value_name: str, title: str = "") -> None:
   if np.all(peaks[np.isfinite(peaks)] > 0) and np.any(np.isfinite(peaks)):
     ax.set_yscale("log")
   ax.set_xlabel(value_name)
-  ax.set_ylabel(r"peak of $G(\sigma)$")
+  ax.set_ylabel(r"peak of $G(\sigma)$" + (" (95% interval over images)" if _peak_bars(curves)
+                                            is not None else ""))
   ax.set_title(title)
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=8)
@@ -108,6 +138,7 @@ def gradient_scores(path, sigmas, curves, title: str = "") -> None:
     color = plt.get_cmap("tab10")(names.index(c["value"]) % 10)
     ax.plot(sigmas, _array(c["score"]), marker="o", ms=3, color=color,
             ls="-" if c["group"] == "train" else "--", label=c["label"])
+    _band(ax, sigmas, c, "score", color)
   ax.set_xscale("log")
   ax.set_xlabel(r"$\sigma$")
   ax.set_ylabel("input-gradient correlation score (pixels)")
@@ -129,8 +160,8 @@ def guidance_sample_gap(path, sample_gap, curves) -> None:
                alpha=0.6, label=f"{style} (pixels)")
     dens = [c for c in curves if c.get("group") == style]
     if dens:
-      ax2.plot([c["value"] for c in dens], [c["peak_gap"] for c in dens], "o-", color=color,
-               label=style)
+      ax2.errorbar([c["value"] for c in dens], _array([c["peak_gap"] for c in dens]),
+                   yerr=_peak_bars(dens), fmt="o-", color=color, capsize=3, label=style)
   ax1.set_xlabel("guidance weight w")
   ax1.set_ylabel(r"$G_{FD} = (FD_{val} - FD_{train}) / FD_{train}$")
   ax1.set_title("Sample-level gap")
