@@ -457,6 +457,32 @@ def _floats(a) -> List[float]:
   return [float(v) for v in np.asarray(a, np.float64).ravel()]
 
 
+class NonFiniteSamples(ValueError):
+  """The sampler's samples (or their features) hold NaN or Inf: the denoiser diverged along the
+  trajectory (`check_finite_samples`)."""
+
+
+def check_finite_samples(run: SampleRun, stop_steps) -> None:
+  """Raises NonFiniteSamples when run's samples or their features (host arrays) hold NaN or Inf,
+  saying how many of the samples and the first early-stop step (and its sigma) whose outputs
+  D(x_i; sigma_i) are not finite."""
+  n = len(run.samples)
+  bad = ~np.isfinite(run.samples.reshape(n, -1)).all(axis=1)
+  what = "samples"
+  if not bad.any():
+    bad = ~np.isfinite(run.features.reshape(n, -1)).all(axis=1)
+    what = "samples' features"
+  if not bad.any():
+    return
+  finite_steps = np.isfinite(run.stop_features.reshape(len(run.stop_features), -1)).all(axis=1)
+  first = ""
+  if not finite_steps.all():
+    i = int(np.asarray(stop_steps)[np.argmin(finite_steps)])
+    first = (f"; the denoiser's outputs are first non-finite at step {i} "
+             f"(sigma {float(run.sigmas[i]):.4g})")
+  raise NonFiniteSamples(f"{int(bad.sum())} of {n} {what} hold NaN or Inf{first}")
+
+
 class SnapshotResult(NamedTuple):
   record: Dict[str, Any]  # JSON-serializable (plain floats)
   grid: Dict[str, np.ndarray]  # samples, nearest training images, distances (for the figure)
@@ -468,8 +494,10 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
   `denoise` should be a pytree denoiser (`jax.tree_util.Partial` over arrays with a fixed
   function) so that it is compiled once for all snapshots; a plain function works too. With a
   mesh across processes every process must call it (the same numbers on each).
+  Raises NonFiniteSamples when the samples or their features hold NaN or Inf.
   """
   run = run_sampler(ctx, denoise)
+  check_finite_samples(run, ctx.stop_steps)
   n = len(run.samples)
   bs = ctx.batch_size
   mesh = ctx.mesh

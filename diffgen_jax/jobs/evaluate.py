@@ -52,6 +52,7 @@ from diffgen_jax import (checkpointing, config_checks, data, defaults, edm, ema,
                          optimal, progress)
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import gap, membership, samples
+from diffgen_jax import jobs
 from diffgen_jax.jobs import common, console, convert, results as results_lib
 from diffgen_jax.sharding import LazyRows
 
@@ -190,12 +191,11 @@ def _read_results(workdir: str, protocol: Dict[str, Any]) -> Dict[str, Any]:
     raise config_checks.ConfigError(
         f"{results_lib.path(workdir)} was computed before its protocol recorded which training "
         f"images were evaluated (it has no {missing}): delete it to evaluate the snapshots again")
-  diff = sorted(k for k in set(saved) | set(protocol) if saved.get(k) != protocol.get(k))
-  if diff:
-    shown = {k: (saved.get(k), protocol.get(k)) if k != "sigmas" else "(grids differ)" for k in diff}
+  shown = common.differences(saved, protocol)
+  if shown:
     raise config_checks.ConfigError(
-        f"{results_lib.path(workdir)} was computed with another evaluation protocol (saved, now): "
-        f"{shown}. Use the same evaluation config, or delete the file to start over.")
+        f"{results_lib.path(workdir)} was computed with another evaluation protocol (saved vs "
+        f"now): {shown}. Use the same evaluation config, or delete the file to start over.")
   return results
 
 
@@ -275,6 +275,9 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
                      f"{len(sigmas)} sigmas")
     opt_train = gap.denoising_errors(exact, train_x, train_y, sigmas, **train_kw)
     opt_val = gap.denoising_errors(exact, val_x, val_y, sigmas, **val_kw)
+    for split_name, errors in (("train", opt_train), ("val", opt_val)):
+      common.require_finite(errors, denoiser="the empirical optimal denoiser y*", sigmas=sigmas,
+                            measurement=f"its errors E_{split_name}")
     # (No gap for the optimal denoiser: its E_train is 0 where it recalls the training images.)
     results["optimal"] = {"e_train": opt_train.tolist(), "e_val": opt_val.tolist()}
   save()
@@ -292,8 +295,10 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
           entry["ema"][name] = _measure_snapshot(
               snapshot.denoisers[name], exact if e.model_vs_optimal else None, sigmas,
               (("train", train_x, train_y, train_kw), ("val", val_x, val_y, val_kw)),
-              per_image_path=(os.path.join(out_dir, PER_IMAGE_DIR, f"{key}.npz")
-                              if name == names[0] else None))
+              per_image_path=(os.path.join(out_dir, PER_IMAGE_DIR,
+                                           f"{common.output_name(key)}.npz")
+                              if name == names[0] else None),
+              denoiser=series.describe(key, name))
         results["snapshots"][key] = entry
         peak_sigma, peak_value = gap.peak(sigmas, entry["ema"][names[0]]["gap"])
         console.progress(f"evaluate: snapshot {key} ({entry['images_seen']} images): peak G = "
@@ -336,20 +341,26 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
                   f"seen): peak G = {s['peak_gap'][-1]:.4f}{interval} at sigma = "
                   f"{s['peak_sigma'][-1]:.3g}.")
   if sample_summary:
-    console.summary(
-        f"Samples: Frechet-distance gap G_FD = {sample_summary['gap_fd_features'][-1]:.4f} "
-        f"({feature_name(results['samples']['protocol'])} features), "
-        f"{sample_summary['gap_fd_pixels'][-1]:.4f} (pixels); copies of "
-        f"training images: {sample_summary['copy_fraction'][-1]:.3f} (validation control "
-        f"{sample_summary['copy_fraction_validation_control'][-1]:.3f}).")
+    console.summary(sample_summary_line(results["samples"]))
     scale = {k: b["features"]["gap"] for k, b in results["samples"].get("baselines", {}).items()
              if b}
     if scale:  # G_FD's scale: a perfect generalizer's and a perfect memorizer's
-      console.summary("G_FD's scale (features): " + ", ".join(
+      console.summary(f"G_FD's scale ({feature_name(results['samples']['protocol'])} features): "
+                      + ", ".join(
           f"{'fresh real images' if k == 'real' else 'a copier of training images'} {v:.4f}"
           for k, v in sorted(scale.items(), reverse=True)) + ".")
   console.summary(f"Results in {results_lib.path(workdir)}, figures in {out_dir}/")
   return results
+
+
+def sample_summary_line(section: Mapping[str, Any]) -> str:
+  """The final summary's line of a "samples" section: G_FD of the last snapshot in the feature
+  space and in pixels (once when the feature space is the pixels), its copy fraction and control."""
+  summary, feature = section["summary"], feature_name(section["protocol"])
+  fd = f"{summary['gap_fd_features'][-1]:.4f} ({feature} features), " if feature != "pixels" else ""
+  return (f"Samples: Frechet-distance gap G_FD = {fd}{summary['gap_fd_pixels'][-1]:.4f} (pixels); "
+          f"copies of training images: {summary['copy_fraction'][-1]:.3f} (validation control "
+          f"{summary['copy_fraction_validation_control'][-1]:.3f}).")
 
 
 def _summary_step(summary, results, key: str):
@@ -357,22 +368,32 @@ def _summary_step(summary, results, key: str):
   return summary["steps"][checkpointing.snapshot_order(results["snapshots"]).index(key)]
 
 
-def _measure_snapshot(denoise, exact, sigmas, splits, per_image_path: Optional[str]
-                      ) -> Dict[str, Any]:
+def _measure_snapshot(denoise, exact, sigmas, splits, per_image_path: Optional[str],
+                      denoiser: str = "the denoiser") -> Dict[str, Any]:
   """One EMA set's record: E_train, E_val, G, the distance to the optimal denoiser `exact` (when
   given; from the same pass of the network) and membership inference from the per-image errors
   (training images are members). splits: (("train", x, y, kw), ("val", x, y, kw)) with kw the
   gap evaluation's keywords (ids, noise seed, batch size, mesh). per_image_path: where the (N, S)
-  per-image errors are kept for bootstrapped intervals (None: not kept)."""
+  per-image errors are kept for bootstrapped intervals (None: not kept). denoiser: its name in
+  words (`SnapshotSeries.describe`) for jobs.MeasurementError, raised when an error is not
+  finite (`common.require_finite`)."""
   record, per_image = {}, {}
   for split_name, x, y, kw in splits:
+    images = f"{len(x)} {'training' if split_name == 'train' else 'validation'} images"
+    dist = None
     if exact is not None:
-      (errors, per_image[split_name]), (dist, _) = gap.errors_and_distance(
+      (errors, per_image[split_name]), (dist, dist_per_image) = gap.errors_and_distance(
           denoise, exact, x, y, sigmas, return_per_image=True, **kw)
-      record[f"to_optimal_{split_name}"] = dist.tolist()
     else:
       errors, per_image[split_name] = gap.denoising_errors(denoise, x, y, sigmas,
                                                            return_per_image=True, **kw)
+    common.require_finite(per_image[split_name], denoiser=denoiser, sigmas=sigmas,
+                          measurement=f"the denoising gap and membership (E_{split_name} on "
+                                      f"{images})")
+    if dist is not None:
+      common.require_finite(dist_per_image, denoiser=denoiser, sigmas=sigmas,
+                            measurement=f"the distance to y* on {images}")
+      record[f"to_optimal_{split_name}"] = dist.tolist()
     record[f"e_{split_name}"] = errors.tolist()
   record["gap"] = gap.relative_gap(record["e_val"], record["e_train"]).tolist()
   # Its 95% interval over the evaluation images (each split resampled independently).
@@ -686,8 +707,9 @@ def evaluate_samples(config, workdir: str, series: common.SnapshotSeries, train_
     return previous
   protocol = sample_protocol(s, config, workdir, len(train_split), len(val_split))
   if previous and previous.get("protocol") != protocol:
-    logging.warning("Sample evaluation settings changed (was %s, now %s): evaluating every "
-                    "snapshot afresh.", previous.get("protocol"), protocol)
+    logging.warning("Sample evaluation settings changed (saved vs now: %s): evaluating every "
+                    "snapshot afresh.", common.differences(previous.get("protocol") or {},
+                                                           protocol))
     previous = {}
   section = {"protocol": protocol, "feature": previous.get("feature", {}),
              "snapshots": dict(previous.get("snapshots", {}))}
@@ -705,15 +727,19 @@ def evaluate_samples(config, workdir: str, series: common.SnapshotSeries, train_
     for key in todo:
       snapshot = series.load(key, "first")
       (name, denoise), = snapshot.denoisers.items()
-      result = samples.evaluate_denoiser(ctx, denoise)
+      result = measure_samples(ctx, denoise, series.describe(key, name),
+                               f"deterministic Heun, {s.num_steps} steps, no guidance")
       record = dict(result.record, images_seen=int(snapshot.meta["images_seen"]), ema=name)
       section["snapshots"][key] = record
       if result.grid and jax.process_index() == 0:  # every process holds the same numbers
-        with jsonio.atomic_open(os.path.join(out_dir, GRIDS_DIR, f"{key}.npz"), "wb") as f:
+        with jsonio.atomic_open(os.path.join(out_dir, GRIDS_DIR,
+                                             f"{common.output_name(key)}.npz"), "wb") as f:
           np.savez(f, **result.grid)
       fd, copies = record["fd"], record["copy_fraction"]
+      in_features = (f"{fd['features']['gap']:.4f} (features), "
+                     if s.feature != "pixels" else "")
       console.progress(f"evaluate: samples of snapshot {key} ({record['images_seen']} images): "
-                       f"G_FD = {fd['features']['gap']:.4f} (features), {fd['pixels']['gap']:.4f} "
+                       f"G_FD = {in_features}{fd['pixels']['gap']:.4f} "
                        f"(pixels); copies {copies['samples']:.3f}"
                        + (f" (pixels), {copies['features']:.3f} (features)"
                           if "features" in copies else ""))
@@ -725,6 +751,19 @@ def evaluate_samples(config, workdir: str, series: common.SnapshotSeries, train_
     os.makedirs(out_dir, exist_ok=True)
     draw_samples(section, out_dir, gap_peaks)
   return section
+
+
+def measure_samples(ctx, denoise, denoiser: str, sampler: str):
+  """`samples.evaluate_denoiser(ctx, denoise)`; samples that hold NaN or Inf (a diverged
+  trajectory) raise jobs.MeasurementError naming `denoiser` (`SnapshotSeries.describe`) and the
+  `sampler` (its solver, steps, guidance style and weight, in words)."""
+  try:
+    return samples.evaluate_denoiser(ctx, denoise)
+  except samples.NonFiniteSamples as err:
+    raise jobs.MeasurementError(
+        f"the samples of {denoiser} ({sampler}, {ctx.num_samples} samples) are not finite: {err}. "
+        "The sample-level measurements need finite samples (a diverged network, or guidance or "
+        "a scale that drives the sampler out of range)") from None
 
 
 def draw_samples(section, out_dir: str, gap_peaks: Optional[Mapping[Any, float]] = None) -> List[str]:
@@ -758,7 +797,7 @@ def draw_samples(section, out_dir: str, gap_peaks: Optional[Mapping[Any, float]]
   plots.copy_fraction(out("copy_fraction.png"), seen, summary["copy_fraction"],
                       summary["copy_fraction_validation_control"],
                       section["protocol"]["copy_ratio"])
-  grid_path = os.path.join(out_dir, GRIDS_DIR, f"{steps[-1]}.npz")
+  grid_path = os.path.join(out_dir, GRIDS_DIR, f"{common.output_name(str(steps[-1]))}.npz")
   if os.path.exists(grid_path):
     with np.load(grid_path) as g:
       plots.sample_grid(out("samples_vs_nearest_train.png"), g["samples"], g["nearest"],

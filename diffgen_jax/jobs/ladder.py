@@ -179,6 +179,11 @@ def run(config, workdir: str) -> Dict[str, Any]:
   console.progress(f"ladder: {t.num_samples} trajectories of the network ({t.num_steps} steps)")
   traj_sigmas, traj_states = ladder.trajectory_inputs(net, noise, sample_labels, mesh=mesh,
                                                       num_steps=int(t.num_steps))
+  who = series.describe(key, ema_name)
+  common.require_finite(
+      np.asarray(traj_states).reshape(len(traj_sigmas), -1).T, denoiser=who, sigmas=traj_sigmas,
+      measurement=f"its sampler trajectories (deterministic Heun, {t.num_steps} steps, "
+                  f"{t.num_samples} samples)")
   input_sets = {
       "train": (ladder.noised_inputs(np.asarray(train_x), sigmas, ids=train_ids,
                                      noise_seed=config.noise_seed), sigmas, train_y),
@@ -213,6 +218,10 @@ def run(config, workdir: str) -> Dict[str, Any]:
     cal = ladder.calibrate(net, train_all, config.calibration.sizes, cal_inputs, cal_sigmas,
                            cal_labels, train_labels=train_labels_all, batch_size=config.batch_size,
                            mesh=mesh, **machines[name])
+    # A sigma where no candidate's mse is finite: the network's outputs are not (`calibrate`).
+    common.require_finite(np.where(np.isfinite(cal.mse).any(axis=0), 0.0, np.nan), denoiser=who,
+                          sigmas=cal_sigmas, measurement=f"the calibration of {name} on the "
+                          f"{config.calibration.on} set (its agreement with every patch size)")
     calibrations[name] = cal
     results["calibration"]["machines"][name] = {"mse": cal.mse, "r2": cal.r2,
                                                 "best_size": cal.best_size}
@@ -241,6 +250,12 @@ def run(config, workdir: str) -> Dict[str, Any]:
     console.progress(f"ladder: {len(rungs)} rungs on the {set_name} set")
     report = ladder.ladder_agreement(net, rungs, {set_name: input_sets[set_name]},
                                      batch_size=config.batch_size, mesh=mesh)[set_name]
+    # A sigma where no rung's mse is finite: the network's outputs are not.
+    if report:
+      finite = np.any([np.isfinite(a.mse) for a in report.values()], axis=0)
+      common.require_finite(np.where(finite, 0.0, np.nan), denoiser=who,
+                            sigmas=input_sets[set_name][1],
+                            measurement=f"its agreement with the rungs on the {set_name} set")
     results["agreement"][set_name] = {
         "sigmas": input_sets[set_name][1],
         "rungs": {name: {"mse": a.mse, "r2": a.r2} for name, a in report.items()}}
@@ -250,6 +265,9 @@ def run(config, workdir: str) -> Dict[str, Any]:
   console.progress(f"ladder: G(sigma) of the network and {len(rungs)} rungs")
   gaps = ladder.rung_gaps({"network": net, **rungs}, train_x, val_x, sigmas, train_y, val_y,
                           noise_seed=config.noise_seed, batch_size=config.batch_size, mesh=mesh)
+  common.require_finite(np.stack([gaps["network"]["e_train"], gaps["network"]["e_val"]]),
+                        denoiser=who, sigmas=sigmas, measurement="its denoising gap (E_train, "
+                        "E_val)")
   results["gaps"] = {"sigmas": sigmas, "denoisers": gaps}
   results["summary"] = summarize(results)
   results["wall_time_s"] = time.perf_counter() - start
