@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
 from diffgen_jax import (checkpointing, config_checks, data, defaults, denoisers, edm, ema, hooks,
@@ -98,15 +99,34 @@ def devices_used(mesh: Optional[jax.sharding.Mesh]) -> Dict[str, int]:
           "processes": int(jax.process_count())}
 
 
+def used_count(field: str, requested: int, available: int, what: str) -> int:
+  """How many of `available` items a count field that asks for `requested` uses: all of them
+  when it asks for more (a count larger than a split is clamped, not refused: e.g. the default
+  evaluation.num_images=8192 on a 1,024-image training subset), said in one logged warning
+  naming config.<field>, both numbers and `what` they are ("images of the training split"); the
+  jobs record the count used in results.json. 0 or None asks for all (no warning)."""
+  if requested and int(requested) > int(available):
+    if jax.process_index() == 0:
+      logging.warning("config.%s=%d is more than the %d %s: all %d are used (results.json records "
+                      "the count)", field, int(requested), int(available), what,
+                      int(available))
+    return int(available)
+  return int(available) if not requested else int(requested)
+
+
 def evaluation_rows(split: data.Split, n: Optional[int] = None, seed: int = 0,
-                    which: str = "train"):
+                    which: str = "train", field: Optional[str] = None):
   """A split's evaluation subset of n images (`data.evaluation_subset`: seeded, uniform, rows
   ascending; the whole split when n is None), with the images a source read where it is needed:
   (images, labels, ids) with images a `sharding.LazyRows` of (n, H, W, C) float32 in [-1, 1]
   (`data.to_unit_range` of what is read), labels (n,) int32 or None when the split has no
   classes, ids (n,) int64. which: "train" or "validation" (the subsets' seeded streams differ).
   A measurement that splits the images over a mesh (gap, y*, the rungs) then reads on each
-  process only the rows its devices hold."""
+  process only the rows its devices hold. field: the config field n comes from; an n larger than
+  the split is then said in a warning naming it (`used_count`)."""
+  if field is not None:
+    used_count(field, n, len(split),
+               f"images of the {'training' if which == 'train' else which} split")
   rows = data.evaluation_subset(split, n, seed, which)
   labels = np.asarray(split.labels[rows], np.int32) if split.num_classes > 0 else None
   images = sharding.LazyRows(split.images, rows, transform=data.to_unit_range)

@@ -240,9 +240,10 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   sigmas = common.sigma_grid(e.sigmas, e.num_sigmas)
   # The evaluation subsets and the training set are sources read where they are used: each
   # process reads only the rows its devices evaluate (or hold, for y*).
-  train_x, train_y, train_ids = common.evaluation_rows(train_split, e.num_images, e.subset_seed)
+  train_x, train_y, train_ids = common.evaluation_rows(train_split, e.num_images, e.subset_seed,
+                                                       field="evaluation.num_images")
   val_x, val_y, val_ids = common.evaluation_rows(val_split, e.num_images, e.subset_seed,
-                                                 "validation")
+                                                 "validation", field="evaluation.num_images")
   protocol = {"sigmas": sigmas.tolist(), "num_train": len(train_x), "num_val": len(val_x),
               "noise_seed": e.noise_seed, "evaluation_subset_seed": e.subset_seed,
               "dataset": config.data.name,
@@ -342,13 +343,14 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
                   f"{s['peak_sigma'][-1]:.3g}.")
   if sample_summary:
     console.summary(sample_summary_line(results["samples"]))
-    scale = {k: b["features"]["gap"] for k, b in results["samples"].get("baselines", {}).items()
-             if b}
+    baselines = results["samples"].get("baselines") or {}
+    scale = {k: baselines[k]["features"]["gap"] for k in ("real", "copier") if baselines.get(k)}
     if scale:  # G_FD's scale: a perfect generalizer's and a perfect memorizer's
+      warning = baseline_warning(baselines)
       console.summary(f"G_FD's scale ({feature_name(results['samples']['protocol'])} features): "
                       + ", ".join(
           f"{'fresh real images' if k == 'real' else 'a copier of training images'} {v:.4f}"
-          for k, v in sorted(scale.items(), reverse=True)) + ".")
+          for k, v in scale.items()) + "." + (f" Unreliable: {warning}." if warning else ""))
   console.summary(f"Results in {results_lib.path(workdir)}, figures in {out_dir}/")
   return results
 
@@ -570,6 +572,9 @@ def sample_protocol(settings, config, workdir: str, num_train: int, num_val: int
     raise config_checks.ConfigError(f"config.evaluation.samples: {err}") from None
   rows = {split: len(samples.reference_subset(size, cap, int(s.seed), split))
           for split, size in (("train", num_train), ("val", num_val))}
+  probes = min(int(s.probe_size), int(s.num_samples), num_train, num_val)
+  # (Recorded only when probe_size is clamped, so that earlier protocols stay equal.)
+  used = {"probe_size_used": probes} if probes != int(s.probe_size) else {}
   return {"num_samples": int(s.num_samples), "num_steps": int(s.num_steps), "seed": int(s.seed),
           "feature": _feature_source(s, workdir), "num_train_subsets": int(s.num_train_subsets),
           "reference_size": m, "early_stop_every": int(s.early_stop_every),
@@ -577,7 +582,7 @@ def sample_protocol(settings, config, workdir: str, num_train: int, num_val: int
           "probe_size": int(s.probe_size), "copy_ratio": float(s.copy_ratio),
           "grid_size": int(s.grid_size), "noise_seed": int(config.evaluation.noise_seed),
           "num_train": int(num_train), "num_val": int(num_val),
-          "reference_images": {"cap": cap, "seed": int(s.seed), **rows}}
+          "reference_images": {"cap": cap, "seed": int(s.seed), **rows}, **used}
 
 
 def _classifier_labels(config, train_split):
@@ -660,6 +665,11 @@ def sample_setup(config, workdir: str, train_split, val_split, *, settings=None)
   s = sample_settings(config) if settings is None else _with_defaults(settings)
   validate_sample_settings(s)
   protocol = sample_protocol(s, config, workdir, len(train_split), len(val_split))
+  if s.overlap or s.nn_similarity:  # (the probes' only readers)
+    common.used_count("evaluation.samples.probe_size", s.probe_size,
+                      min(int(s.num_samples), len(train_split), len(val_split)),
+                      "trajectories and images per split the probes can use (num_samples and "
+                      "the splits' sizes)")
   train_images, val_images = _unit_images(train_split), _unit_images(val_split)
   cap, seed = int(s.reference_images), int(s.seed)
   feature_rows = {name: samples.reference_subset(len(split), cap, seed, name)
@@ -724,6 +734,9 @@ def evaluate_samples(config, workdir: str, series: common.SnapshotSeries, train_
     # (Keeps the accuracy recorded when the classifier was trained by an earlier call.)
     section["feature"] = {**section["feature"], **(info or {})}
     section["baselines"] = ctx.baselines  # G_FD's scale: fresh real images, a copier
+    warning = baseline_warning(ctx.baselines)
+    if warning:
+      logging.warning("%s", warning)
     for key in todo:
       snapshot = series.load(key, "first")
       (name, denoise), = snapshot.denoisers.items()
@@ -751,6 +764,21 @@ def evaluate_samples(config, workdir: str, series: common.SnapshotSeries, train_
     os.makedirs(out_dir, exist_ok=True)
     draw_samples(section, out_dir, gap_peaks)
   return section
+
+
+def baseline_warning(baselines: Optional[Mapping[str, Any]]) -> str:
+  """A line saying why G_FD's scale (`samples.fd_baselines`) is unreliable: a copier below fresh
+  real images ("inverted") or fewer samples than feature dimensions ("note"); "" when neither."""
+  if not baselines:
+    return ""
+  parts = []
+  if baselines.get("inverted"):
+    parts.append(f"G_FD's scale is inverted in {' and '.join(baselines['inverted'])} (a copier of "
+                 "training images scores below fresh real images)")
+  if baselines.get("note"):
+    parts.append(baselines["note"])
+  return ("; ".join(parts) + ": read G_FD against it with care (more samples, "
+          "config.evaluation.samples.num_samples, narrow it)") if parts else ""
 
 
 def measure_samples(ctx, denoise, denoiser: str, sampler: str):

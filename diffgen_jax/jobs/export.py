@@ -250,7 +250,9 @@ def run(config, workdir: str) -> Dict[str, Any]:
   meta = snapshot.meta
   clean, training_set = None, None
   if sigmas:
-    clean = data.first_images(train_split, int(d.num_images))
+    clean = data.first_images(train_split, common.used_count(
+        "denoised.num_images", int(d.num_images), len(train_split),
+        "images of the training split"))
     training_set = common.training_set(run_config, train_split)
   out_dir = os.path.join(workdir, EXPORT_DIR, common.output_name(key))
   record = {"run_dir": None if hook else os.path.abspath(config.run_dir),

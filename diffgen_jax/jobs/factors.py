@@ -462,6 +462,9 @@ def load_setup(config, splits=None) -> Setup:
   the trained sweep, the model axis of the run's mesh)."""
   splits = load_splits(config) if splits is None else splits
   tr, va = (common.evaluation_rows(splits[name]) for name in ("train", "validation"))
+  for name in ("train", "validation"):  # (make_setup takes at most every image of each split)
+    common.used_count("num_images", config.num_images, len(splits[name]),
+                      f"images of the {'training' if name == 'train' else name} split")
   common.check_optimal_labels(config, splits["train"], splits["validation"])
   of_run = "trained" in tuple(config.sweeps) and not common.uses_hook(config)
   mesh = common.evaluation_mesh(common.read_run(config.run_dir).config if of_run else None)

@@ -150,9 +150,9 @@ def run(config, workdir: str) -> Dict[str, Any]:
   train_all, train_labels_all, _ = common.evaluation_rows(train_split)
   _check_ranks(config, int(np.prod(train_all.shape[1:])))
   train_x, train_y, train_ids = common.evaluation_rows(train_split, config.num_images,
-                                                       config.subset_seed)
+                                                       config.subset_seed, field="num_images")
   val_x, val_y, val_ids = common.evaluation_rows(val_split, config.num_images, config.subset_seed,
-                                                 "validation")
+                                                 "validation", field="num_images")
   sigmas = common.sigma_grid(config.sigmas, config.num_sigmas)
 
   # One mesh over every device of every process: the rungs lay the training set out over it,
