@@ -9,7 +9,8 @@ and validation splits with one seeded noise draw per image (paper.md section 6):
   (how close the network is to exact recall); and, from the same per-image errors, membership
   inference by sigma (evaluation/membership.py: AUC and TPR at 1% FPR of telling the training
   images from the validation images), drawn in membership.png. The per-image errors of each
-  snapshot are kept in WORKDIR/evaluation/per_image/<step>.npz (for bootstrapped intervals).
+  snapshot are kept in WORKDIR/evaluation/per_image/<step>.npz (for bootstrapped intervals; a
+  hook's snapshot: its file name without the extension, `common.output_name`).
 The optimal denoiser's own errors are computed once. Results go to WORKDIR/results.json (layout:
 `jobs.results`) after every snapshot, so an interrupted evaluation resumes and a new snapshot is
 evaluated without recomputing the old ones; figures go to WORKDIR/evaluation/.
@@ -22,7 +23,9 @@ Which snapshots (`common.SnapshotSeries`): the run's in WORKDIR (keys: steps), N
 converted into WORKDIR first (config.model.checkpoint), or a hook's (config.model.denoiser =
 MODULE:FUNCTION called for each file under config.model.checkpoint, `common.hook_series`; keys:
 file names, in the natural order of the names; WORKDIR then only receives the results). The hook is
-imported at validation and checked on two images before anything is measured; results.json's
+imported at validation and checked on two images before anything is measured (a denoiser whose
+errors or samples hold NaN or Inf, at any sigma, stops the job with jobs.MeasurementError naming
+it, the sigmas and the measurement: `common.require_finite`); results.json's
 protocol records it (`denoiser`) and each snapshot's file (`source`); the set name is "hook".
 
 Where it runs: one mesh over every device of every process (`common.evaluation_mesh`: data x the
@@ -347,8 +350,7 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
     scale = {k: baselines[k]["features"]["gap"] for k in ("real", "copier") if baselines.get(k)}
     if scale:  # G_FD's scale: a perfect generalizer's and a perfect memorizer's
       warning = baseline_warning(baselines)
-      console.summary(f"G_FD's scale ({feature_name(results['samples']['protocol'])} features): "
-                      + ", ".join(
+      console.summary("G_FD's scale (features): " + ", ".join(
           f"{'fresh real images' if k == 'real' else 'a copier of training images'} {v:.4f}"
           for k, v in scale.items()) + "." + (f" Unreliable: {warning}." if warning else ""))
   console.summary(f"Results in {results_lib.path(workdir)}, figures in {out_dir}/")
