@@ -86,10 +86,10 @@ class WorkdirBusyError(RuntimeError):
   """Another job (or process) holds the workdir's lock."""
 
 
-class MeasurementError(RuntimeError):
+class MeasurementError(ValueError):
   """A measurement cannot be made of the denoiser given: its outputs (or samples) hold NaN or Inf
   (`common.require_finite`). The message names the denoiser, the measurement and the sigmas;
-  main prints it in one line (exit status 2)."""
+  main prints it in one line (exit status 2). (A ValueError: the values are what is wrong.)"""
 
 
 @contextlib.contextmanager

@@ -70,7 +70,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from diffgen_jax import config_checks, jsonio
+from diffgen_jax import config_checks, jobs, jsonio
 from diffgen_jax.config_checks import ConfigError, fail
 from diffgen_jax.evaluation import gap, ladder
 from diffgen_jax.jobs import common, console, results as results_lib
@@ -218,10 +218,6 @@ def run(config, workdir: str) -> Dict[str, Any]:
     cal = ladder.calibrate(net, train_all, config.calibration.sizes, cal_inputs, cal_sigmas,
                            cal_labels, train_labels=train_labels_all, batch_size=config.batch_size,
                            mesh=mesh, **machines[name])
-    # A sigma where no candidate's mse is finite: the network's outputs are not (`calibrate`).
-    common.require_finite(np.where(np.isfinite(cal.mse).any(axis=0), 0.0, np.nan), denoiser=who,
-                          sigmas=cal_sigmas, measurement=f"the calibration of {name} on the "
-                          f"{config.calibration.on} set (its agreement with every patch size)")
     calibrations[name] = cal
     results["calibration"]["machines"][name] = {"mse": cal.mse, "r2": cal.r2,
                                                 "best_size": cal.best_size}
@@ -234,8 +230,12 @@ def run(config, workdir: str) -> Dict[str, Any]:
     try:
       return calibrations[name].schedule()
     except ValueError as e:  # no size was calibrated at some sigma: refuse to make one up
-      raise ValueError(f"ladder: cannot build the calibrated {name} rung: {e}; the calibration is "
-                       f"in {results_lib.path(workdir)}") from e
+      # (No candidate's agreement with the network is finite there: the network's outputs, or
+      # every candidate machine's, hold NaN or Inf.)
+      raise jobs.MeasurementError(
+          f"{who} or every {name} machine gives NaN or Inf in the calibration on the "
+          f"{config.calibration.on} set, so ladder: cannot build the calibrated {name} rung: {e}; "
+          f"the calibration is in {results_lib.path(workdir)}") from None
 
   ranks = ((None,) if config.gaussian_full else ()) + tuple(int(r) for r in config.gaussian_ranks)
   rungs = ladder.ladder_rungs(
