@@ -68,7 +68,7 @@ def main(argv):
       console.progress(f"{n} CPU devices (one per core) if the backend is a CPU")
     logging.info("config:\n%s", config)  # (config.json records it; --verbosity=1 shows it)
     jobs.run(config, _WORKDIR.value)
-  except (config_checks.ConfigError, jobs.WorkdirBusyError) as err:
+  except (config_checks.ConfigError, jobs.WorkdirBusyError, jobs.MeasurementError) as err:
     _fail(str(err))
 
 

@@ -146,3 +146,24 @@ def test_export_config_checks(run_dir, tmp_path):
     config = _export_config()
     config.run_dir = run_dir
     jobs.run(config, str(tmp_path / "t"))
+
+
+def test_non_finite_outputs_stop_the_export_naming_the_denoiser(tmp_path):
+  """A denoiser whose samples diverge, and one that is NaN at sigma 2 only: jobs.MeasurementError
+  naming the denoiser and what was measured (samples.zip; D(x; sigma) at sigma 2), checked on the
+  host after each batch (was data.to_pixels' ValueError naming neither)."""
+  kw = dict(image_shape=(4, 4, 1), num_classes=0, num_steps=3, batch_size=4)
+  with pytest.raises(jobs.MeasurementError, match=r"^snapshot 7 \(EMA set 'ema'\) gives NaN or "
+                                                  r"Inf in the samples of samples\.zip "
+                                                  r"\(deterministic Heun, 3 steps"):
+    export.export_denoiser(lambda x, sigma, labels=None: 1e30 * x, str(tmp_path / "a"),
+                           num_samples=2, denoiser="snapshot 7 (EMA set 'ema')", **kw)
+
+  def nan_at_two(x, sigma, labels=None):
+    return jnp.where(jnp.abs(jnp.asarray(sigma) - 2.0) < 1e-6, jnp.nan, 0.5 * x)
+
+  clean = (np.zeros((3, 4, 4, 1), np.float32), None, np.arange(3))
+  with pytest.raises(jobs.MeasurementError, match=r"^the hook gives NaN or Inf at sigma 2 in "
+                                                  r"D\(x; sigma\) of denoised_sigma2\.zip"):
+    export.export_denoiser(nan_at_two, str(tmp_path / "b"), num_samples=0, clean=clean,
+                           sigmas=(0.5, 2.0), denoiser="the hook", **kw)

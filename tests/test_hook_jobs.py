@@ -172,7 +172,8 @@ def test_evaluate_a_hook_that_never_saw_the_training_set_has_no_gap_and_resumes(
     direct = gap.denoising_errors(_shrink(-0.4, var), rows[0], rows[1], np.asarray(SIGMAS),
                                   ids=rows[2], noise_seed=0, batch_size=N)
     np.testing.assert_allclose(record["e_train"], direct, rtol=1e-5)
-    with np.load(os.path.join(workdir, "evaluation", "per_image", f"{key}.npz")) as f:
+    with np.load(os.path.join(workdir, "evaluation", "per_image",
+                              f"{common.output_name(key)}.npz")) as f:
       e_train, e_val = f["e_train"].astype(np.float64), f["e_val"].astype(np.float64)
     mt, mv = e_train.mean(0), e_val.mean(0)
     g = mv / mt - 1
@@ -230,7 +231,7 @@ def test_a_feature_hook_measures_fd_and_copies_in_its_features(data_dir, hook_di
   assert section["protocol"]["feature"] == {"kind": "hook", "spec": s.features}
   assert res["snapshots"]["wiener-10.npz"]["images_seen"] == 10
   record = section["snapshots"]["wiener-10.npz"]
-  with np.load(os.path.join(workdir, "evaluation", "sample_grids", "wiener-10.npz.npz")) as grid:
+  with np.load(os.path.join(workdir, "evaluation", "sample_grids", "wiener-10.npz")) as grid:
     samples = grid["samples"]  # all 16 samples (grid_size = num_samples)
   # By hand: the hook's features of the samples and of the reference rows the setup drew.
   train, val = (common.load_split(config, split) for split in ("train", "validation"))
@@ -338,6 +339,7 @@ def test_export_writes_the_hooks_samples(data_dir, hook_dir, tmp_path):
   res = jobs.run(config, str(tmp_path / "export"))
   record = res["exports"]["wiener-10.npz"]
   assert record["run_dir"] is None and record["images_seen"] == 10000
+  assert record["samples"]["file"] == "export/wiener-10/samples.zip"  # (not wiener-10.npz/)
   assert record["image_shape"] == [8, 8, 1] and record["num_classes"] == 10
   train = common.load_split(common.data_of(config), "train")
   from diffgen_jax import data  # pylint: disable=import-outside-toplevel
@@ -453,3 +455,160 @@ def test_own_files_without_a_hook_say_to_set_the_hook(data_dir, hook_dir, tmp_pa
   with pytest.raises(ConfigError, match=r"config\.model\.checkpoint=.*snapshots.*holds no network "
                                         r"snapshots.*set config\.model\.denoiser=MODULE:FUNCTION"):
     jobs.run(config, str(tmp_path / "w"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Denoisers that give NaN or Inf where the start-up check does not look: one line naming the
+# denoiser, the sigmas and the measurement
+
+# NaN in a band of sigma around 0.3 and around 3 (the grid's 0.3 and 3.0), finite at the start-up
+# check's sigmas (0.5, 2.0; a scalar 1.0 only traced); and a scale D = 1e10 x, finite at every
+# sigma but its samples diverge (each Heun step multiplies the state by about 1e10).
+BAD_HOOKS = """
+import jax.numpy as jnp
+import numpy as np
+
+
+def _seen(path):
+  with np.load(path) as f:
+    return int(f["seen"])
+
+
+def nan_off_check(path):
+  def denoise(x, sigma, labels=None):
+    s = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), (x.shape[0],))[:, None, None, None]
+    bad = ((s > 0.25) & (s < 0.35)) | ((s > 2.5) & (s < 3.5))
+    return jnp.where(bad, jnp.nan, 0.5 * x)
+  return denoise, {"images_seen": _seen(path)}
+
+
+def scaled(path):
+  return (lambda x, sigma, labels=None: 1e10 * x), {"images_seen": _seen(path)}
+"""
+
+
+@pytest.fixture
+def bad_hooks(tmp_path):
+  (tmp_path / "badnets.py").write_text(BAD_HOOKS)
+  return lambda function: f"{tmp_path / 'badnets.py'}:{function}"
+
+
+def test_nan_off_the_check_sigmas_stops_evaluate_in_one_line_through_main(data_dir, hook_dir,
+                                                                          bad_hooks, tmp_path):
+  """A hook that passes the start-up check (sigma 0.5, 2) but returns NaN at the grid's 0.3 and 3:
+  exit 2 with one line naming the hook, its snapshot, the sigmas and the measurement (was a
+  ValueError from the membership code naming none of them)."""
+  spec = bad_hooks("nan_off_check")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + sys.path), JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "diffgen_jax.main", f"--config={ROOT}/configs/quickstart.py",
+       f"--workdir={tmp_path / 'w'}", "--config.job=evaluate", f"--config.data.data_dir={data_dir}",
+       f"--config.model.denoiser={spec}", f"--config.model.checkpoint={hook_dir / 'snapshots'}",
+       "--config.evaluation.sigmas=(0.1,0.3,1.0,3.0)", "--config.evaluation.num_images=16",
+       "--config.evaluation.optimal=False", "--config.evaluation.model_vs_optimal=False",
+       "--config.evaluation.samples.enabled=False", "--config.tensorboard=False"],
+      capture_output=True, text=True, env=env, timeout=300, check=False)
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, lines
+  assert lines[0].startswith(
+      f"diffgen_jax: config.model.denoiser='{spec}' on 'wiener-2.npz' gives NaN or Inf at sigma "
+      "0.3, 3 in the denoising gap and membership (E_train on 16 training images)"), lines
+
+
+def test_diverging_samples_stop_in_one_line_naming_the_snapshot_and_sampler(
+    data_dir, hook_dir, bad_hooks, tmp_path):
+  """A scaled hook (D = 1e10 x): its errors are finite, its samples are not: MeasurementError
+  naming the snapshot, the sampler and its guidance, and that the samples are not finite (was a
+  ValueError traceback from the Frechet distance)."""
+  config = _evaluate_config(data_dir, hook_dir, "make")
+  config.model.denoiser = bad_hooks("scaled")
+  config.evaluation.samples.update(dict(enabled=True, feature="pixels", num_samples=16,
+                                        num_steps=4, num_train_subsets=1, grid_size=0,
+                                        overlap=False, nn_similarity=False))
+  with pytest.raises(jobs.MeasurementError) as err:
+    jobs.run(config, str(tmp_path / "w"))
+  assert str(err.value).startswith(
+      f"the samples of config.model.denoiser='{config.model.denoiser}' on 'wiener-2.npz' "
+      "(deterministic Heun, 4 steps, no guidance, 16 samples) are not finite: 16 of 16 samples "
+      "hold NaN or Inf; the denoiser's outputs are first non-finite at step "), str(err.value)
+
+
+@pytest.mark.parametrize("job", ["ladder", "factors"])
+def test_nan_off_the_check_sigmas_stops_ladder_and_factors_naming_the_hook(
+    data_dir, hook_dir, bad_hooks, tmp_path, job):
+  """The same NaN hook through the ladder job (its trajectories or agreement) and the factors
+  job's trained sweep (the network's curve): MeasurementError naming the hook and its last file
+  (the ladder's) or the sweep's snapshot, the sigmas and the measurement."""
+  config = _hook_fields(_load_config(job, "smoke" if job == "ladder" else "trained"), data_dir,
+                        hook_dir)
+  config.model.denoiser = bad_hooks("nan_off_check")
+  if job == "ladder":
+    config.update(dict(local_rungs=(), gaussian_ranks=(), delta=0.0, make_plots=False,
+                       sigmas=(0.1, 0.3, 1.0, 3.0)))
+  else:
+    config.update(dict(num_images=8, sigmas=(0.1, 0.3, 1.0, 3.0), batch_size=16,
+                       make_plots=False))
+    config.trained.update(dict(styles=("autoguidance",), ws=(0.0,), crop_sizes=(),
+                               sample_gap_samples=0))
+  with pytest.raises(jobs.MeasurementError) as err:
+    jobs.run(config, str(tmp_path / job))
+  message = str(err.value)
+  assert message.startswith(f"config.model.denoiser='{config.model.denoiser}' on 'wiener-10.npz' "
+                            "gives NaN or Inf at sigma "), message
+  if job == "factors":
+    assert ("at sigma 0.3, 3 in the trained sweep's curve 'network' (E_train, E_val)"
+            in message), message
+
+
+def test_a_count_larger_than_a_split_is_clamped_said_and_recorded_and_pixels_said_once(
+    data_dir, hook_dir, tmp_path, capsys, caplog):
+  """evaluation.num_images above both splits: each split's images are all used, a warning names
+  the field and the split's size, the protocol records the counts. With feature='pixels' the
+  summary states the pixels' G_FD once. A hook's per-image errors and sample grid are named by
+  its file name without the extension (per_image/wiener-10.npz, not wiener-10.npz.npz);
+  16 samples against 64 pixels: G_FD's scale carries a note and a warning."""
+  config = _evaluate_config(data_dir, hook_dir)
+  config.model.checkpoint = str(hook_dir / "snapshots" / "wiener-10.npz")
+  config.evaluation.num_images = 1000
+  config.evaluation.samples.update(dict(enabled=True, feature="pixels", num_samples=16,
+                                        num_steps=4, num_train_subsets=1, grid_size=16,
+                                        overlap=False, nn_similarity=False))
+  workdir = tmp_path / "w"
+  res = jobs.run(config, str(workdir))
+  num_val = len(common.load_split(config, "validation"))
+  assert res["protocol"]["num_train"] == N and res["protocol"]["num_val"] == num_val
+  assert (f"config.evaluation.num_images=1000 is more than the {N} images of the training split: "
+          f"all {N} are used") in caplog.text
+  assert (f"config.evaluation.num_images=1000 is more than the {num_val} images of the "
+          f"validation split") in caplog.text
+  out = capsys.readouterr().out
+  line, = [l for l in out.splitlines() if l.startswith("Samples: Frechet-distance gap")]
+  assert line.count("(pixels)") == 1 and "features)" not in line, line
+  baselines = res["samples"]["baselines"]
+  assert baselines["note"].startswith("16 samples against the 64 dimensions of the features and "
+                                      "the 64 of the pixels: FD's covariances are rank-deficient")
+  assert baselines["note"] in caplog.text and "Unreliable: " in out
+  for sub in ("per_image", "sample_grids"):
+    assert os.listdir(workdir / "evaluation" / sub) == ["wiener-10.npz"], sub
+
+
+def test_a_changed_protocol_names_each_field_and_both_values(tmp_path):
+  """A re-run whose evaluation protocol differs from results.json's: one ConfigError naming each
+  differing field with the saved and the new value (the sigma grid included: was '(grids
+  differ)'); a long grid as its length, range and first differing position."""
+  grid = [float(v) for v in np.geomspace(0.002, 80, 64)]
+  saved = {"sigmas": grid, "num_train": 64, "num_val": 64, "subset_seed": 0, "training_set": {}}
+  results_lib.write(str(tmp_path), "evaluate", {"protocol": saved, "snapshots": {}})
+  now = dict(saved, sigmas=grid[:5] + [0.5] + grid[6:], num_val=32)
+  with pytest.raises(ConfigError) as err:
+    ev._read_results(str(tmp_path), now)
+  assert ("was computed with another evaluation protocol (saved vs now): num_val: 64 vs 32; "
+          "sigmas: 64 values 0.002 .. 80 vs 64 values 0.002 .. 80 (first difference at position "
+          f"5: {grid[5]:.6g} vs 0.5). Use the same evaluation config") in str(err.value)
+  short = dict(saved, sigmas=[0.1, 0.3], num_val=64)
+  results_lib.write(str(tmp_path), "evaluate", {"protocol": short, "snapshots": {}})
+  with pytest.raises(ConfigError, match=r"\(saved vs now\): sigmas: \[0\.1, 0\.3\] vs "
+                                        r"\[0\.1, 0\.5\]\. Use"):
+    ev._read_results(str(tmp_path), dict(short, sigmas=[0.1, 0.5]))
+  assert ev._read_results(str(tmp_path), short)["protocol"] == short

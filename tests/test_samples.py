@@ -543,3 +543,32 @@ def test_fd_baselines_floor_and_ceiling_known_answers():
                           num_steps=2, probe_size=2, grid_size=0, nn_similarity=False,
                           overlap=False)
   assert small.baselines["real"] is None and small.baselines["copier"]["num_images"] == 10
+
+
+def test_fd_baselines_inverted_with_16_samples_against_64_pixels(data_dir):
+  """16 samples against the 64 pixels of 8x8 digits (a 256-image training subset, seed 0): the
+  copier's G_FD comes out below fresh real images' (about -0.15 vs +0.09 here), so the scale is
+  flagged "inverted" in both spaces (pixel features: the same numbers) with a note on the
+  rank-deficient covariances, and the job's warning says both. With more samples than dimensions
+  and a copier above fresh images (the known-answer case), neither key appears."""
+  split = lambda name, **kw: data.first_images(data.load_split("digits", name, data_dir=data_dir,
+                                                               **kw))[0]
+  train, val = split("train", subset_size=256), split("validation")
+  kw = dict(num_steps=2, num_train_subsets=2, probe_size=2, grid_size=0, nn_similarity=False,
+            overlap=False)
+  b = samples.prepare(train, val, features_lib.pixel_features, num_samples=16, **kw).baselines
+  for space in ("features", "pixels"):
+    assert b["copier"][space]["gap"] < b["real"][space]["gap"]
+  assert b["inverted"] == ["features", "pixels"]
+  assert b["note"] == ("16 samples against the 64 dimensions of the features and the 64 of the "
+                       "pixels: FD's covariances are rank-deficient and G_FD's scale (fresh real "
+                       "images, a copier) is unreliable")
+  warning = ev.baseline_warning(b)
+  assert warning.startswith("G_FD's scale is inverted in features and pixels (a copier of "
+                            "training images scores below fresh real images); 16 samples against")
+  rng = np.random.default_rng(0)  # (the known-answer data: 10 samples, 9 pixels)
+  far = lambda mean, n: np.clip(mean + 0.1 * rng.standard_normal((n, 3, 3, 1)), -1, 1)
+  clean = samples.prepare(far(-0.5, 40).astype(np.float32), far(0.5, 30).astype(np.float32),
+                          features_lib.pixel_features, num_samples=10, **kw).baselines
+  assert clean["copier"]["pixels"]["gap"] > clean["real"]["pixels"]["gap"]
+  assert "inverted" not in clean and "note" not in clean and ev.baseline_warning(clean) == ""

@@ -124,7 +124,11 @@ def fd_baselines(references: Mapping[str, Any], num_samples: int, *, rng: np.ran
     left. Its G_FD (about zero, up to the split's own shift and sampling noise) is the floor.
   copier / fresh: (features (R, F) of the featurized rows of the split, pixels(positions) -> the
   pixel features of those rows); references: {space: {"train": [...], "val": ...}} (`prepare`).
-  Returns {"copier": {"num_images", space: fd_record}, "real": {...} or None}."""
+  Returns {"copier": {"num_images", space: fd_record}, "real": {...} or None}, and, only when
+  they apply, "inverted": [the spaces where the copier's G_FD is below fresh real images': the
+  scale is then noise, not a floor and a ceiling] and "note": a line saying in which spaces
+  num_samples is below the feature dimension (FD's covariances are then rank-deficient and its
+  scale is unreliable, e.g. 16 samples against the 64 pixels of an 8x8 image)."""
   def record(pos, feats, pixels):
     return {"num_images": int(len(pos)),
             "features": fd_record(feats[pos], references["features"], mesh=mesh),
@@ -136,8 +140,21 @@ def fd_baselines(references: Mapping[str, Any], num_samples: int, *, rng: np.ran
   val_features, val_pixels = fresh
   left = np.setdiff1d(np.arange(len(val_features)), used_val)
   chosen = np.sort(rng.permutation(left)[:num_samples])
-  return {"copier": record(copied, train_features, train_pixels),
-          "real": record(chosen, val_features, val_pixels) if len(chosen) >= 2 else None}
+  out = {"copier": record(copied, train_features, train_pixels),
+         "real": record(chosen, val_features, val_pixels) if len(chosen) >= 2 else None}
+  spaces = ("features", "pixels")
+  if out["real"] is not None:
+    inverted = [sp for sp in spaces if out["copier"][sp]["gap"] < out["real"][sp]["gap"]]
+    if inverted:
+      out["inverted"] = inverted
+  dims = {sp: int(np.size(references[sp]["val"][0])) for sp in spaces}
+  few = [sp for sp in spaces if num_samples < dims[sp]]
+  if few:
+    against = " and ".join(f"the {dims[sp]}{' dimensions' if i == 0 else ''} of the {sp}"
+                           for i, sp in enumerate(few))
+    out["note"] = (f"{num_samples} samples against {against}: FD's covariances are "
+                   "rank-deficient and G_FD's scale (fresh real images, a copier) is unreliable")
+  return out
 
 
 def early_stop_gap_fd(features_fn, outputs_per_step, train_feature_subsets: Sequence,
@@ -417,6 +434,7 @@ def run_sampler(ctx: Setup, denoise) -> SampleRun:
   samples, their features (extracted where they were made) and the features of the early-stopped
   outputs are gathered once per batch, so host memory holds (S, n, F) features, never
   (S, n, H, W, C) images. Progress: `progress.track("samples: Heun sampler", n, "samples")`.
+  Raises NonFiniteSamples when a batch's samples hold NaN or Inf (checked on the host).
   """
   n = ctx.num_samples
   batch = batch_multiple(min(ctx.batch_size, n), ctx.mesh)
@@ -433,6 +451,7 @@ def run_sampler(ctx: Setup, denoise) -> SampleRun:
       traj = out.trajectory
       sigmas = fetch(traj.sigmas)
       samples.append(fetch(out.samples)[:keep])
+      _check_batch(samples[-1], traj, start, n)  # (before their features: finite images only)
       feats.append(features_lib.batch_features(ctx.features_fn, out.samples)[:keep])
       stopped = [ctx.features_fn(traj.denoised[int(i)]) for i in ctx.stop_steps]
       stop_feats.append(fetch(jnp.stack(stopped))[:, :keep].reshape(len(stopped), keep, -1))
@@ -445,6 +464,49 @@ def run_sampler(ctx: Setup, denoise) -> SampleRun:
   return SampleRun(np.concatenate(samples), np.concatenate(feats), sigmas,
                    np.concatenate(stop_feats, axis=1).astype(np.float32),
                    np.concatenate(states, axis=1), np.concatenate(denoised, axis=1))
+
+
+class NonFiniteSamples(ValueError):
+  """The sampler's samples (or their features) hold NaN or Inf: the denoiser diverged along the
+  trajectory, or the feature extractor fails on the samples."""
+
+
+def _first_non_finite(finite_steps, steps, sigmas) -> str:
+  """"; the denoiser's outputs are first non-finite at step i (sigma s)" of the first of `steps`
+  whose `finite_steps` entry is False ("" when all are True)."""
+  finite_steps = np.asarray(finite_steps, bool)
+  if finite_steps.all():
+    return ""
+  i = int(np.asarray(steps)[np.argmin(finite_steps)])
+  return f"; the denoiser's outputs are first non-finite at step {i} (sigma {float(sigmas[i]):.4g})"
+
+
+def _check_batch(samples: np.ndarray, trajectory, start: int, n: int) -> None:
+  """Raises NonFiniteSamples when a batch of samples (host, the rows start, start + 1, ... of n)
+  holds NaN or Inf, naming how many and the first step whose denoiser outputs (all of the batch's
+  trajectories, reduced on the devices only then) are not finite."""
+  keep = len(samples)
+  bad = int((~np.isfinite(samples.reshape(keep, -1)).all(axis=1)).sum())
+  if not bad:
+    return
+  d = trajectory.denoised
+  finite = fetch(jnp.isfinite(d).reshape(d.shape[0], -1).all(axis=1))
+  which = f"{n} samples" if keep == n else f"the samples {start} to {start + keep - 1} (of {n})"
+  raise NonFiniteSamples(f"{bad} of {which} hold NaN or Inf"
+                         + _first_non_finite(finite, np.arange(len(finite)),
+                                             fetch(trajectory.sigmas)))
+
+
+def check_finite_features(run: SampleRun, stop_steps) -> None:
+  """Raises NonFiniteSamples when the features of run's (finite) samples hold NaN or Inf (the
+  feature extractor fails on them), naming how many and the first early-stop step whose outputs'
+  features are not finite."""
+  n = len(run.features)
+  bad = int((~np.isfinite(run.features.reshape(n, -1)).all(axis=1)).sum())
+  if bad:
+    finite = np.isfinite(run.stop_features.reshape(len(run.stop_features), -1)).all(axis=1)
+    raise NonFiniteSamples(f"the features of {bad} of {n} samples hold NaN or Inf"
+                           + _first_non_finite(finite, stop_steps, run.sigmas))
 
 
 def _positions(sorted_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -468,8 +530,10 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
   `denoise` should be a pytree denoiser (`jax.tree_util.Partial` over arrays with a fixed
   function) so that it is compiled once for all snapshots; a plain function works too. With a
   mesh across processes every process must call it (the same numbers on each).
+  Raises NonFiniteSamples when the samples (`run_sampler`) or their features hold NaN or Inf.
   """
   run = run_sampler(ctx, denoise)
+  check_finite_features(run, ctx.stop_steps)
   n = len(run.samples)
   bs = ctx.batch_size
   mesh = ctx.mesh

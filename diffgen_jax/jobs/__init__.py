@@ -89,6 +89,12 @@ class WorkdirBusyError(RuntimeError):
   """Another job (or process) holds the workdir's lock."""
 
 
+class MeasurementError(ValueError):
+  """A measurement cannot be made of the denoiser given: its outputs (or samples) hold NaN or Inf
+  (`common.require_finite`). The message names the denoiser, the measurement and the sigmas;
+  main prints it in one line (exit status 2). (A ValueError: the values are what is wrong.)"""
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir: str, job: str):
   """Holds an exclusive lock (fcntl.flock) on WORKDIR/job.lock for the block; WorkdirBusyError

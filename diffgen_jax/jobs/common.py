@@ -17,10 +17,12 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
 from diffgen_jax import (checkpointing, config_checks, data, defaults, denoisers, edm, ema, hooks,
                          jsonio, models, sharding, training)
+from diffgen_jax import jobs
 from diffgen_jax.jobs import console
 from diffgen_jax.models.network import Network, build_network, network_denoiser
 
@@ -97,15 +99,34 @@ def devices_used(mesh: Optional[jax.sharding.Mesh]) -> Dict[str, int]:
           "processes": int(jax.process_count())}
 
 
+def used_count(field: str, requested: int, available: int, what: str) -> int:
+  """How many of `available` items a count field that asks for `requested` uses: all of them
+  when it asks for more (a count larger than a split is clamped, not refused: e.g. the default
+  evaluation.num_images=8192 on a 1,024-image training subset), said in one logged warning
+  naming config.<field>, both numbers and `what` they are ("images of the training split"); the
+  jobs record the count used in results.json. 0 or None asks for all (no warning)."""
+  if requested and int(requested) > int(available):
+    if jax.process_index() == 0:
+      logging.warning("config.%s=%d is more than the %d %s: all %d are used (results.json records "
+                      "the count)", field, int(requested), int(available), what,
+                      int(available))
+    return int(available)
+  return int(available) if not requested else int(requested)
+
+
 def evaluation_rows(split: data.Split, n: Optional[int] = None, seed: int = 0,
-                    which: str = "train"):
+                    which: str = "train", field: Optional[str] = None):
   """A split's evaluation subset of n images (`data.evaluation_subset`: seeded, uniform, rows
   ascending; the whole split when n is None), with the images a source read where it is needed:
   (images, labels, ids) with images a `sharding.LazyRows` of (n, H, W, C) float32 in [-1, 1]
   (`data.to_unit_range` of what is read), labels (n,) int32 or None when the split has no
   classes, ids (n,) int64. which: "train" or "validation" (the subsets' seeded streams differ).
   A measurement that splits the images over a mesh (gap, y*, the rungs) then reads on each
-  process only the rows its devices hold."""
+  process only the rows its devices hold. field: the config field n comes from; an n larger than
+  the split is then said in a warning naming it (`used_count`)."""
+  if field is not None:
+    used_count(field, n, len(split),
+               f"images of the {'training' if which == 'train' else which} split")
   rows = data.evaluation_subset(split, n, seed, which)
   labels = np.asarray(split.labels[rows], np.int32) if split.num_classes > 0 else None
   images = sharding.LazyRows(split.images, rows, transform=data.to_unit_range)
@@ -208,6 +229,13 @@ class SnapshotSeries:
       raise KeyError(f"{key!r} is not a snapshot of the series {self.keys}")
     return self.loader(str(key), which)
 
+  def describe(self, key: str, set_name: Optional[str] = None) -> str:
+    """Who a snapshot's measured numbers come from, in words for an error message: a hook's
+    "config.model.denoiser='m:f' on 'net-2.npz'", a run's "snapshot 100 (EMA set 'ema')"."""
+    if self.source == "hook":
+      return f"config.{HOOK_FIELD}={self.spec!r} on {key!r}"
+    return f"snapshot {key}" + (f" (EMA set {set_name!r})" if set_name else "")
+
   def pick(self, index: int, field: str) -> str:
     """keys[index] (-1: the last); ConfigError naming config.<field> for an index out of range."""
     if isinstance(index, bool) or not isinstance(index, int) or not (
@@ -221,6 +249,71 @@ def hook_record(series: SnapshotSeries, meta: Dict[str, Any]) -> Dict[str, Any]:
   """What results record of a hook's snapshot: {"denoiser": the hook, "snapshot": its file}
   ({} for a run's snapshot)."""
   return {"denoiser": series.spec, "snapshot": meta["source"]} if series.source == "hook" else {}
+
+
+def output_name(key: str) -> str:
+  """The name of a snapshot's own files and folders under a workdir (the export's folder, the
+  evaluation's per-image errors and sample grids): a run's step as is, a hook's file name without
+  its extension (net-000100.npz: net-000100; `hook_series` refuses names that then collide)."""
+  return os.path.splitext(key)[0] or key
+
+
+def _shown(value) -> str:
+  """A value for a one-line message: a list of more than 6 numbers as its length and range, a
+  float to 6 digits."""
+  if isinstance(value, (list, tuple)) and len(value) > 6 and all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    return f"{len(value)} values {value[0]:.4g} .. {value[-1]:.4g}"
+  if isinstance(value, float):
+    return f"{value:.6g}"
+  return repr(value)
+
+
+def differences(saved: Dict[str, Any], now: Dict[str, Any], prefix: str = "") -> str:
+  """Each field (nested dicts as dotted names) whose value differs between two records, with both
+  values, "field: saved vs now; ..." (a long list of numbers as its length, its range and the
+  first position where the two differ; a field one record lacks as "(absent)"); "" when none
+  differs."""
+  parts = []
+  for key in sorted(set(saved) | set(now)):
+    a, b = saved.get(key), now.get(key)
+    if a == b:
+      continue
+    if isinstance(a, dict) and isinstance(b, dict):
+      parts.append(differences(a, b, f"{prefix}{key}."))
+      continue
+    show = lambda record, v: _shown(v) if key in record else "(absent)"
+    text = f"{prefix}{key}: {show(saved, a)} vs {show(now, b)}"
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and max(len(a), len(b)) > 6:
+      i = next((i for i, (u, v) in enumerate(zip(a, b)) if u != v), min(len(a), len(b)))
+      at = lambda v: _shown(v[i]) if i < len(v) else "none"
+      text += f" (first difference at position {i}: {at(a)} vs {at(b)})"
+    parts.append(text)
+  return "; ".join(p for p in parts if p)
+
+
+def require_finite(values, *, denoiser: str, measurement: str, sigmas=None) -> None:
+  """Refuses measured values that hold NaN or Inf: checked on the host, on values already fetched
+  (so it costs nothing on the device path; a check on traced values under jit never runs).
+
+  values: an array (any shape); with sigmas (S,), its last axis runs over them and the sigmas
+  where a value is not finite are named. denoiser: who gave the values
+  (`SnapshotSeries.describe`); measurement: what was measured, in words.
+  Raises jobs.MeasurementError naming the denoiser, the sigmas and the measurement.
+  """
+  a = np.asarray(values, np.float64)
+  finite = np.isfinite(a)
+  if finite.all():
+    return
+  where = ""
+  if sigmas is not None:
+    grid = np.atleast_1d(np.asarray(sigmas, np.float64))
+    bad = ~finite.reshape(-1, grid.size).all(axis=0)
+    where = " at sigma " + ", ".join(f"{v:.4g}" for v in grid[bad])
+  raise jobs.MeasurementError(
+      f"{denoiser} gives NaN or Inf{where} in {measurement} ({int((~finite).sum())} of {a.size} "
+      "values): every measurement needs finite denoiser outputs (a diverged network, or a hook "
+      "that fails at these noise levels; its start-up check tries sigma 0.5 and 2 only)")
 
 
 def run_series(workdir: str, network: Network, sigma_data: float,
@@ -280,6 +373,13 @@ def hook_series(spec: str, checkpoint: str, image_shape: Sequence[int], num_clas
   paths = hooks.snapshot_files(checkpoint, field=HOOK_FILES_FIELD)
   by_key = {os.path.basename(p): p for p in paths}
   keys = tuple(by_key)
+  names: Dict[str, str] = {}
+  for key in keys:  # (a snapshot's files are named by `output_name`: one per snapshot)
+    if names.setdefault(output_name(key), key) != key:
+      config_checks.fail(HOOK_FILES_FIELD, checkpoint, (
+          f"holds {names[output_name(key)]!r} and {key!r}, whose names differ only in their "
+          "extension: the results name a snapshot's files by its file name without the extension; "
+          "rename one of them"))
   factory = hooks.load_factory(spec, field=HOOK_FIELD)
   shape, classes = tuple(int(v) for v in image_shape), int(num_classes)
   made = {keys[0]: hooks.check_denoiser_factory(factory, paths[0], shape, classes,

@@ -9,7 +9,8 @@ and validation splits with one seeded noise draw per image (paper.md section 6):
   (how close the network is to exact recall); and, from the same per-image errors, membership
   inference by sigma (evaluation/membership.py: AUC and TPR at 1% FPR of telling the training
   images from the validation images), drawn in membership.png. The per-image errors of each
-  snapshot are kept in WORKDIR/evaluation/per_image/<step>.npz (for bootstrapped intervals).
+  snapshot are kept in WORKDIR/evaluation/per_image/<step>.npz (for bootstrapped intervals; a
+  hook's snapshot: its file name without the extension, `common.output_name`).
 The optimal denoiser's own errors are computed once. Results go to WORKDIR/results.json (layout:
 `jobs.results`) after every snapshot, so an interrupted evaluation resumes and a new snapshot is
 evaluated without recomputing the old ones; figures go to WORKDIR/evaluation/.
@@ -22,7 +23,9 @@ Which snapshots (`common.SnapshotSeries`): the run's in WORKDIR (keys: steps), N
 converted into WORKDIR first (config.model.checkpoint), or a hook's (config.model.denoiser =
 MODULE:FUNCTION called for each file under config.model.checkpoint, `common.hook_series`; keys:
 file names, in the natural order of the names; WORKDIR then only receives the results). The hook is
-imported at validation and checked on two images before anything is measured; results.json's
+imported at validation and checked on two images before anything is measured (a denoiser whose
+errors or samples hold NaN or Inf, at any sigma, stops the job with jobs.MeasurementError naming
+it, the sigmas and the measurement: `common.require_finite`); results.json's
 protocol records it (`denoiser`) and each snapshot's file (`source`); the set name is "hook".
 
 Where it runs: one mesh over every device of every process (`common.evaluation_mesh`: data x the
@@ -52,6 +55,7 @@ from diffgen_jax import (checkpointing, config_checks, data, defaults, edm, ema,
                          optimal, progress)
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import gap, membership, samples
+from diffgen_jax import jobs
 from diffgen_jax.jobs import common, console, convert, results as results_lib
 from diffgen_jax.sharding import LazyRows
 
@@ -164,12 +168,11 @@ def _read_results(workdir: str, protocol: Dict[str, Any]) -> Dict[str, Any]:
     raise config_checks.ConfigError(
         f"{results_lib.path(workdir)} was computed before its protocol recorded which training "
         f"images were evaluated (it has no {missing}): delete it to evaluate the snapshots again")
-  diff = sorted(k for k in set(saved) | set(protocol) if saved.get(k) != protocol.get(k))
-  if diff:
-    shown = {k: (saved.get(k), protocol.get(k)) if k != "sigmas" else "(grids differ)" for k in diff}
+  shown = common.differences(saved, protocol)
+  if shown:
     raise config_checks.ConfigError(
-        f"{results_lib.path(workdir)} was computed with another evaluation protocol (saved, now): "
-        f"{shown}. Use the same evaluation config, or delete the file to start over.")
+        f"{results_lib.path(workdir)} was computed with another evaluation protocol (saved vs "
+        f"now): {shown}. Use the same evaluation config, or delete the file to start over.")
   return results
 
 
@@ -214,9 +217,10 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   sigmas = common.sigma_grid(e.sigmas, e.num_sigmas)
   # The evaluation subsets and the training set are sources read where they are used: each
   # process reads only the rows its devices evaluate (or hold, for y*).
-  train_x, train_y, train_ids = common.evaluation_rows(train_split, e.num_images, e.subset_seed)
+  train_x, train_y, train_ids = common.evaluation_rows(train_split, e.num_images, e.subset_seed,
+                                                       field="evaluation.num_images")
   val_x, val_y, val_ids = common.evaluation_rows(val_split, e.num_images, e.subset_seed,
-                                                 "validation")
+                                                 "validation", field="evaluation.num_images")
   protocol = {"sigmas": sigmas.tolist(), "num_train": len(train_x), "num_val": len(val_x),
               "noise_seed": e.noise_seed, "evaluation_subset_seed": e.subset_seed,
               "dataset": config.data.name,
@@ -249,6 +253,9 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
                      f"{len(sigmas)} sigmas")
     opt_train = gap.denoising_errors(exact, train_x, train_y, sigmas, **train_kw)
     opt_val = gap.denoising_errors(exact, val_x, val_y, sigmas, **val_kw)
+    for split_name, errors in (("train", opt_train), ("val", opt_val)):
+      common.require_finite(errors, denoiser="the empirical optimal denoiser y*", sigmas=sigmas,
+                            measurement=f"its errors E_{split_name}")
     # (No gap for the optimal denoiser: its E_train is 0 where it recalls the training images.)
     results["optimal"] = {"e_train": opt_train.tolist(), "e_val": opt_val.tolist()}
   save()
@@ -266,8 +273,10 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
           entry["ema"][name] = _measure_snapshot(
               snapshot.denoisers[name], exact if e.model_vs_optimal else None, sigmas,
               (("train", train_x, train_y, train_kw), ("val", val_x, val_y, val_kw)),
-              per_image_path=(os.path.join(out_dir, PER_IMAGE_DIR, f"{key}.npz")
-                              if name == names[0] else None))
+              per_image_path=(os.path.join(out_dir, PER_IMAGE_DIR,
+                                           f"{common.output_name(key)}.npz")
+                              if name == names[0] else None),
+              denoiser=series.describe(key, name))
         results["snapshots"][key] = entry
         peak_sigma, peak_value = gap.peak(sigmas, entry["ema"][names[0]]["gap"])
         console.progress(f"evaluate: snapshot {key} ({entry['images_seen']} images): peak G = "
@@ -310,20 +319,26 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
                   f"seen): peak G = {s['peak_gap'][-1]:.4f}{interval} at sigma = "
                   f"{s['peak_sigma'][-1]:.3g}.")
   if sample_summary:
-    console.summary(
-        f"Samples: Frechet-distance gap G_FD = {sample_summary['gap_fd_features'][-1]:.4f} "
-        f"({feature_name(results['samples']['protocol'])} features), "
-        f"{sample_summary['gap_fd_pixels'][-1]:.4f} (pixels); copies of "
-        f"training images: {sample_summary['copy_fraction'][-1]:.3f} (validation control "
-        f"{sample_summary['copy_fraction_validation_control'][-1]:.3f}).")
-    scale = {k: b["features"]["gap"] for k, b in results["samples"].get("baselines", {}).items()
-             if b}
+    console.summary(sample_summary_line(results["samples"]))
+    baselines = results["samples"].get("baselines") or {}
+    scale = {k: baselines[k]["features"]["gap"] for k in ("real", "copier") if baselines.get(k)}
     if scale:  # G_FD's scale: a perfect generalizer's and a perfect memorizer's
+      warning = baseline_warning(baselines)
       console.summary("G_FD's scale (features): " + ", ".join(
           f"{'fresh real images' if k == 'real' else 'a copier of training images'} {v:.4f}"
-          for k, v in sorted(scale.items(), reverse=True)) + ".")
+          for k, v in scale.items()) + "." + (f" Unreliable: {warning}." if warning else ""))
   console.summary(f"Results in {results_lib.path(workdir)}, figures in {out_dir}/")
   return results
+
+
+def sample_summary_line(section: Mapping[str, Any]) -> str:
+  """The final summary's line of a "samples" section: G_FD of the last snapshot in the feature
+  space and in pixels (once when the feature space is the pixels), its copy fraction and control."""
+  summary, feature = section["summary"], feature_name(section["protocol"])
+  fd = f"{summary['gap_fd_features'][-1]:.4f} ({feature} features), " if feature != "pixels" else ""
+  return (f"Samples: Frechet-distance gap G_FD = {fd}{summary['gap_fd_pixels'][-1]:.4f} (pixels); "
+          f"copies of training images: {summary['copy_fraction'][-1]:.3f} (validation control "
+          f"{summary['copy_fraction_validation_control'][-1]:.3f}).")
 
 
 def _summary_step(summary, results, key: str):
@@ -331,22 +346,32 @@ def _summary_step(summary, results, key: str):
   return summary["steps"][checkpointing.snapshot_order(results["snapshots"]).index(key)]
 
 
-def _measure_snapshot(denoise, exact, sigmas, splits, per_image_path: Optional[str]
-                      ) -> Dict[str, Any]:
+def _measure_snapshot(denoise, exact, sigmas, splits, per_image_path: Optional[str],
+                      denoiser: str = "the denoiser") -> Dict[str, Any]:
   """One EMA set's record: E_train, E_val, G, the distance to the optimal denoiser `exact` (when
   given; from the same pass of the network) and membership inference from the per-image errors
   (training images are members). splits: (("train", x, y, kw), ("val", x, y, kw)) with kw the
   gap evaluation's keywords (ids, noise seed, batch size, mesh). per_image_path: where the (N, S)
-  per-image errors are kept for bootstrapped intervals (None: not kept)."""
+  per-image errors are kept for bootstrapped intervals (None: not kept). denoiser: its name in
+  words (`SnapshotSeries.describe`) for jobs.MeasurementError, raised when an error is not
+  finite (`common.require_finite`)."""
   record, per_image = {}, {}
   for split_name, x, y, kw in splits:
+    images = f"{len(x)} {'training' if split_name == 'train' else 'validation'} images"
+    dist = None
     if exact is not None:
-      (errors, per_image[split_name]), (dist, _) = gap.errors_and_distance(
+      (errors, per_image[split_name]), (dist, dist_per_image) = gap.errors_and_distance(
           denoise, exact, x, y, sigmas, return_per_image=True, **kw)
-      record[f"to_optimal_{split_name}"] = dist.tolist()
     else:
       errors, per_image[split_name] = gap.denoising_errors(denoise, x, y, sigmas,
                                                            return_per_image=True, **kw)
+    common.require_finite(per_image[split_name], denoiser=denoiser, sigmas=sigmas,
+                          measurement=f"the denoising gap and membership (E_{split_name} on "
+                                      f"{images})")
+    if dist is not None:
+      common.require_finite(dist_per_image, denoiser=denoiser, sigmas=sigmas,
+                            measurement=f"the distance to y* on {images}")
+      record[f"to_optimal_{split_name}"] = dist.tolist()
     record[f"e_{split_name}"] = errors.tolist()
   record["gap"] = gap.relative_gap(record["e_val"], record["e_train"]).tolist()
   # Its 95% interval over the evaluation images (each split resampled independently).
@@ -523,6 +548,9 @@ def sample_protocol(settings, config, workdir: str, num_train: int, num_val: int
     raise config_checks.ConfigError(f"config.evaluation.samples: {err}") from None
   rows = {split: len(samples.reference_subset(size, cap, int(s.seed), split))
           for split, size in (("train", num_train), ("val", num_val))}
+  probes = min(int(s.probe_size), int(s.num_samples), num_train, num_val)
+  # (Recorded only when probe_size is clamped, so that earlier protocols stay equal.)
+  used = {"probe_size_used": probes} if probes != int(s.probe_size) else {}
   return {"num_samples": int(s.num_samples), "num_steps": int(s.num_steps), "seed": int(s.seed),
           "feature": _feature_source(s, workdir), "num_train_subsets": int(s.num_train_subsets),
           "reference_size": m, "early_stop_every": int(s.early_stop_every),
@@ -530,7 +558,7 @@ def sample_protocol(settings, config, workdir: str, num_train: int, num_val: int
           "probe_size": int(s.probe_size), "copy_ratio": float(s.copy_ratio),
           "grid_size": int(s.grid_size), "noise_seed": int(config.evaluation.noise_seed),
           "num_train": int(num_train), "num_val": int(num_val),
-          "reference_images": {"cap": cap, "seed": int(s.seed), **rows}}
+          "reference_images": {"cap": cap, "seed": int(s.seed), **rows}, **used}
 
 
 def _classifier_labels(config, train_split):
@@ -613,6 +641,11 @@ def sample_setup(config, workdir: str, train_split, val_split, *, settings=None)
   s = sample_settings(config) if settings is None else _with_defaults(settings)
   validate_sample_settings(s)
   protocol = sample_protocol(s, config, workdir, len(train_split), len(val_split))
+  if s.overlap or s.nn_similarity:  # (the probes' only readers)
+    common.used_count("evaluation.samples.probe_size", s.probe_size,
+                      min(int(s.num_samples), len(train_split), len(val_split)),
+                      "trajectories and images per split the probes can use (num_samples and "
+                      "the splits' sizes)")
   train_images, val_images = _unit_images(train_split), _unit_images(val_split)
   cap, seed = int(s.reference_images), int(s.seed)
   feature_rows = {name: samples.reference_subset(len(split), cap, seed, name)
@@ -660,8 +693,9 @@ def evaluate_samples(config, workdir: str, series: common.SnapshotSeries, train_
     return previous
   protocol = sample_protocol(s, config, workdir, len(train_split), len(val_split))
   if previous and previous.get("protocol") != protocol:
-    logging.warning("Sample evaluation settings changed (was %s, now %s): evaluating every "
-                    "snapshot afresh.", previous.get("protocol"), protocol)
+    logging.warning("Sample evaluation settings changed (saved vs now: %s): evaluating every "
+                    "snapshot afresh.", common.differences(previous.get("protocol") or {},
+                                                           protocol))
     previous = {}
   section = {"protocol": protocol, "feature": previous.get("feature", {}),
              "snapshots": dict(previous.get("snapshots", {}))}
@@ -676,18 +710,25 @@ def evaluate_samples(config, workdir: str, series: common.SnapshotSeries, train_
     # (Keeps the accuracy recorded when the classifier was trained by an earlier call.)
     section["feature"] = {**section["feature"], **(info or {})}
     section["baselines"] = ctx.baselines  # G_FD's scale: fresh real images, a copier
+    warning = baseline_warning(ctx.baselines)
+    if warning:
+      logging.warning("%s", warning)
     for key in todo:
       snapshot = series.load(key, "first")
       (name, denoise), = snapshot.denoisers.items()
-      result = samples.evaluate_denoiser(ctx, denoise)
+      result = measure_samples(ctx, denoise, series.describe(key, name),
+                               f"deterministic Heun, {s.num_steps} steps, no guidance")
       record = dict(result.record, images_seen=int(snapshot.meta["images_seen"]), ema=name)
       section["snapshots"][key] = record
       if result.grid and jax.process_index() == 0:  # every process holds the same numbers
-        with jsonio.atomic_open(os.path.join(out_dir, GRIDS_DIR, f"{key}.npz"), "wb") as f:
+        with jsonio.atomic_open(os.path.join(out_dir, GRIDS_DIR,
+                                             f"{common.output_name(key)}.npz"), "wb") as f:
           np.savez(f, **result.grid)
       fd, copies = record["fd"], record["copy_fraction"]
+      in_features = (f"{fd['features']['gap']:.4f} (features), "
+                     if s.feature != "pixels" else "")
       console.progress(f"evaluate: samples of snapshot {key} ({record['images_seen']} images): "
-                       f"G_FD = {fd['features']['gap']:.4f} (features), {fd['pixels']['gap']:.4f} "
+                       f"G_FD = {in_features}{fd['pixels']['gap']:.4f} "
                        f"(pixels); copies {copies['samples']:.3f}"
                        + (f" (pixels), {copies['features']:.3f} (features)"
                           if "features" in copies else ""))
@@ -699,6 +740,34 @@ def evaluate_samples(config, workdir: str, series: common.SnapshotSeries, train_
     os.makedirs(out_dir, exist_ok=True)
     draw_samples(section, out_dir, gap_peaks)
   return section
+
+
+def baseline_warning(baselines: Optional[Mapping[str, Any]]) -> str:
+  """A line saying why G_FD's scale (`samples.fd_baselines`) is unreliable: a copier below fresh
+  real images ("inverted") or fewer samples than feature dimensions ("note"); "" when neither."""
+  if not baselines:
+    return ""
+  parts = []
+  if baselines.get("inverted"):
+    parts.append(f"G_FD's scale is inverted in {' and '.join(baselines['inverted'])} (a copier of "
+                 "training images scores below fresh real images)")
+  if baselines.get("note"):
+    parts.append(baselines["note"])
+  return ("; ".join(parts) + ": read G_FD against it with care (more samples, "
+          "config.evaluation.samples.num_samples, narrow it)") if parts else ""
+
+
+def measure_samples(ctx, denoise, denoiser: str, sampler: str):
+  """`samples.evaluate_denoiser(ctx, denoise)`; samples that hold NaN or Inf (a diverged
+  trajectory) raise jobs.MeasurementError naming `denoiser` (`SnapshotSeries.describe`) and the
+  `sampler` (its solver, steps, guidance style and weight, in words)."""
+  try:
+    return samples.evaluate_denoiser(ctx, denoise)
+  except samples.NonFiniteSamples as err:
+    raise jobs.MeasurementError(
+        f"the samples of {denoiser} ({sampler}, {ctx.num_samples} samples) are not finite: {err}. "
+        "The sample-level measurements need finite samples (a diverged network, or guidance or "
+        "a scale that drives the sampler out of range)") from None
 
 
 def draw_samples(section, out_dir: str, gap_peaks: Optional[Mapping[Any, float]] = None) -> List[str]:
@@ -732,7 +801,7 @@ def draw_samples(section, out_dir: str, gap_peaks: Optional[Mapping[Any, float]]
   plots.copy_fraction(out("copy_fraction.png"), seen, summary["copy_fraction"],
                       summary["copy_fraction_validation_control"],
                       section["protocol"]["copy_ratio"])
-  grid_path = os.path.join(out_dir, GRIDS_DIR, f"{steps[-1]}.npz")
+  grid_path = os.path.join(out_dir, GRIDS_DIR, f"{common.output_name(str(steps[-1]))}.npz")
   if os.path.exists(grid_path):
     with np.load(grid_path) as g:
       plots.sample_grid(out("samples_vs_nearest_train.png"), g["samples"], g["nearest"],

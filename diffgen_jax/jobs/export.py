@@ -4,7 +4,8 @@ dataset zips, for the field's own scorers (EDM2's calculate_metrics.py, torch-fi
 For one snapshot of a train job's run (config.run_dir; the last snapshot or config.step; EMA set
 config.ema), or of a hook's network (config.model.denoiser = MODULE:FUNCTION on the last file under
 config.model.checkpoint, `common.hook_series`, with config.data's image shape, classes and
-training images; checked on two images first), it writes, under WORKDIR/export/<step or file>/:
+training images; checked on two images first), it writes, under WORKDIR/export/<step, or the
+file's name without its extension>/:
   samples.zip                num_samples samples of the network: deterministic Heun over
                              num_steps noise levels of the Karras schedule (`samplers.sample`);
                              sample i starts from normal(fold_in(key(seed), i))
@@ -55,7 +56,7 @@ from diffgen_jax.jobs import common, console, results as results_lib
 from diffgen_jax.sharding import batch_multiple, fetch, put_batch
 
 JOB = "export"
-EXPORT_DIR = "export"  # WORKDIR/export/<step>/
+EXPORT_DIR = "export"  # WORKDIR/export/<step or file name without extension: common.output_name>/
 SAMPLES_FILE = "samples.zip"
 IMAGES_FILE = "images.zip"
 
@@ -119,7 +120,8 @@ def export_denoiser(denoise, out_dir: str, *, image_shape: Sequence[int], num_cl
                     mesh=None, clean: Optional[Tuple[np.ndarray, Optional[np.ndarray],
                                                      np.ndarray]] = None,
                     sigmas: Sequence[float] = (), noise_seed: int = 0,
-                    relative_to: Optional[str] = None) -> Dict[str, Any]:
+                    relative_to: Optional[str] = None,
+                    denoiser: str = "the denoiser") -> Dict[str, Any]:
   """Writes the zips of the module docstring for `denoise` into out_dir; returns their record.
 
   denoise: any denoiser denoise(x, sigma, labels) of images of image_shape (H, W, C) (a pytree
@@ -133,7 +135,8 @@ def export_denoiser(denoise, out_dir: str, *, image_shape: Sequence[int], num_cl
     ids)`; None or sigmas () for none.
   relative_to: the directory the record's file names are relative to (default out_dir).
   In a multi-process run every process computes and process 0 writes.
-  Raises ValueError naming the argument; `data.to_pixels` raises ValueError on NaN outputs.
+  Raises ValueError naming the argument; jobs.MeasurementError naming `denoiser` (its name in
+  words) when a sample or an output D(x; sigma) holds NaN or Inf (`common.require_finite`).
   """
   image_shape = tuple(int(s) for s in image_shape)
   for name, value, low in (("num_samples", num_samples, 0), ("num_steps", num_steps, 1),
@@ -164,7 +167,11 @@ def export_denoiser(denoise, out_dir: str, *, image_shape: Sequence[int], num_cl
         samples = samplers.sample(denoise, put_batch(noise, mesh),
                                   None if labels is None else put_batch(labels, mesh),
                                   num_steps=int(num_steps)).samples
-        out.add(data.to_pixels(np.clip(fetch(samples)[:keep], -1.0, 1.0)),
+        samples = fetch(samples)[:keep]
+        common.require_finite(samples, denoiser=denoiser, measurement=(
+            f"the samples of {SAMPLES_FILE} (deterministic Heun, {num_steps} steps, no guidance; "
+            f"samples {start} to {start + keep - 1})"))
+        out.add(data.to_pixels(np.clip(samples, -1.0, 1.0)),
                 None if labels is None else labels[:keep])
     record["samples"] = dict(_file_record(out_dir, SAMPLES_FILE, relative_to, write),
                              num_images=n, num_steps=int(num_steps), seed=int(seed),
@@ -192,6 +199,8 @@ def export_denoiser(denoise, out_dir: str, *, image_shape: Sequence[int], num_cl
           x = noised_inputs(images[rows], [sigma], ids=ids[rows], noise_seed=int(noise_seed))[0]
           lab = None if labels is None else put_batch(labels[rows], mesh)
           d = fetch(call(denoise, put_batch(x, mesh), np.float32(sigma), lab))[:keep]
+          common.require_finite(d[..., None], denoiser=denoiser, sigmas=[sigma],
+                                measurement=f"D(x; sigma) of {name}")
           out.add(data.to_pixels(np.clip(d, -1.0, 1.0)), None if labels is None else
                   labels[rows][:keep])
       section["files"][f"{sigma:g}"] = dict(_file_record(out_dir, name, relative_to, write),
@@ -235,9 +244,11 @@ def run(config, workdir: str) -> Dict[str, Any]:
   meta = snapshot.meta
   clean, training_set = None, None
   if sigmas:
-    clean = data.first_images(train_split, int(d.num_images))
+    clean = data.first_images(train_split, common.used_count(
+        "denoised.num_images", int(d.num_images), len(train_split),
+        "images of the training split"))
     training_set = common.training_set(run_config, train_split)
-  out_dir = os.path.join(workdir, EXPORT_DIR, key)
+  out_dir = os.path.join(workdir, EXPORT_DIR, common.output_name(key))
   record = {"run_dir": None if hook else os.path.abspath(config.run_dir),
             "step": key if hook else int(key),
             **common.hook_record(series, meta),
@@ -246,7 +257,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
       denoise, out_dir, image_shape=image_shape, num_classes=num_classes,
       num_samples=int(config.num_samples), num_steps=int(config.num_steps), seed=int(config.seed),
       batch_size=int(config.batch_size), mesh=common.evaluation_mesh(), clean=clean,
-      sigmas=sigmas, noise_seed=int(d.noise_seed), relative_to=workdir))
+      sigmas=sigmas, noise_seed=int(d.noise_seed), relative_to=workdir,
+      denoiser=series.describe(key, ema_name)))
   if training_set is not None:
     record["denoised"]["training_set"] = training_set
   results.setdefault("exports", {})[key] = record

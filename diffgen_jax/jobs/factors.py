@@ -231,7 +231,15 @@ def sweep_trained(config, setup: Setup, series: common.SnapshotSeries,
                         f"run's network on {h}x{h} images; allowed values {tuple(valid)}")
     skipped = {}
   conditional = setup.num_classes > 0
-  base = gap_curve(setup, net, "network", 0.0, "network", conditional=conditional)
+  who = series.describe(key, ema_name)
+
+  def curve(*args, **kwargs):  # `gap_curve`, refused when the denoiser's errors are not finite
+    c = gap_curve(*args, **kwargs)
+    common.require_finite(np.stack([c["e_train"], c["e_val"]]), denoiser=who, sigmas=setup.sigmas,
+                          measurement=f"the trained sweep's curve {c['label']!r} (E_train, E_val)")
+    return c
+
+  base = curve(setup, net, "network", 0.0, "network", conditional=conditional)
   curves = [base]
   same_as_base = lambda label, group: dict(base, label=label, group=group, value=0.0)
   # The label dropout of the snapshot's last step, and every value it had up to it (a run's).
@@ -239,7 +247,7 @@ def sweep_trained(config, setup: Setup, series: common.SnapshotSeries,
   label_dropout = None if hook else float(label_dropouts[-1] or 0.0)
   if "cfg" in t.styles and conditional:
     for w in t.ws:  # w = 0 is the network itself: its curve is reused
-      curves.append(same_as_base(f"cfg, w={w:g}", "cfg") if w == 0 else gap_curve(
+      curves.append(same_as_base(f"cfg, w={w:g}", "cfg") if w == 0 else curve(
           setup, classifier_free_guided(net, setup.num_classes, float(w)), f"cfg, w={w:g}",
           float(w), "cfg", conditional=True))
   guided_denoisers = []  # (style, w, denoiser) for the sample-level gap (w = 0: the network)
@@ -250,12 +258,13 @@ def sweep_trained(config, setup: Setup, series: common.SnapshotSeries,
   if "autoguidance" in t.styles:
     neg = negative.denoisers[ema_name]
     for w in t.ws:
-      curves.append(same_as_base(f"autoguidance, w={w:g}", "autoguidance") if w == 0 else gap_curve(
+      curves.append(same_as_base(f"autoguidance, w={w:g}", "autoguidance") if w == 0 else curve(
           setup, guided(net, neg, float(w)), f"autoguidance, w={w:g}", float(w), "autoguidance",
           conditional=conditional))
       guided_denoisers.append(("autoguidance", float(w), guided(net, neg, float(w))))
   sample_gap = (_guided_sample_gaps(config, None if hook else run.config_at(), guided_denoisers,
-                                    workdir) if t.sample_gap_samples else [])
+                                    workdir, series.describe(key, ema_name))
+                if t.sample_gap_samples else [])
   for s in crop_sizes:
     if hook:
       wrapped = crop_averaged(net, int(s), h)
@@ -268,7 +277,7 @@ def sweep_trained(config, setup: Setup, series: common.SnapshotSeries,
         continue
       wrapped = crop_averaged(network_denoiser(series.network, crop_params, series.sigma_data),
                               int(s), h)
-    curves.append(gap_curve(setup, wrapped, f"crop s={s}", int(s), "receptive_field",
+    curves.append(curve(setup, wrapped, f"crop s={s}", int(s), "receptive_field",
                             conditional=conditional))
   score_sigmas = edm.gap_sigma_grid(config.gradient_score.num_sigmas)
   not_differentiable = _not_differentiable(net, setup) if hook else None
@@ -292,13 +301,13 @@ def sweep_trained(config, setup: Setup, series: common.SnapshotSeries,
                   gradient_score=gradient_score)
 
 
-def _guided_sample_gaps(config, saved, guided_denoisers, workdir: str) -> List[Dict[str, Any]]:
+def _guided_sample_gaps(config, saved, guided_denoisers, workdir: str,
+                        denoiser: str = "the network") -> List[Dict[str, Any]]:
   """The inference side of guidance: G_FD = (FD_val - FD_train) / FD_train of each guided
   denoiser's Heun samples (`evaluation.samples`, in the run's feature space: its sample settings,
   its classifier cached in its workdir), the copy fraction, and the same in pixels. Paper:
   guidance raises this gap strongly. saved: the run's config; None for a hook's network (the
   default sample settings on config.data, the classifier cached in this job's workdir)."""
-  from diffgen_jax.evaluation import samples  # pylint: disable=import-outside-toplevel
   from diffgen_jax.jobs import evaluate  # the sample machinery only when asked for
   t = config.trained
   cache_dir = config.run_dir
@@ -320,7 +329,9 @@ def _guided_sample_gaps(config, saved, guided_denoisers, workdir: str) -> List[D
   ctx, _, _ = evaluate.sample_setup(run_config, cache_dir, *splits, settings=settings)
   out = []
   for style, w, denoise in guided_denoisers:
-    record = samples.evaluate_denoiser(ctx, denoise).record
+    record = evaluate.measure_samples(
+        ctx, denoise, denoiser, f"deterministic Heun, {settings.num_steps} steps, guidance "
+        f"{style!r} with w={w:g}").record
     out.append({"style": style, "w": w, "gap_fd_features": record["fd"]["features"]["gap"],
                 "gap_fd_pixels": record["fd"]["pixels"]["gap"],
                 "copy_fraction": record["copy_fraction"]["samples"]})
@@ -400,6 +411,9 @@ def load_setup(config, splits=None) -> Setup:
   the trained sweep, the model axis of the run's mesh)."""
   splits = load_splits(config) if splits is None else splits
   tr, va = (common.evaluation_rows(splits[name]) for name in ("train", "validation"))
+  for name in ("train", "validation"):  # (make_setup takes at most every image of each split)
+    common.used_count("num_images", config.num_images, len(splits[name]),
+                      f"images of the {'training' if name == 'train' else name} split")
   common.check_optimal_labels(config, splits["train"], splits["validation"])
   of_run = "trained" in tuple(config.sweeps) and not common.uses_hook(config)
   mesh = common.evaluation_mesh(common.read_run(config.run_dir).config if of_run else None)

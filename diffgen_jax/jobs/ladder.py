@@ -76,7 +76,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from diffgen_jax import config_checks, defaults, jsonio
+from diffgen_jax import config_checks, defaults, jobs, jsonio
 from diffgen_jax.config_checks import ConfigError, fail
 from diffgen_jax.evaluation import gap, ladder
 from diffgen_jax.jobs import common, console, results as results_lib
@@ -135,9 +135,9 @@ def run(config, workdir: str) -> Dict[str, Any]:
   train_all, train_labels_all, _ = common.evaluation_rows(train_split)
   _check_ranks(config, int(np.prod(train_all.shape[1:])))
   train_x, train_y, train_ids = common.evaluation_rows(train_split, config.num_images,
-                                                       config.subset_seed)
+                                                       config.subset_seed, field="num_images")
   val_x, val_y, val_ids = common.evaluation_rows(val_split, config.num_images, config.subset_seed,
-                                                 "validation")
+                                                 "validation", field="num_images")
   sigmas = common.sigma_grid(config.sigmas, config.num_sigmas)
 
   # One mesh over every device of every process: the rungs lay the training set out over it,
@@ -164,6 +164,11 @@ def run(config, workdir: str) -> Dict[str, Any]:
   console.progress(f"ladder: {t.num_samples} trajectories of the network ({t.num_steps} steps)")
   traj_sigmas, traj_states = ladder.trajectory_inputs(net, noise, sample_labels, mesh=mesh,
                                                       num_steps=int(t.num_steps))
+  who = series.describe(key, ema_name)
+  common.require_finite(
+      np.asarray(traj_states).reshape(len(traj_sigmas), -1).T, denoiser=who, sigmas=traj_sigmas,
+      measurement=f"its sampler trajectories (deterministic Heun, {t.num_steps} steps, "
+                  f"{t.num_samples} samples)")
   input_sets = {
       "train": (ladder.noised_inputs(np.asarray(train_x), sigmas, ids=train_ids,
                                      noise_seed=config.noise_seed), sigmas, train_y),
@@ -211,8 +216,12 @@ def run(config, workdir: str) -> Dict[str, Any]:
     try:
       return calibrations[name].schedule()
     except ValueError as e:  # no size was calibrated at some sigma: refuse to make one up
-      raise ValueError(f"ladder: cannot build the calibrated {name} rung: {e}; the calibration is "
-                       f"in {results_lib.path(workdir)}") from e
+      # (No candidate's agreement with the network is finite there: the network's outputs, or
+      # every candidate machine's, hold NaN or Inf.)
+      raise jobs.MeasurementError(
+          f"{who} or every {name} machine gives NaN or Inf in the calibration on the "
+          f"{config.calibration.on} set, so ladder: cannot build the calibrated {name} rung: {e}; "
+          f"the calibration is in {results_lib.path(workdir)}") from None
 
   ranks = ((None,) if config.gaussian_full else ()) + tuple(int(r) for r in config.gaussian_ranks)
   rungs = ladder.ladder_rungs(
@@ -227,6 +236,12 @@ def run(config, workdir: str) -> Dict[str, Any]:
     console.progress(f"ladder: {len(rungs)} rungs on the {set_name} set")
     report = ladder.ladder_agreement(net, rungs, {set_name: input_sets[set_name]},
                                      batch_size=config.batch_size, mesh=mesh)[set_name]
+    # A sigma where no rung's mse is finite: the network's outputs are not.
+    if report:
+      finite = np.any([np.isfinite(a.mse) for a in report.values()], axis=0)
+      common.require_finite(np.where(finite, 0.0, np.nan), denoiser=who,
+                            sigmas=input_sets[set_name][1],
+                            measurement=f"its agreement with the rungs on the {set_name} set")
     results["agreement"][set_name] = {
         "sigmas": input_sets[set_name][1],
         "rungs": {name: {"mse": a.mse, "r2": a.r2, "r2_low": a.r2_low, "r2_high": a.r2_high}
@@ -237,6 +252,9 @@ def run(config, workdir: str) -> Dict[str, Any]:
   console.progress(f"ladder: G(sigma) of the network and {len(rungs)} rungs")
   gaps = ladder.rung_gaps({"network": net, **rungs}, train_x, val_x, sigmas, train_y, val_y,
                           noise_seed=config.noise_seed, batch_size=config.batch_size, mesh=mesh)
+  common.require_finite(np.stack([gaps["network"]["e_train"], gaps["network"]["e_val"]]),
+                        denoiser=who, sigmas=sigmas, measurement="its denoising gap (E_train, "
+                        "E_val)")
   results["gaps"] = {"sigmas": sigmas, "denoisers": gaps}
   results["summary"] = summarize(results)
   results["wall_time_s"] = time.perf_counter() - start

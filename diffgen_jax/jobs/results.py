@@ -24,9 +24,11 @@ results (experiments/, notebooks) calls `read(workdir)` without knowing which jo
                      "onset_rises", "gap_at_sigmas", "membership_peak_auc",
                      "membership_peak_sigma", "membership_peak_tpr"}        per snapshot
        (protocol also holds "subset_side" for side-2 runs; per-image errors of each snapshot in
-       WORKDIR/evaluation/per_image/<step>.npz)
+       WORKDIR/evaluation/per_image/<step>.npz, a hook's file named without its extension,
+       `common.output_name`)
        "samples":   {"protocol", "feature", "snapshots": {str(step): record}, "summary",
-                     "baselines": {"copier", "real": {"num_images", "features" | "pixels": fd}}}
+                     "baselines": {"copier", "real": {"num_images", "features" | "pixels": fd},
+                                   "inverted" and "note" where they apply}}
                     (records as in `evaluation.samples`; baselines: `samples.fd_baselines`)
        "settings":  {"evaluation_devices", "processes"}: where the last evaluation ran (every
                     device of every process, `jobs.common.devices_used`)

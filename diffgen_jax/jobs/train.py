@@ -394,8 +394,9 @@ def _make_monitor(config, network, split, mesh):
     return None
   val_split = common.load_split(config, "validation")
   seed = config.evaluation.subset_seed  # (the evaluate job's subsets hold the monitor's)
-  sets = {"train": common.evaluation_rows(split, m.num_images, seed),
-          "val": common.evaluation_rows(val_split, m.num_images, seed, "validation")}
+  sets = {"train": common.evaluation_rows(split, m.num_images, seed, field="monitor.num_images"),
+          "val": common.evaluation_rows(val_split, m.num_images, seed, "validation",
+                                        field="monitor.num_images")}
   sigmas = np.asarray(m.sigmas, np.float64)
   seeds = {"train": config.evaluation.noise_seed, "val": config.evaluation.noise_seed + 1}
 
