@@ -2,7 +2,7 @@
 
 Each failing case that was reported is a test here with the right value or the right error, and so
 is every other place in the package where the same kind of fault could happen. The README's
-"Guarantees" section names these tests. Shapes are tiny: the file runs in about a minute on 2 cores.
+docs/guarantees.md names these tests. Shapes are tiny: the file runs in about a minute on 2 cores.
 """
 
 from __future__ import annotations
