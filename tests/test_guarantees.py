@@ -1,7 +1,7 @@
-"""The package's guarantees against silent wrong numbers (issue 10), one section per kind of fault.
+"""The package's guarantees against silent wrong numbers, one section per kind of fault.
 
 Each failing case that was reported is a test here with the right value or the right error, and so
-is every other place in the package where the same kind of fault could happen. The README's
+is every other place in the package where the same kind of fault could happen.
 docs/guarantees.md names these tests. Shapes are tiny: the file runs in about a minute on 2 cores.
 """
 
