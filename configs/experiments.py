@@ -325,7 +325,9 @@ def _factors(mode: str, sweeps, run_dir: str = "", data_from=None):
     c.granularity.ks = _KS[2]
     c.guidance.ws = (0.0, 1.0)
     c.receptive_field.crop_sizes = (4, 8)
-    c.gradient_score.update(dict(num_images=1, num_sigmas=2, deltas=(0.3,)))
+    # (smoke: one sigma; the score's vmapped VJPs run slowly at the tests' -O0 (tests/conftest.py),
+    # and the numbers are tests/test_gradient_score.py's)
+    c.gradient_score.update(dict(num_images=1, num_sigmas=1, deltas=(0.3,)))
     c.trained.update(dict(ws=(0.0, 1.0), gradient_images=1, crop_sizes=(4, 8),
                           sample_gap_samples=16, sample_gap_steps=4))
   c.make_plots = True

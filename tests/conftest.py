@@ -43,6 +43,31 @@ def data_dir(tmp_path_factory):
   return d
 
 
+@pytest.fixture(scope="session")
+def tiny_unet_config(data_dir):
+  """make(subset_size, batch_size, steps) -> the train config of the suite's tiny class-conditional
+  DDPM++ (8 channels, two levels, no attention) on `subset_size` 8x8 digits of `data_dir`, for
+  `steps` steps of `batch_size` images. Its training settings are tests/test_training.py's tiny
+  run's (lr 2e-3, no warm-up, label dropout 0.1, EMA half-life 4 batches), so every test that
+  trains it runs one train step program, compiled once through the session's compilation cache.
+  Checkpoints, monitor and evaluation are left at their defaults for the caller to set."""
+  from diffgen_jax import defaults  # pylint: disable=import-outside-toplevel
+
+  def make(subset_size=32, batch_size=16, steps=2):
+    c = defaults.train_config("digits", "ddpmpp")
+    c.data.data_dir = data_dir
+    c.data.subset_size = subset_size
+    c.model.update(dict(preset="", model_channels=8, channel_mult=(1, 2), num_blocks=1,
+                        attn_resolutions=(), img_resolution=8, img_channels=1, num_classes=10,
+                        dropout=0.0))
+    c.training.update(dict(batch_size=batch_size, total_images=batch_size * steps, lr=2e-3,
+                           warmup_images=0, label_dropout=0.1))
+    c.training.ema.halflife_images = 4 * batch_size
+    return c
+
+  return make
+
+
 # The files that take longest (end-to-end jobs and subprocess runs), slowest first.
 SLOWEST_FILES_FIRST = ("test_experiments.py", "test_training.py", "test_ladder_job.py",
                        "test_guarantees.py", "test_train_job.py",

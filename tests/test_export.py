@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffgen_jax import checkpointing, data, defaults, jobs, models, samplers
+from diffgen_jax import checkpointing, data, jobs, models, samplers
 from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.data import edm_zip
 from diffgen_jax.evaluation import gap
@@ -26,15 +26,11 @@ def _export_config(variant="smoke"):
 
 
 @pytest.fixture(scope="module")
-def run_dir(data_dir, tmp_path_factory):
-  """A run written with the checkpointing API (no training): a tiny class-conditional U-Net on
-  32 digits, its config.json and one snapshot of freshly initialized parameters."""
-  c = defaults.train_config("digits", "ddpmpp")
-  c.data.data_dir = data_dir
-  c.data.subset_size = 32
-  c.model.update(dict(preset="", model_channels=8, channel_mult=(1, 2), num_blocks=1,
-                      attn_resolutions=(), img_resolution=8, img_channels=1, num_classes=10,
-                      dropout=0.0))
+def run_dir(tiny_unet_config, tmp_path_factory):
+  """A run written with the checkpointing API (no training): the suite's tiny class-conditional
+  U-Net on 32 digits (tests/conftest.py), its config.json and one snapshot of freshly initialized
+  parameters."""
+  c = tiny_unet_config(subset_size=32)
   workdir = str(tmp_path_factory.mktemp("export_run"))
   split = common.load_split(c, "train")
   network = common.network_of(c, split.num_classes)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffgen_jax import checkpointing, data, defaults, jobs
+from diffgen_jax import checkpointing, data, jobs
 from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.evaluation import ladder
 from diffgen_jax.jobs import common
@@ -28,20 +28,9 @@ def _ladder_config(variant="smoke"):
 
 
 @pytest.fixture(scope="module")
-def run_dir(data_dir, tmp_path_factory):
+def run_dir(tiny_unet_config, tmp_path_factory):
   """A 2-step class-conditional U-Net run on 32 digits (one snapshot; no evaluation samples)."""
-  c = defaults.train_config("digits", "ddpmpp")
-  c.data.data_dir = data_dir
-  c.data.subset_size = 32
-  c.model.update(dict(preset="", model_channels=8, channel_mult=(1, 2), num_blocks=1,
-                      attn_resolutions=(), img_resolution=8, img_channels=1, num_classes=10,
-                      dropout=0.0))
-  t = c.training
-  t.batch_size, t.total_images, t.lr, t.warmup_images = BATCH, 2 * BATCH, 2e-3, 0
-  # The training settings of tests/test_training.py's tiny run: one train step program for both
-  # (compiled once through the session's compilation cache, tests/conftest.py).
-  t.label_dropout = 0.1
-  t.ema.halflife_images = 4 * BATCH
+  c = tiny_unet_config(subset_size=32, batch_size=BATCH, steps=2)
   c.checkpoint.state_every_images = 2 * BATCH
   c.checkpoint.snapshot_every_images = 2 * BATCH
   c.sampling.grid_size = 0

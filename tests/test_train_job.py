@@ -21,19 +21,9 @@ BATCH = 16
 STEPS = 8
 
 
-def _config(data_dir):
-  c = defaults.train_config("digits", "ddpmpp")
-  c.data.data_dir = data_dir
-  c.data.subset_size = 64
-  c.model.update(dict(preset="", model_channels=8, channel_mult=(1, 2), num_blocks=1,
-                      attn_resolutions=(), img_resolution=8, img_channels=1, num_classes=10,
-                      dropout=0.0))
-  t = c.training
-  t.batch_size, t.total_images, t.lr, t.warmup_images = BATCH, BATCH * STEPS, 2e-3, 0
-  # The training settings of tests/test_training.py's tiny run: the same train step program, which
-  # the session's compilation cache (tests/conftest.py) then compiles once.
-  t.label_dropout = 0.1
-  t.ema.halflife_images = 4 * BATCH
+def _config(tiny_unet_config):
+  """The suite's tiny U-Net (tests/conftest.py) on 64 digits for STEPS steps."""
+  c = tiny_unet_config(subset_size=64, batch_size=BATCH, steps=STEPS)
   c.checkpoint.state_every_images = 4 * BATCH
   c.checkpoint.snapshot_every_images = 4 * BATCH
   c.sampling.grid_size = 4
@@ -63,9 +53,9 @@ def _tensorboard_events(logdir):
   return out
 
 
-def test_monitor_tensorboard_console_and_results(data_dir, tmp_path, capsys):
+def test_monitor_tensorboard_console_and_results(tiny_unet_config, tmp_path, capsys):
   workdir = str(tmp_path / "run")
-  config = _config(data_dir)
+  config = _config(tiny_unet_config)
   config.evaluation.at_sigmas = (0.5,)
   jobs.run(config, workdir)
   printed = capsys.readouterr().out.splitlines()
@@ -143,8 +133,8 @@ def test_console_verbosity():
     logging.set_verbosity(before)
 
 
-def test_train_job_checks_the_evaluation_fields_before_training(data_dir, tmp_path):
-  config = _config(data_dir)
+def test_train_job_checks_the_evaluation_fields_before_training(tiny_unet_config, tmp_path):
+  config = _config(tiny_unet_config)
   config.evaluation.num_images = 0
   with pytest.raises(jobs.config_checks.ConfigError, match="config.evaluation.num_images"):
     jobs.run(config, str(tmp_path / "never"))
@@ -164,13 +154,13 @@ def test_only_training_needs_its_batch_to_fit_the_devices():
   assert jobs.validate(config) == "evaluate"
 
 
-def test_snapshot_grid_split_over_the_mesh_equals_one_device(tmp_path):
+def test_snapshot_grid_split_over_the_mesh_equals_one_device(tiny_unet_config):
   """The per-snapshot sample grid runs split over the 8 devices when the grid divides them (its
   noise is an argument of the compiled sampler, not a constant, so it keeps its sharding)."""
   import jax  # pylint: disable=import-outside-toplevel
   from diffgen_jax import sharding, training  # pylint: disable=import-outside-toplevel
   from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
-  config = _config(str(tmp_path))
+  config = _config(tiny_unet_config)
   config.sampling.grid_size = 8
   network = common.network_of(config, 10)
   settings = common.training_settings(config)
@@ -191,8 +181,8 @@ def test_snapshot_grid_split_over_the_mesh_equals_one_device(tmp_path):
 SHORT = 4  # steps of the short run; a state and a snapshot every 2 steps
 
 
-def _short_config(data_dir, steps=SHORT):
-  c = _config(data_dir)
+def _short_config(tiny_unet_config, steps=SHORT):
+  c = _config(tiny_unet_config)
   c.training.total_images = BATCH * steps
   c.checkpoint.state_every_images = 2 * BATCH
   c.checkpoint.snapshot_every_images = 2 * BATCH
@@ -205,10 +195,10 @@ def _short_config(data_dir, steps=SHORT):
 
 
 @pytest.fixture(scope="module")
-def short_run(data_dir, tmp_path_factory):
+def short_run(tiny_unet_config, tmp_path_factory):
   """A 4-step run (snapshots and states at steps 2 and 4), not evaluated."""
   workdir = str(tmp_path_factory.mktemp("identity") / "run")
-  jobs.run(_short_config(data_dir), workdir)
+  jobs.run(_short_config(tiny_unet_config), workdir)
   return workdir
 
 
@@ -257,11 +247,11 @@ def test_run_record_holds_the_training_set_and_the_model_built(short_run, data_d
     ("training.sigma_data", 0.25, "training.sigma_data: 0.5 vs 0.25"),
     ("model.model_channels", 16, "model.model_channels: 8 vs 16"),
 ])
-def test_evaluate_refuses_a_config_of_another_run(short_run, data_dir, field, value, shown):
+def test_evaluate_refuses_a_config_of_another_run(short_run, tiny_unet_config, field, value, shown):
   """Issue 22, kind 6: evaluating a run with other training images (or another network or
   sigma_data) than it was trained with is refused, naming each field (saved vs now) and the
   record; it measured G on images the run never trained on, silently."""
-  config = _with(_short_config(data_dir), field, value)
+  config = _with(_short_config(tiny_unet_config), field, value)
   config.job = "evaluate"
   with pytest.raises(jobs.config_checks.ConfigError) as info:
     jobs.run(config, short_run)
@@ -273,12 +263,12 @@ def test_evaluate_refuses_a_config_of_another_run(short_run, data_dir, field, va
   assert not os.path.exists(os.path.join(short_run, "results.json"))
 
 
-def test_evaluate_protocol_records_the_training_set(short_run, data_dir, tmp_path):
+def test_evaluate_protocol_records_the_training_set(short_run, tiny_unet_config, tmp_path):
   """results.json's protocol says which training images were measured (seed and fingerprint), and
   results computed before it did are refused rather than extended."""
   from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
   workdir = _copy(short_run, tmp_path)
-  config = _short_config(data_dir)
+  config = _short_config(tiny_unet_config)
   config.job = "evaluate"
   config.evaluation.at_sigmas = ()
   results = jobs.run(config, workdir)
@@ -308,7 +298,8 @@ def test_evaluate_protocol_records_the_training_set(short_run, data_dir, tmp_pat
     jobs.run(config, workdir)
 
 
-def test_factors_trained_sweep_refuses_another_training_subset(short_run, data_dir, tmp_path):
+def test_factors_trained_sweep_refuses_another_training_subset(short_run, tiny_unet_config,
+                                                               tmp_path):
   """Kind 6 for the factors job: its trained sweep is refused before any sweep runs."""
   import importlib.util  # pylint: disable=import-outside-toplevel
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -317,7 +308,7 @@ def test_factors_trained_sweep_refuses_another_training_subset(short_run, data_d
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config("delta,trained,local")
-  config.data = _short_config(data_dir).data
+  config.data = _short_config(tiny_unet_config).data
   config.data.subset_seed = 1
   config.run_dir = short_run
   workdir = str(tmp_path / "factors")
@@ -329,12 +320,12 @@ def test_factors_trained_sweep_refuses_another_training_subset(short_run, data_d
 
 @pytest.mark.parametrize("field,value", [("data.subset_seed", 1), ("seed", 1),
                                          ("training.batch_size", 32)])
-def test_resume_refuses_another_identity_even_when_named(short_run, data_dir, tmp_path, field,
-                                                         value):
+def test_resume_refuses_another_identity_even_when_named(short_run, tiny_unet_config, tmp_path,
+                                                         field, value):
   """The run's identity never changes in a resume: refused at the restore, and naming it in
   config.resume_changes is refused at start-up."""
   workdir = _copy(short_run, tmp_path)
-  config = _with(_short_config(data_dir, 2 * SHORT), field, value)
+  config = _with(_short_config(tiny_unet_config, 2 * SHORT), field, value)
   with pytest.raises(jobs.config_checks.ConfigError, match="different configuration") as info:
     jobs.run(config, workdir)
   assert field in str(info.value) and "resume_changes" not in str(info.value)
@@ -345,14 +336,14 @@ def test_resume_refuses_another_identity_even_when_named(short_run, data_dir, tm
     jobs.validate(config)
 
 
-def test_resume_with_other_training_settings_is_refused_or_recorded(short_run, data_dir,
+def test_resume_with_other_training_settings_is_refused_or_recorded(short_run, tiny_unet_config,
                                                                     tmp_path, capsys):
   """Issue 22, kind 8: a resume with training.lr x10 is refused, naming the field and the way to
   allow it; allowed, config.json records the change with its step and the steps after it run with
   the new value (metrics.jsonl's lr), and readers see the value that applied at each step."""
   from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
   workdir = _copy(short_run, tmp_path)
-  config = _short_config(data_dir, 2 * SHORT)  # total_images: changes without being named
+  config = _short_config(tiny_unet_config, 2 * SHORT)  # total_images: changes without being named
   config.training.lr = 2e-2
   config.training.label_dropout = 0.0
   with pytest.raises(jobs.config_checks.ConfigError) as info:
@@ -443,7 +434,7 @@ def _metric_rows(workdir):
     return [json.loads(line) for line in f if line.strip()]
 
 
-def test_pseudo_label_file_is_part_of_the_identity_not_its_path(data_dir, tmp_path):
+def test_pseudo_label_file_is_part_of_the_identity_not_its_path(tiny_unet_config, tmp_path):
   """The pseudo-label file is compared by content (sha256), its path is not: a moved copy is the
   same run, an edited file another one."""
   from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
@@ -451,7 +442,7 @@ def test_pseudo_label_file_is_part_of_the_identity_not_its_path(data_dir, tmp_pa
   first, moved = str(tmp_path / "k3.npz"), str(tmp_path / "elsewhere.npz")
   np.savez(first, train=labels, validation=np.zeros(360, int))
   np.savez(moved, train=labels, validation=np.zeros(360, int))
-  config = _short_config(data_dir)
+  config = _short_config(tiny_unet_config)
   config.data.labels, config.data.pseudo_labels = "pseudo", first
   split = common.load_split(config, "train")
   run_dir = str(tmp_path / "run")
@@ -511,7 +502,7 @@ def test_unreadable_run_record_names_the_file(tmp_path):
     common.read_run(str(tmp_path))
 
 
-def test_experiment_scripts_check_the_runs_they_read(short_run, data_dir):
+def test_experiment_scripts_check_the_runs_they_read(short_run, tiny_unet_config):
   """Kind 6 for experiments/ (the scripts that read snapshots themselves): a run whose record
   differs from the finding's job config is refused before its snapshots are read."""
   import importlib.util  # pylint: disable=import-outside-toplevel
@@ -520,11 +511,11 @@ def test_experiment_scripts_check_the_runs_they_read(short_run, data_dir):
       "disjoint_subsets_script", os.path.join(root, "experiments", "disjoint_subsets.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = _short_config(data_dir)
+  config = _short_config(tiny_unet_config)
   config.data.subset_side = 2
   with pytest.raises(jobs.config_checks.ConfigError, match=r"data\.subset_side: 1 vs 2"):
     module.snapshot_denoiser(config, short_run, 4)
-  module.check_run(_short_config(data_dir), short_run)  # the run's own config: accepted
+  module.check_run(_short_config(tiny_unet_config), short_run)  # the run's own config: accepted
 
 
 @pytest.mark.parametrize("names,message", [
@@ -554,7 +545,7 @@ with jobs.workdir_lock(sys.argv[1], "evaluate"):
 """
 
 
-def test_a_second_job_on_a_workdir_is_refused_naming_the_first(data_dir, tmp_path):
+def test_a_second_job_on_a_workdir_is_refused_naming_the_first(tiny_unet_config, tmp_path):
   """Two jobs on one workdir would mix their checkpoints, metrics and results (and two writers of
   results.json crashed). The second is refused before it writes anything, naming the workdir and
   the first job's pid; the lock goes with its holder, also when it is killed."""
@@ -570,7 +561,7 @@ def test_a_second_job_on_a_workdir_is_refused_naming_the_first(data_dir, tmp_pat
   try:
     assert holder.stdout.readline() == "held\n"
     with pytest.raises(jobs.WorkdirBusyError) as err:
-      jobs.run(_config(data_dir), workdir)
+      jobs.run(_config(tiny_unet_config), workdir)
     assert str(err.value).startswith(
         f"the workdir {workdir} is in use by another job (pid {holder.pid} on ")
     assert "job 'evaluate'" in str(err.value) and "another --workdir" in str(err.value)
@@ -586,8 +577,8 @@ def test_a_second_job_on_a_workdir_is_refused_naming_the_first(data_dir, tmp_pat
         pass
 
 
-def test_a_refused_config_leaves_no_workdir_behind_the_lock(data_dir, tmp_path):
-  config = _config(data_dir)
+def test_a_refused_config_leaves_no_workdir_behind_the_lock(tiny_unet_config, tmp_path):
+  config = _config(tiny_unet_config)
   config.model.img_resolution = 16  # refused inside the job (against the data), after the lock
   with pytest.raises(ValueError, match="img_resolution"):
     jobs.run(config, str(tmp_path / "never"))
@@ -643,7 +634,7 @@ def test_sample_summaries_go_to_tensorboard_once_per_new_record():
 
 
 def test_preemption_saves_the_state_stops_and_the_rerun_resumes_bit_identically(
-    short_run, data_dir, tmp_path, monkeypatch, capsys):
+    short_run, tiny_unet_config, tmp_path, monkeypatch, capsys):
   """orbax reports a preemption sync point at step 3 (as jax.distributed's preemption service does
   on every process after a SIGTERM): the run saves its state there, says so and stops without
   its evaluation; re-running the same command resumes from it and ends bit-identical to the
@@ -660,7 +651,7 @@ def test_preemption_saves_the_state_stops_and_the_rerun_resumes_bit_identically(
 
   monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption", reached_preemption)
   workdir = str(tmp_path / "run")
-  config = _short_config(data_dir)
+  config = _short_config(tiny_unet_config)
   config.evaluation.after_training = True  # (a preempted run does not evaluate)
   out = jobs.run(config, workdir)
   assert out["preempted"] and out["steps_done"] == 3
@@ -675,7 +666,7 @@ def test_preemption_saves_the_state_stops_and_the_rerun_resumes_bit_identically(
   assert not os.path.exists(results_lib.path(workdir))
 
   monkeypatch.undo()
-  out = jobs.run(_short_config(data_dir), workdir)
+  out = jobs.run(_short_config(tiny_unet_config), workdir)
   assert not out["preempted"] and out["steps_done"] == SHORT
   assert "Resumed from step 3" in capsys.readouterr().out
   for kind, item in ((checkpointing.STATE_DIR, "state"), (checkpointing.SNAPSHOT_DIR, "ema")):
