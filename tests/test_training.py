@@ -32,7 +32,7 @@ THIS_FILE = os.path.abspath(__file__)
 REPO = os.path.dirname(os.path.dirname(THIS_FILE))
 BATCH = 16
 STEPS = 12  # state every 2 steps, snapshot every 4, all states kept
-SUBPROCESS_TIMEOUT = 240
+SUBPROCESS_TIMEOUT = 600  # a hang guard: three processes compile the train step, slow on loaded cores
 
 
 def get_config(arg=None):
