@@ -549,4 +549,10 @@ def describe(job: str) -> str:
 
 
 if __name__ == "__main__":
-  print(describe(sys.argv[1] if len(sys.argv) > 1 else "train"))
+  _job = sys.argv[1] if len(sys.argv) > 1 else "train"
+  if _job not in JOB_SETTINGS:
+    sys.exit(f"usage: python -m diffgen_jax.defaults [JOB]: the fields of a job's config, JOB one "
+             f"of {tuple(JOB_SETTINGS)} (model.* fields: diffgen_jax/models, with their presets)")
+  print(describe(_job))
+  print("model.*: declared by diffgen_jax/models (default_model_config, the presets); a preset's "
+        "fields cannot be overridden")

@@ -88,6 +88,9 @@ def _parse_flags(argv):
     if text[:1] in "'\"" and text[-1:] == text[:1]:  # a KeyError's repr of its message
       text = text[1:-1]
     text = " ".join(text.replace("\\n", " ").split()).replace("\\'", "'")
+    if "Traceback (most recent call last)" in text:  # a config file's own error (e.g. a variant)
+      head, _, tail = text.partition(": Error whilst parsing config file")
+      text = head + ": " + tail.rsplit("Error: ", 1)[-1]
     overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
     named = [o for o in overrides if f"'{o.rsplit('.', 1)[-1]}'" in text]
     where = f"{named[0]}: " if named else ""

@@ -255,7 +255,11 @@ def main(finding: str, gather: Callable[[Context], Dict[str, Any]],
       if replot is None:
         raise app.UsageError(f"--replot: the {finding!r} finding cannot redraw its figures from "
                              "its results.json; run it (finished runs are skipped)")
-      replot(output_dirs(config, runs_root.value, results_dir.value)[1])
+      where = output_dirs(config, runs_root.value, results_dir.value)[1]
+      if not os.path.exists(os.path.join(where, "results.json")):
+        raise app.UsageError(f"--replot: {where} has no results.json to redraw (run the finding "
+                             "first, or name the folder that holds it with --results_dir)")
+      replot(where)
       return
     run_experiment(config, gather, runs_root=runs_root.value, results_dir=results_dir.value)
 

@@ -129,3 +129,7 @@ def test_replot_command_line(tmp_path):
                           "--replot", f"--results_dir={results_dir}"],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
   assert other.returncode != 0 and "cannot redraw" in other.stderr
+  empty = subprocess.run([sys.executable, script, "--replot", f"--results_dir={tmp_path / 'none'}"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  assert empty.returncode != 0 and "has no results.json to redraw" in empty.stderr
+  assert "Traceback" not in empty.stderr

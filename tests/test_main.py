@@ -25,3 +25,17 @@ def test_a_bad_field_is_one_line_naming_it(tmp_path, override, message):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [message] and proc.stdout == ""
   assert not os.path.exists(tmp_path / "w")  # nothing written
+
+
+def test_a_misspelled_config_variant_is_one_line_without_the_traceback():
+  out = subprocess.run([sys.executable, "-m", "diffgen_jax.main",
+                        "--config=configs/factors.py:lokal", "--workdir=/tmp/never"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert out.returncode != 0
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in lines[0], out.stderr
+  assert "variant 'lokal': unknown variant(s) ['lokal']" in lines[0]
+  table = subprocess.run([sys.executable, "-m", "diffgen_jax.defaults", "bogus"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert table.returncode != 0 and "JOB one of ('train'" in table.stderr
+  assert "Traceback" not in table.stderr

@@ -677,3 +677,30 @@ def test_preemption_saves_the_state_stops_and_the_rerun_resumes_bit_identically(
   rows, want = (train_job.read_metrics(os.path.join(w, train_job.METRICS_FILE))
                 for w in (workdir, short_run))
   assert [r["loss"] for r in rows] == [r["loss"] for r in want]
+
+
+@pytest.mark.parametrize("num_classes, match", [
+    (5, r"config\.model\.num_classes.*5 does not match the data's 10"),
+    (-3, r"config\.model\.num_classes")])
+def test_a_class_count_other_than_the_datas_is_refused_before_training(
+    tiny_unet_config, tmp_path, num_classes, match):
+  """The train job sets model.num_classes from data.labels; a config naming another count (or a
+  negative one) is refused instead of being silently replaced."""
+  config = tiny_unet_config()
+  config.model.num_classes = num_classes
+  workdir = str(tmp_path / "never")
+  with pytest.raises(jobs.config_checks.ConfigError, match=match):
+    jobs.run(config, workdir)
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+def test_a_model_dtype_other_than_the_compute_dtype_is_refused(tiny_unet_config, tmp_path):
+  """model.dtype is set from training.compute_dtype by the train job: naming another is refused,
+  naming the field to set."""
+  config = tiny_unet_config()
+  config.model.dtype = "bfloat16"
+  with pytest.raises(jobs.config_checks.ConfigError,
+                     match=r"config\.model\.dtype='bfloat16'.*config\.training\.compute_dtype"):
+    jobs.run(config, str(tmp_path / "never"))
+  config.training.compute_dtype = "bfloat16"
+  jobs.validate(config)  # the same dtype in both fields is what the job computes in

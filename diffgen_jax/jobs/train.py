@@ -71,6 +71,10 @@ def validate_config(config) -> None:
         "config.model.checkpoint is read by the evaluate and convert jobs; the train job trains "
         "from scratch (set it to '')")
   validate_training_fields(config)
+  if config.model.get("dtype", "float32") not in ("float32", config.training.compute_dtype):
+    raise config_checks.ConfigError(
+        f"config.model.dtype={config.model.dtype!r}: the train job computes in "
+        f"config.training.compute_dtype={config.training.compute_dtype!r}; set that field instead")
   common.check_resume_changes(config)
   # The training mesh and batch: only training needs them to fit the devices (the evaluation
   # splits its own batches over whatever devices it finds).
@@ -163,9 +167,12 @@ def run(config, workdir: str) -> Dict[str, Any]:
   if config.evaluation.after_training:  # refused now, not after training (see the function)
     evaluate.check_against_data(config, split, common.load_split(config, "validation"))
   image_shape = split.shape
+  # The label mode decides the class count (data.labels='none': unconditional); a config that
+  # names one must name the data's (or 0), and never a negative one.
+  models.validate_config(config.model, image_shape, split.num_classes)
   model_config = config.model.copy_and_resolve_references()
   with model_config.unlocked():
-    model_config.num_classes = split.num_classes  # the label mode decides; configs need not repeat it
+    model_config.num_classes = split.num_classes
   models.validate_config(model_config, image_shape, split.num_classes)
   os.makedirs(workdir, exist_ok=True)  # only now: a config refused above leaves no empty workdir
   network = common.build_network(model_config, split.num_classes, t.compute_dtype)
