@@ -167,9 +167,15 @@ def run(config, workdir: str) -> Dict[str, Any]:
   if config.evaluation.after_training:  # refused now, not after training (see the function)
     evaluate.check_against_data(config, split, common.load_split(config, "validation"))
   image_shape = split.shape
-  # The label mode decides the class count (data.labels='none': unconditional); a config that
-  # names one must name the data's (or 0), and never a negative one.
-  models.validate_config(config.model, image_shape, split.num_classes)
+  # The label mode decides the class count (data.labels='none': unconditional), so one model config
+  # serves class, pseudo-label and unconditional runs; a count it names is replaced, and said.
+  asked = config.model.get("num_classes", 0)
+  if isinstance(asked, bool) or not isinstance(asked, int) or asked < 0:
+    raise config_checks.ConfigError(f"config.model.num_classes={asked!r} must be an integer >= 0 "
+                                    "(the train job takes the count from data.labels)")
+  if asked and asked != split.num_classes:
+    console.progress(f"train: model.num_classes {asked} -> {split.num_classes}, the count of "
+                     f"data.labels={config.data.labels!r}")
   model_config = config.model.copy_and_resolve_references()
   with model_config.unlocked():
     model_config.num_classes = split.num_classes
