@@ -124,9 +124,9 @@ class Setting:
       try:
         self._check_entry(v, name)
       except ConfigError:
-        raise ConfigError(f"{name}={tuple(values)!r}: each entry must be one of {self.choices}"
+        raise ConfigError(f"{name}={_shown(values)}: each entry must be one of {self.choices}"
                           if self.choices is not None and isinstance(v, self.entry_kind) else
-                          f"{name}={tuple(values)!r} must contain only {self._entry_words(True)}"
+                          f"{name}={_shown(values)} must contain only {self._entry_words(True)}"
                           ) from None
 
   def _check_entry(self, value, name: str) -> None:
@@ -144,6 +144,14 @@ class Setting:
       raise ConfigError(f"{name}={value!r} must be {'True or False' if kind is bool else 'a string'}")
     if self.choices is not None and value not in self.choices:
       raise ConfigError(f"{name}={value!r} is not one of the allowed values {self.choices}")
+
+
+def _shown(values) -> str:
+  """A tuple field's value as the user wrote it: an override that ml_collections could not parse
+  (e.g. `(nan,)`) arrives as the one-string tuple ('(nan,)',), shown here as (nan,)."""
+  if len(values) == 1 and isinstance(values[0], str) and values[0][:1] in "([":
+    return values[0]
+  return repr(tuple(values))
 
 
 def settings_of(tree, prefix: str = "") -> Dict[str, Setting]:

@@ -97,7 +97,19 @@ def _parse_flags(argv):
     if isinstance(err, AttributeError) and named:
       text = "no such field" + (f" ({text.split('?', 1)[0].split(' ', 1)[1]}?)" if "Did you mean"
                                 in text else "")
+    if "invalid literal for int()" in text:  # e.g. total_images=1e9: ints are written out whole
+      text = text.split(": invalid literal", 1)[0] + ": must be an integer written out in digits"
+      text += _integer_hint(text.rsplit("=", 1)[-1].rstrip(": ").split(":")[0])
     _fail(f"{where}{text}")
+
+
+def _integer_hint(literal: str) -> str:
+  """' (1000000000, not 1e9)' where the literal is a whole number in float notation."""
+  try:
+    value = float(literal)
+  except ValueError:
+    return ""
+  return f" ({int(value)}, not {literal})" if value.is_integer() else ""
 
 
 def cli():

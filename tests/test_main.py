@@ -15,6 +15,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("--config.training.lr=-1", "diffgen_jax: config.training.lr=-1.0 must be > 0.0"),
     ("--config.training.lr=abc", "diffgen_jax: flag --config.training.lr=abc: could not convert "
                                  "string to float: 'abc'"),
+    ("--config.training.total_images=1e9", "diffgen_jax: flag --config.training.total_images=1e9: "
+     "must be an integer written out in digits (1000000000, not 1e9)"),
+    ("--config.evaluation.sigmas=(nan,)", "diffgen_jax: config.evaluation.sigmas=(nan,) must "
+     "contain only finite numbers > 0.0"),
 ])
 def test_a_bad_field_is_one_line_naming_it(tmp_path, override, message):
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO] + sys.path), JAX_PLATFORMS="cpu")
