@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 from absl import logging
 
+import ml_collections
+
 from diffgen_jax import defaults, jobs, jsonio
+from diffgen_jax.jobs import common
+from diffgen_jax.models import network as network_lib
 from diffgen_jax.evaluation import gap
 from diffgen_jax.jobs import console
 from diffgen_jax.jobs import results as results_lib
@@ -108,6 +112,12 @@ def test_monitor_tensorboard_console_and_results(tiny_unet_config, tmp_path, cap
   # monitor evaluation, the evaluation's progress and the summary.
   progress = [line for line in printed if line.startswith("train: step")]
   assert len(progress) == STEPS // config.log_every_steps
+  # The network's size, counted by the model library from the recorded model (8x8 digits).
+  with open(os.path.join(workdir, common.RUN_FILE)) as f:
+    model = ml_collections.ConfigDict(json.load(f)["model"])
+  count = network_lib.num_params(model, (8, 8, 1), model.num_classes)
+  assert f"train: ddpmpp network, {count:,} parameters, images (8, 8, 1), {STEPS} steps of {BATCH}" \
+      in printed
   assert all("img/s" in line and "loss" in line and "ETA" in line for line in progress)
   assert sum(line.startswith("train: G(sigma)") for line in printed) == 2
   assert any(line.startswith("Denoising gap of") for line in printed)

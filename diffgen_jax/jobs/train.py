@@ -196,6 +196,9 @@ def run(config, workdir: str) -> Dict[str, Any]:
           "num_classes": split.num_classes, "model_family": config.model.family,
           "model": json.loads(json.dumps(models.resolve(model_config).to_dict()))}
 
+  console.progress(f"train: {config.model.family} network, "
+                   f"{sum(x.size for x in jax.tree.leaves(abstract_state.params)):,} parameters, "
+                   f"images {tuple(image_shape)}, {total_steps} steps of {t.batch_size}")
   ckpt = checkpointing.Checkpoints(workdir, keep_states=config.checkpoint.keep_states)
   metrics_path = os.path.join(workdir, METRICS_FILE)
   latest, notes = ckpt.resumable_state()  # damaged states moved aside, saying so
