@@ -53,8 +53,9 @@ def _kind(c):
 
 
 # Per kind of condition: marker, and whether the points form a line (k-means over k).
-MARKERS = {"none": ("s", False), "classes": ("*", False), "class": ("*", False),
-           "k-means": ("o", True)}
+MARKERS = {"none": ("s", False), "classes": ("*", False), "k-means": ("o", True)}
+# The trained runs' group is named "class", the analytic condition "classes": one legend word.
+KIND_NAMES = {"class": "classes"}
 PANELS = ("trained U-Net", "analytic y_delta")
 
 
@@ -86,6 +87,7 @@ def peak_figure(path: str, by_seed, title: str) -> None:
     size = 8 - 3 * min(i, 1)
     for (panel, kind), (x, y, bounds) in peak_points(by_seed[seed]).items():
       ax = axes[PANELS.index(panel)]
+      kind = KIND_NAMES.get(kind, kind)
       marker, line = MARKERS.get(kind, ("D", False))
       x, y = np.asarray(x, np.float64), common._floats(y)  # pylint: disable=protected-access
       order = np.argsort(x)

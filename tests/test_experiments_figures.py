@@ -107,6 +107,8 @@ def test_replot_draws_both_seeds_and_keeps_the_numbers(tmp_path, monkeypatch):
   for ax in peak_fig.axes:
     labels = ax.get_legend_handles_labels()[1]
     assert any("(seed 0)" in s for s in labels) and any("(seed 1)" in s for s in labels), labels
+    # One word per kind of condition in both panels (the trained group "class" is "classes").
+    assert {s.split(" (seed")[0] for s in labels} == {"none", "classes", "k-means"}, labels
   for p, data in before.items():  # results.json untouched
     assert open(os.path.join(results_dir, p), "rb").read() == data
   with open(os.path.join(results_dir, "results.json")) as f:
