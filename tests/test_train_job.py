@@ -711,3 +711,28 @@ def test_a_model_dtype_other_than_the_compute_dtype_is_refused(tiny_unet_config,
     jobs.run(config, str(tmp_path / "never"))
   config.training.compute_dtype = "bfloat16"
   jobs.validate(config)  # the same dtype in both fields is what the job computes in
+
+
+def test_an_evaluation_count_larger_than_a_split_is_said_before_training(
+    tiny_unet_config, tmp_path, monkeypatch, caplog):
+  """evaluation.num_images above both splits' sizes: the clamp is said at start-up, before the
+  train step compiles (not only when the evaluation runs after training)."""
+  from diffgen_jax import training  # pylint: disable=import-outside-toplevel
+
+  class Stop(Exception):
+    pass
+
+  def stop(*args, **kwargs):
+    raise Stop()
+
+  monkeypatch.setattr(training, "compile_training", stop)
+  config = _config(tiny_unet_config)
+  config.evaluation.after_training = True
+  config.evaluation.num_images = 100000
+  with pytest.raises(Stop):
+    jobs.run(config, str(tmp_path / "run"))
+  num_val = len(common.load_split(config, "validation"))
+  assert ("config.evaluation.num_images=100000 is more than the 64 images of the training split: "
+          "all 64 are used") in caplog.text
+  assert (f"config.evaluation.num_images=100000 is more than the {num_val} images of the "
+          "validation split") in caplog.text

@@ -131,12 +131,16 @@ def validate_sample_settings(settings) -> None:
 
 def check_against_data(config, train_split, val_split) -> None:
   """The evaluation's checks that need the data or the disk, run before anything trains or compiles
-  (the train job calls this at start-up when it will evaluate): every queried label has training
+  (the train job calls this at start-up when it will evaluate): evaluation.num_images larger than
+  a split is said (`common.used_count`: all its images are used), every queried label has training
   images (`common.check_optimal_labels`), the sample evaluation's FD references can be drawn from
   the splits' sizes, an explicit classifier file exists, and a feature hook gives features of two
   images of the data's shape (`hooks.load_features_factory`).
   Raises config_checks.ConfigError naming the field."""
   common.check_optimal_labels(config, train_split, val_split)
+  for which, split in (("training", train_split), ("validation", val_split)):  # said at start-up
+    common.used_count("evaluation.num_images", config.evaluation.num_images, len(split),
+                      f"images of the {which} split")
   s = sample_settings(config)
   if not s.enabled:
     return
@@ -217,10 +221,10 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   sigmas = common.sigma_grid(e.sigmas, e.num_sigmas)
   # The evaluation subsets and the training set are sources read where they are used: each
   # process reads only the rows its devices evaluate (or hold, for y*).
-  train_x, train_y, train_ids = common.evaluation_rows(train_split, e.num_images, e.subset_seed,
-                                                       field="evaluation.num_images")
+  # (a count larger than a split was said at start-up: `check_against_data`)
+  train_x, train_y, train_ids = common.evaluation_rows(train_split, e.num_images, e.subset_seed)
   val_x, val_y, val_ids = common.evaluation_rows(val_split, e.num_images, e.subset_seed,
-                                                 "validation", field="evaluation.num_images")
+                                                 "validation")
   protocol = {"sigmas": sigmas.tolist(), "num_train": len(train_x), "num_val": len(val_x),
               "noise_seed": e.noise_seed, "evaluation_subset_seed": e.subset_seed,
               "dataset": config.data.name,
