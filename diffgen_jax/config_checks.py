@@ -248,8 +248,8 @@ def float_leaves(config, prefix: str = "") -> Iterator[Tuple[str, float]]:
       yield field, float(value)
 
 
-def finite_floats(config, compute_dtype: str = "float32") -> None:
-  """Every float field of the config must be finite, also once cast to the compute dtype.
+def finite_floats(config) -> None:
+  """Every float field of the config must be finite, also once cast to float32.
 
   A valid Python float such as 1e39 is infinite in float32 (and bfloat16, whose range is
   float32's), so it would reach the computation as inf: rejected here, naming the field.
@@ -261,6 +261,6 @@ def finite_floats(config, compute_dtype: str = "float32") -> None:
     if not math.isfinite(value):
       raise ConfigError(f"config.{field}={value!r} must be finite")
     if abs(value) > limit:
-      raise ConfigError(f"config.{field}={value!r} is not finite in the compute dtype "
-                        f"{compute_dtype} (largest finite value {limit:.4g}): it would reach the "
+      raise ConfigError(f"config.{field}={value!r} is not finite in float32 (largest finite value "
+                        f"{limit:.4g}; bfloat16 has the same range): it would reach the "
                         "computation as inf")

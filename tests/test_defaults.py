@@ -261,3 +261,16 @@ def test_describe_lists_every_field_with_its_help():
   assert len(lines) == len(defaults.job_settings("ladder"))
   assert lines[2] == ("step = -1  (an integer >= -1)  the snapshot measured: -1 = the last, else "
                       "a snapshot step of the run")
+
+
+def test_a_float_beyond_float32_is_said_in_float32_also_for_bfloat16_compute():
+  """The parameters and schedules are float32 whatever training.compute_dtype: the message says
+  float32 (not "the compute dtype float32" of a bfloat16 run)."""
+  config = BUILDERS["train"]()
+  config.training.compute_dtype = "bfloat16"
+  config.training.lr = 1e39
+  with pytest.raises(ConfigError) as err:
+    jobs.validate(config)
+  assert str(err.value) == ("config.training.lr=1e+39 is not finite in float32 (largest finite "
+                            "value 3.403e+38; bfloat16 has the same range): it would reach the "
+                            "computation as inf")
