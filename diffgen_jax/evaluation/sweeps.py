@@ -136,7 +136,7 @@ def _finite_peak(sigmas, values):
 
 
 def gap_curve(setup: Setup, denoise, label: str, value, group: str = "", *, conditional=False,
-              train_y=None, val_y=None, params=None) -> Dict[str, Any]:
+              train_y=None, val_y=None) -> Dict[str, Any]:
   """E_train, E_val, G and its peak for one denoiser on the setup's evaluation subsets, with G's
   95% bootstrap interval over the images (gap_low, gap_high; the peak's peak_gap_low,
   peak_gap_high: see the module docstring).
@@ -148,7 +148,7 @@ def gap_curve(setup: Setup, denoise, label: str, value, group: str = "", *, cond
     val_y = setup.val_y if val_y is None else val_y
   else:
     train_y = val_y = None
-  kw = dict(sigmas=setup.sigmas, batch_size=setup.batch_size, params=params, mesh=setup.mesh,
+  kw = dict(sigmas=setup.sigmas, batch_size=setup.batch_size, mesh=setup.mesh,
             return_per_image=True)
   e_train, per_train = gap.denoising_errors(denoise, setup.train_x, train_y, ids=setup.train_ids,
                                             noise_seed=setup.noise_seed, **kw)
@@ -306,11 +306,9 @@ def sweep_receptive_field(setup: Setup, crop_sizes: Sequence[int],
                   crop_training="pooled corner crops of every training image")
 
 
-def score_curves(denoise, setup: Setup, sigmas, num_images: int, label: str, *, params=None,
+def score_curves(denoise, setup: Setup, sigmas, num_images: int, label: str, *,
                  conditional=False) -> List[Dict[str, Any]]:
   """Gradient correlation score vs sigma on the first training and validation images."""
-  if params is not None:
-    denoise = jax.tree_util.Partial(denoise, params)
   out = []
   for split, x, y, ids, seed in (("train", setup.train_x, setup.train_y, setup.train_ids, 0),
                                  ("val", setup.val_x, setup.val_y, setup.val_ids, 1)):
