@@ -1,4 +1,4 @@
-"""The denoiser combinators: per_example broadcasting, guidance, fixed labels, crop averaging."""
+"""The denoiser combinators: per_example broadcasting, guidance, the null label, crop averaging."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diffgen_jax.denoisers import (classifier_free_guided, crop_averaged, guided, null_labelled,
-                                   per_example, with_labels)
+                                   per_example)
 from diffgen_jax.optimal import empirical_optimal_denoiser
 
 H = 8
@@ -56,19 +56,6 @@ def test_guidance_of_linear_denoisers_is_linear():
   twice = guided(guided(_linear(a_mat, a_vec), _linear(b_mat, b_vec), 1.0), _linear(b_mat, b_vec), 1.0)
   want = np.asarray(x) @ (2 * (2 * a_mat - b_mat) - b_mat).T + 2 * (2 * a_vec - b_vec) - b_vec
   np.testing.assert_allclose(jax.jit(twice)(x, 1.0), want, rtol=1e-5, atol=1e-5)
-
-
-def test_guidance_and_with_labels_pass_labels():
-  def by_label(x, sigma, labels):
-    return x + jnp.asarray(labels, x.dtype)[:, None]
-
-  x = jnp.zeros((3, 2))
-  labels = jnp.asarray([1, 2, 3])
-  null = with_labels(by_label, jnp.zeros(3, jnp.int32))  # the classifier-free negative
-  np.testing.assert_array_equal(null(x, 1.0, labels), np.zeros((3, 2)))
-  # D_pos + w (D_pos - D_null) with D_pos = labels, D_null = 0.
-  got = guided(by_label, null, 2.0)(x, 1.0, labels)
-  np.testing.assert_array_equal(got, np.repeat([[3.0], [6.0], [9.0]], 2, axis=1))
 
 
 def test_crop_wrapper_identity_and_exact_overlap_average():

@@ -163,12 +163,11 @@ def test_gap_evaluation_refuses_labels_without_training_points():
     gap.errors_and_distance(net, exact, images, np.array([0, 7, 1]), [0.5, 1.0])
 
 
-def test_with_labels_checks_its_fixed_labels():
+def test_null_labelled_checks_its_null_label():
   exact = optimal.empirical_optimal_denoiser(TRAIN, TRAIN_LABELS)
-  fixed = denoisers.with_labels(exact, jnp.asarray([3, 3]))
   with pytest.raises(ValueError, match=r"labels \[3\]"):
-    denoisers.check_labels(fixed, jnp.asarray([0, 1]))
-  denoisers.check_labels(denoisers.with_labels(exact, None), jnp.asarray([9, 9]))  # all points
+    denoisers.check_labels(denoisers.null_labelled(exact, 3), jnp.asarray([0, 1]))
+  denoisers.check_labels(denoisers.null_labelled(exact, 0), jnp.asarray([9, 9]))  # replaced
 
 
 def test_posterior_statistics_refuses_labels_without_training_points():
