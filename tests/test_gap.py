@@ -282,3 +282,15 @@ def test_gap_evaluation_over_two_processes_equals_one(tmp_path):
   for r in two:  # every process holds the gathered whole
     np.testing.assert_allclose(r["per_image"], one["per_image"], rtol=1e-5)
     np.testing.assert_allclose(r["errors"], one["errors"], rtol=1e-5)
+
+
+def test_train_val_gap_interval_is_the_recorded_interval():
+  """The sweeps and the ladder record INTERVAL beside the G intervals that `train_val_gap` draws
+  with `bootstrap_relative_gap`'s defaults: the two must agree."""
+  import inspect
+  from diffgen_jax.evaluation import ladder, sweeps
+  defaults = {k: p.default for k, p in
+              inspect.signature(gap.bootstrap_relative_gap).parameters.items()
+              if p.default is not inspect.Parameter.empty}
+  for interval in (sweeps.INTERVAL, ladder.INTERVAL):
+    assert {k: interval[k] for k in defaults} == defaults

@@ -27,7 +27,7 @@ in as constants).
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -244,6 +244,40 @@ def bootstrap_relative_gap(per_image_val, per_image_train, *, num_resamples: int
   gaps = relative_gap(*means)
   tail = 50.0 * (1.0 - confidence)
   return np.percentile(gaps, tail, axis=0), np.percentile(gaps, 100.0 - tail, axis=0)
+
+
+def train_val_gap(denoise, train, val, sigmas, *, noise_seeds=(0, 1), batch_size: int = 128,
+                  mesh: Optional[Mesh] = None, reference=None,
+                  interval: bool = True) -> Dict[str, np.ndarray]:
+  """E_train, E_val and G(sigma) of one denoiser, the one computation every caller uses: each split
+  through `denoising_errors` (`errors_and_distance` given a reference), G by `relative_gap` and
+  its 95% interval by `bootstrap_relative_gap` (its defaults).
+
+  train, val: (images, labels, ids) of each split; labels and ids may be None.
+  noise_seeds: the (train, val) noise seeds; two seeds draw independent noise for the two splits,
+    whose ids overlap; one seed twice gives common random numbers.
+  reference: optional denoiser (e.g. y*): adds the distance to it from the same pass.
+  interval: False skips the bootstrap.
+
+  Returns float64 arrays: e_train, e_val, gap (S,); per_image_train, per_image_val (N, S);
+  gap_low, gap_high (S,) with interval; to_reference_{train,val} (S,) and
+  to_reference_per_image_{train,val} (N, S) with a reference.
+  """
+  out = {}
+  for split, (x, y, ids), seed in (("train", train, noise_seeds[0]), ("val", val, noise_seeds[1])):
+    kw = dict(ids=ids, noise_seed=seed, batch_size=batch_size, mesh=mesh, return_per_image=True)
+    if reference is None:
+      out[f"e_{split}"], out[f"per_image_{split}"] = denoising_errors(denoise, x, y, sigmas, **kw)
+    else:
+      ((out[f"e_{split}"], out[f"per_image_{split}"]),
+       (out[f"to_reference_{split}"], out[f"to_reference_per_image_{split}"])) = (
+          errors_and_distance(denoise, reference, x, y, sigmas, **kw))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    out["gap"] = relative_gap(out["e_val"], out["e_train"])
+    if interval:
+      out["gap_low"], out["gap_high"] = bootstrap_relative_gap(out["per_image_val"],
+                                                               out["per_image_train"])
+  return out
 
 
 class Onset(NamedTuple):

@@ -148,23 +148,15 @@ def gap_curve(setup: Setup, denoise, label: str, value, group: str = "", *, cond
     val_y = setup.val_y if val_y is None else val_y
   else:
     train_y = val_y = None
-  kw = dict(sigmas=setup.sigmas, batch_size=setup.batch_size, mesh=setup.mesh,
-            return_per_image=True)
-  e_train, per_train = gap.denoising_errors(denoise, setup.train_x, train_y, ids=setup.train_ids,
-                                            noise_seed=setup.noise_seed, **kw)
-  e_val, per_val = gap.denoising_errors(denoise, setup.val_x, val_y, ids=setup.val_ids,
-                                        noise_seed=setup.noise_seed + 1, **kw)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    g = gap.relative_gap(e_val, e_train)
-    low, high = gap.bootstrap_relative_gap(per_val, per_train, **_bootstrap_kw())
-  peak_sigma, peak_gap = _finite_peak(setup.sigmas, g)
-  return {"label": label, "group": group, "value": value, "e_train": e_train, "e_val": e_val,
-          "gap": g, "gap_low": low, "gap_high": high, "peak_sigma": peak_sigma,
-          "peak_gap": peak_gap, **peak_interval(g, low, high)}
-
-
-def _bootstrap_kw():
-  return {k: INTERVAL[k] for k in ("confidence", "num_resamples", "seed")}
+  c = gap.train_val_gap(denoise, (setup.train_x, train_y, setup.train_ids),
+                        (setup.val_x, val_y, setup.val_ids), setup.sigmas,
+                        noise_seeds=(setup.noise_seed, setup.noise_seed + 1),
+                        batch_size=setup.batch_size, mesh=setup.mesh)
+  peak_sigma, peak_gap = _finite_peak(setup.sigmas, c["gap"])
+  return {"label": label, "group": group, "value": value,
+          **{k: c[k] for k in ("e_train", "e_val", "gap", "gap_low", "gap_high")},
+          "peak_sigma": peak_sigma, "peak_gap": peak_gap,
+          **peak_interval(c["gap"], c["gap_low"], c["gap_high"])}
 
 
 def peak_interval(values, low, high) -> Dict[str, Optional[float]]:
