@@ -128,13 +128,6 @@ def make_setup(train_images, train_labels, val_images, val_labels, num_classes: 
 # One curve
 
 
-def _finite_peak(sigmas, values):
-  g = np.asarray(values, np.float64)
-  if not np.any(np.isfinite(g)):
-    return None, None
-  return gap.peak(sigmas, np.where(np.isfinite(g), g, np.nan))
-
-
 def gap_curve(setup: Setup, denoise, label: str, value, group: str = "", *, conditional=False,
               train_y=None, val_y=None) -> Dict[str, Any]:
   """E_train, E_val, G and its peak for one denoiser on the setup's evaluation subsets, with G's
@@ -152,21 +145,21 @@ def gap_curve(setup: Setup, denoise, label: str, value, group: str = "", *, cond
                         (setup.val_x, val_y, setup.val_ids), setup.sigmas,
                         noise_seeds=(setup.noise_seed, setup.noise_seed + 1),
                         batch_size=setup.batch_size, mesh=setup.mesh)
-  peak_sigma, peak_gap = _finite_peak(setup.sigmas, c["gap"])
   return {"label": label, "group": group, "value": value,
           **{k: c[k] for k in ("e_train", "e_val", "gap", "gap_low", "gap_high")},
-          "peak_sigma": peak_sigma, "peak_gap": peak_gap,
-          **peak_interval(c["gap"], c["gap_low"], c["gap_high"])}
+          **_finite_peak(setup.sigmas, c["gap"], c["gap_low"], c["gap_high"])}
 
 
-def peak_interval(values, low, high) -> Dict[str, Optional[float]]:
-  """{"peak_gap_low", "peak_gap_high"}: the interval (low, high) (S,) at the sigma of the curve's
-  peak over its finite values (None, None where no value is finite)."""
+def _finite_peak(sigmas, values, low, high) -> Dict[str, Optional[float]]:
+  """peak_sigma, peak_gap: the curve's peak over its finite values (`edm.peak_index`; +-inf left
+  out), and peak_gap_low, peak_gap_high: the interval (low, high) (S,) there; all None where no
+  value is finite."""
   g = np.asarray(values, np.float64)
-  i = -1 if not np.any(np.isfinite(g)) else edm.peak_index(np.where(np.isfinite(g), g, np.nan))
-  if i < 0:
-    return {"peak_gap_low": None, "peak_gap_high": None}
-  return {"peak_gap_low": float(low[i]), "peak_gap_high": float(high[i])}
+  if not np.any(np.isfinite(g)):
+    return dict.fromkeys(("peak_sigma", "peak_gap", "peak_gap_low", "peak_gap_high"))
+  i = edm.peak_index(np.where(np.isfinite(g), g, np.nan))
+  return {"peak_sigma": float(np.asarray(sigmas, np.float64)[i]), "peak_gap": float(g[i]),
+          "peak_gap_low": float(low[i]), "peak_gap_high": float(high[i])}
 
 
 def sweep_section(factor: str, setup: Setup, curves: List[Dict], **extra) -> Dict[str, Any]:
