@@ -64,7 +64,6 @@ CLASSIFIER_FILE = "classifier.npz"
 GRIDS_DIR = "sample_grids"
 FEATURES = defaults.SAMPLES["feature"].choices
 FEATURES_FIELD = "evaluation.samples.features"
-SNAPSHOTS = defaults.SAMPLES["snapshots"].choices
 PER_IMAGE_DIR = "per_image"  # <step>.npz: (N, S) per-image errors e_train, e_val of the first EMA
 MEMBERSHIP_FPR = 0.01  # the false-positive rate at which the membership TPR is read
 
