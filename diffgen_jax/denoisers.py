@@ -182,6 +182,16 @@ def is_array_pytree(denoiser) -> bool:
   return bool(leaves) and all(isinstance(leaf, (jax.Array, np.ndarray, float, int)) for leaf in leaves)
 
 
+def compiled(fn, jitted, *denoisers, **static):
+  """fn with `denoisers` (and static keywords) bound, compiled. jitted is jax.jit(fn) made once at
+  module level: when every denoiser is an array pytree (`is_array_pytree`; None passes) they enter
+  it as arguments, so one program serves every checkpoint and training set of the same shapes.
+  Any other denoiser is a closure, compiled for this call with its arrays embedded as constants."""
+  if all(d is None or is_array_pytree(d) for d in denoisers):
+    return functools.partial(jitted, *denoisers, **static)
+  return jax.jit(functools.partial(fn, *denoisers, **static))
+
+
 def check_label_domain(domain: Iterable[int], labels) -> None:
   """Raises ValueError naming the labels that have no training points in `domain`.
 

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffgen_jax.denoisers import (classifier_free_guided, crop_averaged, guided, null_labelled,
-                                   per_example)
+from diffgen_jax.denoisers import (classifier_free_guided, compiled, crop_averaged, guided,
+                                   null_labelled, per_example)
 from diffgen_jax.optimal import empirical_optimal_denoiser
 
 H = 8
@@ -56,6 +56,29 @@ def test_guidance_of_linear_denoisers_is_linear():
   twice = guided(guided(_linear(a_mat, a_vec), _linear(b_mat, b_vec), 1.0), _linear(b_mat, b_vec), 1.0)
   want = np.asarray(x) @ (2 * (2 * a_mat - b_mat) - b_mat).T + 2 * (2 * a_vec - b_vec) - b_vec
   np.testing.assert_allclose(jax.jit(twice)(x, 1.0), want, rtol=1e-5, atol=1e-5)
+
+
+def _scaled_by(a, x, sigma, labels=None):
+  return a * x
+
+
+def test_compiled_takes_pytree_denoisers_as_arguments_and_closures_as_constants():
+  traces = []
+
+  def fn(denoise, x, *, power):
+    traces.append(1)
+    return denoise(x, 1.0) ** power
+
+  jitted = jax.jit(fn, static_argnames=("power",))
+  x = jnp.arange(3.0)
+  for a in (2.0, 3.0):  # two "checkpoints" of one network: one trace
+    pytree = jax.tree_util.Partial(_scaled_by, jnp.float32(a))
+    np.testing.assert_array_equal(compiled(fn, jitted, pytree, power=2)(x), (a * x) ** 2)
+  assert len(traces) == 1
+  for a in (2.0, 3.0):  # closures: traced for each call, their arrays as constants
+    closure = lambda x, sigma, labels=None, a=jnp.float32(a): a * x
+    np.testing.assert_array_equal(compiled(fn, jitted, closure, power=2)(x), (a * x) ** 2)
+  assert len(traces) == 3
 
 
 def test_crop_wrapper_identity_and_exact_overlap_average():

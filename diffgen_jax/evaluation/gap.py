@@ -38,7 +38,7 @@ from jax.sharding import Mesh
 from diffgen_jax import edm, progress
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
-from diffgen_jax.denoisers import check_labels, is_array_pytree
+from diffgen_jax.denoisers import check_labels, compiled
 from diffgen_jax.sharding import LazyRows, batch_multiple, fetch, put_batch, replicated
 
 
@@ -132,10 +132,7 @@ def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, ba
   put = functools.partial(put_batch, mesh=mesh)
   if mesh is not None:
     sigmas_dev = jax.device_put(sigmas_dev, replicated(mesh))
-  if is_array_pytree(denoise) and (reference is None or is_array_pytree(reference)):
-    fn = functools.partial(_per_image_values_jit, denoise, reference, sigma_chunk=c)
-  else:  # closures: compiled once for this call, their arrays embedded as constants
-    fn = jax.jit(functools.partial(_per_image_values, denoise, reference, sigma_chunk=c))
+  fn = compiled(_per_image_values, _per_image_values_jit, denoise, reference, sigma_chunk=c)
   out = []
   with progress.track("denoising errors", n * s, "images x sigmas") as bar:
     for start in range(0, n, batch_size):

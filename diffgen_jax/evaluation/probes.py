@@ -27,7 +27,6 @@ axis (each process builds only its rows), and the results are gathered once.
 
 from __future__ import annotations
 
-import functools
 from typing import Dict, Optional
 
 import jax
@@ -39,7 +38,7 @@ from jax.sharding import Mesh
 from diffgen_jax import edm, progress
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
-from diffgen_jax.denoisers import check_labels, is_array_pytree
+from diffgen_jax.denoisers import check_labels, compiled
 from diffgen_jax.evaluation.features import batch_features, batched_features
 from diffgen_jax.evaluation.gap import image_noise
 from diffgen_jax.evaluation.neighbours import nearest_neighbours
@@ -172,8 +171,11 @@ def trajectory_overlap(states, sigmas, train_images, train_probe, val_probe, *,
 # ------------------------------------------------------------------------------------------------
 # 1-NN cosine similarity in a feature space
 
-# A pytree denoiser (see denoisers.is_array_pytree) enters the compiled call as an argument.
-_apply_jit = jax.jit(lambda denoise, x, sigma, labels: denoise(x, sigma, labels))
+def _apply(denoise, x, sigma, labels):
+  return denoise(x, sigma, labels)
+
+
+_apply_jit = jax.jit(_apply)  # (`denoisers.compiled`)
 
 
 
@@ -244,10 +246,7 @@ def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train
   check_labels(denoise, train_probe_labels)
   check_labels(denoise, val_probe_labels)
   sigmas = np.asarray(sigmas, np.float32)
-  if is_array_pytree(denoise):
-    den = functools.partial(_apply_jit, denoise)
-  else:
-    den = jax.jit(denoise)
+  den = compiled(_apply, _apply_jit, denoise)
   feats = {"trajectory": [batched_features(features_fn, np.asarray(o), batch_size, mesh=mesh)
                           for o in trajectory_denoised]}
   for name, probe, ids, labels in (("train", train_probe, train_probe_ids, train_probe_labels),
