@@ -89,8 +89,8 @@ def main():
     return out
 
   def evaluation():
-    return gap.denoising_errors(network_fn, images, None, sigmas, batch_size=args.batch,
-                                sigma_chunk=args.sigma_chunk, params=params)
+    return gap.denoising_errors(jax.tree_util.Partial(network_fn, params), images, None, sigmas,
+                                batch_size=args.batch, sigma_chunk=args.sigma_chunk)
 
   t_plain = _median_time(plain, args.repeats)
   t_eval = _median_time(evaluation, args.repeats)

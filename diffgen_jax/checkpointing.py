@@ -182,11 +182,6 @@ class Checkpoints:
     self._save(self.state, step, ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)))
 
-  def restore_meta(self, step: int) -> Dict[str, Any]:
-    """Only the metadata of a full state (cheap; checked against the config before restoring).
-    Check the state first (`resumable_state`)."""
-    return _restore(self.state, step, ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
   def restore_state(self, step: int, abstract_state) -> Tuple[Any, Dict[str, Any]]:
     """The state onto abstract_state's shardings (any device count); FloatingPointError if it is
     non-finite (a checkpoint written before this package refused to write such states). Check the

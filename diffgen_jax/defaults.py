@@ -248,10 +248,6 @@ def data_config(name: str = "digits") -> ml_collections.ConfigDict:
   return config
 
 
-def training_config() -> ml_collections.ConfigDict:
-  return build(TRAINING)
-
-
 def train_config(dataset: str = "digits", family: str = "ddpmpp") -> ml_collections.ConfigDict:
   config = build(TRAIN)
   config.data.name = dataset

@@ -12,7 +12,6 @@ pytrees, so they pass through jit, vmap and scan as arguments.
 
 This module is the one home of every combinator:
   guided(pos, neg, w)                 D_pos + w (D_pos - D_neg) (classifier-free guidance, autoguidance)
-  with_labels(D, labels)              fixed labels (e.g. the null label)
   null_labelled(D, null_label)        the classifier-free negative: every label replaced by the null one
   classifier_free_guided(D, null, w)  guided(D, null_labelled(D, null), w)
   crop_averaged(D, s, image_size)     a restricted receptive field: D on the four s x s corner crops
@@ -96,15 +95,6 @@ def guided(positive: Denoiser, negative: Denoiser, weight: float) -> Denoiser:
 def _guided(positive, negative, weight, x, sigma, labels=None):
   d_pos = positive(x, sigma, labels)
   return d_pos + weight * (d_pos - negative(x, sigma, labels))
-
-
-def with_labels(denoiser: Denoiser, labels: Optional[jax.Array]) -> Denoiser:
-  """Fixes the labels of a denoiser, e.g. the null label of a classifier-free negative."""
-  return jax.tree_util.Partial(_with_labels, denoiser, labels)
-
-
-def _with_labels(denoiser, labels, x, sigma, _ignored_labels=None):
-  return denoiser(x, sigma, labels)
 
 
 def null_labelled(denoiser: Denoiser, null_label: int) -> Denoiser:
@@ -192,6 +182,16 @@ def is_array_pytree(denoiser) -> bool:
   return bool(leaves) and all(isinstance(leaf, (jax.Array, np.ndarray, float, int)) for leaf in leaves)
 
 
+def compiled(fn, jitted, *denoisers, **static):
+  """fn with `denoisers` (and static keywords) bound, compiled. jitted is jax.jit(fn) made once at
+  module level: when every denoiser is an array pytree (`is_array_pytree`; None passes) they enter
+  it as arguments, so one program serves every checkpoint and training set of the same shapes.
+  Any other denoiser is a closure, compiled for this call with its arrays embedded as constants."""
+  if all(d is None or is_array_pytree(d) for d in denoisers):
+    return functools.partial(jitted, *denoisers, **static)
+  return jax.jit(functools.partial(fn, *denoisers, **static))
+
+
 def check_label_domain(domain: Iterable[int], labels) -> None:
   """Raises ValueError naming the labels that have no training points in `domain`.
 
@@ -273,7 +273,7 @@ def check_labels(denoiser, labels) -> None:
   the empirical optimal denoiser sets its training classes; None or absent: any label). The
   package's combinators are walked (guidance, label fixing, null label, y_delta, crop averaging:
   every functools / jax.tree_util Partial), so a y* inside a guided pair is checked too; a
-  `with_labels` or `null_labelled` component is checked with the labels it substitutes. A
+  `null_labelled` component is checked with the label it substitutes. A
   component with a `check_query_labels(labels)` method (a network denoiser: its class range) is
   checked by it. Samplers and evaluations call this before they
   trace the labels (a check under jit would never run). Raises ValueError (see
@@ -287,9 +287,7 @@ def check_labels(denoiser, labels) -> None:
     if callable(own_check) and query is not None:
       own_check(query)
     if isinstance(obj, functools.partial) and depth < 64:
-      if obj.func is _with_labels and len(obj.args) >= 2:
-        query = _concrete_host(obj.args[1])
-      elif obj.func is _null_labelled and len(obj.args) >= 2:
+      if obj.func is _null_labelled and len(obj.args) >= 2:
         query = _concrete_host(jnp.asarray([obj.args[1]]))
       for child in (obj.func,) + tuple(obj.args) + tuple(obj.keywords.values()):
         visit(child, query, depth + 1)

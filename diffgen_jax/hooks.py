@@ -305,16 +305,6 @@ def check_features_factory(factory: Callable, image_shape: Sequence[int], *,
   return features
 
 
-def load_denoiser_factory(spec: str, snapshot_path: str, image_shape: Sequence[int],
-                          num_classes: int, *, field: str = "model.denoiser"
-                          ) -> Tuple[Callable, Callable, Dict[str, Any]]:
-  """`load_factory` then `check_denoiser_factory` on one snapshot: (factory, denoise, info)."""
-  factory = load_factory(spec, field=field)
-  denoise, info = check_denoiser_factory(factory, snapshot_path, image_shape, num_classes,
-                                         field=field, value=spec)
-  return factory, denoise, info
-
-
 def load_features_factory(spec: str, image_shape: Sequence[int], *,
                           field: str = "evaluation.samples.features") -> Callable:
   """`load_factory` then `check_features_factory`: the checked extractor."""

@@ -144,9 +144,6 @@ class PatchSchedule(NamedTuple):
   sigmas: Tuple[float, ...]  # ascending
   sizes: Tuple[int, ...]  # one per sigma
 
-  def size_at(self, sigma: float) -> int:
-    return self.sizes[int(np.argmin(np.abs(np.log(self.sigmas) - np.log(sigma))))]
-
 
 def patch_schedule(patch_size: PatchSize, name: str = "patch_size") -> PatchSchedule:
   """Normalises an int or a {sigma: size} mapping (sizes positive and odd, sigmas > 0 finite)."""

@@ -149,7 +149,7 @@ def test_checkpoints_without_checksums_still_load_and_orbax_errors_name_them(tmp
   shutil.rmtree(os.path.join(ckpt.state_dir(3), "meta"))
   with pytest.raises(checkpointing.DamagedCheckpointError,
                      match=rf"{ckpt.state_dir(3)} \(written without checksums.*does not read"):
-    ckpt.restore_meta(3)
+    ckpt.restore_state(3, _abstract(_state()))
   ckpt.close()
 
 

@@ -20,8 +20,6 @@ def test_copy_fraction_known_answers():
   # A point near one training point is a copy, in the middle it is not.
   flags = copies.copy_flags(np.array([[0.9, 0.0], [0.0, 0.1]], np.float32), pair)
   np.testing.assert_array_equal(flags, [True, False])
-  mem = copies.memorization(train[:3], train, _uniform(9, 6).reshape(6, -1))
-  assert mem["samples"] == 1.0 and 0.0 <= mem["validation_control"] < 1.0
 
 
 def test_first_occurrences_follow_np_unique():
@@ -56,9 +54,8 @@ def test_lazy_source_over_a_mesh_equals_the_array():
     assert got[2] == want[2] == 5
     np.testing.assert_array_equal(copies.copy_flags(samples, lazy, mesh=mesh),
                                   copies.copy_flags(samples, train))
-  val = _uniform(5, 6)
-  assert copies.memorization(samples, lazy, val, mesh=sharding.make_mesh()) == copies.memorization(
-      samples, train, val)
+  assert copies.copy_fraction(samples, lazy, mesh=sharding.make_mesh()) == copies.copy_fraction(
+      samples, train)
   pixels = sharding.LazyRows(np.full((30, 4, 4, 1), 200, np.uint8), np.arange(30))
   with pytest.raises(ValueError, match="train_images"):
     copies.copy_flags(samples, pixels)

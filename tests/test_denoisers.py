@@ -1,12 +1,12 @@
-"""The denoiser combinators: per_example broadcasting, guidance, fixed labels, crop averaging."""
+"""The denoiser combinators: per_example broadcasting, guidance, the null label, crop averaging."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffgen_jax.denoisers import (classifier_free_guided, crop_averaged, guided, null_labelled,
-                                   per_example, with_labels)
+from diffgen_jax.denoisers import (classifier_free_guided, compiled, crop_averaged, guided,
+                                   null_labelled, per_example)
 from diffgen_jax.optimal import empirical_optimal_denoiser
 
 H = 8
@@ -58,17 +58,27 @@ def test_guidance_of_linear_denoisers_is_linear():
   np.testing.assert_allclose(jax.jit(twice)(x, 1.0), want, rtol=1e-5, atol=1e-5)
 
 
-def test_guidance_and_with_labels_pass_labels():
-  def by_label(x, sigma, labels):
-    return x + jnp.asarray(labels, x.dtype)[:, None]
+def _scaled_by(a, x, sigma, labels=None):
+  return a * x
 
-  x = jnp.zeros((3, 2))
-  labels = jnp.asarray([1, 2, 3])
-  null = with_labels(by_label, jnp.zeros(3, jnp.int32))  # the classifier-free negative
-  np.testing.assert_array_equal(null(x, 1.0, labels), np.zeros((3, 2)))
-  # D_pos + w (D_pos - D_null) with D_pos = labels, D_null = 0.
-  got = guided(by_label, null, 2.0)(x, 1.0, labels)
-  np.testing.assert_array_equal(got, np.repeat([[3.0], [6.0], [9.0]], 2, axis=1))
+
+def test_compiled_takes_pytree_denoisers_as_arguments_and_closures_as_constants():
+  traces = []
+
+  def fn(denoise, x, *, power):
+    traces.append(1)
+    return denoise(x, 1.0) ** power
+
+  jitted = jax.jit(fn, static_argnames=("power",))
+  x = jnp.arange(3.0)
+  for a in (2.0, 3.0):  # two "checkpoints" of one network: one trace
+    pytree = jax.tree_util.Partial(_scaled_by, jnp.float32(a))
+    np.testing.assert_array_equal(compiled(fn, jitted, pytree, power=2)(x), (a * x) ** 2)
+  assert len(traces) == 1
+  for a in (2.0, 3.0):  # closures: traced for each call, their arrays as constants
+    closure = lambda x, sigma, labels=None, a=jnp.float32(a): a * x
+    np.testing.assert_array_equal(compiled(fn, jitted, closure, power=2)(x), (a * x) ** 2)
+  assert len(traces) == 3
 
 
 def test_crop_wrapper_identity_and_exact_overlap_average():

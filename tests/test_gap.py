@@ -31,7 +31,7 @@ def test_optimal_denoiser_known_limits():
   # at sigma -> 0 it is the images' spread about their mean, at sigma -> inf it vanishes.
   mean = train.mean(axis=0)
   mean_denoiser = lambda x, sigma, labels=None: jnp.broadcast_to(jnp.asarray(mean), x.shape)
-  dist = gap.model_vs_optimal_distance(mean_denoiser, optimal, train, sigmas=SIGMAS, batch_size=16)
+  _, dist = gap.errors_and_distance(mean_denoiser, optimal, train, sigmas=SIGMAS, batch_size=16)
   noise = np.asarray(gap.image_noise(0, np.arange(len(train)), train.shape[1:]), np.float64)
   flat = train.reshape(len(train), -1).astype(np.float64)
   want = []
@@ -84,7 +84,7 @@ def test_noise_depends_only_on_image_ids_and_sharding_is_transparent():
   np.testing.assert_allclose(sharded, per_image, rtol=1e-5, atol=1e-7)
 
 
-def test_params_api_compiles_once_across_checkpoints():
+def test_partial_over_params_compiles_once_across_checkpoints():
   traces = []
 
   def apply(params, x, sigma, labels=None):
@@ -92,10 +92,9 @@ def test_params_api_compiles_once_across_checkpoints():
     return x * params["scale"]
 
   images = _uniform(5, 6)
-  e1 = gap.denoising_errors(apply, images, sigmas=SIGMAS, params={"scale": jnp.float32(0.0)},
-                            batch_size=4)
-  e2 = gap.denoising_errors(apply, images, sigmas=SIGMAS, params={"scale": jnp.float32(1.0)},
-                            batch_size=4)
+  checkpoint = lambda scale: jax.tree_util.Partial(apply, {"scale": jnp.float32(scale)})
+  e1 = gap.denoising_errors(checkpoint(0.0), images, sigmas=SIGMAS, batch_size=4)
+  e2 = gap.denoising_errors(checkpoint(1.0), images, sigmas=SIGMAS, batch_size=4)
   assert len(traces) == 1
   np.testing.assert_allclose(e1, np.mean(images ** 2), rtol=1e-5)  # D = 0: E = mean y^2
   # D = x: E = sigma^2 mean(n^2) with the same noise at every sigma.
@@ -256,10 +255,6 @@ def test_errors_and_distance_in_one_pass_match_independent_references():
   np.testing.assert_allclose(e, want_e, rtol=1e-4)
   np.testing.assert_allclose(d, want_d, rtol=1e-4)
   assert np.all(d > 0)
-  # The distance alone (its own entry point) gives the same numbers.
-  np.testing.assert_allclose(
-      gap.model_vs_optimal_distance(network, optimal, queries, sigmas=SIGMAS, batch_size=4), want_d,
-      rtol=1e-4)
 
 
 _TWO_PROCESS_GAP = """
@@ -287,3 +282,15 @@ def test_gap_evaluation_over_two_processes_equals_one(tmp_path):
   for r in two:  # every process holds the gathered whole
     np.testing.assert_allclose(r["per_image"], one["per_image"], rtol=1e-5)
     np.testing.assert_allclose(r["errors"], one["errors"], rtol=1e-5)
+
+
+def test_train_val_gap_interval_is_the_recorded_interval():
+  """The sweeps and the ladder record INTERVAL beside the G intervals that `train_val_gap` draws
+  with `bootstrap_relative_gap`'s defaults: the two must agree."""
+  import inspect
+  from diffgen_jax.evaluation import ladder, sweeps
+  defaults = {k: p.default for k, p in
+              inspect.signature(gap.bootstrap_relative_gap).parameters.items()
+              if p.default is not inspect.Parameter.empty}
+  for interval in (sweeps.INTERVAL, ladder.INTERVAL):
+    assert {k: interval[k] for k in defaults} == defaults

@@ -163,12 +163,11 @@ def test_gap_evaluation_refuses_labels_without_training_points():
     gap.errors_and_distance(net, exact, images, np.array([0, 7, 1]), [0.5, 1.0])
 
 
-def test_with_labels_checks_its_fixed_labels():
+def test_null_labelled_checks_its_null_label():
   exact = optimal.empirical_optimal_denoiser(TRAIN, TRAIN_LABELS)
-  fixed = denoisers.with_labels(exact, jnp.asarray([3, 3]))
   with pytest.raises(ValueError, match=r"labels \[3\]"):
-    denoisers.check_labels(fixed, jnp.asarray([0, 1]))
-  denoisers.check_labels(denoisers.with_labels(exact, None), jnp.asarray([9, 9]))  # all points
+    denoisers.check_labels(denoisers.null_labelled(exact, 3), jnp.asarray([0, 1]))
+  denoisers.check_labels(denoisers.null_labelled(exact, 0), jnp.asarray([9, 9]))  # replaced
 
 
 def test_posterior_statistics_refuses_labels_without_training_points():
@@ -519,7 +518,7 @@ def test_every_image_taking_function_checks_the_convention():
       "probes.nn_similarity_probe": lambda im: probes.nn_similarity_probe(
           exact, features.pixel_features, [1.0], states[:1], im[:2], images[:2],
           np.zeros((8, 16)), np.zeros((8, 16))),
-      "copies.memorization": lambda im: copies.memorization(images, images, im),
+      "copies.copy_fraction": lambda im: copies.copy_fraction(im, images),
       "gradient_score.gradient_correlation_vs_sigma": lambda im: (
           gradient_score.gradient_correlation_vs_sigma(
           exact, im, [1.0])),
@@ -561,8 +560,6 @@ def test_duplicated_training_image_does_not_hide_its_copy():
   assert duplicates == 1
   np.testing.assert_array_equal(idx[:, 0], np.arange(10))  # first occurrences
   assert np.all(dist[:, 0] == 0) and np.all(dist[:, 1] > 0)
-  mem = probes.memorization(copies, train, images)
-  assert mem == {"samples": 1.0, "validation_control": 1.0, "training_duplicates": 1}
   with pytest.raises(ValueError, match="at least 2 distinct training images"):
     probes.copy_fraction(copies[:1], np.concatenate([images[:1]] * 3))
 

@@ -135,9 +135,16 @@ def test_bad_hooks_name_the_field_and_value(hook_dir, spec, words):
   assert words in str(err.value)
 
 
+def _load_denoiser(spec, snapshot, classes):
+  factory = hooks.load_factory(spec, field="model.denoiser")
+  denoise, info = hooks.check_denoiser_factory(factory, snapshot, SHAPE, classes,
+                                               field="model.denoiser", value=spec)
+  return factory, denoise, info
+
+
 def test_denoiser_factory_checked_and_info_returned(hook_dir):
   _, name = hook_dir
-  factory, denoise, info = hooks.load_denoiser_factory(f"{name}:make", "net-000300", SHAPE, 0)
+  factory, denoise, info = _load_denoiser(f"{name}:make", "net-000300", 0)
   assert info == {"images_seen": 300}
   x = np.full((2,) + SHAPE, 0.5, np.float32)
   np.testing.assert_allclose(denoise(jnp.asarray(x), jnp.asarray([0.5, 2.0])),
@@ -161,13 +168,13 @@ def test_denoiser_factory_checked_and_info_returned(hook_dir):
 def test_bad_denoisers_fail_at_start_up_naming_the_field(hook_dir, function, classes, words):
   spec = f"{hook_dir[1]}:{function}"
   with pytest.raises(ConfigError) as err:
-    hooks.load_denoiser_factory(spec, "snap-1", SHAPE, classes)
+    _load_denoiser(spec, "snap-1", classes)
   assert str(err.value).startswith(f"config.model.denoiser={spec!r}"), str(err.value)
   assert words in str(err.value), str(err.value)
 
 
 def test_conditional_check_passes_labels(hook_dir):
-  _, denoise, _ = hooks.load_denoiser_factory(f"{hook_dir[1]}:make_needs_labels", "s", SHAPE, 3)
+  _, denoise, _ = _load_denoiser(f"{hook_dir[1]}:make_needs_labels", "s", 3)
   assert callable(denoise)
 
 

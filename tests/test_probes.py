@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from diffgen_jax import samplers
-from diffgen_jax.evaluation import probes, samples
+from diffgen_jax.evaluation import probes
 from diffgen_jax.evaluation.features import pixel_features
-from diffgen_jax.evaluation.frechet import frechet_distance
 from diffgen_jax.optimal import empirical_optimal_denoiser, posterior_statistics
 from diffgen_jax.sharding import make_mesh
 
@@ -46,24 +45,12 @@ def test_early_stopped_outputs_are_the_trajectory_predictions():
   train = _uniform(2, 8)
   optimal = empirical_optimal_denoiser(train)
   noise = jax.random.normal(jax.random.key(0), (3, 4, 4, 1))
-  sigmas, outputs = probes.early_stopped_outputs(optimal, noise, num_steps=5)
-  assert sigmas.shape == (5,) and outputs.shape == (5, 3, 4, 4, 1)
+  traj = samplers.sample(optimal, noise, num_steps=5, return_trajectory=True).trajectory
+  outputs = traj.denoised
+  assert traj.sigmas.shape == (5,) and outputs.shape == (5, 3, 4, 4, 1)
   for i in (0, 3):
     stopped = samplers.sample(optimal, noise, num_steps=5, stop_step=i).samples
     np.testing.assert_allclose(outputs[i], stopped, rtol=1e-5, atol=1e-5)
-
-
-def test_early_stop_gap_fd():
-  rng = np.random.default_rng(3)
-  val = rng.standard_normal((40, 2, 2, 1)).astype(np.float32)
-  train_subsets = [rng.standard_normal((40, 4)) + 1.0 for _ in range(2)]
-  val_feats = val.reshape(40, -1)
-  outputs = np.stack([val, val + 1.0])  # step 0: exactly the validation set
-  got = samples.early_stop_gap_fd(pixel_features, outputs, train_subsets, val_feats, batch_size=16)
-  assert got["fd_val"][0] == pytest.approx(0.0, abs=1e-6)
-  assert got["gap"][0] == pytest.approx(-1.0)
-  want = np.mean([frechet_distance(outputs[1].reshape(40, -1), t) for t in train_subsets])
-  assert got["fd_train"][1] == pytest.approx(want)
 
 
 def test_trajectory_overlap_known_limits():

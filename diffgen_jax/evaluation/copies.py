@@ -9,7 +9,7 @@ float NHWC in [-1, 1] (data/convention.py).
 from __future__ import annotations
 
 import hashlib
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import numpy as np
@@ -159,17 +159,3 @@ def copy_fraction(samples, train_images, ratio: float = 1.0 / 3.0, *, chunk_size
   return float(np.mean(copy_flags(samples, train_images, ratio, chunk_size=chunk_size, mesh=mesh,
                                   axis=axis)))
 
-
-def memorization(samples, train_images, val_images, ratio: float = 1.0 / 3.0, *,
-                 chunk_size: int = 2048, mesh: Optional[Mesh] = None,
-                 axis: str = DATA_AXIS) -> Dict[str, float]:
-  """Copy fraction of the samples and, as control, of validation images against the training set,
-  with the number of duplicated training images (counted once by the copy test). The training
-  set's distinct rows are found once for both."""
-  check_number(ratio, "ratio", low=0.0, high=1.0, low_open=True, high_open=True)
-  check_images(val_images, "val_images", nhwc=False, check_range=len(np.shape(val_images)) == 4)
-  reference, distinct = _checked_reference(samples, train_images, mesh, axis)
-  fraction = lambda q: float(np.mean(_flags(q, reference, distinct, ratio, chunk_size, mesh, axis)))
-  return {"samples": fraction(samples),
-          "validation_control": fraction(val_images),
-          "training_duplicates": distinct.duplicates}

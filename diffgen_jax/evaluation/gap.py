@@ -18,16 +18,16 @@ Every batch has the same shape (the last one is padded), so there is one compila
 
 Compilation across checkpoints: a pytree denoiser (`jax.tree_util.Partial` over arrays, as the
 package's own denoisers are; `denoisers.is_array_pytree`) is passed to the compiled function as an
-argument, so the same compiled program serves every checkpoint and training set of the same shapes.
-So does `params` with a fixed function `denoise(params, x, sigma, labels)` (wrapped as
-`Partial(denoise, params)`). A plain closure `denoise(x, sigma, labels)` works as well but compiles
-once per call (its arrays are baked in as constants).
+argument, so the same compiled program serves every checkpoint and training set of the same shapes
+(a network: `Partial(apply, params)` with a fixed `apply(params, x, sigma, labels)`). A plain
+closure `denoise(x, sigma, labels)` works as well but compiles once per call (its arrays are baked
+in as constants).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,7 @@ from jax.sharding import Mesh
 from diffgen_jax import edm, progress
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
-from diffgen_jax.denoisers import check_labels, is_array_pytree
+from diffgen_jax.denoisers import check_labels, compiled
 from diffgen_jax.sharding import LazyRows, batch_multiple, fetch, put_batch, replicated
 
 
@@ -104,7 +104,7 @@ def _as_float_images(images):
 
 
 def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, batch_size,
-              sigma_chunk, mesh, params) -> np.ndarray:
+              sigma_chunk, mesh) -> np.ndarray:
   check_number(batch_size, "batch_size", low=1, integer=True)
   if sigma_chunk is not None:
     check_number(sigma_chunk, "sigma_chunk", low=0, integer=True)  # 0 or None: all sigmas at once
@@ -123,7 +123,7 @@ def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, ba
     if labels.shape != (n,):
       raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
   # Labels are concrete here and traced below: refuse labels without training points now.
-  check_labels(denoise if params is None else jax.tree_util.Partial(denoise, params), labels)
+  check_labels(denoise, labels)
   check_labels(reference, labels)
   c = max(1, min(sigma_chunk or s, s))
   padded = np.concatenate([sigmas_host, np.full(-s % c, sigmas_host[-1])])
@@ -132,12 +132,7 @@ def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, ba
   put = functools.partial(put_batch, mesh=mesh)
   if mesh is not None:
     sigmas_dev = jax.device_put(sigmas_dev, replicated(mesh))
-  if params is not None:
-    denoise = jax.tree_util.Partial(denoise, params)
-  if is_array_pytree(denoise) and (reference is None or is_array_pytree(reference)):
-    fn = functools.partial(_per_image_values_jit, denoise, reference, sigma_chunk=c)
-  else:  # closures: compiled once for this call, their arrays embedded as constants
-    fn = jax.jit(functools.partial(_per_image_values, denoise, reference, sigma_chunk=c))
+  fn = compiled(_per_image_values, _per_image_values_jit, denoise, reference, sigma_chunk=c)
   out = []
   with progress.track("denoising errors", n * s, "images x sigmas") as bar:
     for start in range(0, n, batch_size):
@@ -151,11 +146,11 @@ def _evaluate(denoise, reference, images, labels, sigmas, *, ids, noise_seed, ba
 
 def denoising_errors(denoise, images, labels=None, sigmas=None, *, ids=None, noise_seed: int = 0,
                      batch_size: int = 128, sigma_chunk: Optional[int] = 8,
-                     mesh: Optional[Mesh] = None, params=None, return_per_image: bool = False):
+                     mesh: Optional[Mesh] = None, return_per_image: bool = False):
   """E(sigma): per-pixel MSE of the denoiser on noisy images, averaged over the images.
 
   Args:
-    denoise: `denoise(x, sigma, labels)`, or `denoise(params, x, sigma, labels)` when params given.
+    denoise: `denoise(x, sigma, labels)`.
     images: (N, ...) float images in [-1, 1] (a fixed subset of a split).
     labels: (N,) int labels passed to the denoiser (c_y), or None.
     sigmas: (S,) increasing noise levels; default `edm.gap_sigma_grid()`.
@@ -164,7 +159,6 @@ def denoising_errors(denoise, images, labels=None, sigmas=None, *, ids=None, noi
     batch_size: images per compiled call (rounded up to a multiple of the mesh's data axis).
     sigma_chunk: noise levels evaluated together (flattened into the batch); None: all at once.
     mesh: optional mesh; batches are sharded over its data axis.
-    params: optional pytree passed as the denoiser's first argument (see the module docstring).
     return_per_image: also return the (N, S) per-image errors (for bootstrapped error bars).
 
   Returns:
@@ -172,38 +166,23 @@ def denoising_errors(denoise, images, labels=None, sigmas=None, *, ids=None, noi
   """
   sigmas = edm.gap_sigma_grid() if sigmas is None else sigmas
   per_image = _evaluate(denoise, None, images, labels, sigmas, ids=ids, noise_seed=noise_seed,
-                        batch_size=batch_size, sigma_chunk=sigma_chunk, mesh=mesh, params=params)[0]
+                        batch_size=batch_size, sigma_chunk=sigma_chunk, mesh=mesh)[0]
   errors = per_image.mean(axis=0)
   return (errors, per_image) if return_per_image else errors
-
-
-def model_vs_optimal_distance(denoise, optimal, images, labels=None, sigmas=None, *, ids=None,
-                              noise_seed: int = 0, batch_size: int = 128,
-                              sigma_chunk: Optional[int] = 8, mesh: Optional[Mesh] = None,
-                              params=None, return_per_image: bool = False):
-  """Per-pixel mean squared distance between D(x; sigma) and the optimal y*(x; sigma), per sigma.
-
-  Same inputs and noise as `denoising_errors`; 0 means exact recall of the optimal denoiser.
-  `optimal` is any reference denoiser `optimal(x, sigma, labels)` (params apply to `denoise` only).
-  """
-  errors, dist = errors_and_distance(denoise, optimal, images, labels, sigmas, ids=ids,
-                                     noise_seed=noise_seed, batch_size=batch_size,
-                                     sigma_chunk=sigma_chunk, mesh=mesh, params=params,
-                                     return_per_image=return_per_image)
-  return dist
 
 
 def errors_and_distance(denoise, reference, images, labels=None, sigmas=None, *, ids=None,
                         noise_seed: int = 0, batch_size: int = 128,
                         sigma_chunk: Optional[int] = 8, mesh: Optional[Mesh] = None,
-                        params=None, return_per_image: bool = False):
-  """`denoising_errors` and `model_vs_optimal_distance` from one pass of the network.
+                        return_per_image: bool = False):
+  """`denoising_errors` and the per-pixel mean squared distance between D(x; sigma) and
+  `reference(x, sigma, labels)` (e.g. y*; 0 means exact recall of it), from one pass of the network.
 
   Returns (E (S,), distance (S,)), or with return_per_image ((E, per_image), (dist, per_image)).
   """
   sigmas = edm.gap_sigma_grid() if sigmas is None else sigmas
   err, dist = _evaluate(denoise, reference, images, labels, sigmas, ids=ids, noise_seed=noise_seed,
-                        batch_size=batch_size, sigma_chunk=sigma_chunk, mesh=mesh, params=params)
+                        batch_size=batch_size, sigma_chunk=sigma_chunk, mesh=mesh)
   if return_per_image:
     return (err.mean(axis=0), err), (dist.mean(axis=0), dist)
   return err.mean(axis=0), dist.mean(axis=0)
@@ -262,6 +241,40 @@ def bootstrap_relative_gap(per_image_val, per_image_train, *, num_resamples: int
   gaps = relative_gap(*means)
   tail = 50.0 * (1.0 - confidence)
   return np.percentile(gaps, tail, axis=0), np.percentile(gaps, 100.0 - tail, axis=0)
+
+
+def train_val_gap(denoise, train, val, sigmas, *, noise_seeds=(0, 1), batch_size: int = 128,
+                  mesh: Optional[Mesh] = None, reference=None,
+                  interval: bool = True) -> Dict[str, np.ndarray]:
+  """E_train, E_val and G(sigma) of one denoiser, the one computation every caller uses: each split
+  through `denoising_errors` (`errors_and_distance` given a reference), G by `relative_gap` and
+  its 95% interval by `bootstrap_relative_gap` (its defaults).
+
+  train, val: (images, labels, ids) of each split; labels and ids may be None.
+  noise_seeds: the (train, val) noise seeds; two seeds draw independent noise for the two splits,
+    whose ids overlap; one seed twice gives common random numbers.
+  reference: optional denoiser (e.g. y*): adds the distance to it from the same pass.
+  interval: False skips the bootstrap.
+
+  Returns float64 arrays: e_train, e_val, gap (S,); per_image_train, per_image_val (N, S);
+  gap_low, gap_high (S,) with interval; to_reference_{train,val} (S,) and
+  to_reference_per_image_{train,val} (N, S) with a reference.
+  """
+  out = {}
+  for split, (x, y, ids), seed in (("train", train, noise_seeds[0]), ("val", val, noise_seeds[1])):
+    kw = dict(ids=ids, noise_seed=seed, batch_size=batch_size, mesh=mesh, return_per_image=True)
+    if reference is None:
+      out[f"e_{split}"], out[f"per_image_{split}"] = denoising_errors(denoise, x, y, sigmas, **kw)
+    else:
+      ((out[f"e_{split}"], out[f"per_image_{split}"]),
+       (out[f"to_reference_{split}"], out[f"to_reference_per_image_{split}"])) = (
+          errors_and_distance(denoise, reference, x, y, sigmas, **kw))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    out["gap"] = relative_gap(out["e_val"], out["e_train"])
+    if interval:
+      out["gap_low"], out["gap_high"] = bootstrap_relative_gap(out["per_image_val"],
+                                                               out["per_image_train"])
+  return out
 
 
 class Onset(NamedTuple):

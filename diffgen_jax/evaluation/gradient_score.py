@@ -14,27 +14,18 @@ combinators in `diffgen_jax.denoisers`.)
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from diffgen_jax.data.convention import check_images
-from diffgen_jax.denoisers import Denoiser, check_labels, is_array_pytree
+from diffgen_jax.denoisers import Denoiser, check_labels, compiled
 from diffgen_jax.evaluation.gap import image_noise
 
 
 # ------------------------------------------------------------------------------------------------
 # Input-gradient correlation score
-
-
-def _score_fn(denoise, chunk_size):
-  """score(x, sigma, labels) -> (B,), compiled; a pytree denoiser enters as an argument."""
-  if is_array_pytree(denoise):
-    return functools.partial(_score_jit, denoise, chunk_size=chunk_size)
-  return jax.jit(functools.partial(_score, denoise, chunk_size=chunk_size))
 
 
 def _score(denoise, x, sigma, labels, *, chunk_size):
@@ -77,7 +68,7 @@ def gradient_correlation_vs_sigma(denoise: Denoiser, images, sigmas, labels=None
   images = jnp.asarray(images, jnp.float32)
   ids = np.arange(images.shape[0]) if ids is None else np.asarray(ids)
   noise = image_noise(noise_seed, ids, images.shape[1:], images.dtype)
-  fn = _score_fn(denoise, chunk_size)
+  fn = compiled(_score, _score_jit, denoise, chunk_size=chunk_size)  # score(x, sigma, labels)
   labels = None if labels is None else jnp.asarray(labels, jnp.int32)
   return np.stack([np.asarray(fn(images + s * noise, jnp.float32(s), labels))
                    for s in np.asarray(sigmas, np.float32)])

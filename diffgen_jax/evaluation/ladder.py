@@ -29,8 +29,7 @@ from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
 from diffgen_jax.denoisers import Denoiser, check_labels, check_sigma, is_array_pytree
 from diffgen_jax.evaluation import timescales
-from diffgen_jax.evaluation.gap import (bootstrap_relative_gap, denoising_errors, image_noise,
-                                        relative_gap)
+from diffgen_jax.evaluation.gap import image_noise, train_val_gap
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
 from diffgen_jax.optimal_patches import (BOUNDARIES, PatchSize, equivariant_local_denoiser,
                                          gaussian_denoiser, local_denoiser,
@@ -428,7 +427,7 @@ def rung_gaps(rungs: Mapping[str, Denoiser], train_images, val_images, sigmas, t
               val_labels=None, *, noise_seed: int = 0, batch_size: int = 128, mesh=None
               ) -> Dict[str, Dict[str, np.ndarray]]:
   """Each rung's own E_train, E_val and G(sigma) = (E_val - E_train) / E_train, computed by the gap
-  evaluation (`evaluation.gap.denoising_errors`, the same seeded per-image noise) on the given
+  evaluation (`evaluation.gap.train_val_gap`, the same seeded per-image noise) on the given
   training-image and validation-image subsets (arrays or sources), with G's 95% bootstrap interval
   over the images (gap_low, gap_high: `gap.bootstrap_relative_gap` with INTERVAL's settings; NaN
   where G or its resamples are infinite). mesh: optional; every batch is split over its data axis.
@@ -436,15 +435,11 @@ def rung_gaps(rungs: Mapping[str, Denoiser], train_images, val_images, sigmas, t
   check_number(noise_seed, "noise_seed", low=0, integer=True)
   _check_batch_size(batch_size)
   out = {}
-  kw = dict(noise_seed=noise_seed, batch_size=batch_size, mesh=mesh, return_per_image=True)
-  boot = {k: INTERVAL[k] for k in ("num_resamples", "seed", "confidence")}
   with progress.track("ladder: G(sigma) of the rungs", len(rungs), "rungs") as bar:
     for name, rung in rungs.items():
-      e_train, per_train = denoising_errors(rung, train_images, train_labels, sigmas, **kw)
-      e_val, per_val = denoising_errors(rung, val_images, val_labels, sigmas, **kw)
-      with np.errstate(divide="ignore", invalid="ignore"):
-        low, high = bootstrap_relative_gap(per_val, per_train, **boot)
-        out[name] = dict(e_train=e_train, e_val=e_val, gap=relative_gap(e_val, e_train),
-                         gap_low=low, gap_high=high)
+      g = train_val_gap(rung, (train_images, train_labels, None), (val_images, val_labels, None),
+                        sigmas, noise_seeds=(noise_seed, noise_seed), batch_size=batch_size,
+                        mesh=mesh)
+      out[name] = {k: g[k] for k in ("e_train", "e_val", "gap", "gap_low", "gap_high")}
       bar.update(1)
   return out

@@ -1,8 +1,8 @@
 """Trajectory probes (paper.md section 6).
 
 * Early-stopped sampling: the output of sampling stopped at step i is D(x_i; sigma_i), which is
-  exactly `trajectory.denoised[i]` of one full sampler run with `return_trajectory=True`
-  (`early_stopped_outputs`); `samples.early_stop_gap_fd` turns those into G_FD(sigma_i).
+  exactly `trajectory.denoised[i]` of one full sampler run with `return_trajectory=True`;
+  `samples.evaluate_denoiser` turns those into G_FD(sigma_i).
 * Trajectory overlap (`trajectory_overlap`): at each sampling step, how close trajectory states are
   to the training set compared with noisy training samples y_train + sigma n and noisy validation
   samples y_val + sigma n at the same sigma:
@@ -27,8 +27,7 @@ axis (each process builds only its rows), and the results are gathered once.
 
 from __future__ import annotations
 
-import functools
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -36,30 +35,15 @@ import numpy as np
 
 from jax.sharding import Mesh
 
-from diffgen_jax import edm, progress, samplers
+from diffgen_jax import edm, progress
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
-from diffgen_jax.denoisers import check_labels, is_array_pytree
+from diffgen_jax.denoisers import check_labels, compiled
 from diffgen_jax.evaluation.features import batch_features, batched_features
 from diffgen_jax.evaluation.gap import image_noise
 from diffgen_jax.evaluation.neighbours import nearest_neighbours
 from diffgen_jax.optimal import posterior_statistics
 from diffgen_jax.sharding import LazyRows, batch_multiple, put_batch
-
-
-# ------------------------------------------------------------------------------------------------
-# Early-stopped sampling
-
-
-def early_stopped_outputs(denoise, noise, labels=None, **sampler_kwargs
-                          ) -> Tuple[np.ndarray, jax.Array]:
-  """(sigmas (T,), outputs (T, B, ...)): outputs[i] = D(x_i; sigma_i), the sample stopped at step i.
-
-  One sampler run (`samplers.sample(..., return_trajectory=True)`); sampler_kwargs are passed on
-  (num_steps, solver, ...). With stochastic churn sigma_i is the churned level the denoiser saw.
-  """
-  out = samplers.sample(denoise, noise, labels, return_trajectory=True, **sampler_kwargs)
-  return np.asarray(out.trajectory.sigmas), out.trajectory.denoised
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,8 +171,11 @@ def trajectory_overlap(states, sigmas, train_images, train_probe, val_probe, *,
 # ------------------------------------------------------------------------------------------------
 # 1-NN cosine similarity in a feature space
 
-# A pytree denoiser (see denoisers.is_array_pytree) enters the compiled call as an argument.
-_apply_jit = jax.jit(lambda denoise, x, sigma, labels: denoise(x, sigma, labels))
+def _apply(denoise, x, sigma, labels):
+  return denoise(x, sigma, labels)
+
+
+_apply_jit = jax.jit(_apply)  # (`denoisers.compiled`)
 
 
 
@@ -259,10 +246,7 @@ def nn_similarity_probe(denoise, features_fn, sigmas, trajectory_denoised, train
   check_labels(denoise, train_probe_labels)
   check_labels(denoise, val_probe_labels)
   sigmas = np.asarray(sigmas, np.float32)
-  if is_array_pytree(denoise):
-    den = functools.partial(_apply_jit, denoise)
-  else:
-    den = jax.jit(denoise)
+  den = compiled(_apply, _apply_jit, denoise)
   feats = {"trajectory": [batched_features(features_fn, np.asarray(o), batch_size, mesh=mesh)
                           for o in trajectory_denoised]}
   for name, probe, ids, labels in (("train", train_probe, train_probe_ids, train_probe_labels),

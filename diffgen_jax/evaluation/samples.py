@@ -157,16 +157,6 @@ def fd_baselines(references: Mapping[str, Any], num_samples: int, *, rng: np.ran
   return out
 
 
-def early_stop_gap_fd(features_fn, outputs_per_step, train_feature_subsets: Sequence,
-                      val_features, *, batch_size: int = 256) -> Dict[str, np.ndarray]:
-  """G_FD of early-stopped outputs (`probes.early_stopped_outputs`) at every step: dict of (T,)
-  'fd_train', 'fd_val', 'gap'."""
-  rows = [sample_gap_fd(features_lib.batched_features(features_fn, np.asarray(out), batch_size),
-                        train_feature_subsets, val_features) for out in outputs_per_step]
-  fd_train, fd_val, gap = (np.asarray(v) for v in zip(*rows))
-  return {"fd_train": fd_train, "fd_val": fd_val, "gap": gap}
-
-
 # ------------------------------------------------------------------------------------------------
 # What is fixed across denoisers
 

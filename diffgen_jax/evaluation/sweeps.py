@@ -128,15 +128,8 @@ def make_setup(train_images, train_labels, val_images, val_labels, num_classes: 
 # One curve
 
 
-def _finite_peak(sigmas, values):
-  g = np.asarray(values, np.float64)
-  if not np.any(np.isfinite(g)):
-    return None, None
-  return gap.peak(sigmas, np.where(np.isfinite(g), g, np.nan))
-
-
 def gap_curve(setup: Setup, denoise, label: str, value, group: str = "", *, conditional=False,
-              train_y=None, val_y=None, params=None) -> Dict[str, Any]:
+              train_y=None, val_y=None) -> Dict[str, Any]:
   """E_train, E_val, G and its peak for one denoiser on the setup's evaluation subsets, with G's
   95% bootstrap interval over the images (gap_low, gap_high; the peak's peak_gap_low,
   peak_gap_high: see the module docstring).
@@ -148,33 +141,25 @@ def gap_curve(setup: Setup, denoise, label: str, value, group: str = "", *, cond
     val_y = setup.val_y if val_y is None else val_y
   else:
     train_y = val_y = None
-  kw = dict(sigmas=setup.sigmas, batch_size=setup.batch_size, params=params, mesh=setup.mesh,
-            return_per_image=True)
-  e_train, per_train = gap.denoising_errors(denoise, setup.train_x, train_y, ids=setup.train_ids,
-                                            noise_seed=setup.noise_seed, **kw)
-  e_val, per_val = gap.denoising_errors(denoise, setup.val_x, val_y, ids=setup.val_ids,
-                                        noise_seed=setup.noise_seed + 1, **kw)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    g = gap.relative_gap(e_val, e_train)
-    low, high = gap.bootstrap_relative_gap(per_val, per_train, **_bootstrap_kw())
-  peak_sigma, peak_gap = _finite_peak(setup.sigmas, g)
-  return {"label": label, "group": group, "value": value, "e_train": e_train, "e_val": e_val,
-          "gap": g, "gap_low": low, "gap_high": high, "peak_sigma": peak_sigma,
-          "peak_gap": peak_gap, **peak_interval(g, low, high)}
+  c = gap.train_val_gap(denoise, (setup.train_x, train_y, setup.train_ids),
+                        (setup.val_x, val_y, setup.val_ids), setup.sigmas,
+                        noise_seeds=(setup.noise_seed, setup.noise_seed + 1),
+                        batch_size=setup.batch_size, mesh=setup.mesh)
+  return {"label": label, "group": group, "value": value,
+          **{k: c[k] for k in ("e_train", "e_val", "gap", "gap_low", "gap_high")},
+          **_finite_peak(setup.sigmas, c["gap"], c["gap_low"], c["gap_high"])}
 
 
-def _bootstrap_kw():
-  return {k: INTERVAL[k] for k in ("confidence", "num_resamples", "seed")}
-
-
-def peak_interval(values, low, high) -> Dict[str, Optional[float]]:
-  """{"peak_gap_low", "peak_gap_high"}: the interval (low, high) (S,) at the sigma of the curve's
-  peak over its finite values (None, None where no value is finite)."""
+def _finite_peak(sigmas, values, low, high) -> Dict[str, Optional[float]]:
+  """peak_sigma, peak_gap: the curve's peak over its finite values (`edm.peak_index`; +-inf left
+  out), and peak_gap_low, peak_gap_high: the interval (low, high) (S,) there; all None where no
+  value is finite."""
   g = np.asarray(values, np.float64)
-  i = -1 if not np.any(np.isfinite(g)) else edm.peak_index(np.where(np.isfinite(g), g, np.nan))
-  if i < 0:
-    return {"peak_gap_low": None, "peak_gap_high": None}
-  return {"peak_gap_low": float(low[i]), "peak_gap_high": float(high[i])}
+  if not np.any(np.isfinite(g)):
+    return dict.fromkeys(("peak_sigma", "peak_gap", "peak_gap_low", "peak_gap_high"))
+  i = edm.peak_index(np.where(np.isfinite(g), g, np.nan))
+  return {"peak_sigma": float(np.asarray(sigmas, np.float64)[i]), "peak_gap": float(g[i]),
+          "peak_gap_low": float(low[i]), "peak_gap_high": float(high[i])}
 
 
 def sweep_section(factor: str, setup: Setup, curves: List[Dict], **extra) -> Dict[str, Any]:
@@ -306,11 +291,9 @@ def sweep_receptive_field(setup: Setup, crop_sizes: Sequence[int],
                   crop_training="pooled corner crops of every training image")
 
 
-def score_curves(denoise, setup: Setup, sigmas, num_images: int, label: str, *, params=None,
+def score_curves(denoise, setup: Setup, sigmas, num_images: int, label: str, *,
                  conditional=False) -> List[Dict[str, Any]]:
   """Gradient correlation score vs sigma on the first training and validation images."""
-  if params is not None:
-    denoise = jax.tree_util.Partial(denoise, params)
   out = []
   for split, x, y, ids, seed in (("train", setup.train_x, setup.train_y, setup.train_ids, 0),
                                  ("val", setup.val_x, setup.val_y, setup.val_ids, 1)):

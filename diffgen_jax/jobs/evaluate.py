@@ -64,7 +64,6 @@ CLASSIFIER_FILE = "classifier.npz"
 GRIDS_DIR = "sample_grids"
 FEATURES = defaults.SAMPLES["feature"].choices
 FEATURES_FIELD = "evaluation.samples.features"
-SNAPSHOTS = defaults.SAMPLES["snapshots"].choices
 PER_IMAGE_DIR = "per_image"  # <step>.npz: (N, S) per-image errors e_train, e_val of the first EMA
 MEMBERSHIP_FPR = 0.01  # the false-positive rate at which the membership TPR is read
 
@@ -241,9 +240,9 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   save = lambda: results_lib.write(workdir, job, results)
 
   results["settings"] = common.devices_used(mesh)
+  splits = ((train_x, train_y, train_ids), (val_x, val_y, val_ids))
   # Different seeds for the two splits: independent noise draws (ids overlap across splits).
-  train_kw = dict(batch_size=e.batch_size, ids=train_ids, noise_seed=e.noise_seed, mesh=mesh)
-  val_kw = dict(batch_size=e.batch_size, ids=val_ids, noise_seed=e.noise_seed + 1, mesh=mesh)
+  gap_kw = dict(noise_seeds=(e.noise_seed, e.noise_seed + 1), batch_size=e.batch_size, mesh=mesh)
   todo = [key for key in series.keys if key not in results["snapshots"]]
   # The exact optimal denoiser streams the whole training split from where it lives, split over
   # the mesh (each process reads its share); evaluation.optimal=False skips it (and the
@@ -255,13 +254,12 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
   if use_optimal and "optimal" not in results:
     console.progress(f"evaluate: optimal denoiser on {len(train_x)} + {len(val_x)} images x "
                      f"{len(sigmas)} sigmas")
-    opt_train = gap.denoising_errors(exact, train_x, train_y, sigmas, **train_kw)
-    opt_val = gap.denoising_errors(exact, val_x, val_y, sigmas, **val_kw)
-    for split_name, errors in (("train", opt_train), ("val", opt_val)):
-      common.require_finite(errors, denoiser="the empirical optimal denoiser y*", sigmas=sigmas,
-                            measurement=f"its errors E_{split_name}")
+    opt = gap.train_val_gap(exact, *splits, sigmas, interval=False, **gap_kw)
+    for split_name in ("train", "val"):
+      common.require_finite(opt[f"e_{split_name}"], denoiser="the empirical optimal denoiser y*",
+                            sigmas=sigmas, measurement=f"its errors E_{split_name}")
     # (No gap for the optimal denoiser: its E_train is 0 where it recalls the training images.)
-    results["optimal"] = {"e_train": opt_train.tolist(), "e_val": opt_val.tolist()}
+    results["optimal"] = {"e_train": opt["e_train"].tolist(), "e_val": opt["e_val"].tolist()}
   save()
 
   board = common.tensorboard_writer(config, workdir)
@@ -275,9 +273,8 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
           entry["source"] = snapshot.meta["source"]
         for name in names:
           entry["ema"][name] = _measure_snapshot(
-              snapshot.denoisers[name], exact if e.model_vs_optimal else None, sigmas,
-              (("train", train_x, train_y, train_kw), ("val", val_x, val_y, val_kw)),
-              per_image_path=(os.path.join(out_dir, PER_IMAGE_DIR,
+              snapshot.denoisers[name], exact if e.model_vs_optimal else None, sigmas, splits,
+              gap_kw, per_image_path=(os.path.join(out_dir, PER_IMAGE_DIR,
                                            f"{common.output_name(key)}.npz")
                               if name == names[0] else None),
               denoiser=series.describe(key, name))
@@ -350,37 +347,30 @@ def _summary_step(summary, results, key: str):
   return summary["steps"][checkpointing.snapshot_order(results["snapshots"]).index(key)]
 
 
-def _measure_snapshot(denoise, exact, sigmas, splits, per_image_path: Optional[str],
+def _measure_snapshot(denoise, exact, sigmas, splits, gap_kw, per_image_path: Optional[str],
                       denoiser: str = "the denoiser") -> Dict[str, Any]:
   """One EMA set's record: E_train, E_val, G, the distance to the optimal denoiser `exact` (when
   given; from the same pass of the network) and membership inference from the per-image errors
-  (training images are members). splits: (("train", x, y, kw), ("val", x, y, kw)) with kw the
-  gap evaluation's keywords (ids, noise seed, batch size, mesh). per_image_path: where the (N, S)
+  (training images are members). splits: ((x, y, ids) of the training images, of the validation
+  images); gap_kw: `gap.train_val_gap`'s keywords (noise seeds, batch size, mesh). per_image_path: where the (N, S)
   per-image errors are kept for bootstrapped intervals (None: not kept). denoiser: its name in
   words (`SnapshotSeries.describe`) for jobs.MeasurementError, raised when an error is not
   finite (`common.require_finite`)."""
-  record, per_image = {}, {}
-  for split_name, x, y, kw in splits:
+  g = gap.train_val_gap(denoise, *splits, sigmas, reference=exact, **gap_kw)
+  record, per_image = {}, {"train": g["per_image_train"], "val": g["per_image_val"]}
+  for split_name, (x, _, _) in zip(("train", "val"), splits):
     images = f"{len(x)} {'training' if split_name == 'train' else 'validation'} images"
-    dist = None
-    if exact is not None:
-      (errors, per_image[split_name]), (dist, dist_per_image) = gap.errors_and_distance(
-          denoise, exact, x, y, sigmas, return_per_image=True, **kw)
-    else:
-      errors, per_image[split_name] = gap.denoising_errors(denoise, x, y, sigmas,
-                                                           return_per_image=True, **kw)
     common.require_finite(per_image[split_name], denoiser=denoiser, sigmas=sigmas,
                           measurement=f"the denoising gap and membership (E_{split_name} on "
                                       f"{images})")
-    if dist is not None:
-      common.require_finite(dist_per_image, denoiser=denoiser, sigmas=sigmas,
-                            measurement=f"the distance to y* on {images}")
-      record[f"to_optimal_{split_name}"] = dist.tolist()
-    record[f"e_{split_name}"] = errors.tolist()
-  record["gap"] = gap.relative_gap(record["e_val"], record["e_train"]).tolist()
-  # Its 95% interval over the evaluation images (each split resampled independently).
-  low, high = gap.bootstrap_relative_gap(per_image["val"], per_image["train"])
-  record["gap_low"], record["gap_high"] = low.tolist(), high.tolist()
+    if exact is not None:
+      common.require_finite(g[f"to_reference_per_image_{split_name}"], denoiser=denoiser,
+                            sigmas=sigmas, measurement=f"the distance to y* on {images}")
+      record[f"to_optimal_{split_name}"] = g[f"to_reference_{split_name}"].tolist()
+    record[f"e_{split_name}"] = g[f"e_{split_name}"].tolist()
+  # G with its 95% interval over the evaluation images (each split resampled independently).
+  for k in ("gap", "gap_low", "gap_high"):
+    record[k] = g[k].tolist()
   mi = membership.membership_by_sigma(per_image["train"], per_image["val"], fpr=MEMBERSHIP_FPR)
   record["membership"] = {k: mi[k].tolist() for k in ("auc", "auc_low", "auc_high", "tpr",
                                                       "tpr_low", "tpr_high")}

@@ -410,21 +410,17 @@ def _make_monitor(config, network, split, mesh):
     return None
   val_split = common.load_split(config, "validation")
   seed = config.evaluation.subset_seed  # (the evaluate job's subsets hold the monitor's)
-  sets = {"train": common.evaluation_rows(split, m.num_images, seed, field="monitor.num_images"),
-          "val": common.evaluation_rows(val_split, m.num_images, seed, "validation",
-                                        field="monitor.num_images")}
+  sets = (common.evaluation_rows(split, m.num_images, seed, field="monitor.num_images"),
+          common.evaluation_rows(val_split, m.num_images, seed, "validation",
+                                 field="monitor.num_images"))
   sigmas = np.asarray(m.sigmas, np.float64)
-  seeds = {"train": config.evaluation.noise_seed, "val": config.evaluation.noise_seed + 1}
+  seeds = (config.evaluation.noise_seed, config.evaluation.noise_seed + 1)
 
   def monitor(ema_sets):
     denoise = network_denoiser(network, ema.pick(ema_sets)[1], config.training.sigma_data)
-    out = {}
-    for name, (x, y, ids) in sets.items():
-      out[f"e_{name}"] = gap.denoising_errors(denoise, x, y, sigmas, ids=ids,
-                                              noise_seed=seeds[name], batch_size=m.batch_size,
-                                              mesh=mesh)
-    out["gap"] = gap.relative_gap(out["e_val"], out["e_train"])
-    return out
+    g = gap.train_val_gap(denoise, *sets, sigmas, noise_seeds=seeds, batch_size=m.batch_size,
+                          mesh=mesh, interval=False)
+    return {k: g[k] for k in ("e_train", "e_val", "gap")}
 
   return monitor
 
