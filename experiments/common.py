@@ -54,6 +54,19 @@ def default_results_dir(finding: str, mode: str) -> str:
   return os.path.join(ROOT, "experiments", "results", mode, finding)
 
 
+def early_stop_share(record, peak_sigma):
+  """The early-stopped G_FD (the sample gap of D(x_i; sigma_i), samples stopped at step i) at the
+  stop step nearest peak_sigma (log distance), as a share of the final sample gap (G_FD in
+  features of the finished samples): the paper's "early stopping at the peak sigma already shows
+  ~11% of the sample gap". record: one snapshot's record of the evaluate job's samples section.
+  share None when the final gap is not positive (a share of nothing)."""
+  e = record["early_stop"]
+  i = int(np.argmin(np.abs(np.log(e["sigmas"]) - np.log(peak_sigma))))
+  final = record["fd"]["features"]["gap"]
+  return {"sigma": e["sigmas"][i], "early_gap": e["gap"][i], "final_gap": final,
+          "share": e["gap"][i] / final if final and final > 0 else None}
+
+
 # ------------------------------------------------------------------------------------------------
 # Running the sweep
 

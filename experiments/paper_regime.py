@@ -20,7 +20,6 @@ early_stop_gap_fd.png, trajectory_overlap.png, nn_similarity.png (<run>_*.png).
 import os
 import sys
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import common  # noqa: E402
@@ -28,17 +27,6 @@ from experiments import common  # noqa: E402
 FINDING = "paper_regime"
 COPIED = ("gap_over_training.png", "errors.png", "early_stop_gap_fd.png", "trajectory_overlap.png",
           "nn_similarity.png")
-
-
-def early_stop_share(record, peak_sigma):
-  """The early-stopped G_FD at the stop step nearest the peak sigma (log distance), as a share of
-  the final sample gap (G_FD in features of the finished samples); None when that gap is not
-  positive (a share of nothing)."""
-  e = record["early_stop"]
-  i = int(np.argmin(np.abs(np.log(e["sigmas"]) - np.log(peak_sigma))))
-  final = record["fd"]["features"]["gap"]
-  return {"sigma": e["sigmas"][i], "early_gap": e["gap"][i], "final_gap": final,
-          "share": e["gap"][i] / final if final and final > 0 else None}
 
 
 def gather(ctx):
@@ -61,8 +49,8 @@ def gather(ctx):
       m.update({"samples_images_seen": ss["images_seen"], "gap_fd_features": ss["gap_fd_features"],
                 "gap_fd_pixels": ss["gap_fd_pixels"], "copy_fraction": ss["copy_fraction"],
                 "baselines": samples.get("baselines"),
-                "early_stop_at_peak": early_stop_share(samples["snapshots"][steps[-1]],
-                                                       s["peak_sigma"][-1])})
+                "early_stop_at_peak": common.early_stop_share(samples["snapshots"][steps[-1]],
+                                                              s["peak_sigma"][-1])})
       fd += [("G_FD (features)", ss["images_seen"], ss["gap_fd_features"]),
              ("G_FD (pixels)", ss["images_seen"], ss["gap_fd_pixels"])]
       for kind, style in (("copier", ":"), ("real", "-.")):

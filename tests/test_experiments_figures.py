@@ -135,3 +135,17 @@ def test_replot_command_line(tmp_path):
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
   assert empty.returncode != 0 and "has no results.json to redraw" in empty.stderr
   assert "Traceback" not in empty.stderr
+
+
+def test_early_stop_share_takes_the_stop_nearest_the_peak_sigma_in_log_distance():
+  """The share of the final sample gap that sampling stopped near the peak sigma shows: the stop
+  step nearest in log sigma (0.3 is nearer 0.1 than 1 in log distance: 1.10 vs 1.20), divided by
+  the finished samples' G_FD; None for a final gap <= 0."""
+  record = {"early_stop": {"sigmas": [80.0, 10.0, 1.0, 0.1, 0.002],
+                           "gap": [0.0, 0.1, 0.4, 0.9, 1.0]},
+            "fd": {"features": {"gap": 2.0}}}
+  assert common.early_stop_share(record, 0.8) == {"sigma": 1.0, "early_gap": 0.4,
+                                                  "final_gap": 2.0, "share": 0.2}
+  assert common.early_stop_share(record, 0.3)["sigma"] == 0.1
+  record["fd"]["features"]["gap"] = -0.05
+  assert common.early_stop_share(record, 0.8)["share"] is None
