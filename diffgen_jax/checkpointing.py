@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.metadata import array_metadata_store as _array_metadata_store
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -62,6 +63,7 @@ class Checkpoints:
   """The two orbax managers of a workdir (checksums written with every checkpoint)."""
 
   def __init__(self, workdir: str, keep_states: int = 2):
+    _whole_shards_when_one_process()
     self.workdir = os.path.abspath(workdir)
     self._saving: Dict[str, int] = {}  # manager directory -> step of the save in flight
     self.state = self._manager(STATE_DIR, keep_states)
@@ -209,6 +211,22 @@ class Checkpoints:
   def close(self) -> None:
     self.state.close()
     self.snapshots.close()
+
+
+def _whole_shards_when_one_process() -> None:
+  """In a single process, orbax writes each replicated array from one device, whole.
+
+  orbax's default on CPU and TPU ("replica-parallel") splits a replicated array into one slice per
+  replica so that several hosts share the writing; in one process the same process writes every
+  slice anyway, and each (shape, device) slice is a separately compiled program: the first save
+  of the tiny test U-Net's state (531 arrays, 8 devices) took 11.8 s of CPU instead of 2.2 s.
+  The files hold the same bytes either way; several processes keep orbax's default. orbax reads
+  this handler from its global registry (the same for every manager of the process)."""
+  if jax.process_count() == 1:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(
+            use_replica_parallel=False, array_metadata_store=_array_metadata_store.Store()),
+        override=True)
 
 
 def write_checksums(step_dir: str) -> str:
