@@ -249,10 +249,12 @@ def float_leaves(config, prefix: str = "") -> Iterator[Tuple[str, float]]:
 
 
 def finite_floats(config) -> None:
-  """Every float field of the config must be finite, also once cast to float32.
+  """Every float field of the config must be finite, also once cast to float32, and a non-zero
+  one must stay non-zero there.
 
   A valid Python float such as 1e39 is infinite in float32 (and bfloat16, whose range is
-  float32's), so it would reach the computation as inf: rejected here, naming the field.
+  float32's), so it would reach the computation as inf; 1e-50 would reach it as 0: both rejected
+  here, naming the field.
   """
   # Parameters, optimizer state and schedules are float32 whatever training.compute_dtype
   # (bfloat16 activations share float32's exponent range).
@@ -260,6 +262,10 @@ def finite_floats(config) -> None:
   for field, value in float_leaves(config):
     if not math.isfinite(value):
       raise ConfigError(f"config.{field}={value!r} must be finite")
+    if value != 0 and np.float32(value) == 0:  # e.g. lr=1e-50: a run at learning rate 0
+      raise ConfigError(f"config.{field}={value!r} is 0 in float32 (smallest positive value "
+                        f"{float(np.finfo(np.float32).smallest_subnormal):.4g}): it would reach "
+                        "the computation as 0")
     if abs(value) > limit:
       raise ConfigError(f"config.{field}={value!r} is not finite in float32 (largest finite value "
                         f"{limit:.4g}; bfloat16 has the same range): it would reach the "

@@ -274,3 +274,16 @@ def test_a_float_beyond_float32_is_said_in_float32_also_for_bfloat16_compute():
   assert str(err.value) == ("config.training.lr=1e+39 is not finite in float32 (largest finite "
                             "value 3.403e+38; bfloat16 has the same range): it would reach the "
                             "computation as inf")
+
+
+@pytest.mark.parametrize("field, value", [("training.lr", 1e-50), ("evaluation.sigmas", (1e-50,)),
+                                          ("training.lr", -1e-46)])
+def test_a_non_zero_float_that_is_zero_in_float32_is_refused(field, value):
+  """lr = 1e-50 is 0 in float32: the run would train at learning rate 0 without a word."""
+  config = BUILDERS["train"]()
+  _set(config, field, value)
+  with pytest.raises(ConfigError, match=rf"^config\.{field.replace('.', '[.]')}(\[0\])?=.* is 0 in float32 "
+                     r"\(smallest positive value 1\.401e-45\)"):
+    jobs.validate(config)
+  _set(config, field, (1e-44,) if isinstance(value, tuple) else 1e-44)  # subnormal, not 0: allowed
+  jobs.validate(config)
