@@ -97,6 +97,8 @@ def _parse_flags(argv):
     if isinstance(err, AttributeError) and named:
       text = "no such field" + (f" ({text.split('?', 1)[0].split(' ', 1)[1]}?)" if "Did you mean"
                                 in text else "")
+    if "could not convert string to float" in text:
+      text = text.split(": could not convert", 1)[0] + ": must be a number (e.g. 2e-4)"
     if "invalid literal for int()" in text:  # e.g. total_images=1e9: ints are written out whole
       text = text.split(": invalid literal", 1)[0] + ": must be an integer written out in digits"
       text += _integer_hint(text.rsplit("=", 1)[-1].rstrip(": ").split(":")[0])

@@ -13,8 +13,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("--config.training.lrr=1", 'diffgen_jax: --config.training.lrr: no such field (Did you mean '
                                 '"lr" instead of "lrr"?)'),
     ("--config.training.lr=-1", "diffgen_jax: config.training.lr=-1.0 must be > 0.0"),
-    ("--config.training.lr=abc", "diffgen_jax: flag --config.training.lr=abc: could not convert "
-                                 "string to float: 'abc'"),
+    ("--config.training.lr=abc", "diffgen_jax: flag --config.training.lr=abc: must be a number "
+                                 "(e.g. 2e-4)"),
     ("--config.training.total_images=1e9", "diffgen_jax: flag --config.training.total_images=1e9: "
      "must be an integer written out in digits (1000000000, not 1e9)"),
     ("--config.evaluation.sigmas=(nan,)", "diffgen_jax: config.evaluation.sigmas=(nan,) must "
