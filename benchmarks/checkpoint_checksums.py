@@ -23,6 +23,28 @@ import tempfile
 import time
 
 
+def quickstart_state():
+  """(state, target): the quickstart's initial training state (configs/quickstart.py: ddpmpp-tiny
+  on 8x8x1 digits; params, EMA sets, Adam state) replicated over every device, and its abstract
+  state with those shardings (a restore target). Set the device count before calling."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from diffgen_jax import sharding, training  # pylint: disable=import-outside-toplevel
+  from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location("quickstart", os.path.join(root, "configs",
+                                                                          "quickstart.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  settings = common.training_settings(config)
+  init_fn, _, abstract_state, shardings = training.compile_training(
+      common.network_of(config, 10), training.make_optimizer(settings), settings,
+      sharding.make_mesh(), (8, 8, 1))
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract_state, shardings)
+  return init_fn(jax.random.key(0)), target
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--devices", type=int, default=2)
@@ -33,22 +55,8 @@ def main(argv=None):
   import jax  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_num_cpu_devices", args.devices)
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  from diffgen_jax import checkpointing, jsonio, sharding, training  # pylint: disable=import-outside-toplevel
-  from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location("quickstart", os.path.join(root, "configs",
-                                                                          "quickstart.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  mesh = sharding.make_mesh()
-  network = common.network_of(config, 10)
-  settings = common.training_settings(config)
-  init_fn, _, abstract_state, shardings = training.compile_training(
-      network, training.make_optimizer(settings), settings, mesh, (8, 8, 1))
-  state = init_fn(jax.random.key(0))
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract_state, shardings)
+  from diffgen_jax import checkpointing, jsonio  # pylint: disable=import-outside-toplevel
+  state, target = quickstart_state()
   meta = {"step": 500}
   args_save = lambda: ocp.args.Composite(state=ocp.args.StandardSave(state),
                                          meta=ocp.args.JsonSave(meta))

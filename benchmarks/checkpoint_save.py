@@ -15,7 +15,6 @@ the saved state bit for bit. Writes benchmarks/results/checkpoint_save.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -32,19 +31,9 @@ def _child(mode: str, devices: int, saves: int) -> dict:
   jax.config.update("jax_num_cpu_devices", devices)
   import numpy as np  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  from diffgen_jax import checkpointing, sharding, training  # pylint: disable=import-outside-toplevel
-  from diffgen_jax.jobs import common  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location("quickstart", os.path.join(ROOT, "configs",
-                                                                          "quickstart.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  mesh = sharding.make_mesh()
-  network = common.network_of(config, 10)
-  settings = common.training_settings(config)
-  init_fn, _, abstract_state, shardings = training.compile_training(
-      network, training.make_optimizer(settings), settings, mesh, (8, 8, 1))
-  state = init_fn(jax.random.key(0))
+  from diffgen_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  from checkpoint_checksums import quickstart_state  # pylint: disable=import-outside-toplevel
+  state, target = quickstart_state()
   jax.block_until_ready(state)
   workdir = tempfile.mkdtemp()
   ckpt = checkpointing.Checkpoints(workdir, keep_states=saves + 1)
@@ -59,8 +48,6 @@ def _child(mode: str, devices: int, saves: int) -> dict:
     ckpt.save_state(step, state, {"step": step})
     ckpt.wait()
     save_cpu_s.append(time.process_time() - t0)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract_state, shardings)
   t0 = time.process_time()
   restored, _ = ckpt.restore_state(saves, target)
   restore_cpu_s = time.process_time() - t0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import ml_collections
 import numpy as np
@@ -270,3 +270,36 @@ def finite_floats(config) -> None:
       raise ConfigError(f"config.{field}={value!r} is not finite in float32 (largest finite value "
                         f"{limit:.4g}; bfloat16 has the same range): it would reach the "
                         "computation as inf")
+
+
+def flag_error(err: Exception, argv: Sequence[str]) -> str:
+  """One line for an error absl raised while parsing --config.<field> overrides (a misspelled
+  field, a value of the wrong type), naming the override instead of a traceback."""
+  text = str(err)
+  if text[:1] in "'\"" and text[-1:] == text[:1]:  # a KeyError's repr of its message
+    text = text[1:-1]
+  text = " ".join(text.replace("\\n", " ").split()).replace("\\'", "'")
+  if "Traceback (most recent call last)" in text:  # a config file's own error (e.g. a variant)
+    head, _, tail = text.partition(": Error whilst parsing config file")
+    text = head + ": " + tail.rsplit("Error: ", 1)[-1]
+  overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+  named = [o for o in overrides if f"'{o.rsplit('.', 1)[-1]}'" in text]
+  where = f"{named[0]}: " if named else ""
+  if isinstance(err, AttributeError) and named:
+    text = "no such field" + (f" ({text.split('?', 1)[0].split(' ', 1)[1]}?)" if "Did you mean"
+                              in text else "")
+  if "could not convert string to float" in text:
+    text = text.split(": could not convert", 1)[0] + ": must be a number (e.g. 2e-4)"
+  if "invalid literal for int()" in text:  # e.g. total_images=1e9: ints are written out whole
+    text = text.split(": invalid literal", 1)[0]
+    text += ": must be an integer written out in digits" + _integer_hint(text.rsplit("=", 1)[-1])
+  return where + text
+
+
+def _integer_hint(literal: str) -> str:
+  """' (1000000000, not 1e9)' where the literal is a whole number in float notation."""
+  try:
+    value = float(literal)
+  except ValueError:
+    return ""
+  return f" ({int(value)}, not {literal})" if value.is_integer() else ""

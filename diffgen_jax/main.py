@@ -84,34 +84,7 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
-    text = str(err)
-    if text[:1] in "'\"" and text[-1:] == text[:1]:  # a KeyError's repr of its message
-      text = text[1:-1]
-    text = " ".join(text.replace("\\n", " ").split()).replace("\\'", "'")
-    if "Traceback (most recent call last)" in text:  # a config file's own error (e.g. a variant)
-      head, _, tail = text.partition(": Error whilst parsing config file")
-      text = head + ": " + tail.rsplit("Error: ", 1)[-1]
-    overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-    named = [o for o in overrides if f"'{o.rsplit('.', 1)[-1]}'" in text]
-    where = f"{named[0]}: " if named else ""
-    if isinstance(err, AttributeError) and named:
-      text = "no such field" + (f" ({text.split('?', 1)[0].split(' ', 1)[1]}?)" if "Did you mean"
-                                in text else "")
-    if "could not convert string to float" in text:
-      text = text.split(": could not convert", 1)[0] + ": must be a number (e.g. 2e-4)"
-    if "invalid literal for int()" in text:  # e.g. total_images=1e9: ints are written out whole
-      text = text.split(": invalid literal", 1)[0] + ": must be an integer written out in digits"
-      text += _integer_hint(text.rsplit("=", 1)[-1].rstrip(": ").split(":")[0])
-    _fail(f"{where}{text}")
-
-
-def _integer_hint(literal: str) -> str:
-  """' (1000000000, not 1e9)' where the literal is a whole number in float notation."""
-  try:
-    value = float(literal)
-  except ValueError:
-    return ""
-  return f" ({int(value)}, not {literal})" if value.is_integer() else ""
+    _fail(config_checks.flag_error(err, argv))
 
 
 def cli():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -134,7 +135,7 @@ def fingerprint(job: ml_collections.ConfigDict) -> str:
 def run_or_resume(name: str, job: ml_collections.ConfigDict, workdir: str,
                   log=print) -> Dict[str, Any]:
   """Runs the job in workdir unless it already finished with this exact config."""
-  from diffgen_jax import jobs  # pylint: disable=import-outside-toplevel
+  from diffgen_jax import config_checks, jobs  # pylint: disable=import-outside-toplevel
   marker = os.path.join(workdir, MARKER)
   fp = fingerprint(job)
   if os.path.exists(marker):
@@ -145,7 +146,12 @@ def run_or_resume(name: str, job: ml_collections.ConfigDict, workdir: str,
       return saved
   log(f"[experiments] {name}: running job {job.job!r} in {workdir}")
   start = time.time()
-  jobs.run(job, workdir)
+  try:
+    jobs.run(job, workdir)
+  except config_checks.ConfigError as err:  # named as the finding's field: config.runs.<name>.x
+    message = str(err)
+    raise config_checks.ConfigError(f"config.runs.{name}.{message[len('config.'):]}"
+                                    if message.startswith("config.") else message) from None
   info = {"name": name, "job": job.job, "fingerprint": fp, "wall_time_s": time.time() - start,
           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
   from diffgen_jax import jsonio  # pylint: disable=import-outside-toplevel
@@ -245,9 +251,21 @@ def main(finding: str, gather: Callable[[Context], Dict[str, Any]],
   results.json already in the results directory; nothing is run, results.json is kept)."""
   from absl import app, flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  config_flag = config_flags.DEFINE_config_file(
-      "config", f"{CONFIG_FILE}:{finding},local",
-      f"configs/experiments.py:{finding}[,local|paper|smoke] (default: local).", lock_config=False)
+  from diffgen_jax import config_checks  # pylint: disable=import-outside-toplevel
+  errors = (flags.Error, AttributeError, KeyError, TypeError, ValueError)
+
+  def bad_override(err, argv):  # one line naming the --config.<field> override, exit status 2
+    print(f"{os.path.basename(argv[0])}: {config_checks.flag_error(err, argv)}", file=sys.stderr,
+          flush=True)
+    sys.exit(2)
+
+  try:  # (the default config is loaded here, with the overrides on the command line)
+    config_flag = config_flags.DEFINE_config_file(
+        "config", f"{CONFIG_FILE}:{finding},local",
+        f"configs/experiments.py:{finding}[,local|paper|smoke] (default: local).",
+        lock_config=False)
+  except errors as err:
+    bad_override(err, sys.argv)
   runs_root = flags.DEFINE_string("runs_root", None, "Workdirs of the runs (default: "
                                   "config.runs_root, else runs/experiments/<mode>).")
   results_dir = flags.DEFINE_string("results_dir", None, "Output directory (default: "
@@ -274,9 +292,21 @@ def main(finding: str, gather: Callable[[Context], Dict[str, Any]],
                              "first, or name the folder that holds it with --results_dir)")
       replot(where)
       return
-    run_experiment(config, gather, runs_root=runs_root.value, results_dir=results_dir.value)
+    from diffgen_jax import jobs  # pylint: disable=import-outside-toplevel
+    try:
+      run_experiment(config, gather, runs_root=runs_root.value, results_dir=results_dir.value)
+    except (config_checks.ConfigError, jobs.WorkdirBusyError, jobs.MeasurementError) as err:
+      print(f"{os.path.basename(argv[0])}: {' '.join(str(err).split())}", file=sys.stderr,
+            flush=True)
+      sys.exit(2)
 
-  app.run(_main)
+  def _parse_flags(argv):
+    try:
+      return flags.FLAGS(argv)
+    except errors as err:
+      bad_override(err, argv)
+
+  app.run(_main, flags_parser=_parse_flags)
 
 
 # ------------------------------------------------------------------------------------------------

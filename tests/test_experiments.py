@@ -122,6 +122,26 @@ def test_script_command_line_resumes(data_dir, runs_root, tmp_path):
   assert wrong.returncode != 0 and "this script runs 'sample_gap'" in wrong.stderr
 
 
+@pytest.mark.parametrize("override, message", [
+    ("--config.runs.toy2d.drawz=3", "toy2d.py: --config.runs.toy2d.drawz: no such field (Did you "
+                                    'mean "draws" instead of "drawz"?)'),
+    ("--config.runs.toy2d.draws=1e9", "toy2d.py: flag --config.runs.toy2d.draws=1e9: must be an "
+                                      "integer written out in digits (1000000000, not 1e9)"),
+    ("--config.runs.toy2d.draws=-1", "toy2d.py: config.runs.toy2d.draws=-1 must be an integer "
+                                     ">= 1"),
+])
+def test_a_bad_override_is_one_line_naming_it(tmp_path, override, message):
+  """As the main job's command line (tests/test_main.py): a misspelled field, a value of the wrong
+  type or out of range fails in one line naming the finding's field, exit status 2, no results."""
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "toy2d.py"), override,
+                        f"--runs_root={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'out'}"],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert out.stderr.strip().splitlines() == [message]
+  assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "runs" / "toy2d")
+
+
 def test_placeholders_and_order(tmp_path):
   config = common.load_config("granularity,local")
   order = common.run_order(config)

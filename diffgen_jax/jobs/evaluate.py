@@ -352,8 +352,8 @@ def _measure_snapshot(denoise, exact, sigmas, splits, gap_kw, per_image_path: Op
   """One EMA set's record: E_train, E_val, G, the distance to the optimal denoiser `exact` (when
   given; from the same pass of the network) and membership inference from the per-image errors
   (training images are members). splits: ((x, y, ids) of the training images, of the validation
-  images); gap_kw: `gap.train_val_gap`'s keywords (noise seeds, batch size, mesh). per_image_path: where the (N, S)
-  per-image errors are kept for bootstrapped intervals (None: not kept). denoiser: its name in
+  images); gap_kw: `gap.train_val_gap`'s keywords (noise seeds, batch size, mesh).
+  per_image_path: where the (N, S) per-image errors are kept for bootstrapped intervals (None: not kept). denoiser: its name in
   words (`SnapshotSeries.describe`) for jobs.MeasurementError, raised when an error is not
   finite (`common.require_finite`)."""
   g = gap.train_val_gap(denoise, *splits, sigmas, reference=exact, **gap_kw)
