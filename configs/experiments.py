@@ -162,7 +162,7 @@ def _unet(mode: str, width=None, subset=None, labels="class", pseudo="", samples
     c = defaults.train_config("digits", "ddpmpp")
     c.model.update(dict(preset="", img_resolution=8, img_channels=1, num_classes=10, dropout=0.0,
                         model_channels=width or (32 if mode == "local" else 8),
-                        channel_mult=(1, 2, 2) if mode == "local" else (1, 2), num_blocks=1,
+                        channel_mult=(1, 2, 2) if mode == "local" else (1,), num_blocks=1,
                         attn_resolutions=()))
     _small_training(c, mode)
   if subset:

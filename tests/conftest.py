@@ -10,6 +10,10 @@ if "xla_force_host_platform_device_count" not in _flags:
 # runs, which keep these flags) is compiled alike, so the comparisons between paths are unchanged.
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+# For the same reason, XLA:CPU's elemental emitters instead of its fusion emitters: they compile the
+# tiny U-Net's train step in less than half the time (benchmarks/compile_flags.py).
+if "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_cpu_use_fusion_emitters=false"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -46,7 +50,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_unet_config(data_dir):
   """make(subset_size, batch_size, steps) -> the train config of the suite's tiny class-conditional
-  DDPM++ (8 channels, two levels, no attention) on `subset_size` 8x8 digits of `data_dir`, for
+  DDPM++ (8 channels, one level, no attention) on `subset_size` 8x8 digits of `data_dir`, for
   `steps` steps of `batch_size` images. Its training settings are tests/test_training.py's tiny
   run's (lr 2e-3, no warm-up, label dropout 0.1, EMA half-life 4 batches), so every test that
   trains it runs one train step program, compiled once through the session's compilation cache.
@@ -57,7 +61,7 @@ def tiny_unet_config(data_dir):
     c = defaults.train_config("digits", "ddpmpp")
     c.data.data_dir = data_dir
     c.data.subset_size = subset_size
-    c.model.update(dict(preset="", model_channels=8, channel_mult=(1, 2), num_blocks=1,
+    c.model.update(dict(preset="", model_channels=8, channel_mult=(1,), num_blocks=1,
                         attn_resolutions=(), img_resolution=8, img_channels=1, num_classes=10,
                         dropout=0.0))
     c.training.update(dict(batch_size=batch_size, total_images=batch_size * steps, lr=2e-3,

@@ -392,7 +392,7 @@ def _tiny_train_config(batch=16, steps=6):
   from diffgen_jax import defaults
   c = defaults.train_config("digits", "ddpmpp")
   c.data.subset_size = 64
-  c.model.update(preset="", model_channels=8, channel_mult=(1, 2), num_blocks=1,
+  c.model.update(preset="", model_channels=8, channel_mult=(1,), num_blocks=1,
                  attn_resolutions=(), img_resolution=8, img_channels=1, num_classes=10, dropout=0.0)
   c.training.update(batch_size=batch, total_images=batch * steps, lr=2e-3, warmup_images=0)
   c.training.ema.halflife_images = 4 * batch

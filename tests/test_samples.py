@@ -245,7 +245,7 @@ def test_validate_settings():
 def _tiny_network_config():
   config = defaults.train_config()
   config.model.update(dict(preset="", img_resolution=8, img_channels=1, model_channels=8,
-                           channel_mult=(1, 2), num_blocks=1, attn_resolutions=()))
+                           channel_mult=(1,), num_blocks=1, attn_resolutions=()))
   config.evaluation.samples = defaults.sample_evaluation_config()
   config.evaluation.samples.update(dict(feature="pixels", num_samples=16, num_steps=4,
                                         probe_size=8, grid_size=16))

@@ -26,8 +26,10 @@ def _curve(section, label):
 
 
 def _assert_same_curve(a, b):
-  for key in ("e_train", "e_val", "gap"):
-    np.testing.assert_array_equal(a[key], b[key])
+  """Equal up to float32 rounding: the conditional and unconditional machines are two programs,
+  whose sums XLA may order differently (G divides by E_train, so its tolerance is the larger)."""
+  for key, rtol in (("e_train", 1e-6), ("e_val", 1e-6), ("gap", 1e-5)):
+    np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=0, err_msg=key)
 
 
 def _numpy_y_delta(train, x, sigma, delta):
