@@ -23,7 +23,7 @@ def gather(ctx):
     e["width"] = e["value"]
     e["num_params"] = common.num_params(m, (m.img_resolution, m.img_resolution, m.img_channels),
                                         m.num_classes)
-  common.gap_sweep_figures(ctx, entries, x_key="num_params", xlabel="parameters")
+  common.gap_sweep_figures(ctx, entries, x_key="num_params", xlabel="parameters", logx=True)
   return {"runs": entries}
 
 
