@@ -90,9 +90,11 @@ def main() -> None:
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # every setting compiles
     out_file = os.path.join(tmp, f"{i}.npz")
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", name,
-                          "--steps", str(args.steps), "--out_file", out_file],
-                         capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--child={name}",
+                          f"--steps={args.steps}", f"--out_file={out_file}"],
+                         capture_output=True, text=True, env=env)
+    if out.returncode:
+      sys.exit(f"{name}: the child failed:\n{out.stderr[-3000:]}")
     row = dict(setting=name, xla_flags=flags, **json.loads(out.stdout.strip().splitlines()[-1]))
     with np.load(out_file) as f:
       params[name] = [f[k] for k in sorted(f.files, key=lambda k: int(k.split("_")[1]))]
