@@ -2,17 +2,8 @@
 
 Everything here is analytic: the "network" is the toy model's error-prone denoiser y_delta
 (optimal.error_prone_denoiser of the exact empirical optimal denoiser), so its single parameter
-delta plays the role of model error. The job `toy2d` (jobs/toy2d.py, configs/toy2d.py) runs any subset of
-
-  flow_field      (a) the field y*(x) - x at large, medium and small sigma
-  relative_error  (b) the denoising error along the circle, relative to the training points
-  gap_vs_delta    (c) the relative generalization gap G(sigma) as delta varies
-  gap_vs_density  (d) G(sigma) as the number of training points varies
-  guidance        (e) G(sigma) of y_pos + w (y_pos - y_neg) as w varies
-  trajectories    (f) Euler sampling with y* and with y_delta: where the endpoints land
-  frechet         (g) 2D Frechet distance of samples to the train and validation sets vs delta
-
-and writes their results into WORKDIR/results.json (`jobs.results`) with a PNG per experiment.
+delta plays the role of model error. The job `toy2d` (jobs/toy2d.py, configs/toy2d.py; its
+docstring lists the experiments (a)-(g)) runs them from a config.
 This module holds the model, its gap metric and every number the experiments report (the last
 section); the job maps its config to these calls and writes the results and figures.
 
