@@ -19,12 +19,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
      "must be an integer written out in digits (1000000000, not 1e9)"),
     ("--config.evaluation.sigmas=(nan,)", "diffgen_jax: config.evaluation.sigmas=(nan,) must "
      "contain only finite numbers > 0.0"),
+    # The network's fields, checked with the rest before anything is printed (not when it is built).
+    ("--config.model.dropout=1.5", "diffgen_jax: config.model.dropout: 1.5 must lie in [0.0, 1.0)"),
+    ("--config.model.preset= --config.model.model_channels=-1",
+     "diffgen_jax: config.model.model_channels: -1 must be an integer >= 1"),
 ])
 def test_a_bad_field_is_one_line_naming_it(tmp_path, override, message):
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO] + sys.path), JAX_PLATFORMS="cpu")
+  # As a user runs it: without the suite's simulated devices, so that main would say its CPU
+  # devices (stdout) if a field were checked only after that.
+  xla_flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO] + sys.path), JAX_PLATFORMS="cpu",
+             XLA_FLAGS=" ".join(xla_flags))
   proc = subprocess.run([sys.executable, "-m", "diffgen_jax.main",
                          f"--config={REPO}/configs/quickstart.py", f"--workdir={tmp_path / 'w'}",
-                         override], capture_output=True, text=True, env=env, timeout=300,
+                         *override.split(" ")], capture_output=True, text=True, env=env, timeout=300,
                         check=False)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [message] and proc.stdout == ""

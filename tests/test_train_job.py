@@ -696,7 +696,7 @@ def test_a_negative_class_count_is_refused_before_training(tiny_unet_config, tmp
   config.model.num_classes = -3
   workdir = str(tmp_path / "never")
   with pytest.raises(jobs.config_checks.ConfigError,
-                     match=r"config\.model\.num_classes=-3 must be an integer >= 0"):
+                     match=r"config\.model\.num_classes: -3 must be an integer >= 0"):
     jobs.run(config, workdir)
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
 

@@ -93,7 +93,7 @@ def validate_training_fields(config) -> None:
         f"config.training.loss='edm2' needs config.model.family='edm2' (the learned log-variance), "
         f"got {config.model.family!r}")
   config_checks.choice(config, "model.family", models.FAMILIES)
-  models.resolve(config.model)  # a field that conflicts with its preset: refused before any data
+  models.check(config.model)  # each field, and its preset: refused before any data or device
   config_checks.data_config(config.data)
 
 
@@ -169,10 +169,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   image_shape = split.shape
   # The label mode decides the class count (data.labels='none': unconditional), so one model config
   # serves class, pseudo-label and unconditional runs; a count it names is replaced, and said.
-  asked = config.model.get("num_classes", 0)
-  if isinstance(asked, bool) or not isinstance(asked, int) or asked < 0:
-    raise config_checks.ConfigError(f"config.model.num_classes={asked!r} must be an integer >= 0 "
-                                    "(the train job takes the count from data.labels)")
+  asked = config.model.get("num_classes", 0)  # an integer >= 0 (validate_training_fields)
   if asked and asked != split.num_classes:
     console.progress(f"train: model.num_classes {asked} -> {split.num_classes}, the count of "
                      f"data.labels={config.data.labels!r}")

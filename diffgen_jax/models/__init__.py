@@ -241,6 +241,12 @@ def _check(config) -> None:
     _number(config, "noise_scale")
 
 
+def check(model_config) -> None:
+  """Every field of a model config alone and against its preset, before any data or device is
+  touched (the checks `build` makes). Raises ConfigError naming the first bad config.model field."""
+  _check(resolve(model_config))
+
+
 def build(model_config) -> nn.Module:
   """The flax module of a model config (a ConfigError names the first bad field)."""
   config = resolve(model_config)
