@@ -29,7 +29,7 @@ accounting of each child). JSON to benchmarks/results/imagenet64_e2e.json (--out
   python benchmarks/imagenet64_e2e.py --train 400 --val 100 --classes 10 --num_images 16 \
       --num_sigmas 2 --num_samples 16 --num_steps 4        # a minute
 
-`write_dataset`, `write_edm2_network` and `overrides` are what tests/test_nvidia_jobs.py runs at
+`write_dataset`, `write_edm2_network` and `overrides` are what tests/test_jobs_convert.py runs at
 a small size.
 """
 

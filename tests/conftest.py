@@ -73,9 +73,9 @@ def tiny_unet_config(data_dir):
 
 
 # The files that take longest (end-to-end jobs and subprocess runs), slowest first.
-SLOWEST_FILES_FIRST = ("test_experiments.py", "test_training.py", "test_ladder_job.py",
-                       "test_guarantees.py", "test_train_job.py",
-                       "test_samples.py", "test_models.py", "test_nvidia_jobs.py")
+SLOWEST_FILES_FIRST = ("test_experiments.py", "test_training.py", "test_jobs_ladder.py",
+                       "test_guarantees.py", "test_jobs_train.py",
+                       "test_samples.py", "test_models.py", "test_jobs_convert.py")
 
 
 @pytest.hookimpl(tryfirst=True)

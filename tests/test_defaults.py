@@ -202,7 +202,7 @@ def test_config_files_pass_their_declarations(name, variant):
   config = _config_file(name, variant)
   job = config.job
   _check(job, config)
-  if job not in ("ladder", "export"):  # (they need a run_dir: tests/test_ladder_job.py)
+  if job not in ("ladder", "export"):  # (they need a run_dir: tests/test_jobs_ladder.py)
     assert jobs.validate(config) == job
 
 

@@ -1,4 +1,4 @@
-"""Networks and feature extractors from anywhere through the jobs (issue 24): evaluate, ladder,
+"""Networks and feature extractors from anywhere through the jobs: evaluate, ladder,
 factors and export with --config.model.denoiser=MODULE:FUNCTION (a factory called on each file under
 --config.model.checkpoint), the PyTorch bridge behind such a hook, and a feature hook
 (--config.evaluation.samples.feature=hook --config.evaluation.samples.features=MODULE:FUNCTION).
