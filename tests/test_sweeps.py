@@ -81,6 +81,24 @@ def test_one_cluster_and_one_class_equal_unconditional():
   assert [c["value"] for c in section["curves"]] == [1, 1]
 
 
+def test_conditions_are_taken_at_the_evaluation_subsets_own_rows():
+  """y* conditioned on each image's own class (or cluster) recalls a training image exactly at
+  small sigma: E_train = 0 for every condition. The evaluation subsets are seeded rows, not the
+  first ones, so labels taken from the first rows would condition most images on another class
+  (E_train > 0 there)."""
+  setup = _setup(num_classes=3, n_train=24, n_val=12)
+  assert not np.array_equal(setup.train_rows, np.arange(len(setup.train_x)))  # not the first rows
+  np.testing.assert_array_equal(setup.train_y, setup.train_labels[setup.train_rows])
+  section = fs.sweep_granularity(setup, (3,), (0.0,))
+  assert [c["condition"] for c in section["curves"]] == ["none", "class", "k=3"]
+  for c in section["curves"]:
+    assert c["e_train"][0] == 0.0, c["label"]
+  # And the class curve is the class-conditional y* measured with the subsets' own labels.
+  own = fs.gap_curve(setup, fs.optimal_denoiser(setup, setup.train_labels), "own", 3,
+                     conditional=True)
+  _assert_same_curve(_curve(section, "class, delta=0"), own)
+
+
 def test_pseudo_label_files_are_readable_by_the_data_pipeline(tmp_path):
   setup = _setup()
   section = fs.sweep_granularity(setup, (0, 2, 4), (0.3,), include_classes=False,

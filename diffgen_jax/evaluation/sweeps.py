@@ -2,7 +2,7 @@
 
     G(sigma) = (E_val(sigma) - E_train(sigma)) / E_train(sigma)
 
-on fixed subsets of the training and validation splits (`Setup`: the first `num_images` of each),
+on fixed subsets of the training and validation splits (`Setup`: `num_images` seeded rows of each),
 one seeded noise draw per image (`gap`; seed `noise_seed` for train, `noise_seed + 1` for
 validation, as in the evaluate job). Every sweep returns a section: a list of labelled curves, one
 denoiser per factor value, all of them pure `denoise(x, sigma, labels)` functions evaluated by the
@@ -72,10 +72,12 @@ class Setup(NamedTuple):
   train_all / train_labels: the training set the analytic denoisers are built on (labels: true
   classes, or None when unlabelled); val_all / val_labels: the whole validation split; train_x,
   train_y, train_ids / val_x, val_y, val_ids: the fixed evaluation subsets (seeded uniform rows
-  of the splits, `data.evaluation_subset`). The images are numpy arrays, or sources
-  read where they are used (`sharding.LazyRows`; see `make_setup`): y* and the gap evaluation
-  then read on each process only the rows its devices hold; what needs every image at once (the
-  k-means features, the pooled crops, a classifier) reads them whole.
+  of the splits, `data.evaluation_subset`), at the rows train_rows / val_rows of the splits (any
+  per-row array of a split, e.g. pseudo-labels, is taken at the subset as `a[train_rows]`). The
+  images are numpy arrays, or sources read where they are used (`sharding.LazyRows`; see
+  `make_setup`): y* and the gap evaluation then read on each process only the rows its devices
+  hold; what needs every image at once (the k-means features, the pooled crops, a classifier) reads
+  them whole.
   """
   train_all: np.ndarray
   train_labels: Optional[np.ndarray]
@@ -88,6 +90,8 @@ class Setup(NamedTuple):
   val_x: np.ndarray
   val_y: Optional[np.ndarray]
   val_ids: np.ndarray
+  train_rows: np.ndarray
+  val_rows: np.ndarray
   sigmas: np.ndarray
   noise_seed: int = 0
   batch_size: int = 256
@@ -120,7 +124,7 @@ def make_setup(train_images, train_labels, val_images, val_labels, num_classes: 
   tr, va = rows["train"], rows["validation"]
   return Setup(train_all, train_labels, val_all, val_labels, int(num_classes),
                subset(train_all, tr), take(train_labels, tr), ids(train_ids, tr),
-               subset(val_all, va), take(val_labels, va), ids(val_ids, va),
+               subset(val_all, va), take(val_labels, va), ids(val_ids, va), tr, va,
                np.asarray(sigmas, np.float64), noise_seed, batch_size, chunk_size, mesh)
 
 
@@ -225,7 +229,6 @@ def sweep_granularity(setup: Setup, ks: Sequence[int], deltas: Sequence[float], 
       files[str(k)] = kmeans.write_pseudo_labels(os.path.join(pseudo_label_dir, f"k{k}.npz"),
                                                  train_c, val_c)
     conditions.append((f"k={k}", k, train_c, val_c))
-  n_t, n_v = len(setup.train_x), len(setup.val_x)
   optimal = {}  # one y* per condition, built when its first curve is measured
 
   def curve(item):
@@ -234,8 +237,9 @@ def sweep_granularity(setup: Setup, ks: Sequence[int], deltas: Sequence[float], 
       optimal[name] = optimal_denoiser(setup, train_c)
     out = gap_curve(setup, error_prone_denoiser(optimal[name], float(d)), f"{name}, delta={d:g}",
                     count, f"delta={d:g}", conditional=train_c is not None,
-                    train_y=None if train_c is None else train_c[:n_t],
-                    val_y=None if val_c is None else val_c[:n_v])
+                    # each condition at the evaluation subsets' own rows (seeded, not the first)
+                    train_y=None if train_c is None else np.asarray(train_c)[setup.train_rows],
+                    val_y=None if val_c is None else np.asarray(val_c)[setup.val_rows])
     out["condition"] = name
     return out
 
