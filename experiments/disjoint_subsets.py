@@ -182,7 +182,7 @@ def _pairs(ctx):
 
 
 def gather(ctx):
-  from diffgen_jax import optimal  # pylint: disable=import-outside-toplevel
+  from diffgen_jax import data, optimal  # pylint: disable=import-outside-toplevel
   from diffgen_jax.evaluation import reproducibility  # pylint: disable=import-outside-toplevel
   from diffgen_jax.jobs.common import evaluation_mesh  # pylint: disable=import-outside-toplevel
   settings = ctx.config.diagnostics
@@ -195,8 +195,10 @@ def gather(ctx):
     e = cfg.evaluation
     sigmas = np.asarray(ctx.results[one]["protocol"]["sigmas"])
     val_x, val_y, val_ids, _ = split_arrays(cfg, "validation")
-    val_x, val_y, val_ids = val_x[:e.num_images], None if val_y is None else val_y[:e.num_images], \
-        val_ids[:e.num_images]
+    # The evaluate job's validation subset (seeded rows, not the first: `data.evaluation_subset`).
+    rows = data.seeded_rows(len(val_x), e.num_images, e.subset_seed,
+                            data.SUBSET_STREAMS["validation"])
+    val_x, val_y, val_ids = val_x[rows], None if val_y is None else val_y[rows], val_ids[rows]
     train = {k: split_arrays(job(ctx, runs[k]), "train") for k in (1, 2)}
     full_mean = split_arrays(_full(cfg), "train")[0].mean(axis=0)
     dens = {k: snapshot_denoiser(job(ctx, runs[k]), ctx.workdirs[runs[k]],

@@ -592,6 +592,26 @@ def test_quickstart_with_five_training_images_is_refused_at_start_up(tmp_path, m
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
 
 
+def test_a_run_that_never_queries_y_star_may_lack_classes(tmp_path, monkeypatch, data_dir):
+  """Without y* (evaluation.optimal=False) and without samples nothing queries the class-conditional
+  optimal denoiser, so five training images of ten classes are a valid run: it gets past the
+  start-up checks to compiling."""
+  from diffgen_jax import jobs
+
+  class Compiled(Exception):
+    pass
+
+  def compile_training(*args, **kwargs):
+    raise Compiled
+  monkeypatch.setattr(training, "compile_training", compile_training)
+  config = _quickstart()
+  config.data.update(subset_size=5, data_dir=data_dir)
+  config.evaluation.optimal = False
+  config.evaluation.samples.enabled = False
+  with pytest.raises(Compiled):
+    jobs.run(config, str(tmp_path))
+
+
 def test_evaluation_and_factors_jobs_check_labels_at_start_up(data_dir):
   from diffgen_jax import config_checks
   from diffgen_jax.jobs import common

@@ -131,16 +131,18 @@ def validate_sample_settings(settings) -> None:
 def check_against_data(config, train_split, val_split) -> None:
   """The evaluation's checks that need the data or the disk, run before anything trains or compiles
   (the train job calls this at start-up when it will evaluate): evaluation.num_images larger than
-  a split is said (`common.used_count`: all its images are used), every queried label has training
-  images (`common.check_optimal_labels`), the sample evaluation's FD references can be drawn from
+  a split is said (`common.used_count`: all its images are used), every label y* is queried with
+  has training images (`common.check_optimal_labels`; only when evaluation.optimal or the samples
+  are on: nothing else queries y*), the sample evaluation's FD references can be drawn from
   the splits' sizes, an explicit classifier file exists, and a feature hook gives features of two
   images of the data's shape (`hooks.load_features_factory`).
   Raises config_checks.ConfigError naming the field."""
-  common.check_optimal_labels(config, train_split, val_split)
+  s = sample_settings(config)
+  if config.evaluation.get("optimal", True) or s.enabled:  # the runs that query y* (or its probes)
+    common.check_optimal_labels(config, train_split, val_split)
   for which, split in (("training", train_split), ("validation", val_split)):  # said at start-up
     common.used_count("evaluation.num_images", config.evaluation.num_images, len(split),
                       f"images of the {which} split")
-  s = sample_settings(config)
   if not s.enabled:
     return
   try:
