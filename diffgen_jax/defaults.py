@@ -268,8 +268,9 @@ EXPORT = dict(_snapshot_source("export"), **{
     "denoised": {
         "sigmas": S((), "also D(x; sigma) of noised training images at these sigmas (() = off)",
                     kind=float, **POS),
-        "num_images": S(256, "the first training images of the run's split (with their labels)",
-                        low=1),
+        "num_images": S(256, "training images of the run's split (with their labels), a seeded "
+                        "subset", low=1),
+        "subset_seed": S(0, "which images: data.seeded_rows (the evaluate job's draw)", low=0),
         "noise_seed": S(0, "their per-image noise: the gap evaluation's (`gap.image_noise`)",
                         low=0),
     },

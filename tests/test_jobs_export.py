@@ -66,12 +66,15 @@ def test_exported_zips_read_back_with_the_pixels_and_labels_written(run_dir, tmp
   for entry in [rec["samples"], rec["denoised"]["images"], *rec["denoised"]["files"].values()]:
     assert entry["sha256"] == export._sha256(os.path.join(workdir, entry["file"]))
 
-  # images.zip: the run's first training images, the same uint8 pixels and labels as its split.
+  # images.zip: the run's training images at the evaluate job's seeded rows (not the first rows),
+  # the same uint8 pixels and labels as its split.
   run_config, denoise = _network(run_dir)
   split = common.load_split(run_config, "train")
+  rows = data.seeded_rows(len(split), 5, 0, data.SUBSET_STREAMS["train"])
+  assert not np.array_equal(rows, np.arange(5))
   images, labels = edm_zip.read_images(os.path.join(out, "images.zip"))
-  np.testing.assert_array_equal(images, split.images[np.arange(5)])
-  np.testing.assert_array_equal(labels, split.labels[:5])
+  np.testing.assert_array_equal(images, split.images[rows])
+  np.testing.assert_array_equal(labels, split.labels[rows])
   assert rec["denoised"]["training_set"] == common.training_set(run_config, split)
 
   # samples.zip: Heun from normal(fold_in(key(0), i)), labels i mod 10: the same run by hand.
@@ -88,7 +91,8 @@ def test_exported_zips_read_back_with_the_pixels_and_labels_written(run_dir, tmp
   assert len(np.unique(back)) > 10  # real images, not a constant
 
   # denoised_sigma<s>.zip: D(y + s n_y; s) of those images, the gap evaluation's noise.
-  x_clean, y_clean, ids = data.first_images(split, 5)
+  x_clean = data.to_unit_range(split.images[rows])
+  y_clean, ids = split.labels[rows], split.ids[rows]
   for sigma in (0.5, 2.0):
     d = denoise(jnp.asarray(x_clean + sigma * np.asarray(gap.image_noise(0, ids, (8, 8, 1)))),
                 sigma, jnp.asarray(y_clean))

@@ -298,7 +298,7 @@ def evaluation_subset(split: Split, n: Optional[int], seed: int, which: str) -> 
 
 def first_images(split: Split, n: Optional[int] = None):
   """The first n images of a split (all by default) in [-1, 1], their labels (None when the split
-  has no classes) and ids: the fixed evaluation subsets."""
+  has no classes) and ids. (The evaluation subsets are seeded rows: `evaluation_subset`.)"""
   n = len(split) if n is None else min(n, len(split))
   rows = np.arange(n)
   labels = np.asarray(split.labels[rows], np.int32) if split.num_classes > 0 else None

@@ -12,8 +12,9 @@ file's name without its extension>/:
                              (`gap.image_noise`: the same sample whatever num_samples and
                              batch_size) and, for a conditional network, has the label
                              i mod num_classes;
-  images.zip                 with denoised.sigmas: the first denoised.num_images images of the run's
-                             training split (or subset), with their labels;
+  images.zip                 with denoised.sigmas: denoised.num_images images of the run's training
+                             split (or subset), with their labels: the evaluate job's seeded rows
+                             (`data.evaluation_subset`, seed denoised.subset_seed);
   denoised_sigma<s>.zip      D(y + s n_y; s) of each of those images y at each s of denoised.sigmas,
                              n_y the gap evaluation's per-image noise (seed denoised.noise_seed);
 each as dataset_tool.py writes a dataset (`data.edm_zip`: PNGs in image order, labels in
@@ -244,9 +245,13 @@ def run(config, workdir: str) -> Dict[str, Any]:
   meta = snapshot.meta
   clean, training_set = None, None
   if sigmas:
-    clean = data.first_images(train_split, common.used_count(
+    # The evaluate job's draw of the training split (seeded rows: the first ones are not random).
+    rows = data.evaluation_subset(train_split, common.used_count(
         "denoised.num_images", int(d.num_images), len(train_split),
-        "images of the training split"))
+        "images of the training split"), int(d.subset_seed), "train")
+    clean = (data.to_unit_range(train_split.images[rows]),
+             np.asarray(train_split.labels[rows], np.int32) if train_split.num_classes else None,
+             np.asarray(train_split.ids[rows]))
     training_set = common.training_set(run_config, train_split)
   out_dir = os.path.join(workdir, EXPORT_DIR, common.output_name(key))
   record = {"run_dir": None if hook else os.path.abspath(config.run_dir),
