@@ -343,11 +343,14 @@ def test_export_writes_the_hooks_samples(data_dir, hook_dir, tmp_path):
   assert record["image_shape"] == [8, 8, 1] and record["num_classes"] == 10
   train = common.load_split(common.data_of(config), "train")
   from diffgen_jax import data  # pylint: disable=import-outside-toplevel
+  # The training images at the evaluate job's seeded rows, as the job draws them.
+  rows = data.evaluation_subset(train, config.denoised.num_images, config.denoised.subset_seed,
+                                "train")
   direct = export.export_denoiser(
       _shrink(-0.4, 0.3), str(tmp_path / "direct"), image_shape=(8, 8, 1), num_classes=10,
       num_samples=config.num_samples, num_steps=config.num_steps, seed=config.seed,
       batch_size=config.batch_size, mesh=common.evaluation_mesh(),
-      clean=data.first_images(train, config.denoised.num_images),
+      clean=(data.to_unit_range(train.images[rows]), train.labels[rows], train.ids[rows]),
       sigmas=config.denoised.sigmas, noise_seed=config.denoised.noise_seed)
   from diffgen_jax.data import edm_zip  # pylint: disable=import-outside-toplevel
   written = [record["samples"]["file"]] + [f["file"] for f in record["denoised"]["files"].values()]
