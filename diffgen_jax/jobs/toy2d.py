@@ -358,13 +358,18 @@ def experiment_guidance(config):
                            f"delta_neg={section.delta_neg:g})", config)
 
 
+def _sampler_start(config, section, stream: int):
+  """The split, y* on it and the sampler's initial noise of a sampling experiment ((f), (g))."""
+  split = _split_from(section, config)
+  key = jax.random.fold_in(jax.random.key(config.seed), stream)
+  return (split, _optimal(split, config),
+          toy2d.sampler_noise(key, int(section.num_samples), _dtype(config)))
+
+
 @_in_config_precision
 def experiment_trajectories(config):
   section = config.trajectories
-  split = _split_from(section, config)
-  optimal = _optimal(split, config)
-  key = jax.random.fold_in(jax.random.key(config.seed), _STREAM_TRAJECTORIES)
-  noise = toy2d.sampler_noise(key, int(section.num_samples), _dtype(config))
+  split, optimal, noise = _sampler_start(config, section, _STREAM_TRAJECTORIES)
   runs = []
   for delta in section.deltas:
     samples, paths = toy2d.sample(error_prone_denoiser(optimal, float(delta)), noise,
@@ -391,10 +396,7 @@ def experiment_trajectories(config):
 @_in_config_precision
 def experiment_frechet(config):
   section = config.frechet
-  split = _split_from(section, config)
-  optimal = _optimal(split, config)
-  key = jax.random.fold_in(jax.random.key(config.seed), _STREAM_FRECHET)
-  noise = toy2d.sampler_noise(key, int(section.num_samples), _dtype(config))
+  split, optimal, noise = _sampler_start(config, section, _STREAM_FRECHET)
   samples = [toy2d.sample(error_prone_denoiser(optimal, float(delta)), noise, section.num_steps,
                           section.solver) for delta in section.deltas]
   fd = toy2d.frechet_curves(samples, split.train, split.val, ddof=section.ddof)
