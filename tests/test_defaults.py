@@ -7,17 +7,15 @@ declared; the ranges a user reads in the docs are also stated here independently
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import numpy as np
 import pytest
 
 from diffgen_jax import config_checks, defaults, jobs
 from diffgen_jax.config_checks import ConfigError
+from config_files import config_file  # tests/config_files.py
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILDERS = {"train": defaults.train_config, "export": defaults.export_config,
             "ladder": defaults.ladder_config, "factors": defaults.factors_config,
             "toy2d": defaults.toy2d_config}
@@ -186,11 +184,7 @@ def test_documented_ranges(field, good, bad):
 # Through jobs.validate: the declarations are checked at start-up, before the jobs' rules
 
 
-def _config_file(name, variant=None):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
+_config_file = config_file
 
 
 CONFIG_FILES = [("quickstart", None), ("factors", None), ("factors", "local,fashion"),

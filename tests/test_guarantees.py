@@ -7,7 +7,6 @@ docs/guarantees.md names these tests. Shapes are tiny: the file runs in about a 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import re
@@ -20,6 +19,7 @@ import pytest
 from diffgen_jax import denoisers, edm, models, optimal, samplers, training
 from diffgen_jax.models import network as network_lib
 from diffgen_jax.checks import check_number
+from config_files import config_file  # tests/config_files.py
 
 _FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
@@ -569,12 +569,7 @@ def test_duplicated_training_image_does_not_hide_its_copy():
 
 
 def _quickstart():
-  spec = importlib.util.spec_from_file_location(
-      "quickstart", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 "configs", "quickstart.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_file("quickstart")
 
 
 def test_quickstart_with_five_training_images_is_refused_at_start_up(tmp_path, monkeypatch,
@@ -632,13 +627,7 @@ def test_evaluation_and_factors_jobs_check_labels_at_start_up(data_dir):
     factors_job.load_setup(factors)
 
 
-def _config(name, variant=None):
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
+_config = config_file
 
 
 # ------------------------------------------------------------------------------------------------

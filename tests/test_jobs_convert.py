@@ -13,6 +13,7 @@ import pytest
 
 from diffgen_jax import checkpointing, jobs
 from diffgen_jax.config_checks import ConfigError
+from config_files import config_file  # tests/config_files.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKL = os.path.join(ROOT, "tests", "fixtures", "nvidia_networks", "pickles",
@@ -20,11 +21,7 @@ PKL = os.path.join(ROOT, "tests", "fixtures", "nvidia_networks", "pickles",
 
 
 def _config(variant="local"):
-  spec = importlib.util.spec_from_file_location("nvidia_config", os.path.join(ROOT, "configs",
-                                                                              "nvidia.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_file("nvidia", variant)
 
 
 def _zip(path, n, seed):

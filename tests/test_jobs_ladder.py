@@ -1,7 +1,6 @@
 """The `ladder` job end to end on a tiny trained run (2 training steps, 8x8 digits), its config
 checks, and its numbers against the library called directly on the same network and inputs."""
 
-import importlib.util
 import os
 
 import jax
@@ -14,17 +13,14 @@ from diffgen_jax.evaluation import ladder
 from diffgen_jax.jobs import common
 from diffgen_jax.jobs import results as results_lib
 from diffgen_jax.models.network import network_denoiser
+from config_files import config_file  # tests/config_files.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 16
 
 
 def _ladder_config(variant="smoke"):
-  spec = importlib.util.spec_from_file_location("_ladder_config",
-                                                os.path.join(ROOT, "configs", "ladder.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_file("ladder", variant)
 
 
 @pytest.fixture(scope="module")

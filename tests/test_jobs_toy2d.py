@@ -2,9 +2,7 @@
 (configs/toy2d.py:paper) against their published numbers, the paper's trends, results.json, the
 plots and config validation. The numbers themselves are tested in test_toy2d.py."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
@@ -14,16 +12,13 @@ from diffgen_jax.config_checks import ConfigError
 from diffgen_jax.jobs import results as results_lib
 from diffgen_jax.jobs import toy2d as toy2d_job
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
+from config_files import config_file  # tests/config_files.py
 
-_CONFIG_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "toy2d.py")
 SIGMAS = edm.toy_sigma_grid()
 
 
 def get_config(variant=None):
-  spec = importlib.util.spec_from_file_location("toy2d_config", _CONFIG_PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_file("toy2d", variant)
 
 
 def fast_config(variant=None):

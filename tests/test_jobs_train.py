@@ -19,6 +19,7 @@ from diffgen_jax.evaluation import gap
 from diffgen_jax.jobs import console
 from diffgen_jax.jobs import results as results_lib
 from diffgen_jax.jobs import train as train_job
+from config_files import config_file  # tests/config_files.py
 
 SIGMAS = (0.2, 0.5, 1.0)
 BATCH = 16
@@ -311,13 +312,7 @@ def test_evaluate_protocol_records_the_training_set(short_run, tiny_unet_config,
 def test_factors_trained_sweep_refuses_another_training_subset(short_run, tiny_unet_config,
                                                                tmp_path):
   """Kind 6 for the factors job: its trained sweep is refused before any sweep runs."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location("factors_cfg", os.path.join(root, "configs",
-                                                                             "factors.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("delta,trained,local")
+  config = config_file("factors", "delta,trained,local")
   config.data = _short_config(tiny_unet_config).data
   config.data.subset_seed = 1
   config.run_dir = short_run
@@ -419,13 +414,7 @@ def test_factors_reads_the_label_dropout_that_applied(short_run, tmp_path):
 def test_a_preset_override_is_refused_before_anything_runs(data_dir, tmp_path):
   """Issue 22, kind 7: --config.model.model_channels=64 on the quickstart (preset ddpmpp-tiny) is
   refused naming the preset (it trained the 32-channel model and config.json recorded 64)."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location("qs", os.path.join(root, "configs",
-                                                                   "quickstart.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_file("quickstart")
   config.data.data_dir = data_dir
   config.model.model_channels = 64
   workdir = str(tmp_path / "never")

@@ -335,14 +335,8 @@ def test_a_field_that_conflicts_with_its_preset_is_refused(family, preset, field
 
 def test_every_config_file_agrees_with_its_presets():
   """The configs choose presets with models.apply_preset: every variant validates (no conflict)."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location("qs", os.path.join(root, "configs",
-                                                                   "quickstart.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  quickstart = module.get_config()
+  from config_files import config_file  # pylint: disable=import-outside-toplevel
+  quickstart = config_file("quickstart")
   assert quickstart.model.preset == "ddpmpp-tiny" and quickstart.model.model_channels == 32
   models.resolve(quickstart.model)
 

@@ -7,8 +7,6 @@ Each config field alone is checked against its declaration in tests/test_default
 
 from __future__ import annotations
 
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +17,8 @@ from diffgen_jax import config_checks, denoisers, ema, jobs, models, samplers, t
 from diffgen_jax.evaluation import (frechet, kmeans, membership, neighbours, probes,
                                     reproducibility, timescales)
 from diffgen_jax.models import network as network_lib, nvidia
+from config_files import config_file  # tests/config_files.py
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN, INF = float("nan"), float("inf")
 
 
@@ -340,11 +338,7 @@ def test_unconditional_network_only_checks_label_dtype():
 # Rules between config fields (each field alone: tests/test_defaults.py)
 
 
-def _config(name, variant=None):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
+_config = config_file
 
 
 def test_factors_sample_gap_samples_zero_or_at_least_two(tmp_path):
