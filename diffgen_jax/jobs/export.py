@@ -246,12 +246,8 @@ def run(config, workdir: str) -> Dict[str, Any]:
   clean, training_set = None, None
   if sigmas:
     # The evaluate job's draw of the training split (seeded rows: the first ones are not random).
-    rows = data.evaluation_subset(train_split, common.used_count(
-        "denoised.num_images", int(d.num_images), len(train_split),
-        "images of the training split"), int(d.subset_seed), "train")
-    clean = (data.to_unit_range(train_split.images[rows]),
-             np.asarray(train_split.labels[rows], np.int32) if train_split.num_classes else None,
-             np.asarray(train_split.ids[rows]))
+    clean = common.evaluation_rows(train_split, int(d.num_images), int(d.subset_seed), "train",
+                                   field="denoised.num_images")
     training_set = common.training_set(run_config, train_split)
   out_dir = os.path.join(workdir, EXPORT_DIR, common.output_name(key))
   record = {"run_dir": None if hook else os.path.abspath(config.run_dir),
