@@ -75,25 +75,20 @@ for _size, (_hidden, _depth, _heads) in _DIT_SIZES.items():
         source=_DIT_SOURCE)
 
 for _size, _channels in _EDM2_CHANNELS.items():
-  PRESETS[f"edm2-img64-{_size}"] = Preset(
-      family="edm2",
-      arch=dict(model_channels=_channels, channel_mult=(1, 2, 3, 4), num_blocks=3,
-                attn_resolutions=(16, 8), channels_per_head=64),
-      defaults=dict(img_resolution=64, img_channels=3, num_classes=1000,
-                    dropout=_EDM2_DROPOUT[_size]),
-      published_params=_EDM2_PUBLISHED[_size],
-      source=_EDM2_SOURCE + (" (ImageNet-512 architecture, 3 channels; no published img64-xxl)"
-                             if _size == "xxl" else " (ImageNet-64)"))
-  # ImageNet-512: the same U-Net on 64x64x4 latents of the Stability VAE (the latents are
+  # ImageNet-512 is the same U-Net on 64x64x4 latents of the Stability VAE (the latents are
   # prepared elsewhere; edm2's StabilityVAEEncoder scale/bias are not part of the network).
-  PRESETS[f"edm2-img512-{_size}"] = Preset(
-      family="edm2",
-      arch=dict(model_channels=_channels, channel_mult=(1, 2, 3, 4), num_blocks=3,
-                attn_resolutions=(16, 8), channels_per_head=64),
-      defaults=dict(img_resolution=64, img_channels=4, num_classes=1000,
-                    dropout=_EDM2_DROPOUT[_size]),
-      published_params=_EDM2_IMG512_PUBLISHED[_size],
-      source=_EDM2_SOURCE + " (ImageNet-512, 4 latent channels)")
+  for _data, _img_channels, _published, _note in (
+      ("img64", 3, _EDM2_PUBLISHED[_size],
+       " (ImageNet-512 architecture, 3 channels; no published img64-xxl)" if _size == "xxl"
+       else " (ImageNet-64)"),
+      ("img512", 4, _EDM2_IMG512_PUBLISHED[_size], " (ImageNet-512, 4 latent channels)")):
+    PRESETS[f"edm2-{_data}-{_size}"] = Preset(
+        family="edm2",
+        arch=dict(model_channels=_channels, channel_mult=(1, 2, 3, 4), num_blocks=3,
+                  attn_resolutions=(16, 8), channels_per_head=64),
+        defaults=dict(img_resolution=64, img_channels=_img_channels, num_classes=1000,
+                      dropout=_EDM2_DROPOUT[_size]),
+        published_params=_published, source=_EDM2_SOURCE + _note)
 
 PRESETS["ddpmpp-cifar10"] = Preset(
     family="ddpmpp",
