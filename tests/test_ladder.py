@@ -354,3 +354,80 @@ def test_ladder_agreement_and_rung_gaps_carry_their_intervals():
   gaps = ladder.rung_gaps(rungs, train, val, np.array([0.5, 3.0]))
   for c in gaps.values():
     assert np.all(c["gap_low"] <= c["gap"]) and np.all(c["gap"] <= c["gap_high"])
+
+
+def _summary_results(r2_rows, gap_curves, sigmas=(0.5, 2.0)):
+  """The (agreement, gaps) sections of a ladder job's results, one input set 'train'."""
+  return ({"train": {"sigmas": list(sigmas), "rungs": {n: {"r2": r} for n, r in r2_rows.items()}}},
+          {"sigmas": list(sigmas), "denoisers": gap_curves})
+
+
+def test_summary_never_picks_a_nan_rung_and_leaves_undefined_sigmas_out():
+  """Newcomer: every rung's r2 NaN at sigma 0.5 -> best_rung 'y*' there (the first rung), counted
+  in best_rung_predicts_gap. Now None / NaN there, and left out of the fraction."""
+  e = lambda val, train: {"e_val": val, "e_train": train}
+  curves = {"network": e([2.0, 2.0], [1.0, 1.0]),        # log(1 + G) = log 2 at both sigmas
+            "gaussian": e([None, 4.0], [None, 1.0]),     # distance NaN at 0.5 (missing), log 2
+            "y*": e([2.0, 2.0], [1.0, 1.0])}             # distance 0 at both
+  s = ladder.summarize(*_summary_results(
+      {"y*": [None, 0.5], "gaussian": [None, 0.9]}, curves))
+  assert s["best_rung"]["train"] == [None, "gaussian"]
+  assert np.isnan(s["best_r2"]["train"][0]) and s["best_r2"]["train"][1] == 0.9
+  assert s["closest_gap_rung"] == ["y*", "y*"]  # the NaN distance of gaussian at 0.5 loses
+  assert s["gap_log_distance"]["gaussian"][0] is None
+  assert s["best_rung_predicts_gap"]["train"] == 0.0  # only sigma 2.0 counts (was 0.5)
+  # A NaN r2 never wins over a number, even -inf; NaN wherever nothing is defined.
+  s = ladder.summarize(*_summary_results(
+      {"y*": [np.nan, -np.inf], "gaussian": [0.1, np.nan]},
+      {"network": e([None, None], [None, None]), "y*": e([4.0, 4.0], [1.0, 1.0])}))
+  assert s["best_rung"]["train"] == ["gaussian", "y*"] and s["best_r2"]["train"] == [0.1, -np.inf]
+  assert s["closest_gap_rung"] == [None, None]
+  assert np.isnan(s["best_rung_predicts_gap"]["train"])
+
+
+def test_summary_leaves_rounding_level_errors_out_of_the_gap_comparison():
+  """Same local machine on 1 and 2 devices: E_train 2.8e-16 and 1.3e-16 at sigma 0.002 (float32
+  rounding of an exact recall), which moved the closest-G rung there from y_delta to ELS. An
+  error at or below gap.FLOAT32_ERROR_FLOOR is not a measurement: G is undefined there."""
+  from diffgen_jax.evaluation import gap
+  assert gap.FLOAT32_ERROR_FLOOR == pytest.approx(np.finfo(np.float32).eps ** 2)
+  e = lambda val, train: {"e_val": val, "e_train": train}
+  net = e([4.3e-6, 2.0], [3.9e-6, 1.0])
+  for tiny in (2.77e-16, 1.32e-16, 0.0):
+    s = ladder.summarize(*_summary_results({"y_delta": [0.9, 0.9], "ELS": [0.5, 0.5]}, {
+        "network": net,
+        "y_delta": e([4.0e-6, 2.0], [3.0e-6, 1.0]),   # |log(4/3) - log(4.3/3.9)| = 0.19
+        "ELS": e([3.3e-16, 4.0], [tiny, 1.0])}))       # log of rounding noise
+    assert s["gap_log_distance"]["ELS"][0] is None
+    assert s["closest_gap_rung"] == ["y_delta", "y_delta"]
+  # Just above the floor an error is a number again (an exponentially small posterior weight).
+  s = ladder.summarize(*_summary_results({"ELS": [0.5, 0.5]}, {
+      "network": net, "ELS": e([4.3e-13, 2.0], [3.9e-13, 1.0])}))
+  assert s["gap_log_distance"]["ELS"] == [pytest.approx(0.0, abs=1e-12)] * 2
+  # E_val at the floor too: a rung that recalls validation images exactly is undefined as well.
+  s = ladder.summarize(*_summary_results({"ELS": [0.5, 0.5]}, {
+      "network": net, "ELS": e([1e-15, 2.0], [1e-9, 1.0])}))
+  assert s["gap_log_distance"]["ELS"][0] is None
+
+
+def test_summary_breaks_rounding_level_ties_by_the_ladder_order():
+  """LS and PSPC with a window covering the 8x8 image are y* itself; their r2 and G differed from
+  y*'s in the 8th-9th digit, and which one was "best" changed between 1 and 2 devices. Within
+  TIE_RTOL the first rung listed (y*) is chosen; a real difference still wins."""
+  e = lambda val, train: {"e_val": val, "e_train": train}
+  for eps in (+3e-9, -3e-9):  # either rounding direction: the same answer
+    s = ladder.summarize(*_summary_results(
+        {"y*": [0.9386552742, 0.90], "LS": [0.9386552742 + eps, 0.95],
+         "PSPC": [0.9386552742 + 2 * eps, 0.90]},
+        {"network": e([2.0, 2.0], [1.0, 1.0]), "y*": e([3.0, 3.0], [1.0, 1.0]),
+         "LS": e([3.0 * (1 + eps), 3.0], [1.0, 1.0]), "PSPC": e([3.0, 2.5], [1.0, 1.0])}))
+    assert s["best_rung"]["train"] == ["y*", "LS"]  # LS really better (0.95) at sigma 2
+    assert s["closest_gap_rung"] == ["y*", "PSPC"]
+    assert s["closest_gap_rung_overall"] == "PSPC"  # medians 0.405 (y*, LS) and 0.314
+  assert ladder.TIE_RTOL == 1e-4
+  # Just outside the tolerance the better rung wins: 1 - r2 = 0.1 vs 0.1 (1 - 2e-4).
+  s = ladder.summarize(*_summary_results(
+      {"y*": [0.9, 0.9], "LS": [0.9 + 2e-5, 0.9]},
+      {"network": e([2.0, 2.0], [1.0, 1.0]), "y*": e([3.0, 3.0], [1.0, 1.0]),
+       "LS": e([3.0, 3.0], [1.0, 1.0])}))
+  assert s["best_rung"]["train"] == ["LS", "y*"]

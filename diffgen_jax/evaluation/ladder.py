@@ -29,7 +29,7 @@ from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
 from diffgen_jax.denoisers import Denoiser, check_labels, check_sigma, is_array_pytree
 from diffgen_jax.evaluation import timescales
-from diffgen_jax.evaluation.gap import image_noise, train_val_gap
+from diffgen_jax.evaluation.gap import FLOAT32_ERROR_FLOOR, image_noise, train_val_gap
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
 from diffgen_jax.optimal_patches import (BOUNDARIES, PatchSize, equivariant_local_denoiser,
                                          gaussian_denoiser, local_denoiser,
@@ -381,6 +381,86 @@ def calibrate(network: Denoiser, train_images, sizes: Sequence[int], inputs, sig
       bar.update(1)
   mse, r2 = np.stack(mse), np.stack(r2)
   return Calibration(np.asarray(sizes), sigmas, mse, r2, _best_sizes(sizes, mse))
+
+
+def _values(v) -> np.ndarray:
+  return np.asarray([np.nan if x is None else x for x in np.atleast_1d(v)], np.float64)
+
+
+def _log_ratio(c) -> np.ndarray:
+  """log(E_val / E_train) = log(1 + G) per sigma; NaN where a rung reproduces its training images
+  exactly (E_train = 0, or at most FLOAT32_ERROR_FLOOR: rounding, so G is undefined), where
+  E_val is at the floor (the ratio would be rounding over E_train, though G itself is a stable -1),
+  or where an error is missing."""
+  e_val, e_train = _values(c["e_val"]), _values(c["e_train"])
+  with np.errstate(divide="ignore", invalid="ignore"):
+    out = np.log(e_val / e_train)
+  measured = (e_val > FLOAT32_ERROR_FLOOR) & (e_train > FLOAT32_ERROR_FLOOR)
+  return np.where(np.isfinite(out) & measured, out, np.nan)
+
+
+def summarize(agreement: Mapping[str, Mapping], gaps: Mapping[str, Mapping]) -> Dict[str, object]:
+  """Per input set and sigma, the rung of the highest r2; per sigma, the rung whose G is closest to
+  the network's; and how often the two agree.
+
+  G is compared on the log scale, |log(1 + G_rung) - log(1 + G_network)| = |log of the ratio of
+  the two E_val / E_train|, because the G of memorizing rungs spans many decades. Where a rung's
+  E_train or E_val is at most FLOAT32_ERROR_FLOOR (y* or a local machine reproducing its
+  training images at small sigma: 0, or 1e-17 .. 1e-15 of rounding whose value depends on the
+  order of float32 sums, e.g. on the device count), G is undefined and counts as infinitely far.
+  gap_distance[rung] is the median of that distance over the sigmas; best_rung_predicts_gap[set]
+  is the fraction of sigmas at which the set's best-r2 rung is the closest-G rung (train and val
+  are on G's own sigma grid).
+
+  NaN never wins a choice: a rung whose r2 is NaN is never the best rung over one with a number,
+  and where every rung's r2 is NaN at a sigma (e.g. the network outputs NaN) best_rung is None and
+  best_r2 NaN there. Likewise closest_gap_rung is None where no rung's distance is a number (the
+  network's own E_train is 0 or missing). Sigmas where either choice is None are left out of
+  best_rung_predicts_gap, which is NaN if no sigma is left. Rungs within TIE_RTOL of the
+  best (relative on the mse, absolute on the log-scale G distance) are tied, and a tie goes to the
+  rung listed first (y* before an LS whose window covers the image: the same denoiser up to
+  rounding).
+
+  agreement: {set: {"sigmas": (S,), "rungs": {rung: {"r2": (S,)}}}} as the ladder job writes
+  (`Agreement` fields, None for a missing value); gaps: {"sigmas": (S',), "denoisers": {"network"
+  and each rung: {"e_train": (S',), "e_val": (S',)}}} (`rung_gaps`).
+  """
+  best_rung, best_r2 = {}, {}
+  for set_name, section in agreement.items():
+    names = list(section["rungs"])
+    r2 = np.stack([_values(section["rungs"][n]["r2"]) for n in names])  # (R, S)
+    best_rung[set_name], best_r2[set_name] = [], []
+    for column in r2.T:  # the highest r2 among the rungs whose r2 is a number (even -inf)
+      # 1 - r2 = mse / (the network's output variance): compare the mse, ties within TIE_RTOL.
+      i = first_least(1.0 - column, relative=True)
+      best_rung[set_name].append(None if i is None else names[i])
+      best_r2[set_name].append(float("nan") if i is None else float(column[i]))
+  curves = gaps["denoisers"]
+  net = _log_ratio(curves["network"])
+  rung_names = [n for n in curves if n != "network"]
+  dist = np.stack([np.abs(_log_ratio(curves[n]) - net) for n in rung_names])  # (R, S)
+  dist = np.where(np.isnan(dist), np.inf, dist)
+  closest = []
+  for column in dist.T:  # a log-scale distance: an absolute tolerance is a relative one on E
+    i = first_least(np.where(np.isfinite(column), column, np.nan), relative=False)
+    closest.append(None if i is None else rung_names[i])
+  median = np.median(dist, axis=1)
+  distance = {n: (float(m) if np.isfinite(m) else None) for n, m in zip(rung_names, median)}
+  overall = first_least(np.where(np.isfinite(median), median, np.nan), relative=False)
+  gap_sigmas = np.asarray(gaps["sigmas"], np.float64)
+  predicts = {}
+  for set_name, names in best_rung.items():
+    sig = np.asarray(agreement[set_name]["sigmas"], np.float64)
+    if sig.shape == gap_sigmas.shape and np.allclose(sig, gap_sigmas):
+      # Only sigmas where both choices exist: None == None is no agreement.
+      hits = [a == b for a, b in zip(names, closest) if a is not None and b is not None]
+      predicts[set_name] = float(np.mean(hits)) if hits else float("nan")
+  return {"best_rung": best_rung, "best_r2": best_r2,
+          "gap_log_distance": {n: [float(d) if np.isfinite(d) else None for d in row]
+                               for n, row in zip(rung_names, dist)},
+          "closest_gap_rung": closest, "gap_distance": distance,
+          "closest_gap_rung_overall": None if overall is None else rung_names[overall],
+          "best_rung_predicts_gap": predicts}
 
 
 def ladder_rungs(train_images, train_labels=None, *, delta: Optional[float] = None,
