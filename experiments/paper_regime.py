@@ -7,7 +7,7 @@ G stay below 1 and peak near sigma 1-2; does the sample-level gap stay near fres
 sampling at the peak sigma already shows (the paper: ~11%).
 
     python experiments/paper_regime.py     # local: ~2-2.5 h of training here, then the evaluation
-    python experiments/paper_regime.py --config.runs.regime_unet.training.total_images=128000
+    python experiments/paper_regime.py --config.runs.regime_unet.training.total_images=192000
                                            # a shorter run (resumes; what the committed result used
                                            # when it says so)
 
