@@ -15,10 +15,15 @@ Figures: peak_gap_over_training.png (peak G with its 95% interval), sample_gap.p
 copier's and fresh real images' G_FD), guidance.png (peak G and G_FD over the guidance weight, CFG
 and autoguidance), peak_gap_vs_crop.png (peak G per crop size), and the run's own gap_over_training.png, errors.png,
 early_stop_gap_fd.png, trajectory_overlap.png, nn_similarity.png (<run>_*.png).
+
+    python experiments/paper_regime.py --replot  # the figures drawn here again from results.json,
+                                                 # nothing run (the run's own ones are kept)
 """
 
+import json
 import os
 import sys
+import types
 
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,7 +35,7 @@ COPIED = ("gap_over_training.png", "errors.png", "early_stop_gap_fd.png", "traje
 
 
 def gather(ctx):
-  out, peaks, fd = {}, [], []
+  out = {}
   for name, group, _ in ctx.sweep():
     res = ctx.results[name]
     s = res["summary"]
@@ -42,7 +47,6 @@ def gather(ctx):
          "peak_sigma": s["peak_sigma"], "sigmas": sigmas, "gap_last": last["gap"],
          "gap_last_low": last.get("gap_low"), "gap_last_high": last.get("gap_high"),
          "gap_at_smallest_sigma": last["gap"][0]}
-    peaks += [(group, m["images_seen"], m["peak_gap"], None, common.interval(m, "peak_gap"))]
     if samples.get("snapshots"):
       ss = samples["summary"]
       steps = sorted(samples["snapshots"], key=int)
@@ -51,31 +55,18 @@ def gather(ctx):
                 "baselines": samples.get("baselines"),
                 "early_stop_at_peak": common.early_stop_share(samples["snapshots"][steps[-1]],
                                                               s["peak_sigma"][-1])})
-      fd += [("G_FD (features)", ss["images_seen"], ss["gap_fd_features"]),
-             ("G_FD (pixels)", ss["images_seen"], ss["gap_fd_pixels"])]
-      for kind, style in (("copier", ":"), ("real", "-.")):
-        b = (m["baselines"] or {}).get(kind)
-        if b:
-          fd += [(f"{'copier' if kind == 'copier' else 'fresh real images'} ({space})",
-                  ss["images_seen"], [b[space]["gap"]] * len(ss["images_seen"]), style)
-                 for space in ("features", "pixels")]
     out[group] = m
     for figure in COPIED:
       ctx.copy(os.path.join(ctx.workdirs[name], "evaluation", figure), f"{name}_{figure}")
-  common.line_plot(ctx.figure("peak_gap_over_training.png"), peaks, xlabel="images seen",
-                   ylabel="peak G (95% interval over images)", zero_line=True,
-                   title="Peak denoising gap over training")
-  if fd:
-    common.line_plot(ctx.figure("sample_gap.png"), fd, xlabel="images seen",
-                     ylabel="G_FD = (FD_val - FD_train) / FD_train", zero_line=True,
-                     title="Sample-level gap, with a copier's and real images'")
   factors = ctx.results.get("factors_regime") or ctx.results.get("factors_trained_unet")
-  return {"models": out, **(guidance_and_crops(ctx, factors) if factors else {})}
+  numbers = {"models": out, **(guidance_and_crops(factors) if factors else {})}
+  draw(ctx, numbers)
+  return numbers
 
 
-def guidance_and_crops(ctx, results):
-  """The factors job's trained sweep on the run's last snapshot: peak G and G_FD per guidance
-  style and weight, peak G per crop size (the full image a marker of its own)."""
+def guidance_and_crops(results):
+  """The factors job's trained sweep on the run's last snapshot: peak G per guidance style and
+  weight (with its 95% interval over images), G_FD per style and weight, peak G per crop size."""
   section = results["sweeps"]["trained"]
   size = results["settings"]["image_shape"][0]
   styles = [s for s in ("cfg", "autoguidance")
@@ -86,25 +77,82 @@ def guidance_and_crops(ctx, results):
   crops = [{"crop_size": c["value"], "relative_crop": c["value"] / size, "peak_gap": c["peak_gap"],
             "peak_sigma": c["peak_sigma"]}
            for c in common.factor_curves(results, "trained", "receptive_field")]
-  sample_gap = section.get("sample_gap") or []
-  series = [("peak G", s, [r["value"] for r in rows], [r["peak_gap"] for r in rows])
-            for s, rows in guidance.items()]
-  series += [("G_FD (features)", s, [r["w"] for r in sample_gap if r["style"] == s],
-              [r["gap_fd_features"] for r in sample_gap if r["style"] == s]) for s in styles]
-  common.line_plot(ctx.figure("guidance.png"), series, panels=("peak G", "G_FD (features)"),
-                   xlabel="guidance weight w", ylabel="", zero_line=True,
-                   title="Guidance on the regime U-Net's last snapshot")
-  part = [c for c in crops if c["crop_size"] < size]
-  crop_series = [("crops", [c["relative_crop"] for c in part], [c["peak_gap"] for c in part])]
-  crop_series += [("full image", [1.0], [c["peak_gap"]], "*") for c in crops
-                  if c["crop_size"] >= size]
-  common.line_plot(ctx.figure("peak_gap_vs_crop.png"), crop_series, xlabel="crop size s / H",
-                   ylabel="peak G", title="Receptive field on the regime U-Net")
-  return {"guidance": guidance, "guidance_sample_gap": sample_gap, "crops": crops,
+  return {"guidance": guidance, "guidance_sample_gap": section.get("sample_gap") or [],
+          "crops": crops,
           "factors_snapshot": {k: section.get(k) for k in (
               "snapshot_step", "images_seen", "negative_snapshot_step", "negative_images_seen",
               "label_dropout")}}
 
 
+def draw(ctx, numbers):
+  """The finding's own figures from its numbers (what gather returns, or results.json's
+  "results"); the run's figures are copied by gather, not drawn here."""
+  peaks, fd = [], []
+  for group, m in numbers["models"].items():
+    peaks += [(group, m["images_seen"], m["peak_gap"], None, common.interval(m, "peak_gap"))]
+    if "samples_images_seen" in m:
+      seen = m["samples_images_seen"]
+      fd += [("G_FD (features)", seen, m["gap_fd_features"]),
+             ("G_FD (pixels)", seen, m["gap_fd_pixels"])]
+      for kind, style in (("copier", ":"), ("real", "-.")):
+        b = (m["baselines"] or {}).get(kind)
+        if b:
+          fd += [(f"{'copier' if kind == 'copier' else 'fresh real images'} ({space})",
+                  seen, [b[space]["gap"]] * len(seen), style)
+                 for space in ("features", "pixels")]
+  common.line_plot(ctx.figure("peak_gap_over_training.png"), peaks, xlabel="images seen",
+                   ylabel="peak G (95% interval over images)", zero_line=True,
+                   title="Peak denoising gap over training")
+  if fd:
+    common.line_plot(ctx.figure("sample_gap.png"), fd, xlabel="images seen",
+                     ylabel="G_FD = (FD_val - FD_train) / FD_train", zero_line=True,
+                     title="Sample-level gap, with a copier's and real images'")
+  if "guidance" in numbers:
+    draw_guidance_and_crops(ctx, numbers)
+
+
+PEAK_PANEL = "peak G (95% interval over images)"
+DODGE_W = 0.04
+
+
+def draw_guidance_and_crops(ctx, numbers):
+  """guidance.png (peak G with its 95% interval, error bars, and G_FD over w per style) and
+  peak_gap_vs_crop.png (peak G per crop size from 0; the full image a marker of its own in the
+  crops' colour)."""
+  guidance, sample_gap = numbers["guidance"], numbers.get("guidance_sample_gap") or []
+  # In the peak panel each later style is drawn DODGE_W to the right (said in its label): the
+  # styles' intervals overlap (and coincide at w = 0, the unguided model), hiding each other's bars.
+  series = [(PEAK_PANEL, s + (f" (drawn at w + {DODGE_W * i:g})" if i else ""),
+             [r["value"] + DODGE_W * i for r in rows], [r["peak_gap"] for r in rows], None,
+             common.peak_intervals(rows)) for i, (s, rows) in enumerate(guidance.items())]
+  series += [("G_FD (features)", s, [r["w"] for r in sample_gap if r["style"] == s],
+              [r["gap_fd_features"] for r in sample_gap if r["style"] == s]) for s in guidance]
+  common.line_plot(ctx.figure("guidance.png"), series, panels=(PEAK_PANEL, "G_FD (features)"),
+                   xlabel="guidance weight w", ylabel="", zero_line=True, bars=True,
+                   title="Guidance on the regime U-Net's last snapshot")
+  crops = numbers["crops"]
+  part = [c for c in crops if c["relative_crop"] < 1.0]
+  crop_series = [("crops", [c["relative_crop"] for c in part], [c["peak_gap"] for c in part],
+                  "-oC0")]
+  crop_series += [("full image", [1.0], [c["peak_gap"]], "*C0") for c in crops
+                  if c["relative_crop"] >= 1.0]
+  common.line_plot(ctx.figure("peak_gap_vs_crop.png"), crop_series, xlabel="crop size s / H",
+                   ylabel="peak G", ylim=(0.0, None),
+                   title="Receptive field on the regime U-Net\n(no intervals kept for the crops)")
+
+
+def replot(results_dir):
+  """Redraws the finding's own figures of results_dir from its results.json (nothing is run;
+  results.json and the run's copied figures are left as they are)."""
+  with open(os.path.join(results_dir, "results.json")) as f:
+    saved = json.load(f)
+  if saved.get("finding") != FINDING:
+    from absl import app  # pylint: disable=import-outside-toplevel
+    raise app.UsageError(f"--replot: {results_dir} holds the {saved.get('finding')!r} finding's "
+                         f"results, not {FINDING}'s")
+  config = types.SimpleNamespace(finding=FINDING, mode=saved.get("mode"))
+  draw(common.Context(config, {}, {}, results_dir), saved["results"])
+
+
 if __name__ == "__main__":
-  common.main(FINDING, gather)
+  common.main(FINDING, gather, replot=replot)

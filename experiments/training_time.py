@@ -5,11 +5,16 @@
         --config.data_dir=/path/to/tfds                      # CIFAR-10 DDPM++ and DiT-B/2
 
 Figures: gap_over_training.png (G(sigma) per snapshot), peak_gap_vs_images.png, gap_at_sigmas.png
-(G at fixed sigmas vs images seen), onset.png (images seen at the overfitting onset vs sigma).
+(G at fixed sigmas vs images seen, with the 95% interval bands), onset.png (images seen at the
+overfitting onset vs sigma).
+
+    python experiments/training_time.py --replot  # the figures again from results.json (no run)
 """
 
+import json
 import os
 import sys
+import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
@@ -19,10 +24,17 @@ from experiments import common  # noqa: E402
 FINDING = "training_time"
 
 
+# The k-th model's "no onset yet" markers are drawn at the last snapshot x (1 + NO_ONSET_RAISE * k):
+# models that share the last snapshot would otherwise hide each other's markers.
+NO_ONSET_RAISE = 0.04
+
+
 def onset_series(models):
   """The onset per sigma where E_val rose after its minimum (points); where it has not risen yet
-  the onset is at least the last snapshot, drawn apart (open triangles), never as a value."""
-  out = []
+  the onset is at least the last snapshot, drawn apart (triangles), never as a value: at the last
+  snapshot for the first model, raised by NO_ONSET_RAISE per later model (said in the label) so
+  that models with the same last snapshot show both."""
+  out, k = [], 0
   for g, m in models.items():
     seen, rises = m.get("onset_images_seen"), m.get("onset_rises")
     if not seen:
@@ -30,16 +42,35 @@ def onset_series(models):
     sigmas, seen, rises = np.asarray(m["sigmas"]), np.asarray(seen, float), np.asarray(rises, bool)
     out.append((g, sigmas[rises], seen[rises], "o"))
     if np.any(~rises):
-      out.append((f"{g}: no onset yet (>= the last snapshot)", sigmas[~rises],
-                  np.full((~rises).sum(), max(m["images_seen"])), "^"))
+      raise_by = 1.0 + NO_ONSET_RAISE * k
+      drawn = f", drawn x{raise_by:g}" if k else ""
+      out.append((f"{g}: no onset yet (>= last snapshot{drawn})", sigmas[~rises],
+                  np.full((~rises).sum(), max(m["images_seen"]) * raise_by), "^"))
+    k += 1
   return out
 
 
-def gather(ctx):
-  models = {}
-  for name, group, _ in ctx.sweep():
-    models[group] = dict(common.train_curves(ctx.results[name]), run=name)
-    models[group].pop("e_train"), models[group].pop("e_val")
+def gap_at_sigmas_series(g, m):
+  """(panel, label, images seen, G at sigma s, style, (low, high)) per fixed sigma s of a model:
+  the evaluate job interpolates G linearly in log sigma between the protocol's sigmas
+  (gap.gap_vs_images); its 95% interval over images is interpolated alike from gap_low / gap_high
+  (None where the results do not carry them)."""
+  log_sigmas = np.log(np.asarray(m["sigmas"], np.float64))
+  kept = m.get("gap_low") and all(v is not None for v in m["gap_low"] + m["gap_high"])
+  out = []
+  for s, values in m["gap_at_sigmas"].items():
+    bounds = None
+    if kept:
+      at = np.log(float(s))
+      bounds = tuple([float(np.interp(at, log_sigmas, row)) for row in m[key]]
+                     for key in ("gap_low", "gap_high"))
+    out.append((g, f"sigma={s}", m["images_seen"], values, None, bounds))
+  return out
+
+
+def draw(ctx, numbers):
+  """The finding's figures from its numbers (what gather returns, or results.json's "results")."""
+  models = numbers["models"]
   names = list(models)
   common.line_plot(ctx.figure("gap_over_training.png"),
                    [s for g in names for s in common.gap_over_training_series(g, models[g])],
@@ -51,16 +82,42 @@ def gather(ctx):
                    xlabel="images seen", ylabel="peak G (95% interval over images where kept)",
                    zero_line=True,
                    title="Peak denoising gap over training")
-  common.line_plot(ctx.figure("gap_at_sigmas.png"),
-                   [(g, f"sigma={s}", m["images_seen"], v) for g, m in models.items()
-                    for s, v in m["gap_at_sigmas"].items()],
-                   panels=names, xlabel="images seen", ylabel="G(sigma)", zero_line=True,
-                   title="G at fixed sigma over training")
-  common.line_plot(ctx.figure("onset.png"), onset_series(models),
+  at_sigmas = [s for g in names for s in gap_at_sigmas_series(g, models[g])]
+  bands = any(s[5] is not None for s in at_sigmas)
+  common.line_plot(ctx.figure("gap_at_sigmas.png"), at_sigmas,
+                   panels=names, xlabel="images seen",
+                   ylabel="G(sigma)" + (", 95% interval over images" if bands else ""),
+                   zero_line=True, title="G at fixed sigma over training")
+  series = onset_series(models)
+  raised = any("drawn x" in s[0] for s in series)
+  common.line_plot(ctx.figure("onset.png"), series,
                    xlabel="sigma", ylabel="images seen at the onset (min E_val)", logx=True,
-                   title="Overfitting onset per sigma")
-  return {"models": models}
+                   title="Overfitting onset per sigma\n^ no onset yet: drawn at the last snapshot"
+                         + (f", x{1 + NO_ONSET_RAISE:g} per later model" if raised else ""))
+
+
+def gather(ctx):
+  models = {}
+  for name, group, _ in ctx.sweep():
+    models[group] = dict(common.train_curves(ctx.results[name]), run=name)
+    models[group].pop("e_train"), models[group].pop("e_val")
+  numbers = {"models": models}
+  draw(ctx, numbers)
+  return numbers
+
+
+def replot(results_dir):
+  """Redraws the figures of results_dir from its results.json (nothing is run; results.json is
+  left as it is)."""
+  with open(os.path.join(results_dir, "results.json")) as f:
+    saved = json.load(f)
+  if saved.get("finding") != FINDING:
+    from absl import app  # pylint: disable=import-outside-toplevel
+    raise app.UsageError(f"--replot: {results_dir} holds the {saved.get('finding')!r} finding's "
+                         f"results, not {FINDING}'s")
+  config = types.SimpleNamespace(finding=FINDING, mode=saved.get("mode"))
+  draw(common.Context(config, {}, {}, results_dir), saved["results"])
 
 
 if __name__ == "__main__":
-  common.main(FINDING, gather)
+  common.main(FINDING, gather, replot=replot)

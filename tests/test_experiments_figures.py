@@ -1,6 +1,9 @@
 """The findings' figures with their intervals (experiments/common.py line_plot, gap_sweep,
-peak_series; experiments/granularity.py's replicates and --replot), without running any job."""
+peak_series; experiments/granularity.py's replicates and --replot; the --replot of training_time,
+guidance, model_size, paper_regime and receptive_field from their committed results), without
+running any job."""
 
+import importlib
 import json
 import os
 import shutil
@@ -17,6 +20,7 @@ if ROOT not in sys.path:
 from experiments import common, granularity  # noqa: E402
 
 COMMITTED = os.path.join(ROOT, "experiments", "results", "granularity")
+RESULTS = os.path.join(ROOT, "experiments", "results")
 
 
 def _axes():
@@ -127,7 +131,7 @@ def test_replot_command_line(tmp_path):
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert os.path.getsize(os.path.join(results_dir, "peak_gap_vs_value.png")) > 1000
-  other = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "model_size.py"),
+  other = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "sample_gap.py"),
                           "--replot", f"--results_dir={results_dir}"],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
   assert other.returncode != 0 and "cannot redraw" in other.stderr
@@ -149,3 +153,140 @@ def test_early_stop_share_takes_the_stop_nearest_the_peak_sigma_in_log_distance(
   assert common.early_stop_share(record, 0.3)["sigma"] == 0.1
   record["fd"]["features"]["gap"] = -0.05
   assert common.early_stop_share(record, 0.8)["share"] is None
+
+
+# ------------------------------------------------------------------------------------------------
+# The --replot of the findings whose figures the review fixed, from their committed results.json
+
+
+def _replot(finding, tmp_path, monkeypatch):
+  """Runs experiments/<finding>.py's replot on a copy of its committed results directory; returns
+  {figure file name: the matplotlib Figure saved there}, after checking results.json is kept."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  results_dir = str(tmp_path / finding)
+  shutil.copytree(os.path.join(RESULTS, finding), results_dir)
+  before = open(os.path.join(results_dir, "results.json"), "rb").read()
+  saved, savefig = {}, Figure.savefig
+
+  def record(fig, path, *args, **kwargs):
+    saved[os.path.basename(str(path))] = fig
+    return savefig(fig, path, *args, **kwargs)
+
+  monkeypatch.setattr(Figure, "savefig", record)
+  importlib.import_module(f"experiments.{finding}").replot(results_dir)
+  assert open(os.path.join(results_dir, "results.json"), "rb").read() == before
+  for name, fig in saved.items():
+    assert os.path.getsize(os.path.join(results_dir, name)) > 1000, name
+  return saved
+
+
+def _lines(ax):
+  """The axes' labelled lines (not error bar caps, zero lines) by label."""
+  return {line.get_label(): line for line in ax.lines if not line.get_label().startswith("_")}
+
+
+def test_training_time_onset_shows_each_models_no_onset_markers(tmp_path, monkeypatch):
+  """The U-Net's and the DiT's "no onset yet" markers share the last snapshot: each later model's
+  are raised (said in the label and the title) so that none hides under another's."""
+  figures = _replot("training_time", tmp_path, monkeypatch)
+  (ax,) = figures["onset.png"].axes
+  models = json.load(open(os.path.join(RESULTS, "training_time", "results.json")))[
+      "results"]["models"]
+  last = {g: max(m["images_seen"]) for g, m in models.items()}
+  lines = _lines(ax)
+  apart = {g: lines[label] for label in lines for g in models
+           if label.startswith(f"{g}: no onset yet")}
+  assert set(apart) == {"U-Net", "DiT"}
+  points = {g: set(zip(line.get_xdata().tolist(), line.get_ydata().tolist()))
+            for g, line in apart.items()}
+  assert not points["U-Net"] & points["DiT"]  # no marker drawn where another model's is
+  assert {x for x, _ in points["U-Net"]} & {x for x, _ in points["DiT"]}  # (they share sigmas)
+  np.testing.assert_array_equal(apart["U-Net"].get_ydata(), last["U-Net"])  # the first: as is
+  assert np.all(apart["DiT"].get_ydata() > last["DiT"])  # raised, never below the bound
+  assert "drawn x1.04" in apart["DiT"].get_label() and "last snapshot" in ax.get_title()
+
+
+def test_training_time_gap_at_sigmas_draws_the_interval_bands(tmp_path, monkeypatch):
+  figures = _replot("training_time", tmp_path, monkeypatch)
+  axes = figures["gap_at_sigmas.png"].axes
+  assert [ax.get_title() for ax in axes] == ["U-Net", "DiT"]
+  for ax in axes:
+    assert len(ax.collections) == len(ax.lines) - (ax.get_yscale() == "linear")  # (zero line)
+    for band, line in zip(ax.collections, ax.lines):  # each band holds its curve
+      vertices = np.concatenate([p.vertices for p in band.get_paths()])
+      assert vertices[:, 1].min() <= line.get_ydata().min() + 1e-12
+      assert vertices[:, 1].max() >= line.get_ydata().max() - 1e-12
+    assert "95% interval" in ax.get_ylabel()
+
+
+def test_guidance_peak_panel_in_log_y_where_the_peaks_span_a_decade(tmp_path, monkeypatch):
+  figures = _replot("guidance", tmp_path, monkeypatch)
+  analytic, trained = figures["peak_gap_vs_w.png"].axes
+  assert analytic.get_yscale() == "log" and trained.get_yscale() == "linear"  # 4.1-150; 14-21
+  for ax in (analytic, trained):
+    assert [len(c.get_segments()) for c in ax.collections] == [3, 3]  # error bars kept
+
+
+def test_model_size_peaks_in_log_y_and_log_parameters(tmp_path, monkeypatch):
+  figures = _replot("model_size", tmp_path, monkeypatch)
+  (ax,) = figures["peak_gap_vs_value.png"].axes
+  assert ax.get_xscale() == "log" and ax.get_yscale() == "log"  # 0.45-27.6
+  assert set(_lines(ax)) == {"U-Net", "DiT"}
+  assert [len(c.get_segments()) for c in ax.collections] == [3, 3]
+  assert {"gap_curves.png", "peak_gap_over_training.png"} <= set(figures)
+
+
+def test_paper_regime_guidance_error_bars_and_crops_from_zero(tmp_path, monkeypatch):
+  figures = _replot("paper_regime", tmp_path, monkeypatch)
+  peak, fd = figures["guidance.png"].axes
+  assert [len(c.get_segments()) for c in peak.collections] == [3, 3]  # per style, per w
+  assert not fd.collections  # G_FD carries no interval
+  # The later style is dodged to the right (said in its label): the bars do not coincide.
+  lines = _lines(peak)
+  cfg, auto = lines["cfg"], lines["autoguidance (drawn at w + 0.04)"]
+  assert not set(cfg.get_xdata().tolist()) & set(auto.get_xdata().tolist())
+  (crops,) = figures["peak_gap_vs_crop.png"].axes
+  assert crops.get_ylim()[0] == 0.0 and "no intervals" in crops.get_title()
+  lines = _lines(crops)
+  assert lines["crops"].get_color() == lines["full image"].get_color()
+  # The run's own figures (copied when it ran) are not redrawn.
+  assert not any(name.startswith("regime_unet_") for name in figures)
+
+
+def test_receptive_field_full_image_markers_in_their_series_colour(tmp_path, monkeypatch):
+  figures = _replot("receptive_field", tmp_path, monkeypatch)
+  ax = figures["peak_gap_vs_crop.png"].axes[0]
+  lines = _lines(ax)
+  fulls = [label for label in lines if label.endswith(": full image")]
+  assert len(fulls) == 3
+  colours = set()
+  for label in fulls:
+    series = label[:-len(": full image")]
+    assert lines[label].get_color() == lines[series].get_color(), label
+    assert lines[label].get_linestyle() == "None"  # a marker, not joined to the crops
+    colours.add(lines[series].get_color())
+  assert len(colours) == 3
+
+
+@pytest.mark.parametrize("finding", ["training_time", "guidance", "model_size", "paper_regime",
+                                     "receptive_field"])
+def test_replot_command_line_of_the_reviewed_findings(finding, tmp_path):
+  """--replot redraws from results.json only; another finding's results directory is refused in one
+  line (no traceback)."""
+  results_dir = str(tmp_path / finding)
+  shutil.copytree(os.path.join(RESULTS, finding), results_dir)
+  with open(os.path.join(results_dir, "results.json")) as f:
+    figure = json.load(f)["figures"][-1]
+  os.remove(os.path.join(results_dir, figure))
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  script = os.path.join(ROOT, "experiments", f"{finding}.py")
+  out = subprocess.run([sys.executable, script, "--replot", f"--results_dir={results_dir}"],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert os.path.getsize(os.path.join(results_dir, figure)) > 1000
+  other = "model_size" if finding != "model_size" else "guidance"
+  shutil.copytree(os.path.join(RESULTS, other), str(tmp_path / other))
+  wrong = subprocess.run([sys.executable, script, "--replot", f"--results_dir={tmp_path / other}"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  assert wrong.returncode != 0 and f"holds the {other!r} finding's results" in wrong.stderr
+  assert "Traceback" not in wrong.stderr
