@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+import types
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import ml_collections
@@ -242,6 +243,20 @@ def run_experiment(config, gather: Callable[[Context], Dict[str, Any]], *,
   log(f"[experiments] {config.finding} ({config.mode}): results.json and {len(ctx.figures)} "
       f"figure(s) in {results_dir}")
   return out
+
+
+def redraw(finding: str, draw: Callable[[Context, Dict[str, Any]], None], results_dir: str) -> None:
+  """The figures of results_dir again from its results.json, by the finding's `draw(ctx, numbers)`
+  (the one its gather calls); nothing is run and results.json is left as it is. Another finding's
+  results directory is refused (absl UsageError: one line)."""
+  from absl import app  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(results_dir, "results.json")) as f:
+    saved = json.load(f)
+  if saved.get("finding") != finding:
+    raise app.UsageError(f"--replot: {results_dir} holds the {saved.get('finding')!r} finding's "
+                         f"results, not {finding}'s")
+  config = types.SimpleNamespace(finding=finding, mode=saved.get("mode"))
+  draw(Context(config, {}, {}, results_dir), saved["results"])
 
 
 def main(finding: str, gather: Callable[[Context], Dict[str, Any]],

@@ -20,10 +20,9 @@ early_stop_gap_fd.png, trajectory_overlap.png, nn_similarity.png (<run>_*.png).
                                                  # nothing run (the run's own ones are kept)
 """
 
-import json
+import functools
 import os
 import sys
-import types
 
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -141,17 +140,7 @@ def draw_guidance_and_crops(ctx, numbers):
                    title="Receptive field on the regime U-Net\n(no intervals kept for the crops)")
 
 
-def replot(results_dir):
-  """Redraws the finding's own figures of results_dir from its results.json (nothing is run;
-  results.json and the run's copied figures are left as they are)."""
-  with open(os.path.join(results_dir, "results.json")) as f:
-    saved = json.load(f)
-  if saved.get("finding") != FINDING:
-    from absl import app  # pylint: disable=import-outside-toplevel
-    raise app.UsageError(f"--replot: {results_dir} holds the {saved.get('finding')!r} finding's "
-                         f"results, not {FINDING}'s")
-  config = types.SimpleNamespace(finding=FINDING, mode=saved.get("mode"))
-  draw(common.Context(config, {}, {}, results_dir), saved["results"])
+replot = functools.partial(common.redraw, FINDING, draw)  # --replot: the figures from results.json
 
 
 if __name__ == "__main__":

@@ -11,10 +11,9 @@ overfitting onset vs sigma).
     python experiments/training_time.py --replot  # the figures again from results.json (no run)
 """
 
-import json
+import functools
 import os
 import sys
-import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
@@ -106,17 +105,7 @@ def gather(ctx):
   return numbers
 
 
-def replot(results_dir):
-  """Redraws the figures of results_dir from its results.json (nothing is run; results.json is
-  left as it is)."""
-  with open(os.path.join(results_dir, "results.json")) as f:
-    saved = json.load(f)
-  if saved.get("finding") != FINDING:
-    from absl import app  # pylint: disable=import-outside-toplevel
-    raise app.UsageError(f"--replot: {results_dir} holds the {saved.get('finding')!r} finding's "
-                         f"results, not {FINDING}'s")
-  config = types.SimpleNamespace(finding=FINDING, mode=saved.get("mode"))
-  draw(common.Context(config, {}, {}, results_dir), saved["results"])
+replot = functools.partial(common.redraw, FINDING, draw)  # --replot: the figures from results.json
 
 
 if __name__ == "__main__":
