@@ -432,11 +432,13 @@ def spans_decades(values, decades: float = DECADES) -> bool:
 def line_plot(path: str, series: Sequence[tuple], *, xlabel: str, ylabel: str, title: str = "",
               logx: Optional[bool] = None, logy: Optional[bool] = None, zero_line: bool = False,
               panels: Optional[Sequence[str]] = None,
-              ylim: Optional[Tuple[float, float]] = None, bars: bool = False) -> None:
+              ylim: Optional[Tuple[float, float]] = None, bars: bool = False,
+              decades: float = DECADES) -> None:
   """series: (label, x, y[, style[, (low, high)]]) tuples; with `panels`, (panel, label, x, y[,
   style[, (low, high)]]) tuples, one subplot per panel name; `ylim` clips the y axis (say so in
-  the label). logx / logy: None (default) draws an axis in log scale when its values span decades
-  (`spans_decades`), True / False force it (logy True: symlog, for values of both signs).
+  the label). logx / logy: None (default) draws an axis (each panel's) in log scale when its
+  positive values span `decades` decades (`spans_decades`), True / False force it (logy True:
+  symlog, for values of both signs).
   style None is the default "-o". (low, high): the series' interval, same length as y (None, or
   no fifth element: a plain line, e.g. results older than the intervals; `interval`), drawn as a
   shaded band, or as error bars with `bars` (peaks against a factor)."""
@@ -462,11 +464,11 @@ def line_plot(path: str, series: Sequence[tuple], *, xlabel: str, ylabel: str, t
           _draw_interval(ax, x, y, bounds, ok, line.get_color(), bars)
         xs += list(x)
         ys += list(y)
-    if logx or (logx is None and spans_decades(xs)):
+    if logx or (logx is None and spans_decades(xs, decades)):
       ax.set_xscale("log")
     if logy:
       ax.set_yscale("symlog", linthresh=1e-3)
-    elif logy is None and not ylim and spans_decades(ys):
+    elif logy is None and not ylim and spans_decades(ys, decades):
       ax.set_yscale("log")
     if zero_line and ax.get_yscale() == "linear":
       ax.axhline(0.0, color="gray", lw=0.8)
@@ -535,13 +537,14 @@ def peak_series(entries: Sequence[Dict[str, Any]], x_key: str) -> List[tuple]:
 
 def gap_sweep_figures(ctx: Context, entries: List[Dict[str, Any]], *, x_key: str, xlabel: str,
                       logx: Optional[bool] = None, extra_series: Sequence[tuple] = (),
-                      one_panel: bool = False,
+                      one_panel: bool = False, peak_decades: float = DECADES,
                       draw_peaks: Optional[Callable[[str], None]] = None) -> None:
   """The three figures of a sweep: peak G vs the swept value (per group, `peak_series`, then
   extra_series; or draw_peaks(path) instead), the last snapshot's G(sigma) per run, and the
   peak G over training per run: one panel per group, or every run in one panel with `one_panel`
   (when the groups are settings of one factor, to be compared). Each drawn with its 95% interval
-  over images where the entries carry it. ctx: anything with .figure(filename) and
+  over images where the entries carry it; the peaks in log y where they span `peak_decades`
+  decades (`line_plot`'s `decades`). ctx: anything with .figure(filename) and
   .config.finding (a `Context`)."""
   groups = list(dict.fromkeys(e["group"] for e in entries))
   with_intervals = all(interval(e, "final_peak_gap") for e in entries)
@@ -549,7 +552,7 @@ def gap_sweep_figures(ctx: Context, entries: List[Dict[str, Any]], *, x_key: str
     draw_peaks(ctx.figure("peak_gap_vs_value.png"))
   else:
     line_plot(ctx.figure("peak_gap_vs_value.png"), peak_series(entries, x_key) + list(extra_series),
-              xlabel=xlabel, logx=logx, bars=True,
+              xlabel=xlabel, logx=logx, bars=True, decades=peak_decades,
               ylabel="peak G (last snapshot)" + (", 95% interval" if with_intervals else ""),
               title=f"{ctx.config.finding}: peak denoising gap")
   label = lambda e: f"{e['group']} {e['value']}"

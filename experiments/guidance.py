@@ -20,47 +20,15 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import numpy as np  # noqa: E402
 
 from experiments import common  # noqa: E402
 
 FINDING = "guidance"
 STYLES = ("cfg", "autoguidance")
 PANELS = ("analytic y_delta", "trained U-Net")
-LOG_DECADES = 1.0  # a panel whose positive peaks span at least this many decades: log y
-
-
-def peak_figure(path, series, ylabel, title):
-  """Peak G vs w, one panel per PANELS entry: series (panel, style, w, peak G, (low, high) or
-  None), error bars where given (as common.line_plot(bars=True) draws them). Unlike line_plot's
-  two decades, a panel whose peaks are all positive and span LOG_DECADES is drawn in log y: the
-  analytic autoguidance peak is ~35x the cfg one, which a linear axis flattens."""
-  plt = common._pyplot()  # pylint: disable=protected-access
-  draw_interval = common._draw_interval  # pylint: disable=protected-access
-  fig, axes = plt.subplots(1, len(PANELS), figsize=(5.5 * len(PANELS), 4.2), squeeze=False)
-  for ax, panel in zip(axes[0], PANELS):
-    ys = []
-    for _, style, x, y, bounds in (s for s in series if s[0] == panel):
-      x, y = np.asarray(x, np.float64), common._floats(y)  # pylint: disable=protected-access
-      ok = np.isfinite(x) & np.isfinite(y)
-      if not ok.any():
-        continue
-      line, = ax.plot(x[ok], y[ok], "-o", label=style, markersize=3)
-      if bounds is not None:
-        draw_interval(ax, x[ok], y[ok], bounds, ok, line.get_color(), True)
-      ys += list(y[ok])
-    log = common.spans_decades(ys, LOG_DECADES)
-    if log:
-      ax.set_yscale("log")
-    ax.set_xlabel("guidance weight w")
-    ax.set_ylabel(ylabel)
-    ax.set_title(panel + (" (log y)" if log else ""))
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=7)
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110, bbox_inches="tight")
-  plt.close(fig)
+# A panel whose positive peaks span a decade is drawn in log y: the analytic autoguidance peak is
+# ~35x the cfg one (4.1-150), which a linear axis flattens.
+LOG_DECADES = 1.0
 
 
 def draw(ctx, numbers):
@@ -70,9 +38,11 @@ def draw(ctx, numbers):
     for style in STYLES:
       mine = [c for c in numbers[key] if c["group"] == style]
       series.append((panel, style, [c["value"] for c in mine], [c["peak_gap"] for c in mine],
-                     common.peak_intervals(mine)))
-  peak_figure(ctx.figure("peak_gap_vs_w.png"), series,
-              "peak G (95% interval over images where kept)", "Guidance and the denoising gap")
+                     None, common.peak_intervals(mine)))
+  common.line_plot(ctx.figure("peak_gap_vs_w.png"), series, panels=PANELS, bars=True,
+                   decades=LOG_DECADES, xlabel="guidance weight w",
+                   ylabel="peak G (95% interval over images where kept)",
+                   title="Guidance and the denoising gap")
   common.line_plot(ctx.figure("trained_gap_curves.png"),
                    [(c["group"], c["label"], numbers["sigmas"], c["gap"], "-",
                      common.interval(c, "gap")) for c in numbers["trained"]],
