@@ -51,13 +51,20 @@ def draw(ctx, numbers):
   sample_gap = numbers.get("trained_sample_gap") or []
   if sample_gap:
     rows = lambda style: [r for r in sample_gap if r["style"] == style]
-    common.line_plot(
-        ctx.figure("sample_gap_vs_w.png"),
-        [(panel, style, [r["w"] for r in rows(style)], [r[key] for r in rows(style)])
-         for panel, key in (("G_FD (classifier features)", "gap_fd_features"),
-                            ("copy fraction", "copy_fraction")) for style in STYLES],
-        panels=("G_FD (classifier features)", "copy fraction"), xlabel="guidance weight w",
-        ylabel="", title="Trained U-Net, guided: the sample level")
+    fd_panel = "G_FD (classifier features)"
+    series = [(panel, style, [r["w"] for r in rows(style)], [r[key] for r in rows(style)])
+              for panel, key in ((fd_panel, "gap_fd_features"), ("copy fraction", "copy_fraction"))
+              for style in STYLES]
+    ws = sorted({r["w"] for r in sample_gap})
+    for kind, label, style in (("copier", "a copier of training images", ":"),
+                               ("real", "fresh real images", "-.")):  # G_FD's scale
+      b = (numbers.get("sample_gap_baselines") or {}).get(kind)
+      if b:
+        series.append((fd_panel, label, ws, [b["features"]["gap"]] * len(ws), style))
+    common.line_plot(ctx.figure("sample_gap_vs_w.png"), series,
+                     panels=(fd_panel, "copy fraction"), xlabel="guidance weight w", ylabel="",
+                     title="Trained U-Net, guided: the sample level (G_FD beside a copier's and "
+                           "fresh real images')")
 
 
 def gather(ctx):
@@ -71,6 +78,8 @@ def gather(ctx):
   numbers = {"analytic": [{k: c.get(k) for k in keep if k in c} for c in analytic],
              "trained": [{k: c.get(k) for k in keep if k in c} for c in trained], "sigmas": sigmas,
              "trained_sample_gap": section.get("sample_gap") or [],
+             # G_FD's scale, from the unguided run's own sample evaluation (same features)
+             "sample_gap_baselines": (ctx.results["unet"].get("samples") or {}).get("baselines"),
              "trained_run": {k: section.get(k) for k in ("snapshot_step", "images_seen",
                                                          "negative_snapshot_step",
                                                          "negative_images_seen", "label_dropout")}}

@@ -227,6 +227,19 @@ def test_guidance_peak_panel_in_log_y_where_the_peaks_span_a_decade(tmp_path, mo
     assert [len(c.get_segments()) for c in ax.collections] == [3, 3]  # error bars kept
 
 
+def test_guidance_sample_gap_drawn_beside_a_copiers_and_fresh_real_images(tmp_path, monkeypatch):
+  """G_FD has a scale: the unguided run's copier and fresh-real G_FD (its own sample evaluation, the
+  same classifier features) as flat lines in the G_FD panel, at the values results.json keeps."""
+  figures = _replot("guidance", tmp_path, monkeypatch)
+  with open(os.path.join(RESULTS, "guidance", "results.json")) as f:
+    baselines = json.load(f)["results"]["sample_gap_baselines"]
+  fd = figures["sample_gap_vs_w.png"].axes[0]
+  lines = _lines(fd)
+  for label, kind in (("a copier of training images", "copier"), ("fresh real images", "real")):
+    np.testing.assert_allclose(lines[label].get_ydata(), baselines[kind]["features"]["gap"])
+  assert baselines["copier"]["features"]["gap"] > 1.0 > baselines["real"]["features"]["gap"]
+
+
 def test_model_size_peaks_in_log_y_and_log_parameters(tmp_path, monkeypatch):
   figures = _replot("model_size", tmp_path, monkeypatch)
   (ax,) = figures["peak_gap_vs_value.png"].axes
