@@ -126,6 +126,18 @@ def draw_guidance_and_crops(ctx, numbers):
              common.peak_intervals(rows)) for i, (s, rows) in enumerate(guidance.items())]
   series += [("G_FD (features)", s, [r["w"] for r in sample_gap if r["style"] == s],
               [r["gap_fd_features"] for r in sample_gap if r["style"] == s]) for s in guidance]
+  # G_FD's scale and noise: the run's copier and fresh-real G_FD, and the run's own evaluation of
+  # the same unguided network (another draw of samples) at w = 0.
+  ws = sorted({r["w"] for r in sample_gap})
+  run = next((m for m in numbers["models"].values() if m.get("baselines")), None)
+  if run and ws:
+    for kind, label, style in (("copier", "a copier of training images", ":"),
+                               ("real", "fresh real images", "-.")):
+      if run["baselines"].get(kind):
+        series.append(("G_FD (features)", label, ws,
+                       [run["baselines"][kind]["features"]["gap"]] * len(ws), style))
+    series.append(("G_FD (features)", "w = 0 in the run's own evaluation (other samples)", [0.0],
+                   [run["gap_fd_features"][-1]], "s"))
   common.line_plot(ctx.figure("guidance.png"), series, panels=(PEAK_PANEL, "G_FD (features)"),
                    xlabel="guidance weight w", ylabel="", zero_line=True, bars=True,
                    title="Guidance on the regime U-Net's last snapshot")

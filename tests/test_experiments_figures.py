@@ -258,6 +258,16 @@ def test_paper_regime_guidance_error_bars_and_crops_from_zero(tmp_path, monkeypa
   lines = _lines(peak)
   cfg, auto = lines["cfg"], lines["autoguidance (drawn at w + 0.04)"]
   assert not set(cfg.get_xdata().tolist()) & set(auto.get_xdata().tolist())
+  # G_FD beside its scale (the run's copier and fresh real images) and its noise (the run's own
+  # evaluation of the unguided network, another draw of samples).
+  with open(os.path.join(RESULTS, "paper_regime", "results.json")) as f:
+    run = next(iter(json.load(f)["results"]["models"].values()))
+  fd_lines = _lines(fd)
+  for label, kind in (("a copier of training images", "copier"), ("fresh real images", "real")):
+    np.testing.assert_allclose(fd_lines[label].get_ydata(), run["baselines"][kind]["features"]["gap"])
+  own = fd_lines["w = 0 in the run's own evaluation (other samples)"]
+  assert own.get_xdata().tolist() == [0.0]
+  np.testing.assert_allclose(own.get_ydata(), run["gap_fd_features"][-1])
   (crops,) = figures["peak_gap_vs_crop.png"].axes
   assert crops.get_ylim()[0] == 0.0 and "no intervals" in crops.get_title()
   lines = _lines(crops)
