@@ -4,8 +4,9 @@ A finding's config (`configs/experiments.py:<finding>[,<mode>]`) names its job r
 (`config.order`, each `config.runs[name]` a complete job config). `run_experiment`:
   1. runs or resumes every run in RUNS_ROOT/<name> through `diffgen_jax.jobs.run` (in-process),
      after replacing "@run:NAME[/path]" placeholders by that run's workdir. A run that finished
-     with the same config (fingerprint in WORKDIR/experiment_run.json) is skipped; otherwise the
-     job itself resumes (train: from the latest state; evaluate: only new snapshots).
+     with the same config (fingerprint in WORKDIR/experiment_run.json) on the same inputs (what
+     its placeholders stood for: `input_states`) is skipped; otherwise the job itself resumes
+     (train: from the latest state; evaluate: only new snapshots) or runs again.
   2. loads each run's WORKDIR/results.json (`diffgen_jax.jobs.results.read`: one layout, whichever
      job wrote it);
   3. calls the finding's `gather(ctx)`, which draws its figures through `ctx.figure(name)` and
@@ -73,15 +74,43 @@ def early_stop_share(record, peak_sigma):
 # Running the sweep
 
 
+def _placeholders(value) -> List[str]:
+  """The "@run:NAME[/path]" strings anywhere in a (nested) config dict."""
+  if isinstance(value, dict):
+    return [r for v in value.values() for r in _placeholders(v)]
+  if isinstance(value, (list, tuple)):
+    return [r for v in value for r in _placeholders(v)]
+  return [value] if isinstance(value, str) and value.startswith(PLACEHOLDER) else []
+
+
 def _references(value) -> List[str]:
   """Run names referenced by placeholders anywhere in a (nested) config dict."""
-  if isinstance(value, dict):
-    return [r for v in value.values() for r in _references(v)]
-  if isinstance(value, (list, tuple)):
-    return [r for v in value for r in _references(v)]
-  if isinstance(value, str) and value.startswith(PLACEHOLDER):
-    return [value[len(PLACEHOLDER):].split("/", 1)[0]]
-  return []
+  return [p[len(PLACEHOLDER):].split("/", 1)[0] for p in _placeholders(value)]
+
+
+def input_states(placeholders: Sequence[str], infos: Dict[str, Dict[str, Any]],
+                 workdirs: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
+  """What each placeholder stands for now: a file inside a run ("@run:NAME/path/to/file") by its
+  sha256 (a re-run that writes the same bytes changes nothing downstream); a run ("@run:NAME", or a
+  folder in it) by its marker's fingerprint and finish time (infos: what run_or_resume returned)."""
+  out = {}
+  for p in sorted(set(placeholders)):
+    name, _, rest = p[len(PLACEHOLDER):].partition("/")
+    path = os.path.join(workdirs[name], rest)
+    if rest and os.path.isfile(path):
+      out[p] = {"sha256": _sha256_file(path), "finished": infos[name].get("finished")}
+    else:
+      out[p] = {"fingerprint": infos[name].get("fingerprint"),
+                "finished": infos[name].get("finished")}
+  return out
+
+
+def _sha256_file(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def _resolve(value, workdirs: Dict[str, str]):
@@ -133,18 +162,38 @@ def fingerprint(job: ml_collections.ConfigDict) -> str:
   return hashlib.sha256(job.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _inputs_unchanged(saved: Dict[str, Any], inputs: Dict[str, Dict[str, Any]]) -> bool:
+  """Whether what a finished run read through placeholders is what it was when it ran
+  (`input_states`: a file's bytes, a run's fingerprint and finish time). A marker written before
+  inputs were recorded: none of its inputs finished after it (a resumed input, e.g. trained on to
+  more images, finishes later: what was measured on it is stale)."""
+  if "inputs" not in saved:
+    return all(str(i.get("finished")) <= str(saved.get("finished")) for i in inputs.values())
+  compared = lambda states: {p: {k: v for k, v in i.items() if k != "finished" or "sha256" not in i}
+                             for p, i in states.items()}
+  return compared(saved["inputs"]) == compared(inputs)
+
+
 def run_or_resume(name: str, job: ml_collections.ConfigDict, workdir: str,
-                  log=print) -> Dict[str, Any]:
-  """Runs the job in workdir unless it already finished with this exact config."""
+                  log=print, inputs: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
+  """Runs the job in workdir unless it already finished with this exact config on the same inputs.
+
+  inputs: `input_states` of the job's placeholders. A finished run whose config is unchanged runs
+  again when an input changed since (`_inputs_unchanged`): otherwise a factors or ladder run would
+  keep numbers of a snapshot its training run has since trained past."""
   from diffgen_jax import config_checks, jobs  # pylint: disable=import-outside-toplevel
+  inputs = dict(inputs or {})
   marker = os.path.join(workdir, MARKER)
   fp = fingerprint(job)
   if os.path.exists(marker):
     with open(marker) as f:
       saved = json.load(f)
     if saved.get("fingerprint") == fp:
-      log(f"[experiments] {name}: done ({workdir}), skipped")
-      return saved
+      if _inputs_unchanged(saved, inputs):
+        log(f"[experiments] {name}: done ({workdir}), skipped")
+        return saved
+      log(f"[experiments] {name}: its input(s) {sorted(inputs)} changed since it ran: running it "
+          "again")
   log(f"[experiments] {name}: running job {job.job!r} in {workdir}")
   start = time.time()
   try:
@@ -154,7 +203,8 @@ def run_or_resume(name: str, job: ml_collections.ConfigDict, workdir: str,
     raise config_checks.ConfigError(f"config.runs.{name}.{message[len('config.'):]}"
                                     if message.startswith("config.") else message) from None
   info = {"name": name, "job": job.job, "fingerprint": fp, "wall_time_s": time.time() - start,
-          "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+          "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+          "inputs": inputs}
   from diffgen_jax import jsonio  # pylint: disable=import-outside-toplevel
   jsonio.write_json(marker, info)
   log(f"[experiments] {name}: finished in {info['wall_time_s']:.0f} s")
@@ -228,7 +278,8 @@ def run_experiment(config, gather: Callable[[Context], Dict[str, Any]], *,
   infos = {}
   for name in run_order(config):
     job = job_config(config, name, workdirs)
-    infos[name] = run_or_resume(name, job, workdirs[name], log)
+    inputs = input_states(_placeholders(config.runs[name].to_dict()), infos, workdirs)
+    infos[name] = run_or_resume(name, job, workdirs[name], log, inputs)
   results = {name: load_run_results(workdirs[name]) for name in config.order}
   os.makedirs(results_dir, exist_ok=True)
   ctx = Context(config, workdirs, results, results_dir)

@@ -155,6 +155,59 @@ def test_placeholders_and_order(tmp_path):
   assert common.fingerprint(job) != common.fingerprint(common.job_config(config, "unet", workdirs))
 
 
+def test_a_run_is_measured_again_when_what_it_read_changed(tmp_path, monkeypatch):
+  """A factors-like run B reads run A ("@run:A"), a training-like run C reads a file A writes
+  ("@run:A/labels.txt"). Unchanged configs and inputs: all skipped. A trained on (its config
+  changed): B runs again, C only if the file's bytes changed. Before, B was skipped whenever its
+  own config was unchanged, keeping the numbers of a snapshot A had trained past."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from diffgen_jax import jobs  # pylint: disable=import-outside-toplevel
+  calls = []
+
+  def fake_run(job, workdir):
+    calls.append(job.name)
+    os.makedirs(workdir, exist_ok=True)
+    if job.name == "A":
+      with open(os.path.join(workdir, "labels.txt"), "w") as f:
+        f.write(job.labels)
+
+  monkeypatch.setattr(jobs, "run", fake_run)
+  workdirs = {n: str(tmp_path / n) for n in "ABC"}
+  clock = iter(range(100))  # strictly later finish times, one per run
+  monkeypatch.setattr(common.time, "strftime", lambda fmt: f"2026-01-01 00:00:{next(clock):02d}")
+
+  def sweep(steps, labels):
+    infos = {}
+    jobs_ = {"A": dict(name="A", job="train", steps=steps, labels=labels),
+             "B": dict(name="B", job="factors", run="@run:A"),
+             "C": dict(name="C", job="train", pseudo="@run:A/labels.txt")}
+    for name, job in jobs_.items():
+      inputs = common.input_states(common._placeholders(job), infos, workdirs)  # pylint: disable=protected-access
+      infos[name] = common.run_or_resume(name, ml_collections.ConfigDict(job), workdirs[name],
+                                         log=lambda *_: None, inputs=inputs)
+    return infos
+
+  sweep(2, "0 1 0")
+  assert calls == ["A", "B", "C"]
+  sweep(2, "0 1 0")
+  assert calls == ["A", "B", "C"]  # nothing changed: every run skipped
+  sweep(4, "0 1 0")
+  assert calls[3:] == ["A", "B"]  # A trained on: B measures it again; C's file is the same bytes
+  sweep(6, "1 0 1")
+  assert calls[5:] == ["A", "B", "C"]
+  # A marker from before inputs were recorded: stale when an input finished after it.
+  marker = os.path.join(workdirs["B"], common.MARKER)
+  with open(marker) as f:
+    saved = json.load(f)
+  del saved["inputs"]
+  for finished, reruns in (("2025-12-31 23:59:59", True), ("2026-12-31 00:00:00", False)):
+    with open(marker, "w") as f:
+      json.dump(dict(saved, finished=finished), f)
+    before = len(calls)
+    sweep(6, "1 0 1")
+    assert calls[before:] == (["B"] if reruns else [])
+
+
 def test_replicate_seed_offsets_every_run_and_keeps_apart(tmp_path):
   """config.seed = k shifts each run's seed by k (data fixed) and writes beside the seed-0 runs."""
   config = common.load_config("granularity,local")
