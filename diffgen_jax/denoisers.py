@@ -192,6 +192,21 @@ def compiled(fn, jitted, *denoisers, **static):
   return jax.jit(functools.partial(fn, *denoisers, **static))
 
 
+def _call(denoise, x, sigma, labels):
+  return denoise(x, sigma, labels)
+
+
+_call_jit = jax.jit(_call)
+
+
+def caller(denoise):
+  """denoise as f(x, sigma, labels): through one compiled program made at module level when it is
+  an array pytree (`is_array_pytree`: it enters as an argument, so the program serves every
+  checkpoint and training set of the same shapes); as it is otherwise (a closure runs as written,
+  e.g. a hook's bridge to another framework, which jit cannot trace)."""
+  return functools.partial(_call_jit, denoise) if is_array_pytree(denoise) else denoise
+
+
 def check_label_domain(domain: Iterable[int], labels) -> None:
   """Raises ValueError naming the labels that have no training points in `domain`.
 

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffgen_jax import denoisers
 from diffgen_jax.denoisers import (classifier_free_guided, compiled, crop_averaged, guided,
                                    null_labelled, per_example)
 from diffgen_jax.optimal import empirical_optimal_denoiser
@@ -266,3 +267,20 @@ def test_from_torch_without_torch_says_how_to_install(monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
   with pytest.raises(ImportError, match=r"pip install 'diffgen_jax\[torch\]'"):
     from_torch(object())
+
+
+def test_caller_compiles_an_array_pytree_denoiser_once_and_calls_a_closure_as_written():
+  """The ladder's outputs used to wrap each call in a fresh jax.jit: one compilation per call
+  (per rung, set and calibration size). Through `caller` the module-level program is reused."""
+  from diffgen_jax.evaluation import ladder  # pylint: disable=import-outside-toplevel
+  train = np.random.default_rng(0).uniform(-1, 1, (5, 3, 5, 1)).astype(np.float32)
+  denoise = empirical_optimal_denoiser(train)
+  inputs = np.random.default_rng(1).uniform(-1, 1, (2, 4, 3, 5, 1)).astype(np.float32)
+  before = denoisers._call_jit._cache_size()  # pylint: disable=protected-access
+  first = ladder.network_outputs(denoise, inputs, [0.5, 1.0], batch_size=8)
+  second = ladder.network_outputs(denoise, inputs, [0.5, 1.0], batch_size=8)
+  assert denoisers._call_jit._cache_size() == before + 1  # pylint: disable=protected-access
+  np.testing.assert_array_equal(first, second)
+  np.testing.assert_allclose(first[1], np.asarray(denoise(inputs[1], 1.0)), rtol=1e-6, atol=1e-7)
+  closure = lambda x, sigma, labels=None: x  # not an array pytree (e.g. a bridge): run as written
+  assert denoisers.caller(closure) is closure

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Mapping, NamedTuple, Optional, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffgen_jax import progress, samplers
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.convention import check_images
-from diffgen_jax.denoisers import Denoiser, check_labels, check_sigma, is_array_pytree
+from diffgen_jax.denoisers import Denoiser, caller, check_labels, check_sigma
 from diffgen_jax.evaluation import timescales
 from diffgen_jax.evaluation.gap import FLOAT32_ERROR_FLOOR, image_noise, train_val_gap
 from diffgen_jax.optimal import empirical_optimal_denoiser, error_prone_denoiser
@@ -131,8 +130,7 @@ def _outputs(denoise, x, sigma_rows, labels_rows, batch_size, mesh=None):
   """denoise over rows of x (R, ...) with per-row sigma, in batches; float64 numpy. With a mesh
   every batch (padded to a multiple of its data axis) is split over it, each process building only
   its rows, and the outputs are gathered."""
-  call = jax.jit(lambda d, a, s, l: d(a, s, l)) if is_array_pytree(denoise) else (
-      lambda d, a, s, l: d(a, s, l))
+  call = caller(denoise)  # (compiled once for all calls with array-pytree denoisers)
   if labels_rows is not None:
     # Under jit the labels are traced and a denoiser cannot check them: refuse labels it has no
     # training points for (e.g. "labels [7] have no training points") now, instead of returning
@@ -143,15 +141,15 @@ def _outputs(denoise, x, sigma_rows, labels_rows, batch_size, mesh=None):
     for start in range(0, len(x), batch_size):
       sl = slice(start, start + batch_size)
       lab = None if labels_rows is None else jnp.asarray(labels_rows[sl])
-      out.append(np.asarray(call(denoise, jnp.asarray(x[sl]),
-                                 jnp.asarray(sigma_rows[sl], jnp.float32), lab), np.float64))
+      out.append(np.asarray(call(jnp.asarray(x[sl]), jnp.asarray(sigma_rows[sl], jnp.float32),
+                                 lab), np.float64))
     return np.concatenate(out)
   n, b = len(x), batch_multiple(min(batch_size, len(x)), mesh)
   sigma_rows = np.asarray(sigma_rows, np.float32)
   for start in range(0, n, b):
     rows = np.minimum(np.arange(start, start + b), n - 1)
     lab = None if labels_rows is None else put_batch(labels_rows[rows], mesh)
-    y = call(denoise, put_batch(x[rows], mesh), put_batch(sigma_rows[rows], mesh), lab)
+    y = call(put_batch(x[rows], mesh), put_batch(sigma_rows[rows], mesh), lab)
     out.append(np.asarray(fetch(y), np.float64)[:min(b, n - start)])
   return np.concatenate(out)
 

@@ -47,10 +47,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from diffgen_jax import config_checks, data, jsonio, samplers
+from diffgen_jax import config_checks, data, denoisers, jsonio, samplers
 from diffgen_jax.config_checks import ConfigError, fail
 from diffgen_jax.data import edm_zip
-from diffgen_jax.denoisers import is_array_pytree
 from diffgen_jax.evaluation import gap
 from diffgen_jax.evaluation.ladder import noised_inputs
 from diffgen_jax.jobs import common, console, results as results_lib
@@ -111,9 +110,6 @@ def _file_record(out_dir: str, name: str, relative_to: str, write: bool) -> Dict
   path = os.path.join(out_dir, name)
   return {"file": os.path.relpath(path, relative_to),
           "sha256": _sha256(path) if write else ""}
-
-
-_apply = jax.jit(lambda denoise, x, sigma, labels: denoise(x, sigma, labels))
 
 
 def export_denoiser(denoise, out_dir: str, *, image_shape: Sequence[int], num_classes: int,
@@ -190,7 +186,7 @@ def export_denoiser(denoise, out_dir: str, *, image_shape: Sequence[int], num_cl
     section = {"images": dict(_file_record(out_dir, IMAGES_FILE, relative_to, write),
                               num_images=n),
                "noise_seed": int(noise_seed), "sigmas": sigmas, "files": {}}
-    call = _apply if is_array_pytree(denoise) else (lambda d, x, s, l: d(x, s, l))
+    call = denoisers.caller(denoise)
     for sigma in sigmas:
       name = denoised_file(sigma)
       with _writer(os.path.join(out_dir, name), write) as out:
@@ -199,7 +195,7 @@ def export_denoiser(denoise, out_dir: str, *, image_shape: Sequence[int], num_cl
           keep = min(batch, n - start)
           x = noised_inputs(images[rows], [sigma], ids=ids[rows], noise_seed=int(noise_seed))[0]
           lab = None if labels is None else put_batch(labels[rows], mesh)
-          d = fetch(call(denoise, put_batch(x, mesh), np.float32(sigma), lab))[:keep]
+          d = fetch(call(put_batch(x, mesh), np.float32(sigma), lab))[:keep]
           common.require_finite(d[..., None], denoiser=denoiser, sigmas=[sigma],
                                 measurement=f"D(x; sigma) of {name}")
           out.add(data.to_pixels(np.clip(d, -1.0, 1.0)), None if labels is None else
