@@ -52,9 +52,11 @@ def draw(ctx, numbers):
   if sample_gap:
     rows = lambda style: [r for r in sample_gap if r["style"] == style]
     fd_panel = "G_FD (classifier features)"
-    series = [(panel, style, [r["w"] for r in rows(style)], [r[key] for r in rows(style)])
+    series = [(panel, style, [r["w"] for r in rows(style)], [r[key] for r in rows(style)], None,
+               ([r.get(f"{key}_low") for r in rows(style)],
+                [r.get(f"{key}_high") for r in rows(style)]))
               for panel, key in ((fd_panel, "gap_fd_features"), ("copy fraction", "copy_fraction"))
-              for style in STYLES]
+              for style in STYLES]  # (G_FD's 95% over the samples where the factors run kept it)
     ws = sorted({r["w"] for r in sample_gap})
     for kind, label, style in (("copier", "a copier of training images", ":"),
                                ("real", "fresh real images", "-.")):  # G_FD's scale

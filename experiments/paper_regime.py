@@ -51,6 +51,8 @@ def gather(ctx):
       steps = sorted(samples["snapshots"], key=int)
       m.update({"samples_images_seen": ss["images_seen"], "gap_fd_features": ss["gap_fd_features"],
                 "gap_fd_pixels": ss["gap_fd_pixels"], "copy_fraction": ss["copy_fraction"],
+                **{f"gap_fd_{sp}_{end}": ss.get(f"gap_fd_{sp}_{end}")
+                   for sp in ("features", "pixels") for end in ("low", "high")},
                 "baselines": samples.get("baselines"),
                 "early_stop_at_peak": common.early_stop_share(samples["snapshots"][steps[-1]],
                                                               s["peak_sigma"][-1])})
@@ -91,8 +93,9 @@ def draw(ctx, numbers):
     peaks += [(group, m["images_seen"], m["peak_gap"], None, common.interval(m, "peak_gap"))]
     if "samples_images_seen" in m:
       seen = m["samples_images_seen"]
-      fd += [("G_FD (features)", seen, m["gap_fd_features"]),
-             ("G_FD (pixels)", seen, m["gap_fd_pixels"])]
+      fd += [("G_FD (features)", seen, m["gap_fd_features"], None,
+              common.interval(m, "gap_fd_features")),
+             ("G_FD (pixels)", seen, m["gap_fd_pixels"], None, common.interval(m, "gap_fd_pixels"))]
       for kind, style in (("copier", ":"), ("real", "-.")):
         b = (m["baselines"] or {}).get(kind)
         if b:
@@ -124,8 +127,11 @@ def draw_guidance_and_crops(ctx, numbers):
   series = [(PEAK_PANEL, s + (f" (drawn at w + {DODGE_W * i:g})" if i else ""),
              [r["value"] + DODGE_W * i for r in rows], [r["peak_gap"] for r in rows], None,
              common.peak_intervals(rows)) for i, (s, rows) in enumerate(guidance.items())]
-  series += [("G_FD (features)", s, [r["w"] for r in sample_gap if r["style"] == s],
-              [r["gap_fd_features"] for r in sample_gap if r["style"] == s]) for s in guidance]
+  rows = lambda s: [r for r in sample_gap if r["style"] == s]
+  series += [("G_FD (features)", s, [r["w"] for r in rows(s)],
+              [r["gap_fd_features"] for r in rows(s)], None,
+              ([r.get("gap_fd_features_low") for r in rows(s)],
+               [r.get("gap_fd_features_high") for r in rows(s)])) for s in guidance]
   # G_FD's scale and noise: the run's copier and fresh-real G_FD, and the run's own evaluation of
   # the same unguided network (another draw of samples) at w = 0.
   ws = sorted({r["w"] for r in sample_gap})

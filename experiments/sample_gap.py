@@ -30,14 +30,19 @@ def gather(ctx):
     m = {"run": name, "images_seen": s["images_seen"],
          "peak_denoising_gap": [peak.get(n) for n in s["images_seen"]],
          "gap_fd_features": s["gap_fd_features"], "gap_fd_pixels": s["gap_fd_pixels"],
+         # 95% over the samples, where the run's evaluation kept it (None for older snapshots)
+         **{f"gap_fd_{sp}_{end}": s.get(f"gap_fd_{sp}_{end}") for sp in ("features", "pixels")
+            for end in ("low", "high")},
          "copy_fraction": s["copy_fraction"],
          "copy_fraction_validation_control": s["copy_fraction_validation_control"],
          "feature": ctx.results[name]["samples"]["protocol"]["feature"]}
     models[group] = m
     m["baselines"] = ctx.results[name]["samples"].get("baselines")
     denoising += [(group, "peak denoising G", m["images_seen"], m["peak_denoising_gap"])]
-    gaps += [(group, "G_FD (features)", m["images_seen"], m["gap_fd_features"]),
-             (group, "G_FD (pixels)", m["images_seen"], m["gap_fd_pixels"])]
+    gaps += [(group, "G_FD (features)", m["images_seen"], m["gap_fd_features"], None,
+              common.interval(m, "gap_fd_features")),
+             (group, "G_FD (pixels)", m["images_seen"], m["gap_fd_pixels"], None,
+              common.interval(m, "gap_fd_pixels"))]
     for kind, style in (("copier", ":"), ("real", "-.")):  # G_FD's scale
       b = (m["baselines"] or {}).get(kind)
       if b:

@@ -8,9 +8,9 @@ For a denoiser, ONE deterministic Heun run of `num_samples` samples with `return
 (fixed noise and labels, the same for every denoiser) gives everything below:
   * G_FD = (FD_val - FD_train) / FD_train of the samples, FD_train averaged over
     `num_train_subsets` disjoint training subsets (each reported too), in the given feature space
-    and in raw pixels. Every reference set (each training subset and the validation reference) has
-    the same size m = `reference_size(...)`, so the finite-sample bias of FD is the same in
-    FD_train and FD_val.
+    and in raw pixels, with its 95% bootstrap interval over the samples (`fd_gap_interval`). Every
+    reference set (each training subset and the validation reference) has the same size
+    m = `reference_size(...)`, so the finite-sample bias of FD is the same in FD_train and FD_val.
   * Its scale (`fd_baselines`, once per setup, `Setup.baselines`): G_FD of fresh real images
     (validation images outside the validation reference: the floor a perfect generalizer reaches)
     and of a copier (training images drawn uniformly: the ceiling of a perfect memorizer).
@@ -48,7 +48,8 @@ feature extractors compile once for all denoisers of one network.
 
 Record layout (`evaluate_denoiser(...).record`, plain floats; the "samples" section of the evaluate
 job's results.json holds one per snapshot, `summarize` makes the per-snapshot series):
-    {"fd": {"features" | "pixels": {"train", "train_subsets", "val", "gap"}},
+    {"fd": {"features" | "pixels": {"train", "train_subsets", "val", "gap", "gap_low",
+                                    "gap_high"}}, "fd_interval": FD_INTERVAL (the bootstrap),
      "copy_fraction": {"samples", "validation_control"[, "features",
                        "features_validation_control"]},
      "early_stop": {"steps", "sigmas", "fd_train", "fd_val", "gap"},
@@ -97,6 +98,37 @@ def fd_record(features, references: Mapping[str, Any], mesh: Optional[Mesh] = No
   fd_val = frechet.gaussian_frechet(mu, cov, *references["val"])
   return {"train": fd_train, "train_subsets": [float(v) for v in subsets], "val": float(fd_val),
           "gap": float((fd_val - fd_train) / fd_train) if fd_train > 0 else float("nan")}
+
+
+# The bootstrap of G_FD over the samples (`fd_gap_interval`), as every record carries it.
+FD_INTERVAL = {"num_resamples": 200, "confidence": 0.95, "seed": 0,
+               "over": "the samples (rows drawn with replacement); the reference sets fixed"}
+
+
+def fd_gap_interval(features, references: Mapping[str, Any], *,
+                    num_resamples: int = FD_INTERVAL["num_resamples"],
+                    confidence: float = FD_INTERVAL["confidence"],
+                    seed: int = FD_INTERVAL["seed"]) -> Tuple[float, float]:
+  """Percentile bootstrap interval of G_FD over the samples: (low, high) of the `fd_record` gap of
+  `num_resamples` resamples of the (n, F) features' rows, drawn with replacement (numpy
+  default_rng(seed): every process computes the same numbers); the references fixed.
+
+  It measures the noise of the n samples only. The reference sets have their own noise (fresh real
+  images' G_FD, `fd_baselines`, shows it as a floor away from 0), and a resample repeats rows, so
+  its FD is biased up a little (both FD_train and FD_val, much less so their ratio).
+  Cost: num_resamples Gaussian fits and FDs of the F-dimensional features on the host.
+  Raises ValueError for num_resamples < 1, confidence outside (0, 1), or features as
+  `frechet.gaussian_fit` refuses them.
+  """
+  check_number(num_resamples, "num_resamples", low=1, integer=True)
+  check_number(confidence, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)
+  feats = np.asarray(features).reshape(len(features), -1)
+  rng = np.random.default_rng(seed)
+  n = len(feats)
+  gaps = np.asarray([fd_record(feats[rng.integers(0, n, n)], references)["gap"]
+                     for _ in range(num_resamples)], np.float64)
+  tail = 50.0 * (1.0 - confidence)
+  return float(np.percentile(gaps, tail)), float(np.percentile(gaps, 100.0 - tail))
 
 
 def sample_gap_fd(features, train_feature_subsets: Sequence, val_features
@@ -527,9 +559,12 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
   n = len(run.samples)
   bs = ctx.batch_size
   mesh = ctx.mesh
+  spaces = {"features": run.features, "pixels": run.samples.reshape(n, -1)}
+  fd = {space: fd_record(x, ctx.references[space], mesh) for space, x in spaces.items()}
+  for space, x in spaces.items():
+    fd[space]["gap_low"], fd[space]["gap_high"] = fd_gap_interval(x, ctx.references[space])
   record: Dict[str, Any] = {
-      "fd": {"features": fd_record(run.features, ctx.references["features"], mesh),
-             "pixels": fd_record(run.samples.reshape(n, -1), ctx.references["pixels"], mesh)},
+      "fd": fd, "fd_interval": dict(FD_INTERVAL),
       "copy_fraction": {"samples": copy_fraction(run.samples, ctx.train_images, ctx.copy_ratio,
                                                  mesh=mesh),
                         "validation_control": ctx.validation_copy_fraction},
@@ -599,6 +634,8 @@ def summarize(section) -> Dict[str, Any]:
   summary = {"steps": steps, "images_seen": [r["images_seen"] for r in records]}
   for space in ("features", "pixels"):
     summary[f"gap_fd_{space}"] = [r["fd"][space]["gap"] for r in records]
+    for end in ("low", "high"):  # (None for a snapshot measured before the interval was kept)
+      summary[f"gap_fd_{space}_{end}"] = [r["fd"][space].get(f"gap_{end}") for r in records]
     summary[f"fd_train_{space}"] = [r["fd"][space]["train"] for r in records]
     summary[f"fd_val_{space}"] = [r["fd"][space]["val"] for r in records]
   summary["copy_fraction"] = [r["copy_fraction"]["samples"] for r in records]

@@ -721,11 +721,12 @@ def evaluate_samples(config, workdir: str, series: common.SnapshotSeries, train_
                                              f"{common.output_name(key)}.npz"), "wb") as f:
           np.savez(f, **result.grid)
       fd, copies = record["fd"], record["copy_fraction"]
-      in_features = (f"{fd['features']['gap']:.4f} (features), "
-                     if s.feature != "pixels" else "")
+      shown = lambda r: f"{r['gap']:.4f}" + (f" [{r['gap_low']:.4f}, {r['gap_high']:.4f}]"
+                                             if "gap_low" in r else "")
+      in_features = f"{shown(fd['features'])} (features), " if s.feature != "pixels" else ""
       console.progress(f"evaluate: samples of snapshot {key} ({record['images_seen']} images): "
-                       f"G_FD = {in_features}{fd['pixels']['gap']:.4f} "
-                       f"(pixels); copies {copies['samples']:.3f}"
+                       f"G_FD = {in_features}{shown(fd['pixels'])} "
+                       f"(pixels; 95% over the samples); copies {copies['samples']:.3f}"
                        + (f" (pixels), {copies['features']:.3f} (features)"
                           if "features" in copies else ""))
       section["summary"] = samples.summarize(section)
@@ -784,7 +785,11 @@ def draw_samples(section, out_dir: str, gap_peaks: Optional[Mapping[Any, float]]
   peaks = None if gap_peaks is None else {float(k): float(v) for k, v in gap_peaks.items()}
   baselines = section.get("baselines")
   plots.gap_fd_vs_images(out("sample_gap_fd.png"), seen, summary["gap_fd_features"],
-                         summary["gap_fd_pixels"], feature, peaks, baselines)
+                         summary["gap_fd_pixels"], feature, peaks, baselines,
+                         {space: (summary.get(f"gap_fd_{space}_low"),
+                                  summary.get(f"gap_fd_{space}_high"))
+                          for space in ("features", "pixels")
+                          if summary.get(f"gap_fd_{space}_low") is not None})
   plots.early_stop_gap(out("early_stop_gap_fd.png"), [r["early_stop"]["sigmas"] for r in records],
                        [r["early_stop"]["gap"] for r in records], seen, feature, baselines)
   last = records[-1]

@@ -332,8 +332,11 @@ def _guided_sample_gaps(config, saved, guided_denoisers, workdir: str,
     record = evaluate.measure_samples(
         ctx, denoise, denoiser, f"deterministic Heun, {settings.num_steps} steps, guidance "
         f"{style!r} with w={w:g}").record
-    out.append({"style": style, "w": w, "gap_fd_features": record["fd"]["features"]["gap"],
-                "gap_fd_pixels": record["fd"]["pixels"]["gap"],
+    fd = record["fd"]
+    out.append({"style": style, "w": w, "gap_fd_features": fd["features"]["gap"],
+                "gap_fd_features_low": fd["features"]["gap_low"],
+                "gap_fd_features_high": fd["features"]["gap_high"],
+                "gap_fd_pixels": fd["pixels"]["gap"],
                 "copy_fraction": record["copy_fraction"]["samples"]})
     logging.info("factors: %s w=%g: sample-level G_FD = %.4f (features), copies %.3f", style, w,
                  out[-1]["gap_fd_features"], out[-1]["copy_fraction"])

@@ -6,7 +6,7 @@ writes one PNG.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -48,18 +48,33 @@ def _baseline_lines(ax, baselines, spaces):
                        f"{'pixels' if space == 'pixels' else 'features'}")
 
 
+def _band(ax, x, bounds, color) -> None:
+  """The 95% interval (low, high) lists as a band where both ends are numbers (None: not kept)."""
+  if bounds is None:
+    return
+  low, high = (np.asarray([np.nan if v is None else v for v in b], np.float64) for b in bounds)
+  if np.isfinite(low).any():
+    ax.fill_between(np.asarray(x, np.float64), low, high, color=color, alpha=0.2, lw=0)
+
+
 def gap_fd_vs_images(path, images_seen, gap_features, gap_pixels, feature: str,
-                     gap_peaks: Optional[Mapping[float, float]] = None, baselines=None):
+                     gap_peaks: Optional[Mapping[float, float]] = None, baselines=None,
+                     intervals: Optional[Mapping[str, Tuple[Sequence, Sequence]]] = None):
   """G_FD of the samples (feature space and pixels) vs images seen, with the G_FD of a copier and
-  of fresh real images as its scale (baselines: `samples.fd_baselines`, optional); optionally the
-  peak of the denoising gap G(sigma) of the same snapshots on a second axis."""
+  of fresh real images as its scale (baselines: `samples.fd_baselines`, optional), and its 95%
+  bootstrap interval over the samples as a band (intervals: {"features" | "pixels": (low, high)},
+  optional; None entries are snapshots without one); optionally the peak of the denoising gap
+  G(sigma) of the same snapshots on a second axis."""
+  intervals = intervals or {}
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
   ax.plot(images_seen, gap_features, marker="o", ms=4, color="tab:blue",
           label=rf"$G_{{FD}}$, {_feature_label(feature)}")
+  _band(ax, images_seen, intervals.get("features"), "tab:blue")
   spaces = [("features", "tab:blue")]
   if feature != "pixels":
     ax.plot(images_seen, gap_pixels, marker="s", ms=4, color="tab:green",
             label=r"$G_{FD}$, pixels")
+    _band(ax, images_seen, intervals.get("pixels"), "tab:green")
     spaces.append(("pixels", "tab:green"))
   _baseline_lines(ax, baselines, spaces)
   ax.axhline(0, color="0.5", lw=0.7)
