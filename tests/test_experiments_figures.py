@@ -109,10 +109,16 @@ def test_replot_draws_both_seeds_and_keeps_the_numbers(tmp_path, monkeypatch):
   granularity.replot(results_dir)
   (peak_fig,) = [f for f in figures if f._suptitle and "seeds 0, 1" in f._suptitle.get_text()]  # pylint: disable=protected-access
   for ax in peak_fig.axes:
-    labels = ax.get_legend_handles_labels()[1]
-    assert any("(seed 0)" in s for s in labels) and any("(seed 1)" in s for s in labels), labels
+    handles, labels = ax.get_legend_handles_labels()
+    assert any("(seed 0" in s for s in labels) and any("(seed 1" in s for s in labels), labels
     # One word per kind of condition in both panels (the trained group "class" is "classes").
     assert {s.split(" (seed")[0] for s in labels} == {"none", "classes", "k-means"}, labels
+    # The classes (10 conditions) are drawn left of k-means k = 10, said in their label.
+    xs = {label: handle.lines[0].get_xdata() for handle, label in zip(handles, labels)}
+    for seed in (0, 1):
+      classes = xs[f"classes (seed {seed}, drawn at x{granularity.CLASSES_DODGE:g})"]
+      assert np.allclose(classes, 10 * granularity.CLASSES_DODGE)
+      assert 10.0 in xs[f"k-means (seed {seed})"]
   for p, data in before.items():  # results.json untouched
     assert open(os.path.join(results_dir, p), "rb").read() == data
   with open(os.path.join(results_dir, "results.json")) as f:
