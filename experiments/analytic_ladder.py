@@ -68,7 +68,9 @@ def gather(ctx):
       ctx.copy(os.path.join(ctx.workdirs[run], name), f"{run}_{name}")
   common.line_plot(ctx.figure("best_r2.png"), r2_series, panels=list(networks), logx=True,
                    xlabel="sigma", ylim=(-0.5, 1.02),
-                   ylabel=f"r2 on the network's {SET} states (axis clipped at -0.5)",
+                   ylabel=f"r2 on the network's {SET} states (axis clipped at -0.5)"
+                   + ("\nbands: 95% interval over the states" if any(x[5] for x in r2_series)
+                      else ""),
                    title="Analytic rungs vs trained networks")
   if size_series:
     common.line_plot(ctx.figure("calibrated_size.png"), size_series, logx=True, xlabel="sigma",
