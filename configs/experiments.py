@@ -364,7 +364,7 @@ def _ladder(mode: str, run_dir: str, fashion: bool = False):
     c.num_images, c.num_sigmas, c.batch_size = 32, 8, 32
     c.trajectory.num_samples = 16
     c.calibration.sizes = (1, 3, 5, 7, 9, 13)
-    c.gaussian_ranks = (16,)
+    c.gaussian_ranks = (8,)  # below its per-class covariance rank (~13 images a class)
   if mode == "paper":  # CIFAR-10 32x32x3: windows up to the whole image (k >= 2H - 1 = 63 is y*)
     c.num_images, c.num_sigmas, c.batch_size = 1024, 24, 128
     c.trajectory.num_samples = 256

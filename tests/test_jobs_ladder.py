@@ -56,7 +56,7 @@ def test_job_writes_results_figures_and_the_library_numbers(run_dir, tmp_path):
   s = res["settings"]
   steps = checkpointing.snapshot_steps(run_dir)
   assert s["step"] == steps[-1] and s["num_train_set"] == 32 and s["num_train_eval"] == 4
-  assert s["rungs"] == ["y*", "y_delta", "LS", "ELS", "PSPC", "gaussian", "gaussian_r4"]
+  assert s["rungs"] == ["y*", "y_delta", "LS", "ELS", "PSPC", "gaussian", "gaussian_r2"]
   sigmas = np.asarray(s["sigmas"])
   assert len(sigmas) == 3 and len(s["trajectory_sigmas"]) == 3  # smoke: 3 sigmas, 3 Heun steps
   # The analytic machines ran split over every device (the recomputation below uses one).
@@ -97,7 +97,7 @@ def test_job_writes_results_figures_and_the_library_numbers(run_dir, tmp_path):
                          float(run_config.training.sigma_data))
   inputs = ladder.noised_inputs(x, sigmas, ids=ids, noise_seed=0)
   for rung_name, rung in ladder.ladder_rungs(train_all, labels_all, delta=0.3,
-                                             gaussian_ranks=(None, 4)).items():
+                                             gaussian_ranks=(None, 2)).items():
     expected = ladder.agreement(net, rung, inputs, sigmas, y)
     got = res["agreement"]["train"]["rungs"][rung_name]
     np.testing.assert_allclose(got["mse"], expected.mse, rtol=1e-5, err_msg=rung_name)
@@ -198,6 +198,11 @@ def test_run_time_checks_name_the_field(run_dir, tmp_path):
     jobs.run(_config(run_dir, step=12345), str(tmp_path / "a"))
   with pytest.raises(ConfigError, match=r"config\.gaussian_ranks=\(65,\) has \[65\] > H W C = 64"):
     jobs.run(_config(run_dir, gaussian_ranks=(65,)), str(tmp_path / "b"))
+  # A rank at or above every class's covariance rank (at most 4 of the 32 images per class) is the
+  # full-rank Gaussian under another name (the Fashion ladder's rank 16 over ~13 images a class).
+  with pytest.raises(ConfigError, match=r"config\.gaussian_ranks=\(2, 3\) has \[3\] >= 3, the "
+                     r"largest rank of a class's covariance \(at most 4 training images per class\)"):
+    jobs.run(_config(run_dir, gaussian_ranks=(2, 3)), str(tmp_path / "c"))
   with pytest.raises(ConfigError, match="holds the results of job 'train'"):
     jobs.run(_config(run_dir), run_dir)  # not into the run's own workdir
 

@@ -107,11 +107,24 @@ def _local_rungs(config):
   return tuple(config_checks.entries(config.local_rungs))
 
 
-def _check_ranks(config, dim: int) -> None:
+def _check_ranks(config, dim: int, train_labels, num_train: int) -> None:
+  """Refuses a rank above H W C, and a rank that truncates nothing: the (per-class) covariance of n
+  training images has rank <= n - 1, so a rank at or above that of every class is the full-rank
+  Gaussian under another name."""
   bad = [r for r in config.gaussian_ranks if r > dim]
   if bad:
     fail("gaussian_ranks", tuple(config.gaussian_ranks), f"has {bad} > H W C = {dim} of the "
          "run's images")
+  counts = (np.bincount(np.asarray(train_labels)) if train_labels is not None
+            else np.asarray([num_train]))
+  most = int(min(dim, counts.max() - 1))
+  full = [r for r in config.gaussian_ranks if r >= most]
+  if full:
+    per = "a class's" if train_labels is not None else "the training set's"
+    fail("gaussian_ranks", tuple(config.gaussian_ranks),
+         f"has {full} >= {most}, the largest rank of {per} covariance (at most "
+         f"{int(counts.max())} training images{' per class' if train_labels is not None else ''}):"
+         f" such a Gaussian is the full-rank one (gaussian_full); use ranks below {most}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -133,7 +146,7 @@ def run(config, workdir: str) -> Dict[str, Any]:
   # The training set is a source the rungs read where it lives (each process its share); the
   # evaluation subsets are read lazily too.
   train_all, train_labels_all, _ = common.evaluation_rows(train_split)
-  _check_ranks(config, int(np.prod(train_all.shape[1:])))
+  _check_ranks(config, int(np.prod(train_all.shape[1:])), train_labels_all, len(train_all))
   train_x, train_y, train_ids = common.evaluation_rows(train_split, config.num_images,
                                                        config.subset_seed, field="num_images")
   val_x, val_y, val_ids = common.evaluation_rows(val_split, config.num_images, config.subset_seed,
