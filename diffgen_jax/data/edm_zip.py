@@ -8,9 +8,9 @@ with Pillow on demand (`ZipImages` indexes like an array), so a large zip (Image
 only for the images used.
 
 Splits over zips (`split_arrays`, used by `data.load_split`): the "train" split is one zip, "validation" another. The images
-are presented in a seeded random order (`order_seed`), so the first n images of a split (the fixed
-evaluation subsets, `data.first_images`) are a uniform random subset even when the zip is sorted
-by class; `Split.ids` are the files' indices in name order (they seed the per-image noise).
+are presented in a seeded random order (`order_seed`), so the first n images of a split
+(`data.first_images`) are a uniform random subset even when the zip is sorted by class (the
+evaluation subsets are seeded rows as well: `data.evaluation_subset`); `Split.ids` are the files' indices in name order (they seed the per-image noise).
 
 Dataset name syntax in configs (`config.data.name`): "edm_zip:TRAIN.zip,VALIDATION.zip".
 

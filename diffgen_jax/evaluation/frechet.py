@@ -88,7 +88,7 @@ def _check_stats(mu: np.ndarray, cov: Covariance, name: str) -> Tuple[np.ndarray
   return mu, cov
 
 
-def _gathered_columns(block: np.ndarray, d: int) -> np.ndarray:
+def gathered_columns(block: np.ndarray, d: int) -> np.ndarray:
   """The (m, d) float64 matrix whose columns [p w, (p + 1) w) are process p's (m, w) block (the
   last process's block padded to w columns), the same on every process; sent as raw bits, so
   nothing is rounded on the way (jax without x64 would round float64 to float32)."""
@@ -127,7 +127,7 @@ def gaussian_stats(features, ddof: int = 1, *, mesh: Optional[Mesh] = None
   lo = min(jax.process_index() * width, d)
   block = np.zeros((d, width))
   block[:, :min(width, d - lo)] = centred.T @ centred[:, lo:lo + width] / (feats.shape[0] - ddof)
-  return mu, _gathered_columns(block, d)
+  return mu, gathered_columns(block, d)
 
 
 def gaussian_fit(features, ddof: int = 1, *, mesh: Optional[Mesh] = None

@@ -71,8 +71,8 @@ from diffgen_jax import progress, samplers
 from diffgen_jax.checkpointing import snapshot_order
 from diffgen_jax.checks import check_number
 from diffgen_jax.data.splits import seeded_rows
-from diffgen_jax.sharding import (DATA_AXIS, LazyRows, batch_multiple, fetch, process_span,
-                                  put_batch, rows_built, training_source)
+from diffgen_jax.sharding import (DATA_AXIS, LazyRows, across_processes, batch_multiple, fetch,
+                                  process_span, put_batch, rows_built, training_source)
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import frechet, probes
 from diffgen_jax.evaluation.copies import copy_fraction, nearest_distinct
@@ -108,25 +108,37 @@ FD_INTERVAL = {"num_resamples": 200, "confidence": 0.95, "seed": 0,
 def fd_gap_interval(features, references: Mapping[str, Any], *,
                     num_resamples: int = FD_INTERVAL["num_resamples"],
                     confidence: float = FD_INTERVAL["confidence"],
-                    seed: int = FD_INTERVAL["seed"]) -> Tuple[float, float]:
+                    seed: int = FD_INTERVAL["seed"], mesh: Optional[Mesh] = None
+                    ) -> Tuple[float, float]:
   """Percentile bootstrap interval of G_FD over the samples: (low, high) of the `fd_record` gap of
   `num_resamples` resamples of the (n, F) features' rows, drawn with replacement (numpy
-  default_rng(seed): every process computes the same numbers); the references fixed.
+  default_rng(seed)); the references fixed.
 
   It measures the noise of the n samples only. The reference sets have their own noise (fresh real
   images' G_FD, `fd_baselines`, shows it as a floor away from 0), and a resample repeats rows, so
   its FD is biased up a little (both FD_train and FD_val, much less so their ratio).
-  Cost: num_resamples Gaussian fits and FDs of the F-dimensional features on the host.
+  Cost: num_resamples Gaussian fits and FDs of the F-dimensional features (O(n F^2 + F^3) each).
+  mesh: optional; a mesh across processes splits the resamples over the processes (each holding
+  the whole features, as `fd_record` needs), which gather the gaps once: every process returns
+  the same numbers, those of one process. Every process holding the mesh must call.
   Raises ValueError for num_resamples < 1, confidence outside (0, 1), or features as
   `frechet.gaussian_fit` refuses them.
   """
   check_number(num_resamples, "num_resamples", low=1, integer=True)
   check_number(confidence, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)
   feats = np.asarray(features).reshape(len(features), -1)
-  rng = np.random.default_rng(seed)
   n = len(feats)
-  gaps = np.asarray([fd_record(feats[rng.integers(0, n, n)], references)["gap"]
-                     for _ in range(num_resamples)], np.float64)
+  rows = np.random.default_rng(seed).integers(0, n, (num_resamples, n))  # the same on every process
+  gap_of = lambda r: fd_record(feats[rows[r]], references)["gap"]
+  if across_processes(mesh):
+    width = -(-num_resamples // jax.process_count())
+    lo = min(jax.process_index() * width, num_resamples)
+    block = np.zeros((1, width))
+    block[0, :min(width, num_resamples - lo)] = [gap_of(r) for r in
+                                                  range(lo, min(lo + width, num_resamples))]
+    gaps = frechet.gathered_columns(block, num_resamples)[0]
+  else:
+    gaps = np.asarray([gap_of(r) for r in range(num_resamples)], np.float64)
   tail = 50.0 * (1.0 - confidence)
   return float(np.percentile(gaps, tail)), float(np.percentile(gaps, 100.0 - tail))
 
@@ -562,7 +574,8 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
   spaces = {"features": run.features, "pixels": run.samples.reshape(n, -1)}
   fd = {space: fd_record(x, ctx.references[space], mesh) for space, x in spaces.items()}
   for space, x in spaces.items():
-    fd[space]["gap_low"], fd[space]["gap_high"] = fd_gap_interval(x, ctx.references[space])
+    fd[space]["gap_low"], fd[space]["gap_high"] = fd_gap_interval(x, ctx.references[space],
+                                                                  mesh=mesh)
   record: Dict[str, Any] = {
       "fd": fd, "fd_interval": dict(FD_INTERVAL),
       "copy_fraction": {"samples": copy_fraction(run.samples, ctx.train_images, ctx.copy_ratio,

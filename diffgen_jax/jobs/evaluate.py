@@ -725,8 +725,9 @@ def evaluate_samples(config, workdir: str, series: common.SnapshotSeries, train_
                                              if "gap_low" in r else "")
       in_features = f"{shown(fd['features'])} (features), " if s.feature != "pixels" else ""
       console.progress(f"evaluate: samples of snapshot {key} ({record['images_seen']} images): "
-                       f"G_FD = {in_features}{shown(fd['pixels'])} "
-                       f"(pixels; 95% over the samples); copies {copies['samples']:.3f}"
+                       f"G_FD = {in_features}{shown(fd['pixels'])} (pixels"
+                       + ("; [95% over the samples]" if "gap_low" in fd["pixels"] else "")
+                       + f"); copies {copies['samples']:.3f}"
                        + (f" (pixels), {copies['features']:.3f} (features)"
                           if "features" in copies else ""))
       section["summary"] = samples.summarize(section)
