@@ -54,17 +54,14 @@ def gap_at_sigmas_series(g, m):
   the evaluate job interpolates G linearly in log sigma between the protocol's sigmas
   (gap.gap_vs_images); its 95% interval over images is interpolated alike from gap_low / gap_high
   (None where the results do not carry them)."""
-  log_sigmas = np.log(np.asarray(m["sigmas"], np.float64))
+  from diffgen_jax.evaluation import gap  # pylint: disable=import-outside-toplevel
   kept = m.get("gap_low") and all(v is not None for v in m["gap_low"] + m["gap_high"])
-  out = []
-  for s, values in m["gap_at_sigmas"].items():
-    bounds = None
-    if kept:
-      at = np.log(float(s))
-      bounds = tuple([float(np.interp(at, log_sigmas, row)) for row in m[key]]
-                     for key in ("gap_low", "gap_high"))
-    out.append((g, f"sigma={s}", m["images_seen"], values, None, bounds))
-  return out
+  at = [float(s) for s in m["gap_at_sigmas"]]
+  ends = ([gap.gap_vs_images(m["sigmas"], m[key], m["images_seen"], at)[1] for key in
+           ("gap_low", "gap_high")] if kept else None)  # (K, A) each: the same interpolation as G
+  return [(g, f"sigma={s}", m["images_seen"], values, None,
+           None if ends is None else (ends[0][:, a].tolist(), ends[1][:, a].tolist()))
+          for a, (s, values) in enumerate(m["gap_at_sigmas"].items())]
 
 
 def draw(ctx, numbers):
