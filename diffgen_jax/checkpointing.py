@@ -242,7 +242,7 @@ def write_checksums(step_dir: str) -> str:
       path = os.path.join(root, name)
       rel = os.path.relpath(path, step_dir)
       if os.sep in rel:
-        files[rel] = [os.path.getsize(path), _sha256(path)]
+        files[rel] = [os.path.getsize(path), file_sha256(path)]
   out = os.path.join(step_dir, CHECKSUMS_FILE)
   jsonio.write_json(out, {"algorithm": "sha256", "files": files})
   return out
@@ -267,13 +267,14 @@ def check_intact(step_dir: str) -> bool:
       raise damaged(f"{rel} is missing")
     if os.path.getsize(path) != size:
       raise damaged(f"{rel} has {os.path.getsize(path)} bytes, {size} were written")
-    if _sha256(path) != digest:
+    if file_sha256(path) != digest:
       raise damaged(f"the contents of {rel} changed since they were written (SHA-256 differs)")
   return True
 
 
-def _sha256(path: str) -> str:
-  with open(path, "rb") as f:
+def file_sha256(path: str) -> str:
+  """The hex sha256 of a file's bytes (read in blocks: any size)."""
+  with open(os.path.expanduser(path), "rb") as f:
     return hashlib.file_digest(f, "sha256").hexdigest()
 
 

@@ -98,19 +98,14 @@ def input_states(placeholders: Sequence[str], infos: Dict[str, Dict[str, Any]],
     name, _, rest = p[len(PLACEHOLDER):].partition("/")
     path = os.path.join(workdirs[name], rest)
     if rest and os.path.isfile(path):
-      out[p] = {"sha256": _sha256_file(path), "finished": infos[name].get("finished")}
+      from diffgen_jax import checkpointing  # pylint: disable=import-outside-toplevel
+      out[p] = {"sha256": checkpointing.file_sha256(path), "finished": infos[name].get("finished")}
     else:
       out[p] = {"fingerprint": infos[name].get("fingerprint"),
                 "finished": infos[name].get("finished")}
   return out
 
 
-def _sha256_file(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def _resolve(value, workdirs: Dict[str, str]):

@@ -1,6 +1,7 @@
 """The `export` job: a snapshot's samples and D(x; sigma) as EDM dataset zips that read back through
 the package's `edm_zip:` reader with the pixels and labels written; its config checks."""
 
+import hashlib
 import os
 import runpy
 
@@ -64,7 +65,8 @@ def test_exported_zips_read_back_with_the_pixels_and_labels_written(run_dir, tmp
                                      "samples.zip"]
   assert rec["samples"]["file"] == f"export/{STEP}/samples.zip"
   for entry in [rec["samples"], rec["denoised"]["images"], *rec["denoised"]["files"].values()]:
-    assert entry["sha256"] == export._sha256(os.path.join(workdir, entry["file"]))
+    with open(os.path.join(workdir, entry["file"]), "rb") as f:  # the file's bytes, hashed here
+      assert entry["sha256"] == hashlib.sha256(f.read()).hexdigest()
 
   # images.zip: the run's training images at the evaluate job's seeded rows (not the first rows),
   # the same uint8 pixels and labels as its split.

@@ -637,14 +637,6 @@ def _sha256(array) -> str:
   return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def _sha256_file(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(os.path.expanduser(path), "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def training_set(config, train_split: data.Split) -> Dict[str, Any]:
   """The fingerprint of the training split (or subset) config.data selects, independent of where
   the data live: its number of images, image shape (H, W, C), the sha256 of its rows in the whole
@@ -657,7 +649,7 @@ def training_set(config, train_split: data.Split) -> Dict[str, Any]:
               np.asarray(train_split.ids, np.int64)),
           "labels_sha256": _sha256(np.asarray(labels, np.int32)) if isinstance(
               labels, np.ndarray) else "",
-          "pseudo_labels_sha256": _sha256_file(pseudo) if pseudo else ""}
+          "pseudo_labels_sha256": checkpointing.file_sha256(pseudo) if pseudo else ""}
 
 
 @dataclasses.dataclass(frozen=True)

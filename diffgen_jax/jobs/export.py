@@ -40,14 +40,13 @@ workdir gathers the exports of several snapshots of one run).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 
-from diffgen_jax import config_checks, data, denoisers, jsonio, samplers
+from diffgen_jax import checkpointing, config_checks, data, denoisers, jsonio, samplers
 from diffgen_jax.config_checks import ConfigError, fail
 from diffgen_jax.data import edm_zip
 from diffgen_jax.evaluation import gap
@@ -101,15 +100,10 @@ def _writer(path: str, write: bool):
   return edm_zip.ZipWriter(path) if write else _Discard()
 
 
-def _sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _file_record(out_dir: str, name: str, relative_to: str, write: bool) -> Dict[str, Any]:
   path = os.path.join(out_dir, name)
   return {"file": os.path.relpath(path, relative_to),
-          "sha256": _sha256(path) if write else ""}
+          "sha256": checkpointing.file_sha256(path) if write else ""}
 
 
 def export_denoiser(denoise, out_dir: str, *, image_shape: Sequence[int], num_classes: int,
