@@ -205,7 +205,7 @@ def gather(ctx):
                                  snapshot_steps(ctx.workdirs[runs[k]])[-1]) for k in (1, 2)}
     # Batches split over every local device, as the evaluate job does.
     kw = dict(ids=val_ids, noise_seed=e.noise_seed + 1, batch_size=e.batch_size,
-              mesh=evaluation_mesh())
+              mesh=evaluation_mesh(), num_resamples=settings.num_resamples)  # V's 95% over images
     mv = reproducibility.model_variance(dens[1][1], dens[2][1], val_x, val_y, sigmas, **kw)
     opt = {k: optimal.empirical_optimal_denoiser(train[k][0], train[k][1]) for k in (1, 2)}
     mv_opt = reproducibility.model_variance(opt[1], opt[2], val_x, val_y, sigmas, **kw)
@@ -215,20 +215,21 @@ def gather(ctx):
     s2 = last_samples(ctx, two)[2]
     sim = reproducibility.sample_similarity(
         s1, s2, features_fn=feats, threshold=settings.similarity_threshold,
-        feature_threshold=settings.feature_similarity_threshold, centre=full_mean,
-        num_resamples=settings.num_resamples)
+        feature_threshold=settings.feature_similarity_threshold, centre=full_mean)
     sim_raw = reproducibility.pair_cosines(s1, s2)
     copies = reproducibility.cross_copy_fractions(s1, s2, train[1][0], train[2][0],
-                                                  settings.copy_ratio,
-                                                  num_resamples=settings.num_resamples)
+                                                  settings.copy_ratio)
     # Control: the centred pixel cosine of unrelated real images (disjoint halves of the
     # validation split, paired by row).
     val_all = split_arrays(cfg, "validation")[0]
     h = min(len(s1), len(val_all) // 2)
     control = reproducibility.pair_cosines(val_all[:h], val_all[h:2 * h], full_mean)
     entry = {"n": n, "runs": [one, two], "images_seen": int(dens[1][0]), "sigmas": sigmas,
-             "model_variance": mv.variance, "model_variance_numerator": mv.numerator,
+             "model_variance": mv.variance, "model_variance_low": mv.variance_low,
+             "model_variance_high": mv.variance_high, "model_variance_numerator": mv.numerator,
              "optimal_model_variance": mv_opt.variance,
+             "optimal_model_variance_low": mv_opt.variance_low,
+             "optimal_model_variance_high": mv_opt.variance_high,
              "peak_model_variance": float(np.max(mv.variance)),
              "peak_model_variance_sigma": float(sigmas[int(np.argmax(mv.variance))]),
              "similarity": {space: {k: v for k, v in d.items() if k != "cosine"}
@@ -262,12 +263,15 @@ def _full(cfg):
 
 def _figures(ctx, entries, settings):
   ns = [e["n"] for e in entries]
-  series = [("networks", f"N = {e['n']}", e["sigmas"], e["model_variance"]) for e in entries]
+  series = [("networks", f"N = {e['n']}", e["sigmas"], e["model_variance"], None,
+             common.interval(e, "model_variance")) for e in entries]
   series += [("empirical optimal denoisers y*", f"N = {e['n']}", e["sigmas"],
-              e["optimal_model_variance"], "--") for e in entries]
+              e["optimal_model_variance"], "--", common.interval(e, "optimal_model_variance"))
+             for e in entries]
   common.line_plot(ctx.figure("model_variance.png"), series,
                    panels=["networks", "empirical optimal denoisers y*"], xlabel="sigma",
-                   ylabel="V(sigma) = E|D1 - D2|^2 / E|D1 - y|^2", logx=True, logy=True,
+                   ylabel="V(sigma) = E|D1 - D2|^2 / E|D1 - y|^2 (95% over images)", logx=True,
+                   logy=True,
                    title="Model variance of two models trained on disjoint subsets S1, S2")
   sim = lambda space, key: [e["similarity"][space][key] for e in entries]
   common.line_plot(ctx.figure("similarity_vs_n.png"), [
@@ -276,16 +280,21 @@ def _figures(ctx, entries, settings):
       ("mean cosine", "unpaired real images (pixels, centred)", ns,
        [e["unpaired_real_pixel_cosine_mean"] for e in entries], ":"),
       ("fraction above threshold", f"pixels > {settings.similarity_threshold}", ns,
-       sim("pixels", "fraction_above")),
+       sim("pixels", "fraction_above"), None, (sim("pixels", "fraction_low"),
+                                               sim("pixels", "fraction_high"))),
       ("fraction above threshold", f"features > {settings.feature_similarity_threshold}", ns,
-       sim("features", "fraction_above"))],
+       sim("features", "fraction_above"), None, (sim("features", "fraction_low"),
+                                                 sim("features", "fraction_high")))],
       panels=["mean cosine", "fraction above threshold"], xlabel="N per side", ylabel="",
       logx=True, title="Seed-paired sample similarity of the S1 and S2 models")
-  cf = lambda k: [e["copy_fraction"][k]["fraction"] for e in entries]
+  cf = lambda k, f="fraction": [e["copy_fraction"][k][f] for e in entries]
+  band = lambda k: (cf(k, "low"), cf(k, "high"))  # 95% Wilson over the samples
   common.line_plot(ctx.figure("copy_fraction_vs_n.png"), [
-      ("model 1 (S1)", ns, cf("1/own")), ("model 1 vs S2 (other)", ns, cf("1/other"), "--o"),
-      ("model 2 (S2)", ns, cf("2/own")), ("model 2 vs S1 (other)", ns, cf("2/other"), "--o")],
-      xlabel="N per side", ylabel="copy fraction", logx=True,
+      ("model 1 (S1)", ns, cf("1/own"), None, band("1/own")),
+      ("model 1 vs S2 (other)", ns, cf("1/other"), "--o", band("1/other")),
+      ("model 2 (S2)", ns, cf("2/own"), None, band("2/own")),
+      ("model 2 vs S1 (other)", ns, cf("2/other"), "--o", band("2/other"))],
+      xlabel="N per side", ylabel="copy fraction (95% Wilson interval)", logx=True,
       title="Copies of the own and of the other training set")
   plt = common._pyplot()  # pylint: disable=protected-access
   k = min(8, min(len(e["_samples"][0]) for e in entries))

@@ -11,8 +11,8 @@ disjoint_subsets), from every snapshot (`evaluation.timescales`):
     first falls to tau_gen_fd_multiple x the FD of the same number of real training images;
   * tau_G: the peak over sigma of G(sigma) (the evaluate job's per-image errors) first reaches
     tau_gap_threshold; and the overfitting onset at the last snapshot's peak sigma;
-each with a percentile-bootstrap interval (samples or images resampled jointly over snapshots),
-and the log-log slope of each against N (`timescales.loglog_slope`). Membership inference (peak
+each with a percentile-bootstrap interval (samples or images resampled jointly over snapshots;
+each snapshot's copy fraction has its Wilson interval over the samples), and the log-log slope of each against N (`timescales.loglog_slope`). Membership inference (peak
 AUC over sigma, from the evaluate job) is reported over training beside them.
 
     python experiments/memorization_time.py               # local: digits, N = 16/32/64 per side
@@ -89,8 +89,7 @@ def gather(ctx):
                                  num_resamples=r, seed=1)
     tau_gen = timescales.tau_gen(seen, sample_f, val_f, target, num_resamples=max(r // 5, 20),
                                  seed=2)
-    low_high = [timescales.bootstrap_mean_interval(f.astype(np.float64), num_resamples=r, seed=3)
-                for f in flags]
+    low_high = [timescales.wilson_interval(float(f.mean()), len(f)) for f in flags]
     record = {"run": name, "side": group, "n": int(n), "images_seen": seen,
               "copy_fraction": flags.mean(axis=1), "copy_fraction_low": [a for a, _ in low_high],
               "copy_fraction_high": [b for _, b in low_high], "fd_features": fd,
@@ -137,11 +136,13 @@ def gather(ctx):
 def _figures(ctx, runs, settings, slopes, target):
   label = lambda rec: f"N={rec['n']} {rec['side']}"
   common.line_plot(ctx.figure("copy_fraction_over_training.png"),
-                   [(label(rec), rec["images_seen"], rec["copy_fraction"]) for rec in runs]
+                   [(label(rec), rec["images_seen"], rec["copy_fraction"], None,
+                     common.interval(rec, "copy_fraction")) for rec in runs]
                    + [(f"threshold {settings.tau_mem_threshold}",
                        runs[0]["images_seen"], [settings.tau_mem_threshold] * len(
                            runs[0]["images_seen"]), ":")],
-                   xlabel="images seen", ylabel="copy fraction (own training set)", logx=True,
+                   xlabel="images seen", ylabel="copy fraction (own training set; 95% Wilson)",
+                   logx=True,
                    title="Copies of the training set over training")
   common.line_plot(ctx.figure("fd_over_training.png"),
                    [(label(rec), rec["images_seen"], rec["fd_features"]) for rec in runs]

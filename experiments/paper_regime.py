@@ -51,6 +51,8 @@ def gather(ctx):
       steps = sorted(samples["snapshots"], key=int)
       m.update({"samples_images_seen": ss["images_seen"], "gap_fd_features": ss["gap_fd_features"],
                 "gap_fd_pixels": ss["gap_fd_pixels"], "copy_fraction": ss["copy_fraction"],
+                "copy_fraction_low": ss.get("copy_fraction_low"),
+                "copy_fraction_high": ss.get("copy_fraction_high"),
                 **{f"gap_fd_{sp}_{end}": ss.get(f"gap_fd_{sp}_{end}")
                    for sp in ("features", "pixels") for end in ("low", "high")},
                 "baselines": samples.get("baselines"),
@@ -75,8 +77,8 @@ def guidance_and_crops(results):
   guidance = {s: [{k: c.get(k) for k in ("value", "peak_gap", "peak_sigma", "peak_gap_low",
                                          "peak_gap_high")}
                   for c in common.factor_curves(results, "trained", s)] for s in styles}
-  crops = [{"crop_size": c["value"], "relative_crop": c["value"] / size, "peak_gap": c["peak_gap"],
-            "peak_sigma": c["peak_sigma"]}
+  crops = [{"crop_size": c["value"], "relative_crop": c["value"] / size,
+            **{k: c.get(k) for k in ("peak_gap", "peak_gap_low", "peak_gap_high", "peak_sigma")}}
            for c in common.factor_curves(results, "trained", "receptive_field")]
   return {"guidance": guidance, "guidance_sample_gap": section.get("sample_gap") or [],
           "crops": crops,
@@ -119,8 +121,8 @@ DODGE_W = 0.04
 
 def draw_guidance_and_crops(ctx, numbers):
   """guidance.png (peak G with its 95% interval, error bars, and G_FD over w per style) and
-  peak_gap_vs_crop.png (peak G per crop size from 0; the full image a marker of its own in the
-  crops' colour)."""
+  peak_gap_vs_crop.png (peak G per crop size with its 95% interval, from 0; the full image a marker
+  of its own in the crops' colour)."""
   guidance, sample_gap = numbers["guidance"], numbers.get("guidance_sample_gap") or []
   # In the peak panel each later style is drawn DODGE_W to the right (said in its label): the
   # styles' intervals overlap (and coincide at w = 0, the unguided model), hiding each other's bars.
@@ -149,13 +151,17 @@ def draw_guidance_and_crops(ctx, numbers):
                    title="Guidance on the regime U-Net's last snapshot")
   crops = numbers["crops"]
   part = [c for c in crops if c["relative_crop"] < 1.0]
+  full = [c for c in crops if c["relative_crop"] >= 1.0]
   crop_series = [("crops", [c["relative_crop"] for c in part], [c["peak_gap"] for c in part],
-                  "-oC0")]
-  crop_series += [("full image", [1.0], [c["peak_gap"]], "*C0") for c in crops
-                  if c["relative_crop"] >= 1.0]
+                  "-oC0", common.peak_intervals(part))]
+  crop_series += [("full image", [1.0], [c["peak_gap"]], "*C0", common.peak_intervals([c]))
+                  for c in full]
+  kept = common.peak_intervals(crops) is not None  # (results older than the crops' intervals)
   common.line_plot(ctx.figure("peak_gap_vs_crop.png"), crop_series, xlabel="crop size s / H",
-                   ylabel="peak G", ylim=(0.0, None),
-                   title="Receptive field on the regime U-Net\n(no intervals kept for the crops)")
+                   ylabel="peak G" + (" (95% interval over images)" if kept else ""),
+                   ylim=(0.0, None), bars=True,
+                   title="Receptive field on the regime U-Net"
+                   + ("" if kept else "\n(no intervals kept for the crops)"))
 
 
 replot = functools.partial(common.redraw, FINDING, draw)  # --replot: the figures from results.json

@@ -33,7 +33,9 @@ def gather(ctx):
          # 95% over the samples, where the run's evaluation kept it (None for older snapshots)
          **{f"gap_fd_{sp}_{end}": s.get(f"gap_fd_{sp}_{end}") for sp in ("features", "pixels")
             for end in ("low", "high")},
-         "copy_fraction": s["copy_fraction"],
+         "copy_fraction": s["copy_fraction"],  # with its 95% Wilson interval over the samples
+         "copy_fraction_low": s.get("copy_fraction_low"),
+         "copy_fraction_high": s.get("copy_fraction_high"),
          "copy_fraction_validation_control": s["copy_fraction_validation_control"],
          "feature": ctx.results[name]["samples"]["protocol"]["feature"]}
     models[group] = m
@@ -49,7 +51,8 @@ def gather(ctx):
         gaps += [(group, f"{'copier' if kind == 'copier' else 'fresh real images'} ({space})",
                   m["images_seen"], [b[space]["gap"]] * len(m["images_seen"]), style)
                  for space in ("features", "pixels")]
-    copies += [(group, m["images_seen"], m["copy_fraction"]),
+    copies += [(group, m["images_seen"], m["copy_fraction"], None,
+                common.interval(m, "copy_fraction")),
                (f"{group} validation control", m["images_seen"],
                 m["copy_fraction_validation_control"], "--")]
     ctx.copy(os.path.join(ctx.workdirs[name], "evaluation", "samples_vs_nearest_train.png"),
@@ -64,7 +67,7 @@ def gather(ctx):
                    title="Denoising gap (peak over sigma)")
   common.line_plot(ctx.figure("copy_fraction.png"), copies, xlabel="images seen",
                    ylabel="fraction of samples that copy a training image",
-                   title="Copies (nearest < 1/3 second nearest)")
+                   title="Copies (nearest < 1/3 second nearest; 95% Wilson band)")
   return {"models": models}
 
 

@@ -59,3 +59,4 @@ def test_lazy_source_over_a_mesh_equals_the_array():
   pixels = sharding.LazyRows(np.full((30, 4, 4, 1), 200, np.uint8), np.arange(30))
   with pytest.raises(ValueError, match="train_images"):
     copies.copy_flags(samples, pixels)
+

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,6 +103,16 @@ def test_smoke_variant_end_to_end(finding, data_dir, runs_root, tmp_path):
       # The evaluate job's membership inference, per snapshot (AUC in [0, 1]).
       assert len(run["membership_peak_auc"]) == 2
       assert all(0.0 <= a <= 1.0 for a in run["membership_peak_auc"])
+  if finding in ("guidance", "sample_gap", "paper_regime"):
+    # G_FD's bootstrap interval and the copy fraction's Wilson interval reach the findings
+    rows = (saved["results"].get("trained_sample_gap") or [] if finding == "guidance" else
+            list(saved["results"]["models"].values()))
+    assert rows
+    for r in rows:
+      for key in ("gap_fd_features", "gap_fd_pixels", "copy_fraction"):
+        values, lows, highs = (np.atleast_1d(np.asarray(r[k], float))
+                               for k in (key, f"{key}_low", f"{key}_high"))
+        assert np.all(lows <= values) and np.all(values <= highs), (finding, key)
   if finding == "training_time":
     for m in saved["results"]["models"].values():
       assert len(m["images_seen"]) == 2 and len(m["onset_images_seen"]) == 4
@@ -256,7 +267,6 @@ def test_every_finding_builds(mode):
 def test_figures_draw_log_axes_where_values_span_decades_and_no_onset_apart():
   """Issue 26's figures: an axis whose positive values span two decades is drawn in log (the
   small-sigma plateau, the small-N curves); an onset not reached yet is never drawn as a value."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
   assert common.spans_decades([0.002, 0.1, 80]) and not common.spans_decades([1, 50, None])
   assert not common.spans_decades([-1e-3, 10, 100]) and not common.spans_decades([])
   training_time = importlib.import_module("experiments.training_time")

@@ -278,7 +278,12 @@ def test_paper_regime_guidance_error_bars_and_crops_from_zero(tmp_path, monkeypa
   assert own.get_xdata().tolist() == [0.0]
   np.testing.assert_allclose(own.get_ydata(), run["gap_fd_features"][-1])
   (crops,) = figures["peak_gap_vs_crop.png"].axes
-  assert crops.get_ylim()[0] == 0.0 and "no intervals" in crops.get_title()
+  assert crops.get_ylim()[0] == 0.0
+  with open(os.path.join(RESULTS, "paper_regime", "results.json")) as f:
+    kept = [c for c in json.load(f)["results"]["crops"] if c.get("peak_gap_low") is not None]
+  # error bars on every crop size (the full image's included) exactly where the results keep them
+  assert sum(len(c.get_segments()) for c in crops.collections) == len(kept)
+  assert ("no intervals" in crops.get_title()) == (not kept)
   lines = _lines(crops)
   assert lines["crops"].get_color() == lines["full image"].get_color()
   # The run's own figures (copied when it ran) are not redrawn.

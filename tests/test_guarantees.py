@@ -525,11 +525,11 @@ def test_every_image_taking_function_checks_the_convention():
       "ladder.noised_inputs": lambda im: ladder.noised_inputs(im, [1.0]),
       "reproducibility.model_variance": lambda im: rep.model_variance(exact, exact, im, sigmas=[1.0]),
       "reproducibility.sample_similarity": lambda im: rep.sample_similarity(
-          images, im, num_resamples=10),
+          images, im),
       "reproducibility.sample_similarity(features_fn)": lambda im: rep.sample_similarity(
-          im, images, features_fn=features.pixel_features, num_resamples=10),
+          im, images, features_fn=features.pixel_features),
       "reproducibility.cross_copy_fractions": lambda im: rep.cross_copy_fractions(
-          im, images, images, images, num_resamples=10),
+          im, images, images, images),
   }
   nan_images = images.copy()
   nan_images[0, 1, 2, 0] = np.nan  # in the first rows, which some calls slice (im[:2])

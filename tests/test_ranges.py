@@ -148,15 +148,14 @@ def test_reproducibility_arguments():
   a = _images(3, 5)
   for name, kwargs in (("threshold", dict(threshold=NAN)), ("threshold", dict(threshold=1.0)),
                        ("feature_threshold", dict(feature_threshold=-1.0)),
-                       ("batch_size", dict(batch_size=0)), ("num_resamples", dict(num_resamples=0)),
-                       ("seed", dict(seed=-1)), ("confidence", dict(confidence=1.0))):
+                       ("batch_size", dict(batch_size=0)), ("confidence", dict(confidence=1.0))):
     _raises(name, reproducibility.sample_similarity, a, a, **kwargs)
   train = _images(4, 6)
   for name, kwargs in (("ratio", dict(ratio=0.0)), ("ratio", dict(ratio=NAN)),
-                       ("chunk_size", dict(chunk_size=0))):
+                       ("chunk_size", dict(chunk_size=0)), ("confidence", dict(confidence=0.0))):
     _raises(name, reproducibility.cross_copy_fractions, a, a, train, train, **kwargs)
   # Boundary threshold just above -1: identical samples have cosine 1, so every pair counts.
-  out = reproducibility.sample_similarity(a, a, threshold=-0.999, num_resamples=1, seed=0)
+  out = reproducibility.sample_similarity(a, a, threshold=-0.999)
   assert out["pixels"]["fraction_above"] == 1.0
 
 

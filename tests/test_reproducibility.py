@@ -62,6 +62,42 @@ def test_model_variance_is_zero_for_a_data_independent_denoiser_and_c2_for_a_shi
                              rtol=1e-5, atol=1e-10)  # float32 outputs: ~1e-7 of each
 
 
+def test_ratio_of_means_interval_pairs_the_items_and_matches_independent_draws():
+  """Paired: a numerator proportional to its denominator item by item has the ratio in every
+  resample (a zero-width interval; resampling the two independently would not). Calibrated: the
+  95% width is close to the 2.5-97.5% range of the ratio over independent item sets."""
+  rng = np.random.default_rng(0)
+  den = rng.gamma(2.0, 1.0, (40, 3))
+  low, high = rep.bootstrap_ratio_of_means(0.3 * den, den, num_resamples=200)
+  np.testing.assert_allclose(low, 0.3, rtol=1e-12)
+  np.testing.assert_allclose(high, 0.3, rtol=1e-12)
+  draw = lambda g, n: (lambda d: (d * g.uniform(0.2, 0.6, n), d))(g.gamma(2.0, 1.0, n))
+  ratios = [np.mean(a) / np.mean(b) for a, b in (draw(rng, 60) for _ in range(2000))]
+  spread = np.subtract(*np.percentile(ratios, [97.5, 2.5]))
+  widths = []
+  for seed in range(5):
+    a, b = draw(np.random.default_rng(100 + seed), 60)
+    lo, hi = rep.bootstrap_ratio_of_means(a, b, num_resamples=400, seed=seed)
+    assert lo < np.mean(a) / np.mean(b) < hi
+    widths.append((hi - lo) / spread)
+  assert 0.7 <= np.median(widths) <= 1.4, widths
+  with pytest.raises(ValueError, match="must match"):
+    rep.bootstrap_ratio_of_means(den, den[:, :2])
+
+
+def test_model_variance_interval_is_the_paired_bootstrap_of_its_per_image_terms():
+  s1, s2, queries = _uniform(7, 12), _uniform(8, 12), _uniform(9, 16)
+  d1, d2 = empirical_optimal_denoiser(s1), empirical_optimal_denoiser(s2)
+  mv = rep.model_variance(d1, d2, queries, sigmas=[0.05, 0.5, 5.0], return_per_image=True,
+                          num_resamples=300, seed=4)
+  low, high = rep.bootstrap_ratio_of_means(mv.per_image_numerator, mv.per_image_denominator,
+                                           num_resamples=300, seed=4)
+  np.testing.assert_array_equal(mv.variance_low, low)
+  np.testing.assert_array_equal(mv.variance_high, high)
+  assert np.all(low <= mv.variance) and np.all(mv.variance <= high) and np.all(low < high)
+  assert rep.model_variance(d1, d2, queries, sigmas=[0.5]).variance_low is None
+
+
 def test_pair_cosines_known_values():
   a = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0], [0.0, 0.0]])
   b = np.array([[2.0, 0.0], [-1.0, -1.0], [3.0, 0.0], [1.0, 1.0]])
@@ -83,11 +119,12 @@ def test_samples_of_a_data_independent_denoiser_are_identical_across_models():
   noise = np.asarray(jax.random.normal(jax.random.key(0), (6, 4, 4, 1)))
   one, two = rep.paired_samples(_data_independent(), _data_independent(), noise, num_steps=6)
   sim = rep.sample_similarity(one, two, features_fn=lambda x: x.reshape(len(x), -1)[:, :5] ** 2,
-                              threshold=0.99, num_resamples=50)
+                              threshold=0.99)
   for space in ("pixels", "features"):
     np.testing.assert_allclose(sim[space]["cosine"], 1.0, rtol=1e-6)
-    assert sim[space]["fraction_above"] == 1.0
-    assert sim[space]["fraction_low"] == sim[space]["fraction_high"] == 1.0
+    assert sim[space]["fraction_above"] == sim[space]["fraction_high"] == 1.0
+    # Wilson: 6 of 6 pairs is [6 / (6 + z^2), 1], not the bootstrap's empty [1, 1]
+    np.testing.assert_allclose(sim[space]["fraction_low"], 6 / (6 + 1.959964 ** 2), rtol=1e-6)
 
 
 def test_sample_similarity_fraction_and_feature_space():
@@ -96,7 +133,7 @@ def test_sample_similarity_fraction_and_feature_space():
   two = one.copy()
   two[20:] = -one[20:]  # half the pairs are exact opposites
   feats = lambda x: jnp.abs(x.reshape(len(x), -1))  # sign-blind features: all pairs equal
-  sim = rep.sample_similarity(one, two, features_fn=feats, threshold=0.5, num_resamples=400)
+  sim = rep.sample_similarity(one, two, features_fn=feats, threshold=0.5)
   np.testing.assert_allclose(sim["pixels"]["cosine"][:20], 1.0)
   np.testing.assert_allclose(sim["pixels"]["cosine"][20:], -1.0)
   assert sim["pixels"]["fraction_above"] == 0.5
@@ -111,10 +148,13 @@ def test_cross_copy_fractions_own_and_other():
   jitter = 1e-3 * np.random.default_rng(10).standard_normal(s1.shape).astype(np.float32)
   samples_1 = s1 + jitter  # model 1 copies its own set
   samples_2 = np.concatenate([s2[:10] + jitter[:10], _uniform(11, 10)])  # half copies
-  out = rep.cross_copy_fractions(samples_1, samples_2, s1, s2, num_resamples=200)
+  out = rep.cross_copy_fractions(samples_1, samples_2, s1, s2)
   assert out["1/own"]["fraction"] == 1.0 and out["1/other"]["fraction"] == 0.0
   assert out["2/own"]["fraction"] == 0.5 and out["2/other"]["fraction"] == 0.0
   assert out["2/own"]["low"] < 0.5 < out["2/own"]["high"]
+  # 0 of 20 copies: [0, z^2 / (20 + z^2)] (Wilson), not an empty interval
+  assert out["1/other"]["low"] == 0.0
+  np.testing.assert_allclose(out["1/other"]["high"], 1.959964 ** 2 / (20 + 1.959964 ** 2), rtol=1e-6)
 
 
 def test_a_nan_cosine_makes_the_fractions_nan_not_a_miss():
@@ -128,14 +168,15 @@ def test_a_nan_cosine_makes_the_fractions_nan_not_a_miss():
     f[np.argmax(one[:, 0, 0, 0])] = np.nan
     return f
 
-  sim = rep.sample_similarity(one, one.copy(), features_fn=feats, num_resamples=50)
-  assert sim["pixels"]["fraction_above"] == 1.0 and sim["pixels"]["fraction_low"] == 1.0
+  sim = rep.sample_similarity(one, one.copy(), features_fn=feats)
+  assert sim["pixels"]["fraction_above"] == sim["pixels"]["fraction_high"] == 1.0
+  assert 0.5 < sim["pixels"]["fraction_low"] < 1.0
   cos = sim["features"]["cosine"]
   assert np.isnan(cos).sum() == 1 and np.allclose(cos[~np.isnan(cos)], 1.0)
   for key in ("mean_cosine", "fraction_above", "fraction_low", "fraction_high"):
     assert np.isnan(sim["features"][key]), (key, sim["features"])
   # A NaN centre makes every pixel cosine NaN: NaN, not 0 of 4 reproduced.
-  sim = rep.sample_similarity(one, one, centre=np.full((3, 3, 1), np.nan), num_resamples=50)
+  sim = rep.sample_similarity(one, one, centre=np.full((3, 3, 1), np.nan))
   assert np.isnan(sim["pixels"]["fraction_above"])
 
 
@@ -148,7 +189,6 @@ def test_sample_similarity_and_cross_copies_refuse_images_off_the_convention(nam
                         "NaN or Inf")):
     pair = {"samples_1": good, "samples_2": good, name: bad}
     with pytest.raises(ValueError, match=rf"{name} must be .*{message}"):
-      rep.sample_similarity(pair["samples_1"], pair["samples_2"], num_resamples=10)
+      rep.sample_similarity(pair["samples_1"], pair["samples_2"])
     with pytest.raises(ValueError, match=rf"{name} must be .*{message}"):
-      rep.cross_copy_fractions(pair["samples_1"], pair["samples_2"], _uniform(1, 5), _uniform(2, 5),
-                               num_resamples=10)
+      rep.cross_copy_fractions(pair["samples_1"], pair["samples_2"], _uniform(1, 5), _uniform(2, 5))

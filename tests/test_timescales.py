@@ -126,3 +126,26 @@ def test_loglog_slope_exact_and_interval_propagation():
   assert list(fit.used) == [True] * 4 + [False]
   with pytest.raises(ValueError, match="2 or more"):
     ts.loglog_slope(sizes[:2], [1.0, np.inf])
+
+
+def test_wilson_interval_closed_forms_and_coverage():
+  """Closed forms (Wilson 1927): 5 of 10 at 95% is the tabulated [0.2366, 0.7634]; 0 of n is
+  [0, z^2 / (n + z^2)]; n of n mirrors it. Its coverage over binomial draws is near 95%."""
+  np.testing.assert_allclose(ts.wilson_interval(0.5, 10), (0.2366, 0.7634), atol=1e-4)
+  z2 = 1.959964 ** 2
+  np.testing.assert_allclose(ts.wilson_interval(0.0, 256), (0.0, z2 / (256 + z2)),
+                             rtol=1e-6)
+  np.testing.assert_allclose(ts.wilson_interval(1.0, 256), (256 / (256 + z2), 1.0),
+                             rtol=1e-6)
+  low, high = ts.wilson_interval(0.3, 100, confidence=0.5)
+  assert 0.25 < low < 0.3 < high < 0.35  # narrower at 50%
+  rng = np.random.default_rng(0)
+  for p, n in ((0.05, 64), (0.3, 256)):
+    k = rng.binomial(n, p, size=4000)
+    covered = [lo <= p <= hi for lo, hi in (ts.wilson_interval(c / n, n) for c in k)]
+    assert 0.93 <= np.mean(covered) <= 0.98, (p, n, np.mean(covered))
+  for bad, named in ((dict(fraction=1.5, num_items=10), "fraction"),
+                     (dict(fraction=0.5, num_items=0), "num_items"),
+                     (dict(fraction=0.5, num_items=10, confidence=1.0), "confidence")):
+    with pytest.raises(ValueError, match=f"^{named}="):
+      ts.wilson_interval(**bad)

@@ -21,7 +21,7 @@ the same initial noise, generate the same samples. Three measurements (analytic.
   in [-1, 1] are dominated by the shared background; pass `centre` (e.g. the training mean) to
   compare deviations from it instead.
 * Copies against the own and the other training set (`cross_copy_fractions`): Gu et al.'s copy
-  criterion (`copies.copy_flags`), each with a percentile-bootstrap interval over samples.
+  criterion (`copies.copy_flags`), each with its Wilson interval over samples.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from diffgen_jax.data.convention import check_images
 from diffgen_jax.evaluation import gap
 from diffgen_jax.evaluation.features import batched_features
 from diffgen_jax.evaluation.copies import copy_flags
-from diffgen_jax.evaluation.timescales import bootstrap_mean_interval
+from diffgen_jax.evaluation.timescales import resample_counts, resampled_means, wilson_interval
 
 
 class ModelVariance(NamedTuple):
@@ -46,11 +46,31 @@ class ModelVariance(NamedTuple):
   denominator: np.ndarray  # (S,) per-pixel mean of ||D1 - y||^2 over the images (D1's E(sigma))
   per_image_numerator: Optional[np.ndarray] = None  # (N, S) when return_per_image
   per_image_denominator: Optional[np.ndarray] = None  # (N, S)
+  variance_low: Optional[np.ndarray] = None  # (S,) with num_resamples: the interval of V
+  variance_high: Optional[np.ndarray] = None  # (S,)
+
+
+def bootstrap_ratio_of_means(per_item_numerator, per_item_denominator, *,
+                             num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95):
+  """Percentile bootstrap interval of mean(numerator) / mean(denominator) over items (axis 0),
+  both resampled with the SAME items (paired: both are measured on each item). Inputs (M, ...);
+  returns (low, high) of shape (...). Raises ValueError for mismatched shapes."""
+  a = np.asarray(per_item_numerator, np.float64)
+  b = np.asarray(per_item_denominator, np.float64)
+  if a.shape != b.shape:
+    raise ValueError(f"numerator {a.shape} and denominator {b.shape} must match")
+  check_number(confidence, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)
+  counts = resample_counts(a.shape[0], num_resamples, seed)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    ratios = resampled_means(a, counts) / resampled_means(b, counts)
+  tail = 50.0 * (1.0 - confidence)
+  return np.percentile(ratios, tail, axis=0), np.percentile(ratios, 100.0 - tail, axis=0)
 
 
 def model_variance(denoise_1, denoise_2, images, labels=None, sigmas=None, *, ids=None,
                    noise_seed: int = 0, batch_size: int = 128, sigma_chunk: Optional[int] = 8,
-                   mesh: Optional[Mesh] = None, return_per_image: bool = False) -> ModelVariance:
+                   mesh: Optional[Mesh] = None, return_per_image: bool = False,
+                   num_resamples: int = 0, seed: int = 0) -> ModelVariance:
   """V(sigma) of two denoisers on fixed noisy images (one pass of each denoiser per input).
 
   Args:
@@ -61,6 +81,8 @@ def model_variance(denoise_1, denoise_2, images, labels=None, sigmas=None, *, id
     sigmas: (S,) positive noise levels; default `edm.gap_sigma_grid()`.
     ids, noise_seed, batch_size, sigma_chunk, mesh: as in `gap.denoising_errors` (same noise n_y).
     return_per_image: also return the (N, S) per-image numerators and denominators.
+    num_resamples: > 0 also returns V's 95% interval over the images (variance_low, variance_high;
+      `bootstrap_ratio_of_means`, seeded by `seed`); 0 (default) none.
 
   Returns:
     ModelVariance of float64 arrays. Raises ValueError for non-float images or a bad sigma grid.
@@ -70,9 +92,12 @@ def model_variance(denoise_1, denoise_2, images, labels=None, sigmas=None, *, id
       batch_size=batch_size, sigma_chunk=sigma_chunk, mesh=mesh, return_per_image=True)
   with np.errstate(divide="ignore", invalid="ignore"):
     variance = dist / err
+  low = high = None
+  if num_resamples:
+    low, high = bootstrap_ratio_of_means(dist_per, err_per, num_resamples=num_resamples, seed=seed)
   if return_per_image:
-    return ModelVariance(variance, dist, err, dist_per, err_per)
-  return ModelVariance(variance, dist, err)
+    return ModelVariance(variance, dist, err, dist_per, err_per, low, high)
+  return ModelVariance(variance, dist, err, variance_low=low, variance_high=high)
 
 
 def paired_samples(denoise_1, denoise_2, noise, labels=None, **sampler_kwargs):
@@ -106,8 +131,8 @@ def pair_cosines(a, b, centre=None) -> np.ndarray:
 
 def sample_similarity(samples_1, samples_2, *, features_fn: Optional[Callable] = None,
                       threshold: float = 0.9, feature_threshold: Optional[float] = None,
-                      centre=None, batch_size: int = 256, num_resamples: int = 1000,
-                      seed: int = 0, confidence: float = 0.95) -> Dict[str, Dict]:
+                      centre=None, batch_size: int = 256, confidence: float = 0.95
+                      ) -> Dict[str, Dict]:
   """Seed-paired similarity of two models' samples (row i of each came from the same noise).
 
   Args:
@@ -118,7 +143,7 @@ def sample_similarity(samples_1, samples_2, *, features_fn: Optional[Callable] =
     threshold: a pair counts as reproduced when its pixel cosine exceeds it, in (-1, 1).
     feature_threshold: the same in feature space (default: `threshold`).
     centre: optional image subtracted before the pixel cosine (e.g. the training mean).
-    num_resamples, seed, confidence: percentile bootstrap over pairs for the fractions.
+    confidence: of the fractions' Wilson intervals over pairs (`timescales.wilson_interval`).
 
   Returns:
     {"pixels": {...}, "features": {...} (only with features_fn)}, each with "cosine" (B,),
@@ -128,8 +153,7 @@ def sample_similarity(samples_1, samples_2, *, features_fn: Optional[Callable] =
 
   Raises:
     ValueError: samples not float images (as above; named samples_1 / samples_2), a threshold not
-      in (-1, 1), batch_size not an integer >= 1, num_resamples not an integer >= 1, seed not an
-      integer >= 0, confidence not in (0, 1) (each named).
+      in (-1, 1), batch_size not an integer >= 1, confidence not in (0, 1) (each named).
   """
   for name, samples in (("samples_1", samples_1), ("samples_2", samples_2)):
     check_images(samples, name, lenient=True, nhwc=False, check_range=np.ndim(samples) == 4)
@@ -145,10 +169,9 @@ def sample_similarity(samples_1, samples_2, *, features_fn: Optional[Callable] =
     spaces["features"] = (pair_cosines(f1, f2), feature_threshold)
   out = {}
   for name, (cos, thr) in spaces.items():
-    above = (cos > thr).astype(np.float64)
-    low, high = bootstrap_mean_interval(above, num_resamples=num_resamples, seed=seed,
-                                        confidence=confidence)
+    above = cos > thr
     fraction = float(above.mean())
+    low, high = wilson_interval(fraction, len(above), confidence)
     if np.isnan(cos).any():  # `NaN > thr` is False: the pair would count as not reproduced
       fraction = low = high = np.nan
     out[name] = {"cosine": cos, "mean_cosine": float(cos.mean()),
@@ -158,17 +181,17 @@ def sample_similarity(samples_1, samples_2, *, features_fn: Optional[Callable] =
 
 
 def cross_copy_fractions(samples_1, samples_2, train_1, train_2, ratio: float = 1.0 / 3.0, *,
-                         num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
-                         chunk_size: int = 2048) -> Dict[str, Dict[str, float]]:
+                         confidence: float = 0.95, chunk_size: int = 2048
+                         ) -> Dict[str, Dict[str, float]]:
   """Each model's copy fraction against its own and the other model's training set.
 
   samples_k: (B, ...) samples of model k; train_k: (N_k, ...) its training set (at least 2 images);
   float images in [-1, 1] (samples may overshoot; data/convention.py), or other (N, ...) float
   arrays taken without a pixel scale; integer pixels, 0..255 floats, NaN or Inf are refused.
-  Returns {"1/own", "1/other", "2/own", "2/other": {"fraction", "low", "high"}} (percentile
-  bootstrap over samples). Raises ValueError for images off the convention, ratio not in (0, 1),
-  chunk_size not an integer >= 1, or bad bootstrap settings (`timescales.bootstrap_mean_interval`),
-  each named.
+  Returns {"1/own", "1/other", "2/own", "2/other": {"fraction", "low", "high"}} (the Wilson
+  interval over samples, `timescales.wilson_interval`). Raises ValueError for images off the
+  convention, ratio not in (0, 1), chunk_size not an integer >= 1 or confidence not in (0, 1), each
+  named.
   """
   images = all(np.ndim(a) == 4 for a in (samples_1, samples_2, train_1, train_2))
   for name, a, lenient in (("samples_1", samples_1, True), ("samples_2", samples_2, True),
@@ -179,8 +202,7 @@ def cross_copy_fractions(samples_1, samples_2, train_1, train_2, ratio: float = 
   out = {}
   for name, samples, train in (("1/own", samples_1, train_1), ("1/other", samples_1, train_2),
                                ("2/own", samples_2, train_2), ("2/other", samples_2, train_1)):
-    flags = copy_flags(samples, train, ratio, chunk_size=chunk_size).astype(np.float64)
-    low, high = bootstrap_mean_interval(flags, num_resamples=num_resamples, seed=seed,
-                                        confidence=confidence)
-    out[name] = {"fraction": float(flags.mean()), "low": float(low), "high": float(high)}
+    flags = copy_flags(samples, train, ratio, chunk_size=chunk_size)
+    low, high = wilson_interval(float(flags.mean()), len(flags), confidence)
+    out[name] = {"fraction": float(flags.mean()), "low": low, "high": high}
   return out

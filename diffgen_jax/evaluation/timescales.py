@@ -19,6 +19,9 @@ because the items are the same at every snapshot (fixed sampler noise, fixed eva
 noise); each resampled series gives one crossing time, and the interval is the (alpha/2, 1-alpha/2)
 order statistics of those times (censored draws sort to either end).
 
+A fraction of independent items at one snapshot (a copy fraction over samples): the Wilson score
+interval (`wilson_interval`), which, unlike the bootstrap of 0/1 flags, is not empty at 0 or 1.
+
 Slopes (`loglog_slope`): least squares of log tau against log N; the interval propagates each
 tau's interval (read as a normal interval in log tau) by Monte Carlo, or, without intervals, is the
 t-interval of the fit (3 or more points).
@@ -26,7 +29,7 @@ t-interval of the fit (3 or more points).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -82,6 +85,24 @@ def bootstrap_mean_interval(per_item, *, num_resamples: int = 1000, seed: int = 
   tail = 50.0 * (1.0 - confidence)
   low, high = np.percentile(means, tail, axis=0), np.percentile(means, 100.0 - tail, axis=0)
   return (float(low), float(high)) if a.ndim == 1 else (low, high)
+
+
+def wilson_interval(fraction: float, num_items: int, confidence: float = 0.95
+                    ) -> Tuple[float, float]:
+  """Wilson score interval (Wilson 1927) of a fraction of num_items independent items (a copy
+  fraction over samples, the share of reproduced sample pairs): (low, high) in [0, 1]. Unlike a
+  percentile bootstrap of the 0/1 flags it is not [0, 0] (or [1, 1]) when no item (every item)
+  counts: 0 of n gives [0, z^2 / (n + z^2)], z the normal quantile (0.0148 for n = 256 at 95%).
+
+  Raises ValueError for a fraction outside [0, 1], num_items not an integer >= 1 or confidence
+  outside (0, 1), each named."""
+  check_number(fraction, "fraction", low=0.0, high=1.0)
+  check_number(num_items, "num_items", low=1, integer=True)
+  z = float(scipy_stats.norm.ppf(0.5 + _check_confidence(confidence) / 2.0))
+  n, p = float(num_items), float(fraction)
+  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+  half = z / (1 + z * z / n) * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)))
+  return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -674,7 +674,8 @@ def evaluate_samples(config, workdir: str, series: common.SnapshotSeries, train_
     series: the snapshots (`snapshot_series`: a run's, or a hook's); train_split, val_split:
       `common.load_split`. The classifier (feature="classifier") is cached under workdir.
     previous: the "samples" section of earlier results (or None): snapshots it holds with the same
-      protocol are not recomputed.
+      protocol are not recomputed, unless their record's G_FD interval is not
+      `samples.FD_INTERVAL` (an older evaluation).
     save: called with the section after every newly evaluated snapshot (e.g. to write results.json).
     gap_peaks: optional {images_seen: peak denoising gap} drawn next to G_FD.
     plots: draw the figures into WORKDIR/evaluation at the end.
@@ -699,7 +700,11 @@ def evaluate_samples(config, workdir: str, series: common.SnapshotSeries, train_
     section["baselines"] = previous["baselines"]
   keys = list(series.keys)
   chosen = keys if s.snapshots == "all" else keys[-1:]
-  todo = [key for key in chosen if key not in section["snapshots"]]
+  # A record whose "fd_interval" is not today's (none: older than the G_FD bootstrap) is measured
+  # again (the same seed gives the same G_FD), so that every point of the curve carries the same
+  # interval.
+  todo = [key for key in chosen
+          if section["snapshots"].get(key, {}).get("fd_interval") != samples.FD_INTERVAL]
   out_dir = os.path.join(workdir, FIGURES_DIR)
   if todo:
     ctx, _, info = sample_setup(config, workdir, train_split, val_split, settings=s)
@@ -802,7 +807,9 @@ def draw_samples(section, out_dir: str, gap_peaks: Optional[Mapping[Any, float]]
                         last["nn_similarity"], feature)
   plots.copy_fraction(out("copy_fraction.png"), seen, summary["copy_fraction"],
                       summary["copy_fraction_validation_control"],
-                      section["protocol"]["copy_ratio"])
+                      section["protocol"]["copy_ratio"],
+                      interval=(summary["copy_fraction_low"], summary["copy_fraction_high"])
+                      if "copy_fraction_low" in summary else None)
   grid_path = os.path.join(out_dir, GRIDS_DIR, f"{common.output_name(str(steps[-1]))}.npz")
   if os.path.exists(grid_path):
     with np.load(grid_path) as g:

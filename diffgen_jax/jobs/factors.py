@@ -64,7 +64,9 @@ Outputs: WORKDIR/results.json in the jobs' one layout (`jobs.results`: {"job": "
 values as null) and WORKDIR/<sweep>.png and <sweep>_peak.png. Every G(sigma) carries its 95%
 bootstrap interval over the evaluation images (gap_low, gap_high; the peak's peak_gap_low,
 peak_gap_high; the gradient score's score_low, score_high), seeded and recorded in each section's
-"interval" (`sweeps.INTERVAL`); the figures draw them as bands and error bars.
+"interval" (`sweeps.INTERVAL`); the figures draw them as bands and error bars. The guided sample
+gap's G_FD carries its bootstrap interval over the samples (gap_fd_<space>_low / _high,
+`samples.fd_gap_interval`), its copy fraction a 95% Wilson interval (`timescales.wilson_interval`).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ from diffgen_jax import checkpointing, config_checks, data, defaults, edm, hooks
 from diffgen_jax.config_checks import ConfigError, fail as _fail
 from diffgen_jax.denoisers import classifier_free_guided, crop_averaged, guided
 from diffgen_jax.evaluation import features
+from diffgen_jax.evaluation.timescales import wilson_interval
 from diffgen_jax.evaluation.sweeps import (INTERVAL, Setup, gap_curve, make_setup,
                                            optimal_denoiser, score_curves, sweep_section,
                                            sweep_delta, sweep_gradient_score, sweep_granularity,
@@ -337,7 +340,11 @@ def _guided_sample_gaps(config, saved, guided_denoisers, workdir: str,
                 "gap_fd_features_low": fd["features"]["gap_low"],
                 "gap_fd_features_high": fd["features"]["gap_high"],
                 "gap_fd_pixels": fd["pixels"]["gap"],
+                "gap_fd_pixels_low": fd["pixels"]["gap_low"],
+                "gap_fd_pixels_high": fd["pixels"]["gap_high"],
                 "copy_fraction": record["copy_fraction"]["samples"]})
+    out[-1]["copy_fraction_low"], out[-1]["copy_fraction_high"] = wilson_interval(
+        out[-1]["copy_fraction"], settings.num_samples)
     logging.info("factors: %s w=%g: sample-level G_FD = %.4f (features), copies %.3f", style, w,
                  out[-1]["gap_fd_features"], out[-1]["copy_fraction"])
   return out

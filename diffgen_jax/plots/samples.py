@@ -176,10 +176,14 @@ def nn_similarity(path, images_seen, means: Mapping, last: Mapping, feature: str
   _save(fig, path)
 
 
-def copy_fraction(path, images_seen, fractions, control, ratio: float):
-  """Fraction of samples that copy a training image vs images seen, with the validation control."""
+def copy_fraction(path, images_seen, fractions, control, ratio: float, interval=None):
+  """Fraction of samples that copy a training image vs images seen, with the validation control;
+  interval: optional (low, high) per snapshot, drawn as a band."""
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
   ax.plot(images_seen, fractions, marker="o", ms=4, color="tab:red", label="samples", zorder=3)
+  if interval is not None:
+    ax.fill_between(images_seen, interval[0], interval[1], color="tab:red", alpha=0.2, lw=0,
+                    label="95% (Wilson, over the samples)")
   ax.plot(images_seen, control, marker="s", ms=3, ls="--", color="0.4",
           label="control: validation images")
   ax.set_ylim(-0.03, 1.03)
