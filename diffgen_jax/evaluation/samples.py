@@ -123,8 +123,8 @@ def fd_gap_interval(features, references: Mapping[str, Any], *,
   the resampling, not to the estimator, so only the spread of the resamples is kept.
   Calibration (tests/test_samples.py): in 8 dimensions with 300 samples its width is about 0.9x
   the spread of G_FD over independent sample sets; for samples that copy training images (64
-  dimensions, 256 samples) about two thirds, covering the mean over sets in about 80% of sets (the plain
-  percentile interval: 43%). Read it as a lower bound of the noise there.
+  dimensions, 256 samples) about two thirds, covering the mean over sets in about 80% of sets
+  (the plain percentile interval: 43%). Read it as a lower bound of the noise there.
   It measures the noise of the n samples only. The reference sets have their own noise (fresh real
   images' G_FD, `fd_baselines`, shows it as a floor away from 0).
   Cost: num_resamples Gaussian fits and FDs of the F-dimensional features (O(n F^2 + F^3) each).
