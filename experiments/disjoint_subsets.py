@@ -270,9 +270,9 @@ def _figures(ctx, entries, settings):
              for e in entries]
   common.line_plot(ctx.figure("model_variance.png"), series,
                    panels=["networks", "empirical optimal denoisers y*"], xlabel="sigma",
-                   ylabel="V(sigma) = E|D1 - D2|^2 / E|D1 - y|^2 (95% over images)", logx=True,
-                   logy=True,
-                   title="Model variance of two models trained on disjoint subsets S1, S2")
+                   ylabel="V(sigma) (95% over images)", logx=True,
+                   title="Model variance V = E|D1 - D2|^2 / E|D1 - y|^2 of two models trained "
+                         "on disjoint subsets S1, S2")
   sim = lambda space, key: [e["similarity"][space][key] for e in entries]
   common.line_plot(ctx.figure("similarity_vs_n.png"), [
       ("mean cosine", "pixels (centred)", ns, sim("pixels", "mean_cosine")),

@@ -29,6 +29,7 @@ PANELS = ("analytic y_delta", "trained U-Net")
 # A panel whose positive peaks span a decade is drawn in log y: the analytic autoguidance peak is
 # ~35x the cfg one (4.1-150), which a linear axis flattens.
 LOG_DECADES = 1.0
+DODGE_W = 0.04  # the second style's x offset where both have error bars
 
 
 def draw(ctx, numbers):
@@ -52,11 +53,14 @@ def draw(ctx, numbers):
   if sample_gap:
     rows = lambda style: [r for r in sample_gap if r["style"] == style]
     fd_panel = "G_FD (classifier features)"
-    series = [(panel, style, [r["w"] for r in rows(style)], [r[key] for r in rows(style)], None,
+    # Error bars: G_FD's 95% bootstrap and the copies' Wilson interval over the samples, where the
+    # factors run kept them; the second style drawn DODGE_W to the right (said in its label).
+    series = [(panel, style + (f" (drawn at w + {DODGE_W:g})" if i else ""),
+               [r["w"] + DODGE_W * i for r in rows(style)], [r[key] for r in rows(style)], None,
                ([r.get(f"{key}_low") for r in rows(style)],
                 [r.get(f"{key}_high") for r in rows(style)]))
               for panel, key in ((fd_panel, "gap_fd_features"), ("copy fraction", "copy_fraction"))
-              for style in STYLES]  # (G_FD's 95% over the samples where the factors run kept it)
+              for i, style in enumerate(STYLES)]
     ws = sorted({r["w"] for r in sample_gap})
     for kind, label, style in (("copier", "a copier of training images", ":"),
                                ("real", "fresh real images", "-.")):  # G_FD's scale
@@ -64,7 +68,8 @@ def draw(ctx, numbers):
       if b:
         series.append((fd_panel, label, ws, [b["features"]["gap"]] * len(ws), style))
     common.line_plot(ctx.figure("sample_gap_vs_w.png"), series,
-                     panels=(fd_panel, "copy fraction"), xlabel="guidance weight w", ylabel="",
+                     panels=(fd_panel, "copy fraction"), xlabel="guidance weight w",
+                     ylabel="value (bars: 95% over the samples)", bars=True,
                      title="Trained U-Net, guided: the sample level (G_FD beside a copier's and "
                            "fresh real images')")
 

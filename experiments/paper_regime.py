@@ -109,7 +109,8 @@ def draw(ctx, numbers):
                    title="Peak denoising gap over training")
   if fd:
     common.line_plot(ctx.figure("sample_gap.png"), fd, xlabel="images seen",
-                     ylabel="G_FD = (FD_val - FD_train) / FD_train", zero_line=True,
+                     ylabel="G_FD = (FD_val - FD_train) / FD_train (95% over the samples)",
+                     zero_line=True,
                      title="Sample-level gap, with a copier's and real images'")
   if "guidance" in numbers:
     draw_guidance_and_crops(ctx, numbers)
@@ -130,10 +131,11 @@ def draw_guidance_and_crops(ctx, numbers):
              [r["value"] + DODGE_W * i for r in rows], [r["peak_gap"] for r in rows], None,
              common.peak_intervals(rows)) for i, (s, rows) in enumerate(guidance.items())]
   rows = lambda s: [r for r in sample_gap if r["style"] == s]
-  series += [("G_FD (features)", s, [r["w"] for r in rows(s)],
-              [r["gap_fd_features"] for r in rows(s)], None,
-              ([r.get("gap_fd_features_low") for r in rows(s)],
-               [r.get("gap_fd_features_high") for r in rows(s)])) for s in guidance]
+  series += [("G_FD (features)", s + (f" (drawn at w + {DODGE_W * i:g})" if i else ""),
+              [r["w"] + DODGE_W * i for r in rows(s)], [r["gap_fd_features"] for r in rows(s)],
+              None, ([r.get("gap_fd_features_low") for r in rows(s)],
+                     [r.get("gap_fd_features_high") for r in rows(s)]))
+             for i, s in enumerate(guidance)]  # (95% over the samples where kept)
   # G_FD's scale and noise: the run's copier and fresh-real G_FD, and the run's own evaluation of
   # the same unguided network (another draw of samples) at w = 0.
   ws = sorted({r["w"] for r in sample_gap})

@@ -588,6 +588,11 @@ def test_a_count_larger_than_a_split_is_clamped_said_and_recorded_and_pixels_sai
   out = capsys.readouterr().out
   line, = [l for l in out.splitlines() if l.startswith("Samples: Frechet-distance gap")]
   assert line.count("(pixels)") == 1 and "features)" not in line, line
+  summary = res["samples"]["summary"]  # with the intervals (G_FD's bootstrap, the copies' Wilson)
+  assert (f"{summary['gap_fd_pixels'][-1]:.4f} [{summary['gap_fd_pixels_low'][-1]:.4f}, "
+          f"{summary['gap_fd_pixels_high'][-1]:.4f}] (pixels)") in line, line
+  assert (f"{summary['copy_fraction'][-1]:.3f} [{summary['copy_fraction_low'][-1]:.3f}, "
+          f"{summary['copy_fraction_high'][-1]:.3f}]") in line, line
   baselines = res["samples"]["baselines"]
   assert baselines["note"].startswith("16 samples against the 64 dimensions of the features and "
                                       "the 64 of the pixels: FD's covariances are rank-deficient")

@@ -81,8 +81,19 @@ def test_ratio_of_means_interval_pairs_the_items_and_matches_independent_draws()
     assert lo < np.mean(a) / np.mean(b) < hi
     widths.append((hi - lo) / spread)
   assert 0.7 <= np.median(widths) <= 1.4, widths
-  with pytest.raises(ValueError, match="must match"):
-    rep.bootstrap_ratio_of_means(den, den[:, :2])
+  # The definition, written out on the same seeded resamples: a ratio of means, 95%.
+  from diffgen_jax.evaluation import timescales  # pylint: disable=import-outside-toplevel
+  a, b = draw(np.random.default_rng(9), 30)
+  counts = timescales.resample_counts(30, 80, 2)
+  ratios = (counts @ a) / (counts @ b)
+  np.testing.assert_allclose(rep.bootstrap_ratio_of_means(a, b, num_resamples=80, seed=2),
+                             np.percentile(ratios, [2.5, 97.5]), rtol=1e-12)
+  for bad_a, bad_b, named in ((den, den[:, :2], "must match"), (den[:1], den[:1], "M >= 2"),
+                              (den * np.nan, den, "finite"), (den, -den, ">= 0")):
+    with pytest.raises(ValueError, match=named):
+      rep.bootstrap_ratio_of_means(bad_a, bad_b)
+  with pytest.raises(ValueError, match="num_resamples=39 must be >= 40"):
+    rep.bootstrap_ratio_of_means(den, den, num_resamples=39)
 
 
 def test_model_variance_interval_is_the_paired_bootstrap_of_its_per_image_terms():

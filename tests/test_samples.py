@@ -12,6 +12,7 @@ import pytest
 
 from diffgen_jax import checkpointing, data, defaults, edm, jsonio, models, samplers
 from diffgen_jax.evaluation import samples
+from diffgen_jax.evaluation import timescales as ts
 from diffgen_jax.jobs import common
 from diffgen_jax.jobs import evaluate as ev
 from diffgen_jax.models.network import build_network
@@ -159,6 +160,9 @@ def test_incremental_snapshots_last_and_protocol(tmp_path, monkeypatch):
   assert saves == [["1"], ["1", "2"]]
   assert section["summary"]["images_seen"] == [10, 20]
   assert section["snapshots"]["2"]["ema"] == "ema_a"
+  n = section["protocol"]["num_samples"]  # the copy fractions' Wilson interval over the samples
+  assert section["summary"]["copy_fraction_low"] == [ts.wilson_interval(0.5, n)[0]] * 2
+  assert section["summary"]["copy_fraction_high"] == [ts.wilson_interval(0.5, n)[1]] * 2
   stored = json.loads(json.dumps(section))
   again = ev.evaluate_samples(config, str(tmp_path), series(1, 2, 3), previous=stored, **kw)
   assert len(evaluated) == 3 and sorted(again["snapshots"]) == ["1", "2", "3"]  # only step 3
@@ -639,9 +643,25 @@ def test_fd_gap_interval_matches_the_spread_of_independent_sample_sets():
   assert (low, high) == samples.fd_gap_interval(one, references)
   # One sample repeated: every resample is the same set, so the interval is a point.
   same = np.repeat(one[:1], n, axis=0)
-  low, high = samples.fd_gap_interval(same, references, num_resamples=5)
+  low, high = samples.fd_gap_interval(same, references, num_resamples=40)
   assert low == high == pytest.approx(samples.fd_record(same, references)["gap"])
-  with pytest.raises(ValueError, match="num_resamples"):
-    samples.fd_gap_interval(one, references, num_resamples=0)
+  # The definition, written out: the estimate + (the 2.5 / 97.5 percentiles - the median) of the
+  # G_FD of the seeded resamples of rows; another seed, another interval.
+  rows = np.random.default_rng(3).integers(0, n, (60, n))
+  resampled = [samples.fd_record(one[r], references)["gap"] for r in rows]
+  estimate = samples.fd_record(one, references)["gap"]
+  q_low, median, q_high = np.percentile(resampled, [2.5, 50.0, 97.5])
+  np.testing.assert_allclose(samples.fd_gap_interval(one, references, num_resamples=60, seed=3),
+                             (estimate + q_low - median, estimate + q_high - median), rtol=1e-12)
+  assert samples.fd_gap_interval(one, references, num_resamples=60, seed=4) != \
+      samples.fd_gap_interval(one, references, num_resamples=60, seed=3)
+  # Samples at the validation reference: G_FD = -1, the floor the shifted spread may not cross.
+  at_val = {"train": references["train"], "val": frechet.gaussian_fit(one)}
+  low, high = samples.fd_gap_interval(one, at_val, num_resamples=40)
+  assert low == -1.0 <= high
+  for bad, named in ((dict(num_resamples=0), "num_resamples"), (dict(num_resamples=39),
+                     "num_resamples=39 must be >= 40"), (dict(seed=-1), "seed")):
+    with pytest.raises(ValueError, match=named):
+      samples.fd_gap_interval(one, references, **bad)
   with pytest.raises(ValueError, match="confidence"):
     samples.fd_gap_interval(one, references, confidence=1.0)

@@ -137,6 +137,8 @@ def test_wilson_interval_closed_forms_and_coverage():
                              rtol=1e-6)
   np.testing.assert_allclose(ts.wilson_interval(1.0, 256), (256 / (256 + z2), 1.0),
                              rtol=1e-6)
+  for n in range(1, 2001):  # the ends exact at 0 and 1, never a rounding hair inside
+    assert ts.wilson_interval(0.0, n)[0] == 0.0 and ts.wilson_interval(1.0, n)[1] == 1.0
   low, high = ts.wilson_interval(0.3, 100, confidence=0.5)
   assert 0.25 < low < 0.3 < high < 0.35  # narrower at 50%
   rng = np.random.default_rng(0)

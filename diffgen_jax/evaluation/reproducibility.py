@@ -37,7 +37,8 @@ from diffgen_jax.data.convention import check_images
 from diffgen_jax.evaluation import gap
 from diffgen_jax.evaluation.features import batched_features
 from diffgen_jax.evaluation.copies import copy_flags
-from diffgen_jax.evaluation.timescales import resample_counts, resampled_means, wilson_interval
+from diffgen_jax.evaluation.timescales import (check_resamples, resample_counts, resampled_means,
+                                              wilson_interval)
 
 
 class ModelVariance(NamedTuple):
@@ -53,13 +54,26 @@ class ModelVariance(NamedTuple):
 def bootstrap_ratio_of_means(per_item_numerator, per_item_denominator, *,
                              num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95):
   """Percentile bootstrap interval of mean(numerator) / mean(denominator) over items (axis 0),
-  both resampled with the SAME items (paired: both are measured on each item). Inputs (M, ...);
-  returns (low, high) of shape (...). Raises ValueError for mismatched shapes."""
+  both resampled with the SAME items (paired: both are measured on each item).
+
+  Inputs: (M, ...) finite floats, M >= 2 items, the denominators >= 0 (errors); a resample whose
+  denominators are all 0 gives an inf ratio (NaN with a zero numerator), which the percentiles
+  carry. Returns (low, high), each of shape (...). Raises ValueError for mismatched shapes, fewer
+  than 2 items, non-finite values, a negative denominator, num_resamples below
+  `timescales.check_resamples` (40 at 95%), seed not an integer >= 0 or confidence outside
+  (0, 1), each named."""
   a = np.asarray(per_item_numerator, np.float64)
   b = np.asarray(per_item_denominator, np.float64)
   if a.shape != b.shape:
     raise ValueError(f"numerator {a.shape} and denominator {b.shape} must match")
-  check_number(confidence, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)
+  if a.ndim == 0 or a.shape[0] < 2:
+    raise ValueError(f"the ratio's interval needs per-item values (M, ...) with M >= 2 items, "
+                     f"got shape {a.shape}")
+  if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+    raise ValueError("per_item_numerator and per_item_denominator must be finite")
+  if np.any(b < 0):
+    raise ValueError("per_item_denominator must be >= 0 (errors)")
+  check_resamples(num_resamples, confidence)
   counts = resample_counts(a.shape[0], num_resamples, seed)
   with np.errstate(divide="ignore", invalid="ignore"):
     ratios = resampled_means(a, counts) / resampled_means(b, counts)
@@ -82,7 +96,7 @@ def model_variance(denoise_1, denoise_2, images, labels=None, sigmas=None, *, id
     ids, noise_seed, batch_size, sigma_chunk, mesh: as in `gap.denoising_errors` (same noise n_y).
     return_per_image: also return the (N, S) per-image numerators and denominators.
     num_resamples: > 0 also returns V's 95% interval over the images (variance_low, variance_high;
-      `bootstrap_ratio_of_means`, seeded by `seed`); 0 (default) none.
+      `bootstrap_ratio_of_means`, seeded by `seed`, which names its errors); 0 (default) none.
 
   Returns:
     ModelVariance of float64 arrays. Raises ValueError for non-float images or a bad sigma grid.

@@ -76,7 +76,7 @@ from diffgen_jax.sharding import (DATA_AXIS, LazyRows, across_processes, batch_m
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import frechet, probes
 from diffgen_jax.evaluation.copies import copy_fraction, nearest_distinct
-from diffgen_jax.evaluation.timescales import wilson_interval
+from diffgen_jax.evaluation.timescales import check_resamples, wilson_interval
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,11 +131,12 @@ def fd_gap_interval(features, references: Mapping[str, Any], *,
   mesh: optional; a mesh across processes splits the resamples over the processes (each holding
   the whole features, as `fd_record` needs), which gather the gaps once: every process returns
   the same numbers, those of one process. Every process holding the mesh must call.
-  Raises ValueError for num_resamples < 1, confidence outside (0, 1), or features as
-  `frechet.gaussian_fit` refuses them.
+  Raises ValueError for num_resamples below `timescales.check_resamples` (40 at 95%), seed not
+  an integer >= 0, confidence outside (0, 1), or features as `frechet.gaussian_fit` refuses them
+  (at least 2 rows, finite); each named. The interval is clipped at G_FD's floor of -1.
   """
-  check_number(num_resamples, "num_resamples", low=1, integer=True)
-  check_number(confidence, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)
+  check_resamples(num_resamples, confidence)
+  check_number(seed, "seed", low=0, integer=True)
   feats = np.asarray(features).reshape(len(features), -1)
   n = len(feats)
   rows = np.random.default_rng(seed).integers(0, n, (num_resamples, n))  # the same on every process
@@ -152,7 +153,8 @@ def fd_gap_interval(features, references: Mapping[str, Any], *,
   tail = 50.0 * (1.0 - confidence)
   low, median, high = np.percentile(gaps, [tail, 50.0, 100.0 - tail])
   estimate = fd_record(feats, references)["gap"]
-  return float(estimate + low - median), float(estimate + high - median)
+  # G_FD >= -1 (FD_val >= 0): the shifted spread may not cross it
+  return (float(max(-1.0, estimate + low - median)), float(max(-1.0, estimate + high - median)))
 
 
 def sample_gap_fd(features, train_feature_subsets: Sequence, val_features
@@ -654,7 +656,10 @@ def ordered(section):
 
 
 def summarize(section) -> Dict[str, Any]:
-  """Per-snapshot scalars in training order (the series the figures plot against images seen)."""
+  """Per-snapshot scalars in training order (the series the figures plot against images seen);
+  G_FD with its interval where the records keep one (gap_fd_<space>_low / _high), the copy
+  fractions with their 95% Wilson interval over protocol["num_samples"] samples
+  (copy_fraction[_features]_low / _high)."""
   steps, records = ordered(section)
   summary = {"steps": steps, "images_seen": [r["images_seen"] for r in records]}
   for space in ("features", "pixels"):
@@ -664,17 +669,17 @@ def summarize(section) -> Dict[str, Any]:
     summary[f"fd_train_{space}"] = [r["fd"][space]["train"] for r in records]
     summary[f"fd_val_{space}"] = [r["fd"][space]["val"] for r in records]
   summary["copy_fraction"] = [r["copy_fraction"]["samples"] for r in records]
-  n = section.get("protocol", {}).get("num_samples")
-  if n:  # 95% Wilson interval over the samples
-    summary["copy_fraction_low"], summary["copy_fraction_high"] = (
-        [list(v) for v in zip(*[wilson_interval(f, n) for f in summary["copy_fraction"]])]
-        if records else ([], []))
   summary["copy_fraction_validation_control"] = [r["copy_fraction"]["validation_control"]
                                                  for r in records]
   if records and all("features" in r["copy_fraction"] for r in records):
     summary["copy_fraction_features"] = [r["copy_fraction"]["features"] for r in records]
     summary["copy_fraction_features_validation_control"] = [
         r["copy_fraction"]["features_validation_control"] for r in records]
+  n = section.get("protocol", {}).get("num_samples")
+  for key in ("copy_fraction", "copy_fraction_features"):  # 95% Wilson interval over the samples
+    if n and key in summary:
+      ends = [wilson_interval(f, n) for f in summary[key]]
+      summary[f"{key}_low"], summary[f"{key}_high"] = [a for a, _ in ends], [b for _, b in ends]
   if records and all("nn_similarity" in r for r in records):
     keys = [k for k in records[0]["nn_similarity"] if k != "sigmas"]
     summary["nn_similarity_mean_over_steps"] = {

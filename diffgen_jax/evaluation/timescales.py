@@ -102,7 +102,21 @@ def wilson_interval(fraction: float, num_items: int, confidence: float = 0.95
   n, p = float(num_items), float(fraction)
   centre = (p + z * z / (2 * n)) / (1 + z * z / n)
   half = z / (1 + z * z / n) * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)))
-  return max(0.0, centre - half), min(1.0, centre + half)
+  # (exact ends at 0 and 1: centre -/+ half rounds to a hair inside and would miss the fraction)
+  return (0.0 if p == 0.0 else max(0.0, centre - half)), (1.0 if p == 1.0 else
+                                                          min(1.0, centre + half))
+
+
+def check_resamples(num_resamples: int, confidence: float, name: str = "num_resamples") -> int:
+  """num_resamples, if each tail of a percentile interval at `confidence` holds at least one
+  resample (num_resamples >= 2 / (1 - confidence): 40 at 95%), else ValueError naming `name`
+  (fewer give an interval of a few resamples, or a point, that looks like a measurement)."""
+  least = int(np.ceil(2.0 / (1.0 - _check_confidence(confidence)) - 1e-9))
+  check_number(num_resamples, name, integer=True)
+  if num_resamples < least:
+    raise ValueError(f"{name}={num_resamples} must be >= {least} for a {confidence:g} interval "
+                     "(at least one resample in each tail)")
+  return int(num_resamples)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -336,12 +336,19 @@ def run(config, workdir: str, job: str = "evaluate") -> Dict[str, Any]:
 
 def sample_summary_line(section: Mapping[str, Any]) -> str:
   """The final summary's line of a "samples" section: G_FD of the last snapshot in the feature
-  space and in pixels (once when the feature space is the pixels), its copy fraction and control."""
+  space and in pixels (once when the feature space is the pixels), its copy fraction and control,
+  each with its 95% interval where the summary keeps one."""
   summary, feature = section["summary"], feature_name(section["protocol"])
-  fd = f"{summary['gap_fd_features'][-1]:.4f} ({feature} features), " if feature != "pixels" else ""
-  return (f"Samples: Frechet-distance gap G_FD = {fd}{summary['gap_fd_pixels'][-1]:.4f} (pixels); "
-          f"copies of training images: {summary['copy_fraction'][-1]:.3f} (validation control "
-          f"{summary['copy_fraction_validation_control'][-1]:.3f}).")
+
+  def shown(key, digits):
+    low, high = (summary.get(f"{key}_{end}", [None])[-1] for end in ("low", "high"))
+    ends = f" [{low:.{digits}f}, {high:.{digits}f}]" if None not in (low, high) else ""
+    return f"{summary[key][-1]:.{digits}f}{ends}"
+
+  fd = f"{shown('gap_fd_features', 4)} ({feature} features), " if feature != "pixels" else ""
+  return (f"Samples: Frechet-distance gap G_FD = {fd}{shown('gap_fd_pixels', 4)} (pixels); "
+          f"copies of training images: {shown('copy_fraction', 3)} (validation control "
+          f"{summary['copy_fraction_validation_control'][-1]:.3f}); [95%] over the samples.")
 
 
 def _summary_step(summary, results, key: str):

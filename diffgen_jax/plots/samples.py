@@ -48,13 +48,15 @@ def _baseline_lines(ax, baselines, spaces):
                        f"{'pixels' if space == 'pixels' else 'features'}")
 
 
-def _band(ax, x, bounds, color) -> None:
-  """The 95% interval (low, high) lists as a band where both ends are numbers (None: not kept)."""
+def _band(ax, x, bounds, color, label: Optional[str] = None) -> None:
+  """The 95% interval (low, high) lists as a band where both ends are numbers (None: not kept),
+  labelled `label` in the legend."""
   if bounds is None:
     return
   low, high = (np.asarray([np.nan if v is None else v for v in b], np.float64) for b in bounds)
   if np.isfinite(low).any():
-    ax.fill_between(np.asarray(x, np.float64), low, high, color=color, alpha=0.2, lw=0)
+    ax.fill_between(np.asarray(x, np.float64), low, high, color=color, alpha=0.2, lw=0,
+                    label=label)
 
 
 def gap_fd_vs_images(path, images_seen, gap_features, gap_pixels, feature: str,
@@ -69,12 +71,14 @@ def gap_fd_vs_images(path, images_seen, gap_features, gap_pixels, feature: str,
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
   ax.plot(images_seen, gap_features, marker="o", ms=4, color="tab:blue",
           label=rf"$G_{{FD}}$, {_feature_label(feature)}")
-  _band(ax, images_seen, intervals.get("features"), "tab:blue")
+  over = "95% over the samples (bootstrap; a lower bound of the noise where samples copy)"
+  _band(ax, images_seen, intervals.get("features"), "tab:blue", over)
   spaces = [("features", "tab:blue")]
   if feature != "pixels":
     ax.plot(images_seen, gap_pixels, marker="s", ms=4, color="tab:green",
             label=r"$G_{FD}$, pixels")
-    _band(ax, images_seen, intervals.get("pixels"), "tab:green")
+    _band(ax, images_seen, intervals.get("pixels"), "tab:green",
+          None if intervals.get("features") else over)
     spaces.append(("pixels", "tab:green"))
   _baseline_lines(ax, baselines, spaces)
   ax.axhline(0, color="0.5", lw=0.7)
