@@ -62,12 +62,16 @@ def early_stop_share(record, peak_sigma):
   stop step nearest peak_sigma (log distance), as a share of the final sample gap (G_FD in
   features of the finished samples): the paper's "early stopping at the peak sigma already shows
   ~11% of the sample gap". record: one snapshot's record of the evaluate job's samples section.
-  share None when the final gap is not positive (a share of nothing)."""
+  share None when the final gap is not positive, or its interval over the samples (where the
+  record keeps one) reaches 0: a share of nothing, or of noise."""
   e = record["early_stop"]
   i = int(np.argmin(np.abs(np.log(e["sigmas"]) - np.log(peak_sigma))))
-  final = record["fd"]["features"]["gap"]
+  fd = record["fd"]["features"]
+  final, low = fd["gap"], fd.get("gap_low")
+  resolved = final and final > 0 and (low is None or low > 0)
   return {"sigma": e["sigmas"][i], "early_gap": e["gap"][i], "final_gap": final,
-          "share": e["gap"][i] / final if final and final > 0 else None}
+          "final_gap_low": low, "final_gap_high": fd.get("gap_high"),
+          "share": e["gap"][i] / final if resolved else None}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -150,13 +150,18 @@ def test_replot_command_line(tmp_path):
 def test_early_stop_share_takes_the_stop_nearest_the_peak_sigma_in_log_distance():
   """The share of the final sample gap that sampling stopped near the peak sigma shows: the stop
   step nearest in log sigma (0.3 is nearer 0.1 than 1 in log distance: 1.10 vs 1.20), divided by
-  the finished samples' G_FD; None for a final gap <= 0."""
+  the finished samples' G_FD; None for a final gap <= 0 or one whose interval reaches 0."""
   record = {"early_stop": {"sigmas": [80.0, 10.0, 1.0, 0.1, 0.002],
                            "gap": [0.0, 0.1, 0.4, 0.9, 1.0]},
             "fd": {"features": {"gap": 2.0}}}
-  assert common.early_stop_share(record, 0.8) == {"sigma": 1.0, "early_gap": 0.4,
-                                                  "final_gap": 2.0, "share": 0.2}
+  assert common.early_stop_share(record, 0.8) == {
+      "sigma": 1.0, "early_gap": 0.4, "final_gap": 2.0, "final_gap_low": None,
+      "final_gap_high": None, "share": 0.2}
   assert common.early_stop_share(record, 0.3)["sigma"] == 0.1
+  record["fd"]["features"].update(gap_low=0.5, gap_high=3.0)  # apart from 0: a share
+  assert common.early_stop_share(record, 0.8)["share"] == 0.2
+  record["fd"]["features"]["gap_low"] = -0.1  # a final gap within its noise of 0: none
+  assert common.early_stop_share(record, 0.8)["share"] is None
   record["fd"]["features"]["gap"] = -0.05
   assert common.early_stop_share(record, 0.8)["share"] is None
 
