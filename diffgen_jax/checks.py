@@ -56,3 +56,17 @@ def check_float_dtype(dtype, name: str = "dtype"):
   if dtype == np.float64 and not jax.config.jax_enable_x64:
     raise ValueError(f'{name}=float64 needs jax.config.update("jax_enable_x64", True) first')
   return dtype
+
+
+def check_resamples(num_resamples, confidence, name: str = "num_resamples") -> int:
+  """num_resamples of a percentile bootstrap interval at `confidence`, if each tail holds at least
+  one resample (num_resamples >= 2 / (1 - confidence): 40 at 95%); else ValueError naming `name`
+  (fewer give an interval of a few resamples, or a point, that reads like a measurement), or
+  naming confidence when it is not in (0, 1)."""
+  check_number(confidence, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)
+  check_number(num_resamples, name, integer=True)
+  least = int(math.ceil(2.0 / (1.0 - confidence) - 1e-9))
+  if num_resamples < least:
+    raise ValueError(f"{name}={num_resamples} must be >= {least} for a {confidence:g} interval "
+                     "(at least one resample in each tail)")
+  return int(num_resamples)

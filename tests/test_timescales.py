@@ -151,3 +151,30 @@ def test_wilson_interval_closed_forms_and_coverage():
                      (dict(fraction=0.5, num_items=10, confidence=1.0), "confidence")):
     with pytest.raises(ValueError, match=f"^{named}="):
       ts.wilson_interval(**bad)
+
+
+def test_every_percentile_bootstrap_needs_a_resample_in_each_tail():
+  """num_resamples=1 made a point look like an interval: every percentile bootstrap of the package
+  refuses fewer than 2 / (1 - confidence) resamples (40 at 95%, 20 at 90%), naming the argument."""
+  from diffgen_jax.evaluation import frechet, gap, ladder, reproducibility, samples  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  per = rng.gamma(2.0, 1.0, (12, 3))
+  out = rng.normal(size=(2, 12, 4))
+  feats = rng.normal(size=(30, 3))
+  refs = {"train": [frechet.gaussian_fit(rng.normal(size=(30, 3)))],
+          "val": frechet.gaussian_fit(rng.normal(1.0, 1.0, (30, 3)))}
+  calls = {
+      "bootstrap_mean_interval": lambda **k: ts.bootstrap_mean_interval(per, **k),
+      "bootstrap_relative_gap": lambda **k: gap.bootstrap_relative_gap(per, per + 1.0, **k),
+      "r2_interval": lambda **k: ladder.r2_interval(out, out + 0.1, **k),
+      "bootstrap_ratio_of_means": lambda **k: reproducibility.bootstrap_ratio_of_means(per, per,
+                                                                                       **k),
+      "fd_gap_interval": lambda **k: samples.fd_gap_interval(feats, refs, **k),
+  }
+  for name, call in calls.items():
+    with pytest.raises(ValueError, match=r"^num_resamples=39 must be >= 40"):
+      call(num_resamples=39)
+    with pytest.raises(ValueError, match=r"^num_resamples=19 must be >= 20"):
+      call(num_resamples=19, confidence=0.9)
+    low, high = call(num_resamples=40)
+    assert np.all(np.asarray(low) <= np.asarray(high)), name

@@ -159,4 +159,3 @@ def copy_fraction(samples, train_images, ratio: float = 1.0 / 3.0, *, chunk_size
   return float(np.mean(copy_flags(samples, train_images, ratio, chunk_size=chunk_size, mesh=mesh,
                                   axis=axis)))
 
-

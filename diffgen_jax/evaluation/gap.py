@@ -36,7 +36,7 @@ from jax import lax
 from jax.sharding import Mesh
 
 from diffgen_jax import edm, progress
-from diffgen_jax.checks import check_number
+from diffgen_jax.checks import check_number, check_resamples
 from diffgen_jax.data.convention import check_images
 from diffgen_jax.denoisers import check_labels, compiled
 from diffgen_jax.sharding import LazyRows, batch_multiple, fetch, put_batch, replicated
@@ -229,8 +229,10 @@ def bootstrap_relative_gap(per_image_val, per_image_train, *, num_resamples: int
   """Percentile bootstrap interval of G(sigma), resampling images of each split independently.
 
   per_image_val: (N_val, S), per_image_train: (N_train, S) from `return_per_image=True`.
-  Returns (low (S,), high (S,)).
+  Returns (low (S,), high (S,)). Raises ValueError for num_resamples below
+  `checks.check_resamples` (40 at 95%) or confidence outside (0, 1).
   """
+  check_resamples(num_resamples, confidence)
   rng = np.random.default_rng(seed)
   means = []
   for per_image in (per_image_val, per_image_train):

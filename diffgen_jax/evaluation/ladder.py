@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffgen_jax import progress, samplers
-from diffgen_jax.checks import check_number
+from diffgen_jax.checks import check_number, check_resamples
 from diffgen_jax.data.convention import check_images
 from diffgen_jax.denoisers import Denoiser, caller, check_labels, check_sigma
 from diffgen_jax.evaluation import timescales
@@ -204,7 +204,7 @@ def r2_interval(net_out, an_out, *, num_resamples: int = INTERVAL["num_resamples
   if net_out.ndim < 2 or net_out.shape != an_out.shape:
     raise ValueError(f"net_out and an_out must both be (S, B, ...), got shapes {net_out.shape} "
                      f"and {an_out.shape}")
-  check_number(confidence, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)
+  check_resamples(num_resamples, confidence)
   s, b = net_out.shape[:2]
   counts = timescales.resample_counts(b, num_resamples, seed)  # (R, B)
   tail = 50.0 * (1.0 - confidence)

@@ -32,13 +32,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from diffgen_jax import samplers
-from diffgen_jax.checks import check_number
+from diffgen_jax.checks import check_number, check_resamples
 from diffgen_jax.data.convention import check_images
 from diffgen_jax.evaluation import gap
 from diffgen_jax.evaluation.features import batched_features
 from diffgen_jax.evaluation.copies import copy_flags
-from diffgen_jax.evaluation.timescales import (check_resamples, resample_counts, resampled_means,
-                                              wilson_interval)
+from diffgen_jax.evaluation.timescales import resample_counts, resampled_means, wilson_interval
 
 
 class ModelVariance(NamedTuple):
@@ -60,7 +59,7 @@ def bootstrap_ratio_of_means(per_item_numerator, per_item_denominator, *,
   denominators are all 0 gives an inf ratio (NaN with a zero numerator), which the percentiles
   carry. Returns (low, high), each of shape (...). Raises ValueError for mismatched shapes, fewer
   than 2 items, non-finite values, a negative denominator, num_resamples below
-  `timescales.check_resamples` (40 at 95%), seed not an integer >= 0 or confidence outside
+  `checks.check_resamples` (40 at 95%), seed not an integer >= 0 or confidence outside
   (0, 1), each named."""
   a = np.asarray(per_item_numerator, np.float64)
   b = np.asarray(per_item_denominator, np.float64)

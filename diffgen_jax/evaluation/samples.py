@@ -69,14 +69,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffgen_jax import progress, samplers
 from diffgen_jax.checkpointing import snapshot_order
-from diffgen_jax.checks import check_number
+from diffgen_jax.checks import check_number, check_resamples
 from diffgen_jax.data.splits import seeded_rows
 from diffgen_jax.sharding import (DATA_AXIS, LazyRows, across_processes, batch_multiple, fetch,
                                   process_span, put_batch, rows_built, training_source)
 from diffgen_jax.evaluation import features as features_lib
 from diffgen_jax.evaluation import frechet, probes
 from diffgen_jax.evaluation.copies import copy_fraction, nearest_distinct
-from diffgen_jax.evaluation.timescales import check_resamples, wilson_interval
+from diffgen_jax.evaluation.timescales import wilson_interval
 
 
 # ------------------------------------------------------------------------------------------------
@@ -110,8 +110,8 @@ FD_INTERVAL = {"num_resamples": 200, "confidence": 0.95, "seed": 0,
 def fd_gap_interval(features, references: Mapping[str, Any], *,
                     num_resamples: int = FD_INTERVAL["num_resamples"],
                     confidence: float = FD_INTERVAL["confidence"],
-                    seed: int = FD_INTERVAL["seed"], mesh: Optional[Mesh] = None
-                    ) -> Tuple[float, float]:
+                    seed: int = FD_INTERVAL["seed"], mesh: Optional[Mesh] = None,
+                    estimate: Optional[float] = None) -> Tuple[float, float]:
   """Bootstrap interval of G_FD over the samples: the `fd_record` gap of `num_resamples`
   resamples of the (n, F) features' rows, drawn with replacement (numpy default_rng(seed)), the
   references fixed; (low, high) = the estimate + (the resamples' percentiles - their median).
@@ -131,7 +131,9 @@ def fd_gap_interval(features, references: Mapping[str, Any], *,
   mesh: optional; a mesh across processes splits the resamples over the processes (each holding
   the whole features, as `fd_record` needs), which gather the gaps once: every process returns
   the same numbers, those of one process. Every process holding the mesh must call.
-  Raises ValueError for num_resamples below `timescales.check_resamples` (40 at 95%), seed not
+  estimate: the features' G_FD (`fd_record(features, references)["gap"]`) when the caller has it;
+  computed when None.
+  Raises ValueError for num_resamples below `checks.check_resamples` (40 at 95%), seed not
   an integer >= 0, confidence outside (0, 1), or features as `frechet.gaussian_fit` refuses them
   (at least 2 rows, finite); each named. The interval is clipped at G_FD's floor of -1.
   """
@@ -152,7 +154,8 @@ def fd_gap_interval(features, references: Mapping[str, Any], *,
     gaps = np.asarray([gap_of(r) for r in range(num_resamples)], np.float64)
   tail = 50.0 * (1.0 - confidence)
   low, median, high = np.percentile(gaps, [tail, 50.0, 100.0 - tail])
-  estimate = fd_record(feats, references)["gap"]
+  if estimate is None:
+    estimate = fd_record(feats, references)["gap"]
   # G_FD >= -1 (FD_val >= 0): the shifted spread may not cross it
   return (float(max(-1.0, estimate + low - median)), float(max(-1.0, estimate + high - median)))
 
@@ -588,8 +591,8 @@ def evaluate_denoiser(ctx: Setup, denoise) -> SnapshotResult:
   spaces = {"features": run.features, "pixels": run.samples.reshape(n, -1)}
   fd = {space: fd_record(x, ctx.references[space], mesh) for space, x in spaces.items()}
   for space, x in spaces.items():
-    fd[space]["gap_low"], fd[space]["gap_high"] = fd_gap_interval(x, ctx.references[space],
-                                                                  mesh=mesh)
+    fd[space]["gap_low"], fd[space]["gap_high"] = fd_gap_interval(
+        x, ctx.references[space], mesh=mesh, estimate=fd[space]["gap"])
   record: Dict[str, Any] = {
       "fd": fd, "fd_interval": dict(FD_INTERVAL),
       "copy_fraction": {"samples": copy_fraction(run.samples, ctx.train_images, ctx.copy_ratio,

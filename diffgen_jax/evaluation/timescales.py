@@ -34,7 +34,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats as scipy_stats
 
-from diffgen_jax.checks import check_number
+from diffgen_jax.checks import check_number, check_resamples
 from diffgen_jax.evaluation import frechet
 from diffgen_jax.evaluation.gap import relative_gap
 
@@ -76,10 +76,12 @@ def bootstrap_mean_interval(per_item, *, num_resamples: int = 1000, seed: int = 
                             confidence: float = 0.95):
   """Percentile bootstrap interval of the mean over items (axis 0) of (M, ...) values.
 
-  Returns (low, high), each of shape per_item.shape[1:] (floats for 1-D input). For 0/1 flags (a
-  copy fraction) this is the interval of the fraction.
+  Returns (low, high), each of shape per_item.shape[1:] (floats for 1-D input). (A fraction of
+  independent items takes `wilson_interval`: this one is [0, 0] when no item counts.) Raises
+  ValueError for num_resamples below `checks.check_resamples` (40 at 95%), or a bad seed or
+  confidence.
   """
-  _check_confidence(confidence)
+  check_resamples(num_resamples, confidence)
   a = np.asarray(per_item, np.float64)
   means = resampled_means(a, resample_counts(a.shape[0], num_resamples, seed))
   tail = 50.0 * (1.0 - confidence)
@@ -106,17 +108,6 @@ def wilson_interval(fraction: float, num_items: int, confidence: float = 0.95
   return (0.0 if p == 0.0 else max(0.0, centre - half)), (1.0 if p == 1.0 else
                                                           min(1.0, centre + half))
 
-
-def check_resamples(num_resamples: int, confidence: float, name: str = "num_resamples") -> int:
-  """num_resamples, if each tail of a percentile interval at `confidence` holds at least one
-  resample (num_resamples >= 2 / (1 - confidence): 40 at 95%), else ValueError naming `name`
-  (fewer give an interval of a few resamples, or a point, that looks like a measurement)."""
-  least = int(np.ceil(2.0 / (1.0 - _check_confidence(confidence)) - 1e-9))
-  check_number(num_resamples, name, integer=True)
-  if num_resamples < least:
-    raise ValueError(f"{name}={num_resamples} must be >= {least} for a {confidence:g} interval "
-                     "(at least one resample in each tail)")
-  return int(num_resamples)
 
 
 # ------------------------------------------------------------------------------------------------

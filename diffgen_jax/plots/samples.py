@@ -185,9 +185,7 @@ def copy_fraction(path, images_seen, fractions, control, ratio: float, interval=
   interval: optional (low, high) per snapshot, drawn as a band."""
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
   ax.plot(images_seen, fractions, marker="o", ms=4, color="tab:red", label="samples", zorder=3)
-  if interval is not None:
-    ax.fill_between(images_seen, interval[0], interval[1], color="tab:red", alpha=0.2, lw=0,
-                    label="95% (Wilson, over the samples)")
+  _band(ax, images_seen, interval, "tab:red", "95% (Wilson, over the samples)")
   ax.plot(images_seen, control, marker="s", ms=3, ls="--", color="0.4",
           label="control: validation images")
   ax.set_ylim(-0.03, 1.03)
