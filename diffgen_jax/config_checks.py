@@ -262,7 +262,9 @@ def finite_floats(config) -> None:
   for field, value in float_leaves(config):
     if not math.isfinite(value):
       raise ConfigError(f"config.{field}={value!r} must be finite")
-    if value != 0 and np.float32(value) == 0:  # e.g. lr=1e-50: a run at learning rate 0
+    with np.errstate(over="ignore"):  # (1e39 casts to inf: refused below, naming the field)
+      in_float32 = np.float32(value)
+    if value != 0 and in_float32 == 0:  # e.g. lr=1e-50: a run at learning rate 0
       raise ConfigError(f"config.{field}={value!r} is 0 in float32 (smallest positive value "
                         f"{float(np.finfo(np.float32).smallest_subnormal):.4g}): it would reach "
                         "the computation as 0")
@@ -283,11 +285,13 @@ def flag_error(err: Exception, argv: Sequence[str]) -> str:
     head, _, tail = text.partition(": Error whilst parsing config file")
     text = head + ": " + tail.rsplit("Error: ", 1)[-1]
   overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-  named = [o for o in overrides if f"'{o.rsplit('.', 1)[-1]}'" in text]
-  where = f"{named[0]}: " if named else ""
-  if isinstance(err, AttributeError) and named:
-    text = "no such field" + (f" ({text.split('?', 1)[0].split(' ', 1)[1]}?)" if "Did you mean"
-                              in text else "")
+  # The override whose field, or one of whose sections, the message quotes.
+  named = [(o, p) for o in overrides for p in o.split(".")[1:][::-1] if f"'{p}'" in text]
+  where = f"{named[0][0]}: " if named else ""
+  if isinstance(err, (AttributeError, KeyError)) and named:  # (KeyError: a section)
+    override, part = named[0]
+    text = ("no such field" if override.endswith("." + part) else f"no such section {part!r}") + (
+        f" ({text.split('?', 1)[0].split(' ', 1)[1]}?)" if "Did you mean" in text else "")
   if "could not convert string to float" in text:
     text = text.split(": could not convert", 1)[0] + ": must be a number (e.g. 2e-4)"
   if "invalid literal for int()" in text:  # e.g. total_images=1e9: ints are written out whole

@@ -16,8 +16,10 @@ from diffgen_jax import config_checks, jobs
 from diffgen_jax.jobs import console
 from diffgen_jax.sharding import initialize_distributed
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file[:variant], e.g. configs/quickstart.py. Any field is "
+    "overridden as --config.<section>.<field>=value; the fields, defaults and ranges: python -m "
+    "diffgen_jax.defaults train|evaluate|...", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, results and plots.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-process runs that jax does not "
@@ -64,12 +66,27 @@ def main(argv):
   initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     jobs.validate(config)  # before anything is printed: a bad field is the only line shown
-    if n:
-      console.progress(f"{n} CPU devices (one per core) if the backend is a CPU")
+    if n and jax.default_backend() == "cpu":  # (the CPU's devices are not used beside a GPU/TPU)
+      console.progress(f"{n} CPU devices (one per core)")
     logging.info("config:\n%s", config)  # (config.json records it; --verbosity=1 shows it)
     jobs.run(config, _WORKDIR.value)
   except (config_checks.ConfigError, jobs.WorkdirBusyError, jobs.MeasurementError) as err:
     _fail(str(err))
+
+
+def _config_file_error(argv) -> Optional[str]:
+  """One line when the --config file (its path before ":variant") is not a file, else None
+  (ml_collections would report it in a traceback, naming no path)."""
+  args = list(argv[1:])
+  values = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+  values += [b for a, b in zip(args, args[1:]) if a == "--config"]
+  for value in values:
+    path = value.split(":", 1)[0]
+    if not os.path.isfile(path):
+      what = "is a directory" if os.path.isdir(path) else "does not exist"
+      return (f"--config={value}: {os.path.abspath(path)} {what}; give a config file, "
+              "--config=configs/<experiment>.py[:variant] (e.g. configs/quickstart.py)")
+  return None
 
 
 def _fail(message: str) -> None:
@@ -81,9 +98,16 @@ def _fail(message: str) -> None:
 def _parse_flags(argv):
   """absl's flag parsing, with a bad --config.<field> override (a misspelled field, a value of the
   wrong type) reported in one line naming it instead of a traceback."""
+  bad_file = _config_file_error(argv)
+  if bad_file:
+    _fail(bad_file)
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
+    missing = [n for n in ("config", "workdir") if f"Flag --{n} must have a value other than "
+               "None" in str(err)]
+    if missing:  # (absl's words: "flag --workdir=None: Flag --workdir must have a value ...")
+      _fail(f"--{missing[0]} is required: {flags.FLAGS[missing[0]].help}")
     _fail(config_checks.flag_error(err, argv))
 
 

@@ -12,7 +12,7 @@ from absl import logging
 
 import ml_collections
 
-from diffgen_jax import defaults, jobs, jsonio
+from diffgen_jax import checkpointing, defaults, jobs, jsonio
 from diffgen_jax.jobs import common
 from diffgen_jax.models import network as network_lib
 from diffgen_jax.evaluation import gap
@@ -138,6 +138,16 @@ def test_console_verbosity():
     assert not absl_logger.filter(record("CheckpointManagerOptions.read_only=True, setting create"))
     assert not absl_logger.filter(record("Metadata file does not exist: /w/snapshots/600/ema/x"))
     assert absl_logger.filter(record("Sample evaluation settings changed"))
+    # The note orbax logs when checkpointing replaces jax.Array's handler (every save) is dropped.
+    shown = []
+    handler = py_logging.Handler()
+    handler.emit = shown.append
+    absl_logger.addHandler(handler)
+    try:
+      checkpointing._whole_shards_when_one_process()  # pylint: disable=protected-access
+    finally:
+      absl_logger.removeHandler(handler)
+    assert not [r for r in shown if "Type handler registry" in r.getMessage()], shown
     console.configure(1)
     assert logging.get_verbosity() == logging.INFO
   finally:

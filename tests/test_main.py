@@ -12,6 +12,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("override, message", [
     ("--config.training.lrr=1", 'diffgen_jax: --config.training.lrr: no such field (Did you mean '
                                 '"lr" instead of "lrr"?)'),
+    # A misspelled section (absl raises a KeyError there, an AttributeError for a field).
+    ("--config.trainig.lr=1", "diffgen_jax: --config.trainig.lr: no such section 'trainig' (Did "
+                              'you mean "training" instead of "trainig"?)'),
+    ("--config.xyz.lr=1", "diffgen_jax: --config.xyz.lr: no such section 'xyz'"),
     ("--config.training.lr=-1", "diffgen_jax: config.training.lr=-1.0 must be > 0.0"),
     ("--config.training.lr=abc", "diffgen_jax: flag --config.training.lr=abc: must be a number "
                                  "(e.g. 2e-4)"),
@@ -37,6 +41,39 @@ def test_a_bad_field_is_one_line_naming_it(tmp_path, override, message):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [message] and proc.stdout == ""
   assert not os.path.exists(tmp_path / "w")  # nothing written
+
+
+def _main(args, cwd=REPO):
+  return subprocess.run([sys.executable, "-m", "diffgen_jax.main", *args], capture_output=True,
+                        text=True, cwd=cwd, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("case", ["no_file", "directory", "no_workdir", "no_config",
+                                  "workdir_is_a_file", "workdir_under_a_file"])
+def test_a_bad_config_file_or_workdir_is_one_line_naming_it(tmp_path, case):
+  config, afile = f"{REPO}/configs/quickstart.py", tmp_path / "afile"
+  afile.write_text("")
+  args, message = {
+      "no_file": ([f"--config={REPO}/configs/quickstrat.py", "--workdir=w"],
+                  f"diffgen_jax: --config={REPO}/configs/quickstrat.py: {REPO}/configs/"
+                  "quickstrat.py does not exist; give a config file"),
+      "directory": (["--config", f"{REPO}/configs", "--workdir=w"],
+                    f"diffgen_jax: --config={REPO}/configs: {REPO}/configs is a directory"),
+      "no_workdir": ([f"--config={config}"], "diffgen_jax: --workdir is required: Directory for "
+                     "checkpoints"),
+      "no_config": (["--workdir=w"], "diffgen_jax: --config is required: Experiment config file"),
+      "workdir_is_a_file": ([f"--config={config}", f"--workdir={afile}"],
+                            f"diffgen_jax: --workdir={afile}: cannot make the directory {afile} "
+                            "(it is a file)"),
+      "workdir_under_a_file": ([f"--config={config}", f"--workdir={afile}/w"],
+                               f"diffgen_jax: --workdir={afile}/w: cannot make the directory "
+                               f"{afile}/w (Not a directory: {afile}/w)"),
+  }[case]
+  out = _main(args, cwd=tmp_path)
+  assert out.returncode == 2, out.stderr
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(message), out.stderr
+  assert not os.path.exists(tmp_path / "w")
 
 
 def test_a_misspelled_config_variant_is_one_line_without_the_traceback():

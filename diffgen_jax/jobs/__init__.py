@@ -98,7 +98,8 @@ class MeasurementError(ValueError):
 @contextlib.contextmanager
 def workdir_lock(workdir: str, job: str):
   """Holds an exclusive lock (fcntl.flock) on WORKDIR/job.lock for the block; WorkdirBusyError
-  naming the workdir and the holder's pid, host and job when another job holds it.
+  naming the workdir and the holder's pid, host and job when another job holds it; ConfigError
+  naming --workdir when it cannot be made (a file on its path, no permission).
 
   Two jobs writing to one workdir would mix their checkpoints, metrics rows and results. The lock
   is released by the operating system when its holder ends, also when killed, so a workdir is never
@@ -109,7 +110,13 @@ def workdir_lock(workdir: str, job: str):
     yield
     return
   created = not os.path.isdir(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as err:  # (a file on the path, no permission, a read-only file system)
+    why = "it is a file" if os.path.isfile(workdir) else f"{err.strerror}: {err.filename}"
+    raise config_checks.ConfigError(
+        f"--workdir={workdir}: cannot make the directory {os.path.abspath(workdir)} ({why})"
+    ) from None
   path = os.path.join(workdir, LOCK_FILE)
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:

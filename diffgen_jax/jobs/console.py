@@ -18,9 +18,11 @@ from absl import logging
 _NOISY_LOGGERS = ("orbax", "absl", "jax", "tensorflow", "etils")
 # orbax WARNING records that describe options or layout, not problems: three per snapshot read,
 # and one per snapshot from `checkpointing._saved_tree`, which reads the array metadata of the
-# snapshot's "ema" item directory (the step's _CHECKPOINT_METADATA file sits one level up).
+# snapshot's "ema" item directory (the step's _CHECKPOINT_METADATA file sits one level up); and
+# the note of `checkpointing._whole_shards_when_one_process` replacing jax.Array's handler.
 _ORBAX_HARMLESS_NOTES = ("CheckpointManagerOptions.read_only=True", "Given directory is read only",
-                         "Metadata file does not exist")
+                         "Metadata file does not exist",
+                         'Type handler registry type "%s" overriding')
 
 
 class _DropHarmlessNotes(py_logging.Filter):
